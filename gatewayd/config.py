@@ -1,0 +1,191 @@
+"""TOML configuration decoded into frozen, validated settings; every mistake names its key."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+
+__all__ = [
+    "ActionsConfig",
+    "CloudConfig",
+    "Config",
+    "ConfigError",
+    "DriversConfig",
+    "GatewayConfig",
+    "LogConfig",
+    "SimConfig",
+    "StatusConfig",
+    "StoreConfig",
+    "ZWaveConfig",
+    "ZigbeeConfig",
+    "load_config",
+    "parse_config",
+]
+
+PositiveSeconds = Annotated[float, msgspec.Meta(gt=0, le=86_400)]
+Port = Annotated[int, msgspec.Meta(ge=1, le=65_535)]
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; the message is one line naming the key."""
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class GatewayConfig(_Section, frozen=True):
+    state_dir: str = "/var/lib/gatewayd"
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] = "gatewayd"
+
+
+class CloudConfig(_Section, frozen=True):
+    url: str = ""  # empty: no tunnel (local only)
+    ca_file: str = ""
+    insecure: bool = False  # allow ws:// to a non-loopback host
+    connect_timeout_s: PositiveSeconds = 10.0
+
+
+class StatusConfig(_Section, frozen=True):
+    listen: str = "127.0.0.1:8181"
+    allow_remote: bool = False  # a non-loopback listen address must be opted into
+
+
+class LogConfig(_Section, frozen=True):
+    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class ActionsConfig(_Section, frozen=True):
+    default_timeout_s: PositiveSeconds = 30.0
+    max_queue_per_device: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
+
+
+class StoreConfig(_Section, frozen=True):
+    synchronous: Literal["normal", "full"] = "normal"
+
+
+class SimConfig(_Section, frozen=True):
+    enabled: bool = False
+    locks: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 2
+    latency_ms: Annotated[float, msgspec.Meta(ge=0, le=60_000)] = 50.0
+    code_lengths: tuple[int, int] = (4, 8)
+    slots: tuple[int, int] = (1, 11)
+    auto_relock_s: Annotated[float, msgspec.Meta(ge=0, le=86_400)] = 0.0  # 0: off
+    battery_drain_per_action: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+
+
+class ZWaveConfig(_Section, frozen=True):
+    enabled: bool = False
+    url: str = "ws://127.0.0.1:3000"
+    code_recheck_s: Annotated[float, msgspec.Meta(ge=0, le=86_400)] = 30.0  # 0: off
+    interview_timeout_s: PositiveSeconds = 120.0
+
+
+class ZigbeeConfig(_Section, frozen=True):
+    enabled: bool = False
+    radio_type: Literal["znp", "ezsp", "deconz", "zigate", "xbee", "virtual"] = "znp"
+    device: str = "/dev/ttyUSB0"
+    baudrate: Annotated[int, msgspec.Meta(ge=1200, le=4_000_000)] = 115_200
+    flow_control: Literal["", "hardware", "software"] = ""
+    channel: Annotated[int, msgspec.Meta(ge=11, le=26)] = 15
+    database_path: str = "zigbee.db"  # relative to gateway.state_dir
+    quirks: bool = True
+
+
+class DriversConfig(_Section, frozen=True):
+    sim: SimConfig = SimConfig()
+    zwave: ZWaveConfig = ZWaveConfig()
+    zigbee: ZigbeeConfig = ZigbeeConfig()
+
+
+class Config(_Section, frozen=True):
+    gateway: GatewayConfig = GatewayConfig()
+    cloud: CloudConfig = CloudConfig()
+    status: StatusConfig = StatusConfig()
+    log: LogConfig = LogConfig()
+    actions: ActionsConfig = ActionsConfig()
+    store: StoreConfig = StoreConfig()
+    drivers: DriversConfig = DriversConfig()
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.gateway.state_dir)
+
+    def enabled_drivers(self) -> list[str]:
+        return [n for n in ("sim", "zwave", "zigbee") if getattr(self.drivers, n).enabled]
+
+    def status_address(self) -> tuple[str, int]:
+        return _split_listen(self.status.listen)
+
+
+_LISTEN = re.compile(r"^\[?(?P<host>[^\[\]]+?)\]?:(?P<port>\d{1,5})$")
+
+
+def _split_listen(value: str) -> tuple[str, int]:
+    m = _LISTEN.match(value)
+    if not m or not 1 <= int(m["port"]) <= 65_535:
+        raise ConfigError(f"status.listen: expected HOST:PORT, got {value!r}")
+    return m["host"], int(m["port"])
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check(cfg: Config) -> None:
+    """Cross-field rules msgspec's per-field constraints cannot say."""
+    host, _ = _split_listen(cfg.status.listen)
+    if not _is_loopback(host) and not cfg.status.allow_remote:
+        raise ConfigError(
+            f"status.listen: {host} is not a loopback address; set status.allow_remote = true"
+        )
+    for key, (lo, hi), lo_min, hi_max in (
+        ("drivers.sim.code_lengths", cfg.drivers.sim.code_lengths, 1, 16),
+        ("drivers.sim.slots", cfg.drivers.sim.slots, 0, 1000),
+    ):
+        if not lo_min <= lo <= hi <= hi_max:
+            raise ConfigError(f"{key}: expected [low, high] within {lo_min}..{hi_max}")
+    url = cfg.cloud.url
+    if url:
+        if not re.match(r"^wss?://[^/\s]+(/\S*)?$", url):
+            raise ConfigError(f"cloud.url: expected ws:// or wss:// URL, got {url!r}")
+        if url.startswith("ws://") and not cfg.cloud.insecure:
+            host = re.sub(r"^ws://(\[[^\]]+\]|[^:/]+).*$", r"\1", url).strip("[]")
+            if not _is_loopback(host):
+                raise ConfigError("cloud.url: ws:// is allowed only to loopback; use wss://")
+    if not cfg.enabled_drivers():
+        raise ConfigError("drivers: no driver is enabled; enable drivers.sim, zwave or zigbee")
+
+
+def parse_config(text: str | bytes) -> Config:
+    """Decode and validate TOML text. Raises ConfigError with a one-line message."""
+    try:
+        cfg = msgspec.toml.decode(text, type=Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_one_line(str(exc))) from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"not valid TOML: {_one_line(str(exc))}") from None
+    _check(cfg)
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    return parse_config(data)
+
+
+def _one_line(msg: str) -> str:
+    return " ".join(msg.split())

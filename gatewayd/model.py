@@ -1,0 +1,317 @@
+"""Domain objects shared by the core and the drivers: devices, actions, events and errors."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Final
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, the only clock domain objects use."""
+    return datetime.now(UTC)
+
+
+def iso(ts: datetime) -> str:
+    """ISO-8601 with milliseconds and a Z, as the seed's timestamps are written."""
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+class PinCode:
+    """A PIN that cannot leak by accident: repr/str/format mask it; `reveal()` is explicit."""
+
+    __slots__ = ("_digits",)
+
+    def __init__(self, digits: str) -> None:
+        self._digits = digits
+
+    def reveal(self) -> str:
+        return self._digits
+
+    def __len__(self) -> int:
+        return len(self._digits)
+
+    def __repr__(self) -> str:
+        return "PinCode('****')"
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return "****"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PinCode) and other._digits == self._digits
+
+    def __hash__(self) -> int:
+        return hash(("PinCode", self._digits))
+
+    def __reduce__(self) -> Any:
+        raise TypeError("PinCode is not picklable")
+
+
+# --------------------------------------------------------------------------- actions
+
+
+class ActionStatus(enum.StrEnum):
+    PENDING = "pending"
+    GATEWAY_RECEIVED = "gateway_received"
+    GATEWAY_FAILURE = "gateway_failure"  # set by the cloud only
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL: Final = frozenset(
+    {ActionStatus.COMPLETED, ActionStatus.FAILED, ActionStatus.GATEWAY_FAILURE}
+)
+
+# Transitions the gateway may make. The cloud alone moves pending -> gateway_failure.
+LEGAL_TRANSITIONS: Final[Mapping[ActionStatus, frozenset[ActionStatus]]] = {
+    ActionStatus.PENDING: frozenset({ActionStatus.GATEWAY_RECEIVED}),
+    ActionStatus.GATEWAY_RECEIVED: frozenset({ActionStatus.PROCESSING, ActionStatus.FAILED}),
+    ActionStatus.PROCESSING: frozenset({ActionStatus.COMPLETED, ActionStatus.FAILED}),
+    ActionStatus.COMPLETED: frozenset(),
+    ActionStatus.FAILED: frozenset(),
+    ActionStatus.GATEWAY_FAILURE: frozenset(),
+}
+
+
+def check_transition(current: ActionStatus, new: ActionStatus) -> None:
+    """Raise IllegalTransition unless the gateway may move an action from current to new."""
+    if new not in LEGAL_TRANSITIONS[current]:
+        raise IllegalTransition(f"{current} -> {new} is not a legal transition")
+
+
+class ActionName(enum.StrEnum):
+    LOCK = "lock"
+    UNLOCK = "unlock"
+    SET_CODE = "set_code"
+    CLEAR_CODE = "clear_code"
+    PAIR_DEVICES = "pair_devices"
+    UNPAIR_DEVICES = "unpair_devices"
+
+
+DEVICE_ACTIONS: Final = frozenset(
+    {ActionName.LOCK, ActionName.UNLOCK, ActionName.SET_CODE, ActionName.CLEAR_CODE}
+)
+GATEWAY_ACTIONS: Final = frozenset({ActionName.PAIR_DEVICES, ActionName.UNPAIR_DEVICES})
+
+
+@dataclass(frozen=True, slots=True)
+class Lock:
+    name: ClassVar[ActionName] = ActionName.LOCK
+
+
+@dataclass(frozen=True, slots=True)
+class Unlock:
+    name: ClassVar[ActionName] = ActionName.UNLOCK
+
+
+@dataclass(frozen=True, slots=True)
+class SetCode:
+    slot_id: int
+    code: PinCode
+    name: ClassVar[ActionName] = ActionName.SET_CODE
+
+
+@dataclass(frozen=True, slots=True)
+class ClearCode:
+    slot_id: int
+    name: ClassVar[ActionName] = ActionName.CLEAR_CODE
+
+
+Action = Lock | Unlock | SetCode | ClearCode
+"""A validated device action, as a driver receives it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    """What a driver returns when the device confirmed the action."""
+
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ActionRequest:
+    """One request to act, from the cloud or any other source; inputs are raw and unvalidated."""
+
+    id: str
+    entity_type: str  # "Device" | "Gateway"
+    entity_id: str
+    action: str
+    inputs: Mapping[str, Any]
+    created_at: datetime
+    deadline: datetime
+
+
+# --------------------------------------------------------------------------- devices
+
+
+@dataclass(frozen=True, slots=True)
+class CodeConstraints:
+    """What codes this lock accepts: digit-string lengths and the slot range."""
+
+    min_length: int = 4
+    max_length: int = 8
+    min_slot: int = 1
+    max_slot: int = 11
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceProperties:
+    locked: bool | None = None
+    online: bool = True
+    door_open: bool | None = None
+    battery_level: float | None = None  # 0..1
+    jammed: bool = False
+    firmware: str | None = None
+    last_seen: datetime | None = None
+
+    def battery_status(self) -> str | None:
+        if self.battery_level is None:
+            return None
+        if self.battery_level < 0.1:
+            return "critical"
+        if self.battery_level < 0.25:
+            return "low"
+        if self.battery_level < 0.6:
+            return "good"
+        return "full"
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """A lock as the core sees it. `id` is the gateway's stable UUID, `native_id` the radio's."""
+
+    id: str
+    native_id: str
+    protocol: str  # "zwave" | "zigbee" | "sim"
+    name: str
+    manufacturer: str
+    model: str
+    actions: frozenset[ActionName] = DEVICE_ACTIONS
+    codes: CodeConstraints = CodeConstraints()
+    properties: DeviceProperties = DeviceProperties()
+
+
+# --------------------------------------------------------------------------- events
+
+
+class EventName(enum.StrEnum):
+    DOOR_LOCKED = "door locked"
+    DOOR_UNLOCKED = "door unlocked"
+    DOOR_JAMMED = "door jammed"
+    DOOR_OPENED = "door opened"
+    DOOR_CLOSED = "door closed"
+    KEYPAD_INVALID_CODE = "keypad invalid code"
+    LOW_BATTERY = "low battery"
+    TAMPERED = "tampered"
+    DEVICE_CONNECTED = "device connected"
+    DEVICE_DISCONNECTED = "device disconnected"
+    CODE_SET = "code set on device"
+    CODE_REMOVED = "code removed from device"
+    CODE_DROPPED = "code dropped by device"
+
+
+class Method(enum.StrEnum):
+    PIN_CODE = "pin_code"
+    MANUAL = "manual"
+    REMOTE = "remote"
+    AUTO = "auto"
+    KEYPAD = "keypad"
+    RF = "rf"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class DoorEvent:
+    """Something that happened at a door. `details` never holds a PIN."""
+
+    device_id: str
+    event_name: EventName
+    details: Mapping[str, Any] = field(default_factory=dict)
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    date_created: datetime = field(default_factory=utcnow)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": "device_event",
+            "device_id": self.device_id,
+            "event_name": str(self.event_name),
+            "details": dict(self.details),
+            "date_created": iso(self.date_created),
+        }
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class GatewayError(Exception):
+    """Base of every error that ends an action; `type` is what goes upstream."""
+
+    type: str = "gateway_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "message": self.message}
+
+
+class InvalidInput(GatewayError):
+    type = "invalid_input"
+
+    def __init__(self, message: str, validation_errors: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.validation_errors: dict[str, str] = dict(validation_errors or {})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "validation_errors": self.validation_errors}
+
+
+class DeviceNotFound(GatewayError):
+    type = "device_not_found"
+
+
+class ActionNotSupported(GatewayError):
+    type = "action_not_supported"
+
+
+class ActionTimeout(GatewayError):
+    type = "timeout"
+
+
+class DeviceError(GatewayError):
+    type = "device_error"
+
+
+class DeviceOffline(DeviceError):
+    type = "device_offline"
+
+
+class CodeNotConfirmed(GatewayError):
+    type = "code_not_confirmed"
+
+
+class GatewayRestarted(GatewayError):
+    type = "gateway_restarted"
+
+
+class DuplicateAction(GatewayError):
+    type = "duplicate_action"
+
+
+class IllegalTransition(GatewayError):
+    type = "illegal_transition"

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Idempotent set-up: find Python >= 3.12, install uv into .tools/, sync the locked deps into .venv,
+# and install the locked npm stack (zwave-js mock controller + zwave-server) when package.json exists.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+find_python() {
+    local c
+    for c in python3.13 python3.12; do
+        if command -v "$c" >/dev/null 2>&1 && "$c" -c 'import sys; assert sys.version_info >= (3, 12)' 2>/dev/null; then
+            command -v "$c"; return 0
+        fi
+    done
+    local root
+    root=$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")
+    for c in "$root"/versions/3.12*/bin/python3 "$root"/versions/3.13*/bin/python3; do
+        if [ -x "$c" ] && "$c" -c 'import sys; assert sys.version_info >= (3, 12)' 2>/dev/null; then
+            echo "$c"; return 0
+        fi
+    done
+    return 1
+}
+
+PY=$(find_python) || {
+    echo "gatewayd needs Python >= 3.12: install it (apt-get install python3.12, or pyenv install 3.12) and run make again" >&2
+    exit 1
+}
+
+UV_VERSION=0.13.9
+if [ ! -x .tools/bin/uv ] || [ "$(.tools/bin/uv --version | cut -d' ' -f2)" != "$UV_VERSION" ]; then
+    "$PY" -m venv .tools
+    .tools/bin/python -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION"
+fi
+
+.tools/bin/uv sync --quiet --frozen --all-extras --python "$PY"
+
+if [ -f package-lock.json ]; then
+    stamp=node_modules/.package-lock.stamp
+    if [ ! -f "$stamp" ] || ! cmp -s package-lock.json "$stamp"; then
+        npm ci --no-audit --no-fund --loglevel=error
+        cp package-lock.json "$stamp"
+    fi
+fi
