@@ -1,0 +1,282 @@
+"""Tunnel protocol v1: the JSON frames the gateway and the cloud exchange over one websocket.
+
+This is the only module shared by the daemon and devcloud. Every frame is one JSON object whose
+`type` picks the message class. `decode` never raises anything but `ProtocolError`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final
+
+import msgspec
+
+__all__ = [
+    "MAX_FRAME_BYTES",
+    "MESSAGE_TYPES",
+    "PROTOCOL_VERSION",
+    "Ack",
+    "ActionRequestMsg",
+    "ActionStatusMsg",
+    "Claimed",
+    "DeviceMsg",
+    "DeviceRemovedMsg",
+    "ErrorMsg",
+    "EventMsg",
+    "Hello",
+    "Message",
+    "ProtocolError",
+    "Welcome",
+    "check_version",
+    "decode",
+    "encode",
+    "to_dict",
+]
+
+PROTOCOL_VERSION: Final = 1
+MAX_FRAME_BYTES: Final = 64 * 1024
+
+_MASK: Final = "****"
+
+# Sequence numbers fit an SQLite INTEGER on both ends.
+Seq = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+
+
+class ProtocolError(Exception):
+    """A frame that cannot be used. `code` is what goes into the `error` frame."""
+
+    CODES: Final = frozenset(
+        {"malformed", "unknown_type", "too_large", "invalid", "unsupported_protocol"}
+    )
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class _Msg(msgspec.Struct, frozen=True, tag_field="type", kw_only=True):
+    """Base of every tunnel message; unknown fields are ignored for forward compatibility."""
+
+
+def _masked_repr(obj: _Msg, masked: dict[str, Any]) -> str:
+    fields = ", ".join(
+        f"{name}={masked.get(name, getattr(obj, name))!r}" for name in obj.__struct_fields__
+    )
+    return f"{type(obj).__name__}({fields})"
+
+
+class Hello(_Msg, frozen=True, tag="hello"):
+    """gw→cloud, first frame: who the gateway is; `registration_token` only while unclaimed."""
+
+    protocol: int
+    software_version: str
+    hardware: str
+    drivers: list[str]
+    registration_token: str | None = None
+    last_cloud_seq: Seq = 0
+
+    def __repr__(self) -> str:
+        token = None if self.registration_token is None else _MASK
+        return _masked_repr(self, {"registration_token": token})
+
+    def __rich_repr__(self) -> list[tuple[str, Any]]:
+        masked = None if self.registration_token is None else _MASK
+        return [
+            (n, masked if n == "registration_token" else getattr(self, n))
+            for n in self.__struct_fields__
+        ]
+
+
+class Welcome(_Msg, frozen=True, tag="welcome"):
+    """cloud→gw: the session is open; resend everything above `acked_seq`."""
+
+    protocol: int
+    gateway_id: str | None
+    acked_seq: Seq
+    heartbeat_s: float
+
+
+class Claimed(_Msg, frozen=True, tag="claimed"):
+    """cloud→gw: the gateway now belongs to an account; store `credential` and use it."""
+
+    gateway_id: str
+    credential: str
+
+    def __repr__(self) -> str:
+        return _masked_repr(self, {"credential": _MASK})
+
+    def __rich_repr__(self) -> list[tuple[str, Any]]:
+        return [("gateway_id", self.gateway_id), ("credential", _MASK)]
+
+
+class ActionRequestMsg(_Msg, frozen=True, tag="action_request"):
+    """cloud→gw: perform `action` on a Device or on the Gateway itself before `deadline`."""
+
+    id: str
+    entity_type: str
+    entity_id: str
+    action: str
+    inputs: dict[str, Any]
+    created_at: str
+    deadline: str
+
+    def masked_inputs(self) -> dict[str, Any]:
+        """The inputs with any PIN code replaced by `****`."""
+        return {k: (_MASK if k == "code" else v) for k, v in self.inputs.items()}
+
+    def __repr__(self) -> str:
+        return _masked_repr(self, {"inputs": self.masked_inputs()})
+
+    def __rich_repr__(self) -> list[tuple[str, Any]]:
+        return [
+            (n, self.masked_inputs() if n == "inputs" else getattr(self, n))
+            for n in self.__struct_fields__
+        ]
+
+
+class ActionStatusMsg(_Msg, frozen=True, tag="action_status"):
+    """gw→cloud: an action request moved to `status` at `at`; `error` is `{type, message}`."""
+
+    seq: Seq
+    action_request_id: str
+    status: str
+    error: dict[str, Any] | None
+    at: str
+
+
+class EventMsg(_Msg, frozen=True, tag="event"):
+    """gw→cloud: a door event, as `DoorEvent.to_dict()` writes it."""
+
+    seq: Seq
+    event: dict[str, Any]
+
+
+class DeviceMsg(_Msg, frozen=True, tag="device"):
+    """gw→cloud: a device was added or changed; `device` is its full upstream object."""
+
+    seq: Seq
+    device: dict[str, Any]
+
+
+class DeviceRemovedMsg(_Msg, frozen=True, tag="device_removed"):
+    """gw→cloud: a device left the gateway's network."""
+
+    seq: Seq
+    device_id: str
+
+
+class Ack(_Msg, frozen=True, tag="ack"):
+    """cloud→gw: every gateway message up to and including `seq` is stored (cumulative)."""
+
+    seq: Seq
+
+
+class ErrorMsg(_Msg, frozen=True, tag="error"):
+    """Either way: the sender refuses the session; it closes the socket after this frame."""
+
+    code: str
+    message: str
+
+
+Message = (
+    Hello
+    | Welcome
+    | Claimed
+    | ActionRequestMsg
+    | ActionStatusMsg
+    | EventMsg
+    | DeviceMsg
+    | DeviceRemovedMsg
+    | Ack
+    | ErrorMsg
+)
+
+MESSAGE_TYPES: Final[dict[str, type[_Msg]]] = {
+    cls.__struct_config__.tag: cls  # type: ignore[misc]
+    for cls in (
+        Hello,
+        Welcome,
+        Claimed,
+        ActionRequestMsg,
+        ActionStatusMsg,
+        EventMsg,
+        DeviceMsg,
+        DeviceRemovedMsg,
+        Ack,
+        ErrorMsg,
+    )
+}
+
+
+class _Envelope(msgspec.Struct):
+    type: str
+
+
+_encoder: Final = msgspec.json.Encoder()
+_envelope_decoder: Final = msgspec.json.Decoder(_Envelope)
+_decoder: Final = msgspec.json.Decoder(Message)
+
+
+def encode(msg: Message) -> bytes:
+    """One frame's JSON bytes; ProtocolError("too_large") rather than an oversize frame."""
+    data = _encoder.encode(msg)
+    if len(data) > MAX_FRAME_BYTES:
+        raise ProtocolError("too_large", f"frame of {len(data)} bytes exceeds {MAX_FRAME_BYTES}")
+    return data
+
+
+def to_dict(msg: Message) -> dict[str, Any]:
+    """The message as plain JSON-compatible builtins (with its `type`)."""
+    out: dict[str, Any] = msgspec.to_builtins(msg)
+    return out
+
+
+def decode(frame: bytes | str) -> Message:
+    """Parse one frame. Raises ProtocolError and nothing else, whatever the input."""
+    try:
+        return _decode(frame)
+    except ProtocolError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the contract is "ProtocolError, never anything else"
+        raise ProtocolError(
+            "malformed", f"frame could not be parsed ({type(exc).__name__})"
+        ) from None
+
+
+def _decode(frame: bytes | str) -> Message:
+    if isinstance(frame, str):
+        if len(frame) > MAX_FRAME_BYTES:
+            raise ProtocolError("too_large", f"frame exceeds {MAX_FRAME_BYTES} bytes")
+        frame = frame.encode("utf-8", errors="surrogatepass")
+    elif not isinstance(frame, bytes | bytearray | memoryview):
+        raise ProtocolError("malformed", "a frame is text or bytes")
+    if len(frame) > MAX_FRAME_BYTES:
+        raise ProtocolError("too_large", f"frame of {len(frame)} bytes exceeds {MAX_FRAME_BYTES}")
+    try:
+        envelope = _envelope_decoder.decode(frame)
+    except msgspec.ValidationError:
+        raise ProtocolError("invalid", "a frame is a JSON object with a string `type`") from None
+    except (msgspec.DecodeError, RecursionError):
+        raise ProtocolError("malformed", "frame is not valid JSON") from None
+    if envelope.type not in MESSAGE_TYPES:
+        raise ProtocolError("unknown_type", f"unknown message type {envelope.type[:40]!r}")
+    try:
+        msg: Message = _decoder.decode(frame)
+    except msgspec.ValidationError as exc:
+        raise ProtocolError("invalid", _one_line(str(exc))) from None
+    except (msgspec.DecodeError, RecursionError):
+        raise ProtocolError("malformed", "frame is not valid JSON") from None
+    return msg
+
+
+def check_version(protocol: int) -> None:
+    """Refuse a peer that speaks another major version of this protocol."""
+    if protocol != PROTOCOL_VERSION:
+        raise ProtocolError(
+            "unsupported_protocol",
+            f"protocol {protocol} is not supported; this end speaks {PROTOCOL_VERSION}",
+        )
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:200]
