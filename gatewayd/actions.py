@@ -1,0 +1,436 @@
+"""The dispatcher: validates action requests, runs them one at a time per device, enforces
+deadlines, keeps the status state machine, and reports every transition through one callback.
+
+Guarantees: an action id is executed at most once (also across restarts: one found unfinished
+at start-up is failed with `gateway_restarted`, never re-run); an action never starts after its
+deadline and is cancelled when the deadline passes; per-device FIFO, devices run concurrently.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final, Protocol
+
+import anyio
+import anyio.lowlevel
+import structlog
+from anyio.abc import TaskGroup
+
+from gatewayd.model import (
+    DEVICE_ACTIONS,
+    Action,
+    ActionName,
+    ActionNotSupported,
+    ActionRequest,
+    ActionResult,
+    ActionStatus,
+    ActionTimeout,
+    ClearCode,
+    Device,
+    DeviceError,
+    DeviceNotFound,
+    GatewayError,
+    GatewayRestarted,
+    InvalidInput,
+    Lock,
+    PinCode,
+    SetCode,
+    Unlock,
+    check_transition,
+    iso,
+    utcnow,
+)
+from gatewayd.store import ActionRow, Store
+
+log = structlog.get_logger(__name__)
+
+GATEWAY_QUEUE: Final = "gateway"
+RECENT_KEEP: Final = 50
+SEEN_KEEP: Final = 100_000  # ids remembered in memory; older ones are looked up in the store
+REMOTE_GRACE_S: Final = 5.0  # a remote lock/unlock report this soon after our action answers it
+_DIGITS = re.compile(r"^[0-9]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class StatusUpdate:
+    """One status transition of one action request, as reported upstream."""
+
+    action_request_id: str
+    status: ActionStatus
+    at: datetime
+    error: dict[str, Any] | None = None
+
+
+StatusCallback = Callable[[StatusUpdate], None]
+
+
+class Executor(Protocol):
+    """What the dispatcher needs from the rest of the daemon (the device registry)."""
+
+    def device(self, device_id: str) -> Device | None: ...
+
+    async def execute(self, device_id: str, action: Action) -> ActionResult: ...
+
+    async def pair(self, duration_s: int, inputs: Mapping[str, Any]) -> None: ...
+
+    async def unpair(self, duration_s: int, device_id: str | None) -> None: ...
+
+
+@dataclass(slots=True)
+class _Job:
+    request: ActionRequest
+    action: Action | None  # None for gateway actions
+    queue: str
+    status: ActionStatus
+    transitions: list[tuple[str, str]] = field(default_factory=list)
+    started: float | None = None
+    finished: float | None = None
+    error: dict[str, Any] | None = None
+
+    def snapshot(self) -> dict[str, Any]:
+        """What /status shows of an action: never its inputs."""
+        return {
+            "id": self.request.id,
+            "entity_id": self.request.entity_id,
+            "action": self.request.action,
+            "status": str(self.status),
+            "error": self.error,
+            "transitions": [{"status": s, "at": t} for s, t in self.transitions],
+            "duration_ms": (
+                round((self.finished - self.started) * 1000, 1)
+                if self.started is not None and self.finished is not None
+                else None
+            ),
+        }
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate(request: ActionRequest, device: Device | None) -> Action | None:
+    """Turn raw inputs into a typed Action (None for gateway actions) or raise a GatewayError."""
+    inputs = request.inputs
+    if not isinstance(inputs, Mapping):
+        raise InvalidInput("inputs must be an object", {"inputs": "must be an object"})
+    try:
+        name = ActionName(request.action)
+    except ValueError:
+        raise ActionNotSupported(f"unknown action {request.action!r}") from None
+    if request.entity_type == "Gateway":
+        if name in DEVICE_ACTIONS:
+            raise ActionNotSupported(f"{name} is a device action")
+        _validate_gateway_inputs(name, inputs)
+        return None
+    if request.entity_type != "Device":
+        raise InvalidInput("entity_type must be Device or Gateway", {"entity_type": "invalid"})
+    if device is None:
+        raise DeviceNotFound(f"device {request.entity_id} not found")
+    if name not in device.actions:
+        raise ActionNotSupported(f"{name} is not supported by this device")
+    return _device_action(name, inputs, device)
+
+
+def _device_action(name: ActionName, inputs: Mapping[str, Any], device: Device) -> Action:
+    errors: dict[str, str] = {}
+    allowed = {
+        ActionName.LOCK: set(),
+        ActionName.UNLOCK: set(),
+        ActionName.SET_CODE: {"code", "slot_id"},
+        ActionName.CLEAR_CODE: {"slot_id"},
+    }[name]
+    for key in inputs:
+        if key not in allowed:
+            errors[str(key)] = "unknown input"
+    codes = device.codes
+    slot_range = f"{codes.min_slot} through {codes.max_slot}"
+    slot: int | None = None
+    if name in (ActionName.SET_CODE, ActionName.CLEAR_CODE):
+        raw = inputs.get("slot_id")
+        if raw is None and name is ActionName.SET_CODE and codes.min_slot <= 1 <= codes.max_slot:
+            raw = 1  # the seed: "If you do not provide this value, the slot_id will default to 1"
+        if raw is None:
+            errors["slot_id"] = f"required; this lock's slots are {slot_range}"
+        elif not isinstance(raw, int) or isinstance(raw, bool):
+            errors["slot_id"] = "must be an integer"
+        elif not codes.min_slot <= raw <= codes.max_slot:
+            errors["slot_id"] = f"must be {slot_range}"
+        else:
+            slot = raw
+    pin: PinCode | None = None
+    if name is ActionName.SET_CODE:
+        raw_code = inputs.get("code")
+        lengths = f"{codes.min_length} to {codes.max_length} digits"
+        if raw_code is None:
+            errors["code"] = f"required: {lengths}"
+        elif not isinstance(raw_code, str):
+            errors["code"] = "must be a string of digits"
+        elif not _DIGITS.match(raw_code):
+            errors["code"] = "must contain digits only"
+        elif not codes.min_length <= len(raw_code) <= codes.max_length:
+            errors["code"] = f"must be {lengths}"
+        else:
+            pin = PinCode(raw_code)
+    if errors:
+        raise InvalidInput(f"invalid inputs for {name}", errors)
+    if name is ActionName.LOCK:
+        return Lock()
+    if name is ActionName.UNLOCK:
+        return Unlock()
+    assert slot is not None
+    if name is ActionName.CLEAR_CODE:
+        return ClearCode(slot_id=slot)
+    assert pin is not None
+    return SetCode(slot_id=slot, code=pin)
+
+
+def _validate_gateway_inputs(name: ActionName, inputs: Mapping[str, Any]) -> None:
+    errors: dict[str, str] = {}
+    allowed = {"duration", "device_id", "protocol", "dsk_pin"}
+    for key in inputs:
+        if key not in allowed:
+            errors[str(key)] = "unknown input"
+    duration = inputs.get("duration")
+    if not isinstance(duration, int) or isinstance(duration, bool) or not 1 <= duration <= 255:
+        errors["duration"] = "must be an integer from 1 to 255 (seconds)"
+    device_id = inputs.get("device_id")
+    if device_id is not None and (name is not ActionName.UNPAIR_DEVICES or not _is_str(device_id)):
+        errors["device_id"] = "must be a device id, for unpair_devices only"
+    dsk = inputs.get("dsk_pin")
+    if dsk is not None and not (isinstance(dsk, str) and len(dsk) == 5 and _DIGITS.match(dsk)):
+        errors["dsk_pin"] = "must be the 5 digits printed on the device"
+    if errors:
+        raise InvalidInput(f"invalid inputs for {name}", errors)
+
+
+def _is_str(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 100
+
+
+# --------------------------------------------------------------------------- dispatcher
+
+
+class Dispatcher:
+    """Runs action requests. `submit` is synchronous: validation and gateway_received happen
+    before it returns; execution happens on per-queue worker tasks in the daemon's task group."""
+
+    def __init__(
+        self,
+        store: Store,
+        executor: Executor,
+        on_status: StatusCallback,
+        *,
+        max_queue: int = 100,
+        now: Callable[[], datetime] = utcnow,
+        gateway_id: Callable[[], str | None] = lambda: None,
+    ) -> None:
+        self._store = store
+        self._executor = executor
+        self._on_status = on_status
+        self._max_queue = max_queue
+        self._now = now
+        self._gateway_id = gateway_id
+        self._tg: TaskGroup | None = None
+        self._queues: dict[str, deque[_Job]] = {}
+        self._wakeups: dict[str, anyio.Event] = {}
+        self._in_flight: dict[str, _Job] = {}
+        self._last_done: dict[str, tuple[str, float]] = {}
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self.recent: deque[_Job] = deque(maxlen=RECENT_KEEP)
+        self.counts: dict[str, int] = {}
+
+    def bind(self, tg: TaskGroup) -> None:
+        """Workers are started in this task group (the daemon's)."""
+        self._tg = tg
+
+    # ------------------------------------------------------------------ recovery
+
+    def recover(self) -> int:
+        """Fail every action a previous run left unfinished; returns how many."""
+        rows = self._store.actions_with_status(
+            [ActionStatus.GATEWAY_RECEIVED, ActionStatus.PROCESSING]
+        )
+        for row in rows:
+            request = ActionRequest(
+                row.id, "", row.entity_id, row.action, {}, self._now(), self._now()
+            )
+            job = _Job(request, None, "", ActionStatus(row.status), list(row.transitions))
+            self._remember(row.id)
+            self._finish(job, GatewayRestarted("the gateway restarted before this action ended"))
+            log.warning("actions.failed_after_restart", action_request_id=row.id, was=row.status)
+        return len(rows)
+
+    # ------------------------------------------------------------------ submit
+
+    def submit(self, request: ActionRequest) -> bool:
+        """Accept one request. False when its id was seen before (it is then not executed)."""
+        if self._is_duplicate(request.id):
+            log.warning("actions.duplicate_ignored", action_request_id=request.id)
+            return False
+        self._remember(request.id)
+        queue = GATEWAY_QUEUE if request.entity_type == "Gateway" else request.entity_id
+        job = _Job(request, None, queue, ActionStatus.PENDING)
+        self._transition(job, ActionStatus.GATEWAY_RECEIVED)
+        try:
+            self._check_gateway_target(request)
+            job.action = validate(request, self._executor.device(request.entity_id))
+            if self._remaining(job) <= 0:
+                raise ActionTimeout("the deadline passed before the gateway received the action")
+            pending = self._queues.setdefault(queue, deque())
+            if len(pending) >= self._max_queue:
+                raise DeviceError("too many actions are queued for this device")
+        except GatewayError as exc:
+            self._finish(job, exc)
+            return True
+        pending.append(job)
+        self._wake(queue)
+        return True
+
+    def _check_gateway_target(self, request: ActionRequest) -> None:
+        if request.entity_type != "Gateway":
+            return
+        ours = self._gateway_id()
+        if ours is not None and request.entity_id != ours:
+            raise InvalidInput("this action is for another gateway", {"entity_id": "not ours"})
+
+    def _is_duplicate(self, action_id: str) -> bool:
+        return action_id in self._seen or self._store.action(action_id) is not None
+
+    def _remember(self, action_id: str) -> None:
+        self._seen[action_id] = None
+        if len(self._seen) > SEEN_KEEP:
+            self._seen.popitem(last=False)
+
+    # ------------------------------------------------------------------ workers
+
+    def _wake(self, queue: str) -> None:
+        event = self._wakeups.get(queue)
+        if event is None:
+            if self._tg is None:
+                raise RuntimeError("dispatcher is not bound to a task group")
+            self._wakeups[queue] = anyio.Event()
+            self._tg.start_soon(self._worker, queue, name=f"actions.worker.{queue}")
+        else:
+            event.set()
+
+    async def _worker(self, queue: str) -> None:
+        pending = self._queues[queue]
+        while True:
+            while pending:
+                job = pending.popleft()
+                await self._run(job)
+                await anyio.lowlevel.checkpoint()  # a zero-latency driver must not starve the loop
+            event = anyio.Event()
+            self._wakeups[queue] = event
+            if not pending:
+                await event.wait()
+
+    async def _run(self, job: _Job) -> None:
+        remaining = self._remaining(job)
+        if remaining <= 0:
+            self._finish(job, ActionTimeout("the deadline passed while the action was queued"))
+            return
+        self._transition(job, ActionStatus.PROCESSING)
+        job.started = anyio.current_time()
+        self._in_flight[job.queue] = job
+        error: GatewayError | None = None
+        try:
+            with anyio.move_on_after(remaining) as scope:
+                await self._execute(job)
+            if scope.cancelled_caught:
+                error = ActionTimeout("the device did not confirm before the deadline")
+        except GatewayError as exc:
+            error = exc
+        except Exception as exc:  # noqa: BLE001 - a driver bug must not take the daemon down
+            log.error(
+                "actions.driver_crashed",
+                action_request_id=job.request.id,
+                device_id=job.request.entity_id,
+                error_type=type(exc).__name__,
+            )
+            error = DeviceError(f"driver error ({type(exc).__name__})")
+        finally:
+            self._in_flight.pop(job.queue, None)
+            job.finished = anyio.current_time()
+        self._last_done[job.queue] = (job.request.id, job.finished)
+        self._finish(job, error)
+
+    async def _execute(self, job: _Job) -> None:
+        req = job.request
+        if job.action is not None:
+            await self._executor.execute(req.entity_id, job.action)
+            return
+        duration = int(req.inputs["duration"])
+        if req.action == ActionName.PAIR_DEVICES:
+            await self._executor.pair(duration, req.inputs)
+        else:
+            device_id = req.inputs.get("device_id")
+            if device_id is not None and self._executor.device(device_id) is None:
+                raise DeviceNotFound(f"device {device_id} not found")
+            await self._executor.unpair(duration, device_id)
+
+    def _remaining(self, job: _Job) -> float:
+        return (job.request.deadline - self._now()).total_seconds()
+
+    # ------------------------------------------------------------------ state machine
+
+    def _transition(
+        self, job: _Job, status: ActionStatus, error: dict[str, Any] | None = None
+    ) -> None:
+        check_transition(job.status, status)
+        at = self._now()
+        job.status = status
+        job.error = error
+        job.transitions.append((str(status), iso(at)))
+        self.counts[status] = self.counts.get(status, 0) + 1
+        row = ActionRow(
+            job.request.id,
+            job.request.entity_id,
+            job.request.action,
+            str(status),
+            error,
+            job.transitions,
+            iso(job.request.deadline),
+        )
+        self._store.record_action(row, iso(at))
+        if status.terminal:
+            self.recent.append(job)
+        log.info(
+            "actions.status",
+            action_request_id=job.request.id,
+            device_id=job.request.entity_id,
+            action=job.request.action,
+            status=str(status),
+            error_type=error["type"] if error else None,
+        )
+        self._on_status(StatusUpdate(job.request.id, status, at, error))
+
+    def _finish(self, job: _Job, error: GatewayError | None) -> None:
+        if error is None:
+            self._transition(job, ActionStatus.COMPLETED)
+        else:
+            self._transition(job, ActionStatus.FAILED, error.to_dict())
+
+    # ------------------------------------------------------------------ introspection
+
+    def answering(self, device_id: str) -> str | None:
+        """The action request a `remote` lock/unlock report on this device answers, if any."""
+        job = self._in_flight.get(device_id)
+        if job is not None:
+            return job.request.id
+        done = self._last_done.get(device_id)
+        if done is not None and anyio.current_time() - done[1] <= REMOTE_GRACE_S:
+            return done[0]
+        return None
+
+    def in_flight(self) -> list[dict[str, Any]]:
+        return [job.snapshot() for job in self._in_flight.values()]
+
+    def queued(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    def recent_snapshots(self, limit: int = 20) -> list[dict[str, Any]]:
+        return [job.snapshot() for job in list(self.recent)[-limit:][::-1]]

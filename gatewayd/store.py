@@ -1,0 +1,429 @@
+"""SQLite store (WAL): identity, devices, the action log and the durable upstream outbox.
+
+Writes produced in one event-loop tick share one transaction (`flush`). A frame is visible to
+the tunnel only once committed, so nothing is sent that a crash could take back. A failed
+commit (disk full, read-only) keeps the batch in memory, surfaces on `last_error`, and retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import sqlite3
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import anyio
+import structlog
+
+from gatewayd.model import iso, utcnow
+
+log = structlog.get_logger(__name__)
+
+SCHEMA_VERSION: Final = 1
+RETRY_FLUSH_S: Final = 1.0
+
+_ADJECTIVES: Final = tuple(
+    str.split(
+        "amber azure bold brave brisk calm clever cosmic crisp curly dapper eager early fancy "
+        "fast fluffy gentle glad golden grand happy hazy humble icy jolly keen kind lively lucky "
+        "lunar mellow merry mighty misty modest neat nimble noble odd plain polite proud quick "
+        "quiet rapid rosy royal rustic shiny silent silver sleek smooth snowy solar spry steady "
+        "sunny swift tidy vivid warm witty young zesty"
+    )
+)
+_NOUNS: Final = tuple(
+    str.split(
+        "acorn anchor apple arrow badge beacon birch bison breeze brook canyon cedar cloud comet "
+        "coral crane dune eagle ember falcon fern fjord forest garnet glacier harbor haiku hawk "
+        "heron island jade lagoon lantern maple meadow mesa nebula oak orbit otter panda pebble "
+        "pine planet prairie quartz raven reef ridge river saffron sequoia shore sparrow spruce "
+        "summit thunder tulip valley willow zephyr"
+    )
+)
+
+
+def new_registration_token() -> str:
+    """A token in the seed's shape, e.g. `calm-haiku-42`; the cloud rate-limits claims."""
+    return f"{secrets.choice(_ADJECTIVES)}-{secrets.choice(_NOUNS)}-{secrets.randbelow(100)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    registration_token: str
+    token_created_at: datetime
+    gateway_id: str | None
+    credential: str | None
+
+    @property
+    def claimed(self) -> bool:
+        return self.gateway_id is not None and self.credential is not None
+
+    def __repr__(self) -> str:
+        return f"Identity(gateway_id={self.gateway_id!r}, claimed={self.claimed})"
+
+
+@dataclass(frozen=True, slots=True)
+class ActionRow:
+    id: str
+    entity_id: str
+    action: str
+    status: str
+    error: dict[str, Any] | None
+    transitions: list[tuple[str, str]]  # (status, iso time)
+    deadline: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRow:
+    device_id: str
+    driver: str
+    native_id: str
+    descriptor: dict[str, Any]
+
+
+# --------------------------------------------------------------------------- migrations
+
+
+def _v1(db: sqlite3.Connection) -> None:
+    db.executescript(
+        """
+        CREATE TABLE identity (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            registration_token TEXT NOT NULL,
+            token_created_at TEXT NOT NULL,
+            gateway_id TEXT,
+            credential TEXT
+        );
+        CREATE TABLE devices (
+            device_id TEXT PRIMARY KEY,
+            driver TEXT NOT NULL,
+            native_id TEXT NOT NULL,
+            descriptor TEXT NOT NULL DEFAULT '{}',
+            UNIQUE (driver, native_id)
+        );
+        CREATE TABLE actions (
+            id TEXT PRIMARY KEY,
+            entity_id TEXT NOT NULL,
+            action TEXT NOT NULL,
+            status TEXT NOT NULL,
+            error TEXT,
+            transitions TEXT NOT NULL,
+            deadline TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE INDEX actions_status ON actions (status);
+        CREATE INDEX actions_updated ON actions (updated_at);
+        CREATE TABLE outbox (
+            seq INTEGER PRIMARY KEY,
+            frame BLOB NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        """
+    )
+
+
+# One function per schema version; MIGRATIONS[n] moves the schema from version n to n + 1.
+MIGRATIONS: Final[Sequence[Callable[[sqlite3.Connection], None]]] = (_v1,)
+
+
+def migrate(db: sqlite3.Connection) -> int:
+    """Bring the schema to SCHEMA_VERSION, one transaction per step. Returns the new version."""
+    version: int = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise RuntimeError(f"store schema {version} is newer than this gatewayd knows")
+    for step in range(version, len(MIGRATIONS)):
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            MIGRATIONS[step](db)
+            db.execute(f"PRAGMA user_version = {step + 1}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        log.info("store.migrated", version=step + 1)
+    return len(MIGRATIONS)
+
+
+# --------------------------------------------------------------------------- store
+
+
+def _create_private(path: Path) -> None:
+    """Create `path` (and its sibling WAL files when SQLite makes them) readable by us only."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+    os.chmod(path, 0o600)
+
+
+class Store:
+    """The daemon's only persistence. Single-threaded: use it from the event loop."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
+        self._db = db
+        self.path = path
+        self._pending_frames: list[tuple[int, bytes, str]] = []
+        self._pending_sql: list[tuple[str, tuple[Any, ...]]] = []
+        self._pending_actions: dict[str, tuple[Any, ...]] = {}
+        self._flush_scheduled = False
+        self._committed_event = anyio.Event()
+        self.last_error: str | None = None
+        self.commits = 0
+        row = db.execute("SELECT value FROM meta WHERE key = 'acked_seq'").fetchone()
+        self._acked_seq = int(row[0]) if row else 0
+        top = db.execute("SELECT max(seq) FROM outbox").fetchone()[0]
+        self._committed_seq = max(int(top or 0), self._acked_seq)
+        self._next_seq = self._committed_seq + 1
+
+    @classmethod
+    def open(cls, path: Path, synchronous: str = "normal") -> Store:
+        _create_private(path)
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'full' else 'NORMAL'}")
+        db.execute("PRAGMA foreign_keys = ON")
+        migrate(db)
+        for suffix in ("-wal", "-shm"):
+            side = path.with_name(path.name + suffix)
+            if side.exists():
+                os.chmod(side, 0o600)
+        store = cls(db, path)
+        store._ensure_identity()
+        return store
+
+    def close(self) -> None:
+        self.flush()
+        self._db.close()
+
+    # ------------------------------------------------------------------ batching
+
+    def _schedule_flush(self) -> None:
+        if self._flush_scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._flush_scheduled = True
+        loop.call_soon(self._flush_from_loop)
+
+    def _flush_from_loop(self) -> None:
+        self._flush_scheduled = False
+        if not self.flush():
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_later(RETRY_FLUSH_S, self._flush_from_loop)
+
+    def flush(self) -> bool:
+        """Commit everything queued in one transaction. False (batch kept) if SQLite refused."""
+        if not self._pending_frames and not self._pending_sql and not self._pending_actions:
+            return True
+        frames, stmts, actions = self._pending_frames, self._pending_sql, self._pending_actions
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            if frames:
+                self._db.executemany(
+                    "INSERT INTO outbox (seq, frame, created_at) VALUES (?, ?, ?)", frames
+                )
+            if actions:
+                self._db.executemany(_UPSERT_ACTION, actions.values())
+            for sql, params in stmts:
+                self._db.execute(sql, params)
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            if self.last_error is None:
+                log.error("store.commit_failed", error=str(exc), queued=len(frames) + len(stmts))
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            return False
+        if self.last_error is not None:
+            log.info("store.commit_recovered")
+        self.last_error = None
+        self.commits += 1
+        self._pending_frames, self._pending_sql, self._pending_actions = [], [], {}
+        if frames:
+            self._committed_seq = frames[-1][0]
+            self._committed_event.set()
+            self._committed_event = anyio.Event()
+        return True
+
+    def _queue(self, sql: str, params: tuple[Any, ...]) -> None:
+        self._pending_sql.append((sql, params))
+        self._schedule_flush()
+
+    # ------------------------------------------------------------------ identity
+
+    def _ensure_identity(self) -> None:
+        if self._db.execute("SELECT 1 FROM identity").fetchone() is None:
+            self._db.execute(
+                "INSERT INTO identity (id, registration_token, token_created_at) VALUES (1, ?, ?)",
+                (new_registration_token(), iso(utcnow())),
+            )
+            log.info("store.identity_created")
+
+    def identity(self) -> Identity:
+        token, created, gateway_id, credential = self._db.execute(
+            "SELECT registration_token, token_created_at, gateway_id, credential FROM identity"
+        ).fetchone()
+        return Identity(token, _parse_ts(created), gateway_id, credential)
+
+    def set_claimed(self, gateway_id: str, credential: str) -> None:
+        self._db.execute(
+            "UPDATE identity SET gateway_id = ?, credential = ? WHERE id = 1",
+            (gateway_id, credential),
+        )
+
+    def reset_claim(self) -> Identity:
+        """Forget the credential (revoked) and issue a fresh registration token."""
+        self._db.execute(
+            "UPDATE identity SET gateway_id = NULL, credential = NULL,"
+            " registration_token = ?, token_created_at = ? WHERE id = 1",
+            (new_registration_token(), iso(utcnow())),
+        )
+        return self.identity()
+
+    # ------------------------------------------------------------------ devices
+
+    def device_id(self, driver: str, native_id: str) -> str:
+        """The stable UUID for (driver, native_id), created and committed on first sight."""
+        row = self._db.execute(
+            "SELECT device_id FROM devices WHERE driver = ? AND native_id = ?", (driver, native_id)
+        ).fetchone()
+        if row:
+            return str(row[0])
+        device_id = str(uuid.uuid4())
+        self._db.execute(
+            "INSERT INTO devices (device_id, driver, native_id) VALUES (?, ?, ?)",
+            (device_id, driver, native_id),
+        )
+        return device_id
+
+    def save_device(self, device_id: str, descriptor: dict[str, Any]) -> None:
+        self._queue(
+            "UPDATE devices SET descriptor = ? WHERE device_id = ?",
+            (json.dumps(descriptor, default=str), device_id),
+        )
+
+    def forget_device(self, device_id: str) -> None:
+        self._queue("DELETE FROM devices WHERE device_id = ?", (device_id,))
+
+    def devices(self) -> list[DeviceRow]:
+        return [
+            DeviceRow(d, drv, n, json.loads(desc))
+            for d, drv, n, desc in self._db.execute(
+                "SELECT device_id, driver, native_id, descriptor FROM devices ORDER BY rowid"
+            )
+        ]
+
+    # ------------------------------------------------------------------ actions
+
+    def record_action(self, row: ActionRow, updated_at: str) -> None:
+        """Upsert one action's log entry (never its inputs: they may hold a PIN).
+
+        Several updates of one action within a tick coalesce into one row write.
+        """
+        self._pending_actions[row.id] = (
+            row.id,
+            row.entity_id,
+            row.action,
+            row.status,
+            json.dumps(row.error) if row.error else None,
+            json.dumps(row.transitions),
+            row.deadline,
+            updated_at,
+        )
+        self._schedule_flush()
+
+    def action(self, action_id: str) -> ActionRow | None:
+        rows = self._select_actions("WHERE id = ?", (action_id,))
+        return rows[0] if rows else None
+
+    def actions_with_status(self, statuses: Sequence[str]) -> list[ActionRow]:
+        marks = ",".join("?" * len(statuses))
+        return self._select_actions(f"WHERE status IN ({marks})", tuple(statuses))
+
+    def recent_actions(self, limit: int = 20) -> list[ActionRow]:
+        return self._select_actions("ORDER BY updated_at DESC, rowid DESC LIMIT ?", (limit,))
+
+    def _select_actions(self, where: str, params: tuple[Any, ...]) -> list[ActionRow]:
+        cur = self._db.execute(
+            "SELECT id, entity_id, action, status, error, transitions, deadline FROM actions "  # noqa: S608 - `where` is a literal of this module, values are bound
+            + where,
+            params,
+        )
+        return [
+            ActionRow(i, e, a, s, json.loads(err) if err else None, _pairs(tr), dl)
+            for i, e, a, s, err, tr, dl in cur
+        ]
+
+    # ------------------------------------------------------------------ outbox
+
+    def outbox_put(self, make: Callable[[int], bytes]) -> int:
+        """Queue frame make(seq) under the next seq; durable at the end of this loop tick."""
+        seq = self._next_seq
+        self._next_seq += 1
+        self._pending_frames.append((seq, make(seq), iso(utcnow())))
+        self._schedule_flush()
+        return seq
+
+    def outbox_after(self, seq: int, limit: int = 1000) -> list[tuple[int, bytes]]:
+        """Committed frames above `seq`, ascending."""
+        return [
+            (int(s), bytes(f))
+            for s, f in self._db.execute(
+                "SELECT seq, frame FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
+            )
+        ]
+
+    async def wait_outbox(self, after_seq: int) -> None:
+        while self._committed_seq <= after_seq:
+            await self._committed_event.wait()
+
+    def outbox_ack(self, seq: int) -> None:
+        """Cumulative ack from the cloud: frames up to `seq` are delivered."""
+        seq = min(seq, self._committed_seq)
+        if seq <= self._acked_seq:
+            return
+        self._acked_seq = seq
+        self._queue("DELETE FROM outbox WHERE seq <= ?", (seq,))
+        self._queue(
+            "INSERT INTO meta (key, value) VALUES ('acked_seq', ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (str(seq),),
+        )
+
+    @property
+    def acked_seq(self) -> int:
+        return self._acked_seq
+
+    @property
+    def committed_seq(self) -> int:
+        return self._committed_seq
+
+    def outbox_backlog(self) -> int:
+        """Frames produced and not yet acknowledged by the cloud (committed or queued)."""
+        return self._next_seq - 1 - self._acked_seq
+
+
+_UPSERT_ACTION: Final = (
+    "INSERT INTO actions (id, entity_id, action, status, error, transitions, deadline,"
+    " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+    " status = excluded.status, error = excluded.error,"
+    " transitions = excluded.transitions, updated_at = excluded.updated_at"
+)
+
+
+def _parse_ts(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def _pairs(raw: str) -> list[tuple[str, str]]:
+    return [(str(s), str(t)) for s, t in json.loads(raw)]
