@@ -53,6 +53,7 @@ class CloudConfig(_Section, frozen=True):
 class StatusConfig(_Section, frozen=True):
     listen: str = "127.0.0.1:8181"
     allow_remote: bool = False  # a non-loopback listen address must be opted into
+    local_actions: bool = False  # development: POST /actions and /simulate on this endpoint
 
 
 class LogConfig(_Section, frozen=True):
@@ -77,13 +78,19 @@ class SimConfig(_Section, frozen=True):
     slots: tuple[int, int] = (1, 11)
     auto_relock_s: Annotated[float, msgspec.Meta(ge=0, le=86_400)] = 0.0  # 0: off
     battery_drain_per_action: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+    pair_delay_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 0.1  # pairing -> new lock joins
 
 
 class ZWaveConfig(_Section, frozen=True):
     enabled: bool = False
-    url: str = "ws://127.0.0.1:3000"
+    url: str = "ws://127.0.0.1:3000"  # the zwave-js-server websocket
     code_recheck_s: Annotated[float, msgspec.Meta(ge=0, le=86_400)] = 30.0  # 0: off
     interview_timeout_s: PositiveSeconds = 120.0
+    connect_timeout_s: PositiveSeconds = 10.0
+    reconnect_max_s: PositiveSeconds = 30.0  # backoff cap between reconnect attempts
+    event_merge_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 1.0  # report + notification -> 1
+    code_confirm_s: PositiveSeconds = 5.0  # wait for a masked lock's programming notification
+    mock_control_url: str = ""  # tests only: the mock controller's control channel
 
 
 class ZigbeeConfig(_Section, frozen=True):
@@ -128,7 +135,7 @@ _LISTEN = re.compile(r"^\[?(?P<host>[^\[\]]+?)\]?:(?P<port>\d{1,5})$")
 
 def _split_listen(value: str) -> tuple[str, int]:
     m = _LISTEN.match(value)
-    if not m or not 1 <= int(m["port"]) <= 65_535:
+    if not m or not 0 <= int(m["port"]) <= 65_535:
         raise ConfigError(f"status.listen: expected HOST:PORT, got {value!r}")
     return m["host"], int(m["port"])
 
