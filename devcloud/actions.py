@@ -1,0 +1,162 @@
+"""Action requests: create, hand to the gateway, time out the hand-off, apply gateway status.
+
+The PIN code lives only in the `action_request` frame sent down the tunnel: what is stored and
+shown is the masked copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+from typing import Any, Final
+
+import structlog
+
+from devcloud.db import Database
+from devcloud.hub import Hub
+from devcloud.settings import Settings
+from devcloud.timeutil import iso, utcnow
+from devcloud.validation import mask
+from gatewayd import protocol
+
+log = structlog.get_logger("devcloud.actions")
+
+# How far along each status is; the gateway may only move an action forward.
+_RANK: Final = {
+    "pending": 0,
+    "gateway_failure": 0,
+    "gateway_received": 1,
+    "processing": 2,
+    "completed": 3,
+    "failed": 3,
+}
+GATEWAY_STATUSES: Final = frozenset({"gateway_received", "processing", "completed", "failed"})
+
+
+def action_view(row: dict[str, Any]) -> dict[str, Any]:
+    """An action request as the REST API shows it (seed 001)."""
+    out: dict[str, Any] = {"id": row["id"]}
+    if row["entity_type"] == "Device":
+        out["device_id"] = row["entity_id"]
+    else:
+        out["entity_id"] = row["entity_id"]
+        out["entity_type"] = row["entity_type"]
+    out["location_id"] = row["location_id"]
+    out["data"] = {row["action"]: row["data"]}
+    out["status"] = row["status"]
+    if row["error"] is not None:
+        out["error"] = row["error"]
+    out["created_at"] = row["created_at"]
+    out["updated_at"] = row["updated_at"]
+    return out
+
+
+class ActionService:
+    def __init__(self, db: Database, hub: Hub, settings: Settings) -> None:
+        self._db = db
+        self._hub = hub
+        self._settings = settings
+        self._handoff: dict[str, asyncio.TimerHandle] = {}
+
+    async def create(
+        self,
+        *,
+        entity_type: str,
+        entity_id: str,
+        gateway_id: str,
+        location_id: str,
+        action: str,
+        inputs: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Store a `pending` request and send it to the gateway; return its REST view."""
+        now = utcnow()
+        id_ = str(uuid.uuid4())
+        created_at = iso(now)
+        deadline = iso(now + timedelta(seconds=self._settings.action_timeout_s))
+        row: dict[str, Any] = {
+            "id": id_,
+            "entity_type": entity_type,
+            "entity_id": entity_id,
+            "gateway_id": gateway_id,
+            "location_id": location_id,
+            "action": action,
+            "data": mask(inputs),
+            "status": "pending",
+            "created_at": created_at,
+            "deadline": deadline,
+        }
+        self._db.add_action(row)
+        log.info(
+            "action.created", action_request_id=row["id"], action=action, gateway_id=gateway_id
+        )
+        conn = self._hub.claimed.get(gateway_id)
+        msg = protocol.ActionRequestMsg(
+            id=id_,
+            entity_type=entity_type,
+            entity_id=entity_id,
+            action=action,
+            inputs=inputs,
+            created_at=created_at,
+            deadline=deadline,
+        )
+        if conn is None or not await conn.send(msg):
+            self._fail(id_, "gateway_offline", "The gateway is offline")
+        else:
+            loop = asyncio.get_running_loop()
+            self._handoff[id_] = loop.call_later(
+                self._settings.handoff_timeout_s, self._handoff_expired, id_
+            )
+        view = self._db.action(id_)
+        assert view is not None
+        return action_view(view)
+
+    def _handoff_expired(self, id_: str) -> None:
+        self._handoff.pop(id_, None)
+        row = self._db.action(id_)
+        if row is not None and row["status"] == "pending":
+            self._fail(id_, "gateway_timeout", "The gateway did not receive the action request")
+
+    def _fail(self, id_: str, type_: str, message: str) -> None:
+        error = {"type": type_, "message": message}
+        self._db.set_action_status(id_, "gateway_failure", error, iso(utcnow()), "cloud")
+        log.warning("action.gateway_failure", action_request_id=id_, reason=type_)
+
+    def apply_status(self, gateway_id: str, msg: protocol.ActionStatusMsg) -> None:
+        """A status report from the gateway that owns the request; anything else is ignored."""
+        row = self._db.action(msg.action_request_id)
+        if row is None or row["gateway_id"] != gateway_id:
+            log.warning("action.unknown_status_report", gateway_id=gateway_id)
+            return
+        current, new = row["status"], msg.status
+        if new not in GATEWAY_STATUSES or _RANK[new] <= _RANK[current]:
+            log.warning(
+                "action.status_refused", action_request_id=row["id"], current=current, new=new
+            )
+            return
+        if current == "gateway_failure":
+            log.warning("action.late_report", action_request_id=row["id"], new=new)
+        handle = self._handoff.pop(row["id"], None)
+        if handle is not None:
+            handle.cancel()
+        error = _clean_error(msg.error) if new == "failed" else None
+        self._db.set_action_status(row["id"], new, error, iso(utcnow()), "gateway")
+        log.info("action.status", action_request_id=row["id"], status=new)
+
+    def close(self) -> None:
+        for handle in self._handoff.values():
+            handle.cancel()
+        self._handoff.clear()
+
+
+def _clean_error(error: dict[str, Any] | None) -> dict[str, Any]:
+    """The gateway's `{type, message, validation_errors?}`, reduced to those keys."""
+    if error is None:
+        return {"type": "unknown", "message": "The action failed"}
+    out: dict[str, Any] = {
+        "type": str(error.get("type") or "unknown")[:100],
+        "message": str(error.get("message") or "")[:500],
+    }
+    if isinstance(error.get("validation_errors"), dict):
+        out["validation_errors"] = error["validation_errors"]
+    return out

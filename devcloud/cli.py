@@ -1,0 +1,120 @@
+"""`devcloud serve --port --db --api-key [--host] [--webhook URL ...]`: run the reference cloud."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import sys
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from devcloud.app import create_app
+from devcloud.settings import Settings
+
+log = structlog.get_logger("devcloud")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="devcloud", description="Reference cloud for gatewayd")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve REST v1 and the gateway tunnel")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, required=True, help="0 picks a free port")
+    serve.add_argument("--db", required=True, help="SQLite file")
+    serve.add_argument(
+        "--api-key", default=os.environ.get("DEVCLOUD_API_KEY"), help="or DEVCLOUD_API_KEY"
+    )
+    serve.add_argument("--webhook", action="append", default=[], metavar="URL")
+    serve.add_argument(
+        "--webhook-secret",
+        default=os.environ.get("DEVCLOUD_WEBHOOK_SECRET"),
+        help="HMAC key for Seam-Signature (or DEVCLOUD_WEBHOOK_SECRET); default: generated "
+        "and written next to the database as <db>.webhook_secret",
+    )
+    serve.add_argument("--action-timeout", type=float, default=60.0, metavar="SECONDS")
+    serve.add_argument("--handoff-timeout", type=float, default=10.0, metavar="SECONDS")
+    serve.add_argument("--heartbeat", type=float, default=20.0, metavar="SECONDS")
+    serve.add_argument("--log-format", choices=("console", "json"), default="console")
+    return parser
+
+
+def _configure_logging(fmt: str) -> None:
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+    )
+
+
+def _webhook_secret(given: str | None, db: str) -> str:
+    if given:
+        return given
+    path = Path(f"{db}.webhook_secret")
+    if path.exists():
+        return path.read_text().strip()
+    secret = "whsec_" + secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret + "\n")
+    return secret
+
+
+async def serve(settings: Settings, host: str, port: int) -> None:
+    runner = web.AppRunner(create_app(settings), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = runner.addresses[0][1] if runner.addresses else port
+    log.info("devcloud.listening", host=host, port=bound)
+    print(f"devcloud listening on http://{host}:{bound}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("devcloud.stopping")
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _configure_logging(args.log_format)
+    if not args.api_key:
+        print("devcloud: --api-key (or DEVCLOUD_API_KEY) is required", file=sys.stderr)
+        return 2
+    for url in args.webhook:
+        if not url.startswith(("http://", "https://")):
+            print("devcloud: --webhook expects an http:// or https:// URL", file=sys.stderr)
+            return 2
+    settings = Settings(
+        api_key=args.api_key,
+        db_path=args.db,
+        webhook_urls=tuple(args.webhook),
+        webhook_secret=_webhook_secret(args.webhook_secret, args.db) if args.webhook else "",
+        action_timeout_s=args.action_timeout,
+        handoff_timeout_s=args.handoff_timeout,
+        heartbeat_s=args.heartbeat,
+    )
+    asyncio.run(serve(settings, args.host, args.port))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

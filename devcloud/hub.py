@@ -1,0 +1,91 @@
+"""Who is connected: claimed gateways by id, unclaimed ones by the hash of their token."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import structlog
+from aiohttp import web
+
+from gatewayd import protocol
+
+log = structlog.get_logger("devcloud.tunnel")
+
+# Websocket close codes used after an `error` frame.
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_PROTOCOL = 1002
+
+
+@dataclass(eq=False)
+class Connection:
+    """One gateway's websocket; sends are serialized so frames never interleave."""
+
+    ws: web.WebSocketResponse
+    remote: str
+    gateway_id: str | None = None
+    token_hash: str | None = None
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def send(self, msg: protocol.Message) -> bool:
+        """Send one frame; False if the socket is gone."""
+        if self.ws.closed:
+            return False
+        try:
+            frame = protocol.encode(msg).decode()
+            async with self._lock:
+                await self.ws.send_str(frame)
+        except (ConnectionError, RuntimeError, protocol.ProtocolError) as exc:
+            log.warning("tunnel.send_failed", gateway_id=self.gateway_id, error=type(exc).__name__)
+            return False
+        return True
+
+    async def refuse(self, code: str, message: str) -> None:
+        """Send an `error` frame, then close."""
+        await self.send(protocol.ErrorMsg(code=code, message=message))
+        close = {"too_large": CLOSE_TOO_BIG, "malformed": CLOSE_PROTOCOL}.get(code, CLOSE_POLICY)
+        await self.ws.close(code=close, message=code.encode()[:100])
+
+
+class Hub:
+    """The live connections. A newer connection for the same gateway or token replaces the older."""
+
+    def __init__(self) -> None:
+        self.claimed: dict[str, Connection] = {}
+        self.unclaimed: dict[str, Connection] = {}
+
+    def online(self, gateway_id: str) -> bool:
+        conn = self.claimed.get(gateway_id)
+        return conn is not None and not conn.ws.closed
+
+    def attach(self, conn: Connection) -> Connection | None:
+        """Register a connection; return the one it replaces, if any."""
+        if conn.gateway_id is not None:
+            old = self.claimed.get(conn.gateway_id)
+            self.claimed[conn.gateway_id] = conn
+        else:
+            assert conn.token_hash is not None
+            old = self.unclaimed.get(conn.token_hash)
+            self.unclaimed[conn.token_hash] = conn
+        return old if old is not conn else None
+
+    def promote(self, conn: Connection, gateway_id: str) -> Connection | None:
+        """An unclaimed connection was just claimed: it now speaks for `gateway_id`."""
+        if conn.token_hash is not None and self.unclaimed.get(conn.token_hash) is conn:
+            del self.unclaimed[conn.token_hash]
+        conn.token_hash = None
+        conn.gateway_id = gateway_id
+        return self.attach(conn)
+
+    def detach(self, conn: Connection) -> None:
+        if conn.gateway_id is not None and self.claimed.get(conn.gateway_id) is conn:
+            del self.claimed[conn.gateway_id]
+        if conn.token_hash is not None and self.unclaimed.get(conn.token_hash) is conn:
+            del self.unclaimed[conn.token_hash]
+
+    async def close_all(self) -> None:
+        for conn in [*self.claimed.values(), *self.unclaimed.values()]:
+            await conn.ws.close(code=1001, message=b"server shutdown")
+        self.claimed.clear()
+        self.unclaimed.clear()

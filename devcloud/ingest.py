@@ -1,0 +1,94 @@
+"""What the cloud does with each upstream message: dedupe by seq, store, then it can be acked."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from devcloud.actions import ActionService
+from devcloud.db import Database
+from devcloud.timeutil import iso, parse_iso, utcnow
+from devcloud.webhooks import Webhooks
+from gatewayd import protocol
+
+log = structlog.get_logger("devcloud.ingest")
+
+Upstream = (
+    protocol.ActionStatusMsg | protocol.EventMsg | protocol.DeviceMsg | protocol.DeviceRemovedMsg
+)
+
+_LOCK_STATE = {"door locked": True, "door unlocked": False}
+
+
+class Ingest:
+    def __init__(self, db: Database, actions: ActionService, webhooks: Webhooks) -> None:
+        self._db = db
+        self._actions = actions
+        self._webhooks = webhooks
+
+    def apply(self, gateway_id: str, msg: Upstream) -> int:
+        """Store one message unless its seq was seen; return the cumulative seq to ack."""
+        high = self._db.high_water(gateway_id)
+        if msg.seq <= high:
+            log.info("tunnel.duplicate", gateway_id=gateway_id, seq=msg.seq, acked_seq=high)
+            return high
+        published: dict[str, Any] | None = None
+        with self._db.transaction():
+            match msg:
+                case protocol.ActionStatusMsg():
+                    self._actions.apply_status(gateway_id, msg)
+                case protocol.EventMsg():
+                    published = self._event(gateway_id, msg.event)
+                case protocol.DeviceMsg():
+                    self._device(gateway_id, msg.device)
+                case protocol.DeviceRemovedMsg():
+                    self._db.remove_device(msg.device_id, gateway_id)
+                    log.info("device.removed", gateway_id=gateway_id, device_id=msg.device_id)
+            self._db.set_high_water(gateway_id, msg.seq)
+        if published is not None:
+            self._webhooks.publish(published)
+        return msg.seq
+
+    def _event(self, gateway_id: str, event: dict[str, Any]) -> dict[str, Any] | None:
+        device_id, name = event.get("device_id"), event.get("event_name")
+        when = parse_iso(event.get("date_created", ""))
+        if not (_short_str(event.get("id")) and _short_str(device_id) and _short_str(name)):
+            log.warning("event.rejected", gateway_id=gateway_id, reason="missing_fields")
+            return None
+        if when is None or not isinstance(event.get("details", {}), dict):
+            log.warning("event.rejected", gateway_id=gateway_id, reason="bad_fields")
+            return None
+        if self._db.device_owner(str(device_id)) not in (None, gateway_id):
+            log.warning("event.rejected", gateway_id=gateway_id, reason="foreign_device")
+            return None
+        event = {"type": "device_event", "details": {}, **event}
+        if not self._db.add_event(event, gateway_id, iso(when)):
+            return None
+        self._note_lock_state(gateway_id, str(device_id), str(name))
+        log.info("event.stored", gateway_id=gateway_id, device_id=device_id, event_name=name)
+        return event
+
+    def _note_lock_state(self, gateway_id: str, device_id: str, name: str) -> None:
+        locked = _LOCK_STATE.get(name)
+        device = self._db.device(device_id)
+        if locked is None or device is None or not isinstance(device.get("properties"), dict):
+            return
+        device["properties"]["locked"] = locked
+        self._db.upsert_device(device, gateway_id, iso(utcnow()))
+
+    def _device(self, gateway_id: str, device: dict[str, Any]) -> None:
+        device_id = device.get("id")
+        if not _short_str(device_id) or not isinstance(device.get("actions", {}), dict):
+            log.warning("device.rejected", gateway_id=gateway_id, reason="bad_fields")
+            return
+        owner = self._db.device_owner(str(device_id))
+        if owner not in (None, gateway_id):
+            log.warning("device.rejected", gateway_id=gateway_id, reason="foreign_device")
+            return
+        self._db.upsert_device(device, gateway_id, iso(utcnow()))
+        log.info("device.upserted", gateway_id=gateway_id, device_id=device_id)
+
+
+def _short_str(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 200

@@ -1,0 +1,24 @@
+"""devcloud's settings: one frozen object built by the CLI or by tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    api_key: str = field(repr=False)
+    db_path: str
+    webhook_urls: tuple[str, ...] = ()
+    webhook_secret: str = field(default="", repr=False)
+    webhook_attempts: int = 6
+    webhook_backoff_s: float = 0.5
+    webhook_backoff_max_s: float = 30.0
+    webhook_timeout_s: float = 10.0
+    action_timeout_s: float = 60.0
+    handoff_timeout_s: float = 10.0
+    heartbeat_s: float = 20.0
+    hello_timeout_s: float = 10.0
+    token_ttl_s: float = 24 * 3600.0
+    claim_limit: int = 10
+    claim_window_s: float = 60.0

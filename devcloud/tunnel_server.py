@@ -1,0 +1,166 @@
+"""The tunnel's cloud end: `GET /v1/gateway/tunnel` upgraded to a websocket.
+
+Claimed gateways authenticate at the upgrade (`Authorization: Bearer <credential>`, 401 if
+wrong or revoked); unclaimed ones present a registration token in `hello` and wait for
+`claimed`. A bad frame gets an `error` frame and the socket is closed; the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Final
+
+import structlog
+from aiohttp import WSMsgType, web
+
+from devcloud import state
+from devcloud.db import secret_hash
+from devcloud.errors import error_response, request_id
+from devcloud.hub import Connection
+from gatewayd import protocol
+
+log = structlog.get_logger("devcloud.tunnel")
+
+_TOKEN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{2,99}")
+
+
+async def tunnel_handler(request: web.Request) -> web.StreamResponse:
+    app = request.app[state.STATE]
+    gateway_id: str | None = None
+    auth = request.headers.get("Authorization")
+    if auth is not None:
+        scheme, _, credential = auth.partition(" ")
+        gateway = None
+        if scheme.lower() == "bearer" and credential.strip():
+            gateway = app.db.gateway_by_credential(secret_hash(credential.strip()))
+        if gateway is None:
+            log.warning("tunnel.unauthorized", remote=request.remote)
+            return error_response(
+                401, "unauthorized", "Invalid gateway credential", request_id(request)
+            )
+        gateway_id = gateway.id
+    ws = web.WebSocketResponse(
+        heartbeat=app.settings.heartbeat_s, max_msg_size=4 * protocol.MAX_FRAME_BYTES
+    )
+    if not ws.can_prepare(request).ok:
+        return error_response(
+            400, "invalid_request", "Expected a websocket upgrade", request_id(request)
+        )
+    await ws.prepare(request)
+    conn = Connection(ws=ws, remote=request.remote or "", gateway_id=gateway_id)
+    try:
+        await _session(app, conn)
+    finally:
+        app.hub.detach(conn)
+        if not ws.closed:
+            await ws.close()
+        log.info("tunnel.closed", gateway_id=conn.gateway_id, remote=conn.remote)
+    return ws
+
+
+async def _session(app: state.State, conn: Connection) -> None:
+    first = await _next_frame(conn, app.settings.hello_timeout_s)
+    if first is None:
+        return
+    if not isinstance(first, protocol.Hello):
+        await conn.refuse("invalid", "the first frame must be hello")
+        return
+    try:
+        protocol.check_version(first.protocol)
+    except protocol.ProtocolError as exc:
+        await conn.refuse(exc.code, exc.message)
+        return
+    if conn.gateway_id is None and not await _open_unclaimed(app, conn, first):
+        return
+    replaced = app.hub.attach(conn)
+    if replaced is not None:
+        await replaced.refuse("replaced", "a newer connection took over")
+    acked = 0 if conn.gateway_id is None else app.db.high_water(conn.gateway_id)
+    welcome = protocol.Welcome(
+        protocol=protocol.PROTOCOL_VERSION,
+        gateway_id=conn.gateway_id,
+        acked_seq=acked,
+        heartbeat_s=app.settings.heartbeat_s,
+    )
+    if not await conn.send(welcome):
+        return
+    log.info(
+        "tunnel.accepted",
+        gateway_id=conn.gateway_id,
+        remote=conn.remote,
+        software_version=first.software_version[:40],
+        acked_seq=acked,
+    )
+    while True:
+        msg = await _next_frame(conn, None)
+        if msg is None:
+            return
+        if not await _handle(app, conn, msg):
+            return
+
+
+async def _open_unclaimed(app: state.State, conn: Connection, hello: protocol.Hello) -> bool:
+    token = hello.registration_token
+    if token is None or not _TOKEN.fullmatch(token):
+        await conn.refuse("unauthorized", "a credential or a registration token is required")
+        return False
+    token_hash = secret_hash(token)
+    now = time.time()
+    seen = app.db.token_seen(token_hash, now)
+    if seen.claimed:
+        await conn.refuse("registration_token_used", "this registration token was already used")
+        return False
+    if now - seen.first_seen > app.settings.token_ttl_s:
+        await conn.refuse("registration_token_expired", "this registration token has expired")
+        return False
+    conn.token_hash = token_hash
+    return True
+
+
+async def _next_frame(conn: Connection, wait_s: float | None) -> protocol.Message | None:
+    """The next decoded frame, or None once the session is over (after refusing a bad one)."""
+    try:
+        raw = await conn.ws.receive(timeout=wait_s)
+    except TimeoutError:
+        await conn.refuse("invalid", "no hello received in time")
+        return None
+    if raw.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+        return None
+    if raw.type == WSMsgType.ERROR:
+        if "too big" in str(conn.ws.exception()).lower():
+            await conn.refuse("too_large", "frame too large")
+        log.info("tunnel.socket_error", gateway_id=conn.gateway_id)
+        return None
+    if raw.type != WSMsgType.TEXT:
+        await conn.refuse("malformed", "frames are JSON text")
+        return None
+    try:
+        return protocol.decode(raw.data)
+    except protocol.ProtocolError as exc:
+        log.warning("tunnel.bad_frame", gateway_id=conn.gateway_id, code=exc.code)
+        await conn.refuse(exc.code, exc.message)
+        return None
+
+
+async def _handle(app: state.State, conn: Connection, msg: protocol.Message) -> bool:
+    """Act on one frame after hello; False ends the session."""
+    match msg:
+        case (
+            protocol.ActionStatusMsg()
+            | protocol.EventMsg()
+            | protocol.DeviceMsg()
+            | protocol.DeviceRemovedMsg()
+        ):
+            if conn.gateway_id is None:
+                await conn.refuse("unauthorized", "an unclaimed gateway may only wait for claimed")
+                return False
+            acked = app.ingest.apply(conn.gateway_id, msg)
+            return await conn.send(protocol.Ack(seq=acked))
+        case protocol.ErrorMsg():
+            log.warning("tunnel.peer_error", gateway_id=conn.gateway_id, code=msg.code[:40])
+            return False
+        case _:
+            kind = type(msg).__struct_config__.tag
+            await conn.refuse("invalid", f"a gateway does not send {kind}")
+            return False

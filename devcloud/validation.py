@@ -1,0 +1,196 @@
+"""Strict validation of REST bodies, reporting problems the way seed 003 does.
+
+`validation_errors` is `{"_errors": [...], "<field>": {"_errors": [...]}}`. Messages name the field
+and the rule, never the value.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Final
+
+from devcloud.errors import ApiError
+
+_DIGITS: Final = re.compile(r"[0-9]+")
+DEFAULT_CODE_LENGTHS: Final = (4, 5, 6, 7, 8)
+DEFAULT_SLOTS: Final = (1, 11)
+
+
+class Problems:
+    """Collects what is wrong with one body; `check()` raises a 400 if anything is."""
+
+    def __init__(self) -> None:
+        self.root: list[str] = []
+        self.fields: dict[str, list[str]] = {}
+
+    def add(self, field: str | None, message: str) -> None:
+        if field is None:
+            self.root.append(message)
+        else:
+            self.fields.setdefault(field, []).append(message)
+
+    def check(self) -> None:
+        if not self.root and not self.fields:
+            return
+        errors: dict[str, Any] = {"_errors": list(self.root)}
+        for name, messages in self.fields.items():
+            errors[name] = {"_errors": messages}
+        if self.fields:
+            name, messages = next(iter(self.fields.items()))
+            message = f'{messages[0]} for provided "{name}"'
+        else:
+            message = self.root[0]
+        raise ApiError(400, "invalid_input", message, validation_errors=errors)
+
+
+def as_object(value: Any, problems: Problems, field: str | None = None) -> dict[str, Any]:
+    """The value as a JSON object (None counts as empty), or a problem."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        problems.add(field, "Expected object")
+        return {}
+    return value
+
+
+def no_extra(body: dict[str, Any], allowed: set[str], problems: Problems) -> None:
+    for key in body:
+        if key not in allowed:
+            problems.add(key[:64], "Unrecognized field")
+
+
+def take_str(
+    body: dict[str, Any],
+    key: str,
+    problems: Problems,
+    *,
+    required: bool = True,
+    min_len: int = 1,
+    max_len: int = 200,
+) -> str | None:
+    if key not in body or body[key] is None:
+        if required:
+            problems.add(key, "Required")
+        return None
+    value = body[key]
+    if not isinstance(value, str):
+        problems.add(key, "Expected string")
+        return None
+    if not min_len <= len(value) <= max_len:
+        problems.add(key, f"Must be between {min_len} and {max_len} characters")
+        return None
+    return value
+
+
+def take_int(
+    body: dict[str, Any], key: str, problems: Problems, *, required: bool, lo: int, hi: int
+) -> int | None:
+    if key not in body or body[key] is None:
+        if required:
+            problems.add(key, "Required")
+        return None
+    value = body[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        problems.add(key, "Expected integer")
+        return None
+    if not lo <= value <= hi:
+        problems.add(key, f"Must be between {lo} and {hi}")
+        return None
+    return value
+
+
+def body_data(body: Any, problems: Problems) -> dict[str, Any]:
+    """The `data` object of an action body (`{"data": {...}}`); an empty body is `{}`."""
+    outer = as_object(body, problems)
+    no_extra(outer, {"data"}, problems)
+    return as_object(outer.get("data"), problems, "data")
+
+
+def code_rules(device: dict[str, Any]) -> tuple[tuple[int, ...], tuple[int, int]]:
+    """This lock's accepted code lengths and slot range, from its reported properties."""
+    props = device.get("properties")
+    props = props if isinstance(props, dict) else {}
+    lengths: tuple[int, ...] = DEFAULT_CODE_LENGTHS
+    raw = props.get("supported_code_lengths")
+    if isinstance(raw, list) and raw and all(_is_int(n) and 0 < n <= 32 for n in raw):
+        lengths = tuple(sorted(set(raw)))
+    slots = DEFAULT_SLOTS
+    raw_slots = props.get("code_slots")
+    if isinstance(raw_slots, dict):
+        lo, hi = raw_slots.get("min"), raw_slots.get("max")
+        if _is_int(lo) and _is_int(hi) and isinstance(lo, int) and isinstance(hi, int):
+            slots = (lo, hi) if 0 <= lo <= hi <= 10_000 else slots
+    return lengths, slots
+
+
+def device_action_inputs(action: str, device: dict[str, Any], body: Any) -> dict[str, Any]:
+    """Validate the inputs of lock/unlock/set_code/clear_code against this lock's constraints."""
+    problems = Problems()
+    data = body_data(body, problems)
+    problems.check()
+    lengths, (slot_lo, slot_hi) = code_rules(device)
+    inputs: dict[str, Any] = {}
+    if action in ("lock", "unlock"):
+        no_extra(data, set(), problems)
+    elif action == "set_code":
+        no_extra(data, {"code", "slot_id"}, problems)
+        code = data.get("code")
+        if code is None:
+            problems.add("code", "Required")
+        elif not isinstance(code, str):
+            problems.add("code", "Expected string")
+        elif not _DIGITS.fullmatch(code) or not code.isascii():
+            problems.add("code", "Must contain digits only")
+        elif len(code) not in lengths:
+            problems.add("code", f"Length must be one of {', '.join(map(str, lengths))}")
+        else:
+            inputs["code"] = code
+        slot = _slot(data, problems, slot_lo, slot_hi, default=1)
+        if slot is not None:
+            inputs["slot_id"] = slot
+    elif action == "clear_code":
+        no_extra(data, {"slot_id"}, problems)
+        slot = _slot(data, problems, slot_lo, slot_hi, default=None)
+        if slot is not None:
+            inputs["slot_id"] = slot
+    problems.check()
+    return inputs
+
+
+def gateway_action_inputs(action: str, body: Any) -> dict[str, Any]:
+    """Validate pair_devices {duration} / unpair_devices {duration, device_id?}."""
+    problems = Problems()
+    data = body_data(body, problems)
+    problems.check()
+    allowed = {"duration"} if action == "pair_devices" else {"duration", "device_id"}
+    no_extra(data, allowed, problems)
+    inputs: dict[str, Any] = {}
+    duration = take_int(data, "duration", problems, required=True, lo=1, hi=255)
+    if duration is not None:
+        inputs["duration"] = duration
+    if action == "unpair_devices":
+        device_id = take_str(data, "device_id", problems, required=False, max_len=100)
+        if device_id is not None:
+            inputs["device_id"] = device_id
+    problems.check()
+    return inputs
+
+
+def _slot(
+    data: dict[str, Any], problems: Problems, lo: int, hi: int, default: int | None
+) -> int | None:
+    if data.get("slot_id") is None and default is not None:
+        if lo <= default <= hi:
+            return default
+        problems.add("slot_id", f"Required: this lock's slots are {lo} through {hi}")
+        return None
+    return take_int(data, "slot_id", problems, required=True, lo=lo, hi=hi)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def mask(inputs: dict[str, Any]) -> dict[str, Any]:
+    """Inputs as shown in responses and stored: any code replaced by `****`."""
+    return {k: ("****" if k == "code" else v) for k, v in inputs.items()}

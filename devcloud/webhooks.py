@@ -1,0 +1,118 @@
+"""Webhook delivery: each event POSTed as JSON to every receiver, signed, retried with backoff.
+
+`Seam-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`; Basic auth when the URL
+carries credentials. One worker per receiver keeps order; the tunnel only enqueues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import time
+from typing import Any, Final
+
+import aiohttp
+import msgspec
+import structlog
+from yarl import URL
+
+from devcloud.settings import Settings
+
+log = structlog.get_logger("devcloud.webhooks")
+
+QUEUE_LIMIT: Final = 10_000
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """The `Seam-Signature` header value for one delivery."""
+    payload = f"{timestamp}.".encode() + body
+    digest = hmac.new(secret.encode(), payload, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+class _Receiver:
+    def __init__(self, url: str) -> None:
+        parsed = URL(url)
+        self.auth: dict[str, str] = (
+            {"Authorization": aiohttp.encode_basic_auth(parsed.user, parsed.password or "")}
+            if parsed.user
+            else {}
+        )
+        self.url = parsed.with_user(None).with_password(None)
+        self.label = f"{self.url.host}:{self.url.port}{self.url.path}"  # no credentials
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=QUEUE_LIMIT)
+
+
+class Webhooks:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._receivers = [_Receiver(u) for u in settings.webhook_urls]
+        self._tasks: list[asyncio.Task[None]] = []
+        self._session: aiohttp.ClientSession | None = None
+        self.delivered = 0
+        self.failed = 0
+
+    async def start(self) -> None:
+        if not self._receivers:
+            return
+        timeout = aiohttp.ClientTimeout(total=self._settings.webhook_timeout_s)
+        self._session = aiohttp.ClientSession(timeout=timeout)
+        for r in self._receivers:
+            self._tasks.append(asyncio.create_task(self._worker(r), name=f"webhook {r.label}"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def publish(self, event: dict[str, Any]) -> None:
+        """Queue one event for every receiver; never waits."""
+        body = msgspec.json.encode(event)
+        for r in self._receivers:
+            try:
+                r.queue.put_nowait(body)
+            except asyncio.QueueFull:
+                self.failed += 1
+                log.error("webhook.dropped", receiver=r.label, reason="queue_full")
+
+    async def _worker(self, r: _Receiver) -> None:
+        while True:
+            body = await r.queue.get()
+            if await self._deliver(r, body):
+                self.delivered += 1
+            else:
+                self.failed += 1
+
+    async def _deliver(self, r: _Receiver, body: bytes) -> bool:
+        assert self._session is not None
+        s = self._settings
+        for attempt in range(1, s.webhook_attempts + 1):
+            ts = int(time.time())
+            headers = {
+                **r.auth,
+                "Content-Type": "application/json",
+                "Seam-Signature": sign(s.webhook_secret, ts, body),
+            }
+            try:
+                async with self._session.post(r.url, data=body, headers=headers) as resp:
+                    if 200 <= resp.status < 300:
+                        log.info("webhook.delivered", receiver=r.label, attempt=attempt)
+                        return True
+                    reason = f"http_{resp.status}"
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                reason = type(exc).__name__
+            log.warning("webhook.attempt_failed", receiver=r.label, attempt=attempt, reason=reason)
+            if attempt < s.webhook_attempts:
+                await asyncio.sleep(
+                    min(s.webhook_backoff_s * 2 ** (attempt - 1), s.webhook_backoff_max_s)
+                )
+        log.error("webhook.gave_up", receiver=r.label, attempts=s.webhook_attempts)
+        return False

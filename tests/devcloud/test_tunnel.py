@@ -1,0 +1,338 @@
+"""The tunnel server: hello/welcome, claiming, acks and dedupe, bad frames, credentials."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import aiohttp
+import pytest
+
+from gatewayd import protocol as p
+from tests.devcloud.conftest import DEVICE_ID, Cloud, CloudFactory, device_body
+
+
+async def test_claim_flow_registers_a_connected_gateway(cloud: Cloud) -> None:
+    _tunnel, gateway_id, credential = await cloud.claimed_gateway()
+    gateway = await cloud.get(f"/v1/gateways/{gateway_id}")
+    assert gateway == {
+        "id": gateway_id,
+        "devices": [
+            {
+                "id": DEVICE_ID,
+                "name": "Kwikset914 5c:a1:0",
+                "manufacturer": "Kwikset",
+                "model": "914",
+            }
+        ],
+        "name": "my first gateway",
+        "status": "online",
+    }
+    assert await cloud.get(f"/v1/devices/{DEVICE_ID}") == device_body()
+    # Only a hash of the credential is stored.
+    dump = "\n".join(sqlite3.connect(cloud.state.settings.db_path).iterdump())
+    assert credential not in dump
+    assert "calm-haiku-42" not in dump
+
+
+async def test_the_registration_response_comes_only_for_a_connected_gateway(cloud: Cloud) -> None:
+    location_id = await cloud.location()
+    status, body = await cloud.post(
+        f"/v1/locations/{location_id}/register_gateway",
+        {"registration_token": "calm-haiku-42", "name": "gw"},
+    )
+    assert status == 404
+    assert body["ok"] is False
+    assert body["error"]["type"] == "gateway_not_found"
+    assert "calm-haiku-42" not in body["error"]["message"]
+
+
+async def test_a_registration_token_is_single_use(cloud: Cloud) -> None:
+    await cloud.claimed_gateway(token="brave-otter-7")
+    again = await cloud.tunnel()
+    refusal = await again.hello("brave-otter-7")
+    assert refusal == p.ErrorMsg(
+        code="registration_token_used", message="this registration token was already used"
+    )
+    assert await again.closed()
+
+
+async def test_an_expired_registration_token_is_refused(make_cloud: CloudFactory) -> None:
+    cloud = await make_cloud(token_ttl_s=0.0)
+    first = await cloud.tunnel()
+    assert isinstance(await first.hello("old-token-1"), p.Welcome)
+    await asyncio.sleep(0.05)
+    second = await cloud.tunnel()
+    refusal = await second.hello("old-token-1")
+    assert isinstance(refusal, p.ErrorMsg)
+    assert refusal.code == "registration_token_expired"
+
+
+async def test_claims_are_rate_limited(make_cloud: CloudFactory) -> None:
+    cloud = await make_cloud(claim_limit=3)
+    location_id = await cloud.location()
+    statuses = []
+    for n in range(5):
+        status, body = await cloud.post(
+            f"/v1/locations/{location_id}/register_gateway",
+            {"registration_token": f"guess-{n}", "name": "gw"},
+        )
+        statuses.append(status)
+    assert statuses == [404, 404, 404, 429, 429]
+    assert body["error"]["type"] == "rate_limited"
+    assert body["ok"] is False
+    assert "request_id" in body["error"]
+
+
+async def test_action_request_round_trip_records_every_transition(cloud: Cloud) -> None:
+    tunnel, _gateway_id, _ = await cloud.claimed_gateway()
+    status, created = await cloud.post(
+        f"/v1/devices/{DEVICE_ID}/actions/set_code", {"data": {"code": "0123", "slot_id": 3}}
+    )
+    assert status == 200, created
+    assert created["status"] == "pending"
+    assert created["data"] == {"set_code": {"code": "****", "slot_id": 3}}
+    sent = await tunnel.recv()
+    assert isinstance(sent, p.ActionRequestMsg)
+    assert (sent.id, sent.entity_type, sent.entity_id, sent.action) == (
+        created["id"],
+        "Device",
+        DEVICE_ID,
+        "set_code",
+    )
+    assert sent.inputs == {"code": "0123", "slot_id": 3}
+    for status_name in ("gateway_received", "processing", "completed"):
+        seq = tunnel.next_seq()
+        await tunnel.send(
+            p.ActionStatusMsg(
+                seq=seq, action_request_id=sent.id, status=status_name, error=None, at="x"
+            )
+        )
+        assert await tunnel.recv() == p.Ack(seq=seq)
+    shown = await cloud.get(f"/v1/action_requests/{sent.id}")
+    assert shown["status"] == "completed"
+    assert shown["data"] == {"set_code": {"code": "****", "slot_id": 3}}
+    history = cloud.state.db.transitions(sent.id)
+    assert [s for s, _, _ in history] == ["pending", "gateway_received", "processing", "completed"]
+    assert [at for _, at, _ in history] == sorted(at for _, at, _ in history)
+    dump = "\n".join(sqlite3.connect(cloud.state.settings.db_path).iterdump())
+    assert "0123" not in dump
+
+
+async def test_a_failed_action_shows_the_gateway_error(cloud: Cloud) -> None:
+    tunnel, _, _ = await cloud.claimed_gateway()
+    _, created = await cloud.post(f"/v1/devices/{DEVICE_ID}/actions/unlock")
+    sent = await tunnel.recv()
+    assert isinstance(sent, p.ActionRequestMsg)
+    error = {"type": "timeout", "message": "the lock did not answer"}
+    for n, status_name in enumerate(("gateway_received", "processing", "failed"), start=2):
+        await tunnel.send(
+            p.ActionStatusMsg(
+                seq=n, action_request_id=sent.id, status=status_name, error=error, at="x"
+            )
+        )
+        assert await tunnel.recv() == p.Ack(seq=n)
+    shown = await cloud.get(f"/v1/action_requests/{created['id']}")
+    assert (shown["status"], shown["error"]) == ("failed", error)
+
+
+async def test_a_resent_seq_is_acked_but_stored_once(cloud: Cloud) -> None:
+    tunnel, gateway_id, credential = await cloud.claimed_gateway()
+    event = {
+        "id": "5d9f3c1e-0000-4000-8000-000000000001",
+        "type": "device_event",
+        "device_id": DEVICE_ID,
+        "event_name": "door unlocked",
+        "details": {"method": "pin_code", "slot_id": 3},
+        "date_created": "2020-06-11T21:08:36.000Z",
+    }
+    await tunnel.send(p.EventMsg(seq=2, event=event))
+    assert await tunnel.recv() == p.Ack(seq=2)
+    await tunnel.send(p.EventMsg(seq=2, event={**event, "id": "different"}))
+    assert await tunnel.recv() == p.Ack(seq=2)
+    await tunnel.send(p.EventMsg(seq=1, event={**event, "id": "older"}))
+    assert await tunnel.recv() == p.Ack(seq=2)
+    assert await cloud.get("/v1/events") == [event]
+    # After a reconnect, welcome says how far the cloud got.
+    await tunnel.ws.close()
+    again = await cloud.tunnel(credential)
+    welcome = await again.hello()
+    assert welcome == p.Welcome(protocol=1, gateway_id=gateway_id, acked_seq=2, heartbeat_s=20.0)
+    device = await cloud.get(f"/v1/devices/{DEVICE_ID}")
+    assert device["properties"]["locked"] is False
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("{not json", "malformed"),
+        ('{"type": "launch"}', "unknown_type"),
+        ('{"type": "event", "seq": "x", "event": {}}', "invalid"),
+        ('{"type": "ack", "seq": 1, "pad": "' + "x" * (70 * 1024) + '"}', "too_large"),
+        ('{"type": "claimed", "gateway_id": "g", "credential": "c"}', "invalid"),
+    ],
+)
+async def test_a_bad_frame_gets_an_error_and_close_and_others_are_unaffected(
+    cloud: Cloud, frame: str, code: str
+) -> None:
+    good, gateway_id, _ = await cloud.claimed_gateway()
+    bad = await cloud.tunnel()
+    assert isinstance(await bad.hello("bad-actor-1"), p.Welcome)
+    await bad.ws.send_str(frame)
+    refusal = await bad.recv()
+    assert isinstance(refusal, p.ErrorMsg)
+    assert refusal.code == code
+    assert await bad.closed()
+    # The claimed gateway's tunnel and the REST API still work.
+    await good.send(p.DeviceRemovedMsg(seq=2, device_id=DEVICE_ID))
+    assert await good.recv() == p.Ack(seq=2)
+    gateway = await cloud.get(f"/v1/gateways/{gateway_id}")
+    assert (gateway["status"], gateway["devices"]) == ("online", [])
+
+
+async def test_an_unknown_protocol_version_is_refused(cloud: Cloud) -> None:
+    tunnel = await cloud.tunnel()
+    refusal = await tunnel.hello("calm-haiku-42", protocol=2)
+    assert isinstance(refusal, p.ErrorMsg)
+    assert refusal.code == "unsupported_protocol"
+    assert await tunnel.closed()
+
+
+async def test_an_unclaimed_gateway_may_not_report(cloud: Cloud) -> None:
+    tunnel = await cloud.tunnel()
+    assert isinstance(await tunnel.hello("calm-haiku-42"), p.Welcome)
+    await tunnel.send(p.DeviceMsg(seq=1, device=device_body()))
+    refusal = await tunnel.recv()
+    assert isinstance(refusal, p.ErrorMsg)
+    assert refusal.code == "unauthorized"
+    assert await cloud.get("/v1/devices") == []
+
+
+async def test_a_wrong_credential_gets_401_at_the_upgrade(cloud: Cloud) -> None:
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await cloud.tunnel("not-a-credential")
+    assert info.value.status == 401
+
+
+async def test_revocation_closes_the_tunnel_and_the_credential_stops_working(
+    cloud: Cloud,
+) -> None:
+    tunnel, gateway_id, credential = await cloud.claimed_gateway()
+    status, gateway = await cloud.post(f"/v1/gateways/{gateway_id}/actions/revoke_credential")
+    assert status == 200
+    assert gateway["status"] == "offline"
+    refusal = await tunnel.recv()
+    assert refusal == p.ErrorMsg(code="revoked", message="the gateway credential was revoked")
+    assert await tunnel.closed()
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await cloud.tunnel(credential)
+    assert info.value.status == 401
+
+
+async def test_rotation_sends_a_new_credential_and_retires_the_old(cloud: Cloud) -> None:
+    tunnel, gateway_id, old = await cloud.claimed_gateway()
+    status, _ = await cloud.post(f"/v1/gateways/{gateway_id}/actions/rotate_credential")
+    assert status == 200
+    claimed = await tunnel.recv()
+    assert isinstance(claimed, p.Claimed)
+    assert claimed.gateway_id == gateway_id
+    assert claimed.credential != old
+    with pytest.raises(aiohttp.WSServerHandshakeError):
+        await cloud.tunnel(old)
+    fresh = await cloud.tunnel(claimed.credential)
+    welcome = await fresh.hello()
+    assert isinstance(welcome, p.Welcome)
+    assert welcome.gateway_id == gateway_id
+
+
+async def test_a_newer_connection_replaces_the_older(cloud: Cloud) -> None:
+    first, gateway_id, credential = await cloud.claimed_gateway()
+    second = await cloud.tunnel(credential)
+    assert isinstance(await second.hello(), p.Welcome)
+    refusal = await first.recv()
+    assert isinstance(refusal, p.ErrorMsg)
+    assert refusal.code == "replaced"
+    _, created = await cloud.post(f"/v1/devices/{DEVICE_ID}/actions/lock")
+    sent = await second.recv()
+    assert isinstance(sent, p.ActionRequestMsg)
+    assert sent.id == created["id"]
+    assert (await cloud.get(f"/v1/gateways/{gateway_id}"))["status"] == "online"
+
+
+async def test_an_offline_gateway_means_gateway_failure(cloud: Cloud) -> None:
+    tunnel, gateway_id, _ = await cloud.claimed_gateway()
+    await tunnel.ws.close()
+    for _ in range(100):
+        if (await cloud.get(f"/v1/gateways/{gateway_id}"))["status"] == "offline":
+            break
+        await asyncio.sleep(0.02)
+    status, created = await cloud.post(f"/v1/devices/{DEVICE_ID}/actions/unlock")
+    assert status == 200
+    assert created["status"] == "gateway_failure"
+    assert created["error"]["type"] == "gateway_offline"
+    history = [s for s, _, _ in cloud.state.db.transitions(created["id"])]
+    assert history == ["pending", "gateway_failure"]
+
+
+async def test_no_hand_off_in_time_means_gateway_failure(make_cloud: CloudFactory) -> None:
+    cloud = await make_cloud(handoff_timeout_s=0.2)
+    tunnel, _, _ = await cloud.claimed_gateway()
+    _, created = await cloud.post(f"/v1/devices/{DEVICE_ID}/actions/lock")
+    assert created["status"] == "pending"
+    assert isinstance(await tunnel.recv(), p.ActionRequestMsg)  # received, never acknowledged
+    shown = created
+    for _ in range(200):
+        shown = await cloud.get(f"/v1/action_requests/{created['id']}")
+        if shown["status"] != "pending":
+            break
+        await asyncio.sleep(0.02)
+    assert shown["status"] == "gateway_failure"
+    assert shown["error"]["type"] == "gateway_timeout"
+
+
+async def test_gateway_received_in_time_prevents_gateway_failure(
+    make_cloud: CloudFactory,
+) -> None:
+    cloud = await make_cloud(handoff_timeout_s=0.2)
+    tunnel, _, _ = await cloud.claimed_gateway()
+    _, created = await cloud.post(f"/v1/devices/{DEVICE_ID}/actions/lock")
+    sent = await tunnel.recv()
+    assert isinstance(sent, p.ActionRequestMsg)
+    await tunnel.send(
+        p.ActionStatusMsg(
+            seq=2, action_request_id=sent.id, status="gateway_received", error=None, at="x"
+        )
+    )
+    assert await tunnel.recv() == p.Ack(seq=2)
+    await asyncio.sleep(0.4)
+    shown = await cloud.get(f"/v1/action_requests/{created['id']}")
+    assert shown["status"] == "gateway_received"
+
+
+async def test_gateway_actions_go_to_the_gateway(cloud: Cloud) -> None:
+    tunnel, gateway_id, _ = await cloud.claimed_gateway()
+    status, created = await cloud.post(
+        f"/v1/gateways/{gateway_id}/actions/unpair_devices",
+        {"data": {"duration": 60, "device_id": DEVICE_ID}},
+    )
+    assert status == 200, created
+    location_id = created["location_id"]
+    assert created == {
+        "id": created["id"],
+        "entity_id": gateway_id,
+        "entity_type": "Gateway",
+        "location_id": location_id,
+        "data": {"unpair_devices": {"duration": 60, "device_id": DEVICE_ID}},
+        "status": "pending",
+        "created_at": created["created_at"],
+        "updated_at": created["updated_at"],
+    }
+    sent = await tunnel.recv()
+    assert isinstance(sent, p.ActionRequestMsg)
+    assert (sent.entity_type, sent.entity_id, sent.action, sent.inputs) == (
+        "Gateway",
+        gateway_id,
+        "unpair_devices",
+        {"duration": 60, "device_id": DEVICE_ID},
+    )
+    assert location_id in [loc["id"] for loc in await cloud.get("/v1/locations")]
