@@ -63,6 +63,8 @@ class StatusUpdate:
     status: ActionStatus
     at: datetime
     error: dict[str, Any] | None = None
+    action: str = ""
+    duration_s: float | None = None  # set on terminal transitions of executed actions
 
 
 StatusCallback = Callable[[StatusUpdate], None]
@@ -289,6 +291,15 @@ class Dispatcher:
         self._wake(queue)
         return True
 
+    def reject(self, request: ActionRequest, message: str) -> None:
+        """Refuse a request that could not even be read (e.g. bad timestamps): failed, once."""
+        if self._is_duplicate(request.id):
+            return
+        self._remember(request.id)
+        job = _Job(request, None, request.entity_id, ActionStatus.PENDING)
+        self._transition(job, ActionStatus.GATEWAY_RECEIVED)
+        self._finish(job, InvalidInput(message, {"request": message}))
+
     def _check_gateway_target(self, request: ActionRequest) -> None:
         if request.entity_type != "Gateway":
             return
@@ -321,7 +332,10 @@ class Dispatcher:
         while True:
             while pending:
                 job = pending.popleft()
-                await self._run(job)
+                with structlog.contextvars.bound_contextvars(
+                    action_request_id=job.request.id, device_id=job.request.entity_id
+                ):
+                    await self._run(job)
                 await anyio.lowlevel.checkpoint()  # a zero-latency driver must not starve the loop
             event = anyio.Event()
             self._wakeups[queue] = event
@@ -406,7 +420,14 @@ class Dispatcher:
             status=str(status),
             error_type=error["type"] if error else None,
         )
-        self._on_status(StatusUpdate(job.request.id, status, at, error))
+        duration = (
+            job.finished - job.started
+            if job.started is not None and job.finished is not None
+            else None
+        )
+        self._on_status(
+            StatusUpdate(job.request.id, status, at, error, job.request.action, duration)
+        )
 
     def _finish(self, job: _Job, error: GatewayError | None) -> None:
         if error is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -45,7 +45,7 @@ class DriverSink(Protocol):
     def door_event(self, event: DoorEvent) -> None: ...
 
 
-Spawn = Callable[[str, Callable[[], Awaitable[None]]], None]
+Spawn = Callable[[str, Callable[[], Coroutine[Any, Any, None]]], None]
 """Start a named long-lived task in the daemon's task group: spawn("zwave.reconnect", fn)."""
 
 
@@ -108,6 +108,9 @@ class Driver(ABC):
     """
 
     name: ClassVar[str]
+
+    def __init__(self, config: Any, ctx: DriverContext) -> None:
+        self.ctx = ctx
 
     @abstractmethod
     async def start(self, sink: DriverSink) -> None: ...

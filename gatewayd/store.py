@@ -91,8 +91,16 @@ class DeviceRow:
 # --------------------------------------------------------------------------- migrations
 
 
+def _script(db: sqlite3.Connection, script: str) -> None:
+    """Run `;`-separated DDL inside the caller's transaction (executescript would commit it)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
 def _v1(db: sqlite3.Connection) -> None:
-    db.executescript(
+    _script(
+        db,
         """
         CREATE TABLE identity (
             id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -126,7 +134,7 @@ def _v1(db: sqlite3.Connection) -> None:
             created_at TEXT NOT NULL
         );
         CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-        """
+        """,
     )
 
 

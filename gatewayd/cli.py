@@ -1,0 +1,175 @@
+"""`gatewayd run | status | token | check-config | demo`."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from gatewayd.config import Config, ConfigError, load_config
+
+DEFAULT_CONFIG = "/etc/gatewayd/config.toml"
+EXIT_CONFIG = 2
+
+
+def _load(path: str) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"gatewayd: {path}: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    print(f"{args.config}: ok (drivers: {', '.join(cfg.enabled_drivers())})")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    from gatewayd import logging as gwlog
+    from gatewayd.daemon import Daemon
+
+    gwlog.configure(cfg.log.level, cfg.log.format)
+    daemon = Daemon(cfg, handle_signals=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        anyio.run(daemon.run)
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    from gatewayd.daemon import DB_NAME
+    from gatewayd.store import Store
+
+    db = Path(cfg.gateway.state_dir) / DB_NAME
+    if not db.exists():
+        print(
+            f"gatewayd: no state in {cfg.gateway.state_dir}: start the daemon first",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        store = Store.open(db)
+    except Exception as exc:  # noqa: BLE001 - report any reason the state cannot be read
+        print(f"gatewayd: cannot open {db}: {exc}", file=sys.stderr)
+        return 1
+    ident = store.identity()
+    store.close()
+    if ident.claimed:
+        print(f"claimed as {ident.gateway_id}")
+    else:
+        print(ident.registration_token)
+    return 0
+
+
+def _fetch_status(cfg: Config) -> dict[str, Any]:
+    host, port = cfg.status_address()
+    if ":" in host:
+        host = f"[{host}]"
+    with urllib.request.urlopen(f"http://{host}:{port}/status", timeout=5) as resp:
+        data: dict[str, Any] = json.loads(resp.read())
+    return data
+
+
+def render_status(s: dict[str, Any]) -> str:
+    """The /status document as a few readable lines for a terminal."""
+    g, t, st = s["gateway"], s["tunnel"], s["store"]
+    lines = [f"gatewayd {g['version']} · {g['name']} · up {g['uptime_s']:.0f} s", g["status_line"]]
+    if not g["claimed"]:
+        lines.append(f"registration token: {g['registration_token']}")
+    lines.append(
+        f"tunnel: {t.get('state')}"
+        + (f" (last error: {t['last_error']})" if t.get("last_error") else "")
+        + f" · outbox backlog {st['outbox_backlog']}"
+        + (f" · STORE ERROR: {st['last_error']}" if st.get("last_error") else "")
+    )
+    for name, h in s["drivers"].items():
+        err = f" — {h['last_error']}" if h.get("last_error") else ""
+        lines.append(f"driver {name}: {h['state']} ({h['radio']}){err}")
+    lines.append("")
+    lines.append(f"{'lock':<28} {'state':<9} {'online':<7} {'battery':<8} last event")
+    for d in s["devices"]:
+        p = d["properties"]
+        state = (
+            "jammed" if p["jammed"] else {True: "locked", False: "unlocked"}.get(p["locked"], "?")
+        )
+        battery = "?" if p["battery_level"] is None else f"{round(p['battery_level'] * 100)}%"
+        ev = d.get("last_event")
+        last = f"{ev['event_name']} ({ev['details'].get('method', '')})" if ev else "-"
+        name = d["name"][:28]
+        lines.append(
+            f"{name:<28} {state:<9} {'yes' if p['online'] else 'NO':<7} {battery:<8} {last}"
+        )
+    recent = s["actions"]["recent"][:5]
+    if recent:
+        lines.append("")
+        lines.append("recent actions:")
+        for a in recent:
+            err = f" ({a['error']['type']})" if a.get("error") else ""
+            lines.append(f"  {a['action']:<11} {a['status']}{err}  {a['id']}")
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    try:
+        data = _fetch_status(cfg)
+    except (urllib.error.URLError, OSError) as exc:
+        print(
+            f"gatewayd: the daemon is not answering on {cfg.status.listen}: {exc}", file=sys.stderr
+        )
+        return 1
+    print(json.dumps(data, indent=2) if args.json else render_status(data))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gatewayd.demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gatewayd", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="TOML config file")
+        return p
+
+    with_config(sub.add_parser("run", help="run the daemon")).set_defaults(fn=cmd_run)
+    with_config(sub.add_parser("check-config", help="validate a config file")).set_defaults(
+        fn=cmd_check_config
+    )
+    with_config(sub.add_parser("token", help="print the registration token")).set_defaults(
+        fn=cmd_token
+    )
+    st = with_config(sub.add_parser("status", help="show the running daemon's status"))
+    st.add_argument("--json", action="store_true", help="print the raw /status JSON")
+    st.set_defaults(fn=cmd_status)
+    demo = sub.add_parser("demo", help="run the reference cloud and a daemon with simulated locks")
+    demo.add_argument("--locks", type=int, default=2)
+    demo.add_argument("--dir", default="", help="state directory (default: a temporary one)")
+    demo.add_argument("--status-port", type=int, default=8181)
+    demo.set_defaults(fn=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.fn(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,322 @@
+"""The daemon: store, registry, dispatcher, drivers, tunnel and status endpoint under one task
+group, with sd_notify readiness, a watchdog fed from the event loop, and a clean shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Coroutine, Mapping
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+import anyio
+import anyio.abc
+import structlog
+
+from gatewayd import __version__
+from gatewayd.actions import Dispatcher, StatusUpdate
+from gatewayd.config import Config
+from gatewayd.driver import Driver, DriverContext, DriverHealth, DriverState, load_driver
+from gatewayd.metrics import GatewayMetrics
+from gatewayd.model import ActionRequest, DoorEvent, utcnow
+from gatewayd.registry import Registry
+from gatewayd.sdnotify import Notifier
+from gatewayd.status import start_status_server
+from gatewayd.store import Store
+from gatewayd.upstream import Upstream, device_dict
+
+log = structlog.get_logger(__name__)
+
+DRIVER_START_TIMEOUT_S: Final = 90.0
+DRIVER_STOP_TIMEOUT_S: Final = 1.5
+DB_NAME: Final = "gatewayd.db"
+
+
+class TunnelLike(Protocol):
+    """What the daemon needs of the cloud tunnel."""
+
+    async def run(self) -> None: ...
+
+    @property
+    def up(self) -> bool: ...
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+
+class Daemon:
+    """One gateway. `run()` returns when cancelled or after `stop()`; `started` fires when ready."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        driver_classes: Mapping[str, type[Driver]] | None = None,
+        notifier: Notifier | None = None,
+        handle_signals: bool = False,
+    ) -> None:
+        self.config = config
+        self._driver_classes = dict(driver_classes or {})
+        self.notifier = notifier or Notifier()
+        self._handle_signals = handle_signals
+        self.state_dir = Path(config.gateway.state_dir)
+        self.started_at = time.monotonic()
+        self.ready = False
+        self.store: Store | None = None
+        self.registry: Registry | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.tunnel: TunnelLike | None = None
+        self.status_port: int | None = None
+        self.metrics: Any = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._started = anyio.Event()
+        self.status_listeners: list[Callable[[StatusUpdate], None]] = []
+        self.event_listeners: list[Callable[[DoorEvent], None]] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def wait_started(self) -> None:
+        await self._started.wait()
+
+    def stop(self) -> None:
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+
+    async def run(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        store = self.store = Store.open(self.state_dir / DB_NAME, self.config.store.synchronous)
+        upstream = Upstream(store)
+        registry = self.registry = Registry(store, upstream)
+        dispatcher = self.dispatcher = Dispatcher(
+            store,
+            registry,
+            self._on_status,
+            max_queue=self.config.actions.max_queue_per_device,
+            gateway_id=lambda: store.identity().gateway_id,
+        )
+        registry.answering = dispatcher.answering
+        registry.event_listeners = self.event_listeners
+        self.metrics = GatewayMetrics(self)
+        identity = store.identity()
+        log.info(
+            "daemon.starting",
+            version=__version__,
+            state_dir=str(self.state_dir),
+            drivers=self.config.enabled_drivers(),
+            gateway_id=identity.gateway_id,
+        )
+        if not identity.claimed:
+            log.info("daemon.unclaimed", registration_token=identity.registration_token)
+        if recovered := dispatcher.recover():
+            log.warning("daemon.recovered_actions", failed=recovered)
+        drivers = [self._make_driver(name) for name in self.config.enabled_drivers()]
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                dispatcher.bind(tg)
+                runner, self.status_port = await start_status_server(self)
+                tg.start_soon(self._serve_until_cancelled, runner, name="status.server")
+                if self._handle_signals:
+                    tg.start_soon(self._signals, name="daemon.signals")
+                if self.config.cloud.url:
+                    from gatewayd.tunnel import Tunnel  # the tunnel only when a cloud is set
+
+                    tunnel = Tunnel(
+                        self.config.cloud,
+                        store,
+                        self._on_action_request,
+                        self.hello,
+                        on_reject=dispatcher.reject,
+                    )
+                    self.tunnel = tunnel
+                    tg.start_soon(tunnel.run, name="tunnel")
+                async with anyio.create_task_group() as starting:
+                    for driver in drivers:
+                        sink = registry.attach(driver)
+                        starting.start_soon(
+                            self._start_driver, driver, sink, name=f"driver.{driver.name}.start"
+                        )
+                self.ready = True
+                self.notifier.notify(READY="1", STATUS=self.status_line())
+                log.info("daemon.ready", devices=len(registry.devices()), port=self.status_port)
+                self._started.set()
+                tg.start_soon(self._watchdog, name="daemon.watchdog")
+        finally:
+            self.ready = False
+            with anyio.CancelScope(shield=True):
+                self.notifier.notify(STOPPING="1", STATUS="stopping")
+                await self._stop_drivers(drivers)
+                store.close()
+                self.notifier.close()
+                log.info("daemon.stopped")
+
+    def _make_driver(self, name: str) -> Driver:
+        cls = self._driver_classes.get(name) or load_driver(name)
+        section = getattr(self.config.drivers, name)
+        return cls(section, DriverContext(state_dir=self.state_dir, spawn=self._spawn))
+
+    def _spawn(self, name: str, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        if self._tg is None:
+            raise RuntimeError("the daemon is not running")
+        self._tg.start_soon(fn, name=name)
+
+    async def _start_driver(self, driver: Driver, sink: Any) -> None:
+        with anyio.move_on_after(DRIVER_START_TIMEOUT_S) as scope:
+            try:
+                await driver.start(sink)
+            except Exception as exc:  # noqa: BLE001 - one broken driver must not stop the box
+                log.error("daemon.driver_start_failed", driver=driver.name, error=str(exc))
+                return
+        if scope.cancelled_caught:
+            log.error("daemon.driver_start_timeout", driver=driver.name)
+        else:
+            log.info("daemon.driver_started", driver=driver.name, devices=len(driver.devices()))
+
+    async def _stop_drivers(self, drivers: list[Driver]) -> None:
+        for driver in drivers:
+            with anyio.move_on_after(DRIVER_STOP_TIMEOUT_S):
+                try:
+                    await driver.stop()
+                except Exception as exc:  # noqa: BLE001 - keep stopping the others
+                    log.error("daemon.driver_stop_failed", driver=driver.name, error=str(exc))
+
+    @staticmethod
+    async def _serve_until_cancelled(runner: Any) -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await runner.cleanup()
+
+    async def _signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("daemon.signal", signal=signal.Signals(signum).name)
+                self.stop()
+                return
+
+    async def _watchdog(self) -> None:
+        """Ping systemd from the event loop itself: a stalled loop stops the pings."""
+        interval = (self.notifier.watchdog_s or 0) / 2 or 10.0
+        last_status = ""
+        while True:
+            line = self.status_line()
+            fields = {"WATCHDOG": "1"} if self.notifier.watchdog_s else {}
+            if line != last_status:
+                fields["STATUS"] = last_status = line
+            if fields:
+                self.notifier.notify(**fields)
+            await anyio.sleep(min(interval, 10.0))
+
+    # ------------------------------------------------------------------ flows
+
+    def _on_status(self, update: StatusUpdate) -> None:
+        assert self.registry is not None
+        self.registry.upstream.action_status(update)
+        if self.metrics is not None:
+            self.metrics.observe_status(update)
+        for listener in self.status_listeners:
+            listener(update)
+
+    def _on_action_request(self, request: ActionRequest) -> None:
+        assert self.dispatcher is not None
+        self.dispatcher.submit(request)
+
+    def submit(self, request: ActionRequest) -> bool:
+        """Hand an action request to the dispatcher (the tunnel and tests use this)."""
+        assert self.dispatcher is not None
+        return self.dispatcher.submit(request)
+
+    def hello(self) -> dict[str, Any]:
+        return {
+            "software_version": __version__,
+            "hardware": os.uname().machine,
+            "drivers": self.config.enabled_drivers(),
+        }
+
+    # ------------------------------------------------------------------ introspection
+
+    def driver_health(self) -> dict[str, DriverHealth]:
+        if self.registry is None:
+            return {}
+        out: dict[str, DriverHealth] = {}
+        for name, driver in self.registry.drivers.items():
+            try:
+                out[name] = driver.health()
+            except Exception as exc:  # noqa: BLE001 - a status page must render regardless
+                out[name] = DriverHealth(DriverState.DOWN, "?", f"health failed: {exc!r}")
+        return out
+
+    def status_line(self) -> str:
+        """One human line for systemd's STATUS= and the top of the status page."""
+        if self.store is None or self.registry is None or self.dispatcher is None:
+            return "starting"
+        ident = self.store.identity()
+        who = f"claimed as {ident.gateway_id}" if ident.claimed else "unclaimed"
+        tunnel = (
+            "tunnel off"
+            if self.tunnel is None
+            else ("tunnel up" if self.tunnel.up else "tunnel down")
+        )
+        devices = self.registry.devices()
+        n = len(devices)
+        locks = f"{n} lock" + ("" if n == 1 else "s")
+        offline = sum(1 for d in devices if not d.properties.online)
+        down = [n for n, h in self.driver_health().items() if h.state == DriverState.DOWN]
+        parts = [who, tunnel, locks + (f" ({offline} offline)" if offline else "")]
+        parts.append(f"{len(self.dispatcher.in_flight())} actions in flight")
+        if down:
+            parts.append("radio down: " + ", ".join(down))
+        if self.store.last_error:
+            parts.append("store error")
+        return ", ".join(parts)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything /status shows. Never a PIN or a credential."""
+        store, registry, dispatcher = self.store, self.registry, self.dispatcher
+        assert store is not None
+        assert registry is not None
+        assert dispatcher is not None
+        ident = store.identity()
+        devices = []
+        for device in registry.devices():
+            body = device_dict(device)
+            body["driver"] = registry.driver_of(device.id)
+            last = registry.last_event.get(device.id)
+            body["last_event"] = last.to_dict() if last else None
+            devices.append(body)
+        return {
+            "gateway": {
+                "id": ident.gateway_id,
+                "name": self.config.gateway.name,
+                "claimed": ident.claimed,
+                "registration_token": None if ident.claimed else ident.registration_token,
+                "version": __version__,
+                "uptime_s": round(time.monotonic() - self.started_at, 1),
+                "ready": self.ready,
+                "status_line": self.status_line(),
+                "now": utcnow().isoformat(),
+            },
+            "tunnel": self.tunnel.snapshot() if self.tunnel is not None else {"state": "off"},
+            "store": {
+                "last_error": store.last_error,
+                "outbox_backlog": store.outbox_backlog(),
+                "acked_seq": store.acked_seq,
+            },
+            "drivers": {
+                name: {
+                    "state": str(h.state),
+                    "radio": h.radio,
+                    "last_error": h.last_error,
+                    **dict(h.details),
+                }
+                for name, h in self.driver_health().items()
+            },
+            "devices": devices,
+            "actions": {
+                "in_flight": dispatcher.in_flight(),
+                "queued": dispatcher.queued(),
+                "recent": dispatcher.recent_snapshots(20),
+                "counts": {str(k): v for k, v in dispatcher.counts.items()},
+            },
+        }

@@ -1,0 +1,149 @@
+"""structlog set-up: JSON lines for the journal, console on a TTY, and the redaction processor.
+
+Redaction is the last line of defence: PINs and credentials are never passed to a logger in
+the first place. Library logs (aiohttp, zigpy, zwave-js-server-python) go through the same
+pipeline, so they are redacted and formatted the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from collections.abc import Mapping
+from typing import Any, Final, TextIO
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+MASK: Final = "****"
+
+# Keys whose values are secrets wherever they appear, also nested.
+SECRET_KEYS: Final = frozenset(
+    {
+        "code",
+        "pin",
+        "pin_code",
+        "pincode",
+        "usercode",
+        "user_code",
+        "credential",
+        "password",
+        "passwd",
+        "secret",
+        "api_key",
+        "apikey",
+        "authorization",
+        "auth",
+        "network_key",
+        "key",
+        "s0_legacy",
+        "s2_unauthenticated",
+        "s2_authenticated",
+        "s2_accesscontrol",
+        "dsk_pin",
+        "cookie",
+    }
+)
+# Secrets inside free text: "Bearer abc", "Basic abc", "code=1234", "'code': '1234'".
+_TEXT_PATTERNS: Final = (
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 " + MASK),
+    (
+        re.compile(
+            r"(?i)(['\"]?\b(?:code|pin|pin_code|usercode|credential|password|secret|api_key)\b"
+            r"['\"]?\s*[:=]\s*['\"]?)[^'\"\s,}&]+"
+        ),
+        r"\1" + MASK,
+    ),
+)
+_DEPTH_LIMIT: Final = 6
+
+
+def redact_value(value: Any, depth: int = 0) -> Any:
+    """A copy of `value` with secrets under known keys and in free text masked."""
+    if depth > _DEPTH_LIMIT:
+        return MASK
+    if isinstance(value, str):
+        for pattern, repl in _TEXT_PATTERNS:
+            value = pattern.sub(repl, value)
+        return value
+    if isinstance(value, Mapping):
+        return {
+            k: (MASK if _is_secret_key(k) else redact_value(v, depth + 1)) for k, v in value.items()
+        }
+    if isinstance(value, list | tuple | set | frozenset):
+        return [redact_value(v, depth + 1) for v in value]
+    if isinstance(value, bytes):
+        return redact_value(value.decode("utf-8", "replace"), depth + 1)
+    return value
+
+
+def _is_secret_key(key: object) -> bool:
+    return isinstance(key, str) and key.lower().replace("-", "_") in SECRET_KEYS
+
+
+def redact(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: mask secrets in every key-value and in rendered exceptions."""
+    for key in list(event_dict):
+        if _is_secret_key(key):
+            event_dict[key] = MASK
+        else:
+            event_dict[key] = redact_value(event_dict[key])
+    return event_dict
+
+
+def _redact_rendered(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """Run after format_exc_info: tracebacks are text, mask what they may quote."""
+    exc = event_dict.get("exception")
+    if isinstance(exc, str):
+        event_dict["exception"] = redact_value(exc)
+    return event_dict
+
+
+def want_json(fmt: str, stream: TextIO) -> bool:
+    if fmt == "json":
+        return True
+    if fmt == "console":
+        return False
+    return bool(os.environ.get("JOURNAL_STREAM")) or not stream.isatty()
+
+
+def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+    """Configure structlog and stdlib logging once for the process."""
+    stream = stream or sys.stderr
+    json_lines = want_json(fmt, stream)
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        _redact_rendered,
+        redact,
+    ]
+    renderer: Processor = (
+        structlog.processors.JSONRenderer()
+        if json_lines
+        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    numeric = logging.getLevelNamesMapping()[level.upper()]
+    root.setLevel(numeric)
+    # Chatty libraries stay at warning unless we debug.
+    for name in ("aiohttp.access", "zigpy", "zwave_js_server", "bellows", "zigpy_znp"):
+        logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        cache_logger_on_first_use=True,
+    )

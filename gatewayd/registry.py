@@ -1,0 +1,180 @@
+"""The device registry: every driver's sink, the devices they report, and the way to act on them.
+
+Drivers report through a per-driver sink; the registry gives devices their stable ids (store),
+keeps the latest view of each, forwards changes and door events upstream, and routes actions to
+the driver that owns the device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import anyio
+import structlog
+
+from gatewayd.driver import Driver, DriverSink
+from gatewayd.model import (
+    Action,
+    ActionNotSupported,
+    ActionResult,
+    Device,
+    DeviceNotFound,
+    DoorEvent,
+    EventName,
+    GatewayError,
+    Method,
+)
+from gatewayd.store import Store
+from gatewayd.upstream import Upstream, device_dict
+
+log = structlog.get_logger(__name__)
+
+
+_CODE_EVENTS = frozenset({EventName.CODE_SET, EventName.CODE_REMOVED})
+
+
+def _answers_action(event: DoorEvent) -> bool:
+    """A remote lock/unlock, or a code programmed, is the device answering our action."""
+    return event.details.get("method") == Method.REMOTE or (
+        event.event_name in _CODE_EVENTS and "method" not in event.details
+    )
+
+
+class _DriverSink:
+    """The sink one driver reports to; it knows which driver is speaking."""
+
+    def __init__(self, registry: Registry, driver: str) -> None:
+        self._registry = registry
+        self._driver = driver
+
+    def device_id(self, native_id: str) -> str:
+        return self._registry.store.device_id(self._driver, native_id)
+
+    def device_added(self, device: Device) -> None:
+        self._registry.put(self._driver, device)
+
+    def device_updated(self, device: Device) -> None:
+        self._registry.put(self._driver, device)
+
+    def device_removed(self, device_id: str) -> None:
+        self._registry.remove(device_id)
+
+    def door_event(self, event: DoorEvent) -> None:
+        self._registry.event(event)
+
+
+class Registry:
+    """Devices by id, their owning drivers, and the Executor the dispatcher acts through."""
+
+    def __init__(self, store: Store, upstream: Upstream) -> None:
+        self.store = store
+        self.upstream = upstream
+        self.drivers: dict[str, Driver] = {}
+        self._devices: dict[str, Device] = {}
+        self._owner: dict[str, str] = {}
+        self._reported: dict[str, dict[str, Any]] = {}
+        self.last_event: dict[str, DoorEvent] = {}
+        self.event_counts: Counter[str] = Counter()
+        self.answering: Callable[[str], str | None] = lambda _device_id: None
+        self.event_listeners: list[Callable[[DoorEvent], None]] = []
+
+    def attach(self, driver: Driver) -> DriverSink:
+        self.drivers[driver.name] = driver
+        return _DriverSink(self, driver.name)
+
+    # ------------------------------------------------------------------ from drivers
+
+    def put(self, driver: str, device: Device) -> None:
+        self._devices[device.id] = device
+        self._owner[device.id] = driver
+        body = device_dict(device)
+        comparable = {**body, "properties": {**body["properties"], "last_seen": None}}
+        if self._reported.get(device.id) == comparable:
+            return
+        self._reported[device.id] = comparable
+        self.store.save_device(device.id, body)
+        self.upstream.device(device)
+
+    def remove(self, device_id: str) -> None:
+        if self._devices.pop(device_id, None) is None:
+            return
+        self._owner.pop(device_id, None)
+        self._reported.pop(device_id, None)
+        self.last_event.pop(device_id, None)
+        self.store.forget_device(device_id)
+        self.upstream.device_removed(device_id)
+        log.info("registry.device_removed", device_id=device_id)
+
+    def event(self, event: DoorEvent) -> None:
+        if (
+            event.details.get("method") == Method.REMOTE
+            and "action_request_id" not in event.details
+        ):
+            answering = self.answering(event.device_id)
+            if answering is not None:
+                details = {**event.details, "action_request_id": answering}
+                event = dataclasses.replace(event, details=details)
+        self.last_event[event.device_id] = event
+        self.event_counts[str(event.event_name)] += 1
+        self.upstream.event(event)
+        for listener in self.event_listeners:
+            listener(event)
+        log.info(
+            "registry.door_event",
+            device_id=event.device_id,
+            event_name=str(event.event_name),
+            method=event.details.get("method"),
+            slot_id=event.details.get("slot_id"),
+        )
+
+    # ------------------------------------------------------------------ Executor
+
+    def device(self, device_id: str) -> Device | None:
+        return self._devices.get(device_id)
+
+    def devices(self) -> list[Device]:
+        return list(self._devices.values())
+
+    def driver_of(self, device_id: str) -> str | None:
+        return self._owner.get(device_id)
+
+    async def execute(self, device_id: str, action: Action) -> ActionResult:
+        owner = self._owner.get(device_id)
+        if owner is None:
+            raise DeviceNotFound(f"device {device_id} not found")
+        return await self.drivers[owner].execute(device_id, action)
+
+    async def pair(self, duration_s: int, inputs: Mapping[str, Any]) -> None:
+        wanted = inputs.get("protocol")
+        targets = [d for n, d in self.drivers.items() if wanted is None or n == wanted]
+        if not targets:
+            raise ActionNotSupported(f"no driver for protocol {wanted!r}")
+        await self._on_all(targets, lambda d: d.pair(duration_s))
+
+    async def unpair(self, duration_s: int, device_id: str | None) -> None:
+        if device_id is not None:
+            owner = self._owner.get(device_id)
+            if owner is None:
+                raise DeviceNotFound(f"device {device_id} not found")
+            await self.drivers[owner].unpair(duration_s, device_id)
+            return
+        await self._on_all(list(self.drivers.values()), lambda d: d.unpair(duration_s, None))
+
+    async def _on_all(self, drivers: list[Driver], call: Callable[[Driver], Any]) -> None:
+        """Run `call` on every driver concurrently; fail only if no driver could do it."""
+        errors: list[GatewayError] = []
+
+        async def one(driver: Driver) -> None:
+            try:
+                await call(driver)
+            except GatewayError as exc:
+                errors.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for driver in drivers:
+                tg.start_soon(one, driver, name=f"registry.{driver.name}")
+        if len(errors) == len(drivers):
+            raise errors[0]

@@ -1,0 +1,53 @@
+"""systemd notification (sd_notify) over NOTIFY_SOCKET: READY, STATUS, WATCHDOG, STOPPING."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+class Notifier:
+    """Sends sd_notify datagrams when NOTIFY_SOCKET is set; does nothing otherwise."""
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        env = os.environ if env is None else env
+        address = env.get("NOTIFY_SOCKET", "")
+        self._address = "\0" + address[1:] if address.startswith("@") else address
+        self._sock: socket.socket | None = None
+        self._failed = False
+        usec = env.get("WATCHDOG_USEC", "")
+        pid = env.get("WATCHDOG_PID", "")
+        self.watchdog_s: float | None = None
+        if usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
+            self.watchdog_s = int(usec) / 1_000_000
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._address)
+
+    def notify(self, **fields: str) -> bool:
+        """Send e.g. notify(READY="1", STATUS="...") as one datagram."""
+        if not self._address:
+            return False
+        payload = "\n".join(f"{k}={v}" for k, v in fields.items()).encode()
+        try:
+            if self._sock is None:
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._sock.sendto(payload, self._address)
+        except OSError as exc:
+            if not self._failed:
+                log.warning("sdnotify.send_failed", error=str(exc))
+            self._failed = True
+            return False
+        self._failed = False
+        return True
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None

@@ -1,0 +1,145 @@
+"""The local status endpoint: /healthz, /status (JSON), /metrics (Prometheus), / (HTML).
+
+Loopback only unless configured otherwise. Two optional development routes, off by default:
+`POST /actions` (local action requests) and `POST /simulate` (a person at a simulated door).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import structlog
+from aiohttp import web
+
+from gatewayd.driver import Simulation
+from gatewayd.model import ActionRequest, GatewayError, utcnow
+
+if TYPE_CHECKING:
+    from gatewayd.daemon import Daemon
+
+log = structlog.get_logger(__name__)
+
+DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
+MAX_BODY = 16 * 1024
+
+
+class _LocalAction(msgspec.Struct, forbid_unknown_fields=True):
+    device_id: str
+    action: str
+    inputs: dict[str, Any] = {}
+    timeout_s: float = 0
+    id: str = ""
+
+
+class _Simulate(msgspec.Struct, forbid_unknown_fields=True):
+    device_id: str
+    what: str
+    params: dict[str, Any] = {}
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=msgspec.json.encode(data), status=status, content_type="application/json"
+    )
+
+
+def _error(status: int, type_: str, message: str) -> web.Response:
+    return _json({"error": {"type": type_, "message": message}, "ok": False}, status)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON_KEY]
+    if not daemon.ready:
+        return _json({"ok": False, "reason": "starting"}, 503)
+    return _json({"ok": True, "status": daemon.status_line()})
+
+
+async def status_json(request: web.Request) -> web.Response:
+    return _json(request.app[DAEMON_KEY].snapshot())
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[DAEMON_KEY].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+
+
+async def page(request: web.Request) -> web.Response:
+    html = resources.files("gatewayd").joinpath("status_page.html").read_text("utf-8")
+    return web.Response(
+        text=html,
+        content_type="text/html",
+        headers={
+            "Content-Security-Policy": "default-src 'self'; style-src 'unsafe-inline'; "
+            "script-src 'unsafe-inline'; img-src data:"
+        },
+    )
+
+
+async def local_action(request: web.Request) -> web.Response:
+    """Development only: submit an action as the cloud would (`status.local_actions`)."""
+    daemon = request.app[DAEMON_KEY]
+    try:
+        body = msgspec.json.decode(await request.content.read(MAX_BODY + 1), type=_LocalAction)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return _error(400, "invalid_input", " ".join(str(exc).split()))
+    now = utcnow()
+    timeout = body.timeout_s or daemon.config.actions.default_timeout_s
+    req = ActionRequest(
+        id=body.id or str(uuid.uuid4()),
+        entity_type="Device",
+        entity_id=body.device_id,
+        action=body.action,
+        inputs=body.inputs,
+        created_at=now,
+        deadline=now + timedelta(seconds=timeout),
+    )
+    accepted = daemon.submit(req)
+    return _json({"action_request_id": req.id, "accepted": accepted}, 202 if accepted else 409)
+
+
+async def simulate(request: web.Request) -> web.Response:
+    """Development only: tell a simulated lock what a person at the door did."""
+    daemon = request.app[DAEMON_KEY]
+    try:
+        body = msgspec.json.decode(await request.content.read(MAX_BODY + 1), type=_Simulate)
+        what = Simulation(body.what)
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+        return _error(400, "invalid_input", " ".join(str(exc).split()))
+    assert daemon.registry is not None
+    owner = daemon.registry.driver_of(body.device_id)
+    if owner is None:
+        return _error(404, "device_not_found", f"device {body.device_id} not found")
+    try:
+        await daemon.registry.drivers[owner].simulate(body.device_id, what, body.params)
+    except GatewayError as exc:
+        return _error(400, exc.type, exc.message)
+    return _json({"ok": True})
+
+
+def make_app(daemon: Daemon) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY)
+    app[DAEMON_KEY] = daemon
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/status", status_json)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/", page)
+    if daemon.config.status.local_actions:
+        app.router.add_post("/actions", local_action)
+        app.router.add_post("/simulate", simulate)
+    return app
+
+
+async def start_status_server(daemon: Daemon) -> tuple[web.AppRunner, int]:
+    """Start the endpoint on the configured address; returns the runner and the bound port."""
+    host, port = daemon.config.status_address()
+    runner = web.AppRunner(make_app(daemon), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    bound = int(runner.addresses[0][1]) if runner.addresses else port
+    log.info("status.listening", host=host, port=bound)
+    return runner, bound

@@ -1,0 +1,369 @@
+"""The cloud tunnel: one outbound websocket, hello/welcome, durable outbox drain, acks,
+heartbeats, and reconnects with full-jitter backoff (policy kept apart in `Backoff`)."""
+
+from __future__ import annotations
+
+import random
+import ssl
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import aiohttp
+import anyio
+import structlog
+
+from gatewayd import protocol
+from gatewayd.config import CloudConfig
+from gatewayd.model import ActionRequest, iso, utcnow
+from gatewayd.store import Store
+
+log = structlog.get_logger(__name__)
+
+SEND_BATCH: Final = 500
+MAX_INBOUND_BYTES: Final = 1024 * 1024  # bigger frames are read whole, then refused and skipped
+DEFAULT_HEARTBEAT_S: Final = 60.0
+
+
+class Backoff:
+    """Exponential backoff with full jitter: delay n is uniform in [0, min(cap, base * 2**n)].
+
+    Never gives up; `reset()` after a session that got as far as `welcome`.
+    """
+
+    def __init__(
+        self, base: float = 0.5, cap: float = 60.0, rand: Callable[[], float] = random.random
+    ) -> None:
+        self.base = base
+        self.cap = cap
+        self._rand = rand
+        self.attempt = 0
+
+    def ceiling(self) -> float:
+        return min(self.cap, self.base * 2.0 ** min(self.attempt, 32))
+
+    def next_delay(self) -> float:
+        delay = self._rand() * self.ceiling()
+        self.attempt += 1
+        return delay
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class Unauthorized(Exception):
+    """The cloud refused our credential at the upgrade (HTTP 401)."""
+
+
+class _Reconnect(Exception):
+    """End this session and dial again at once (e.g. after being claimed)."""
+
+
+def _parse_ts(value: str) -> datetime | None:
+    try:
+        ts = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+
+
+def _is_loopback_url(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one exception that ended a session's task group (the first, if several did)."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for exc in leaves:
+        if not isinstance(exc, anyio.get_cancelled_exc_class()):
+            return exc
+    return leaves[0]
+
+
+class Tunnel:
+    """Keeps the tunnel up forever; everything upstream comes from the store's outbox."""
+
+    def __init__(
+        self,
+        config: CloudConfig,
+        store: Store,
+        on_action: Callable[[ActionRequest], None],
+        hello: Callable[[], dict[str, Any]],
+        *,
+        on_reject: Callable[[ActionRequest, str], None] | None = None,
+        backoff: Backoff | None = None,
+        sleep: Callable[[float], Any] = anyio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if config.url.startswith("ws://") and not (config.insecure or _is_loopback_url(config.url)):
+            raise ValueError("ws:// is allowed only to loopback or with cloud.insecure = true")
+        self._cfg = config
+        self._store = store
+        self._on_action = on_action
+        self._on_reject = on_reject
+        self._hello = hello
+        self.backoff = backoff or Backoff()
+        self._sleep = sleep
+        self._clock = clock
+        self.state = "idle"
+        self.connected_since: datetime | None = None
+        self.sessions = 0
+        self.last_error: str | None = None
+        self.heartbeat_s = DEFAULT_HEARTBEAT_S
+        self.sent_seq = 0
+        self.frames_in = 0
+        self.frames_skipped = 0
+        self._ssl = self._ssl_context()
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def up(self) -> bool:
+        return self.state == "connected"
+
+    def snapshot(self) -> dict[str, Any]:
+        parts = urlsplit(self._cfg.url)
+        return {
+            "state": self.state,
+            "url": f"{parts.scheme}://{parts.hostname}{':' + str(parts.port) if parts.port else ''}"
+            f"{parts.path}",
+            "connected_since": iso(self.connected_since) if self.connected_since else None,
+            "reconnects": max(0, self.sessions - 1),
+            "last_error": self.last_error,
+            "acked_seq": self._store.acked_seq,
+            "sent_seq": self.sent_seq,
+            "heartbeat_s": self.heartbeat_s,
+            "frames_skipped": self.frames_skipped,
+        }
+
+    async def run(self) -> None:
+        """Dial, serve, and dial again, forever."""
+        while True:
+            self.sessions += 1
+            self.state = "connecting"
+            try:
+                await self._session()
+            except _Reconnect:
+                continue
+            except Unauthorized as exc:
+                self._fail(str(exc))
+                self._handle_unauthorized()
+            except (aiohttp.ClientError, OSError, TimeoutError, ssl.SSLError) as exc:
+                self._fail(f"{type(exc).__name__}: {exc}")
+            except protocol.ProtocolError as exc:
+                self._fail(f"protocol: {exc.message}")
+            finally:
+                self.connected_since = None
+            self.state = "backoff"
+            delay = self.backoff.next_delay()
+            log.info("tunnel.reconnect_in", seconds=round(delay, 2), attempt=self.backoff.attempt)
+            await self._sleep(delay)
+
+    # ------------------------------------------------------------------ session
+
+    def _ssl_context(self) -> ssl.SSLContext | bool:
+        if not self._cfg.url.startswith("wss://"):
+            return False
+        ctx = ssl.create_default_context(cafile=self._cfg.ca_file or None)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        return ctx
+
+    def _fail(self, message: str) -> None:
+        if message != self.last_error:
+            log.warning("tunnel.disconnected", error=message)
+        self.last_error = message
+
+    def _handle_unauthorized(self) -> None:
+        ident = self._store.identity()
+        if ident.claimed:
+            fresh = self._store.reset_claim()
+            log.error(
+                "tunnel.credential_rejected",
+                hint="the cloud refused this gateway's credential (revoked?); it is unclaimed now",
+                registration_token=fresh.registration_token,
+            )
+
+    async def _session(self) -> None:
+        ident = self._store.identity()
+        headers = {"Authorization": f"Bearer {ident.credential}"} if ident.claimed else {}
+        timeout = aiohttp.ClientTimeout(total=None, connect=self._cfg.connect_timeout_s)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            try:
+                ws = await http.ws_connect(
+                    self._cfg.url,
+                    headers=headers,
+                    ssl=self._ssl,
+                    autoping=False,
+                    max_msg_size=MAX_INBOUND_BYTES,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+                )
+            except aiohttp.WSServerHandshakeError as exc:
+                if exc.status == 401:
+                    raise Unauthorized("the cloud answered 401 to our credential") from None
+                raise
+            async with ws:
+                await self._serve(
+                    ws, registration_token=None if ident.claimed else ident.registration_token
+                )
+
+    async def _serve(
+        self, ws: aiohttp.ClientWebSocketResponse, registration_token: str | None
+    ) -> None:
+        info = self._hello()
+        hello = protocol.Hello(
+            protocol=protocol.PROTOCOL_VERSION,
+            software_version=str(info["software_version"]),
+            hardware=str(info["hardware"]),
+            drivers=list(info["drivers"]),
+            registration_token=registration_token,
+        )
+        await ws.send_frame(protocol.encode(hello), aiohttp.WSMsgType.TEXT)
+        welcome = await self._await_welcome(ws)
+        protocol.check_version(welcome.protocol)
+        self.heartbeat_s = welcome.heartbeat_s if welcome.heartbeat_s > 0 else DEFAULT_HEARTBEAT_S
+        self._store.outbox_ack(welcome.acked_seq)
+        self.sent_seq = max(welcome.acked_seq, self._store.acked_seq)
+        self.state = "connected"
+        self.connected_since = utcnow()
+        self.last_error = None
+        self.backoff.reset()
+        log.info(
+            "tunnel.connected",
+            gateway_id=welcome.gateway_id,
+            acked_seq=welcome.acked_seq,
+            backlog=self._store.outbox_backlog(),
+        )
+        self._last_rx = self._clock()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._send_loop, ws, name="tunnel.send")
+                tg.start_soon(self._heartbeat, ws, name="tunnel.heartbeat")
+                await self._receive_loop(ws)
+        except BaseExceptionGroup as group:
+            raise _sole(group) from None
+
+    async def _await_welcome(self, ws: aiohttp.ClientWebSocketResponse) -> protocol.Welcome:
+        with anyio.fail_after(self._cfg.connect_timeout_s):
+            while True:
+                msg = await ws.receive()
+                if msg.type in (
+                    aiohttp.WSMsgType.CLOSE,
+                    aiohttp.WSMsgType.CLOSED,
+                    aiohttp.WSMsgType.CLOSING,
+                    aiohttp.WSMsgType.ERROR,
+                ):
+                    raise aiohttp.ClientConnectionError(f"closed before welcome ({ws.close_code})")
+                if msg.type == aiohttp.WSMsgType.PING:
+                    await ws.pong(msg.data)
+                    continue
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                frame = protocol.decode(msg.data)
+                if isinstance(frame, protocol.Welcome):
+                    return frame
+                if isinstance(frame, protocol.ErrorMsg):
+                    raise aiohttp.ClientConnectionError(
+                        f"cloud refused: {frame.code}: {frame.message}"
+                    )
+
+    async def _send_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        while True:
+            rows = self._store.outbox_after(self.sent_seq, SEND_BATCH)
+            if not rows:
+                await self._store.wait_outbox(self.sent_seq)
+                continue
+            for seq, frame in rows:
+                await ws.send_frame(frame, aiohttp.WSMsgType.TEXT)
+                self.sent_seq = seq
+
+    async def _heartbeat(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Ping when quiet; a link silent for heartbeat_s is dead."""
+        while True:
+            await anyio.sleep(self.heartbeat_s / 2)
+            silent = self._clock() - self._last_rx
+            if silent >= self.heartbeat_s:
+                log.warning("tunnel.heartbeat_lost", silent_s=round(silent, 1))
+                await ws.close()
+                return
+            if silent >= self.heartbeat_s / 2:
+                await ws.ping()
+
+    async def _receive_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        while True:
+            msg = await ws.receive()
+            self._last_rx = self._clock()
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                self._handle_frame(msg.data)
+            elif msg.type == aiohttp.WSMsgType.PING:
+                await ws.pong(msg.data)
+            elif msg.type == aiohttp.WSMsgType.PONG:
+                continue
+            elif msg.type in (
+                aiohttp.WSMsgType.CLOSE,
+                aiohttp.WSMsgType.CLOSING,
+                aiohttp.WSMsgType.CLOSED,
+                aiohttp.WSMsgType.ERROR,
+            ):
+                raise aiohttp.ClientConnectionError(
+                    f"tunnel closed (code {ws.close_code})"
+                    + (f": {ws.exception()}" if ws.exception() else "")
+                )
+            else:
+                self._skip("binary frames are not part of the protocol")
+
+    def _skip(self, reason: str) -> None:
+        self.frames_skipped += 1
+        log.warning("tunnel.frame_skipped", reason=reason)
+
+    def _handle_frame(self, data: str) -> None:
+        self.frames_in += 1
+        if len(data) > protocol.MAX_FRAME_BYTES:
+            self._skip(f"frame of {len(data)} bytes exceeds {protocol.MAX_FRAME_BYTES}")
+            return
+        try:
+            frame = protocol.decode(data)
+        except protocol.ProtocolError as exc:
+            self._skip(f"{exc.code}: {exc.message}")
+            return
+        if isinstance(frame, protocol.Ack):
+            self._store.outbox_ack(frame.seq)
+        elif isinstance(frame, protocol.ActionRequestMsg):
+            self._action(frame)
+        elif isinstance(frame, protocol.Claimed):
+            self._store.set_claimed(frame.gateway_id, frame.credential)
+            log.info("tunnel.claimed", gateway_id=frame.gateway_id)
+            raise _Reconnect
+        elif isinstance(frame, protocol.ErrorMsg):
+            self.last_error = f"cloud error {frame.code}: {frame.message}"
+            log.error("tunnel.cloud_error", code=frame.code, message=frame.message)
+        else:
+            self._skip(f"unexpected {type(frame).__name__} from the cloud")
+
+    def _action(self, frame: protocol.ActionRequestMsg) -> None:
+        created = _parse_ts(frame.created_at)
+        deadline = _parse_ts(frame.deadline)
+        request = ActionRequest(
+            id=frame.id,
+            entity_type=frame.entity_type,
+            entity_id=frame.entity_id,
+            action=frame.action,
+            inputs=frame.inputs,
+            created_at=created or utcnow(),
+            deadline=deadline or utcnow(),
+        )
+        if (created is None or deadline is None) and self._on_reject is not None:
+            self._on_reject(request, "created_at and deadline must be ISO-8601 timestamps")
+            return
+        self._on_action(request)

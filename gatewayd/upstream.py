@@ -1,0 +1,114 @@
+"""Everything the gateway tells the cloud, committed to the durable outbox before it is sent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gatewayd import protocol
+from gatewayd.actions import StatusUpdate
+from gatewayd.model import ActionName, Device, DoorEvent, iso
+from gatewayd.store import Store
+
+
+def action_descriptors(device: Device) -> dict[str, Any]:
+    """The seed's `actions` object, with the input constraints of this lock."""
+    codes = device.codes
+    slots = f"{codes.min_slot} through {codes.max_slot}"
+    slot_input = {"title": "Slot ID", "description": slots, "type": "integer"}
+    catalogue: dict[ActionName, dict[str, Any]] = {
+        ActionName.LOCK: {"title": "Lock", "description": "Locks the Door Lock", "inputs": None},
+        ActionName.UNLOCK: {
+            "title": "Unlock",
+            "description": "Unlocks the Door Lock",
+            "inputs": None,
+        },
+        ActionName.SET_CODE: {
+            "title": "Set Code",
+            "description": "Set User Code for the Door Lock",
+            "inputs": {
+                "code": {
+                    "title": "Code",
+                    "description": (
+                        "Pin Code, all numbers, can start with 0, must be between "
+                        f"{codes.min_length} and {codes.max_length} digits in length"
+                    ),
+                    "type": "string",
+                },
+                "slot_id": slot_input,
+            },
+        },
+        ActionName.CLEAR_CODE: {
+            "title": "Clear Code",
+            "description": "Clear a User Code for the Door Lock",
+            "inputs": {"slot_id": slot_input},
+        },
+    }
+    return {str(name): desc for name, desc in catalogue.items() if name in device.actions}
+
+
+def device_dict(device: Device) -> dict[str, Any]:
+    """The device as reported upstream and shown on /status."""
+    p = device.properties
+    return {
+        "id": device.id,
+        "name": device.name,
+        "manufacturer": device.manufacturer,
+        "model": device.model,
+        "protocol": device.protocol,
+        "actions": action_descriptors(device),
+        "properties": {
+            "locked": p.locked,
+            "online": p.online,
+            "door_open": p.door_open,
+            "battery_level": p.battery_level,
+            "battery": (
+                None
+                if p.battery_level is None
+                else {"level": p.battery_level, "status": p.battery_status()}
+            ),
+            "jammed": p.jammed,
+            "supported_code_lengths": list(
+                range(device.codes.min_length, device.codes.max_length + 1)
+            ),
+            "code_slots": {"min": device.codes.min_slot, "max": device.codes.max_slot},
+            "firmware": p.firmware,
+            "last_seen": iso(p.last_seen) if p.last_seen else None,
+        },
+    }
+
+
+class Upstream:
+    """Turns core happenings into protocol frames in the outbox (seq assigned by the store)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def action_status(self, update: StatusUpdate) -> int:
+        return self._store.outbox_put(
+            lambda seq: protocol.encode(
+                protocol.ActionStatusMsg(
+                    seq=seq,
+                    action_request_id=update.action_request_id,
+                    status=str(update.status),
+                    error=update.error,
+                    at=iso(update.at),
+                )
+            )
+        )
+
+    def event(self, event: DoorEvent) -> int:
+        body = event.to_dict()
+        return self._store.outbox_put(
+            lambda seq: protocol.encode(protocol.EventMsg(seq=seq, event=body))
+        )
+
+    def device(self, device: Device) -> int:
+        body = device_dict(device)
+        return self._store.outbox_put(
+            lambda seq: protocol.encode(protocol.DeviceMsg(seq=seq, device=body))
+        )
+
+    def device_removed(self, device_id: str) -> int:
+        return self._store.outbox_put(
+            lambda seq: protocol.encode(protocol.DeviceRemovedMsg(seq=seq, device_id=device_id))
+        )
