@@ -1,0 +1,29 @@
+"""Z-Wave door locks through a zwave-js-server (zwave-js-server-python 0.73.1, server schema <= 50).
+
+What the driver does, and what the test stack (zwave-js mock-server 15.29.0) can show:
+
+- Devices: every interviewed node with Door Lock CC. Manufacturer and model come from zwave-js's
+  device config; the slot range from the User Code CC values (1..supported users). Z-Wave has no
+  standard way to ask for accepted code lengths, so they stay at 4-8 digits; a lock that
+  silently ignores a code of another length is caught by the read-back (`code_not_confirmed`).
+- lock/unlock: Door Lock Operation Set, then Operation Get; done only when the lock reports the
+  new bolt state. Supervision failure -> `device_error`; no answer -> `timeout`.
+- set_code/clear_code: User Code Set, then User Code Get from the device. A lock that masks codes
+  in its reports ("****") is confirmed by its Access Control "new user code added" notification
+  instead. A re-check after `code_recheck_s` reports `code set on device`, `code removed from
+  device` or `code dropped by device`.
+- Events: Access Control and Home Security notifications, Door Lock reports, Battery reports,
+  node dead/alive. A report and a notification describing one change give one event.
+- pair: inclusion with the default strategy (S2 when the device supports it) for `duration`;
+  unpair: exclusion for `duration`, or removal of a dead node when a device_id is given.
+
+Not shown by the mock stack (untested against real radios here): S2 bootstrapping during
+inclusion (the mock controller does not run a joining node through inclusion), exclusion of a
+real node, Supervision-encapsulated lock commands, sleeping (non-FLiRS) locks, and setting
+several codes in one command (the mock does not support `setMany`; the driver sets one code per
+action).
+"""
+
+from drivers.zwave.driver import ZWaveDriver
+
+__all__ = ["ZWaveDriver"]

@@ -1,0 +1,719 @@
+"""ZWaveDriver: door locks behind a zwave-js-server, through zwave-js-server-python.
+
+The connection runs in a task started with `ctx.spawn`: connect, wait for driver ready and the
+node interviews, then follow events until the websocket drops; reconnect with full-jitter
+backoff and re-sync devices without repeating events. Every zwave_js_server object stays in
+this package; the core sees only `Device`, `DoorEvent` and `GatewayError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import random
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import aiohttp
+import anyio
+import structlog
+from zwave_js_server.client import Client
+from zwave_js_server.const import CommandClass, InclusionStrategy, NodeStatus
+from zwave_js_server.model.node import Node
+from zwave_js_server.model.notification import NotificationNotification
+from zwave_js_server.model.value import Value
+
+from drivers.zwave import commands
+from drivers.zwave.events import LOW_BATTERY, BoltTracker, Notice, parse_notification
+from gatewayd.driver import (
+    Driver,
+    DriverContext,
+    DriverHealth,
+    DriverSink,
+    DriverState,
+    Simulation,
+    ZWaveConfig,
+)
+from gatewayd.model import (
+    Action,
+    ActionNotSupported,
+    ActionResult,
+    ActionTimeout,
+    ClearCode,
+    CodeConstraints,
+    CodeNotConfirmed,
+    Device,
+    DeviceError,
+    DeviceNotFound,
+    DeviceProperties,
+    DoorEvent,
+    EventName,
+    InvalidInput,
+    Lock,
+    SetCode,
+    Unlock,
+    utcnow,
+)
+
+log = structlog.get_logger(__name__)
+
+_SIM_ACTIONS: Mapping[Simulation, str] = {
+    Simulation.KEYPAD_UNLOCK: "keypad_unlock",
+    Simulation.KEYPAD_LOCK: "keypad_lock",
+    Simulation.MANUAL_LOCK: "manual_lock",
+    Simulation.MANUAL_UNLOCK: "manual_unlock",
+    Simulation.WRONG_CODE: "wrong_code",
+    Simulation.JAM: "jam",
+    Simulation.BATTERY: "battery",
+    Simulation.OFFLINE: "offline",
+    Simulation.ONLINE: "online",
+    Simulation.DOOR_OPEN: "door_open",
+    Simulation.DOOR_CLOSE: "door_close",
+    Simulation.TAMPER: "tamper",
+    Simulation.FAULT: "fault",
+}
+
+
+@dataclass(slots=True)
+class _Lock:
+    """Driver-side state of one lock node (mutable, internal)."""
+
+    node_id: int
+    native_id: str
+    device_id: str
+    tracker: BoltTracker
+    device: Device | None = None
+    online: bool = True
+    jammed: bool = False
+    door_open: bool | None = None
+    battery_level: float | None = None
+    battery_low: bool = False
+    masked: bool = False
+    last_seen: Any = None
+    code_waiters: dict[int, asyncio.Future[bool]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Recheck:
+    due: float
+    device_id: str
+    slot: int
+    digest: bytes | None  # None: the slot should be empty
+
+
+class _Disconnected(Exception):
+    """The websocket to zwave-server closed."""
+
+
+class ZWaveDriver(Driver):
+    """Door locks on a Z-Wave network run by zwave-js-server."""
+
+    name = "zwave"
+
+    def __init__(self, config: ZWaveConfig, ctx: DriverContext) -> None:
+        self._config = config
+        self._ctx = ctx
+        self._sink: DriverSink | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self._client: Client | None = None
+        self._home_id: int | None = None
+        self._locks: dict[int, _Lock] = {}  # node id -> lock
+        self._unsubs: list[Callable[[], None]] = []
+        self._state = DriverState.STARTING
+        self._last_error: str | None = None
+        self._reconnects = 0
+        self._settled = anyio.Event()
+        self._scopes: list[anyio.CancelScope] = []
+        self._done = anyio.Event()
+        self._rechecks: asyncio.Queue[_Recheck] = asyncio.Queue()
+        self._salt = secrets.token_bytes(16)
+        self._server_version: str | None = None
+        commands.install_log_filter()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, sink: DriverSink) -> None:
+        self._sink = sink
+        self._http = aiohttp.ClientSession()
+        self._ctx.spawn("zwave.connection", self._run)
+        self._ctx.spawn("zwave.code_recheck", self._recheck_worker)
+        # Wait for the first connection and interviews, or the first failure; never raise.
+        with anyio.move_on_after(self._config.connect_timeout_s + self._config.interview_timeout_s):
+            await self._settled.wait()
+
+    async def stop(self) -> None:
+        self._state = DriverState.STOPPED
+        for scope in self._scopes:
+            scope.cancel()
+        for lock in self._locks.values():
+            lock.tracker.close()
+        self._detach()
+        if self._client is not None:
+            with anyio.CancelScope(shield=True):
+                await self._client.disconnect()
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+        log.info("zwave.stopped")
+
+    def devices(self) -> Sequence[Device]:
+        return [lk.device for lk in self._locks.values() if lk.device is not None]
+
+    def health(self) -> DriverHealth:
+        state = self._state
+        dead = sorted(lk.native_id for lk in self._locks.values() if not lk.online)
+        if state is DriverState.READY and dead:
+            state = DriverState.DEGRADED
+        details: dict[str, Any] = {
+            "url": self._config.url,
+            "reconnects": self._reconnects,
+            "locks": len(self.devices()),
+            "offline": dead,
+        }
+        if self._home_id is not None:
+            details["home_id"] = f"{self._home_id:08x}"
+        if self._server_version:
+            details["server_version"] = self._server_version
+        return DriverHealth(state, "zwave", self._last_error, details)
+
+    # ------------------------------------------------------------------ connection
+
+    async def _run(self) -> None:
+        attempt = 0
+        with anyio.CancelScope() as scope:
+            self._scopes.append(scope)
+            while True:
+                connected_at = time.monotonic()
+                try:
+                    await self._session()
+                except Exception as exc:  # noqa: BLE001 - every failure means: retry later
+                    self._down(exc)
+                if time.monotonic() - connected_at > 10:
+                    attempt = 0
+                delay = random.uniform(0, min(self._config.reconnect_max_s, 0.5 * 2**attempt))  # noqa: S311
+                attempt += 1
+                self._reconnects += 1
+                log.info("zwave.reconnect_scheduled", delay_s=round(delay, 2), attempt=attempt)
+                await anyio.sleep(delay)
+
+    def _down(self, exc: BaseException) -> None:
+        text = str(exc) or type(exc).__name__
+        if isinstance(exc, _Disconnected):
+            text = "connection to zwave-server closed"
+        self._last_error = f"{type(exc).__name__}: {text}"
+        if self._state is not DriverState.STOPPED:
+            self._state = DriverState.DOWN
+        self._settled.set()
+        log.warning("zwave.down", url=self._config.url, error=self._last_error)
+
+    async def _session(self) -> None:
+        assert self._http is not None
+        client = Client(self._config.url, self._http)
+        with anyio.fail_after(self._config.connect_timeout_s):
+            await client.connect()
+        ready = asyncio.Event()
+        failure: list[BaseException] = []
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def listen() -> None:
+                    try:
+                        await client.listen(ready)
+                    except Exception as exc:  # noqa: BLE001 - reported by the loop
+                        failure.append(exc)
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(listen)
+                with anyio.fail_after(self._config.connect_timeout_s):
+                    await ready.wait()
+                self._attach(client)
+                await anyio.sleep_forever()
+        finally:
+            self._detach()
+            self._client = None
+            with anyio.CancelScope(shield=True):
+                await client.disconnect()
+        raise failure[0] if failure else _Disconnected()
+
+    def _attach(self, client: Client) -> None:
+        assert client.driver is not None
+        self._client = client
+        controller = client.driver.controller
+        self._home_id = controller.home_id
+        self._server_version = client.version.server_version if client.version else None
+        self._state = DriverState.READY
+        self._last_error = None
+        log.info("zwave.connected", url=self._config.url, nodes=len(controller.nodes))
+        self._unsubs.append(controller.on("node added", self._on_node_added))
+        self._unsubs.append(controller.on("node removed", self._on_node_removed))
+        for node in controller.nodes.values():
+            self._watch(node)
+        self._check_settled()
+
+    def _detach(self) -> None:
+        for unsub in self._unsubs:
+            unsub()
+        self._unsubs.clear()
+        for lock in self._locks.values():
+            for fut in lock.code_waiters.values():
+                fut.cancel()
+            lock.code_waiters.clear()
+
+    def _check_settled(self) -> None:
+        client = self._client
+        if client is None or client.driver is None:
+            return
+        nodes = client.driver.controller.nodes.values()
+        if all(n.ready or n.is_controller_node for n in nodes):
+            self._settled.set()
+
+    # ------------------------------------------------------------------ nodes
+
+    def _watch(self, node: Node) -> None:
+        nid = node.node_id
+        self._unsubs.append(node.on("ready", lambda _e: self._on_ready(node)))
+        self._unsubs.append(node.on("value updated", lambda e: self._on_value(nid, e["value"])))
+        self._unsubs.append(node.on("notification", lambda e: self._on_notification(nid, e)))
+        self._unsubs.append(node.on("dead", lambda _e: self._on_status(nid, online=False)))
+        self._unsubs.append(node.on("alive", lambda _e: self._on_status(nid, online=True)))
+        self._unsubs.append(node.on("sleep", lambda _e: self._on_status(nid, online=True)))
+        if node.ready:
+            self._on_ready(node)
+
+    def _on_node_added(self, event: dict[str, Any]) -> None:
+        node: Node = event["node"]
+        log.info("zwave.node_added", node_id=node.node_id)
+        self._watch(node)
+
+    def _on_node_removed(self, event: dict[str, Any]) -> None:
+        node: Node = event["node"]
+        lock = self._locks.pop(node.node_id, None)
+        log.info("zwave.node_removed", node_id=node.node_id)
+        if lock is not None and self._sink is not None:
+            lock.tracker.close()
+            self._sink.device_removed(lock.device_id)
+
+    def _on_ready(self, node: Node) -> None:
+        if not _is_lock(node):
+            self._check_settled()
+            return
+        assert self._sink is not None
+        assert self._home_id is not None
+        native_id = f"{self._home_id:08x}-{node.node_id}"
+        lock = self._locks.get(node.node_id)
+        new = lock is None
+        if lock is None:
+            device_id = self._sink.device_id(native_id)
+            lock = _Lock(node.node_id, native_id, device_id, tracker=self._tracker(device_id))
+            self._locks[node.node_id] = lock
+            lock.tracker.seed(_locked(node))
+        else:
+            # After a reconnect: a real change while we were away is one event, not a repeat.
+            now = _locked(node)
+            if now is not None:
+                lock.tracker.on_value(now)
+        level = _value(node, CommandClass.BATTERY, "level")
+        if isinstance(level, int):
+            lock.battery_level = level / 100
+            lock.battery_low = lock.battery_level < LOW_BATTERY
+        door = _value(node, CommandClass.DOOR_LOCK, "doorStatus")
+        if door in ("open", "closed"):
+            lock.door_open = door == "open"
+        online = node.status != NodeStatus.DEAD
+        if not new and online != lock.online:
+            self._on_status(node.node_id, online=online)
+        lock.online = online
+        self._publish(lock, node, added=new)
+        log.info("zwave.node_ready", node_id=node.node_id, native_id=native_id, new=new)
+        self._check_settled()
+
+    def _tracker(self, device_id: str) -> BoltTracker:
+        def emit(name: EventName, details: dict[str, Any]) -> None:
+            self._emit(device_id, name, details)
+
+        def changed() -> None:
+            lock = self._lock_by_device(device_id)
+            if lock is not None:
+                self._publish(lock)
+
+        return BoltTracker(emit, self._config.event_merge_s, changed)
+
+    def _publish(self, lock: _Lock, node: Node | None = None, *, added: bool = False) -> None:
+        node = node or self._node_or_none(lock)
+        if node is None or self._sink is None:
+            return
+        device = _device(lock, node)
+        if added:
+            lock.device = device
+            self._sink.device_added(device)
+        elif lock.device is None or _differs(device, lock.device):
+            lock.device = device
+            self._sink.device_updated(device)
+
+    def _emit(self, device_id: str, name: EventName, details: dict[str, Any]) -> None:
+        if self._sink is None:
+            return
+        log.info("zwave.door_event", device_id=device_id, event_name=str(name), **details)
+        self._sink.door_event(DoorEvent(device_id, name, details))
+
+    # ------------------------------------------------------------------ events
+
+    def _on_value(self, node_id: int, value: Value) -> None:
+        lock = self._locks.get(node_id)
+        if lock is None:
+            return
+        lock.last_seen = utcnow()
+        cc, prop = value.command_class, value.property_name
+        if cc == CommandClass.DOOR_LOCK and prop == "currentMode":
+            locked = commands.mode_locked(value.value)
+            if locked is not None:
+                lock.tracker.on_value(locked)
+        elif cc == CommandClass.BATTERY and prop == "level" and isinstance(value.value, int):
+            lock.battery_level = value.value / 100
+            self._battery(lock, lock.battery_level < LOW_BATTERY)
+            self._publish(lock)
+        elif cc == CommandClass.BATTERY and prop == "isLow" and value.value is True:
+            self._battery(lock, True)
+
+    def _battery(self, lock: _Lock, low: bool) -> None:
+        if low and not lock.battery_low:
+            details: dict[str, Any] = {}
+            if lock.battery_level is not None:
+                details["battery_level"] = lock.battery_level
+            self._emit(lock.device_id, EventName.LOW_BATTERY, details)
+        lock.battery_low = low
+
+    def _on_notification(self, node_id: int, event: dict[str, Any]) -> None:
+        lock = self._locks.get(node_id)
+        notif = event.get("notification")
+        if lock is None or not isinstance(notif, NotificationNotification):
+            return
+        lock.last_seen = utcnow()
+        notice = parse_notification(notif.type_, notif.event, notif.parameters or {})
+        if notice is not None:
+            self._apply(lock, notice)
+
+    def _apply(self, lock: _Lock, notice: Notice) -> None:
+        did = lock.device_id
+        if notice.kind == "bolt" and notice.locked is not None:
+            if lock.jammed:
+                lock.jammed = False
+                self._publish(lock)
+            lock.tracker.on_notification(notice.locked, notice.method, notice.slot_id)
+        elif notice.kind == "jammed":
+            lock.jammed = True
+            self._emit(did, EventName.DOOR_JAMMED, {})
+            self._publish(lock)
+        elif notice.kind == "door" and notice.door_open is not None:
+            if lock.door_open != notice.door_open:
+                lock.door_open = notice.door_open
+                name = EventName.DOOR_OPENED if notice.door_open else EventName.DOOR_CLOSED
+                self._emit(did, name, {})
+                self._publish(lock)
+        elif notice.kind == "invalid_code":
+            self._emit(did, EventName.KEYPAD_INVALID_CODE, {"method": "keypad"})
+        elif notice.kind == "tampered":
+            self._emit(did, EventName.TAMPERED, {})
+        elif notice.kind == "battery_low":
+            self._battery(lock, True)
+        elif notice.kind == "code" and notice.slot_id is not None:
+            waiter = lock.code_waiters.get(notice.slot_id)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(bool(notice.code_present))
+            else:
+                name = EventName.CODE_SET if notice.code_present else EventName.CODE_REMOVED
+                self._emit(did, name, {"slot_id": notice.slot_id, "method": "keypad"})
+
+    def _on_status(self, node_id: int, *, online: bool) -> None:
+        lock = self._locks.get(node_id)
+        if lock is None or lock.online == online:
+            return
+        lock.online = online
+        log.info("zwave.node_status", node_id=node_id, online=online)
+        name = EventName.DEVICE_CONNECTED if online else EventName.DEVICE_DISCONNECTED
+        self._emit(lock.device_id, name, {})
+        self._publish(lock)
+
+    # ------------------------------------------------------------------ actions
+
+    async def execute(self, device_id: str, action: Action) -> ActionResult:
+        lock = self._lock_by_device(device_id)
+        if lock is None:
+            raise DeviceNotFound(f"no Z-Wave lock {device_id}")
+        node = self._node(lock)
+        commands.check_reachable(node)
+        match action:
+            case Lock() | Unlock():
+                return await self._bolt(lock, node, isinstance(action, Lock))
+            case SetCode(slot_id=slot, code=code):
+                self._check_slot(lock, slot)
+                self._check_code(lock, len(code), code.reveal().isdigit())
+                return await self._set_code(lock, node, slot, code.reveal())
+            case ClearCode(slot_id=slot):
+                self._check_slot(lock, slot)
+                return await self._clear_code(lock, node, slot)
+        raise ActionNotSupported(f"zwave cannot {action.name}")
+
+    async def _bolt(self, lock: _Lock, node: Node, locked: bool) -> ActionResult:
+        lock.tracker.commanding = True
+        try:
+            await commands.set_bolt(node, locked)
+        finally:
+            lock.tracker.commanding = False
+        lock.jammed = False
+        lock.tracker.commanded(locked)
+        self._publish(lock)
+        return ActionResult({"locked": locked})
+
+    def _check_slot(self, lock: _Lock, slot: int) -> None:
+        codes = lock.device.codes if lock.device else CodeConstraints()
+        if not codes.min_slot <= slot <= codes.max_slot:
+            raise InvalidInput(
+                f"slot_id must be within {codes.min_slot}..{codes.max_slot} on this lock",
+                {"slot_id": f"out of range {codes.min_slot}..{codes.max_slot}"},
+            )
+
+    def _check_code(self, lock: _Lock, length: int, digits: bool) -> None:
+        codes = lock.device.codes if lock.device else CodeConstraints()
+        if not digits or not codes.min_length <= length <= codes.max_length:
+            raise InvalidInput(
+                f"code must be {codes.min_length}-{codes.max_length} digits on this lock",
+                {"code": f"must be {codes.min_length}-{codes.max_length} digits"},
+            )
+
+    async def _set_code(self, lock: _Lock, node: Node, slot: int, digits: str) -> ActionResult:
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        lock.code_waiters[slot] = waiter
+        try:
+            await commands.write_code(node, slot, digits)
+            status, read = await commands.read_slot(node, slot)
+            if commands.is_masked(read):
+                lock.masked = True
+                confirmed = await self._await_programming(waiter, slot)
+                if not confirmed or status != commands.USER_ENABLED:
+                    raise CodeNotConfirmed(f"slot {slot}: the lock did not confirm the new code")
+            elif status != commands.USER_ENABLED or not hmac.compare_digest(read, digits):
+                raise CodeNotConfirmed(f"slot {slot}: the lock reads back a different code")
+        finally:
+            lock.code_waiters.pop(slot, None)
+        self._schedule_recheck(lock, slot, self._digest(digits))
+        log.info("zwave.code_set", device_id=lock.device_id, slot_id=slot, masked=lock.masked)
+        return ActionResult({"slot_id": slot})
+
+    async def _clear_code(self, lock: _Lock, node: Node, slot: int) -> ActionResult:
+        await commands.clear_slot(node, slot)
+        status, _ = await commands.read_slot(node, slot)
+        if status not in (commands.USER_AVAILABLE,):
+            raise CodeNotConfirmed(f"slot {slot}: the lock still holds a code")
+        self._schedule_recheck(lock, slot, None)
+        log.info("zwave.code_cleared", device_id=lock.device_id, slot_id=slot)
+        return ActionResult({"slot_id": slot})
+
+    async def _await_programming(self, waiter: asyncio.Future[bool], slot: int) -> bool:
+        try:
+            with anyio.fail_after(self._config.code_confirm_s):
+                return await waiter
+        except TimeoutError:
+            raise ActionTimeout(
+                f"slot {slot}: no programming notification from a lock that masks codes"
+            ) from None
+
+    def _digest(self, digits: str) -> bytes:
+        return hmac.new(self._salt, digits.encode(), hashlib.sha256).digest()
+
+    def _schedule_recheck(self, lock: _Lock, slot: int, digest: bytes | None) -> None:
+        if self._config.code_recheck_s > 0:
+            due = time.monotonic() + self._config.code_recheck_s
+            self._rechecks.put_nowait(_Recheck(due, lock.device_id, slot, digest))
+
+    async def _recheck_worker(self) -> None:
+        with anyio.CancelScope() as scope:
+            self._scopes.append(scope)
+            while True:
+                item = await self._rechecks.get()
+                await anyio.sleep(max(0.0, item.due - time.monotonic()))
+                try:
+                    await self._recheck(item)
+                except Exception as exc:  # noqa: BLE001 - a failed re-check is logged, not fatal
+                    log.warning(
+                        "zwave.code_recheck_failed",
+                        device_id=item.device_id,
+                        slot_id=item.slot,
+                        error=type(exc).__name__,
+                    )
+
+    async def _recheck(self, item: _Recheck) -> None:
+        lock = self._lock_by_device(item.device_id)
+        if lock is None:
+            return
+        node = self._node(lock)
+        commands.check_reachable(node)
+        with anyio.fail_after(30):
+            status, read = await commands.read_slot(node, item.slot)
+        details = {"slot_id": item.slot}
+        if item.digest is None:
+            if status == commands.USER_AVAILABLE:
+                self._emit(lock.device_id, EventName.CODE_REMOVED, details)
+            return
+        present = status == commands.USER_ENABLED and (
+            commands.is_masked(read) or hmac.compare_digest(self._digest(read), item.digest)
+        )
+        name = EventName.CODE_SET if present else EventName.CODE_DROPPED
+        self._emit(lock.device_id, name, details)
+
+    # ------------------------------------------------------------------ pairing
+
+    async def pair(self, duration_s: int) -> None:
+        controller = self._controller()
+        ok = await commands.call(
+            "begin inclusion", controller.async_begin_inclusion(InclusionStrategy.DEFAULT)
+        )
+        if not ok:
+            raise DeviceError("the controller refused to start inclusion")
+        log.info("zwave.inclusion_started", duration_s=duration_s)
+        self._ctx.spawn("zwave.inclusion_window", lambda: self._close_window(duration_s, True))
+
+    async def unpair(self, duration_s: int, device_id: str | None) -> None:
+        controller = self._controller()
+        if device_id is not None:
+            lock = self._lock_by_device(device_id)
+            if lock is None:
+                raise DeviceNotFound(f"no Z-Wave lock {device_id}")
+            node = self._node(lock)
+            if node.status == NodeStatus.DEAD:
+                await commands.call("remove failed node", controller.async_remove_failed_node(node))
+                log.info("zwave.failed_node_removed", node_id=lock.node_id)
+                return
+        ok = await commands.call("begin exclusion", controller.async_begin_exclusion())
+        if not ok:
+            raise DeviceError("the controller refused to start exclusion")
+        log.info("zwave.exclusion_started", duration_s=duration_s)
+        self._ctx.spawn("zwave.exclusion_window", lambda: self._close_window(duration_s, False))
+
+    async def _close_window(self, duration_s: int, inclusion: bool) -> None:
+        await anyio.sleep(duration_s)
+        client = self._client
+        if client is None or client.driver is None:
+            return
+        controller = client.driver.controller
+        try:
+            if inclusion:
+                await controller.async_stop_inclusion()
+            else:
+                await controller.async_stop_exclusion()
+        except Exception as exc:  # noqa: BLE001 - the window may have closed on its own
+            log.info("zwave.window_close_skipped", inclusion=inclusion, error=type(exc).__name__)
+
+    # ------------------------------------------------------------------ simulation (mock only)
+
+    async def simulate(self, device_id: str, what: Simulation, params: Mapping[str, Any]) -> None:
+        url = self._config.mock_control_url
+        if not url or self._http is None:
+            await super().simulate(device_id, what, params)
+            return
+        lock = self._lock_by_device(device_id)
+        if lock is None:
+            raise DeviceNotFound(f"no Z-Wave lock {device_id}")
+        body = dict(params)
+        async with self._http.post(
+            f"{url.rstrip('/')}/node/{lock.node_id}/{_SIM_ACTIONS[what]}", json=body
+        ) as resp:
+            if resp.status != 200:
+                raise InvalidInput(f"mock refused {what}: {await resp.text()}")
+        if what in (Simulation.OFFLINE, Simulation.ONLINE):
+            # The controller notices a lock went away (or came back) on its next transmission.
+            node = self._node(lock)
+            try:
+                await node.async_ping()
+            except Exception as exc:  # noqa: BLE001 - a failed ping is the point
+                log.info("zwave.ping_failed", node_id=lock.node_id, error=type(exc).__name__)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _lock_by_device(self, device_id: str) -> _Lock | None:
+        for lock in self._locks.values():
+            if lock.device_id == device_id:
+                return lock
+        return None
+
+    def _controller(self) -> Any:
+        client = self._client
+        if client is None or client.driver is None:
+            raise DeviceError(f"zwave-server unreachable: {self._last_error or 'not connected'}")
+        return client.driver.controller
+
+    def _node_or_none(self, lock: _Lock) -> Node | None:
+        client = self._client
+        if client is None or client.driver is None:
+            return None
+        return client.driver.controller.nodes.get(lock.node_id)
+
+    def _node(self, lock: _Lock) -> Node:
+        if self._client is None:
+            raise DeviceError(f"zwave-server unreachable: {self._last_error or 'not connected'}")
+        node = self._node_or_none(lock)
+        if node is None:
+            raise DeviceNotFound(f"node {lock.node_id} is no longer in the network")
+        return node
+
+
+def _differs(a: Device, b: Device) -> bool:
+    """Whether a device changed in a way worth reporting (last_seen alone is not)."""
+    return replace(a, properties=replace(a.properties, last_seen=None)) != replace(
+        b, properties=replace(b.properties, last_seen=None)
+    )
+
+
+def _is_lock(node: Node) -> bool:
+    return any(v.command_class == CommandClass.DOOR_LOCK for v in node.values.values())
+
+
+def _locked(node: Node) -> bool | None:
+    return commands.mode_locked(_value(node, CommandClass.DOOR_LOCK, "currentMode"))
+
+
+def _value(node: Node, cc: CommandClass, prop: str) -> Any:
+    for v in node.values.values():
+        if v.command_class == cc and v.property_name == prop and v.endpoint in (0, None):
+            return v.value
+    return None
+
+
+def _device(lock: _Lock, node: Node) -> Device:
+    dc = node.device_config
+    manufacturer = (dc.manufacturer if dc else None) or f"0x{node.manufacturer_id or 0:04x}"
+    model = (dc.label if dc else None) or node.label or "Z-Wave lock"
+    slots = [
+        int(v.property_key)
+        for v in node.values.values()
+        if v.command_class == CommandClass.USER_CODE
+        and v.property_name == "userCode"
+        and isinstance(v.property_key, int)
+    ]
+    codes = CodeConstraints(min_slot=1, max_slot=max(slots)) if slots else CodeConstraints()
+    props = DeviceProperties(
+        locked=lock.tracker.locked,
+        online=lock.online,
+        door_open=lock.door_open,
+        battery_level=lock.battery_level,
+        jammed=lock.jammed,
+        firmware=node.firmware_version,
+        last_seen=lock.last_seen,
+    )
+    return replace(
+        Device(
+            id=lock.device_id,
+            native_id=lock.native_id,
+            protocol="zwave",
+            name=node.name or f"{manufacturer} {model}",
+            manufacturer=manufacturer,
+            model=model,
+        ),
+        codes=codes,
+        properties=props,
+    )

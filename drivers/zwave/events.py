@@ -1,0 +1,163 @@
+"""Translate a lock's Notification CC events and bolt reports into door events, exactly once.
+
+A Z-Wave lock usually says one thing twice: an Access Control notification (who or what moved
+the bolt) and a Door Lock report (the new bolt state); zwave-js also derives the bolt state from
+the notification. `BoltTracker` merges them: a bolt change seen first as a value waits
+`merge_s` for the notification that names the method, and a notification that repeats an
+event just emitted is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gatewayd.model import EventName, Method
+
+ACCESS_CONTROL = 6
+HOME_SECURITY = 7
+POWER_MANAGEMENT = 8
+
+# Access Control events that move the bolt: event -> (locked, method)
+BOLT_EVENTS: Mapping[int, tuple[bool, Method]] = {
+    1: (True, Method.MANUAL),
+    2: (False, Method.MANUAL),
+    3: (True, Method.RF),
+    4: (False, Method.RF),
+    5: (True, Method.KEYPAD),
+    6: (False, Method.PIN_CODE),
+    9: (True, Method.AUTO),
+}
+AC_JAMMED = 11
+AC_CODE_DELETED = 13
+AC_CODE_ADDED = 14
+AC_DOOR_OPEN = 22
+AC_DOOR_CLOSED = 23
+HS_TAMPER_COVER = 3
+HS_INVALID_CODE = 4
+PM_BATTERY_LOW = (10, 11)
+
+LOW_BATTERY = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A lock notification in driver terms (no zwave_js_server object)."""
+
+    kind: str  # "bolt" | "jammed" | "door" | "invalid_code" | "tampered" | "battery_low" | "code"
+    locked: bool | None = None
+    method: Method = Method.UNKNOWN
+    slot_id: int | None = None
+    door_open: bool | None = None
+    code_present: bool | None = None
+
+
+def parse_notification(type_: int, event: int, parameters: Mapping[str, Any]) -> Notice | None:
+    """What a Notification CC report means for a door, or None when it means nothing here."""
+    user = parameters.get("userId")
+    slot = int(user) if isinstance(user, int) and user > 0 else None
+    if type_ == ACCESS_CONTROL:
+        if event in BOLT_EVENTS:
+            locked, method = BOLT_EVENTS[event]
+            if event == 6 and slot is None:
+                method = Method.KEYPAD
+            return Notice("bolt", locked=locked, method=method, slot_id=slot)
+        if event == AC_JAMMED:
+            return Notice("jammed")
+        if event in (AC_DOOR_OPEN, AC_DOOR_CLOSED):
+            return Notice("door", door_open=event == AC_DOOR_OPEN)
+        if event in (AC_CODE_ADDED, AC_CODE_DELETED) and slot is not None:
+            return Notice("code", slot_id=slot, code_present=event == AC_CODE_ADDED)
+    elif type_ == HOME_SECURITY:
+        if event == HS_INVALID_CODE:
+            return Notice("invalid_code")
+        if event == HS_TAMPER_COVER:
+            return Notice("tampered")
+    elif type_ == POWER_MANAGEMENT and event in PM_BATTERY_LOW:
+        return Notice("battery_low")
+    return None
+
+
+Emit = Callable[[EventName, dict[str, Any]], None]
+
+
+class BoltTracker:
+    """The last bolt state of one lock and the merge of its reports into single events."""
+
+    def __init__(self, emit: Emit, merge_s: float, on_change: Callable[[], None]) -> None:
+        self._emit = emit
+        self._merge_s = merge_s
+        self._on_change = on_change
+        self.locked: bool | None = None
+        self.commanding = False  # our own command is in flight: it emits its own event
+        self._pending: asyncio.TimerHandle | None = None
+        self._pending_locked: bool | None = None
+        self._last: tuple[bool, float] | None = None
+
+    def seed(self, locked: bool | None) -> None:
+        """State as found at start or after a reconnect, without an event."""
+        self.locked = locked
+
+    def on_value(self, locked: bool) -> None:
+        """A bolt state from the value cache (a report, or zwave-js's own inference)."""
+        if self.locked == locked:
+            return
+        self._cancel()
+        self.locked = locked
+        self._on_change()
+        if self.commanding:
+            return
+        self._pending_locked = locked
+        self._pending = asyncio.get_running_loop().call_later(
+            self._merge_s, self._fire, locked, Method.UNKNOWN
+        )
+
+    def on_notification(self, locked: bool, method: Method, slot_id: int | None) -> None:
+        """A notification that says what moved the bolt."""
+        if self.commanding and method is Method.RF:
+            return  # the echo of our own command
+        if self._pending is not None and self._pending_locked == locked:
+            self._cancel()
+            self._fire(locked, method, slot_id)
+            return
+        if self.locked == locked and self._recent(locked):
+            return
+        self._cancel()
+        self._fire(locked, method, slot_id)
+
+    def commanded(self, locked: bool) -> None:
+        """Our own command was confirmed by the lock: one `remote` event."""
+        self._cancel()
+        self._fire(locked, Method.REMOTE)
+
+    def _recent(self, locked: bool) -> bool:
+        return (
+            self._last is not None
+            and self._last[0] == locked
+            and time.monotonic() - self._last[1] < max(self._merge_s, 0.5) * 3
+        )
+
+    def _cancel(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+        self._pending = None
+        self._pending_locked = None
+
+    def _fire(self, locked: bool, method: Method, slot_id: int | None = None) -> None:
+        self._pending = None
+        self._pending_locked = None
+        changed = self.locked != locked
+        self.locked = locked
+        self._last = (locked, time.monotonic())
+        details: dict[str, Any] = {"method": str(method)}
+        if slot_id is not None:
+            details["slot_id"] = slot_id
+        self._emit(EventName.DOOR_LOCKED if locked else EventName.DOOR_UNLOCKED, details)
+        if changed:
+            self._on_change()
+
+    def close(self) -> None:
+        self._cancel()

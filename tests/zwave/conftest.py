@@ -1,0 +1,78 @@
+"""Fixtures: one real zwave-js stack per session (mock locks + zwave-server), a driver per test."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from drivers.zwave import ZWaveDriver
+from gatewayd.config import ZWaveConfig
+from gatewayd.driver import DriverContext
+from tests.contract.sink import RecordingSink
+from tests.zwave.stack import ZWaveStack
+
+
+@pytest.fixture(scope="session")
+def zwave_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZWaveStack]:
+    stack = ZWaveStack(tmp_path_factory.mktemp("zwave"), locks=3)
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
+
+
+class Tasks:
+    """A Spawn for tests: named asyncio tasks, cancelled at teardown."""
+
+    def __init__(self) -> None:
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def spawn(self, name: str, fn: Callable[[], Awaitable[None]]) -> None:
+        async def run() -> None:
+            await fn()
+
+        self.tasks.append(asyncio.get_running_loop().create_task(run(), name=name))
+
+    async def cancel(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+def make_config(stack: ZWaveStack, **kw: object) -> ZWaveConfig:
+    opts: dict[str, object] = {
+        "enabled": True,
+        "url": stack.url,
+        "code_recheck_s": 1.5,
+        "connect_timeout_s": 5.0,
+        "interview_timeout_s": 30.0,
+        "reconnect_max_s": 2.0,
+        "mock_control_url": stack.control_url,
+    }
+    opts.update(kw)
+    return ZWaveConfig(**opts)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def tasks() -> AsyncIterator[Tasks]:
+    t = Tasks()
+    yield t
+    await t.cancel()
+
+
+@pytest.fixture
+async def zwave(
+    zwave_stack: ZWaveStack, tmp_path: Path, tasks: Tasks
+) -> AsyncIterator[tuple[ZWaveDriver, RecordingSink]]:
+    """A started driver that sees all mock locks, with the mock reset to a clean state."""
+    zwave_stack.reset()
+    sink = RecordingSink()
+    driver = ZWaveDriver(make_config(zwave_stack), DriverContext(tmp_path, tasks.spawn))
+    await driver.start(sink)
+    await sink.wait_for(lambda: len(sink.devices) == zwave_stack.locks, timeout=30)
+    yield driver, sink
+    await driver.stop()

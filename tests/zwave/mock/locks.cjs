@@ -1,0 +1,328 @@
+// Mock Z-Wave door locks for zwave-js's mock-server, plus a loopback HTTP control channel through
+// which tests act like a person at the door (keypad, thumb turn, jam, battery, radio faults).
+//
+// Environment: ZWAVE_MOCK_LOCKS (number of locks, 1..3, default 2), ZWAVE_MOCK_CONTROL_PORT
+// (control channel port on 127.0.0.1; 0 or unset: no control channel).
+//
+// Control channel: POST /node/<id>/<what> with a JSON body; 200 {"ok": true} or 4xx {"error"}.
+//   keypad_unlock {slot_id}, keypad_lock, manual_lock, manual_unlock, auto_lock, wrong_code, jam,
+//   battery {level: 0..1}, offline, online, tamper, door_open, door_close,
+//   fault {kind: none|no_reply|delay|drop_code|refuse, delay_s?}, state (GET-like: returns state)
+
+"use strict";
+
+const http = require("node:http");
+
+// Locks: real manufacturer/product ids so zwave-js applies its device config (manufacturer, label).
+const LOCKS = [
+	{ id: 2, manufacturerId: 0x0129, productType: 0x8002, productId: 0x46d5, numUsers: 20, masked: false }, // Yale YRD256-ZW3
+	{ id: 3, manufacturerId: 0x003b, productType: 0x6341, productId: 0x5044, numUsers: 30, masked: false }, // Allegion BE469
+	{ id: 4, manufacturerId: 0x0090, productType: 0x0001, productId: 0x0642, numUsers: 10, masked: true }, // Kwikset 916: masks codes
+];
+const CODE_MIN = 4;
+const CODE_MAX = 8;
+
+// Access Control (6) events
+const AC = {
+	MANUAL_LOCK: 1, MANUAL_UNLOCK: 2, RF_LOCK: 3, RF_UNLOCK: 4, KEYPAD_LOCK: 5, KEYPAD_UNLOCK: 6,
+	AUTO_LOCK: 9, JAMMED: 11, CODE_DELETED: 13, CODE_ADDED: 14, DOOR_OPEN: 22, DOOR_CLOSED: 23,
+};
+
+exports.default = function mockConfig({ require: req }) {
+	const cc = req("@zwave-js/cc");
+	const { CommandClasses } = req("@zwave-js/core");
+	const { createMockZWaveRequestFrame } = req("@zwave-js/testing");
+
+	const count = Math.max(1, Math.min(LOCKS.length, Number(process.env.ZWAVE_MOCK_LOCKS || "2")));
+	const controlPort = Number(process.env.ZWAVE_MOCK_CONTROL_PORT || "0");
+
+	const st = (self) => {
+		if (!self.state.has("gw")) {
+			self.state.set("gw", {
+				mode: cc.DoorLockMode.Secured,
+				battery: 90,
+				fault: "none",
+				delayMs: 0,
+				offline: false,
+				codes: new Map(), // slot -> code (string)
+				door: 1, // 0 open, 1 closed
+				lastNotification: { 6: 0, 7: 0, 8: 0 },
+			});
+		}
+		return self.state.get("gw");
+	};
+	const lockOf = (self) => LOCKS.find((l) => l.id === self.id);
+	const send = (controller, self, ccObj) =>
+		self.sendToController(createMockZWaveRequestFrame(ccObj, { ackRequested: true }));
+	const notify = (controller, self, type, event, params) => {
+		st(self).lastNotification[type] = event;
+		return send(controller, self, new cc.NotificationCCReport({
+			nodeId: controller.ownNodeId,
+			notificationType: type,
+			notificationEvent: event,
+			eventParameters: params === undefined ? undefined : Uint8Array.from(params),
+		}));
+	};
+	const operationReport = (controller, self) => {
+		const s = st(self);
+		return new cc.DoorLockCCOperationReport({
+			nodeId: controller.ownNodeId,
+			currentMode: s.mode,
+			targetMode: s.mode,
+			outsideHandlesCanOpenDoor: [false, false, false, false],
+			insideHandlesCanOpenDoor: [true, true, true, true],
+			doorStatus: s.door === 0 ? "open" : "closed",
+			boltStatus: s.mode === cc.DoorLockMode.Secured ? "locked" : "unlocked",
+			latchStatus: "closed",
+			lockTimeout: undefined,
+			duration: undefined,
+		});
+	};
+	const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+	// Radio faults first: an offline or deaf lock answers nothing, a slow one answers late.
+	const faults = {
+		async handleCC(controller, self, received) {
+			const s = st(self);
+			if (s.offline || s.fault === "no_reply") return { action: "stop" };
+			if (s.fault === "delay" && s.delayMs > 0) await sleep(s.delayMs);
+			return undefined;
+		},
+	};
+
+	const battery = {
+		handleCC(controller, self, received) {
+			if (received instanceof cc.BatteryCCGet) {
+				const level = st(self).battery;
+				return {
+					action: "sendCC",
+					cc: new cc.BatteryCCReport({ nodeId: controller.ownNodeId, level: level <= 5 ? 0xff : level }),
+				};
+			}
+		},
+	};
+
+	const notification = {
+		handleCC(controller, self, received) {
+			if (received instanceof cc.NotificationCCGet) {
+				const type = received.notificationType ?? 6;
+				return {
+					action: "sendCC",
+					cc: new cc.NotificationCCReport({
+						nodeId: controller.ownNodeId,
+						notificationType: type,
+						notificationEvent: 0,
+					}),
+				};
+			}
+			if (received instanceof cc.NotificationCCSet) return { action: "ok" };
+		},
+	};
+
+	const doorLock = {
+		handleCC(controller, self, received) {
+			const s = st(self);
+			if (received instanceof cc.DoorLockCCOperationGet) {
+				return { action: "sendCC", cc: operationReport(controller, self) };
+			}
+			if (received instanceof cc.DoorLockCCOperationSet) {
+				if (s.fault !== "refuse") s.mode = received.mode;
+				// Like a real lock: the bolt moves, then it reports the new state and what moved it.
+				setTimeout(async () => {
+					try {
+						if (s.fault !== "refuse") {
+							const locked = s.mode === cc.DoorLockMode.Secured;
+							await notify(controller, self, 6, locked ? AC.RF_LOCK : AC.RF_UNLOCK);
+						}
+						await send(controller, self, operationReport(controller, self));
+					} catch (e) {
+						console.error("mock: report failed", e && e.message);
+					}
+				}, 20);
+				return { action: "ok" };
+			}
+		},
+	};
+
+	const userCode = {
+		handleCC(controller, self, received) {
+			const s = st(self);
+			const lock = lockOf(self);
+			if (received instanceof cc.UserCodeCCGet) {
+				const slot = received.userId;
+				if (slot < 1 || slot > lock.numUsers) {
+					return {
+						action: "sendCC",
+						cc: new cc.UserCodeCCReport({
+							nodeId: controller.ownNodeId, userId: slot, userIdStatus: cc.UserIDStatus.StatusNotAvailable,
+						}),
+					};
+				}
+				const code = s.codes.get(slot);
+				return {
+					action: "sendCC",
+					cc: new cc.UserCodeCCReport({
+						nodeId: controller.ownNodeId,
+						userId: slot,
+						userIdStatus: code ? cc.UserIDStatus.Enabled : cc.UserIDStatus.Available,
+						userCode: code ? (lock.masked ? "*".repeat(code.length) : code) : "",
+					}),
+				};
+			}
+			if (received instanceof cc.UserCodeCCSet) {
+				const slot = received.userId;
+				if (slot < 1 || slot > lock.numUsers) return { action: "fail" };
+				const clearing = received.userIdStatus === cc.UserIDStatus.Available;
+				if (clearing) {
+					if (s.fault !== "refuse") {
+						s.codes.delete(slot);
+						if (lock.masked) setTimeout(() => notify(controller, self, 6, AC.CODE_DELETED, [slot]).catch(() => {}), 20);
+					}
+					return { action: "ok" };
+				}
+				let code = received.userCode;
+				if (typeof code !== "string") code = Buffer.from(code).toString("ascii");
+				// A lock silently ignores codes it cannot hold (wrong length, or told to refuse).
+				if (s.fault === "refuse" || code.length < CODE_MIN || code.length > CODE_MAX) return { action: "ok" };
+				if (s.fault === "drop_code" && s.delayMs === 0) return { action: "ok" };
+				s.codes.set(slot, code);
+				if (lock.masked) setTimeout(() => notify(controller, self, 6, AC.CODE_ADDED, [slot]).catch(() => {}), 20);
+				if (s.fault === "drop_code") {
+					setTimeout(() => s.codes.delete(slot), s.delayMs);
+				}
+				return { action: "ok" };
+			}
+		},
+	};
+
+	const nodes = LOCKS.slice(0, count).map((lock) => ({
+		id: lock.id,
+		capabilities: {
+			manufacturerId: lock.manufacturerId,
+			productType: lock.productType,
+			productId: lock.productId,
+			firmwareVersion: "6.8",
+			genericDeviceClass: 0x40, // Entry Control
+			specificDeviceClass: 0x03, // Secure Keypad Door Lock
+			isListening: true,
+			commandClasses: [
+				{ ccId: CommandClasses.Version, isSupported: true, version: 2 },
+				{ ccId: CommandClasses["Manufacturer Specific"], isSupported: true, version: 2 },
+				{ ccId: CommandClasses["Z-Wave Plus Info"], isSupported: true, version: 2 },
+				{ ccId: CommandClasses["Door Lock"], isSupported: true, version: 4 },
+				{
+					ccId: CommandClasses["User Code"], isSupported: true, version: 1,
+					numUsers: lock.numUsers,
+				},
+				{
+					ccId: CommandClasses.Notification, isSupported: true, version: 8,
+					supportsV1Alarm: false,
+					notificationTypesAndEvents: {
+						6: [1, 2, 3, 4, 5, 6, 9, 11, 13, 14, 22, 23],
+						7: [3, 4],
+						8: [10, 11],
+					},
+				},
+				{ ccId: CommandClasses.Battery, isSupported: true, version: 1 },
+			],
+		},
+		behaviors: [faults, battery, notification, doorLock, userCode],
+	}));
+
+	function onInit(controller, mockNodes) {
+		if (!controlPort) return;
+		const byId = new Map(mockNodes.map((n) => [n.id, n]));
+		const actions = {
+			async keypad_unlock(self, p) {
+				st(self).mode = cc.DoorLockMode.Unsecured;
+				await notify(controller, self, 6, AC.KEYPAD_UNLOCK, [Number(p.slot_id ?? 1)]);
+				await send(controller, self, operationReport(controller, self));
+			},
+			async keypad_lock(self) {
+				st(self).mode = cc.DoorLockMode.Secured;
+				await notify(controller, self, 6, AC.KEYPAD_LOCK);
+				await send(controller, self, operationReport(controller, self));
+			},
+			async manual_lock(self) {
+				st(self).mode = cc.DoorLockMode.Secured;
+				await notify(controller, self, 6, AC.MANUAL_LOCK);
+				await send(controller, self, operationReport(controller, self));
+			},
+			async manual_unlock(self) {
+				st(self).mode = cc.DoorLockMode.Unsecured;
+				await notify(controller, self, 6, AC.MANUAL_UNLOCK);
+				await send(controller, self, operationReport(controller, self));
+			},
+			async auto_lock(self) {
+				st(self).mode = cc.DoorLockMode.Secured;
+				await notify(controller, self, 6, AC.AUTO_LOCK);
+				await send(controller, self, operationReport(controller, self));
+			},
+			// A wrong code at the keypad: Home Security "Tampering, invalid code".
+			async wrong_code(self) { await notify(controller, self, 7, 4); },
+			async jam(self) { await notify(controller, self, 6, AC.JAMMED); },
+			async tamper(self) { await notify(controller, self, 7, 3); },
+			async door_open(self) { st(self).door = 0; await notify(controller, self, 6, AC.DOOR_OPEN); },
+			async door_close(self) { st(self).door = 1; await notify(controller, self, 6, AC.DOOR_CLOSED); },
+			async battery(self, p) {
+				const level = Math.max(0, Math.min(100, Math.round(Number(p.level ?? 1) * 100)));
+				st(self).battery = level;
+				await send(controller, self, new cc.BatteryCCReport({
+					nodeId: controller.ownNodeId, level: level <= 5 ? 0xff : level,
+				}));
+			},
+			async offline(self) { st(self).offline = true; self.autoAckControllerFrames = false; },
+			async online(self) { st(self).offline = false; self.autoAckControllerFrames = true; },
+			async fault(self, p) {
+				const kind = String(p.kind ?? "none");
+				if (!["none", "no_reply", "delay", "drop_code", "refuse"].includes(kind)) {
+					throw Object.assign(new Error("unknown fault kind"), { status: 400 });
+				}
+				const s = st(self);
+				s.fault = kind;
+				s.delayMs = Math.round(Number(p.delay_s ?? (kind === "drop_code" ? 1 : 0)) * 1000);
+			},
+			async state(self) {
+				const s = st(self);
+				return {
+					locked: s.mode === cc.DoorLockMode.Secured, battery: s.battery, fault: s.fault,
+					offline: s.offline, slots: [...s.codes.keys()],
+				};
+			},
+			async reset(self) {
+				const s = st(self);
+				Object.assign(s, { fault: "none", delayMs: 0, offline: false, door: 1 });
+				self.autoAckControllerFrames = true;
+				s.codes.clear();
+			},
+		};
+		const server = http.createServer((req, res) => {
+			let body = "";
+			req.on("data", (c) => { body += c; });
+			req.on("end", async () => {
+				const m = /^\/node\/(\d+)\/([a-z_]+)$/.exec(req.url || "");
+				const reply = (status, obj) => {
+					res.writeHead(status, { "content-type": "application/json" });
+					res.end(JSON.stringify(obj));
+				};
+				if (!m || req.method !== "POST") return reply(404, { error: "POST /node/<id>/<what>" });
+				const self = byId.get(Number(m[1]));
+				const fn = actions[m[2]];
+				if (!self) return reply(404, { error: "no such node" });
+				if (!fn) return reply(400, { error: "unknown action" });
+				try {
+					const params = body ? JSON.parse(body) : {};
+					const result = await fn(self, params);
+					reply(200, { ok: true, result: result ?? null });
+				} catch (e) {
+					reply(e.status || 500, { error: String((e && e.message) || e) });
+				}
+			});
+		});
+		server.listen(controlPort, "127.0.0.1", () => {
+			console.log(`Mock control listening on http://127.0.0.1:${controlPort}`);
+		});
+	}
+
+	return { controller: { homeId: 0x7e57d00d }, nodes, onInit };
+};

@@ -1,0 +1,205 @@
+"""The real zwave-js stack for tests: mock-server (mock controller + lock nodes) and zwave-server.
+
+Both run as node processes on free loopback ports, started and stopped by pid. mock-server
+accepts a single TCP connection, so its port is never probed: readiness is its log line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+MOCK_DIR = Path(__file__).resolve().parent / "mock"
+MOCK_SERVER = ROOT / "node_modules" / "zwave-js" / "bin" / "mock-server.cjs"
+ZWAVE_SERVER = ROOT / "node_modules" / "@zwave-js" / "server" / "dist-esm" / "bin" / "server.js"
+HOME_ID = 0x7E57D00D
+LOCK_NODES = (2, 3, 4)  # node ids of the mock locks, in order (see mock/locks.cjs)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def native_id(node_id: int) -> str:
+    return f"{HOME_ID:08x}-{node_id}"
+
+
+class StackError(RuntimeError):
+    pass
+
+
+class _Proc:
+    def __init__(self, name: str, argv: list[str], log: Path, env: dict[str, str]) -> None:
+        self.name = name
+        self.log = log
+        self._fh = log.open("ab")
+        self.proc = subprocess.Popen(
+            argv,
+            stdout=self._fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_for_line(self, needle: str, timeout: float, start: int = 0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if needle in self.log.read_text(errors="replace")[start:]:
+                return
+            if self.proc.poll() is not None:
+                raise StackError(f"{self.name} exited ({self.proc.returncode}): {self.tail()}")
+            time.sleep(0.05)
+        raise StackError(f"{self.name}: no {needle!r} within {timeout}s: {self.tail()}")
+
+    def tail(self, n: int = 2000) -> str:
+        return self.log.read_text(errors="replace")[-n:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self._fh.close()
+
+
+class ZWaveStack:
+    """mock-server with `locks` door locks, and zwave-server in front of it."""
+
+    def __init__(self, workdir: Path, locks: int = 2) -> None:
+        self.workdir = workdir
+        self.locks = locks
+        self.serial_port = free_port()
+        self.control_port = free_port()
+        self.ws_port = free_port()
+        self.mock: _Proc | None = None
+        self.server: _Proc | None = None
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.server_config = workdir / "zwave-server.json"
+        self._write_server_config()
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.ws_port}"
+
+    @property
+    def control_url(self) -> str:
+        return f"http://127.0.0.1:{self.control_port}"
+
+    @property
+    def lock_nodes(self) -> tuple[int, ...]:
+        return LOCK_NODES[: self.locks]
+
+    def _write_server_config(self) -> None:
+        # Fresh random network keys per run; a real box generates them once at install.
+        keys = {
+            name: secrets.token_hex(16)
+            for name in ("S0_Legacy", "S2_Unauthenticated", "S2_Authenticated", "S2_AccessControl")
+        }
+        cfg: dict[str, Any] = {
+            "securityKeys": keys,
+            "storage": {"cacheDir": str(self.workdir / "cache")},
+            "logConfig": {"enabled": True, "level": "info", "logToFile": False},
+        }
+        fd = os.open(self.server_config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(cfg, fh)
+
+    def start(self) -> None:
+        self.start_mock()
+        self.start_server()
+
+    def start_mock(self) -> None:
+        env = {
+            **os.environ,
+            "ZWAVE_MOCK_LOCKS": str(self.locks),
+            "ZWAVE_MOCK_CONTROL_PORT": str(self.control_port),
+        }
+        self.mock = _Proc(
+            "mock-server",
+            [
+                "node",
+                "-r",
+                str(MOCK_DIR / "preload.cjs"),
+                str(MOCK_SERVER),
+                "-i",
+                "127.0.0.1",
+                "-p",
+                str(self.serial_port),
+                "-c",
+                str(MOCK_DIR / "locks.cjs"),
+            ],
+            self.workdir / "mock-server.log",
+            env,
+        )
+        self.mock.wait_for_line("Server listening on tcp://", 30)
+        self.mock.wait_for_line("Mock control listening", 10)
+
+    def start_server(self) -> None:
+        log = self.workdir / "zwave-server.log"
+        start = log.stat().st_size if log.exists() else 0
+        self.server = _Proc(
+            "zwave-server",
+            [
+                "node",
+                str(ZWAVE_SERVER),
+                f"tcp://127.0.0.1:{self.serial_port}",
+                "--config",
+                str(self.server_config),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.ws_port),
+                "--disable-dns-sd",
+            ],
+            log,
+            dict(os.environ),
+        )
+        self.server.wait_for_line("server listening on", 60, start=start)
+
+    def stop_server(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    def stop(self) -> None:
+        self.stop_server()
+        if self.mock is not None:
+            self.mock.stop()
+            self.mock = None
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in (self.mock, self.server) if p is not None]
+
+    def control(self, node_id: int, what: str, **params: Any) -> Any:
+        """Act on a mock lock like a person at the door (see mock/locks.cjs)."""
+        req = urllib.request.Request(
+            f"{self.control_url}/node/{node_id}/{what}",
+            data=json.dumps(params).encode(),
+            method="POST",
+            headers={"content-type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())["result"]
+
+    def reset(self) -> None:
+        for node in self.lock_nodes:
+            self.control(node, "reset")
