@@ -30,7 +30,9 @@ Rules the harness and driver follow:
   `open_driver` has exited.
 * The driver yielded is READY and `sink.devices` already holds >= 2 locks, all online, bolt
   state known.
-* `driver.stop()` is idempotent: a test may stop the driver before the harness does.
+* `driver.stop()` is idempotent: a test may stop the driver before the harness does, and
+  (unless "restart" is unsupported) `driver.start(sink)` after a stop brings the same devices,
+  with the same device ids, back.
 * `driver.simulate(device_id, Simulation.X, params)` acts like a person at the door for every
   X not declared unsupported; FAULT kinds: "none" clears all; "no_reply" (the next action never
   gets an answer), "refuse" (the next action is refused -> DeviceError) and "drop_code" (the
@@ -71,6 +73,7 @@ FEATURES = frozenset(
         "fault_drop_code",
         "pair",
         "unpair",
+        "restart",  # stop() then start(sink) again on the same driver object
     }
 )
 

@@ -212,3 +212,20 @@ async def test_stop_reports_stopped(harness: Harness, driver: Driver) -> None:
     assert driver.health().state is DriverState.STOPPED
     await driver.stop()  # idempotent: the harness stops it again
     assert driver.health().state is DriverState.STOPPED
+
+
+async def test_a_restart_reports_the_same_devices(
+    harness: Harness, driver: Driver, sink: RecordingSink
+) -> None:
+    harness.require("restart")
+    before = {d.id: d.native_id for d in locks(sink)}
+    await driver.stop()
+    sink.devices.clear()
+
+    with anyio.fail_after(60):
+        await driver.start(sink)
+    await sink.wait_for(lambda: set(before) <= set(sink.devices), timeout=60)
+
+    assert {d.id: d.native_id for d in locks(sink)} == before
+    assert driver.health().state is DriverState.READY
+    await act(harness, driver, locks(sink)[0].id, Lock())
