@@ -1,0 +1,72 @@
+"""`devcloud serve` as a process: it listens, answers REST, keeps secrets out of its logs."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from gatewayd import protocol as p
+
+API_KEY = "cli-secret-api-key"
+
+
+@pytest.mark.stack
+async def test_devcloud_serve_runs_as_a_process(tmp_path: Path) -> None:
+    db = tmp_path / "cloud.db"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "devcloud.cli",
+        "serve",
+        "--port",
+        "0",
+        "--db",
+        str(db),
+        "--api-key",
+        API_KEY,
+        "--webhook",
+        "http://127.0.0.1:9/hook",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), timeout=30)).decode()
+        assert line.startswith("devcloud listening on http://127.0.0.1:")
+        base = line.split()[-1]
+        auth = {"Authorization": aiohttp.encode_basic_auth(API_KEY)}
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                f"{base}/v1/locations", json={"name": "home"}, headers=auth
+            ) as resp:
+                assert resp.status == 200
+            async with http.get(f"{base}/v1/locations", headers=auth) as resp:
+                assert [loc["name"] for loc in await resp.json()] == ["home"]
+            async with http.ws_connect(f"{base.replace('http', 'ws')}/v1/gateway/tunnel") as ws:
+                hello = p.Hello(
+                    protocol=1,
+                    software_version="0.1.0",
+                    hardware="x",
+                    drivers=[],
+                    registration_token="quiet-lake-9",
+                )
+                await ws.send_str(p.encode(hello).decode())
+                welcome = p.decode((await ws.receive(timeout=10)).data)
+                assert isinstance(welcome, p.Welcome)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(proc.communicate(), timeout=30)
+    assert proc.returncode == 0
+    logs = stderr.decode()
+    assert "devcloud.listening" in logs
+    assert "tunnel.accepted" in logs
+    assert API_KEY not in logs
+    assert "quiet-lake-9" not in logs
+    secret_file = Path(f"{db}.webhook_secret")
+    assert secret_file.stat().st_mode & 0o777 == 0o600
+    assert secret_file.read_text().strip() not in logs

@@ -1,0 +1,297 @@
+"""REST v1 as seed 001 shows it: shapes, auth, strict validation, seed-003 errors."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gatewayd import protocol as p
+from tests.devcloud.conftest import API_KEY, DEVICE_ID, Cloud, device_body
+
+
+def assert_error(body: Any, type_: str) -> None:
+    """The seed-003 error shape."""
+    assert body["ok"] is False
+    assert body["error"]["type"] == type_
+    assert isinstance(body["error"]["message"], str)
+    assert isinstance(body["error"]["request_id"], str)
+    assert set(body["error"]) <= {"type", "message", "validation_errors", "request_id"}
+
+
+async def test_locations_are_created_and_listed(cloud: Cloud) -> None:
+    status, created = await cloud.post(
+        "/v1/locations", {"name": "12119 robinridge ln", "timezone": "America/Los_Angeles"}
+    )
+    assert status == 200
+    assert set(created) == {"id", "name"}
+    assert created["name"] == "12119 robinridge ln"
+    await cloud.post("/v1/locations", {"name": "210 Church St"})
+    listed = await cloud.get("/v1/locations")
+    assert [loc["name"] for loc in listed] == ["12119 robinridge ln", "210 Church St"]
+    assert listed[0] == created
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": aiohttp.encode_basic_auth("wrong-key")},
+        {"Authorization": "Bearer " + API_KEY},
+        {"Authorization": "Basic !!!not-base64"},
+    ],
+)
+async def test_requests_without_the_api_key_get_401(cloud: Cloud, headers: dict[str, str]) -> None:
+    for method, path in (("GET", "/v1/locations"), ("POST", "/v1/devices/x/actions/unlock")):
+        async with cloud.http.request(method, cloud.url(path), headers=headers) as resp:
+            assert resp.status == 401
+            assert resp.headers["WWW-Authenticate"].startswith("Basic")
+            body = await resp.json()
+        assert_error(body, "unauthorized")
+        assert API_KEY not in json.dumps(body)
+
+
+async def test_the_openapi_document_describes_every_route(cloud: Cloud) -> None:
+    async with cloud.http.get(cloud.url("/v1/openapi.json")) as resp:
+        assert resp.status == 200
+        spec = await resp.json()
+    assert spec["openapi"].startswith("3.1")
+    described = {(path, method.upper()) for path, ops in spec["paths"].items() for method in ops}
+    served = {
+        (r.resource.canonical, r.method)
+        for r in cloud.server.app.router.routes()
+        if r.method != "HEAD" and r.resource is not None
+    }
+    served_plain = {
+        (path, m)
+        for path, m in served
+        if "{action" not in path and path not in ("/v1/openapi.json", "/v1/gateway/tunnel")
+    }
+    assert served_plain <= described
+    for action in ("lock", "unlock", "set_code", "clear_code"):
+        assert (f"/v1/devices/{{device_id}}/actions/{action}", "POST") in described
+    for action in ("pair_devices", "unpair_devices"):
+        assert (f"/v1/gateways/{{gateway_id}}/actions/{action}", "POST") in described
+
+
+async def test_unknown_resources_are_404_in_the_seed_shape(cloud: Cloud) -> None:
+    for path, type_ in (
+        ("/v1/devices/nope", "device_not_found"),
+        ("/v1/gateways/nope", "gateway_not_found"),
+        ("/v1/action_requests/nope", "action_request_not_found"),
+        ("/v1/no/such/route", "not_found"),
+    ):
+        status, body = await cloud.request("GET", path)
+        assert status == 404, path
+        assert_error(body, type_)
+    status, body = await cloud.post("/v1/devices/nope/actions/unlock")
+    assert status == 404
+    assert_error(body, "device_not_found")
+    status, body = await cloud.post(
+        "/v1/locations/nope/register_gateway", {"registration_token": "a-b-1", "name": "x"}
+    )
+    assert status == 404
+    assert_error(body, "location_not_found")
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "rule"),
+    [
+        ({}, "name", "Required"),
+        ({"name": 5}, "name", "Expected string"),
+        ({"name": ""}, "name", "Must be between 1 and 200 characters"),
+        ({"name": "a", "color": "red"}, "color", "Unrecognized field"),
+        ({"name": "a", "timezone": "no spaces allowed"}, "timezone", "IANA"),
+    ],
+)
+async def test_location_bodies_are_validated_strictly(
+    cloud: Cloud, body: dict[str, Any], field: str, rule: str
+) -> None:
+    status, resp = await cloud.post("/v1/locations", body)
+    assert status == 400
+    assert_error(resp, "invalid_input")
+    assert resp["error"]["validation_errors"]["_errors"] == []
+    assert rule in resp["error"]["validation_errors"][field]["_errors"][0]
+    assert await cloud.get("/v1/locations") == []
+
+
+async def test_bodies_that_are_not_json_objects_are_400(cloud: Cloud) -> None:
+    auth = {"Authorization": aiohttp.encode_basic_auth(API_KEY)}
+    for data, ctype in (
+        (b"{nope", "application/json"),
+        (b"[1,2]", "application/json"),
+        (b'{"name": "x"}', "text/plain"),
+        (b'{"name": NaN}', "application/json"),
+    ):
+        async with cloud.http.post(
+            cloud.url("/v1/locations"), data=data, headers={**auth, "Content-Type": ctype}
+        ) as resp:
+            assert resp.status == 400
+            assert_error(await resp.json(), "invalid_input")
+
+
+@pytest.mark.parametrize(
+    ("action", "data", "field"),
+    [
+        ("set_code", {"code": "12a4", "slot_id": 3}, "code"),
+        ("set_code", {"code": 1234, "slot_id": 3}, "code"),
+        ("set_code", {"code": "123", "slot_id": 3}, "code"),
+        ("set_code", {"code": "1234567", "slot_id": 3}, "code"),
+        ("set_code", {"code": "\uff11\uff12\uff13\uff14", "slot_id": 3}, "code"),  # fullwidth
+        ("set_code", {"code": "1234", "slot_id": 12}, "slot_id"),
+        ("set_code", {"code": "1234", "slot_id": "3"}, "slot_id"),
+        ("set_code", {"code": "1234", "slot_id": True}, "slot_id"),
+        ("set_code", {"code": "1234"}, "slot_id"),  # default slot 1 is outside 2..11
+        ("set_code", {"code": "1234", "slot_id": 3, "user": "x"}, "user"),
+        ("clear_code", {}, "slot_id"),
+        ("clear_code", {"slot_id": 1}, "slot_id"),
+        ("lock", {"force": True}, "force"),
+    ],
+)
+async def test_device_action_inputs_follow_the_locks_constraints(
+    cloud: Cloud, action: str, data: dict[str, Any], field: str
+) -> None:
+    tunnel, _, _ = await cloud.claimed_gateway()
+    status, body = await cloud.post(f"/v1/devices/{DEVICE_ID}/actions/{action}", {"data": data})
+    assert status == 400
+    assert_error(body, "invalid_input")
+    assert field in body["error"]["validation_errors"]
+    code = data.get("code")
+    if isinstance(code, str):
+        assert code not in json.dumps(body)
+    # Nothing went down the tunnel: the next frame is the ack of a new report.
+    await tunnel.send(p.DeviceRemovedMsg(seq=2, device_id="other"))
+    assert await tunnel.recv() == p.Ack(seq=2)
+
+
+async def test_set_code_defaults_to_slot_1_where_the_lock_has_it(cloud: Cloud) -> None:
+    await cloud.claimed_gateway(
+        device=device_body(code_slots={"min": 1, "max": 30}, supported_code_lengths=[4])
+    )
+    status, body = await cloud.post(
+        f"/v1/devices/{DEVICE_ID}/actions/set_code", {"data": {"code": "0000"}}
+    )
+    assert status == 200, body
+    assert body["data"] == {"set_code": {"code": "****", "slot_id": 1}}
+
+
+async def test_device_action_responses_have_the_seed_shape(cloud: Cloud) -> None:
+    _, gateway_id, _ = await cloud.claimed_gateway()
+    status, body = await cloud.post(f"/v1/devices/{DEVICE_ID}/actions/lock")
+    assert status == 200
+    assert set(body) == {
+        "id",
+        "device_id",
+        "location_id",
+        "data",
+        "status",
+        "created_at",
+        "updated_at",
+    }
+    assert body["device_id"] == DEVICE_ID
+    assert body["data"] == {"lock": {}}
+    assert body["created_at"].endswith("Z")
+    status, other = await cloud.post(f"/v1/devices/{DEVICE_ID}/actions/launch")
+    assert status == 400
+    assert_error(other, "action_not_supported")
+    status, other = await cloud.post(
+        f"/v1/gateways/{gateway_id}/actions/pair_devices", {"data": {"duration": 0}}
+    )
+    assert status == 400
+    assert "duration" in other["error"]["validation_errors"]
+    status, other = await cloud.post(
+        f"/v1/gateways/{gateway_id}/actions/unpair_devices",
+        {"data": {"duration": 30, "device_id": "unknown"}},
+    )
+    assert status == 404
+    assert_error(other, "device_not_found")
+
+
+async def test_a_gateway_can_be_renamed(cloud: Cloud) -> None:
+    _, gateway_id, _ = await cloud.claimed_gateway()
+    status, body = await cloud.request(
+        "PUT", f"/v1/gateways/{gateway_id}", json={"name": "538 Folsom - Unit 20"}
+    )
+    assert status == 200
+    assert body["name"] == "538 Folsom - Unit 20"
+    assert (await cloud.get("/v1/gateways"))[0]["name"] == "538 Folsom - Unit 20"
+    status, body = await cloud.request("PUT", f"/v1/gateways/{gateway_id}", json={"name": None})
+    assert status == 400
+    assert_error(body, "invalid_input")
+
+
+async def test_events_are_filtered_by_device_and_time(cloud: Cloud) -> None:
+    tunnel, _, _ = await cloud.claimed_gateway()
+
+    def event(n: int, device_id: str, when: str) -> dict[str, Any]:
+        return {
+            "id": f"e{n}",
+            "type": "device_event",
+            "device_id": device_id,
+            "event_name": "door locked",
+            "details": {"method": "manual"},
+            "date_created": when,
+        }
+
+    sent = [
+        event(1, DEVICE_ID, "2020-06-11T21:08:36.000Z"),
+        event(2, "other-lock", "2020-06-11T21:10:00.000Z"),
+        event(3, DEVICE_ID, "2020-06-11T21:12:20.000Z"),
+    ]
+    for seq, e in enumerate(sent, start=2):
+        await tunnel.send(p.EventMsg(seq=seq, event=e))
+        assert await tunnel.recv() == p.Ack(seq=seq)
+    assert await cloud.get("/v1/events") == sent
+    assert await cloud.get("/v1/events", params={"device_id": DEVICE_ID}) == [sent[0], sent[2]]
+    assert await cloud.get("/v1/events", params={"since": "2020-06-11T21:09:00Z"}) == sent[1:]
+    assert await cloud.get(
+        "/v1/events", params={"since": "2020-06-11T21:09:00Z", "until": "2020-06-11T21:11:00Z"}
+    ) == [sent[1]]
+    status, body = await cloud.request("GET", "/v1/events", params={"since": "yesterday"})
+    assert status == 400
+    assert "since" in body["error"]["validation_errors"]
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    path=st.sampled_from(
+        [
+            "/v1/locations",
+            f"/v1/devices/{DEVICE_ID}/actions/set_code",
+            f"/v1/devices/{DEVICE_ID}/actions/clear_code",
+            f"/v1/devices/{DEVICE_ID}/actions/unlock",
+            "/v1/locations/x/register_gateway",
+        ]
+    ),
+    body=st.one_of(_json_values, st.fixed_dictionaries({"data": _json_values})),
+)
+async def test_arbitrary_bodies_never_cause_a_server_error(
+    cloud: Cloud, path: str, body: Any
+) -> None:
+    if not cloud.state.db.devices():
+        await cloud.claimed_gateway()
+    headers = {
+        "Authorization": aiohttp.encode_basic_auth(API_KEY),
+        "Content-Type": "application/json",
+    }
+    data = json.dumps(body, allow_nan=True)
+    async with cloud.http.post(cloud.url(path), data=data, headers=headers) as resp:
+        assert resp.status < 500
+        payload = await resp.json()
+    if resp.status >= 400:
+        assert payload["ok"] is False

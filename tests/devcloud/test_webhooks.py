@@ -1,0 +1,113 @@
+"""Webhooks: every event reaches the receiver signed, with Basic auth, retried after a failure."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from gatewayd import protocol as p
+from tests.devcloud.conftest import DEVICE_ID, CloudFactory
+
+SECRET = "whsec_test"
+
+
+class Receiver:
+    """A webhook endpoint that fails the first `failures` deliveries with a 500."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.accepted: list[dict[str, Any]] = []
+        self.got = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.requests.append((dict(request.headers), body))
+        if len(self.requests) <= self.failures:
+            return web.Response(status=500)
+        self.accepted.append(json.loads(body))
+        self.got.set()
+        return web.json_response({"received": True})
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
+    recv = Receiver(failures=1)
+    app = web.Application()
+    app.router.add_post("/webhooks", recv.handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    url = server.make_url("/webhooks").with_user("hook").with_password("a_strong_password")
+    yield recv, str(url)
+    await server.close()
+
+
+def verify(headers: dict[str, str], body: bytes) -> bool:
+    """What a receiver does with `Seam-Signature`, per the seed."""
+    parts = dict(item.split("=", 1) for item in headers["Seam-Signature"].split(","))
+    expected = hmac.new(
+        SECRET.encode(), f"{parts['t']}.".encode() + body, hashlib.sha256
+    ).hexdigest()
+    return hmac.compare_digest(expected, parts["v1"])
+
+
+async def test_an_event_is_delivered_signed_after_a_retry(
+    make_cloud: CloudFactory, receiver: tuple[Receiver, str]
+) -> None:
+    recv, url = receiver
+    cloud = await make_cloud(webhook_urls=(url,), webhook_secret=SECRET)
+    tunnel, _, _ = await cloud.claimed_gateway()
+    event = {
+        "id": "ev-1",
+        "type": "device_event",
+        "device_id": DEVICE_ID,
+        "event_name": "door unlocked",
+        "details": {"method": "pin_code"},
+        "date_created": "2020-06-11T21:08:36.000Z",
+    }
+    await tunnel.send(p.EventMsg(seq=2, event=event))
+    # The tunnel is acked at once, while the first delivery is still failing.
+    assert await tunnel.recv() == p.Ack(seq=2)
+    await asyncio.wait_for(recv.got.wait(), timeout=10)
+    assert recv.accepted == [event]
+    assert len(recv.requests) == 2
+    for headers, body in recv.requests:
+        assert verify(headers, body)
+        assert headers["Content-Type"] == "application/json"
+        user, _, password = base64.b64decode(headers["Authorization"][6:]).decode().partition(":")
+        assert (user, password) == ("hook", "a_strong_password")
+    tampered_headers, body = recv.requests[1]
+    assert not verify(tampered_headers, body.replace(b"unlocked", b"locked"))
+
+
+async def test_a_duplicate_event_is_not_delivered_twice(
+    make_cloud: CloudFactory, receiver: tuple[Receiver, str]
+) -> None:
+    recv, url = receiver
+    recv.failures = 0
+    cloud = await make_cloud(webhook_urls=(url,), webhook_secret=SECRET)
+    tunnel, _, _ = await cloud.claimed_gateway()
+    event = {
+        "id": "ev-2",
+        "device_id": DEVICE_ID,
+        "event_name": "door locked",
+        "details": {"method": "manual"},
+        "date_created": "2020-06-11T21:12:20.000Z",
+    }
+    await tunnel.send(p.EventMsg(seq=2, event=event))
+    assert await tunnel.recv() == p.Ack(seq=2)
+    await tunnel.send(p.EventMsg(seq=3, event=event))  # same event id, new seq
+    assert await tunnel.recv() == p.Ack(seq=3)
+    await asyncio.wait_for(recv.got.wait(), timeout=10)
+    await asyncio.sleep(0.2)
+    assert [e["id"] for e in recv.accepted] == ["ev-2"]
+    assert recv.accepted[0]["type"] == "device_event"
