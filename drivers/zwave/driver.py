@@ -28,7 +28,13 @@ from zwave_js_server.model.notification import NotificationNotification
 from zwave_js_server.model.value import Value
 
 from drivers.zwave import commands
-from drivers.zwave.events import LOW_BATTERY, BoltTracker, Notice, parse_notification
+from drivers.zwave.events import (
+    LOW_BATTERY,
+    BoltTracker,
+    Notice,
+    parse_notification,
+    parse_state_value,
+)
 from gatewayd.driver import (
     Driver,
     DriverContext,
@@ -378,6 +384,10 @@ class ZWaveDriver(Driver):
             self._publish(lock)
         elif cc == CommandClass.BATTERY and prop == "isLow" and value.value is True:
             self._battery(lock, True)
+        elif cc == CommandClass.NOTIFICATION:
+            notice = parse_state_value(prop, value.property_key, value.value)
+            if notice is not None:
+                self._apply(lock, notice)
 
     def _battery(self, lock: _Lock, low: bool) -> None:
         if low and not lock.battery_low:

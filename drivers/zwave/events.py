@@ -81,6 +81,21 @@ def parse_notification(type_: int, event: int, parameters: Mapping[str, Any]) ->
     return None
 
 
+def parse_state_value(variable: Any, key: Any, value: Any) -> Notice | None:
+    """zwave-js turns notifications of state variables (jam, cover, door, battery) into values."""
+    if not isinstance(value, int) or value == 0:
+        return None
+    if (variable, key) == ("Access Control", "Lock state") and value == AC_JAMMED:
+        return Notice("jammed")
+    if variable == "Access Control" and key == "Door state" and value in (22, 23):
+        return Notice("door", door_open=value == AC_DOOR_OPEN)
+    if (variable, key) == ("Home Security", "Cover status") and value == HS_TAMPER_COVER:
+        return Notice("tampered")
+    if variable == "Power Management" and value in PM_BATTERY_LOW:
+        return Notice("battery_low")
+    return None
+
+
 Emit = Callable[[EventName, dict[str, Any]], None]
 
 

@@ -1,0 +1,83 @@
+"""User codes on the mock locks: written, read back from the device, re-checked later."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from drivers.zwave import ZWaveDriver
+from gatewayd.driver import Simulation
+from gatewayd.model import ClearCode, CodeNotConfirmed, InvalidInput, PinCode, SetCode
+from tests.contract.sink import RecordingSink
+from tests.zwave.stack import ZWaveStack, native_id
+
+pytestmark = pytest.mark.stack
+
+
+async def test_set_code_is_read_back_and_rechecked_and_never_logged(
+    zwave: tuple[ZWaveDriver, RecordingSink],
+    zwave_stack: ZWaveStack,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    driver, sink = zwave
+    dev = sink.ids[native_id(2)]
+    caplog.set_level(logging.DEBUG)
+    result = await driver.execute(dev, SetCode(slot_id=5, code=PinCode("0427")))
+    assert result.details == {"slot_id": 5}
+    assert 5 in zwave_stack.control(2, "state")["slots"]
+    ev = await sink.wait_event(dev, "code set on device", timeout=5)  # type: ignore[arg-type]
+    assert ev.details == {"slot_id": 5}
+    assert "0427" not in caplog.text
+    await driver.execute(dev, ClearCode(slot_id=5))
+    assert 5 not in zwave_stack.control(2, "state")["slots"]
+    ev = await sink.wait_event(dev, "code removed from device", timeout=5)  # type: ignore[arg-type]
+    assert ev.details == {"slot_id": 5}
+
+
+async def test_bad_slot_and_bad_length_are_refused_before_the_radio(
+    zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack
+) -> None:
+    driver, sink = zwave
+    dev = sink.ids[native_id(2)]
+    with pytest.raises(InvalidInput) as slot_err:
+        await driver.execute(dev, SetCode(slot_id=21, code=PinCode("1234")))
+    assert "slot_id" in slot_err.value.validation_errors
+    with pytest.raises(InvalidInput) as len_err:
+        await driver.execute(dev, SetCode(slot_id=2, code=PinCode("123456789")))
+    assert "123456789" not in str(len_err.value)
+    assert zwave_stack.control(2, "state")["slots"] == []
+
+
+async def test_a_lock_that_ignores_the_code_fails_with_code_not_confirmed(
+    zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack
+) -> None:
+    driver, sink = zwave
+    dev = sink.ids[native_id(3)]
+    await driver.simulate(dev, Simulation.FAULT, {"kind": "refuse"})
+    with pytest.raises(CodeNotConfirmed) as err:
+        await driver.execute(dev, SetCode(slot_id=3, code=PinCode("55667788")))
+    assert "55667788" not in str(err.value)
+    assert zwave_stack.control(3, "state")["slots"] == []
+
+
+async def test_a_code_the_lock_drops_later_is_reported_dropped(
+    zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack
+) -> None:
+    driver, sink = zwave
+    dev = sink.ids[native_id(3)]
+    await driver.simulate(dev, Simulation.FAULT, {"kind": "drop_code", "delay_s": 0.5})
+    await driver.execute(dev, SetCode(slot_id=4, code=PinCode("2468")))
+    ev = await sink.wait_event(dev, "code dropped by device", timeout=5)  # type: ignore[arg-type]
+    assert ev.details == {"slot_id": 4}
+    assert "code set on device" not in sink.names(dev)
+
+
+async def test_masked_lock_is_confirmed_by_its_programming_notification(
+    zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack
+) -> None:
+    driver, sink = zwave
+    dev = sink.ids[native_id(4)]  # Kwikset 916 mock: reports codes as ****
+    await driver.execute(dev, SetCode(slot_id=2, code=PinCode("13579")))
+    assert 2 in zwave_stack.control(4, "state")["slots"]
+    await sink.wait_event(dev, "code set on device", timeout=5)  # type: ignore[arg-type]

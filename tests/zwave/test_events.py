@@ -1,0 +1,94 @@
+"""A person at the door: keypad, thumb turn, jam, battery, tamper, radio loss — one event each."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from drivers.zwave import ZWaveDriver
+from gatewayd.driver import Simulation
+from gatewayd.model import ActionTimeout, DeviceError, DeviceOffline, Lock, Unlock
+from tests.contract.sink import RecordingSink
+from tests.zwave.stack import ZWaveStack, native_id
+
+pytestmark = pytest.mark.stack
+
+
+async def _quiet(seconds: float = 1.5) -> None:
+    await anyio.sleep(seconds)  # let any late duplicate arrive before counting
+
+
+async def test_keypad_unlock_names_the_slot_once(zwave: tuple[ZWaveDriver, RecordingSink]) -> None:
+    driver, sink = zwave
+    dev = sink.ids[native_id(2)]
+    await driver.simulate(dev, Simulation.KEYPAD_UNLOCK, {"slot_id": 7})
+    ev = await sink.wait_event(dev, "door unlocked")  # type: ignore[arg-type]
+    assert ev.details == {"method": "pin_code", "slot_id": 7}
+    await sink.wait_for(lambda: sink.devices[dev].properties.locked is False)
+    await driver.simulate(dev, Simulation.MANUAL_LOCK, {})
+    ev = await sink.wait_event(dev, "door locked")  # type: ignore[arg-type]
+    assert ev.details == {"method": "manual"}
+    await _quiet()
+    assert sink.names(dev) == ["door unlocked", "door locked"]
+
+
+async def test_keypad_lock_jam_wrong_code_tamper_battery(
+    zwave: tuple[ZWaveDriver, RecordingSink],
+) -> None:
+    driver, sink = zwave
+    dev = sink.ids[native_id(3)]
+    await driver.simulate(dev, Simulation.MANUAL_UNLOCK, {})
+    await sink.wait_event(dev, "door unlocked")  # type: ignore[arg-type]
+    await driver.simulate(dev, Simulation.KEYPAD_LOCK, {})
+    ev = await sink.wait_event(dev, "door locked")  # type: ignore[arg-type]
+    assert ev.details == {"method": "keypad"}
+    await driver.simulate(dev, Simulation.JAM, {})
+    await sink.wait_event(dev, "door jammed")  # type: ignore[arg-type]
+    assert sink.devices[dev].properties.jammed is True
+    await driver.simulate(dev, Simulation.WRONG_CODE, {})
+    await sink.wait_event(dev, "keypad invalid code")  # type: ignore[arg-type]
+    await driver.simulate(dev, Simulation.TAMPER, {})
+    await sink.wait_event(dev, "tampered")  # type: ignore[arg-type]
+    await driver.simulate(dev, Simulation.BATTERY, {"level": 0.15})
+    ev = await sink.wait_event(dev, "low battery")  # type: ignore[arg-type]
+    assert sink.devices[dev].properties.battery_level == pytest.approx(0.15)
+    await driver.simulate(dev, Simulation.BATTERY, {"level": 0.9})
+    await sink.wait_for(lambda: sink.devices[dev].properties.battery_level == pytest.approx(0.9))
+    await _quiet(0.5)
+    assert sink.names(dev).count("low battery") == 1
+
+
+async def test_offline_lock_fails_fast_and_comes_back(
+    zwave: tuple[ZWaveDriver, RecordingSink],
+) -> None:
+    driver, sink = zwave
+    dev = sink.ids[native_id(2)]
+    await driver.simulate(dev, Simulation.OFFLINE, {})
+    await sink.wait_event(dev, "device disconnected", timeout=15)  # type: ignore[arg-type]
+    assert sink.devices[dev].properties.online is False
+    assert driver.health().state.value == "degraded"
+    with anyio.fail_after(5):
+        with pytest.raises(DeviceOffline):
+            await driver.execute(dev, Unlock())
+    await driver.simulate(dev, Simulation.ONLINE, {})
+    await sink.wait_event(dev, "device connected", timeout=15)  # type: ignore[arg-type]
+    await driver.execute(dev, Unlock())
+    assert sink.devices[dev].properties.online is True
+
+
+async def test_a_lock_that_refuses_or_does_not_answer_fails_typed(
+    zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack
+) -> None:
+    driver, sink = zwave
+    dev = sink.ids[native_id(3)]
+    await driver.simulate(dev, Simulation.FAULT, {"kind": "refuse"})
+    with pytest.raises(DeviceError, match="reports it is locked"):
+        await driver.execute(dev, Unlock())
+    assert sink.devices[dev].properties.locked is True
+    await driver.simulate(dev, Simulation.FAULT, {"kind": "no_reply"})
+    with anyio.fail_after(30):
+        with pytest.raises((ActionTimeout, DeviceError)):
+            await driver.execute(dev, Unlock())
+    await driver.simulate(dev, Simulation.FAULT, {"kind": "none"})
+    await driver.execute(dev, Lock())
+    assert "door unlocked" not in sink.names(dev)
