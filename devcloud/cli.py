@@ -8,6 +8,7 @@ import logging
 import os
 import secrets
 import signal
+import ssl
 import sys
 from pathlib import Path
 
@@ -40,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--action-timeout", type=float, default=60.0, metavar="SECONDS")
     serve.add_argument("--handoff-timeout", type=float, default=10.0, metavar="SECONDS")
     serve.add_argument("--heartbeat", type=float, default=20.0, metavar="SECONDS")
+    serve.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS/WSS with this certificate")
+    serve.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
     serve.add_argument("--log-format", choices=("console", "json"), default="console")
     return parser
 
@@ -74,14 +77,17 @@ def _webhook_secret(given: str | None, db: str) -> str:
     return secret
 
 
-async def serve(settings: Settings, host: str, port: int) -> None:
+async def serve(
+    settings: Settings, host: str, port: int, tls: ssl.SSLContext | None = None
+) -> None:
     runner = web.AppRunner(create_app(settings), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=tls)
     await site.start()
     bound = runner.addresses[0][1] if runner.addresses else port
-    log.info("devcloud.listening", host=host, port=bound)
-    print(f"devcloud listening on http://{host}:{bound}", flush=True)
+    scheme = "https" if tls is not None else "http"
+    log.info("devcloud.listening", host=host, port=bound, scheme=scheme)
+    print(f"devcloud listening on {scheme}://{host}:{bound}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -103,6 +109,13 @@ def main(argv: list[str] | None = None) -> int:
         if not url.startswith(("http://", "https://")):
             print("devcloud: --webhook expects an http:// or https:// URL", file=sys.stderr)
             return 2
+    tls = None
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print("devcloud: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    if args.tls_cert:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
     settings = Settings(
         api_key=args.api_key,
         db_path=args.db,
@@ -112,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         handoff_timeout_s=args.handoff_timeout,
         heartbeat_s=args.heartbeat,
     )
-    asyncio.run(serve(settings, args.host, args.port))
+    asyncio.run(serve(settings, args.host, args.port, tls))
     return 0
 
 

@@ -96,8 +96,9 @@ def make_middleware(api_key: str) -> Middleware:
             if exc.status < 400:
                 raise
             kind = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+            allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
             return error_response(
-                exc.status, kind.get(exc.status, "invalid_request"), exc.reason, rid
+                exc.status, kind.get(exc.status, "invalid_request"), exc.reason, rid, headers=allow
             )
         except Exception as exc:  # noqa: BLE001 - bad input must never become a bare 500
             log.error("rest.internal_error", path=request.path, error_type=type(exc).__name__)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import ssl
 import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
+import trustme
 
 from gatewayd import protocol as p
 
@@ -70,3 +72,50 @@ async def test_devcloud_serve_runs_as_a_process(tmp_path: Path) -> None:
     secret_file = Path(f"{db}.webhook_secret")
     assert secret_file.stat().st_mode & 0o777 == 0o600
     assert secret_file.read_text().strip() not in logs
+
+
+@pytest.mark.stack
+async def test_devcloud_serves_wss_with_a_verifiable_certificate(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "devcloud.cli",
+        "serve",
+        "--port",
+        "0",
+        "--db",
+        str(tmp_path / "cloud.db"),
+        "--api-key",
+        API_KEY,
+        "--tls-cert",
+        str(tmp_path / "cert.pem"),
+        "--tls-key",
+        str(tmp_path / "key.pem"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), timeout=30)).decode()
+        base = line.split()[-1]
+        assert base.startswith("https://127.0.0.1:")
+        tunnel_url = base.replace("https", "wss") + "/v1/gateway/tunnel"
+        trusted = ssl.create_default_context()
+        ca.configure_trust(trusted)
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(tunnel_url, ssl=trusted) as ws:
+                hello = p.Hello(protocol=1, software_version="1", hardware="x", drivers=[])
+                await ws.send_str(p.encode(hello).decode())
+                refusal = p.decode((await ws.receive(timeout=10)).data)
+                assert isinstance(refusal, p.ErrorMsg)
+                assert refusal.code == "unauthorized"
+            with pytest.raises(aiohttp.ClientConnectorCertificateError):
+                await http.ws_connect(tunnel_url, ssl=ssl.create_default_context())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.communicate(), timeout=30)
+    assert proc.returncode == 0

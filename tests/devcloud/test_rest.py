@@ -295,3 +295,9 @@ async def test_arbitrary_bodies_never_cause_a_server_error(
         payload = await resp.json()
     if resp.status >= 400:
         assert payload["ok"] is False
+
+
+async def test_a_wrong_method_is_405_in_the_seed_shape(cloud: Cloud) -> None:
+    status, body = await cloud.request("DELETE", "/v1/locations")
+    assert status == 405
+    assert_error(body, "method_not_allowed")

@@ -7,6 +7,8 @@ import sqlite3
 
 import aiohttp
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gatewayd import protocol as p
 from tests.devcloud.conftest import DEVICE_ID, Cloud, CloudFactory, device_body
@@ -336,3 +338,23 @@ async def test_gateway_actions_go_to_the_gateway(cloud: Cloud) -> None:
         {"duration": 60, "device_id": DEVICE_ID},
     )
     assert location_id in [loc["id"] for loc in await cloud.get("/v1/locations")]
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(frame=st.text(max_size=300) | st.binary(max_size=300))
+async def test_arbitrary_first_frames_never_break_the_server(
+    cloud: Cloud, frame: str | bytes
+) -> None:
+    tunnel = await cloud.tunnel()
+    if isinstance(frame, bytes):
+        await tunnel.ws.send_bytes(frame)
+    else:
+        await tunnel.ws.send_str(frame)
+    raw = await tunnel.ws.receive(timeout=5)
+    if raw.type == aiohttp.WSMsgType.TEXT:
+        reply = p.decode(raw.data)
+        assert isinstance(reply, p.ErrorMsg | p.Welcome)
+    await tunnel.ws.close()
+    assert await cloud.get("/v1/gateways") == []
