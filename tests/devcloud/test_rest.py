@@ -301,3 +301,45 @@ async def test_a_wrong_method_is_405_in_the_seed_shape(cloud: Cloud) -> None:
     status, body = await cloud.request("DELETE", "/v1/locations")
     assert status == 405
     assert_error(body, "method_not_allowed")
+
+
+async def test_responses_match_the_openapi_schemas(cloud: Cloud) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    spec = await cloud.get("/v1/openapi.json")
+
+    def check(name: str, value: Any) -> None:
+        schema = {"$ref": f"#/components/schemas/{name}", "components": spec["components"]}
+        jsonschema.Draft202012Validator(schema).validate(value)
+
+    tunnel, gateway_id, _ = await cloud.claimed_gateway()
+    check("Location", (await cloud.get("/v1/locations"))[0])
+    check("Gateway", await cloud.get(f"/v1/gateways/{gateway_id}"))
+    check("Device", await cloud.get(f"/v1/devices/{DEVICE_ID}"))
+    _, action = await cloud.post(
+        f"/v1/devices/{DEVICE_ID}/actions/set_code", {"data": {"code": "1234", "slot_id": 2}}
+    )
+    check("ActionRequest", action)
+    _, action = await cloud.post(
+        f"/v1/gateways/{gateway_id}/actions/pair_devices", {"data": {"duration": 30}}
+    )
+    check("ActionRequest", action)
+    for _ in range(2):
+        assert isinstance(await tunnel.recv(), p.ActionRequestMsg)
+    await tunnel.send(
+        p.EventMsg(
+            seq=2,
+            event={
+                "id": "e1",
+                "device_id": DEVICE_ID,
+                "event_name": "door locked",
+                "details": {"method": "keypad"},
+                "date_created": "2020-06-11T21:12:20.000Z",
+            },
+        )
+    )
+    assert await tunnel.recv() == p.Ack(seq=2)
+    check("Event", (await cloud.get("/v1/events"))[0])
+    _, error = await cloud.post("/v1/locations", {"name": 1})
+    check("Error", error)
+    with pytest.raises(jsonschema.ValidationError):
+        check("Gateway", {"id": gateway_id, "name": "x"})
