@@ -101,7 +101,14 @@ class ZigbeeConfig(_Section, frozen=True):
     flow_control: Literal["", "hardware", "software"] = ""
     channel: Annotated[int, msgspec.Meta(ge=11, le=26)] = 15
     database_path: str = "zigbee.db"  # relative to gateway.state_dir
-    quirks: bool = True
+    quirks: bool = True  # apply zha-quirks where a device matches (when installed)
+    command_timeout_s: PositiveSeconds = 20.0  # one command to a lock, answer included
+    report_wait_s: PositiveSeconds = 2.0  # wait this long for a state report, then read it
+    event_merge_s: Annotated[float, msgspec.Meta(ge=0, le=10)] = 0.3  # report + notification
+    availability_s: Annotated[float, msgspec.Meta(ge=0, le=86_400)] = 3600.0  # ping; 0: off
+    reconnect_max_s: PositiveSeconds = 60.0  # backoff cap while the radio is unreachable
+    virtual_locks: Annotated[int, msgspec.Meta(ge=0, le=200)] = 2  # radio_type "virtual" only
+    virtual_joining_locks: Annotated[int, msgspec.Meta(ge=0, le=200)] = 0  # join on permit
 
 
 class DriversConfig(_Section, frozen=True):
@@ -170,8 +177,6 @@ def _check(cfg: Config) -> None:
             host = re.sub(r"^ws://(\[[^\]]+\]|[^:/]+).*$", r"\1", url).strip("[]")
             if not _is_loopback(host):
                 raise ConfigError("cloud.url: ws:// is allowed only to loopback; use wss://")
-    if not cfg.enabled_drivers():
-        raise ConfigError("drivers: no driver is enabled; enable drivers.sim, zwave or zigbee")
 
 
 def parse_config(text: str | bytes) -> Config:

@@ -105,6 +105,8 @@ class Daemon:
             drivers=self.config.enabled_drivers(),
             gateway_id=identity.gateway_id,
         )
+        if not self.config.enabled_drivers():
+            log.warning("daemon.no_drivers", hint="enable drivers.zwave or drivers.zigbee")
         if not identity.claimed:
             log.info("daemon.unclaimed", registration_token=identity.registration_token)
         if recovered := dispatcher.recover():

@@ -290,11 +290,15 @@ class Store:
         )
 
     def reset_claim(self) -> Identity:
-        """Forget the credential (revoked) and issue a fresh registration token."""
+        """Forget the credential (revoked) and issue a fresh, different registration token."""
+        old = self.identity().registration_token
+        token = new_registration_token()
+        while token == old:
+            token = new_registration_token()
         self._db.execute(
             "UPDATE identity SET gateway_id = NULL, credential = NULL,"
             " registration_token = ?, token_created_at = ? WHERE id = 1",
-            (new_registration_token(), iso(utcnow())),
+            (token, iso(utcnow())),
         )
         return self.identity()
 

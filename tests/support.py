@@ -1,0 +1,144 @@
+"""Shared test helpers: free ports, configs, an in-process daemon, a daemon process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from gatewayd.config import parse_config
+from gatewayd.daemon import Daemon
+from gatewayd.sdnotify import Notifier
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def config_text(
+    state_dir: Path,
+    *,
+    locks: int = 2,
+    latency_ms: float = 0,
+    status_port: int = 0,
+    cloud_url: str = "",
+    local_actions: bool = True,
+    log_format: str = "json",
+    extra: str = "",
+) -> str:
+    cloud = f'[cloud]\nurl = "{cloud_url}"\nconnect_timeout_s = 3\n' if cloud_url else ""
+    return f"""
+[gateway]
+state_dir = "{state_dir}"
+name = "test gateway"
+{cloud}
+[status]
+listen = "127.0.0.1:{status_port}"
+local_actions = {"true" if local_actions else "false"}
+
+[log]
+format = "{log_format}"
+level = "debug"
+
+[drivers.sim]
+enabled = true
+locks = {locks}
+latency_ms = {latency_ms}
+{extra}
+"""
+
+
+@asynccontextmanager
+async def running_daemon(
+    state_dir: Path, *, notifier: Notifier | None = None, **kw: Any
+) -> AsyncIterator[Daemon]:
+    """A daemon in this process, started and ready; stopped on exit."""
+    daemon = Daemon(parse_config(config_text(state_dir, **kw)), notifier=notifier)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(daemon.run)
+        with anyio.fail_after(30):
+            await daemon.wait_started()
+        try:
+            yield daemon
+        finally:
+            daemon.stop()
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    with anyio.fail_after(timeout):
+        while not predicate():
+            await anyio.sleep(0.01)
+
+
+def http_json(url: str, body: dict[str, Any] | None = None, timeout: float = 5) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method="POST" if body is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return json.loads(exc.read())
+
+
+class DaemonProcess:
+    """`gatewayd run` as a real process, with its output captured to a file."""
+
+    def __init__(self, config_file: Path, log_file: Path, env: dict[str, str] | None = None):
+        self.config_file = config_file
+        self.log_file = log_file
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> DaemonProcess:
+        with self.log_file.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gatewayd.cli", "run", "-c", str(self.config_file)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=ROOT,
+            )
+        return self
+
+    def wait_healthy(self, port: int, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited: {self.log_file.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("daemon did not become healthy")
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)

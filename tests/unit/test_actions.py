@@ -1,0 +1,454 @@
+"""The dispatcher: validation, state machine, per-device FIFO, deadlines, at-most-once."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from gatewayd.actions import Dispatcher, StatusUpdate, validate
+from gatewayd.model import (
+    LEGAL_TRANSITIONS,
+    Action,
+    ActionRequest,
+    ActionResult,
+    ActionStatus,
+    CodeConstraints,
+    Device,
+    DeviceError,
+    GatewayError,
+    IllegalTransition,
+    InvalidInput,
+    SetCode,
+    check_transition,
+    utcnow,
+)
+from gatewayd.store import ActionRow, Store
+
+LOCK = Device(
+    id="d1",
+    native_id="n1",
+    protocol="sim",
+    name="front",
+    manufacturer="m",
+    model="x",
+    codes=CodeConstraints(min_length=4, max_length=6, min_slot=2, max_slot=11),
+)
+
+
+def request(
+    action: str = "unlock",
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    device: str = "d1",
+    id: str | None = None,
+    timeout: float = 5.0,
+    entity_type: str = "Device",
+) -> ActionRequest:
+    now = utcnow()
+    return ActionRequest(
+        id=id or str(uuid.uuid4()),
+        entity_type=entity_type,
+        entity_id=device,
+        action=action,
+        inputs=dict(inputs or {}),
+        created_at=now,
+        deadline=now + timedelta(seconds=timeout),
+    )
+
+
+class Devices:
+    """A scriptable executor: records what ran, and can be told to block or fail."""
+
+    def __init__(self, *devices: Device) -> None:
+        self.devices = {d.id: d for d in devices}
+        self.ran: list[tuple[str, str]] = []
+        self.started: list[tuple[str, str]] = []
+        self.gates: dict[str, anyio.Event] = {}
+        self.raise_next: Exception | None = None
+        self.running: dict[str, int] = {}
+        self.max_concurrent_per_device = 0
+
+    def device(self, device_id: str) -> Device | None:
+        return self.devices.get(device_id)
+
+    async def execute(self, device_id: str, action: Action) -> ActionResult:
+        self.started.append((device_id, str(action.name)))
+        self.running[device_id] = self.running.get(device_id, 0) + 1
+        self.max_concurrent_per_device = max(
+            self.max_concurrent_per_device, self.running[device_id]
+        )
+        try:
+            gate = self.gates.get(device_id)
+            if gate is not None:
+                await gate.wait()
+            if self.raise_next is not None:
+                exc, self.raise_next = self.raise_next, None
+                raise exc
+            self.ran.append((device_id, str(action.name)))
+            return ActionResult()
+        finally:
+            self.running[device_id] -= 1
+
+    async def pair(self, duration_s: int, inputs: Mapping[str, Any]) -> None:
+        self.ran.append(("gateway", f"pair:{duration_s}"))
+
+    async def unpair(self, duration_s: int, device_id: str | None) -> None:
+        self.ran.append(("gateway", f"unpair:{device_id}"))
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, *devices: Device, gateway_id: str | None = None) -> None:
+        self.store = Store.open(tmp_path / "s.db")
+        self.exec = Devices(*devices)
+        self.updates: list[StatusUpdate] = []
+        self.dispatcher = Dispatcher(
+            self.store, self.exec, self.updates.append, max_queue=3, gateway_id=lambda: gateway_id
+        )
+
+    def statuses(self, action_id: str) -> list[str]:
+        return [str(u.status) for u in self.updates if u.action_request_id == action_id]
+
+    def error(self, action_id: str) -> dict[str, Any]:
+        last = [u for u in self.updates if u.action_request_id == action_id][-1]
+        assert last.error is not None
+        return last.error
+
+    async def settle(self, action_id: str, timeout: float = 5) -> None:
+        with anyio.fail_after(timeout):
+            while not any(
+                u.action_request_id == action_id and u.status.terminal for u in self.updates
+            ):
+                await anyio.sleep(0.005)
+
+
+def two_locks() -> tuple[Device, Device]:
+    from dataclasses import replace
+
+    return LOCK, replace(LOCK, id="d2", native_id="n2")
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    ("action", "inputs", "bad_key"),
+    [
+        ("set_code", {"code": "12a4", "slot_id": 3}, "code"),
+        ("set_code", {"code": "123", "slot_id": 3}, "code"),
+        ("set_code", {"code": "1234567", "slot_id": 3}, "code"),
+        ("set_code", {"code": "", "slot_id": 3}, "code"),
+        ("set_code", {"code": 1234, "slot_id": 3}, "code"),
+        ("set_code", {"code": " 1234", "slot_id": 3}, "code"),
+        (
+            "set_code",
+            {"code": "\uff11\uff12\uff13\uff14", "slot_id": 3},
+            "code",
+        ),  # full-width digits
+        ("set_code", {"code": "1234", "slot_id": 12}, "slot_id"),
+        ("set_code", {"code": "1234", "slot_id": 1}, "slot_id"),
+        ("set_code", {"code": "1234", "slot_id": True}, "slot_id"),
+        ("set_code", {"code": "1234", "slot_id": "3"}, "slot_id"),
+        ("set_code", {"code": "1234"}, "slot_id"),  # default slot 1 is not this lock's
+        ("set_code", {"code": "1234", "slot_id": 3, "user": "x"}, "user"),
+        ("clear_code", {}, "slot_id"),
+        ("clear_code", {"slot_id": 0}, "slot_id"),
+        ("lock", {"force": True}, "force"),
+    ],
+)
+def test_bad_inputs_are_invalid_input_naming_the_field(
+    action: str, inputs: dict[str, Any], bad_key: str
+) -> None:
+    with pytest.raises(InvalidInput) as info:
+        validate(request(action, inputs), LOCK)
+    assert bad_key in info.value.validation_errors
+    assert info.value.to_dict()["type"] == "invalid_input"
+    assert "1234" not in str(info.value.to_dict())
+
+
+def test_good_set_code_keeps_leading_zero_and_masks_the_pin() -> None:
+    action = validate(request("set_code", {"code": "0042", "slot_id": 11}), LOCK)
+    assert isinstance(action, SetCode)
+    assert action.code.reveal() == "0042"
+    assert "0042" not in repr(action)
+    assert "0042" not in str(action)
+
+
+def test_default_slot_is_one_where_the_lock_has_it() -> None:
+    from dataclasses import replace
+
+    lock = replace(LOCK, codes=CodeConstraints(min_slot=1, max_slot=10))
+    action = validate(request("set_code", {"code": "1234"}), lock)
+    assert isinstance(action, SetCode)
+    assert action.slot_id == 1
+
+
+@pytest.mark.parametrize(
+    ("req", "type_"),
+    [
+        (request("unlock", device="nope"), "device_not_found"),
+        (request("open_sesame"), "action_not_supported"),
+        (request("pair_devices", {"duration": 10}), "action_not_supported"),
+        (request("lock", entity_type="Gateway", device="gw"), "action_not_supported"),
+        (
+            request("pair_devices", {"duration": 0}, entity_type="Gateway", device="gw"),
+            "invalid_input",
+        ),
+        (
+            request("pair_devices", {"duration": 256}, entity_type="Gateway", device="gw"),
+            "invalid_input",
+        ),
+        (
+            request(
+                "unpair_devices",
+                {"duration": 5, "device_id": 7},
+                entity_type="Gateway",
+                device="gw",
+            ),
+            "invalid_input",
+        ),
+        (request("unlock", entity_type="Room"), "invalid_input"),
+    ],
+)
+def test_typed_errors(req: ActionRequest, type_: str) -> None:
+    with pytest.raises(GatewayError) as info:
+        validate(req, LOCK if req.entity_id == "d1" else None)
+    assert info.value.type == type_
+
+
+def test_only_legal_transitions() -> None:
+    for current, allowed in LEGAL_TRANSITIONS.items():
+        for new in ActionStatus:
+            if new in allowed:
+                check_transition(current, new)
+            else:
+                with pytest.raises(IllegalTransition):
+                    check_transition(current, new)
+    assert ActionStatus.GATEWAY_FAILURE not in {
+        s for targets in LEGAL_TRANSITIONS.values() for s in targets
+    }  # the cloud's status, never the gateway's
+
+
+# --------------------------------------------------------------------------- dispatcher
+
+
+async def test_completed_action_reports_every_transition_in_order(tmp_path: Path) -> None:
+    h = Harness(tmp_path, *two_locks())
+    async with anyio.create_task_group() as tg:
+        h.dispatcher.bind(tg)
+        req = request("unlock", id="a1")
+        assert h.dispatcher.submit(req)
+        await h.settle("a1")
+        tg.cancel_scope.cancel()
+    assert h.statuses("a1") == ["gateway_received", "processing", "completed"]
+    assert h.exec.ran == [("d1", "unlock")]
+    h.store.flush()
+    row = h.store.action("a1")
+    assert row is not None
+    assert row.status == "completed"
+    assert [s for s, _ in row.transitions] == ["gateway_received", "processing", "completed"]
+
+
+async def test_invalid_input_fails_without_reaching_the_device(tmp_path: Path) -> None:
+    h = Harness(tmp_path, *two_locks())
+    async with anyio.create_task_group() as tg:
+        h.dispatcher.bind(tg)
+        h.dispatcher.submit(request("set_code", {"code": "12ab", "slot_id": 3}, id="bad"))
+        tg.cancel_scope.cancel()
+    assert h.statuses("bad") == ["gateway_received", "failed"]
+    assert h.error("bad")["type"] == "invalid_input"
+    assert "code" in h.error("bad")["validation_errors"]
+    assert h.exec.started == []
+
+
+async def test_per_device_fifo_one_in_flight_devices_concurrent(tmp_path: Path) -> None:
+    h = Harness(tmp_path, *two_locks())
+    gate = h.exec.gates["d1"] = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        h.dispatcher.bind(tg)
+        for i, action in enumerate(["lock", "unlock", "lock"]):
+            h.dispatcher.submit(request(action, id=f"d1-{i}"))
+        h.dispatcher.submit(request("unlock", device="d2", id="d2-0"))
+        await h.settle("d2-0")  # d2 is not held up by d1's blocked action
+        assert h.exec.started == [("d1", "lock"), ("d2", "unlock")]
+        assert h.dispatcher.queued() == 2
+        gate.set()
+        await h.settle("d1-2")
+        tg.cancel_scope.cancel()
+    assert [r for r in h.exec.ran if r[0] == "d1"] == [
+        ("d1", "lock"),
+        ("d1", "unlock"),
+        ("d1", "lock"),
+    ]
+    assert h.exec.max_concurrent_per_device == 1
+
+
+async def test_never_executed_after_its_deadline(tmp_path: Path) -> None:
+    h = Harness(tmp_path, *two_locks())
+    gate = h.exec.gates["d1"] = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        h.dispatcher.bind(tg)
+        h.dispatcher.submit(request("lock", id="slow", timeout=0.3))
+        h.dispatcher.submit(request("unlock", id="queued", timeout=0.2))
+        h.dispatcher.submit(request("unlock", id="expired", timeout=-1))
+        await h.settle("slow")
+        await h.settle("queued")
+        gate.set()
+        tg.cancel_scope.cancel()
+    assert h.error("slow")["type"] == "timeout"  # hung past its deadline: cancelled
+    assert h.statuses("queued") == ["gateway_received", "failed"]
+    assert h.error("queued")["type"] == "timeout"
+    assert h.statuses("expired") == ["gateway_received", "failed"]
+    assert h.exec.started == [("d1", "lock")]  # the queued and expired ones never reached the lock
+
+
+async def test_a_repeated_id_is_never_executed_twice_even_after_restart(tmp_path: Path) -> None:
+    h = Harness(tmp_path, *two_locks())
+    async with anyio.create_task_group() as tg:
+        h.dispatcher.bind(tg)
+        assert h.dispatcher.submit(request("unlock", id="once"))
+        assert not h.dispatcher.submit(request("unlock", id="once"))
+        await h.settle("once")
+        tg.cancel_scope.cancel()
+    h.store.flush()
+    h2 = Harness.__new__(Harness)
+    h2.store, h2.exec, h2.updates = h.store, Devices(*two_locks()), []
+    h2.dispatcher = Dispatcher(h2.store, h2.exec, h2.updates.append)
+    async with anyio.create_task_group() as tg:
+        h2.dispatcher.bind(tg)
+        assert not h2.dispatcher.submit(request("unlock", id="once"))
+        tg.cancel_scope.cancel()
+    assert h.exec.ran == [("d1", "unlock")]
+    assert h2.exec.started == []
+    assert h2.updates == []
+
+
+async def test_unfinished_actions_fail_with_gateway_restarted(tmp_path: Path) -> None:
+    h = Harness(tmp_path, *two_locks())
+    t = "2026-01-01T00:00:00.000Z"
+    h.store.record_action(
+        ActionRow(
+            "p1",
+            "d1",
+            "unlock",
+            "processing",
+            None,
+            [("gateway_received", t), ("processing", t)],
+            t,
+        ),
+        t,
+    )
+    h.store.record_action(
+        ActionRow("r1", "d1", "lock", "gateway_received", None, [("gateway_received", t)], t), t
+    )
+    h.store.record_action(
+        ActionRow("c1", "d1", "lock", "completed", None, [("completed", t)], t), t
+    )
+    h.store.flush()
+    assert h.dispatcher.recover() == 2
+    assert h.statuses("p1") == ["failed"]
+    assert h.error("p1")["type"] == "gateway_restarted"
+    assert h.statuses("r1") == ["failed"]
+    assert h.error("r1")["type"] == "gateway_restarted"
+    assert h.statuses("c1") == []
+    assert h.exec.started == []
+    h.store.flush()
+    assert h.store.actions_with_status(["processing", "gateway_received"]) == []
+
+
+async def test_a_driver_that_raises_is_a_device_error_without_its_message(tmp_path: Path) -> None:
+    h = Harness(tmp_path, *two_locks())
+    h.exec.raise_next = RuntimeError("radio said 987654 is wrong")
+    async with anyio.create_task_group() as tg:
+        h.dispatcher.bind(tg)
+        h.dispatcher.submit(request("unlock", id="boom"))
+        await h.settle("boom")
+        h.dispatcher.submit(request("lock", id="after"))
+        await h.settle("after")
+        tg.cancel_scope.cancel()
+    assert h.error("boom")["type"] == "device_error"
+    assert "987654" not in str(h.error("boom"))
+    assert h.statuses("after")[-1] == "completed"
+
+
+async def test_typed_driver_error_passes_through(tmp_path: Path) -> None:
+    h = Harness(tmp_path, *two_locks())
+    h.exec.raise_next = DeviceError("the lock refused the command")
+    async with anyio.create_task_group() as tg:
+        h.dispatcher.bind(tg)
+        h.dispatcher.submit(request("unlock", id="refused"))
+        await h.settle("refused")
+        tg.cancel_scope.cancel()
+    assert h.error("refused") == {"type": "device_error", "message": "the lock refused the command"}
+
+
+async def test_full_queue_refuses_with_device_error(tmp_path: Path) -> None:
+    h = Harness(tmp_path, *two_locks())
+    gate = h.exec.gates["d1"] = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        h.dispatcher.bind(tg)
+        for i in range(5):  # 1 in flight + max_queue 3 waiting + 1 refused
+            h.dispatcher.submit(request("lock", id=f"q{i}"))
+            await anyio.sleep(0.01)
+        assert h.statuses("q4") == ["gateway_received", "failed"]
+        assert h.error("q4")["type"] == "device_error"
+        gate.set()
+        await h.settle("q3")
+        tg.cancel_scope.cancel()
+    assert len(h.exec.ran) == 4
+
+
+async def test_gateway_actions_check_the_target_gateway(tmp_path: Path) -> None:
+    h = Harness(tmp_path, *two_locks(), gateway_id="gw-ours")
+    async with anyio.create_task_group() as tg:
+        h.dispatcher.bind(tg)
+        h.dispatcher.submit(
+            request(
+                "pair_devices",
+                {"duration": 30},
+                entity_type="Gateway",
+                device="gw-other",
+                id="forged",
+            )
+        )
+        h.dispatcher.submit(
+            request(
+                "pair_devices", {"duration": 30}, entity_type="Gateway", device="gw-ours", id="ok"
+            )
+        )
+        h.dispatcher.submit(
+            request(
+                "unpair_devices",
+                {"duration": 30, "device_id": "ghost"},
+                entity_type="Gateway",
+                device="gw-ours",
+                id="ghost",
+            )
+        )
+        await h.settle("ok")
+        await h.settle("ghost")
+        tg.cancel_scope.cancel()
+    assert h.error("forged")["type"] == "invalid_input"
+    assert h.statuses("ok")[-1] == "completed"
+    assert h.error("ghost")["type"] == "device_not_found"
+    assert h.exec.ran == [("gateway", "pair:30")]
+
+
+async def test_remote_reports_are_attributed_to_the_action_in_flight(tmp_path: Path) -> None:
+    h = Harness(tmp_path, *two_locks())
+    gate = h.exec.gates["d1"] = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        h.dispatcher.bind(tg)
+        h.dispatcher.submit(request("unlock", id="mine"))
+        await anyio.sleep(0.05)
+        assert h.dispatcher.answering("d1") == "mine"
+        assert h.dispatcher.answering("d2") is None
+        gate.set()
+        await h.settle("mine")
+        assert h.dispatcher.answering("d1") == "mine"  # a late report within the grace window
+        tg.cancel_scope.cancel()

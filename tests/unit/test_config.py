@@ -1,0 +1,159 @@
+"""Configuration: the example file passes; every mistake is a one-line error naming its key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gatewayd.config import ConfigError, parse_config
+from tests.support import ROOT
+
+MINIMAL = "[drivers.sim]\nenabled = true\n"
+
+
+def test_example_config_passes_and_documents_every_section() -> None:
+    text = (ROOT / "config.example.toml").read_text()
+    cfg = parse_config(text)
+    for section in ("[gateway]", "[cloud]", "[status]", "[log]", "[actions]", "[store]"):
+        assert section in text
+    for section in ("[drivers.sim]", "[drivers.zwave]", "[drivers.zigbee]"):
+        assert section in text
+    assert cfg.status_address() == ("127.0.0.1", 8181)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        (MINIMAL + "[gateway]\nstate_dirr = '/x'\n", "state_dirr"),
+        (MINIMAL + "[actions]\ndefault_timeout_s = 'soon'\n", "$.actions.default_timeout_s"),
+        (MINIMAL + "[actions]\ndefault_timeout_s = -1\n", "$.actions.default_timeout_s"),
+        (MINIMAL + "[log]\nlevel = 'loud'\n", "$.log.level"),
+        (MINIMAL + "[drivers.zigbee]\nchannel = 27\n", "$.drivers.zigbee.channel"),
+        (MINIMAL + "[status]\nlisten = '0.0.0.0:8181'\n", "status.listen"),
+        (MINIMAL + "[status]\nlisten = 'nohost'\n", "status.listen"),
+        (MINIMAL + "[cloud]\nurl = 'ws://cloud.example.com/v1/gateway/tunnel'\n", "cloud.url"),
+        (MINIMAL + "[cloud]\nurl = 'http://x'\n", "cloud.url"),
+        (MINIMAL + "[drivers.sim]\nlocks = 3\n", "not valid TOML"),
+        ("[[[", "not valid TOML"),
+    ],
+)
+def test_bad_config_names_the_key(text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text)
+    message = str(info.value)
+    assert key in message
+    assert "\n" not in message
+
+
+def test_remote_status_bind_needs_opt_in() -> None:
+    cfg = parse_config(MINIMAL + "[status]\nlisten = '0.0.0.0:8181'\nallow_remote = true\n")
+    assert cfg.status_address() == ("0.0.0.0", 8181)
+
+
+def test_insecure_ws_to_remote_host_needs_opt_in() -> None:
+    cfg = parse_config(
+        MINIMAL + "[cloud]\nurl = 'ws://10.0.0.5:9000/v1/gateway/tunnel'\ninsecure = true\n"
+    )
+    assert cfg.cloud.url.startswith("ws://")
+
+
+def _check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gatewayd.cli", "check-config", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_check_config_cli_exit_codes(tmp_path: Path) -> None:
+    good = _check_config(ROOT / "config.example.toml")
+    assert good.returncode == 0, good.stderr
+    bad_file = tmp_path / "bad.toml"
+    bad_file.write_text(MINIMAL + "[actions]\nmax_queue_per_device = 0\n")
+    bad = _check_config(bad_file)
+    assert bad.returncode == 2
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "max_queue_per_device" in lines[0]
+    missing = _check_config(tmp_path / "nope.toml")
+    assert missing.returncode == 2
+    assert "cannot read" in missing.stderr
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=300))
+def test_any_text_is_a_config_or_a_config_error(text: str) -> None:
+    try:
+        parse_config(text)
+    except ConfigError as exc:
+        assert "\n" not in str(exc)
+
+
+_values = st.one_of(
+    st.integers(-(2**40), 2**40), st.floats(allow_nan=False), st.text(max_size=20), st.booleans()
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    section=st.sampled_from(
+        ["gateway", "cloud", "status", "log", "actions", "store", "drivers.sim"]
+    ),
+    key=st.sampled_from(
+        ["state_dir", "url", "listen", "level", "default_timeout_s", "synchronous", "locks", "x"]
+    ),
+    value=_values,
+)
+def test_any_key_value_is_accepted_or_refused_cleanly(
+    section: str, key: str, value: object
+) -> None:
+    import json
+
+    literal = json.dumps(value) if not isinstance(value, bool) else str(value).lower()
+    text = f"[{section}]\n{key} = {literal}\n"
+    if section != "drivers.sim":
+        text += MINIMAL
+    else:
+        text += "enabled = true\n"
+    try:
+        parse_config(text)
+    except ConfigError as exc:
+        assert "\n" not in str(exc)
+
+
+def _fields(struct: type, prefix: str) -> list[tuple[str, str]]:
+    import msgspec
+
+    out: list[tuple[str, str]] = []
+    for field in msgspec.structs.fields(struct):
+        typ = field.type
+        if isinstance(typ, type) and issubclass(typ, msgspec.Struct):
+            out += _fields(typ, f"{prefix}.{field.name}" if prefix else field.name)
+        else:
+            out.append((prefix, field.name))
+    return out
+
+
+def test_example_config_shows_every_key_in_its_section() -> None:
+    """A key added to the settings without a line in config.example.toml fails here."""
+    from gatewayd.config import Config
+
+    text = (ROOT / "config.example.toml").read_text()
+    sections: dict[str, str] = {}
+    current = ""
+    for line in text.splitlines():
+        if line.startswith("["):
+            current = line.strip("[] ")
+            sections[current] = ""
+        elif current:
+            sections[current] += line + "\n"
+    for section, key in _fields(Config, ""):
+        body = sections.get(section, "")
+        assert f"\n{key} =" in "\n" + body, f"{section}.{key} is not in config.example.toml"

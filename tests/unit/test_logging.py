@@ -1,0 +1,111 @@
+"""Logging: JSON lines or console, dotted events, and redaction of secrets anywhere in a line."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import pickle
+
+import pytest
+import structlog
+
+from gatewayd import logging as gwlog
+from gatewayd.model import PinCode
+
+
+@pytest.fixture
+def json_stream() -> io.StringIO:
+    stream = io.StringIO()
+    gwlog.configure("debug", "json", stream)
+    yield stream
+    structlog.reset_defaults()
+    logging.getLogger().handlers.clear()
+
+
+def lines(stream: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_json_lines_with_dotted_events(json_stream: io.StringIO) -> None:
+    structlog.get_logger("t").info("tunnel.connected", gateway_id="gw-1", attempt=2)
+    (line,) = lines(json_stream)
+    assert line["event"] == "tunnel.connected"
+    assert line["gateway_id"] == "gw-1"
+    assert line["attempt"] == 2
+    assert line["level"] == "info"
+    assert "timestamp" in line
+
+
+def test_secrets_under_known_keys_are_masked_also_nested(json_stream: io.StringIO) -> None:
+    log = structlog.get_logger("t")
+    log.info("x.y", code="736251", inputs={"code": "736251", "slot_id": 3}, credential="cr3d")
+    log.info("x.z", frames=[{"pin": "736251"}], Authorization="Bearer tok-abc")
+    text = json_stream.getvalue()
+    assert "736251" not in text
+    assert "cr3d" not in text
+    assert "tok-abc" not in text
+    first = lines(json_stream)[0]
+    assert first["inputs"] == {"code": "****", "slot_id": 3}
+
+
+def test_secrets_in_free_text_and_tracebacks_are_masked(json_stream: io.StringIO) -> None:
+    log = structlog.get_logger("t")
+    log.warning("x.text", error="server said {'code': '736251'} and Bearer abc.def")
+    try:
+        raise ValueError("bad code=736251")
+    except ValueError:
+        log.exception("x.failed")
+    logging.getLogger("zwave_js_server").warning("sent usercode: 736251 to node 5")
+    text = json_stream.getvalue()
+    assert "736251" not in text
+    assert "abc.def" not in text
+    assert "node 5" in text  # the rest of the line survives
+
+
+def test_pin_objects_never_render(json_stream: io.StringIO) -> None:
+    pin = PinCode("736251")
+    structlog.get_logger("t").info("x.pin", value=pin, text=f"{pin}", items=[pin])
+    assert "736251" not in json_stream.getvalue()
+    assert pin.reveal() == "736251"
+    with pytest.raises(TypeError):
+        pickle.dumps(pin)
+
+
+def test_console_format_on_request() -> None:
+    stream = io.StringIO()
+    gwlog.configure("info", "console", stream)
+    try:
+        structlog.get_logger("t").info("daemon.ready", devices=2, code="4444")
+        out = stream.getvalue()
+        assert "daemon.ready" in out
+        assert "devices=2" in out
+        assert "4444" not in out
+        assert not out.lstrip().startswith("{")
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+
+
+def test_auto_format_prefers_json_under_systemd(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    assert gwlog.want_json("auto", Tty()) is False
+    assert gwlog.want_json("auto", io.StringIO()) is True
+    monkeypatch.setenv("JOURNAL_STREAM", "8:1234")
+    assert gwlog.want_json("auto", Tty()) is True
+
+
+def test_debug_is_filtered_at_info() -> None:
+    stream = io.StringIO()
+    gwlog.configure("info", "json", stream)
+    try:
+        structlog.get_logger("t").debug("x.debug")
+        structlog.get_logger("t").info("x.info")
+        assert [line["event"] for line in lines(stream)] == ["x.info"]
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()

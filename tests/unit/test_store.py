@@ -1,0 +1,157 @@
+"""The SQLite store: migrations, private files, identity, stable ids, the durable outbox."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import stat
+from pathlib import Path
+
+import anyio
+import pytest
+
+from gatewayd.store import MIGRATIONS, SCHEMA_VERSION, ActionRow, Store, migrate
+
+
+def _tables(db: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def test_migration_v1_from_empty(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 0
+    assert migrate(db) == SCHEMA_VERSION == len(MIGRATIONS)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert {"identity", "devices", "actions", "outbox", "meta"} <= _tables(db)
+    columns = {r[1] for r in db.execute("PRAGMA table_info(actions)")}
+    assert "inputs" not in columns  # the action log never holds inputs (they may hold a PIN)
+    assert migrate(db) == 1  # idempotent
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(RuntimeError, match="newer"):
+        migrate(db)
+
+
+def test_failed_migration_leaves_the_old_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(db: sqlite3.Connection) -> None:
+        db.execute("CREATE TABLE half_done (x)")
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr("gatewayd.store.MIGRATIONS", (broken,))
+    db = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    with pytest.raises(sqlite3.OperationalError):
+        migrate(db)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 0
+    assert "half_done" not in _tables(db)
+
+
+def test_files_are_private_and_identity_is_stable(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "gatewayd.db"
+    store = Store.open(path)
+    ident = store.identity()
+    assert re.fullmatch(r"[a-z]+-[a-z]+-\d{1,2}", ident.registration_token)
+    assert not ident.claimed
+    store.outbox_put(lambda seq: b"{}")
+    store.flush()
+    store.close()
+    for f in path.parent.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    again = Store.open(path)
+    assert again.identity().registration_token == ident.registration_token
+    again.close()
+
+
+def test_claim_and_revoke(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "s.db")
+    old = store.identity().registration_token
+    store.set_claimed("gw-1", "s3cret-credential")
+    ident = store.identity()
+    assert ident.claimed
+    assert ident.gateway_id == "gw-1"
+    assert "s3cret" not in repr(ident)
+    fresh = store.reset_claim()
+    assert not fresh.claimed
+    assert fresh.credential is None
+    assert fresh.registration_token != old  # a revoked gateway is claimed with a new token
+
+
+def test_device_ids_are_stable_per_driver_and_native_id(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "s.db")
+    a = store.device_id("zwave", "e1f2a3b4-5")
+    assert store.device_id("zwave", "e1f2a3b4-5") == a
+    assert store.device_id("zigbee", "e1f2a3b4-5") != a
+    store.close()
+    assert Store.open(tmp_path / "s.db").device_id("zwave", "e1f2a3b4-5") == a
+
+
+def test_outbox_seq_is_monotonic_across_ack_and_restart(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "s.db")
+    seqs = [store.outbox_put(lambda s: f'{{"seq": {s}}}'.encode()) for _ in range(5)]
+    assert seqs == [1, 2, 3, 4, 5]
+    store.flush()
+    assert [s for s, _ in store.outbox_after(2)] == [3, 4, 5]
+    assert store.outbox_after(0)[0][1] == b'{"seq": 1}'
+    store.outbox_ack(5)
+    store.flush()
+    assert store.outbox_backlog() == 0
+    store.close()
+    store = Store.open(tmp_path / "s.db")
+    assert store.acked_seq == 5
+    assert store.outbox_put(lambda s: b"x") == 6  # never reuses a delivered seq
+
+
+async def test_frames_of_one_tick_share_one_commit_and_only_committed_are_visible(
+    tmp_path: Path,
+) -> None:
+    store = Store.open(tmp_path / "s.db")
+    before = store.commits
+    for _ in range(100):
+        store.outbox_put(lambda s: b"{}")
+    assert store.outbox_after(0) == []  # not committed yet: the tunnel must not see them
+    await store.wait_outbox(0)
+    assert store.commits == before + 1
+    assert len(store.outbox_after(0)) == 100
+
+
+async def test_refused_commit_keeps_the_batch_and_recovers(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = Store.open(path)
+    blocker = sqlite3.connect(path, isolation_level=None, timeout=0)
+    blocker.execute("BEGIN EXCLUSIVE")  # like a disk that refuses writes
+    store._db.execute("PRAGMA busy_timeout = 0")
+    seq = store.outbox_put(lambda s: b'{"n": 1}')
+    store.record_action(
+        ActionRow("a1", "d1", "unlock", "completed", None, [("completed", "t")], "t"), "t"
+    )
+    assert store.flush() is False
+    assert store.last_error is not None
+    assert "locked" in store.last_error
+    assert store.outbox_after(0) == []
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    assert store.flush() is True
+    assert store.last_error is None
+    assert store.outbox_after(0) == [(seq, b'{"n": 1}')]
+    assert store.action("a1") is not None
+
+
+async def test_wait_outbox_wakes_on_commit(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "s.db")
+    woke: list[int] = []
+
+    async def waiter() -> None:
+        await store.wait_outbox(0)
+        woke.append(store.committed_seq)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter)
+        await anyio.sleep(0.05)
+        assert woke == []
+        store.outbox_put(lambda s: b"{}")
+    assert woke == [1]
