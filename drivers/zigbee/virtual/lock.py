@@ -136,14 +136,15 @@ class VirtualLock:
         self._send = send
         self._changed = changed
         self.online = True
-        self.fault = "none"
-        self.delay_s = 2.0
+        self.fault_once: str | None = None  # no_reply | refuse | drop_code | garbage: next command
+        self.delay_s = 0.0  # every answer late by this much, until cleared
         self.actuation_s = 0.02
         self._tsn = 0x40
         self.descriptor_requests = 0
         self.frames_received = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self.on_leave: Callable[[VirtualLock], None] | None = None
+        self._garbage = False
 
     @property
     def ieee(self) -> Any:
@@ -177,8 +178,7 @@ class VirtualLock:
         )
 
     def _emit(self, packet: Any, delay: float = 0.0) -> None:
-        if self.fault == "delay":
-            delay += self.delay_s
+        delay += self.delay_s
         if delay <= 0:
             asyncio.get_running_loop().call_soon(self._send_if_online, packet)
             return
@@ -209,8 +209,9 @@ class VirtualLock:
         self, cluster: int, hdr: Any, schema: Any, dst_ep: int, delay: float = 0.0, **kw: Any
     ) -> None:
         data = hdr.serialize() + schema(**kw).serialize()
-        if self.fault == "garbage":
-            data = data[: len(hdr.serialize()) + 1] + b"\xff"
+        if self._garbage:
+            self._garbage = False
+            data = data[: len(hdr.serialize())] + b"\xff"
         self._emit(
             self._packet(
                 cluster=cluster, data=data, src_ep=LOCK_EP, dst_ep=dst_ep, profile=PROFILE_HA
@@ -297,8 +298,6 @@ class VirtualLock:
     def receive(self, packet: Any) -> None:
         """A unicast frame from the coordinator (already acknowledged at the MAC layer)."""
         self.frames_received += 1
-        if self.fault == "no_reply":
-            return
         data = packet.data.serialize()
         if packet.dst_ep == 0:
             self._receive_zdo(packet.cluster_id, data)
@@ -335,11 +334,11 @@ class VirtualLock:
             )
             self._zdo_reply(zdo_t.ZDOCmd.Simple_Desc_rsp, tsn, ok, self.nwk, sd)
         elif cmd == zdo_t.ZDOCmd.Bind_req:
-            self.mem.bound.add(int(args[1]))
+            self.mem.bound.add(int(args[2]))
             self._changed()
             self._zdo_reply(zdo_t.ZDOCmd.Bind_rsp, tsn, ok)
         elif cmd == zdo_t.ZDOCmd.Unbind_req:
-            self.mem.bound.discard(int(args[1]))
+            self.mem.bound.discard(int(args[2]))
             self._changed()
             self._zdo_reply(zdo_t.ZDOCmd.Unbind_rsp, tsn, ok)
         elif cmd == zdo_t.ZDOCmd.Mgmt_Leave_req:
@@ -448,7 +447,11 @@ class VirtualLock:
         except (ValueError, KeyError):
             self._default_rsp(cid, hdr, src_ep, foundation.Status.MALFORMED_COMMAND)
             return
-        refuse = self.fault == "refuse"
+        fault, self.fault_once = self.fault_once, None
+        if fault == "no_reply":
+            return
+        self._garbage = fault == "garbage"
+        refuse = fault == "refuse"
         status = foundation.Status.FAILURE if refuse else foundation.Status.SUCCESS
         if cmd_def.id in (server.lock_door.id, server.unlock_door.id):
             locking = cmd_def.id == server.lock_door.id
@@ -466,7 +469,7 @@ class VirtualLock:
             ):
                 status = foundation.Status.INVALID_VALUE
             self._reply(cid, hdr, client.set_pin_code_response, src_ep, status=status)
-            if status == foundation.Status.SUCCESS and self.fault != "drop_code":
+            if status == foundation.Status.SUCCESS and fault != "drop_code":
                 self.mem.pins[int(args.user_id)] = pin
                 self._changed()
                 self._programming(ProgEvent.PINCodeAdded, int(args.user_id))
@@ -487,7 +490,7 @@ class VirtualLock:
             )
         elif cmd_def.id == server.clear_pin_code.id:
             self._reply(cid, hdr, client.clear_pin_code_response, src_ep, status=status)
-            if not refuse and self.fault != "drop_code":
+            if not refuse and fault != "drop_code":
                 self.mem.pins.pop(int(args.user_id), None)
                 self._changed()
                 self._programming(ProgEvent.PINCodeDeleted, int(args.user_id))
@@ -585,6 +588,17 @@ class VirtualLock:
         self.mem.battery = max(0.0, min(1.0, level))
         self._changed()
         self.report(PowerConfiguration.cluster_id, [0x0021])
+
+    def set_fault(self, kind: str, delay_s: float = 2.0) -> None:
+        """Inject a fault: one-shot kinds hit the next Door Lock command; delay lasts."""
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {kind!r}")
+        if kind == "none":
+            self.fault_once, self.delay_s = None, 0.0
+        elif kind == "delay":
+            self.delay_s = delay_s
+        else:
+            self.fault_once = kind
 
     def leave(self) -> None:
         """The lock leaves the network (factory reset, or told to by the coordinator)."""

@@ -1,0 +1,400 @@
+"""The Zigbee driver: zigpy's ControllerApplication on a configured radio, locks as Devices."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+
+import structlog
+
+from gatewayd.driver import (
+    Driver,
+    DriverContext,
+    DriverHealth,
+    DriverSink,
+    DriverState,
+    Simulation,
+    ZigbeeConfig,
+)
+from gatewayd.model import (
+    Action,
+    ActionNotSupported,
+    ActionResult,
+    ClearCode,
+    DeviceError,
+    DeviceNotFound,
+    InvalidInput,
+    Lock,
+    SetCode,
+    Unlock,
+)
+
+if TYPE_CHECKING:
+    from drivers.zigbee.lock import LockOptions, ZigbeeLock
+    from drivers.zigbee.virtual.radio import VirtualNetwork
+
+log = structlog.get_logger(__name__)
+
+RECONNECT_INITIAL_S: Final = 0.5
+STARTUP_TIMEOUT_S: Final = 60.0
+
+
+class ZigbeeDriver(Driver):
+    """Zigbee door locks through zigpy. zigpy is imported by `start`, never at import time."""
+
+    name: ClassVar[str] = "zigbee"
+
+    def __init__(self, config: ZigbeeConfig, ctx: DriverContext) -> None:
+        self._cfg = config
+        self._ctx = ctx
+        self._sink: DriverSink | None = None
+        self._app: Any = None
+        self._locks: dict[str, ZigbeeLock] = {}  # by device id
+        self._by_ieee: dict[str, str] = {}
+        self._state = DriverState.STOPPED
+        self._error: str | None = None
+        self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._leave_until = 0.0
+        self._removing: set[str] = set()
+        self._reconnects = 0
+        self.virtual: VirtualNetwork | None = None  # the air, when radio_type is "virtual"
+
+    @property
+    def database(self) -> Path:
+        return self._ctx.state_dir / self._cfg.database_path
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, sink: DriverSink) -> None:
+        from drivers.zigbee import radios
+
+        self._sink = sink
+        self._stopping = asyncio.Event()
+        self._state = DriverState.STARTING
+        radios.guard_stack_logs()
+        if self._cfg.radio_type == "virtual" and self.virtual is None:
+            from drivers.zigbee.virtual.radio import VirtualNetwork
+
+            self.virtual = VirtualNetwork(
+                self.database.with_suffix(".virtual.json"),
+                locks=self._cfg.virtual_locks,
+                joining=self._cfg.virtual_joining_locks,
+            )
+        try:
+            async with asyncio.timeout(STARTUP_TIMEOUT_S):
+                await self._connect()
+        except Exception as exc:  # noqa: BLE001 - any radio failure: report DOWN and retry
+            self._down(exc)
+        self._ctx.spawn("zigbee.radio", self._supervise)
+        if self._cfg.availability_s > 0:
+            self._ctx.spawn("zigbee.availability", self._availability)
+
+    async def stop(self) -> None:
+        if self._state is DriverState.STOPPED:
+            return
+        self._state = DriverState.STOPPED
+        self._stopping.set()
+        self._wake.set()
+        for task in list(self._tasks):
+            task.cancel()
+        await self._close_app()
+        log.info("zigbee.stopped")
+
+    async def _connect(self) -> None:
+        from drivers.zigbee import radios
+        from drivers.zigbee.virtual.radio import CONF_VIRTUAL
+
+        app_cls = radios.load_radio(self._cfg.radio_type)
+        extra = {CONF_VIRTUAL: self.virtual} if self.virtual is not None else {}
+        radios.private_file(self.database)
+        config = radios.zigpy_config(self._cfg, self.database, extra)
+        resolver = radios.quirks_resolver() if self._cfg.quirks else None
+        app = await app_cls.new(
+            config, auto_form=False, start_radio=False, device_resolver=resolver
+        )
+        try:
+            await app.startup(auto_form=True)
+        except BaseException:
+            await app.shutdown(db=True)
+            raise
+        radios.private_file(self.database)
+        radios.guard_stack_logs()
+        self._app = app
+        app.add_listener(self)
+        for zdev in list(app.devices.values()):
+            await self._adopt(zdev, joined=False)
+        self._state = DriverState.READY
+        self._error = None
+        log.info(
+            "zigbee.started",
+            radio=self._cfg.radio_type,
+            devices=len(self._locks),
+            quirks=resolver is not None,
+        )
+
+    async def _close_app(self) -> None:
+        app, self._app = self._app, None
+        if app is None:
+            return
+        app.remove_listener(self)
+        for lock in self._locks.values():
+            lock.close()
+        try:
+            await app.shutdown()
+        except Exception as exc:  # noqa: BLE001 - a dying radio may fail to say goodbye
+            log.warning("zigbee.shutdown_failed", error=type(exc).__name__)
+
+    def _down(self, exc: BaseException) -> None:
+        self._state = DriverState.DOWN
+        self._error = _describe(exc)
+        log.warning("zigbee.radio_down", radio=self._cfg.radio_type, error=self._error)
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Sleep, or return early; True when the driver is stopping."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def _supervise(self) -> None:
+        """Reconnect with exponential backoff and full jitter while the radio is unreachable."""
+        backoff = RECONNECT_INITIAL_S
+        while not self._stopping.is_set():
+            if self._app is not None and self._state is not DriverState.DOWN:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if self._app is not None:
+                await self._close_app()
+            if await self._sleep(random.uniform(0, backoff)):  # noqa: S311 - jitter, not crypto
+                return
+            try:
+                async with asyncio.timeout(STARTUP_TIMEOUT_S):
+                    await self._connect()
+                self._reconnects += 1
+                backoff = RECONNECT_INITIAL_S
+            except Exception as exc:  # noqa: BLE001
+                self._down(exc)
+                await self._close_app()
+                backoff = min(backoff * 2, self._cfg.reconnect_max_s)
+
+    # ------------------------------------------------------------------ zigpy app listener
+
+    def connection_lost(self, exc: Exception) -> None:
+        if self._state is DriverState.STOPPED:
+            return
+        self._down(exc)
+        self._wake.set()
+
+    def device_initialized(self, zdev: Any) -> None:
+        self._spawn_task(self._adopt(zdev, joined=True))
+
+    def device_left(self, zdev: Any) -> None:
+        device_id = self._by_ieee.get(str(zdev.ieee))
+        if device_id is None:
+            return
+        self._locks[device_id].gone("left")
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._leave_until and self._app is not None:
+            self._spawn_task(self._app.remove(zdev.ieee))
+
+    def device_removed(self, zdev: Any) -> None:
+        device_id = self._by_ieee.pop(str(zdev.ieee), None)
+        if device_id is None:
+            return
+        lock = self._locks.pop(device_id)
+        lock.close()
+        log.info("zigbee.device_removed", device_id=device_id, ieee=lock.ieee)
+        if self._sink is not None:
+            self._sink.device_removed(device_id)
+
+    def handle_message(self, zdev: Any, *_: Any) -> None:
+        device_id = self._by_ieee.get(str(zdev.ieee))
+        if device_id is not None:
+            self._locks[device_id].seen()
+
+    def _spawn_task(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _adopt(self, zdev: Any, *, joined: bool) -> None:
+        """A device zigpy knows: if it has a Door Lock cluster, it becomes one of our Devices."""
+        from drivers.zigbee.lock import ZigbeeLock, has_door_lock
+
+        ieee = str(zdev.ieee)
+        if self._sink is None or not zdev.is_initialized or not has_door_lock(zdev):
+            return
+        if ieee in self._by_ieee:
+            old = self._locks[self._by_ieee[ieee]]
+            if old.zdev is zdev:
+                return
+            old.close()
+        device_id = self._sink.device_id(ieee)
+        lock = ZigbeeLock(zdev, device_id, self._sink, self._options())
+        lock.listen()
+        self._locks[device_id] = lock
+        self._by_ieee[ieee] = device_id
+        try:
+            if joined:
+                await lock.configure()
+            await lock.refresh(from_cache=not joined)
+        except Exception as exc:  # noqa: BLE001 - a half-configured lock is still a lock
+            log.warning("zigbee.device_setup_failed", ieee=ieee, error=_describe(exc))
+        log.info(
+            "zigbee.device_ready",
+            device_id=device_id,
+            ieee=ieee,
+            manufacturer=zdev.manufacturer,
+            model=zdev.model,
+            quirk=type(zdev).__name__,
+            joined=joined,
+        )
+        self._sink.device_added(lock.announce())
+
+    def _options(self) -> LockOptions:
+        from drivers.zigbee.lock import LockOptions
+
+        c = self._cfg
+        return LockOptions(
+            command_timeout_s=c.command_timeout_s,
+            report_wait_s=c.report_wait_s,
+            event_merge_s=c.event_merge_s,
+        )
+
+    async def _availability(self) -> None:
+        """Ping locks not heard from within availability_s; a failed delivery marks them offline."""
+        period = max(0.05, self._cfg.availability_s / 2)
+        while not await self._sleep(period):
+            if self._app is None or self._state is DriverState.DOWN:
+                continue
+            for lock in list(self._locks.values()):
+                last = lock.zdev.last_seen
+                stale = last is None or (_now() - last) >= self._cfg.availability_s
+                if stale or not lock.online:
+                    self._spawn_task(self._ping(lock))
+
+    async def _ping(self, lock: ZigbeeLock) -> None:
+        from drivers.zigbee.zigpy_api import Basic
+
+        basic = (
+            lock.zdev.endpoints[1].in_clusters.get(Basic.cluster_id)
+            if 1 in lock.zdev.endpoints
+            else None
+        )
+        if basic is None:
+            return
+        try:
+            async with asyncio.timeout(min(5.0, self._cfg.command_timeout_s)):
+                await lock._call(basic.read_attributes(["zcl_version"], allow_cache=False))
+        except Exception:  # noqa: BLE001, S110 - the lock marks itself offline on a failed delivery
+            pass
+
+    # ------------------------------------------------------------------ the contract
+
+    def devices(self) -> Sequence[Any]:
+        return [lock.device() for lock in self._locks.values()]
+
+    def health(self) -> DriverHealth:
+        state = self._state
+        offline = sum(1 for lock in self._locks.values() if not lock.online)
+        if state is DriverState.READY and offline:
+            state = DriverState.DEGRADED
+        return DriverHealth(
+            state=state,
+            radio=self._cfg.radio_type,
+            last_error=self._error,
+            details={
+                "devices": len(self._locks),
+                "offline": offline,
+                "reconnects": self._reconnects,
+                "quirks": self._cfg.quirks,
+            },
+        )
+
+    def _lock(self, device_id: str) -> ZigbeeLock:
+        lock = self._locks.get(device_id)
+        if lock is None:
+            raise DeviceNotFound(f"no zigbee device {device_id}")
+        if self._app is None or self._state is DriverState.DOWN:
+            raise DeviceError(f"the zigbee radio is down: {self._error or 'not connected'}")
+        return lock
+
+    async def execute(self, device_id: str, action: Action) -> ActionResult:
+        lock = self._lock(device_id)
+        match action:
+            case Lock():
+                return await lock.set_locked(True)
+            case Unlock():
+                return await lock.set_locked(False)
+            case SetCode(slot_id=slot, code=code):
+                self._check_code(lock, slot, len(code))
+                return await lock.set_code(slot, code)
+            case ClearCode(slot_id=slot):
+                self._check_code(lock, slot, None)
+                return await lock.clear_code(slot)
+        raise ActionNotSupported(f"zigbee cannot {action.name}")
+
+    @staticmethod
+    def _check_code(lock: ZigbeeLock, slot: int, length: int | None) -> None:
+        c = lock.codes()
+        errors: dict[str, str] = {}
+        if not c.min_slot <= slot <= c.max_slot:
+            errors["slot_id"] = f"must be within {c.min_slot}..{c.max_slot}"
+        if length is not None and not c.min_length <= length <= c.max_length:
+            errors["code"] = f"must have {c.min_length} to {c.max_length} digits"
+        if errors:
+            raise InvalidInput("invalid input for this lock", errors)
+
+    async def pair(self, duration_s: int) -> None:
+        if self._app is None:
+            raise DeviceError(f"the zigbee radio is down: {self._error or 'not connected'}")
+        duration = max(1, min(254, duration_s))
+        log.info("zigbee.permit_join", duration_s=duration)
+        await self._app.permit(time_s=duration)
+
+    async def unpair(self, duration_s: int, device_id: str | None) -> None:
+        if self._app is None:
+            raise DeviceError(f"the zigbee radio is down: {self._error or 'not connected'}")
+        if device_id is None:
+            # Zigbee has no exclusion mode: a lock that leaves in this window is removed.
+            self._leave_until = asyncio.get_running_loop().time() + duration_s
+            log.info("zigbee.leave_window", duration_s=duration_s)
+            return
+        lock = self._lock(device_id)
+        log.info("zigbee.remove_device", device_id=device_id, ieee=lock.ieee)
+        await self._app.remove(lock.zdev.ieee)
+
+    # ------------------------------------------------------------------ simulation
+
+    async def simulate(self, device_id: str, what: Simulation, params: Mapping[str, Any]) -> None:
+        if self.virtual is None:
+            await super().simulate(device_id, what, params)
+            return
+        from drivers.zigbee.virtual.simulate import act
+
+        lock = self._locks.get(device_id)
+        if lock is None:
+            raise DeviceNotFound(f"no zigbee device {device_id}")
+        act(self.virtual, lock.ieee, what, params)
+
+
+def _now() -> float:
+    import time
+
+    return time.time()
+
+
+def _describe(exc: BaseException) -> str:
+    """A one-line, secret-free description: the class and errno/strerror, never frame data."""
+    name = type(exc).__name__
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{name}: {exc.strerror}"
+    return name

@@ -1,0 +1,103 @@
+"""Radio types, zigpy's configuration, quirks and log hygiene. Imports zigpy only when called."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from gatewayd.config import ZigbeeConfig
+
+# zigpy registers no entry points for these libraries, so the map is explicit; imported lazily.
+RADIO_TYPES: Final[Mapping[str, str]] = {
+    "znp": "zigpy_znp.zigbee.application:ControllerApplication",
+    "ezsp": "bellows.zigbee.application:ControllerApplication",
+    "deconz": "zigpy_deconz.zigbee.application:ControllerApplication",
+    "zigate": "zigpy_zigate.zigbee.application:ControllerApplication",
+    "xbee": "zigpy_xbee.zigbee.application:ControllerApplication",
+    "virtual": "drivers.zigbee.virtual.radio:VirtualControllerApplication",
+}
+
+# Loggers of the stack whose debug records carry frames (PINs) or network settings (the key).
+_STACK_LOGGERS: Final = ("zigpy", "bellows", "zigpy_znp", "zigpy_deconz", "zigpy_xbee")
+_STACK_LOGGERS_ALSO: Final = ("zigpy_zigate", "zhaquirks", "zha")
+
+
+def load_radio(radio_type: str) -> Any:
+    """The ControllerApplication class of a radio library."""
+    target = RADIO_TYPES[radio_type]
+    module_name, _, cls_name = target.partition(":")
+    return getattr(importlib.import_module(module_name), cls_name)
+
+
+def zigpy_config(
+    cfg: ZigbeeConfig, database: Path, extra: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """zigpy's config dict for our settings. OTA and topology scans are off: battery locks."""
+    virtual = cfg.radio_type == "virtual"
+    return {
+        "device": {
+            "path": cfg.device,
+            "baudrate": cfg.baudrate,
+            "flow_control": cfg.flow_control or None,
+        },
+        "database_path": str(database),
+        "network": {"channel": cfg.channel, "channels": [cfg.channel]},
+        "ota": {"enabled": False},
+        "topology_scan_enabled": False,
+        "backup_enabled": not virtual,
+        "watchdog_enabled": not virtual,
+        **(extra or {}),
+    }
+
+
+def private_file(path: Path) -> None:
+    """Create `path` 0600 if missing and make sure it is 0600: zigpy keeps the key in clear."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+    os.chmod(path, 0o600)
+    for suffix in ("-wal", "-shm", "-journal"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            os.chmod(side, 0o600)
+
+
+_quirks_resolver: Callable[[Any], Any] | None = None
+
+
+def quirks_resolver() -> Callable[[Any], Any] | None:
+    """zha-quirks' device registry resolver, loading every quirk once; None if not installed."""
+    global _quirks_resolver
+    if _quirks_resolver is None:
+        try:
+            zhaquirks = importlib.import_module("zhaquirks")
+            registry = importlib.import_module("zha.quirks")
+        except ImportError:
+            return None
+        zhaquirks.setup()
+        _quirks_resolver = registry.DEVICE_REGISTRY.resolve
+    return _quirks_resolver
+
+
+class _DropDebug(logging.Filter):
+    """Drop the stack's debug records: they print raw frames and network settings."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.DEBUG
+
+
+_FILTER: Final = _DropDebug()
+
+
+def guard_stack_logs() -> None:
+    """Attach the filter to every logger of the zigbee stack that exists now (idempotent)."""
+    prefixes = _STACK_LOGGERS + _STACK_LOGGERS_ALSO
+    names = [n for n in logging.root.manager.loggerDict if n.split(".")[0] in prefixes]
+    for name in [*prefixes, *names]:
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
