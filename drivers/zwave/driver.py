@@ -58,6 +58,7 @@ from gatewayd.model import (
     DeviceProperties,
     DoorEvent,
     EventName,
+    GatewayError,
     InvalidInput,
     Lock,
     SetCode,
@@ -138,6 +139,7 @@ class ZWaveDriver(Driver):
         self._rechecks: asyncio.Queue[_Recheck] = asyncio.Queue()
         self._salt = secrets.token_bytes(16)
         self._server_version: str | None = None
+        self._client_generation = 0
         commands.install_log_filter()
 
     # ------------------------------------------------------------------ lifecycle
@@ -236,7 +238,10 @@ class ZWaveDriver(Driver):
                 tg.start_soon(listen)
                 with anyio.fail_after(self._config.connect_timeout_s):
                     await ready.wait()
+                first = self._client_generation == 0
+                self._client_generation += 1
                 self._attach(client)
+                await self._resync(first=first)
                 await anyio.sleep_forever()
         finally:
             self._detach()
@@ -259,6 +264,32 @@ class ZWaveDriver(Driver):
         for node in controller.nodes.values():
             self._watch(node)
         self._check_settled()
+
+    async def _resync(self, *, first: bool) -> None:
+        """Read each lock's bolt state from the device: zwave-server's cache may be stale."""
+        for lock in list(self._locks.values()):
+            node = self._node_or_none(lock)
+            if node is None or node.status == NodeStatus.DEAD:
+                continue
+            try:
+                with anyio.fail_after(self._config.connect_timeout_s):
+                    report = await commands.call(
+                        "read bolt state",
+                        node.async_invoke_cc_api(
+                            CommandClass.DOOR_LOCK, "get", wait_for_result=True
+                        ),
+                    )
+            except (TimeoutError, GatewayError) as exc:
+                log.warning("zwave.resync_failed", node_id=lock.node_id, error=str(exc))
+                continue
+            locked = commands.mode_locked(report.get("currentMode")) if report else None
+            if locked is None:
+                continue
+            if first:
+                lock.tracker.seed(locked)
+                self._publish(lock)
+            else:
+                lock.tracker.on_value(locked)
 
     def _detach(self) -> None:
         for unsub in self._unsubs:

@@ -76,3 +76,12 @@ async def zwave(
     await sink.wait_for(lambda: len(sink.devices) == zwave_stack.locks, timeout=30)
     yield driver, sink
     await driver.stop()
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll a condition nothing notifies about (driver health), failing after timeout."""
+    import anyio
+
+    with anyio.fail_after(timeout):
+        while not predicate():
+            await anyio.sleep(0.05)
