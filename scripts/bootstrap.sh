@@ -41,3 +41,19 @@ if [ -f package-lock.json ]; then
         cp package-lock.json "$stamp"
     fi
 fi
+
+# System packages the tests use: Chromium (the status page is tested in a real headless browser)
+# and systemd (systemd-analyze verify/security on the units). Installed only when missing.
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+if [ "${#missing[@]}" -gt 0 ]; then
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "gatewayd tests need: ${missing[*]}; apt-get is not available, install them by hand" >&2
+        exit 1
+    fi
+    if [ "$(id -u)" -eq 0 ]; then SUDO=(); else SUDO=(sudo); fi
+    echo "bootstrap: installing ${missing[*]}" >&2
+    "${SUDO[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
