@@ -25,12 +25,14 @@ log = structlog.get_logger(__name__)
 SEND_BATCH: Final = 500
 MAX_INBOUND_BYTES: Final = 1024 * 1024  # bigger frames are read whole, then refused and skipped
 DEFAULT_HEARTBEAT_S: Final = 60.0
+STABLE_SESSION_S: Final = 10.0  # a session that lasted this long resets the backoff
 
 
 class Backoff:
     """Exponential backoff with full jitter: delay n is uniform in [0, min(cap, base * 2**n)].
 
-    Never gives up; `reset()` after a session that got as far as `welcome`.
+    Never gives up; `reset()` after a session that stayed up (a link that flaps right after
+    `welcome` keeps backing off).
     """
 
     def __init__(
@@ -131,7 +133,8 @@ class Tunnel:
 
     @property
     def up(self) -> bool:
-        return self.state == "connected"
+        """Connected to the cloud (claimed and serving, or unclaimed and waiting for a claim)."""
+        return self.state in ("connected", "unclaimed")
 
     def snapshot(self) -> dict[str, Any]:
         parts = urlsplit(self._cfg.url)
@@ -153,6 +156,7 @@ class Tunnel:
         while True:
             self.sessions += 1
             self.state = "connecting"
+            began = self._clock()
             try:
                 await self._session()
             except _Reconnect:
@@ -166,6 +170,8 @@ class Tunnel:
                 self._fail(f"protocol: {exc.message}")
             finally:
                 self.connected_since = None
+            if self._clock() - began >= STABLE_SESSION_S:
+                self.backoff.reset()
             self.state = "backoff"
             delay = self.backoff.next_delay()
             log.info("tunnel.reconnect_in", seconds=round(delay, 2), attempt=self.backoff.attempt)
@@ -235,10 +241,9 @@ class Tunnel:
         self.heartbeat_s = welcome.heartbeat_s if welcome.heartbeat_s > 0 else DEFAULT_HEARTBEAT_S
         self._store.outbox_ack(welcome.acked_seq)
         self.sent_seq = max(welcome.acked_seq, self._store.acked_seq)
-        self.state = "connected"
+        self.state = "connected" if registration_token is None else "unclaimed"
         self.connected_since = utcnow()
         self.last_error = None
-        self.backoff.reset()
         log.info(
             "tunnel.connected",
             gateway_id=welcome.gateway_id,
@@ -248,7 +253,8 @@ class Tunnel:
         self._last_rx = self._clock()
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._send_loop, ws, name="tunnel.send")
+                if registration_token is None:  # unclaimed: wait for `claimed`, send nothing
+                    tg.start_soon(self._send_loop, ws, name="tunnel.send")
                 tg.start_soon(self._heartbeat, ws, name="tunnel.heartbeat")
                 await self._receive_loop(ws)
         except BaseExceptionGroup as group:

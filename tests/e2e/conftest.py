@@ -1,0 +1,127 @@
+"""End-to-end fixtures: devcloud on a real loopback socket, webhook receiver, claim helper."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from devcloud.app import create_app
+from devcloud.settings import Settings
+from gatewayd.daemon import Daemon
+from tests.devcloud.conftest import API_KEY, Cloud
+from tests.support import wait_until
+
+WEBHOOK_SECRET = "whsec_e2e"
+
+
+@dataclass
+class Receiver:
+    """A webhook receiver that checks Basic auth and the Seam-Signature of every delivery."""
+
+    url: str = ""
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+    bad_signatures: int = 0
+    bad_auth: int = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        if request.headers.get("Authorization") != aiohttp.encode_basic_auth("hook", "hookpw"):
+            self.bad_auth += 1
+            return web.Response(status=401)
+        parts = dict(p.split("=", 1) for p in request.headers["Seam-Signature"].split(","))
+        expected = hmac.new(
+            WEBHOOK_SECRET.encode(), f"{parts['t']}.".encode() + raw, hashlib.sha256
+        ).hexdigest()
+        if not hmac.compare_digest(expected, parts["v1"]):
+            self.bad_signatures += 1
+            return web.Response(status=400)
+        self.bodies.append(await request.json())
+        return web.Response(status=200)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    rec = Receiver()
+    app = web.Application()
+    app.router.add_post("/hook", rec.handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    rec.url = f"http://hook:hookpw@127.0.0.1:{server.port}/hook"
+    yield rec
+    await server.close()
+
+
+CloudFactory = Callable[..., Awaitable[Cloud]]
+
+
+@pytest.fixture
+async def cloud_factory(tmp_path: Path) -> AsyncIterator[CloudFactory]:
+    clouds: list[Cloud] = []
+
+    async def start(**overrides: Any) -> Cloud:
+        settings = Settings(
+            api_key=API_KEY,
+            db_path=str(tmp_path / f"devcloud{len(clouds)}.db"),
+            handoff_timeout_s=3.0,
+            webhook_backoff_s=0.05,
+            webhook_secret=WEBHOOK_SECRET,
+        )
+        server = TestServer(create_app(replace(settings, **overrides)), host="127.0.0.1")
+        await server.start_server()
+        cloud = Cloud(server=server, http=aiohttp.ClientSession())
+        clouds.append(cloud)
+        return cloud
+
+    yield start
+    for cloud in clouds:
+        await cloud.http.close()
+        await cloud.server.close()
+
+
+def tunnel_url(port: int) -> str:
+    return f"ws://127.0.0.1:{port}/v1/gateway/tunnel"
+
+
+async def claim(cloud: Cloud, daemon: Daemon) -> tuple[str, str]:
+    """Claim a running daemon through the REST API; returns (location_id, gateway_id)."""
+    assert daemon.store is not None
+    await wait_until(lambda: daemon.tunnel is not None and daemon.tunnel.up, 15)
+    location_id = await cloud.location()
+    token = daemon.store.identity().registration_token
+    status, gateway = await cloud.post(
+        f"/v1/locations/{location_id}/register_gateway",
+        {"registration_token": token, "name": "front office"},
+    )
+    assert status == 200, gateway
+    await wait_until(
+        lambda: (
+            daemon.store is not None
+            and daemon.store.identity().claimed
+            and daemon.tunnel is not None
+            and daemon.tunnel.up
+        ),
+        15,
+    )
+    return location_id, str(gateway["id"])
+
+
+async def wait_action(cloud: Cloud, action_id: str, timeout: float = 15) -> dict[str, Any]:
+    """Poll GET /v1/action_requests/{id} until it is terminal."""
+    import anyio
+
+    with anyio.fail_after(timeout):
+        while True:
+            body = await cloud.get(f"/v1/action_requests/{action_id}")
+            ar = body.get("action_request", body)
+            if ar["status"] in ("completed", "failed", "gateway_failure"):
+                return dict(ar)
+            await anyio.sleep(0.05)
