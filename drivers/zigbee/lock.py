@@ -4,7 +4,8 @@ door events and confirmed actions. zigpy objects stay in here."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+import functools
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
@@ -17,6 +18,7 @@ from drivers.zigbee.zigpy_api import (
     PowerConfiguration,
     exceptions,
     foundation,
+    zcl,
 )
 from gatewayd.driver import DriverSink
 from gatewayd.model import (
@@ -99,7 +101,7 @@ class ZigbeeLock:
         self._ep = next(
             ep for ep in zdev.non_zdo_endpoints if DoorLock.cluster_id in ep.in_clusters
         )
-        self._listening: list[tuple[Any, _Relay]] = []
+        self._unsubscribe: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------------ clusters
 
@@ -115,13 +117,18 @@ class ZigbeeLock:
             cluster = self._cluster(cid)
             if cluster is not None:
                 relay = _Relay(self, cid)
-                cluster.add_listener(relay)
-                self._listening.append((cluster, relay))
+                cluster.add_listener(relay)  # cluster-specific commands (legacy listener API)
+                self._unsubscribe.append(functools.partial(cluster.remove_listener, relay))
+                for name in (
+                    zcl.AttributeReportedEvent.event_type,
+                    zcl.AttributeUpdatedEvent.event_type,
+                ):
+                    self._unsubscribe.append(cluster.on_event(name, relay.attribute_event))
 
     def close(self) -> None:
-        for cluster, relay in self._listening:
-            cluster.remove_listener(relay)
-        self._listening.clear()
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe.clear()
         if self._pending is not None:
             self._pending.cancel()
             self._pending = None
@@ -566,8 +573,9 @@ class _Relay:
     def __init__(self, lock: ZigbeeLock, cluster_id: int) -> None:
         self._lock, self._cluster_id = lock, cluster_id
 
-    def attribute_updated(self, attrid: int, value: Any, *_: Any) -> None:
-        self._lock.on_attribute(self._cluster_id, int(attrid), value)
+    def attribute_event(self, event: Any) -> None:
+        """AttributeReportedEvent / AttributeUpdatedEvent: a report, a read, a quirk's value."""
+        self._lock.on_attribute(self._cluster_id, int(event.attribute_id), event.value)
 
     def cluster_command(self, tsn: int, command_id: int, args: Any) -> None:
         self._lock.on_command(self._cluster_id, int(command_id), args)
