@@ -160,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the reference cloud and a daemon with simulated locks")
     demo.add_argument("--locks", type=int, default=2)
     demo.add_argument("--dir", default="", help="state directory (default: a temporary one)")
-    demo.add_argument("--status-port", type=int, default=8181)
+    demo.add_argument("--status-port", type=int, default=8181, help="0: a free port")
+    demo.add_argument("--cloud-port", type=int, default=8080, help="0: a free port")
     demo.set_defaults(fn=cmd_demo)
     return parser
 

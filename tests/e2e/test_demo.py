@@ -1,0 +1,119 @@
+"""`gatewayd demo` starts the cloud and a claimed daemon, and the curl commands it prints work."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gatewayd.demo import READY_LINE
+from tests.support import ROOT
+
+pytestmark = pytest.mark.stack
+
+
+def run(command: str) -> Any:
+    out = subprocess.run(
+        ["bash", "-c", command], capture_output=True, text=True, timeout=30, check=True
+    )
+    return json.loads(out.stdout)
+
+
+def until_terminal(get_command: str, action_id: str) -> dict[str, Any]:
+    end = time.monotonic() + 20
+    while time.monotonic() < end:
+        ar = run(get_command.replace("ACTION_REQUEST_ID", action_id))
+        if ar["status"] in ("completed", "failed", "gateway_failure"):
+            return dict(ar)
+        time.sleep(0.1)
+    raise AssertionError(f"{action_id} did not finish")
+
+
+def test_demo_prints_commands_that_work(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gatewayd.cli",
+            "demo",
+            "--status-port",
+            "0",
+            "--cloud-port",
+            "0",
+            "--dir",
+            str(tmp_path / "demo"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line.rstrip("\n"))
+            if READY_LINE in line:
+                break
+        assert any(READY_LINE in line for line in lines), "\n".join(lines)
+        commands = [line.strip() for line in lines if line.strip().startswith("curl ")]
+        by_path = {shlex.split(c)[-1].rsplit("/", 1)[-1]: c for c in commands}
+        get_ar = next(c for c in commands if "ACTION_REQUEST_ID" in c)
+        simulate = next(c for c in commands if c.split()[-1].startswith("'") or "/simulate" in c)
+
+        unlock = run(by_path["unlock"])
+        assert unlock["status"] == "pending"
+        assert until_terminal(get_ar, unlock["id"])["status"] == "completed"
+
+        set_code = run(by_path["set_code"])
+        assert set_code["data"]["set_code"]["code"] == "****"
+        assert until_terminal(get_ar, set_code["id"])["status"] == "completed"
+
+        assert run(simulate) == {"ok": True}
+        events_cmd = next(c for c in commands if c.endswith("/v1/events"))
+        end = time.monotonic() + 10
+        keypad: list[dict[str, Any]] = []
+        while not keypad and time.monotonic() < end:
+            keypad = [
+                e
+                for e in run(events_cmd)
+                if e["event_name"] == "door unlocked" and e["details"].get("method") == "pin_code"
+            ]
+            time.sleep(0.1)
+        assert keypad[0]["details"]["slot_id"] == 3
+
+        devices_cmd = next(c for c in commands if c.endswith("/v1/devices"))
+        assert len(run(devices_cmd)) == 2
+        pair = run(by_path["pair_devices"])
+        assert until_terminal(get_ar, pair["id"])["status"] == "completed"
+        end = time.monotonic() + 10
+        while len(run(devices_cmd)) < 3 and time.monotonic() < end:
+            time.sleep(0.1)
+        assert len(run(devices_cmd)) == 3  # the simulated lock that joined
+
+        clear = run(by_path["clear_code"])
+        assert until_terminal(get_ar, clear["id"])["status"] == "completed"
+        lock = run(by_path["lock"])
+        assert until_terminal(get_ar, lock["id"])["status"] == "completed"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            assert proc.wait(15) == 0
+        finally:
+            proc.kill()
+    for name in ("gatewayd.log", "devcloud.log"):
+        log = (tmp_path / "demo" / name).read_text()
+        assert not re.search(r"code\W{1,4}\d{4}", log), f"a code value is in {name}"
+    assert "daemon.ready" in (tmp_path / "demo" / "gatewayd.log").read_text()
