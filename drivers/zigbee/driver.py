@@ -258,6 +258,8 @@ class ZigbeeDriver(Driver):
             joined=joined,
         )
         self._sink.device_added(lock.announce())
+        if not joined:
+            self._spawn_task(lock.resync())
 
     def _options(self) -> LockOptions:
         from drivers.zigbee.lock import LockOptions

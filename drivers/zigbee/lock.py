@@ -165,6 +165,17 @@ class ZigbeeLock:
         finally:
             self._quiet = False
 
+    async def resync(self) -> None:
+        """After a restart: read the bolt and battery, in case they changed while we were away."""
+        try:
+            await self._call(self.door_lock.read_attributes(["lock_state"], allow_cache=False))
+            power = self._cluster(PowerConfiguration.cluster_id)
+            if power is not None:
+                attrs = ["battery_percentage_remaining"]
+                await self._call(power.read_attributes(attrs, allow_cache=False))
+        except Exception as exc:  # noqa: BLE001 - a sleeping lock answers later, via its reports
+            log.info("zigbee.resync_skipped", device_id=self.device_id, error=type(exc).__name__)
+
     async def _read(self, cluster: Any, attrs: list[str], from_cache: bool) -> None:
         if from_cache and all(cluster.get(a) is not None for a in attrs[:1]):
             return
@@ -361,6 +372,8 @@ class ZigbeeLock:
         pending = self._pending is not None
         changed = locked != self.locked or self.jammed
         self.locked, self.jammed = locked, False
+        if changed:  # keep zigpy's persisted cache in step with what the lock told us
+            self.door_lock.update_attribute(0x0000, DoorLock.LockState(1 if locked else 2))
         if changed:
             self._publish()
         if pending or changed:

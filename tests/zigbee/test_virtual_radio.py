@@ -29,7 +29,7 @@ def _config(tmp_path: Path, net: VirtualNetwork) -> dict[str, Any]:
 async def _wait_initialized(app: Any, count: int) -> list[Any]:
     async with asyncio.timeout(10):
         while True:
-            locks = [d for d in app.devices.values() if d.nwk != 0 and d.is_initialized]
+            locks = [d for d in app.devices.values() if d.nwk != 0 and d.is_initialized and d.model]
             if len(locks) >= count:
                 return locks
             await asyncio.sleep(0.02)

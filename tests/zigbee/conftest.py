@@ -1,0 +1,60 @@
+"""Fixtures: the Zigbee driver on the virtual radio, hosted in an anyio task group."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import msgspec
+import pytest
+
+from drivers.zigbee import ZigbeeDriver
+from gatewayd.driver import DriverContext, DriverState, ZigbeeConfig
+from tests.contract.sink import RecordingSink
+
+BASE = ZigbeeConfig(
+    enabled=True,
+    radio_type="virtual",
+    virtual_locks=2,
+    command_timeout_s=2.0,
+    report_wait_s=0.5,
+    event_merge_s=0.2,
+    availability_s=0.5,
+    reconnect_max_s=0.5,
+)
+
+
+@asynccontextmanager
+async def running(
+    tmp_path: Path, sink: RecordingSink, config: ZigbeeConfig = BASE, wait_locks: int = 2
+) -> AsyncIterator[ZigbeeDriver]:
+    """Start a driver in tmp_path; wait for its locks; stop it after."""
+    async with anyio.create_task_group() as tg:
+        driver = ZigbeeDriver(
+            config, DriverContext(state_dir=tmp_path, spawn=lambda n, f: tg.start_soon(f, name=n))
+        )
+        await driver.start(sink)
+        try:
+            if wait_locks:
+                await sink.wait_for(
+                    lambda: (
+                        len(sink.devices) >= wait_locks
+                        and driver.health().state is DriverState.READY
+                    ),
+                    timeout=20,
+                )
+            yield driver
+        finally:
+            await driver.stop()
+            tg.cancel_scope.cancel()
+
+
+@pytest.fixture
+def sink() -> RecordingSink:
+    return RecordingSink()
+
+
+def config(**changes: object) -> ZigbeeConfig:
+    return msgspec.structs.replace(BASE, **changes)

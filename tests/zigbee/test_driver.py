@@ -1,0 +1,176 @@
+"""The Zigbee driver on zigpy and the virtual radio: restart, quirks, faults, radio loss."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from gatewayd.driver import DriverState, Simulation
+from gatewayd.model import (
+    ActionTimeout,
+    CodeNotConfirmed,
+    DeviceError,
+    DeviceOffline,
+    EventName,
+    GatewayError,
+    Lock,
+    PinCode,
+    SetCode,
+    Unlock,
+)
+from tests.contract.sink import RecordingSink
+from tests.zigbee.conftest import config, running
+
+pytestmark = pytest.mark.stack
+
+YALE, GENERIC = "00:0d:6f:00:0a:90:00:01", "00:0d:6f:00:0a:90:00:02"
+
+
+def by_native(sink: RecordingSink, ieee: str) -> str:
+    return next(d.id for d in sink.devices.values() if d.native_id == ieee)
+
+
+async def test_restart_keeps_devices_without_reinterview_or_duplicate_events(
+    tmp_path: Path,
+) -> None:
+    sink = RecordingSink()
+    async with running(tmp_path, sink) as driver:
+        assert driver.virtual is not None
+        first = {d.native_id: d.id for d in sink.devices.values()}
+        assert driver.virtual.descriptor_requests == 6
+        await driver.execute(by_native(sink, YALE), Unlock())
+        await sink.wait_for(lambda: sink.devices[by_native(sink, YALE)].properties.locked is False)
+    events_before = len(sink.events)
+
+    async with running(tmp_path, sink) as driver:
+        assert driver.virtual is not None
+        assert {d.native_id: d.id for d in driver.devices()} == first
+        assert driver.virtual.descriptor_requests == 0  # nothing re-interviewed
+        assert sink.devices[first[YALE]].properties.locked is False  # from zigpy's cache
+        await asyncio.sleep(0.5)
+        assert len(sink.events) == events_before
+        await driver.execute(first[GENERIC], Unlock())  # and the restored locks still work
+    assert (tmp_path / "zigbee.db").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("ieee", [YALE, GENERIC])  # notification first / report first
+async def test_report_and_notification_make_one_event(tmp_path: Path, ieee: str) -> None:
+    sink = RecordingSink()
+    async with running(tmp_path, sink) as driver:
+        device_id = by_native(sink, ieee)
+        mark = len(sink.events)
+        await driver.simulate(device_id, Simulation.KEYPAD_UNLOCK, {"slot_id": 3})
+        event = await sink.wait_event(device_id, EventName.DOOR_UNLOCKED, after=mark)
+        assert event.details == {"method": "pin_code", "slot_id": 3}
+        await driver.execute(device_id, Lock())
+        await asyncio.sleep(0.5)  # past the merge window: late duplicates would be here
+        names = [str(e.event_name) for e in sink.events[mark:] if e.device_id == device_id]
+        assert names == ["door unlocked", "door locked"]
+
+
+@pytest.mark.parametrize("quirks", [True, False])
+async def test_quirk_fixes_whole_percent_battery(tmp_path: Path, quirks: bool) -> None:
+    """The Yale lock reports whole percent; zha-quirks' matching quirk doubles it to ZCL units."""
+    sink = RecordingSink()
+    async with running(tmp_path, sink, config(quirks=quirks)) as driver:
+        device_id = by_native(sink, YALE)
+        await driver.simulate(device_id, Simulation.BATTERY, {"level": 0.5})
+        expected = 0.5 if quirks else 0.25
+        await sink.wait_for(lambda: sink.devices[device_id].properties.battery_level == expected)
+
+
+async def test_masked_readback_is_confirmed_by_the_programming_event(tmp_path: Path) -> None:
+    sink = RecordingSink()
+    async with running(tmp_path, sink) as driver:
+        device_id = by_native(sink, YALE)  # masks codes on read-back
+        mark = len(sink.events)
+        await driver.execute(device_id, SetCode(slot_id=4, code=PinCode("0481")))
+        sets = [e for e in sink.events[mark:] if e.event_name == EventName.CODE_SET]
+        assert [e.details["slot_id"] for e in sets] == [4]  # one event, not one per source
+
+
+async def test_faults_become_typed_errors_and_nothing_leaks(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = RecordingSink()
+    caplog.set_level(logging.DEBUG)
+    async with running(tmp_path, sink) as driver:
+        device_id = by_native(sink, GENERIC)
+        with capture_logs() as structured:
+            await driver.simulate(device_id, Simulation.FAULT, {"kind": "no_reply"})
+            with pytest.raises(ActionTimeout):
+                await driver.execute(device_id, Unlock())
+            driver.virtual.lock(GENERIC).set_fault("garbage")  # type: ignore[union-attr]
+            with pytest.raises(DeviceError):
+                await driver.execute(device_id, Unlock())
+            await driver.simulate(device_id, Simulation.FAULT, {"kind": "drop_code"})
+            with pytest.raises(CodeNotConfirmed):
+                await driver.execute(device_id, SetCode(slot_id=2, code=PinCode("97153")))
+            await driver.execute(device_id, SetCode(slot_id=2, code=PinCode("97153")))
+        assert driver.health().state is DriverState.READY
+    texts = [caplog.text, repr(structured), repr(sink.events), repr(list(sink.devices.values()))]
+    assert not [t for t in texts if "97153" in t]
+
+
+async def test_lock_leaving_mid_command_fails_fast(tmp_path: Path) -> None:
+    sink = RecordingSink()
+    async with running(tmp_path, sink, config(command_timeout_s=30.0)) as driver:
+        device_id = by_native(sink, GENERIC)
+        lock = driver.virtual.lock(GENERIC)  # type: ignore[union-attr]
+        lock.set_fault("no_reply")
+        asyncio.get_running_loop().call_later(0.2, lock.leave)
+        started = time.monotonic()
+        with pytest.raises(DeviceOffline):
+            await driver.execute(device_id, Unlock())
+        assert time.monotonic() - started < 10  # not the 30 s command timeout
+        await sink.wait_event(device_id, EventName.DEVICE_DISCONNECTED)
+
+
+async def test_unplugged_radio_is_down_then_reconnects(tmp_path: Path) -> None:
+    sink = RecordingSink()
+    async with running(tmp_path, sink) as driver:
+        net = driver.virtual
+        assert net is not None
+        device_id = by_native(sink, GENERIC)
+        net.unplug()
+        assert driver.health().state is DriverState.DOWN
+        assert driver.health().last_error
+        with pytest.raises(DeviceError):
+            await driver.execute(device_id, Unlock())
+        await asyncio.sleep(0.3)  # reconnect attempts fail while unplugged
+        assert driver.health().state is DriverState.DOWN
+        net.plug()
+        async with asyncio.timeout(10):
+            while driver.health().state is not DriverState.READY:
+                await asyncio.sleep(0.05)
+        await driver.execute(device_id, Unlock())
+        assert driver.health().details["reconnects"] >= 1
+
+
+async def test_missing_serial_radio_does_not_fail_start(tmp_path: Path) -> None:
+    sink = RecordingSink()
+    cfg = config(radio_type="znp", device=str(tmp_path / "no-such-tty"))
+    async with running(tmp_path, sink, cfg, wait_locks=0) as driver:
+        health = driver.health()
+        assert health.state is DriverState.DOWN
+        assert health.radio == "znp"
+        assert health.last_error
+        with pytest.raises(GatewayError):
+            await driver.pair(30)
+
+
+async def test_pairing_and_unpairing(tmp_path: Path) -> None:
+    sink = RecordingSink()
+    async with running(tmp_path, sink, config(virtual_joining_locks=1)) as driver:
+        before = set(sink.devices)
+        await driver.pair(30)
+        await sink.wait_for(lambda: len(sink.devices) == 3)
+        (new_id,) = set(sink.devices) - before
+        await driver.unpair(30, new_id)
+        await sink.wait_for(lambda: new_id in sink.removed)
+        assert new_id not in {d.id for d in driver.devices()}
