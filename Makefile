@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SRC := gatewayd drivers devcloud
 
-.PHONY: setup lint test demo bench reliability clean
+.PHONY: setup lint test demo bench reliability clean install uninstall
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -21,6 +21,16 @@ demo: setup
 
 bench: setup
 	$(BIN)/python -m bench
+
+# On a gateway box: `sudo make install`, then see README "Install on a gateway box".
+PREFIX ?= /opt/gatewayd
+DESTDIR ?=
+
+install:
+	PREFIX="$(PREFIX)" DESTDIR="$(DESTDIR)" bash scripts/install.sh
+
+uninstall:
+	PREFIX="$(PREFIX)" DESTDIR="$(DESTDIR)" bash scripts/uninstall.sh
 
 clean:
 	rm -rf $(VENV) .tools .mypy_cache .pytest_cache .ruff_cache node_modules

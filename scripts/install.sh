@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Install gatewayd on a gateway box: its own venv under $PREFIX (from the locked dependencies),
+# the systemd unit, the service user, an example config (never overwriting one), and a
+# `gatewayd` command on PATH. Honours DESTDIR (staged install: nothing outside it is touched).
+#
+#   sudo make install                                # PREFIX=/opt/gatewayd
+#   make install DESTDIR=/tmp/stage                  # a staged tree, e.g. for packaging
+#
+# Environment: PREFIX, DESTDIR, EXTRAS (default "zwave zigbee"), PYTHON (an interpreter >= 3.12).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PREFIX=${PREFIX:-/opt/gatewayd}
+DESTDIR=${DESTDIR:-}
+EXTRAS=${EXTRAS-zwave zigbee}
+SYSCONFDIR=/etc/gatewayd
+UNITDIR=/etc/systemd/system
+SYSUSERSDIR=/usr/lib/sysusers.d
+BINDIR=/usr/local/bin
+UV_VERSION=0.13.9
+
+say() { echo "install: $*"; }
+die() { echo "install: $*" >&2; exit 1; }
+
+case "$PREFIX" in /*) ;; *) die "PREFIX must be an absolute path, not '$PREFIX'" ;; esac
+if [ -z "$DESTDIR" ] && [ "$(id -u)" -ne 0 ]; then
+    die "installing into / needs root: run 'sudo make install' (or set DESTDIR for a staged tree)"
+fi
+
+find_python() {
+    local c
+    if [ -n "${PYTHON:-}" ]; then
+        "$PYTHON" -c 'import sys; assert sys.version_info >= (3, 12)' 2>/dev/null \
+            || return 1
+        "$PYTHON" -c 'import sys; print(sys.executable)'
+        return 0
+    fi
+    for c in python3.13 python3.12 python3; do
+        if command -v "$c" >/dev/null 2>&1 && "$c" -c 'import sys; assert sys.version_info >= (3, 12)' 2>/dev/null; then
+            "$c" -c 'import sys; print(sys.executable)'; return 0
+        fi
+    done
+    local root
+    root=$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")
+    for c in "$root"/versions/3.12*/bin/python3 "$root"/versions/3.13*/bin/python3; do
+        if [ -x "$c" ] && "$c" -c 'import sys; assert sys.version_info >= (3, 12)' 2>/dev/null; then
+            echo "$c"; return 0
+        fi
+    done
+    return 1
+}
+managed=
+if [ "${PYTHON:-}" = managed ]; then
+    # Debian 12 ships Python 3.11: let uv put a CPython 3.12 under $PREFIX/python instead.
+    managed=1
+    unset PYTHON
+    tools_py=$(command -v python3) || die "no python3 to run uv with"
+else
+    PY=$(find_python) || die "gatewayd needs Python >= 3.12: set PYTHON=/path/to/python3.12, or PYTHON=managed for a CPython 3.12 under $PREFIX/python"
+    tools_py=$PY
+fi
+
+if [ ! -x .tools/bin/uv ] || [ "$(.tools/bin/uv --version | cut -d' ' -f2)" != "$UV_VERSION" ]; then
+    "$tools_py" -m venv .tools
+    .tools/bin/python -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION"
+fi
+UV=.tools/bin/uv
+
+if [ -n "$managed" ]; then
+    UV_PYTHON_INSTALL_DIR="$DESTDIR$PREFIX/python" "$UV" python install --quiet 3.12
+    PY=$(UV_PYTHON_INSTALL_DIR="$DESTDIR$PREFIX/python" "$UV" python find --managed-python --no-project 3.12)
+fi
+case "$(readlink -f "$PY")" in
+    /root/* | /home/*)
+        say "WARNING: $PY is in a home directory, which the service cannot see (ProtectHome=yes)."
+        say "WARNING: it will not start; install again with PYTHON=managed or another interpreter."
+        ;;
+esac
+
+root=$DESTDIR
+venv=$root$PREFIX/venv
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+# 1. The venv: the exact locked versions, then gatewayd itself, byte-compiled (the tree is
+#    read-only to the service). Relocatable, so a staged DESTDIR tree runs once moved into place.
+extra_args=()
+for e in $EXTRAS; do extra_args+=(--extra "$e"); done
+say "venv $PREFIX/venv (extras: ${EXTRAS:-none})"
+"$UV" export --quiet --frozen --no-dev --no-emit-project "${extra_args[@]}" -o "$work/requirements.txt"
+# Built beside the old one and swapped in, so a running daemon keeps working until restarted.
+new=$venv.new
+rm -rf "$new"
+"$UV" venv --quiet --relocatable --python "$PY" "$new"
+"$UV" pip install --quiet --python "$new/bin/python" --compile-bytecode --no-deps \
+    -r "$work/requirements.txt"
+"$UV" pip install --quiet --python "$new/bin/python" --compile-bytecode --no-deps .
+"$new/bin/gatewayd" check-config -c config.example.toml >/dev/null \
+    || die "the new venv does not run: $new kept for inspection"
+rm -rf "$venv.old"
+if [ -e "$venv" ]; then mv "$venv" "$venv.old"; fi
+mv "$new" "$venv"
+rm -rf "$venv.old"
+install -d -m 0755 "$root$PREFIX/share"
+install -m 0644 config.example.toml "$root$PREFIX/share/config.example.toml"
+install -m 0644 README.md "$root$PREFIX/README.md"
+
+# 2. systemd: the unit(s) and the service user.
+install -d -m 0755 "$root$UNITDIR" "$root$SYSUSERSDIR"
+install -m 0644 systemd/gatewayd.service "$root$UNITDIR/gatewayd.service"
+if [ -f systemd/zwave-js-server.service ]; then
+    install -m 0644 systemd/zwave-js-server.service "$root$UNITDIR/zwave-js-server.service"
+fi
+install -m 0644 systemd/gatewayd.sysusers "$root$SYSUSERSDIR/gatewayd.conf"
+if [ -z "$DESTDIR" ] && command -v systemd-sysusers >/dev/null 2>&1; then
+    systemd-sysusers "$SYSUSERSDIR/gatewayd.conf"
+fi
+
+# 3. The config: the example on first install only; a config already there is never replaced.
+install -d -m 0750 "$root$SYSCONFDIR"
+config=$root$SYSCONFDIR/config.toml
+if [ -e "$config" ]; then
+    say "keeping $SYSCONFDIR/config.toml (the example is in $PREFIX/share/config.example.toml)"
+else
+    install -m 0640 config.example.toml "$config"
+    say "wrote $SYSCONFDIR/config.toml from the example: enable a driver in it"
+fi
+if getent group gatewayd >/dev/null 2>&1; then
+    chgrp gatewayd "$root$SYSCONFDIR" "$config"
+else
+    say "no gatewayd group here: $SYSCONFDIR stays root-only until systemd-sysusers has run"
+fi
+
+# 4. The command on PATH.
+install -d -m 0755 "$root$BINDIR"
+ln -sfn "$PREFIX/venv/bin/gatewayd" "$root$BINDIR/gatewayd"
+
+if [ -z "$DESTDIR" ] && [ -d /run/systemd/system ]; then
+    systemctl daemon-reload
+fi
+say "done. Next: edit $SYSCONFDIR/config.toml, then 'systemctl enable --now gatewayd'"
