@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--action-timeout", type=float, default=60.0, metavar="SECONDS")
     serve.add_argument("--handoff-timeout", type=float, default=10.0, metavar="SECONDS")
-    serve.add_argument("--heartbeat", type=float, default=20.0, metavar="SECONDS")
+    serve.add_argument("--heartbeat", type=float, default=60.0, metavar="SECONDS")
     serve.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS/WSS with this certificate")
     serve.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
     serve.add_argument("--log-format", choices=("console", "json"), default="console")

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS locations (
@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS gateways (
     location_id TEXT NOT NULL REFERENCES locations(id),
     name TEXT NOT NULL,
     credential_hash TEXT UNIQUE,
+    previous_credential_hash TEXT UNIQUE,
     high_water INTEGER NOT NULL DEFAULT 0,
     created_at TEXT NOT NULL
 );
@@ -159,17 +160,37 @@ class Database:
         rows = self._conn.execute("SELECT * FROM gateways ORDER BY created_at, id")
         return [_gateway_row(r) for r in rows]
 
-    def gateway_by_credential(self, cred_hash: str) -> GatewayRow | None:
+    def gateway_by_credential(self, cred_hash: str) -> tuple[GatewayRow, bool] | None:
+        """The gateway holding this credential, and whether it is the one rotated away from."""
         row = self._conn.execute(
-            "SELECT * FROM gateways WHERE credential_hash = ?", (cred_hash,)
+            "SELECT *, credential_hash != ? AS previous FROM gateways"
+            " WHERE credential_hash = ? OR previous_credential_hash = ?",
+            (cred_hash, cred_hash, cred_hash),
         ).fetchone()
-        return None if row is None else _gateway_row(row)
+        return None if row is None else (_gateway_row(row), bool(row["previous"]))
+
+    def rotate_credential(self, id_: str, cred_hash: str) -> None:
+        """The new credential works at once; the old one until the gateway has used the new."""
+        self._conn.execute(
+            "UPDATE gateways SET previous_credential_hash = coalesce(previous_credential_hash,"
+            " credential_hash), credential_hash = ? WHERE id = ?",
+            (cred_hash, id_),
+        )
+
+    def credential_confirmed(self, id_: str) -> None:
+        """The gateway connected with its current credential: the previous one stops working."""
+        self._conn.execute(
+            "UPDATE gateways SET previous_credential_hash = NULL WHERE id = ?", (id_,)
+        )
 
     def rename_gateway(self, id_: str, name: str) -> None:
         self._conn.execute("UPDATE gateways SET name = ? WHERE id = ?", (name, id_))
 
     def set_credential(self, id_: str, cred_hash: str | None) -> None:
-        self._conn.execute("UPDATE gateways SET credential_hash = ? WHERE id = ?", (cred_hash, id_))
+        self._conn.execute(
+            "UPDATE gateways SET credential_hash = ?, previous_credential_hash = NULL WHERE id = ?",
+            (cred_hash, id_),
+        )
 
     def high_water(self, gateway_id: str) -> int:
         row = self._conn.execute(

@@ -26,6 +26,7 @@ class Connection:
     remote: str
     gateway_id: str | None = None
     token_hash: str | None = None
+    stale_credential: bool = False  # authenticated with a credential rotated away from
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def send(self, msg: protocol.Message) -> bool:

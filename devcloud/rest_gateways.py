@@ -84,7 +84,9 @@ async def gateway_action(request: web.Request) -> web.Response:
 
 @routes.post("/v1/gateways/{gateway_id}/actions/rotate_credential")
 async def rotate_credential(request: web.Request) -> web.Response:
-    """Issue a new credential over the live tunnel; the old one stops working at once."""
+    """Issue a new credential over the live tunnel. The old one keeps working until the gateway
+    has connected with the new one, so a `claimed` frame lost on a dying socket cannot lock the
+    gateway out: it comes back with the old credential and is sent a fresh one."""
     st = request.app[STATE]
     gw = _gateway(st, request)
     _no_body(await read_json(request))
@@ -94,7 +96,7 @@ async def rotate_credential(request: web.Request) -> web.Response:
             400, "gateway_offline", "The gateway must be online to rotate its credential"
         )
     credential = secrets.token_urlsafe(32)
-    st.db.set_credential(gw.id, secret_hash(credential))
+    st.db.rotate_credential(gw.id, secret_hash(credential))
     if not await conn.send(protocol.Claimed(gateway_id=gw.id, credential=credential)):
         raise ApiError(400, "gateway_offline", "The gateway went offline; the credential is reset")
     log.info("gateway.credential_rotated", gateway_id=gw.id)

@@ -17,7 +17,7 @@ class Settings:
     webhook_timeout_s: float = 10.0
     action_timeout_s: float = 60.0
     handoff_timeout_s: float = 10.0
-    heartbeat_s: float = 20.0
+    heartbeat_s: float = 60.0  # the gateway pings after h/2 of silence; the server rarely must
     hello_timeout_s: float = 10.0
     token_ttl_s: float = 24 * 3600.0
     claim_limit: int = 10

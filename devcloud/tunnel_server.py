@@ -8,6 +8,7 @@ wrong or revoked); unclaimed ones present a registration token in `hello` and wa
 from __future__ import annotations
 
 import re
+import secrets
 import time
 from typing import Final
 
@@ -28,18 +29,22 @@ _TOKEN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{2,99}")
 async def tunnel_handler(request: web.Request) -> web.StreamResponse:
     app = request.app[state.STATE]
     gateway_id: str | None = None
+    stale_credential = False
     auth = request.headers.get("Authorization")
     if auth is not None:
         scheme, _, credential = auth.partition(" ")
-        gateway = None
+        found = None
         if scheme.lower() == "bearer" and credential.strip():
-            gateway = app.db.gateway_by_credential(secret_hash(credential.strip()))
-        if gateway is None:
+            found = app.db.gateway_by_credential(secret_hash(credential.strip()))
+        if found is None:
             log.warning("tunnel.unauthorized", remote=request.remote)
             return error_response(
                 401, "unauthorized", "Invalid gateway credential", request_id(request)
             )
+        gateway, stale_credential = found
         gateway_id = gateway.id
+        if not stale_credential:
+            app.db.credential_confirmed(gateway.id)
     ws = web.WebSocketResponse(
         heartbeat=app.settings.heartbeat_s, max_msg_size=4 * protocol.MAX_FRAME_BYTES
     )
@@ -48,7 +53,9 @@ async def tunnel_handler(request: web.Request) -> web.StreamResponse:
             400, "invalid_request", "Expected a websocket upgrade", request_id(request)
         )
     await ws.prepare(request)
-    conn = Connection(ws=ws, remote=request.remote or "", gateway_id=gateway_id)
+    conn = Connection(
+        ws=ws, remote=request.remote or "", gateway_id=gateway_id, stale_credential=stale_credential
+    )
     try:
         await _session(app, conn)
     finally:
@@ -85,6 +92,13 @@ async def _session(app: state.State, conn: Connection) -> None:
     )
     if not await conn.send(welcome):
         return
+    if conn.stale_credential and conn.gateway_id is not None:
+        # The gateway missed its rotated credential: issue another over this session.
+        fresh = secrets.token_urlsafe(32)
+        app.db.rotate_credential(conn.gateway_id, secret_hash(fresh))
+        if not await conn.send(protocol.Claimed(gateway_id=conn.gateway_id, credential=fresh)):
+            return
+        log.info("tunnel.credential_reissued", gateway_id=conn.gateway_id)
     log.info(
         "tunnel.accepted",
         gateway_id=conn.gateway_id,

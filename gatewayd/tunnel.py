@@ -295,15 +295,19 @@ class Tunnel:
                 self.sent_seq = seq
 
     async def _heartbeat(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        """Ping when quiet; a link silent for heartbeat_s is dead."""
+        """One ping after half a heartbeat of silence; a link silent for 7/8 of it is dead, so
+        a dead link is detected within heartbeat_s while an idle one costs one ping per ~h/2."""
+        pinged_at = -1.0
         while True:
-            await anyio.sleep(self.heartbeat_s / 2)
-            silent = self._clock() - self._last_rx
-            if silent >= self.heartbeat_s:
+            await anyio.sleep(self.heartbeat_s / 8)
+            now = self._clock()
+            silent = now - self._last_rx
+            if silent >= self.heartbeat_s * 7 / 8:
                 log.warning("tunnel.heartbeat_lost", silent_s=round(silent, 1))
                 await ws.close()
                 return
-            if silent >= self.heartbeat_s / 2:
+            if silent >= self.heartbeat_s / 2 and pinged_at < self._last_rx:
+                pinged_at = now
                 await ws.ping()
 
     async def _receive_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -346,6 +350,9 @@ class Tunnel:
         if isinstance(frame, protocol.Ack):
             self._store.outbox_ack(frame.seq)
         elif isinstance(frame, protocol.ActionRequestMsg):
+            if self.state == "unclaimed":
+                self._skip("an unclaimed gateway executes no action requests")
+                return
             self._action(frame)
         elif isinstance(frame, protocol.Claimed):
             self._store.set_claimed(frame.gateway_id, frame.credential)

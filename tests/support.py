@@ -37,11 +37,16 @@ def config_text(
     latency_ms: float = 0,
     status_port: int = 0,
     cloud_url: str = "",
+    cloud_ca_file: str = "",
     local_actions: bool = True,
     log_format: str = "json",
     extra: str = "",
 ) -> str:
-    cloud = f'[cloud]\nurl = "{cloud_url}"\nconnect_timeout_s = 3\n' if cloud_url else ""
+    cloud = (
+        f'[cloud]\nurl = "{cloud_url}"\nconnect_timeout_s = 3\nca_file = "{cloud_ca_file}"\n'
+        if cloud_url
+        else ""
+    )
     return f"""
 [gateway]
 state_dir = "{state_dir}"

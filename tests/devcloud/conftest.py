@@ -155,7 +155,7 @@ class Cloud:
         location_id = await self.location()
         unclaimed = await self.tunnel()
         welcome = await unclaimed.hello(token)
-        assert welcome == p.Welcome(protocol=1, gateway_id=None, acked_seq=0, heartbeat_s=20.0)
+        assert welcome == p.Welcome(protocol=1, gateway_id=None, acked_seq=0, heartbeat_s=60.0)
         status, gw = await self.post(
             f"/v1/locations/{location_id}/register_gateway",
             {"registration_token": token, "name": "my first gateway"},

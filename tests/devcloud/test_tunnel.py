@@ -159,7 +159,7 @@ async def test_a_resent_seq_is_acked_but_stored_once(cloud: Cloud) -> None:
     await tunnel.ws.close()
     again = await cloud.tunnel(credential)
     welcome = await again.hello()
-    assert welcome == p.Welcome(protocol=1, gateway_id=gateway_id, acked_seq=2, heartbeat_s=20.0)
+    assert welcome == p.Welcome(protocol=1, gateway_id=gateway_id, acked_seq=2, heartbeat_s=60.0)
     device = await cloud.get(f"/v1/devices/{DEVICE_ID}")
     assert device["properties"]["locked"] is False
 
@@ -239,12 +239,30 @@ async def test_rotation_sends_a_new_credential_and_retires_the_old(cloud: Cloud)
     assert isinstance(claimed, p.Claimed)
     assert claimed.gateway_id == gateway_id
     assert claimed.credential != old
-    with pytest.raises(aiohttp.WSServerHandshakeError):
-        await cloud.tunnel(old)
     fresh = await cloud.tunnel(claimed.credential)
     welcome = await fresh.hello()
     assert isinstance(welcome, p.Welcome)
     assert welcome.gateway_id == gateway_id
+    # Once the new credential has been used, the old one is refused.
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await cloud.tunnel(old)
+    assert refused.value.status == 401
+
+
+async def test_a_gateway_that_missed_its_rotation_gets_a_fresh_credential(cloud: Cloud) -> None:
+    tunnel, gateway_id, old = await cloud.claimed_gateway()
+    status, _ = await cloud.post(f"/v1/gateways/{gateway_id}/actions/rotate_credential")
+    assert status == 200
+    await tunnel.ws.close()  # the `claimed` frame never reached the gateway
+    again = await cloud.tunnel(old)
+    assert isinstance(await again.hello(), p.Welcome)
+    reissued = await again.recv()
+    assert isinstance(reissued, p.Claimed)
+    assert reissued.credential not in (old,)
+    newest = await cloud.tunnel(reissued.credential)
+    assert isinstance(await newest.hello(), p.Welcome)
+    with pytest.raises(aiohttp.WSServerHandshakeError):
+        await cloud.tunnel(old)
 
 
 async def test_a_newer_connection_replaces_the_older(cloud: Cloud) -> None:

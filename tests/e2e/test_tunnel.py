@@ -1,0 +1,283 @@
+"""The tunnel against real peers: revocation, rotation, a hostile cloud, a dead link, and TLS."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anyio
+import pytest
+import trustme
+from aiohttp import web
+
+from devcloud.app import create_app
+from devcloud.settings import Settings
+from gatewayd import protocol
+from gatewayd.model import utcnow
+from gatewayd.store import Store
+from tests.devcloud.conftest import API_KEY
+from tests.e2e.conftest import CloudFactory, claim, tunnel_url
+from tests.proxy import FaultProxy
+from tests.support import free_port, running_daemon, wait_until
+
+pytestmark = pytest.mark.stack
+
+
+async def upgrade_status(url: str, credential: str) -> int:
+    async with aiohttp.ClientSession() as http:
+        try:
+            ws = await http.ws_connect(url, headers={"Authorization": f"Bearer {credential}"})
+        except aiohttp.WSServerHandshakeError as exc:
+            return exc.status
+        await ws.close()
+        return 101
+
+
+async def test_revoked_credential_returns_the_gateway_to_unclaimed(
+    tmp_path: Path, cloud_factory: CloudFactory
+) -> None:
+    cloud = await cloud_factory()
+    url = tunnel_url(cloud.server.port)
+    async with running_daemon(tmp_path / "gw", cloud_url=url) as daemon:
+        store, tunnel = daemon.store, daemon.tunnel
+        assert store is not None
+        assert tunnel is not None
+        _, gateway_id = await claim(cloud, daemon)
+        old = store.identity()
+        assert old.credential is not None
+        status, _ = await cloud.post(f"/v1/gateways/{gateway_id}/actions/revoke_credential")
+        assert status == 200
+        await wait_until(lambda: not store.identity().claimed and tunnel.state == "unclaimed", 15)
+        fresh = store.identity()
+        assert fresh.registration_token != old.registration_token
+        assert await upgrade_status(url, old.credential) == 401
+        # and it can be claimed again with its new token
+        await claim(cloud, daemon)
+        assert store.identity().gateway_id is not None
+
+
+@pytest.mark.parametrize("lose_frame", [False, True], ids=["delivered", "claimed-frame-lost"])
+async def test_rotated_credential_replaces_the_old_one(
+    tmp_path: Path, cloud_factory: CloudFactory, lose_frame: bool
+) -> None:
+    cloud = await cloud_factory()
+    proxy = await FaultProxy(cloud.server.port).start()
+    url = tunnel_url(cloud.server.port)
+    try:
+        async with running_daemon(tmp_path / "gw", cloud_url=tunnel_url(proxy.port)) as daemon:
+            store, tunnel = daemon.store, daemon.tunnel
+            assert store is not None
+            assert tunnel is not None
+            _, gateway_id = await claim(cloud, daemon)
+            old = store.identity().credential
+            assert old is not None
+            sessions = tunnel.sessions
+            proxy.blackhole = lose_frame  # the new credential goes nowhere
+            status, _ = await cloud.post(f"/v1/gateways/{gateway_id}/actions/rotate_credential")
+            assert status == 200
+            if lose_frame:
+                await anyio.sleep(0.2)
+                assert store.identity().credential == old
+                proxy.cut()
+                proxy.blackhole = False
+            await wait_until(
+                lambda: (
+                    store.identity().credential != old
+                    and tunnel.state == "connected"
+                    and tunnel.sessions > sessions + (1 if lose_frame else 0)
+                ),
+                15,
+            )
+            assert store.identity().gateway_id == gateway_id  # never fell back to unclaimed
+            assert await upgrade_status(url, old) == 401
+            new = store.identity().credential
+            assert new is not None
+            status, ar = await cloud.post(
+                f"/v1/devices/{daemon.registry.devices()[0].id}/actions/unlock",
+                {},  # type: ignore[union-attr]
+            )
+            assert status == 200
+            await wait_until(lambda: cloud.state.db.action(ar["id"])["status"] == "completed")
+    finally:
+        await proxy.close()
+
+
+class HostileCloud:
+    """A tunnel server that welcomes the gateway and then sends it garbage."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    async def handler(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=4 * 1024 * 1024)
+        await ws.prepare(request)
+        await ws.receive()  # hello
+        await ws.send_bytes(b"\x00\x01binary")
+        await ws.send_str(
+            protocol.encode(
+                protocol.Welcome(protocol=1, gateway_id="gw-h", acked_seq=0, heartbeat_s=60)
+            ).decode()
+        )
+        now = utcnow().isoformat()
+        for frame in [
+            "{not json",
+            '{"type": "teleport", "x": 1}',
+            '{"type": "ack"}',
+            '{"type": "ack", "seq": -5}',
+            "[" * 100_000 + "]" * 100_000,
+            '{"type": "action_request", "id": "x"}',
+            "x" * (200 * 1024),
+            '{"type": "welcome", "protocol": 1, "gateway_id": null, "acked_seq": 0,'
+            ' "heartbeat_s": 1}',
+            '{"type": "action_request", "id": "bad-ts", "entity_type": "Device", "entity_id": "d",'
+            ' "action": "unlock", "inputs": {}, "created_at": "yesterday", "deadline": "soon"}',
+        ]:
+            await ws.send_str(frame)
+        async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                body = protocol.to_dict(protocol.decode(msg.data))
+                self.received.append(body)
+                if "seq" in body:
+                    await ws.send_str(protocol.encode(protocol.Ack(seq=body["seq"])).decode())
+        del now
+        return ws
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/v1/gateway/tunnel", self.handler)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        self.port = free_port()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+async def test_an_unclaimed_gateway_executes_nothing(tmp_path: Path) -> None:
+    hostile = HostileCloud()
+    await hostile.start()
+    try:
+        async with running_daemon(tmp_path / "gw", cloud_url=tunnel_url(hostile.port)) as daemon:
+            tunnel = daemon.tunnel
+            assert tunnel is not None
+            await wait_until(lambda: tunnel.frames_skipped >= 8, 15)
+            await anyio.sleep(0.3)
+            assert daemon.dispatcher is not None
+            assert daemon.dispatcher.counts == {}  # the action requests were not even received
+            assert hostile.received == []  # and nothing went upstream before a claim
+            assert tunnel.state == "unclaimed"
+    finally:
+        await hostile.close()
+
+
+async def test_garbage_from_the_cloud_is_logged_and_skipped(tmp_path: Path) -> None:
+    hostile = HostileCloud()
+    await hostile.start()
+    try:
+        pre = Store.open(tmp_path / "gw" / "gatewayd.db")
+        pre.set_claimed("gw-h", "credential-h")
+        pre.close()
+        async with running_daemon(tmp_path / "gw", cloud_url=tunnel_url(hostile.port)) as daemon:
+            tunnel = daemon.tunnel
+            assert tunnel is not None
+            await wait_until(lambda: tunnel.frames_skipped >= 7, 15)
+
+            def rejected() -> list[dict[str, Any]]:
+                return [
+                    b
+                    for b in hostile.received
+                    if b.get("action_request_id") == "bad-ts" and b.get("status") == "failed"
+                ]
+
+            await wait_until(lambda: bool(rejected()), 10)
+            assert rejected()[0]["error"]["type"] == "invalid_input"
+            assert daemon.ready
+            assert tunnel.sessions == 1  # skipped, not disconnected
+    finally:
+        await hostile.close()
+
+
+async def test_a_dead_link_is_detected_by_the_heartbeat(
+    tmp_path: Path, cloud_factory: CloudFactory
+) -> None:
+    cloud = await cloud_factory(heartbeat_s=1.0)
+    proxy = await FaultProxy(cloud.server.port).start()
+    try:
+        async with running_daemon(tmp_path / "gw", cloud_url=tunnel_url(proxy.port)) as daemon:
+            tunnel = daemon.tunnel
+            assert tunnel is not None
+            await claim(cloud, daemon)
+            assert tunnel.heartbeat_s == 1.0
+            await anyio.sleep(2.5)  # idle but alive: pings keep it up
+            assert tunnel.sessions == 2
+            assert tunnel.up
+            proxy.blackhole = True  # the link silently stops carrying anything
+            await wait_until(lambda: not tunnel.up, 5)
+            assert tunnel.last_error is not None
+            proxy.blackhole = False
+            await wait_until(lambda: tunnel.up, 15)
+    finally:
+        await proxy.close()
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+async def tls_cloud(tmp_path: Path, cert: trustme.LeafCert) -> tuple[web.AppRunner, int]:
+    settings = Settings(api_key=API_KEY, db_path=str(tmp_path / "tls.db"))
+    runner = web.AppRunner(create_app(settings))
+    await runner.setup()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(ctx)
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=ctx).start()
+    return runner, port
+
+
+@pytest.mark.parametrize(
+    ("names", "trusted", "ok", "error"),
+    [
+        (("localhost",), True, True, None),
+        (("localhost",), False, False, "CERTIFICATE_VERIFY_FAILED"),
+        (("cloud.example.org",), True, False, "match"),
+    ],
+    ids=["trusted", "untrusted-ca", "hostname-mismatch"],
+)
+async def test_tls_certificates_are_verified(
+    tmp_path: Path,
+    ca: trustme.CA,
+    names: tuple[str, ...],
+    trusted: bool,
+    ok: bool,
+    error: str | None,
+) -> None:
+    runner, port = await tls_cloud(tmp_path, ca.issue_cert(*names))
+    ca_file = tmp_path / "ca.pem"
+    (ca if trusted else trustme.CA()).cert_pem.write_to_path(str(ca_file))
+    try:
+        async with running_daemon(
+            tmp_path / "gw",
+            cloud_url=f"wss://localhost:{port}/v1/gateway/tunnel",
+            extra="",
+            cloud_ca_file=str(ca_file),
+        ) as daemon:
+            tunnel = daemon.tunnel
+            assert tunnel is not None
+            if ok:
+                await wait_until(lambda: tunnel.up, 10)
+                assert tunnel.state == "unclaimed"
+            else:
+                await wait_until(lambda: tunnel.last_error is not None, 10)
+                assert error is not None
+                assert error in tunnel.last_error
+                assert not tunnel.up
+    finally:
+        await runner.cleanup()
