@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +14,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from devcloud.app import create_app
-from devcloud.settings import Settings
 from gatewayd.daemon import Daemon
-from tests.devcloud.conftest import API_KEY, Cloud
+from tests.cloudkit import Cloud, CloudFactory, clouds
 from tests.support import wait_until
 
 WEBHOOK_SECRET = "whsec_e2e"
@@ -60,31 +58,10 @@ async def receiver() -> AsyncIterator[Receiver]:
     await server.close()
 
 
-CloudFactory = Callable[..., Awaitable[Cloud]]
-
-
 @pytest.fixture
 async def cloud_factory(tmp_path: Path) -> AsyncIterator[CloudFactory]:
-    clouds: list[Cloud] = []
-
-    async def start(**overrides: Any) -> Cloud:
-        settings = Settings(
-            api_key=API_KEY,
-            db_path=str(tmp_path / f"devcloud{len(clouds)}.db"),
-            handoff_timeout_s=3.0,
-            webhook_backoff_s=0.05,
-            webhook_secret=WEBHOOK_SECRET,
-        )
-        server = TestServer(create_app(replace(settings, **overrides)), host="127.0.0.1")
-        await server.start_server()
-        cloud = Cloud(server=server, http=aiohttp.ClientSession())
-        clouds.append(cloud)
-        return cloud
-
-    yield start
-    for cloud in clouds:
-        await cloud.http.close()
-        await cloud.server.close()
+    async with clouds(tmp_path, handoff_timeout_s=3.0, webhook_secret=WEBHOOK_SECRET) as start:
+        yield start
 
 
 def tunnel_url(port: int) -> str:

@@ -17,7 +17,7 @@ from devcloud.settings import Settings
 from gatewayd import protocol
 from gatewayd.model import utcnow
 from gatewayd.store import Store
-from tests.devcloud.conftest import API_KEY
+from tests.cloudkit import API_KEY
 from tests.e2e.conftest import CloudFactory, claim, tunnel_url
 from tests.proxy import FaultProxy
 from tests.support import free_port, running_daemon, wait_until
