@@ -114,6 +114,7 @@ class ZigbeeDriver(Driver):
         radios.private_file(self.database)
         config = radios.zigpy_config(self._cfg, self.database, extra)
         resolver = radios.quirks_resolver() if self._cfg.quirks else None
+        radios.guard_stack_logs()  # the stack's loggers exist now: filter before it logs settings
         app = await app_cls.new(
             config, auto_form=False, start_radio=False, device_resolver=resolver
         )
