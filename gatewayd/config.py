@@ -90,6 +90,7 @@ class ZWaveConfig(_Section, frozen=True):
     reconnect_max_s: PositiveSeconds = 30.0  # backoff cap between reconnect attempts
     event_merge_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 1.0  # report + notification -> 1
     code_confirm_s: PositiveSeconds = 5.0  # wait for a masked lock's programming notification
+    command_timeout_s: PositiveSeconds = 60.0  # keep asking a silent lock (the deadline cuts first)
     mock_control_url: str = ""  # tests only: the mock controller's control channel
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -23,6 +24,7 @@ from gatewayd.model import ActionTimeout, DeviceError, DeviceOffline
 
 SECURED = 0xFF
 UNSECURED = 0x00
+SETTLE_S = 1.0  # how long a lock may keep reporting the old bolt state after a command
 USER_ENABLED = 1
 USER_AVAILABLE = 0
 USER_NOT_AVAILABLE = 0xFE
@@ -96,8 +98,12 @@ def _supervision_failed(result: Any) -> bool:
     return isinstance(result, dict) and result.get("status") == 2
 
 
-async def set_bolt(node: Node, locked: bool) -> bool:
-    """Send Door Lock Operation Set, then read the bolt state back from the lock."""
+async def set_bolt(node: Node, locked: bool, give_up_s: float) -> bool:
+    """Send Door Lock Operation Set, then ask the lock until it reports the new bolt state.
+
+    A lock that does not answer is asked again (the caller's deadline cancels); one that
+    reports the other state without moving towards the target refused the command.
+    """
     target = SECURED if locked else UNSECURED
     what = "lock" if locked else "unlock"
     result = await call(
@@ -106,17 +112,36 @@ async def set_bolt(node: Node, locked: bool) -> bool:
     )
     if _supervision_failed(result):
         raise DeviceError(f"{what}: the lock refused the command")
-    report = await call(
-        f"{what} (read back)",
-        node.async_invoke_cc_api(CommandClass.DOOR_LOCK, "get", wait_for_result=True),
-    )
-    if not isinstance(report, dict):
-        raise ActionTimeout(f"{what}: the lock did not report its bolt state")
-    now = mode_locked(report.get("currentMode"))
-    if now != locked:
-        state = {True: "locked", False: "unlocked", None: "unknown"}[now]
-        raise DeviceError(f"{what}: the lock reports it is {state}")
-    return locked
+    give_up = time.monotonic() + give_up_s
+    refused_at: float | None = None
+    while True:
+        try:
+            report = await call(
+                f"{what} (read back)",
+                node.async_invoke_cc_api(CommandClass.DOOR_LOCK, "get", wait_for_result=True),
+            )
+        except ActionTimeout:
+            report = None
+        if isinstance(report, dict):
+            now = mode_locked(report.get("currentMode"))
+            if now == locked:
+                return locked
+            moving = report.get("targetMode") == target and _remaining(report) > 0
+            # a bolt motor takes a moment: only a state that persists means the lock refused
+            refused_at = refused_at or time.monotonic() + SETTLE_S
+            if not moving and time.monotonic() >= refused_at:
+                state = {True: "locked", False: "unlocked", None: "unknown"}[now]
+                raise DeviceError(f"{what}: the lock reports it is {state}")
+        if time.monotonic() > give_up:
+            raise ActionTimeout(f"{what}: the lock did not report its bolt state")
+        await asyncio.sleep(0.2)
+
+
+def _remaining(report: dict[str, Any]) -> float:
+    duration = report.get("duration")
+    if isinstance(duration, dict) and isinstance(duration.get("value"), int | float):
+        return float(duration["value"])
+    return 0.0
 
 
 async def read_slot(node: Node, slot: int) -> tuple[int, str]:

@@ -135,7 +135,7 @@ class ZWaveDriver(Driver):
         self._reconnects = 0
         self._settled = anyio.Event()
         self._scopes: list[anyio.CancelScope] = []
-        self._done = anyio.Event()
+        self._run_done = anyio.Event()
         self._rechecks: asyncio.Queue[_Recheck] = asyncio.Queue()
         self._salt = secrets.token_bytes(16)
         self._server_version: str | None = None
@@ -146,6 +146,12 @@ class ZWaveDriver(Driver):
 
     async def start(self, sink: DriverSink) -> None:
         self._sink = sink
+        self._state = DriverState.STARTING
+        self._settled = anyio.Event()
+        self._scopes = []
+        self._client_generation = 0
+        self._rechecks = asyncio.Queue()
+        self._run_done = anyio.Event()
         self._http = aiohttp.ClientSession()
         self._ctx.spawn("zwave.connection", self._run)
         self._ctx.spawn("zwave.code_recheck", self._recheck_worker)
@@ -154,12 +160,17 @@ class ZWaveDriver(Driver):
             await self._settled.wait()
 
     async def stop(self) -> None:
+        if self._state is DriverState.STOPPED:
+            return
         self._state = DriverState.STOPPED
         for scope in self._scopes:
             scope.cancel()
         for lock in self._locks.values():
             lock.tracker.close()
         self._detach()
+        self._locks.clear()
+        with anyio.move_on_after(5, shield=True):
+            await self._run_done.wait()
         if self._client is not None:
             with anyio.CancelScope(shield=True):
                 await self._client.disconnect()
@@ -192,9 +203,10 @@ class ZWaveDriver(Driver):
 
     async def _run(self) -> None:
         attempt = 0
+        done = self._run_done
         with anyio.CancelScope() as scope:
             self._scopes.append(scope)
-            while True:
+            while self._state is not DriverState.STOPPED:
                 connected_at = time.monotonic()
                 try:
                     await self._session()
@@ -207,6 +219,7 @@ class ZWaveDriver(Driver):
                 self._reconnects += 1
                 log.info("zwave.reconnect_scheduled", delay_s=round(delay, 2), attempt=attempt)
                 await anyio.sleep(delay)
+        done.set()
 
     def _down(self, exc: BaseException) -> None:
         text = str(exc) or type(exc).__name__
@@ -314,6 +327,8 @@ class ZWaveDriver(Driver):
         nid = node.node_id
         self._unsubs.append(node.on("ready", lambda _e: self._on_ready(node)))
         self._unsubs.append(node.on("value updated", lambda e: self._on_value(nid, e["value"])))
+        # a value seen for the first time (e.g. the first door-open notification) is "added"
+        self._unsubs.append(node.on("value added", lambda e: self._on_value(nid, e["value"])))
         self._unsubs.append(node.on("notification", lambda e: self._on_notification(nid, e)))
         self._unsubs.append(node.on("dead", lambda _e: self._on_status(nid, online=False)))
         self._unsubs.append(node.on("alive", lambda _e: self._on_status(nid, online=True)))
@@ -502,7 +517,7 @@ class ZWaveDriver(Driver):
     async def _bolt(self, lock: _Lock, node: Node, locked: bool) -> ActionResult:
         lock.tracker.commanding = True
         try:
-            await commands.set_bolt(node, locked)
+            await commands.set_bolt(node, locked, self._config.command_timeout_s)
         finally:
             lock.tracker.commanding = False
         lock.jammed = False

@@ -87,8 +87,10 @@ def parse_state_value(variable: Any, key: Any, value: Any) -> Notice | None:
         return None
     if (variable, key) == ("Access Control", "Lock state") and value == AC_JAMMED:
         return Notice("jammed")
-    if variable == "Access Control" and key == "Door state" and value in (22, 23):
-        return Notice("door", door_open=value == AC_DOOR_OPEN)
+    if variable == "Access Control" and key in ("Door state", "Door state (simple)"):
+        state = value >> 8 if value > 0xFF else value  # "Door state" may carry its parameter
+        if state in (AC_DOOR_OPEN, AC_DOOR_CLOSED):
+            return Notice("door", door_open=state == AC_DOOR_OPEN)
     if (variable, key) == ("Home Security", "Cover status") and value == HS_TAMPER_COVER:
         return Notice("tampered")
     if variable == "Power Management" and value in PM_BATTERY_LOW:

@@ -80,14 +80,35 @@ exports.default = function mockConfig({ require: req }) {
 	};
 	const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-	// Radio faults first: an offline or deaf lock answers nothing, a slow one answers late.
+	const isCommand = (received) =>
+		received instanceof cc.DoorLockCCOperationSet || received instanceof cc.UserCodeCCSet;
+
+	// Radio faults first: an offline lock answers nothing, a slow one answers late. "no_reply"
+	// swallows the next command and everything after it, until the command after that.
 	const faults = {
 		async handleCC(controller, self, received) {
 			const s = st(self);
-			if (s.offline || s.fault === "no_reply") return { action: "stop" };
+			if (s.offline) return { action: "stop" };
+			if (s.fault === "no_reply") {
+				if (isCommand(received)) {
+					if (s.swallowing) {
+						s.fault = "none";
+						s.swallowing = false;
+						return undefined;
+					}
+					s.swallowing = true;
+				}
+				if (s.swallowing) return { action: "stop" };
+			}
 			if (s.fault === "delay" && s.delayMs > 0) await sleep(s.delayMs);
 			return undefined;
 		},
+	};
+	// "refuse" and "drop_code" hit one command only.
+	const consume = (s, kind) => {
+		if (s.fault !== kind) return false;
+		s.fault = "none";
+		return true;
 	};
 
 	const battery = {
@@ -126,11 +147,12 @@ exports.default = function mockConfig({ require: req }) {
 				return { action: "sendCC", cc: operationReport(controller, self) };
 			}
 			if (received instanceof cc.DoorLockCCOperationSet) {
-				if (s.fault !== "refuse") s.mode = received.mode;
+				const refused = consume(s, "refuse");
+				if (!refused) s.mode = received.mode;
 				// Like a real lock: the bolt moves, then it reports the new state and what moved it.
 				setTimeout(async () => {
 					try {
-						if (s.fault !== "refuse") {
+						if (!refused) {
 							const locked = s.mode === cc.DoorLockMode.Secured;
 							await notify(controller, self, 6, locked ? AC.RF_LOCK : AC.RF_UNLOCK);
 						}
@@ -174,7 +196,7 @@ exports.default = function mockConfig({ require: req }) {
 				if (slot < 1 || slot > lock.numUsers) return { action: "fail" };
 				const clearing = received.userIdStatus === cc.UserIDStatus.Available;
 				if (clearing) {
-					if (s.fault !== "refuse") {
+					if (!consume(s, "refuse")) {
 						s.codes.delete(slot);
 						if (lock.masked) setTimeout(() => notify(controller, self, 6, AC.CODE_DELETED, [slot]).catch(() => {}), 20);
 					}
@@ -183,19 +205,20 @@ exports.default = function mockConfig({ require: req }) {
 				let code = received.userCode;
 				if (typeof code !== "string") code = Buffer.from(code).toString("ascii");
 				// A lock silently ignores codes it cannot hold (wrong length, or told to refuse).
-				if (s.fault === "refuse" || code.length < CODE_MIN || code.length > CODE_MAX) return { action: "ok" };
-				if (s.fault === "drop_code" && s.delayMs === 0) return { action: "ok" };
+				if (consume(s, "refuse") || code.length < CODE_MIN || code.length > CODE_MAX) return { action: "ok" };
+				const dropAfter = s.delayMs;
+				if (consume(s, "drop_code")) {
+					if (dropAfter === 0) return { action: "ok" }; // never stored
+					setTimeout(() => s.codes.delete(slot), dropAfter); // stored, then lost
+				}
 				s.codes.set(slot, code);
 				if (lock.masked) setTimeout(() => notify(controller, self, 6, AC.CODE_ADDED, [slot]).catch(() => {}), 20);
-				if (s.fault === "drop_code") {
-					setTimeout(() => s.codes.delete(slot), s.delayMs);
-				}
 				return { action: "ok" };
 			}
 		},
 	};
 
-	const nodes = LOCKS.slice(0, count).map((lock) => ({
+	const nodeOptions = (lock) => ({
 		id: lock.id,
 		capabilities: {
 			manufacturerId: lock.manufacturerId,
@@ -227,9 +250,16 @@ exports.default = function mockConfig({ require: req }) {
 			],
 		},
 		behaviors: [faults, battery, notification, doorLock, userCode],
-	}));
+	});
+	const nodes = LOCKS.slice(0, count).map(nodeOptions);
+	// The next lock waits in inclusion mode: it joins when the controller starts inclusion.
+	const pending = count < LOCKS.length ? nodeOptions(LOCKS[count]) : undefined;
 
 	function onInit(controller, mockNodes) {
+		if (pending) {
+			const { behaviors, ...rest } = pending;
+			controller.nodePendingInclusion = { ...rest, setup: (node) => node.defineBehavior(...behaviors) };
+		}
 		if (!controlPort) return;
 		const byId = new Map(mockNodes.map((n) => [n.id, n]));
 		const actions = {
@@ -262,7 +292,7 @@ exports.default = function mockConfig({ require: req }) {
 			async wrong_code(self) { await notify(controller, self, 7, 4); },
 			async jam(self) { await notify(controller, self, 6, AC.JAMMED); },
 			async tamper(self) { await notify(controller, self, 7, 3); },
-			async door_open(self) { st(self).door = 0; await notify(controller, self, 6, AC.DOOR_OPEN); },
+			async door_open(self) { st(self).door = 0; await notify(controller, self, 6, AC.DOOR_OPEN, [0]); },
 			async door_close(self) { st(self).door = 1; await notify(controller, self, 6, AC.DOOR_CLOSED); },
 			async battery(self, p) {
 				const level = Math.max(0, Math.min(100, Math.round(Number(p.level ?? 1) * 100)));
@@ -280,7 +310,8 @@ exports.default = function mockConfig({ require: req }) {
 				}
 				const s = st(self);
 				s.fault = kind;
-				s.delayMs = Math.round(Number(p.delay_s ?? (kind === "drop_code" ? 1 : 0)) * 1000);
+				s.delayMs = Math.round(Number(p.delay_s ?? 0) * 1000);
+				s.swallowing = false;
 			},
 			async state(self) {
 				const s = st(self);
@@ -291,7 +322,7 @@ exports.default = function mockConfig({ require: req }) {
 			},
 			async reset(self) {
 				const s = st(self);
-				Object.assign(s, { fault: "none", delayMs: 0, offline: false, door: 1 });
+				Object.assign(s, { fault: "none", delayMs: 0, offline: false, door: 1, swallowing: false });
 				self.autoAckControllerFrames = true;
 				s.codes.clear();
 			},
@@ -306,7 +337,7 @@ exports.default = function mockConfig({ require: req }) {
 					res.end(JSON.stringify(obj));
 				};
 				if (!m || req.method !== "POST") return reply(404, { error: "POST /node/<id>/<what>" });
-				const self = byId.get(Number(m[1]));
+				const self = (controller.nodes && controller.nodes.get(Number(m[1]))) || byId.get(Number(m[1]));
 				const fn = actions[m[2]];
 				if (!self) return reply(404, { error: "no such node" });
 				if (!fn) return reply(400, { error: "unknown action" });
