@@ -33,6 +33,12 @@ DRIVER_STOP_TIMEOUT_S: Final = 1.5
 DB_NAME: Final = "gatewayd.db"
 
 
+def _short(text: str, limit: int = 80) -> str:
+    """One line of at most `limit` characters, for STATUS= and the page's headline."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
 class TunnelLike(Protocol):
     """What the daemon needs of the cloud tunnel."""
 
@@ -264,7 +270,11 @@ class Daemon:
         n = len(devices)
         locks = f"{n} lock" + ("" if n == 1 else "s")
         offline = sum(1 for d in devices if not d.properties.online)
-        down = [n for n, h in self.driver_health().items() if h.state == DriverState.DOWN]
+        down = [
+            f"{name} ({_short(h.last_error)})" if h.last_error else name
+            for name, h in self.driver_health().items()
+            if h.state == DriverState.DOWN
+        ]
         parts = [who, tunnel, locks + (f" ({offline} offline)" if offline else "")]
         parts.append(f"{len(self.dispatcher.in_flight())} actions in flight")
         if down:

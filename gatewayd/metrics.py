@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gatewayd import __version__
 from gatewayd.actions import StatusUpdate
 from gatewayd.driver import DriverState
 
@@ -29,6 +30,16 @@ class _StateCollector(Collector):
         if d.store is None or d.registry is None or d.dispatcher is None:
             return
         tunnel = d.tunnel.snapshot() if d.tunnel is not None else {}
+        info = GaugeMetricFamily(
+            "gatewayd_info", "Always 1; the software version as a label", labels=["version"]
+        )
+        info.add_metric([__version__], 1)
+        yield info
+        yield GaugeMetricFamily(
+            "gatewayd_claimed",
+            "1 once the gateway is claimed by an account",
+            value=int(d.store.identity().claimed),
+        )
         yield GaugeMetricFamily(
             "gatewayd_tunnel_up",
             "1 when the cloud tunnel is connected",
