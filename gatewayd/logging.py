@@ -139,7 +139,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     numeric = logging.getLevelNamesMapping()[level.upper()]
     root.setLevel(numeric)
     # Chatty libraries stay at warning unless we debug.
-    for name in ("aiohttp.access", "zigpy", "zwave_js_server", "bellows", "zigpy_znp"):
+    for name in ("aiohttp.access", "aiosqlite", "zigpy", "zwave_js_server", "bellows", "zigpy_znp"):
         logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],

@@ -47,23 +47,42 @@ class Box:
         raise AssertionError(f"action {action_id} did not finish")
 
 
-@pytest.fixture
-def box(tmp_path: Path) -> Iterator[Box]:
+def start_box(tmp_path: Path, *, missing_stick: bool) -> Box:
     port = free_port()
     cfg = tmp_path / "gatewayd.toml"
     zigbee = f'[drivers.zigbee]\nenabled = true\nradio_type = "znp"\ndevice = "{MISSING_STICK}"\n'
     cloud = f"ws://127.0.0.1:{free_port()}/v1/gateway/tunnel"  # nothing listens there
     cfg.write_text(
         config_text(
-            tmp_path / "state", status_port=port, latency_ms=150, cloud_url=cloud, extra=zigbee
+            tmp_path / "state",
+            status_port=port,
+            latency_ms=150,
+            cloud_url=cloud,
+            extra=zigbee if missing_stick else "",
         )
     )
     proc = DaemonProcess(cfg, tmp_path / "daemon.log").start()
     try:
         proc.wait_healthy(port, timeout=60)
-        yield Box(proc, port)
-    finally:
+    except BaseException:
         proc.kill()
+        raise
+    return Box(proc, port)
+
+
+@pytest.fixture
+def box(tmp_path: Path) -> Iterator[Box]:
+    """Simulated locks, an unreachable cloud and a Zigbee stick that is not plugged in."""
+    b = start_box(tmp_path, missing_stick=True)
+    yield b
+    b.proc.kill()
+
+
+@pytest.fixture
+def phone_box(tmp_path: Path) -> Iterator[Box]:
+    b = start_box(tmp_path, missing_stick=False)
+    yield b
+    b.proc.kill()
 
 
 def open_page(browser: Browser, box: Box, **context: Any) -> Page:
@@ -131,7 +150,8 @@ def test_page_follows_the_box_without_reloading(browser: Browser, box: Box) -> N
     page.context.close()
 
 
-def test_page_reads_on_a_phone(browser: Browser, box: Box) -> None:
+def test_page_reads_on_a_phone(browser: Browser, phone_box: Box) -> None:
+    box = phone_box
     device = box.status()["devices"][0]["id"]
     box.wait_done(box.act(device, "unlock"))
     box.wait_done(box.act(device, "lock"))
