@@ -65,6 +65,7 @@ class StatusUpdate:
     error: dict[str, Any] | None = None
     action: str = ""
     duration_s: float | None = None  # set on terminal transitions of executed actions
+    at_iso: str = ""  # `iso(at)`, formatted once for the store and the outbox
 
 
 StatusCallback = Callable[[StatusUpdate], None]
@@ -92,6 +93,7 @@ class _Job:
     started: float | None = None
     finished: float | None = None
     error: dict[str, Any] | None = None
+    deadline_iso: str = ""  # iso(request.deadline), formatted on the first transition
 
     def snapshot(self) -> dict[str, Any]:
         """What /status shows of an action: never its inputs."""
@@ -308,7 +310,7 @@ class Dispatcher:
             raise InvalidInput("this action is for another gateway", {"entity_id": "not ours"})
 
     def _is_duplicate(self, action_id: str) -> bool:
-        return action_id in self._seen or self._store.action(action_id) is not None
+        return action_id in self._seen or self._store.has_action(action_id)
 
     def _remember(self, action_id: str) -> None:
         self._seen[action_id] = None
@@ -332,10 +334,15 @@ class Dispatcher:
         while True:
             while pending:
                 job = pending.popleft()
-                with structlog.contextvars.bound_contextvars(
+                # bind/reset rather than the bound_contextvars context manager: same log
+                # context for the driver's lines, without a generator per action
+                tokens = structlog.contextvars.bind_contextvars(
                     action_request_id=job.request.id, device_id=job.request.entity_id
-                ):
+                )
+                try:
                     await self._run(job)
+                finally:
+                    structlog.contextvars.reset_contextvars(**tokens)
                 await anyio.lowlevel.checkpoint()  # a zero-latency driver must not starve the loop
             event = anyio.Event()
             self._wakeups[queue] = event
@@ -396,28 +403,33 @@ class Dispatcher:
     ) -> None:
         check_transition(job.status, status)
         at = self._now()
+        at_iso = iso(at)
+        name = str(status)
+        request = job.request
+        if not job.deadline_iso:
+            job.deadline_iso = iso(request.deadline)
         job.status = status
         job.error = error
-        job.transitions.append((str(status), iso(at)))
+        job.transitions.append((name, at_iso))
         self.counts[status] = self.counts.get(status, 0) + 1
         row = ActionRow(
-            job.request.id,
-            job.request.entity_id,
-            job.request.action,
-            str(status),
+            request.id,
+            request.entity_id,
+            request.action,
+            name,
             error,
             job.transitions,
-            iso(job.request.deadline),
+            job.deadline_iso,
         )
-        self._store.record_action(row, iso(at))
+        self._store.record_action(row, at_iso)
         if status.terminal:
             self.recent.append(job)
         log.info(
             "actions.status",
-            action_request_id=job.request.id,
-            device_id=job.request.entity_id,
-            action=job.request.action,
-            status=str(status),
+            action_request_id=request.id,
+            device_id=request.entity_id,
+            action=request.action,
+            status=name,
             error_type=error["type"] if error else None,
         )
         duration = (
@@ -426,7 +438,7 @@ class Dispatcher:
             else None
         )
         self._on_status(
-            StatusUpdate(job.request.id, status, at, error, job.request.action, duration)
+            StatusUpdate(request.id, status, at, error, request.action, duration, at_iso)
         )
 
     def _finish(self, job: _Job, error: GatewayError | None) -> None:

@@ -96,7 +96,7 @@ class Registry:
             return
         self._reported[device.id] = comparable
         self.store.save_device(device.id, body)
-        self.upstream.device(device)
+        self.upstream.device(device, body)
 
     def remove(self, device_id: str) -> None:
         if self._devices.pop(device_id, None) is None:
@@ -124,6 +124,7 @@ class Registry:
             listener(event)
         log.info(
             "registry.door_event",
+            event_id=event.id,
             device_id=event.device_id,
             event_name=str(event.event_name),
             method=event.details.get("method"),

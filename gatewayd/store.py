@@ -28,6 +28,10 @@ log = structlog.get_logger(__name__)
 
 SCHEMA_VERSION: Final = 1
 RETRY_FLUSH_S: Final = 1.0
+# How long a statement waits for another process's write lock. Short: the store runs on the
+# event loop, so a long wait stalls the whole daemon; a refused commit is retried instead.
+BUSY_TIMEOUT_S: Final = 0.05
+ACTION_IDS_KEEP: Final = 50_000  # action ids known in memory; beyond, has_action asks SQLite
 
 _ADJECTIVES: Final = tuple(
     str.split(
@@ -177,9 +181,9 @@ class Store:
     def __init__(self, db: sqlite3.Connection, path: Path) -> None:
         self._db = db
         self.path = path
-        self._pending_frames: list[tuple[int, bytes, str]] = []
+        self._pending_frames: list[tuple[int, bytes]] = []
         self._pending_sql: list[tuple[str, tuple[Any, ...]]] = []
-        self._pending_actions: dict[str, tuple[Any, ...]] = {}
+        self._pending_actions: dict[str, tuple[ActionRow, list[Any], str]] = {}
         self._flush_scheduled = False
         self._committed_event = anyio.Event()
         self.last_error: str | None = None
@@ -189,11 +193,18 @@ class Store:
         top = db.execute("SELECT max(seq) FROM outbox").fetchone()[0]
         self._committed_seq = max(int(top or 0), self._acked_seq)
         self._next_seq = self._committed_seq + 1
+        # Every action id in the log while there are few enough (rows are only ever written
+        # through record_action): has_action answers from memory instead of a SELECT.
+        self._action_ids: set[str] | None = None
+        if db.execute("SELECT count(*) FROM actions").fetchone()[0] <= ACTION_IDS_KEEP:
+            self._action_ids = {str(i) for (i,) in db.execute("SELECT id FROM actions")}
 
     @classmethod
     def open(cls, path: Path, synchronous: str = "normal") -> Store:
         _create_private(path)
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S
+        )
         db.execute("PRAGMA journal_mode = WAL")
         db.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'full' else 'NORMAL'}")
         db.execute("PRAGMA foreign_keys = ON")
@@ -237,11 +248,15 @@ class Store:
         try:
             self._db.execute("BEGIN IMMEDIATE")
             if frames:
+                created = iso(utcnow())  # one stamp per batch: the frames share this commit
                 self._db.executemany(
-                    "INSERT INTO outbox (seq, frame, created_at) VALUES (?, ?, ?)", frames
+                    "INSERT INTO outbox (seq, frame, created_at) VALUES (?, ?, ?)",
+                    [(seq, frame, created) for seq, frame in frames],
                 )
             if actions:
-                self._db.executemany(_UPSERT_ACTION, actions.values())
+                self._db.executemany(
+                    _UPSERT_ACTION, [_action_params(*pending) for pending in actions.values()]
+                )
             for sql, params in stmts:
                 self._db.execute(sql, params)
             self._db.execute("COMMIT")
@@ -340,19 +355,26 @@ class Store:
     def record_action(self, row: ActionRow, updated_at: str) -> None:
         """Upsert one action's log entry (never its inputs: they may hold a PIN).
 
-        Several updates of one action within a tick coalesce into one row write.
+        Several updates of one action within a tick coalesce into one row write, encoded
+        when the batch is committed (only the last update of the tick is ever encoded).
         """
-        self._pending_actions[row.id] = (
-            row.id,
-            row.entity_id,
-            row.action,
-            row.status,
-            json.dumps(row.error) if row.error else None,
-            json.dumps(row.transitions),
-            row.deadline,
-            updated_at,
-        )
+        # a copy of the transitions: the caller keeps appending to its list
+        self._pending_actions[row.id] = (row, list(row.transitions), updated_at)
+        ids = self._action_ids
+        if ids is not None:
+            ids.add(row.id)
+            if len(ids) > ACTION_IDS_KEEP:
+                self._action_ids = None
         self._schedule_flush()
+
+    def has_action(self, action_id: str) -> bool:
+        """Whether the action log holds this id (committed or queued), without decoding it."""
+        if self._action_ids is not None:
+            return action_id in self._action_ids
+        if action_id in self._pending_actions:
+            return True
+        row = self._db.execute("SELECT 1 FROM actions WHERE id = ?", (action_id,)).fetchone()
+        return row is not None
 
     def action(self, action_id: str) -> ActionRow | None:
         rows = self._select_actions("WHERE id = ?", (action_id,))
@@ -382,7 +404,7 @@ class Store:
         """Queue frame make(seq) under the next seq; durable at the end of this loop tick."""
         seq = self._next_seq
         self._next_seq += 1
-        self._pending_frames.append((seq, make(seq), iso(utcnow())))
+        self._pending_frames.append((seq, make(seq)))
         self._schedule_flush()
         return seq
 
@@ -431,6 +453,19 @@ _UPSERT_ACTION: Final = (
     " status = excluded.status, error = excluded.error,"
     " transitions = excluded.transitions, updated_at = excluded.updated_at"
 )
+
+
+def _action_params(row: ActionRow, transitions: list[Any], updated_at: str) -> tuple[Any, ...]:
+    return (
+        row.id,
+        row.entity_id,
+        row.action,
+        row.status,
+        json.dumps(row.error) if row.error else None,
+        json.dumps(transitions),
+        row.deadline,
+        updated_at,
+    )
 
 
 def _parse_ts(value: str) -> datetime:

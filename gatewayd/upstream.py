@@ -91,7 +91,7 @@ class Upstream:
                     action_request_id=update.action_request_id,
                     status=str(update.status),
                     error=update.error,
-                    at=iso(update.at),
+                    at=update.at_iso or iso(update.at),
                 )
             )
         )
@@ -102,8 +102,10 @@ class Upstream:
             lambda seq: protocol.encode(protocol.EventMsg(seq=seq, event=body))
         )
 
-    def device(self, device: Device) -> int:
-        body = device_dict(device)
+    def device(self, device: Device, body: dict[str, Any] | None = None) -> int:
+        """`body`: device_dict(device) when the caller already built it."""
+        if body is None:
+            body = device_dict(device)
         return self._store.outbox_put(
             lambda seq: protocol.encode(protocol.DeviceMsg(seq=seq, device=body))
         )
