@@ -1,0 +1,3 @@
+"""Plugins shared by every suite."""
+
+pytest_plugins = ["tests.reliability.leakscan"]
