@@ -15,9 +15,11 @@ UNITS = [p for p in (ROOT / "systemd").glob("*.service")]
 SYSTEM_UNITS = Path("/usr/lib/systemd/system")
 MAX_EXPOSURE = 2.0
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("systemd-analyze") is None, reason="make setup installs systemd"
-)
+
+@pytest.fixture(autouse=True)
+def _systemd_analyze() -> None:
+    if shutil.which("systemd-analyze") is None or not SYSTEM_UNITS.is_dir():
+        pytest.fail("systemd-analyze is missing: `make setup` installs the systemd package")
 
 
 def exec_paths(unit: Path) -> list[str]:
