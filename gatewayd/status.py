@@ -51,6 +51,12 @@ def _error(status: int, type_: str, message: str) -> web.Response:
     return _json({"error": {"type": type_, "message": message}, "ok": False}, status)
 
 
+def _commit(daemon: Daemon) -> None:
+    """An answer means durable: what the request produced is committed before we reply."""
+    if daemon.store is not None:
+        daemon.store.flush()
+
+
 async def healthz(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON_KEY]
     if not daemon.ready:
@@ -98,6 +104,7 @@ async def local_action(request: web.Request) -> web.Response:
         deadline=now + timedelta(seconds=timeout),
     )
     accepted = daemon.submit(req)
+    _commit(daemon)
     return _json({"action_request_id": req.id, "accepted": accepted}, 202 if accepted else 409)
 
 
@@ -117,6 +124,7 @@ async def simulate(request: web.Request) -> web.Response:
         await daemon.registry.drivers[owner].simulate(body.device_id, what, body.params)
     except GatewayError as exc:
         return _error(400, exc.type, exc.message)
+    _commit(daemon)
     return _json({"ok": True})
 
 

@@ -71,7 +71,7 @@ def tunnel_url(port: int) -> str:
 async def claim(cloud: Cloud, daemon: Daemon) -> tuple[str, str]:
     """Claim a running daemon through the REST API; returns (location_id, gateway_id)."""
     assert daemon.store is not None
-    await wait_until(lambda: daemon.tunnel is not None and daemon.tunnel.up, 15)
+    await wait_until(lambda: daemon.tunnel is not None and daemon.tunnel.up, 30)
     location_id = await cloud.location()
     token = daemon.store.identity().registration_token
     status, gateway = await cloud.post(
