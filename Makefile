@@ -3,17 +3,20 @@ VENV := .venv
 BIN := $(VENV)/bin
 SRC := gatewayd drivers devcloud
 
-.PHONY: setup lint test demo bench reliability clean install uninstall
+.PHONY: setup test-setup lint test demo bench reliability clean install uninstall
 
 setup:
 	@bash scripts/bootstrap.sh
+
+test-setup:
+	@bash scripts/bootstrap.sh --test
 
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy $(SRC)
 
-test: lint
+test: test-setup lint
 	$(BIN)/pytest
 
 demo: setup

@@ -42,11 +42,14 @@ if [ -f package-lock.json ]; then
     fi
 fi
 
-# System packages the tests use: Chromium (the status page is tested in a real headless browser)
-# and systemd (systemd-analyze verify/security on the units). Installed only when missing.
+# System packages only the tests use (`bootstrap.sh --test`): Chromium (the status page is tested
+# in a real headless browser), systemd (systemd-analyze verify/security on the units) and curl
+# (the demo's printed commands are run as printed). Installed only when missing.
+[ "${1:-}" = "--test" ] || exit 0
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 if [ "${#missing[@]}" -gt 0 ]; then
     if ! command -v apt-get >/dev/null 2>&1; then
         echo "gatewayd tests need: ${missing[*]}; apt-get is not available, install them by hand" >&2
