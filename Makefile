@@ -25,6 +25,12 @@ demo: setup
 bench: setup
 	$(BIN)/python -m bench
 
+# The long part of the reliability suite (see RELIABILITY.md): faults many times, soak, fleet,
+# long fuzz runs. GATEWAYD_SOAK_S (default 600), GATEWAYD_FAULT_TRIALS, GATEWAYD_FUZZ_S,
+# GATEWAYD_SCHEMA_S and GATEWAYD_FLEET shorten or lengthen it.
+reliability: setup
+	$(BIN)/pytest -m reliability tests/reliability
+
 # On a gateway box: `sudo make install`, then see README "Install on a gateway box".
 PREFIX ?= /opt/gatewayd
 DESTDIR ?=

@@ -41,6 +41,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--action-timeout", type=float, default=60.0, metavar="SECONDS")
     serve.add_argument("--handoff-timeout", type=float, default=10.0, metavar="SECONDS")
     serve.add_argument("--heartbeat", type=float, default=60.0, metavar="SECONDS")
+    serve.add_argument(
+        "--claim-limit",
+        type=int,
+        default=10,
+        metavar="N",
+        help="gateway registrations allowed per API key and per address in --claim-window",
+    )
+    serve.add_argument("--claim-window", type=float, default=60.0, metavar="SECONDS")
     serve.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS/WSS with this certificate")
     serve.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
     serve.add_argument("--log-format", choices=("console", "json"), default="console")
@@ -124,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         action_timeout_s=args.action_timeout,
         handoff_timeout_s=args.handoff_timeout,
         heartbeat_s=args.heartbeat,
+        claim_limit=args.claim_limit,
+        claim_window_s=args.claim_window,
     )
     asyncio.run(serve(settings, args.host, args.port, tls))
     return 0
