@@ -106,14 +106,14 @@ class ZigbeeDriver(Driver):
         log.info("zigbee.stopped")
 
     async def _connect(self) -> None:
-        from drivers.zigbee import radios
+        from drivers.zigbee import quirks, radios
         from drivers.zigbee.virtual.radio import CONF_VIRTUAL
 
         app_cls = radios.load_radio(self._cfg.radio_type)
         extra = {CONF_VIRTUAL: self.virtual} if self.virtual is not None else {}
         radios.private_file(self.database)
         config = radios.zigpy_config(self._cfg, self.database, extra)
-        resolver = radios.quirks_resolver() if self._cfg.quirks else None
+        resolver = await quirks.resolver(self._ctx.state_dir) if self._cfg.quirks else None
         radios.guard_stack_logs()  # the stack's loggers exist now: filter before it logs settings
         app = await app_cls.new(
             config, auto_form=False, start_radio=False, device_resolver=resolver

@@ -1,11 +1,11 @@
-"""Radio types, zigpy's configuration, quirks and log hygiene. Imports zigpy only when called."""
+"""Radio types, zigpy's configuration and log hygiene. Imports zigpy only when called."""
 
 from __future__ import annotations
 
 import importlib
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -64,23 +64,6 @@ def private_file(path: Path) -> None:
         side = path.with_name(path.name + suffix)
         if side.exists():
             os.chmod(side, 0o600)
-
-
-_quirks_resolver: Callable[[Any], Any] | None = None
-
-
-def quirks_resolver() -> Callable[[Any], Any] | None:
-    """zha-quirks' device registry resolver, loading every quirk once; None if not installed."""
-    global _quirks_resolver
-    if _quirks_resolver is None:
-        try:
-            zhaquirks = importlib.import_module("zhaquirks")
-            registry = importlib.import_module("zha.quirks")
-        except ImportError:
-            return None
-        zhaquirks.setup()
-        _quirks_resolver = registry.DEVICE_REGISTRY.resolve
-    return _quirks_resolver
 
 
 class _DropDebug(logging.Filter):
