@@ -1,6 +1,8 @@
 """SQLite store (WAL): identity, devices, the action log and the durable upstream outbox.
 
-Writes produced in one event-loop tick share one transaction (`flush`). A frame is visible to
+Writes produced in one event-loop tick, and in the tick after it, share one transaction
+(`flush`): a task woken by this tick's writes (a dispatcher worker with an instant driver) adds
+its own to the same commit instead of paying for a second one. A frame is visible to
 the tunnel only once committed, so nothing is sent that a crash could take back. A failed
 commit (disk full, read-only) keeps the batch in memory, surfaces on `last_error`, and retries.
 """
@@ -8,11 +10,13 @@ commit (disk full, read-only) keeps the batch in memory, surfaces on `last_error
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import secrets
 import sqlite3
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +35,7 @@ RETRY_FLUSH_S: Final = 1.0
 # How long a statement waits for another process's write lock. Short: the store runs on the
 # event loop, so a long wait stalls the whole daemon; a refused commit is retried instead.
 BUSY_TIMEOUT_S: Final = 0.05
+RECENT_FRAMES: Final = 2048  # committed frames kept in memory for the tunnel to send
 ACTION_IDS_KEEP: Final = 50_000  # action ids known in memory; beyond, has_action asks SQLite
 
 _ADJECTIVES: Final = tuple(
@@ -182,6 +187,9 @@ class Store:
         self._db = db
         self.path = path
         self._pending_frames: list[tuple[int, bytes]] = []
+        # The latest committed frames (contiguous seqs): the tunnel reads fresh frames from
+        # here instead of selecting back what was just inserted.
+        self._recent_frames: deque[tuple[int, bytes]] = deque(maxlen=RECENT_FRAMES)
         self._pending_sql: list[tuple[str, tuple[Any, ...]]] = []
         self._pending_actions: dict[str, tuple[ActionRow, list[Any], str]] = {}
         self._flush_scheduled = False
@@ -232,7 +240,7 @@ class Store:
             self.flush()
             return
         self._flush_scheduled = True
-        loop.call_soon(self._flush_from_loop)
+        loop.call_soon(loop.call_soon, self._flush_from_loop)
 
     def _flush_from_loop(self) -> None:
         self._flush_scheduled = False
@@ -274,6 +282,7 @@ class Store:
         self._pending_frames, self._pending_sql, self._pending_actions = [], [], {}
         if frames:
             self._committed_seq = frames[-1][0]
+            self._recent_frames.extend(frames)
             self._committed_event.set()
             self._committed_event = anyio.Event()
         return True
@@ -410,6 +419,11 @@ class Store:
 
     def outbox_after(self, seq: int, limit: int = 1000) -> list[tuple[int, bytes]]:
         """Committed frames above `seq`, ascending."""
+        recent = self._recent_frames
+        after = max(seq, self._acked_seq)  # acked frames are deleted from the table
+        if recent and recent[0][0] <= after + 1:
+            start = after + 1 - recent[0][0]
+            return list(itertools.islice(recent, start, start + limit))
         return [
             (int(s), bytes(f))
             for s, f in self._db.execute(
