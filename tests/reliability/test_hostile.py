@@ -41,7 +41,12 @@ async def _hostile_tunnel_round(base: str, port: int) -> dict[str, int]:
             nonlocal refused
             ws = await http.ws_connect(url, max_msg_size=0)
             try:
-                await ws.send_str(frame)
+                try:
+                    await ws.send_str(frame)
+                except (ConnectionError, aiohttp.ClientError):
+                    # The server closed on us mid-frame: only an oversized frame may see this.
+                    refused += len(frame) > 4 * protocol.MAX_FRAME_BYTES
+                    return
                 msg = await ws.receive(timeout=10)
                 if msg.type == aiohttp.WSMsgType.TEXT:
                     refused += isinstance(protocol.decode(msg.data), protocol.ErrorMsg)
