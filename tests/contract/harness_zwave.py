@@ -2,10 +2,20 @@
 
 zwave-js's mock-server runs the locks (tests/zwave/mock/locks.cjs) behind a real zwave-server on
 free loopback ports; a third lock waits in inclusion mode so `pair` has something to include.
+
+The node processes are started once, by the first test that needs them, and stopped when the
+test process exits; they hold no asyncio state, so every test's event loop can use them. Each
+test gets a fresh driver, and before it the mock's control channel puts every lock back in a
+clean state (no faults, no codes, bolt locked, door closed, online) and, once a lock has been
+included, puts another in inclusion mode.
 """
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,7 +25,7 @@ import anyio
 from drivers.zwave import ZWaveDriver
 from gatewayd.driver import Driver, DriverContext, DriverState, Spawn, ZWaveConfig
 from tests.contract.sink import RecordingSink
-from tests.zwave.stack import ZWaveStack
+from tests.zwave.stack import StackError, ZWaveStack, native_id
 
 UNSUPPORTED: dict[str, str] = {
     # zwave-js 15.29's mock controller answers RemoveNodeFromNetwork with "ready" but never runs
@@ -24,37 +34,75 @@ UNSUPPORTED: dict[str, str] = {
 }
 ACTION_DEADLINE_S = 5.0
 LOCKS = 2
+START_ATTEMPTS = 3
+
+_lock = threading.Lock()
+_stack: ZWaveStack | None = None
+
+
+def shared_stack() -> ZWaveStack:
+    """The stack every zwave contract test uses, started on first use (blocking: run it in a
+    thread). A stack whose processes died is replaced."""
+    global _stack
+    with _lock:
+        if _stack is not None and not _stack.alive():
+            _stop(_stack)
+            _stack = None
+        for attempt in range(START_ATTEMPTS):
+            if _stack is not None:
+                break
+            stack = ZWaveStack(Path(tempfile.mkdtemp(prefix="gatewayd-zwave-contract-")), LOCKS)
+            try:
+                stack.start()
+            except StackError:
+                # free ports are picked, then bound by node: another process may take one first
+                _stop(stack)
+                if attempt + 1 == START_ATTEMPTS:
+                    raise
+                continue
+            except BaseException:
+                _stop(stack)
+                raise
+            atexit.register(_stop, stack)
+            _stack = stack
+        assert _stack is not None
+        return _stack
+
+
+def _stop(stack: ZWaveStack) -> None:
+    stack.stop()
+    shutil.rmtree(stack.workdir, ignore_errors=True)
 
 
 @asynccontextmanager
 async def open_driver(tmp_path: Path, sink: RecordingSink, spawn: Spawn) -> AsyncIterator[Driver]:
-    """Start the stack, construct the driver with >= 2 locks, await driver.start(sink), wait until
-    the locks are reported and ready, yield; stop driver and stack after."""
-    stack = ZWaveStack(tmp_path / "zwave-stack", locks=LOCKS)
+    """Reset the shared stack's locks, start a driver on it, wait until every lock in the
+    network is reported locked and online, yield; stop the driver after."""
+    stack = await anyio.to_thread.run_sync(shared_stack)
+    network = await anyio.to_thread.run_sync(stack.reset)
+    expected = {native_id(n) for n in network["nodes"]}
+    assert len(expected) >= LOCKS, network
+    config = ZWaveConfig(
+        enabled=True,
+        url=stack.url,
+        code_recheck_s=0.5,
+        connect_timeout_s=5.0,
+        interview_timeout_s=30.0,
+        reconnect_max_s=2.0,
+        mock_control_url=stack.control_url,
+    )
+    driver = ZWaveDriver(config, DriverContext(state_dir=tmp_path, spawn=spawn))
+
+    def clean() -> bool:
+        reported = {d.native_id: d.properties for d in sink.devices.values()}
+        return expected <= set(reported) and all(
+            p.locked is True and p.online is True for p in reported.values()
+        )
+
     try:
-        await anyio.to_thread.run_sync(stack.start)
-        config = ZWaveConfig(
-            enabled=True,
-            url=stack.url,
-            code_recheck_s=0.5,
-            connect_timeout_s=5.0,
-            interview_timeout_s=30.0,
-            reconnect_max_s=2.0,
-            mock_control_url=stack.control_url,
-        )
-        driver = ZWaveDriver(config, DriverContext(state_dir=tmp_path, spawn=spawn))
         await driver.start(sink)
-        await sink.wait_for(
-            lambda: (
-                len(sink.devices) >= LOCKS
-                and all(d.properties.locked is not None for d in sink.devices.values())
-            ),
-            timeout=30,
-        )
+        await sink.wait_for(clean, timeout=30)
         assert driver.health().state is DriverState.READY, driver.health()
-        try:
-            yield driver
-        finally:
-            await driver.stop()
+        yield driver
     finally:
-        await anyio.to_thread.run_sync(stack.stop)
+        await driver.stop()

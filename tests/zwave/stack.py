@@ -189,17 +189,28 @@ class ZWaveStack:
     def pids(self) -> list[int]:
         return [p.pid for p in (self.mock, self.server) if p is not None]
 
+    def alive(self) -> bool:
+        """Both processes started and still running."""
+        procs = (self.mock, self.server)
+        return all(p is not None and p.proc.poll() is None for p in procs)
+
     def control(self, node_id: int, what: str, **params: Any) -> Any:
         """Act on a mock lock like a person at the door (see mock/locks.cjs)."""
+        return self._post(f"/node/{node_id}/{what}", params)
+
+    def reset(self) -> dict[str, Any]:
+        """Every lock in the network back to a clean state (faults none, no codes, bolt locked,
+        door closed, online), its reports already taken in by zwave-js; and a lock waiting to be
+        included again if the previous one joined. Returns {nodes: [ids], pending: id | None}."""
+        result: dict[str, Any] = self._post("/controller/reset", {})
+        return result
+
+    def _post(self, path: str, params: dict[str, Any]) -> Any:
         req = urllib.request.Request(
-            f"{self.control_url}/node/{node_id}/{what}",
+            f"{self.control_url}{path}",
             data=json.dumps(params).encode(),
             method="POST",
             headers={"content-type": "application/json"},
         )
         with urllib.request.urlopen(req, timeout=10) as resp:
             return json.loads(resp.read())["result"]
-
-    def reset(self) -> None:
-        for node in self.lock_nodes:
-            self.control(node, "reset")

@@ -7,7 +7,12 @@
 // Control channel: POST /node/<id>/<what> with a JSON body; 200 {"ok": true} or 4xx {"error"}.
 //   keypad_unlock {slot_id}, keypad_lock, manual_lock, manual_unlock, auto_lock, wrong_code, jam,
 //   battery {level: 0..1}, offline, online, tamper, door_open, door_close,
-//   fault {kind: none|no_reply|delay|drop_code|refuse, delay_s?}, state (GET-like: returns state)
+//   fault {kind: none|no_reply|delay|drop_code|refuse, delay_s?}, state (GET-like: returns state),
+//   reset (faults none, codes cleared, bolt locked, door closed, battery 90 %, online; the lock's
+//   reports reach zwave-js before the answer, so its cache agrees with the lock).
+// POST /controller/reset: reset every lock in the network, and if the lock that waited for
+//   inclusion has joined, put a new one (same model, next free node id) in inclusion mode.
+//   Returns {nodes: [ids], pending: id|null}.
 
 "use strict";
 
@@ -19,6 +24,9 @@ const LOCKS = [
 	{ id: 3, manufacturerId: 0x003b, productType: 0x6341, productId: 0x5044, numUsers: 30, masked: false }, // Allegion BE469
 	{ id: 4, manufacturerId: 0x0090, productType: 0x0001, productId: 0x0642, numUsers: 10, masked: true }, // Kwikset 916: masks codes
 ];
+// MockControllerStateKeys.InclusionState and MockControllerInclusionState.Idle (zwave-js 15)
+const INCLUSION_STATE = "inclusionState";
+const INCLUSION_IDLE = 0;
 const CODE_MIN = 4;
 const CODE_MAX = 8;
 
@@ -32,28 +40,37 @@ exports.default = function mockConfig({ require: req }) {
 	const cc = req("@zwave-js/cc");
 	const { CommandClasses } = req("@zwave-js/core");
 	const { createMockZWaveRequestFrame } = req("@zwave-js/testing");
+	const { AddNodeToNetworkRequest, AddNodeType, ApplicationCommandRequest } = req("@zwave-js/serial/serialapi");
 
 	const count = Math.max(1, Math.min(LOCKS.length, Number(process.env.ZWAVE_MOCK_LOCKS || "2")));
 	const controlPort = Number(process.env.ZWAVE_MOCK_CONTROL_PORT || "0");
 
+	const fresh = () => ({
+		mode: cc.DoorLockMode.Secured,
+		battery: 90,
+		fault: "none",
+		delayMs: 0,
+		swallowing: false,
+		offline: false,
+		codes: new Map(), // slot -> code (string)
+		door: 1, // 0 open, 1 closed
+		lastNotification: { 6: 0, 7: 0, 8: 0 },
+	});
 	const st = (self) => {
-		if (!self.state.has("gw")) {
-			self.state.set("gw", {
-				mode: cc.DoorLockMode.Secured,
-				battery: 90,
-				fault: "none",
-				delayMs: 0,
-				offline: false,
-				codes: new Map(), // slot -> code (string)
-				door: 1, // 0 open, 1 closed
-				lastNotification: { 6: 0, 7: 0, 8: 0 },
-			});
-		}
+		if (!self.state.has("gw")) self.state.set("gw", fresh());
 		return self.state.get("gw");
 	};
-	const lockOf = (self) => LOCKS.find((l) => l.id === self.id);
+	// node id -> lock model; a lock included later gets the model of the one that waited
+	const specs = new Map(LOCKS.map((l) => [l.id, l]));
+	const lockOf = (self) => specs.get(self.id);
 	const send = (controller, self, ccObj) =>
 		self.sendToController(createMockZWaveRequestFrame(ccObj, { ackRequested: true }));
+	// Straight to the host, resolved when zwave-js has acknowledged the frame.
+	const deliver = (controller, self, ccObj) => {
+		const msg = new ApplicationCommandRequest({ command: ccObj });
+		msg.getNodeId = () => self.id;
+		return controller.sendMessageToHost(msg, self);
+	};
 	const notify = (controller, self, type, event, params) => {
 		st(self).lastNotification[type] = event;
 		return send(controller, self, new cc.NotificationCCReport({
@@ -253,15 +270,52 @@ exports.default = function mockConfig({ require: req }) {
 	});
 	const nodes = LOCKS.slice(0, count).map(nodeOptions);
 	// The next lock waits in inclusion mode: it joins when the controller starts inclusion.
-	const pending = count < LOCKS.length ? nodeOptions(LOCKS[count]) : undefined;
+	const pendingModel = count < LOCKS.length ? LOCKS[count] : undefined;
 
 	function onInit(controller, mockNodes) {
-		if (pending) {
-			const { behaviors, ...rest } = pending;
-			controller.nodePendingInclusion = { ...rest, setup: (node) => node.defineBehavior(...behaviors) };
-		}
-		if (!controlPort) return;
 		const byId = new Map(mockNodes.map((n) => [n.id, n]));
+		const allNodes = () => (controller.nodes ? [...controller.nodes.values()] : [...byId.values()]);
+		let armed = 0;
+		const armInclusion = () => {
+			if (!pendingModel || controller.nodePendingInclusion) return;
+			const ids = [...specs.keys(), ...allNodes().map((n) => n.id)];
+			const id = armed++ === 0 ? pendingModel.id : Math.max(...ids) + 1;
+			const model = { ...pendingModel, id };
+			specs.set(id, model);
+			const { behaviors, ...rest } = nodeOptions(model);
+			controller.nodePendingInclusion = { ...rest, setup: (node) => node.defineBehavior(...behaviors) };
+		};
+		armInclusion();
+		// zwave-js ends an inclusion with two Stops (finishInclusion, then stopInclusionNoCallback);
+		// the mock controller takes a Stop while idle as the start of a new inclusion and would
+		// stay in inclusion mode for good. A Stop while idle does nothing, as on a real stick.
+		controller.defineBehavior({
+			onHostMessage(ctrl, msg) {
+				const idle = (ctrl.state.get(INCLUSION_STATE) ?? INCLUSION_IDLE) === INCLUSION_IDLE;
+				return msg instanceof AddNodeToNetworkRequest && msg.addNodeType === AddNodeType.Stop && idle;
+			},
+		});
+		if (!controlPort) return;
+		const resetLock = async (self) => {
+			const s = st(self);
+			Object.assign(s, fresh());
+			self.autoAckControllerFrames = true;
+			await deliver(controller, self, operationReport(controller, self));
+			await deliver(controller, self, new cc.BatteryCCReport({ nodeId: controller.ownNodeId, level: s.battery }));
+		};
+		const controllerActions = {
+			async reset() {
+				const ids = [];
+				for (const self of allNodes()) {
+					if (!lockOf(self)) continue;
+					await resetLock(self);
+					ids.push(self.id);
+				}
+				armInclusion();
+				const pending = controller.nodePendingInclusion ? controller.nodePendingInclusion.id : null;
+				return { nodes: ids.sort((a, b) => a - b), pending };
+			},
+		};
 		const actions = {
 			async keypad_unlock(self, p) {
 				st(self).mode = cc.DoorLockMode.Unsecured;
@@ -320,12 +374,7 @@ exports.default = function mockConfig({ require: req }) {
 					offline: s.offline, slots: [...s.codes.keys()],
 				};
 			},
-			async reset(self) {
-				const s = st(self);
-				Object.assign(s, { fault: "none", delayMs: 0, offline: false, door: 1, swallowing: false });
-				self.autoAckControllerFrames = true;
-				s.codes.clear();
-			},
+			async reset(self) { await resetLock(self); },
 		};
 		const server = http.createServer((req, res) => {
 			let body = "";
@@ -336,6 +385,14 @@ exports.default = function mockConfig({ require: req }) {
 					res.writeHead(status, { "content-type": "application/json" });
 					res.end(JSON.stringify(obj));
 				};
+				const c = /^\/controller\/([a-z_]+)$/.exec(req.url || "");
+				if (c && req.method === "POST" && controllerActions[c[1]]) {
+					try {
+						return reply(200, { ok: true, result: await controllerActions[c[1]]() });
+					} catch (e) {
+						return reply(500, { error: String((e && e.message) || e) });
+					}
+				}
 				if (!m || req.method !== "POST") return reply(404, { error: "POST /node/<id>/<what>" });
 				const self = (controller.nodes && controller.nodes.get(Number(m[1]))) || byId.get(Number(m[1]));
 				const fn = actions[m[2]];
