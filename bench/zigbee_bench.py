@@ -1,5 +1,13 @@
-"""Zigbee benchmark: unlock through the driver vs the same unlock as a direct zigpy cluster call,
-on the same virtual radio in one run; and start-up time and RSS with and without zha-quirks.
+"""Zigbee benchmark: an unlock through the daemon vs the same unlock as a direct zigpy call, on
+the same virtual radio in one run; and daemon start-up and RSS with and without zha-quirks.
+
+Like for like: both sides send `unlock_door` / `lock_door` and are done when the lock confirms
+the new bolt state — its `lock_state` attribute report or its operation event notification,
+whichever comes first (the virtual Yale sends the notification first, the other lock the
+report), with a read-back when neither comes. The daemon side is timed from `Daemon.submit` of an
+action request to its terminal status (dispatcher, store, registry, driver). The direct side is a
+bare zigpy ControllerApplication on the same radio, database and locks, nobody else listening.
+Blocks alternate (daemon, direct, daemon, direct) so drift hits both.
 
 Run: .venv/bin/python -m bench.zigbee_bench  (prints a summary, writes bench/results/zigbee.json)
 """
@@ -7,97 +15,235 @@ Run: .venv/bin/python -m bench.zigbee_bench  (prints a summary, writes bench/res
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import anyio
-import msgspec
 
-from drivers.zigbee import ZigbeeDriver
-from gatewayd.driver import DriverContext, ZigbeeConfig
-from gatewayd.model import Lock, Unlock
-from tests.contract.sink import RecordingSink
+from bench.common import Figure, pct, print_figures, quiet_logs, write_results
+from gatewayd.actions import StatusUpdate
+from gatewayd.config import parse_config
+from gatewayd.daemon import Daemon
+from gatewayd.driver import ZigbeeConfig
+from gatewayd.model import ActionRequest, Lock, Unlock, utcnow
 
-ROUNDS = 100
+ROUNDS = 200  # per side, over both locks
+BLOCKS = 4  # daemon/direct alternations
 # zigpy drops a frame identical to one seen in the last 10 s; 8-bit TSNs wrap after 256 frames,
 # so commands are paced to stay well under 256 frames per 10 s.
-PACE_S = 0.08
-CONFIG = ZigbeeConfig(
-    enabled=True, radio_type="virtual", virtual_locks=2, availability_s=0, report_wait_s=1.0
-)
+PACE_S = 0.06
+REPORT_WAIT_S = 2.0  # the driver's default: how long either side waits before reading back
+TARGET_RATIO = 1.05
+LOCKS = ("00:0d:6f:00:0a:90:00:01", "00:0d:6f:00:0a:90:00:02")  # Yale, generic
 
 
-def _pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+def config_text(state_dir: Path, quirks: bool = True) -> str:
+    return f"""
+[gateway]
+state_dir = "{state_dir}"
+[status]
+listen = "127.0.0.1:0"
+[log]
+level = "warning"
+[drivers.zigbee]
+enabled = true
+radio_type = "virtual"
+virtual_locks = {len(LOCKS)}
+availability_s = 0
+quirks = {"true" if quirks else "false"}
+report_wait_s = {REPORT_WAIT_S}
+"""
 
 
-async def _latency(state_dir: Path) -> dict[str, Any]:
-    sink = RecordingSink()
-    async with anyio.create_task_group() as tg:
-        driver = ZigbeeDriver(
-            CONFIG, DriverContext(state_dir=state_dir, spawn=lambda n, f: tg.start_soon(f, name=n))
+# ---------------------------------------------------------------------- through the daemon
+
+
+class _Probe:
+    """Submits action requests and times each to its terminal status."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.began = 0.0
+        self.done = anyio.Event()
+        self.status = ""
+        self.n = 0
+        self.prefix = f"zb-{uuid.uuid4().hex[:8]}"  # ids are never reused: the store remembers
+        daemon.status_listeners.append(self._status)
+
+    def _status(self, update: StatusUpdate) -> None:
+        if update.status.terminal and update.action_request_id == f"{self.prefix}-{self.n}":
+            self.elapsed = time.perf_counter() - self.began
+            self.status = str(update.status)
+            self.done.set()
+
+    async def run(self, device_id: str, action: str) -> float:
+        self.n += 1
+        self.done = anyio.Event()
+        now = utcnow()
+        request = ActionRequest(
+            id=f"{self.prefix}-{self.n}",
+            entity_type="Device",
+            entity_id=device_id,
+            action=action,
+            inputs={},
+            created_at=now,
+            deadline=now + timedelta(seconds=60),
         )
-        await driver.start(sink)
-        await sink.wait_for(lambda: len(sink.devices) >= 2, timeout=30)
-        device = min(sink.devices.values(), key=lambda d: d.native_id)
-        lock = driver._locks[device.id]  # the same zigpy device, for the direct call
-        cluster = lock.door_lock
-        via_driver: list[float] = []
-        direct: list[float] = []
-        for i in range(ROUNDS):
-            action = Unlock() if i % 2 == 0 else Lock()
-            t0 = time.perf_counter()
-            await driver.execute(device.id, action)
-            via_driver.append(time.perf_counter() - t0)
-            await asyncio.sleep(PACE_S)
-        for i in range(ROUNDS):
-            t0 = time.perf_counter()
-            await (cluster.unlock_door() if i % 2 == 0 else cluster.lock_door())
-            direct.append(time.perf_counter() - t0)
-            await asyncio.sleep(PACE_S)  # the lock's reports land outside the measurement
-        await driver.stop()
-        tg.cancel_scope.cancel()
-    p = {
-        "driver_p50_ms": statistics.median(via_driver) * 1000,
-        "driver_p99_ms": _pct(via_driver, 0.99) * 1000,
-        "zigpy_p50_ms": statistics.median(direct) * 1000,
-        "zigpy_p99_ms": _pct(direct, 0.99) * 1000,
-    }
-    p["ratio_p50"] = p["driver_p50_ms"] / p["zigpy_p50_ms"]
-    return p
+        self.began = time.perf_counter()
+        assert self.daemon.submit(request)
+        await self.done.wait()
+        if self.status != "completed":
+            raise RuntimeError(f"{action} ended {self.status}")
+        return self.elapsed
 
+
+async def _daemon_block(state_dir: Path, rounds: int, first: int) -> dict[str, list[float]]:
+    daemon = Daemon(parse_config(config_text(state_dir)))
+    out: dict[str, list[float]] = {"daemon": [], "driver": []}
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(daemon.run)
+        with anyio.fail_after(60):
+            await daemon.wait_started()
+            while daemon.registry is None or len(daemon.registry.devices()) < len(LOCKS):
+                await anyio.sleep(0.02)
+        registry = daemon.registry
+        by_ieee = {d.native_id: d.id for d in registry.devices()}
+        driver = registry.drivers["zigbee"]
+        probe = _Probe(daemon)
+        gc.collect()
+        for i in range(first, first + rounds):
+            device_id = by_ieee[LOCKS[i % 2]]
+            unlock = (i // 2) % 2 == 0
+            out["daemon"].append(await probe.run(device_id, "unlock" if unlock else "lock"))
+            await anyio.sleep(PACE_S)
+        # The bare driver too (no dispatcher, store or registry), to place any overhead.
+        for i in range(first, first + rounds):
+            device_id = by_ieee[LOCKS[i % 2]]
+            unlock = (i // 2) % 2 == 0
+            t0 = time.perf_counter()
+            await driver.execute(device_id, Unlock() if unlock else Lock())
+            out["driver"].append(time.perf_counter() - t0)
+            await anyio.sleep(PACE_S)
+        daemon.stop()
+    return out
+
+
+# ---------------------------------------------------------------------- direct zigpy
+
+
+class _Confirm:
+    """A careful direct caller's wait: the lock's report or notification of the new bolt state."""
+
+    def __init__(self, cluster: Any) -> None:
+        self.cluster = cluster
+        self.want: int | None = None  # LockState: 1 locked, 2 unlocked
+        self.seen = asyncio.Event()
+        from drivers.zigbee.zigpy_api import zcl
+
+        cluster.on_event(zcl.AttributeReportedEvent.event_type, self._reported)
+        cluster.add_listener(self)
+
+    def _reported(self, event: Any) -> None:
+        want = self.want
+        if want is not None and int(event.attribute_id) == 0x0000 and int(event.value) == want:
+            self.seen.set()
+
+    def cluster_command(self, tsn: int, command_id: int, args: Any) -> None:
+        # operation_event_notification (0x20): operation code 1 is Lock, 2 Unlock
+        want = self.want
+        if want is not None and command_id == 0x20 and int(args.operation_event_code) == want:
+            self.seen.set()
+
+    async def command(self, unlock: bool) -> None:
+        self.want = 2 if unlock else 1
+        self.seen = asyncio.Event()
+        rsp = await (self.cluster.unlock_door() if unlock else self.cluster.lock_door())
+        if int(rsp.status) != 0:
+            raise RuntimeError(f"the lock refused: {rsp}")
+        try:
+            async with asyncio.timeout(REPORT_WAIT_S):
+                await self.seen.wait()
+        except TimeoutError:
+            rsp = await self.cluster.read_attributes(["lock_state"], allow_cache=False)
+            if int(rsp[0]["lock_state"]) != self.want:
+                raise RuntimeError("the bolt did not move") from None
+        self.want = None
+
+
+async def _direct_block(state_dir: Path, rounds: int, first: int) -> list[float]:
+    from drivers.zigbee import quirks, radios
+    from drivers.zigbee.virtual.radio import CONF_VIRTUAL, VirtualNetwork
+    from drivers.zigbee.zigpy_api import EUI64
+
+    cfg = ZigbeeConfig(enabled=True, radio_type="virtual", virtual_locks=len(LOCKS))
+    database = state_dir / cfg.database_path
+    net = VirtualNetwork(database.with_suffix(".virtual.json"), locks=len(LOCKS))
+    config = radios.zigpy_config(cfg, database, {CONF_VIRTUAL: net})
+    app = await radios.load_radio("virtual").new(
+        config, auto_form=False, start_radio=False, device_resolver=await quirks.resolver(state_dir)
+    )
+    await app.startup(auto_form=False)
+    samples: list[float] = []
+    try:
+        confirms = [
+            _Confirm(app.get_device(ieee=EUI64.convert(ieee)).endpoints[1].in_clusters[0x0101])
+            for ieee in LOCKS
+        ]
+        gc.collect()
+        for i in range(first, first + rounds):
+            unlock = (i // 2) % 2 == 0
+            t0 = time.perf_counter()
+            await confirms[i % 2].command(unlock)
+            samples.append(time.perf_counter() - t0)
+            await asyncio.sleep(PACE_S)
+    finally:
+        await app.shutdown()
+    return samples
+
+
+async def _latency(state_dir: Path) -> dict[str, list[float]]:
+    samples: dict[str, list[float]] = {"daemon": [], "driver": [], "direct": []}
+    per_block = ROUNDS // BLOCKS
+    for _ in range(BLOCKS):
+        # Every block leaves both bolts locked, as they started: each starts with unlocks.
+        for k, v in (await _daemon_block(state_dir, per_block, 0)).items():
+            samples[k] += v
+        samples["direct"] += await _direct_block(state_dir, per_block, 0)
+    return samples
+
+
+# ---------------------------------------------------------------------- footprint
 
 _CHILD = """
-import asyncio, json, sys, tempfile, time, anyio, msgspec, psutil
+import json, sys, tempfile, time, anyio, psutil
 from pathlib import Path
-from drivers.zigbee import ZigbeeDriver
-from gatewayd.driver import DriverContext, ZigbeeConfig
-from tests.contract.sink import RecordingSink
-quirks = sys.argv[1] == "1"
+from bench.zigbee_bench import config_text, LOCKS
+from bench.common import quiet_logs
+from gatewayd.config import parse_config
+from gatewayd.daemon import Daemon
+quiet_logs()
 async def main():
-    cfg = ZigbeeConfig(enabled=True, radio_type="virtual", virtual_locks=2, availability_s=0,
-                       quirks=quirks)
-    sink = RecordingSink()
+    t0 = time.perf_counter()
+    daemon = Daemon(parse_config(config_text(Path(tempfile.mkdtemp()), sys.argv[1] == "1")))
     async with anyio.create_task_group() as tg:
-        d = ZigbeeDriver(cfg, DriverContext(state_dir=Path(tempfile.mkdtemp()),
-                         spawn=lambda n, f: tg.start_soon(f, name=n)))
-        t0 = time.perf_counter()
-        await d.start(sink)
+        tg.start_soon(daemon.run)
+        await daemon.wait_started()
         started = time.perf_counter() - t0
-        await sink.wait_for(lambda: len(sink.devices) >= 2, timeout=30)
+        while daemon.registry is None or len(daemon.registry.devices()) < len(LOCKS):
+            await anyio.sleep(0.01)
         ready = time.perf_counter() - t0
         rss = psutil.Process().memory_info().rss
-        await d.stop()
-        tg.cancel_scope.cancel()
+        daemon.stop()
     print(json.dumps({"start_s": started, "ready_s": ready, "rss_mib": rss / 2**20}))
-asyncio.run(main())
+anyio.run(main)
 """
 
 
@@ -113,31 +259,45 @@ def _footprint(quirks: bool) -> dict[str, float]:
     return result
 
 
-def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        latency = asyncio.run(_latency(Path(tmp)))
+def main() -> dict[str, Any]:
+    quiet_logs()
+    with tempfile.TemporaryDirectory(prefix="bench-zigbee-") as tmp:
+        samples = anyio.run(_latency, Path(tmp))
     with_quirks, without = _footprint(True), _footprint(False)
-    results = {
+    ms = {k: (pct(v, 0.5) * 1000, pct(v, 0.99) * 1000) for k, v in samples.items()}
+    ratio = ms["daemon"][0] / ms["direct"][0]
+    figures = [
+        Figure("direct zigpy unlock + confirmation p50", ms["direct"][0], "ms"),
+        Figure("direct zigpy unlock + confirmation p99", ms["direct"][1], "ms"),
+        Figure("through the daemon p50", ms["daemon"][0], "ms"),
+        Figure("through the daemon p99", ms["daemon"][1], "ms"),
+        Figure("bare driver.execute p50", ms["driver"][0], "ms"),
+        Figure("bare driver.execute p99", ms["driver"][1], "ms"),
+        Figure(
+            "ratio daemon / direct p50", ratio, "x", f"<= {TARGET_RATIO}", ratio <= TARGET_RATIO
+        ),
+        Figure("ratio daemon / direct p99", ms["daemon"][1] / ms["direct"][1], "x"),
+        Figure("daemon start, quirks on (to 2 locks)", with_quirks["ready_s"], "s"),
+        Figure("daemon start, quirks off (to 2 locks)", without["ready_s"], "s"),
+        Figure(
+            "daemon RSS, quirks on",
+            with_quirks["rss_mib"],
+            "MiB",
+            "<= 100 MB",
+            with_quirks["rss_mib"] * 2**20 <= 100e6,
+        ),
+        Figure("daemon RSS, quirks off", without["rss_mib"], "MiB"),
+    ]
+    print_figures(f"zigbee: {ROUNDS} lock/unlock per side, virtual radio, zigpy stack", figures)
+    details = {
         "rounds": ROUNDS,
-        "unlock": latency,
+        "pace_s": PACE_S,
+        "ms_p50_p99": ms,
         "quirks_on": with_quirks,
         "quirks_off": without,
-        "quirks_cost": {
-            "start_s": with_quirks["start_s"] - without["start_s"],
-            "rss_mib": with_quirks["rss_mib"] - without["rss_mib"],
-        },
     }
-    print(
-        f"unlock via driver p50 {latency['driver_p50_ms']:.2f} ms p99 "
-        f"{latency['driver_p99_ms']:.2f} ms | direct zigpy p50 {latency['zigpy_p50_ms']:.2f} ms "
-        f"p99 {latency['zigpy_p99_ms']:.2f} ms | ratio p50 {latency['ratio_p50']:.2f}"
-    )
-    for name, r in (("quirks on ", with_quirks), ("quirks off", without)):
-        print(f"{name}: start {r['start_s']:.2f} s, ready {r['ready_s']:.2f} s, ", end="")
-        print(f"RSS {r['rss_mib']:.1f} MiB")
-    out = Path(__file__).resolve().parent / "results" / "zigbee.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(msgspec.json.encode(results).decode() + "\n")
+    write_results("zigbee", figures, details)
+    return details
 
 
 if __name__ == "__main__":

@@ -235,10 +235,15 @@ class ZigbeeLock:
         )
 
     def _publish(self) -> None:
+        """device_updated, when something the cloud sees changed (one report often arrives as
+        several zigpy events: reported, updated, and the notification that goes with it)."""
         if self._device is None:
             return
-        self._device = self.device()
-        self._sink.device_updated(self._device)
+        device = self.device()
+        if _visible(device) == _visible(self._device):
+            return
+        self._device = device
+        self._sink.device_updated(device)
         self._changed.set()
         self._changed = asyncio.Event()
 
@@ -567,6 +572,21 @@ class ZigbeeLock:
                     await changed.wait()
             except TimeoutError:
                 continue
+
+
+def _visible(device: Device) -> tuple[Any, ...]:
+    """A Device as compared for changes: everything but the moment it was last seen."""
+    p = device.properties
+    return (
+        device.name,
+        device.codes,
+        p.locked,
+        p.online,
+        p.door_open,
+        p.battery_level,
+        p.jammed,
+        p.firmware,
+    )
 
 
 def _readback(rsp: Any) -> tuple[int, str] | None:
