@@ -138,14 +138,17 @@ def validate(request: ActionRequest, device: Device | None) -> Action | None:
     return _device_action(name, inputs, device)
 
 
+_DEVICE_INPUTS: Final[Mapping[ActionName, frozenset[str]]] = {
+    ActionName.LOCK: frozenset(),
+    ActionName.UNLOCK: frozenset(),
+    ActionName.SET_CODE: frozenset({"code", "slot_id"}),
+    ActionName.CLEAR_CODE: frozenset({"slot_id"}),
+}
+
+
 def _device_action(name: ActionName, inputs: Mapping[str, Any], device: Device) -> Action:
     errors: dict[str, str] = {}
-    allowed = {
-        ActionName.LOCK: set(),
-        ActionName.UNLOCK: set(),
-        ActionName.SET_CODE: {"code", "slot_id"},
-        ActionName.CLEAR_CODE: {"slot_id"},
-    }[name]
+    allowed = _DEVICE_INPUTS[name]
     for key in inputs:
         if key not in allowed:
             errors[str(key)] = "unknown input"

@@ -35,7 +35,8 @@ RETRY_FLUSH_S: Final = 1.0
 # How long a statement waits for another process's write lock. Short: the store runs on the
 # event loop, so a long wait stalls the whole daemon; a refused commit is retried instead.
 BUSY_TIMEOUT_S: Final = 0.05
-RECENT_FRAMES: Final = 2048  # committed frames kept in memory for the tunnel to send
+RECENT_FRAMES: Final = 2048  # committed frames kept in memory for the tunnel to send...
+RECENT_BYTES: Final = 1 << 20  # ...within this many bytes
 ACTION_IDS_KEEP: Final = 50_000  # action ids known in memory; beyond, has_action asks SQLite
 
 _ADJECTIVES: Final = tuple(
@@ -189,7 +190,8 @@ class Store:
         self._pending_frames: list[tuple[int, bytes]] = []
         # The latest committed frames (contiguous seqs): the tunnel reads fresh frames from
         # here instead of selecting back what was just inserted.
-        self._recent_frames: deque[tuple[int, bytes]] = deque(maxlen=RECENT_FRAMES)
+        self._recent_frames: deque[tuple[int, bytes]] = deque()
+        self._recent_bytes = 0
         self._pending_sql: list[tuple[str, tuple[Any, ...]]] = []
         self._pending_actions: dict[str, tuple[ActionRow, list[Any], str]] = {}
         self._flush_scheduled = False
@@ -282,10 +284,17 @@ class Store:
         self._pending_frames, self._pending_sql, self._pending_actions = [], [], {}
         if frames:
             self._committed_seq = frames[-1][0]
-            self._recent_frames.extend(frames)
+            self._remember_frames(frames)
             self._committed_event.set()
             self._committed_event = anyio.Event()
         return True
+
+    def _remember_frames(self, frames: list[tuple[int, bytes]]) -> None:
+        recent = self._recent_frames
+        recent.extend(frames)
+        self._recent_bytes += sum(len(frame) for _, frame in frames)
+        while recent and (len(recent) > RECENT_FRAMES or self._recent_bytes > RECENT_BYTES):
+            self._recent_bytes -= len(recent.popleft()[1])
 
     def _queue(self, sql: str, params: tuple[Any, ...]) -> None:
         self._pending_sql.append((sql, params))
