@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+# Third-party trees a test copies or installs (a venv, npm packages): not written by our code.
+FOREIGN_TREES = frozenset({"site-packages", "node_modules"})
 # Files whose job is to hold a secret; each must be readable by its owner only.
 SECRET_STORES = ("gatewayd.db", "gatewayd.db-wal", "gatewayd.db-shm")
 MIN_LEN = 6  # shorter strings would match by chance (ports, timestamps)
@@ -54,6 +56,8 @@ def scan(root: Path, secrets: Iterable[str]) -> tuple[int, list[str]]:
     if not needles or not root.exists():
         return 0, problems
     for path in root.rglob("*"):
+        if FOREIGN_TREES.intersection(path.parts):
+            continue
         try:
             st = path.lstat()
         except OSError:
