@@ -137,6 +137,8 @@ class ZWaveDriver(Driver):
         self._scopes: list[anyio.CancelScope] = []
         self._run_done = anyio.Event()
         self._rechecks: asyncio.Queue[_Recheck] = asyncio.Queue()
+        # the newest re-check of each (device, slot): a later set/clear supersedes an earlier one
+        self._latest_recheck: dict[tuple[str, int], _Recheck] = {}
         self._salt = secrets.token_bytes(16)
         self._server_version: str | None = None
         self._client_generation = 0
@@ -151,6 +153,7 @@ class ZWaveDriver(Driver):
         self._scopes = []
         self._client_generation = 0
         self._rechecks = asyncio.Queue()
+        self._latest_recheck = {}
         self._run_done = anyio.Event()
         self._http = aiohttp.ClientSession()
         self._ctx.spawn("zwave.connection", self._run)
@@ -585,7 +588,9 @@ class ZWaveDriver(Driver):
     def _schedule_recheck(self, lock: _Lock, slot: int, digest: bytes | None) -> None:
         if self._config.code_recheck_s > 0:
             due = time.monotonic() + self._config.code_recheck_s
-            self._rechecks.put_nowait(_Recheck(due, lock.device_id, slot, digest))
+            item = _Recheck(due, lock.device_id, slot, digest)
+            self._latest_recheck[(lock.device_id, slot)] = item
+            self._rechecks.put_nowait(item)
 
     async def _recheck_worker(self) -> None:
         with anyio.CancelScope() as scope:
@@ -593,6 +598,10 @@ class ZWaveDriver(Driver):
             while True:
                 item = await self._rechecks.get()
                 await anyio.sleep(max(0.0, item.due - time.monotonic()))
+                key = (item.device_id, item.slot)
+                if self._latest_recheck.get(key) is not item:
+                    continue  # the slot was written again since: only its newest state counts
+                del self._latest_recheck[key]
                 try:
                     await self._recheck(item)
                 except Exception as exc:  # noqa: BLE001 - a failed re-check is logged, not fatal

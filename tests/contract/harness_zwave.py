@@ -12,10 +12,6 @@ included, puts another in inclusion mode.
 
 from __future__ import annotations
 
-import atexit
-import shutil
-import tempfile
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,7 +21,7 @@ import anyio
 from drivers.zwave import ZWaveDriver
 from gatewayd.driver import Driver, DriverContext, DriverState, Spawn, ZWaveConfig
 from tests.contract.sink import RecordingSink
-from tests.zwave.stack import StackError, ZWaveStack, native_id
+from tests.zwave.stack import native_id, shared_stack
 
 UNSUPPORTED: dict[str, str] = {
     # zwave-js 15.29's mock controller answers RemoveNodeFromNetwork with "ready" but never runs
@@ -33,45 +29,7 @@ UNSUPPORTED: dict[str, str] = {
     "unpair": "the zwave-js mock controller implements neither exclusion nor failed-node removal",
 }
 ACTION_DEADLINE_S = 5.0
-LOCKS = 2
-START_ATTEMPTS = 3
-
-_lock = threading.Lock()
-_stack: ZWaveStack | None = None
-
-
-def shared_stack() -> ZWaveStack:
-    """The stack every zwave contract test uses, started on first use (blocking: run it in a
-    thread). A stack whose processes died is replaced."""
-    global _stack
-    with _lock:
-        if _stack is not None and not _stack.alive():
-            _stop(_stack)
-            _stack = None
-        for attempt in range(START_ATTEMPTS):
-            if _stack is not None:
-                break
-            stack = ZWaveStack(Path(tempfile.mkdtemp(prefix="gatewayd-zwave-contract-")), LOCKS)
-            try:
-                stack.start()
-            except StackError:
-                # free ports are picked, then bound by node: another process may take one first
-                _stop(stack)
-                if attempt + 1 == START_ATTEMPTS:
-                    raise
-                continue
-            except BaseException:
-                _stop(stack)
-                raise
-            atexit.register(_stop, stack)
-            _stack = stack
-        assert _stack is not None
-        return _stack
-
-
-def _stop(stack: ZWaveStack) -> None:
-    stack.stop()
-    shutil.rmtree(stack.workdir, ignore_errors=True)
+LOCKS = 2  # = tests.zwave.stack.SHARED_LOCKS
 
 
 @asynccontextmanager
@@ -79,6 +37,7 @@ async def open_driver(tmp_path: Path, sink: RecordingSink, spawn: Spawn) -> Asyn
     """Reset the shared stack's locks, start a driver on it, wait until every lock in the
     network is reported locked and online, yield; stop the driver after."""
     stack = await anyio.to_thread.run_sync(shared_stack)
+    assert stack.locks == LOCKS
     network = await anyio.to_thread.run_sync(stack.reset)
     expected = {native_id(n) for n in network["nodes"]}
     assert len(expected) >= LOCKS, network

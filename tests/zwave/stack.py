@@ -6,12 +6,16 @@ accepts a single TCP connection, so its port is never probed: readiness is its l
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -214,3 +218,45 @@ class ZWaveStack:
         )
         with urllib.request.urlopen(req, timeout=10) as resp:
             return json.loads(resp.read())["result"]
+
+
+SHARED_LOCKS = 2  # the shared stack: two locks in the network, a third waiting for inclusion
+_START_ATTEMPTS = 3
+_shared_lock = threading.Lock()
+_shared: ZWaveStack | None = None
+
+
+def shared_stack() -> ZWaveStack:
+    """One stack for every test in this process that can share it (blocking: call it from a
+    thread in async code), started on first use and stopped when the process exits. Node
+    processes hold no asyncio state, so each test's event loop can use them; a test calls
+    `reset()` first. A stack whose processes died is replaced."""
+    global _shared
+    with _shared_lock:
+        if _shared is not None and not _shared.alive():
+            _discard(_shared)
+            _shared = None
+        for attempt in range(_START_ATTEMPTS):
+            if _shared is not None:
+                break
+            stack = ZWaveStack(Path(tempfile.mkdtemp(prefix="gatewayd-zwave-")), SHARED_LOCKS)
+            try:
+                stack.start()
+            except StackError:
+                # free ports are picked, then bound by node: another process may take one first
+                _discard(stack)
+                if attempt + 1 == _START_ATTEMPTS:
+                    raise
+                continue
+            except BaseException:
+                _discard(stack)
+                raise
+            atexit.register(_discard, stack)
+            _shared = stack
+        assert _shared is not None
+        return _shared
+
+
+def _discard(stack: ZWaveStack) -> None:
+    stack.stop()
+    shutil.rmtree(stack.workdir, ignore_errors=True)

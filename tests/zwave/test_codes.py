@@ -35,6 +35,22 @@ async def test_set_code_is_read_back_and_rechecked_and_never_logged(
     assert ev.details == {"slot_id": 5}
 
 
+async def test_a_clear_right_after_a_set_is_not_reported_as_a_dropped_code(
+    zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack
+) -> None:
+    # The set's re-check is still pending when the slot is cleared: only the newest state of
+    # the slot is re-checked, so the empty slot is "removed", never "dropped".
+    driver, sink = zwave
+    dev = sink.ids[native_id(3)]
+    await driver.execute(dev, SetCode(slot_id=6, code=PinCode("31415")))
+    await driver.execute(dev, ClearCode(slot_id=6))
+    ev = await sink.wait_event(dev, "code removed from device", timeout=5)  # type: ignore[arg-type]
+    assert ev.details == {"slot_id": 6}
+    names = [e.event_name for e in sink.events if e.device_id == dev]
+    assert "code dropped by device" not in names
+    assert "code set on device" not in names
+
+
 async def test_bad_slot_and_bad_length_are_refused_before_the_radio(
     zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack
 ) -> None:
