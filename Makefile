@@ -29,7 +29,7 @@ bench: setup
 # long fuzz runs. GATEWAYD_SOAK_S (default 600), GATEWAYD_FAULT_TRIALS, GATEWAYD_FUZZ_S,
 # GATEWAYD_SCHEMA_S and GATEWAYD_FLEET shorten or lengthen it.
 reliability: setup
-	$(BIN)/pytest -m reliability tests/reliability
+	$(BIN)/pytest -m reliability -rP tests/reliability
 
 # On a gateway box: `sudo make install`, then see README "Install on a gateway box".
 PREFIX ?= /opt/gatewayd
