@@ -267,8 +267,9 @@ class Store:
                 self._db.executemany(
                     _UPSERT_ACTION, [_action_params(*pending) for pending in actions.values()]
                 )
-            for sql, params in stmts:
-                self._db.execute(sql, params)
+            for sql, group in itertools.groupby(stmts, key=lambda stmt: stmt[0]):
+                # consecutive runs of one statement (device descriptors) in one call, in order
+                self._db.executemany(sql, [params for _, params in group])
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             if self._db.in_transaction:
