@@ -16,7 +16,7 @@ import structlog
 from devcloud.db import Database
 from devcloud.hub import Hub
 from devcloud.settings import Settings
-from devcloud.timeutil import iso, utcnow
+from devcloud.timeutil import iso, parse_iso, utcnow
 from devcloud.validation import mask
 from gatewayd import protocol
 
@@ -110,6 +110,20 @@ class ActionService:
         view = self._db.action(id_)
         assert view is not None
         return action_view(view)
+
+    def resume(self) -> int:
+        """After a restart: re-arm the hand-off timeout of every request still `pending` (its
+        timer died with the old process). Returns how many."""
+        loop = asyncio.get_running_loop()
+        now = utcnow()
+        pending = self._db.pending_actions()
+        for id_, created_at in pending:
+            created = parse_iso(created_at) or now
+            left = self._settings.handoff_timeout_s - (now - created).total_seconds()
+            self._handoff[id_] = loop.call_later(max(0.0, left), self._handoff_expired, id_)
+        if pending:
+            log.info("action.handoff_resumed", pending=len(pending))
+        return len(pending)
 
     def _handoff_expired(self, id_: str) -> None:
         self._handoff.pop(id_, None)

@@ -46,6 +46,7 @@ def create_app(settings: Settings) -> web.Application:
             claims=RateLimiter(settings.claim_limit, settings.claim_window_s),
         )
         await webhooks.start()
+        actions.resume()
         try:
             yield
         finally:

@@ -278,6 +278,13 @@ class Database:
         )
         self.add_transition(row["id"], row["status"], row["created_at"], "cloud")
 
+    def pending_actions(self) -> list[tuple[str, str]]:
+        """(id, created_at) of every request not yet handed to its gateway."""
+        rows = self._conn.execute(
+            "SELECT id, created_at FROM action_requests WHERE status = 'pending'"
+        )
+        return [(r[0], r[1]) for r in rows]
+
     def action(self, id_: str) -> dict[str, Any] | None:
         row = self._conn.execute("SELECT * FROM action_requests WHERE id = ?", (id_,)).fetchone()
         if row is None:
