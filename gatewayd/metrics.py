@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -123,11 +123,22 @@ class GatewayMetrics:
             registry=self.registry,
         )
         self.registry.register(_StateCollector(daemon))
+        # labelled children, looked up once per (action, status) rather than per transition
+        self._counts: dict[tuple[str, str], Any] = {}
+        self._latencies: dict[str, Any] = {}
 
     def observe_status(self, update: StatusUpdate) -> None:
-        self.actions.labels(update.action or "unknown", str(update.status)).inc()
-        if update.duration_s is not None and update.status.terminal:
-            self.latency.labels(update.action or "unknown").observe(update.duration_s)
+        action = update.action or "unknown"
+        status = update.status
+        counter = self._counts.get((action, status))
+        if counter is None:
+            counter = self._counts[(action, status)] = self.actions.labels(action, str(status))
+        counter.inc()
+        if update.duration_s is not None and status.terminal:
+            latency = self._latencies.get(action)
+            if latency is None:
+                latency = self._latencies[action] = self.latency.labels(action)
+            latency.observe(update.duration_s)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

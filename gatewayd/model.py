@@ -15,9 +15,24 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+_MILLIS: Final = tuple(f".{ms:03d}Z" for ms in range(1000))
+_ISO_PREFIXES: dict[tuple[int, int, int, int, int, int], str] = {}  # per second, a few kept
+
+
 def iso(ts: datetime) -> str:
-    """ISO-8601 with milliseconds and a Z, as the seed's timestamps are written."""
-    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+    """ISO-8601 with milliseconds and a Z, as the seed's timestamps are written.
+
+    Hot (several calls per action): the `YYYY-MM-DDTHH:MM:SS` part is formatted once per second.
+    """
+    if ts.tzinfo is not UTC:
+        ts = ts.astimezone(UTC)
+    key = (ts.second, ts.minute, ts.hour, ts.day, ts.month, ts.year)
+    prefix = _ISO_PREFIXES.get(key)
+    if prefix is None:
+        if len(_ISO_PREFIXES) >= 64:
+            _ISO_PREFIXES.clear()
+        prefix = _ISO_PREFIXES[key] = ts.strftime("%Y-%m-%dT%H:%M:%S")
+    return prefix + _MILLIS[ts.microsecond // 1000]
 
 
 # --------------------------------------------------------------------------- secrets

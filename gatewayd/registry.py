@@ -7,7 +7,6 @@ the driver that owns the device.
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -43,6 +42,25 @@ def _answers_action(event: DoorEvent) -> bool:
     )
 
 
+def _visible(device: Device) -> tuple[Any, ...]:
+    """Everything `device_dict` shows of a device except `last_seen`: equal means unchanged."""
+    p = device.properties
+    return (
+        device.name,
+        device.manufacturer,
+        device.model,
+        device.protocol,
+        device.actions,
+        device.codes,
+        p.locked,
+        p.online,
+        p.door_open,
+        p.battery_level,
+        p.jammed,
+        p.firmware,
+    )
+
+
 class _DriverSink:
     """The sink one driver reports to; it knows which driver is speaking."""
 
@@ -75,7 +93,7 @@ class Registry:
         self.drivers: dict[str, Driver] = {}
         self._devices: dict[str, Device] = {}
         self._owner: dict[str, str] = {}
-        self._reported: dict[str, dict[str, Any]] = {}
+        self._reported: dict[str, tuple[Any, ...]] = {}  # _visible(device) last reported
         self.last_event: dict[str, DoorEvent] = {}
         self.event_counts: Counter[str] = Counter()
         self.answering: Callable[[str], str | None] = lambda _device_id: None
@@ -90,11 +108,11 @@ class Registry:
     def put(self, driver: str, device: Device) -> None:
         self._devices[device.id] = device
         self._owner[device.id] = driver
-        body = device_dict(device)
-        comparable = {**body, "properties": {**body["properties"], "last_seen": None}}
-        if self._reported.get(device.id) == comparable:
+        visible = _visible(device)
+        if self._reported.get(device.id) == visible:
             return
-        self._reported[device.id] = comparable
+        self._reported[device.id] = visible
+        body = device_dict(device)
         self.store.save_device(device.id, body)
         self.upstream.device(device, body)
 
@@ -116,7 +134,9 @@ class Registry:
             answering = self.answering(event.device_id)
             if answering is not None:
                 details = {**event.details, "action_request_id": answering}
-                event = dataclasses.replace(event, details=details)
+                event = DoorEvent(
+                    event.device_id, event.event_name, details, event.id, event.date_created
+                )
         self.last_event[event.device_id] = event
         self.event_counts[str(event.event_name)] += 1
         self.upstream.event(event)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import anyio
+import msgspec
 import structlog
 
 from gatewayd.model import iso, utcnow
@@ -355,7 +356,7 @@ class Store:
     def save_device(self, device_id: str, descriptor: dict[str, Any]) -> None:
         self._queue(
             "UPDATE devices SET descriptor = ? WHERE device_id = ?",
-            (json.dumps(descriptor, default=str), device_id),
+            (_json_text(descriptor), device_id),
         )
 
     def forget_device(self, device_id: str) -> None:
@@ -485,11 +486,19 @@ def _action_params(row: ActionRow, transitions: list[Any], updated_at: str) -> t
         row.entity_id,
         row.action,
         row.status,
-        json.dumps(row.error) if row.error else None,
-        json.dumps(transitions),
+        _json_text(row.error) if row.error else None,
+        _json_text(transitions),
         row.deadline,
         updated_at,
     )
+
+
+_json_encoder: Final = msgspec.json.Encoder(enc_hook=str)
+
+
+def _json_text(value: Any) -> str:
+    """Compact JSON text for a TEXT column (anything unknown as its str, like default=str)."""
+    return _json_encoder.encode(value).decode()
 
 
 def _parse_ts(value: str) -> datetime:

@@ -6,12 +6,27 @@ from typing import Any
 
 from gatewayd import protocol
 from gatewayd.actions import StatusUpdate
-from gatewayd.model import ActionName, Device, DoorEvent, iso
+from gatewayd.model import ActionName, CodeConstraints, Device, DoorEvent, iso
 from gatewayd.store import Store
+
+_DESCRIPTORS: dict[tuple[frozenset[ActionName], CodeConstraints], dict[str, Any]] = {}
 
 
 def action_descriptors(device: Device) -> dict[str, Any]:
-    """The seed's `actions` object, with the input constraints of this lock."""
+    """The seed's `actions` object, with the input constraints of this lock.
+
+    Built once per (actions, code constraints) and shared: treat it as read-only.
+    """
+    key = (device.actions, device.codes)
+    found = _DESCRIPTORS.get(key)
+    if found is None:
+        if len(_DESCRIPTORS) >= 256:
+            _DESCRIPTORS.clear()
+        found = _DESCRIPTORS[key] = _build_descriptors(device)
+    return found
+
+
+def _build_descriptors(device: Device) -> dict[str, Any]:
     codes = device.codes
     slots = f"{codes.min_slot} through {codes.max_slot}"
     slot_input = {"title": "Slot ID", "description": slots, "type": "integer"}
