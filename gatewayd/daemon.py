@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
@@ -37,6 +38,23 @@ def _short(text: str, limit: int = 80) -> str:
     """One line of at most `limit` characters, for STATUS= and the page's headline."""
     line = " ".join(text.split())
     return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _trim_heap() -> None:
+    """Give the memory freed during start-up (imports, driver discovery) back to the OS.
+
+    glibc keeps freed heap pages; malloc_trim returns them (about 3 MiB of RSS here). Linux
+    with glibc only: elsewhere (musl, macOS) this does nothing.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError, ImportError):
+        return
+    trim(0)
 
 
 class TunnelLike(Protocol):
@@ -147,6 +165,7 @@ class Daemon:
                 self.ready = True
                 self.notifier.notify(READY="1", STATUS=self.status_line())
                 log.info("daemon.ready", devices=len(registry.devices()), port=self.status_port)
+                _trim_heap()
                 self._started.set()
                 tg.start_soon(self._watchdog, name="daemon.watchdog")
         finally:
