@@ -95,6 +95,7 @@ class _Job:
     finished: float | None = None
     error: dict[str, Any] | None = None
     deadline_iso: str = ""  # iso(request.deadline), formatted on the first transition
+    receipt: int = 0  # the store commit that makes gateway_received durable
 
     def snapshot(self) -> dict[str, Any]:
         """What /status shows of an action: never its inputs."""
@@ -282,6 +283,7 @@ class Dispatcher:
         queue = GATEWAY_QUEUE if request.entity_type == "Gateway" else request.entity_id
         job = _Job(request, None, queue, ActionStatus.PENDING)
         self._transition(job, ActionStatus.GATEWAY_RECEIVED)
+        job.receipt = self._store.next_commit()
         try:
             self._check_gateway_target(request)
             job.action = validate(request, self._executor.device(request.entity_id))
@@ -357,6 +359,17 @@ class Dispatcher:
                 await event.wait()
 
     async def _run(self, job: _Job) -> None:
+        if self._store.commits < job.receipt:
+            # Never move a lock for an action a crash could make us forget (and run again):
+            # wait until its receipt is committed, or the deadline passes.
+            with anyio.move_on_after(max(self._remaining(job), 0)):
+                await self._store.wait_commit(job.receipt)
+            if self._store.commits < job.receipt:
+                self._finish(
+                    job,
+                    ActionTimeout("the gateway could not record the action before its deadline"),
+                )
+                return
         remaining = self._remaining(job)
         if remaining <= 0:
             self._finish(job, ActionTimeout("the deadline passed while the action was queued"))

@@ -199,6 +199,7 @@ class Store:
         self._committed_event = anyio.Event()
         self.last_error: str | None = None
         self.commits = 0
+        self._commit_event = anyio.Event()
         row = db.execute("SELECT value FROM meta WHERE key = 'acked_seq'").fetchone()
         self._acked_seq = int(row[0]) if row else 0
         top = db.execute("SELECT max(seq) FROM outbox").fetchone()[0]
@@ -283,6 +284,8 @@ class Store:
             log.info("store.commit_recovered")
         self.last_error = None
         self.commits += 1
+        self._commit_event.set()
+        self._commit_event = anyio.Event()
         self._pending_frames, self._pending_sql, self._pending_actions = [], [], {}
         if frames:
             self._committed_seq = frames[-1][0]
@@ -441,6 +444,15 @@ class Store:
                 "SELECT seq, frame FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
             )
         ]
+
+    def next_commit(self) -> int:
+        """The number of the commit that will carry what is queued now."""
+        return self.commits + 1
+
+    async def wait_commit(self, number: int) -> None:
+        """Return once commit `number` (see `next_commit`) has happened."""
+        while self.commits < number:
+            await self._commit_event.wait()
 
     async def wait_outbox(self, after_seq: int) -> None:
         while self._committed_seq <= after_seq:

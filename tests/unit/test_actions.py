@@ -452,3 +452,27 @@ async def test_remote_reports_are_attributed_to_the_action_in_flight(tmp_path: P
         await h.settle("mine")
         assert h.dispatcher.answering("d1") == "mine"  # a late report within the grace window
         tg.cancel_scope.cancel()
+
+
+async def test_nothing_runs_before_its_receipt_is_durable(tmp_path: Path) -> None:
+    """A crash must never forget an action that already moved the lock: the dispatcher starts
+    an action only once its gateway_received record is committed."""
+    import sqlite3
+
+    h = Harness(tmp_path, *two_locks())
+    blocker = sqlite3.connect(tmp_path / "s.db", isolation_level=None, timeout=0)
+    blocker.execute("BEGIN EXCLUSIVE")  # the store refuses every commit
+    async with anyio.create_task_group() as tg:
+        h.dispatcher.bind(tg)
+        h.dispatcher.submit(request("unlock", id="held", timeout=30))
+        h.dispatcher.submit(request("unlock", device="d2", id="expires", timeout=0.5))
+        await anyio.sleep(1.0)
+        assert h.exec.started == []  # nothing touched a lock while the store refused
+        assert h.statuses("held") == ["gateway_received"]
+        assert h.error("expires")["type"] == "timeout"
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        await h.settle("held", timeout=10)
+        tg.cancel_scope.cancel()
+    assert h.statuses("held") == ["gateway_received", "processing", "completed"]
+    assert h.exec.ran == [("d1", "unlock")]  # the expired one never ran
