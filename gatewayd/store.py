@@ -10,11 +10,13 @@ commit (disk full, read-only) keeps the batch in memory, surfaces on `last_error
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
 import secrets
 import sqlite3
+import threading
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -38,6 +40,8 @@ RETRY_FLUSH_S: Final = 1.0
 BUSY_TIMEOUT_S: Final = 0.05
 RECENT_FRAMES: Final = 2048  # committed frames kept in memory for the tunnel to send...
 RECENT_BYTES: Final = 1 << 20  # ...within this many bytes
+CHECKPOINT_EVERY: Final = 100  # commits between background WAL checkpoints
+BACKSTOP_CHECKPOINT_PAGES: Final = 10_000  # SQLite's own checkpoint only if ours falls behind
 ACTION_IDS_KEEP: Final = 50_000  # action ids known in memory; beyond, has_action asks SQLite
 
 _ADJECTIVES: Final = tuple(
@@ -182,6 +186,47 @@ def _create_private(path: Path) -> None:
     os.chmod(path, 0o600)
 
 
+class _Checkpointer:
+    """Runs `PRAGMA wal_checkpoint(PASSIVE)` on its own connection and thread when poked.
+
+    A checkpoint only copies committed pages from the WAL into the database file (and syncs
+    them): what is durable, and when, is the same as with SQLite's automatic checkpoint; the
+    event loop's commits just no longer wait for it. PASSIVE never blocks a writer, and a busy
+    or failed attempt is simply retried at the next poke.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="store.checkpoint", daemon=True)
+        self._thread.start()
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    def close(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(timeout=5.0)
+
+    def _run(self) -> None:
+        try:
+            db = sqlite3.connect(self._path, isolation_level=None, timeout=0)
+        except sqlite3.Error:
+            return  # the automatic checkpoint of the main connection takes over
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                if self._stopping:
+                    return
+                with contextlib.suppress(sqlite3.Error):  # busy: the next poke retries
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        finally:
+            db.close()
+
+
 class Store:
     """The daemon's only persistence. Single-threaded: use it from the event loop."""
 
@@ -199,6 +244,7 @@ class Store:
         self._committed_event = anyio.Event()
         self.last_error: str | None = None
         self.commits = 0
+        self._checkpointer: _Checkpointer | None = None
         self._commit_event = anyio.Event()
         row = db.execute("SELECT value FROM meta WHERE key = 'acked_seq'").fetchone()
         self._acked_seq = int(row[0]) if row else 0
@@ -227,10 +273,17 @@ class Store:
                 os.chmod(side, 0o600)
         store = cls(db, path)
         store._ensure_identity()
+        # WAL checkpoints on a thread of their own; SQLite's automatic one (which runs inside
+        # COMMIT, stalling the loop for milliseconds) stays as a rarely reached backstop.
+        db.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_CHECKPOINT_PAGES}")
+        store._checkpointer = _Checkpointer(path)
         return store
 
     def close(self) -> None:
         self.flush()
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+            self._checkpointer = None
         self._db.close()
 
     # ------------------------------------------------------------------ batching
@@ -284,6 +337,8 @@ class Store:
             log.info("store.commit_recovered")
         self.last_error = None
         self.commits += 1
+        if self._checkpointer is not None and self.commits % CHECKPOINT_EVERY == 0:
+            self._checkpointer.poke()
         self._commit_event.set()
         self._commit_event = anyio.Event()
         self._pending_frames, self._pending_sql, self._pending_actions = [], [], {}
