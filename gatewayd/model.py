@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-import uuid
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,6 +33,15 @@ def iso(ts: datetime) -> str:
             _ISO_PREFIXES.clear()
         prefix = _ISO_PREFIXES[key] = ts.strftime("%Y-%m-%dT%H:%M:%S")
     return prefix + _MILLIS[ts.microsecond // 1000]
+
+
+def new_uuid() -> str:
+    """A random (version 4) UUID as text, like `str(uuid.uuid4())` at less than half the cost."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 # --------------------------------------------------------------------------- secrets
@@ -255,7 +264,7 @@ class DoorEvent:
     device_id: str
     event_name: EventName
     details: Mapping[str, Any] = field(default_factory=dict)
-    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    id: str = field(default_factory=new_uuid)
     date_created: datetime = field(default_factory=utcnow)
 
     def to_dict(self) -> dict[str, Any]:
