@@ -6,12 +6,20 @@ import json
 import logging
 import resource
 import sys
+import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from gatewayd import logging as gwlog
+from gatewayd.actions import StatusUpdate
+from gatewayd.daemon import Daemon
+from gatewayd.model import ActionRequest, utcnow
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -58,3 +66,45 @@ def print_figures(title: str, figures: Sequence[Figure]) -> None:
         verdict = "" if f.ok is None else ("  PASS" if f.ok else "  FAIL")
         target = f"  (target {f.target})" if f.target else ""
         print(f"  {f.name:<44} {f.value:>12,.2f} {f.unit:<10}{target}{verdict}")
+
+
+class ActionProbe:
+    """Submits action requests and times each to its terminal status."""
+
+    def __init__(self, daemon: Daemon, prefix: str) -> None:
+        self.daemon = daemon
+        self.began = 0.0
+        self.elapsed = 0.0
+        self.done = anyio.Event()
+        self.status = ""
+        self.n = 0
+        self.prefix = (
+            f"{prefix}-{uuid.uuid4().hex[:8]}"  # ids are never reused: the store remembers
+        )
+        daemon.status_listeners.append(self._status)
+
+    def _status(self, update: StatusUpdate) -> None:
+        if update.status.terminal and update.action_request_id == f"{self.prefix}-{self.n}":
+            self.elapsed = time.perf_counter() - self.began
+            self.status = str(update.status)
+            self.done.set()
+
+    async def run(self, device_id: str, action: str) -> float:
+        self.n += 1
+        self.done = anyio.Event()
+        now = utcnow()
+        request = ActionRequest(
+            id=f"{self.prefix}-{self.n}",
+            entity_type="Device",
+            entity_id=device_id,
+            action=action,
+            inputs={},
+            created_at=now,
+            deadline=now + timedelta(seconds=60),
+        )
+        self.began = time.perf_counter()
+        assert self.daemon.submit(request)
+        await self.done.wait()
+        if self.status != "completed":
+            raise RuntimeError(f"{action} ended {self.status}")
+        return self.elapsed

@@ -21,19 +21,16 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from bench.common import Figure, pct, print_figures, quiet_logs, write_results
-from gatewayd.actions import StatusUpdate
+from bench.common import ActionProbe, Figure, pct, print_figures, quiet_logs, write_results
 from gatewayd.config import parse_config
 from gatewayd.daemon import Daemon
 from gatewayd.driver import ZigbeeConfig
-from gatewayd.model import ActionRequest, Lock, Unlock, utcnow
+from gatewayd.model import Lock, Unlock
 
 ROUNDS = 192  # measured per side, over both locks
 BLOCKS = 4  # daemon/direct alternations
@@ -70,45 +67,6 @@ report_wait_s = {REPORT_WAIT_S}
 # ---------------------------------------------------------------------- through the daemon
 
 
-class _Probe:
-    """Submits action requests and times each to its terminal status."""
-
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        self.began = 0.0
-        self.done = anyio.Event()
-        self.status = ""
-        self.n = 0
-        self.prefix = f"zb-{uuid.uuid4().hex[:8]}"  # ids are never reused: the store remembers
-        daemon.status_listeners.append(self._status)
-
-    def _status(self, update: StatusUpdate) -> None:
-        if update.status.terminal and update.action_request_id == f"{self.prefix}-{self.n}":
-            self.elapsed = time.perf_counter() - self.began
-            self.status = str(update.status)
-            self.done.set()
-
-    async def run(self, device_id: str, action: str) -> float:
-        self.n += 1
-        self.done = anyio.Event()
-        now = utcnow()
-        request = ActionRequest(
-            id=f"{self.prefix}-{self.n}",
-            entity_type="Device",
-            entity_id=device_id,
-            action=action,
-            inputs={},
-            created_at=now,
-            deadline=now + timedelta(seconds=60),
-        )
-        self.began = time.perf_counter()
-        assert self.daemon.submit(request)
-        await self.done.wait()
-        if self.status != "completed":
-            raise RuntimeError(f"{action} ended {self.status}")
-        return self.elapsed
-
-
 async def _daemon_block(state_dir: Path, rounds: int, first: int) -> dict[str, list[float]]:
     daemon = Daemon(parse_config(config_text(state_dir)))
     out: dict[str, list[float]] = {"daemon": [], "driver": []}
@@ -121,7 +79,7 @@ async def _daemon_block(state_dir: Path, rounds: int, first: int) -> dict[str, l
         registry = daemon.registry
         by_ieee = {d.native_id: d.id for d in registry.devices()}
         driver = registry.drivers["zigbee"]
-        probe = _Probe(daemon)
+        probe = ActionProbe(daemon, "zb")
         gc.collect()
         for i in range(first, first + rounds):
             device_id = by_ieee[LOCKS[i % 2]]

@@ -23,19 +23,16 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import anyio
 
-from bench.common import Figure, pct, print_figures, quiet_logs, write_results
-from gatewayd.actions import StatusUpdate
+from bench.common import ActionProbe, Figure, pct, print_figures, quiet_logs, write_results
 from gatewayd.config import parse_config
 from gatewayd.daemon import Daemon
-from gatewayd.model import ActionRequest, Lock, Unlock, utcnow
+from gatewayd.model import Lock, Unlock
 
 ROOT = Path(__file__).resolve().parents[1]
 ROUNDS = 96  # measured per side, over both locks
@@ -73,46 +70,6 @@ def _plan(rounds: int) -> list[tuple[int, bool]]:
 # ---------------------------------------------------------------------- through the daemon
 
 
-class _Probe:
-    """Submits action requests and times each to its terminal status."""
-
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        self.began = 0.0
-        self.elapsed = 0.0
-        self.done = anyio.Event()
-        self.status = ""
-        self.n = 0
-        self.prefix = f"zw-{uuid.uuid4().hex[:8]}"  # ids are never reused: the store remembers
-        daemon.status_listeners.append(self._status)
-
-    def _status(self, update: StatusUpdate) -> None:
-        if update.status.terminal and update.action_request_id == f"{self.prefix}-{self.n}":
-            self.elapsed = time.perf_counter() - self.began
-            self.status = str(update.status)
-            self.done.set()
-
-    async def run(self, device_id: str, action: str) -> float:
-        self.n += 1
-        self.done = anyio.Event()
-        now = utcnow()
-        request = ActionRequest(
-            id=f"{self.prefix}-{self.n}",
-            entity_type="Device",
-            entity_id=device_id,
-            action=action,
-            inputs={},
-            created_at=now,
-            deadline=now + timedelta(seconds=60),
-        )
-        self.began = time.perf_counter()
-        assert self.daemon.submit(request)
-        await self.done.wait()
-        if self.status != "completed":
-            raise RuntimeError(f"{action} ended {self.status}")
-        return self.elapsed
-
-
 async def _daemon_block(state_dir: Path, url: str, rounds: int) -> dict[str, list[float]]:
     from tests.zwave.stack import native_id
 
@@ -128,7 +85,7 @@ async def _daemon_block(state_dir: Path, url: str, rounds: int) -> dict[str, lis
         by_native = {d.native_id: d.id for d in registry.devices()}
         devices = [by_native[native_id(n)] for n in LOCK_NODES]
         driver = registry.drivers["zwave"]
-        probe = _Probe(daemon)
+        probe = ActionProbe(daemon, "zw")
         gc.collect()
         for k, unlock in _plan(rounds):
             out["daemon"].append(await probe.run(devices[k], "unlock" if unlock else "lock"))
