@@ -227,6 +227,25 @@ class Device:
     codes: CodeConstraints = CodeConstraints()
     properties: DeviceProperties = DeviceProperties()
 
+    def visible(self) -> tuple[Any, ...]:
+        """Everything the cloud is shown of this device except `last_seen`: equal means
+        unchanged, so a report that only refreshes `last_seen` need not travel."""
+        p = self.properties
+        return (
+            self.name,
+            self.manufacturer,
+            self.model,
+            self.protocol,
+            self.actions,
+            self.codes,
+            p.locked,
+            p.online,
+            p.door_open,
+            p.battery_level,
+            p.jammed,
+            p.firmware,
+        )
+
 
 # --------------------------------------------------------------------------- events
 

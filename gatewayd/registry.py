@@ -42,25 +42,6 @@ def _answers_action(event: DoorEvent) -> bool:
     )
 
 
-def _visible(device: Device) -> tuple[Any, ...]:
-    """Everything `device_dict` shows of a device except `last_seen`: equal means unchanged."""
-    p = device.properties
-    return (
-        device.name,
-        device.manufacturer,
-        device.model,
-        device.protocol,
-        device.actions,
-        device.codes,
-        p.locked,
-        p.online,
-        p.door_open,
-        p.battery_level,
-        p.jammed,
-        p.firmware,
-    )
-
-
 class _DriverSink:
     """The sink one driver reports to; it knows which driver is speaking."""
 
@@ -93,7 +74,7 @@ class Registry:
         self.drivers: dict[str, Driver] = {}
         self._devices: dict[str, Device] = {}
         self._owner: dict[str, str] = {}
-        self._reported: dict[str, tuple[Any, ...]] = {}  # _visible(device) last reported
+        self._reported: dict[str, tuple[Any, ...]] = {}  # device.visible() last reported
         self.last_event: dict[str, DoorEvent] = {}
         self.event_counts: Counter[str] = Counter()
         self.answering: Callable[[str], str | None] = lambda _device_id: None
@@ -108,7 +89,7 @@ class Registry:
     def put(self, driver: str, device: Device) -> None:
         self._devices[device.id] = device
         self._owner[device.id] = driver
-        visible = _visible(device)
+        visible = device.visible()
         if self._reported.get(device.id) == visible:
             return
         self._reported[device.id] = visible

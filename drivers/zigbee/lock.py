@@ -240,7 +240,7 @@ class ZigbeeLock:
         if self._device is None:
             return
         device = self.device()
-        if _visible(device) == _visible(self._device):
+        if device.visible() == self._device.visible():
             return
         self._device = device
         self._sink.device_updated(device)
@@ -572,21 +572,6 @@ class ZigbeeLock:
                     await changed.wait()
             except TimeoutError:
                 continue
-
-
-def _visible(device: Device) -> tuple[Any, ...]:
-    """A Device as compared for changes: everything but the moment it was last seen."""
-    p = device.properties
-    return (
-        device.name,
-        device.codes,
-        p.locked,
-        p.online,
-        p.door_open,
-        p.battery_level,
-        p.jammed,
-        p.firmware,
-    )
 
 
 def _readback(rsp: Any) -> tuple[int, str] | None:
