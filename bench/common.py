@@ -92,19 +92,46 @@ class ActionProbe:
     async def run(self, device_id: str, action: str) -> float:
         self.n += 1
         self.done = anyio.Event()
-        now = utcnow()
-        request = ActionRequest(
-            id=f"{self.prefix}-{self.n}",
-            entity_type="Device",
-            entity_id=device_id,
-            action=action,
-            inputs={},
-            created_at=now,
-            deadline=now + timedelta(seconds=60),
-        )
+        request = device_request(f"{self.prefix}-{self.n}", device_id, action, 60)
         self.began = time.perf_counter()
         assert self.daemon.submit(request)
         await self.done.wait()
         if self.status != "completed":
             raise RuntimeError(f"{action} ended {self.status}")
         return self.elapsed
+
+
+def device_request(request_id: str, device_id: str, action: str, timeout_s: float) -> ActionRequest:
+    """A device action request as the cloud would send it, due in `timeout_s`."""
+    now = utcnow()
+    return ActionRequest(
+        id=request_id,
+        entity_type="Device",
+        entity_id=device_id,
+        action=action,
+        inputs={},
+        created_at=now,
+        deadline=now + timedelta(seconds=timeout_s),
+    )
+
+
+def compare_latencies(
+    samples: dict[str, list[float]], direct: str, target_ratio: float
+) -> tuple[dict[str, tuple[float, float]], list[Figure]]:
+    """p50/p99 in ms of the `direct`, `daemon` and `driver` samples (seconds), and the
+    daemon/direct ratios with the p50 target."""
+    ms = {k: (pct(v, 0.5) * 1000, pct(v, 0.99) * 1000) for k, v in samples.items()}
+    ratio = ms["daemon"][0] / ms["direct"][0]
+    figures = [
+        Figure(f"{direct} p50", ms["direct"][0], "ms"),
+        Figure(f"{direct} p99", ms["direct"][1], "ms"),
+        Figure("through the daemon p50", ms["daemon"][0], "ms"),
+        Figure("through the daemon p99", ms["daemon"][1], "ms"),
+        Figure("bare driver.execute p50", ms["driver"][0], "ms"),
+        Figure("bare driver.execute p99", ms["driver"][1], "ms"),
+        Figure(
+            "ratio daemon / direct p50", ratio, "x", f"<= {target_ratio}", ratio <= target_ratio
+        ),
+        Figure("ratio daemon / direct p99", ms["daemon"][1] / ms["direct"][1], "x"),
+    ]
+    return ms, figures

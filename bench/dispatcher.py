@@ -15,19 +15,26 @@ import gc
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from bench.common import Figure, pct, peak_rss_mib, print_figures, quiet_logs, write_results
+from bench.common import (
+    Figure,
+    device_request,
+    pct,
+    peak_rss_mib,
+    print_figures,
+    quiet_logs,
+    write_results,
+)
 from drivers.sim.driver import SimDriver
 from gatewayd.actions import StatusUpdate
 from gatewayd.config import parse_config
 from gatewayd.daemon import Daemon
 from gatewayd.driver import DriverContext, SimConfig
-from gatewayd.model import ActionRequest, Device, DoorEvent, Lock, Unlock, utcnow
+from gatewayd.model import Device, DoorEvent, Lock, Unlock
 
 LOCKS = 50
 ACTIONS = 10_000
@@ -126,16 +133,7 @@ class _Probe:
 
     def submit(self, device_id: str, action: str) -> str:
         self._n += 1
-        now = utcnow()
-        request = ActionRequest(
-            id=f"ar-{self._n:08d}",
-            entity_type="Device",
-            entity_id=device_id,
-            action=action,
-            inputs={},
-            created_at=now,
-            deadline=now + timedelta(seconds=120),
-        )
+        request = device_request(f"ar-{self._n:08d}", device_id, action, 120)
         self.submitted[request.id] = time.perf_counter()
         assert self.daemon.submit(request)
         return request.id

@@ -26,7 +26,14 @@ from typing import Any
 
 import anyio
 
-from bench.common import ActionProbe, Figure, pct, print_figures, quiet_logs, write_results
+from bench.common import (
+    ActionProbe,
+    Figure,
+    compare_latencies,
+    print_figures,
+    quiet_logs,
+    write_results,
+)
 from gatewayd.config import parse_config
 from gatewayd.daemon import Daemon
 from gatewayd.driver import ZigbeeConfig
@@ -225,19 +232,9 @@ def main() -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-zigbee-") as tmp:
         samples = anyio.run(_latency, Path(tmp))
     with_quirks, without = _footprint(True), _footprint(False)
-    ms = {k: (pct(v, 0.5) * 1000, pct(v, 0.99) * 1000) for k, v in samples.items()}
-    ratio = ms["daemon"][0] / ms["direct"][0]
+    ms, latency = compare_latencies(samples, "direct zigpy unlock + confirmation", TARGET_RATIO)
     figures = [
-        Figure("direct zigpy unlock + confirmation p50", ms["direct"][0], "ms"),
-        Figure("direct zigpy unlock + confirmation p99", ms["direct"][1], "ms"),
-        Figure("through the daemon p50", ms["daemon"][0], "ms"),
-        Figure("through the daemon p99", ms["daemon"][1], "ms"),
-        Figure("bare driver.execute p50", ms["driver"][0], "ms"),
-        Figure("bare driver.execute p99", ms["driver"][1], "ms"),
-        Figure(
-            "ratio daemon / direct p50", ratio, "x", f"<= {TARGET_RATIO}", ratio <= TARGET_RATIO
-        ),
-        Figure("ratio daemon / direct p99", ms["daemon"][1] / ms["direct"][1], "x"),
+        *latency,
         Figure("daemon start, quirks on (to 2 locks)", with_quirks["ready_s"], "s"),
         Figure("daemon start, quirks off (to 2 locks)", without["ready_s"], "s"),
         Figure(

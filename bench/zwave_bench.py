@@ -29,7 +29,14 @@ from typing import Any
 import aiohttp
 import anyio
 
-from bench.common import ActionProbe, Figure, pct, print_figures, quiet_logs, write_results
+from bench.common import (
+    ActionProbe,
+    Figure,
+    compare_latencies,
+    print_figures,
+    quiet_logs,
+    write_results,
+)
 from gatewayd.config import parse_config
 from gatewayd.daemon import Daemon
 from gatewayd.model import Lock, Unlock
@@ -230,20 +237,10 @@ def main() -> dict[str, Any]:
             dev_footprint = _footprint(stack.url)
         finally:
             stack.stop()
-    ms = {k: (pct(v, 0.5) * 1000, pct(v, 0.99) * 1000) for k, v in samples.items()}
-    ratio = ms["daemon"][0] / ms["direct"][0]
+    ms, latency = compare_latencies(samples, "direct zwave-js-server lock/unlock", TARGET_RATIO)
     rss_mib = float(footprint["rss_mib"])
     figures = [
-        Figure("direct zwave-js-server lock/unlock p50", ms["direct"][0], "ms"),
-        Figure("direct zwave-js-server lock/unlock p99", ms["direct"][1], "ms"),
-        Figure("through the daemon p50", ms["daemon"][0], "ms"),
-        Figure("through the daemon p99", ms["daemon"][1], "ms"),
-        Figure("bare driver.execute p50", ms["driver"][0], "ms"),
-        Figure("bare driver.execute p99", ms["driver"][1], "ms"),
-        Figure(
-            "ratio daemon / direct p50", ratio, "x", f"<= {TARGET_RATIO}", ratio <= TARGET_RATIO
-        ),
-        Figure("ratio daemon / direct p99", ms["daemon"][1] / ms["direct"][1], "x"),
+        *latency,
         Figure("ratio driver / direct p50", ms["driver"][0] / ms["direct"][0], "x"),
         Figure("daemon start, zwave only (to 2 locks)", float(footprint["ready_s"]), "s"),
         Figure(
