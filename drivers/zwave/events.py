@@ -136,6 +136,13 @@ class BoltTracker:
         """A notification that says what moved the bolt."""
         if self.commanding and method is Method.RF:
             return  # the echo of our own command
+        if (
+            method in (Method.RF, Method.UNKNOWN)
+            and self.locked == locked
+            and self._last is not None
+            and self._last[0] == locked
+        ):
+            return  # repeats what the last event reported, however late (a slow echo)
         if self._pending is not None and self._pending_locked == locked:
             self._cancel()
             self._fire(locked, method, slot_id)

@@ -107,3 +107,34 @@ async def test_door_open_and_closed(zwave: tuple[ZWaveDriver, RecordingSink]) ->
     assert sink.devices[dev].properties.door_open is False
     await _quiet(0.5)
     assert sink.names(dev) == ["door opened", "door closed"]
+
+
+async def test_a_late_echo_of_our_own_command_is_not_a_second_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The lock's RF notification for our unlock may arrive seconds later (a busy mesh, a
+    server restart replaying it): it repeats what the remote event said and must not repeat it."""
+    import time as real_time
+
+    from drivers.zwave.events import BoltTracker
+    from gatewayd.model import Method
+
+    fired: list[tuple[str, dict[str, object]]] = []
+    tracker = BoltTracker(
+        lambda name, details: fired.append((str(name), details)), 1.0, lambda: None
+    )
+    tracker.seed(True)
+    tracker.commanding = True
+    tracker.on_value(False)  # zwave-js's own inference while our command runs: no event
+    tracker.commanding = False
+    tracker.commanded(False)
+    now = real_time.monotonic()
+    monkeypatch.setattr("drivers.zwave.events.time.monotonic", lambda: now + 30.0)
+    tracker.on_notification(False, Method.RF, None)  # the echo, 30 s late
+    tracker.on_notification(False, Method.PIN_CODE, 3)  # a person at the keypad: a real event
+    tracker.on_notification(True, Method.RF, None)  # a real change by RF: an event
+    assert fired == [
+        ("door unlocked", {"method": "remote"}),
+        ("door unlocked", {"method": "pin_code", "slot_id": 3}),
+        ("door locked", {"method": "rf"}),
+    ]
