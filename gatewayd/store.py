@@ -246,6 +246,7 @@ class Store:
         self.commits = 0
         self._checkpointer: _Checkpointer | None = None
         self._commit_event = anyio.Event()
+        self._acked_event = anyio.Event()
         row = db.execute("SELECT value FROM meta WHERE key = 'acked_seq'").fetchone()
         self._acked_seq = int(row[0]) if row else 0
         top = db.execute("SELECT max(seq) FROM outbox").fetchone()[0]
@@ -519,12 +520,19 @@ class Store:
         if seq <= self._acked_seq:
             return
         self._acked_seq = seq
+        self._acked_event.set()
+        self._acked_event = anyio.Event()
         self._queue("DELETE FROM outbox WHERE seq <= ?", (seq,))
         self._queue(
             "INSERT INTO meta (key, value) VALUES ('acked_seq', ?) "
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (str(seq),),
         )
+
+    async def wait_acked(self, seq: int) -> None:
+        """Return once the cloud has acknowledged frame `seq` (and all before it)."""
+        while self._acked_seq < seq:
+            await self._acked_event.wait()
 
     @property
     def acked_seq(self) -> int:
