@@ -22,10 +22,11 @@ from gatewayd import protocol
 
 log = structlog.get_logger("devcloud.actions")
 
-# How far along each status is; the gateway may only move an action forward.
+# How far along each status is; the gateway may only move an action forward. gateway_failure
+# is as final as completed: once the cloud has said it, a late report cannot change it.
 _RANK: Final = {
     "pending": 0,
-    "gateway_failure": 0,
+    "gateway_failure": 3,
     "gateway_received": 1,
     "processing": 2,
     "completed": 3,
@@ -136,26 +137,33 @@ class ActionService:
         self._db.set_action_status(id_, "gateway_failure", error, iso(utcnow()), "cloud")
         log.warning("action.gateway_failure", action_request_id=id_, reason=type_)
 
-    def apply_status(self, gateway_id: str, msg: protocol.ActionStatusMsg) -> None:
-        """A status report from the gateway that owns the request; anything else is ignored."""
+    def apply_status(self, gateway_id: str, msg: protocol.ActionStatusMsg) -> str | None:
+        """A status report from the gateway that owns the request; anything else is ignored.
+
+        Returns the id of a request the gateway must not run: its `gateway_received` came after
+        the hand-off timeout, when the cloud had already reported `gateway_failure`. The caller
+        sends `action_cancel` for it before the ack that lets the gateway go ahead.
+        """
         row = self._db.action(msg.action_request_id)
         if row is None or row["gateway_id"] != gateway_id:
             log.warning("action.unknown_status_report", gateway_id=gateway_id)
-            return
+            return None
         current, new = row["status"], msg.status
+        if current == "gateway_failure" and new in GATEWAY_STATUSES:
+            log.warning("action.late_report", action_request_id=row["id"], new=new)
+            return row["id"] if new == "gateway_received" else None
         if new not in GATEWAY_STATUSES or _RANK[new] <= _RANK[current]:
             log.warning(
                 "action.status_refused", action_request_id=row["id"], current=current, new=new
             )
-            return
-        if current == "gateway_failure":
-            log.warning("action.late_report", action_request_id=row["id"], new=new)
+            return None
         handle = self._handoff.pop(row["id"], None)
         if handle is not None:
             handle.cancel()
         error = _clean_error(msg.error) if new == "failed" else None
         self._db.set_action_status(row["id"], new, error, iso(utcnow()), "gateway")
         log.info("action.status", action_request_id=row["id"], status=new)
+        return None
 
     def close(self) -> None:
         for handle in self._handoff.values():

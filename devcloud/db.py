@@ -285,6 +285,16 @@ class Database:
         )
         return [(r[0], r[1]) for r in rows]
 
+    def cancelled_actions(self, gateway_id: str, now: str, limit: int = 500) -> list[str]:
+        """Ids of this gateway's requests the cloud failed (`gateway_failure`) whose deadline
+        is still ahead: the gateway must not run them if it holds them. Newest first."""
+        rows = self._conn.execute(
+            "SELECT id FROM action_requests WHERE gateway_id = ? AND status = 'gateway_failure'"
+            " AND deadline > ? ORDER BY created_at DESC LIMIT ?",
+            (gateway_id, now, limit),
+        )
+        return [r[0] for r in rows]
+
     def action(self, id_: str) -> dict[str, Any] | None:
         row = self._conn.execute("SELECT * FROM action_requests WHERE id = ?", (id_,)).fetchone()
         if row is None:

@@ -27,17 +27,19 @@ class Ingest:
         self._actions = actions
         self._webhooks = webhooks
 
-    def apply(self, gateway_id: str, msg: Upstream) -> int:
-        """Store one message unless its seq was seen; return the cumulative seq to ack."""
+    def apply(self, gateway_id: str, msg: Upstream) -> tuple[int, str | None]:
+        """Store one message unless its seq was seen. Returns the cumulative seq to ack and
+        the id of an action request to cancel (send `action_cancel` before that ack)."""
         high = self._db.high_water(gateway_id)
         if msg.seq <= high:
             log.info("tunnel.duplicate", gateway_id=gateway_id, seq=msg.seq, acked_seq=high)
-            return high
+            return high, None
         published: dict[str, Any] | None = None
+        cancel: str | None = None
         with self._db.transaction():
             match msg:
                 case protocol.ActionStatusMsg():
-                    self._actions.apply_status(gateway_id, msg)
+                    cancel = self._actions.apply_status(gateway_id, msg)
                 case protocol.EventMsg():
                     published = self._event(gateway_id, msg.event)
                 case protocol.DeviceMsg():
@@ -48,7 +50,7 @@ class Ingest:
             self._db.set_high_water(gateway_id, msg.seq)
         if published is not None:
             self._webhooks.publish(published)
-        return msg.seq
+        return msg.seq, cancel
 
     def _event(self, gateway_id: str, event: dict[str, Any]) -> dict[str, Any] | None:
         device_id, name = event.get("device_id"), event.get("event_name")

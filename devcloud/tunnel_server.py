@@ -19,6 +19,7 @@ from devcloud import state
 from devcloud.db import secret_hash
 from devcloud.errors import error_response, request_id
 from devcloud.hub import Connection
+from devcloud.timeutil import iso, utcnow
 from gatewayd import protocol
 
 log = structlog.get_logger("devcloud.tunnel")
@@ -84,11 +85,15 @@ async def _session(app: state.State, conn: Connection) -> None:
     if replaced is not None:
         await replaced.refuse("replaced", "a newer connection took over")
     acked = 0 if conn.gateway_id is None else app.db.high_water(conn.gateway_id)
+    cancelled = (
+        [] if conn.gateway_id is None else app.db.cancelled_actions(conn.gateway_id, iso(utcnow()))
+    )
     welcome = protocol.Welcome(
         protocol=protocol.PROTOCOL_VERSION,
         gateway_id=conn.gateway_id,
         acked_seq=acked,
         heartbeat_s=app.settings.heartbeat_s,
+        cancelled=cancelled,
     )
     if not await conn.send(welcome):
         return
@@ -169,7 +174,12 @@ async def _handle(app: state.State, conn: Connection, msg: protocol.Message) -> 
             if conn.gateway_id is None:
                 await conn.refuse("unauthorized", "an unclaimed gateway may only wait for claimed")
                 return False
-            acked = app.ingest.apply(conn.gateway_id, msg)
+            acked, cancel = app.ingest.apply(conn.gateway_id, msg)
+            if cancel is not None:
+                reason = "the gateway received it after the cloud's hand-off timeout"
+                cancelled = protocol.ActionCancel(action_request_id=cancel, reason=reason)
+                if not await conn.send(cancelled):
+                    return False
             return await conn.send(protocol.Ack(seq=acked))
         case protocol.ErrorMsg():
             log.warning("tunnel.peer_error", gateway_id=conn.gateway_id, code=msg.code[:40])

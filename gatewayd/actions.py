@@ -4,6 +4,11 @@ deadlines, keeps the status state machine, and reports every transition through 
 Guarantees: an action id is executed at most once (also across restarts: one found unfinished
 at start-up is failed with `gateway_restarted`, never re-run); an action never starts after its
 deadline and is cancelled when the deadline passes; per-device FIFO, devices run concurrently.
+
+Hand-off: an action from the cloud starts only once the cloud has acknowledged its
+`gateway_received` report. The cloud answers a report that comes after its own hand-off
+timeout (it has told its user `gateway_failure`) with `action_cancel` before that ack, so an
+action the cloud gave up on is never run late.
 """
 
 from __future__ import annotations
@@ -69,7 +74,14 @@ class StatusUpdate:
     at_iso: str = ""  # `iso(at)`, formatted once for the store and the outbox
 
 
-StatusCallback = Callable[[StatusUpdate], None]
+# Reports one transition; returns the outbox seq of the frame that carries it, if any.
+StatusCallback = Callable[[StatusUpdate], int | None]
+
+
+class HandoffCancelled(GatewayError):
+    """The cloud gave up on this action (hand-off timeout) before the gateway could run it."""
+
+    type = "cancelled"
 
 
 class Executor(Protocol):
@@ -96,6 +108,9 @@ class _Job:
     error: dict[str, Any] | None = None
     deadline_iso: str = ""  # iso(request.deadline), formatted on the first transition
     receipt: int = 0  # the store commit that makes gateway_received durable
+    handoff_seq: int = 0  # from the cloud: the outbox seq of gateway_received it must ack
+    cancelled: str | None = None  # why the cloud cancelled it, before it started
+    waiting: anyio.CancelScope | None = None  # set while it waits for the cloud's ack
 
     def snapshot(self) -> dict[str, Any]:
         """What /status shows of an action: never its inputs."""
@@ -248,6 +263,7 @@ class Dispatcher:
         self._in_flight: dict[str, _Job] = {}
         self._last_done: dict[str, tuple[str, float]] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
+        self._handoffs: dict[str, _Job] = {}  # cloud actions not started yet, by id
         self.recent: deque[_Job] = deque(maxlen=RECENT_KEEP)
         self.counts: dict[str, int] = {}
 
@@ -274,16 +290,22 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ submit
 
-    def submit(self, request: ActionRequest) -> bool:
-        """Accept one request. False when its id was seen before (it is then not executed)."""
+    def submit(self, request: ActionRequest, *, handoff: bool = False) -> bool:
+        """Accept one request. False when its id was seen before (it is then not executed).
+
+        `handoff`: the request came from the cloud; it runs only after the cloud acknowledged
+        its `gateway_received` report, and `cancel` can still stop it until then.
+        """
         if self._is_duplicate(request.id):
             log.warning("actions.duplicate_ignored", action_request_id=request.id)
             return False
         self._remember(request.id)
         queue = GATEWAY_QUEUE if request.entity_type == "Gateway" else request.entity_id
         job = _Job(request, None, queue, ActionStatus.PENDING)
-        self._transition(job, ActionStatus.GATEWAY_RECEIVED)
+        seq = self._transition(job, ActionStatus.GATEWAY_RECEIVED)
         job.receipt = self._store.next_commit()
+        if handoff and seq is not None:
+            job.handoff_seq = seq
         try:
             self._check_gateway_target(request)
             job.action = validate(request, self._executor.device(request.entity_id))
@@ -296,7 +318,22 @@ class Dispatcher:
             self._finish(job, exc)
             return True
         pending.append(job)
+        if job.handoff_seq:
+            self._handoffs[request.id] = job
         self._wake(queue)
+        return True
+
+    def cancel(self, action_id: str, reason: str) -> bool:
+        """The cloud gave up on a request: never start it. False if it had already started
+        (or is unknown): then it runs to its end, and its reports tell the cloud the truth."""
+        job = self._handoffs.get(action_id)
+        if job is None:
+            if action_id in self._seen:
+                log.warning("actions.cancel_too_late", action_request_id=action_id)
+            return False
+        job.cancelled = reason or "cancelled by the cloud"
+        if job.waiting is not None:
+            job.waiting.cancel()
         return True
 
     def reject(self, request: ActionRequest, message: str) -> None:
@@ -359,7 +396,18 @@ class Dispatcher:
                 await event.wait()
 
     async def _run(self, job: _Job) -> None:
-        if self._store.commits < job.receipt:
+        if job.handoff_seq:
+            await self._await_handoff(job)
+            self._handoffs.pop(job.request.id, None)
+            if job.cancelled is not None:
+                self._finish(job, HandoffCancelled(f"the cloud cancelled it: {job.cancelled}"))
+                return
+            if self._store.acked_seq < job.handoff_seq:
+                self._finish(
+                    job, ActionTimeout("the cloud did not confirm the hand-off before the deadline")
+                )
+                return
+        elif self._store.commits < job.receipt:
             # Never move a lock for an action a crash could make us forget (and run again):
             # wait until its receipt is committed, or the deadline passes.
             with anyio.move_on_after(max(self._remaining(job), 0)):
@@ -399,6 +447,16 @@ class Dispatcher:
         self._last_done[job.queue] = (job.request.id, job.finished)
         self._finish(job, error)
 
+    async def _await_handoff(self, job: _Job) -> None:
+        """Wait for the cloud's ack of this job's gateway_received (which implies it is
+        committed here too), for a cancel, or for the deadline."""
+        if job.cancelled is not None or self._store.acked_seq >= job.handoff_seq:
+            return
+        with anyio.move_on_after(max(self._remaining(job), 0)) as scope:
+            job.waiting = scope
+            await self._store.wait_acked(job.handoff_seq)
+        job.waiting = None
+
     async def _execute(self, job: _Job) -> None:
         req = job.request
         if job.action is not None:
@@ -420,7 +478,7 @@ class Dispatcher:
 
     def _transition(
         self, job: _Job, status: ActionStatus, error: dict[str, Any] | None = None
-    ) -> None:
+    ) -> int | None:
         check_transition(job.status, status)
         at = self._now()
         at_iso = iso(at)
@@ -457,11 +515,12 @@ class Dispatcher:
             if job.started is not None and job.finished is not None
             else None
         )
-        self._on_status(
+        return self._on_status(
             StatusUpdate(request.id, status, at, error, request.action, duration, at_iso)
         )
 
     def _finish(self, job: _Job, error: GatewayError | None) -> None:
+        self._handoffs.pop(job.request.id, None)
         if error is None:
             self._transition(job, ActionStatus.COMPLETED)
         else:

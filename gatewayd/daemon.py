@@ -153,6 +153,7 @@ class Daemon:
                         self._on_action_request,
                         self.hello,
                         on_reject=dispatcher.reject,
+                        on_cancel=dispatcher.cancel,
                     )
                     self.tunnel = tunnel
                     tg.start_soon(tunnel.run, name="tunnel")
@@ -237,17 +238,19 @@ class Daemon:
 
     # ------------------------------------------------------------------ flows
 
-    def _on_status(self, update: StatusUpdate) -> None:
+    def _on_status(self, update: StatusUpdate) -> int:
         assert self.registry is not None
-        self.registry.upstream.action_status(update)
+        seq = self.registry.upstream.action_status(update)
         if self.metrics is not None:
             self.metrics.observe_status(update)
         for listener in self.status_listeners:
             listener(update)
+        return seq
 
     def _on_action_request(self, request: ActionRequest) -> None:
+        """From the cloud: runs once the cloud has acked its gateway_received report."""
         assert self.dispatcher is not None
-        self.dispatcher.submit(request)
+        self.dispatcher.submit(request, handoff=True)
 
     def submit(self, request: ActionRequest) -> bool:
         """Hand an action request to the dispatcher (the tunnel and tests use this)."""

@@ -15,6 +15,7 @@ __all__ = [
     "MESSAGE_TYPES",
     "PROTOCOL_VERSION",
     "Ack",
+    "ActionCancel",
     "ActionRequestMsg",
     "ActionStatusMsg",
     "Claimed",
@@ -88,12 +89,17 @@ class Hello(_Msg, frozen=True, tag="hello"):
 
 
 class Welcome(_Msg, frozen=True, tag="welcome"):
-    """cloud→gw: the session is open; resend everything above `acked_seq`."""
+    """cloud→gw: the session is open; resend everything above `acked_seq`.
+
+    `cancelled`: action requests the cloud has given up on (reported `gateway_failure`) whose
+    deadline has not passed yet: the gateway must not execute them, even if it holds them.
+    """
 
     protocol: int
     gateway_id: str | None
     acked_seq: Seq
     heartbeat_s: float
+    cancelled: list[str] = []
 
 
 class Claimed(_Msg, frozen=True, tag="claimed"):
@@ -132,6 +138,17 @@ class ActionRequestMsg(_Msg, frozen=True, tag="action_request"):
             (n, self.masked_inputs() if n == "inputs" else getattr(self, n))
             for n in self.__struct_fields__
         ]
+
+
+class ActionCancel(_Msg, frozen=True, tag="action_cancel"):
+    """cloud→gw: do not execute this action request; the cloud already reported it failed.
+
+    Sent when a `gateway_received` arrives after the cloud's hand-off timeout, always before
+    the `ack` that covers it: a gateway executes a cloud action only once that ack arrived.
+    """
+
+    action_request_id: str
+    reason: str
 
 
 class ActionStatusMsg(_Msg, frozen=True, tag="action_status"):
@@ -183,6 +200,7 @@ Message = (
     | Welcome
     | Claimed
     | ActionRequestMsg
+    | ActionCancel
     | ActionStatusMsg
     | EventMsg
     | DeviceMsg
@@ -198,6 +216,7 @@ MESSAGE_TYPES: Final[dict[str, type[_Msg]]] = {
         Welcome,
         Claimed,
         ActionRequestMsg,
+        ActionCancel,
         ActionStatusMsg,
         EventMsg,
         DeviceMsg,

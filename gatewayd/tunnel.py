@@ -105,6 +105,7 @@ class Tunnel:
         hello: Callable[[], dict[str, Any]],
         *,
         on_reject: Callable[[ActionRequest, str], None] | None = None,
+        on_cancel: Callable[[str, str], object] | None = None,
         backoff: Backoff | None = None,
         sleep: Callable[[float], Any] = anyio.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -115,6 +116,7 @@ class Tunnel:
         self._store = store
         self._on_action = on_action
         self._on_reject = on_reject
+        self._on_cancel = on_cancel
         self._hello = hello
         self.backoff = backoff or Backoff()
         self._sleep = sleep
@@ -239,6 +241,8 @@ class Tunnel:
         welcome = await self._await_welcome(ws)
         protocol.check_version(welcome.protocol)
         self.heartbeat_s = welcome.heartbeat_s if welcome.heartbeat_s > 0 else DEFAULT_HEARTBEAT_S
+        for action_id in welcome.cancelled:  # before the ack: it may be their go-ahead
+            self._cancel(action_id, "the cloud reported it failed while the tunnel was down")
         self._store.outbox_ack(welcome.acked_seq)
         self.sent_seq = max(welcome.acked_seq, self._store.acked_seq)
         self.state = "connected" if registration_token is None else "unclaimed"
@@ -354,6 +358,8 @@ class Tunnel:
                 self._skip("an unclaimed gateway executes no action requests")
                 return
             self._action(frame)
+        elif isinstance(frame, protocol.ActionCancel):
+            self._cancel(frame.action_request_id, frame.reason)
         elif isinstance(frame, protocol.Claimed):
             self._store.set_claimed(frame.gateway_id, frame.credential)
             log.info("tunnel.claimed", gateway_id=frame.gateway_id)
@@ -363,6 +369,11 @@ class Tunnel:
             log.error("tunnel.cloud_error", code=frame.code, message=frame.message)
         else:
             self._skip(f"unexpected {type(frame).__name__} from the cloud")
+
+    def _cancel(self, action_id: str, reason: str) -> None:
+        log.warning("tunnel.action_cancelled", action_request_id=action_id[:100])
+        if self._on_cancel is not None:
+            self._on_cancel(action_id, reason[:200])
 
     def _action(self, frame: protocol.ActionRequestMsg) -> None:
         created = _parse_ts(frame.created_at)

@@ -329,6 +329,50 @@ async def test_gateway_received_in_time_prevents_gateway_failure(
     assert shown["status"] == "gateway_received"
 
 
+async def test_a_late_receipt_is_cancelled_before_it_is_acked(make_cloud: CloudFactory) -> None:
+    cloud = await make_cloud(handoff_timeout_s=0.2)
+    tunnel, _, credential = await cloud.claimed_gateway()
+    _, created = await cloud.post(f"/v1/devices/{DEVICE_ID}/actions/unlock")
+    sent = await tunnel.recv()
+    assert isinstance(sent, p.ActionRequestMsg)
+    for _ in range(200):  # the cloud gives up and tells its user
+        if (await cloud.get(f"/v1/action_requests/{created['id']}"))["status"] != "pending":
+            break
+        await asyncio.sleep(0.02)
+    seq = tunnel.next_seq()
+    await tunnel.send(
+        p.ActionStatusMsg(
+            seq=seq, action_request_id=sent.id, status="gateway_received", error=None, at="x"
+        )
+    )
+    # the cancel comes first: a gateway runs a cloud action only after this ack
+    assert await tunnel.recv() == p.ActionCancel(
+        action_request_id=sent.id,
+        reason="the gateway received it after the cloud's hand-off timeout",
+    )
+    assert await tunnel.recv() == p.Ack(seq=seq)
+    seq = tunnel.next_seq()
+    await tunnel.send(
+        p.ActionStatusMsg(
+            seq=seq, action_request_id=sent.id, status="completed", error=None, at="x"
+        )
+    )
+    assert await tunnel.recv() == p.Ack(seq=seq)
+    shown = await cloud.get(f"/v1/action_requests/{created['id']}")
+    assert shown["status"] == "gateway_failure"  # what the user was told stays true
+    assert [s for s, _, _ in cloud.state.db.transitions(created["id"])] == [
+        "pending",
+        "gateway_failure",
+    ]
+    # a cancel lost with the connection is repeated in the next welcome
+    await tunnel.ws.close()
+    again = await cloud.tunnel(credential)
+    welcome = await again.hello()
+    assert isinstance(welcome, p.Welcome)
+    assert welcome.cancelled == [sent.id]
+    assert welcome.acked_seq == seq
+
+
 async def test_gateway_actions_go_to_the_gateway(cloud: Cloud) -> None:
     tunnel, gateway_id, _ = await cloud.claimed_gateway()
     status, created = await cloud.post(

@@ -70,6 +70,8 @@ EVERY_MESSAGE: list[p.Message] = [
     p.DeviceRemovedMsg(seq=9, device_id="d-1"),
     p.Ack(seq=9),
     p.ErrorMsg(code="malformed", message="frame is not valid JSON"),
+    p.Welcome(protocol=1, gateway_id="g-1", acked_seq=17, heartbeat_s=20.0, cancelled=["a-0"]),
+    p.ActionCancel(action_request_id="a-0", reason="received after the hand-off timeout"),
 ]
 
 

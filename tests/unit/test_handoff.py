@@ -1,0 +1,130 @@
+"""Hand-off of cloud actions: run only after the cloud acked `gateway_received`; a cancel that
+arrives before that ack means the action never runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+
+from gatewayd.actions import Dispatcher, StatusUpdate
+from gatewayd.store import Store
+from tests.unit.test_actions import LOCK, Devices, request
+
+
+class CloudHarness:
+    """A dispatcher whose reports go to the outbox, as the daemon's do, so each has a seq."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.store = Store.open(tmp_path / "s.db")
+        self.exec = Devices(LOCK)
+        self.updates: list[StatusUpdate] = []
+        self.seqs: dict[tuple[str, str], int] = {}
+        self.dispatcher = Dispatcher(self.store, self.exec, self._report)
+
+    def _report(self, update: StatusUpdate) -> int:
+        self.updates.append(update)
+        seq = self.store.outbox_put(lambda s: b'{"seq": %d}' % s)
+        self.seqs[(update.action_request_id, str(update.status))] = seq
+        return seq
+
+    def statuses(self, action_id: str) -> list[str]:
+        return [str(u.status) for u in self.updates if u.action_request_id == action_id]
+
+    def last_error_type(self, action_id: str) -> str:
+        last = [u for u in self.updates if u.action_request_id == action_id][-1]
+        assert last.error is not None
+        return str(last.error["type"])
+
+    async def ack_receipt(self, action_id: str) -> None:
+        """What the cloud does: ack the receipt once it was sent, i.e. once it is committed."""
+        seq = self.seqs[(action_id, "gateway_received")]
+        await self.store.wait_outbox(seq - 1)
+        self.store.outbox_ack(seq)
+
+    async def settle(self, action_id: str) -> None:
+        with anyio.fail_after(5):
+            while not any(
+                u.action_request_id == action_id and u.status.terminal for u in self.updates
+            ):
+                await anyio.sleep(0.005)
+
+
+async def test_a_cloud_action_waits_for_the_ack_of_its_receipt(tmp_path: Path) -> None:
+    h = CloudHarness(tmp_path)
+    async with anyio.create_task_group() as tg:
+        h.dispatcher.bind(tg)
+        assert h.dispatcher.submit(request("unlock", id="a1"), handoff=True)
+        await anyio.sleep(0.1)  # committed, but the cloud has not acked: nothing moves
+        assert h.store.committed_seq >= h.seqs[("a1", "gateway_received")]
+        assert h.exec.started == []
+        assert h.statuses("a1") == ["gateway_received"]
+        await h.ack_receipt("a1")
+        await h.settle("a1")
+        tg.cancel_scope.cancel()
+    assert h.statuses("a1") == ["gateway_received", "processing", "completed"]
+    assert h.exec.ran == [("d1", "unlock")]
+
+
+async def test_a_cancel_before_the_ack_means_the_action_never_runs(tmp_path: Path) -> None:
+    h = CloudHarness(tmp_path)
+    async with anyio.create_task_group() as tg:
+        h.dispatcher.bind(tg)
+        h.dispatcher.submit(request("unlock", id="late"), handoff=True)
+        h.dispatcher.submit(request("lock", id="next"), handoff=True)  # queued behind it
+        await anyio.sleep(0.05)
+        # the cloud's order on the wire: action_cancel, then the ack that covers the receipt
+        assert h.dispatcher.cancel("late", "received after the hand-off timeout")
+        await h.ack_receipt("next")
+        await h.settle("late")
+        await h.settle("next")
+        tg.cancel_scope.cancel()
+    assert h.statuses("late") == ["gateway_received", "failed"]
+    assert h.last_error_type("late") == "cancelled"
+    assert h.exec.started == [("d1", "lock")]  # only the one the cloud let go ahead
+    row = h.store.action("late")
+    assert row is not None
+    assert row.status == "failed"
+
+
+async def test_a_cancel_after_the_action_started_changes_nothing(tmp_path: Path) -> None:
+    h = CloudHarness(tmp_path)
+    gate = h.exec.gates["d1"] = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        h.dispatcher.bind(tg)
+        h.dispatcher.submit(request("unlock", id="a1"), handoff=True)
+        await h.ack_receipt("a1")
+        with anyio.fail_after(5):
+            while not h.exec.started:
+                await anyio.sleep(0.005)
+        assert not h.dispatcher.cancel("a1", "too late")
+        assert not h.dispatcher.cancel("never-seen", "unknown")
+        gate.set()
+        await h.settle("a1")
+        tg.cancel_scope.cancel()
+    assert h.statuses("a1") == ["gateway_received", "processing", "completed"]
+
+
+async def test_no_ack_before_the_deadline_is_a_timeout_not_a_late_run(tmp_path: Path) -> None:
+    h = CloudHarness(tmp_path)
+    async with anyio.create_task_group() as tg:
+        h.dispatcher.bind(tg)
+        h.dispatcher.submit(request("unlock", id="a1", timeout=0.3), handoff=True)
+        await h.settle("a1")
+        h.store.outbox_ack(h.store.committed_seq)  # the ack comes, after the deadline
+        await anyio.sleep(0.05)
+        tg.cancel_scope.cancel()
+    assert h.statuses("a1") == ["gateway_received", "failed"]
+    assert h.last_error_type("a1") == "timeout"
+    assert h.exec.started == []
+
+
+async def test_local_actions_do_not_wait_for_a_cloud(tmp_path: Path) -> None:
+    h = CloudHarness(tmp_path)
+    async with anyio.create_task_group() as tg:
+        h.dispatcher.bind(tg)
+        h.dispatcher.submit(request("unlock", id="local"))
+        await h.settle("local")
+        tg.cancel_scope.cancel()
+    assert h.statuses("local") == ["gateway_received", "processing", "completed"]
+    assert h.store.acked_seq == 0
