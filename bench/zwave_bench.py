@@ -1,6 +1,6 @@
 """Z-Wave benchmark: a lock/unlock through the daemon vs the same command made directly with
 zwave-js-server-python, against the same zwave-js mock locks in one run; and the RSS of a daemon
-with only the Z-Wave driver loaded.
+with only the Z-Wave driver loaded (in MiB, and in MB: the 55 MB target is 10^6 bytes, 52.45 MiB).
 
 Like for like: both sides send Door Lock Operation Set through zwave-server
 (`node.async_invoke_cc_api(DOOR_LOCK, "set", mode, wait_for_result=True)`) and are done when a
@@ -186,6 +186,9 @@ async def main():
     print(json.dumps({
         "ready_s": ready, "rss_mib": now_rss / 2**20, "core_rss_mib": core / 2**20,
         "drivers": drivers, "zigpy_loaded": "zigpy" in sys.modules,
+        "zwave_js_server_loaded": sorted(
+            m for m in ("zwave_js_server", "pydantic") if m in sys.modules
+        ),
         "dev_only_loaded": sorted(m for m in ("rich", "pygments") if m in sys.modules),
     }))
 anyio.run(main)
@@ -251,13 +254,20 @@ def main() -> dict[str, Any]:
             rss_mib * 2**20 <= TARGET_RSS_MB * 1e6,
         ),
         Figure(
+            "  same in MB (10^6 bytes; the target's unit)",
+            rss_mib * 2**20 / 1e6,
+            "MB",
+            f"<= {TARGET_RSS_MB} MB",
+            rss_mib * 2**20 <= TARGET_RSS_MB * 1e6,
+        ),
+        Figure(
             "  same in the dev venv (+ rich/pygments)",
             float(dev_footprint["rss_mib"]),
             "MiB",
         ),
         Figure("  of which the core before any driver", float(footprint["core_rss_mib"]), "MiB"),
         Figure(
-            "  of which the zwave driver (zwave-js-server-python)",
+            "  of which the zwave driver (drivers/zwave and its client)",
             rss_mib - float(footprint["core_rss_mib"]),
             "MiB",
         ),
@@ -267,6 +277,13 @@ def main() -> dict[str, Any]:
             "bool",
             "0 (no)",
             not footprint["zigpy_loaded"],
+        ),
+        Figure(
+            "zwave-js-server-python / pydantic imported by the daemon",
+            float(bool(footprint["zwave_js_server_loaded"])),
+            "bool",
+            "0 (no)",
+            not footprint["zwave_js_server_loaded"],
         ),
     ]
     print_figures(
