@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any, Final, TextIO
 
 import structlog
+from structlog._config import BoundLoggerLazyProxy
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 MASK: Final = "****"
@@ -99,6 +100,34 @@ def _redact_rendered(_: WrappedLogger, __: str, event_dict: EventDict) -> EventD
     if isinstance(exc, str):
         event_dict["exception"] = redact_value(exc)
     return event_dict
+
+
+_LOG_METHODS: Final = frozenset(
+    {"debug", "info", "warning", "warn", "error", "critical", "exception", "fatal", "msg", "log"}
+)
+
+
+class _CachingProxy(BoundLoggerLazyProxy):
+    """structlog's lazy logger proxy, which also keeps the logging methods it looked up.
+
+    The plain proxy caches the assembled logger on first use (`cache_logger_on_first_use`) but
+    still resolves `log.info` through `__getattr__` and `bind()` on every call. Once structlog
+    has cached the logger, this proxy stores the method itself, so a line at a filtered-out
+    level costs one call to a no-op. Like the cached logger, the methods keep the
+    configuration that was in force at first use.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        value = super().__getattr__(name)
+        if name in _LOG_METHODS and "bind" in self.__dict__:  # structlog cached the logger
+            self.__dict__[name] = value
+        return value
+
+
+def get_logger(name: str) -> Any:
+    """A module's logger, as `structlog.get_logger(name)`, with its methods cached on first
+    use (see `_CachingProxy`)."""
+    return _CachingProxy(None, logger_factory_args=(name,))
 
 
 def want_json(fmt: str, stream: TextIO) -> bool:

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import anyio
-import structlog
 
 from drivers.sim.lock import Fault, SimLock
 from drivers.sim.timers import Timers
@@ -22,6 +21,7 @@ from gatewayd.driver import (
     SimConfig,
     Simulation,
 )
+from gatewayd.logging import get_logger
 from gatewayd.model import (
     Action,
     ActionResult,
@@ -41,7 +41,7 @@ from gatewayd.model import (
     Unlock,
 )
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 INVENTORY_FILE = "sim-locks.json"
 """Which locks exist (native ids only, never codes), kept in the state dir across restarts."""
