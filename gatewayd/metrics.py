@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from gatewayd import __version__
@@ -104,41 +110,77 @@ class _StateCollector(Collector):
         yield drivers
 
 
+class _Latency:
+    """One histogram series: per-bucket counts (the last one is +Inf) and the sum."""
+
+    __slots__ = ("buckets", "total")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.total = 0.0
+
+
+class _ActionCollector(Collector):
+    """Action counters and latencies, kept as plain numbers and turned into metric families
+    only when scraped: a transition costs a dict lookup and an add, not a locked update."""
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._metrics
+        actions = CounterMetricFamily(
+            "gatewayd_actions",
+            "Action status transitions, by action and status",
+            labels=["action", "status"],
+        )
+        for (action, status), n in sorted(m.counts.items()):
+            actions.add_metric([action, str(status)], n)
+        yield actions
+        latency = HistogramMetricFamily(
+            "gatewayd_action_duration_seconds",
+            "Time from processing to completed/failed, by action",
+            labels=["action"],
+        )
+        for action, series in sorted(m.latencies.items()):
+            cumulative = 0
+            buckets: list[tuple[str, float]] = []
+            for bound, n in zip((*LATENCY_BUCKETS, float("inf")), series.buckets, strict=True):
+                cumulative += n
+                buckets.append((_bound(bound), cumulative))
+            latency.add_metric([action], buckets, series.total)
+        yield latency
+
+
+def _bound(value: float) -> str:
+    """A bucket's `le` label as prometheus-client writes it (`0.005`, `1.0`, `+Inf`)."""
+    return "+Inf" if value == float("inf") else repr(float(value))
+
+
 class GatewayMetrics:
     """One registry per daemon, so several daemons can live in one test process."""
 
     def __init__(self, daemon: Daemon) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.actions = Counter(
-            "gatewayd_actions",
-            "Action status transitions, by action and status",
-            ["action", "status"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "gatewayd_action_duration_seconds",
-            "Time from processing to completed/failed, by action",
-            ["action"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
+        self.counts: dict[tuple[str, str], int] = {}  # (action, status) -> transitions
+        self.latencies: dict[str, _Latency] = {}  # action -> its duration histogram
+        self.registry.register(_ActionCollector(self))
         self.registry.register(_StateCollector(daemon))
-        # labelled children, looked up once per (action, status) rather than per transition
-        self._counts: dict[tuple[str, str], Any] = {}
-        self._latencies: dict[str, Any] = {}
 
     def observe_status(self, update: StatusUpdate) -> None:
         action = update.action or "unknown"
         status = update.status
-        counter = self._counts.get((action, status))
-        if counter is None:
-            counter = self._counts[(action, status)] = self.actions.labels(action, str(status))
-        counter.inc()
-        if update.duration_s is not None and status.terminal:
-            latency = self._latencies.get(action)
-            if latency is None:
-                latency = self._latencies[action] = self.latency.labels(action)
-            latency.observe(update.duration_s)
+        key = (action, status)
+        counts = self.counts
+        counts[key] = counts.get(key, 0) + 1
+        duration = update.duration_s
+        if duration is not None and status.terminal:
+            series = self.latencies.get(action)
+            if series is None:
+                series = self.latencies[action] = _Latency()
+            # le semantics: a value equal to a bound falls in that bound's bucket
+            series.buckets[bisect_left(LATENCY_BUCKETS, duration)] += 1
+            series.total += duration
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
