@@ -27,13 +27,13 @@ from typing import Any, Final
 
 import anyio
 import msgspec
-import structlog
 
-from gatewayd.model import iso, utcnow
+from gatewayd.logging import get_logger
+from gatewayd.model import iso, quick_init, utcnow
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 RETRY_FLUSH_S: Final = 1.0
 # How long a statement waits for another process's write lock. Short: the store runs on the
 # event loop, so a long wait stalls the whole daemon; a refused commit is retried instead.
@@ -84,6 +84,7 @@ class Identity:
         return f"Identity(gateway_id={self.gateway_id!r}, claimed={self.claimed})"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ActionRow:
     id: str
@@ -153,8 +154,27 @@ def _v1(db: sqlite3.Connection) -> None:
     )
 
 
+UNFINISHED: Final = ("gateway_received", "processing")  # statuses of actions not yet ended
+_UNFINISHED_SQL: Final = "status IN ('gateway_received', 'processing')"
+
+
+def _v2(db: sqlite3.Connection) -> None:
+    """Fewer index pages per action write: every status change rewrote an entry in both
+    `actions` indexes. The status index now holds only unfinished actions (what recovery
+    looks for at start-up), so an action that ends within one commit never enters it; the
+    `updated_at` index served only `recent_actions`, which reads the table instead."""
+    _script(
+        db,
+        f"""
+        DROP INDEX actions_status;
+        DROP INDEX actions_updated;
+        CREATE INDEX actions_unfinished ON actions (status) WHERE {_UNFINISHED_SQL};
+        """,
+    )
+
+
 # One function per schema version; MIGRATIONS[n] moves the schema from version n to n + 1.
-MIGRATIONS: Final[Sequence[Callable[[sqlite3.Connection], None]]] = (_v1,)
+MIGRATIONS: Final[Sequence[Callable[[sqlite3.Connection], None]]] = (_v1, _v2)
 
 
 def migrate(db: sqlite3.Connection) -> int:
@@ -240,6 +260,7 @@ class Store:
         self._recent_bytes = 0
         self._pending_sql: list[tuple[str, tuple[Any, ...]]] = []
         self._pending_actions: dict[str, tuple[ActionRow, list[Any], str]] = {}
+        self._pending_devices: dict[str, str] = {}  # device_id -> descriptor JSON, latest
         self._flush_scheduled = False
         self._committed_event = anyio.Event()
         self.last_error: str | None = None
@@ -308,9 +329,15 @@ class Store:
 
     def flush(self) -> bool:
         """Commit everything queued in one transaction. False (batch kept) if SQLite refused."""
-        if not self._pending_frames and not self._pending_sql and not self._pending_actions:
+        if (
+            not self._pending_frames
+            and not self._pending_sql
+            and not self._pending_actions
+            and not self._pending_devices
+        ):
             return True
         frames, stmts, actions = self._pending_frames, self._pending_sql, self._pending_actions
+        devices = self._pending_devices
         try:
             self._db.execute("BEGIN IMMEDIATE")
             if frames:
@@ -324,8 +351,14 @@ class Store:
                     _UPSERT_ACTION, [_action_params(*pending) for pending in actions.values()]
                 )
             for sql, group in itertools.groupby(stmts, key=lambda stmt: stmt[0]):
-                # consecutive runs of one statement (device descriptors) in one call, in order
+                # consecutive runs of one statement in one call, in order
                 self._db.executemany(sql, [params for _, params in group])
+            if devices:
+                # after the statements: a device forgotten since its last save has no entry
+                self._db.executemany(
+                    "UPDATE devices SET descriptor = ? WHERE device_id = ?",
+                    [(text, device_id) for device_id, text in devices.items()],
+                )
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             if self._db.in_transaction:
@@ -343,6 +376,7 @@ class Store:
         self._commit_event.set()
         self._commit_event = anyio.Event()
         self._pending_frames, self._pending_sql, self._pending_actions = [], [], {}
+        self._pending_devices = {}
         if frames:
             self._committed_seq = frames[-1][0]
             self._remember_frames(frames)
@@ -412,13 +446,17 @@ class Store:
         )
         return device_id
 
-    def save_device(self, device_id: str, descriptor: dict[str, Any]) -> None:
-        self._queue(
-            "UPDATE devices SET descriptor = ? WHERE device_id = ?",
-            (_json_text(descriptor), device_id),
-        )
+    def save_device(self, device_id: str, descriptor: dict[str, Any] | bytes) -> None:
+        """Keep the device's descriptor (bytes: already encoded as JSON).
+
+        Several saves of one device before a commit write only the last descriptor.
+        """
+        text = descriptor.decode() if isinstance(descriptor, bytes) else _json_text(descriptor)
+        self._pending_devices[device_id] = text
+        self._schedule_flush()
 
     def forget_device(self, device_id: str) -> None:
+        self._pending_devices.pop(device_id, None)
         self._queue("DELETE FROM devices WHERE device_id = ?", (device_id,))
 
     def devices(self) -> list[DeviceRow]:
@@ -461,7 +499,11 @@ class Store:
 
     def actions_with_status(self, statuses: Sequence[str]) -> list[ActionRow]:
         marks = ",".join("?" * len(statuses))
-        return self._select_actions(f"WHERE status IN ({marks})", tuple(statuses))
+        where = f"WHERE status IN ({marks})"
+        if set(statuses) <= set(UNFINISHED):
+            # spelled out so SQLite can use the partial index of unfinished actions
+            where += f" AND {_UNFINISHED_SQL}"
+        return self._select_actions(where, tuple(statuses))
 
     def recent_actions(self, limit: int = 20) -> list[ActionRow]:
         return self._select_actions("ORDER BY updated_at DESC, rowid DESC LIMIT ?", (limit,))

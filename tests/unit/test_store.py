@@ -21,11 +21,70 @@ def test_migration_v1_from_empty(tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
     assert db.execute("PRAGMA user_version").fetchone()[0] == 0
     assert migrate(db) == SCHEMA_VERSION == len(MIGRATIONS)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert {"identity", "devices", "actions", "outbox", "meta"} <= _tables(db)
     columns = {r[1] for r in db.execute("PRAGMA table_info(actions)")}
     assert "inputs" not in columns  # the action log never holds inputs (they may hold a PIN)
-    assert migrate(db) == 1  # idempotent
+    assert migrate(db) == SCHEMA_VERSION  # idempotent
+
+
+def _indexes(db: sqlite3.Connection) -> set[str]:
+    return {
+        r[0]
+        for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND sql NOT NULL")
+    }
+
+
+def test_migration_v2_keeps_the_log_and_indexes_only_unfinished_actions(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    MIGRATIONS[0](db)
+    db.execute("PRAGMA user_version = 1")
+    assert _indexes(db) == {"actions_status", "actions_updated"}
+    for n, status in enumerate(("gateway_received", "processing", "completed", "failed")):
+        db.execute(
+            "INSERT INTO actions VALUES (?, 'dev', 'unlock', ?, NULL, '[]', 'dl', ?)",
+            (f"ar-{n}", status, f"2026-01-01T00:00:0{n}.000Z"),
+        )
+
+    assert migrate(db) == 2
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert _indexes(db) == {"actions_unfinished"}
+    assert db.execute("SELECT count(*) FROM actions").fetchone()[0] == 4
+    (entries,) = db.execute(
+        "SELECT count(*) FROM actions INDEXED BY actions_unfinished"
+        " WHERE status IN ('gateway_received', 'processing')"
+    ).fetchone()
+    assert entries == 2
+
+    store = Store(db, tmp_path / "s.db")
+    unfinished = store.actions_with_status(["gateway_received", "processing"])
+    assert sorted(row.id for row in unfinished) == ["ar-0", "ar-1"]
+    plan = " ".join(
+        str(r[3])
+        for r in db.execute(
+            "EXPLAIN QUERY PLAN SELECT id FROM actions WHERE status IN (?, ?)"
+            " AND status IN ('gateway_received', 'processing')",
+            ("gateway_received", "processing"),
+        )
+    )
+    assert "actions_unfinished" in plan
+    assert [row.id for row in store.actions_with_status(["failed"])] == ["ar-3"]
+    assert [row.id for row in store.recent_actions(2)] == ["ar-3", "ar-2"]
+
+
+def test_device_descriptors_saved_before_a_commit_coalesce(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "s.db")
+    first = store.device_id("sim", "n1")
+    second = store.device_id("sim", "n2")
+    store.flush()
+    store.save_device(first, {"locked": True})
+    store.save_device(first, b'{"locked":false}')
+    store.save_device(second, {"locked": True})
+    store.forget_device(second)
+    store.flush()
+    rows = {row.device_id: row.descriptor for row in store.devices()}
+    assert rows == {first: {"locked": False}}
+    store.close()
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
