@@ -12,9 +12,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
-import structlog
 
 from gatewayd.driver import Driver, DriverSink
+from gatewayd.logging import get_logger
 from gatewayd.model import (
     Action,
     ActionNotSupported,
@@ -27,9 +27,9 @@ from gatewayd.model import (
     Method,
 )
 from gatewayd.store import Store
-from gatewayd.upstream import Upstream, device_dict
+from gatewayd.upstream import Upstream, device_json
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 _CODE_EVENTS = frozenset({EventName.CODE_SET, EventName.CODE_REMOVED})
@@ -93,7 +93,7 @@ class Registry:
         if self._reported.get(device.id) == visible:
             return
         self._reported[device.id] = visible
-        body = device_dict(device)
+        body = device_json(device)  # encoded once, for the store and the frame
         self.store.save_device(device.id, body)
         self.upstream.device(device, body)
 

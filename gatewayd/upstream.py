@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final, cast
+
+import msgspec
 
 from gatewayd import protocol
 from gatewayd.actions import StatusUpdate
@@ -63,7 +65,10 @@ def _build_descriptors(device: Device) -> dict[str, Any]:
 
 def device_dict(device: Device) -> dict[str, Any]:
     """The device as reported upstream and shown on /status."""
-    p = device.properties
+    return {**_fixed_fields(device), "properties": _properties(device)}
+
+
+def _fixed_fields(device: Device) -> dict[str, Any]:
     return {
         "id": device.id,
         "name": device.name,
@@ -71,24 +76,53 @@ def device_dict(device: Device) -> dict[str, Any]:
         "model": device.model,
         "protocol": device.protocol,
         "actions": action_descriptors(device),
-        "properties": {
-            "locked": p.locked,
-            "online": p.online,
-            "door_open": p.door_open,
-            "battery_level": p.battery_level,
-            "battery": (
-                None
-                if p.battery_level is None
-                else {"level": p.battery_level, "status": p.battery_status()}
-            ),
-            "jammed": p.jammed,
-            "supported_code_lengths": list(
-                range(device.codes.min_length, device.codes.max_length + 1)
-            ),
-            "code_slots": {"min": device.codes.min_slot, "max": device.codes.max_slot},
-            "firmware": p.firmware,
-            "last_seen": iso(p.last_seen) if p.last_seen else None,
-        },
+    }
+
+
+_encoder: Final = msgspec.json.Encoder()
+# JSON of everything in device_dict before `properties` (which comes last), up to and with
+# `"properties":`, by what it is made of: only properties change from one report to the next.
+_PREFIXES: dict[tuple[Any, ...], bytes] = {}
+
+
+def device_json(device: Device) -> bytes:
+    """`device_dict(device)` as JSON, the same bytes, without re-encoding the parts that do
+    not change between reports (the action descriptors are most of the object)."""
+    key = (
+        device.id,
+        device.name,
+        device.manufacturer,
+        device.model,
+        device.protocol,
+        device.actions,
+        device.codes,
+    )
+    prefix = _PREFIXES.get(key)
+    if prefix is None:
+        if len(_PREFIXES) >= 1024:
+            _PREFIXES.clear()
+        fixed = _encoder.encode(_fixed_fields(device))
+        prefix = _PREFIXES[key] = fixed[:-1] + b',"properties":'
+    return prefix + _encoder.encode(_properties(device)) + b"}"
+
+
+def _properties(device: Device) -> dict[str, Any]:
+    p = device.properties
+    return {
+        "locked": p.locked,
+        "online": p.online,
+        "door_open": p.door_open,
+        "battery_level": p.battery_level,
+        "battery": (
+            None
+            if p.battery_level is None
+            else {"level": p.battery_level, "status": p.battery_status()}
+        ),
+        "jammed": p.jammed,
+        "supported_code_lengths": list(range(device.codes.min_length, device.codes.max_length + 1)),
+        "code_slots": {"min": device.codes.min_slot, "max": device.codes.max_slot},
+        "firmware": p.firmware,
+        "last_seen": iso(p.last_seen) if p.last_seen else None,
     }
 
 
@@ -117,12 +151,14 @@ class Upstream:
             lambda seq: protocol.encode(protocol.EventMsg(seq=seq, event=body))
         )
 
-    def device(self, device: Device, body: dict[str, Any] | None = None) -> int:
-        """`body`: device_dict(device) when the caller already built it."""
+    def device(self, device: Device, body: dict[str, Any] | bytes | None = None) -> int:
+        """`body`: device_dict(device), or device_json(device), when the caller has it."""
         if body is None:
-            body = device_dict(device)
+            body = device_json(device)
+        # JSON already encoded goes into the frame as it is
+        fields = cast(dict[str, Any], msgspec.Raw(body)) if isinstance(body, bytes) else body
         return self._store.outbox_put(
-            lambda seq: protocol.encode(protocol.DeviceMsg(seq=seq, device=body))
+            lambda seq: protocol.encode(protocol.DeviceMsg(seq=seq, device=fields))
         )
 
     def device_removed(self, device_id: str) -> int:
