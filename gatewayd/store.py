@@ -33,7 +33,7 @@ from gatewayd.model import iso, quick_init, utcnow
 
 log = get_logger(__name__)
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 RETRY_FLUSH_S: Final = 1.0
 # How long a statement waits for another process's write lock. Short: the store runs on the
 # event loop, so a long wait stalls the whole daemon; a refused commit is retried instead.
@@ -43,6 +43,7 @@ RECENT_BYTES: Final = 1 << 20  # ...within this many bytes
 CHECKPOINT_EVERY: Final = 100  # commits between background WAL checkpoints
 BACKSTOP_CHECKPOINT_PAGES: Final = 10_000  # SQLite's own checkpoint only if ours falls behind
 ACTION_IDS_KEEP: Final = 50_000  # action ids known in memory; beyond, has_action asks SQLite
+OUTBOX_ROW_FRAMES: Final = 256  # frames stored together in one outbox row, at most
 
 _ADJECTIVES: Final = tuple(
     str.split(
@@ -173,8 +174,44 @@ def _v2(db: sqlite3.Connection) -> None:
     )
 
 
+def _v3(db: sqlite3.Connection) -> None:
+    """The outbox keeps the frames of one commit together, up to OUTBOX_ROW_FRAMES to a row
+    (`frames`: a msgpack array of the frames first_seq..last_seq), instead of a row each:
+    one row insert per commit instead of five per action. Acks delete the rows whose frames
+    are all acknowledged; frames already acked in a kept row are skipped when read."""
+    _script(
+        db,
+        """
+        CREATE TABLE outbox_v3 (
+            last_seq INTEGER PRIMARY KEY,
+            first_seq INTEGER NOT NULL,
+            frames BLOB NOT NULL,
+            created_at TEXT NOT NULL
+        )
+        """,
+    )
+    rows = db.execute("SELECT seq, frame, created_at FROM outbox ORDER BY seq").fetchall()
+    db.executemany(
+        "INSERT INTO outbox_v3 (last_seq, first_seq, frames, created_at) VALUES (?, ?, ?, ?)",
+        [(seq, seq, _pack_frames([bytes(frame)]), created) for seq, frame, created in rows],
+    )
+    _script(db, "DROP TABLE outbox; ALTER TABLE outbox_v3 RENAME TO outbox")
+
+
+def _pack_frames(frames: list[bytes]) -> bytes:
+    return _msgpack_encoder.encode(frames)
+
+
+def _unpack_frames(blob: bytes) -> list[bytes]:
+    return _frames_decoder.decode(blob)
+
+
+_msgpack_encoder: Final = msgspec.msgpack.Encoder()
+_frames_decoder: Final = msgspec.msgpack.Decoder(list[bytes])
+
+
 # One function per schema version; MIGRATIONS[n] moves the schema from version n to n + 1.
-MIGRATIONS: Final[Sequence[Callable[[sqlite3.Connection], None]]] = (_v1, _v2)
+MIGRATIONS: Final[Sequence[Callable[[sqlite3.Connection], None]]] = (_v1, _v2, _v3)
 
 
 def migrate(db: sqlite3.Connection) -> int:
@@ -270,7 +307,7 @@ class Store:
         self._acked_event = anyio.Event()
         row = db.execute("SELECT value FROM meta WHERE key = 'acked_seq'").fetchone()
         self._acked_seq = int(row[0]) if row else 0
-        top = db.execute("SELECT max(seq) FROM outbox").fetchone()[0]
+        top = db.execute("SELECT max(last_seq) FROM outbox").fetchone()[0]
         self._committed_seq = max(int(top or 0), self._acked_seq)
         self._next_seq = self._committed_seq + 1
         # Every action id in the log while there are few enough (rows are only ever written
@@ -343,8 +380,12 @@ class Store:
             if frames:
                 created = iso(utcnow())  # one stamp per batch: the frames share this commit
                 self._db.executemany(
-                    "INSERT INTO outbox (seq, frame, created_at) VALUES (?, ?, ?)",
-                    [(seq, frame, created) for seq, frame in frames],
+                    "INSERT INTO outbox (last_seq, first_seq, frames, created_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    [
+                        (chunk[-1][0], chunk[0][0], _pack_frames([f for _, f in chunk]), created)
+                        for chunk in itertools.batched(frames, OUTBOX_ROW_FRAMES)
+                    ],
                 )
             if actions:
                 self._db.executemany(
@@ -387,7 +428,10 @@ class Store:
     def _remember_frames(self, frames: list[tuple[int, bytes]]) -> None:
         recent = self._recent_frames
         recent.extend(frames)
-        self._recent_bytes += sum(len(frame) for _, frame in frames)
+        size = 0
+        for _, frame in frames:
+            size += len(frame)
+        self._recent_bytes += size
         while recent and (len(recent) > RECENT_FRAMES or self._recent_bytes > RECENT_BYTES):
             self._recent_bytes -= len(recent.popleft()[1])
 
@@ -532,16 +576,24 @@ class Store:
     def outbox_after(self, seq: int, limit: int = 1000) -> list[tuple[int, bytes]]:
         """Committed frames above `seq`, ascending."""
         recent = self._recent_frames
-        after = max(seq, self._acked_seq)  # acked frames are deleted from the table
+        after = max(seq, self._acked_seq)  # acked frames are deleted, or skipped in a kept row
         if recent and recent[0][0] <= after + 1:
             start = after + 1 - recent[0][0]
             return list(itertools.islice(recent, start, start + limit))
-        return [
-            (int(s), bytes(f))
-            for s, f in self._db.execute(
-                "SELECT seq, frame FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
+        out: list[tuple[int, bytes]] = []
+        with contextlib.closing(
+            self._db.execute(
+                "SELECT first_seq, frames FROM outbox WHERE last_seq > ? ORDER BY last_seq",
+                (after,),
             )
-        ]
+        ) as rows:
+            for first, blob in rows:
+                for number, frame in enumerate(_unpack_frames(blob), start=int(first)):
+                    if number > after:
+                        out.append((number, frame))
+                        if len(out) >= limit:
+                            return out
+        return out
 
     def next_commit(self) -> int:
         """The number of the commit that will carry what is queued now."""
@@ -564,7 +616,7 @@ class Store:
         self._acked_seq = seq
         self._acked_event.set()
         self._acked_event = anyio.Event()
-        self._queue("DELETE FROM outbox WHERE seq <= ?", (seq,))
+        self._queue("DELETE FROM outbox WHERE last_seq <= ?", (seq,))
         self._queue(
             "INSERT INTO meta (key, value) VALUES ('acked_seq', ?) "
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value",

@@ -35,10 +35,13 @@ def _indexes(db: sqlite3.Connection) -> set[str]:
     }
 
 
-def test_migration_v2_keeps_the_log_and_indexes_only_unfinished_actions(tmp_path: Path) -> None:
+def test_migration_v2_keeps_the_log_and_indexes_only_unfinished_actions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     db = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
     MIGRATIONS[0](db)
     db.execute("PRAGMA user_version = 1")
+    monkeypatch.setattr("gatewayd.store.MIGRATIONS", MIGRATIONS[:2])
     assert _indexes(db) == {"actions_status", "actions_updated"}
     for n, status in enumerate(("gateway_received", "processing", "completed", "failed")):
         db.execute(
@@ -56,6 +59,8 @@ def test_migration_v2_keeps_the_log_and_indexes_only_unfinished_actions(tmp_path
     ).fetchone()
     assert entries == 2
 
+    monkeypatch.undo()
+    assert migrate(db) == SCHEMA_VERSION
     store = Store(db, tmp_path / "s.db")
     unfinished = store.actions_with_status(["gateway_received", "processing"])
     assert sorted(row.id for row in unfinished) == ["ar-0", "ar-1"]
@@ -70,6 +75,57 @@ def test_migration_v2_keeps_the_log_and_indexes_only_unfinished_actions(tmp_path
     assert "actions_unfinished" in plan
     assert [row.id for row in store.actions_with_status(["failed"])] == ["ar-3"]
     assert [row.id for row in store.recent_actions(2)] == ["ar-3", "ar-2"]
+
+
+def test_migration_v3_keeps_unacked_frames_and_their_seqs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "s.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    monkeypatch.setattr("gatewayd.store.MIGRATIONS", MIGRATIONS[:2])
+    assert migrate(db) == 2
+    db.executemany(
+        "INSERT INTO outbox (seq, frame, created_at) VALUES (?, ?, 't')",
+        [(seq, f'{{"n":{seq}}}'.encode()) for seq in (4, 5, 6)],
+    )
+    db.execute("INSERT INTO meta (key, value) VALUES ('acked_seq', '3')")
+    monkeypatch.undo()
+
+    assert migrate(db) == 3
+    columns = [r[1] for r in db.execute("PRAGMA table_info(outbox)")]
+    assert columns == ["last_seq", "first_seq", "frames", "created_at"]
+    db.close()
+    store = Store.open(path)
+    assert store.outbox_after(0) == [(n, f'{{"n":{n}}}'.encode()) for n in (4, 5, 6)]
+    assert store.outbox_put(lambda s: b"x") == 7
+    store.close()
+
+
+async def test_outbox_rows_hold_several_frames_read_back_after_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gatewayd.store.OUTBOX_ROW_FRAMES", 4)
+    monkeypatch.setattr("gatewayd.store.RECENT_FRAMES", 3)  # most reads go to SQLite
+    path = tmp_path / "s.db"
+    store = Store.open(path)
+    for _ in range(10):
+        store.outbox_put(lambda s: f"f{s}".encode())
+    store.flush()
+    store.outbox_put(lambda s: f"f{s}".encode())
+    store.flush()
+    assert store._db.execute("SELECT count(*) FROM outbox").fetchone()[0] == 4  # 4 + 4 + 2 + 1
+    assert [s for s, _ in store.outbox_after(2, limit=5)] == [3, 4, 5, 6, 7]
+    store.outbox_ack(6)  # the row of frames 5..8 stays: 7 and 8 are not acked
+    store.flush()
+    assert store._db.execute("SELECT min(first_seq) FROM outbox").fetchone()[0] == 5
+    store.close()
+
+    store = Store.open(path)
+    assert store.outbox_after(0) == [(n, f"f{n}".encode()) for n in range(7, 12)]
+    assert store.outbox_after(9, limit=1) == [(10, b"f10")]
+    assert store.outbox_backlog() == 5
+    assert store.outbox_put(lambda s: b"x") == 12
+    store.close()
 
 
 def test_device_descriptors_saved_before_a_commit_coalesce(tmp_path: Path) -> None:
