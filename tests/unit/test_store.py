@@ -59,11 +59,6 @@ def test_migration_v2_keeps_the_log_and_indexes_only_unfinished_actions(
     ).fetchone()
     assert entries == 2
 
-    monkeypatch.undo()
-    assert migrate(db) == SCHEMA_VERSION
-    store = Store(db, tmp_path / "s.db")
-    unfinished = store.actions_with_status(["gateway_received", "processing"])
-    assert sorted(row.id for row in unfinished) == ["ar-0", "ar-1"]
     plan = " ".join(
         str(r[3])
         for r in db.execute(
@@ -73,6 +68,27 @@ def test_migration_v2_keeps_the_log_and_indexes_only_unfinished_actions(
         )
     )
     assert "actions_unfinished" in plan
+
+
+def test_migration_v4_drops_the_last_status_index_and_recovery_still_finds_actions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    monkeypatch.setattr("gatewayd.store.MIGRATIONS", MIGRATIONS[:3])
+    assert migrate(db) == 3
+    assert _indexes(db) == {"actions_unfinished"}
+    for n, status in enumerate(("gateway_received", "processing", "completed", "failed")):
+        db.execute(
+            "INSERT INTO actions VALUES (?, 'dev', 'unlock', ?, NULL, '[]', 'dl', ?)",
+            (f"ar-{n}", status, f"2026-01-01T00:00:0{n}.000Z"),
+        )
+    monkeypatch.undo()
+
+    assert migrate(db) == 4
+    assert _indexes(db) == set()
+    store = Store(db, tmp_path / "s.db")
+    unfinished = store.actions_with_status(["gateway_received", "processing"])
+    assert sorted(row.id for row in unfinished) == ["ar-0", "ar-1"]
     assert [row.id for row in store.actions_with_status(["failed"])] == ["ar-3"]
     assert [row.id for row in store.recent_actions(2)] == ["ar-3", "ar-2"]
 
@@ -91,7 +107,7 @@ def test_migration_v3_keeps_unacked_frames_and_their_seqs(
     db.execute("INSERT INTO meta (key, value) VALUES ('acked_seq', '3')")
     monkeypatch.undo()
 
-    assert migrate(db) == 3
+    assert migrate(db) == SCHEMA_VERSION
     columns = [r[1] for r in db.execute("PRAGMA table_info(outbox)")]
     assert columns == ["last_seq", "first_seq", "frames", "created_at"]
     db.close()
