@@ -1,15 +1,24 @@
-"""Secret leak scan: every PIN and credential a test used must appear in no file the run left
-behind, except the stores meant to hold them (which must be 0600).
+"""Secret leak scan: every PIN, credential and Zigbee network key a test used must appear in no
+file the run left behind, except the stores meant to hold them (which must be 0600).
 
 Tests call `register(secret)`; at the end of the session every file under pytest's base temp
 directory is scanned. A leak fails the session. Registered via `pytest_plugins` in
 tests/conftest.py, so every suite can register what it uses.
+
+Zigbee network keys are made by zigpy when a driver forms its network (in the test process or
+in a daemon process) and kept in the radio's memory (the virtual radio's `zigbee.virtual.json`)
+and in zigpy's database (`zigbee.db`, table `network_backups_*`). `register_zigbee_keys(dir)`
+registers the keys stored under a directory; at the end of the session every key stored under
+the base temp directory is registered before the scan, so no test can forget one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import sqlite3
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +26,24 @@ import pytest
 # Third-party trees a test copies or installs (a venv, npm packages): not written by our code.
 FOREIGN_TREES = frozenset({"site-packages", "node_modules"})
 # Files whose job is to hold a secret; each must be readable by its owner only.
-SECRET_STORES = ("gatewayd.db", "gatewayd.db-wal", "gatewayd.db-shm")
+SECRET_STORES = (
+    "gatewayd.db",
+    "gatewayd.db-wal",
+    "gatewayd.db-shm",
+    "zigbee.db",  # zigpy keeps the network key in its network backups
+    "zigbee.db-wal",
+    "zigbee.db-shm",
+    "zigbee.db-journal",
+    "zigbee.virtual.json",  # the virtual radio's memory (a real stick's NVRAM)
+    "virtual.json",  # the same memory in tests of the virtual radio alone
+)
+ZIGBEE_RADIO_MEMORY = "*.virtual.json"
+ZIGBEE_DATABASE = "zigbee.db"
+# tests/zigbee/test_virtual_radio.py runs zigpy on the virtual radio without the gateway's
+# driver (which makes zigbee.db 0600 before zigpy opens it); zigpy then creates the database
+# with the process umask. Its radio memory is a bare `virtual.json` (the driver's is
+# `zigbee.virtual.json`): next to one, the zigpy files are the radio test's, not the gateway's.
+RADIO_ONLY_MEMORY = "virtual.json"
 MIN_LEN = 6  # shorter strings would match by chance (ports, timestamps)
 CHUNK = 1 << 20
 
@@ -34,6 +60,56 @@ def register(*secrets: str) -> None:
 
 def registered() -> frozenset[str]:
     return frozenset(_secrets)
+
+
+def key_forms(key: str) -> set[str]:
+    """The ways a 16-byte key may be written: zigpy's `aa:bb:…`, plain hex, either case."""
+    plain = key.replace(":", "").replace(" ", "").lower()
+    if len(plain) != 32:
+        raise ValueError("a Zigbee network key has 16 bytes")
+    colons = ":".join(plain[i : i + 2] for i in range(0, 32, 2))
+    return {plain, plain.upper(), colons, colons.upper()}
+
+
+def _backup_keys(backup: object) -> Iterator[str]:
+    if isinstance(backup, dict):
+        key = (backup.get("network_info") or {}).get("network_key") or {}
+        if isinstance(key, dict) and isinstance(key.get("key"), str):
+            yield key["key"]
+
+
+def zigbee_keys(root: Path) -> set[str]:
+    """Every Zigbee network key stored under `root` (a state dir or a whole temp tree)."""
+    keys: set[str] = set()
+    if not root.exists():
+        return keys
+    for memory in root.rglob(ZIGBEE_RADIO_MEMORY):
+        with contextlib.suppress(OSError, ValueError):
+            keys.update(_backup_keys(json.loads(memory.read_text()).get("backup")))
+    for db in root.rglob(ZIGBEE_DATABASE):
+        with contextlib.suppress(sqlite3.Error, ValueError):
+            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+            try:
+                tables = [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT name FROM sqlite_master WHERE name LIKE 'network_backups%'"
+                    )
+                ]
+                for table in tables:
+                    for (blob,) in conn.execute(f'SELECT backup_json FROM "{table}"'):
+                        keys.update(_backup_keys(json.loads(blob)))
+            finally:
+                conn.close()
+    return keys
+
+
+def register_zigbee_keys(root: Path) -> set[str]:
+    """Register every Zigbee network key stored under `root`; returns the keys."""
+    keys = zigbee_keys(root)
+    for key in keys:
+        register(*key_forms(key))
+    return keys
 
 
 def _contains(path: Path, needles: list[bytes]) -> set[bytes]:
@@ -70,7 +146,10 @@ def scan(root: Path, secrets: Iterable[str]) -> tuple[int, list[str]]:
         except OSError:
             continue
         if path.name in SECRET_STORES:
-            if stat.S_IMODE(st.st_mode) & 0o077:
+            radio_only = path.name.startswith(ZIGBEE_DATABASE) and (
+                (path.parent / RADIO_ONLY_MEMORY).exists()
+            )
+            if stat.S_IMODE(st.st_mode) & 0o077 and not radio_only:
                 problems.append(f"{path} holds secrets with mode {oct(stat.S_IMODE(st.st_mode))}")
             continue
         for hit in hits:
@@ -81,11 +160,14 @@ def scan(root: Path, secrets: Iterable[str]) -> tuple[int, list[str]]:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     factory = getattr(session.config, "_tmp_path_factory", None)
-    if factory is None or not _secrets:
-        return
+    if factory is None or getattr(factory, "_basetemp", None) is None:
+        return  # no test asked for a temp dir: nothing written there
     try:
         root = factory.getbasetemp()
     except (OSError, ValueError):
+        return
+    register_zigbee_keys(root)
+    if not _secrets:
         return
     files, problems = scan(root, _secrets)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")

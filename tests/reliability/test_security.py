@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import socket
 import stat
 import subprocess
@@ -29,6 +30,7 @@ from gatewayd import protocol
 from gatewayd.model import iso, utcnow
 from gatewayd.store import _ADJECTIVES, _NOUNS, Store
 from tests.reliability import leakscan
+from tests.reliability.faults import ZIGBEE_TOML
 from tests.reliability.harness import (
     DevcloudProcess,
     GatewayProcess,
@@ -338,3 +340,62 @@ async def test_pins_and_credentials_never_reach_a_log_or_the_status_endpoint(
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert stat.S_IMODE((tmp_path / "gw").stat().st_mode) == 0o700
     assert os.environ.get("GATEWAYD_CREDENTIAL") is None
+
+
+async def test_the_zigbee_network_key_stays_in_its_private_stores(tmp_path: Path) -> None:
+    """zigpy forms the network with a fresh random key and keeps it in zigbee.db (and the radio
+    keeps it in its memory): both 0600 with their -wal/-shm, the key in no log and no page,
+    also after the radio was lost and reconnected (zigpy reads the settings again)."""
+    state = tmp_path / "gw"
+    gw = GatewayProcess(state, tmp_path / "gw.log", "", locks=0, extra=ZIGBEE_TOML).start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            await healthy(http, gw)
+
+            async def ready() -> Any:
+                st = await get_json(http, gw.base + "/status")
+                zigbee = st["drivers"]["zigbee"]
+                return st if zigbee["state"] == "ready" and zigbee["devices"] == 2 else None
+
+            doors = [d["id"] for d in (await wait_for("zigbee locks", ready, 30))["devices"]]
+
+            async def simulate(door: str, what: str, **params: Any) -> None:
+                body = {"device_id": door, "what": what, "params": params}
+                async with http.post(gw.base + "/simulate", json=body) as r:
+                    assert r.status == 200, await r.text()
+
+            for door in doors:
+                await simulate(door, "manual_unlock")  # zigpy writes its attribute cache
+            await simulate(doors[0], "fault", kind="radio_unplug")
+
+            async def down() -> bool:
+                st = await get_json(http, gw.base + "/status")
+                return bool(st["drivers"]["zigbee"]["state"] == "down")
+
+            await wait_for("zigbee radio down", down, 10)
+            await simulate(doors[0], "fault", kind="radio_plug")
+            st = await wait_for("zigbee radio back", ready, 30)
+            assert st["drivers"]["zigbee"]["reconnects"] >= 1
+            private = [
+                state / name
+                for name in ("zigbee.db", "zigbee.db-wal", "zigbee.db-shm", "zigbee.virtual.json")
+            ]
+            running_modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in private}
+            keys = leakscan.register_zigbee_keys(state)
+            surfaces = [
+                await (await http.get(gw.base + page)).text()
+                for page in ("/status", "/metrics", "/")
+            ]
+        gw.kill(signal.SIGTERM)  # a clean stop: its last log lines too
+    finally:
+        gw.kill()
+    assert running_modes == {p.name: 0o600 for p in private}, running_modes
+    for path in state.glob("zigbee*"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert len(keys) == 1  # one network, formed once, the same after the reconnect
+    forms = leakscan.key_forms(next(iter(keys)))
+    files, problems = leakscan.scan(tmp_path, forms)
+    print(f"zigbee network key: {len(forms)} forms, {files} files scanned, {len(problems)} leaks")
+    assert files >= 5
+    assert problems == []
+    assert not [text for text in surfaces for form in forms if form in text]
