@@ -46,6 +46,9 @@ def _ts(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
+# The soak outlasts pytest's default timeout (300 s): its own budget is the run, the drain
+# (120 s), the wait for terminal actions (60 s) and set-up.
+@pytest.mark.timeout(SOAK_S + 300)
 async def test_soak_200_locks_mixed_workload(tmp_path: Path) -> None:
     rng = random.Random(7)
     cloud = DevcloudProcess(
@@ -136,15 +139,27 @@ async def test_soak_200_locks_mixed_workload(tmp_path: Path) -> None:
             minute = int((_ts(r["created_at"]) - t0).total_seconds() // 60)
             latency = (_ts(r["updated_at"]) - _ts(r["created_at"])).total_seconds() * 1000
             per_minute.setdefault(minute, []).append(latency)
+    by_minute: dict[int, list[tuple[float, int, int, int]]] = {}
+    for sample in samples:
+        by_minute.setdefault(int(sample[0] // 60), []).append(sample)
     table(
         f"soak: {LOCKS} locks, {SOAK_S:.0f} s, {ops} operations",
-        ["minute", "completed actions", "p50 ms", "p99 ms"],
+        [
+            "minute",
+            "completed actions",
+            "p50 ms",
+            "p99 ms",
+            "gatewayd RSS MB (end of minute)",
+            "outbox backlog (max)",
+        ],
         [
             [
                 m,
                 len(v),
                 f"{statistics.median(v):.0f}",
                 f"{sorted(v)[max(0, int(len(v) * 0.99) - 1)]:.0f}",
+                f"{by_minute[m][-1][1] / MB:.1f}" if m in by_minute else "",
+                max(x[3] for x in by_minute[m]) if m in by_minute else "",
             ]
             for m, v in sorted(per_minute.items())
         ],
