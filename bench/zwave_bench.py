@@ -186,9 +186,6 @@ async def main():
     print(json.dumps({
         "ready_s": ready, "rss_mib": now_rss / 2**20, "core_rss_mib": core / 2**20,
         "drivers": drivers, "zigpy_loaded": "zigpy" in sys.modules,
-        "zwave_js_server_loaded": sorted(
-            m for m in ("zwave_js_server", "pydantic") if m in sys.modules
-        ),
         "dev_only_loaded": sorted(m for m in ("rich", "pygments") if m in sys.modules),
     }))
 anyio.run(main)
@@ -267,7 +264,7 @@ def main() -> dict[str, Any]:
         ),
         Figure("  of which the core before any driver", float(footprint["core_rss_mib"]), "MiB"),
         Figure(
-            "  of which the zwave driver (drivers/zwave and its client)",
+            "  of which the zwave driver (drivers/zwave, zwave-js-server-python)",
             rss_mib - float(footprint["core_rss_mib"]),
             "MiB",
         ),
@@ -277,13 +274,6 @@ def main() -> dict[str, Any]:
             "bool",
             "0 (no)",
             not footprint["zigpy_loaded"],
-        ),
-        Figure(
-            "zwave-js-server-python / pydantic imported by the daemon",
-            float(bool(footprint["zwave_js_server_loaded"])),
-            "bool",
-            "0 (no)",
-            not footprint["zwave_js_server_loaded"],
         ),
     ]
     print_figures(

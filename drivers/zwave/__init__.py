@@ -1,4 +1,4 @@
-"""Z-Wave door locks through a zwave-js-server (its websocket API, schema 49-50; see client.py).
+"""Z-Wave door locks through a zwave-js-server (zwave-js-server-python 0.73.1, server schema <= 50).
 
 What the driver does, and what the test stack (zwave-js mock-server 15.29.0) can show:
 

@@ -7,18 +7,19 @@ never taken as proof: bolt state and user codes are read back from the device.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable
 from typing import Any
 
-from drivers.zwave.client import (
-    CommandClass,
+from zwave_js_server.const import CommandClass, NodeStatus
+from zwave_js_server.exceptions import (
+    BaseZwaveJSServerError,
     FailedZWaveCommand,
-    Node,
-    NodeStatus,
     NotConnected,
-    ZWaveServerError,
 )
+from zwave_js_server.model.node import Node
+
 from gatewayd.model import ActionTimeout, DeviceError, DeviceOffline
 
 SECURED = 0xFF
@@ -30,6 +31,20 @@ USER_NOT_AVAILABLE = 0xFE
 
 # zwave-js error codes that mean "the node did not answer in time".
 _TIMEOUT_CODES = frozenset({200, 201, 215})  # Controller_Timeout, _NodeTimeout, _MessageExpired
+
+
+class _NoSecrets(logging.Filter):
+    """zwave_js_server logs whole websocket messages at DEBUG; they carry user codes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.msg if isinstance(record.msg, str) else ""
+        return not (msg.startswith("Publishing message") or msg.startswith("Received message"))
+
+
+def install_log_filter() -> None:
+    lg = logging.getLogger("zwave_js_server")
+    if not any(isinstance(f, _NoSecrets) for f in lg.filters):
+        lg.addFilter(_NoSecrets())
 
 
 def mode_locked(mode: Any) -> bool | None:
@@ -48,7 +63,7 @@ def check_reachable(node: Node) -> None:
 
 
 async def call[T](what: str, aw: Awaitable[T], *, secret: bool = False) -> T:
-    """Await a zwave-server call; translate its failures into typed GatewayErrors.
+    """Await a zwave_js_server call; translate its failures into typed GatewayErrors.
 
     The client cancels pending futures when the websocket drops, which would look like our own
     cancellation: the call runs in its own task so the two can be told apart.
@@ -73,7 +88,7 @@ async def call[T](what: str, aw: Awaitable[T], *, secret: bool = False) -> T:
         raise DeviceError(f"{what} failed (zwave error {exc.zwave_error_code}){detail}") from None
     except NotConnected:
         raise DeviceError(f"{what}: zwave-server is not connected") from None
-    except ZWaveServerError as exc:
+    except BaseZwaveJSServerError as exc:
         detail = "" if secret else f": {type(exc).__name__}"
         raise DeviceError(f"{what} failed{detail}") from None
 

@@ -1,8 +1,8 @@
-"""ZWaveDriver: door locks behind a zwave-js-server, through the lean client in `client.py`.
+"""ZWaveDriver: door locks behind a zwave-js-server, through zwave-js-server-python.
 
 The connection runs in a task started with `ctx.spawn`: connect, wait for driver ready and the
 node interviews, then follow events until the websocket drops; reconnect with full-jitter
-backoff and re-sync devices without repeating events. Every zwave-server object stays in
+backoff and re-sync devices without repeating events. Every zwave_js_server object stays in
 this package; the core sees only `Device`, `DoorEvent` and `GatewayError`.
 """
 
@@ -21,18 +21,13 @@ from typing import Any
 import aiohttp
 import anyio
 import structlog
+from zwave_js_server.client import Client
+from zwave_js_server.const import CommandClass, InclusionStrategy, NodeStatus
+from zwave_js_server.model.node import Node
+from zwave_js_server.model.notification import NotificationNotification
+from zwave_js_server.model.value import Value
 
 from drivers.zwave import commands
-from drivers.zwave.client import (
-    Client,
-    CommandClass,
-    Controller,
-    InclusionStrategy,
-    Node,
-    NodeStatus,
-    Notification,
-    Value,
-)
 from drivers.zwave.events import (
     LOW_BATTERY,
     BoltTracker,
@@ -147,6 +142,7 @@ class ZWaveDriver(Driver):
         self._salt = secrets.token_bytes(16)
         self._server_version: str | None = None
         self._client_generation = 0
+        commands.install_log_filter()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -271,11 +267,11 @@ class ZWaveDriver(Driver):
         raise failure[0] if failure else _Disconnected()
 
     def _attach(self, client: Client) -> None:
-        assert client.controller is not None
+        assert client.driver is not None
         self._client = client
-        controller = client.controller
+        controller = client.driver.controller
         self._home_id = controller.home_id
-        self._server_version = client.server_version
+        self._server_version = client.version.server_version if client.version else None
         self._state = DriverState.READY
         self._last_error = None
         log.info("zwave.connected", url=self._config.url, nodes=len(controller.nodes))
@@ -322,9 +318,9 @@ class ZWaveDriver(Driver):
 
     def _check_settled(self) -> None:
         client = self._client
-        if client is None or client.controller is None:
+        if client is None or client.driver is None:
             return
-        nodes = client.controller.nodes.values()
+        nodes = client.driver.controller.nodes.values()
         if all(n.ready or n.is_controller_node for n in nodes):
             self._settled.set()
 
@@ -453,7 +449,7 @@ class ZWaveDriver(Driver):
     def _on_notification(self, node_id: int, event: dict[str, Any]) -> None:
         lock = self._locks.get(node_id)
         notif = event.get("notification")
-        if lock is None or not isinstance(notif, Notification):
+        if lock is None or not isinstance(notif, NotificationNotification):
             return
         lock.last_seen = utcnow()
         notice = parse_notification(notif.type_, notif.event, notif.parameters or {})
@@ -667,9 +663,9 @@ class ZWaveDriver(Driver):
     async def _close_window(self, duration_s: int, inclusion: bool) -> None:
         await anyio.sleep(duration_s)
         client = self._client
-        if client is None or client.controller is None:
+        if client is None or client.driver is None:
             return
-        controller = client.controller
+        controller = client.driver.controller
         try:
             if inclusion:
                 await controller.async_stop_inclusion()
@@ -710,17 +706,17 @@ class ZWaveDriver(Driver):
                 return lock
         return None
 
-    def _controller(self) -> Controller:
+    def _controller(self) -> Any:
         client = self._client
-        if client is None or client.controller is None:
+        if client is None or client.driver is None:
             raise DeviceError(f"zwave-server unreachable: {self._last_error or 'not connected'}")
-        return client.controller
+        return client.driver.controller
 
     def _node_or_none(self, lock: _Lock) -> Node | None:
         client = self._client
-        if client is None or client.controller is None:
+        if client is None or client.driver is None:
             return None
-        return client.controller.nodes.get(lock.node_id)
+        return client.driver.controller.nodes.get(lock.node_id)
 
     def _node(self, lock: _Lock) -> Node:
         if self._client is None:

@@ -45,7 +45,7 @@ LOW_BATTERY = 0.2
 
 @dataclass(frozen=True, slots=True)
 class Notice:
-    """A lock notification in driver terms (no zwave-server object)."""
+    """A lock notification in driver terms (no zwave_js_server object)."""
 
     kind: str  # "bolt" | "jammed" | "door" | "invalid_code" | "tampered" | "battery_low" | "code"
     locked: bool | None = None
