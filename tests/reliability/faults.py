@@ -192,8 +192,8 @@ async def fault_zwave_server_restart(lab: Lab) -> None:
     rejection when its host leaves while it waits for the host's ACK (a real stick does not),
     so the burst holds off until the gateway has nothing in flight and zwave-js is quiet.
     Remote actions go on while zwave-server is down (they fail at the gateway); door events
-    wait until it is back (reports of mock locks queued for an absent host make the mock fail
-    its next exchanges), then both go on."""
+    wait until it is back (played on the locks while it was down, they made the mock-server
+    die some 10 s after zwave-server came back), then both go on."""
     assert lab.zwave is not None
     lab.paused = True
     try:
