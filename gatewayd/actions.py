@@ -55,7 +55,7 @@ log = structlog.get_logger(__name__)
 
 GATEWAY_QUEUE: Final = "gateway"
 RECENT_KEEP: Final = 50
-SEEN_KEEP: Final = 100_000  # ids remembered in memory; older ones are looked up in the store
+SEEN_KEEP: Final = 1024  # recent ids in memory (bounded RSS); the store answers for the rest
 REMOTE_GRACE_S: Final = 5.0  # a remote lock/unlock report this soon after our action answers it
 YIELD_EVERY: Final = 8  # jobs a worker runs back to back before it lets other tasks run
 _DIGITS = re.compile(r"^[0-9]+$")
