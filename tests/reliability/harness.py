@@ -346,7 +346,9 @@ class Outcome:
     after_deadline: int = 0
     completed_without_effect: int = 0
     cloud_dedupes: int = 0
-    late_reports: int = 0
+    late_reports: int = 0  # a gateway report the cloud had to refuse: it said gateway_failure
+    gateway_failures: int = 0  # requests the cloud gave up on (offline, hand-off timeout)
+    ran_after_failure: int = 0  # the cloud said gateway_failure, yet the gateway ran it
     silent_noops: int = 0  # completed, no lock report: the bolt was already there
     problems: list[str] = field(default_factory=list)
 
@@ -367,6 +369,8 @@ class Outcome:
             "several_terminal",
             "after_deadline",
             "completed_without_effect",
+            "late_reports",
+            "ran_after_failure",
         ):
             assert getattr(self, name) == 0, (name, self.problems[:10])
 
@@ -467,9 +471,14 @@ def check(
                 out.several_terminal += 1
                 out.problems.append(f"action {action_id} ended twice: {terminal}")
             if len(terminal) > len(from_gateway) and from_gateway:
-                out.late_reports += 1  # cloud gave up on the hand-off, the gateway ran it later
+                out.late_reports += 1
+                out.problems.append(f"action {action_id}: a gateway report after {terminal[0]}")
             effects = by_action.get(action_id, [])
             starts = gateway.started.get(action_id, []) if gateway is not None else []
+            out.gateway_failures += ar["status"] == "gateway_failure"
+            if ar["status"] == "gateway_failure" and (effects or starts):
+                out.ran_after_failure += 1  # the hand-off must have cancelled it
+                out.problems.append(f"action {action_id} ran after the cloud's gateway_failure")
             if len(effects) > 1 or len(starts) > 1:
                 out.executed_twice += 1
                 out.problems.append(

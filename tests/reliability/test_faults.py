@@ -26,7 +26,8 @@ HEADER = [
     "cloud dedupes",
     "actions",
     "ran twice",
-    "late reports",
+    "gateway_failure",
+    "ran anyway",
 ]
 
 
@@ -41,7 +42,8 @@ def _row(fault: str, trials: int, o: Outcome) -> list[object]:
         o.cloud_dedupes,
         o.actions,
         o.executed_twice,
-        o.late_reports,
+        o.gateway_failures,
+        o.ran_after_failure,
     ]
 
 
