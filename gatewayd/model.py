@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import os
 import threading
@@ -10,50 +9,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Final
-
-
-def quick_init[T](cls: type[T]) -> type[T]:
-    """Give a frozen, slotted dataclass a faster `__init__` with the same signature.
-
-    The generated one sets each field through `object.__setattr__` (the class refuses plain
-    assignment); this one calls each slot's own setter, about twice as fast. Defaults and
-    default factories behave as before; `dataclasses.replace`, equality, hashing and repr are
-    untouched. Put it above `@dataclass(frozen=True, slots=True)`.
-    """
-    if not dataclasses.is_dataclass(cls) or "__slots__" not in cls.__dict__:
-        raise TypeError(f"{cls.__name__} is not a slotted dataclass")
-    if hasattr(cls, "__post_init__"):
-        raise TypeError(f"{cls.__name__} has a __post_init__")
-    env: dict[str, Any] = {"_FACTORY": _FACTORY}
-    params: list[str] = []
-    body: list[str] = []
-    for f in dataclasses.fields(cls):
-        if not f.init:
-            raise TypeError(f"{cls.__name__}.{f.name} is not an __init__ field")
-        name = f.name
-        env[f"_set_{name}"] = getattr(cls, name).__set__
-        if f.default is not dataclasses.MISSING:
-            env[f"_default_{name}"] = f.default
-            params.append(f"{name}=_default_{name}")
-        elif f.default_factory is not dataclasses.MISSING:
-            env[f"_factory_{name}"] = f.default_factory
-            params.append(f"{name}=_FACTORY")
-            body.append(f"    if {name} is _FACTORY:\n        {name} = _factory_{name}()\n")
-        else:
-            params.append(name)
-        body.append(f"    _set_{name}(self, {name})\n")
-    if not params:
-        return cls
-    source = f"def __init__(self, {', '.join(params)}):\n{''.join(body)}"
-    exec(source, env)  # noqa: S102 - built above from the class's own field names
-    init = env["__init__"]
-    init.__qualname__ = f"{cls.__qualname__}.__init__"
-    init.__doc__ = cls.__init__.__doc__
-    cls.__init__ = init  # type: ignore[method-assign]
-    return cls
-
-
-_FACTORY: Final = object()  # marks "use the default factory" in quick_init's signatures
 
 
 def utcnow() -> datetime:
@@ -190,19 +145,16 @@ DEVICE_ACTIONS: Final = frozenset(
 GATEWAY_ACTIONS: Final = frozenset({ActionName.PAIR_DEVICES, ActionName.UNPAIR_DEVICES})
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class Lock:
     name: ClassVar[ActionName] = ActionName.LOCK
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class Unlock:
     name: ClassVar[ActionName] = ActionName.UNLOCK
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class SetCode:
     slot_id: int
@@ -210,7 +162,6 @@ class SetCode:
     name: ClassVar[ActionName] = ActionName.SET_CODE
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class ClearCode:
     slot_id: int
@@ -221,7 +172,6 @@ Action = Lock | Unlock | SetCode | ClearCode
 """A validated device action, as a driver receives it."""
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class ActionResult:
     """What a driver returns when the device confirmed the action."""
@@ -229,7 +179,6 @@ class ActionResult:
     details: Mapping[str, Any] = field(default_factory=dict)
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class ActionRequest:
     """One request to act, from the cloud or any other source; inputs are raw and unvalidated."""
@@ -246,7 +195,6 @@ class ActionRequest:
 # --------------------------------------------------------------------------- devices
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class CodeConstraints:
     """What codes this lock accepts: digit-string lengths and the slot range."""
@@ -257,7 +205,6 @@ class CodeConstraints:
     max_slot: int = 11
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class DeviceProperties:
     locked: bool | None = None
@@ -280,7 +227,6 @@ class DeviceProperties:
         return "full"
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class Device:
     """A lock as the core sees it. `id` is the gateway's stable UUID, `native_id` the radio's."""
@@ -344,7 +290,6 @@ class Method(enum.StrEnum):
     UNKNOWN = "unknown"
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class DoorEvent:
     """Something that happened at a door. `details` never holds a PIN."""

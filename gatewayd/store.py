@@ -29,7 +29,7 @@ import anyio
 import msgspec
 
 from gatewayd.logging import get_logger
-from gatewayd.model import iso, quick_init, utcnow
+from gatewayd.model import iso, utcnow
 
 log = get_logger(__name__)
 
@@ -85,7 +85,6 @@ class Identity:
         return f"Identity(gateway_id={self.gateway_id!r}, claimed={self.claimed})"
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class ActionRow:
     id: str

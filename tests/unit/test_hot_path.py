@@ -6,7 +6,6 @@ import dataclasses
 import io
 import json
 import re
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import msgspec
@@ -26,47 +25,8 @@ from gatewayd.model import (
     DoorEvent,
     EventName,
     new_uuid,
-    quick_init,
 )
 from gatewayd.upstream import device_dict, device_json
-
-
-def test_quick_init_keeps_signature_defaults_factories_and_frozenness() -> None:
-    made: list[int] = []
-
-    def factory() -> list[int]:
-        made.append(1)
-        return []
-
-    @quick_init
-    @dataclass(frozen=True, slots=True)
-    class Row:
-        a: int
-        b: str = "b"
-        c: list[int] = field(default_factory=factory)
-
-    row = Row(1)
-    assert (row.a, row.b, row.c) == (1, "b", [])
-    assert Row(1).c is not row.c
-    assert len(made) == 2
-    assert Row(a=2, b="x", c=[3]) == Row(2, "x", [3])
-    assert dataclasses.replace(row, b="y") == Row(1, "y", [])
-    assert repr(row).endswith("Row(a=1, b='b', c=[])")
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        row.a = 2  # type: ignore[misc]
-    with pytest.raises(TypeError):
-        Row()  # type: ignore[call-arg]
-    with pytest.raises(TypeError):
-        Row(1, d=2)  # type: ignore[call-arg]
-
-
-def test_quick_init_refuses_what_it_cannot_copy() -> None:
-    @dataclass(frozen=True)
-    class NoSlots:
-        a: int
-
-    with pytest.raises(TypeError):
-        quick_init(NoSlots)
 
 
 def test_model_objects_build_as_before() -> None:
