@@ -42,7 +42,6 @@ RECENT_FRAMES: Final = 2048  # committed frames kept in memory for the tunnel to
 RECENT_BYTES: Final = 1 << 20  # ...within this many bytes
 CHECKPOINT_EVERY: Final = 100  # commits between background WAL checkpoints
 BACKSTOP_CHECKPOINT_PAGES: Final = 10_000  # SQLite's own checkpoint only if ours falls behind
-ACTION_IDS_KEEP: Final = 50_000  # action ids known in memory; beyond, has_action asks SQLite
 OUTBOX_ROW_FRAMES: Final = 256  # frames stored together in one outbox row, at most
 
 _ADJECTIVES: Final = tuple(
@@ -316,11 +315,6 @@ class Store:
         top = db.execute("SELECT max(last_seq) FROM outbox").fetchone()[0]
         self._committed_seq = max(int(top or 0), self._acked_seq)
         self._next_seq = self._committed_seq + 1
-        # Every action id in the log while there are few enough (rows are only ever written
-        # through record_action): has_action answers from memory instead of a SELECT.
-        self._action_ids: set[str] | None = None
-        if db.execute("SELECT count(*) FROM actions").fetchone()[0] <= ACTION_IDS_KEEP:
-            self._action_ids = {str(i) for (i,) in db.execute("SELECT id FROM actions")}
 
     @classmethod
     def open(cls, path: Path, synchronous: str = "normal") -> Store:
@@ -527,17 +521,13 @@ class Store:
         """
         # a copy of the transitions: the caller keeps appending to its list
         self._pending_actions[row.id] = (row, list(row.transitions), updated_at)
-        ids = self._action_ids
-        if ids is not None:
-            ids.add(row.id)
-            if len(ids) > ACTION_IDS_KEEP:
-                self._action_ids = None
         self._schedule_flush()
 
     def has_action(self, action_id: str) -> bool:
-        """Whether the action log holds this id (committed or queued), without decoding it."""
-        if self._action_ids is not None:
-            return action_id in self._action_ids
+        """Whether the action log holds this id (committed or queued), without decoding it.
+
+        A primary-key lookup (a few microseconds) rather than a set of every id in memory,
+        which would grow the daemon for as long as it runs."""
         if action_id in self._pending_actions:
             return True
         row = self._db.execute("SELECT 1 FROM actions WHERE id = ?", (action_id,)).fetchone()
