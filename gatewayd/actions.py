@@ -25,6 +25,7 @@ import anyio.lowlevel
 import structlog
 from anyio.abc import TaskGroup
 
+from gatewayd.logging import get_logger
 from gatewayd.model import (
     DEVICE_ACTIONS,
     Action,
@@ -51,7 +52,7 @@ from gatewayd.model import (
 )
 from gatewayd.store import ActionRow, Store
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 GATEWAY_QUEUE: Final = "gateway"
 RECENT_KEEP: Final = 50
@@ -409,9 +410,13 @@ class Dispatcher:
                 return
         elif self._store.commits < job.receipt:
             # Never move a lock for an action a crash could make us forget (and run again):
-            # wait until its receipt is committed, or the deadline passes.
-            with anyio.move_on_after(max(self._remaining(job), 0)):
-                await self._store.wait_commit(job.receipt)
+            # commit its receipt now (with everything else queued) rather than a tick later;
+            # while the store refuses commits, wait for its retries until the deadline.
+            if self._store.last_error is None:
+                self._store.flush()
+            if self._store.commits < job.receipt:
+                with anyio.move_on_after(max(self._remaining(job), 0)):
+                    await self._store.wait_commit(job.receipt)
             if self._store.commits < job.receipt:
                 self._finish(
                     job,
