@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,3 +103,40 @@ async def wait_action(cloud: Cloud, action_id: str, timeout: float = 15) -> dict
             if ar["status"] in ("completed", "failed", "gateway_failure"):
                 return dict(ar)
             await anyio.sleep(0.05)
+
+
+def transitions(cloud: Cloud, action_id: str) -> list[str]:
+    """The statuses devcloud recorded for an action request, in order."""
+    return [status for status, _, _ in cloud.state.db.transitions(action_id)]
+
+
+class Rest:
+    """devcloud's REST API, keeping every response body so the test can look for the PIN."""
+
+    def __init__(self, cloud: Cloud) -> None:
+        self.cloud = cloud
+        self.bodies: list[str] = []
+
+    async def get(self, path: str, **kw: Any) -> Any:
+        body = await self.cloud.get(path, **kw)
+        self.bodies.append(json.dumps(body))
+        return body
+
+    async def post(self, path: str, body: Any = None) -> tuple[int, Any]:
+        status, answer = await self.cloud.post(path, body)
+        self.bodies.append(json.dumps(answer))
+        return status, answer
+
+    async def act(self, device_id: str, action: str, data: Any = None) -> dict[str, Any]:
+        """POST an action, check it was accepted, and wait for its terminal state."""
+        status, ar = await self.post(
+            f"/v1/devices/{device_id}/actions/{action}", {} if data is None else {"data": data}
+        )
+        assert status == 200, ar
+        done = await wait_action(self.cloud, ar["id"])
+        self.bodies.append(json.dumps(done))
+        return done
+
+    async def events(self, device_id: str, name: str) -> list[dict[str, Any]]:
+        events = await self.get("/v1/events", params={"device_id": device_id})
+        return [e for e in events if e["event_name"] == name]

@@ -10,17 +10,13 @@ import anyio
 import pytest
 
 from gatewayd.driver import Simulation
-from tests.e2e.conftest import CloudFactory, Receiver, claim, tunnel_url, wait_action
+from tests.e2e.conftest import CloudFactory, Receiver, claim, transitions, tunnel_url, wait_action
 from tests.proxy import FaultProxy
 from tests.support import running_daemon, wait_until
 
 PIN = "480917"
 
 pytestmark = pytest.mark.stack
-
-
-def transitions(cloud: Any, action_id: str) -> list[str]:
-    return [status for status, _, _ in cloud.state.db.transitions(action_id)]
 
 
 def cloud_event_ids(cloud: Any) -> list[str]:

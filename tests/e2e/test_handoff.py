@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import CloudFactory, claim, tunnel_url, wait_action
+from tests.e2e.conftest import CloudFactory, claim, transitions, tunnel_url, wait_action
 from tests.proxy import FaultProxy
 from tests.support import running_daemon, wait_until
 
@@ -64,8 +64,7 @@ async def test_an_action_the_cloud_gave_up_on_is_never_run_late(
         await proxy.close()
     shown = await cloud.get(f"/v1/action_requests/{late['id']}")
     assert shown["status"] == "gateway_failure"  # the late `failed` report did not rewrite it
-    history = [s for s, _, _ in cloud.state.db.transitions(late["id"])]
-    assert history == ["pending", "gateway_failure"]
+    assert transitions(cloud, late["id"]) == ["pending", "gateway_failure"]
     names = [
         r[0]
         for r in cloud.state.db._conn.execute(

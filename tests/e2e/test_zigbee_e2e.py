@@ -16,8 +16,7 @@ import pytest
 from drivers.zigbee import ZigbeeDriver
 from gatewayd.daemon import Daemon
 from gatewayd.driver import Simulation
-from tests.cloudkit import Cloud
-from tests.e2e.conftest import CloudFactory, Receiver, claim, tunnel_url, wait_action
+from tests.e2e.conftest import CloudFactory, Receiver, Rest, claim, transitions, tunnel_url
 from tests.support import running_daemon, wait_until
 
 pytestmark = pytest.mark.stack
@@ -37,38 +36,6 @@ report_wait_s = 1.0
 event_merge_s = 0.2
 availability_s = 0
 """
-
-
-class Rest:
-    """devcloud's REST API, keeping every response body so the test can look for the PIN."""
-
-    def __init__(self, cloud: Cloud) -> None:
-        self.cloud = cloud
-        self.bodies: list[str] = []
-
-    async def get(self, path: str, **kw: Any) -> Any:
-        body = await self.cloud.get(path, **kw)
-        self.bodies.append(json.dumps(body))
-        return body
-
-    async def post(self, path: str, body: Any = None) -> tuple[int, Any]:
-        status, answer = await self.cloud.post(path, body)
-        self.bodies.append(json.dumps(answer))
-        return status, answer
-
-    async def act(self, device_id: str, action: str, data: Any = None) -> dict[str, Any]:
-        """POST an action, check it was accepted, and wait for its terminal state."""
-        status, ar = await self.post(
-            f"/v1/devices/{device_id}/actions/{action}", {} if data is None else {"data": data}
-        )
-        assert status == 200, ar
-        done = await wait_action(self.cloud, ar["id"])
-        self.bodies.append(json.dumps(done))
-        return done
-
-
-def transitions(cloud: Cloud, action_id: str) -> list[str]:
-    return [status for status, _, _ in cloud.state.db.transitions(action_id)]
 
 
 def zigbee(daemon: Daemon) -> ZigbeeDriver:

@@ -19,7 +19,7 @@ from drivers.zwave import ZWaveDriver
 from gatewayd.daemon import Daemon
 from gatewayd.driver import Simulation
 from tests.cloudkit import Cloud, CloudFactory
-from tests.e2e.conftest import Receiver, claim, tunnel_url, wait_action
+from tests.e2e.conftest import Receiver, Rest, claim, transitions, tunnel_url
 from tests.support import running_daemon, wait_until
 from tests.zwave.stack import ZWaveStack, native_id, shared_stack
 
@@ -42,38 +42,6 @@ reconnect_max_s = 2.0
 code_recheck_s = 0.5
 mock_control_url = "{stack.control_url}"
 """
-
-
-class Rest:
-    """devcloud's REST API, keeping every response body so the test can look for the PIN."""
-
-    def __init__(self, cloud: Cloud) -> None:
-        self.cloud = cloud
-        self.bodies: list[str] = []
-
-    async def get(self, path: str, **kw: Any) -> Any:
-        body = await self.cloud.get(path, **kw)
-        self.bodies.append(json.dumps(body))
-        return body
-
-    async def act(self, device_id: str, action: str, data: Any = None) -> dict[str, Any]:
-        """POST an action, check it was accepted, and wait for its terminal state."""
-        status, ar = await self.cloud.post(
-            f"/v1/devices/{device_id}/actions/{action}", {} if data is None else {"data": data}
-        )
-        self.bodies.append(json.dumps(ar))
-        assert status == 200, ar
-        done = await wait_action(self.cloud, ar["id"])
-        self.bodies.append(json.dumps(done))
-        return done
-
-    async def events(self, device_id: str, name: str) -> list[dict[str, Any]]:
-        events = await self.get("/v1/events", params={"device_id": device_id})
-        return [e for e in events if e["event_name"] == name]
-
-
-def transitions(cloud: Cloud, action_id: str) -> list[str]:
-    return [status for status, _, _ in cloud.state.db.transitions(action_id)]
 
 
 def _locked(cloud: Cloud, device_id: str) -> object:
