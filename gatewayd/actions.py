@@ -333,6 +333,7 @@ class Dispatcher:
                 log.warning("actions.cancel_too_late", action_request_id=action_id)
             return False
         job.cancelled = reason or "cancelled by the cloud"
+        log.warning("actions.cancelled_by_cloud", action_request_id=action_id)
         if job.waiting is not None:
             job.waiting.cancel()
         return True
@@ -525,7 +526,6 @@ class Dispatcher:
         )
 
     def _finish(self, job: _Job, error: GatewayError | None) -> None:
-        self._handoffs.pop(job.request.id, None)
         if error is None:
             self._transition(job, ActionStatus.COMPLETED)
         else:

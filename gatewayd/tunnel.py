@@ -371,7 +371,7 @@ class Tunnel:
             self._skip(f"unexpected {type(frame).__name__} from the cloud")
 
     def _cancel(self, action_id: str, reason: str) -> None:
-        log.warning("tunnel.action_cancelled", action_request_id=action_id[:100])
+        # the dispatcher logs the ones it held; welcome.cancelled may name many it never saw
         if self._on_cancel is not None:
             self._on_cancel(action_id, reason[:200])
 
