@@ -196,6 +196,18 @@ async def test_soak_200_locks_mixed_workload(tmp_path: Path) -> None:
     assert late_backlog <= max(2 * early_backlog, 50), "the outbox backlog kept growing"
 
 
+async def _hello(ws: Any, token: str | None = None) -> None:
+    """A fleet gateway's hello: with its registration token while unclaimed."""
+    hello = protocol.Hello(
+        protocol=1,
+        software_version="0.1",
+        hardware="fleet",
+        drivers=["sim"],
+        registration_token=token,
+    )
+    await ws.send_str(protocol.encode(hello).decode())
+
+
 async def test_fleet_of_claimed_tunnels_against_one_devcloud(tmp_path: Path) -> None:
     cloud = DevcloudProcess(
         tmp_path / "cloud.db",
@@ -218,17 +230,7 @@ async def test_fleet_of_claimed_tunnels_against_one_devcloud(tmp_path: Path) -> 
                 async with gate:
                     token = f"fleet-token-{n:04d}"
                     ws = await http.ws_connect(url)
-                    await ws.send_str(
-                        protocol.encode(
-                            protocol.Hello(
-                                protocol=1,
-                                software_version="0.1",
-                                hardware="fleet",
-                                drivers=["sim"],
-                                registration_token=token,
-                            )
-                        ).decode()
-                    )
+                    await _hello(ws, token)
                     assert isinstance(
                         protocol.decode((await ws.receive(timeout=30)).data), protocol.Welcome
                     )
@@ -245,16 +247,7 @@ async def test_fleet_of_claimed_tunnels_against_one_devcloud(tmp_path: Path) -> 
                     ws = await http.ws_connect(
                         url, headers={"Authorization": f"Bearer {claimed.credential}"}
                     )
-                    await ws.send_str(
-                        protocol.encode(
-                            protocol.Hello(
-                                protocol=1,
-                                software_version="0.1",
-                                hardware="fleet",
-                                drivers=["sim"],
-                            )
-                        ).decode()
-                    )
+                    await _hello(ws)
                     await ws.receive(timeout=30)  # welcome
                     body: dict[str, Any] = device_body(f"00000000-0000-4000-8000-{n:012d}")
                     await ws.send_str(
