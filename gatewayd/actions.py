@@ -16,12 +16,12 @@ from __future__ import annotations
 import re
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Protocol
 
 import anyio
 import anyio.lowlevel
+import msgspec
 import structlog
 from anyio.abc import TaskGroup
 
@@ -62,8 +62,7 @@ YIELD_EVERY: Final = 8  # jobs a worker runs back to back before it lets other t
 _DIGITS = re.compile(r"^[0-9]+$")
 
 
-@dataclass(frozen=True, slots=True)
-class StatusUpdate:
+class StatusUpdate(msgspec.Struct, frozen=True):
     """One status transition of one action request, as reported upstream."""
 
     action_request_id: str
@@ -97,13 +96,12 @@ class Executor(Protocol):
     async def unpair(self, duration_s: int, device_id: str | None) -> None: ...
 
 
-@dataclass(slots=True)
-class _Job:
+class _Job(msgspec.Struct):
     request: ActionRequest
     action: Action | None  # None for gateway actions
     queue: str
     status: ActionStatus
-    transitions: list[tuple[str, str]] = field(default_factory=list)
+    transitions: list[tuple[str, str]] = msgspec.field(default_factory=list)
     started: float | None = None
     finished: float | None = None
     error: dict[str, Any] | None = None
@@ -411,13 +409,12 @@ class Dispatcher:
                 return
         elif self._store.commits < job.receipt:
             # Never move a lock for an action a crash could make us forget (and run again):
-            # commit its receipt now (with everything else queued) rather than a tick later;
-            # while the store refuses commits, wait for its retries until the deadline.
-            if self._store.last_error is None:
-                self._store.flush()
-            if self._store.commits < job.receipt:
-                with anyio.move_on_after(max(self._remaining(job), 0)):
-                    await self._store.wait_commit(job.receipt)
+            # wait for the commit of its receipt. That is the store's end-of-tick group commit,
+            # shared by every receipt queued in the tick (a commit per worker cost a commit per
+            # few actions under load); while the store refuses commits, its retries until the
+            # deadline.
+            with anyio.move_on_after(max(self._remaining(job), 0)):
+                await self._store.wait_commit(job.receipt)
             if self._store.commits < job.receipt:
                 self._finish(
                     job,

@@ -6,9 +6,11 @@ import enum
 import os
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Final
+
+import msgspec
 
 
 def utcnow() -> datetime:
@@ -145,25 +147,21 @@ DEVICE_ACTIONS: Final = frozenset(
 GATEWAY_ACTIONS: Final = frozenset({ActionName.PAIR_DEVICES, ActionName.UNPAIR_DEVICES})
 
 
-@dataclass(frozen=True, slots=True)
-class Lock:
+class Lock(msgspec.Struct, frozen=True):
     name: ClassVar[ActionName] = ActionName.LOCK
 
 
-@dataclass(frozen=True, slots=True)
-class Unlock:
+class Unlock(msgspec.Struct, frozen=True):
     name: ClassVar[ActionName] = ActionName.UNLOCK
 
 
-@dataclass(frozen=True, slots=True)
-class SetCode:
+class SetCode(msgspec.Struct, frozen=True):
     slot_id: int
     code: PinCode
     name: ClassVar[ActionName] = ActionName.SET_CODE
 
 
-@dataclass(frozen=True, slots=True)
-class ClearCode:
+class ClearCode(msgspec.Struct, frozen=True):
     slot_id: int
     name: ClassVar[ActionName] = ActionName.CLEAR_CODE
 
@@ -172,15 +170,13 @@ Action = Lock | Unlock | SetCode | ClearCode
 """A validated device action, as a driver receives it."""
 
 
-@dataclass(frozen=True, slots=True)
-class ActionResult:
+class ActionResult(msgspec.Struct, frozen=True):
     """What a driver returns when the device confirmed the action."""
 
-    details: Mapping[str, Any] = field(default_factory=dict)
+    details: Mapping[str, Any] = msgspec.field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class ActionRequest:
+class ActionRequest(msgspec.Struct, frozen=True):
     """One request to act, from the cloud or any other source; inputs are raw and unvalidated."""
 
     id: str
@@ -290,15 +286,14 @@ class Method(enum.StrEnum):
     UNKNOWN = "unknown"
 
 
-@dataclass(frozen=True, slots=True)
-class DoorEvent:
+class DoorEvent(msgspec.Struct, frozen=True):
     """Something that happened at a door. `details` never holds a PIN."""
 
     device_id: str
     event_name: EventName
-    details: Mapping[str, Any] = field(default_factory=dict)
-    id: str = field(default_factory=new_uuid)
-    date_created: datetime = field(default_factory=utcnow)
+    details: Mapping[str, Any] = msgspec.field(default_factory=dict)
+    id: str = msgspec.field(default_factory=new_uuid)
+    date_created: datetime = msgspec.field(default_factory=utcnow)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -84,8 +84,7 @@ class Identity:
         return f"Identity(gateway_id={self.gateway_id!r}, claimed={self.claimed})"
 
 
-@dataclass(frozen=True, slots=True)
-class ActionRow:
+class ActionRow(msgspec.Struct, frozen=True):
     id: str
     entity_id: str
     action: str
