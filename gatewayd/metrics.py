@@ -1,37 +1,39 @@
-"""Prometheus metrics: counters fed as things happen, gauges read from the daemon at scrape."""
+"""Prometheus metrics: counters fed as things happen, gauges read from the daemon at scrape.
+
+prometheus_client (and the http.server, wsgiref, ... it brings) is imported at the first scrape,
+not at start-up: the counters are plain numbers until then, and a box nobody scrapes never pays
+its memory.
+"""
 
 from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
-
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.registry import Collector
+from typing import TYPE_CHECKING, cast
 
 from gatewayd import __version__
 from gatewayd.actions import StatusUpdate
 from gatewayd.driver import DriverState
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
+    from prometheus_client.registry import Collector
+
     from gatewayd.daemon import Daemon
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
-class _StateCollector(Collector):
+class _StateCollector:
     """Gauges that describe the daemon's state right now."""
 
     def __init__(self, daemon: Daemon) -> None:
         self._daemon = daemon
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         d = self._daemon
         if d.store is None or d.registry is None or d.dispatcher is None:
             return
@@ -120,7 +122,7 @@ class _Latency:
         self.total = 0.0
 
 
-class _ActionCollector(Collector):
+class _ActionCollector:
     """Action counters and latencies, kept as plain numbers and turned into metric families
     only when scraped: a transition costs a dict lookup and an add, not a locked update."""
 
@@ -128,6 +130,8 @@ class _ActionCollector(Collector):
         self._metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+
         m = self._metrics
         actions = CounterMetricFamily(
             "gatewayd_actions",
@@ -161,11 +165,23 @@ class GatewayMetrics:
     """One registry per daemon, so several daemons can live in one test process."""
 
     def __init__(self, daemon: Daemon) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
         self.counts: dict[tuple[str, str], int] = {}  # (action, status) -> transitions
         self.latencies: dict[str, _Latency] = {}  # action -> its duration histogram
-        self.registry.register(_ActionCollector(self))
-        self.registry.register(_StateCollector(daemon))
+        self._daemon = daemon
+        self._registry: CollectorRegistry | None = None  # made at the first scrape
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """The prometheus_client registry of this daemon's collectors (imports the library)."""
+        if self._registry is None:
+            from prometheus_client import CollectorRegistry
+
+            registry = CollectorRegistry(auto_describe=True)
+            # Collectors by duck type: the registry only calls collect().
+            registry.register(cast("Collector", _ActionCollector(self)))
+            registry.register(cast("Collector", _StateCollector(self._daemon)))
+            self._registry = registry
+        return self._registry
 
     def observe_status(self, update: StatusUpdate) -> None:
         action = update.action or "unknown"
@@ -183,4 +199,6 @@ class GatewayMetrics:
             series.total += duration
 
     def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
         return generate_latest(self.registry)
