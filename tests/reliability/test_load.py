@@ -174,7 +174,12 @@ async def test_soak_200_locks_mixed_workload(tmp_path: Path) -> None:
         ["", "gatewayd RSS MB", "devcloud RSS MB", "outbox backlog (max of third)"],
         [
             ["after warm-up", f"{first[1] / MB:.1f}", f"{first[2] / MB:.1f}", early_backlog],
-            ["end", f"{last[1] / MB:.1f}", f"{last[2] / MB:.1f}", late_backlog],
+            [
+                "end",
+                f"{last[1] / MB:.1f} ({(last[1] / first[1] - 1) * 100:+.1f} %)",
+                f"{last[2] / MB:.1f}",
+                late_backlog,
+            ],
         ],
     )
     table(
