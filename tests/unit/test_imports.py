@@ -1,9 +1,12 @@
 """What a daemon imports: with only the Z-Wave driver enabled, its driver and no radio library it
-does not use (zigpy and the Zigbee driver); and prometheus_client only once /metrics is scraped."""
+does not use (zigpy and the Zigbee driver); prometheus_client only once /metrics is scraped; and,
+under the systemd unit's environment, neither frozenlist's C++ extension nor a parsed CA bundle."""
 
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -135,3 +138,111 @@ listen = "127.0.0.1:0"
     assert 'gatewayd_info{version="' in body
     assert "gatewayd_outbox_backlog 0.0" in body
     assert "# TYPE gatewayd_actions_total counter" in body
+
+
+# ---------------------------------------------------------------------- the unit's environment
+
+
+def unit_environment() -> dict[str, str]:
+    """The Environment= settings of systemd/gatewayd.service."""
+    env: dict[str, str] = {}
+    for line in (ROOT / "systemd/gatewayd.service").read_text().splitlines():
+        if line.startswith("Environment="):
+            for pair in shlex.split(line.removeprefix("Environment=")):
+                name, _, value = pair.partition("=")
+                env[name] = value
+    return env
+
+
+_UNDER_UNIT_CHILD = """
+import json, sys
+import gatewayd.cli, gatewayd.daemon, drivers.zwave.driver
+import aiohttp.connector as c
+print(json.dumps({
+    "frozenlist_c": "frozenlist._frozenlist" in sys.modules,
+    "ca_parsed": c._SSL_CONTEXT_VERIFIED.cert_store_stats()["x509_ca"],
+}))
+"""
+
+
+def test_under_the_units_environment_no_cxx_frozenlist_and_no_ca_bundle_at_start() -> None:
+    env = unit_environment()
+    assert env["FROZENLIST_NO_EXTENSIONS"] == "1"
+    assert env["SSL_CERT_FILE"] == "/dev/null"
+    assert env["SSL_CERT_DIR"] == "/etc/ssl/certs"
+
+    def run(extra: dict[str, str]) -> dict[str, object]:
+        out = subprocess.run(
+            [sys.executable, "-c", _UNDER_UNIT_CHILD],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=120,
+            check=True,
+            env={"PATH": os.environ["PATH"], **extra},
+        )
+        result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
+        return result
+
+    assert run(env) == {"frozenlist_c": False, "ca_parsed": 0}
+    # Without it, what the settings avoid does happen (the check can fail).
+    plain = run({})
+    assert plain["frozenlist_c"] is True
+    assert isinstance(plain["ca_parsed"], int)
+    assert plain["ca_parsed"] > 0
+
+
+# A TLS client made as the tunnel makes one (the default context, no ca_file) verifies its peer
+# through SSL_CERT_DIR's hashed files alone, as the unit has it; a directory without the CA fails.
+_TLS_CHILD = """
+import asyncio, json, ssl, sys
+async def main():
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(sys.argv[1])
+    async def serve(reader, writer):
+        writer.write(b"hi")
+        await writer.drain()
+        writer.close()
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    client_ctx = ssl.create_default_context()
+    try:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client_ctx, server_hostname="localhost")
+        result = (await reader.read()).decode()
+        writer.close()
+    except ssl.SSLCertVerificationError as exc:
+        result = exc.verify_message
+    server.close()
+    print(json.dumps(result))
+asyncio.run(main())
+"""
+
+
+def test_the_units_trust_store_lookup_verifies_peers(tmp_path: Path) -> None:
+    import trustme
+
+    ca = trustme.CA()
+    server_pem = tmp_path / "server.pem"
+    ca.issue_cert("localhost").private_key_and_cert_chain_pem.write_to_path(str(server_pem))
+    certs, empty = tmp_path / "certs", tmp_path / "empty"
+    certs.mkdir()
+    empty.mkdir()
+    ca.cert_pem.write_to_path(str(certs / "test-ca.pem"))
+    subprocess.run(["openssl", "rehash", str(certs)], check=True, capture_output=True)
+
+    def handshake(cert_dir: Path) -> str:
+        env = {**unit_environment(), "SSL_CERT_DIR": str(cert_dir), "PATH": os.environ["PATH"]}
+        out = subprocess.run(
+            [sys.executable, "-c", _TLS_CHILD, str(server_pem)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+            env=env,
+        )
+        result: str = json.loads(out.stdout.strip().splitlines()[-1])
+        return result
+
+    assert handshake(certs) == "hi"
+    assert handshake(empty) == "unable to get local issuer certificate"
