@@ -1,6 +1,7 @@
 """What a daemon imports: with only the Z-Wave driver enabled, its driver and no radio library it
 does not use (zigpy and the Zigbee driver); prometheus_client only once /metrics is scraped; and,
-under the systemd unit's environment, neither frozenlist's C++ extension nor a parsed CA bundle."""
+as `gatewayd run` starts under the systemd unit, neither frozenlist's C++ extension nor a parsed
+CA bundle."""
 
 from __future__ import annotations
 
@@ -155,45 +156,69 @@ def unit_environment() -> dict[str, str]:
 
 
 _UNDER_UNIT_CHILD = """
-import json, sys
-import gatewayd.cli, gatewayd.daemon, drivers.zwave.driver
+import json, os, sys
+from gatewayd import cli
+changed = cli.trust_anchors_on_demand()  # as `gatewayd run` does before importing the daemon
+import gatewayd.daemon, drivers.zwave.driver
 import aiohttp.connector as c
 print(json.dumps({
+    "changed": changed,
+    "cert_dir": os.environ.get("SSL_CERT_DIR"),
     "frozenlist_c": "frozenlist._frozenlist" in sys.modules,
     "ca_parsed": c._SSL_CONTEXT_VERIFIED.cert_store_stats()["x509_ca"],
 }))
 """
 
 
-def test_under_the_units_environment_no_cxx_frozenlist_and_no_ca_bundle_at_start() -> None:
+def _under(env: dict[str, str]) -> dict[str, object]:
+    out = subprocess.run(
+        [sys.executable, "-c", _UNDER_UNIT_CHILD],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        check=True,
+        env={"PATH": os.environ["PATH"], **env},
+    )
+    result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_gatewayd_run_under_the_unit_loads_no_cxx_frozenlist_and_no_ca_bundle() -> None:
     env = unit_environment()
     assert env["FROZENLIST_NO_EXTENSIONS"] == "1"
-    assert env["SSL_CERT_FILE"] == "/dev/null"
-    assert env["SSL_CERT_DIR"] == "/etc/ssl/certs"
-
-    def run(extra: dict[str, str]) -> dict[str, object]:
-        out = subprocess.run(
-            [sys.executable, "-c", _UNDER_UNIT_CHILD],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=120,
-            check=True,
-            env={"PATH": os.environ["PATH"], **extra},
-        )
-        result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
-        return result
-
-    assert run(env) == {"frozenlist_c": False, "ca_parsed": 0}
-    # Without it, what the settings avoid does happen (the check can fail).
-    plain = run({})
+    lean = _under(env)
+    cert_dir = lean.pop("cert_dir")
+    assert lean == {"changed": True, "frozenlist_c": False, "ca_parsed": 0}
+    assert isinstance(cert_dir, str)  # OpenSSL's default CA directory, hashed here as on Debian
+    assert Path(cert_dir).resolve() == Path("/etc/ssl/certs")
+    # Without them, what the settings avoid does happen (the check can fail).
+    plain = _under({"SSL_CERT_DIR": "/etc/ssl/certs"})  # set: left alone
+    assert plain["changed"] is False
     assert plain["frozenlist_c"] is True
     assert isinstance(plain["ca_parsed"], int)
     assert plain["ca_parsed"] > 0
 
 
+def test_trust_anchors_on_demand_only_with_a_hashed_directory(tmp_path: Path) -> None:
+    from gatewayd.cli import trust_anchors_on_demand
+
+    (tmp_path / "ca-bundle.crt").write_text("")
+    env: dict[str, str] = {}
+    assert trust_anchors_on_demand(env, str(tmp_path)) is False  # e.g. Fedora's /etc/ssl/certs
+    assert env == {}
+    assert trust_anchors_on_demand(env, str(tmp_path / "missing")) is False
+    (tmp_path / "5ad8a5d6.0").write_text("")
+    assert trust_anchors_on_demand(env, str(tmp_path)) is True
+    assert env == {"SSL_CERT_FILE": os.devnull, "SSL_CERT_DIR": str(tmp_path)}
+    mine = {"SSL_CERT_FILE": "/etc/my-ca.pem"}
+    assert trust_anchors_on_demand(mine, str(tmp_path)) is False
+    assert mine == {"SSL_CERT_FILE": "/etc/my-ca.pem"}
+
+
 # A TLS client made as the tunnel makes one (the default context, no ca_file) verifies its peer
-# through SSL_CERT_DIR's hashed files alone, as the unit has it; a directory without the CA fails.
+# through SSL_CERT_DIR's hashed files alone, as `gatewayd run` sets it; a directory without the
+# CA fails.
 _TLS_CHILD = """
 import asyncio, json, ssl, sys
 async def main():
@@ -232,7 +257,11 @@ def test_the_units_trust_store_lookup_verifies_peers(tmp_path: Path) -> None:
     subprocess.run(["openssl", "rehash", str(certs)], check=True, capture_output=True)
 
     def handshake(cert_dir: Path) -> str:
-        env = {**unit_environment(), "SSL_CERT_DIR": str(cert_dir), "PATH": os.environ["PATH"]}
+        env = {
+            "SSL_CERT_FILE": os.devnull,
+            "SSL_CERT_DIR": str(cert_dir),
+            "PATH": os.environ["PATH"],
+        }
         out = subprocess.run(
             [sys.executable, "-c", _TLS_CHILD, str(server_pem)],
             capture_output=True,
