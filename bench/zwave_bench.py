@@ -376,8 +376,7 @@ def main() -> dict[str, Any]:
         Figure("ratio driver / direct p50", ms["driver"][0] / ms["direct"][0], "x"),
         Figure("daemon start, zwave only (exec to 2 locks)", float(zwave["ready_s"]), "s"),
         Figure(
-            f"daemon RSS, zwave only, box install run as the unit runs it, after {WORK_ROUNDS} "
-            "lock/unlock",
+            f"box daemon RSS, zwave, after {WORK_ROUNDS} lock/unlock",
             rss_mib,
             "MiB",
             f"<= {TARGET_RSS_MB} MB",
