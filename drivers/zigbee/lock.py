@@ -93,11 +93,13 @@ class ZigbeeLock:
         self._changed = asyncio.Event()
         self._expect: bool | None = None
         self._pending: asyncio.TimerHandle | None = None
+        self._cache_write: asyncio.Handle | None = None
         self._code_slot: int | None = None
         self._programmed: dict[int, int] = {}
         self._left: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._quiet = False
         self._device: Device | None = None
+        self._codes: tuple[tuple[Any, ...], CodeConstraints] = ((), DEFAULT_CODES)
         self._ep = next(
             ep for ep in zdev.non_zdo_endpoints if DoorLock.cluster_id in ep.in_clusters
         )
@@ -126,6 +128,9 @@ class ZigbeeLock:
                     self._unsubscribe.append(cluster.on_event(name, relay.attribute_event))
 
     def close(self) -> None:
+        if self._cache_write is not None:  # still due: written now, before zigpy shuts down
+            self._cache_write.cancel()
+            self._cache_bolt()
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         self._unsubscribe.clear()
@@ -197,17 +202,14 @@ class ZigbeeLock:
 
     def codes(self) -> CodeConstraints:
         dl = self.door_lock
-        lo, hi, users = (
+        raw = (
             dl.get("min_pin_len"),
             dl.get("max_pin_len"),
             dl.get("num_of_pin_users_supported"),
         )
-        c = DEFAULT_CODES
-        if lo is not None and hi is not None and 1 <= int(lo) <= int(hi) <= 16:
-            c = replace(c, min_length=int(lo), max_length=int(hi))
-        if users is not None and int(users) >= 2:
-            c = replace(c, min_slot=1, max_slot=int(users) - 1)
-        return c
+        if raw != self._codes[0]:
+            self._codes = (raw, _codes(*raw))
+        return self._codes[1]
 
     def device(self) -> Device:
         basic = self._cluster(Basic.cluster_id)
@@ -334,9 +336,11 @@ class ZigbeeLock:
             return
         locked = state == 1
         changed = locked != self.locked or self.jammed
+        if not changed:
+            return  # a repeat (zigpy's reported and updated events, our own cache write)
         self._apply_lock_state(state)
         self._publish()
-        if not changed or self._quiet:
+        if self._quiet:
             return
         if self._expect is not None and self._expect == locked:
             self._bolt_event(locked, Method.REMOTE, None)
@@ -377,12 +381,23 @@ class ZigbeeLock:
         pending = self._pending is not None
         changed = locked != self.locked or self.jammed
         self.locked, self.jammed = locked, False
-        if changed:  # keep zigpy's persisted cache in step with what the lock told us
-            self.door_lock.update_attribute(0x0000, DoorLock.LockState(1 if locked else 2))
         if changed:
             self._publish()
+            # zigpy's persisted cache follows what the lock told us: bookkeeping, so it
+            # waits until the action this notification confirms has been woken
+            if self._cache_write is None:
+                self._cache_write = asyncio.get_running_loop().call_soon(self._cache_bolt)
         if pending or changed:
             self._bolt_event(locked, method, slot)
+
+    def _cache_bolt(self) -> None:
+        """Write the bolt state we know into zigpy's attribute cache (and so its database)."""
+        self._cache_write = None
+        if self.locked is None or self.jammed:
+            return  # unknown, or jammed: the lock's own report put that in the cache
+        state = DoorLock.LockState(1 if self.locked else 2)
+        if self.door_lock.get("lock_state") != state:
+            self.door_lock.update_attribute(0x0000, state)
 
     def _method(self, code: int, source: int, user: int, locked: bool) -> tuple[Method, int | None]:
         if code == int(_OP.AutoLock):
@@ -449,7 +464,7 @@ class ZigbeeLock:
         """One zigpy request, bounded, cut short if the lock leaves; errors become typed."""
         if not self.online and self._left.done():
             raise DeviceOffline("the lock has left the network")
-        task: asyncio.Future[Any] = asyncio.ensure_future(aw)
+        task = _start(aw)
         left = self._left
         try:
             async with asyncio.timeout(self._opts.command_timeout_s):
@@ -572,6 +587,25 @@ class ZigbeeLock:
                     await changed.wait()
             except TimeoutError:
                 continue
+
+
+def _start(aw: Awaitable[Any]) -> asyncio.Future[Any]:
+    """The request as a task that runs at once, up to its first wait: the frame is handed to
+    the radio before the caller yields, so nothing else ready on the loop (a store commit,
+    another lock's report) goes in front of it. A plain task would start a loop turn later."""
+    if asyncio.iscoroutine(aw):
+        return asyncio.eager_task_factory(asyncio.get_running_loop(), aw)
+    return asyncio.ensure_future(aw)
+
+
+def _codes(lo: Any, hi: Any, users: Any) -> CodeConstraints:
+    """Code lengths and slots from the lock's min_pin_len, max_pin_len and user count."""
+    c = DEFAULT_CODES
+    if lo is not None and hi is not None and 1 <= int(lo) <= int(hi) <= 16:
+        c = replace(c, min_length=int(lo), max_length=int(hi))
+    if users is not None and int(users) >= 2:
+        c = replace(c, min_slot=1, max_slot=int(users) - 1)
+    return c
 
 
 def _readback(rsp: Any) -> tuple[int, str] | None:
