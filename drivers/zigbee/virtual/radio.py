@@ -290,12 +290,13 @@ class VirtualControllerApplication(zigpy.ControllerApplication):  # type: ignore
         self.network.permit(time_s)
 
     async def send_packet(self, packet: Any) -> None:
+        """On the air at once, like a radio stack that writes the frame to its serial port
+        before it awaits the radio's confirmation (the yield after it); the answers come later,
+        from the loop."""
         if not self.network.radio_present or self.network.app is not self:
             raise zigpy.exceptions.DeliveryError("virtual radio is not connected")
-        await asyncio.sleep(0)
         if packet.dst.addr_mode == t.AddrMode.Broadcast:
             self.network.broadcast(packet)
-            return
-        if packet.dst.addr_mode == t.AddrMode.NWK and packet.dst.address == 0x0000:
-            return  # to ourselves
-        self.network.deliver(packet)
+        elif packet.dst.addr_mode != t.AddrMode.NWK or packet.dst.address != 0x0000:
+            self.network.deliver(packet)  # not to ourselves
+        await asyncio.sleep(0)
