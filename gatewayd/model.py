@@ -6,7 +6,6 @@ import enum
 import os
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Final
 
@@ -191,8 +190,7 @@ class ActionRequest(msgspec.Struct, frozen=True):
 # --------------------------------------------------------------------------- devices
 
 
-@dataclass(frozen=True, slots=True)
-class CodeConstraints:
+class CodeConstraints(msgspec.Struct, frozen=True):
     """What codes this lock accepts: digit-string lengths and the slot range."""
 
     min_length: int = 4
@@ -201,8 +199,7 @@ class CodeConstraints:
     max_slot: int = 11
 
 
-@dataclass(frozen=True, slots=True)
-class DeviceProperties:
+class DeviceProperties(msgspec.Struct, frozen=True):
     locked: bool | None = None
     online: bool = True
     door_open: bool | None = None
@@ -223,8 +220,7 @@ class DeviceProperties:
         return "full"
 
 
-@dataclass(frozen=True, slots=True)
-class Device:
+class Device(msgspec.Struct, frozen=True):
     """A lock as the core sees it. `id` is the gateway's stable UUID, `native_id` the radio's."""
 
     id: str

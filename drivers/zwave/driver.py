@@ -15,12 +15,13 @@ import random
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import anyio
 import structlog
+from msgspec.structs import replace
 from zwave_js_server.client import Client
 from zwave_js_server.const import CommandClass, InclusionStrategy, NodeStatus
 from zwave_js_server.model.node import Node

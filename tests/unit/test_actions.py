@@ -128,7 +128,7 @@ class Harness:
 
 
 def two_locks() -> tuple[Device, Device]:
-    from dataclasses import replace
+    from msgspec.structs import replace
 
     return LOCK, replace(LOCK, id="d2", native_id="n2")
 
@@ -180,7 +180,7 @@ def test_good_set_code_keeps_leading_zero_and_masks_the_pin() -> None:
 
 
 def test_default_slot_is_one_where_the_lock_has_it() -> None:
-    from dataclasses import replace
+    from msgspec.structs import replace
 
     lock = replace(LOCK, codes=CodeConstraints(min_slot=1, max_slot=10))
     action = validate(request("set_code", {"code": "1234"}), lock)

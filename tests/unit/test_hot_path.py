@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import re
@@ -68,7 +67,7 @@ def test_device_json_is_the_device_dict_encoded(properties: DeviceProperties) ->
         properties=properties,
     )
     assert device_json(device) == msgspec.json.encode(device_dict(device))
-    renamed = dataclasses.replace(device, name="Back door")
+    renamed = msgspec.structs.replace(device, name="Back door")
     assert json.loads(device_json(renamed)) == device_dict(renamed)
     frame = protocol.encode(protocol.DeviceMsg(seq=3, device=device_dict(device)))
     assert frame == protocol.encode(
