@@ -40,21 +40,27 @@ def _short(text: str, limit: int = 80) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
+def _glibc(name: str) -> Any:
+    """A function of the C library, on Linux with glibc; None elsewhere (musl, macOS)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        return getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError, ImportError):
+        return None
+
+
 def _trim_heap() -> None:
     """Give the memory freed during start-up (imports, driver discovery) back to the OS.
 
     glibc keeps freed heap pages; malloc_trim returns them (about 3 MiB of RSS here). Linux
     with glibc only: elsewhere (musl, macOS) this does nothing.
     """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError, ImportError):
-        return
-    trim(0)
+    trim = _glibc("malloc_trim")
+    if trim is not None:
+        trim(0)
 
 
 # glibc's mallopt parameters (malloc.h) and the values we pin them to (glibc's defaults)
@@ -75,13 +81,8 @@ def _pin_malloc_thresholds() -> None:
     the daemon serves. With the thresholds pinned such blocks are mapped and unmapped whole.
     Linux with glibc only: elsewhere this does nothing.
     """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError, ImportError):
+    mallopt = _glibc("mallopt")
+    if mallopt is None:
         return
     mallopt(_M_MMAP_THRESHOLD, MALLOC_THRESHOLD_BYTES)
     mallopt(_M_TRIM_THRESHOLD, MALLOC_THRESHOLD_BYTES)

@@ -16,9 +16,9 @@ from pathlib import Path
 from tests.support import ROOT
 
 # Run in a fresh interpreter: this test process may have imported anything already.
-_CHILD = """
+_START = """
 import json, sys
-import anyio
+import aiohttp, anyio
 from gatewayd import logging as gwlog
 from gatewayd.config import parse_config
 from gatewayd.daemon import Daemon
@@ -32,13 +32,17 @@ async def main() -> None:
         tg.start_soon(daemon.run)
         with anyio.fail_after(30):
             await daemon.wait_started()
-        assert daemon.registry is not None
+"""
+_CHILD = (
+    _START
+    + """        assert daemon.registry is not None
         drivers = sorted(daemon.registry.drivers)
         print(json.dumps({"drivers": drivers, "modules": sorted(sys.modules)}))
         daemon.stop()
 
 anyio.run(main)
 """
+)
 
 
 def _closed_port() -> int:
@@ -81,23 +85,9 @@ interview_timeout_s = 2.0
 
 # A daemon that nobody scrapes never imports prometheus_client; the first GET /metrics does, and
 # answers the same exposition as before.
-_SCRAPE_CHILD = """
-import json, sys
-import aiohttp, anyio
-from gatewayd import logging as gwlog
-from gatewayd.config import parse_config
-from gatewayd.daemon import Daemon
-
-gwlog.configure("warning", "json", sys.stderr)
-config = parse_config(sys.argv[1])
-
-async def main() -> None:
-    daemon = Daemon(config)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(daemon.run)
-        with anyio.fail_after(30):
-            await daemon.wait_started()
-        before = "prometheus_client" in sys.modules
+_SCRAPE_CHILD = (
+    _START
+    + """        before = "prometheus_client" in sys.modules
         async with aiohttp.ClientSession() as http:
             url = f"http://127.0.0.1:{daemon.status_port}"
             async with http.get(url + "/status") as resp:
@@ -112,6 +102,7 @@ async def main() -> None:
 
 anyio.run(main)
 """
+)
 
 
 def test_prometheus_client_is_imported_at_the_first_scrape(tmp_path: Path) -> None:
