@@ -38,8 +38,8 @@ RETRY_FLUSH_S: Final = 1.0
 # How long a statement waits for another process's write lock. Short: the store runs on the
 # event loop, so a long wait stalls the whole daemon; a refused commit is retried instead.
 BUSY_TIMEOUT_S: Final = 0.05
-RECENT_FRAMES: Final = 2048  # committed frames kept in memory for the tunnel to send...
-RECENT_BYTES: Final = 1 << 20  # ...within this many bytes
+RECENT_FRAMES: Final = 256  # committed frames kept in memory for the tunnel to send...
+RECENT_BYTES: Final = 1 << 17  # ...within this many bytes
 CHECKPOINT_EVERY: Final = 100  # commits between background WAL checkpoints
 BACKSTOP_CHECKPOINT_PAGES: Final = 10_000  # SQLite's own checkpoint only if ours falls behind
 OUTBOX_ROW_FRAMES: Final = 256  # frames stored together in one outbox row, at most
