@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from tests.support import ROOT
 
@@ -45,6 +46,20 @@ anyio.run(main)
 )
 
 
+def _child(script: str, *args: str, env: dict[str, str] | None = None) -> Any:
+    """Run `script` in a fresh interpreter; what it printed last, as JSON."""
+    out = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        check=True,
+        env=env,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -65,15 +80,7 @@ url = "ws://127.0.0.1:{_closed_port()}"
 connect_timeout_s = 2.0
 interview_timeout_s = 2.0
 """
-    out = subprocess.run(
-        [sys.executable, "-c", _CHILD, config],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-        check=True,
-    )
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = _child(_CHILD, config)
     assert result["drivers"] == ["zwave"]
     modules = set(result["modules"])
     assert "drivers.zwave.driver" in modules
@@ -112,15 +119,7 @@ state_dir = "{tmp_path / "state"}"
 [status]
 listen = "127.0.0.1:0"
 """
-    out = subprocess.run(
-        [sys.executable, "-c", _SCRAPE_CHILD, config],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-        check=True,
-    )
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = _child(_SCRAPE_CHILD, config)
     assert result["before"] is False
     assert result["after_status"] is False
     assert result["after_scrape"] is True
@@ -162,16 +161,7 @@ print(json.dumps({
 
 
 def _under(env: dict[str, str]) -> dict[str, object]:
-    out = subprocess.run(
-        [sys.executable, "-c", _UNDER_UNIT_CHILD],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-        check=True,
-        env={"PATH": os.environ["PATH"], **env},
-    )
-    result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
+    result: dict[str, object] = _child(_UNDER_UNIT_CHILD, env={"PATH": os.environ["PATH"], **env})
     return result
 
 
@@ -253,15 +243,7 @@ def test_the_units_trust_store_lookup_verifies_peers(tmp_path: Path) -> None:
             "SSL_CERT_DIR": str(cert_dir),
             "PATH": os.environ["PATH"],
         }
-        out = subprocess.run(
-            [sys.executable, "-c", _TLS_CHILD, str(server_pem)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-            env=env,
-        )
-        result: str = json.loads(out.stdout.strip().splitlines()[-1])
+        result: str = _child(_TLS_CHILD, str(server_pem), env=env)
         return result
 
     assert handshake(certs) == "hi"
