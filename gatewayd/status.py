@@ -47,10 +47,15 @@ class _Simulate(msgspec.Struct, forbid_unknown_fields=True):
     params: dict[str, Any] = {}
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        body=msgspec.json.encode(data), status=status, content_type="application/json"
-    )
+def _json(data: Any, status: int = 200, *, buffer_bytes: int = 0) -> web.Response:
+    """`buffer_bytes`: encode into a buffer of this starting size (see STATUS_BUFFER_BYTES)."""
+    body: bytes | bytearray
+    if buffer_bytes:
+        body = bytearray(buffer_bytes)
+        _ENCODER.encode_into(data, body)  # truncates the buffer to what was written
+    else:
+        body = _ENCODER.encode(data)
+    return web.Response(body=body, status=status, content_type="application/json")
 
 
 def _error(status: int, type_: str, message: str) -> web.Response:
@@ -71,9 +76,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def status_json(request: web.Request) -> web.Response:
-    body = bytearray(STATUS_BUFFER_BYTES)
-    _ENCODER.encode_into(request.app[DAEMON_KEY].snapshot(), body)
-    return web.Response(body=body, content_type="application/json")
+    return _json(request.app[DAEMON_KEY].snapshot(), buffer_bytes=STATUS_BUFFER_BYTES)
 
 
 async def metrics(request: web.Request) -> web.Response:
