@@ -49,6 +49,7 @@ from bench.common import (
 from gatewayd.config import parse_config
 from gatewayd.daemon import Daemon
 from gatewayd.model import Lock, Unlock
+from tests.support import unit_environment, unit_values
 
 ROOT = Path(__file__).resolve().parents[1]
 ROUNDS = 96  # measured per side, over both locks
@@ -167,7 +168,6 @@ async def _latency(state_dir: Path, url: str) -> dict[str, list[float]]:
 
 # ---------------------------------------------------------------------- footprint
 
-UNIT = ROOT / "systemd" / "gatewayd.service"
 PREFIX = "/opt/gatewayd"  # where scripts/install.sh puts the venv; the unit's ExecStart runs it
 WORK_ROUNDS = 8  # lock/unlock actions the measured daemon has done before its RSS is read
 
@@ -182,28 +182,16 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def _unit_values(key: str) -> list[str]:
-    return [
-        line.partition("=")[2].strip()
-        for line in UNIT.read_text().splitlines()
-        if line.startswith(f"{key}=")
-    ]
-
-
 def _unit_environment() -> dict[str, str]:
     """The daemon's environment under the unit: a PATH and the unit's Environment= settings,
     nothing from the shell the benchmark runs in."""
-    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
-    for value in _unit_values("Environment"):
-        for pair in shlex.split(value):
-            name, _, val = pair.partition("=")
-            env[name] = val
-    return env
+    path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    return {"PATH": path, **unit_environment()}
 
 
 def _unit_command(root: Path, config: Path) -> list[str]:
     """The unit's ExecStart, run from a staged install under `root`, with `config`."""
-    argv = shlex.split(_unit_values("ExecStart")[0])
+    argv = shlex.split(unit_values("ExecStart")[0])
     argv[0] = str(root) + argv[0]
     argv[argv.index("-c") + 1] = str(config)
     return argv

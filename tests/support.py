@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -22,6 +23,27 @@ from gatewayd.daemon import Daemon
 from gatewayd.sdnotify import Notifier
 
 ROOT = Path(__file__).resolve().parent.parent
+
+UNIT = ROOT / "systemd" / "gatewayd.service"
+
+
+def unit_values(key: str) -> list[str]:
+    """The values of `key=` lines in systemd/gatewayd.service, in order."""
+    return [
+        line.partition("=")[2].strip()
+        for line in UNIT.read_text().splitlines()
+        if line.startswith(f"{key}=")
+    ]
+
+
+def unit_environment() -> dict[str, str]:
+    """The Environment= settings of systemd/gatewayd.service."""
+    env: dict[str, str] = {}
+    for value in unit_values("Environment"):
+        for pair in shlex.split(value):
+            name, _, val = pair.partition("=")
+            env[name] = val
+    return env
 
 
 def free_port() -> int:

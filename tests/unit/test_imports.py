@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from tests.support import ROOT
+from tests.support import ROOT, unit_environment
 
 # Run in a fresh interpreter: this test process may have imported anything already.
 _START = """
@@ -132,17 +131,6 @@ listen = "127.0.0.1:0"
 
 
 # ---------------------------------------------------------------------- the unit's environment
-
-
-def unit_environment() -> dict[str, str]:
-    """The Environment= settings of systemd/gatewayd.service."""
-    env: dict[str, str] = {}
-    for line in (ROOT / "systemd/gatewayd.service").read_text().splitlines():
-        if line.startswith("Environment="):
-            for pair in shlex.split(line.removeprefix("Environment=")):
-                name, _, value = pair.partition("=")
-                env[name] = value
-    return env
 
 
 _UNDER_UNIT_CHILD = """
