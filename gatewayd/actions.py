@@ -263,6 +263,7 @@ class Dispatcher:
         self._last_done: dict[str, tuple[str, float]] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._handoffs: dict[str, _Job] = {}  # cloud actions not started yet, by id
+        self._active = 0  # jobs accepted into a queue and not yet finished
         self.recent: deque[_Job] = deque(maxlen=RECENT_KEEP)
         self.counts: dict[str, int] = {}
 
@@ -317,9 +318,19 @@ class Dispatcher:
             self._finish(job, exc)
             return True
         pending.append(job)
+        self._active += 1
         if job.handoff_seq:
             self._handoffs[request.id] = job
         self._wake(queue)
+        if self._active == 1:
+            # Nothing else is queued or running: no other receipt would share the end-of-tick
+            # group commit, so commit this one now rather than make the action wait for it. A
+            # job that need not wait for the cloud starts next, so its processing report goes
+            # into the same commit: one write for both (if the gateway died before the driver
+            # call, start-up reports it failed with gateway_restarted; it never runs twice).
+            if not job.handoff_seq and self._store.last_error is None:
+                self._transition(job, ActionStatus.PROCESSING)
+            self._store.flush()
         return True
 
     def cancel(self, action_id: str, reason: str) -> bool:
@@ -386,6 +397,7 @@ class Dispatcher:
                 try:
                     await self._run(job)
                 finally:
+                    self._active -= 1
                     structlog.contextvars.reset_contextvars(**tokens)
                 ran += 1
                 if ran % YIELD_EVERY == 0:  # a zero-latency driver must not starve the loop
@@ -425,7 +437,8 @@ class Dispatcher:
         if remaining <= 0:
             self._finish(job, ActionTimeout("the deadline passed while the action was queued"))
             return
-        self._transition(job, ActionStatus.PROCESSING)
+        if job.status is not ActionStatus.PROCESSING:
+            self._transition(job, ActionStatus.PROCESSING)
         job.started = anyio.current_time()
         self._in_flight[job.queue] = job
         error: GatewayError | None = None

@@ -439,6 +439,51 @@ async def test_gateway_actions_check_the_target_gateway(tmp_path: Path) -> None:
     assert h.exec.ran == [("gateway", "pair:30")]
 
 
+class _Durable(Devices):
+    """Records, as each action starts, what the store has committed of it."""
+
+    def __init__(self, h: Harness) -> None:
+        super().__init__(*h.exec.devices.values())
+        self.h = h
+        self.committed: dict[str, list[str]] = {}
+
+    async def execute(self, device_id: str, action: Action) -> ActionResult:
+        action_id = self.h.dispatcher.answering(device_id)
+        assert action_id is not None
+        row = self.h.store.action(action_id)
+        self.committed[action_id] = [] if row is None else [s for s, _ in row.transitions]
+        return await super().execute(device_id, action)
+
+
+async def test_an_idle_dispatcher_commits_the_receipt_at_once(tmp_path: Path) -> None:
+    """Alone, an action's receipt and processing reports are one commit made by `submit`;
+    under load, receipts share the end-of-tick commit. Either way nothing runs before its
+    receipt is committed."""
+    h = Harness(tmp_path, *two_locks())
+    h.exec = durable = _Durable(h)
+    h.dispatcher._executor = durable
+    async with anyio.create_task_group() as tg:
+        h.dispatcher.bind(tg)
+        before = h.store.commits
+        h.dispatcher.submit(request("unlock", id="alone"))
+        assert h.store.commits == before + 1  # committed before submit returned
+        await h.settle("alone")
+
+        before = h.store.commits
+        for k in range(3):
+            h.dispatcher.submit(request("lock", device=("d1", "d2")[k % 2], id=f"busy-{k}"))
+        assert h.store.commits == before + 1  # only the first (idle) submit committed at once
+        for k in range(3):
+            await h.settle(f"busy-{k}")
+        tg.cancel_scope.cancel()
+    assert durable.committed["alone"] == ["gateway_received", "processing"]
+    assert durable.committed["busy-0"] == ["gateway_received", "processing"]
+    for k in (1, 2):  # queued behind others: their receipt alone is durable when they start
+        assert durable.committed[f"busy-{k}"] == ["gateway_received"]
+    for k in range(3):
+        assert h.statuses(f"busy-{k}") == ["gateway_received", "processing", "completed"]
+
+
 async def test_remote_reports_are_attributed_to_the_action_in_flight(tmp_path: Path) -> None:
     h = Harness(tmp_path, *two_locks())
     gate = h.exec.gates["d1"] = anyio.Event()
@@ -468,7 +513,10 @@ async def test_nothing_runs_before_its_receipt_is_durable(tmp_path: Path) -> Non
         h.dispatcher.submit(request("unlock", device="d2", id="expires", timeout=0.5))
         await anyio.sleep(1.0)
         assert h.exec.started == []  # nothing touched a lock while the store refused
-        assert h.statuses("held") == ["gateway_received"]
+        # "held" came to an idle dispatcher and a store not yet known to refuse: its processing
+        # report went into the (refused) receipt commit; it still waits for that commit
+        assert h.statuses("held") == ["gateway_received", "processing"]
+        assert h.store.action("held") is None
         assert h.error("expires")["type"] == "timeout"
         blocker.execute("ROLLBACK")
         blocker.close()
