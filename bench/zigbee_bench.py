@@ -6,8 +6,10 @@ the new bolt state — its `lock_state` attribute report or its operation event 
 whichever comes first (the virtual Yale sends the notification first, the other lock the
 report), with a read-back when neither comes. The daemon side is timed from `Daemon.submit` of an
 action request to its terminal status (dispatcher, store, registry, driver). The direct side is a
-bare zigpy ControllerApplication on the same radio, database and locks, nobody else listening.
-Blocks alternate (daemon, direct, daemon, direct) so drift hits both.
+bare zigpy ControllerApplication, nobody else listening, on a twin virtual network: the same radio
+and the same two lock models, paired the same way into a database of its own. Both run in one
+event loop and are measured round by round (daemon, direct, daemon, direct, ...), so whatever
+else the machine does during the run weighs on both alike.
 
 Run: .venv/bin/python -m bench.zigbee_bench  (prints a summary, writes bench/results/zigbee.json)
 """
@@ -21,6 +23,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +44,10 @@ from gatewayd.driver import ZigbeeConfig
 from gatewayd.model import Lock, Unlock
 
 ROUNDS = 192  # measured per side, over both locks
-BLOCKS = 4  # daemon/direct alternations
-WARMUP = 4  # rounds at the start of every block and side, not counted
-# Round i commands lock i % 2 to unlock when (i // 2) is even, else to lock: a block of a multiple
-# of 4 rounds leaves both bolts locked, as they started, so every command really moves a bolt.
-assert (ROUNDS // BLOCKS + WARMUP) % 4 == 0
+WARMUP = 4  # rounds at the start, not counted
+# Round i commands lock i % 2 to unlock when (i // 2) is even, else to lock: every command
+# really moves a bolt, and the run leaves both bolts locked, as they started.
+assert (ROUNDS + WARMUP) % 4 == 0
 # zigpy drops a frame identical to one seen in the last 10 s; 8-bit TSNs wrap after 256 frames,
 # so commands are paced to stay well under 256 frames per 10 s.
 PACE_S = 0.06
@@ -69,40 +72,6 @@ availability_s = 0
 quirks = {"true" if quirks else "false"}
 report_wait_s = {REPORT_WAIT_S}
 """
-
-
-# ---------------------------------------------------------------------- through the daemon
-
-
-async def _daemon_block(state_dir: Path, rounds: int, first: int) -> dict[str, list[float]]:
-    daemon = Daemon(parse_config(config_text(state_dir)))
-    out: dict[str, list[float]] = {"daemon": [], "driver": []}
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(daemon.run)
-        with anyio.fail_after(60):
-            await daemon.wait_started()
-            while daemon.registry is None or len(daemon.registry.devices()) < len(LOCKS):
-                await anyio.sleep(0.02)
-        registry = daemon.registry
-        by_ieee = {d.native_id: d.id for d in registry.devices()}
-        driver = registry.drivers["zigbee"]
-        probe = ActionProbe(daemon, "zb")
-        gc.collect()
-        for i in range(first, first + rounds):
-            device_id = by_ieee[LOCKS[i % 2]]
-            unlock = (i // 2) % 2 == 0
-            out["daemon"].append(await probe.run(device_id, "unlock" if unlock else "lock"))
-            await anyio.sleep(PACE_S)
-        # The bare driver too (no dispatcher, store or registry), to place any overhead.
-        for i in range(first, first + rounds):
-            device_id = by_ieee[LOCKS[i % 2]]
-            unlock = (i // 2) % 2 == 0
-            t0 = time.perf_counter()
-            await driver.execute(device_id, Unlock() if unlock else Lock())
-            out["driver"].append(time.perf_counter() - t0)
-            await anyio.sleep(PACE_S)
-        daemon.stop()
-    return out
 
 
 # ---------------------------------------------------------------------- direct zigpy
@@ -147,11 +116,27 @@ class _Confirm:
         self.want = None
 
 
-async def _direct_block(state_dir: Path, rounds: int, first: int) -> list[float]:
+async def _paired(state_dir: Path) -> None:
+    """A daemon forms a network in `state_dir` and its virtual locks join it, then stops."""
+    daemon = Daemon(parse_config(config_text(state_dir)))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(daemon.run)
+        with anyio.fail_after(60):
+            await daemon.wait_started()
+            while daemon.registry is None or len(daemon.registry.devices()) < len(LOCKS):
+                await anyio.sleep(0.02)
+        daemon.stop()
+
+
+@asynccontextmanager
+async def _direct_app(state_dir: Path) -> AsyncIterator[list[_Confirm]]:
+    """A bare zigpy ControllerApplication, nobody else listening, on the network, database and
+    locks a daemon paired in `state_dir`; yields one caller per lock, in LOCKS order."""
     from drivers.zigbee import quirks, radios
     from drivers.zigbee.virtual.radio import CONF_VIRTUAL, VirtualNetwork
     from drivers.zigbee.zigpy_api import EUI64
 
+    await _paired(state_dir)
     cfg = ZigbeeConfig(enabled=True, radio_type="virtual", virtual_locks=len(LOCKS))
     database = state_dir / cfg.database_path
     net = VirtualNetwork(database.with_suffix(".virtual.json"), locks=len(LOCKS))
@@ -160,31 +145,55 @@ async def _direct_block(state_dir: Path, rounds: int, first: int) -> list[float]
         config, auto_form=False, start_radio=False, device_resolver=await quirks.resolver(state_dir)
     )
     await app.startup(auto_form=False)
-    samples: list[float] = []
     try:
-        confirms = [
+        yield [
             _Confirm(app.get_device(ieee=EUI64.convert(ieee)).endpoints[1].in_clusters[0x0101])
             for ieee in LOCKS
         ]
-        gc.collect()
-        for i in range(first, first + rounds):
-            unlock = (i // 2) % 2 == 0
-            t0 = time.perf_counter()
-            await confirms[i % 2].command(unlock)
-            samples.append(time.perf_counter() - t0)
-            await asyncio.sleep(PACE_S)
     finally:
         await app.shutdown()
-    return samples
+
+
+# ---------------------------------------------------------------------- both, round by round
 
 
 async def _latency(state_dir: Path) -> dict[str, list[float]]:
+    """The daemon and the direct caller in one loop, each on its own twin virtual network,
+    measured round by round (daemon, then direct, the same command on the same lock model), so
+    whatever the machine does during the run weighs on both alike. Then the daemon's own
+    driver alone, to place any overhead."""
     samples: dict[str, list[float]] = {"daemon": [], "driver": [], "direct": []}
-    per_block = ROUNDS // BLOCKS + WARMUP
-    for _ in range(BLOCKS):
-        for k, v in (await _daemon_block(state_dir, per_block, 0)).items():
-            samples[k] += v[WARMUP:]
-        samples["direct"] += (await _direct_block(state_dir, per_block, 0))[WARMUP:]
+    daemon = Daemon(parse_config(config_text(state_dir / "daemon")))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(daemon.run)
+        with anyio.fail_after(60):
+            await daemon.wait_started()
+            while daemon.registry is None or len(daemon.registry.devices()) < len(LOCKS):
+                await anyio.sleep(0.02)
+        registry = daemon.registry
+        by_ieee = {d.native_id: d.id for d in registry.devices()}
+        probe = ActionProbe(daemon, "zb")
+        async with _direct_app(state_dir / "direct") as direct:
+            gc.collect()
+            for i in range(WARMUP + ROUNDS):
+                unlock = (i // 2) % 2 == 0
+                took = await probe.run(by_ieee[LOCKS[i % 2]], "unlock" if unlock else "lock")
+                await anyio.sleep(PACE_S)
+                t0 = time.perf_counter()
+                await direct[i % 2].command(unlock)
+                if i >= WARMUP:
+                    samples["daemon"].append(took)
+                    samples["direct"].append(time.perf_counter() - t0)
+                await anyio.sleep(PACE_S)
+        driver = registry.drivers["zigbee"]
+        for i in range(WARMUP + ROUNDS):
+            unlock = (i // 2) % 2 == 0
+            t0 = time.perf_counter()
+            await driver.execute(by_ieee[LOCKS[i % 2]], Unlock() if unlock else Lock())
+            if i >= WARMUP:
+                samples["driver"].append(time.perf_counter() - t0)
+            await anyio.sleep(PACE_S)
+        daemon.stop()
     return samples
 
 
