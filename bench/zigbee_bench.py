@@ -1,5 +1,5 @@
 """Zigbee benchmark: an unlock through the daemon vs the same unlock as a direct zigpy call, on
-the same virtual radio in one run; and daemon start-up and RSS with and without zha-quirks.
+twin virtual radios in one run; and daemon start-up and RSS with and without zha-quirks.
 
 Like for like: both sides send `unlock_door` / `lock_door` and are done when the lock confirms
 the new bolt state — its `lock_state` attribute report or its operation event notification,
