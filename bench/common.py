@@ -8,7 +8,8 @@ import resource
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -18,6 +19,7 @@ import anyio
 
 from gatewayd import logging as gwlog
 from gatewayd.actions import StatusUpdate
+from gatewayd.config import parse_config
 from gatewayd.daemon import Daemon
 from gatewayd.model import ActionRequest, utcnow
 
@@ -66,6 +68,23 @@ def print_figures(title: str, figures: Sequence[Figure]) -> None:
         verdict = "" if f.ok is None else ("  PASS" if f.ok else "  FAIL")
         target = f"  (target {f.target})" if f.target else ""
         print(f"  {f.name:<44} {f.value:>12,.2f} {f.unit:<10}{target}{verdict}")
+
+
+@asynccontextmanager
+async def running_daemon(config_text: str, devices: int) -> AsyncIterator[Daemon]:
+    """A daemon from `config_text`, once it runs and its registry holds `devices` devices;
+    stopped on the way out."""
+    daemon = Daemon(parse_config(config_text))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(daemon.run)
+        with anyio.fail_after(60):
+            await daemon.wait_started()
+            while daemon.registry is None or len(daemon.registry.devices()) < devices:
+                await anyio.sleep(0.02)
+        try:
+            yield daemon
+        finally:
+            daemon.stop()
 
 
 class ActionProbe:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import gc
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -85,9 +85,13 @@ class _NullSink:
 async def _baseline(state_dir: Path) -> dict[str, float]:
     """Direct driver calls: what an action costs with no dispatcher, store or registry."""
     async with anyio.create_task_group() as tg:
+
+        def spawn(name: str, task: Callable[[], Coroutine[Any, Any, None]]) -> None:
+            tg.start_soon(task, name=name)
+
         driver = SimDriver(
             SimConfig(enabled=True, locks=LOCKS, latency_ms=0),
-            DriverContext(state_dir=state_dir, spawn=lambda n, f: tg.start_soon(f, name=n)),
+            DriverContext(state_dir=state_dir, spawn=spawn),
         )
         await driver.start(_NullSink())
         ids = [d.id for d in driver.devices()]

@@ -36,10 +36,9 @@ from bench.common import (
     compare_latencies,
     print_figures,
     quiet_logs,
+    running_daemon,
     write_results,
 )
-from gatewayd.config import parse_config
-from gatewayd.daemon import Daemon
 from gatewayd.driver import ZigbeeConfig
 from gatewayd.model import Lock, Unlock
 
@@ -118,14 +117,8 @@ class _Confirm:
 
 async def _paired(state_dir: Path) -> None:
     """A daemon forms a network in `state_dir` and its virtual locks join it, then stops."""
-    daemon = Daemon(parse_config(config_text(state_dir)))
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(daemon.run)
-        with anyio.fail_after(60):
-            await daemon.wait_started()
-            while daemon.registry is None or len(daemon.registry.devices()) < len(LOCKS):
-                await anyio.sleep(0.02)
-        daemon.stop()
+    async with running_daemon(config_text(state_dir), len(LOCKS)):
+        pass
 
 
 @asynccontextmanager
@@ -163,13 +156,8 @@ async def _latency(state_dir: Path) -> dict[str, list[float]]:
     whatever the machine does during the run weighs on both alike. Then the daemon's own
     driver alone, to place any overhead."""
     samples: dict[str, list[float]] = {"daemon": [], "driver": [], "direct": []}
-    daemon = Daemon(parse_config(config_text(state_dir / "daemon")))
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(daemon.run)
-        with anyio.fail_after(60):
-            await daemon.wait_started()
-            while daemon.registry is None or len(daemon.registry.devices()) < len(LOCKS):
-                await anyio.sleep(0.02)
+    async with running_daemon(config_text(state_dir / "daemon"), len(LOCKS)) as daemon:
+        assert daemon.registry is not None
         registry = daemon.registry
         by_ieee = {d.native_id: d.id for d in registry.devices()}
         probe = ActionProbe(daemon, "zb")
@@ -193,7 +181,6 @@ async def _latency(state_dir: Path) -> dict[str, list[float]]:
             if i >= WARMUP:
                 samples["driver"].append(time.perf_counter() - t0)
             await anyio.sleep(PACE_S)
-        daemon.stop()
     return samples
 
 

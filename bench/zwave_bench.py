@@ -44,10 +44,9 @@ from bench.common import (
     compare_latencies,
     print_figures,
     quiet_logs,
+    running_daemon,
     write_results,
 )
-from gatewayd.config import parse_config
-from gatewayd.daemon import Daemon
 from gatewayd.model import Lock, Unlock
 from tests.support import unit_environment, unit_values
 
@@ -90,14 +89,9 @@ def _plan(rounds: int) -> list[tuple[int, bool]]:
 async def _daemon_block(state_dir: Path, url: str, rounds: int) -> dict[str, list[float]]:
     from tests.zwave.stack import native_id
 
-    daemon = Daemon(parse_config(config_text(state_dir, url)))
     out: dict[str, list[float]] = {"daemon": [], "driver": []}
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(daemon.run)
-        with anyio.fail_after(60):
-            await daemon.wait_started()
-            while daemon.registry is None or len(daemon.registry.devices()) < len(LOCK_NODES):
-                await anyio.sleep(0.02)
+    async with running_daemon(config_text(state_dir, url), len(LOCK_NODES)) as daemon:
+        assert daemon.registry is not None
         registry = daemon.registry
         by_native = {d.native_id: d.id for d in registry.devices()}
         devices = [by_native[native_id(n)] for n in LOCK_NODES]
@@ -111,7 +105,6 @@ async def _daemon_block(state_dir: Path, url: str, rounds: int) -> dict[str, lis
             t0 = time.perf_counter()
             await driver.execute(devices[k], Unlock() if unlock else Lock())
             out["driver"].append(time.perf_counter() - t0)
-        daemon.stop()
     return out
 
 
