@@ -107,6 +107,7 @@ class _Job(msgspec.Struct):
     error: dict[str, Any] | None = None
     deadline_iso: str = ""  # iso(request.deadline), formatted on the first transition
     receipt: int = 0  # the store commit that makes gateway_received durable
+    due: float = 0.0  # the deadline on the loop's monotonic clock, fixed when received
     handoff_seq: int = 0  # from the cloud: the outbox seq of gateway_received it must ack
     cancelled: str | None = None  # why the cloud cancelled it, before it started
     waiting: anyio.CancelScope | None = None  # set while it waits for the cloud's ack
@@ -302,6 +303,9 @@ class Dispatcher:
         self._remember(request.id)
         queue = GATEWAY_QUEUE if request.entity_type == "Gateway" else request.entity_id
         job = _Job(request, None, queue, ActionStatus.PENDING)
+        # From here on the deadline is kept on the monotonic clock: a wall clock stepped later
+        # (NTP on a box that booted with a stale clock) moves neither forward nor back.
+        job.due = anyio.current_time() + (request.deadline - self._now()).total_seconds()
         seq = self._transition(job, ActionStatus.GATEWAY_RECEIVED)
         job.receipt = self._store.next_commit()
         if handoff and seq is not None:
@@ -488,7 +492,7 @@ class Dispatcher:
             await self._executor.unpair(duration, device_id)
 
     def _remaining(self, job: _Job) -> float:
-        return (job.request.deadline - self._now()).total_seconds()
+        return job.due - anyio.current_time()
 
     # ------------------------------------------------------------------ state machine
 

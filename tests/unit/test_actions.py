@@ -484,6 +484,37 @@ async def test_an_idle_dispatcher_commits_the_receipt_at_once(tmp_path: Path) ->
         assert h.statuses(f"busy-{k}") == ["gateway_received", "processing", "completed"]
 
 
+@pytest.mark.parametrize("step_hours", [-1, 1], ids=["clock-stepped-back", "clock-stepped-ahead"])
+async def test_a_wall_clock_step_moves_no_deadline(tmp_path: Path, step_hours: int) -> None:
+    """Once received, a deadline is kept on the monotonic clock. A wall clock stepped back an
+    hour (NTP on a box that booted with a stale clock) cannot let a queued action run late; a
+    step ahead cannot fail one that still has time."""
+    step = [timedelta(0)]
+    store = Store.open(tmp_path / "s.db")
+    devices = Devices(*two_locks())
+    updates: list[StatusUpdate] = []
+    dispatcher = Dispatcher(store, devices, updates.append, now=lambda: utcnow() + step[0])
+    gate = devices.gates["d1"] = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        dispatcher.bind(tg)
+        dispatcher.submit(request("unlock", id="first", timeout=30))
+        dispatcher.submit(request("lock", id="short", timeout=0.6))  # queued behind "first"
+        dispatcher.submit(request("lock", id="long", timeout=20))  # queued behind both
+        step[0] = timedelta(hours=step_hours)
+        await anyio.sleep(1.0)  # "short" is past its deadline when "first" finishes
+        gate.set()
+        with anyio.fail_after(10):
+            while sum(u.status.terminal for u in updates) < 3:
+                await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
+    final = {u.action_request_id: u for u in updates if u.status.terminal}
+    assert str(final["short"].status) == "failed"
+    assert final["short"].error is not None
+    assert final["short"].error["type"] == "timeout"
+    assert str(final["long"].status) == "completed"
+    assert devices.ran == [("d1", "unlock"), ("d1", "lock")]  # "short" never reached the lock
+
+
 async def test_remote_reports_are_attributed_to_the_action_in_flight(tmp_path: Path) -> None:
     h = Harness(tmp_path, *two_locks())
     gate = h.exec.gates["d1"] = anyio.Event()
