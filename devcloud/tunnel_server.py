@@ -94,6 +94,7 @@ async def _session(app: state.State, conn: Connection) -> None:
         acked_seq=acked,
         heartbeat_s=app.settings.heartbeat_s,
         cancelled=cancelled,
+        server_time=iso(utcnow()),
     )
     if not await conn.send(welcome):
         return

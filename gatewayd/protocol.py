@@ -93,6 +93,8 @@ class Welcome(_Msg, frozen=True, tag="welcome"):
 
     `cancelled`: action requests the cloud has given up on (reported `gateway_failure`) whose
     deadline has not passed yet: the gateway must not execute them, even if it holds them.
+    `server_time`: the cloud's clock (ISO-8601) when it sent this; the gateway reads action
+    deadlines on it, so a box whose own clock is wrong neither runs actions late nor fails them.
     """
 
     protocol: int
@@ -100,6 +102,7 @@ class Welcome(_Msg, frozen=True, tag="welcome"):
     acked_seq: Seq
     heartbeat_s: float
     cancelled: list[str] = []
+    server_time: str | None = None
 
 
 class Claimed(_Msg, frozen=True, tag="claimed"):

@@ -7,7 +7,7 @@ import random
 import ssl
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -26,6 +26,7 @@ SEND_BATCH: Final = 500
 MAX_INBOUND_BYTES: Final = 1024 * 1024  # bigger frames are read whole, then refused and skipped
 DEFAULT_HEARTBEAT_S: Final = 60.0
 STABLE_SESSION_S: Final = 10.0  # a session that lasted this long resets the backoff
+CLOCK_SKEW_WARN_S: Final = 5.0  # a wall clock this far from the cloud's is logged
 
 
 class Backoff:
@@ -129,6 +130,8 @@ class Tunnel:
         self.sent_seq = 0
         self.frames_in = 0
         self.frames_skipped = 0
+        self.clock_skew_s: float | None = None  # the cloud's clock minus ours, at the welcome
+        self._cloud_anchor: tuple[datetime, float] | None = None
         self._ssl = self._ssl_context()
 
     # ------------------------------------------------------------------ public
@@ -151,6 +154,7 @@ class Tunnel:
             "sent_seq": self.sent_seq,
             "heartbeat_s": self.heartbeat_s,
             "frames_skipped": self.frames_skipped,
+            "clock_skew_s": self.clock_skew_s,
         }
 
     async def run(self) -> None:
@@ -237,9 +241,11 @@ class Tunnel:
             drivers=list(info["drivers"]),
             registration_token=registration_token,
         )
+        hello_sent = self._clock()
         await ws.send_frame(protocol.encode(hello), aiohttp.WSMsgType.TEXT)
         welcome = await self._await_welcome(ws)
         protocol.check_version(welcome.protocol)
+        self._anchor_cloud_clock(welcome.server_time, hello_sent)
         self.heartbeat_s = welcome.heartbeat_s if welcome.heartbeat_s > 0 else DEFAULT_HEARTBEAT_S
         for action_id in welcome.cancelled:  # before the ack: it may be their go-ahead
             self._cancel(action_id, "the cloud reported it failed while the tunnel was down")
@@ -370,6 +376,36 @@ class Tunnel:
         else:
             self._skip(f"unexpected {type(frame).__name__} from the cloud")
 
+    def _anchor_cloud_clock(self, server_time: str | None, hello_sent: float) -> None:
+        """Tie the cloud's clock to our monotonic one. The cloud stamped `server_time` after
+        our hello left, so `server_time + (clock() - hello_sent)` is the latest the cloud's
+        clock can read now: deadlines read with it are never later than the cloud meant (early
+        by at most the hello/welcome round trip), however wrong or stepped our wall clock is."""
+        cloud = _parse_ts(server_time) if server_time else None
+        self._cloud_anchor = None if cloud is None else (cloud, hello_sent)
+        if cloud is None:
+            self.clock_skew_s = None
+            return
+        skew = (cloud - utcnow()).total_seconds()
+        self.clock_skew_s = round(skew, 3)
+        if abs(skew) > CLOCK_SKEW_WARN_S:
+            log.warning(
+                "tunnel.clock_skew",
+                skew_s=round(skew, 1),
+                note="this box's clock differs from the cloud's; action deadlines follow the cloud",
+            )
+
+    def _to_local(self, created: datetime) -> timedelta:
+        """Add to a cloud timestamp to get the same instant on our wall clock. `created`, the
+        request's own stamp, is a floor for the cloud's time now: over a session of days an
+        undisciplined monotonic clock can fall seconds behind the cloud's, and the floor keeps
+        that from ever reading a deadline later than the cloud meant."""
+        if self._cloud_anchor is None:
+            return timedelta(0)  # a cloud that does not send its time: trust our clock
+        cloud, hello_sent = self._cloud_anchor
+        cloud_now = max(cloud + timedelta(seconds=self._clock() - hello_sent), created)
+        return utcnow() - cloud_now
+
     def _cancel(self, action_id: str, reason: str) -> None:
         # the dispatcher logs the ones it held; welcome.cancelled may name many it never saw
         if self._on_cancel is not None:
@@ -378,6 +414,12 @@ class Tunnel:
     def _action(self, frame: protocol.ActionRequestMsg) -> None:
         created = _parse_ts(frame.created_at)
         deadline = _parse_ts(frame.deadline)
+        if created is not None and deadline is not None:
+            shift = self._to_local(created)
+            try:
+                created, deadline = created + shift, deadline + shift
+            except OverflowError:  # a date at the end of the calendar: unreadable as well
+                created = deadline = None
         request = ActionRequest(
             id=frame.id,
             entity_type=frame.entity_type,
