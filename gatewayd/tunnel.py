@@ -72,6 +72,22 @@ def _parse_ts(value: str) -> datetime | None:
     return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
 
 
+# OpenSSL's X509_V_ERR_CERT_NOT_YET_VALID and X509_V_ERR_CERT_HAS_EXPIRED: on a box these
+# mostly mean its own clock is wrong (no battery-backed clock, NTP not reached yet)
+_CLOCK_CERT_ERRORS: Final = {9: "is not valid yet", 10: "has expired"}
+
+
+def _describe(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    verify_code = getattr(getattr(exc, "certificate_error", exc), "verify_code", None)
+    if verify_code in _CLOCK_CERT_ERRORS:
+        text += (
+            f" (the cloud's certificate {_CLOCK_CERT_ERRORS[verify_code]} by this box's clock,"
+            f" {iso(utcnow())}: check the clock and NTP)"
+        )
+    return text
+
+
 def _is_loopback_url(url: str) -> bool:
     host = urlsplit(url).hostname or ""
     return host in ("localhost", "::1") or host.startswith("127.")
@@ -171,7 +187,7 @@ class Tunnel:
                 self._fail(str(exc))
                 self._handle_unauthorized()
             except (aiohttp.ClientError, OSError, TimeoutError, ssl.SSLError) as exc:
-                self._fail(f"{type(exc).__name__}: {exc}")
+                self._fail(_describe(exc))
             except protocol.ProtocolError as exc:
                 self._fail(f"protocol: {exc.message}")
             finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -243,23 +244,29 @@ async def tls_cloud(tmp_path: Path, cert: trustme.LeafCert) -> tuple[web.AppRunn
 
 
 @pytest.mark.parametrize(
-    ("names", "trusted", "ok", "error"),
+    ("names", "valid_from_days", "trusted", "ok", "error"),
     [
-        (("localhost",), True, True, None),
-        (("localhost",), False, False, "CERTIFICATE_VERIFY_FAILED"),
-        (("cloud.example.org",), True, False, "match"),
+        (("localhost",), -1, True, True, None),
+        (("localhost",), -1, False, False, "CERTIFICATE_VERIFY_FAILED"),
+        (("cloud.example.org",), -1, True, False, "match"),
+        # as a box with a clock a day slow, or two years fast, sees a good certificate
+        (("localhost",), 1, True, False, "certificate is not valid yet by this box's clock"),
+        (("localhost",), -800, True, False, "certificate has expired by this box's clock"),
     ],
-    ids=["trusted", "untrusted-ca", "hostname-mismatch"],
+    ids=["trusted", "untrusted-ca", "hostname-mismatch", "clock-behind", "clock-ahead"],
 )
 async def test_tls_certificates_are_verified(
     tmp_path: Path,
     ca: trustme.CA,
     names: tuple[str, ...],
+    valid_from_days: int,
     trusted: bool,
     ok: bool,
     error: str | None,
 ) -> None:
-    runner, port = await tls_cloud(tmp_path, ca.issue_cert(*names))
+    start = datetime.now(UTC) + timedelta(days=valid_from_days)
+    cert = ca.issue_cert(*names, not_before=start, not_after=start + timedelta(days=365))
+    runner, port = await tls_cloud(tmp_path, cert)
     ca_file = tmp_path / "ca.pem"
     (ca if trusted else trustme.CA()).cert_pem.write_to_path(str(ca_file))
     try:
