@@ -186,6 +186,7 @@ class Daemon:
                         self.hello,
                         on_reject=dispatcher.reject,
                         on_cancel=dispatcher.cancel,
+                        on_clock=upstream.cloud_clock,
                     )
                     self.tunnel = tunnel
                     tg.start_soon(tunnel.run, name="tunnel")

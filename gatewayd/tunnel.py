@@ -19,6 +19,7 @@ from gatewayd import protocol
 from gatewayd.config import CloudConfig
 from gatewayd.model import ActionRequest, iso, utcnow
 from gatewayd.store import Store
+from gatewayd.upstream import CLOCK_SKEW_S
 
 log = structlog.get_logger(__name__)
 
@@ -26,7 +27,6 @@ SEND_BATCH: Final = 500
 MAX_INBOUND_BYTES: Final = 1024 * 1024  # bigger frames are read whole, then refused and skipped
 DEFAULT_HEARTBEAT_S: Final = 60.0
 STABLE_SESSION_S: Final = 10.0  # a session that lasted this long resets the backoff
-CLOCK_SKEW_WARN_S: Final = 5.0  # a wall clock this far from the cloud's is logged
 
 
 class Backoff:
@@ -123,6 +123,7 @@ class Tunnel:
         *,
         on_reject: Callable[[ActionRequest, str], None] | None = None,
         on_cancel: Callable[[str, str], object] | None = None,
+        on_clock: Callable[[float | None], object] | None = None,
         backoff: Backoff | None = None,
         sleep: Callable[[float], Any] = anyio.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -134,6 +135,7 @@ class Tunnel:
         self._on_action = on_action
         self._on_reject = on_reject
         self._on_cancel = on_cancel
+        self._on_clock = on_clock
         self._hello = hello
         self.backoff = backoff or Backoff()
         self._sleep = sleep
@@ -399,16 +401,15 @@ class Tunnel:
         by at most the hello/welcome round trip), however wrong or stepped our wall clock is."""
         cloud = _parse_ts(server_time) if server_time else None
         self._cloud_anchor = None if cloud is None else (cloud, hello_sent)
-        if cloud is None:
-            self.clock_skew_s = None
-            return
-        skew = (cloud - utcnow()).total_seconds()
-        self.clock_skew_s = round(skew, 3)
-        if abs(skew) > CLOCK_SKEW_WARN_S:
+        self.clock_skew_s = None if cloud is None else round((cloud - utcnow()).total_seconds(), 3)
+        if self._on_clock is not None:
+            self._on_clock(self.clock_skew_s)
+        skew = self.clock_skew_s
+        if skew is not None and abs(skew) >= CLOCK_SKEW_S:
             log.warning(
                 "tunnel.clock_skew",
                 skew_s=round(skew, 1),
-                note="this box's clock differs from the cloud's; action deadlines follow the cloud",
+                note="this box's clock is off; deadlines and upstream times follow the cloud's",
             )
 
     def _to_local(self, created: datetime) -> timedelta:

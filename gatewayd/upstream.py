@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any, Final, cast
 
 import msgspec
+from msgspec.structs import replace
 
 from gatewayd import protocol
 from gatewayd.actions import StatusUpdate
@@ -12,6 +14,9 @@ from gatewayd.model import ActionName, CodeConstraints, Device, DoorEvent, iso
 from gatewayd.store import Store
 
 _DESCRIPTORS: dict[tuple[frozenset[ActionName], CodeConstraints], dict[str, Any]] = {}
+# A box clock this far from the cloud's is treated as wrong: logged, and the times this gateway
+# sends upstream are put on the cloud's clock.
+CLOCK_SKEW_S: Final = 5.0
 
 
 def action_descriptors(device: Device) -> dict[str, Any]:
@@ -131,8 +136,19 @@ class Upstream:
 
     def __init__(self, store: Store) -> None:
         self._store = store
+        self._shift: timedelta | None = None  # our clock to the cloud's, when ours is off
+
+    def cloud_clock(self, skew_s: float | None) -> None:
+        """The cloud's clock minus ours (the tunnel measures it at each welcome). When it is
+        off by CLOCK_SKEW_S or more, the times of status reports, door events and `last_seen`
+        go upstream on the cloud's clock, so the account's history is not an hour off; the
+        local log and /status keep this box's clock."""
+        off = skew_s is not None and abs(skew_s) >= CLOCK_SKEW_S
+        self._shift = timedelta(seconds=skew_s) if off and skew_s is not None else None
 
     def action_status(self, update: StatusUpdate) -> int:
+        shift = self._shift
+        at = update.at_iso or iso(update.at) if shift is None else iso(update.at + shift)
         return self._store.outbox_put(
             lambda seq: protocol.encode(
                 protocol.ActionStatusMsg(
@@ -140,20 +156,26 @@ class Upstream:
                     action_request_id=update.action_request_id,
                     status=str(update.status),
                     error=update.error,
-                    at=update.at_iso or iso(update.at),
+                    at=at,
                 )
             )
         )
 
     def event(self, event: DoorEvent) -> int:
         body = event.to_dict()
+        if self._shift is not None:
+            body["date_created"] = iso(event.date_created + self._shift)
         return self._store.outbox_put(
             lambda seq: protocol.encode(protocol.EventMsg(seq=seq, event=body))
         )
 
     def device(self, device: Device, body: dict[str, Any] | bytes | None = None) -> int:
         """`body`: device_dict(device), or device_json(device), when the caller has it."""
-        if body is None:
+        seen = device.properties.last_seen
+        if self._shift is not None and seen is not None:
+            shifted = replace(device.properties, last_seen=seen + self._shift)
+            body = device_json(replace(device, properties=shifted))
+        elif body is None:
             body = device_json(device)
         # JSON already encoded goes into the frame as it is
         fields = cast(dict[str, Any], msgspec.Raw(body)) if isinstance(body, bytes) else body

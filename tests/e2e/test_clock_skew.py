@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ class SkewedCloud:
         self.devices: list[str] = []
         self.statuses: dict[str, list[str]] = {}
         self.errors: dict[str, dict[str, Any]] = {}
+        self.stamps: list[str] = []  # `at` of every status report, `date_created` of events
         self.port = 0
         self._ws: web.WebSocketResponse | None = None
         self._runner: web.AppRunner | None = None
@@ -61,7 +62,10 @@ class SkewedCloud:
             frame = protocol.decode(msg.data)
             if isinstance(frame, protocol.DeviceMsg):
                 self.devices.append(frame.device["id"])
+            elif isinstance(frame, protocol.EventMsg):
+                self.stamps.append(frame.event["date_created"])
             elif isinstance(frame, protocol.ActionStatusMsg):
+                self.stamps.append(frame.at)
                 self.statuses.setdefault(frame.action_request_id, []).append(frame.status)
                 if frame.error is not None:
                     self.errors[frame.action_request_id] = frame.error
@@ -124,6 +128,11 @@ async def test_a_box_an_hour_ahead_still_runs_actions(tmp_path: Path) -> None:
             action_id = await cloud.request(cloud.devices[0], "unlock", 10)
             await wait_until(lambda: cloud.ended(action_id) is not None, 15)
         assert cloud.statuses[action_id] == ["gateway_received", "processing", "completed"]
+        # what went upstream after the welcome is on the cloud's clock, not this box's
+        assert len(cloud.stamps) >= 4  # three reports and the door event
+        for stamp in cloud.stamps:
+            when = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+            assert abs((when - cloud.now()).total_seconds()) < 30, stamp
     finally:
         await cloud.close()
 
