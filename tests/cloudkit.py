@@ -156,14 +156,7 @@ class Cloud:
         location_id = await self.location()
         unclaimed = await self.tunnel()
         welcome = await unclaimed.hello(token)
-        assert welcome == p.Welcome(
-            protocol=1,
-            gateway_id=None,
-            acked_seq=0,
-            heartbeat_s=60.0,
-            server_time=welcome.server_time,
-        )
-        assert_recent(welcome.server_time)
+        assert_welcome(welcome, gateway_id=None, acked_seq=0)
         status, gw = await self.post(
             f"/v1/locations/{location_id}/register_gateway",
             {"registration_token": token, "name": "my first gateway"},
@@ -216,11 +209,18 @@ async def clouds(tmp_path: Path, **defaults: Any) -> AsyncIterator[CloudFactory]
             await cloud.server.close()
 
 
-def assert_recent(server_time: str | None) -> None:
-    """`welcome.server_time`: the cloud's clock, ISO-8601 UTC, within a few seconds of ours."""
+def assert_welcome(welcome: p.Welcome, *, gateway_id: str | None, acked_seq: int) -> None:
+    """devcloud's welcome, with its clock (ISO-8601 UTC) within a few seconds of ours."""
     from datetime import UTC, datetime
 
-    assert server_time is not None
-    sent = datetime.fromisoformat(server_time.replace("Z", "+00:00"))
+    assert welcome == p.Welcome(
+        protocol=1,
+        gateway_id=gateway_id,
+        acked_seq=acked_seq,
+        heartbeat_s=60.0,
+        server_time=welcome.server_time,
+    )
+    assert welcome.server_time is not None
+    sent = datetime.fromisoformat(welcome.server_time.replace("Z", "+00:00"))
     assert sent.tzinfo is not None
     assert abs((datetime.now(UTC) - sent).total_seconds()) < 5

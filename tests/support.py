@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from aiohttp import web
 
 from gatewayd.config import parse_config
 from gatewayd.daemon import Daemon
@@ -169,3 +170,28 @@ class DaemonProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+class TunnelServer:
+    """A bare tunnel endpoint (`/v1/gateway/tunnel`) on a free loopback port, for tests that
+    play the cloud's side themselves; subclasses write `handler`."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    async def handler(self, request: web.Request) -> web.WebSocketResponse:
+        raise NotImplementedError
+
+    async def start(self) -> Any:
+        app = web.Application()
+        app.router.add_get("/v1/gateway/tunnel", self.handler)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        self.port = free_port()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()

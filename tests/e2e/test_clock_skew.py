@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,15 +15,16 @@ import pytest
 from aiohttp import web
 
 from gatewayd import protocol
+from gatewayd.daemon import Daemon
 from gatewayd.model import iso, utcnow
 from gatewayd.store import Store
 from tests.e2e.conftest import tunnel_url
-from tests.support import free_port, running_daemon, wait_until
+from tests.support import TunnelServer, running_daemon, wait_until
 
 pytestmark = pytest.mark.stack
 
 
-class SkewedCloud:
+class SkewedCloud(TunnelServer):
     """A tunnel server whose clock reads `skew` away from this machine's: it welcomes the
     gateway with its time, acks every frame, stamps action requests on its own clock and keeps
     the statuses reported for them."""
@@ -29,6 +32,7 @@ class SkewedCloud:
     def __init__(
         self, skew: timedelta, send_time: bool = True, stale: timedelta = timedelta(0)
     ) -> None:
+        super().__init__()
         self.skew = skew
         self.send_time = send_time
         self.stale = stale  # welcome's server_time is this much behind the cloud's clock
@@ -36,9 +40,7 @@ class SkewedCloud:
         self.statuses: dict[str, list[str]] = {}
         self.errors: dict[str, dict[str, Any]] = {}
         self.stamps: list[str] = []  # `at` of every status report, `date_created` of events
-        self.port = 0
         self._ws: web.WebSocketResponse | None = None
-        self._runner: web.AppRunner | None = None
 
     def now(self) -> Any:
         return utcnow() + self.skew
@@ -93,18 +95,19 @@ class SkewedCloud:
         seen = self.statuses.get(action_id, [])
         return seen[-1] if seen and seen[-1] in ("completed", "failed") else None
 
-    async def start(self) -> SkewedCloud:
-        app = web.Application()
-        app.router.add_get("/v1/gateway/tunnel", self.handler)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        self.port = free_port()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-        return self
 
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+@asynccontextmanager
+async def _gateway(tmp_path: Path, cloud: SkewedCloud, **kw: Any) -> AsyncIterator[Daemon]:
+    """A claimed daemon with two sim locks on `cloud`, once the cloud has seen both locks;
+    the cloud is closed on the way out."""
+    try:
+        async with running_daemon(
+            _claimed(tmp_path / "gw"), cloud_url=tunnel_url(cloud.port), **kw
+        ) as daemon:
+            await wait_until(lambda: len(cloud.devices) >= 2, 15)
+            yield daemon
+    finally:
+        await cloud.close()
 
 
 def _claimed(state_dir: Path) -> Path:
@@ -118,43 +121,37 @@ def _claimed(state_dir: Path) -> Path:
 async def test_a_box_an_hour_ahead_still_runs_actions(tmp_path: Path) -> None:
     """Read on the box's clock, every deadline the cloud sets would have passed an hour ago."""
     cloud = await SkewedCloud(timedelta(hours=-1)).start()
-    try:
-        async with running_daemon(
-            _claimed(tmp_path / "gw"), cloud_url=tunnel_url(cloud.port)
-        ) as daemon:
-            await wait_until(lambda: len(cloud.devices) >= 2, 15)
-            skew = daemon.snapshot()["tunnel"]["clock_skew_s"]  # as /status shows it
-            assert abs(skew + 3600) < 5  # the cloud's clock is an hour behind this box's
-            action_id = await cloud.request(cloud.devices[0], "unlock", 10)
-            await wait_until(lambda: cloud.ended(action_id) is not None, 15)
-        assert cloud.statuses[action_id] == ["gateway_received", "processing", "completed"]
-        # what went upstream after the welcome is on the cloud's clock, not this box's
-        assert len(cloud.stamps) >= 4  # three reports and the door event
-        for stamp in cloud.stamps:
-            when = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-            assert abs((when - cloud.now()).total_seconds()) < 30, stamp
-    finally:
-        await cloud.close()
+    async with _gateway(tmp_path, cloud) as daemon:
+        skew = daemon.snapshot()["tunnel"]["clock_skew_s"]  # as /status shows it
+        assert abs(skew + 3600) < 5  # the cloud's clock is an hour behind this box's
+        action_id = await cloud.request(cloud.devices[0], "unlock", 10)
+        await wait_until(lambda: cloud.ended(action_id) is not None, 15)
+    assert cloud.statuses[action_id] == ["gateway_received", "processing", "completed"]
+    # what went upstream after the welcome is on the cloud's clock, not this box's
+    assert len(cloud.stamps) >= 4  # three reports and the door event
+    for stamp in cloud.stamps:
+        when = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+        assert abs((when - cloud.now()).total_seconds()) < 30, stamp
+
+
+async def _late_behind_a_slow_one(tmp_path: Path, cloud: SkewedCloud) -> str:
+    """An unlock that takes 1.5 s, then a lock due in 0.5 s queued behind it; the lock's id."""
+    async with _gateway(tmp_path, cloud, latency_ms=1500):
+        slow = await cloud.request(cloud.devices[0], "unlock", 10)
+        await wait_until(lambda: "processing" in cloud.statuses.get(slow, []), 10)
+        late = await cloud.request(cloud.devices[0], "lock", 0.5)
+        await wait_until(lambda: None not in (cloud.ended(late), cloud.ended(slow)), 15)
+    assert cloud.statuses[slow][-1] == "completed"
+    return late
 
 
 async def test_a_box_an_hour_behind_never_runs_an_action_late(tmp_path: Path) -> None:
     """Read on the box's clock, a deadline one second away would be an hour away: an action
     queued behind a slow one must still fail at its real deadline, without moving the lock."""
     cloud = await SkewedCloud(timedelta(hours=1)).start()
-    try:
-        async with running_daemon(
-            _claimed(tmp_path / "gw"), cloud_url=tunnel_url(cloud.port), latency_ms=1500
-        ):
-            await wait_until(lambda: len(cloud.devices) >= 2, 15)
-            slow = await cloud.request(cloud.devices[0], "unlock", 10)
-            await wait_until(lambda: "processing" in cloud.statuses.get(slow, []), 10)
-            late = await cloud.request(cloud.devices[0], "lock", 0.5)
-            await wait_until(lambda: None not in (cloud.ended(late), cloud.ended(slow)), 15)
-        assert cloud.statuses[slow][-1] == "completed"
-        assert cloud.statuses[late] == ["gateway_received", "failed"]  # never processing
-        assert cloud.errors[late]["type"] == "timeout"
-    finally:
-        await cloud.close()
+    late = await _late_behind_a_slow_one(tmp_path, cloud)
+    assert cloud.statuses[late] == ["gateway_received", "failed"]  # never processing
+    assert cloud.errors[late]["type"] == "timeout"
 
 
 async def test_a_request_stamp_is_a_floor_for_the_clouds_time(tmp_path: Path) -> None:
@@ -162,48 +159,26 @@ async def test_a_request_stamp_is_a_floor_for_the_clouds_time(tmp_path: Path) ->
     whose time is 30 s stale stands for it); each request's `created_at` is a floor for the
     cloud's time, so a deadline is still never read later than the cloud meant."""
     cloud = await SkewedCloud(timedelta(0), stale=timedelta(seconds=30)).start()
-    try:
-        async with running_daemon(
-            _claimed(tmp_path / "gw"), cloud_url=tunnel_url(cloud.port), latency_ms=1500
-        ):
-            await wait_until(lambda: len(cloud.devices) >= 2, 15)
-            slow = await cloud.request(cloud.devices[0], "unlock", 10)
-            await wait_until(lambda: "processing" in cloud.statuses.get(slow, []), 10)
-            late = await cloud.request(cloud.devices[0], "lock", 0.5)
-            await wait_until(lambda: None not in (cloud.ended(late), cloud.ended(slow)), 15)
-        assert cloud.statuses[late] == ["gateway_received", "failed"]
-    finally:
-        await cloud.close()
+    late = await _late_behind_a_slow_one(tmp_path, cloud)
+    assert cloud.statuses[late] == ["gateway_received", "failed"]
 
 
 async def test_without_the_clouds_time_the_box_trusts_its_own_clock(tmp_path: Path) -> None:
     """A cloud that sends no `server_time`: deadlines are read on the box's clock, as before."""
     cloud = await SkewedCloud(timedelta(0), send_time=False).start()
-    try:
-        async with running_daemon(
-            _claimed(tmp_path / "gw"), cloud_url=tunnel_url(cloud.port)
-        ) as daemon:
-            await wait_until(lambda: len(cloud.devices) >= 2, 15)
-            assert daemon.snapshot()["tunnel"]["clock_skew_s"] is None
-            action_id = await cloud.request(cloud.devices[1], "unlock", 10)
-            await wait_until(lambda: cloud.ended(action_id) is not None, 15)
-        assert cloud.statuses[action_id][-1] == "completed"
-    finally:
-        await cloud.close()
+    async with _gateway(tmp_path, cloud) as daemon:
+        assert daemon.snapshot()["tunnel"]["clock_skew_s"] is None
+        action_id = await cloud.request(cloud.devices[1], "unlock", 10)
+        await wait_until(lambda: cloud.ended(action_id) is not None, 15)
+    assert cloud.statuses[action_id][-1] == "completed"
 
 
 async def test_the_skew_is_logged_and_on_status(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cloud = await SkewedCloud(timedelta(minutes=-10)).start()
-    try:
-        async with running_daemon(
-            _claimed(tmp_path / "gw"), cloud_url=tunnel_url(cloud.port)
-        ) as daemon:
-            await wait_until(lambda: len(cloud.devices) >= 2, 15)
-            snapshot = daemon.snapshot()
-    finally:
-        await cloud.close()
+    async with _gateway(tmp_path, cloud) as daemon:
+        snapshot = daemon.snapshot()
     assert abs(snapshot["tunnel"]["clock_skew_s"] + 600) < 5
     out = capsys.readouterr()
     lines = [line for line in (out.out + out.err).splitlines() if "tunnel.clock_skew" in line]

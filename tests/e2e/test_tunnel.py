@@ -21,7 +21,7 @@ from gatewayd.store import Store
 from tests.cloudkit import API_KEY
 from tests.e2e.conftest import CloudFactory, claim, tunnel_url
 from tests.proxy import FaultProxy
-from tests.support import free_port, running_daemon, wait_until
+from tests.support import TunnelServer, free_port, running_daemon, wait_until
 
 pytestmark = pytest.mark.stack
 
@@ -105,13 +105,12 @@ async def test_rotated_credential_replaces_the_old_one(
         await proxy.close()
 
 
-class HostileCloud:
+class HostileCloud(TunnelServer):
     """A tunnel server that welcomes the gateway and then sends it garbage."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.received: list[dict[str, Any]] = []
-        self.port = 0
-        self._runner: web.AppRunner | None = None
 
     async def handler(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=4 * 1024 * 1024)
@@ -146,18 +145,6 @@ class HostileCloud:
                     await ws.send_str(protocol.encode(protocol.Ack(seq=body["seq"])).decode())
         del now
         return ws
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/v1/gateway/tunnel", self.handler)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        self.port = free_port()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
 
 async def test_an_unclaimed_gateway_executes_nothing(tmp_path: Path) -> None:
