@@ -148,7 +148,7 @@ class Upstream:
 
     def action_status(self, update: StatusUpdate) -> int:
         shift = self._shift
-        at = update.at_iso or iso(update.at) if shift is None else iso(update.at + shift)
+        at = (update.at_iso or iso(update.at)) if shift is None else iso(update.at + shift)
         return self._store.outbox_put(
             lambda seq: protocol.encode(
                 protocol.ActionStatusMsg(
