@@ -48,7 +48,7 @@ from bench.common import (
     write_results,
 )
 from gatewayd.model import Lock, Unlock
-from tests.support import unit_environment, unit_values
+from tests.support import stop_process, unit_environment, unit_values
 
 ROOT = Path(__file__).resolve().parents[1]
 ROUNDS = 96  # measured per side, over both locks
@@ -296,12 +296,7 @@ def _footprint(argv: list[str], env: dict[str, str], tmp: Path, url: str | None)
             _http(port, "/metrics")
             scraped = _vm_kib(proc.pid)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, 15)
     if proc.returncode != 0:
         raise RuntimeError(
             f"gatewayd exited {proc.returncode}: {(state / 'gatewayd.log').read_text()}"

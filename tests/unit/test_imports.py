@@ -59,6 +59,11 @@ def _child(script: str, *args: str, env: dict[str, str] | None = None) -> Any:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _config(tmp_path: Path) -> str:
+    """A daemon with no driver and the status endpoint on a free port; add driver sections."""
+    return f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n[status]\nlisten = "127.0.0.1:0"\n'
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -68,17 +73,10 @@ def _closed_port() -> int:
 def test_zwave_only_daemon_imports_no_other_radio_library(tmp_path: Path) -> None:
     # zwave-server is not running: the driver starts DOWN and keeps retrying, as on a box whose
     # radio service is late; what matters here is what got imported.
-    config = f"""
-[gateway]
-state_dir = "{tmp_path / "state"}"
-[status]
-listen = "127.0.0.1:0"
-[drivers.zwave]
-enabled = true
-url = "ws://127.0.0.1:{_closed_port()}"
-connect_timeout_s = 2.0
-interview_timeout_s = 2.0
-"""
+    config = _config(tmp_path) + (
+        f'[drivers.zwave]\nenabled = true\nurl = "ws://127.0.0.1:{_closed_port()}"\n'
+        "connect_timeout_s = 2.0\ninterview_timeout_s = 2.0\n"
+    )
     result = _child(_CHILD, config)
     assert result["drivers"] == ["zwave"]
     modules = set(result["modules"])
@@ -112,13 +110,7 @@ anyio.run(main)
 
 
 def test_prometheus_client_is_imported_at_the_first_scrape(tmp_path: Path) -> None:
-    config = f"""
-[gateway]
-state_dir = "{tmp_path / "state"}"
-[status]
-listen = "127.0.0.1:0"
-"""
-    result = _child(_SCRAPE_CHILD, config)
+    result = _child(_SCRAPE_CHILD, _config(tmp_path))
     assert result["before"] is False
     assert result["after_status"] is False
     assert result["after_scrape"] is True

@@ -11,7 +11,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -20,6 +19,8 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from tests.support import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 MOCK_DIR = Path(__file__).resolve().parent / "mock"
@@ -75,13 +76,7 @@ class _Proc:
         return self.log.read_text(errors="replace")[-n:]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        stop_process(self.proc, 5)
         self._fh.close()
 
 
