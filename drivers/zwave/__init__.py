@@ -24,6 +24,16 @@ several codes in one command (the mock does not support `setMany`; the driver se
 action).
 """
 
-from drivers.zwave.driver import ZWaveDriver
+# zwave-js-server-python checks every node and controller event against a pydantic model (and
+# then drops it). By default pydantic builds the validators of all ~70 event models when they
+# are defined, at import; a lock gateway sees a handful of event types, so they are built when
+# an event of that type first arrives instead: about 1.2 MiB less RSS, the same checks. This
+# has to run before the models are defined (zwave_js_server.model.*), hence here, before
+# anything of the driver is imported. tests/unit/test_imports.py shows it.
+from zwave_js_server.event import BaseEventModel
+
+BaseEventModel.model_config["defer_build"] = True
+
+from drivers.zwave.driver import ZWaveDriver  # noqa: E402 (after the line above)
 
 __all__ = ["ZWaveDriver"]

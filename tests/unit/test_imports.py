@@ -87,6 +87,38 @@ def test_zwave_only_daemon_imports_no_other_radio_library(tmp_path: Path) -> Non
     assert "zwave_js_server.client" in modules
 
 
+# zwave-js-server-python's event models are built when an event of their type first arrives, not
+# at import (drivers/zwave/__init__.py), and still check what they get.
+_EVENT_MODELS_CHILD = """
+import json
+import drivers.zwave
+import pydantic
+from zwave_js_server.model.controller.event_model import CONTROLLER_EVENT_MODEL_MAP
+from zwave_js_server.model.node.event_model import NODE_EVENT_MODEL_MAP
+models = [*NODE_EVENT_MODEL_MAP.values(), *CONTROLLER_EVENT_MODEL_MAP.values()]
+built = sum(m.__pydantic_complete__ for m in models)
+dead = NODE_EVENT_MODEL_MAP["dead"]
+dead.from_dict({"source": "node", "event": "dead", "nodeId": 3})
+try:
+    dead.from_dict({"source": "node", "event": "dead", "nodeId": "three"})
+    rejected = None
+except pydantic.ValidationError as exc:
+    rejected = exc.errors()[0]["loc"]
+print(json.dumps({"models": len(models), "built_at_import": built,
+                  "dead_built": dead.__pydantic_complete__, "rejected": rejected,
+                  "others_built": sum(m.__pydantic_complete__ for m in models) - 1}))
+"""
+
+
+def test_zwave_event_models_are_built_on_first_use_and_still_validate() -> None:
+    result = _child(_EVENT_MODELS_CHILD)
+    assert result["models"] > 50
+    assert result["built_at_import"] == 0
+    assert result["dead_built"] is True
+    assert result["others_built"] == 0
+    assert result["rejected"] == ["nodeId"]
+
+
 # A daemon that nobody scrapes never imports prometheus_client; the first GET /metrics does, and
 # answers the same exposition as before.
 _SCRAPE_CHILD = (
