@@ -16,6 +16,7 @@ import anyio
 import structlog
 
 from gatewayd import protocol
+from gatewayd.coalesce import coalesced_writes
 from gatewayd.config import CloudConfig
 from gatewayd.model import ActionRequest, iso, utcnow
 from gatewayd.store import Store
@@ -318,9 +319,10 @@ class Tunnel:
             if not rows:
                 await self._store.wait_outbox(self.sent_seq)
                 continue
-            for seq, frame in rows:
-                await ws.send_frame(frame, aiohttp.WSMsgType.TEXT)
-                self.sent_seq = seq
+            with coalesced_writes(ws):  # the batch leaves in one syscall, not one per frame
+                for seq, frame in rows:
+                    await ws.send_frame(frame, aiohttp.WSMsgType.TEXT)
+                    self.sent_seq = seq
 
     async def _heartbeat(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         """One ping after half a heartbeat of silence; a link silent for 7/8 of it is dead, so
