@@ -1,6 +1,6 @@
-"""Tunnel benchmarks, all on loopback in one run and one process (one event loop):
+"""Tunnel benchmarks, all on loopback in one run:
 
-  (a) baseline: raw aiohttp websocket echo RTT, client and server as in (b)
+  (a) baseline: raw aiohttp websocket echo RTT, client here, server in the cloud-end process
   (b) full loop: 2,000 sequential unlocks timed at the cloud end, from its send of
       `action_request` to its receipt of `action_status completed`, through a real Daemon +
       Tunnel, the on-disk store and a zero-latency sim driver
@@ -11,26 +11,35 @@
       short heartbeat, scaled linearly to the default 60 s heartbeat (every idle byte is
       heartbeat-driven and every heartbeat timer is proportional to heartbeat_s)
 
-The cloud end is a small protocol server here: hello -> welcome, cumulative acks (coalesced to
-one per loop turn), action requests on demand. Run: .venv/bin/python -m bench.tunnel
+The cloud end (bench/cloud_end.py) runs in a process of its own for (a)-(c), as a cloud is
+another machine: each end has its own core, and the gateway's figures carry only the gateway's
+work. The daemon runs in this process. (a) and (c) are also run, for comparison, with the cloud
+end in the daemon's own event loop: an echo that crosses no process boundary (no wake-up of a
+sleeping process, so a smaller baseline), and a cloud whose decoding and acking take the
+gateway's CPU.
+(d) and (e) keep the cloud end in this process: neither is bound by CPU.
+
+Run: .venv/bin/python -m bench.tunnel
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import anyio
-from aiohttp import WSMsgType, web
 
+from bench.cloud_end import CREDENTIAL, DEFAULT_HEARTBEAT_S, GATEWAY_ID, Cloud, pipelined
 from bench.common import Figure, pct, peak_rss_mib, print_figures, quiet_logs, write_results
 from gatewayd import protocol
 from gatewayd.config import parse_config
@@ -45,133 +54,14 @@ PIPELINED = 10_000
 BACKLOG = 100_000
 IDLE_WINDOW_S = 30.0
 IDLE_HEARTBEAT_S = 2.0
-DEFAULT_HEARTBEAT_S = 60.0  # devcloud's default, announced in `welcome`
 LOCKS = 50
+ROOT = Path(__file__).resolve().parents[1]
 TCP_OVERHEAD = 66  # Ethernet 14 + IPv4 20 + TCP 20 + timestamps 12, per segment
 
 TARGET_LOOP_RATIO = 3.0
 TARGET_PIPELINED = 5_000.0
 TARGET_DRAIN = 20_000.0
 TARGET_IDLE_KB_H = 50.0
-
-GATEWAY_ID = "gw-bench"
-CREDENTIAL = "bench-credential"
-
-
-# --------------------------------------------------------------------------- cloud end
-
-
-class Cloud:
-    """The tunnel's server end, enough of it for the benchmarks."""
-
-    def __init__(self, heartbeat_s: float = DEFAULT_HEARTBEAT_S) -> None:
-        self.heartbeat_s = heartbeat_s
-        self.high = 0  # highest gateway seq held
-        self.ws: web.WebSocketResponse | None = None
-        self.connected = anyio.Event()
-        self.devices: list[str] = []
-        self.sent_at: dict[str, float] = {}
-        self.done_at: dict[str, float] = {}
-        self.statuses: dict[str, str] = {}
-        self.on_done: Callable[[str], None] = lambda _id: None
-        self.frames_in = 0
-        self._ack_wanted = asyncio.Event()
-        self._n = 0
-        self.port = 0
-        self._runner: web.AppRunner | None = None
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/v1/gateway/tunnel", self._tunnel)
-        app.router.add_get("/echo", _echo)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    async def _tunnel(self, request: web.Request) -> web.StreamResponse:
-        if request.headers.get("Authorization") != f"Bearer {CREDENTIAL}":
-            return web.Response(status=401)
-        ws = web.WebSocketResponse(heartbeat=self.heartbeat_s, max_msg_size=4 * 65536)
-        await ws.prepare(request)
-        hello = protocol.decode((await ws.receive()).data)
-        assert isinstance(hello, protocol.Hello)
-        welcome = protocol.Welcome(
-            protocol=1, gateway_id=GATEWAY_ID, acked_seq=self.high, heartbeat_s=self.heartbeat_s
-        )
-        await ws.send_frame(protocol.encode(welcome), WSMsgType.TEXT)
-        self.ws = ws
-        self.connected.set()
-        acker = asyncio.create_task(self._acker(ws))
-        try:
-            async for msg in ws:
-                if msg.type == WSMsgType.TEXT:
-                    self._frame(msg.data)
-        finally:
-            acker.cancel()
-            self.ws = None
-            self.connected = anyio.Event()
-        return ws
-
-    def _frame(self, data: str) -> None:
-        t = time.perf_counter()
-        self.frames_in += 1
-        frame = protocol.decode(data)
-        seq = getattr(frame, "seq", None)
-        if seq is not None and seq > self.high:
-            self.high = seq
-            self._ack_wanted.set()
-        if isinstance(frame, protocol.ActionStatusMsg):
-            if frame.status in ("completed", "failed"):
-                self.done_at[frame.action_request_id] = t
-                self.statuses[frame.action_request_id] = frame.status
-                self.on_done(frame.action_request_id)
-        elif isinstance(frame, protocol.DeviceMsg) and frame.device["id"] not in self.devices:
-            self.devices.append(frame.device["id"])
-
-    async def _acker(self, ws: web.WebSocketResponse) -> None:
-        """One cumulative ack per loop turn, whatever arrived in it."""
-        acked = 0
-        while True:
-            await self._ack_wanted.wait()
-            self._ack_wanted.clear()
-            await asyncio.sleep(0)
-            if self.high > acked:
-                acked = self.high
-                await ws.send_frame(protocol.encode(protocol.Ack(seq=acked)), WSMsgType.TEXT)
-
-    async def request(self, device_id: str, action: str) -> str:
-        """Send one action_request; returns its id. The send time is taken before the send."""
-        assert self.ws is not None
-        self._n += 1
-        now = utcnow()
-        msg = protocol.ActionRequestMsg(
-            id=f"ar-{self._n:08d}",
-            entity_type="Device",
-            entity_id=device_id,
-            action=action,
-            inputs={},
-            created_at=iso(now),
-            deadline=iso(now + timedelta(seconds=120)),
-        )
-        data = protocol.encode(msg)
-        self.sent_at[msg.id] = time.perf_counter()
-        await self.ws.send_frame(data, WSMsgType.TEXT)
-        return msg.id
-
-
-async def _echo(request: web.Request) -> web.StreamResponse:
-    ws = web.WebSocketResponse()
-    await ws.prepare(request)
-    async for msg in ws:
-        if msg.type == WSMsgType.TEXT:
-            await ws.send_str(msg.data)
-    return ws
 
 
 # --------------------------------------------------------------------------- gateway end
@@ -254,56 +144,6 @@ async def _echo_rtt(port: int) -> dict[str, float]:
         "p50_us": pct(samples, 0.5) * 1e6,
         "p99_us": pct(samples, 0.99) * 1e6,
         "bytes": len(payload),
-    }
-
-
-async def _full_loop(cloud: Cloud) -> dict[str, float]:
-    """(b) Sequential unlocks/locks, timed at the cloud end."""
-    done = anyio.Event()
-    cloud.on_done = lambda _id: done.set()
-    samples: list[float] = []
-    failed = 0
-    for i in range(LOOP_ROUNDS + 50):
-        done = anyio.Event()
-        device = cloud.devices[i % LOCKS]
-        action_id = await cloud.request(device, "unlock" if (i // LOCKS) % 2 == 0 else "lock")
-        await done.wait()
-        if i >= 50:  # warm-up rounds are not counted
-            samples.append(cloud.done_at[action_id] - cloud.sent_at[action_id])
-            failed += cloud.statuses[action_id] != "completed"
-    return {
-        "p50_us": pct(samples, 0.5) * 1e6,
-        "p99_us": pct(samples, 0.99) * 1e6,
-        "failed": failed,
-    }
-
-
-async def _pipelined(cloud: Cloud) -> dict[str, float]:
-    """(c) PIPELINED requests sent back to back over the 50 locks; completions/s."""
-    remaining = PIPELINED
-    all_done = anyio.Event()
-
-    def one_done(_id: str) -> None:
-        nonlocal remaining
-        remaining -= 1
-        if remaining == 0:
-            all_done.set()
-
-    cloud.on_done = one_done
-    ids: list[str] = []
-    t0 = time.perf_counter()
-    for i in range(PIPELINED):
-        action = "unlock" if (i // LOCKS) % 2 == 0 else "lock"
-        ids.append(await cloud.request(cloud.devices[i % LOCKS], action))
-    sent = time.perf_counter() - t0
-    with anyio.fail_after(300):
-        await all_done.wait()
-    elapsed = max(cloud.done_at[i] for i in ids) - t0
-    return {
-        "actions_per_s": PIPELINED / elapsed,
-        "send_s": sent,
-        "elapsed_s": elapsed,
-        "failed": sum(cloud.statuses[i] != "completed" for i in ids),
     }
 
 
@@ -423,22 +263,84 @@ async def _idle(state_dir: Path) -> dict[str, float]:
     }
 
 
+class _Remote:
+    """The cloud-end process: its port, and its control endpoints (bench/cloud_end.py)."""
+
+    def __init__(self, port: int, http: aiohttp.ClientSession) -> None:
+        self.port = port
+        self._http = http
+
+    async def wait_devices(self, count: int) -> None:
+        with anyio.fail_after(60):
+            while True:
+                async with self._http.get("/bench/devices") as resp:
+                    if (await resp.json())["devices"] >= count:
+                        return
+                await anyio.sleep(0.05)
+
+    async def run(self, phase: str, **body: int) -> dict[str, Any]:
+        async with self._http.post(f"/bench/{phase}", json=body) as resp:
+            resp.raise_for_status()
+            result: dict[str, Any] = await resp.json()
+            return result
+
+
+@asynccontextmanager
+async def _cloud_process() -> AsyncIterator[_Remote]:
+    """bench/cloud_end.py in a process of its own, stopped (its stdin closed) on the way out."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.cloud_end"],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    try:
+        with anyio.fail_after(30):
+            line = await anyio.to_thread.run_sync(proc.stdout.readline)
+        port = int(json.loads(line)["port"])
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
+            yield _Remote(port, http)
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def _same_loop(state_dir: Path) -> dict[str, dict[str, float]]:
+    """(a) and (c) again with the cloud end in this event loop, next to the daemon (for
+    comparison: no process boundary in the echo, the cloud's work on the gateway's core)."""
+    _claim(state_dir).close()
+    cloud = Cloud()
+    await cloud.start()
+    try:
+        echo = await _echo_rtt(cloud.port)
+        async with _daemon(state_dir, cloud.port):
+            await cloud.connected.wait()
+            await _wait(lambda: len(cloud.devices) >= LOCKS)
+            return {"echo": echo, "pipelined": await pipelined(cloud, PIPELINED, LOCKS)}
+    finally:
+        await cloud.close()
+
+
 async def _run() -> dict[str, Any]:
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-tunnel-") as tmp:
         root = Path(tmp)
-        cloud = Cloud()
-        await cloud.start()
-        try:
-            out["echo"] = await _echo_rtt(cloud.port)
+        async with _cloud_process() as remote:
+            out["echo"] = await _echo_rtt(remote.port)
             _claim(root / "loop").close()
-            async with _daemon(root / "loop", cloud.port):
-                await cloud.connected.wait()
-                await _wait(lambda: len(cloud.devices) >= LOCKS)
-                out["full_loop"] = await _full_loop(cloud)
-                out["pipelined"] = await _pipelined(cloud)
-        finally:
-            await cloud.close()
+            async with _daemon(root / "loop", remote.port):
+                await remote.wait_devices(LOCKS)
+                out["full_loop"] = await remote.run(
+                    "full_loop", rounds=LOOP_ROUNDS, warmup=50, locks=LOCKS
+                )
+                out["pipelined"] = await remote.run("pipelined", count=PIPELINED, locks=LOCKS)
+        out["same_loop"] = await _same_loop(root / "same")
         out["drain"] = await _drain(root / "drain")
         out["idle"] = await _idle(root / "idle")
     out["peak_rss_mib"] = peak_rss_mib()
@@ -450,11 +352,13 @@ def main() -> dict[str, Any]:
     quiet_logs()
     r = anyio.run(_run)
     echo, loop, pipe, drain, idle = r["echo"], r["full_loop"], r["pipelined"], r["drain"], r["idle"]
+    same = r["same_loop"]
     ratio50 = loop["p50_us"] / echo["p50_us"]
     ratio99 = loop["p99_us"] / echo["p99_us"]
     figures = [
         Figure("(a) ws echo RTT p50 (baseline)", echo["p50_us"], "us"),
         Figure("(a) ws echo RTT p99 (baseline)", echo["p99_us"], "us"),
+        Figure("(a) the same, both ends in one event loop, p50", same["echo"]["p50_us"], "us"),
         Figure("(b) full loop p50", loop["p50_us"], "us"),
         Figure("(b) full loop p99", loop["p99_us"], "us"),
         Figure(
@@ -473,6 +377,11 @@ def main() -> dict[str, Any]:
             pipe["actions_per_s"] >= TARGET_PIPELINED,
         ),
         Figure(
+            "(c) the same, cloud end in the daemon's event loop",
+            same["pipelined"]["actions_per_s"],
+            "actions/s",
+        ),
+        Figure(
             f"(d) outbox drain ({drain['frames']:,} frames)",
             drain["msgs_per_s"],
             "msg/s",
@@ -487,9 +396,9 @@ def main() -> dict[str, Any]:
             idle["wire_kb_per_hour"] < TARGET_IDLE_KB_H,
         ),
         Figure("(e) idle, websocket payload only", idle["payload_kb_per_hour"], "KB/h"),
-        Figure("peak RSS (daemon + bench cloud)", r["peak_rss_mib"], "MiB"),
+        Figure("peak RSS (daemon; cloud end for (c)-(e))", r["peak_rss_mib"], "MiB"),
     ]
-    failed = loop["failed"] + pipe["failed"]
+    failed = loop["failed"] + pipe["failed"] + same["pipelined"]["failed"]
     if failed:
         figures.append(Figure("actions failed", failed, "", "0", False))
     print_figures(
