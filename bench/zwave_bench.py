@@ -8,8 +8,10 @@ Door Lock Operation Get read from the device reports the new bolt mode (asked ag
 until it does) — what the driver waits for, since zwave-js updates its value cache optimistically.
 The daemon side is timed from `Daemon.submit` of an action request to its terminal status
 (dispatcher, store, registry, driver); the bare `driver.execute` is timed too. The direct side is
-a bare zwave_js_server Client on the same zwave-server, nobody else connected. Blocks alternate
-(daemon, direct, daemon, direct) so drift hits both.
+a bare zwave_js_server Client on the same zwave-server, nobody else connected, with the library's
+defaults (its websocket permessage-deflate compressed; the daemon's is not, see
+drivers/zwave/uncompressed.py). Blocks alternate (daemon, direct, daemon, direct) so drift hits
+both.
 
 The RSS is the VmRSS of `gatewayd run` as a box runs it: a venv staged by scripts/install.sh (the
 locked runtime deps and the zwave extra, byte-compiled), started with systemd/gatewayd.service's

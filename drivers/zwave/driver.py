@@ -16,7 +16,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import anyio
@@ -36,6 +36,7 @@ from drivers.zwave.events import (
     parse_notification,
     parse_state_value,
 )
+from drivers.zwave.uncompressed import UncompressedSession
 from gatewayd.driver import (
     Driver,
     DriverContext,
@@ -237,7 +238,9 @@ class ZWaveDriver(Driver):
 
     async def _session(self) -> None:
         assert self._http is not None
-        client = Client(self._config.url, self._http)
+        # The Client only asks its session for ws_connect (drivers/zwave/uncompressed.py).
+        session = cast(aiohttp.ClientSession, UncompressedSession(self._http))
+        client = Client(self._config.url, session)
         with anyio.fail_after(self._config.connect_timeout_s):
             await client.connect()
         ready = asyncio.Event()

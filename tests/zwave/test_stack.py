@@ -7,6 +7,7 @@ import pytest
 from zwave_js_server.client import Client
 
 from drivers.zwave import ZWaveDriver
+from drivers.zwave.uncompressed import UncompressedSession
 from gatewayd.driver import DriverState
 from gatewayd.model import Lock, Unlock
 from tests.contract.sink import RecordingSink
@@ -26,6 +27,24 @@ async def test_pinned_client_speaks_the_pinned_servers_schema(zwave_stack: ZWave
             assert client.version.max_schema_version >= client.schema_version
         finally:
             await client.disconnect()
+
+
+async def test_the_drivers_websocket_to_zwave_server_is_not_compressed(
+    zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack
+) -> None:
+    # zwave-server agrees to permessage-deflate when asked, and zwave-js-server-python asks...
+    async with aiohttp.ClientSession() as session:
+        asked = await session.ws_connect(zwave_stack.url, compress=15)
+        assert asked.compress == 15
+        await asked.close()
+        # ...so the driver's session takes the request back (drivers/zwave/uncompressed.py)
+        plain = await UncompressedSession(session).ws_connect(zwave_stack.url, compress=15)
+        assert plain.compress == 0
+        await plain.close()
+    driver, _sink = zwave
+    assert driver._client is not None
+    assert driver._client._client is not None  # the Client's websocket
+    assert driver._client._client.compress == 0
 
 
 async def test_driver_reports_each_mock_lock_with_its_device_config(
