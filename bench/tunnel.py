@@ -16,8 +16,7 @@ another machine: each end has its own core, and the gateway's figures carry only
 work. The daemon runs in this process. (a) and (c) are also run, for comparison, with the cloud
 end in the daemon's own event loop: an echo that crosses no process boundary (no wake-up of a
 sleeping process, so a smaller baseline), and a cloud whose decoding and acking take the
-gateway's CPU.
-(d) and (e) keep the cloud end in this process: neither is bound by CPU.
+gateway's CPU. (d) and (e) keep the cloud end in this process: neither is bound by CPU.
 
 Run: .venv/bin/python -m bench.tunnel
 """
