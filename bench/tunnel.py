@@ -39,10 +39,16 @@ import aiohttp
 import anyio
 
 from bench.cloud_end import CREDENTIAL, DEFAULT_HEARTBEAT_S, GATEWAY_ID, Cloud, pipelined
-from bench.common import Figure, pct, peak_rss_mib, print_figures, quiet_logs, write_results
+from bench.common import (
+    Figure,
+    pct,
+    peak_rss_mib,
+    print_figures,
+    quiet_logs,
+    running_daemon,
+    write_results,
+)
 from gatewayd import protocol
-from gatewayd.config import parse_config
-from gatewayd.daemon import Daemon
 from gatewayd.model import DoorEvent, EventName, iso, utcnow
 from gatewayd.store import Store
 from gatewayd.upstream import Upstream
@@ -91,19 +97,6 @@ def _claim(state_dir: Path) -> Store:
     store = Store.open(state_dir / "gatewayd.db")
     store.set_claimed(GATEWAY_ID, CREDENTIAL)
     return store
-
-
-@asynccontextmanager
-async def _daemon(state_dir: Path, port: int) -> AsyncIterator[Daemon]:
-    daemon = Daemon(parse_config(_config(state_dir, port)))
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(daemon.run)
-        with anyio.fail_after(30):
-            await daemon.wait_started()
-        try:
-            yield daemon
-        finally:
-            daemon.stop()
 
 
 async def _wait(predicate: Callable[[], bool], timeout: float = 60.0, step: float = 0.001) -> None:
@@ -166,7 +159,7 @@ async def _drain(state_dir: Path) -> dict[str, float]:
     cloud = Cloud()
     await cloud.start()
     try:
-        async with _daemon(state_dir, cloud.port) as daemon:
+        async with running_daemon(_config(state_dir, cloud.port), devices=0) as daemon:
             store = daemon.store
             assert store is not None
             await cloud.connected.wait()
@@ -233,7 +226,7 @@ async def _idle(state_dir: Path) -> dict[str, float]:
     proxy = _CountingProxy(cloud.port)
     await proxy.start()
     try:
-        async with _daemon(state_dir, proxy.port):
+        async with running_daemon(_config(state_dir, proxy.port), devices=0):
             await cloud.connected.wait()
             await _wait(lambda: len(cloud.devices) >= LOCKS)
             await anyio.sleep(1.0)  # inventory sent and acked: from here on nothing happens
@@ -318,7 +311,7 @@ async def _same_loop(state_dir: Path) -> dict[str, dict[str, float]]:
     await cloud.start()
     try:
         echo = await _echo_rtt(cloud.port)
-        async with _daemon(state_dir, cloud.port):
+        async with running_daemon(_config(state_dir, cloud.port), devices=0):
             await cloud.connected.wait()
             await _wait(lambda: len(cloud.devices) >= LOCKS)
             return {"echo": echo, "pipelined": await pipelined(cloud, PIPELINED, LOCKS)}
@@ -333,7 +326,7 @@ async def _run() -> dict[str, Any]:
         async with _cloud_process() as remote:
             out["echo"] = await _echo_rtt(remote.port)
             _claim(root / "loop").close()
-            async with _daemon(root / "loop", remote.port):
+            async with running_daemon(_config(root / "loop", remote.port), devices=0):
                 await remote.wait_devices(LOCKS)
                 out["full_loop"] = await remote.run(
                     "full_loop", rounds=LOOP_ROUNDS, warmup=50, locks=LOCKS
