@@ -143,8 +143,10 @@ class Upstream:
         off by CLOCK_SKEW_S or more, the times of status reports, door events and `last_seen`
         go upstream on the cloud's clock, so the account's history is not an hour off; the
         local log and /status keep this box's clock."""
-        off = skew_s is not None and abs(skew_s) >= CLOCK_SKEW_S
-        self._shift = timedelta(seconds=skew_s) if off and skew_s is not None else None
+        if skew_s is None or abs(skew_s) < CLOCK_SKEW_S:
+            self._shift = None
+        else:
+            self._shift = timedelta(seconds=skew_s)
 
     def action_status(self, update: StatusUpdate) -> int:
         shift = self._shift

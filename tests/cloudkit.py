@@ -7,6 +7,7 @@ import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -211,8 +212,6 @@ async def clouds(tmp_path: Path, **defaults: Any) -> AsyncIterator[CloudFactory]
 
 def assert_welcome(welcome: p.Welcome, *, gateway_id: str | None, acked_seq: int) -> None:
     """devcloud's welcome, with its clock (ISO-8601 UTC) within a few seconds of ours."""
-    from datetime import UTC, datetime
-
     assert welcome == p.Welcome(
         protocol=1,
         gateway_id=gateway_id,
