@@ -8,7 +8,7 @@ import resource
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from datetime import timedelta
@@ -47,6 +47,12 @@ def pct(samples: Sequence[float], q: float) -> float:
     """The q-quantile (nearest rank) of samples."""
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def median_trial[T: Mapping[str, Any]](trials: Sequence[T], key: str) -> T:
+    """The trial whose `key` is the median (the lower middle one of an even count)."""
+    ordered = sorted(trials, key=lambda trial: float(trial[key]))
+    return ordered[(len(ordered) - 1) // 2]
 
 
 def peak_rss_mib() -> float:
