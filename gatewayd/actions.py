@@ -351,6 +351,13 @@ class Dispatcher:
             job.waiting.cancel()
         return True
 
+    def rebase_handoffs(self, was_acked: int, shift: int) -> None:
+        """The outbox was renumbered (Store.rebase): every frame above `was_acked` moved up by
+        `shift`, the gateway_received reports the waiting hand-offs are for among them."""
+        for job in self._handoffs.values():
+            if job.handoff_seq > was_acked:
+                job.handoff_seq += shift
+
     def reject(self, request: ActionRequest, message: str) -> None:
         """Refuse a request that could not even be read (e.g. bad timestamps): failed, once."""
         if self._is_duplicate(request.id):
@@ -474,7 +481,8 @@ class Dispatcher:
             return
         with anyio.move_on_after(max(self._remaining(job), 0)) as scope:
             job.waiting = scope
-            await self._store.wait_acked(job.handoff_seq)
+            while self._store.acked_seq < job.handoff_seq:  # read again: a rebase moves it
+                await self._store.wait_acked(job.handoff_seq)
         job.waiting = None
 
     async def _execute(self, job: _Job) -> None:

@@ -187,6 +187,7 @@ class Daemon:
                         on_reject=dispatcher.reject,
                         on_cancel=dispatcher.cancel,
                         on_clock=upstream.cloud_clock,
+                        on_rebase=dispatcher.rebase_handoffs,
                     )
                     self.tunnel = tunnel
                     tg.start_soon(tunnel.run, name="tunnel")

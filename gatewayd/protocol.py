@@ -291,6 +291,14 @@ def _decode(frame: bytes | str) -> Message:
     return msg
 
 
+def renumber(frame: bytes, seq: int) -> bytes:
+    """A gateway frame from the outbox again, under another `seq`."""
+    msg = decode(frame)
+    if not isinstance(msg, ActionStatusMsg | EventMsg | DeviceMsg | DeviceRemovedMsg):
+        raise ProtocolError("invalid", f"a {type(msg).__name__} frame carries no seq")
+    return encode(msgspec.structs.replace(msg, seq=seq))
+
+
 def check_version(protocol: int) -> None:
     """Refuse a peer that speaks another major version of this protocol."""
     if protocol != PROTOCOL_VERSION:

@@ -621,6 +621,60 @@ class Store:
             (str(seq),),
         )
 
+    def rebase(self, cloud_acked: int, renumber: Callable[[bytes, int], bytes]) -> int:
+        """Follow a cloud that holds seqs past everything this store has committed.
+
+        That happens when the store lost its last commits (a power cut before the OS wrote
+        them: `synchronous = normal` does not sync each commit) or was restored from a backup.
+        The frames it holds unacknowledged then carry seqs the cloud already has, and the cloud
+        would drop them as resends. They are renumbered, in order, to follow `cloud_acked`
+        (`renumber(frame, seq)` rewrites one), and `cloud_acked` becomes the acked seq, all in
+        one transaction. Returns the shift added to every unacknowledged seq (0: nothing to
+        do). Raises sqlite3.Error if the store cannot commit; nothing is changed then.
+        """
+        if cloud_acked <= self._committed_seq:
+            return 0
+        if not self.flush():
+            raise sqlite3.OperationalError(f"outbox rebase: {self.last_error}")
+        shift = cloud_acked - self._acked_seq
+        backlog = self.outbox_backlog()
+        held = self.outbox_after(self._acked_seq, limit=backlog) if backlog else []
+        frames = [(seq + shift, renumber(frame, seq + shift)) for seq, frame in held]
+        created = iso(utcnow())
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("DELETE FROM outbox")  # acked frames go too: the cloud holds them
+            self._db.executemany(
+                "INSERT INTO outbox (last_seq, first_seq, frames, created_at) VALUES (?, ?, ?, ?)",
+                [
+                    (chunk[-1][0], chunk[0][0], _pack_frames([f for _, f in chunk]), created)
+                    for chunk in itertools.batched(frames, OUTBOX_ROW_FRAMES)
+                ],
+            )
+            self._db.execute(
+                "INSERT INTO meta (key, value) VALUES ('acked_seq', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(cloud_acked),),
+            )
+            self._db.execute("COMMIT")
+        except sqlite3.Error:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+        log.warning(
+            "store.outbox_rebased",
+            was_acked=self._acked_seq,
+            cloud_acked=cloud_acked,
+            renumbered=len(frames),
+        )
+        self._acked_seq = cloud_acked
+        self._committed_seq += shift
+        self._next_seq += shift
+        self._recent_frames.clear()
+        self._recent_bytes = 0
+        self._remember_frames(frames)
+        return shift
+
     async def wait_acked(self, seq: int) -> None:
         """Return once the cloud has acknowledged frame `seq` (and all before it)."""
         while self._acked_seq < seq:

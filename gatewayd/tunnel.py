@@ -4,6 +4,7 @@ heartbeats, and reconnects with full-jitter backoff (policy kept apart in `Backo
 from __future__ import annotations
 
 import random
+import sqlite3
 import ssl
 import time
 from collections.abc import Callable
@@ -125,6 +126,7 @@ class Tunnel:
         on_reject: Callable[[ActionRequest, str], None] | None = None,
         on_cancel: Callable[[str, str], object] | None = None,
         on_clock: Callable[[float | None], object] | None = None,
+        on_rebase: Callable[[int, int], object] | None = None,
         backoff: Backoff | None = None,
         sleep: Callable[[float], Any] = anyio.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -137,6 +139,7 @@ class Tunnel:
         self._on_reject = on_reject
         self._on_cancel = on_cancel
         self._on_clock = on_clock
+        self._on_rebase = on_rebase
         self._hello = hello
         self.backoff = backoff or Backoff()
         self._sleep = sleep
@@ -204,6 +207,18 @@ class Tunnel:
 
     # ------------------------------------------------------------------ session
 
+    def _rebase(self, cloud_acked: int) -> None:
+        """The cloud holds seqs this store never committed (it lost its last commits, or was
+        restored from a backup): renumber what is unacknowledged to follow them, and let the
+        dispatcher move the hand-offs it waits for along (Store.rebase)."""
+        was = self._store.acked_seq
+        try:
+            shift = self._store.rebase(cloud_acked, protocol.renumber)
+        except (sqlite3.Error, protocol.ProtocolError) as exc:
+            raise ConnectionError(f"outbox rebase failed ({type(exc).__name__})") from None
+        if shift and self._on_rebase is not None:
+            self._on_rebase(was, shift)
+
     def _ssl_context(self) -> ssl.SSLContext | bool:
         if not self._cfg.url.startswith("wss://"):
             return False
@@ -268,6 +283,7 @@ class Tunnel:
         self.heartbeat_s = welcome.heartbeat_s if welcome.heartbeat_s > 0 else DEFAULT_HEARTBEAT_S
         for action_id in welcome.cancelled:  # before the ack: it may be their go-ahead
             self._cancel(action_id, "the cloud reported it failed while the tunnel was down")
+        self._rebase(welcome.acked_seq)
         self._store.outbox_ack(welcome.acked_seq)
         self.sent_seq = max(welcome.acked_seq, self._store.acked_seq)
         self.state = "connected" if registration_token is None else "unclaimed"

@@ -128,3 +128,29 @@ async def test_local_actions_do_not_wait_for_a_cloud(tmp_path: Path) -> None:
         tg.cancel_scope.cancel()
     assert h.statuses("local") == ["gateway_received", "processing", "completed"]
     assert h.store.acked_seq == 0
+
+
+async def test_a_rebased_outbox_moves_the_hand_off_a_waiting_action_needs(tmp_path: Path) -> None:
+    """The store came back behind the cloud (Store.rebase): the receipt the action waits for
+    now has another seq, and only the ack of that one lets the action run."""
+    h = CloudHarness(tmp_path)
+    async with anyio.create_task_group() as tg:
+        h.dispatcher.bind(tg)
+        h.store.outbox_put(lambda s: b'{"seq": %d}' % s)  # a door event before it: seq 1
+        h.dispatcher.submit(request("unlock", id="a1"), handoff=True)  # its receipt: seq 2
+        assert h.seqs[("a1", "gateway_received")] == 2
+        await h.store.wait_outbox(1)
+        await anyio.sleep(0.05)  # its worker is waiting for the ack of seq 2
+        assert h.exec.started == []
+        was = h.store.acked_seq
+        shift = h.store.rebase(50, lambda frame, seq: b'{"seq": %d}' % seq)
+        h.dispatcher.rebase_handoffs(was, shift)
+        assert [s for s, _ in h.store.outbox_after(0)] == [51, 52]
+        h.store.outbox_ack(51)  # the door event: above the receipt's old seq, not its new one
+        await anyio.sleep(0.1)
+        assert h.exec.started == []
+        h.store.outbox_ack(52)
+        await h.settle("a1")
+        tg.cancel_scope.cancel()
+    assert h.statuses("a1") == ["gateway_received", "processing", "completed"]
+    assert h.exec.ran == [("d1", "unlock")]

@@ -230,3 +230,13 @@ def test_oversize_input_is_always_too_large(size: int) -> None:
     with pytest.raises(p.ProtocolError) as info:
         p.decode(frame)
     assert info.value.code == "too_large"
+
+
+def test_renumber_moves_a_frame_to_another_seq_and_keeps_the_rest() -> None:
+    frame = p.encode(p.EventMsg(seq=3, event={"event_id": "e-1", "event_type": "lock.unlocked"}))
+    moved = p.renumber(frame, 41)
+    assert p.decode(moved) == p.EventMsg(
+        seq=41, event={"event_id": "e-1", "event_type": "lock.unlocked"}
+    )
+    with pytest.raises(p.ProtocolError):
+        p.renumber(p.encode(p.Ack(seq=3)), 41)  # only the gateway's sequenced frames have one

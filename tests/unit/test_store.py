@@ -237,6 +237,48 @@ def test_outbox_seq_is_monotonic_across_ack_and_restart(tmp_path: Path) -> None:
     assert store.outbox_put(lambda s: b"x") == 6  # never reuses a delivered seq
 
 
+def _seq_frame(seq: int) -> bytes:
+    return f'{{"seq": {seq}}}'.encode()
+
+
+def test_rebase_renumbers_what_the_cloud_has_not_acked_to_follow_what_it_holds(
+    tmp_path: Path,
+) -> None:
+    """The store lost its last commits (or was restored): the cloud acked seq 40 and the store
+    only ever committed 1..5, of which the cloud acked 2. Frames 3..5 and a queued 6 follow 40."""
+    store = Store.open(tmp_path / "s.db")
+    for _ in range(5):
+        store.outbox_put(_seq_frame)
+    store.flush()
+    store.outbox_ack(2)
+    store.outbox_put(_seq_frame)  # queued, not committed yet
+    assert store.rebase(5, lambda frame, seq: _seq_frame(seq)) == 0  # not behind: nothing
+    shift = store.rebase(40, lambda frame, seq: _seq_frame(seq))
+    assert shift == 38
+    assert store.acked_seq == 40
+    assert store.committed_seq == 44
+    assert store.outbox_after(0) == [(s, _seq_frame(s)) for s in (41, 42, 43, 44)]
+    assert store.outbox_put(_seq_frame) == 45
+    store.close()
+    store = Store.open(tmp_path / "s.db")  # durable, read back from disk
+    assert store.acked_seq == 40
+    assert store.outbox_after(0) == [(s, _seq_frame(s)) for s in (41, 42, 43, 44, 45)]
+    assert store.outbox_put(_seq_frame) == 46
+    store.close()
+
+
+def test_rebase_with_nothing_unacked_moves_the_next_seq_past_the_cloud(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "s.db")
+    store.outbox_put(_seq_frame)
+    store.flush()
+    store.outbox_ack(1)
+    store.flush()
+    assert store.rebase(9, lambda frame, seq: pytest.fail("nothing to renumber")) == 8
+    assert store.outbox_after(0) == []
+    assert store.outbox_put(_seq_frame) == 10
+    store.close()
+
+
 async def test_frames_of_one_tick_share_one_commit_and_only_committed_are_visible(
     tmp_path: Path,
 ) -> None:

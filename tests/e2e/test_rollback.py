@@ -1,0 +1,80 @@
+"""A store that comes back behind the cloud: the last commits lost to a power cut (the store's
+default `synchronous = normal` does not sync each commit) or a state directory restored from a
+backup. The cloud already holds seqs the gateway no longer has; what the gateway reports next
+must still reach it, not be taken for a resend of those seqs and dropped."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from gatewayd.daemon import DB_NAME
+from gatewayd.driver import Simulation
+from tests.e2e.conftest import CloudFactory, claim, tunnel_url
+from tests.e2e.test_cloud_loop import cloud_event_ids
+from tests.support import running_daemon, wait_until
+
+pytestmark = pytest.mark.stack
+
+
+def snapshot(db: Path, to: Path) -> None:
+    """A consistent copy of a live SQLite database (the backup API)."""
+    with sqlite3.connect(db) as src, sqlite3.connect(to) as dst:
+        src.backup(dst)
+    src.close()
+    dst.close()
+
+
+async def test_events_after_a_rolled_back_store_reach_the_cloud(
+    tmp_path: Path, cloud_factory: CloudFactory
+) -> None:
+    cloud = await cloud_factory()
+    state = tmp_path / "gw"
+    url = tunnel_url(cloud.server.port)
+    saved = tmp_path / "saved.db"
+    async with running_daemon(state, cloud_url=url) as daemon:
+        store = daemon.store
+        assert store is not None
+        await claim(cloud, daemon)
+        await wait_until(lambda: len(cloud.state.db.devices()) == 2, 15)
+        sim = daemon.registry.drivers["sim"]  # type: ignore[union-attr]
+        door = sim.devices()[0].id
+        await wait_until(lambda: store.outbox_backlog() == 0, 15)
+        snapshot(state / DB_NAME, saved)
+        lost_seq = store.acked_seq
+        # reported and acknowledged, then lost with the store's last commits
+        for i in range(6):
+            what = Simulation.MANUAL_UNLOCK if i % 2 == 0 else Simulation.MANUAL_LOCK
+            await sim.simulate(door, what, {})
+        await wait_until(lambda: store.outbox_backlog() == 0 and store.acked_seq > lost_seq, 15)
+        cloud_acked = store.acked_seq
+    for suffix in ("", "-wal", "-shm"):
+        (state / (DB_NAME + suffix)).unlink(missing_ok=True)
+    shutil.copy(saved, state / DB_NAME)
+
+    before = set(cloud_event_ids(cloud))
+    async with running_daemon(state, cloud_url=url) as daemon:
+        store = daemon.store
+        tunnel = daemon.tunnel
+        assert store is not None
+        assert tunnel is not None
+        assert store.acked_seq == lost_seq < cloud_acked  # the store is behind the cloud
+        sim = daemon.registry.drivers["sim"]  # type: ignore[union-attr]
+        door = sim.devices()[0].id
+        produced: list[str] = []
+        daemon.event_listeners.append(lambda ev: produced.append(ev.id))
+        await wait_until(lambda: tunnel.up, 15)
+        for i in range(4):
+            what = Simulation.MANUAL_LOCK if i % 2 == 0 else Simulation.MANUAL_UNLOCK
+            await sim.simulate(door, what, {})
+        assert len(produced) == 4
+        await wait_until(lambda: set(produced) <= set(cloud_event_ids(cloud)), 15)
+        # numbered after what the cloud holds, and nothing is waiting
+        assert store.acked_seq > cloud_acked
+        assert store.outbox_backlog() == 0
+    after = cloud_event_ids(cloud)
+    assert len(after) == len(set(after))  # nothing twice
+    assert set(after) - before == set(produced)
