@@ -448,7 +448,7 @@ class Store:
 
     def _ensure_identity(self) -> None:
         if self._db.execute("SELECT 1 FROM identity").fetchone() is None:
-            self._db.execute(
+            self._synced(
                 "INSERT INTO identity (id, registration_token, token_created_at) VALUES (1, ?, ?)",
                 (new_registration_token(), iso(utcnow())),
             )
@@ -461,10 +461,22 @@ class Store:
         return Identity(token, _parse_ts(created), gateway_id, credential)
 
     def set_claimed(self, gateway_id: str, credential: str) -> None:
-        self._db.execute(
+        self._synced(
             "UPDATE identity SET gateway_id = ?, credential = ? WHERE id = 1",
             (gateway_id, credential),
         )
+
+    def _synced(self, sql: str, params: tuple[Any, ...]) -> None:
+        """Run one statement as a transaction that is on disk when this returns, whatever
+        `synchronous` says. The identity changes rarely, and a claim lost to a power cut would
+        leave the gateway unclaimed with a registration token the cloud has already used up.
+        (Syncing the WAL also makes every commit before this one durable.)"""
+        mode = int(self._db.execute("PRAGMA synchronous").fetchone()[0])
+        self._db.execute("PRAGMA synchronous = FULL")
+        try:
+            self._db.execute(sql, params)
+        finally:
+            self._db.execute(f"PRAGMA synchronous = {mode}")
 
     def reset_claim(self) -> Identity:
         """Forget the credential (revoked) and issue a fresh, different registration token."""
@@ -472,7 +484,7 @@ class Store:
         token = new_registration_token()
         while token == old:
             token = new_registration_token()
-        self._db.execute(
+        self._synced(
             "UPDATE identity SET gateway_id = NULL, credential = NULL,"
             " registration_token = ?, token_created_at = ? WHERE id = 1",
             (token, iso(utcnow())),

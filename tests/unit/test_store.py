@@ -212,6 +212,26 @@ def test_claim_and_revoke(tmp_path: Path) -> None:
     assert fresh.registration_token != old  # a revoked gateway is claimed with a new token
 
 
+def test_identity_writes_are_synced_even_when_commits_are_not(tmp_path: Path) -> None:
+    """`synchronous = normal` leaves commits to the OS; a claim or a revocation lost to a power
+    cut would strand the gateway with a used-up token, so those two are written synced."""
+    store = Store.open(tmp_path / "s.db")
+    db = store._db
+    assert db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    seen: list[str] = []
+    db.set_trace_callback(seen.append)
+    store.set_claimed("gw-1", "credential-for-the-test")
+    store.reset_claim()
+    db.set_trace_callback(None)
+    writes = [i for i, sql in enumerate(seen) if sql.startswith("UPDATE identity")]
+    assert len(writes) == 2
+    for i in writes:
+        assert seen[i - 1] == "PRAGMA synchronous = FULL"
+        assert seen[i + 1] == "PRAGMA synchronous = 1"
+    assert db.execute("PRAGMA synchronous").fetchone()[0] == 1  # batched commits: as configured
+    store.close()
+
+
 def test_device_ids_are_stable_per_driver_and_native_id(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "s.db")
     a = store.device_id("zwave", "e1f2a3b4-5")
