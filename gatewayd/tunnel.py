@@ -28,6 +28,7 @@ log = structlog.get_logger(__name__)
 SEND_BATCH: Final = 500
 MAX_INBOUND_BYTES: Final = 1024 * 1024  # bigger frames are read whole, then refused and skipped
 DEFAULT_HEARTBEAT_S: Final = 60.0
+MAX_CLOUD_SEQ: Final = 2**53  # a welcome.acked_seq past this (and ours) is refused
 STABLE_SESSION_S: Final = 10.0  # a session that lasted this long resets the backoff
 
 
@@ -212,6 +213,9 @@ class Tunnel:
         restored from a backup): renumber what is unacknowledged to follow them, and let the
         dispatcher move the hand-offs it waits for along (Store.rebase)."""
         was = self._store.acked_seq
+        if cloud_acked > MAX_CLOUD_SEQ and cloud_acked > self._store.committed_seq:
+            # no gateway gets there; following it would soon run seqs out of range
+            raise ConnectionError(f"the cloud acked seq {cloud_acked}, beyond any gateway's")
         try:
             shift = self._store.rebase(cloud_acked, protocol.renumber)
         except (sqlite3.Error, protocol.ProtocolError) as exc:

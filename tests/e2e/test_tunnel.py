@@ -108,9 +108,10 @@ async def test_rotated_credential_replaces_the_old_one(
 class HostileCloud(TunnelServer):
     """A tunnel server that welcomes the gateway and then sends it garbage."""
 
-    def __init__(self) -> None:
+    def __init__(self, acked_seq: int = 0) -> None:
         super().__init__()
         self.received: list[dict[str, Any]] = []
+        self.acked_seq = acked_seq
 
     async def handler(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=4 * 1024 * 1024)
@@ -119,7 +120,9 @@ class HostileCloud(TunnelServer):
         await ws.send_bytes(b"\x00\x01binary")
         await ws.send_str(
             protocol.encode(
-                protocol.Welcome(protocol=1, gateway_id="gw-h", acked_seq=0, heartbeat_s=60)
+                protocol.Welcome(
+                    protocol=1, gateway_id="gw-h", acked_seq=self.acked_seq, heartbeat_s=60
+                )
             ).decode()
         )
         now = utcnow().isoformat()
@@ -187,6 +190,31 @@ async def test_garbage_from_the_cloud_is_logged_and_skipped(tmp_path: Path) -> N
             assert rejected()[0]["error"]["type"] == "invalid_input"
             assert daemon.ready
             assert tunnel.sessions == 1  # skipped, not disconnected
+    finally:
+        await hostile.close()
+
+
+async def test_a_welcome_acked_seq_out_of_range_is_refused_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    """A cloud that claims to hold seq 2**63-1: following it (Store.rebase) would run the seqs
+    out of range, so the session is refused, retried, and the outbox kept as it was."""
+    hostile = HostileCloud(acked_seq=2**63 - 1)
+    await hostile.start()
+    try:
+        pre = Store.open(tmp_path / "gw" / "gatewayd.db")
+        pre.set_claimed("gw-h", "credential-h")
+        pre.close()
+        async with running_daemon(tmp_path / "gw", cloud_url=tunnel_url(hostile.port)) as daemon:
+            tunnel, store = daemon.tunnel, daemon.store
+            assert tunnel is not None
+            assert store is not None
+            await wait_until(lambda: tunnel.sessions >= 2, 15)  # refused, and tried again
+            assert "beyond any gateway's" in (tunnel.last_error or "")
+            assert store.acked_seq == 0
+            assert store.outbox_backlog() >= 2  # the two sim locks' device frames, kept
+            assert hostile.received == []
+            assert daemon.ready
     finally:
         await hostile.close()
 
