@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from aiohttp import web
 from devcloud.app import create_app
 from devcloud.settings import Settings
 from gatewayd import protocol
+from gatewayd.daemon import Daemon
 from gatewayd.model import utcnow
 from gatewayd.store import Store
 from tests.cloudkit import API_KEY
@@ -150,6 +153,16 @@ class HostileCloud(TunnelServer):
         return ws
 
 
+@asynccontextmanager
+async def claimed_daemon(state_dir: Path, cloud: HostileCloud) -> AsyncIterator[Daemon]:
+    """A daemon whose store says it was claimed as gw-h, connected to `cloud`."""
+    pre = Store.open(state_dir / "gatewayd.db")
+    pre.set_claimed("gw-h", "credential-h")
+    pre.close()
+    async with running_daemon(state_dir, cloud_url=tunnel_url(cloud.port)) as daemon:
+        yield daemon
+
+
 async def test_an_unclaimed_gateway_executes_nothing(tmp_path: Path) -> None:
     hostile = HostileCloud()
     await hostile.start()
@@ -171,10 +184,7 @@ async def test_garbage_from_the_cloud_is_logged_and_skipped(tmp_path: Path) -> N
     hostile = HostileCloud()
     await hostile.start()
     try:
-        pre = Store.open(tmp_path / "gw" / "gatewayd.db")
-        pre.set_claimed("gw-h", "credential-h")
-        pre.close()
-        async with running_daemon(tmp_path / "gw", cloud_url=tunnel_url(hostile.port)) as daemon:
+        async with claimed_daemon(tmp_path / "gw", hostile) as daemon:
             tunnel = daemon.tunnel
             assert tunnel is not None
             await wait_until(lambda: tunnel.frames_skipped >= 7, 15)
@@ -202,10 +212,7 @@ async def test_a_welcome_acked_seq_out_of_range_is_refused_and_loses_nothing(
     hostile = HostileCloud(acked_seq=2**63 - 1)
     await hostile.start()
     try:
-        pre = Store.open(tmp_path / "gw" / "gatewayd.db")
-        pre.set_claimed("gw-h", "credential-h")
-        pre.close()
-        async with running_daemon(tmp_path / "gw", cloud_url=tunnel_url(hostile.port)) as daemon:
+        async with claimed_daemon(tmp_path / "gw", hostile) as daemon:
             tunnel, store = daemon.tunnel, daemon.store
             assert tunnel is not None
             assert store is not None
