@@ -13,6 +13,7 @@ action the cloud gave up on is never run late.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
@@ -59,7 +60,7 @@ RECENT_KEEP: Final = 50
 SEEN_KEEP: Final = 1024  # recent ids in memory (bounded RSS); the store answers for the rest
 REMOTE_GRACE_S: Final = 5.0  # a remote lock/unlock report this soon after our action answers it
 YIELD_EVERY: Final = 8  # jobs a worker runs back to back before it lets other tasks run
-_DIGITS = re.compile(r"^[0-9]+$")
+_DIGITS = re.compile(r"[0-9]+")  # used with fullmatch: "$" would let a final "\n" in
 
 
 class StatusUpdate(msgspec.Struct, frozen=True):
@@ -192,7 +193,7 @@ def _device_action(name: ActionName, inputs: Mapping[str, Any], device: Device) 
             errors["code"] = f"required: {lengths}"
         elif not isinstance(raw_code, str):
             errors["code"] = "must be a string of digits"
-        elif not _DIGITS.match(raw_code):
+        elif not _DIGITS.fullmatch(raw_code):
             errors["code"] = "must contain digits only"
         elif not codes.min_length <= len(raw_code) <= codes.max_length:
             errors["code"] = f"must be {lengths}"
@@ -224,7 +225,7 @@ def _validate_gateway_inputs(name: ActionName, inputs: Mapping[str, Any]) -> Non
     if device_id is not None and (name is not ActionName.UNPAIR_DEVICES or not _is_str(device_id)):
         errors["device_id"] = "must be a device id, for unpair_devices only"
     dsk = inputs.get("dsk_pin")
-    if dsk is not None and not (isinstance(dsk, str) and len(dsk) == 5 and _DIGITS.match(dsk)):
+    if dsk is not None and not (isinstance(dsk, str) and len(dsk) == 5 and _DIGITS.fullmatch(dsk)):
         errors["dsk_pin"] = "must be the 5 digits printed on the device"
     if errors:
         raise InvalidInput(f"invalid inputs for {name}", errors)
@@ -460,6 +461,19 @@ class Dispatcher:
                 error = ActionTimeout("the device did not confirm before the deadline")
         except GatewayError as exc:
             error = exc
+        except asyncio.CancelledError:
+            # Nobody cancelled this worker (not the deadline's scope, not shutdown): the driver
+            # awaited something that was cancelled under it, e.g. a future its link's teardown
+            # cancelled. Let it through and it would cancel the daemon's task group.
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise
+            log.error(
+                "actions.driver_cancelled",
+                action_request_id=job.request.id,
+                device_id=job.request.entity_id,
+            )
+            error = DeviceError("driver error (its operation was cancelled under it)")
         except Exception as exc:  # noqa: BLE001 - a driver bug must not take the daemon down
             log.error(
                 "actions.driver_crashed",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Mapping
 from datetime import timedelta
@@ -70,7 +71,7 @@ class Devices:
         self.ran: list[tuple[str, str]] = []
         self.started: list[tuple[str, str]] = []
         self.gates: dict[str, anyio.Event] = {}
-        self.raise_next: Exception | None = None
+        self.raise_next: BaseException | None = None
         self.running: dict[str, int] = {}
         self.max_concurrent_per_device = 0
 
@@ -145,6 +146,7 @@ def two_locks() -> tuple[Device, Device]:
         ("set_code", {"code": "", "slot_id": 3}, "code"),
         ("set_code", {"code": 1234, "slot_id": 3}, "code"),
         ("set_code", {"code": " 1234", "slot_id": 3}, "code"),
+        ("set_code", {"code": "1234\n", "slot_id": 3}, "code"),  # "$" matches before a final \n
         (
             "set_code",
             {"code": "\uff11\uff12\uff13\uff14", "slot_id": 3},
@@ -373,6 +375,26 @@ async def test_a_driver_that_raises_is_a_device_error_without_its_message(tmp_pa
         tg.cancel_scope.cancel()
     assert h.error("boom")["type"] == "device_error"
     assert "987654" not in str(h.error("boom"))
+    assert h.statuses("after")[-1] == "completed"
+
+
+async def test_a_driver_whose_operation_is_cancelled_under_it_fails_only_that_action(
+    tmp_path: Path,
+) -> None:
+    """A driver awaiting a future that its own link teardown cancels gets CancelledError while
+    nobody cancelled the worker: that is a device_error, not the end of the daemon."""
+    h = Harness(tmp_path, *two_locks())
+    h.exec.raise_next = asyncio.CancelledError()
+    async with anyio.create_task_group() as tg:
+        h.dispatcher.bind(tg)
+        h.dispatcher.submit(request("unlock", id="cut"))
+        await h.settle("cut")
+        h.dispatcher.submit(request("lock", id="after"))
+        await h.settle("after")
+        assert not tg.cancel_scope.cancel_called
+        tg.cancel_scope.cancel()
+    assert h.statuses("cut")[-1] == "failed"
+    assert h.error("cut")["type"] == "device_error"
     assert h.statuses("after")[-1] == "completed"
 
 
