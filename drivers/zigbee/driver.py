@@ -338,20 +338,23 @@ class ZigbeeDriver(Driver):
             case Unlock():
                 return await lock.set_locked(False)
             case SetCode(slot_id=slot, code=code):
-                self._check_code(lock, slot, len(code))
+                digits = code.reveal()
+                self._check_code(lock, slot, len(digits), digits.isascii() and digits.isdigit())
                 return await lock.set_code(slot, code)
             case ClearCode(slot_id=slot):
-                self._check_code(lock, slot, None)
+                self._check_code(lock, slot, None, True)
                 return await lock.clear_code(slot)
         raise ActionNotSupported(f"zigbee cannot {action.name}")
 
     @staticmethod
-    def _check_code(lock: ZigbeeLock, slot: int, length: int | None) -> None:
+    def _check_code(lock: ZigbeeLock, slot: int, length: int | None, digits: bool) -> None:
         c = lock.codes()
         errors: dict[str, str] = {}
         if not c.min_slot <= slot <= c.max_slot:
             errors["slot_id"] = f"must be within {c.min_slot}..{c.max_slot}"
-        if length is not None and not c.min_length <= length <= c.max_length:
+        if not digits:
+            errors["code"] = "must contain digits 0-9 only"
+        elif length is not None and not c.min_length <= length <= c.max_length:
             errors["code"] = f"must have {c.min_length} to {c.max_length} digits"
         if errors:
             raise InvalidInput("invalid input for this lock", errors)

@@ -513,9 +513,10 @@ class ZWaveDriver(Driver):
             case Lock() | Unlock():
                 return await self._bolt(lock, node, isinstance(action, Lock))
             case SetCode(slot_id=slot, code=code):
+                digits = code.reveal()
                 self._check_slot(lock, slot)
-                self._check_code(lock, len(code), code.reveal().isdigit())
-                return await self._set_code(lock, node, slot, code.reveal())
+                self._check_code(lock, len(digits), digits.isascii() and digits.isdigit())
+                return await self._set_code(lock, node, slot, digits)
             case ClearCode(slot_id=slot):
                 self._check_slot(lock, slot)
                 return await self._clear_code(lock, node, slot)
@@ -581,6 +582,14 @@ class ZWaveDriver(Driver):
         try:
             with anyio.fail_after(self._config.code_confirm_s):
                 return await waiter
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not waiter.cancelled() or task is None or task.cancelling():
+                raise
+            # the link to zwave-server went down and its teardown dropped the waiter
+            raise DeviceError(
+                f"slot {slot}: connection to zwave-server lost before the lock confirmed the code"
+            ) from None
         except TimeoutError:
             raise ActionTimeout(
                 f"slot {slot}: no programming notification from a lock that masks codes"

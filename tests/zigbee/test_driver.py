@@ -18,6 +18,7 @@ from gatewayd.model import (
     DeviceOffline,
     EventName,
     GatewayError,
+    InvalidInput,
     Lock,
     PinCode,
     SetCode,
@@ -92,6 +93,20 @@ async def test_masked_readback_is_confirmed_by_the_programming_event(tmp_path: P
         await driver.execute(device_id, SetCode(slot_id=4, code=PinCode("0481")))
         sets = [e for e in sink.events[mark:] if e.event_name == EventName.CODE_SET]
         assert [e.details["slot_id"] for e in sets] == [4]  # one event, not one per source
+
+
+@pytest.mark.parametrize("code", ["1234\n", "12\u0663\u0664", "\u00b2345"])
+async def test_a_code_of_anything_but_ascii_digits_never_reaches_the_lock(
+    tmp_path: Path, code: str
+) -> None:
+    """The driver's own check, behind the dispatcher's: a final newline, Arabic-Indic digits
+    and a superscript two are all `isdigit()`-ish, and none is a keypad code."""
+    sink = RecordingSink()
+    async with running(tmp_path, sink) as driver:
+        with pytest.raises(InvalidInput) as caught:
+            await driver.execute(by_native(sink, GENERIC), SetCode(slot_id=5, code=PinCode(code)))
+        assert caught.value.validation_errors == {"code": "must contain digits 0-9 only"}
+        assert driver.virtual.lock(GENERIC).mem.pins.get(5) is None  # type: ignore[attr-defined]
 
 
 async def test_faults_become_typed_errors_and_nothing_leaks(
