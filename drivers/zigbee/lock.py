@@ -132,12 +132,18 @@ class ZigbeeLock:
         if self._cache_write is not None:  # still due: written now, before zigpy shuts down
             self._cache_write.cancel()
             self._cache_bolt()
+        if self._pending is not None:
+            # A bolt report is waiting for the operation event that names its method; that
+            # event is lost with the link, and the lock adopted after a reconnect starts from
+            # the already-updated state in silence: report the change now, method unknown.
+            if self.locked is not None:
+                self._bolt_event(self.locked, Method.UNKNOWN, None)
+            else:
+                self._pending.cancel()
+                self._pending = None
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         self._unsubscribe.clear()
-        if self._pending is not None:
-            self._pending.cancel()
-            self._pending = None
         if not self._left.done():
             self._left.set_result(None)
 

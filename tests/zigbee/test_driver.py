@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -14,6 +15,7 @@ from gatewayd.driver import DriverState, Simulation
 from gatewayd.model import (
     ActionTimeout,
     CodeNotConfirmed,
+    Device,
     DeviceError,
     DeviceOffline,
     EventName,
@@ -107,6 +109,48 @@ async def test_a_code_of_anything_but_ascii_digits_never_reaches_the_lock(
             await driver.execute(by_native(sink, GENERIC), SetCode(slot_id=5, code=PinCode(code)))
         assert caught.value.validation_errors == {"code": "must contain digits 0-9 only"}
         assert driver.virtual.lock(GENERIC).mem.pins.get(5) is None  # type: ignore[attr-defined]
+
+
+class UnplugAfterReport(RecordingSink):
+    """Pulls the radio out right after the generic lock reports its bolt unlocked."""
+
+    net: Any = None
+    armed = False
+
+    def device_updated(self, device: Device) -> None:
+        super().device_updated(device)
+        if self.armed and device.native_id == GENERIC and device.properties.locked is False:
+            self.armed = False
+            self.net.unplug()
+
+
+async def test_a_report_heard_just_before_the_radio_goes_is_still_an_event(
+    tmp_path: Path,
+) -> None:
+    """The bolt report arrives, the operation event that would name its method does not (the
+    radio is unplugged within event_merge_s): after the reconnect the door's change has been
+    reported once, method unknown, not lost to the silent adoption of the new state."""
+    sink = UnplugAfterReport()
+    async with running(tmp_path, sink) as driver:
+        sink.net = driver.virtual  # type: ignore[attr-defined]
+        dev = by_native(sink, GENERIC)
+        assert sink.devices[dev].properties.locked is True
+        mark = len(sink.events)
+        sink.armed = True
+        await driver.simulate(dev, Simulation.MANUAL_UNLOCK, {})
+        async with asyncio.timeout(5):
+            while driver.health().state is not DriverState.DOWN:
+                await asyncio.sleep(0.01)
+        driver.virtual.plug()  # type: ignore[attr-defined]
+        async with asyncio.timeout(10):
+            while driver.health().state is not DriverState.READY:
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)  # any late or repeated event would be in by now
+        events = [e for e in sink.events[mark:] if e.device_id == dev]
+        assert [(e.event_name, e.details.get("method")) for e in events] == [
+            (EventName.DOOR_UNLOCKED, "unknown")
+        ]
+        assert sink.devices[dev].properties.locked is False
 
 
 async def test_faults_become_typed_errors_and_nothing_leaks(
