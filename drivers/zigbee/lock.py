@@ -62,6 +62,9 @@ _WRONG_CODE: Final = {int(_OP.LockFailureInvalidPINorID), int(_OP.UnlockFailureI
 _TAMPER_ALARMS: Final = {4, 5, 6}  # wrong-code limit, escutcheon removed, forced open
 
 
+OWN_ECHO_S: Final = 10.0  # how late a lock's programming event for our own change may come
+
+
 @dataclass(frozen=True, slots=True)
 class LockOptions:
     command_timeout_s: float = 20.0
@@ -96,6 +99,9 @@ class ZigbeeLock:
         self._pending: asyncio.TimerHandle | None = None
         self._cache_write: asyncio.Handle | None = None
         self._code_slot: int | None = None
+        # (slot, programming event codes, until when) of our own sets and clears whose echo
+        # from the lock has not come yet: they were reported already
+        self._own_programming: list[tuple[int, frozenset[int], float]] = []
         self._programmed: dict[int, int] = {}
         self._left: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._quiet = False
@@ -459,6 +465,8 @@ class ZigbeeLock:
             self._changed = asyncio.Event()
             return
         source = int(args.program_event_source)
+        if source != int(_SRC.Keypad) and self._is_own_echo(user, code):
+            return  # the lock confirming our own set/clear after its read-back: reported already
         method = str(Method.KEYPAD if source == int(_SRC.Keypad) else Method.RF)
         if code in (int(_PROG.PINCodeAdded), int(_PROG.PINCodeChanges)):
             self._event(EventName.CODE_SET, slot_id=user, method=method)
@@ -558,6 +566,7 @@ class ZigbeeLock:
                 raise CodeNotConfirmed("the lock reads back a different code")
         finally:
             self._code_slot = None
+        self._expect_echo(slot, int(_PROG.PINCodeAdded), int(_PROG.PINCodeChanges))
         self._event(EventName.CODE_SET, slot_id=slot, method=str(Method.REMOTE))
         return ActionResult({"slot_id": slot})
 
@@ -576,8 +585,27 @@ class ZigbeeLock:
                 raise CodeNotConfirmed("the slot still holds a code")
         finally:
             self._code_slot = None
+        self._expect_echo(slot, int(_PROG.PINCodeDeleted))
         self._event(EventName.CODE_REMOVED, slot_id=slot, method=str(Method.REMOTE))
         return ActionResult({"slot_id": slot})
+
+    def _expect_echo(self, slot: int, *codes: int) -> None:
+        """Locks send the programming event for a change we made when they like, often after
+        answering the read-back; one that comes within OWN_ECHO_S is not a second change."""
+        if self._programmed.get(slot) in codes:
+            return  # it came already, as the confirmation
+        until = asyncio.get_running_loop().time() + OWN_ECHO_S
+        self._own_programming.append((slot, frozenset(codes), until))
+
+    def _is_own_echo(self, slot: int, code: int) -> bool:
+        """Whether a programming event is the awaited echo of our own change (used up if so)."""
+        now = asyncio.get_running_loop().time()
+        self._own_programming = [own for own in self._own_programming if own[2] >= now]
+        for own in self._own_programming:
+            if own[0] == slot and code in own[1]:
+                self._own_programming.remove(own)
+                return True
+        return False
 
     async def _await_programmed(self, codes: set[int]) -> None:
         """Masked read-back: the lock's programming event is the only confirmation."""

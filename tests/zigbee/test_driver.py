@@ -14,6 +14,7 @@ from structlog.testing import capture_logs
 from gatewayd.driver import DriverState, Simulation
 from gatewayd.model import (
     ActionTimeout,
+    ClearCode,
     CodeNotConfirmed,
     Device,
     DeviceError,
@@ -151,6 +152,28 @@ async def test_a_report_heard_just_before_the_radio_goes_is_still_an_event(
             (EventName.DOOR_UNLOCKED, "unknown")
         ]
         assert sink.devices[dev].properties.locked is False
+
+
+@pytest.mark.parametrize("late_s", [0.0, 0.3])
+async def test_our_own_set_and_clear_are_one_event_each_however_late_the_lock_confirms(
+    tmp_path: Path, late_s: float
+) -> None:
+    """Real locks send the programming event of a change we made whenever they like, often
+    after answering the read-back: it is the lock confirming our change, not a second one."""
+    sink = RecordingSink()
+    async with running(tmp_path, sink) as driver:
+        dev = by_native(sink, GENERIC)
+        driver.virtual.lock(GENERIC).programming_delay_s = late_s  # type: ignore[attr-defined]
+        mark = len(sink.events)
+        await driver.execute(dev, SetCode(slot_id=4, code=PinCode("2468")))
+        await driver.execute(dev, ClearCode(slot_id=4))
+        await asyncio.sleep(late_s + 0.5)
+        events = [(e.event_name, e.details) for e in sink.events[mark:] if e.device_id == dev]
+        assert events == [
+            (EventName.CODE_SET, {"slot_id": 4, "method": "remote"}),
+            (EventName.CODE_REMOVED, {"slot_id": 4, "method": "remote"}),
+        ]
+        await driver.simulate(dev, Simulation.KEYPAD_UNLOCK, {"slot_id": 4})  # still alive
 
 
 async def test_faults_become_typed_errors_and_nothing_leaks(

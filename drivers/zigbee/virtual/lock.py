@@ -138,6 +138,7 @@ class VirtualLock:
         self.online = True
         self.fault_once: str | None = None  # no_reply | refuse | drop_code | garbage: next command
         self.delay_s = 0.0  # every answer late by this much, until cleared
+        self.programming_delay_s = 0.0  # programming events this late (real locks: any time)
         self.actuation_s = 0.02
         self._tsn = 0x40
         self.descriptor_requests = 0
@@ -500,6 +501,14 @@ class VirtualLock:
     # ------------------------------------------------------------------ the lock acting
 
     def _programming(self, code: Any, user_id: int) -> None:
+        if self.programming_delay_s > 0:
+            asyncio.get_running_loop().call_later(
+                self.programming_delay_s, self._send_programming, code, user_id
+            )
+        else:
+            self._send_programming(code, user_id)
+
+    def _send_programming(self, code: Any, user_id: int) -> None:
         self._unsolicited(
             DoorLock.cluster_id,
             DoorLock.ClientCommandDefs.programming_event_notification,
