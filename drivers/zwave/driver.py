@@ -16,7 +16,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import aiohttp
 import anyio
@@ -87,6 +87,9 @@ _SIM_ACTIONS: Mapping[Simulation, str] = {
 }
 
 
+OWN_ECHO_S: Final = 10.0  # how late a lock's code notification for our own change may come
+
+
 @dataclass(slots=True)
 class _Lock:
     """Driver-side state of one lock node (mutable, internal)."""
@@ -104,6 +107,22 @@ class _Lock:
     masked: bool = False
     last_seen: Any = None
     code_waiters: dict[int, asyncio.Future[bool]] = field(default_factory=dict)
+    # (slot, code present, until when, on time.monotonic) of our own sets and clears whose
+    # "user code added/deleted" notification may still come: it is the lock confirming them
+    own_codes: list[tuple[int, bool, float]] = field(default_factory=list)
+
+    def expect_echo(self, slot: int, present: bool) -> None:
+        self.own_codes.append((slot, present, time.monotonic() + OWN_ECHO_S))
+
+    def is_own_echo(self, slot: int, present: bool) -> bool:
+        """Whether a code notification is the echo of our own change (used up if so)."""
+        now = time.monotonic()
+        self.own_codes = [own for own in self.own_codes if own[2] >= now]
+        for own in self.own_codes:
+            if own[0] == slot and own[1] == present:
+                self.own_codes.remove(own)
+                return True
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -487,7 +506,7 @@ class ZWaveDriver(Driver):
             waiter = lock.code_waiters.get(notice.slot_id)
             if waiter is not None and not waiter.done():
                 waiter.set_result(bool(notice.code_present))
-            else:
+            elif not lock.is_own_echo(notice.slot_id, bool(notice.code_present)):
                 name = EventName.CODE_SET if notice.code_present else EventName.CODE_REMOVED
                 self._emit(did, name, {"slot_id": notice.slot_id, "method": "keypad"})
 
@@ -565,11 +584,14 @@ class ZWaveDriver(Driver):
                 raise CodeNotConfirmed(f"slot {slot}: the lock reads back a different code")
         finally:
             lock.code_waiters.pop(slot, None)
+        if not waiter.done():  # its notification, if the lock sends one, is still to come
+            lock.expect_echo(slot, True)
         self._schedule_recheck(lock, slot, self._digest(digits))
         log.info("zwave.code_set", device_id=lock.device_id, slot_id=slot, masked=lock.masked)
         return ActionResult({"slot_id": slot})
 
     async def _clear_code(self, lock: _Lock, node: Node, slot: int) -> ActionResult:
+        lock.expect_echo(slot, False)  # a masked lock says "user code deleted" as it clears
         await commands.clear_slot(node, slot)
         status, _ = await commands.read_slot(node, slot)
         if status not in (commands.USER_AVAILABLE,):

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import logging
 
+import anyio
 import pytest
 
 from drivers.zwave import ZWaveDriver
 from gatewayd.driver import Simulation
-from gatewayd.model import ClearCode, CodeNotConfirmed, InvalidInput, PinCode, SetCode
+from gatewayd.model import (
+    ClearCode,
+    CodeNotConfirmed,
+    EventName,
+    InvalidInput,
+    PinCode,
+    SetCode,
+)
 from tests.contract.sink import RecordingSink
 from tests.zwave.stack import ZWaveStack, native_id
 
@@ -97,3 +105,19 @@ async def test_masked_lock_is_confirmed_by_its_programming_notification(
     await driver.execute(dev, SetCode(slot_id=2, code=PinCode("13579")))
     assert 2 in zwave_stack.control(4, "state")["slots"]
     await sink.wait_event(dev, "code set on device", timeout=5)  # type: ignore[arg-type]
+
+
+async def test_a_masked_lock_confirming_our_own_clear_is_not_a_keypad_change(
+    zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack
+) -> None:
+    """The Kwikset mock says "user code deleted" as it clears the slot we asked it to: that is
+    the lock confirming our clear, reported once (by the re-check), never as a keypad change."""
+    driver, sink = zwave
+    dev = sink.ids[native_id(4)]
+    await driver.execute(dev, SetCode(slot_id=2, code=PinCode("13579")))
+    await anyio.sleep(2.5)  # past the set's re-check (code_recheck_s)
+    mark = len(sink.events)
+    await driver.execute(dev, ClearCode(slot_id=2))
+    await anyio.sleep(2.5)  # the lock's notification and the clear's re-check are in
+    after = [(e.event_name, e.details) for e in sink.events[mark:] if e.device_id == dev]
+    assert after == [(EventName.CODE_REMOVED, {"slot_id": 2})]
