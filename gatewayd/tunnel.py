@@ -335,14 +335,17 @@ class Tunnel:
 
     async def _send_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         while True:
-            rows = self._store.outbox_after(self.sent_seq, SEND_BATCH)
+            # Acked frames need no sending; and waiting from below the acked seq would return
+            # at once with nothing to send, a loop that never yields.
+            after = max(self.sent_seq, self._store.acked_seq)
+            rows = self._store.outbox_after(after, SEND_BATCH)
             if not rows:
-                await self._store.wait_outbox(self.sent_seq)
+                await self._store.wait_outbox(after)
                 continue
             with coalesced_writes(ws):  # the batch leaves in one syscall, not one per frame
                 for seq, frame in rows:
+                    self.sent_seq = seq  # first: the cloud may ack it as soon as it leaves
                     await ws.send_frame(frame, aiohttp.WSMsgType.TEXT)
-                    self.sent_seq = seq
 
     async def _heartbeat(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         """One ping after half a heartbeat of silence; a link silent for 7/8 of it is dead, so
@@ -398,7 +401,7 @@ class Tunnel:
             self._skip(f"{exc.code}: {exc.message}")
             return
         if isinstance(frame, protocol.Ack):
-            self._store.outbox_ack(frame.seq)
+            self._ack(frame.seq)
         elif isinstance(frame, protocol.ActionRequestMsg):
             if self.state == "unclaimed":
                 self._skip("an unclaimed gateway executes no action requests")
@@ -415,6 +418,15 @@ class Tunnel:
             log.error("tunnel.cloud_error", code=frame.code, message=frame.message)
         else:
             self._skip(f"unexpected {type(frame).__name__} from the cloud")
+
+    def _ack(self, seq: int) -> None:
+        """A cumulative ack, taken only up to what this session has sent: the cloud cannot
+        hold a frame it was never sent, and acking past the last sent would drop committed
+        frames from the outbox unsent."""
+        if seq > self.sent_seq:
+            log.warning("tunnel.ack_beyond_sent", seq=seq, sent_seq=self.sent_seq)
+            seq = self.sent_seq
+        self._store.outbox_ack(seq)
 
     def _anchor_cloud_clock(self, server_time: str | None, hello_sent: float) -> None:
         """Tie the cloud's clock to our monotonic one. The cloud stamped `server_time` after

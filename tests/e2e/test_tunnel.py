@@ -111,10 +111,11 @@ async def test_rotated_credential_replaces_the_old_one(
 class HostileCloud(TunnelServer):
     """A tunnel server that welcomes the gateway and then sends it garbage."""
 
-    def __init__(self, acked_seq: int = 0) -> None:
+    def __init__(self, acked_seq: int = 0, early_ack: int | None = None) -> None:
         super().__init__()
         self.received: list[dict[str, Any]] = []
         self.acked_seq = acked_seq
+        self.early_ack = early_ack  # an ack sent right after welcome, before anything arrived
 
     async def handler(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=4 * 1024 * 1024)
@@ -128,6 +129,8 @@ class HostileCloud(TunnelServer):
                 )
             ).decode()
         )
+        if self.early_ack is not None:
+            await ws.send_str(protocol.encode(protocol.Ack(seq=self.early_ack)).decode())
         now = utcnow().isoformat()
         for frame in [
             "{not json",
@@ -222,6 +225,36 @@ async def test_a_welcome_acked_seq_out_of_range_is_refused_and_loses_nothing(
             assert store.outbox_backlog() >= 2  # the two sim locks' device frames, kept
             assert hostile.received == []
             assert daemon.ready
+    finally:
+        await hostile.close()
+
+
+@pytest.mark.timeout(60)  # before the fix the send loop spun without yielding: a frozen loop
+async def test_an_ack_beyond_what_was_sent_drops_nothing_unsent(tmp_path: Path) -> None:
+    """A cloud that acks seq 1,000,000 before it has been sent anything: the frames the
+    gateway had committed are still sent, each once, and the daemon goes on working."""
+    state = tmp_path / "gw"
+    state.mkdir(mode=0o700)
+    pre = Store.open(state / "gatewayd.db")
+    for n in range(5):  # committed before the session: nothing of them has been sent
+        pre.outbox_put(
+            lambda seq, n=n: protocol.encode(
+                protocol.DeviceRemovedMsg(seq=seq, device_id=f"gone-{n}")
+            )
+        )
+    pre.close()
+    hostile = HostileCloud(early_ack=1_000_000)
+    await hostile.start()
+    try:
+        async with claimed_daemon(state, hostile) as daemon:
+            store = daemon.store
+            assert store is not None
+            await wait_until(lambda: store.outbox_backlog() == 0 and daemon.ready, 15)
+            seqs = [body["seq"] for body in hostile.received if "seq" in body]
+            assert seqs == list(range(1, len(seqs) + 1))
+            removed = [b["device_id"] for b in hostile.received if b["type"] == "device_removed"]
+            assert removed == [f"gone-{n}" for n in range(5)]
+            assert store.acked_seq == len(seqs) >= 7  # and the two sim locks' device frames
     finally:
         await hostile.close()
 
