@@ -40,6 +40,10 @@ _MASK: Final = "****"
 
 # Sequence numbers fit an SQLite INTEGER on both ends.
 Seq = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+# A credential goes into `Authorization: Bearer …`: RFC 6750's b64token, so that no credential
+# a cloud sends can break (or inject into) the upgrade request's headers.
+BEARER_SYNTAX: Final = r"\A[A-Za-z0-9._~+/-]+=*\Z"  # \Z: no trailing newline, unlike $
+Credential = Annotated[str, msgspec.Meta(pattern=BEARER_SYNTAX, max_length=4096)]
 
 
 class ProtocolError(Exception):
@@ -109,7 +113,7 @@ class Claimed(_Msg, frozen=True, tag="claimed"):
     """cloud→gw: the gateway now belongs to an account; store `credential` and use it."""
 
     gateway_id: str
-    credential: str
+    credential: Credential
 
     def __repr__(self) -> str:
         return _masked_repr(self, {"credential": _MASK})

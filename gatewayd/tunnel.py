@@ -4,6 +4,7 @@ heartbeats, and reconnects with full-jitter backoff (policy kept apart in `Backo
 from __future__ import annotations
 
 import random
+import re
 import sqlite3
 import ssl
 import time
@@ -26,6 +27,7 @@ from gatewayd.upstream import CLOCK_SKEW_S
 log = structlog.get_logger(__name__)
 
 SEND_BATCH: Final = 500
+_BEARER: Final = re.compile(protocol.BEARER_SYNTAX)
 MAX_INBOUND_BYTES: Final = 1024 * 1024  # bigger frames are read whole, then refused and skipped
 DEFAULT_HEARTBEAT_S: Final = 60.0
 MAX_CLOUD_SEQ: Final = 2**53  # a welcome.acked_seq past this (and ours) is refused
@@ -247,6 +249,10 @@ class Tunnel:
 
     async def _session(self) -> None:
         ident = self._store.identity()
+        if ident.claimed and not _BEARER.fullmatch(ident.credential or ""):
+            # not one the cloud could have sent (protocol.Claimed checks it): unusable, and
+            # aiohttp would refuse it in a header
+            raise Unauthorized("the stored credential is not a bearer token")
         headers = {"Authorization": f"Bearer {ident.credential}"} if ident.claimed else {}
         timeout = aiohttp.ClientTimeout(total=None, connect=self._cfg.connect_timeout_s)
         async with aiohttp.ClientSession(timeout=timeout) as http:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -111,11 +112,11 @@ async def test_rotated_credential_replaces_the_old_one(
 class HostileCloud(TunnelServer):
     """A tunnel server that welcomes the gateway and then sends it garbage."""
 
-    def __init__(self, acked_seq: int = 0, early_ack: int | None = None) -> None:
+    def __init__(self, acked_seq: int = 0, early: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.received: list[dict[str, Any]] = []
         self.acked_seq = acked_seq
-        self.early_ack = early_ack  # an ack sent right after welcome, before anything arrived
+        self.early = early  # frames sent right after welcome, before anything arrived
 
     async def handler(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=4 * 1024 * 1024)
@@ -129,8 +130,8 @@ class HostileCloud(TunnelServer):
                 )
             ).decode()
         )
-        if self.early_ack is not None:
-            await ws.send_str(protocol.encode(protocol.Ack(seq=self.early_ack)).decode())
+        for frame in self.early:
+            await ws.send_str(frame)
         now = utcnow().isoformat()
         for frame in [
             "{not json",
@@ -229,6 +230,60 @@ async def test_a_welcome_acked_seq_out_of_range_is_refused_and_loses_nothing(
         await hostile.close()
 
 
+@pytest.mark.parametrize(
+    "credential", ["x\r\nX-Injected: 1", "trailing-newline\n", "", "a b", "é" * 20, "x" * 5000]
+)
+async def test_a_claimed_frame_with_an_unusable_credential_is_skipped(
+    tmp_path: Path, credential: str
+) -> None:
+    """A credential goes into the upgrade's Authorization header. One that is no bearer
+    token (a CR LF in it made aiohttp raise ValueError at the next dial, which took the daemon
+    down, at every restart) is refused like any invalid frame: the old credential is kept."""
+    claimed = json.dumps({"type": "claimed", "gateway_id": "gw-evil", "credential": credential})
+    hostile = HostileCloud(early=(claimed,))
+    await hostile.start()
+    try:
+        async with claimed_daemon(tmp_path / "gw", hostile) as daemon:
+            tunnel, store = daemon.tunnel, daemon.store
+            assert tunnel is not None
+            assert store is not None
+            await wait_until(lambda: tunnel.frames_skipped >= 1 and store.outbox_backlog() == 0)
+            ident = store.identity()
+            assert (ident.gateway_id, ident.credential) == ("gw-h", "credential-h")
+            assert tunnel.sessions == 1
+            assert tunnel.up
+    finally:
+        await hostile.close()
+
+
+async def test_a_stored_credential_that_is_no_bearer_token_leaves_the_gateway_unclaimed(
+    tmp_path: Path,
+) -> None:
+    """A credential in the store that could never authenticate (written before the protocol
+    checked it, or edited by hand) is treated as refused: the gateway goes back to
+    unclaimed with a new registration token instead of failing at every dial."""
+    state = tmp_path / "gw"
+    state.mkdir(mode=0o700)
+    pre = Store.open(state / "gatewayd.db")
+    pre.set_claimed("gw-h", "bad\r\ncredential")
+    old_token = pre.identity().registration_token
+    pre.close()
+    hostile = HostileCloud()
+    await hostile.start()
+    try:
+        async with running_daemon(state, cloud_url=tunnel_url(hostile.port)) as daemon:
+            tunnel, store = daemon.tunnel, daemon.store
+            assert tunnel is not None
+            assert store is not None
+            await wait_until(lambda: tunnel.state == "unclaimed", 15)
+            ident = store.identity()
+            assert not ident.claimed
+            assert ident.registration_token != old_token
+            assert tunnel.sessions == 2  # the refused dial, then the unclaimed session
+    finally:
+        await hostile.close()
+
+
 @pytest.mark.timeout(60)  # before the fix the send loop spun without yielding: a frozen loop
 async def test_an_ack_beyond_what_was_sent_drops_nothing_unsent(tmp_path: Path) -> None:
     """A cloud that acks seq 1,000,000 before it has been sent anything: the frames the
@@ -243,7 +298,7 @@ async def test_an_ack_beyond_what_was_sent_drops_nothing_unsent(tmp_path: Path) 
             )
         )
     pre.close()
-    hostile = HostileCloud(early_ack=1_000_000)
+    hostile = HostileCloud(early=('{"type": "ack", "seq": 1000000}',))
     await hostile.start()
     try:
         async with claimed_daemon(state, hostile) as daemon:
