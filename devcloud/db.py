@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS locations (
@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS registration_tokens (
     token_hash TEXT PRIMARY KEY,
     first_seen REAL NOT NULL,
     claimed_at REAL,
-    gateway_id TEXT
+    gateway_id TEXT,
+    confirmed_at REAL  -- the claimed gateway first connected with its credential
 );
 CREATE TABLE IF NOT EXISTS devices (
     id TEXT PRIMARY KEY,
@@ -97,6 +98,8 @@ class GatewayRow:
 class TokenRow:
     first_seen: float
     claimed: bool
+    gateway_id: str | None = None  # the gateway it claimed
+    confirmed: bool = False  # that gateway has connected with its credential since
 
 
 class Database:
@@ -112,6 +115,10 @@ class Database:
         if version > SCHEMA_VERSION:
             raise RuntimeError(f"database schema {version} is newer than this devcloud")
         self._conn.executescript(_SCHEMA)
+        if 0 < version < 3:
+            # v3: registration_tokens.confirmed_at; tokens claimed before it count as confirmed
+            self._conn.execute("ALTER TABLE registration_tokens ADD COLUMN confirmed_at REAL")
+            self._conn.execute("UPDATE registration_tokens SET confirmed_at = claimed_at")
         self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -177,10 +184,16 @@ class Database:
             (cred_hash, id_),
         )
 
-    def credential_confirmed(self, id_: str) -> None:
-        """The gateway connected with its current credential: the previous one stops working."""
+    def credential_confirmed(self, id_: str, now: float) -> None:
+        """The gateway connected with its current credential: the previous one stops working,
+        and so does the registration token that claimed it."""
         self._conn.execute(
             "UPDATE gateways SET previous_credential_hash = NULL WHERE id = ?", (id_,)
+        )
+        self._conn.execute(
+            "UPDATE registration_tokens SET confirmed_at = ?"
+            " WHERE gateway_id = ? AND confirmed_at IS NULL",
+            (now, id_),
         )
 
     def rename_gateway(self, id_: str, name: str) -> None:
@@ -211,18 +224,19 @@ class Database:
             "INSERT OR IGNORE INTO registration_tokens (token_hash, first_seen) VALUES (?, ?)",
             (token_hash, now),
         )
-        row = self._conn.execute(
-            "SELECT first_seen, claimed_at FROM registration_tokens WHERE token_hash = ?",
-            (token_hash,),
-        ).fetchone()
-        return TokenRow(first_seen=float(row[0]), claimed=row[1] is not None)
+        token = self.token(token_hash)
+        assert token is not None
+        return token
 
     def token(self, token_hash: str) -> TokenRow | None:
         row = self._conn.execute(
-            "SELECT first_seen, claimed_at FROM registration_tokens WHERE token_hash = ?",
+            "SELECT first_seen, claimed_at, gateway_id, confirmed_at FROM registration_tokens"
+            " WHERE token_hash = ?",
             (token_hash,),
         ).fetchone()
-        return None if row is None else TokenRow(float(row[0]), row[1] is not None)
+        if row is None:
+            return None
+        return TokenRow(float(row[0]), row[1] is not None, row[2], row[3] is not None)
 
     def claim_token(self, token_hash: str, gateway_id: str, now: float) -> bool:
         cur = self._conn.execute(

@@ -27,6 +27,7 @@ class Connection:
     gateway_id: str | None = None
     token_hash: str | None = None
     stale_credential: bool = False  # authenticated with a credential rotated away from
+    claim_for: str | None = None  # unclaimed, with a token that claimed this gateway already
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def send(self, msg: protocol.Message) -> bool:

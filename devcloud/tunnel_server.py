@@ -45,7 +45,7 @@ async def tunnel_handler(request: web.Request) -> web.StreamResponse:
         gateway, stale_credential = found
         gateway_id = gateway.id
         if not stale_credential:
-            app.db.credential_confirmed(gateway.id)
+            app.db.credential_confirmed(gateway.id, time.time())
     ws = web.WebSocketResponse(
         heartbeat=app.settings.heartbeat_s, max_msg_size=4 * protocol.MAX_FRAME_BYTES
     )
@@ -98,6 +98,8 @@ async def _session(app: state.State, conn: Connection) -> None:
     )
     if not await conn.send(welcome):
         return
+    if conn.claim_for is not None and not await _claim_again(app, conn, conn.claim_for):
+        return
     if conn.stale_credential and conn.gateway_id is not None:
         # The gateway missed its rotated credential: issue another over this session.
         fresh = secrets.token_urlsafe(32)
@@ -128,13 +130,30 @@ async def _open_unclaimed(app: state.State, conn: Connection, hello: protocol.He
     token_hash = secret_hash(token)
     now = time.time()
     seen = app.db.token_seen(token_hash, now)
-    if seen.claimed:
-        await conn.refuse("registration_token_used", "this registration token was already used")
-        return False
     if now - seen.first_seen > app.settings.token_ttl_s:
         await conn.refuse("registration_token_expired", "this registration token has expired")
         return False
+    if seen.claimed and (seen.confirmed or seen.gateway_id is None):
+        await conn.refuse("registration_token_used", "this registration token was already used")
+        return False
+    # Claimed, but the gateway never connected with its credential: the `claimed` frame was
+    # lost (the socket died under it, or the gateway could not store it). It is sent again,
+    # with a fresh credential, until the gateway uses one or the token expires.
+    conn.claim_for = seen.gateway_id
     conn.token_hash = token_hash
+    return True
+
+
+async def _claim_again(app: state.State, conn: Connection, gateway_id: str) -> bool:
+    """Send `claimed` again to the holder of the token that claimed `gateway_id`."""
+    fresh = secrets.token_urlsafe(32)
+    app.db.set_credential(gateway_id, secret_hash(fresh))
+    if not await conn.send(protocol.Claimed(gateway_id=gateway_id, credential=fresh)):
+        return False
+    replaced = app.hub.promote(conn, gateway_id)
+    if replaced is not None:
+        await replaced.refuse("replaced", "a newer connection took over")
+    log.info("tunnel.claim_resent", gateway_id=gateway_id)
     return True
 
 

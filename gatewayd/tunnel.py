@@ -240,7 +240,11 @@ class Tunnel:
     def _handle_unauthorized(self) -> None:
         ident = self._store.identity()
         if ident.claimed:
-            fresh = self._store.reset_claim()
+            try:
+                fresh = self._store.reset_claim()
+            except sqlite3.Error as exc:  # stays claimed; the next 401 tries again
+                log.error("tunnel.unclaim_not_stored", error=type(exc).__name__)
+                return
             log.error(
                 "tunnel.credential_rejected",
                 hint="the cloud refused this gateway's credential (revoked?); it is unclaimed now",
@@ -416,7 +420,13 @@ class Tunnel:
         elif isinstance(frame, protocol.ActionCancel):
             self._cancel(frame.action_request_id, frame.reason)
         elif isinstance(frame, protocol.Claimed):
-            self._store.set_claimed(frame.gateway_id, frame.credential)
+            try:
+                self._store.set_claimed(frame.gateway_id, frame.credential)
+            except sqlite3.Error as exc:
+                # Not stored: dial again, still unclaimed. The cloud sends `claimed` again to
+                # the token's holder until a credential of it is used.
+                log.error("tunnel.claim_not_stored", error=type(exc).__name__)
+                raise ConnectionError(f"could not store the claim ({type(exc).__name__})") from None
             log.info("tunnel.claimed", gateway_id=frame.gateway_id)
             raise _Reconnect
         elif isinstance(frame, protocol.ErrorMsg):

@@ -60,6 +60,61 @@ async def test_a_registration_token_is_single_use(cloud: Cloud) -> None:
     assert await again.closed()
 
 
+async def _claim_lost(cloud: Cloud, token: str) -> tuple[str, str]:
+    """Claim the gateway holding `token`; its `claimed` frame never gets used (as if lost on a
+    dying socket). Returns (gateway_id, the lost credential)."""
+    location_id = await cloud.location()
+    unclaimed = await cloud.tunnel()
+    assert isinstance(await unclaimed.hello(token), p.Welcome)
+    status, gw = await cloud.post(
+        f"/v1/locations/{location_id}/register_gateway",
+        {"registration_token": token, "name": "gw"},
+    )
+    assert status == 200, gw
+    lost = await unclaimed.recv()
+    assert isinstance(lost, p.Claimed)
+    await unclaimed.ws.close()
+    return gw["id"], lost.credential
+
+
+async def test_a_lost_claimed_frame_is_sent_again_until_the_credential_is_used(
+    cloud: Cloud,
+) -> None:
+    gateway_id, lost = await _claim_lost(cloud, "lost-frame-9")
+    again = await cloud.tunnel()
+    welcome = await again.hello("lost-frame-9")
+    assert isinstance(welcome, p.Welcome)
+    assert welcome.gateway_id is None
+    resent = await again.recv()
+    assert isinstance(resent, p.Claimed)
+    assert resent.gateway_id == gateway_id
+    assert resent.credential != lost
+    await again.ws.close()
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await cloud.tunnel(lost)  # a credential re-sent replaces the lost one
+    assert refused.value.status == 401
+    tunnel = await cloud.tunnel(resent.credential)
+    assert isinstance(await tunnel.hello(), p.Welcome)
+    assert (await cloud.get(f"/v1/gateways/{gateway_id}"))["status"] == "online"
+    # used now: the token claims nothing any more
+    late = await cloud.tunnel()
+    assert await late.hello("lost-frame-9") == p.ErrorMsg(
+        code="registration_token_used", message="this registration token was already used"
+    )
+
+
+async def test_a_lost_claimed_frame_is_not_sent_again_once_the_token_expired(
+    make_cloud: CloudFactory,
+) -> None:
+    cloud = await make_cloud(token_ttl_s=0.5)
+    await _claim_lost(cloud, "slow-gateway-3")
+    await asyncio.sleep(0.6)
+    again = await cloud.tunnel()
+    refusal = await again.hello("slow-gateway-3")
+    assert isinstance(refusal, p.ErrorMsg)
+    assert refusal.code == "registration_token_expired"
+
+
 async def test_an_expired_registration_token_is_refused(make_cloud: CloudFactory) -> None:
     cloud = await make_cloud(token_ttl_s=0.0)
     first = await cloud.tunnel()

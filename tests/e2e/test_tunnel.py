@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -61,6 +62,80 @@ async def test_revoked_credential_returns_the_gateway_to_unclaimed(
         # and it can be claimed again with its new token
         await claim(cloud, daemon)
         assert store.identity().gateway_id is not None
+
+
+async def _register(cloud: Any, daemon: Daemon) -> str:
+    """POST register_gateway for the daemon's token; the gateway id (the claim may not land)."""
+    assert daemon.store is not None
+    location_id = await cloud.location()
+    status, gateway = await cloud.post(
+        f"/v1/locations/{location_id}/register_gateway",
+        {"registration_token": daemon.store.identity().registration_token, "name": "gw"},
+    )
+    assert status == 200, gateway
+    return str(gateway["id"])
+
+
+async def _unlock_completes(cloud: Any, daemon: Daemon) -> None:
+    assert daemon.registry is not None
+    assert daemon.store is not None
+    store = daemon.store
+    await wait_until(lambda: store.outbox_backlog() == 0, 15)  # the cloud knows the locks
+    device = daemon.registry.devices()[0].id
+    status, ar = await cloud.post(f"/v1/devices/{device}/actions/unlock", {})
+    assert status == 200, ar
+    await wait_until(lambda: cloud.state.db.action(ar["id"])["status"] == "completed", 15)
+
+
+async def test_a_claimed_frame_lost_on_the_wire_is_sent_again(
+    tmp_path: Path, cloud_factory: CloudFactory
+) -> None:
+    """The cloud claimed the gateway, but its `claimed` frame died with the socket: the
+    gateway redials with its registration token and is sent `claimed` again."""
+    cloud = await cloud_factory()
+    proxy = await FaultProxy(cloud.server.port).start()
+    try:
+        async with running_daemon(tmp_path / "gw", cloud_url=tunnel_url(proxy.port)) as daemon:
+            store, tunnel = daemon.store, daemon.tunnel
+            assert store is not None
+            assert tunnel is not None
+            await wait_until(lambda: tunnel.state == "unclaimed", 15)
+            proxy.blackhole = True  # `claimed` goes nowhere
+            gateway_id = await _register(cloud, daemon)
+            await anyio.sleep(0.2)
+            assert not store.identity().claimed
+            proxy.cut()
+            proxy.blackhole = False
+            await wait_until(lambda: tunnel.state == "connected", 15)
+            assert store.identity().gateway_id == gateway_id
+            await _unlock_completes(cloud, daemon)
+    finally:
+        await proxy.close()
+
+
+async def test_a_claim_the_store_cannot_write_is_taken_when_sent_again(
+    tmp_path: Path, cloud_factory: CloudFactory
+) -> None:
+    """The store refuses the claim (here: another connection holds the database locked):
+    the session ends instead of the daemon, and the claim sent again is stored."""
+    cloud = await cloud_factory()
+    async with running_daemon(tmp_path / "gw", cloud_url=tunnel_url(cloud.server.port)) as daemon:
+        store, tunnel = daemon.store, daemon.tunnel
+        assert store is not None
+        assert tunnel is not None
+        await wait_until(lambda: tunnel.state == "unclaimed", 15)
+        blocker = sqlite3.connect(store.path, isolation_level=None, timeout=0)
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            gateway_id = await _register(cloud, daemon)
+            await wait_until(lambda: "could not store the claim" in (tunnel.last_error or ""))
+            assert not store.identity().claimed
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        await wait_until(lambda: tunnel.state == "connected", 15)
+        assert store.identity().gateway_id == gateway_id
+        await _unlock_completes(cloud, daemon)
 
 
 @pytest.mark.parametrize("lose_frame", [False, True], ids=["delivered", "claimed-frame-lost"])
