@@ -482,10 +482,10 @@ class Tunnel:
         created = _parse_ts(frame.created_at)
         deadline = _parse_ts(frame.deadline)
         if created is not None and deadline is not None:
-            shift = self._to_local(created)
             try:
+                shift = self._to_local(created)
                 created, deadline = created + shift, deadline + shift
-            except OverflowError:  # a date at the end of the calendar: unreadable as well
+            except OverflowError:  # a date (or the cloud's clock) at the end of the calendar
                 created = deadline = None
         request = ActionRequest(
             id=frame.id,

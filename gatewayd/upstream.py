@@ -6,17 +6,21 @@ from datetime import timedelta
 from typing import Any, Final, cast
 
 import msgspec
+import structlog
 from msgspec.structs import replace
 
 from gatewayd import protocol
 from gatewayd.actions import StatusUpdate
-from gatewayd.model import ActionName, CodeConstraints, Device, DoorEvent, iso
+from gatewayd.model import ActionName, CodeConstraints, Device, DoorEvent, iso, utcnow
 from gatewayd.store import Store
 
 _DESCRIPTORS: dict[tuple[frozenset[ActionName], CodeConstraints], dict[str, Any]] = {}
 # A box clock this far from the cloud's is treated as wrong: logged, and the times this gateway
 # sends upstream are put on the cloud's clock.
 CLOCK_SKEW_S: Final = 5.0
+_YEAR: Final = timedelta(days=366)
+
+log = structlog.get_logger(__name__)
 
 
 def action_descriptors(device: Device) -> dict[str, Any]:
@@ -145,8 +149,17 @@ class Upstream:
         local log and /status keep this box's clock."""
         if skew_s is None or abs(skew_s) < CLOCK_SKEW_S:
             self._shift = None
-        else:
-            self._shift = timedelta(seconds=skew_s)
+            return
+        try:
+            shift = timedelta(seconds=skew_s)
+            now = utcnow()
+            _ = (now + shift + _YEAR, now + shift - _YEAR)  # a year of room either way
+        except OverflowError:
+            # a cloud clock at an end of the calendar: times on it would not fit a datetime
+            log.warning("upstream.cloud_clock_ignored", skew_s=skew_s)
+            self._shift = None
+            return
+        self._shift = shift
 
     def action_status(self, update: StatusUpdate) -> int:
         shift = self._shift

@@ -187,10 +187,13 @@ async def test_rotated_credential_replaces_the_old_one(
 class HostileCloud(TunnelServer):
     """A tunnel server that welcomes the gateway and then sends it garbage."""
 
-    def __init__(self, acked_seq: int = 0, early: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, acked_seq: int = 0, early: tuple[str, ...] = (), server_time: str | None = None
+    ) -> None:
         super().__init__()
         self.received: list[dict[str, Any]] = []
         self.acked_seq = acked_seq
+        self.server_time = server_time  # welcome.server_time
         self.early = early  # frames sent right after welcome, before anything arrived
 
     async def handler(self, request: web.Request) -> web.WebSocketResponse:
@@ -201,7 +204,11 @@ class HostileCloud(TunnelServer):
         await ws.send_str(
             protocol.encode(
                 protocol.Welcome(
-                    protocol=1, gateway_id="gw-h", acked_seq=self.acked_seq, heartbeat_s=60
+                    protocol=1,
+                    gateway_id="gw-h",
+                    acked_seq=self.acked_seq,
+                    heartbeat_s=60,
+                    server_time=self.server_time,
                 )
             ).decode()
         )
@@ -355,6 +362,45 @@ async def test_a_stored_credential_that_is_no_bearer_token_leaves_the_gateway_un
             assert not ident.claimed
             assert ident.registration_token != old_token
             assert tunnel.sessions == 2  # the refused dial, then the unclaimed session
+    finally:
+        await hostile.close()
+
+
+async def test_a_cloud_clock_at_the_end_of_the_calendar_fails_requests_not_the_daemon(
+    tmp_path: Path,
+) -> None:
+    """welcome.server_time 9999-12-31T23:59:59.999999Z: reading a request's deadline on that clock
+    overflowed datetime, which took the daemon down. The request is failed instead."""
+    now = utcnow()
+    request = {
+        "type": "action_request",
+        "id": "ar-end-of-time",
+        "entity_type": "Device",
+        "entity_id": "nowhere",
+        "action": "unlock",
+        "inputs": {},
+        "created_at": now.isoformat(),
+        "deadline": (now + timedelta(seconds=30)).isoformat(),
+    }
+    hostile = HostileCloud(early=(json.dumps(request),), server_time="9999-12-31T23:59:59.999999Z")
+    await hostile.start()
+    try:
+        async with claimed_daemon(tmp_path / "gw", hostile) as daemon:
+            await wait_until(
+                lambda: any(
+                    b.get("action_request_id") == "ar-end-of-time" and b["status"] == "failed"
+                    for b in hostile.received
+                ),
+                15,
+            )
+            failed = next(
+                b
+                for b in hostile.received
+                if b.get("action_request_id") == "ar-end-of-time" and b["status"] == "failed"
+            )
+            assert failed["error"]["type"] == "invalid_input"
+            assert daemon.tunnel is not None
+            assert daemon.tunnel.up
     finally:
         await hostile.close()
 
