@@ -30,6 +30,8 @@ SEND_BATCH: Final = 500
 _BEARER: Final = re.compile(protocol.BEARER_SYNTAX)
 MAX_INBOUND_BYTES: Final = 1024 * 1024  # bigger frames are read whole, then refused and skipped
 DEFAULT_HEARTBEAT_S: Final = 60.0
+MIN_HEARTBEAT_S: Final = 1.0
+MAX_HEARTBEAT_S: Final = 3600.0
 MAX_CLOUD_SEQ: Final = 2**53  # a welcome.acked_seq past this (and ours) is refused
 STABLE_SESSION_S: Final = 10.0  # a session that lasted this long resets the backoff
 
@@ -67,6 +69,14 @@ class Unauthorized(Exception):
 
 class _Reconnect(Exception):
     """End this session and dial again at once (e.g. after being claimed)."""
+
+
+def _heartbeat(announced: float) -> float:
+    """The cloud's heartbeat, within bounds: a tiny one would have the link called dead at
+    once, again and again; a huge one would never call a dead link dead."""
+    if not announced > 0:
+        return DEFAULT_HEARTBEAT_S
+    return min(max(announced, MIN_HEARTBEAT_S), MAX_HEARTBEAT_S)
 
 
 def _parse_ts(value: str) -> datetime | None:
@@ -294,7 +304,7 @@ class Tunnel:
         welcome = await self._await_welcome(ws)
         protocol.check_version(welcome.protocol)
         self._anchor_cloud_clock(welcome.server_time, hello_sent)
-        self.heartbeat_s = welcome.heartbeat_s if welcome.heartbeat_s > 0 else DEFAULT_HEARTBEAT_S
+        self.heartbeat_s = _heartbeat(welcome.heartbeat_s)
         for action_id in welcome.cancelled:  # before the ack: it may be their go-ahead
             self._cancel(action_id, "the cloud reported it failed while the tunnel was down")
         self._rebase(welcome.acked_seq)

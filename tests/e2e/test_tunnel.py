@@ -188,12 +188,17 @@ class HostileCloud(TunnelServer):
     """A tunnel server that welcomes the gateway and then sends it garbage."""
 
     def __init__(
-        self, acked_seq: int = 0, early: tuple[str, ...] = (), server_time: str | None = None
+        self,
+        acked_seq: int = 0,
+        early: tuple[str, ...] = (),
+        server_time: str | None = None,
+        heartbeat_s: float = 60,
     ) -> None:
         super().__init__()
         self.received: list[dict[str, Any]] = []
         self.acked_seq = acked_seq
         self.server_time = server_time  # welcome.server_time
+        self.heartbeat_s = heartbeat_s
         self.early = early  # frames sent right after welcome, before anything arrived
 
     async def handler(self, request: web.Request) -> web.WebSocketResponse:
@@ -207,7 +212,7 @@ class HostileCloud(TunnelServer):
                     protocol=1,
                     gateway_id="gw-h",
                     acked_seq=self.acked_seq,
-                    heartbeat_s=60,
+                    heartbeat_s=self.heartbeat_s,
                     server_time=self.server_time,
                 )
             ).decode()
@@ -401,6 +406,27 @@ async def test_a_cloud_clock_at_the_end_of_the_calendar_fails_requests_not_the_d
             assert failed["error"]["type"] == "invalid_input"
             assert daemon.tunnel is not None
             assert daemon.tunnel.up
+    finally:
+        await hostile.close()
+
+
+@pytest.mark.parametrize(("announced", "used"), [(1e-9, 1.0), (1e308, 3600.0), (-5, 60.0)])
+async def test_a_heartbeat_out_of_bounds_is_brought_within_them(
+    tmp_path: Path, announced: float, used: float
+) -> None:
+    """1e-9 s had the link called dead at once, in a loop; 1e308 s would never call a dead
+    link dead."""
+    hostile = HostileCloud(heartbeat_s=announced)
+    await hostile.start()
+    try:
+        async with claimed_daemon(tmp_path / "gw", hostile) as daemon:
+            tunnel, store = daemon.tunnel, daemon.store
+            assert tunnel is not None
+            assert store is not None
+            await wait_until(lambda: store.outbox_backlog() == 0 and tunnel.up)
+            await anyio.sleep(0.3)
+            assert tunnel.heartbeat_s == used
+            assert tunnel.sessions == 1
     finally:
         await hostile.close()
 
