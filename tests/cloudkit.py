@@ -149,24 +149,30 @@ class Cloud:
         assert status == 200, body
         return str(body["id"])
 
-    async def claimed_gateway(
-        self, token: str = "calm-haiku-42", device: dict[str, Any] | None = None
-    ) -> tuple[TunnelClient, str, str]:
-        """Register a gateway through the real claim flow; reconnect with its credential;
-        report one device. Returns (tunnel, gateway_id, credential)."""
+    async def register(self, token: str, name: str) -> tuple[dict[str, Any], p.Claimed]:
+        """Connect unclaimed with `token`, register it through REST, read the `claimed` frame
+        and hang up. Returns (the gateway object, the claimed frame)."""
         location_id = await self.location()
         unclaimed = await self.tunnel()
         welcome = await unclaimed.hello(token)
         assert_welcome(welcome, gateway_id=None, acked_seq=0)
         status, gw = await self.post(
             f"/v1/locations/{location_id}/register_gateway",
-            {"registration_token": token, "name": "my first gateway"},
+            {"registration_token": token, "name": name},
         )
         assert status == 200, gw
         claimed = await unclaimed.recv()
         assert isinstance(claimed, p.Claimed)
         assert claimed.gateway_id == gw["id"]
         await unclaimed.ws.close()
+        return gw, claimed
+
+    async def claimed_gateway(
+        self, token: str = "calm-haiku-42", device: dict[str, Any] | None = None
+    ) -> tuple[TunnelClient, str, str]:
+        """Register a gateway through the real claim flow; reconnect with its credential;
+        report one device. Returns (tunnel, gateway_id, credential)."""
+        gw, claimed = await self.register(token, "my first gateway")
         tunnel = await self.tunnel(claimed.credential)
         welcome = await tunnel.hello()
         assert isinstance(welcome, p.Welcome)

@@ -63,17 +63,7 @@ async def test_a_registration_token_is_single_use(cloud: Cloud) -> None:
 async def _claim_lost(cloud: Cloud, token: str) -> tuple[str, str]:
     """Claim the gateway holding `token`; its `claimed` frame never gets used (as if lost on a
     dying socket). Returns (gateway_id, the lost credential)."""
-    location_id = await cloud.location()
-    unclaimed = await cloud.tunnel()
-    assert isinstance(await unclaimed.hello(token), p.Welcome)
-    status, gw = await cloud.post(
-        f"/v1/locations/{location_id}/register_gateway",
-        {"registration_token": token, "name": "gw"},
-    )
-    assert status == 200, gw
-    lost = await unclaimed.recv()
-    assert isinstance(lost, p.Claimed)
-    await unclaimed.ws.close()
+    gw, lost = await cloud.register(token, "gw")
     return gw["id"], lost.credential
 
 

@@ -23,6 +23,7 @@ from gatewayd import protocol
 from gatewayd.daemon import Daemon
 from gatewayd.model import utcnow
 from gatewayd.store import Store
+from gatewayd.tunnel import Tunnel
 from tests.cloudkit import API_KEY
 from tests.e2e.conftest import CloudFactory, claim, tunnel_url
 from tests.proxy import FaultProxy
@@ -254,6 +255,22 @@ async def claimed_daemon(state_dir: Path, cloud: HostileCloud) -> AsyncIterator[
         yield daemon
 
 
+@asynccontextmanager
+async def hostile_gateway(
+    state_dir: Path, **cloud: Any
+) -> AsyncIterator[tuple[HostileCloud, Daemon, Tunnel, Store]]:
+    """A HostileCloud(**cloud) and a daemon claimed as gw-h connected to it."""
+    hostile = HostileCloud(**cloud)
+    await hostile.start()
+    try:
+        async with claimed_daemon(state_dir, hostile) as daemon:
+            assert daemon.tunnel is not None
+            assert daemon.store is not None
+            yield hostile, daemon, daemon.tunnel, daemon.store
+    finally:
+        await hostile.close()
+
+
 async def test_an_unclaimed_gateway_executes_nothing(tmp_path: Path) -> None:
     hostile = HostileCloud()
     await hostile.start()
@@ -300,21 +317,18 @@ async def test_a_welcome_acked_seq_out_of_range_is_refused_and_loses_nothing(
 ) -> None:
     """A cloud that claims to hold seq 2**63-1: following it (Store.rebase) would run the seqs
     out of range, so the session is refused, retried, and the outbox kept as it was."""
-    hostile = HostileCloud(acked_seq=2**63 - 1)
-    await hostile.start()
-    try:
-        async with claimed_daemon(tmp_path / "gw", hostile) as daemon:
-            tunnel, store = daemon.tunnel, daemon.store
-            assert tunnel is not None
-            assert store is not None
-            await wait_until(lambda: tunnel.sessions >= 2, 15)  # refused, and tried again
-            assert "beyond any gateway's" in (tunnel.last_error or "")
-            assert store.acked_seq == 0
-            assert store.outbox_backlog() >= 2  # the two sim locks' device frames, kept
-            assert hostile.received == []
-            assert daemon.ready
-    finally:
-        await hostile.close()
+    async with hostile_gateway(tmp_path / "gw", acked_seq=2**63 - 1) as (
+        hostile,
+        daemon,
+        tunnel,
+        store,
+    ):
+        await wait_until(lambda: tunnel.sessions >= 2, 15)  # refused, and tried again
+        assert "beyond any gateway's" in (tunnel.last_error or "")
+        assert store.acked_seq == 0
+        assert store.outbox_backlog() >= 2  # the two sim locks' device frames, kept
+        assert hostile.received == []
+        assert daemon.ready
 
 
 @pytest.mark.parametrize(
@@ -327,20 +341,12 @@ async def test_a_claimed_frame_with_an_unusable_credential_is_skipped(
     token (a CR LF in it made aiohttp raise ValueError at the next dial, which took the daemon
     down, at every restart) is refused like any invalid frame: the old credential is kept."""
     claimed = json.dumps({"type": "claimed", "gateway_id": "gw-evil", "credential": credential})
-    hostile = HostileCloud(early=(claimed,))
-    await hostile.start()
-    try:
-        async with claimed_daemon(tmp_path / "gw", hostile) as daemon:
-            tunnel, store = daemon.tunnel, daemon.store
-            assert tunnel is not None
-            assert store is not None
-            await wait_until(lambda: tunnel.frames_skipped >= 1 and store.outbox_backlog() == 0)
-            ident = store.identity()
-            assert (ident.gateway_id, ident.credential) == ("gw-h", "credential-h")
-            assert tunnel.sessions == 1
-            assert tunnel.up
-    finally:
-        await hostile.close()
+    async with hostile_gateway(tmp_path / "gw", early=(claimed,)) as (_, _, tunnel, store):
+        await wait_until(lambda: tunnel.frames_skipped >= 1 and store.outbox_backlog() == 0)
+        ident = store.identity()
+        assert (ident.gateway_id, ident.credential) == ("gw-h", "credential-h")
+        assert tunnel.sessions == 1
+        assert tunnel.up
 
 
 async def test_a_stored_credential_that_is_no_bearer_token_leaves_the_gateway_unclaimed(
@@ -387,27 +393,25 @@ async def test_a_cloud_clock_at_the_end_of_the_calendar_fails_requests_not_the_d
         "created_at": now.isoformat(),
         "deadline": (now + timedelta(seconds=30)).isoformat(),
     }
-    hostile = HostileCloud(early=(json.dumps(request),), server_time="9999-12-31T23:59:59.999999Z")
-    await hostile.start()
-    try:
-        async with claimed_daemon(tmp_path / "gw", hostile) as daemon:
-            await wait_until(
-                lambda: any(
-                    b.get("action_request_id") == "ar-end-of-time" and b["status"] == "failed"
-                    for b in hostile.received
-                ),
-                15,
-            )
-            failed = next(
+    end_of_time = "9999-12-31T23:59:59.999999Z"
+    early = (json.dumps(request),)
+    async with hostile_gateway(tmp_path / "gw", early=early, server_time=end_of_time) as (
+        hostile,
+        _,
+        tunnel,
+        _,
+    ):
+
+        def failed() -> list[dict[str, Any]]:
+            return [
                 b
                 for b in hostile.received
                 if b.get("action_request_id") == "ar-end-of-time" and b["status"] == "failed"
-            )
-            assert failed["error"]["type"] == "invalid_input"
-            assert daemon.tunnel is not None
-            assert daemon.tunnel.up
-    finally:
-        await hostile.close()
+            ]
+
+        await wait_until(lambda: bool(failed()), 15)
+        assert failed()[0]["error"]["type"] == "invalid_input"
+        assert tunnel.up
 
 
 @pytest.mark.parametrize(("announced", "used"), [(1e-9, 1.0), (1e308, 3600.0), (-5, 60.0)])
@@ -416,19 +420,11 @@ async def test_a_heartbeat_out_of_bounds_is_brought_within_them(
 ) -> None:
     """1e-9 s had the link called dead at once, in a loop; 1e308 s would never call a dead
     link dead."""
-    hostile = HostileCloud(heartbeat_s=announced)
-    await hostile.start()
-    try:
-        async with claimed_daemon(tmp_path / "gw", hostile) as daemon:
-            tunnel, store = daemon.tunnel, daemon.store
-            assert tunnel is not None
-            assert store is not None
-            await wait_until(lambda: store.outbox_backlog() == 0 and tunnel.up)
-            await anyio.sleep(0.3)
-            assert tunnel.heartbeat_s == used
-            assert tunnel.sessions == 1
-    finally:
-        await hostile.close()
+    async with hostile_gateway(tmp_path / "gw", heartbeat_s=announced) as (_, _, tunnel, store):
+        await wait_until(lambda: store.outbox_backlog() == 0 and tunnel.up)
+        await anyio.sleep(0.3)
+        assert tunnel.heartbeat_s == used
+        assert tunnel.sessions == 1
 
 
 @pytest.mark.timeout(60)  # before the fix the send loop spun without yielding: a frozen loop
@@ -445,20 +441,14 @@ async def test_an_ack_beyond_what_was_sent_drops_nothing_unsent(tmp_path: Path) 
             )
         )
     pre.close()
-    hostile = HostileCloud(early=('{"type": "ack", "seq": 1000000}',))
-    await hostile.start()
-    try:
-        async with claimed_daemon(state, hostile) as daemon:
-            store = daemon.store
-            assert store is not None
-            await wait_until(lambda: store.outbox_backlog() == 0 and daemon.ready, 15)
-            seqs = [body["seq"] for body in hostile.received if "seq" in body]
-            assert seqs == list(range(1, len(seqs) + 1))
-            removed = [b["device_id"] for b in hostile.received if b["type"] == "device_removed"]
-            assert removed == [f"gone-{n}" for n in range(5)]
-            assert store.acked_seq == len(seqs) >= 7  # and the two sim locks' device frames
-    finally:
-        await hostile.close()
+    early = ('{"type": "ack", "seq": 1000000}',)
+    async with hostile_gateway(state, early=early) as (hostile, daemon, _, store):
+        await wait_until(lambda: store.outbox_backlog() == 0 and daemon.ready, 15)
+        seqs = [body["seq"] for body in hostile.received if "seq" in body]
+        assert seqs == list(range(1, len(seqs) + 1))
+        removed = [b["device_id"] for b in hostile.received if b["type"] == "device_removed"]
+        assert removed == [f"gone-{n}" for n in range(5)]
+        assert store.acked_seq == len(seqs) >= 7  # and the two sim locks' device frames
 
 
 async def test_a_dead_link_is_detected_by_the_heartbeat(
