@@ -53,6 +53,8 @@ class CloudConfig(_Section, frozen=True):
 class StatusConfig(_Section, frozen=True):
     listen: str = "127.0.0.1:8181"
     allow_remote: bool = False  # a non-loopback listen address must be opted into
+    # host names the endpoint answers to besides IP addresses and localhost (DNS rebinding)
+    allowed_hosts: list[Annotated[str, msgspec.Meta(min_length=1, max_length=253)]] = []
     local_actions: bool = False  # development: POST /actions and /simulate on this endpoint
 
 

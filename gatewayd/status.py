@@ -2,10 +2,16 @@
 
 Loopback only unless configured otherwise. Two optional development routes, off by default:
 `POST /actions` (local action requests) and `POST /simulate` (a person at a simulated door).
+
+Web pages in a browser on the same machine can reach it too. A request is answered only when
+its Host is an IP address or `localhost` (a page whose DNS name was rebound to 127.0.0.1 would
+otherwise read /status, registration token included), and a POST only without an Origin or
+with the endpoint's own (another site's page cannot send actions).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import uuid
 from datetime import timedelta
 from importlib import resources
@@ -24,6 +30,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
+HOSTS_KEY: web.AppKey[frozenset[str]] = web.AppKey("allowed_hosts")
 MAX_BODY = 16 * 1024
 # /status is about 270 KB with 200 locks. Encoded into a buffer that starts at glibc's mmap
 # threshold (pinned at 128 KiB by the daemon), every step of its growth is a mapping of its own;
@@ -139,9 +146,43 @@ async def simulate(request: web.Request) -> web.Response:
     return _json({"ok": True})
 
 
+def _host_allowed(host: str, names: frozenset[str]) -> bool:
+    """True if a Host header (with or without a port) names an IP address, localhost or one
+    of `names`."""
+    name = host.rsplit("]", 1)[0].lstrip("[") if host.startswith("[") else host.rsplit(":", 1)[0]
+    if name.lower() in names:
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+@web.middleware
+async def _same_machine_only(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Refuse DNS-rebound and cross-site requests (see the module doc)."""
+    host = request.headers.get("Host", "")
+    if not _host_allowed(host, request.app[HOSTS_KEY]):
+        return _error(
+            403,
+            "forbidden_host",
+            "address this endpoint by IP (e.g. 127.0.0.1), or list the name in"
+            " status.allowed_hosts",
+        )
+    origin = request.headers.get("Origin")
+    if request.method != "GET" and origin is not None and origin != f"http://{host}":
+        return _error(403, "forbidden_origin", "requests from other sites are refused")
+    response: web.StreamResponse = await handler(request)
+    return response
+
+
 def make_app(daemon: Daemon) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY)
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[_same_machine_only])
     app[DAEMON_KEY] = daemon
+    app[HOSTS_KEY] = frozenset(
+        ["localhost", *(name.lower() for name in daemon.config.status.allowed_hosts)]
+    )
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/status", status_json)
     app.router.add_get("/metrics", metrics)

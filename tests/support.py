@@ -62,6 +62,7 @@ def config_text(
     cloud_url: str = "",
     cloud_ca_file: str = "",
     local_actions: bool = True,
+    allowed_hosts: tuple[str, ...] = (),
     log_format: str = "json",
     extra: str = "",
 ) -> str:
@@ -78,6 +79,7 @@ name = "test gateway"
 [status]
 listen = "127.0.0.1:{status_port}"
 local_actions = {"true" if local_actions else "false"}
+allowed_hosts = {json.dumps(list(allowed_hosts))}
 
 [log]
 format = "{log_format}"
