@@ -4,9 +4,10 @@ Loopback only unless configured otherwise. Two optional development routes, off 
 `POST /actions` (local action requests) and `POST /simulate` (a person at a simulated door).
 
 Web pages in a browser on the same machine can reach it too. A request is answered only when
-its Host is an IP address or `localhost` (a page whose DNS name was rebound to 127.0.0.1 would
-otherwise read /status, registration token included), and a POST only without an Origin or
-with the endpoint's own (another site's page cannot send actions).
+its Host is an IP address, `localhost` or a name in `status.allowed_hosts` (a page whose DNS
+name was rebound to 127.0.0.1 would otherwise read /status, registration token included), and
+a POST only without an Origin or with the endpoint's own (another site's page cannot send
+actions).
 """
 
 from __future__ import annotations
@@ -171,7 +172,11 @@ async def _same_machine_only(request: web.Request, handler: Any) -> web.StreamRe
             " status.allowed_hosts",
         )
     origin = request.headers.get("Origin")
-    if request.method != "GET" and origin is not None and origin != f"http://{host}":
+    if (
+        request.method != "GET"
+        and origin is not None
+        and origin.lower() != f"http://{host}".lower()
+    ):
         return _error(403, "forbidden_origin", "requests from other sites are refused")
     response: web.StreamResponse = await handler(request)
     return response
