@@ -28,6 +28,7 @@ class Connection:
     token_hash: str | None = None
     stale_credential: bool = False  # authenticated with a credential rotated away from
     claim_for: str | None = None  # unclaimed, with a token that claimed this gateway already
+    token_expires: float | None = None  # unclaimed: when its registration token expires
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def send(self, msg: protocol.Message) -> bool:

@@ -7,6 +7,7 @@ wrong or revoked); unclaimed ones present a registration token in `hello` and wa
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import time
@@ -114,12 +115,27 @@ async def _session(app: state.State, conn: Connection) -> None:
         software_version=first.software_version[:40],
         acked_seq=acked,
     )
-    while True:
-        msg = await _next_frame(conn, None)
-        if msg is None:
-            return
-        if not await _handle(app, conn, msg):
-            return
+    expiry = None
+    if conn.gateway_id is None and conn.token_expires is not None:
+        expiry = asyncio.create_task(_expire_unclaimed(conn, conn.token_expires - time.time()))
+    try:
+        while True:
+            msg = await _next_frame(conn, None)
+            if msg is None:
+                return
+            if not await _handle(app, conn, msg):
+                return
+    finally:
+        if expiry is not None:
+            expiry.cancel()
+
+
+async def _expire_unclaimed(conn: Connection, after_s: float) -> None:
+    """Close a session still unclaimed when its token expires: the gateway then redials, is
+    refused `registration_token_expired`, and shows a new token to claim it with."""
+    await asyncio.sleep(max(after_s, 0.0))
+    if conn.gateway_id is None:
+        await conn.refuse("registration_token_expired", "this registration token has expired")
 
 
 async def _open_unclaimed(app: state.State, conn: Connection, hello: protocol.Hello) -> bool:
@@ -141,6 +157,7 @@ async def _open_unclaimed(app: state.State, conn: Connection, hello: protocol.He
     # with a fresh credential, until the gateway uses one or the token expires.
     conn.claim_for = seen.gateway_id
     conn.token_hash = token_hash
+    conn.token_expires = seen.first_seen + app.settings.token_ttl_s
     return True
 
 

@@ -67,6 +67,18 @@ class Unauthorized(Exception):
     """The cloud refused our credential at the upgrade (HTTP 401)."""
 
 
+class CloudRefused(aiohttp.ClientConnectionError):
+    """The cloud answered the hello with an `error` frame."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"cloud refused: {code}: {message}")
+        self.code = code
+
+
+# The cloud will never claim a gateway with this token again: it needs a new one.
+_SPENT_TOKEN: Final = frozenset({"registration_token_expired", "registration_token_used"})
+
+
 class _Reconnect(Exception):
     """End this session and dial again at once (e.g. after being claimed)."""
 
@@ -205,6 +217,10 @@ class Tunnel:
             except Unauthorized as exc:
                 self._fail(str(exc))
                 self._handle_unauthorized()
+            except CloudRefused as exc:
+                self._fail(_describe(exc))
+                if exc.code in _SPENT_TOKEN:
+                    self._renew_token()
             except (aiohttp.ClientError, OSError, TimeoutError, ssl.SSLError) as exc:
                 self._fail(_describe(exc))
             except protocol.ProtocolError as exc:
@@ -260,6 +276,22 @@ class Tunnel:
                 hint="the cloud refused this gateway's credential (revoked?); it is unclaimed now",
                 registration_token=fresh.registration_token,
             )
+
+    def _renew_token(self) -> None:
+        """The cloud refused our registration token as expired or used: an unclaimed gateway
+        would otherwise stay unclaimable. Issue a new one (shown on /status, in the journal)."""
+        if self._store.identity().claimed:
+            return
+        try:
+            fresh = self._store.reset_claim()
+        except sqlite3.Error as exc:  # the next refusal tries again
+            log.error("tunnel.token_not_renewed", error=type(exc).__name__)
+            return
+        log.warning(
+            "tunnel.registration_token_renewed",
+            hint="the cloud no longer takes the old token; claim the gateway with this one",
+            registration_token=fresh.registration_token,
+        )
 
     async def _session(self) -> None:
         ident = self._store.identity()
@@ -349,9 +381,7 @@ class Tunnel:
                 if isinstance(frame, protocol.Welcome):
                     return frame
                 if isinstance(frame, protocol.ErrorMsg):
-                    raise aiohttp.ClientConnectionError(
-                        f"cloud refused: {frame.code}: {frame.message}"
-                    )
+                    raise CloudRefused(frame.code, frame.message)
 
     async def _send_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         while True:

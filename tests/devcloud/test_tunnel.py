@@ -105,6 +105,19 @@ async def test_a_lost_claimed_frame_is_not_sent_again_once_the_token_expired(
     assert refusal.code == "registration_token_expired"
 
 
+async def test_an_unclaimed_session_is_closed_when_its_token_expires(
+    make_cloud: CloudFactory,
+) -> None:
+    cloud = await make_cloud(token_ttl_s=0.5)
+    tunnel = await cloud.tunnel()
+    assert isinstance(await tunnel.hello("waiting-long-5"), p.Welcome)
+    refusal = await asyncio.wait_for(tunnel.recv(), 5)
+    assert refusal == p.ErrorMsg(
+        code="registration_token_expired", message="this registration token has expired"
+    )
+    assert await tunnel.closed()
+
+
 async def test_an_expired_registration_token_is_refused(make_cloud: CloudFactory) -> None:
     cloud = await make_cloud(token_ttl_s=0.0)
     first = await cloud.tunnel()

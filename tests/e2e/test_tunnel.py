@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import ssl
 from collections.abc import AsyncIterator
@@ -137,6 +138,63 @@ async def test_a_claim_the_store_cannot_write_is_taken_when_sent_again(
         await wait_until(lambda: tunnel.state == "connected", 15)
         assert store.identity().gateway_id == gateway_id
         await _unlock_completes(cloud, daemon)
+
+
+async def test_an_expired_registration_token_is_renewed_and_the_new_one_claims(
+    tmp_path: Path, cloud_factory: CloudFactory
+) -> None:
+    """Nobody claimed the box within the token's lifetime: the cloud closes the session and
+    refuses the token; the gateway takes a new one instead of staying unclaimable."""
+    cloud = await cloud_factory(token_ttl_s=3.0)
+    async with running_daemon(tmp_path / "gw", cloud_url=tunnel_url(cloud.server.port)) as daemon:
+        store, tunnel = daemon.store, daemon.tunnel
+        assert store is not None
+        assert tunnel is not None
+        await wait_until(lambda: tunnel.state == "unclaimed", 15)
+        old = store.identity().registration_token
+        await wait_until(
+            lambda: store.identity().registration_token != old and tunnel.state == "unclaimed",
+            20,
+        )
+        _, gateway_id = await claim(cloud, daemon)
+        assert store.identity().gateway_id == gateway_id
+        location_id = await cloud.location()
+        status, body = await cloud.post(
+            f"/v1/locations/{location_id}/register_gateway",
+            {"registration_token": old, "name": "again"},
+        )
+        assert status == 404, body
+
+
+async def test_a_store_restored_from_before_its_claim_gets_a_new_token(
+    tmp_path: Path, cloud_factory: CloudFactory
+) -> None:
+    """A box restored from a backup taken before it was claimed comes back with a token the
+    cloud already spent: refused `registration_token_used`, it takes a new one and can be
+    claimed again instead of redialling with the spent one forever."""
+    cloud = await cloud_factory()
+    state, backup = tmp_path / "gw", tmp_path / "backup"
+    url = tunnel_url(cloud.server.port)
+    async with running_daemon(state, cloud_url=url) as daemon:
+        assert daemon.tunnel is not None
+        await wait_until(lambda: daemon.tunnel is not None and daemon.tunnel.state == "unclaimed")
+    shutil.copytree(state, backup)
+    async with running_daemon(state, cloud_url=url) as daemon:
+        await claim(cloud, daemon)
+        # connected with its credential: the cloud takes the token as spent from here on
+        await wait_until(lambda: daemon.tunnel is not None and daemon.tunnel.state == "connected")
+    shutil.rmtree(state)
+    shutil.copytree(backup, state)
+    async with running_daemon(state, cloud_url=url) as daemon:
+        store, tunnel = daemon.store, daemon.tunnel
+        assert store is not None
+        assert tunnel is not None
+        spent = store.identity().registration_token
+        await wait_until(
+            lambda: store.identity().registration_token != spent and tunnel.state == "unclaimed",
+            20,
+        )
+        await claim(cloud, daemon)
 
 
 @pytest.mark.parametrize("lose_frame", [False, True], ids=["delivered", "claimed-frame-lost"])
