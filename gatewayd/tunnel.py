@@ -264,34 +264,32 @@ class Tunnel:
         self.last_error = message
 
     def _handle_unauthorized(self) -> None:
-        ident = self._store.identity()
-        if ident.claimed:
-            try:
-                fresh = self._store.reset_claim()
-            except sqlite3.Error as exc:  # stays claimed; the next 401 tries again
-                log.error("tunnel.unclaim_not_stored", error=type(exc).__name__)
-                return
-            log.error(
+        if self._store.identity().claimed:
+            self._take_new_token(
+                log.error,
                 "tunnel.credential_rejected",
-                hint="the cloud refused this gateway's credential (revoked?); it is unclaimed now",
-                registration_token=fresh.registration_token,
+                "the cloud refused this gateway's credential (revoked?); it is unclaimed now",
             )
 
     def _renew_token(self) -> None:
         """The cloud refused our registration token as expired or used: an unclaimed gateway
         would otherwise stay unclaimable. Issue a new one (shown on /status, in the journal)."""
-        if self._store.identity().claimed:
-            return
+        if not self._store.identity().claimed:
+            self._take_new_token(
+                log.warning,
+                "tunnel.registration_token_renewed",
+                "the cloud no longer takes the old token; claim the gateway with this one",
+            )
+
+    def _take_new_token(self, emit: Callable[..., Any], event: str, hint: str) -> None:
+        """Unclaimed, with a fresh registration token; kept as it is if the store refuses (the
+        cloud's next refusal tries again)."""
         try:
             fresh = self._store.reset_claim()
-        except sqlite3.Error as exc:  # the next refusal tries again
-            log.error("tunnel.token_not_renewed", error=type(exc).__name__)
+        except sqlite3.Error as exc:
+            log.error("tunnel.new_token_not_stored", error=type(exc).__name__)
             return
-        log.warning(
-            "tunnel.registration_token_renewed",
-            hint="the cloud no longer takes the old token; claim the gateway with this one",
-            registration_token=fresh.registration_token,
-        )
+        emit(event, hint=hint, registration_token=fresh.registration_token)
 
     async def _session(self) -> None:
         ident = self._store.identity()
