@@ -615,7 +615,8 @@ class Store:
             await self._commit_event.wait()
 
     async def wait_outbox(self, after_seq: int) -> None:
-        while self._committed_seq <= after_seq:
+        """Return once `outbox_after(after_seq)` has a frame to give (it skips acked ones)."""
+        while self._committed_seq <= max(after_seq, self._acked_seq):
             await self._committed_event.wait()
 
     def outbox_ack(self, seq: int) -> None:

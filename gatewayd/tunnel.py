@@ -383,12 +383,9 @@ class Tunnel:
 
     async def _send_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         while True:
-            # Acked frames need no sending; and waiting from below the acked seq would return
-            # at once with nothing to send, a loop that never yields.
-            after = max(self.sent_seq, self._store.acked_seq)
-            rows = self._store.outbox_after(after, SEND_BATCH)
+            rows = self._store.outbox_after(self.sent_seq, SEND_BATCH)
             if not rows:
-                await self._store.wait_outbox(after)
+                await self._store.wait_outbox(self.sent_seq)
                 continue
             with coalesced_writes(ws):  # the batch leaves in one syscall, not one per frame
                 for seq, frame in rows:
