@@ -11,6 +11,7 @@ import asyncio
 import re
 import secrets
 import time
+from collections.abc import Callable
 from typing import Final
 
 import structlog
@@ -103,9 +104,7 @@ async def _session(app: state.State, conn: Connection) -> None:
         return
     if conn.stale_credential and conn.gateway_id is not None:
         # The gateway missed its rotated credential: issue another over this session.
-        fresh = secrets.token_urlsafe(32)
-        app.db.rotate_credential(conn.gateway_id, secret_hash(fresh))
-        if not await conn.send(protocol.Claimed(gateway_id=conn.gateway_id, credential=fresh)):
+        if not await _send_credential(conn, conn.gateway_id, app.db.rotate_credential):
             return
         log.info("tunnel.credential_reissued", gateway_id=conn.gateway_id)
     log.info(
@@ -128,6 +127,16 @@ async def _session(app: state.State, conn: Connection) -> None:
     finally:
         if expiry is not None:
             expiry.cancel()
+
+
+async def _send_credential(
+    conn: Connection, gateway_id: str, keep: Callable[[str, str], None]
+) -> bool:
+    """A fresh credential for `gateway_id`: its hash kept with `keep(gateway_id, hash)`, the
+    credential sent in `claimed`. False if the socket is gone."""
+    fresh = secrets.token_urlsafe(32)
+    keep(gateway_id, secret_hash(fresh))
+    return await conn.send(protocol.Claimed(gateway_id=gateway_id, credential=fresh))
 
 
 async def _expire_unclaimed(conn: Connection, after_s: float) -> None:
@@ -163,9 +172,7 @@ async def _open_unclaimed(app: state.State, conn: Connection, hello: protocol.He
 
 async def _claim_again(app: state.State, conn: Connection, gateway_id: str) -> bool:
     """Send `claimed` again to the holder of the token that claimed `gateway_id`."""
-    fresh = secrets.token_urlsafe(32)
-    app.db.set_credential(gateway_id, secret_hash(fresh))
-    if not await conn.send(protocol.Claimed(gateway_id=gateway_id, credential=fresh)):
+    if not await _send_credential(conn, gateway_id, app.db.set_credential):
         return False
     replaced = app.hub.promote(conn, gateway_id)
     if replaced is not None:
