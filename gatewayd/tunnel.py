@@ -225,6 +225,10 @@ class Tunnel:
                 self._fail(_describe(exc))
             except protocol.ProtocolError as exc:
                 self._fail(f"protocol: {exc.message}")
+            except sqlite3.Error as exc:
+                # the identity could not be read (a failing disk, a damaged file): this session
+                # fails, not the daemon, and the next dial reads it again
+                self._fail(f"store: {type(exc).__name__}: {exc}")
             finally:
                 self.connected_since = None
             if self._clock() - began >= STABLE_SESSION_S:
@@ -264,30 +268,39 @@ class Tunnel:
         self.last_error = message
 
     def _handle_unauthorized(self) -> None:
-        if self._store.identity().claimed:
-            self._take_new_token(
-                log.error,
-                "tunnel.credential_rejected",
-                "the cloud refused this gateway's credential (revoked?); it is unclaimed now",
-            )
+        self._take_new_token(
+            True,
+            log.error,
+            "tunnel.credential_rejected",
+            "the cloud refused this gateway's credential (revoked?); it is unclaimed now",
+        )
 
     def _renew_token(self) -> None:
         """The cloud refused our registration token as expired or used: an unclaimed gateway
         would otherwise stay unclaimable. Issue a new one (shown on /status, in the journal)."""
-        if not self._store.identity().claimed:
-            self._take_new_token(
-                log.warning,
-                "tunnel.registration_token_renewed",
-                "the cloud no longer takes the old token; claim the gateway with this one",
-            )
+        self._take_new_token(
+            False,
+            log.warning,
+            "tunnel.registration_token_renewed",
+            "the cloud no longer takes the old token; claim the gateway with this one",
+        )
 
-    def _take_new_token(self, emit: Callable[..., Any], event: str, hint: str) -> None:
-        """Unclaimed, with a fresh registration token; kept as it is if the store refuses (the
-        cloud's next refusal tries again)."""
+    def _take_new_token(
+        self, if_claimed: bool, emit: Callable[..., Any], event: str, hint: str
+    ) -> None:
+        """Unclaimed, with a fresh registration token, if the gateway's claim state is
+        `if_claimed`; kept as it is if the store refuses (the cloud's next refusal tries
+        again, and /status says why meanwhile)."""
         try:
+            if self._store.identity().claimed is not if_claimed:
+                return
             fresh = self._store.reset_claim()
         except sqlite3.Error as exc:
             log.error("tunnel.new_token_not_stored", error=type(exc).__name__)
+            self.last_error = (
+                f"{self.last_error}; a new registration token could not be stored"
+                f" ({type(exc).__name__}), tried again at the next refusal"
+            )
             return
         emit(event, hint=hint, registration_token=fresh.registration_token)
 

@@ -140,6 +140,72 @@ async def test_a_claim_the_store_cannot_write_is_taken_when_sent_again(
         await _unlock_completes(cloud, daemon)
 
 
+async def test_a_revocation_the_store_cannot_record_is_recorded_at_the_next_refusal(
+    tmp_path: Path, cloud_factory: CloudFactory
+) -> None:
+    """The cloud revoked the credential but the store refuses the new registration token (here:
+    another connection holds the database locked): the gateway keeps its identity, /status
+    says why, and the next 401 once the store writes again takes the new token."""
+    cloud = await cloud_factory()
+    async with running_daemon(tmp_path / "gw", cloud_url=tunnel_url(cloud.server.port)) as daemon:
+        store, tunnel = daemon.store, daemon.tunnel
+        assert store is not None
+        assert tunnel is not None
+        _, gateway_id = await claim(cloud, daemon)
+        old = store.identity()
+        blocker = sqlite3.connect(store.path, isolation_level=None, timeout=0)
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            status, _ = await cloud.post(f"/v1/gateways/{gateway_id}/actions/revoke_credential")
+            assert status == 200
+            await wait_until(lambda: "could not be stored" in (tunnel.last_error or ""), 15)
+            assert "401" in (tunnel.last_error or "")
+            assert "could not be stored" in str(daemon.snapshot()["tunnel"])
+            assert store.identity() == old
+            sessions = tunnel.sessions
+            await wait_until(lambda: tunnel.sessions > sessions, 15)  # it goes on dialling
+            assert store.identity() == old
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        await wait_until(lambda: not store.identity().claimed and tunnel.state == "unclaimed", 30)
+        assert store.identity().registration_token != old.registration_token
+        await claim(cloud, daemon)
+        await _unlock_completes(cloud, daemon)
+
+
+async def test_an_identity_the_store_cannot_read_fails_the_session_not_the_daemon(
+    tmp_path: Path, cloud_factory: CloudFactory
+) -> None:
+    """A real SQLite error where the tunnel reads the identity to dial (here: the table is
+    gone): each dial fails and says so, the daemon and its tunnel go on, and once the store
+    answers again the gateway reconnects as itself."""
+    cloud = await cloud_factory()
+    proxy = await FaultProxy(cloud.server.port).start()
+    try:
+        async with running_daemon(tmp_path / "gw", cloud_url=tunnel_url(proxy.port)) as daemon:
+            store, tunnel = daemon.store, daemon.tunnel
+            assert store is not None
+            assert tunnel is not None
+            _, gateway_id = await claim(cloud, daemon)
+            other = sqlite3.connect(store.path, isolation_level=None)
+            try:
+                other.execute("ALTER TABLE identity RENAME TO identity_away")
+                sessions = tunnel.sessions
+                proxy.cut()
+                await wait_until(lambda: "no such table" in (tunnel.last_error or ""), 15)
+                assert (tunnel.last_error or "").startswith("store: OperationalError")
+                await wait_until(lambda: tunnel.sessions > sessions + 1, 15)  # dials again
+            finally:
+                other.execute("ALTER TABLE identity_away RENAME TO identity")
+                other.close()
+            await wait_until(lambda: tunnel.state == "connected", 30)
+            assert store.identity().gateway_id == gateway_id
+            await _unlock_completes(cloud, daemon)
+    finally:
+        await proxy.close()
+
+
 async def test_an_expired_registration_token_is_renewed_and_the_new_one_claims(
     tmp_path: Path, cloud_factory: CloudFactory
 ) -> None:
