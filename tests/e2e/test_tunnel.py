@@ -66,6 +66,22 @@ async def test_revoked_credential_returns_the_gateway_to_unclaimed(
         assert store.identity().gateway_id is not None
 
 
+@asynccontextmanager
+async def proxied_daemon(
+    tmp_path: Path, cloud: Any
+) -> AsyncIterator[tuple[Daemon, Store, Tunnel, FaultProxy]]:
+    """A daemon whose tunnel reaches `cloud` through a FaultProxy; its store, tunnel, proxy."""
+    proxy = await FaultProxy(cloud.server.port).start()
+    try:
+        async with running_daemon(tmp_path / "gw", cloud_url=tunnel_url(proxy.port)) as daemon:
+            store, tunnel = daemon.store, daemon.tunnel
+            assert store is not None
+            assert tunnel is not None
+            yield daemon, store, tunnel, proxy
+    finally:
+        await proxy.close()
+
+
 async def _register(cloud: Any, daemon: Daemon) -> str:
     """POST register_gateway for the daemon's token; the gateway id (the claim may not land)."""
     assert daemon.store is not None
@@ -95,24 +111,17 @@ async def test_a_claimed_frame_lost_on_the_wire_is_sent_again(
     """The cloud claimed the gateway, but its `claimed` frame died with the socket: the
     gateway redials with its registration token and is sent `claimed` again."""
     cloud = await cloud_factory()
-    proxy = await FaultProxy(cloud.server.port).start()
-    try:
-        async with running_daemon(tmp_path / "gw", cloud_url=tunnel_url(proxy.port)) as daemon:
-            store, tunnel = daemon.store, daemon.tunnel
-            assert store is not None
-            assert tunnel is not None
-            await wait_until(lambda: tunnel.state == "unclaimed", 15)
-            proxy.blackhole = True  # `claimed` goes nowhere
-            gateway_id = await _register(cloud, daemon)
-            await anyio.sleep(0.2)
-            assert not store.identity().claimed
-            proxy.cut()
-            proxy.blackhole = False
-            await wait_until(lambda: tunnel.state == "connected", 15)
-            assert store.identity().gateway_id == gateway_id
-            await _unlock_completes(cloud, daemon)
-    finally:
-        await proxy.close()
+    async with proxied_daemon(tmp_path, cloud) as (daemon, store, tunnel, proxy):
+        await wait_until(lambda: tunnel.state == "unclaimed", 15)
+        proxy.blackhole = True  # `claimed` goes nowhere
+        gateway_id = await _register(cloud, daemon)
+        await anyio.sleep(0.2)
+        assert not store.identity().claimed
+        proxy.cut()
+        proxy.blackhole = False
+        await wait_until(lambda: tunnel.state == "connected", 15)
+        assert store.identity().gateway_id == gateway_id
+        await _unlock_completes(cloud, daemon)
 
 
 async def test_a_claim_the_store_cannot_write_is_taken_when_sent_again(
@@ -181,29 +190,22 @@ async def test_an_identity_the_store_cannot_read_fails_the_session_not_the_daemo
     gone): each dial fails and says so, the daemon and its tunnel go on, and once the store
     answers again the gateway reconnects as itself."""
     cloud = await cloud_factory()
-    proxy = await FaultProxy(cloud.server.port).start()
-    try:
-        async with running_daemon(tmp_path / "gw", cloud_url=tunnel_url(proxy.port)) as daemon:
-            store, tunnel = daemon.store, daemon.tunnel
-            assert store is not None
-            assert tunnel is not None
-            _, gateway_id = await claim(cloud, daemon)
-            other = sqlite3.connect(store.path, isolation_level=None)
-            try:
-                other.execute("ALTER TABLE identity RENAME TO identity_away")
-                sessions = tunnel.sessions
-                proxy.cut()
-                await wait_until(lambda: "no such table" in (tunnel.last_error or ""), 15)
-                assert (tunnel.last_error or "").startswith("store: OperationalError")
-                await wait_until(lambda: tunnel.sessions > sessions + 1, 15)  # dials again
-            finally:
-                other.execute("ALTER TABLE identity_away RENAME TO identity")
-                other.close()
-            await wait_until(lambda: tunnel.state == "connected", 30)
-            assert store.identity().gateway_id == gateway_id
-            await _unlock_completes(cloud, daemon)
-    finally:
-        await proxy.close()
+    async with proxied_daemon(tmp_path, cloud) as (daemon, store, tunnel, proxy):
+        _, gateway_id = await claim(cloud, daemon)
+        other = sqlite3.connect(store.path, isolation_level=None)
+        try:
+            other.execute("ALTER TABLE identity RENAME TO identity_away")
+            sessions = tunnel.sessions
+            proxy.cut()
+            await wait_until(lambda: "no such table" in (tunnel.last_error or ""), 15)
+            assert (tunnel.last_error or "").startswith("store: OperationalError")
+            await wait_until(lambda: tunnel.sessions > sessions + 1, 15)  # dials again
+        finally:
+            other.execute("ALTER TABLE identity_away RENAME TO identity")
+            other.close()
+        await wait_until(lambda: tunnel.state == "connected", 30)
+        assert store.identity().gateway_id == gateway_id
+        await _unlock_completes(cloud, daemon)
 
 
 async def test_an_expired_registration_token_is_renewed_and_the_new_one_claims(
@@ -268,45 +270,38 @@ async def test_rotated_credential_replaces_the_old_one(
     tmp_path: Path, cloud_factory: CloudFactory, lose_frame: bool
 ) -> None:
     cloud = await cloud_factory()
-    proxy = await FaultProxy(cloud.server.port).start()
     url = tunnel_url(cloud.server.port)
-    try:
-        async with running_daemon(tmp_path / "gw", cloud_url=tunnel_url(proxy.port)) as daemon:
-            store, tunnel = daemon.store, daemon.tunnel
-            assert store is not None
-            assert tunnel is not None
-            _, gateway_id = await claim(cloud, daemon)
-            old = store.identity().credential
-            assert old is not None
-            sessions = tunnel.sessions
-            proxy.blackhole = lose_frame  # the new credential goes nowhere
-            status, _ = await cloud.post(f"/v1/gateways/{gateway_id}/actions/rotate_credential")
-            assert status == 200
-            if lose_frame:
-                await anyio.sleep(0.2)
-                assert store.identity().credential == old
-                proxy.cut()
-                proxy.blackhole = False
-            await wait_until(
-                lambda: (
-                    store.identity().credential != old
-                    and tunnel.state == "connected"
-                    and tunnel.sessions > sessions + (1 if lose_frame else 0)
-                ),
-                15,
-            )
-            assert store.identity().gateway_id == gateway_id  # never fell back to unclaimed
-            assert await upgrade_status(url, old) == 401
-            new = store.identity().credential
-            assert new is not None
-            status, ar = await cloud.post(
-                f"/v1/devices/{daemon.registry.devices()[0].id}/actions/unlock",
-                {},  # type: ignore[union-attr]
-            )
-            assert status == 200
-            await wait_until(lambda: cloud.state.db.action(ar["id"])["status"] == "completed")
-    finally:
-        await proxy.close()
+    async with proxied_daemon(tmp_path, cloud) as (daemon, store, tunnel, proxy):
+        _, gateway_id = await claim(cloud, daemon)
+        old = store.identity().credential
+        assert old is not None
+        sessions = tunnel.sessions
+        proxy.blackhole = lose_frame  # the new credential goes nowhere
+        status, _ = await cloud.post(f"/v1/gateways/{gateway_id}/actions/rotate_credential")
+        assert status == 200
+        if lose_frame:
+            await anyio.sleep(0.2)
+            assert store.identity().credential == old
+            proxy.cut()
+            proxy.blackhole = False
+        await wait_until(
+            lambda: (
+                store.identity().credential != old
+                and tunnel.state == "connected"
+                and tunnel.sessions > sessions + (1 if lose_frame else 0)
+            ),
+            15,
+        )
+        assert store.identity().gateway_id == gateway_id  # never fell back to unclaimed
+        assert await upgrade_status(url, old) == 401
+        new = store.identity().credential
+        assert new is not None
+        status, ar = await cloud.post(
+            f"/v1/devices/{daemon.registry.devices()[0].id}/actions/unlock",
+            {},  # type: ignore[union-attr]
+        )
+        assert status == 200
+        await wait_until(lambda: cloud.state.db.action(ar["id"])["status"] == "completed")
 
 
 class HostileCloud(TunnelServer):
@@ -579,23 +574,17 @@ async def test_a_dead_link_is_detected_by_the_heartbeat(
     tmp_path: Path, cloud_factory: CloudFactory
 ) -> None:
     cloud = await cloud_factory(heartbeat_s=1.0)
-    proxy = await FaultProxy(cloud.server.port).start()
-    try:
-        async with running_daemon(tmp_path / "gw", cloud_url=tunnel_url(proxy.port)) as daemon:
-            tunnel = daemon.tunnel
-            assert tunnel is not None
-            await claim(cloud, daemon)
-            assert tunnel.heartbeat_s == 1.0
-            await anyio.sleep(2.5)  # idle but alive: pings keep it up
-            assert tunnel.sessions == 2
-            assert tunnel.up
-            proxy.blackhole = True  # the link silently stops carrying anything
-            await wait_until(lambda: not tunnel.up, 5)
-            assert tunnel.last_error is not None
-            proxy.blackhole = False
-            await wait_until(lambda: tunnel.up, 15)
-    finally:
-        await proxy.close()
+    async with proxied_daemon(tmp_path, cloud) as (daemon, _, tunnel, proxy):
+        await claim(cloud, daemon)
+        assert tunnel.heartbeat_s == 1.0
+        await anyio.sleep(2.5)  # idle but alive: pings keep it up
+        assert tunnel.sessions == 2
+        assert tunnel.up
+        proxy.blackhole = True  # the link silently stops carrying anything
+        await wait_until(lambda: not tunnel.up, 5)
+        assert tunnel.last_error is not None
+        proxy.blackhole = False
+        await wait_until(lambda: tunnel.up, 15)
 
 
 @pytest.fixture(scope="module")
