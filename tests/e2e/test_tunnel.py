@@ -6,8 +6,8 @@ import json
 import shutil
 import sqlite3
 import ssl
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,18 @@ async def proxied_daemon(
         await proxy.close()
 
 
+@contextmanager
+def store_locked(path: Path) -> Iterator[None]:
+    """Another connection holds the database under BEGIN EXCLUSIVE: every write fails."""
+    blocker = sqlite3.connect(path, isolation_level=None, timeout=0)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+
+
 async def _register(cloud: Any, daemon: Daemon) -> str:
     """POST register_gateway for the daemon's token; the gateway id (the claim may not land)."""
     assert daemon.store is not None
@@ -135,15 +147,10 @@ async def test_a_claim_the_store_cannot_write_is_taken_when_sent_again(
         assert store is not None
         assert tunnel is not None
         await wait_until(lambda: tunnel.state == "unclaimed", 15)
-        blocker = sqlite3.connect(store.path, isolation_level=None, timeout=0)
-        blocker.execute("BEGIN EXCLUSIVE")
-        try:
+        with store_locked(store.path):
             gateway_id = await _register(cloud, daemon)
             await wait_until(lambda: "could not store the claim" in (tunnel.last_error or ""))
             assert not store.identity().claimed
-        finally:
-            blocker.execute("ROLLBACK")
-            blocker.close()
         await wait_until(lambda: tunnel.state == "connected", 15)
         assert store.identity().gateway_id == gateway_id
         await _unlock_completes(cloud, daemon)
@@ -162,9 +169,7 @@ async def test_a_revocation_the_store_cannot_record_is_recorded_at_the_next_refu
         assert tunnel is not None
         _, gateway_id = await claim(cloud, daemon)
         old = store.identity()
-        blocker = sqlite3.connect(store.path, isolation_level=None, timeout=0)
-        blocker.execute("BEGIN EXCLUSIVE")
-        try:
+        with store_locked(store.path):
             status, _ = await cloud.post(f"/v1/gateways/{gateway_id}/actions/revoke_credential")
             assert status == 200
             await wait_until(lambda: "could not be stored" in (tunnel.last_error or ""), 15)
@@ -174,9 +179,6 @@ async def test_a_revocation_the_store_cannot_record_is_recorded_at_the_next_refu
             sessions = tunnel.sessions
             await wait_until(lambda: tunnel.sessions > sessions, 15)  # it goes on dialling
             assert store.identity() == old
-        finally:
-            blocker.execute("ROLLBACK")
-            blocker.close()
         await wait_until(lambda: not store.identity().claimed and tunnel.state == "unclaimed", 30)
         assert store.identity().registration_token != old.registration_token
         await claim(cloud, daemon)
