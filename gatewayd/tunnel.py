@@ -226,8 +226,8 @@ class Tunnel:
             except protocol.ProtocolError as exc:
                 self._fail(f"protocol: {exc.message}")
             except sqlite3.Error as exc:
-                # the identity could not be read (a failing disk, a damaged file): this session
-                # fails, not the daemon, and the next dial reads it again
+                # a store call failed (a failing disk, a damaged file), e.g. the identity read
+                # before dialling: this session fails, not the daemon; the next dial tries again
                 self._fail(f"store: {type(exc).__name__}: {exc}")
             finally:
                 self.connected_since = None
