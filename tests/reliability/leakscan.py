@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sqlite3
 import stat
 from collections.abc import Iterable, Iterator
@@ -121,7 +122,39 @@ def _contains(path: Path, needles: list[bytes]) -> set[bytes]:
             window = tail + chunk
             found.update(n for n in needles if n in window)
             tail = window[-overlap:] if overlap else b""
-    return found
+    return {n for n in found if not n.isdigit() or _standalone_number(path, n)}
+
+
+def _standalone_number(path: Path, digits: bytes) -> bool:
+    """Whether a PIN found in `path` appears as itself, not as a run of digits inside a longer
+    word: a random UUID or hash holds some 8-digit run of one of the thousands of PINs a soak
+    registers, now and then. A leaked PIN is a value of its own: quoted in JSON, after `=` in a
+    log line, a column of its own in SQLite. SQLite lays a row's values side by side, so in a
+    database (or its WAL) each stored value is also read through SQL and checked alone."""
+    word = re.compile(rb"(?<![0-9A-Za-z])" + re.escape(digits) + rb"(?![0-9A-Za-z])")
+    if word.search(path.read_bytes()):
+        return True
+    database = path.with_name(path.name.removesuffix("-wal"))
+    try:
+        with database.open("rb") as fh:
+            if fh.read(16) != b"SQLite format 3\x00":
+                return False
+        return any(word.search(value) for value in _sqlite_values(database))
+    except (OSError, sqlite3.Error):
+        return True  # cannot be told apart: count it as found
+
+
+def _sqlite_values(database: Path) -> Iterator[bytes]:
+    """Every text and blob value stored in the tables of a SQLite database, as bytes."""
+    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)
+    try:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        conn.text_factory = bytes  # the values as stored, whatever their encoding
+        for table in tables:
+            for row in conn.execute(f'SELECT * FROM "{table}"'):
+                yield from (v for v in row if isinstance(v, bytes))
+    finally:
+        conn.close()
 
 
 def scan(root: Path, secrets: Iterable[str]) -> tuple[int, list[str]]:
