@@ -127,11 +127,12 @@ def _contains(path: Path, needles: list[bytes]) -> set[bytes]:
 
 def _standalone_number(path: Path, digits: bytes) -> bool:
     """Whether a PIN found in `path` appears as itself, not as a run of digits inside a longer
-    word: a random UUID or hash holds some 8-digit run of one of the thousands of PINs a soak
-    registers, now and then. A leaked PIN is a value of its own: quoted in JSON, after `=` in a
-    log line, a column of its own in SQLite. SQLite lays a row's values side by side, so in a
-    database (or its WAL) each stored value is also read through SQL and checked alone."""
-    word = re.compile(rb"(?<![0-9A-Za-z])" + re.escape(digits) + rb"(?![0-9A-Za-z])")
+    word or a UUID: now and then a random UUID holds one of the thousands of 8-digit PINs a
+    soak registers, inside a group or as a whole all-digit group (`"42060148-5406-…"`). A
+    leaked PIN is a value of its own: quoted in JSON, after `=` in a log line, a column of its
+    own in SQLite. SQLite lays a row's values side by side, so in a database (or its WAL) each
+    stored value is also read through SQL and checked alone."""
+    word = re.compile(rb"(?<![0-9A-Za-z-])" + re.escape(digits) + rb"(?![0-9A-Za-z-])")
     if word.search(path.read_bytes()):
         return True
     database = path.with_name(path.name.removesuffix("-wal"))
