@@ -122,27 +122,38 @@ def _contains(path: Path, needles: list[bytes]) -> set[bytes]:
             window = tail + chunk
             found.update(n for n in needles if n in window)
             tail = window[-overlap:] if overlap else b""
-    return {n for n in found if not n.isdigit() or _standalone_number(path, n)}
+    numbers = {n for n in found if n.isdigit()}
+    if not numbers:
+        return found
+    return (found - numbers) | _standalone_numbers(path, numbers)
 
 
-def _standalone_number(path: Path, digits: bytes) -> bool:
-    """Whether a PIN found in `path` appears as itself, not as a run of digits inside a longer
-    word or a UUID: now and then a random UUID holds one of the thousands of 8-digit PINs a
-    soak registers, inside a group or as a whole all-digit group (`"42060148-5406-…"`). A
-    leaked PIN is a value of its own: quoted in JSON, after `=` in a log line, a column of its
-    own in SQLite. SQLite lays a row's values side by side, so in a database (or its WAL) each
-    stored value is also read through SQL and checked alone."""
-    word = re.compile(rb"(?<![0-9A-Za-z-])" + re.escape(digits) + rb"(?![0-9A-Za-z-])")
-    if word.search(path.read_bytes()):
-        return True
+def _standalone_numbers(path: Path, numbers: set[bytes]) -> set[bytes]:
+    """The PINs among `numbers` (each found in `path`) that appear as themselves, not as a run
+    of digits inside a longer word or a UUID: now and then a random UUID holds one of the
+    thousands of 8-digit PINs a soak registers, inside a group or as a whole all-digit group
+    (`"42060148-5406-…"`). A leaked PIN is a value of its own: quoted in JSON, after `=` in a
+    log line, a column of its own in SQLite. SQLite lays a row's values side by side, so in a
+    database (or its WAL) each stored value is also read through SQL and checked alone. The
+    file is read once, and the database once, for all of `numbers`."""
+    words = {
+        n: re.compile(rb"(?<![0-9A-Za-z-])" + re.escape(n) + rb"(?![0-9A-Za-z-])") for n in numbers
+    }
+    raw = path.read_bytes()
+    standalone = {n for n, word in words.items() if word.search(raw)}
+    left = {n: word for n, word in words.items() if n not in standalone}
+    if not left:
+        return standalone
     database = path.with_name(path.name.removesuffix("-wal"))
     try:
         with database.open("rb") as fh:
             if fh.read(16) != b"SQLite format 3\x00":
-                return False
-        return any(word.search(value) for value in _sqlite_values(database))
+                return standalone
+        for value in _sqlite_values(database):
+            standalone.update(n for n, word in left.items() if word.search(value))
     except (OSError, sqlite3.Error):
-        return True  # cannot be told apart: count it as found
+        return standalone | set(left)  # cannot be told apart: count them as found
+    return standalone
 
 
 def _sqlite_values(database: Path) -> Iterator[bytes]:
