@@ -269,24 +269,24 @@ class Tunnel:
 
     def _handle_unauthorized(self) -> None:
         self._take_new_token(
-            True,
             log.error,
             "tunnel.credential_rejected",
             "the cloud refused this gateway's credential (revoked?); it is unclaimed now",
+            if_claimed=True,
         )
 
     def _renew_token(self) -> None:
         """The cloud refused our registration token as expired or used: an unclaimed gateway
         would otherwise stay unclaimable. Issue a new one (shown on /status, in the journal)."""
         self._take_new_token(
-            False,
             log.warning,
             "tunnel.registration_token_renewed",
             "the cloud no longer takes the old token; claim the gateway with this one",
+            if_claimed=False,
         )
 
     def _take_new_token(
-        self, if_claimed: bool, emit: Callable[..., Any], event: str, hint: str
+        self, emit: Callable[..., Any], event: str, hint: str, *, if_claimed: bool
     ) -> None:
         """Unclaimed, with a fresh registration token, if the gateway's claim state is
         `if_claimed`; kept as it is if the store refuses (the cloud's next refusal tries
