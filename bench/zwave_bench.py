@@ -28,7 +28,6 @@ import asyncio
 import gc
 import json
 import os
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -50,7 +49,7 @@ from bench.common import (
     write_results,
 )
 from gatewayd.model import Lock, Unlock
-from tests.support import stop_process, unit_environment, unit_values
+from tests.support import stop_process, unit_command, unit_process_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 ROUNDS = 96  # measured per side, over both locks
@@ -177,21 +176,6 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def _unit_environment() -> dict[str, str]:
-    """The daemon's environment under the unit: a PATH and the unit's Environment= settings,
-    nothing from the shell the benchmark runs in."""
-    path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-    return {"PATH": path, **unit_environment()}
-
-
-def _unit_command(root: Path, config: Path) -> list[str]:
-    """The unit's ExecStart, run from a staged install under `root`, with `config`."""
-    argv = shlex.split(unit_values("ExecStart")[0])
-    argv[0] = str(root) + argv[0]
-    argv[argv.index("-c") + 1] = str(config)
-    return argv
-
-
 def _box_install(root: Path) -> None:
     """Stage a box install under `root` as `make install` makes one (scripts/install.sh): the
     locked runtime deps and the zwave extra, byte-compiled, in a relocatable venv; no dev tools
@@ -316,8 +300,8 @@ def _footprints(url: str, tmp: Path) -> dict[str, Any]:
     """The box daemon with the zwave driver, the same with no driver (the core), and the dev
     venv's daemon (with the modules it imported)."""
     _box_install(tmp / "box")
-    env = _unit_environment()
-    box = _unit_command(tmp / "box", Path("{config}"))
+    env = unit_process_environment()
+    box = unit_command(tmp / "box", Path("{config}"))
     modules = tmp / "modules.json"
     dev = [sys.executable, "-c", _LIST_MODULES, str(modules), *box[1:]]
     out: dict[str, Any] = {

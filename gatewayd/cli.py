@@ -18,6 +18,9 @@ import anyio
 
 from gatewayd.config import Config, ConfigError, load_config
 
+# Not __doc__: the unit runs the daemon with PYTHONOPTIMIZE=2, which drops docstrings.
+DESCRIPTION = "gatewayd: the door-lock gateway daemon (run | status | token | check-config | demo)"
+
 DEFAULT_CONFIG = "/etc/gatewayd/config.toml"
 EXIT_CONFIG = 2
 _HASHED_CERT = re.compile(r"[0-9a-f]{8}\.\d+")  # what `openssl rehash` names a CA's link
@@ -176,7 +179,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gatewayd", description=__doc__)
+    parser = argparse.ArgumentParser(prog="gatewayd", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

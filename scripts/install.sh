@@ -95,6 +95,9 @@ rm -rf "$new"
 "$UV" pip install --quiet --python "$new/bin/python" --compile-bytecode --no-deps \
     -r "$work/requirements.txt"
 "$UV" pip install --quiet --python "$new/bin/python" --compile-bytecode --no-deps .
+# The unit runs the daemon with PYTHONOPTIMIZE=2: its bytecode too (gatewayd from a shell is
+# not optimised and uses the default level's).
+"$new/bin/python" -m compileall -q -o 2 -j 0 "$new/lib" >/dev/null
 "$new/bin/gatewayd" check-config -c config.example.toml >/dev/null \
     || die "the new venv does not run: $new kept for inspection"
 rm -rf "$venv.old"

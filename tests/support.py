@@ -47,6 +47,21 @@ def unit_environment() -> dict[str, str]:
     return env
 
 
+def unit_process_environment() -> dict[str, str]:
+    """The environment the unit gives the daemon: a PATH and its Environment= settings, nothing
+    from the shell the tests run in."""
+    path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    return {"PATH": path, **unit_environment()}
+
+
+def unit_command(root: Path, config: Path) -> list[str]:
+    """The unit's ExecStart, run from an install staged under `root`, with config `config`."""
+    argv = shlex.split(unit_values("ExecStart")[0])
+    argv[0] = str(root) + argv[0]
+    argv[argv.index("-c") + 1] = str(config)
+    return argv
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -209,3 +224,14 @@ def stop_process(proc: subprocess.Popen[Any], grace_s: float) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(grace_s)
+
+
+def wait_status(base: str, action_id: str, timeout: float = 10) -> dict[str, Any]:
+    """Poll a daemon's /status (at `base`) until action `action_id` has ended; its entry."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        for a in http_json(f"{base}/status")["actions"]["recent"]:
+            if a["id"] == action_id:
+                return dict(a)
+        time.sleep(0.05)
+    raise AssertionError(f"action {action_id} did not finish")

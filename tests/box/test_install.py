@@ -7,12 +7,26 @@ import os
 import shutil
 import stat
 import subprocess
+import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.support import ROOT, DaemonProcess, config_text, free_port, http_json
+from tests.support import (
+    ROOT,
+    DaemonProcess,
+    config_text,
+    free_port,
+    http_json,
+    unit_command,
+    unit_environment,
+    unit_process_environment,
+    wait_status,
+)
+from tests.zwave.stack import ZWaveStack, shared_stack
 
 pytestmark = pytest.mark.stack
 
@@ -85,29 +99,107 @@ def test_the_installed_command_checks_configs(stage: Path, tmp_path: Path) -> No
     assert str(bad) in lines[0]
 
 
-def test_the_installed_daemon_serves_its_status_page(stage: Path, tmp_path: Path) -> None:
+def _poll(predicate: Callable[[], bool], timeout: float) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, f"{predicate.__name__}: not within {timeout} s"
+        time.sleep(0.05)
+
+
+PIN = "480917"  # distinctive: it must reach the locks and no log line
+SLOT = 5
+
+
+def _zwave_and_zigbee(stack: ZWaveStack) -> str:
+    return f"""
+[drivers.zwave]
+enabled = true
+url = "{stack.url}"
+interview_timeout_s = 30.0
+code_recheck_s = 0
+mock_control_url = "{stack.control_url}"
+
+[drivers.zigbee]
+enabled = true
+radio_type = "virtual"
+virtual_locks = 2
+"""
+
+
+def test_the_installed_daemon_runs_every_driver_as_the_unit_starts_it(
+    stage: Path, tmp_path: Path
+) -> None:
+    """The unit's ExecStart from the staged tree with only its Environment= (so optimised,
+    PYTHONOPTIMIZE=2: no asserts, no docstrings), away from the source tree: locks of all three
+    drivers move, take and drop a code, and report a keypad unlock with its slot."""
+    stack = shared_stack()
+    stack.reset()
+    # What the unit's interpreter loads: bytecode compiled at install for its optimisation level.
+    optimize = unit_environment().get("PYTHONOPTIMIZE")
+    tag = f"opt-{optimize}." if optimize else ""
+    venv = stage / "opt/gatewayd/venv"
+    assert list(venv.rglob(f"gatewayd/__pycache__/daemon.*.{tag}pyc"))
+    assert list(venv.rglob(f"zwave_js_server/__pycache__/event.*.{tag}pyc"))
+    assert list(venv.rglob(f"zigpy/__pycache__/application.*.{tag}pyc"))
+
     port = free_port()
     cfg = tmp_path / "config.toml"
-    cfg.write_text(config_text(tmp_path / "state", status_port=port))
+    cfg.write_text(
+        config_text(tmp_path / "state", status_port=port, locks=1, extra=_zwave_and_zigbee(stack))
+    )
     proc = DaemonProcess(cfg, tmp_path / "daemon.log")
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
     with proc.log_file.open("ab") as out:
-        # Away from the source tree, so only the installed copy can be imported.
         proc.proc = subprocess.Popen(
-            [stage / "opt/gatewayd/venv/bin/gatewayd", "run", "-c", cfg],
+            unit_command(stage, cfg),
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=env,
+            env=unit_process_environment(),
             cwd=tmp_path,
         )
+    base = f"http://127.0.0.1:{port}"
     try:
         proc.wait_healthy(port)
-        status = http_json(f"http://127.0.0.1:{port}/status")
-        assert len(status["devices"]) == 2
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as resp:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            status = http_json(f"{base}/status")
+            drivers = {d["driver"] for d in status["devices"]}
+            if status["gateway"]["ready"] and len(status["devices"]) == 5:
+                break
+            time.sleep(0.1)
+        assert drivers == {"sim", "zwave", "zigbee"}, status["drivers"]
+        for device in status["devices"]:
+            device_id = device["id"]
+
+            def act(action: str, inputs: dict[str, Any], device_id: str = device_id) -> None:
+                body = {"device_id": device_id, "action": action, "inputs": inputs}
+                sent = http_json(f"{base}/actions", {**body, "timeout_s": 30})
+                done = wait_status(base, sent["action_request_id"], timeout=40)
+                assert done["status"] == "completed", (device_id, done)
+
+            def keypad_unlock_seen(device_id: str = device_id) -> bool:
+                status = http_json(f"{base}/status")
+                event = next(d for d in status["devices"] if d["id"] == device_id)["last_event"]
+                return (
+                    event is not None
+                    and event["event_name"] == "door unlocked"
+                    and (event["details"] == {"method": "pin_code", "slot_id": SLOT})
+                )
+
+            act("unlock", {})
+            act("lock", {})
+            act("set_code", {"code": PIN, "slot_id": SLOT})
+            answer = http_json(
+                f"{base}/simulate",
+                {"device_id": device_id, "what": "keypad_unlock", "params": {"slot_id": SLOT}},
+            )
+            assert answer == {"ok": True}, (device["driver"], answer)
+            _poll(keypad_unlock_seen, 15)
+            act("clear_code", {"slot_id": SLOT})
+        with urllib.request.urlopen(f"{base}/", timeout=5) as resp:
             assert "<h2>Locks" in resp.read().decode()
     finally:
         proc.kill()
+    assert PIN not in proc.log_file.read_text()
 
 
 def test_a_second_install_keeps_the_config_and_uninstall_keeps_a_changed_one(

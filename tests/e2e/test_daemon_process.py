@@ -12,7 +12,14 @@ import anyio
 import pytest
 
 from gatewayd.sdnotify import Notifier
-from tests.support import DaemonProcess, config_text, free_port, http_json, running_daemon
+from tests.support import (
+    DaemonProcess,
+    config_text,
+    free_port,
+    http_json,
+    running_daemon,
+    wait_status,
+)
 
 PIN = "739152"  # distinctive: must appear nowhere but in the request that carried it
 
@@ -33,16 +40,6 @@ def drain(sock: socket.socket, seconds: float) -> list[str]:
         except TimeoutError:
             continue
     return out
-
-
-def wait_status(base: str, action_id: str, timeout: float = 10) -> dict[str, object]:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        for a in http_json(f"{base}/status")["actions"]["recent"]:
-            if a["id"] == action_id:
-                return a
-        time.sleep(0.05)
-    raise AssertionError(f"action {action_id} did not finish")
 
 
 @pytest.mark.stack
