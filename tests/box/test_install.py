@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.test_zigbee_e2e import ZIGBEE
 from tests.support import (
     ROOT,
     DaemonProcess,
@@ -26,7 +27,7 @@ from tests.support import (
     unit_process_environment,
     wait_status,
 )
-from tests.zwave.stack import ZWaveStack, shared_stack
+from tests.zwave.stack import shared_stack
 
 pytestmark = pytest.mark.stack
 
@@ -90,7 +91,11 @@ def test_the_installed_command_checks_configs(stage: Path, tmp_path: Path) -> No
     bad = tmp_path / "bad.toml"
     bad.write_text('[status]\nlisten = "127.0.0.1:8181"\n[drivers.sim]\nenabled = "yes"\n')
     failed = subprocess.run(
-        [cmd, "check-config", "-c", bad], capture_output=True, text=True, timeout=60
+        [cmd, "check-config", "-c", bad],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=unit_process_environment(),  # ExecStartPre= runs with the unit's Environment=
     )
     assert failed.returncode == 2
     lines = failed.stderr.strip().splitlines()
@@ -108,22 +113,6 @@ def _poll(predicate: Callable[[], bool], timeout: float) -> None:
 
 PIN = "480917"  # distinctive: it must reach the locks and no log line
 SLOT = 5
-
-
-def _zwave_and_zigbee(stack: ZWaveStack) -> str:
-    return f"""
-[drivers.zwave]
-enabled = true
-url = "{stack.url}"
-interview_timeout_s = 30.0
-code_recheck_s = 0
-mock_control_url = "{stack.control_url}"
-
-[drivers.zigbee]
-enabled = true
-radio_type = "virtual"
-virtual_locks = 2
-"""
 
 
 def test_the_installed_daemon_runs_every_driver_as_the_unit_starts_it(
@@ -145,7 +134,12 @@ def test_the_installed_daemon_runs_every_driver_as_the_unit_starts_it(
     port = free_port()
     cfg = tmp_path / "config.toml"
     cfg.write_text(
-        config_text(tmp_path / "state", status_port=port, locks=1, extra=_zwave_and_zigbee(stack))
+        config_text(
+            tmp_path / "state",
+            status_port=port,
+            locks=1,
+            extra=stack.daemon_toml(code_recheck_s=0) + ZIGBEE,
+        )
     )
     proc = DaemonProcess(cfg, tmp_path / "daemon.log")
     with proc.log_file.open("ab") as out:

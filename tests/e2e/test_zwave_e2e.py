@@ -21,7 +21,7 @@ from gatewayd.driver import Simulation
 from tests.cloudkit import Cloud, CloudFactory
 from tests.e2e.conftest import Receiver, Rest, claim, transitions, tunnel_url
 from tests.support import running_daemon, wait_until
-from tests.zwave.stack import ZWaveStack, native_id, shared_stack
+from tests.zwave.stack import native_id, shared_stack
 
 pytestmark = pytest.mark.stack
 
@@ -29,19 +29,6 @@ PIN = "0591736"  # starts with 0: a string of digits, never a number
 SLOT = 4
 KEYPAD_SLOT = 7
 YALE, ALLEGION = 2, 3  # mock node ids (tests/zwave/mock/locks.cjs)
-
-
-def zwave_toml(stack: ZWaveStack) -> str:
-    return f"""
-[drivers.zwave]
-enabled = true
-url = "{stack.url}"
-connect_timeout_s = 5.0
-interview_timeout_s = 30.0
-reconnect_max_s = 2.0
-code_recheck_s = 0.5
-mock_control_url = "{stack.control_url}"
-"""
 
 
 def _locked(cloud: Cloud, device_id: str) -> object:
@@ -75,7 +62,7 @@ async def test_zwave_lock_through_the_cloud(
     rest = Rest(cloud)
     assert cloud.server.port is not None
     async with running_daemon(
-        tmp_path / "gw", cloud_url=tunnel_url(cloud.server.port), locks=0, extra=zwave_toml(stack)
+        tmp_path / "gw", cloud_url=tunnel_url(cloud.server.port), locks=0, extra=stack.daemon_toml()
     ) as daemon:
         await claim(cloud, daemon)
         driver = zwave(daemon)

@@ -26,7 +26,6 @@ import anyio
 import psutil
 
 from tests.e2e.test_zigbee_e2e import ZIGBEE
-from tests.e2e.test_zwave_e2e import zwave_toml
 from tests.proxy import FaultProxy
 from tests.reliability.harness import (
     TERMINAL,
@@ -307,7 +306,7 @@ async def run_trial(tmp: Path, fault: str, seed: int, burst_s: float = 4.0) -> t
     if radio == "zwave":
         zwave = await anyio.to_thread.run_sync(shared_stack)
         network = await anyio.to_thread.run_sync(zwave.reset)
-        locks, extra = len(network["nodes"]), zwave_toml(zwave)
+        locks, extra = len(network["nodes"]), zwave.daemon_toml()
     elif radio == "zigbee":
         locks, extra = 2, ZIGBEE_TOML
     cloud = DevcloudProcess(tmp / "cloud.db", tmp / "cloud.log", args=CLOUD_ARGS).start()

@@ -103,6 +103,19 @@ class ZWaveStack:
     def control_url(self) -> str:
         return f"http://127.0.0.1:{self.control_port}"
 
+    def daemon_toml(self, *, code_recheck_s: float = 0.5) -> str:
+        """A daemon config's [drivers.zwave] section for this stack's locks."""
+        return f"""
+[drivers.zwave]
+enabled = true
+url = "{self.url}"
+connect_timeout_s = 5.0
+interview_timeout_s = 30.0
+reconnect_max_s = 2.0
+code_recheck_s = {code_recheck_s}
+mock_control_url = "{self.control_url}"
+"""
+
     @property
     def lock_nodes(self) -> tuple[int, ...]:
         return LOCK_NODES[: self.locks]
