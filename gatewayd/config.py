@@ -70,6 +70,7 @@ class ActionsConfig(_Section, frozen=True):
 
 class StoreConfig(_Section, frozen=True):
     synchronous: Literal["normal", "full"] = "normal"
+    action_log_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] = 30
 
 
 class SimConfig(_Section, frozen=True):

@@ -8,11 +8,13 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine, Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final, Protocol
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import structlog
 
 from gatewayd import __version__
@@ -20,11 +22,11 @@ from gatewayd.actions import Dispatcher, StatusUpdate
 from gatewayd.config import Config
 from gatewayd.driver import Driver, DriverContext, DriverHealth, DriverState, load_driver
 from gatewayd.metrics import GatewayMetrics
-from gatewayd.model import ActionRequest, DoorEvent, utcnow
+from gatewayd.model import ActionRequest, DoorEvent, iso, utcnow
 from gatewayd.registry import Registry
 from gatewayd.sdnotify import Notifier
 from gatewayd.status import start_status_server
-from gatewayd.store import Store
+from gatewayd.store import PRUNE_BATCH, Store
 from gatewayd.upstream import Upstream, device_dict
 
 log = structlog.get_logger(__name__)
@@ -32,6 +34,7 @@ log = structlog.get_logger(__name__)
 DRIVER_START_TIMEOUT_S: Final = 90.0
 DRIVER_STOP_TIMEOUT_S: Final = 1.5
 DB_NAME: Final = "gatewayd.db"
+PRUNE_EVERY_S: Final = 3600.0  # the action log is pruned at start-up, then this often
 
 
 def _short(text: str, limit: int = 80) -> str:
@@ -203,6 +206,7 @@ class Daemon:
                 _trim_heap()
                 self._started.set()
                 tg.start_soon(self._watchdog, name="daemon.watchdog")
+                tg.start_soon(self._prune_action_log, store, name="store.prune")
         finally:
             self.ready = False
             with anyio.CancelScope(shield=True):
@@ -269,6 +273,24 @@ class Daemon:
             if fields:
                 self.notifier.notify(**fields)
             await anyio.sleep(min(interval, 10.0))
+
+    async def _prune_action_log(self, store: Store) -> None:
+        """Keep the action log (and the state dir) bounded: finished actions go
+        `store.action_log_days` after their deadline (see Store.prune_actions), a batch at a
+        time so that a large first prune does not stall the loop."""
+        days = self.config.store.action_log_days
+        while True:
+            cutoff = iso(utcnow() - timedelta(days=days))
+            pruned = 0
+            while True:
+                n = store.prune_actions(cutoff)
+                pruned += n
+                if n < PRUNE_BATCH:
+                    break
+                await anyio.lowlevel.checkpoint()
+            if pruned:
+                log.info("store.actions_pruned", count=pruned, deadline_before=cutoff)
+            await anyio.sleep(PRUNE_EVERY_S)
 
     # ------------------------------------------------------------------ flows
 

@@ -43,10 +43,13 @@ RECENT_BYTES: Final = 1 << 17  # ...within this many bytes
 CHECKPOINT_EVERY: Final = 100  # commits between background WAL checkpoints
 BACKSTOP_CHECKPOINT_PAGES: Final = 10_000  # SQLite's own checkpoint only if ours falls behind
 OUTBOX_ROW_FRAMES: Final = 256  # frames stored together in one outbox row, at most
-# SQLite's page cache, in KiB (its default is 2,000 KiB). The action log only grows, and the
-# ids its primary key is looked up by are random, so the cache keeps filling until it reaches
-# its bound: at 2,000 KiB that took three minutes of a busy gateway, which looked like a leak.
-# Pages it does not hold are read back from the OS page cache, a few microseconds each.
+# The newest this many actions stay in the action log whatever their age (see `prune_actions`).
+ACTION_LOG_FLOOR: Final = 10_000
+PRUNE_BATCH: Final = 1_000  # rows deleted per statement: one short stall of the loop each
+# SQLite's page cache, in KiB (its default is 2,000 KiB). The action log holds thousands of
+# rows, and the ids its primary key is looked up by are random, so the cache keeps filling until
+# it reaches its bound: at 2,000 KiB that took three minutes of a busy gateway, which looked
+# like a leak. Pages it does not hold are read back from the OS page cache, a few microseconds each.
 CACHE_KIB: Final = 512
 
 _ADJECTIVES: Final = tuple(
@@ -558,6 +561,34 @@ class Store:
         """Reads the whole log (no status index: see `_v4`); used once, at start-up."""
         marks = ",".join("?" * len(statuses))
         return self._select_actions(f"WHERE status IN ({marks})", tuple(statuses))
+
+    def prune_actions(
+        self, deadline_before: str, *, keep: int = ACTION_LOG_FLOOR, limit: int = PRUNE_BATCH
+    ) -> int:
+        """Delete up to `limit` finished actions whose deadline (ISO) is before `deadline_before`,
+        the oldest first, never one of the `keep` newest rows. Returns how many went.
+
+        Why it is safe: a request whose id is no longer known is accepted as new, and one whose
+        deadline has passed is failed without reaching the lock. Both conditions guard against
+        the other's failure: a wall clock set far ahead prunes nothing among the newest rows, and
+        a burst of actions prunes nothing whose deadline is recent. Unfinished actions stay for
+        the start-up recovery.
+        """
+        if keep < 1 or limit < 1:
+            raise ValueError("keep and limit must be at least 1")
+        try:
+            cur = self._db.execute(
+                "DELETE FROM actions WHERE rowid IN ("
+                " SELECT rowid FROM actions"
+                " WHERE status IN ('completed', 'failed') AND deadline < ?"
+                " AND rowid < (SELECT rowid FROM actions ORDER BY rowid DESC LIMIT 1 OFFSET ?)"
+                " ORDER BY rowid LIMIT ?)",
+                (deadline_before, keep - 1, limit),
+            )
+        except sqlite3.Error as exc:
+            log.warning("store.prune_failed", error=str(exc))
+            return 0
+        return max(cur.rowcount, 0)
 
     def recent_actions(self, limit: int = 20) -> list[ActionRow]:
         return self._select_actions("ORDER BY updated_at DESC, rowid DESC LIMIT ?", (limit,))

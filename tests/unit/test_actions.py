@@ -27,6 +27,7 @@ from gatewayd.model import (
     InvalidInput,
     SetCode,
     check_transition,
+    iso,
     utcnow,
 )
 from gatewayd.store import ActionRow, Store
@@ -361,6 +362,9 @@ async def test_unfinished_actions_fail_with_gateway_restarted(tmp_path: Path) ->
     assert h.exec.started == []
     h.store.flush()
     assert h.store.actions_with_status(["processing", "gateway_received"]) == []
+    failed = h.store.action("p1")
+    assert failed is not None
+    assert failed.deadline == t  # its own deadline stays in the log (pruning goes by it)
 
 
 async def test_a_driver_that_raises_is_a_device_error_without_its_message(tmp_path: Path) -> None:
@@ -577,3 +581,38 @@ async def test_nothing_runs_before_its_receipt_is_durable(tmp_path: Path) -> Non
         tg.cancel_scope.cancel()
     assert h.statuses("held") == ["gateway_received", "processing", "completed"]
     assert h.exec.ran == [("d1", "unlock")]  # the expired one never ran
+
+
+async def test_a_replay_of_a_pruned_action_is_failed_never_executed(tmp_path: Path) -> None:
+    """The action log forgets finished actions long past their deadline; a replay of one is
+    accepted as new, and refused for its deadline, so the lock never moves twice."""
+    h = Harness(tmp_path, *two_locks())
+    first = request("unlock", id="old", timeout=0.2)
+    async with anyio.create_task_group() as tg:
+        h.dispatcher.bind(tg)
+        h.dispatcher.submit(first)
+        await h.settle("old")
+        tg.cancel_scope.cancel()
+    h.store.flush()
+    await anyio.sleep(0.25)  # its deadline passes
+    cutoff = iso(utcnow())
+    assert h.store.prune_actions(cutoff, keep=1) == 0  # the newest row stays
+    h.store.record_action(
+        ActionRow("newer", "d2", "lock", "completed", None, [("completed", cutoff)], cutoff), cutoff
+    )
+    h.store.flush()
+    assert h.store.prune_actions(cutoff, keep=1) == 1
+    assert not h.store.has_action("old")
+
+    h2 = Harness.__new__(Harness)  # a later run: the id is in no memory either
+    h2.store, h2.exec, h2.updates = h.store, Devices(*two_locks()), []
+    h2.dispatcher = Dispatcher(h2.store, h2.exec, h2.updates.append)
+    async with anyio.create_task_group() as tg:
+        h2.dispatcher.bind(tg)
+        assert h2.dispatcher.submit(first)  # the same request, replayed
+        await h2.settle("old")
+        tg.cancel_scope.cancel()
+    assert h.exec.ran == [("d1", "unlock")]
+    assert h2.exec.started == []
+    assert h2.statuses("old") == ["gateway_received", "failed"]
+    assert h2.error("old")["type"] == "timeout"

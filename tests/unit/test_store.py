@@ -9,6 +9,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from structlog.testing import capture_logs
 
 from gatewayd.store import MIGRATIONS, SCHEMA_VERSION, ActionRow, Store, migrate
 
@@ -348,3 +349,70 @@ async def test_wait_outbox_wakes_on_commit(tmp_path: Path) -> None:
         assert woke == []
         store.outbox_put(lambda s: b"{}")
     assert woke == [1]
+
+
+def _finished(action_id: str, deadline: str, status: str = "completed") -> ActionRow:
+    return ActionRow(action_id, "d1", "unlock", status, None, [(status, deadline)], deadline)
+
+
+def test_pruning_takes_old_finished_actions_and_keeps_the_rest(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "s.db")
+    old, recent, cutoff = "2025-01-01T00:00:00.000Z", "2026-11-30T00:00:00.000Z", "2026-11-01"
+    for i in range(30):
+        store.record_action(_finished(f"old-{i:02d}", old, "failed" if i % 3 else "completed"), old)
+    unfinished = ActionRow("stuck", "d1", "lock", "processing", None, [("processing", old)], old)
+    store.record_action(unfinished, old)
+    for i in range(5):
+        store.record_action(_finished(f"new-{i}", recent), recent)
+    for i in range(5):  # old deadlines, but among the newest rows
+        store.record_action(_finished(f"late-{i}", old), old)
+    store.flush()
+
+    # the 10 newest rows are kept whatever their deadline; batches of 7
+    assert store.prune_actions(cutoff, keep=10, limit=7) == 7
+    assert [store.has_action(f"old-{i:02d}") for i in range(8)] == [False] * 7 + [True]
+    while store.prune_actions(cutoff, keep=10, limit=7):
+        pass
+    assert not any(store.has_action(f"old-{i:02d}") for i in range(30))
+    assert store.has_action("stuck")  # unfinished: start-up recovery still needs it
+    assert all(store.has_action(f"new-{i}") for i in range(5))
+    assert all(store.has_action(f"late-{i}") for i in range(5))
+    # with a floor of one row, only the deadline protects
+    assert store.prune_actions(cutoff, keep=1) == 4
+    assert [store.has_action(f"late-{i}") for i in range(5)] == [False] * 4 + [True]
+    assert store.action("stuck") is not None
+    store.close()
+
+
+def test_pruning_nothing_when_the_log_is_below_the_floor(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "s.db")
+    old = "2020-01-01T00:00:00.000Z"
+    for i in range(3):
+        store.record_action(_finished(f"a{i}", old), old)
+    store.flush()
+    assert store.prune_actions("2030-01-01", keep=4) == 0
+    assert store.prune_actions("2030-01-01", keep=3) == 0  # the third newest is the oldest
+    assert store.prune_actions("2030-01-01", keep=2) == 1
+    with pytest.raises(ValueError, match="at least 1"):
+        store.prune_actions("2030-01-01", keep=0)
+    store.close()
+
+
+def test_a_store_that_refuses_the_prune_says_so_and_carries_on(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "s.db")
+    old = "2020-01-01T00:00:00.000Z"
+    for i in range(3):
+        store.record_action(_finished(f"a{i}", old), old)
+    store.flush()
+    other = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another writer holds the lock: the prune is refused
+    try:
+        with capture_logs() as logs:
+            assert store.prune_actions("2030-01-01", keep=1) == 0
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert [e["event"] for e in logs] == ["store.prune_failed"]
+    assert "locked" in logs[0]["error"]
+    assert store.prune_actions("2030-01-01", keep=1) == 2
+    store.close()

@@ -1,0 +1,72 @@
+"""The daemon keeps its action log bounded: finished actions go `store.action_log_days` after
+their deadline, at start-up and then hourly, and the newest ACTION_LOG_FLOOR always stay."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from structlog.testing import capture_logs
+
+from gatewayd.model import iso, utcnow
+from gatewayd.store import ACTION_LOG_FLOOR, ActionRow, Store
+from tests.support import running_daemon, wait_until
+
+
+def _fill(store: Store, prefix: str, count: int, deadline: str) -> None:
+    for i in range(count):
+        row = ActionRow(
+            f"{prefix}-{i:05d}",
+            "d1",
+            "unlock",
+            "completed",
+            None,
+            [("completed", deadline)],
+            deadline,
+        )
+        store.record_action(row, deadline)
+    store.flush()
+
+
+def _count(store: Store, prefix: str) -> int:
+    return sum(1 for row in store.recent_actions(3 * ACTION_LOG_FLOOR) if row.id.startswith(prefix))
+
+
+async def test_the_daemon_prunes_at_start_up_by_the_configured_age(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    now = utcnow()
+    store = Store.open(state / "gatewayd.db")
+    _fill(store, "ancient", 200, "2020-01-01T00:00:00.000Z")
+    _fill(store, "tendays", 100, iso(now - timedelta(days=10)))
+    _fill(store, "fresh", ACTION_LOG_FLOOR, iso(now - timedelta(minutes=1)))
+    stuck = ActionRow("stuck", "d1", "lock", "processing", None, [], "2020-01-01T00:00:00.000Z")
+    store.record_action(stuck, "2020-01-01T00:00:00.000Z")  # a crash left it unfinished
+    store.close()
+
+    with capture_logs() as logs:
+        async with running_daemon(state, extra="[store]\naction_log_days = 30\n") as daemon:
+            db = daemon.store
+            assert db is not None
+            await wait_until(lambda: not db.has_action("ancient-00199"))
+            assert _count(db, "ancient") == 0
+            assert _count(db, "tendays") == 100  # within 30 days of their deadline
+            assert _count(db, "fresh") == ACTION_LOG_FLOOR
+            # failed at start-up (gateway_restarted); its deadline is still its own, and it
+            # stays as one of the newest rows
+            row = db.action("stuck")
+            assert row is not None
+            assert (row.status, row.deadline) == ("failed", "2020-01-01T00:00:00.000Z")
+    pruned = [e for e in logs if e["event"] == "store.actions_pruned"]
+    assert [e["count"] for e in pruned] == [200]
+
+    with capture_logs() as logs:
+        async with running_daemon(state, extra="[store]\naction_log_days = 7\n") as daemon:
+            db = daemon.store
+            assert db is not None
+            await wait_until(lambda: not db.has_action("tendays-00099"))
+            assert _count(db, "tendays") == 0
+            assert _count(db, "fresh") == ACTION_LOG_FLOOR
+            assert db.has_action("stuck")
+    pruned = [e for e in logs if e["event"] == "store.actions_pruned"]
+    assert [e["count"] for e in pruned] == [100]
