@@ -3,8 +3,11 @@ their deadline, at start-up and then hourly, and the newest ACTION_LOG_FLOOR alw
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, MutableMapping
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from structlog.testing import capture_logs
 
@@ -32,6 +35,24 @@ def _count(store: Store, prefix: str) -> int:
     return sum(1 for row in store.recent_actions(3 * ACTION_LOG_FLOOR) if row.id.startswith(prefix))
 
 
+@asynccontextmanager
+async def _daemon(
+    state: Path, *, days: int, pruned: str
+) -> AsyncIterator[tuple[Store, list[MutableMapping[str, Any]]]]:
+    """A daemon on `state` with `action_log_days = days`, once it has pruned action `pruned`;
+    with the log lines of its whole run (complete once the block has ended)."""
+    with capture_logs() as logs:
+        async with running_daemon(state, extra=f"[store]\naction_log_days = {days}\n") as daemon:
+            db = daemon.store
+            assert db is not None
+            await wait_until(lambda: not db.has_action(pruned))
+            yield db, logs
+
+
+def _pruned_counts(logs: list[MutableMapping[str, Any]]) -> list[int]:
+    return [e["count"] for e in logs if e["event"] == "store.actions_pruned"]
+
+
 async def test_the_daemon_prunes_at_start_up_by_the_configured_age(tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
@@ -44,29 +65,19 @@ async def test_the_daemon_prunes_at_start_up_by_the_configured_age(tmp_path: Pat
     store.record_action(stuck, "2020-01-01T00:00:00.000Z")  # a crash left it unfinished
     store.close()
 
-    with capture_logs() as logs:
-        async with running_daemon(state, extra="[store]\naction_log_days = 30\n") as daemon:
-            db = daemon.store
-            assert db is not None
-            await wait_until(lambda: not db.has_action("ancient-00199"))
-            assert _count(db, "ancient") == 0
-            assert _count(db, "tendays") == 100  # within 30 days of their deadline
-            assert _count(db, "fresh") == ACTION_LOG_FLOOR
-            # failed at start-up (gateway_restarted); its deadline is still its own, and it
-            # stays as one of the newest rows
-            row = db.action("stuck")
-            assert row is not None
-            assert (row.status, row.deadline) == ("failed", "2020-01-01T00:00:00.000Z")
-    pruned = [e for e in logs if e["event"] == "store.actions_pruned"]
-    assert [e["count"] for e in pruned] == [200]
+    async with _daemon(state, days=30, pruned="ancient-00199") as (db, logs):
+        assert _count(db, "ancient") == 0
+        assert _count(db, "tendays") == 100  # within 30 days of their deadline
+        assert _count(db, "fresh") == ACTION_LOG_FLOOR
+        # failed at start-up (gateway_restarted); its deadline is still its own, and it stays
+        # as one of the newest rows
+        row = db.action("stuck")
+        assert row is not None
+        assert (row.status, row.deadline) == ("failed", "2020-01-01T00:00:00.000Z")
+    assert _pruned_counts(logs) == [200]
 
-    with capture_logs() as logs:
-        async with running_daemon(state, extra="[store]\naction_log_days = 7\n") as daemon:
-            db = daemon.store
-            assert db is not None
-            await wait_until(lambda: not db.has_action("tendays-00099"))
-            assert _count(db, "tendays") == 0
-            assert _count(db, "fresh") == ACTION_LOG_FLOOR
-            assert db.has_action("stuck")
-    pruned = [e for e in logs if e["event"] == "store.actions_pruned"]
-    assert [e["count"] for e in pruned] == [100]
+    async with _daemon(state, days=7, pruned="tendays-00099") as (db, logs):
+        assert _count(db, "tendays") == 0
+        assert _count(db, "fresh") == ACTION_LOG_FLOOR
+        assert db.has_action("stuck")
+    assert _pruned_counts(logs) == [100]

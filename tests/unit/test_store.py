@@ -384,12 +384,17 @@ def test_pruning_takes_old_finished_actions_and_keeps_the_rest(tmp_path: Path) -
     store.close()
 
 
-def test_pruning_nothing_when_the_log_is_below_the_floor(tmp_path: Path) -> None:
+def _three_old_actions(tmp_path: Path) -> Store:
     store = Store.open(tmp_path / "s.db")
     old = "2020-01-01T00:00:00.000Z"
     for i in range(3):
         store.record_action(_finished(f"a{i}", old), old)
     store.flush()
+    return store
+
+
+def test_pruning_nothing_when_the_log_is_below_the_floor(tmp_path: Path) -> None:
+    store = _three_old_actions(tmp_path)
     assert store.prune_actions("2030-01-01", keep=4) == 0
     assert store.prune_actions("2030-01-01", keep=3) == 0  # the third newest is the oldest
     assert store.prune_actions("2030-01-01", keep=2) == 1
@@ -399,11 +404,7 @@ def test_pruning_nothing_when_the_log_is_below_the_floor(tmp_path: Path) -> None
 
 
 def test_a_store_that_refuses_the_prune_says_so_and_carries_on(tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "s.db")
-    old = "2020-01-01T00:00:00.000Z"
-    for i in range(3):
-        store.record_action(_finished(f"a{i}", old), old)
-    store.flush()
+    store = _three_old_actions(tmp_path)
     other = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # another writer holds the lock: the prune is refused
     try:
