@@ -3,14 +3,15 @@ their deadline, at start-up and then hourly, and the newest ACTION_LOG_FLOOR alw
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
-from structlog.testing import capture_logs
+import pytest
+from structlog.testing import CapturingLogger
 
+from gatewayd import daemon as daemon_module
 from gatewayd.model import iso, utcnow
 from gatewayd.store import ACTION_LOG_FLOOR, ActionRow, Store
 from tests.support import running_daemon, wait_until
@@ -36,21 +37,19 @@ def _count(store: Store, prefix: str) -> int:
 
 
 @asynccontextmanager
-async def _daemon(
-    state: Path, *, days: int, pruned: str
-) -> AsyncIterator[tuple[Store, list[MutableMapping[str, Any]]]]:
+async def _daemon(state: Path, *, days: int, pruned: str) -> AsyncIterator[tuple[Store, list[int]]]:
     """A daemon on `state` with `action_log_days = days`, once it has pruned action `pruned`;
-    with the log lines of its whole run (complete once the block has ended)."""
-    with capture_logs() as logs:
+    with the counts its `store.actions_pruned` lines gave (all of them once the block ended)."""
+    logs = CapturingLogger()  # the daemon module's own logger, whatever structlog's config
+    counts: list[int] = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(daemon_module, "log", logs)
         async with running_daemon(state, extra=f"[store]\naction_log_days = {days}\n") as daemon:
             db = daemon.store
             assert db is not None
             await wait_until(lambda: not db.has_action(pruned))
-            yield db, logs
-
-
-def _pruned_counts(logs: list[MutableMapping[str, Any]]) -> list[int]:
-    return [e["count"] for e in logs if e["event"] == "store.actions_pruned"]
+            yield db, counts
+    counts += [c.kwargs["count"] for c in logs.calls if c.args == ("store.actions_pruned",)]
 
 
 async def test_the_daemon_prunes_at_start_up_by_the_configured_age(tmp_path: Path) -> None:
@@ -65,7 +64,7 @@ async def test_the_daemon_prunes_at_start_up_by_the_configured_age(tmp_path: Pat
     store.record_action(stuck, "2020-01-01T00:00:00.000Z")  # a crash left it unfinished
     store.close()
 
-    async with _daemon(state, days=30, pruned="ancient-00199") as (db, logs):
+    async with _daemon(state, days=30, pruned="ancient-00199") as (db, counts):
         assert _count(db, "ancient") == 0
         assert _count(db, "tendays") == 100  # within 30 days of their deadline
         assert _count(db, "fresh") == ACTION_LOG_FLOOR
@@ -74,10 +73,10 @@ async def test_the_daemon_prunes_at_start_up_by_the_configured_age(tmp_path: Pat
         row = db.action("stuck")
         assert row is not None
         assert (row.status, row.deadline) == ("failed", "2020-01-01T00:00:00.000Z")
-    assert _pruned_counts(logs) == [200]
+    assert counts == [200]
 
-    async with _daemon(state, days=7, pruned="tendays-00099") as (db, logs):
+    async with _daemon(state, days=7, pruned="tendays-00099") as (db, counts):
         assert _count(db, "tendays") == 0
         assert _count(db, "fresh") == ACTION_LOG_FLOOR
         assert db.has_action("stuck")
-    assert _pruned_counts(logs) == [100]
+    assert counts == [100]

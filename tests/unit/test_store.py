@@ -9,8 +9,9 @@ from pathlib import Path
 
 import anyio
 import pytest
-from structlog.testing import capture_logs
+from structlog.testing import CapturingLogger
 
+from gatewayd import store as store_module
 from gatewayd.store import MIGRATIONS, SCHEMA_VERSION, ActionRow, Store, migrate
 
 
@@ -403,17 +404,20 @@ def test_pruning_nothing_when_the_log_is_below_the_floor(tmp_path: Path) -> None
     store.close()
 
 
-def test_a_store_that_refuses_the_prune_says_so_and_carries_on(tmp_path: Path) -> None:
+def test_a_store_that_refuses_the_prune_says_so_and_carries_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = _three_old_actions(tmp_path)
+    logs = CapturingLogger()  # the module's own logger: whatever structlog's configuration
+    monkeypatch.setattr(store_module, "log", logs)
     other = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # another writer holds the lock: the prune is refused
     try:
-        with capture_logs() as logs:
-            assert store.prune_actions("2030-01-01", keep=1) == 0
+        assert store.prune_actions("2030-01-01", keep=1) == 0
     finally:
         other.execute("ROLLBACK")
         other.close()
-    assert [e["event"] for e in logs] == ["store.prune_failed"]
-    assert "locked" in logs[0]["error"]
+    assert [(c.method_name, c.args) for c in logs.calls] == [("warning", ("store.prune_failed",))]
+    assert "locked" in logs.calls[0].kwargs["error"]
     assert store.prune_actions("2030-01-01", keep=1) == 2
     store.close()
