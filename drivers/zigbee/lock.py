@@ -95,7 +95,8 @@ class ZigbeeLock:
         self.online = True
         self._low_battery = False
         self._changed = asyncio.Event()
-        self._expect: bool | None = None
+        self._expect: bool | None = None  # the bolt state our command in flight asks for
+        self._confirmed = False  # that command's `remote` report has gone out
         self._pending: asyncio.TimerHandle | None = None
         self._cache_write: asyncio.Handle | None = None
         self._code_slot: int | None = None
@@ -369,6 +370,8 @@ class ZigbeeLock:
         if self._pending is not None:
             self._pending.cancel()
             self._pending = None
+        if method is Method.REMOTE:
+            self._confirmed = True  # our command's report went out: set_locked sends no other
         details: dict[str, Any] = {"method": str(method)}
         if slot is not None:
             details["slot_id"] = slot
@@ -514,7 +517,7 @@ class ZigbeeLock:
         return None
 
     async def set_locked(self, locked: bool) -> ActionResult:
-        self._expect = locked
+        self._expect, self._confirmed = locked, False
         try:
             dl = self.door_lock
             rsp = await self._call(dl.lock_door() if locked else dl.unlock_door())
@@ -524,6 +527,14 @@ class ZigbeeLock:
                     f"the lock refused to {'lock' if locked else 'unlock'} ({_name(status)})"
                 )
             await self._await_bolt(locked)
+            if not self._confirmed:
+                # The bolt was already there, so the lock reports no change; the cloud still
+                # gets the `remote` report that tells it the command reached the lock (what the
+                # Z-Wave driver and the simulator send too). A change heard before this command
+                # and still waiting for its method goes out first, as it is.
+                if self._pending is not None:
+                    self._bolt_event(locked, Method.UNKNOWN, None)
+                self._bolt_event(locked, Method.REMOTE, None)
         finally:
             self._expect = None
         return ActionResult({"locked": locked})

@@ -34,6 +34,8 @@ from tests.contract.helpers import (
 )
 from tests.contract.sink import RecordingSink
 
+SETTLE_S = 0.6  # longer than any driver's event merge window
+
 
 async def test_devices_are_reported_ready_and_described(
     harness: Harness, driver: Driver, sink: RecordingSink
@@ -85,6 +87,35 @@ async def test_unlock_is_confirmed_and_reported_as_remote(
     event = await next_event(sink, device.id, EventName.DOOR_UNLOCKED, mark)
     assert event.details["method"] == "remote"
     await property_becomes(sink, device.id, "locked", False)
+
+
+@pytest.mark.parametrize("action", [Lock(), Unlock()], ids=["lock", "unlock"])
+async def test_a_bolt_already_there_is_still_confirmed_with_one_remote_report(
+    harness: Harness, driver: Driver, sink: RecordingSink, action: Lock | Unlock
+) -> None:
+    """The cloud tells a lock/unlock that reached the lock from one that did not by the
+    lock's `remote` report: it comes also when the bolt was already where it was sent."""
+    device = a_lock(sink)
+    locked = isinstance(action, Lock)
+    await act(harness, driver, device.id, action)
+    await property_becomes(sink, device.id, "locked", locked)
+    await anyio.sleep(SETTLE_S)  # reports of the first command come within the merge window
+    mark = len(sink.events)
+
+    await act(harness, driver, device.id, action)
+
+    name = EventName.DOOR_LOCKED if locked else EventName.DOOR_UNLOCKED
+    event = await next_event(sink, device.id, name, mark)
+    assert event.details["method"] == "remote"
+    await anyio.sleep(SETTLE_S)  # a late echo of the lock's own notice would be here
+    bolt = [
+        (e.event_name, e.details)
+        for e in sink.events[mark:]
+        if e.device_id == device.id
+        and e.event_name in (EventName.DOOR_LOCKED, EventName.DOOR_UNLOCKED)
+    ]
+    assert bolt == [(name, {"method": "remote"})]
+    assert sink.devices[device.id].properties.locked is locked
 
 
 async def test_set_code_is_confirmed_and_the_pin_never_leaks(

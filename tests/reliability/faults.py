@@ -323,9 +323,7 @@ async def run_trial(tmp: Path, fault: str, seed: int, burst_s: float = 4.0) -> t
         async with aiohttp.ClientSession() as http:
             lab = Lab(tmp, cloud, proxy, gw, http, Rest(http, cloud.base), zwave=zwave)
             lab.gateway_id = await claim(http, lab.rest, gw, locks)
-            devices = (await _status(lab))["devices"]
-            lab.devices = [d["id"] for d in devices]
-            initial = {d["id"]: d["properties"]["locked"] for d in devices}
+            lab.devices = [d["id"] for d in (await _status(lab))["devices"]]
             fault_done = anyio.Event()
 
             async def inject() -> None:
@@ -360,8 +358,7 @@ async def run_trial(tmp: Path, fault: str, seed: int, burst_s: float = 4.0) -> t
                 lab.gateway_id,
                 gw.produced_events(),
                 cloud.log,
-                gw.action_log({d: v for d, v in initial.items() if isinstance(v, bool)}),
-                reports_changes_only=radio == "zigbee",
+                gw.action_log(),
             )
             if zwave is not None and not zwave.alive():
                 tails = [p.tail(1500) for p in (zwave.mock, zwave.server) if p is not None]

@@ -16,7 +16,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -29,7 +29,6 @@ from tests.support import ROOT, config_text, free_port
 
 API_KEY = "reliability-api-key-7f3c"
 TERMINAL = frozenset({"completed", "failed", "gateway_failure"})
-BOLT = frozenset({"door locked", "door unlocked"})
 _LISTENING = re.compile(rb"devcloud listening on https?://[^:]+:(\d+)")
 
 
@@ -171,12 +170,10 @@ class GatewayProcess:
                 with contextlib.suppress(ValueError):
                     yield json.loads(line)
 
-    def action_log(self, initial_locked: dict[str, bool] | None = None) -> ActionLog:
-        """When each action started and finished, and each lock's bolt, from the gateway's log
-        (appended to across restarts)."""
+    def action_log(self) -> ActionLog:
+        """When each action started and finished, from the gateway's log (appended to across
+        restarts)."""
         out = ActionLog()
-        for device_id, locked in (initial_locked or {}).items():
-            out.bolt[device_id].append((datetime.min.replace(tzinfo=UTC), locked))
         for r in self.log_records():
             if "timestamp" not in r:
                 continue
@@ -186,8 +183,6 @@ class GatewayProcess:
                     out.started[str(r["action_request_id"])].append(at)
                 elif r.get("status") in TERMINAL:
                     out.finished[str(r["action_request_id"])] = at
-            elif r.get("event") == "registry.door_event" and r.get("event_name") in BOLT:
-                out.bolt[str(r["device_id"])].append((at, r["event_name"] == "door locked"))
         return out
 
     def produced_events(self) -> list[tuple[str, str]]:
@@ -303,31 +298,10 @@ async def drained(http: aiohttp.ClientSession, gw: GatewayProcess, timeout: floa
 
 @dataclass
 class ActionLog:
-    """The gateway's own account: action starts (`processing`) and ends, and bolt events."""
+    """The gateway's own account: action starts (`processing`) and ends."""
 
     started: dict[str, list[datetime]] = field(default_factory=lambda: defaultdict(list))
     finished: dict[str, datetime] = field(default_factory=dict)
-    bolt: dict[str, list[tuple[datetime, bool]]] = field(default_factory=lambda: defaultdict(list))
-
-    def bolt_at(self, device_id: str, at: datetime) -> bool | None:
-        """The bolt state the gateway had last reported for the device at time `at`."""
-        state = None
-        for when, locked in self.bolt[device_id]:
-            if when > at:
-                break
-            state = locked
-        return state
-
-    def already(self, device_id: str, action_id: str, locked: bool) -> bool:
-        """Was the bolt already where the action put it? (Its state when the action started,
-        when it ended, or as reported within the event merge window after.) A driver that
-        reports only changes sends no report for such an action."""
-        starts = self.started.get(action_id)
-        end = self.finished.get(action_id)
-        if not starts or end is None:
-            return False
-        late = [s for t, s in self.bolt[device_id] if end < t <= end + timedelta(seconds=1)]
-        return locked in (self.bolt_at(device_id, starts[0]), self.bolt_at(device_id, end), *late)
 
 
 @dataclass
@@ -349,7 +323,6 @@ class Outcome:
     late_reports: int = 0  # a gateway report the cloud had to refuse: it said gateway_failure
     gateway_failures: int = 0  # requests the cloud gave up on (offline, hand-off timeout)
     ran_after_failure: int = 0  # the cloud said gateway_failure, yet the gateway ran it
-    silent_noops: int = 0  # completed, no lock report: the bolt was already there
     problems: list[str] = field(default_factory=list)
 
     def add(self, other: Outcome) -> None:
@@ -399,16 +372,14 @@ def check(
     produced: list[tuple[str, str]],
     cloud_log: Path | None = None,
     gateway: ActionLog | None = None,
-    reports_changes_only: bool = False,
 ) -> Outcome:
     """Compare the cloud's events and action requests with what the gateway produced.
 
     Every action request the cloud created for the gateway is checked, including ones whose
     REST response the client never saw (e.g. the cloud was killed while answering). With the
     gateway's `ActionLog`, an action that started twice ran twice, and one that started after
-    its deadline ran late, whether or not the lock reported it. `reports_changes_only`: the
-    driver sends no lock report for a lock/unlock that finds the bolt already there (Zigbee),
-    so a completed action without a report is fine when the gateway's log shows just that.
+    its deadline ran late, whether or not the lock reported it. Every driver sends a `remote`
+    report for each lock/unlock the lock confirmed, also one that found the bolt already there.
     """
     action_ids = list(cloud_actions(cloud, gateway_id))
     out = Outcome(produced=len(produced), actions=len(action_ids))
@@ -492,17 +463,8 @@ def check(
                 out.problems.append(f"action {action_id} ran after its deadline")
             # A completed lock/unlock has the lock's own report (set_code: `code set on device`).
             if ar["status"] == "completed" and ar["action"] in ("lock", "unlock") and not effects:
-                device = str(ar["entity_id"])
-                locked = ar["action"] == "lock"
-                if (
-                    reports_changes_only
-                    and gateway is not None
-                    and gateway.already(device, action_id, locked)
-                ):
-                    out.silent_noops += 1
-                else:
-                    out.completed_without_effect += 1
-                    out.problems.append(f"action {action_id} completed with no lock report")
+                out.completed_without_effect += 1
+                out.problems.append(f"action {action_id} completed with no lock report")
     finally:
         conn.close()
     if cloud_log is not None and cloud_log.exists():

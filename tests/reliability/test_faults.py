@@ -53,8 +53,6 @@ async def test_fault_loses_and_duplicates_nothing(tmp_path: Path, fault: str) ->
     table(f"fault trial ({fault})", HEADER, [_row(fault, 1, outcome)])
     for note in lab.notes:
         print(note)
-    if fault in RADIO_OF:
-        print(f"{outcome.silent_noops} completed lock/unlock found the bolt already there")
     if fault.startswith("store"):
         assert lab.store_errors, "the store fault never showed on /status store.last_error"
         print("store.last_error seen:", lab.store_errors[0])
@@ -78,7 +76,6 @@ GROUPS = {  # `-k radio_stacks` runs the radio rows alone
 async def test_every_fault_many_times(tmp_path: Path, group: str) -> None:
     rows = []
     failures = []
-    silent = 0
     for fault in GROUPS[group]:
         total = Outcome()
         for trial in range(TRIALS):
@@ -91,8 +88,5 @@ async def test_every_fault_many_times(tmp_path: Path, group: str) -> None:
             except AssertionError as exc:
                 failures.append(f"{fault} #{trial}: {exc}")
         rows.append(_row(fault, TRIALS, total))
-        silent += total.silent_noops
     table(f"faults (reliability run): {group}", HEADER, rows)
-    if group == "radio_stacks":
-        print(f"{silent} completed lock/unlock found the bolt already there")
     assert not failures, failures
