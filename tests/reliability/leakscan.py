@@ -40,11 +40,6 @@ SECRET_STORES = (
 )
 ZIGBEE_RADIO_MEMORY = "*.virtual.json"
 ZIGBEE_DATABASE = "zigbee.db"
-# tests/zigbee/test_virtual_radio.py runs zigpy on the virtual radio without the gateway's
-# driver (which makes zigbee.db 0600 before zigpy opens it); zigpy then creates the database
-# with the process umask. Its radio memory is a bare `virtual.json` (the driver's is
-# `zigbee.virtual.json`): next to one, the zigpy files are the radio test's, not the gateway's.
-RADIO_ONLY_MEMORY = "virtual.json"
 MIN_LEN = 6  # shorter strings would match by chance (ports, timestamps)
 CHUNK = 1 << 20
 
@@ -191,10 +186,7 @@ def scan(root: Path, secrets: Iterable[str]) -> tuple[int, list[str]]:
         except OSError:
             continue
         if path.name in SECRET_STORES:
-            radio_only = path.name.startswith(ZIGBEE_DATABASE) and (
-                (path.parent / RADIO_ONLY_MEMORY).exists()
-            )
-            if stat.S_IMODE(st.st_mode) & 0o077 and not radio_only:
+            if stat.S_IMODE(st.st_mode) & 0o077:
                 problems.append(f"{path} holds secrets with mode {oct(stat.S_IMODE(st.st_mode))}")
             continue
         for hit in hits:

@@ -8,12 +8,14 @@ from typing import Any
 
 import pytest
 
+from drivers.zigbee.radios import private_file
 from drivers.zigbee.virtual.radio import CONF_VIRTUAL, VirtualControllerApplication, VirtualNetwork
 
 pytestmark = pytest.mark.stack
 
 
 def _config(tmp_path: Path, net: VirtualNetwork) -> dict[str, Any]:
+    private_file(tmp_path / "zigbee.db")  # zigpy keeps the network key there, as the driver does
     return {
         "device": {"path": "virtual"},
         "database_path": str(tmp_path / "zigbee.db"),
@@ -56,4 +58,5 @@ async def test_locks_join_and_are_interviewed_then_reload_from_database(tmp_path
         assert net2.descriptor_requests == 0
     finally:
         await app2.shutdown()
-    assert (tmp_path / "virtual.json").stat().st_mode & 0o777 == 0o600
+    for name in ("virtual.json", "zigbee.db"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name
