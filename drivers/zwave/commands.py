@@ -38,7 +38,7 @@ class _NoSecrets(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.msg if isinstance(record.msg, str) else ""
-        return not (msg.startswith("Publishing message") or msg.startswith("Received message"))
+        return not msg.startswith(("Publishing message", "Received message"))
 
 
 def install_log_filter() -> None:

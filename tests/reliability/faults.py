@@ -64,8 +64,6 @@ class Lab:
     zwave: ZWaveStack | None = None
     paused: bool = False  # the burst holds off while set
     doors_still: bool = False  # the burst sends only remote actions while set
-    paused: bool = False  # the burst holds off while set
-    doors_still: bool = False  # the burst sends only remote actions while set
 
 
 async def _status(lab: Lab) -> dict[str, Any]:
