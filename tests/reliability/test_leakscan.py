@@ -5,8 +5,11 @@ holds one of them as a run of its hex digits)."""
 from __future__ import annotations
 
 import json
+import random
 import sqlite3
 from pathlib import Path
+
+import pytest
 
 from tests.reliability import leakscan
 
@@ -58,3 +61,23 @@ def test_a_secret_that_is_not_a_number_is_found_anywhere(tmp_path: Path) -> None
     (tmp_path / "blob.bin").write_bytes(b"abc" + credential.encode() + b"def")
     _files, problems = leakscan.scan(tmp_path, [credential])
     assert len(problems) == 1
+
+
+def test_among_thousands_of_pins_each_leak_is_found_across_chunk_edges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A soak registers some 10,000 PINs; one pass finds every one of them, also where a read
+    ends in the middle of one, and a short PIN that starts a longer one stands on its own."""
+    monkeypatch.setattr(leakscan, "CHUNK", 64)
+    rng = random.Random(3)
+    pins = sorted({f"{rng.randrange(10**7, 10**8)}" for _ in range(10_000)})
+    short = pins[0][:4]
+    straddling = b"\xff\xfe" * 27 + b'code="' + pins[4000].encode() + b'"\n'  # bytes 60-67
+    assert straddling.index(pins[4000].encode()) < 64 < straddling.index(b'"\n')
+    (tmp_path / "a.log").write_bytes(
+        straddling + f"code={pins[0]} slot=2\ncode={short} slot=3\n".encode()
+    )
+    (tmp_path / "b.log").write_bytes(f"code={pins[0]}\n".encode())  # `short` only inside it
+    (tmp_path / "c.log").write_bytes(f"id={INSIDE_A_UUID}\n".encode())  # no registered PIN
+    _files, problems = leakscan.scan(tmp_path, [*pins, short])
+    assert sorted(p.split(":")[0].rsplit("/", 1)[-1] for p in problems) == ["a.log"] * 3 + ["b.log"]
