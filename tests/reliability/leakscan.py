@@ -150,7 +150,7 @@ def _standalone_numbers(path: Path, numbers: set[bytes]) -> set[bytes]:
         + b"|".join(re.escape(n) for n in sorted(numbers, key=len, reverse=True))
         + rb")(?![0-9A-Za-z-])"
     )
-    standalone = set(word.findall(path.read_bytes())) & numbers
+    standalone = set(word.findall(path.read_bytes()))  # each match is one of `numbers`
     if standalone == numbers:
         return standalone
     database = path.with_name(path.name.removesuffix("-wal"))
@@ -162,7 +162,7 @@ def _standalone_numbers(path: Path, numbers: set[bytes]) -> set[bytes]:
             standalone.update(word.findall(value))
     except (OSError, sqlite3.Error):
         return numbers  # cannot be told apart: count them all as found
-    return standalone & numbers
+    return standalone
 
 
 def _sqlite_values(database: Path) -> Iterator[bytes]:
