@@ -609,8 +609,9 @@ class Store:
     def outbox_put(self, make: Callable[[int], bytes]) -> int:
         """Queue frame make(seq) under the next seq; durable at the end of this loop tick."""
         seq = self._next_seq
-        self._next_seq += 1
-        self._pending_frames.append((seq, make(seq)))
+        frame = make(seq)  # first: a frame that cannot be made must not leave a gap in the seqs
+        self._next_seq = seq + 1
+        self._pending_frames.append((seq, frame))
         self._schedule_flush()
         return seq
 
@@ -620,7 +621,8 @@ class Store:
         after = max(seq, self._acked_seq)  # acked frames are deleted, or skipped in a kept row
         if recent and recent[0][0] <= after + 1:
             start = after + 1 - recent[0][0]
-            return list(itertools.islice(recent, start, start + limit))
+            if start >= len(recent) or recent[start][0] == after + 1:  # seqs have no gaps
+                return list(itertools.islice(recent, start, start + limit))
         out: list[tuple[int, bytes]] = []
         with contextlib.closing(
             self._db.execute(

@@ -12,6 +12,7 @@ import pytest
 from structlog.testing import CapturingLogger
 
 from gatewayd import store as store_module
+from gatewayd.protocol import ProtocolError
 from gatewayd.store import MIGRATIONS, SCHEMA_VERSION, ActionRow, Store, migrate
 
 
@@ -286,6 +287,23 @@ def test_rebase_renumbers_what_the_cloud_has_not_acked_to_follow_what_it_holds(
     assert store.acked_seq == 40
     assert store.outbox_after(0) == [(s, _seq_frame(s)) for s in (41, 42, 43, 44, 45)]
     assert store.outbox_put(_seq_frame) == 46
+    store.close()
+
+
+def test_a_frame_that_cannot_be_made_takes_no_seq(tmp_path: Path) -> None:
+    """A frame whose encoding raised used to keep its seq: the tunnel, which reads committed
+    frames by seq, then found nothing after the gap and never waited either (a busy loop)."""
+    store = Store.open(tmp_path / "s.db")
+    assert store.outbox_put(_seq_frame) == 1
+
+    def too_large(seq: int) -> bytes:
+        raise ProtocolError("too_large", "frame too large")
+
+    with pytest.raises(ProtocolError):
+        store.outbox_put(too_large)
+    assert store.outbox_put(_seq_frame) == 2
+    assert store.flush()
+    assert store.outbox_after(0) == [(1, _seq_frame(1)), (2, _seq_frame(2))]
     store.close()
 
 
