@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import itertools
 import os
 import threading
 from collections.abc import Mapping
@@ -305,6 +306,18 @@ class DoorEvent(msgspec.Struct, frozen=True):
 # --------------------------------------------------------------------------- errors
 
 
+# What an error report carries at most. Messages and field names can quote the request (an
+# unknown action, an unknown input), and a request is the cloud's to make as large as a frame:
+# its report must still fit in one (with room to spare), so what it quotes is cut short.
+MAX_ERROR_TEXT: Final = 200
+MAX_VALIDATION_ERRORS: Final = 20
+
+
+def clip(text: str, limit: int = MAX_ERROR_TEXT) -> str:
+    """`text`, or its first `limit` characters and an ellipsis."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class GatewayError(Exception):
     """Base of every error that ends an action; `type` is what goes upstream."""
 
@@ -315,7 +328,8 @@ class GatewayError(Exception):
         self.message = message
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, "message": self.message}
+        """The error as reported: `{type, message}`, the message at most MAX_ERROR_TEXT long."""
+        return {"type": self.type, "message": clip(self.message)}
 
 
 class InvalidInput(GatewayError):
@@ -326,7 +340,15 @@ class InvalidInput(GatewayError):
         self.validation_errors: dict[str, str] = dict(validation_errors or {})
 
     def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "validation_errors": self.validation_errors}
+        """Also `validation_errors`: the first MAX_VALIDATION_ERRORS, and how many more."""
+        errors = self.validation_errors
+        shown = {
+            clip(field, 64): clip(problem)
+            for field, problem in itertools.islice(errors.items(), MAX_VALIDATION_ERRORS)
+        }
+        if len(errors) > MAX_VALIDATION_ERRORS:
+            shown["…"] = f"and {len(errors) - MAX_VALIDATION_ERRORS} more"
+        return {**super().to_dict(), "validation_errors": shown}
 
 
 class DeviceNotFound(GatewayError):

@@ -164,17 +164,26 @@ class Upstream:
     def action_status(self, update: StatusUpdate) -> int:
         shift = self._shift
         at = (update.at_iso or iso(update.at)) if shift is None else iso(update.at + shift)
-        return self._store.outbox_put(
-            lambda seq: protocol.encode(
-                protocol.ActionStatusMsg(
-                    seq=seq,
-                    action_request_id=update.action_request_id,
-                    status=str(update.status),
-                    error=update.error,
-                    at=at,
-                )
+
+        def make(seq: int) -> bytes:
+            msg = protocol.ActionStatusMsg(
+                seq=seq,
+                action_request_id=update.action_request_id,
+                status=str(update.status),
+                error=update.error,
+                at=at,
             )
-        )
+            try:
+                return protocol.encode(msg)
+            except protocol.ProtocolError:
+                if update.error is None:
+                    raise
+                # The cloud must hear of the transition even when its error does not fit (a
+                # GatewayError's report always does; this is the net under other errors).
+                error = {"type": update.error.get("type"), "message": "error details too large"}
+                return protocol.encode(replace(msg, error=error))
+
+        return self._store.outbox_put(make)
 
     def event(self, event: DoorEvent) -> int:
         body = event.to_dict()

@@ -22,6 +22,7 @@ from devcloud.app import create_app
 from devcloud.settings import Settings
 from gatewayd import protocol
 from gatewayd.daemon import Daemon
+from gatewayd.driver import Simulation
 from gatewayd.model import utcnow
 from gatewayd.store import Store
 from gatewayd.tunnel import Tunnel
@@ -533,6 +534,54 @@ async def test_a_cloud_clock_at_the_end_of_the_calendar_fails_requests_not_the_d
         await wait_until(lambda: bool(failed()), 15)
         assert failed()[0]["error"]["type"] == "invalid_input"
         assert tunnel.up
+
+
+async def test_a_failure_that_would_quote_the_request_at_length_still_goes_upstream(
+    tmp_path: Path,
+) -> None:
+    """A legal request frame (under 64 KiB) with 5,700 unknown inputs: its `failed` report,
+    naming each one, came to 143 KB and could not be encoded. The report was lost, the action
+    stayed `gateway_received` in the cloud, the session ended, and the seq the report had
+    taken left a gap the send loop spun on for good, freezing the daemon. The report now
+    names the first 20 and counts the rest; the session and the seqs go on."""
+    request = {
+        "type": "action_request",
+        "id": "ar-many-inputs",
+        "entity_type": "Gateway",
+        "entity_id": "gw-h",
+        "action": "pair_devices",
+        "inputs": {"duration": 30} | {f"k{i:05d}": 0 for i in range(5700)},
+        "created_at": utcnow().isoformat(),
+        "deadline": (utcnow() + timedelta(seconds=30)).isoformat(),
+    }
+    frame = json.dumps(request, separators=(",", ":"))
+    assert len(frame) < protocol.MAX_FRAME_BYTES
+    async with hostile_gateway(tmp_path / "gw", early=(frame,)) as (hostile, daemon, tunnel, store):
+
+        def failed() -> list[dict[str, Any]]:
+            return [
+                b
+                for b in hostile.received
+                if b.get("action_request_id") == "ar-many-inputs" and b["status"] == "failed"
+            ]
+
+        await wait_until(lambda: bool(failed()), 15)
+        error = failed()[0]["error"]
+        assert error["type"] == "invalid_input"
+        assert len(error["validation_errors"]) == 21
+        assert error["validation_errors"]["…"] == "and 5680 more"
+        sim = daemon.registry.drivers["sim"]  # type: ignore[union-attr]
+        await sim.simulate(sim.devices()[0].id, Simulation.MANUAL_UNLOCK, {})
+        await wait_until(
+            lambda: (
+                any(b["type"] == "event" for b in hostile.received) and store.outbox_backlog() == 0
+            ),
+            15,
+        )
+        seqs = [b["seq"] for b in hostile.received if "seq" in b]
+        assert seqs == list(range(1, len(seqs) + 1))  # every frame, in order, no gap
+        assert tunnel.sessions == 1
+        assert daemon.ready
 
 
 @pytest.mark.parametrize(("announced", "used"), [(1e-9, 1.0), (1e308, 3600.0), (-5, 60.0)])

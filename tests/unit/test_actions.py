@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 
 from gatewayd.actions import Dispatcher, StatusUpdate, validate
@@ -267,6 +268,33 @@ async def test_invalid_input_fails_without_reaching_the_device(tmp_path: Path) -
     assert h.error("bad")["type"] == "invalid_input"
     assert "code" in h.error("bad")["validation_errors"]
     assert h.exec.started == []
+
+
+async def test_a_failure_that_quotes_the_request_is_reported_in_bounded_space(
+    tmp_path: Path,
+) -> None:
+    """The cloud may make a request as large as a frame (64 KiB): 5,700 unknown inputs, or an
+    action name that its quoting makes four times longer. Quoted whole, the failure's report
+    did not fit in a frame, could not be encoded, and never went upstream."""
+    h = Harness(tmp_path, *two_locks())
+    inputs = {f"k{i:05d}": 0 for i in range(5700)}
+    async with anyio.create_task_group() as tg:
+        h.dispatcher.bind(tg)
+        h.dispatcher.submit(request("lock", inputs, id="many"))
+        h.dispatcher.submit(request("\u0080" * 20_000, id="long"))
+        tg.cancel_scope.cancel()
+    many, long = h.error("many"), h.error("long")
+    assert h.statuses("many") == h.statuses("long") == ["gateway_received", "failed"]
+    assert many["type"] == "invalid_input"
+    shown = many["validation_errors"]
+    assert len(shown) == 21
+    assert shown["k00000"] == "unknown input"
+    assert shown["…"] == "and 5680 more"
+    assert long["type"] == "action_not_supported"
+    assert long["message"].startswith("unknown action '\\x80")
+    assert len(long["message"]) == 200
+    for error in (many, long):
+        assert len(msgspec.json.encode(error)) < 4096
 
 
 async def test_per_device_fifo_one_in_flight_devices_concurrent(tmp_path: Path) -> None:
