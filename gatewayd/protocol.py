@@ -44,6 +44,10 @@ Seq = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 # a cloud sends can break (or inject into) the upgrade request's headers.
 BEARER_SYNTAX: Final = r"\A[A-Za-z0-9._~+/-]+=*\Z"  # \Z: no trailing newline, unlike $
 Credential = Annotated[str, msgspec.Meta(pattern=BEARER_SYNTAX, max_length=4096)]
+# Ids are UUIDs and action names short words; a frame may be 64 KiB, but the gateway keeps and
+# quotes what it is sent (its id window, the action log, the reports), so each is bounded.
+Ident = Annotated[str, msgspec.Meta(max_length=128)]
+Name = Annotated[str, msgspec.Meta(max_length=64)]
 
 
 class ProtocolError(Exception):
@@ -125,13 +129,13 @@ class Claimed(_Msg, frozen=True, tag="claimed"):
 class ActionRequestMsg(_Msg, frozen=True, tag="action_request"):
     """cloud→gw: perform `action` on a Device or on the Gateway itself before `deadline`."""
 
-    id: str
-    entity_type: str
-    entity_id: str
-    action: str
+    id: Ident
+    entity_type: Name
+    entity_id: Ident
+    action: Name
     inputs: dict[str, Any]
-    created_at: str
-    deadline: str
+    created_at: Name
+    deadline: Name
 
     def masked_inputs(self) -> dict[str, Any]:
         """The inputs with any PIN code replaced by `****`."""

@@ -116,6 +116,27 @@ def test_an_unknown_major_version_is_refused() -> None:
     p.check_version(p.PROTOCOL_VERSION)
 
 
+def _request(**fields: str) -> bytes:
+    body = {
+        "type": "action_request",
+        "id": "a-1",
+        "entity_type": "Device",
+        "entity_id": "d-1",
+        "action": "unlock",
+        "inputs": {},
+        "created_at": "2026-01-01T00:00:00.000Z",
+        "deadline": "2026-01-01T00:00:30.000Z",
+    }
+    return json.dumps(body | fields).encode()
+
+
+def test_a_request_with_ids_and_names_at_their_bounds_is_read() -> None:
+    frame = _request(id="a" * 128, entity_id="d" * 128, action="u" * 64)
+    msg = p.decode(frame)
+    assert isinstance(msg, p.ActionRequestMsg)
+    assert (len(msg.id), len(msg.entity_id), len(msg.action)) == (128, 128, 64)
+
+
 @pytest.mark.parametrize(
     ("frame", "code"),
     [
@@ -129,6 +150,11 @@ def test_an_unknown_major_version_is_refused() -> None:
         (b'{"type": "ack", "seq": -1}', "invalid"),
         (b'{"type": "event", "seq": 1, "event": []}', "invalid"),
         (b"\xff\xfe\x00", "malformed"),
+        # ids and names the gateway keeps and quotes are bounded (a UUID is 36 characters)
+        (_request(id="a" * 129), "invalid"),
+        (_request(entity_id="d" * 129), "invalid"),
+        (_request(action="u" * 65), "invalid"),
+        (_request(deadline="9" * 65), "invalid"),
     ],
 )
 def test_bad_frames_are_refused_with_a_code(frame: bytes, code: str) -> None:
