@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, cast
 from gatewayd import __version__
 from gatewayd.actions import StatusUpdate
 from gatewayd.driver import DriverState
+from gatewayd.model import ActionName
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     from prometheus_client.registry import Collector
 
     from gatewayd.daemon import Daemon
+
+_ACTION_NAMES = frozenset(str(name) for name in ActionName)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -184,7 +187,8 @@ class GatewayMetrics:
         return self._registry
 
     def observe_status(self, update: StatusUpdate) -> None:
-        action = update.action or "unknown"
+        # a label per action the gateway knows: an unknown one from the cloud adds no series
+        action = update.action if update.action in _ACTION_NAMES else "unknown"
         status = update.status
         key = (action, status)
         counts = self.counts
