@@ -536,6 +536,43 @@ async def test_a_cloud_clock_at_the_end_of_the_calendar_fails_requests_not_the_d
         assert tunnel.up
 
 
+async def test_a_deadline_offset_past_the_end_of_the_calendar_fails_the_request_not_the_daemon(
+    tmp_path: Path,
+) -> None:
+    """`9999-12-31T23:59:59-05:00` is ISO-8601, but in UTC it falls in the year 10000: putting
+    it on UTC raised OverflowError, which took the tunnel, and the daemon with it, down (again
+    at each restart, while the cloud kept sending it). It is failed as an unreadable time."""
+    request = {
+        "type": "action_request",
+        "id": "ar-year-10000",
+        "entity_type": "Device",
+        "entity_id": "nowhere",
+        "action": "unlock",
+        "inputs": {},
+        "created_at": utcnow().isoformat(),
+        "deadline": "9999-12-31T23:59:59.000-05:00",
+    }
+    async with hostile_gateway(tmp_path / "gw", early=(json.dumps(request),)) as (
+        hostile,
+        daemon,
+        tunnel,
+        _,
+    ):
+
+        def failed() -> list[dict[str, Any]]:
+            return [
+                b
+                for b in hostile.received
+                if b.get("action_request_id") == "ar-year-10000" and b["status"] == "failed"
+            ]
+
+        await wait_until(lambda: bool(failed()), 15)
+        assert failed()[0]["error"]["type"] == "invalid_input"
+        assert tunnel.up
+        assert tunnel.sessions == 1
+        assert daemon.ready
+
+
 async def test_a_failure_that_would_quote_the_request_at_length_still_goes_upstream(
     tmp_path: Path,
 ) -> None:
