@@ -322,6 +322,8 @@ class Store:
         top = db.execute("SELECT max(last_seq) FROM outbox").fetchone()[0]
         self._committed_seq = max(int(top or 0), self._acked_seq)
         self._next_seq = self._committed_seq + 1
+        # the highest seq that can have left this box before this run (see `rebase`)
+        self.opened_seq = self._committed_seq
 
     @classmethod
     def open(cls, path: Path, synchronous: str = "normal") -> Store:
@@ -667,8 +669,14 @@ class Store:
             (str(seq),),
         )
 
-    def rebase(self, cloud_acked: int, renumber: Callable[[bytes, int], bytes]) -> int:
-        """Follow a cloud that holds seqs past everything this store has committed.
+    def rebase(
+        self,
+        cloud_acked: int,
+        renumber: Callable[[bytes, int], bytes],
+        *,
+        cloud_may_hold: int | None = None,
+    ) -> int:
+        """Follow a cloud that holds seqs past everything this store has given it.
 
         That happens when the store lost its last commits (a power cut before the OS wrote
         them: `synchronous = normal` does not sync each commit) or was restored from a backup.
@@ -677,8 +685,13 @@ class Store:
         (`renumber(frame, seq)` rewrites one), and `cloud_acked` becomes the acked seq, all in
         one transaction. Returns the shift added to every unacknowledged seq (0: nothing to
         do). Raises sqlite3.Error if the store cannot commit; nothing is changed then.
+
+        `cloud_may_hold`: the highest seq the cloud can hold if nothing was lost (default: all
+        that is committed). The tunnel passes what was committed before this run (`opened_seq`)
+        or sent during it: frames committed at start-up, before any welcome, never left the
+        box, and a cloud that acks as far as them holds the lost frames under their seqs.
         """
-        if cloud_acked <= self._committed_seq:
+        if cloud_acked <= (self._committed_seq if cloud_may_hold is None else cloud_may_hold):
             return 0
         if not self.flush():
             raise sqlite3.OperationalError(f"outbox rebase: {self.last_error}")

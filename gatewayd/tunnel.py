@@ -177,6 +177,7 @@ class Tunnel:
         self.last_error: str | None = None
         self.heartbeat_s = DEFAULT_HEARTBEAT_S
         self.sent_seq = 0
+        self._sent_high = 0  # the highest seq sent in this run, over every session
         self.frames_in = 0
         self.frames_skipped = 0
         self.clock_skew_s: float | None = None  # the cloud's clock minus ours, at the welcome
@@ -250,8 +251,13 @@ class Tunnel:
         if cloud_acked > MAX_CLOUD_SEQ and cloud_acked > self._store.committed_seq:
             # no gateway gets there; following it would soon run seqs out of range
             raise ConnectionError(f"the cloud acked seq {cloud_acked}, beyond any gateway's")
+        # What the cloud can hold if nothing was lost: frames committed before this run (sent
+        # then, perhaps) and those this run sent. Frames committed since, before any welcome
+        # (start-up failures, the device inventory, door events), never left the box.
+        self._sent_high = max(self._sent_high, self.sent_seq)
+        may_hold = max(self._store.opened_seq, self._sent_high)
         try:
-            shift = self._store.rebase(cloud_acked, protocol.renumber)
+            shift = self._store.rebase(cloud_acked, protocol.renumber, cloud_may_hold=may_hold)
         except (sqlite3.Error, protocol.ProtocolError) as exc:
             raise ConnectionError(f"outbox rebase failed ({type(exc).__name__})") from None
         if shift and self._on_rebase is not None:

@@ -8,13 +8,18 @@ from __future__ import annotations
 import shutil
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from gatewayd import protocol
 from gatewayd.daemon import DB_NAME
 from gatewayd.driver import Simulation
+from gatewayd.model import iso, utcnow
+from gatewayd.store import ActionRow, Store
 from tests.e2e.conftest import CloudFactory, claim, tunnel_url
 from tests.e2e.test_cloud_loop import cloud_event_ids
+from tests.e2e.test_tunnel import hostile_gateway
 from tests.support import running_daemon, wait_until
 
 pytestmark = pytest.mark.stack
@@ -78,3 +83,47 @@ async def test_events_after_a_rolled_back_store_reach_the_cloud(
     after = cloud_event_ids(cloud)
     assert len(after) == len(set(after))  # nothing twice
     assert set(after) - before == set(produced)
+
+
+async def test_reports_made_at_start_up_reach_a_cloud_that_holds_the_lost_seqs(
+    tmp_path: Path,
+) -> None:
+    """The store lost its last commit (seq 4, which the cloud holds), and at start-up, before
+    the first welcome, the gateway commits more than it lost: the failure of the action the
+    crash interrupted, and the locks' device frames. Their seqs no longer ran past the cloud's,
+    so the loss went unnoticed: the welcome's ack dropped the failure unsent, and the cloud
+    would have shown the action `processing` for good. They now follow what the cloud holds."""
+    state = tmp_path / "gw"
+    state.mkdir(mode=0o700)
+    pre = Store.open(state / DB_NAME)
+    for n in range(3):  # seqs 1..3, delivered and acked
+        pre.outbox_put(
+            lambda seq, n=n: protocol.encode(
+                protocol.DeviceRemovedMsg(seq=seq, device_id=f"gone-{n}")
+            )
+        )
+    assert pre.flush()
+    pre.outbox_ack(3)
+    now = iso(utcnow())
+    transitions = [("gateway_received", now), ("processing", now)]
+    row = ActionRow("ar-cut-off", "d1", "unlock", "processing", None, transitions, now)
+    pre.record_action(row, now)
+    pre.close()
+    async with hostile_gateway(state, acked_seq=4) as (hostile, daemon, tunnel, store):
+
+        def failed() -> list[dict[str, Any]]:
+            return [
+                b
+                for b in hostile.received
+                if b.get("action_request_id") == "ar-cut-off" and b["status"] == "failed"
+            ]
+
+        await wait_until(lambda: bool(failed()), 15)
+        assert failed()[0]["error"]["type"] == "gateway_restarted"
+        await wait_until(lambda: store.outbox_backlog() == 0, 15)
+        seqs = [b["seq"] for b in hostile.received if "seq" in b]
+        assert seqs == list(range(5, 5 + len(seqs)))  # after the cloud's 4, in order
+        assert failed()[0]["seq"] == 5
+        assert len(seqs) >= 3  # the failure and the two sim locks' device frames
+        assert tunnel.sessions == 1
+        assert daemon.ready

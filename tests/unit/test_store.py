@@ -307,6 +307,29 @@ def test_a_frame_that_cannot_be_made_takes_no_seq(tmp_path: Path) -> None:
     store.close()
 
 
+def test_rebase_counts_only_what_the_cloud_can_hold(tmp_path: Path) -> None:
+    """Restored with seqs 1..3 (acked), the store commits 4..6 at start-up, before any welcome:
+    a cloud that acks 4 holds a lost frame under seq 4, though 4 is not past the store's top."""
+    path = tmp_path / "s.db"
+    store = Store.open(path)
+    for _ in range(3):
+        store.outbox_put(_seq_frame)
+    store.flush()
+    store.outbox_ack(3)
+    store.close()
+    store = Store.open(path)
+    assert store.opened_seq == 3
+    for _ in range(3):
+        store.outbox_put(_seq_frame)
+    store.flush()
+    assert store.rebase(4, lambda frame, seq: _seq_frame(seq)) == 0  # the old test: missed
+    shift = store.rebase(4, lambda frame, seq: _seq_frame(seq), cloud_may_hold=store.opened_seq)
+    assert shift == 1
+    assert store.outbox_after(0) == [(s, _seq_frame(s)) for s in (5, 6, 7)]
+    assert store.rebase(4, pytest.fail, cloud_may_hold=7) == 0  # a later welcome: all is well
+    store.close()
+
+
 def test_rebase_with_nothing_unacked_moves_the_next_seq_past_the_cloud(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "s.db")
     store.outbox_put(_seq_frame)
