@@ -8,7 +8,6 @@ from __future__ import annotations
 import shutil
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -110,20 +109,12 @@ async def test_reports_made_at_start_up_reach_a_cloud_that_holds_the_lost_seqs(
     pre.record_action(row, now)
     pre.close()
     async with hostile_gateway(state, acked_seq=4) as (hostile, daemon, tunnel, store):
-
-        def failed() -> list[dict[str, Any]]:
-            return [
-                b
-                for b in hostile.received
-                if b.get("action_request_id") == "ar-cut-off" and b["status"] == "failed"
-            ]
-
-        await wait_until(lambda: bool(failed()), 15)
-        assert failed()[0]["error"]["type"] == "gateway_restarted"
+        await wait_until(lambda: bool(hostile.failed("ar-cut-off")), 15)
+        assert hostile.failed("ar-cut-off")[0]["error"]["type"] == "gateway_restarted"
         await wait_until(lambda: store.outbox_backlog() == 0, 15)
         seqs = [b["seq"] for b in hostile.received if "seq" in b]
         assert seqs == list(range(5, 5 + len(seqs)))  # after the cloud's 4, in order
-        assert failed()[0]["seq"] == 5
+        assert hostile.failed("ar-cut-off")[0]["seq"] == 5
         assert len(seqs) >= 3  # the failure and the two sim locks' device frames
         assert tunnel.sessions == 1
         assert daemon.ready

@@ -366,6 +366,14 @@ class HostileCloud(TunnelServer):
         del now
         return ws
 
+    def failed(self, action_id: str) -> list[dict[str, Any]]:
+        """The `failed` reports received for action `action_id`."""
+        return [
+            b
+            for b in self.received
+            if b.get("action_request_id") == action_id and b["status"] == "failed"
+        ]
+
 
 @asynccontextmanager
 async def claimed_daemon(state_dir: Path, cloud: HostileCloud) -> AsyncIterator[Daemon]:
@@ -419,15 +427,8 @@ async def test_garbage_from_the_cloud_is_logged_and_skipped(tmp_path: Path) -> N
             assert tunnel is not None
             await wait_until(lambda: tunnel.frames_skipped >= 7, 15)
 
-            def rejected() -> list[dict[str, Any]]:
-                return [
-                    b
-                    for b in hostile.received
-                    if b.get("action_request_id") == "bad-ts" and b.get("status") == "failed"
-                ]
-
-            await wait_until(lambda: bool(rejected()), 10)
-            assert rejected()[0]["error"]["type"] == "invalid_input"
+            await wait_until(lambda: bool(hostile.failed("bad-ts")), 10)
+            assert hostile.failed("bad-ts")[0]["error"]["type"] == "invalid_input"
             assert daemon.ready
             assert tunnel.sessions == 1  # skipped, not disconnected
     finally:
@@ -523,16 +524,8 @@ async def test_a_cloud_clock_at_the_end_of_the_calendar_fails_requests_not_the_d
         tunnel,
         _,
     ):
-
-        def failed() -> list[dict[str, Any]]:
-            return [
-                b
-                for b in hostile.received
-                if b.get("action_request_id") == "ar-end-of-time" and b["status"] == "failed"
-            ]
-
-        await wait_until(lambda: bool(failed()), 15)
-        assert failed()[0]["error"]["type"] == "invalid_input"
+        await wait_until(lambda: bool(hostile.failed("ar-end-of-time")), 15)
+        assert hostile.failed("ar-end-of-time")[0]["error"]["type"] == "invalid_input"
         assert tunnel.up
 
 
@@ -558,16 +551,8 @@ async def test_a_deadline_offset_past_the_end_of_the_calendar_fails_the_request_
         tunnel,
         _,
     ):
-
-        def failed() -> list[dict[str, Any]]:
-            return [
-                b
-                for b in hostile.received
-                if b.get("action_request_id") == "ar-year-10000" and b["status"] == "failed"
-            ]
-
-        await wait_until(lambda: bool(failed()), 15)
-        assert failed()[0]["error"]["type"] == "invalid_input"
+        await wait_until(lambda: bool(hostile.failed("ar-year-10000")), 15)
+        assert hostile.failed("ar-year-10000")[0]["error"]["type"] == "invalid_input"
         assert tunnel.up
         assert tunnel.sessions == 1
         assert daemon.ready
@@ -594,16 +579,8 @@ async def test_a_failure_that_would_quote_the_request_at_length_still_goes_upstr
     frame = json.dumps(request, separators=(",", ":"))
     assert len(frame) < protocol.MAX_FRAME_BYTES
     async with hostile_gateway(tmp_path / "gw", early=(frame,)) as (hostile, daemon, tunnel, store):
-
-        def failed() -> list[dict[str, Any]]:
-            return [
-                b
-                for b in hostile.received
-                if b.get("action_request_id") == "ar-many-inputs" and b["status"] == "failed"
-            ]
-
-        await wait_until(lambda: bool(failed()), 15)
-        error = failed()[0]["error"]
+        await wait_until(lambda: bool(hostile.failed("ar-many-inputs")), 15)
+        error = hostile.failed("ar-many-inputs")[0]["error"]
         assert error["type"] == "invalid_input"
         assert len(error["validation_errors"]) == 21
         assert error["validation_errors"]["…"] == "and 5680 more"
