@@ -233,13 +233,14 @@ class ZigbeeDriver(Driver):
         ieee = str(zdev.ieee)
         if self._sink is None or not zdev.is_initialized or not has_door_lock(zdev):
             return
-        if ieee in self._by_ieee:
-            old = self._locks[self._by_ieee[ieee]]
-            if old.zdev is zdev:
-                return
-            old.close()
+        old = self._locks.get(self._by_ieee.get(ieee, ""))
+        if old is not None and old.zdev is zdev:
+            return
         device_id = self._sink.device_id(ieee)
         lock = ZigbeeLock(zdev, device_id, self._sink, self._options())
+        if old is not None:  # zigpy's new device object after a radio reconnect
+            lock.carry_over(old)
+            old.close()
         lock.listen()
         self._locks[device_id] = lock
         self._by_ieee[ieee] = device_id

@@ -90,6 +90,7 @@ class ZigbeeLock:
         self._name_suffix = name_suffix
         self.locked: bool | None = None
         self.jammed = False
+        self._jams = 0  # jams the lock has reported, repeats too
         self.door_open: bool | None = None
         self.battery: float | None = None
         self.online = True
@@ -105,6 +106,7 @@ class ZigbeeLock:
         self._own_programming: list[tuple[int, frozenset[int], float]] = []
         self._programmed: dict[int, int] = {}
         self._left: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._has_left = False  # `_left` is resolved by `close` too: this says the lock left
         self._quiet = False
         self._device: Device | None = None
         self._codes: tuple[tuple[Any, ...], CodeConstraints] = ((), DEFAULT_CODES)
@@ -132,6 +134,7 @@ class ZigbeeLock:
                 for name in (
                     zcl.AttributeReportedEvent.event_type,
                     zcl.AttributeUpdatedEvent.event_type,
+                    zcl.AttributeReadEvent.event_type,  # a read's answer: zigpy sends no update
                 ):
                     self._unsubscribe.append(cluster.on_event(name, relay.attribute_event))
 
@@ -152,6 +155,16 @@ class ZigbeeLock:
             unsubscribe()
         self._unsubscribe.clear()
         if not self._left.done():
+            self._left.set_result(None)
+
+    def carry_over(self, old: ZigbeeLock) -> None:
+        """Re-adopted after a radio reconnect: keep what zigpy's cache does not hold (whether the
+        lock is online or has left, a jam, the low-battery latch), so that nothing is silently
+        undone or reported twice. Called before `old` is closed."""
+        self.locked, self.jammed, self._low_battery = old.locked, old.jammed, old._low_battery
+        self.online = old.online
+        if old._has_left:
+            self._has_left = True
             self._left.set_result(None)
 
     async def configure(self) -> None:
@@ -260,6 +273,10 @@ class ZigbeeLock:
             return
         self._device = device
         self._sink.device_updated(device)
+        self._wake()
+
+    def _wake(self) -> None:
+        """Wake the command waiting for the lock's answer."""
         self._changed.set()
         self._changed = asyncio.Event()
 
@@ -275,7 +292,7 @@ class ZigbeeLock:
 
     def seen(self) -> None:
         if not self.online:
-            self.online = True
+            self.online, self._has_left = True, False
             if self._left.done():
                 self._left = asyncio.get_running_loop().create_future()
             log.info("zigbee.device_online", device_id=self.device_id, ieee=self.ieee)
@@ -283,8 +300,10 @@ class ZigbeeLock:
             self._publish()
 
     def gone(self, reason: str) -> None:
-        if not self._left.done() and reason == "left":
-            self._left.set_result(None)
+        if reason == "left":
+            self._has_left = True
+            if not self._left.done():
+                self._left.set_result(None)
         if self.online:
             self.online = False
             log.info(
@@ -326,7 +345,8 @@ class ZigbeeLock:
 
     def _apply_lock_state(self, state: int) -> bool | None:
         """Update bolt/jam from a lock_state value; returns the new locked value if definite."""
-        if state == 0:
+        if state == 0:  # not fully locked: jammed
+            self.jammed = True
             return None
         if state in (1, 2):
             self.locked = state == 1
@@ -335,7 +355,9 @@ class ZigbeeLock:
         return None
 
     def _jam(self) -> None:
+        self._jams += 1
         if self.jammed:
+            self._wake()  # jammed again: a lock or unlock in flight failed
             return
         self.jammed = True
         if not self._quiet:
@@ -481,6 +503,8 @@ class ZigbeeLock:
     async def _call(self, aw: Awaitable[Any]) -> Any:
         """One zigpy request, bounded, cut short if the lock leaves; errors become typed."""
         if not self.online and self._left.done():
+            if asyncio.iscoroutine(aw):
+                aw.close()  # never sent
             raise DeviceOffline("the lock has left the network")
         task = _start(aw)
         left = self._left
@@ -542,12 +566,15 @@ class ZigbeeLock:
     async def _await_bolt(self, locked: bool) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._opts.command_timeout_s
-        while self.locked != locked:
+        # Only a jam reported after the lock took this command is its outcome: an earlier one
+        # is what the command may clear, and the lock reports the bolt when it has.
+        jams = self._jams
+        while self.locked != locked or self.jammed:
+            if self._jams != jams:
+                raise DeviceError("the bolt jammed")
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise ActionTimeout("the lock acknowledged but never reported the new bolt state")
-            if self.jammed:
-                raise DeviceError("the bolt jammed")
             changed = self._changed
             try:
                 async with asyncio.timeout(min(self._opts.report_wait_s, remaining)):
@@ -672,7 +699,8 @@ class _Relay:
         self._lock, self._cluster_id = lock, cluster_id
 
     def attribute_event(self, event: Any) -> None:
-        """AttributeReportedEvent / AttributeUpdatedEvent: a report, a read, a quirk's value."""
+        """AttributeReportedEvent / AttributeUpdatedEvent / AttributeReadEvent: a report, a
+        quirk's value, a read's answer."""
         self._lock.on_attribute(self._cluster_id, int(event.attribute_id), event.value)
 
     def cluster_command(self, tsn: int, command_id: int, args: Any) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from drivers.zigbee import ZigbeeDriver
 from gatewayd.driver import DriverContext, DriverState, ZigbeeConfig
+from gatewayd.model import Device
 from tests.contract.sink import RecordingSink
 
 BASE = ZigbeeConfig(
@@ -24,6 +25,18 @@ BASE = ZigbeeConfig(
     availability_s=0.5,
     reconnect_max_s=0.5,
 )
+
+
+class AnnouncingSink(RecordingSink):
+    """Also keeps every device_added: what each adoption announced."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.added: list[Device] = []
+
+    def device_added(self, device: Device) -> None:
+        self.added.append(device)
+        super().device_added(device)
 
 
 @asynccontextmanager
