@@ -66,7 +66,9 @@ async def call[T](what: str, aw: Awaitable[T], *, secret: bool = False) -> T:
     """Await a zwave_js_server call; translate its failures into typed GatewayErrors.
 
     The client cancels pending futures when the websocket drops, which would look like our own
-    cancellation: the call runs in its own task so the two can be told apart.
+    cancellation: the call runs in its own task, and only our own cancellation reaches us as
+    one. (Awaiting the task itself would hand us the client's CancelledError even when our
+    cancel scope fired in the same loop step, and anyio does not catch that one.)
     `secret`: the command carried a PIN, so zwave-js's error text is not passed on.
     """
 
@@ -75,12 +77,14 @@ async def call[T](what: str, aw: Awaitable[T], *, secret: bool = False) -> T:
 
     task = asyncio.ensure_future(run())
     try:
-        return await task
+        await asyncio.wait({task})
     except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if task.cancelled() and current is not None and current.cancelling() == 0:
-            raise DeviceError(f"{what}: connection to zwave-server lost") from None
+        task.cancel()
         raise
+    if task.cancelled():
+        raise DeviceError(f"{what}: connection to zwave-server lost")
+    try:
+        return task.result()
     except FailedZWaveCommand as exc:
         detail = "" if secret else f": {exc.zwave_error_message}"
         if exc.zwave_error_code in _TIMEOUT_CODES:
