@@ -10,8 +10,9 @@ What the driver does, and what the test stack (zwave-js mock-server 15.29.0) can
   new bolt state. Supervision failure -> `device_error`; no answer -> `timeout`.
 - set_code/clear_code: User Code Set, then User Code Get from the device. A lock that masks codes
   in its reports ("****") is confirmed by its Access Control "new user code added" notification
-  instead. A re-check after `code_recheck_s` reports `code set on device`, `code removed from
-  device` or `code dropped by device`.
+  instead. A confirmed set or clear reports `code set on device` or `code removed from device`
+  at once; a re-check after `code_recheck_s` reports `code dropped by device` if the lock lost
+  the code since.
 - Events: Access Control and Home Security notifications, Door Lock reports, Battery reports,
   node dead/alive. A report and a notification describing one change give one event.
 - pair: inclusion with the default strategy (S2 when the device supports it) for `duration`;

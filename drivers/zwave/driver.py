@@ -50,7 +50,6 @@ from gatewayd.model import (
     Action,
     ActionNotSupported,
     ActionResult,
-    ActionTimeout,
     ClearCode,
     CodeConstraints,
     CodeNotConfirmed,
@@ -130,7 +129,7 @@ class _Recheck:
     due: float
     device_id: str
     slot: int
-    digest: bytes | None  # None: the slot should be empty
+    digest: bytes  # of the code the slot should still hold
 
 
 class _Disconnected(Exception):
@@ -305,7 +304,7 @@ class ZWaveDriver(Driver):
         self._check_settled()
 
     async def _resync(self, *, first: bool) -> None:
-        """Read each lock's bolt state from the device: zwave-server's cache may be stale."""
+        """Read each lock's bolt and door state from the device: the cache may be stale."""
         for lock in list(self._locks.values()):
             node = self._node_or_none(lock)
             if node is None or node.status == NodeStatus.DEAD:
@@ -321,7 +320,10 @@ class ZWaveDriver(Driver):
             except (TimeoutError, GatewayError) as exc:
                 log.warning("zwave.resync_failed", node_id=lock.node_id, error=str(exc))
                 continue
-            locked = commands.mode_locked(report.get("currentMode")) if report else None
+            if not report:
+                continue
+            self._door(lock, report.get("doorStatus"), silent=first)
+            locked = commands.mode_locked(report.get("currentMode"))
             if locked is None:
                 continue
             if first:
@@ -397,10 +399,14 @@ class ZWaveDriver(Driver):
         level = _value(node, CommandClass.BATTERY, "level")
         if isinstance(level, int):
             lock.battery_level = level / 100
-            lock.battery_low = lock.battery_level < LOW_BATTERY
-        door = _value(node, CommandClass.DOOR_LOCK, "doorStatus")
-        if door in ("open", "closed"):
-            lock.door_open = door == "open"
+            if new:
+                lock.battery_low = lock.battery_level < LOW_BATTERY
+            else:  # a report zwave-server took while we were away: reported as it would have been
+                self._battery(lock, lock.battery_level < LOW_BATTERY)
+        if new:
+            # After a reconnect the cached doorStatus may be older than a door notification we
+            # saw: _resync reads the lock itself instead.
+            self._door(lock, _value(node, CommandClass.DOOR_LOCK, "doorStatus"), silent=True)
         online = node.status != NodeStatus.DEAD
         if not new and online != lock.online:
             self._on_status(node.node_id, online=online)
@@ -450,6 +456,8 @@ class ZWaveDriver(Driver):
             locked = commands.mode_locked(value.value)
             if locked is not None:
                 lock.tracker.on_value(locked)
+        elif cc == CommandClass.DOOR_LOCK and prop == "doorStatus":
+            self._door(lock, value.value)
         elif cc == CommandClass.BATTERY and prop == "level" and isinstance(value.value, int):
             lock.battery_level = value.value / 100
             self._battery(lock, lock.battery_level < LOW_BATTERY)
@@ -468,6 +476,16 @@ class ZWaveDriver(Driver):
                 details["battery_level"] = lock.battery_level
             self._emit(lock.device_id, EventName.LOW_BATTERY, details)
         lock.battery_low = low
+
+    def _door(self, lock: _Lock, status: Any, *, silent: bool = False) -> None:
+        """A door state ("open"/"closed", as Door Lock CC says it): one event per change."""
+        if status not in ("open", "closed") or lock.door_open == (status == "open"):
+            return
+        lock.door_open = status == "open"
+        if not silent:
+            name = EventName.DOOR_OPENED if lock.door_open else EventName.DOOR_CLOSED
+            self._emit(lock.device_id, name, {})
+            self._publish(lock)
 
     def _on_notification(self, node_id: int, event: dict[str, Any]) -> None:
         lock = self._locks.get(node_id)
@@ -491,11 +509,7 @@ class ZWaveDriver(Driver):
             self._emit(did, EventName.DOOR_JAMMED, {})
             self._publish(lock)
         elif notice.kind == "door" and notice.door_open is not None:
-            if lock.door_open != notice.door_open:
-                lock.door_open = notice.door_open
-                name = EventName.DOOR_OPENED if notice.door_open else EventName.DOOR_CLOSED
-                self._emit(did, name, {})
-                self._publish(lock)
+            self._door(lock, "open" if notice.door_open else "closed")
         elif notice.kind == "invalid_code":
             self._emit(did, EventName.KEYPAD_INVALID_CODE, {"method": "keypad"})
         elif notice.kind == "tampered":
@@ -542,11 +556,13 @@ class ZWaveDriver(Driver):
         raise ActionNotSupported(f"zwave cannot {action.name}")
 
     async def _bolt(self, lock: _Lock, node: Node, locked: bool) -> ActionResult:
-        lock.tracker.commanding = True
+        lock.tracker.begin_command()
+        confirmed = False
         try:
             await commands.set_bolt(node, locked, self._config.command_timeout_s)
+            confirmed = True
         finally:
-            lock.tracker.commanding = False
+            lock.tracker.end_command(confirmed=confirmed)
         lock.jammed = False
         lock.tracker.commanded(locked)
         self._publish(lock)
@@ -588,6 +604,7 @@ class ZWaveDriver(Driver):
             lock.expect_echo(slot, True)
         self._schedule_recheck(lock, slot, self._digest(digits))
         log.info("zwave.code_set", device_id=lock.device_id, slot_id=slot, masked=lock.masked)
+        self._emit(lock.device_id, EventName.CODE_SET, {"slot_id": slot})
         return ActionResult({"slot_id": slot})
 
     async def _clear_code(self, lock: _Lock, node: Node, slot: int) -> ActionResult:
@@ -596,31 +613,33 @@ class ZWaveDriver(Driver):
         status, _ = await commands.read_slot(node, slot)
         if status not in (commands.USER_AVAILABLE,):
             raise CodeNotConfirmed(f"slot {slot}: the lock still holds a code")
-        self._schedule_recheck(lock, slot, None)
+        # an empty slot has no code to drop: the set's re-check, if still due, no longer counts
+        self._latest_recheck.pop((lock.device_id, slot), None)
         log.info("zwave.code_cleared", device_id=lock.device_id, slot_id=slot)
+        self._emit(lock.device_id, EventName.CODE_REMOVED, {"slot_id": slot})
         return ActionResult({"slot_id": slot})
 
     async def _await_programming(self, waiter: asyncio.Future[bool], slot: int) -> bool:
         try:
             with anyio.fail_after(self._config.code_confirm_s):
-                return await waiter
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if not waiter.cancelled() or task is None or task.cancelling():
-                raise
-            # the link to zwave-server went down and its teardown dropped the waiter
-            raise DeviceError(
-                f"slot {slot}: connection to zwave-server lost before the lock confirmed the code"
-            ) from None
+                # not `await waiter`: its cancellation by _detach would look like our own
+                await asyncio.wait({waiter})
         except TimeoutError:
-            raise ActionTimeout(
+            # The lock answered every frame and reads back a mask: it did not confirm the code.
+            raise CodeNotConfirmed(
                 f"slot {slot}: no programming notification from a lock that masks codes"
             ) from None
+        if waiter.cancelled():  # the link to zwave-server went down; its teardown dropped it
+            raise DeviceError(
+                f"slot {slot}: connection to zwave-server lost before the lock confirmed the code"
+            )
+        return waiter.result()
 
     def _digest(self, digits: str) -> bytes:
         return hmac.new(self._salt, digits.encode(), hashlib.sha256).digest()
 
-    def _schedule_recheck(self, lock: _Lock, slot: int, digest: bytes | None) -> None:
+    def _schedule_recheck(self, lock: _Lock, slot: int, digest: bytes) -> None:
+        """Read the slot again later: a lock may confirm a code and lose it afterwards."""
         if self._config.code_recheck_s > 0:
             due = time.monotonic() + self._config.code_recheck_s
             item = _Recheck(due, lock.device_id, slot, digest)
@@ -655,16 +674,11 @@ class ZWaveDriver(Driver):
         commands.check_reachable(node)
         with anyio.fail_after(30):
             status, read = await commands.read_slot(node, item.slot)
-        details = {"slot_id": item.slot}
-        if item.digest is None:
-            if status == commands.USER_AVAILABLE:
-                self._emit(lock.device_id, EventName.CODE_REMOVED, details)
-            return
         present = status == commands.USER_ENABLED and (
             commands.is_masked(read) or hmac.compare_digest(self._digest(read), item.digest)
         )
-        name = EventName.CODE_SET if present else EventName.CODE_DROPPED
-        self._emit(lock.device_id, name, details)
+        if not present:  # "code set on device" went out when the set was confirmed
+            self._emit(lock.device_id, EventName.CODE_DROPPED, {"slot_id": item.slot})
 
     # ------------------------------------------------------------------ pairing
 

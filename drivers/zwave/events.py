@@ -110,6 +110,8 @@ class BoltTracker:
         self._on_change = on_change
         self.locked: bool | None = None
         self.commanding = False  # our own command is in flight: it emits its own event
+        self._command: tuple[bool | None, float] | None = None  # (bolt state, time) at its start
+        self._echo: bool | None = None  # the state an RF notification gave during our command
         self._pending: asyncio.TimerHandle | None = None
         self._pending_locked: bool | None = None
         self._last: tuple[bool, float] | None = None
@@ -135,6 +137,7 @@ class BoltTracker:
     def on_notification(self, locked: bool, method: Method, slot_id: int | None) -> None:
         """A notification that says what moved the bolt."""
         if self.commanding and method is Method.RF:
+            self._echo = locked
             return  # the echo of our own command
         if (
             method in (Method.RF, Method.UNKNOWN)
@@ -151,6 +154,25 @@ class BoltTracker:
             return
         self._cancel()
         self._fire(locked, method, slot_id)
+
+    def begin_command(self) -> None:
+        """Our own command goes out: its bolt change is reported by `end_command`/`commanded`."""
+        self.commanding = True
+        self._command = (self.locked, time.monotonic())
+        self._echo = None
+
+    def end_command(self, *, confirmed: bool) -> None:
+        """Our command ended. Unconfirmed (failed, cancelled), a bolt change seen while it ran
+        would otherwise go unreported: the state already matches after a reconnect."""
+        self.commanding = False
+        start, self._command = self._command, None
+        if confirmed or start is None or self.locked is None or self.locked == start[0]:
+            return
+        if self._last is not None and self._last[0] == self.locked and self._last[1] >= start[1]:
+            return  # a notification naming the method already reported it
+        method = Method.RF if self._echo == self.locked else Method.UNKNOWN
+        self._cancel()
+        self._fire(self.locked, method)
 
     def commanded(self, locked: bool) -> None:
         """Our own command was confirmed by the lock: one `remote` event."""

@@ -96,8 +96,8 @@ async def test_zwave_lock_through_the_cloud(
         unlocked = await rest.events(yale_id, "door unlocked")
         assert unlocked[-1]["details"]["method"] == "remote"
 
-        # set_code / clear_code on two locks: written and read back before `completed`, and
-        # read again later (code_recheck_s), which reports the code on or off the device.
+        # set_code / clear_code on two locks: written and read back before `completed`, which
+        # reports the code on or off the device (a later re-check reports one the lock dropped).
         for node in (YALE, ALLEGION):
             device_id = by_node[native_id(node)]
             done = await rest.act(device_id, "set_code", {"code": PIN, "slot_id": SLOT})

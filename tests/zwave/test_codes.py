@@ -1,14 +1,19 @@
-"""User codes on the mock locks: written, read back from the device, re-checked later."""
+"""User codes on the mock locks: written, read back from the device, re-checked later.
+
+"code set on device" / "code removed from device" answer a confirmed set_code / clear_code at
+once; the later re-check (code_recheck_s) only reports a code the lock dropped since.
+"""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import anyio
 import pytest
 
 from drivers.zwave import ZWaveDriver
-from gatewayd.driver import Simulation
+from gatewayd.driver import DriverContext, Simulation
 from gatewayd.model import (
     ClearCode,
     CodeNotConfirmed,
@@ -18,6 +23,7 @@ from gatewayd.model import (
     SetCode,
 )
 from tests.contract.sink import RecordingSink
+from tests.zwave.conftest import Tasks, make_config
 from tests.zwave.stack import ZWaveStack, native_id
 
 pytestmark = pytest.mark.stack
@@ -46,17 +52,16 @@ async def test_set_code_is_read_back_and_rechecked_and_never_logged(
 async def test_a_clear_right_after_a_set_is_not_reported_as_a_dropped_code(
     zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack
 ) -> None:
-    # The set's re-check is still pending when the slot is cleared: only the newest state of
-    # the slot is re-checked, so the empty slot is "removed", never "dropped".
+    # The set's re-check is still pending when the slot is cleared: the clear supersedes it, so
+    # the empty slot is "removed", never "dropped".
     driver, sink = zwave
     dev = sink.ids[native_id(3)]
     await driver.execute(dev, SetCode(slot_id=6, code=PinCode("31415")))
     await driver.execute(dev, ClearCode(slot_id=6))
     ev = await sink.wait_event(dev, "code removed from device", timeout=5)  # type: ignore[arg-type]
     assert ev.details == {"slot_id": 6}
-    names = [e.event_name for e in sink.events if e.device_id == dev]
-    assert "code dropped by device" not in names
-    assert "code set on device" not in names
+    await anyio.sleep(2.0)  # past the set's re-check (code_recheck_s)
+    assert sink.names(dev) == ["code set on device", "code removed from device"]
 
 
 async def test_bad_slot_and_bad_length_are_refused_before_the_radio(
@@ -88,13 +93,15 @@ async def test_a_lock_that_ignores_the_code_fails_with_code_not_confirmed(
 async def test_a_code_the_lock_drops_later_is_reported_dropped(
     zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack
 ) -> None:
+    """The lock stores the code (read back: set, reported so), then loses it: the re-check
+    reports it dropped."""
     driver, sink = zwave
     dev = sink.ids[native_id(3)]
     await driver.simulate(dev, Simulation.FAULT, {"kind": "drop_code", "delay_s": 0.5})
     await driver.execute(dev, SetCode(slot_id=4, code=PinCode("2468")))
     ev = await sink.wait_event(dev, "code dropped by device", timeout=5)  # type: ignore[arg-type]
     assert ev.details == {"slot_id": 4}
-    assert "code set on device" not in sink.names(dev)
+    assert sink.names(dev) == ["code set on device", "code dropped by device"]
 
 
 async def test_masked_lock_is_confirmed_by_its_programming_notification(
@@ -111,7 +118,7 @@ async def test_a_masked_lock_confirming_our_own_clear_is_not_a_keypad_change(
     zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack
 ) -> None:
     """The Kwikset mock says "user code deleted" as it clears the slot we asked it to: that is
-    the lock confirming our clear, reported once (by the re-check), never as a keypad change."""
+    the lock confirming our clear, reported once, never as a keypad change."""
     driver, sink = zwave
     dev = sink.ids[native_id(4)]
     await driver.execute(dev, SetCode(slot_id=2, code=PinCode("13579")))
@@ -121,3 +128,50 @@ async def test_a_masked_lock_confirming_our_own_clear_is_not_a_keypad_change(
     await anyio.sleep(2.5)  # the lock's notification and the clear's re-check are in
     after = [(e.event_name, e.details) for e in sink.events[mark:] if e.device_id == dev]
     assert after == [(EventName.CODE_REMOVED, {"slot_id": 2})]
+
+
+async def test_set_and_clear_are_reported_when_confirmed_even_with_the_recheck_off(
+    zwave_stack: ZWaveStack, tmp_path: Path, tasks: Tasks
+) -> None:
+    """A confirmed set_code / clear_code is reported by the time the action completes, once,
+    whether or not the later re-check is on (code_recheck_s = 0: off). Before, only the re-check
+    sent these events: with it off a confirmed code never reached the cloud, and with the
+    default it came 30 s late, or never when that read failed or the daemon restarted."""
+    zwave_stack.reset()
+    sink = RecordingSink()
+    config = make_config(zwave_stack, code_recheck_s=0)
+    driver = ZWaveDriver(config, DriverContext(tmp_path, tasks.spawn))
+    await driver.start(sink)
+    try:
+        await sink.wait_for(lambda: len(sink.devices) == zwave_stack.locks, timeout=30)
+        dev = sink.ids[native_id(2)]
+        await driver.execute(dev, SetCode(slot_id=5, code=PinCode("0427")))
+        assert 5 in zwave_stack.control(2, "state")["slots"]
+        await driver.execute(dev, ClearCode(slot_id=5))
+        assert 5 not in zwave_stack.control(2, "state")["slots"]
+        await anyio.sleep(2.0)  # nothing more is due
+        events = [(e.event_name, e.details) for e in sink.events if e.device_id == dev]
+        assert events == [
+            (EventName.CODE_SET, {"slot_id": 5}),
+            (EventName.CODE_REMOVED, {"slot_id": 5}),
+        ]
+    finally:
+        await driver.stop()
+
+
+async def test_a_masked_lock_that_ignores_a_new_code_fails_with_code_not_confirmed(
+    zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack
+) -> None:
+    """The Kwikset mock masks codes and its slot already holds one: it acknowledges a new code
+    but keeps the old, reads back "****" and sends no "user code added". The lock answered
+    every frame and did not confirm the code: code_not_confirmed, as on Zigbee. Before, this
+    failed as a timeout, as if the lock had not answered."""
+    driver, sink = zwave
+    dev = sink.ids[native_id(4)]
+    await driver.execute(dev, SetCode(slot_id=3, code=PinCode("13579")))
+    await driver.simulate(dev, Simulation.FAULT, {"kind": "drop_code"})
+    mark = len(sink.events)
+    with anyio.fail_after(10), pytest.raises(CodeNotConfirmed) as err:
+        await driver.execute(dev, SetCode(slot_id=3, code=PinCode("24680")))
+    assert "24680" not in str(err.value)
+    assert EventName.CODE_SET not in [e.event_name for e in sink.events[mark:]]

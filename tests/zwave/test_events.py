@@ -138,3 +138,35 @@ async def test_a_late_echo_of_our_own_command_is_not_a_second_event(
         ("door unlocked", {"method": "pin_code", "slot_id": 3}),
         ("door locked", {"method": "rf"}),
     ]
+
+
+def test_a_bolt_change_seen_during_a_command_that_fails_is_one_event() -> None:
+    """Our command fails (link lost, deadline) after the lock was seen to move: the change is
+    still reported, once, with the method the lock gave; one a notification already reported
+    is not repeated. Before, such a change waited for the command's confirmation: none came."""
+    from drivers.zwave.events import BoltTracker
+    from gatewayd.model import Method
+
+    fired: list[tuple[str, dict[str, object]]] = []
+    tracker = BoltTracker(
+        lambda name, details: fired.append((str(name), details)), 1.0, lambda: None
+    )
+    tracker.seed(True)
+    tracker.begin_command()
+    tracker.on_notification(False, Method.RF, None)  # taken for the echo of our command
+    tracker.on_value(False)
+    tracker.end_command(confirmed=False)
+    tracker.begin_command()
+    tracker.on_value(True)  # no notification at all
+    tracker.end_command(confirmed=False)
+    tracker.begin_command()
+    tracker.on_notification(False, Method.MANUAL, None)  # a hand on the thumb turn: reported
+    tracker.on_value(False)
+    tracker.end_command(confirmed=False)
+    tracker.begin_command()
+    tracker.end_command(confirmed=False)  # nothing moved: nothing to say
+    assert fired == [
+        ("door unlocked", {"method": "rf"}),
+        ("door locked", {"method": "unknown"}),
+        ("door unlocked", {"method": "manual"}),
+    ]

@@ -1,7 +1,10 @@
-"""zwave-server down at start or restarted mid-run: typed errors, honest health, no repeats."""
+"""zwave-server down at start, restarted or cut off mid-run: typed errors, honest health, and
+every change at the door reported once, whether it came while the link was up or down."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -9,8 +12,9 @@ import pytest
 
 from drivers.zwave import ZWaveDriver
 from gatewayd.driver import DriverContext, DriverState
-from gatewayd.model import DeviceError, GatewayError, Lock, Unlock
+from gatewayd.model import Device, DeviceError, EventName, GatewayError, Lock, Unlock
 from tests.contract.sink import RecordingSink
+from tests.proxy import FaultProxy
 from tests.zwave.conftest import Tasks, make_config, until
 from tests.zwave.stack import ZWaveStack, native_id
 
@@ -96,3 +100,132 @@ async def test_server_killed_mid_command_ends_typed(tmp_path: Path, tasks: Tasks
         await driver.stop()
     finally:
         stack.stop()
+
+
+@asynccontextmanager
+async def behind_proxy(
+    tmp_path: Path, tasks: Tasks
+) -> AsyncIterator[tuple[ZWaveStack, FaultProxy, ZWaveDriver, RecordingSink]]:
+    """A stack of two locks and a driver that reaches zwave-server through a FaultProxy: a cut
+    link leaves zwave-server hearing the locks while the gateway does not."""
+    stack = ZWaveStack(tmp_path / "stack", locks=2)
+    try:
+        await anyio.to_thread.run_sync(stack.start)
+        proxy = await FaultProxy(target_port=stack.ws_port).start()
+        try:
+            sink = RecordingSink()
+            cfg = make_config(stack, url=f"ws://127.0.0.1:{proxy.port}", reconnect_max_s=0.5)
+            driver = ZWaveDriver(cfg, DriverContext(tmp_path, tasks.spawn))
+            await driver.start(sink)
+            await sink.wait_for(lambda: len(sink.devices) == 2, timeout=30)
+            yield stack, proxy, driver, sink
+            await driver.stop()
+        finally:
+            await proxy.close()
+    finally:
+        stack.stop()
+
+
+async def _while_cut(proxy: FaultProxy, driver: ZWaveDriver, act: Callable[[], object]) -> None:
+    """Cut the gateway's link, run act at the door, let the driver reconnect."""
+    proxy.refuse = True
+    proxy.cut()
+    await until(lambda: driver.health().state is DriverState.DOWN, timeout=10)
+    await anyio.to_thread.run_sync(act)
+    await anyio.sleep(0.5)
+    proxy.refuse = False
+    await until(lambda: driver.health().state is DriverState.READY, timeout=20)
+
+
+async def test_a_low_battery_while_the_link_was_down_is_reported_after_the_reconnect(
+    tmp_path: Path, tasks: Tasks
+) -> None:
+    """zwave-server takes the lock's 15 % battery report while the gateway's link is down: after
+    the reconnect the lock shows 15 % and one "low battery" event goes out, as when the link is
+    up. Before, the low state was taken over silently and the event never sent."""
+    async with behind_proxy(tmp_path, tasks) as (stack, proxy, driver, sink):
+        dev = sink.ids[native_id(3)]
+        mark = len(sink.events)
+        await _while_cut(proxy, driver, lambda: stack.control(3, "battery", level=0.15))
+        await sink.wait_for(
+            lambda: sink.devices[dev].properties.battery_level == pytest.approx(0.15), timeout=10
+        )
+        await anyio.sleep(1.5)  # a repeat would be in by now
+        names = [e.event_name for e in sink.events[mark:] if e.device_id == dev]
+        assert names == [EventName.LOW_BATTERY]
+
+
+async def test_a_door_opened_while_the_link_was_down_is_reported_after_the_reconnect(
+    tmp_path: Path, tasks: Tasks
+) -> None:
+    """The door is opened while the gateway's link is down (zwave-server hears it). After the
+    reconnect the door shows open and one "door opened" event goes out, as for the bolt.
+    Before, the driver never read the door state from the lock again: closed, no event."""
+    async with behind_proxy(tmp_path, tasks) as (stack, proxy, driver, sink):
+        dev = sink.ids[native_id(2)]
+        assert sink.devices[dev].properties.door_open is False
+        mark = len(sink.events)
+        await _while_cut(proxy, driver, lambda: stack.control(2, "door_open"))
+        await sink.wait_for(lambda: sink.devices[dev].properties.door_open is True, timeout=10)
+        await anyio.sleep(1.5)  # a repeat would be in by now
+        names = [e.event_name for e in sink.events[mark:] if e.device_id == dev]
+        assert names == [EventName.DOOR_OPENED]
+
+
+class _CutOnUnlocked(RecordingSink):
+    """Cuts the link the moment the driver first shows the lock unlocked."""
+
+    proxy: FaultProxy | None = None
+    dev: str | None = None
+
+    def device_updated(self, device: Device) -> None:
+        super().device_updated(device)
+        if self.proxy is not None and device.id == self.dev and device.properties.locked is False:
+            self.proxy.refuse = True
+            self.proxy.cut()
+            self.proxy = None
+
+
+async def test_a_bolt_that_moved_before_the_link_dropped_mid_unlock_is_reported(
+    zwave_stack: ZWaveStack, tmp_path: Path, tasks: Tasks
+) -> None:
+    """The lock unlocks and zwave-js says so (the driver shows it unlocked), then the link drops
+    before the read-back's answer. The action may fail, but the door did unlock: one "door
+    unlocked" event goes out. Before, the change seen during our own command was left to the
+    command's confirmation, which never came; after the reconnect the state already matched."""
+    zwave_stack.reset()
+    proxy = await FaultProxy(target_port=zwave_stack.ws_port).start()
+    try:
+        sink = _CutOnUnlocked()
+        cfg = make_config(zwave_stack, url=f"ws://127.0.0.1:{proxy.port}", reconnect_max_s=0.5)
+        driver = ZWaveDriver(cfg, DriverContext(tmp_path, tasks.spawn))
+        await driver.start(sink)
+        await sink.wait_for(lambda: len(sink.devices) == zwave_stack.locks, timeout=30)
+        dev = sink.ids[native_id(2)]
+        # The cut races the read-back's answer when both come in one TCP read (then the action
+        # completes and is reported as remote): three tries make the loss show on almost every
+        # run without the fix.
+        wrong: list[object] = []
+        for _ in range(3):
+            await anyio.to_thread.run_sync(zwave_stack.reset)  # bolt locked again
+            await sink.wait_for(lambda: sink.devices[dev].properties.locked is True, timeout=10)
+            await anyio.sleep(1.5)  # the reset's own reports are in
+            mark = len(sink.events)
+            sink.dev, sink.proxy = dev, proxy
+            outcome: object = "completed"
+            try:
+                with anyio.fail_after(10):
+                    await driver.execute(dev, Unlock())
+            except DeviceError as exc:
+                outcome = exc
+            assert zwave_stack.control(2, "state")["locked"] is False  # the door did unlock
+            proxy.refuse = False
+            await until(lambda: driver.health().state is DriverState.READY, timeout=20)
+            await anyio.sleep(1.5)  # a repeat would be in by now
+            names = [e.event_name for e in sink.events[mark:] if e.device_id == dev]
+            if names != [EventName.DOOR_UNLOCKED]:
+                wrong.append((outcome, names))
+        assert wrong == []
+        await driver.stop()
+    finally:
+        await proxy.close()
