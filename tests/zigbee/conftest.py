@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import msgspec
 import pytest
 
 from drivers.zigbee import ZigbeeDriver
-from gatewayd.driver import DriverContext, DriverState, ZigbeeConfig
-from gatewayd.model import Device
+from gatewayd.driver import DriverContext, DriverState, Simulation, ZigbeeConfig
+from gatewayd.model import Device, EventName
 from tests.contract.sink import RecordingSink
 
 BASE = ZigbeeConfig(
@@ -71,3 +73,16 @@ def sink() -> RecordingSink:
 
 def config(**changes: object) -> ZigbeeConfig:
     return msgspec.structs.replace(BASE, **changes)
+
+
+async def settled_events(sink: RecordingSink, mark: int) -> list[tuple[EventName, Any]]:
+    """The events since `mark` as (name, method), once past the merge window (0.5 s): a late
+    duplicate would be among them."""
+    await asyncio.sleep(0.5)
+    return [(e.event_name, e.details.get("method")) for e in sink.events[mark:]]
+
+
+async def jam(driver: ZigbeeDriver, sink: RecordingSink, device_id: str) -> None:
+    """The lock's bolt jams, and the driver has heard it."""
+    await driver.simulate(device_id, Simulation.JAM, {})
+    await sink.wait_for(lambda: sink.devices[device_id].properties.jammed is True)

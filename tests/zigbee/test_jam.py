@@ -10,7 +10,7 @@ import pytest
 from gatewayd.driver import Simulation
 from gatewayd.model import EventName, Lock, Unlock
 from tests.contract.sink import RecordingSink
-from tests.zigbee.conftest import AnnouncingSink, running
+from tests.zigbee.conftest import AnnouncingSink, jam, running, settled_events
 
 pytestmark = pytest.mark.stack
 
@@ -28,15 +28,13 @@ async def test_an_unlock_that_clears_a_jam_is_completed(tmp_path: Path) -> None:
     sink = RecordingSink()
     async with running(tmp_path, sink) as driver:
         dev = by_native(sink, GENERIC)
-        await driver.simulate(dev, Simulation.JAM, {})
-        await sink.wait_for(lambda: sink.devices[dev].properties.jammed is True)
+        await jam(driver, sink, dev)
         mark = len(sink.events)
         await driver.execute(dev, Unlock())
         assert driver.virtual.lock(GENERIC).mem.lock_state == 2  # type: ignore[union-attr]
         assert sink.devices[dev].properties.locked is False
         assert sink.devices[dev].properties.jammed is False
-        await asyncio.sleep(0.5)  # past the merge window: a late duplicate would be here
-        events = [(e.event_name, e.details.get("method")) for e in sink.events[mark:]]
+        events = await settled_events(sink, mark)
         assert events == [(EventName.DOOR_UNLOCKED, "remote")]
 
 
@@ -51,15 +49,13 @@ async def test_a_lock_that_clears_a_jam_waits_for_the_bolt_and_reports_once(
     async with running(tmp_path, sink) as driver:
         dev = by_native(sink, GENERIC)
         assert sink.devices[dev].properties.locked is True
-        await driver.simulate(dev, Simulation.JAM, {})
-        await sink.wait_for(lambda: sink.devices[dev].properties.jammed is True)
+        await jam(driver, sink, dev)
         driver.virtual.lock(GENERIC).actuation_s = 0.3  # type: ignore[union-attr]
         mark = len(sink.events)
         await driver.execute(dev, Lock())
         assert sink.devices[dev].properties.jammed is False
         assert sink.devices[dev].properties.locked is True
-        await asyncio.sleep(0.5)  # past the merge window: a late duplicate would be here
-        events = [(e.event_name, e.details.get("method")) for e in sink.events[mark:]]
+        events = await settled_events(sink, mark)
         assert events == [(EventName.DOOR_LOCKED, "remote")]
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from gatewayd.model import EventName, Unlock
 from tests.contract.sink import RecordingSink
-from tests.zigbee.conftest import config, running
+from tests.zigbee.conftest import config, running, settled_events
 
 pytestmark = pytest.mark.stack
 
@@ -38,8 +38,7 @@ async def test_an_unlock_whose_report_is_lost_is_confirmed_by_reading_the_bolt(
         await driver.execute(dev, Unlock())
         assert vlock.mem.lock_state == 2
         assert sink.devices[dev].properties.locked is False
-        await asyncio.sleep(0.5)  # past the merge window: a late duplicate would be here
-        events = [(e.event_name, e.details.get("method")) for e in sink.events[mark:]]
+        events = await settled_events(sink, mark)
         assert events == [(EventName.DOOR_UNLOCKED, "remote")]
 
 

@@ -12,7 +12,7 @@ from drivers.zigbee import ZigbeeDriver
 from gatewayd.driver import DriverState, Simulation
 from gatewayd.model import EventName
 from tests.contract.sink import RecordingSink
-from tests.zigbee.conftest import AnnouncingSink, running
+from tests.zigbee.conftest import AnnouncingSink, jam, running
 
 pytestmark = pytest.mark.stack
 
@@ -63,8 +63,7 @@ async def test_a_jammed_lock_is_still_jammed_after_a_radio_reconnect(tmp_path: P
     async with running(tmp_path, sink) as driver:
         dev = by_native(sink, GENERIC)
         assert sink.devices[dev].properties.locked is True
-        await driver.simulate(dev, Simulation.JAM, {})
-        await sink.wait_for(lambda: sink.devices[dev].properties.jammed is True)
+        await jam(driver, sink, dev)
         mark, added = len(sink.events), len(sink.added)
         await reconnect(driver, DriverState.READY)
         await asyncio.sleep(1.0)  # the read after the reconnect has been answered by now
