@@ -109,12 +109,16 @@ class BoltTracker:
         self._merge_s = merge_s
         self._on_change = on_change
         self.locked: bool | None = None
-        self.commanding = False  # our own command is in flight: it emits its own event
         self._command: tuple[bool | None, float] | None = None  # (bolt state, time) at its start
         self._echo: bool | None = None  # the state an RF notification gave during our command
         self._pending: asyncio.TimerHandle | None = None
         self._pending_locked: bool | None = None
         self._last: tuple[bool, float] | None = None
+
+    @property
+    def commanding(self) -> bool:
+        """Our own command is in flight: it reports its own bolt change."""
+        return self._command is not None
 
     def seed(self, locked: bool | None) -> None:
         """State as found at start or after a reconnect, without an event."""
@@ -157,14 +161,12 @@ class BoltTracker:
 
     def begin_command(self) -> None:
         """Our own command goes out: its bolt change is reported by `end_command`/`commanded`."""
-        self.commanding = True
         self._command = (self.locked, time.monotonic())
         self._echo = None
 
     def end_command(self, *, confirmed: bool) -> None:
         """Our command ended. Unconfirmed (failed, cancelled), a bolt change seen while it ran
         would otherwise go unreported: the state already matches after a reconnect."""
-        self.commanding = False
         start, self._command = self._command, None
         if confirmed or start is None or self.locked is None or self.locked == start[0]:
             return

@@ -124,9 +124,9 @@ async def test_a_late_echo_of_our_own_command_is_not_a_second_event(
         lambda name, details: fired.append((str(name), details)), 1.0, lambda: None
     )
     tracker.seed(True)
-    tracker.commanding = True
+    tracker.begin_command()
     tracker.on_value(False)  # zwave-js's own inference while our command runs: no event
-    tracker.commanding = False
+    tracker.end_command(confirmed=True)
     tracker.commanded(False)
     now = real_time.monotonic()
     monkeypatch.setattr("drivers.zwave.events.time.monotonic", lambda: now + 30.0)
