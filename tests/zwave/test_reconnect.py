@@ -103,25 +103,34 @@ async def test_server_killed_mid_command_ends_typed(tmp_path: Path, tasks: Tasks
 
 
 @asynccontextmanager
+async def proxied_driver(
+    stack: ZWaveStack, tmp_path: Path, tasks: Tasks, sink: RecordingSink
+) -> AsyncIterator[tuple[FaultProxy, ZWaveDriver]]:
+    """A driver, reporting to `sink`, that reaches `stack`'s zwave-server through a FaultProxy:
+    a cut link leaves zwave-server hearing the locks while the gateway does not."""
+    proxy = await FaultProxy(target_port=stack.ws_port).start()
+    try:
+        cfg = make_config(stack, url=f"ws://127.0.0.1:{proxy.port}", reconnect_max_s=0.5)
+        driver = ZWaveDriver(cfg, DriverContext(tmp_path, tasks.spawn))
+        await driver.start(sink)
+        await sink.wait_for(lambda: len(sink.devices) == stack.locks, timeout=30)
+        yield proxy, driver
+        await driver.stop()
+    finally:
+        await proxy.close()
+
+
+@asynccontextmanager
 async def behind_proxy(
     tmp_path: Path, tasks: Tasks
 ) -> AsyncIterator[tuple[ZWaveStack, FaultProxy, ZWaveDriver, RecordingSink]]:
-    """A stack of two locks and a driver that reaches zwave-server through a FaultProxy: a cut
-    link leaves zwave-server hearing the locks while the gateway does not."""
+    """A stack of two locks of its own, and a `proxied_driver` in front of it."""
     stack = ZWaveStack(tmp_path / "stack", locks=2)
     try:
         await anyio.to_thread.run_sync(stack.start)
-        proxy = await FaultProxy(target_port=stack.ws_port).start()
-        try:
-            sink = RecordingSink()
-            cfg = make_config(stack, url=f"ws://127.0.0.1:{proxy.port}", reconnect_max_s=0.5)
-            driver = ZWaveDriver(cfg, DriverContext(tmp_path, tasks.spawn))
-            await driver.start(sink)
-            await sink.wait_for(lambda: len(sink.devices) == 2, timeout=30)
+        sink = RecordingSink()
+        async with proxied_driver(stack, tmp_path, tasks, sink) as (proxy, driver):
             yield stack, proxy, driver, sink
-            await driver.stop()
-        finally:
-            await proxy.close()
     finally:
         stack.stop()
 
@@ -194,13 +203,8 @@ async def test_a_bolt_that_moved_before_the_link_dropped_mid_unlock_is_reported(
     unlocked" event goes out. Before, the change seen during our own command was left to the
     command's confirmation, which never came; after the reconnect the state already matched."""
     zwave_stack.reset()
-    proxy = await FaultProxy(target_port=zwave_stack.ws_port).start()
-    try:
-        sink = _CutOnUnlocked()
-        cfg = make_config(zwave_stack, url=f"ws://127.0.0.1:{proxy.port}", reconnect_max_s=0.5)
-        driver = ZWaveDriver(cfg, DriverContext(tmp_path, tasks.spawn))
-        await driver.start(sink)
-        await sink.wait_for(lambda: len(sink.devices) == zwave_stack.locks, timeout=30)
+    sink = _CutOnUnlocked()
+    async with proxied_driver(zwave_stack, tmp_path, tasks, sink) as (proxy, driver):
         dev = sink.ids[native_id(2)]
         # The cut races the read-back's answer when both come in one TCP read (then the action
         # completes and is reported as remote): three tries make the loss show on almost every
@@ -226,6 +230,3 @@ async def test_a_bolt_that_moved_before_the_link_dropped_mid_unlock_is_reported(
             if names != [EventName.DOOR_UNLOCKED]:
                 wrong.append((outcome, names))
         assert wrong == []
-        await driver.stop()
-    finally:
-        await proxy.close()
