@@ -20,40 +20,63 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 
 MASK: Final = "****"
 
-# Keys whose values are secrets wherever they appear, also nested.
+# Keys whose values are secrets wherever they appear, also nested. Compared with case, `_` and
+# `-` dropped (see _NORM), so `pinCode`, `user-code`, `networkKey` and `X-Api-Key` match too.
 SECRET_KEYS: Final = frozenset(
     {
         "code",
+        "codes",
         "pin",
-        "pin_code",
+        "pins",
         "pincode",
+        "pincodes",
         "usercode",
-        "user_code",
+        "usercodes",
         "credential",
+        "credentials",
         "password",
         "passwd",
         "secret",
-        "api_key",
+        "secrets",
         "apikey",
+        "xapikey",
         "authorization",
+        "proxyauthorization",
         "auth",
-        "network_key",
+        "accesstoken",
+        "refreshtoken",
+        "networkkey",
+        "tclinkkey",
+        "linkkey",
         "key",
-        "s0_legacy",
-        "s2_unauthenticated",
-        "s2_authenticated",
-        "s2_accesscontrol",
-        "dsk_pin",
+        "keys",
+        "securitykeys",
+        "s0legacy",
+        "s2unauthenticated",
+        "s2authenticated",
+        "s2accesscontrol",
+        "dskpin",
         "cookie",
+        "setcookie",
     }
 )
-# Secrets inside free text: "Bearer abc", "Basic abc", "code=1234", "'code': '1234'".
+_NORM: Final = re.compile(r"[-_]")
+# Secrets inside free text: "Bearer abc", "Basic abc", "code=1234", "'code': '1234'",
+# "pin_code=b'1234'" (a zigpy command's repr), "userCode\":\"1234" (JSON quoted in a repr).
 _TEXT_PATTERNS: Final = (
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 " + MASK),
     (
         re.compile(
-            r"(?i)(['\"]?\b(?:code|pin|pin_code|usercode|credential|password|secret|api_key)\b"
-            r"['\"]?\s*[:=]\s*['\"]?)[^'\"\s,}&]+"
+            r"(?i)((?:\\*['\"])?\b(?:(?:user|pin)_?code|code|pin|credentials?|password|passwd"
+            r"|secret|api_?key|network_?key)\b\\*['\"]?\s*[:=]\s*(?:b?\\*['\"])?)"
+            r"[^'\"\\\s,;}&)\]]+"
+        ),
+        r"\1" + MASK,
+    ),
+    (
+        re.compile(
+            r"(?i)(\b(?:proxy-)?authorization\b\\*['\"]?\s*[:=]\s*(?:\\*['\"])?)"
+            r"(?:[A-Za-z-]+ +)?[^'\"\\\s,;}&)\]]+"
         ),
         r"\1" + MASK,
     ),
@@ -77,16 +100,26 @@ def redact_value(value: Any, depth: int = 0) -> Any:
         return [redact_value(v, depth + 1) for v in value]
     if isinstance(value, bytes):
         return redact_value(value.decode("utf-8", "replace"), depth + 1)
-    return value
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    # Any other object (an exception, a request) is rendered by its repr, after this processor
+    # has run: mask what that text quotes.
+    return redact_value(repr(value), depth + 1)
 
 
 def _is_secret_key(key: object) -> bool:
-    return isinstance(key, str) and key.lower().replace("-", "_") in SECRET_KEYS
+    return isinstance(key, str) and _NORM.sub("", key.lower()) in SECRET_KEYS
+
+
+# ProcessorFormatter's own keys on a stdlib record's way through; it removes them itself.
+_META_KEYS: Final = frozenset({"_record", "_from_structlog"})
 
 
 def redact(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     """structlog processor: mask secrets in every key-value and in rendered exceptions."""
     for key in list(event_dict):
+        if key in _META_KEYS:
+            continue
         if _is_secret_key(key):
             event_dict[key] = MASK
         else:

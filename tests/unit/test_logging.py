@@ -109,3 +109,60 @@ def test_debug_is_filtered_at_info() -> None:
     finally:
         structlog.reset_defaults()
         logging.getLogger().handlers.clear()
+
+
+class _Request:
+    """An object whose repr quotes a PIN, as a dataclass holding action inputs would."""
+
+    def __init__(self) -> None:
+        self.inputs = {"code": "736251", "slot_id": 3}
+
+    def __repr__(self) -> str:
+        return f"_Request(inputs={self.inputs!r})"
+
+
+def test_objects_are_masked_in_the_repr_the_renderer_writes(json_stream: io.StringIO) -> None:
+    """The renderer writes an object as its repr after redaction ran: an exception passed as
+    `error=exc`, or a request object, carried the PIN into the journal."""
+    log = structlog.get_logger("t")
+    log.error("x.failed", error=ValueError("lock refused code=736251"))
+    log.info("x.request", request=_Request())
+    text = json_stream.getvalue()
+    assert "736251" not in text
+    first, second = lines(json_stream)
+    assert first["error"] == "ValueError('lock refused code=****')"
+    assert "'slot_id': 3" in str(second["request"])
+
+
+def test_secret_keys_in_other_spellings_are_masked(json_stream: io.StringIO) -> None:
+    """zwave-js writes camelCase (`userCode`, `networkKey`), HTTP headers use dashes, lists of
+    secrets have plural keys."""
+    structlog.get_logger("t").info(
+        "x.keys",
+        credentials={"bearer": "cr3d-plural"},
+        frames=[{"pinCode": "736251"}, {"userCodes": ["736252"]}],
+        networkKey="n3tw0rk-key",
+        headers={"X-Api-Key": "ap1-key", "Proxy-Authorization": "Basic cHJveHk="},
+        close_code=1006,
+    )
+    text = json_stream.getvalue()
+    for secret in ("cr3d-plural", "736251", "736252", "n3tw0rk-key", "ap1-key", "cHJveHk="):
+        assert secret not in text
+    assert lines(json_stream)[0]["close_code"] == 1006  # not a secret: still there
+
+
+def test_secrets_in_library_text_are_masked(json_stream: io.StringIO) -> None:
+    """Text as libraries write it: a zigpy command's repr (bytes), snake_case and camelCase
+    names, JSON quoted inside a repr, an Authorization header of another scheme."""
+    logging.getLogger("zigpy").warning(
+        "sending %s", "set_pin_code(user_id=3, user_type=0, pin_code=b'736251')"
+    )
+    log = structlog.get_logger("t")
+    log.info("x.text", detail="user_code=736252 then pinCode: 736253 at node 5")
+    log.info("x.quoted", frame='{\\"credential\\": \\"cr3d-quoted\\"}')
+    log.info("x.header", line="Authorization: Token t0ken-value, Host: box")
+    text = json_stream.getvalue()
+    for secret in ("736251", "736252", "736253", "cr3d-quoted", "t0ken-value"):
+        assert secret not in text
+    assert "node 5" in text
+    assert "Host: box" in text
