@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import ssl
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import SplitResult, urlsplit
 
 import msgspec
 
@@ -144,11 +146,28 @@ class Config(_Section, frozen=True):
 _LISTEN = re.compile(r"^\[?(?P<host>[^\[\]]+?)\]?:(?P<port>\d{1,5})$")
 
 
+_HOST_NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?")
+
+
 def _split_listen(value: str) -> tuple[str, int]:
+    """HOST:PORT with HOST an IP address or localhost: what the endpoint can bind at start-up,
+    whatever DNS says then."""
     m = _LISTEN.match(value)
-    if not m or not 0 <= int(m["port"]) <= 65_535:
-        raise ConfigError(f"status.listen: expected HOST:PORT, got {value!r}")
+    if not m or not 0 <= int(m["port"]) <= 65_535 or not _is_address(m["host"]):
+        raise ConfigError(
+            f"status.listen: expected IP:PORT, [IPv6]:PORT or localhost:PORT, got {value!r}"
+        )
     return m["host"], int(m["port"])
+
+
+def _is_address(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_loopback(host: str) -> bool:
@@ -160,31 +179,90 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _is_loopback_ws_host(host: str) -> bool:
+    """Loopback as the tunnel judges a ws:// host (localhost, ::1, 127.x.x.x): a host this
+    check let through and the tunnel refused stopped the daemon at start-up."""
+    if host in ("localhost", "::1"):
+        return True
+    try:
+        return ipaddress.IPv4Address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _ws_url(key: str, url: str) -> SplitResult:
+    """A ws:// or wss:// URL with a host and a valid port, and no user or password in it."""
+    parts = urlsplit(url)
+    if "@" in parts.netloc:
+        # not quoted back: what precedes the @ may be a password
+        raise ConfigError(f"{key}: no user or password in the URL")
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+    if (
+        parts.scheme not in ("ws", "wss")
+        or not parts.hostname
+        or not port_ok
+        or (any(c.isspace() for c in url))
+    ):
+        raise ConfigError(f"{key}: expected ws:// or wss:// URL, got {url!r}")
+    return parts
+
+
+def _check_ca_file(path: str) -> None:
+    """The tunnel loads it at start-up; a missing or unreadable bundle stopped the daemon."""
+    try:
+        ssl.create_default_context(cafile=path)
+    except ssl.SSLError:  # an OSError too: first
+        raise ConfigError(f"cloud.ca_file: {path} holds no PEM certificate") from None
+    except OSError as exc:
+        raise ConfigError(f"cloud.ca_file: cannot read {path}: {exc.strerror or exc}") from None
+
+
 def _check(cfg: Config) -> None:
     """Cross-field rules msgspec's per-field constraints cannot say."""
+    if not cfg.gateway.state_dir.strip():
+        raise ConfigError("gateway.state_dir: expected a directory, got an empty string")
     host, _ = _split_listen(cfg.status.listen)
     if not _is_loopback(host) and not cfg.status.allow_remote:
         raise ConfigError(
             f"status.listen: {host} is not a loopback address; set status.allow_remote = true"
         )
+    for name in cfg.status.allowed_hosts:
+        # compared with the Host header's name, port removed: "box.lan:8181" never matched
+        if not _HOST_NAME.fullmatch(name):
+            raise ConfigError(
+                f"status.allowed_hosts: {name!r} is not a host name (no scheme, port or path)"
+            )
     for key, (lo, hi), lo_min, hi_max in (
         ("drivers.sim.code_lengths", cfg.drivers.sim.code_lengths, 1, 16),
         ("drivers.sim.slots", cfg.drivers.sim.slots, 0, 1000),
     ):
         if not lo_min <= lo <= hi <= hi_max:
             raise ConfigError(f"{key}: expected [low, high] within {lo_min}..{hi_max}")
+    if cfg.drivers.zwave.enabled:
+        _ws_url("drivers.zwave.url", cfg.drivers.zwave.url)
     url = cfg.cloud.url
     if url:
-        if not re.match(r"^wss?://[^/\s]+(/\S*)?$", url):
-            raise ConfigError(f"cloud.url: expected ws:// or wss:// URL, got {url!r}")
-        if url.startswith("ws://") and not cfg.cloud.insecure:
-            host = re.sub(r"^ws://(\[[^\]]+\]|[^:/]+).*$", r"\1", url).strip("[]")
-            if not _is_loopback(host):
-                raise ConfigError("cloud.url: ws:// is allowed only to loopback; use wss://")
+        parts = _ws_url("cloud.url", url)
+        host = parts.hostname or ""
+        if parts.scheme == "ws" and not cfg.cloud.insecure and not _is_loopback_ws_host(host):
+            raise ConfigError("cloud.url: ws:// is allowed only to loopback; use wss://")
+        if parts.scheme == "wss" and cfg.cloud.ca_file:
+            _check_ca_file(cfg.cloud.ca_file)
 
 
 def parse_config(text: str | bytes) -> Config:
     """Decode and validate TOML text. Raises ConfigError with a one-line message."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"not UTF-8 text: byte {exc.object[exc.start]:#04x} at offset {exc.start}"
+            ) from None
+    text = text.removeprefix("\ufeff")  # a byte-order mark, as some Windows editors write
     try:
         cfg = msgspec.toml.decode(text, type=Config)
     except msgspec.ValidationError as exc:

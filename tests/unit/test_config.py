@@ -41,6 +41,27 @@ def test_example_config_passes_and_documents_every_section() -> None:
         (MINIMAL + "[cloud]\nurl = 'http://x'\n", "cloud.url"),
         (MINIMAL + "[drivers.sim]\nlocks = 3\n", "not valid TOML"),
         ("[[[", "not valid TOML"),
+        (
+            MINIMAL + "[cloud]\nurl = 'wss://cloud.example.com:99999/v1/gateway/tunnel'\n",
+            "cloud.url",
+        ),
+        (
+            MINIMAL + "[cloud]\nurl = 'wss://cloud.example.com:443x/v1/gateway/tunnel'\n",
+            "cloud.url",
+        ),
+        (MINIMAL + "[cloud]\nurl = 'wss://:443/v1/gateway/tunnel'\n", "cloud.url"),
+        (
+            MINIMAL + "[status]\nlisten = 'gateway.invalid:8181'\nallow_remote = true\n",
+            "status.listen",
+        ),
+        (MINIMAL + "[status]\nlisten = '999.0.0.1:8181'\nallow_remote = true\n", "status.listen"),
+        (
+            MINIMAL + "[drivers.zwave]\nenabled = true\nurl = '127.0.0.1:3000'\n",
+            "drivers.zwave.url",
+        ),
+        (MINIMAL + "[gateway]\nstate_dir = ''\n", "gateway.state_dir"),
+        (MINIMAL + "[status]\nallowed_hosts = ['box.lan:8181']\n", "status.allowed_hosts"),
+        (MINIMAL + "[status]\nallowed_hosts = ['http://box.lan']\n", "status.allowed_hosts"),
     ],
 )
 def test_bad_config_names_the_key(text: str, key: str) -> None:
@@ -61,6 +82,57 @@ def test_insecure_ws_to_remote_host_needs_opt_in() -> None:
         MINIMAL + "[cloud]\nurl = 'ws://10.0.0.5:9000/v1/gateway/tunnel'\ninsecure = true\n"
     )
     assert cfg.cloud.url.startswith("ws://")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ws://127.0.0.1:9000@cloud.example.com/v1/gateway/tunnel",  # the host is cloud.example.com
+        "ws://[0:0:0:0:0:0:0:1]:9000/v1/gateway/tunnel",
+        "ws://localhost:9000/v1/gateway/tunnel",
+        "ws://[::1]:9000/v1/gateway/tunnel",
+        "ws://127.0.0.2:9000/v1/gateway/tunnel",
+        "wss://cloud.example.com/v1/gateway/tunnel",
+    ],
+)
+def test_a_cloud_url_check_config_accepts_is_one_the_tunnel_accepts(url: str) -> None:
+    """check-config passed URLs the tunnel then refused as it was made, which stopped the
+    daemon at start-up (and a user@host URL passed as loopback while it named another host)."""
+    from typing import Any, cast
+
+    from gatewayd.tunnel import Tunnel
+
+    try:
+        cfg = parse_config(MINIMAL + f"[cloud]\nurl = '{url}'\n")
+    except ConfigError as exc:
+        assert "cloud.url" in str(exc)
+        return
+    Tunnel(cfg.cloud, cast(Any, None), lambda _request: None, dict)
+
+
+def test_a_url_with_a_password_is_refused_without_quoting_it() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(MINIMAL + "[cloud]\nurl = 'wss://gw:s3cret@cloud.example.com/v1'\n")
+    assert "cloud.url" in str(info.value)
+    assert "s3cret" not in str(info.value)
+
+
+def test_a_ca_file_that_cannot_be_loaded_is_a_config_error(tmp_path: Path) -> None:
+    """The tunnel loads the bundle as the daemon starts: check-config passed a missing one and
+    `run` then stopped with a traceback."""
+    cloud = "[cloud]\nurl = 'wss://cloud.example.com/v1/gateway/tunnel'\nca_file = '{}'\n"
+    not_pem = tmp_path / "notes.txt"
+    not_pem.write_text("not a certificate\n")
+    for path in (tmp_path / "missing.pem", tmp_path, not_pem):
+        with pytest.raises(ConfigError) as info:
+            parse_config(MINIMAL + cloud.format(path))
+        assert str(info.value).startswith("cloud.ca_file: "), info.value
+        assert "\n" not in str(info.value)
+    import trustme
+
+    good = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(good))
+    assert parse_config(MINIMAL + cloud.format(good)).cloud.ca_file == str(good)
 
 
 def _check_config(path: Path) -> subprocess.CompletedProcess[str]:
@@ -86,6 +158,17 @@ def test_check_config_cli_exit_codes(tmp_path: Path) -> None:
     missing = _check_config(tmp_path / "nope.toml")
     assert missing.returncode == 2
     assert "cannot read" in missing.stderr
+
+
+def test_check_config_on_a_file_that_is_not_utf8(tmp_path: Path) -> None:
+    """A file saved in Latin-1 (a name with an umlaut) gave a UnicodeDecodeError traceback and
+    exit 1, which systemd retries, instead of the config error."""
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes(MINIMAL.encode() + "[gateway]\nname = 'Tür'\n".encode("latin-1"))
+    result = _check_config(latin1)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "not UTF-8" in line
 
 
 @settings(max_examples=200, deadline=None)
