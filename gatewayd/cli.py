@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import sqlite3
 import sys
 import urllib.error
 import urllib.request
@@ -23,6 +24,7 @@ DESCRIPTION = "gatewayd: the door-lock gateway daemon (run | status | token | ch
 
 DEFAULT_CONFIG = "/etc/gatewayd/config.toml"
 EXIT_CONFIG = 2
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _HASHED_CERT = re.compile(r"[0-9a-f]{8}\.\d+")  # what `openssl rehash` names a CA's link
 
 
@@ -72,16 +74,58 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare_state_dir(cfg: Config) -> None:
+    """The state directory exists and this user may write it (ProtectSystem=strict leaves only
+    the unit's StateDirectory writable); else a ConfigError naming gateway.state_dir."""
+    path = Path(cfg.gateway.state_dir)
+    try:
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"gateway.state_dir: {path} is not a directory")
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise ConfigError(f"gateway.state_dir: cannot create {path}: {exc.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"gateway.state_dir: {path} is not writable by this user")
+
+
+def _leaf(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The first exception of `kind` in `exc` or, for a task group's, in its members."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := _leaf(inner, kind)) is not None:
+                return found
+    return None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
+    try:
+        _prepare_state_dir(cfg)
+    except ConfigError as exc:
+        print(f"gatewayd: {args.config}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     trust_anchors_on_demand()  # before aiohttp is imported
     from gatewayd import logging as gwlog
-    from gatewayd.daemon import Daemon
+    from gatewayd.daemon import DB_NAME, Daemon
+    from gatewayd.status import ListenError
 
     gwlog.configure(cfg.log.level, cfg.log.format)
     daemon = Daemon(cfg, handle_signals=True)
-    with contextlib.suppress(KeyboardInterrupt):
-        anyio.run(daemon.run)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            anyio.run(daemon.run)
+    except Exception as exc:
+        # Start-up failures an operator fixes on the box: one line, not a traceback.
+        if daemon.store is None and isinstance(exc, OSError | sqlite3.Error):
+            db = Path(cfg.gateway.state_dir) / DB_NAME
+            print(f"gatewayd: cannot open the store {db}: {exc}", file=sys.stderr)
+            return 1
+        if (listen := _leaf(exc, ListenError)) is not None:
+            print(f"gatewayd: {args.config}: {listen}", file=sys.stderr)
+            return 1
+        raise
     return 0
 
 
@@ -91,7 +135,16 @@ def cmd_token(args: argparse.Namespace) -> int:
     from gatewayd.store import Store
 
     db = Path(cfg.gateway.state_dir) / DB_NAME
-    if not db.exists():
+    try:
+        present = db.exists()
+    except OSError as exc:  # the state dir is 0700: another user may not even look
+        print(
+            f"gatewayd: cannot read {cfg.gateway.state_dir}: {exc.strerror}"
+            " (run as root or as the daemon's user)",
+            file=sys.stderr,
+        )
+        return 1
+    if not present:
         print(
             f"gatewayd: no state in {cfg.gateway.state_dir}: start the daemon first",
             file=sys.stderr,
@@ -99,11 +152,13 @@ def cmd_token(args: argparse.Namespace) -> int:
         return 1
     try:
         store = Store.open(db)
+        try:
+            ident = store.identity()
+        finally:
+            store.close()
     except Exception as exc:  # noqa: BLE001 - report any reason the state cannot be read
         print(f"gatewayd: cannot open {db}: {exc}", file=sys.stderr)
         return 1
-    ident = store.identity()
-    store.close()
     if ident.claimed:
         print(f"claimed as {ident.gateway_id}")
     else:
@@ -111,12 +166,22 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+class NotGatewaydStatus(Exception):
+    """Something answered on the status address, but not gatewayd's /status document."""
+
+
 def _fetch_status(cfg: Config) -> dict[str, Any]:
     host, port = cfg.status_address()
     if ":" in host:
         host = f"[{host}]"
     with urllib.request.urlopen(f"http://{host}:{port}/status", timeout=5) as resp:
-        data: dict[str, Any] = json.loads(resp.read())
+        body = resp.read()
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or not isinstance(data.get("gateway"), dict):
+        raise NotGatewaydStatus("the answer is not gatewayd's /status (another program?)")
     return data
 
 
@@ -156,7 +221,8 @@ def render_status(s: dict[str, Any]) -> str:
         for a in recent:
             err = f" ({a['error']['type']})" if a.get("error") else ""
             lines.append(f"  {a['action']:<11} {a['status']}{err}  {a['id']}")
-    return "\n".join(lines)
+    # names and errors come from locks, radios and the cloud: no escape sequences to the terminal
+    return "\n".join(_CONTROL.sub("?", line) for line in lines)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -167,6 +233,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(
             f"gatewayd: the daemon is not answering on {cfg.status.listen}: {exc}", file=sys.stderr
         )
+        return 1
+    except NotGatewaydStatus as exc:
+        print(f"gatewayd: {cfg.status.listen}: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(data, indent=2) if args.json else render_status(data))
     return 0

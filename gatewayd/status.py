@@ -13,10 +13,11 @@ actions).
 from __future__ import annotations
 
 import ipaddress
+import os
 import uuid
 from datetime import timedelta
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 import structlog
@@ -41,11 +42,16 @@ STATUS_BUFFER_BYTES = 128 * 1024
 _ENCODER = msgspec.json.Encoder()
 
 
+class ListenError(Exception):
+    """The endpoint could not bind its address; the message is one line naming status.listen."""
+
+
 class _LocalAction(msgspec.Struct, forbid_unknown_fields=True):
     device_id: str
     action: str
     inputs: dict[str, Any] = {}
-    timeout_s: float = 0
+    # 0: actions.default_timeout_s; bounded like it (a huge one overflowed the deadline: a 500)
+    timeout_s: Annotated[float, msgspec.Meta(ge=0, le=86_400)] = 0
     id: str = ""
 
 
@@ -204,7 +210,14 @@ async def start_status_server(daemon: Daemon) -> tuple[web.AppRunner, int]:
     runner = web.AppRunner(make_app(daemon), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:  # in use, or an address this box does not have
+        await runner.cleanup()
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)  # not asyncio's long form
+        raise ListenError(
+            f"status.listen: cannot listen on {daemon.config.status.listen}: {reason}"
+        ) from None
     bound = int(runner.addresses[0][1]) if runner.addresses else port
     log.info("status.listening", host=host, port=bound)
     return runner, bound

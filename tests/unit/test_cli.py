@@ -1,0 +1,163 @@
+"""`gatewayd run | status | token` on a box where something is wrong: one line saying what, and
+an exit code systemd can act on (2: fix the config; 1: retried), never a traceback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.support import ROOT, config_text
+
+
+def _gatewayd(
+    *args: str, prefix: tuple[str, ...] = (), timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "gatewayd.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=ROOT,
+    )
+
+
+def _one_line(stderr: str) -> str:
+    """The last line of stderr, after checking there is no traceback."""
+    assert "Traceback" not in stderr, stderr
+    return stderr.strip().splitlines()[-1]
+
+
+def _config(tmp_path: Path, state_dir: Path, port: int = 0) -> Path:
+    cfg = tmp_path / "gatewayd.toml"
+    cfg.write_text(config_text(state_dir, status_port=port))
+    return cfg
+
+
+def _unprivileged() -> tuple[str, ...]:
+    """A command prefix under which file permissions apply (root without its DAC overrides)."""
+    if os.geteuid() != 0:
+        return ()
+    caps = "-dac_override,-dac_read_search"
+    prefix = ("setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}")
+    if (
+        shutil.which("setpriv") is None
+        or subprocess.run([*prefix, "true"], capture_output=True, check=False).returncode
+    ):
+        pytest.skip("cannot drop root's permission overrides here (setpriv)")
+    return prefix
+
+
+@pytest.fixture
+def locked_dir(tmp_path: Path) -> Iterator[Path]:
+    """A state dir nobody but its owner may enter, as the unit's 0700 StateDirectory."""
+    path = tmp_path / "locked"
+    path.mkdir()
+    path.chmod(0)
+    yield path
+    path.chmod(0o700)
+
+
+def test_run_with_the_status_port_taken_says_so_in_one_line(tmp_path: Path) -> None:
+    """Another service on the status port ended `run` with an ExceptionGroup traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _gatewayd("run", "-c", str(_config(tmp_path, tmp_path / "state", port)))
+    assert result.returncode == 1
+    line = _one_line(result.stderr)
+    assert "status.listen" in line
+    assert f"127.0.0.1:{port}" in line
+
+
+@pytest.mark.parametrize("where", ["file", "under_a_file"])
+def test_run_with_an_unusable_state_dir_names_the_key(tmp_path: Path, where: str) -> None:
+    """A state_dir that is a file (or lies under one) ended `run` with a traceback."""
+    a_file = tmp_path / "state"
+    a_file.write_text("")
+    state = a_file if where == "file" else a_file / "gatewayd"
+    result = _gatewayd("run", "-c", str(_config(tmp_path, state)))
+    assert result.returncode == 2
+    assert "gateway.state_dir" in _one_line(result.stderr)
+
+
+def test_run_with_a_state_dir_this_user_may_not_write(tmp_path: Path, locked_dir: Path) -> None:
+    """As under ProtectSystem=strict with state_dir outside the unit's StateDirectory."""
+    result = _gatewayd("run", "-c", str(_config(tmp_path, locked_dir)), prefix=_unprivileged())
+    assert result.returncode == 2
+    assert "gateway.state_dir" in _one_line(result.stderr)
+
+
+def test_run_with_a_corrupt_store_says_which_file(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "gatewayd.db").write_bytes(b"not a database, " * 256)
+    result = _gatewayd("run", "-c", str(_config(tmp_path, state)))
+    assert result.returncode == 1
+    line = _one_line(result.stderr)
+    assert str(state / "gatewayd.db") in line
+    assert "not a database" in line
+
+
+def test_token_as_a_user_who_may_not_read_the_state_dir(tmp_path: Path, locked_dir: Path) -> None:
+    """An operator's own account running `gatewayd token` got a PermissionError traceback."""
+    result = _gatewayd("token", "-c", str(_config(tmp_path, locked_dir)), prefix=_unprivileged())
+    assert result.returncode == 1
+    line = _one_line(result.stderr)
+    assert str(locked_dir) in line
+    assert "Permission denied" in line
+
+
+class _NotGatewayd(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"<html>a router's admin page</html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def test_status_when_another_program_answers_on_the_port(tmp_path: Path) -> None:
+    """`gatewayd status` ended with a JSONDecodeError traceback."""
+    server = HTTPServer(("127.0.0.1", 0), _NotGatewayd)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        cfg = _config(tmp_path, tmp_path / "state", server.server_address[1])
+        result = _gatewayd("status", "-c", str(cfg))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 1
+    assert "not gatewayd's /status" in _one_line(result.stderr)
+
+
+async def test_status_output_carries_no_terminal_escape_sequences(tmp_path: Path) -> None:
+    """Lock names and radio errors come from devices and libraries: printed as they were, an
+    ESC sequence in one retitled, cleared or rewrote the operator's terminal."""
+    from gatewayd.cli import render_status
+    from tests.support import running_daemon
+
+    async with running_daemon(tmp_path / "gw") as daemon:
+        snapshot = daemon.snapshot()
+    snapshot["devices"][0]["name"] = "Front door\x1b]0;owned\x07\x1b[2J"
+    snapshot["tunnel"]["last_error"] = "refused\r\x1b[1Aall good"
+    text = render_status(snapshot)
+    assert "Front door" in text
+    assert "refused" in text
+    for control in ("\x1b", "\x07", "\r"):
+        assert control not in text
