@@ -256,6 +256,14 @@ async def test_events_are_filtered_by_device_and_time(cloud: Cloud) -> None:
     assert "since" in body["error"]["validation_errors"]
 
 
+@pytest.mark.parametrize("limit", ["0", "1001", "-1", "1.5", "\u0661", "9" * 5000])
+async def test_an_event_limit_out_of_range_is_400_not_500(cloud: Cloud, limit: str) -> None:
+    status, body = await cloud.request("GET", "/v1/events", params={"limit": limit})
+    assert status == 400, body
+    assert_error(body, "invalid_input")
+    assert "limit" in body["error"]["validation_errors"]
+
+
 _json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
     lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
