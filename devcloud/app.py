@@ -35,7 +35,7 @@ def create_app(settings: Settings) -> web.Application:
         db = Database(settings.db_path)
         hub = Hub()
         actions = ActionService(db, hub, settings)
-        webhooks = Webhooks(settings)
+        webhooks = Webhooks(settings, db)
         app[STATE] = State(
             settings=settings,
             db=db,
@@ -44,6 +44,8 @@ def create_app(settings: Settings) -> web.Application:
             ingest=Ingest(db, actions, webhooks),
             webhooks=webhooks,
             claims=RateLimiter(settings.claim_limit, settings.claim_window_s),
+            # no address needs more new tokens than the registrations it may make
+            new_tokens=RateLimiter(settings.claim_limit, settings.claim_window_s),
         )
         await webhooks.start()
         actions.resume()

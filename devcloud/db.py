@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS locations (
@@ -77,6 +77,13 @@ CREATE TABLE IF NOT EXISTS events (
     body TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_time ON events(date_created, n);
+-- v4: webhook deliveries not yet done, so that a restart loses none
+CREATE TABLE IF NOT EXISTS webhook_outbox (
+    n INTEGER PRIMARY KEY AUTOINCREMENT,
+    receiver TEXT NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS webhook_outbox_by_receiver ON webhook_outbox(receiver, n);
 """
 
 
@@ -190,10 +197,15 @@ class Database:
         self._conn.execute(
             "UPDATE gateways SET previous_credential_hash = NULL WHERE id = ?", (id_,)
         )
+        self.retire_tokens(id_, now)
+
+    def retire_tokens(self, gateway_id: str, now: float) -> None:
+        """The registration token that claimed this gateway claims it no more: not even to
+        resend a lost `claimed` frame (its credential was used, or revoked)."""
         self._conn.execute(
             "UPDATE registration_tokens SET confirmed_at = ?"
             " WHERE gateway_id = ? AND confirmed_at IS NULL",
-            (now, id_),
+            (now, gateway_id),
         )
 
     def rename_gateway(self, id_: str, name: str) -> None:
@@ -372,6 +384,30 @@ class Database:
             (*args, limit),
         )
         return [_object(r[0]) for r in rows]
+
+    # ------------------------------------------------------------------ webhook outbox
+
+    def add_webhook(self, receiver: str, body: bytes) -> None:
+        self._conn.execute(
+            "INSERT INTO webhook_outbox (receiver, body) VALUES (?, ?)", (receiver, body)
+        )
+
+    def webhook_backlog(self, receiver: str) -> int:
+        row = self._conn.execute(
+            "SELECT count(*) FROM webhook_outbox WHERE receiver = ?", (receiver,)
+        ).fetchone()
+        return int(row[0])
+
+    def next_webhook(self, receiver: str) -> tuple[int, bytes] | None:
+        """The oldest delivery still owed to this receiver: (its number, the body)."""
+        row = self._conn.execute(
+            "SELECT n, body FROM webhook_outbox WHERE receiver = ? ORDER BY n LIMIT 1",
+            (receiver,),
+        ).fetchone()
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
+    def webhook_done(self, n: int) -> None:
+        self._conn.execute("DELETE FROM webhook_outbox WHERE n = ?", (n,))
 
 
 def _gateway_row(row: sqlite3.Row) -> GatewayRow:

@@ -9,6 +9,7 @@ import structlog
 from devcloud.actions import ActionService
 from devcloud.db import Database
 from devcloud.timeutil import iso, parse_iso, utcnow
+from devcloud.validation import mask_pins
 from devcloud.webhooks import Webhooks
 from gatewayd import protocol
 
@@ -34,7 +35,6 @@ class Ingest:
         if msg.seq <= high:
             log.info("tunnel.duplicate", gateway_id=gateway_id, seq=msg.seq, acked_seq=high)
             return high, None
-        published: dict[str, Any] | None = None
         cancel: str | None = None
         with self._db.transaction():
             match msg:
@@ -42,14 +42,14 @@ class Ingest:
                     cancel = self._actions.apply_status(gateway_id, msg)
                 case protocol.EventMsg():
                     published = self._event(gateway_id, msg.event)
+                    if published is not None:  # stored with the event, or not at all
+                        self._webhooks.publish(published)
                 case protocol.DeviceMsg():
                     self._device(gateway_id, msg.device)
                 case protocol.DeviceRemovedMsg():
                     self._db.remove_device(msg.device_id, gateway_id)
                     log.info("device.removed", gateway_id=gateway_id, device_id=msg.device_id)
             self._db.set_high_water(gateway_id, msg.seq)
-        if published is not None:
-            self._webhooks.publish(published)
         return msg.seq, cancel
 
     def _event(self, gateway_id: str, event: dict[str, Any]) -> dict[str, Any] | None:
@@ -64,7 +64,7 @@ class Ingest:
         if self._db.device_owner(str(device_id)) not in (None, gateway_id):
             log.warning("event.rejected", gateway_id=gateway_id, reason="foreign_device")
             return None
-        event = {"type": "device_event", "details": {}, **event}
+        event = mask_pins({"type": "device_event", "details": {}, **event})
         if not self._db.add_event(event, gateway_id, iso(when)):
             return None
         self._note_lock_state(gateway_id, str(device_id), str(name))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from typing import Any, Final
 
+import msgspec
+
 from devcloud.errors import ApiError
 
 _DIGITS: Final = re.compile(r"[0-9]+")
@@ -194,3 +196,24 @@ def _is_int(value: Any) -> bool:
 def mask(inputs: dict[str, Any]) -> dict[str, Any]:
     """Inputs as shown in responses and stored: any code replaced by `****`."""
     return {k: ("****" if k == "code" else v) for k, v in inputs.items()}
+
+
+# Keys under which a gateway might put a PIN, at any depth of an event.
+_PIN_KEYS: Final = frozenset({"code", "pin", "pin_code", "pincode", "user_code", "usercode"})
+
+
+def mask_pins(value: Any) -> Any:
+    """A copy of what a gateway reported with the value of every PIN-like key replaced by
+    `****`: the cloud stores, lists and sends to webhooks only that copy. Iterative: a frame
+    may nest deeper than Python's recursion limit allows."""
+    copy = msgspec.json.decode(msgspec.json.encode(value))
+    stack = [copy]
+    while stack:
+        node = stack.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, child in items:
+            if isinstance(key, str) and key.lower() in _PIN_KEYS:
+                node[key] = "****"
+            elif isinstance(child, dict | list):
+                stack.append(child)
+    return copy

@@ -1,7 +1,8 @@
 """Webhook delivery: each event POSTed as JSON to every receiver, signed, retried with backoff.
 
 `Seam-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`; Basic auth when the URL
-carries credentials. One worker per receiver keeps order; the tunnel only enqueues.
+carries credentials. One worker per receiver keeps order; the tunnel only enqueues, into the
+database in the event's own transaction, so a delivery still owed survives a restart.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import msgspec
 import structlog
 from yarl import URL
 
+from devcloud.db import Database, secret_hash
 from devcloud.settings import Settings
 
 log = structlog.get_logger("devcloud.webhooks")
@@ -42,12 +44,15 @@ class _Receiver:
         )
         self.url = parsed.with_user(None).with_password(None)
         self.label = f"{self.url.host}:{self.url.port}{self.url.path}"  # no credentials
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=QUEUE_LIMIT)
+        # its deliveries in the outbox: a hash, as a query string may hold a token
+        self.key = secret_hash(str(self.url))
+        self.wake = asyncio.Event()
 
 
 class Webhooks:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, db: Database) -> None:
         self._settings = settings
+        self._db = db
         self._receivers = [_Receiver(u) for u in settings.webhook_urls]
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
@@ -74,22 +79,29 @@ class Webhooks:
             self._session = None
 
     def publish(self, event: dict[str, Any]) -> None:
-        """Queue one event for every receiver; never waits."""
+        """Queue one event for every receiver, in the caller's transaction; never waits."""
         body = msgspec.json.encode(event)
         for r in self._receivers:
-            try:
-                r.queue.put_nowait(body)
-            except asyncio.QueueFull:
+            if self._db.webhook_backlog(r.key) >= QUEUE_LIMIT:
                 self.failed += 1
                 log.error("webhook.dropped", receiver=r.label, reason="queue_full")
+                continue
+            self._db.add_webhook(r.key, body)
+            r.wake.set()
 
     async def _worker(self, r: _Receiver) -> None:
         while True:
-            body = await r.queue.get()
+            owed = self._db.next_webhook(r.key)
+            if owed is None:
+                r.wake.clear()
+                await r.wake.wait()
+                continue
+            n, body = owed
             if await self._deliver(r, body):
                 self.delivered += 1
             else:
                 self.failed += 1
+            self._db.webhook_done(n)
 
     async def _deliver(self, r: _Receiver, body: bytes) -> bool:
         assert self._session is not None

@@ -7,7 +7,9 @@ import base64
 import hashlib
 import hmac
 import json
+import sqlite3
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -111,3 +113,58 @@ async def test_a_duplicate_event_is_not_delivered_twice(
     await asyncio.sleep(0.2)
     assert [e["id"] for e in recv.accepted] == ["ev-2"]
     assert recv.accepted[0]["type"] == "device_event"
+
+
+async def test_a_pin_in_an_event_is_masked_in_the_list_the_store_and_the_webhook(
+    make_cloud: CloudFactory, receiver: tuple[Receiver, str]
+) -> None:
+    recv, url = receiver
+    recv.failures = 0
+    cloud = await make_cloud(webhook_urls=(url,), webhook_secret=SECRET)
+    tunnel, _, _ = await cloud.claimed_gateway()
+    event = {
+        "id": "ev-3",
+        "device_id": DEVICE_ID,
+        "event_name": "code set on device",
+        "details": {"slot_id": 3, "code": "48213", "programmed": [{"user_code": "90517"}]},
+        "date_created": "2020-06-11T21:12:20.000Z",
+    }
+    await tunnel.send(p.EventMsg(seq=2, event=event))
+    assert await tunnel.recv() == p.Ack(seq=2)
+    await asyncio.wait_for(recv.got.wait(), timeout=10)
+    masked = {"slot_id": 3, "code": "****", "programmed": [{"user_code": "****"}]}
+    assert [e["details"] for e in await cloud.get("/v1/events")] == [masked]
+    assert [e["details"] for e in recv.accepted] == [masked]
+    dump = "\n".join(sqlite3.connect(cloud.state.settings.db_path).iterdump())
+    for pin in ("48213", "90517"):
+        assert pin not in dump
+        assert all(pin.encode() not in body for _, body in recv.requests)
+
+
+async def test_an_undelivered_event_survives_a_restart_of_the_cloud(
+    make_cloud: CloudFactory, receiver: tuple[Receiver, str], tmp_path: Path
+) -> None:
+    recv, url = receiver
+    recv.failures = 10**6  # down until the cloud restarts
+    db_path = str(tmp_path / "restarted.db")
+    cloud = await make_cloud(db_path=db_path, webhook_urls=(url,), webhook_backoff_s=5.0)
+    tunnel, _, _ = await cloud.claimed_gateway()
+    event = {
+        "id": "ev-4",
+        "type": "device_event",
+        "device_id": DEVICE_ID,
+        "event_name": "door unlocked",
+        "details": {"method": "keypad"},
+        "date_created": "2020-06-11T21:12:20.000Z",
+    }
+    await tunnel.send(p.EventMsg(seq=2, event=event))
+    assert await tunnel.recv() == p.Ack(seq=2)  # the gateway will not send it again
+    while not recv.requests:
+        await asyncio.sleep(0.01)
+    await tunnel.ws.close()
+    await cloud.server.close()
+    recv.failures = 0
+    await make_cloud(db_path=db_path, webhook_urls=(url,))
+    await asyncio.wait_for(recv.got.wait(), timeout=10)
+    assert recv.accepted == [event]
+    assert all(verify(headers, body) for headers, body in recv.requests)
