@@ -46,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=10,
         metavar="N",
-        help="gateway registrations allowed per API key and per address in --claim-window",
+        help="gateway registrations allowed per API key and per address in --claim-window; "
+        "also the new registration tokens an address may present to the tunnel",
     )
     serve.add_argument("--claim-window", type=float, default=60.0, metavar="SECONDS")
     serve.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS/WSS with this certificate")

@@ -26,6 +26,7 @@ class Connection:
     remote: str
     gateway_id: str | None = None
     token_hash: str | None = None
+    credential_hash: str | None = None  # what it authenticated with at the upgrade
     stale_credential: bool = False  # authenticated with a credential rotated away from
     claim_for: str | None = None  # unclaimed, with a token that claimed this gateway already
     token_expires: float | None = None  # unclaimed: when its registration token expires

@@ -5,6 +5,9 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Hashable
+from typing import Final
+
+_MIN_SWEEP: Final = 1024
 
 
 class RateLimiter:
@@ -15,10 +18,13 @@ class RateLimiter:
         self._window = window_s
         self._clock = clock
         self._hits: dict[Hashable, deque[float]] = {}
+        self._sweep_at = _MIN_SWEEP
 
     def allow(self, *keys: Hashable) -> bool:
         """Count one attempt against every key; False if any key is over its limit."""
         now = self._clock()
+        if len(self._hits) >= self._sweep_at:
+            self._sweep(now)
         allowed = True
         for key in keys:
             hits = self._hits.setdefault(key, deque())
@@ -30,3 +36,12 @@ class RateLimiter:
             for key in keys:
                 self._hits[key].append(now)
         return allowed
+
+    def _sweep(self, now: float) -> None:
+        """Forget keys with no attempt left in the window: a client that comes from ever new
+        addresses must not grow this map without bound. Amortized by doubling the threshold."""
+        for key in [
+            k for k, hits in self._hits.items() if not hits or now - hits[-1] >= self._window
+        ]:
+            del self._hits[key]
+        self._sweep_at = max(_MIN_SWEEP, 2 * len(self._hits))

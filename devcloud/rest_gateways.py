@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 from typing import Any
 
 import structlog
@@ -109,7 +110,10 @@ async def revoke_credential(request: web.Request) -> web.Response:
     st = request.app[STATE]
     gw = _gateway(st, request)
     _no_body(await read_json(request))
-    st.db.set_credential(gw.id, None)
+    with st.db.transaction():
+        st.db.set_credential(gw.id, None)
+        # else a gateway that never used its credential would be claimed again by its token
+        st.db.retire_tokens(gw.id, time.time())
     conn = st.hub.claimed.get(gw.id)
     if conn is not None:
         st.hub.detach(conn)

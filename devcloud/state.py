@@ -25,6 +25,7 @@ class State:
     ingest: Ingest
     webhooks: Webhooks
     claims: RateLimiter
+    new_tokens: RateLimiter  # registration tokens first presented, per source address
 
 
 STATE: Final = web.AppKey("devcloud_state", State)

@@ -32,13 +32,15 @@ _TOKEN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{2,99}")
 async def tunnel_handler(request: web.Request) -> web.StreamResponse:
     app = request.app[state.STATE]
     gateway_id: str | None = None
+    credential_hash: str | None = None
     stale_credential = False
     auth = request.headers.get("Authorization")
     if auth is not None:
         scheme, _, credential = auth.partition(" ")
         found = None
         if scheme.lower() == "bearer" and credential.strip():
-            found = app.db.gateway_by_credential(secret_hash(credential.strip()))
+            credential_hash = secret_hash(credential.strip())
+            found = app.db.gateway_by_credential(credential_hash)
         if found is None:
             log.warning("tunnel.unauthorized", remote=request.remote)
             return error_response(
@@ -57,7 +59,11 @@ async def tunnel_handler(request: web.Request) -> web.StreamResponse:
         )
     await ws.prepare(request)
     conn = Connection(
-        ws=ws, remote=request.remote or "", gateway_id=gateway_id, stale_credential=stale_credential
+        ws=ws,
+        remote=request.remote or "",
+        gateway_id=gateway_id,
+        credential_hash=credential_hash,
+        stale_credential=stale_credential,
     )
     try:
         await _session(app, conn)
@@ -81,7 +87,13 @@ async def _session(app: state.State, conn: Connection) -> None:
     except protocol.ProtocolError as exc:
         await conn.refuse(exc.code, exc.message)
         return
-    if conn.gateway_id is None and not await _open_unclaimed(app, conn, first):
+    if conn.gateway_id is None:
+        if not await _open_unclaimed(app, conn, first):
+            return
+    elif not _credential_holds(app, conn):
+        # revoked while this connection waited for its hello: the REST call found no session
+        # to close, so none may open now (nothing is awaited from here to attach)
+        await conn.refuse("revoked", "the gateway credential was revoked")
         return
     replaced = app.hub.attach(conn)
     if replaced is not None:
@@ -102,7 +114,11 @@ async def _session(app: state.State, conn: Connection) -> None:
         return
     if conn.claim_for is not None and not await _claim_again(app, conn, conn.claim_for):
         return
-    if conn.stale_credential and conn.gateway_id is not None:
+    if (
+        conn.stale_credential
+        and conn.gateway_id is not None
+        and app.hub.claimed.get(conn.gateway_id) is conn  # not revoked or replaced meanwhile
+    ):
         # The gateway missed its rotated credential: issue another over this session.
         if not await _send_credential(conn, conn.gateway_id, app.db.rotate_credential):
             return
@@ -129,6 +145,18 @@ async def _session(app: state.State, conn: Connection) -> None:
             expiry.cancel()
 
 
+def _credential_holds(app: state.State, conn: Connection) -> bool:
+    """The credential this connection authenticated with still belongs to its gateway; notes
+    whether it has become the one rotated away from."""
+    if conn.credential_hash is None:
+        return False
+    found = app.db.gateway_by_credential(conn.credential_hash)
+    if found is None or found[0].id != conn.gateway_id:
+        return False
+    conn.stale_credential = found[1]
+    return True
+
+
 async def _send_credential(
     conn: Connection, gateway_id: str, keep: Callable[[str, str], None]
 ) -> bool:
@@ -153,6 +181,12 @@ async def _open_unclaimed(app: state.State, conn: Connection, hello: protocol.He
         await conn.refuse("unauthorized", "a credential or a registration token is required")
         return False
     token_hash = secret_hash(token)
+    if app.db.token(token_hash) is None and not app.new_tokens.allow(conn.remote):
+        # each new token is a stored row and a held session: an unauthenticated client
+        # inventing tokens would grow both without bound
+        log.warning("tunnel.new_tokens_limited", remote=conn.remote)
+        await conn.refuse("rate_limited", "too many new registration tokens; try again later")
+        return False
     now = time.time()
     seen = app.db.token_seen(token_hash, now)
     if now - seen.first_seen > app.settings.token_ttl_s:
@@ -172,6 +206,11 @@ async def _open_unclaimed(app: state.State, conn: Connection, hello: protocol.He
 
 async def _claim_again(app: state.State, conn: Connection, gateway_id: str) -> bool:
     """Send `claimed` again to the holder of the token that claimed `gateway_id`."""
+    token = None if conn.token_hash is None else app.db.token(conn.token_hash)
+    if token is None or token.confirmed or token.gateway_id != gateway_id:
+        # revoked (or used) while the welcome was on its way
+        await conn.refuse("registration_token_used", "this registration token was already used")
+        return False
     if not await _send_credential(conn, gateway_id, app.db.set_credential):
         return False
     replaced = app.hub.promote(conn, gateway_id)

@@ -145,6 +145,25 @@ async def test_claims_are_rate_limited(make_cloud: CloudFactory) -> None:
     assert "request_id" in body["error"]
 
 
+async def test_new_registration_tokens_are_rate_limited_per_address(
+    make_cloud: CloudFactory,
+) -> None:
+    cloud = await make_cloud(claim_limit=3)
+    replies = []
+    for n in range(5):
+        tunnel = await cloud.tunnel()
+        replies.append(await tunnel.hello(f"invented-token-{n}"))
+    assert [type(r) for r in replies] == [p.Welcome] * 3 + [p.ErrorMsg] * 2
+    assert replies[-1] == p.ErrorMsg(
+        code="rate_limited", message="too many new registration tokens; try again later"
+    )
+    with sqlite3.connect(cloud.state.settings.db_path) as db:
+        assert db.execute("SELECT count(*) FROM registration_tokens").fetchone() == (3,)
+    # a token already seen still gets through: a gateway redialing is not held back
+    again = await cloud.tunnel()
+    assert isinstance(await again.hello("invented-token-0"), p.Welcome)
+
+
 async def test_action_request_round_trip_records_every_transition(cloud: Cloud) -> None:
     tunnel, _gateway_id, _ = await cloud.claimed_gateway()
     status, created = await cloud.post(
@@ -288,6 +307,33 @@ async def test_revocation_closes_the_tunnel_and_the_credential_stops_working(
     with pytest.raises(aiohttp.WSServerHandshakeError) as info:
         await cloud.tunnel(credential)
     assert info.value.status == 401
+
+
+async def test_a_revoked_gateway_is_not_claimed_again_by_its_token(cloud: Cloud) -> None:
+    gateway_id, _ = await _claim_lost(cloud, "second-thought-4")
+    status, _ = await cloud.post(f"/v1/gateways/{gateway_id}/actions/revoke_credential")
+    assert status == 200
+    again = await cloud.tunnel()
+    assert await again.hello("second-thought-4") == p.ErrorMsg(
+        code="registration_token_used", message="this registration token was already used"
+    )
+    assert await again.closed()
+    assert (await cloud.get(f"/v1/gateways/{gateway_id}"))["status"] == "offline"
+
+
+async def test_a_credential_revoked_before_hello_opens_no_session(cloud: Cloud) -> None:
+    tunnel, gateway_id, credential = await cloud.claimed_gateway()
+    await tunnel.ws.close()
+    dialing = await cloud.tunnel(credential)  # past the upgrade, hello not sent yet
+    status, _ = await cloud.post(f"/v1/gateways/{gateway_id}/actions/revoke_credential")
+    assert status == 200
+    assert await dialing.hello() == p.ErrorMsg(
+        code="revoked", message="the gateway credential was revoked"
+    )
+    assert await dialing.closed()
+    assert (await cloud.get(f"/v1/gateways/{gateway_id}"))["status"] == "offline"
+    status, created = await cloud.post(f"/v1/devices/{DEVICE_ID}/actions/unlock")
+    assert (status, created["status"]) == (200, "gateway_failure")
 
 
 async def test_rotation_sends_a_new_credential_and_retires_the_old(cloud: Cloud) -> None:
