@@ -128,6 +128,7 @@ class Daemon:
         self.metrics: Any = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._started = anyio.Event()
+        self._unavailable: dict[str, str] = {}  # enabled drivers that could not be loaded
         self.status_listeners: list[Callable[[StatusUpdate], None]] = []
         self.event_listeners: list[Callable[[DoorEvent], None]] = []
 
@@ -170,7 +171,7 @@ class Daemon:
             log.info("daemon.unclaimed", registration_token=identity.registration_token)
         if recovered := dispatcher.recover():
             log.warning("daemon.recovered_actions", failed=recovered)
-        drivers = [self._make_driver(name) for name in self.config.enabled_drivers()]
+        drivers = self._make_drivers()
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
@@ -216,6 +217,18 @@ class Daemon:
                 self.notifier.close()
                 log.info("daemon.stopped")
 
+    def _make_drivers(self) -> list[Driver]:
+        """The enabled drivers. One that cannot be loaded (its radio library is not installed,
+        its constructor fails) is reported down; the other radios' locks are still served."""
+        drivers = []
+        for name in self.config.enabled_drivers():
+            try:
+                drivers.append(self._make_driver(name))
+            except Exception as exc:  # noqa: BLE001 - one broken driver must not stop the box
+                self._unavailable[name] = f"cannot load: {exc}"
+                log.error("daemon.driver_unavailable", driver=name, error=str(exc))
+        return drivers
+
     def _make_driver(self, name: str) -> Driver:
         cls = self._driver_classes.get(name) or load_driver(name)
         section = getattr(self.config.drivers, name)
@@ -235,16 +248,32 @@ class Daemon:
                 return
         if scope.cancelled_caught:
             log.error("daemon.driver_start_timeout", driver=driver.name)
-        else:
-            log.info("daemon.driver_started", driver=driver.name, devices=len(driver.devices()))
+            return
+        # counted from what the driver reported through its sink: no call into the driver
+        # that could raise here and take the whole daemon down with it
+        assert self.registry is not None
+        registry = self.registry
+        count = sum(1 for d in registry.devices() if registry.driver_of(d.id) == driver.name)
+        log.info("daemon.driver_started", driver=driver.name, devices=count)
 
     async def _stop_drivers(self, drivers: list[Driver]) -> None:
-        for driver in drivers:
-            with anyio.move_on_after(DRIVER_STOP_TIMEOUT_S):
-                try:
-                    await driver.stop()
-                except Exception as exc:  # noqa: BLE001 - keep stopping the others
-                    log.error("daemon.driver_stop_failed", driver=driver.name, error=str(exc))
+        """Stop every driver at once, all within DRIVER_STOP_TIMEOUT_S: one radio hanging in
+        stop() must not hold up the others, nor the shutdown, for a timeout of its own."""
+        pending = {driver.name for driver in drivers}
+
+        async def stop(driver: Driver) -> None:
+            try:
+                await driver.stop()
+            except Exception as exc:  # noqa: BLE001 - keep stopping the others
+                log.error("daemon.driver_stop_failed", driver=driver.name, error=str(exc))
+            pending.discard(driver.name)
+
+        with anyio.move_on_after(DRIVER_STOP_TIMEOUT_S):
+            async with anyio.create_task_group() as tg:
+                for driver in drivers:
+                    tg.start_soon(stop, driver, name=f"driver.{driver.name}.stop")
+        if pending:
+            log.error("daemon.driver_stop_timeout", drivers=sorted(pending))
 
     @staticmethod
     async def _serve_until_cancelled(runner: Any) -> None:
@@ -323,9 +352,12 @@ class Daemon:
     # ------------------------------------------------------------------ introspection
 
     def driver_health(self) -> dict[str, DriverHealth]:
+        out = {
+            name: DriverHealth(DriverState.DOWN, "?", error)
+            for name, error in self._unavailable.items()
+        }
         if self.registry is None:
-            return {}
-        out: dict[str, DriverHealth] = {}
+            return out
         for name, driver in self.registry.drivers.items():
             try:
                 out[name] = driver.health()

@@ -1,0 +1,120 @@
+"""The daemon around its drivers: a misbehaving driver must not take the box down, and shutdown
+must not wait on one hung radio after another."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import anyio
+import pytest
+
+import gatewayd.driver
+from drivers.sim import SimDriver
+from gatewayd.config import parse_config
+from gatewayd.daemon import Daemon
+from gatewayd.driver import Driver, DriverHealth, DriverSink, DriverState
+from gatewayd.model import Action, ActionNotSupported, ActionResult, Device
+from tests.support import config_text
+
+
+class DevicesRaises(SimDriver):
+    """A sim whose devices() is broken, though it started and reported its locks."""
+
+    def devices(self) -> Sequence[Device]:
+        raise RuntimeError("devices() is broken")
+
+
+class HangsInStop(Driver):
+    """A radio that never finishes stopping; it notes how many drivers were stopping with it."""
+
+    name: ClassVar[str] = "zwave"
+    stopping: ClassVar[set[str]] = set()
+    seen_stopping: ClassVar[dict[str, int]] = {}
+
+    async def start(self, sink: DriverSink) -> None:
+        return None
+
+    async def stop(self) -> None:
+        self.stopping.add(self.name)
+        try:
+            await anyio.sleep_forever()
+        finally:
+            self.seen_stopping[self.name] = len(self.stopping)
+
+    def devices(self) -> Sequence[Device]:
+        return []
+
+    async def execute(self, device_id: str, action: Action) -> ActionResult:
+        raise ActionNotSupported("no locks")
+
+    async def pair(self, duration_s: int) -> None:
+        raise ActionNotSupported("no pairing")
+
+    async def unpair(self, duration_s: int, device_id: str | None) -> None:
+        raise ActionNotSupported("no pairing")
+
+    def health(self) -> DriverHealth:
+        return DriverHealth(DriverState.READY, "fake")
+
+
+class AlsoHangsInStop(HangsInStop):
+    name: ClassVar[str] = "zigbee"
+
+
+async def run_daemon(tmp_path: Path, classes: dict[str, type[Driver]], extra: str = "") -> Daemon:
+    """Start a daemon with these driver classes, check it became ready, and stop it."""
+    daemon = Daemon(
+        parse_config(config_text(tmp_path / "state", extra=extra)), driver_classes=classes
+    )
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(daemon.run)
+            await daemon.wait_started()
+            assert daemon.ready
+            daemon.stop()
+    return daemon
+
+
+async def test_a_driver_whose_devices_raises_does_not_take_the_daemon_down(
+    tmp_path: Path,
+) -> None:
+    daemon = await run_daemon(tmp_path, {"sim": DevicesRaises})
+
+    assert daemon.registry is not None
+    assert len(daemon.registry.devices()) == 2  # its locks were served all the same
+
+
+async def test_a_radio_library_that_is_not_installed_leaves_the_other_locks_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # as on a box installed without the zigbee extra, with zigbee enabled in its config
+    drivers = {**gatewayd.driver.DRIVERS, "zigbee": "drivers.no_such_radio:ZigbeeDriver"}
+    monkeypatch.setattr(gatewayd.driver, "DRIVERS", drivers)
+    daemon = Daemon(
+        parse_config(config_text(tmp_path / "state", extra="[drivers.zigbee]\nenabled = true\n"))
+    )
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(daemon.run)
+            await daemon.wait_started()
+            assert daemon.registry is not None
+            assert len(daemon.registry.devices()) == 2  # the simulated locks
+            line = daemon.status_line()
+            daemon.stop()
+
+    assert "radio down: zigbee (cannot load: No module named 'drivers.no_such_radio')" in line
+
+
+async def test_hung_drivers_are_stopped_together_not_one_after_another(tmp_path: Path) -> None:
+    HangsInStop.stopping.clear()
+    HangsInStop.seen_stopping.clear()
+    extra = "[drivers.zwave]\nenabled = true\n[drivers.zigbee]\nenabled = true\n"
+    classes: dict[str, Any] = {"zwave": HangsInStop, "zigbee": AlsoHangsInStop}
+
+    await run_daemon(tmp_path, classes, extra)
+
+    # Each hung stop was given up only once both were under way: the shutdown waited on the
+    # stop timeout once, not once per driver.
+    assert HangsInStop.seen_stopping == {"zwave": 2, "zigbee": 2}
