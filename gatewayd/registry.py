@@ -108,10 +108,7 @@ class Registry:
         log.info("registry.device_removed", device_id=device_id)
 
     def event(self, event: DoorEvent) -> None:
-        if (
-            event.details.get("method") == Method.REMOTE
-            and "action_request_id" not in event.details
-        ):
+        if _answers_action(event) and "action_request_id" not in event.details:
             answering = self.answering(event.device_id)
             if answering is not None:
                 details = {**event.details, "action_request_id": answering}

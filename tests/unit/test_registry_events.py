@@ -1,0 +1,54 @@
+"""Door events as the registry sends them upstream: the ones that answer an action name it."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from gatewayd.actions import StatusUpdate
+from gatewayd.model import ActionRequest, DoorEvent, EventName, utcnow
+from tests.support import running_daemon, wait_until
+
+
+def request(request_id: str, device_id: str, action: str, inputs: dict[str, Any]) -> ActionRequest:
+    now = utcnow()
+    return ActionRequest(
+        request_id, "Device", device_id, action, inputs, now, now + timedelta(seconds=10)
+    )
+
+
+async def test_code_events_answering_an_action_name_the_action_request(tmp_path: Path) -> None:
+    events: list[DoorEvent] = []
+    done: dict[str, str] = {}
+    async with running_daemon(tmp_path / "state") as daemon:
+        daemon.event_listeners.append(events.append)
+
+        def on_status(update: StatusUpdate) -> None:
+            if update.status.terminal:
+                done[update.action_request_id] = str(update.status)
+
+        daemon.status_listeners.append(on_status)
+        assert daemon.registry is not None
+        device = daemon.registry.devices()[0].id
+
+        daemon.submit(request("set-1", device, "set_code", {"code": "4821", "slot_id": 3}))
+        daemon.submit(request("clear-1", device, "clear_code", {"slot_id": 3}))
+        await wait_until(lambda: len(done) == 2)
+        assert done == {"set-1": "completed", "clear-1": "completed"}
+
+        # A code someone programs at the keypad right after answers no action of ours.
+        daemon.registry.event(
+            DoorEvent(device, EventName.CODE_SET, {"slot_id": 5, "method": "keypad"})
+        )
+
+    codes = [
+        (str(e.event_name), dict(e.details))
+        for e in events
+        if e.event_name in (EventName.CODE_SET, EventName.CODE_REMOVED)
+    ]
+    assert codes == [
+        ("code set on device", {"slot_id": 3, "action_request_id": "set-1"}),
+        ("code removed from device", {"slot_id": 3, "action_request_id": "clear-1"}),
+        ("code set on device", {"slot_id": 5, "method": "keypad"}),
+    ]
