@@ -5,10 +5,15 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
+from typing import Final
 
 import structlog
 
 log = structlog.get_logger(__name__)
+
+SEND_TIMEOUT_S: Final = 0.1
+"""The longest a notification may hold up the event loop while systemd's queue is full."""
+_MUST_ARRIVE: Final = ("READY", "STOPPING")  # resent with the next notification if dropped
 
 
 class Notifier:
@@ -20,6 +25,7 @@ class Notifier:
         self._address = "\0" + address[1:] if address.startswith("@") else address
         self._sock: socket.socket | None = None
         self._failed = False
+        self._owed: dict[str, str] = {}
         usec = env.get("WATCHDOG_USEC", "")
         pid = env.get("WATCHDOG_PID", "")
         self.watchdog_s: float | None = None
@@ -34,16 +40,22 @@ class Notifier:
         """Send e.g. notify(READY="1", STATUS="...") as one datagram."""
         if not self._address:
             return False
+        fields = {**self._owed, **fields}
         payload = "\n".join(f"{k}={v}" for k, v in fields.items()).encode()
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                # A full queue (systemd busy) would otherwise block the event loop, every lock
+                # with it, until systemd reads again.
+                self._sock.settimeout(SEND_TIMEOUT_S)
             self._sock.sendto(payload, self._address)
-        except OSError as exc:
+        except OSError as exc:  # TimeoutError too: the datagram is dropped
+            self._owed = {k: v for k, v in fields.items() if k in _MUST_ARRIVE}
             if not self._failed:
-                log.warning("sdnotify.send_failed", error=str(exc))
+                log.warning("sdnotify.send_failed", error=str(exc) or type(exc).__name__)
             self._failed = True
             return False
+        self._owed = {}
         self._failed = False
         return True
 
