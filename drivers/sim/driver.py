@@ -84,15 +84,23 @@ class SimDriver(Driver):
             return
         self._sink = sink
         ids = self._load_inventory()
+        # The locks are hardware: restarting the driver leaves their bolts, codes and batteries
+        # as they were (a new process starts them afresh: their codes are never kept on disk).
+        known = {lock.native_id: lock for lock in self._locks.values()}
         self._locks = {}
         for nid in ids:
-            lock = SimLock(native_id=nid, device_id=sink.device_id(nid), codes=self._codes)
+            device_id = sink.device_id(nid)
+            lock = known.get(nid)
+            if lock is None or lock.device_id != device_id:
+                lock = SimLock(native_id=nid, device_id=device_id, codes=self._codes)
             self._locks[lock.device_id] = lock
         timers = self._timers = Timers()
         self._ctx.spawn("sim.timers", timers.run)
         self._state = DriverState.READY
         for lock in self._locks.values():
             sink.device_added(self._device(lock))
+            if not lock.locked and not lock.door_open:
+                self._arm_relock(lock)  # left unlocked, it relocks by itself as before
         log.info("sim.started", locks=len(self._locks))
 
     async def stop(self) -> None:

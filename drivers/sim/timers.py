@@ -6,6 +6,10 @@ from collections.abc import Callable, Hashable
 
 import anyio
 
+from gatewayd.logging import get_logger
+
+log = get_logger(__name__)
+
 
 class Timers:
     """`call_later(key, delay, fn)` replaces any timer under the same key; `run()` fires them.
@@ -45,8 +49,14 @@ class Timers:
             )
             for _, key in ready:
                 entry = self._due.pop(key, None)
-                if entry is not None:
+                if entry is None:
+                    continue
+                try:
                     entry[1]()
+                except Exception as exc:  # noqa: BLE001 - runs in the daemon's task group
+                    # one failing timer (a join the store refused) must not end the others,
+                    # nor take the daemon down with it
+                    log.error("sim.timer_failed", timer=str(key), error=repr(exc))
             if self._closed:
                 return
             if self._due:

@@ -11,6 +11,7 @@ import pytest
 
 from drivers.sim import SimDriver
 from drivers.sim.lock import SimLock
+from drivers.sim.timers import Timers
 from gatewayd.config import parse_config
 from gatewayd.driver import DriverContext, DriverState, SimConfig, Simulation, Spawn, load_driver
 from gatewayd.model import (
@@ -133,6 +134,25 @@ async def test_a_lock_in_time_cancels_the_auto_relock(
     assert events_named(sink, dev, EventName.DOOR_LOCKED) == [{"method": "remote"}]
 
 
+async def test_a_failing_timer_does_not_stop_the_others() -> None:
+    fired: list[str] = []
+
+    def fails() -> None:
+        raise RuntimeError("the store refused the new lock")
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:  # as the daemon's: an error would end it
+            timers = Timers()
+            tg.start_soon(timers.run)
+            timers.call_later(("join", 3), 0.0, fails)
+            timers.call_later(("relock", "a"), 0.01, lambda: fired.append("relock"))
+            while not fired:
+                await anyio.sleep(0.01)
+            timers.close()
+
+    assert fired == ["relock"]
+
+
 async def test_stop_ends_the_timer_task(sink: RecordingSink, tmp_path: Path) -> None:
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
@@ -188,6 +208,42 @@ async def test_restart_keeps_native_ids_and_paired_locks(
 
     assert sorted(d.native_id for d in second.devices()) == natives
     assert set(again.devices) == set(sink.devices)
+
+
+async def test_a_driver_restart_leaves_the_locks_as_they_are(
+    sink: RecordingSink, spawn: Spawn, tmp_path: Path
+) -> None:
+    """Restarting the driver does not touch the hardware: bolts, codes and batteries stay."""
+    driver, (dev, _) = await started(sink, spawn, tmp_path)
+    await driver.execute(dev, SetCode(slot_id=3, code=PinCode("4821")))
+    await driver.execute(dev, Unlock())
+    await driver.simulate(dev, Simulation.BATTERY, {"level": 0.5})
+    await driver.stop()
+
+    await driver.start(sink)
+
+    assert sink.devices[dev].properties.locked is False
+    assert sink.devices[dev].properties.battery_level == 0.5
+    await driver.simulate(dev, Simulation.MANUAL_LOCK, {})
+    await driver.simulate(dev, Simulation.KEYPAD_UNLOCK, {"slot_id": 3})  # the code still opens
+    assert events_named(sink, dev, EventName.DOOR_UNLOCKED)[-1] == {
+        "method": "pin_code",
+        "slot_id": 3,
+    }
+
+
+async def test_a_lock_left_unlocked_over_a_driver_restart_still_relocks(
+    sink: RecordingSink, spawn: Spawn, tmp_path: Path
+) -> None:
+    driver, (dev, _) = await started(sink, spawn, tmp_path, BASE.__replace__(auto_relock_s=0.05))
+    await driver.execute(dev, Unlock())
+    await driver.stop()
+    mark = len(sink.events)
+
+    await driver.start(sink)
+
+    event = await sink.wait_event(dev, EventName.DOOR_LOCKED, after=mark)
+    assert event.details == {"method": "auto"}
 
 
 async def test_a_changed_lock_count_reseeds_the_inventory(
