@@ -87,6 +87,10 @@ _SIM_ACTIONS: Mapping[Simulation, str] = {
 
 
 OWN_ECHO_S: Final = 10.0  # how late a lock's code notification for our own change may come
+# stop() returns within STOP_TIMEOUT_S, below the daemon's DRIVER_STOP_TIMEOUT_S: its waits are
+# shielded (it may be called from a cancelled scope), so the daemon's limit cannot cut them.
+STOP_TIMEOUT_S: Final = 1.0
+CLOSE_TIMEOUT_S: Final = 0.5  # a websocket close that zwave-server does not answer is cut then
 
 
 @dataclass(slots=True)
@@ -192,14 +196,18 @@ class ZWaveDriver(Driver):
             lock.tracker.close()
         self._detach()
         self._locks.clear()
-        with anyio.move_on_after(5, shield=True):
-            await self._run_done.wait()
-        if self._client is not None:
-            with anyio.CancelScope(shield=True):
-                await self._client.disconnect()
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
+        with anyio.move_on_after(STOP_TIMEOUT_S, shield=True) as bound:
+            try:
+                # the connection task closes its websocket within CLOSE_TIMEOUT_S
+                await self._run_done.wait()
+                if self._client is not None:  # it did not get to
+                    await self._client.disconnect()
+            finally:
+                if self._http is not None:
+                    http, self._http = self._http, None
+                    await http.close()  # its sockets close at once, even when cut short here
+        if bound.cancelled_caught:
+            log.warning("zwave.stop_timeout", timeout_s=STOP_TIMEOUT_S)
         log.info("zwave.stopped")
 
     def devices(self) -> Sequence[Device]:
@@ -227,22 +235,25 @@ class ZWaveDriver(Driver):
     async def _run(self) -> None:
         attempt = 0
         done = self._run_done
-        with anyio.CancelScope() as scope:
-            self._scopes.append(scope)
-            while self._state is not DriverState.STOPPED:
-                connected_at = time.monotonic()
-                try:
-                    await self._session()
-                except Exception as exc:  # noqa: BLE001 - every failure means: retry later
-                    self._down(exc)
-                if time.monotonic() - connected_at > 10:
-                    attempt = 0
-                delay = random.uniform(0, min(self._config.reconnect_max_s, 0.5 * 2**attempt))  # noqa: S311
-                attempt += 1
-                self._reconnects += 1
-                log.info("zwave.reconnect_scheduled", delay_s=round(delay, 2), attempt=attempt)
-                await anyio.sleep(delay)
-        done.set()
+        try:
+            with anyio.CancelScope() as scope:
+                self._scopes.append(scope)
+                while self._state is not DriverState.STOPPED:
+                    connected_at = time.monotonic()
+                    try:
+                        await self._session()
+                    except Exception as exc:  # noqa: BLE001 - every failure means: retry later
+                        self._down(exc)
+                    if time.monotonic() - connected_at > 10:
+                        attempt = 0
+                    delay = random.uniform(0, min(self._config.reconnect_max_s, 0.5 * 2**attempt))  # noqa: S311
+                    attempt += 1
+                    self._reconnects += 1
+                    log.info("zwave.reconnect_scheduled", delay_s=round(delay, 2), attempt=attempt)
+                    await anyio.sleep(delay)
+        finally:
+            # also when cancelled from outside: the daemon cancels its task group before stop()
+            done.set()
 
     def _down(self, exc: BaseException) -> None:
         text = str(exc) or type(exc).__name__
@@ -284,8 +295,11 @@ class ZWaveDriver(Driver):
         finally:
             self._detach()
             self._client = None
-            with anyio.CancelScope(shield=True):
+            # bounded: a shielded wait on a server that no longer answers would hold up stop()
+            with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True) as closing:
                 await client.disconnect()
+            if closing.cancelled_caught:
+                log.warning("zwave.close_timeout", timeout_s=CLOSE_TIMEOUT_S)
         raise failure[0] if failure else _Disconnected()
 
     def _attach(self, client: Client) -> None:

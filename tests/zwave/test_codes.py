@@ -11,6 +11,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from structlog.testing import capture_logs
 
 from drivers.zwave import ZWaveDriver
 from gatewayd.driver import DriverContext, Simulation
@@ -47,6 +48,38 @@ async def test_set_code_is_read_back_and_rechecked_and_never_logged(
     assert 5 not in zwave_stack.control(2, "state")["slots"]
     ev = await sink.wait_event(dev, "code removed from device", timeout=5)  # type: ignore[arg-type]
     assert ev.details == {"slot_id": 5}
+
+
+async def test_a_pin_is_in_no_log_line_even_with_zwave_js_server_logging_at_debug(
+    zwave: tuple[ZWaveDriver, RecordingSink],
+    zwave_stack: ZWaveStack,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With every logger at DEBUG, zwave_js_server's too: the PIN goes out as a User Code Set
+    argument and comes back in the read-back report and the User Code "value updated" event,
+    where no key rule finds it. It is in no log line, stdlib or structlog, no error text and
+    not in health, for a set that works and one the lock refuses."""
+    driver, sink = zwave
+    ok, refused = sink.ids[native_id(2)], sink.ids[native_id(3)]
+    pin = "86420975"
+    caplog.set_level(logging.DEBUG)
+    for name in ("zwave_js_server", "aiohttp", "asyncio"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    assert logging.getLogger("zwave_js_server.model.node").isEnabledFor(logging.DEBUG)
+    errors: list[str] = []
+    with capture_logs() as structured:
+        await driver.execute(ok, SetCode(slot_id=7, code=PinCode(pin)))
+        await sink.wait_event(ok, "code set on device", timeout=5)  # type: ignore[arg-type]
+        await driver.simulate(refused, Simulation.FAULT, {"kind": "refuse"})
+        with pytest.raises(CodeNotConfirmed) as err:
+            await driver.execute(refused, SetCode(slot_id=7, code=PinCode(pin)))
+        errors.append(repr(err.value))
+        await anyio.sleep(2.0)  # the set's re-check (code_recheck_s) has read the slot again
+    assert 7 in zwave_stack.control(2, "state")["slots"]  # the PIN did go through the stack
+    assert any(e["event"] == "zwave.code_set" for e in structured)  # structlog was captured
+    lines = [r.getMessage() for r in caplog.records] + [caplog.text]
+    lines += [repr(entry) for entry in structured] + errors + [repr(driver.health())]
+    assert [line for line in lines if pin in line] == []
 
 
 async def test_a_clear_right_after_a_set_is_not_reported_as_a_dropped_code(

@@ -3,6 +3,7 @@ every change at the door reported once, whether it came while the link was up or
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,6 +12,7 @@ import anyio
 import pytest
 
 from drivers.zwave import ZWaveDriver
+from drivers.zwave.driver import STOP_TIMEOUT_S
 from gatewayd.driver import DriverContext, DriverState
 from gatewayd.model import Device, DeviceError, EventName, GatewayError, Lock, Unlock
 from tests.contract.sink import RecordingSink
@@ -230,3 +232,32 @@ async def test_a_bolt_that_moved_before_the_link_dropped_mid_unlock_is_reported(
             if names != [EventName.DOOR_UNLOCKED]:
                 wrong.append((outcome, names))
         assert wrong == []
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["answering", "frozen"])
+async def test_stop_after_the_daemon_cancelled_the_driver_tasks_returns_within_its_bound(
+    frozen: bool, zwave_stack: ZWaveStack, tmp_path: Path, tasks: Tasks
+) -> None:
+    """Shutdown in the daemon's order: its task group, the connection task with it, is
+    cancelled, then stop() is called under DRIVER_STOP_TIMEOUT_S, a limit that cannot cut
+    stop()'s shielded waits. stop() returns within its own bound, whether zwave-server still
+    answers or has frozen (the link stays up, nothing comes back), and the driver is stopped.
+    Before, stop() waited 5 s, shielded, for the end of a connection task already gone."""
+    zwave_stack.reset()
+    sink = RecordingSink()
+    bound = STOP_TIMEOUT_S + 2  # generous: stop() gives up on its own after STOP_TIMEOUT_S
+    async with proxied_driver(zwave_stack, tmp_path, tasks, sink) as (proxy, driver):
+        proxy.blackhole = frozen
+        for task in tasks.tasks:
+            task.cancel()
+        _, running = await asyncio.wait(tasks.tasks, timeout=bound)
+        assert running == set()
+        # in a task of its own: a shielded wait in stop() cannot be cut from here
+        stopping = asyncio.ensure_future(driver.stop())
+        finished, _ = await asyncio.wait({stopping}, timeout=bound)
+        assert finished == {stopping}, f"stop() still running after {bound} s"
+        stopping.result()
+        assert driver.health().state is DriverState.STOPPED
+        assert driver.devices() == []
+        with anyio.fail_after(bound):
+            await driver.stop()  # again: nothing left to wait for
