@@ -24,6 +24,7 @@ __all__ = [
     "StoreConfig",
     "ZWaveConfig",
     "ZigbeeConfig",
+    "is_loopback_ws_host",
     "load_config",
     "parse_config",
 ]
@@ -179,15 +180,22 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _is_loopback_ws_host(host: str) -> bool:
-    """Loopback as the tunnel judges a ws:// host (localhost, ::1, 127.x.x.x): a host this
-    check let through and the tunnel refused stopped the daemon at start-up."""
-    if host in ("localhost", "::1"):
+def is_loopback_ws_host(host: str) -> bool:
+    """Whether plain ws:// to `host` (a URL's hostname) stays on this box: localhost or a
+    loopback address, never a name that merely starts like one (`127.evil.com`).
+
+    The one rule for check-config and the tunnel: a host one let through and the other refused
+    stopped the daemon at start-up.
+    """
+    if host == "localhost":
         return True
     try:
-        return ipaddress.IPv4Address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # ::ffff:127.0.0.1, as every Python version judges it
+    return address.is_loopback
 
 
 def _ws_url(key: str, url: str) -> SplitResult:
@@ -247,7 +255,7 @@ def _check(cfg: Config) -> None:
     if url:
         parts = _ws_url("cloud.url", url)
         host = parts.hostname or ""
-        if parts.scheme == "ws" and not cfg.cloud.insecure and not _is_loopback_ws_host(host):
+        if parts.scheme == "ws" and not cfg.cloud.insecure and not is_loopback_ws_host(host):
             raise ConfigError("cloud.url: ws:// is allowed only to loopback; use wss://")
         if parts.scheme == "wss" and cfg.cloud.ca_file:
             _check_ca_file(cfg.cloud.ca_file)

@@ -19,7 +19,7 @@ import structlog
 
 from gatewayd import protocol
 from gatewayd.coalesce import coalesced_writes
-from gatewayd.config import CloudConfig
+from gatewayd.config import CloudConfig, is_loopback_ws_host
 from gatewayd.model import ActionRequest, iso, utcnow
 from gatewayd.store import Store
 from gatewayd.upstream import CLOCK_SKEW_S
@@ -118,8 +118,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def _is_loopback_url(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    return host in ("localhost", "::1") or host.startswith("127.")
+    return is_loopback_ws_host(urlsplit(url).hostname or "")
 
 
 def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -52,3 +52,19 @@ def test_plain_ws_only_to_loopback_or_when_insecure_is_explicit() -> None:
     make("ws://127.0.0.1:9/v1/gateway/tunnel")
     make("ws://[::1]:9/v1/gateway/tunnel")
     make("ws://10.1.2.3:9/v1/gateway/tunnel", insecure=True)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ws://127.evil.com/v1/gateway/tunnel",  # a DNS name that merely starts like 127.x
+        "ws://127.0.0.1.nip.io/v1/gateway/tunnel",
+    ],
+)
+def test_plain_ws_to_a_host_name_that_looks_like_loopback_needs_insecure(url: str) -> None:
+    """Any host starting with `127.` passed as loopback: plain ws:// to a name on the internet."""
+    from gatewayd.store import Store
+
+    with pytest.raises(ValueError, match="loopback"):
+        Tunnel(CloudConfig(url=url), Store.__new__(Store), print, dict)
+    Tunnel(CloudConfig(url=url, insecure=True), Store.__new__(Store), print, dict)

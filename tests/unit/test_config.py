@@ -110,6 +110,43 @@ def test_a_cloud_url_check_config_accepts_is_one_the_tunnel_accepts(url: str) ->
     Tunnel(cfg.cloud, cast(Any, None), lambda _request: None, dict)
 
 
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1",
+        "127.9.8.7",
+        "localhost",
+        "[::1]",
+        "[0:0:0:0:0:0:0:1]",
+        "127.evil.com",
+        "127.0.0.1.nip.io",
+        "127.1",
+        "10.0.0.5",
+        "cloud.example.com",
+    ],
+)
+def test_check_config_and_the_tunnel_judge_plain_ws_hosts_alike(host: str) -> None:
+    """Both ways: a ws:// host the tunnel took as loopback and check-config refused (or the
+    reverse) left `check-config` and `run` disagreeing about one file."""
+    from typing import Any, cast
+
+    from gatewayd.config import CloudConfig
+    from gatewayd.tunnel import Tunnel
+
+    url = f"ws://{host}:9000/v1/gateway/tunnel"
+    try:
+        parse_config(MINIMAL + f"[cloud]\nurl = '{url}'\n")
+        config_ok = True
+    except ConfigError:
+        config_ok = False
+    try:
+        Tunnel(CloudConfig(url=url), cast(Any, None), lambda _request: None, dict)
+        tunnel_ok = True
+    except ValueError:
+        tunnel_ok = False
+    assert config_ok == tunnel_ok
+
+
 def test_a_url_with_a_password_is_refused_without_quoting_it() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(MINIMAL + "[cloud]\nurl = 'wss://gw:s3cret@cloud.example.com/v1'\n")
