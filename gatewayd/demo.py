@@ -19,7 +19,7 @@ import aiohttp
 import anyio
 
 from gatewayd import logging as gwlog
-from gatewayd.config import parse_config
+from gatewayd.config import ConfigError, parse_config
 from gatewayd.daemon import Daemon
 
 READY_LINE = "gatewayd demo is ready"
@@ -145,15 +145,26 @@ def guide(api: str, api_key: str, status: str, claimed: dict[str, Any], work: Pa
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    if args.locks < 1:
+        # claim() waits for the locks to reach the cloud, and the guide's commands act on one
+        print(
+            "gatewayd demo: --locks must be at least 1 (the commands it prints act on a lock)",
+            file=sys.stderr,
+        )
+        return 2
     with tempfile.TemporaryDirectory(prefix="gatewayd-demo-") as tmp:
         work = Path(args.dir or tmp)
         work.mkdir(parents=True, exist_ok=True)
         api_key = "demo_" + secrets.token_urlsafe(12)
         cloud, cloud_port = start_cloud(work, api_key, args.cloud_port)
         try:
-            cfg = parse_config(
-                demo_config(work / "gateway", args.locks, args.status_port, cloud_port)
-            )
+            try:
+                cfg = parse_config(
+                    demo_config(work / "gateway", args.locks, args.status_port, cloud_port)
+                )
+            except ConfigError as exc:  # e.g. more locks than the simulator takes
+                print(f"gatewayd demo: {exc}", file=sys.stderr)
+                return 2
             log_stream = (work / "gatewayd.log").open("a", encoding="utf-8")
             gwlog.configure("info", "json", log_stream)
             daemon = Daemon(cfg, handle_signals=True)
@@ -161,7 +172,13 @@ def run_demo(args: argparse.Namespace) -> int:
 
             async def main() -> None:
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(daemon.run)
+
+                    async def serve() -> None:
+                        await daemon.run()
+                        # stopped (Ctrl-C): nothing more to wait for, a claim under way included
+                        tg.cancel_scope.cancel()
+
+                    tg.start_soon(serve)
                     await daemon.wait_started()
                     claimed = await claim(daemon, api, api_key)
                     status = f"http://127.0.0.1:{daemon.status_port}"

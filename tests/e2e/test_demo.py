@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +118,72 @@ def test_demo_prints_commands_that_work(tmp_path: Path) -> None:
         log = (tmp_path / "demo" / name).read_text()
         assert not re.search(r"code\W{1,4}\d{4}", log), f"a code value is in {name}"
     assert "daemon.ready" in (tmp_path / "demo" / "gatewayd.log").read_text()
+
+
+def test_demo_with_no_locks_is_refused_in_one_line(tmp_path: Path) -> None:
+    """`--locks 0` waited 30 s for a lock to show in the cloud, then ended with a traceback."""
+    out = subprocess.run(
+        [
+            *(sys.executable, "-m", "gatewayd.cli", "demo", "--locks", "0"),
+            *("--status-port", "0", "--cloud-port", "0", "--dir", str(tmp_path / "demo")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=ROOT,
+    )
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip().splitlines() == [
+        "gatewayd demo: --locks must be at least 1 (the commands it prints act on a lock)"
+    ]
+
+
+# The demo with a cloud that never answers, so that it stays in claim(): its devcloud is
+# replaced by a process that does nothing, and the tunnel dials a port nobody listens on.
+_STUCK_IN_CLAIM = """
+import subprocess, sys
+import gatewayd.demo
+from gatewayd.cli import main
+
+port = int(sys.argv[1])
+gatewayd.demo.start_cloud = lambda work, key, _: (subprocess.Popen(["sleep", "60"]), port)
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_ctrl_c_while_the_demo_is_claiming_exits_at_once_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C stopped the daemon, but claim() polled its tunnel for the rest of 30 s and the
+    demo ended with a TimeoutError traceback."""
+    from tests.support import free_port
+
+    status_port = free_port()
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-c", _STUCK_IN_CLAIM, str(free_port()), "demo"),
+            *("--status-port", str(status_port), "--dir", str(tmp_path / "demo")),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        end = time.monotonic() + 30
+        while time.monotonic() < end:  # the daemon is up: the demo is in claim() now
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{status_port}/healthz", timeout=1):
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.communicate()[0]
+                time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        # well within claim()'s 30 s: the demo must not wait for them
+        output, _ = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert "Traceback" not in output, output
+    assert proc.returncode == 0
