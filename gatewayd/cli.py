@@ -132,7 +132,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_token(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     from gatewayd.daemon import DB_NAME
-    from gatewayd.store import Store
+    from gatewayd.store import read_identity
 
     db = Path(cfg.gateway.state_dir) / DB_NAME
     try:
@@ -151,13 +151,13 @@ def cmd_token(args: argparse.Namespace) -> int:
         )
         return 1
     try:
-        store = Store.open(db)
-        try:
-            ident = store.identity()
-        finally:
-            store.close()
+        # read-only: run as root, a write could leave files the daemon's user cannot open
+        ident = read_identity(db)
     except Exception as exc:  # noqa: BLE001 - report any reason the state cannot be read
         print(f"gatewayd: cannot open {db}: {exc}", file=sys.stderr)
+        return 1
+    if ident is None:
+        print(f"gatewayd: no identity in {db} yet: start the daemon first", file=sys.stderr)
         return 1
     if ident.claimed:
         print(f"claimed as {ident.gateway_id}")

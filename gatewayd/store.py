@@ -17,6 +17,7 @@ import os
 import secrets
 import sqlite3
 import threading
+import urllib.parse
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -244,6 +245,34 @@ def migrate(db: sqlite3.Connection) -> int:
     return len(MIGRATIONS)
 
 
+# --------------------------------------------------------------------------- read-only
+
+
+def read_identity(path: Path) -> Identity | None:
+    """The identity in the store at `path`, read without writing anything (for `gatewayd
+    token`): no migration, and no -wal or -shm file made. Run as root while the daemon is
+    stopped, those would be root's, and the daemon's user could no longer open its store.
+    None if the store holds no identity yet."""
+    wal, shm = (path.with_name(path.name + suffix) for suffix in ("-wal", "-shm"))
+    uri = "file:" + urllib.parse.quote(str(path)) + "?mode=ro"
+    for _ in range(3):
+        # A store in use (or not closed cleanly) is read through its WAL and its index, as
+        # they are. One closed cleanly holds everything in its main file: read it as immutable,
+        # which creates nothing (a read-only open would create both files, and leave them).
+        live = wal.exists() and shm.exists()
+        db = sqlite3.connect(uri if live else uri + "&immutable=1", uri=True)
+        try:
+            row = db.execute(
+                "SELECT registration_token, token_created_at, gateway_id, credential FROM identity"
+            ).fetchone()
+        finally:
+            db.close()
+        if live or not wal.exists():
+            return None if row is None else Identity(row[0], _parse_ts(row[1]), row[2], row[3])
+        # the daemon started while the main file was read: read again, through its WAL
+    raise sqlite3.OperationalError("the store kept changing while it was read")
+
+
 # --------------------------------------------------------------------------- store
 
 
@@ -310,6 +339,7 @@ class Store:
         self._pending_sql: list[tuple[str, tuple[Any, ...]]] = []
         self._pending_actions: dict[str, tuple[ActionRow, list[Any], str]] = {}
         self._pending_devices: dict[str, str] = {}  # device_id -> descriptor JSON, latest
+        self._forgotten: set[str] = set()  # device ids whose DELETE waits for the next commit
         self._flush_scheduled = False
         self._committed_event = anyio.Event()
         self.last_error: str | None = None
@@ -428,6 +458,7 @@ class Store:
         self._commit_event = anyio.Event()
         self._pending_frames, self._pending_sql, self._pending_actions = [], [], {}
         self._pending_devices = {}
+        self._forgotten.clear()
         if frames:
             self._committed_seq = frames[-1][0]
             self._remember_frames(frames)
@@ -503,13 +534,25 @@ class Store:
         row = self._db.execute(
             "SELECT device_id FROM devices WHERE driver = ? AND native_id = ?", (driver, native_id)
         ).fetchone()
-        if row:
+        if row and row[0] not in self._forgotten:
             return str(row[0])
         device_id = str(uuid.uuid4())
-        self._db.execute(
-            "INSERT INTO devices (device_id, driver, native_id) VALUES (?, ?, ?)",
-            (device_id, driver, native_id),
-        )
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            if row:
+                # Forgotten in this batch and seen again before its commit: a new device, as
+                # after the commit. The old row goes now, or the queued DELETE would take the
+                # row this id is about to get.
+                self._db.execute("DELETE FROM devices WHERE device_id = ?", (row[0],))
+            self._db.execute(
+                "INSERT INTO devices (device_id, driver, native_id) VALUES (?, ?, ?)",
+                (device_id, driver, native_id),
+            )
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
         return device_id
 
     def save_device(self, device_id: str, descriptor: dict[str, Any] | bytes) -> None:
@@ -523,7 +566,15 @@ class Store:
 
     def forget_device(self, device_id: str) -> None:
         self._pending_devices.pop(device_id, None)
+        self._forgotten.add(device_id)
         self._queue("DELETE FROM devices WHERE device_id = ?", (device_id,))
+
+    def knows_device(self, device_id: str) -> bool:
+        """Whether the store holds this device id (and is not about to forget it)."""
+        if device_id in self._forgotten:
+            return False
+        row = self._db.execute("SELECT 1 FROM devices WHERE device_id = ?", (device_id,))
+        return row.fetchone() is not None
 
     def devices(self) -> list[DeviceRow]:
         return [

@@ -161,3 +161,49 @@ async def test_status_output_carries_no_terminal_escape_sequences(tmp_path: Path
     assert "refused" in text
     for control in ("\x1b", "\x07", "\r"):
         assert control not in text
+
+
+def test_token_reads_the_store_without_writing_to_it(tmp_path: Path) -> None:
+    """`token` opened the store as the daemon does: it migrated the schema and created the
+    -wal/-shm files, which, run as root while the daemon was stopped, could be left owned by
+    root, and the daemon's user could then not open its store."""
+    import sqlite3
+
+    from gatewayd.store import MIGRATIONS, Store
+
+    state = tmp_path / "state"
+    state.mkdir()
+    db_path = state / "gatewayd.db"
+    db = sqlite3.connect(db_path, isolation_level=None)
+    for step in MIGRATIONS[:3]:  # a store written by an older gatewayd, not started since
+        step(db)
+    db.execute("PRAGMA user_version = 3")
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute(
+        "INSERT INTO identity (id, registration_token, token_created_at)"
+        " VALUES (1, 'calm-haiku-42', '2026-01-01T00:00:00+00:00')"
+    )
+    db.close()
+    config = str(_config(tmp_path, state))
+
+    def token() -> str:
+        os.utime(state, ns=(10**18, 10**18))  # any file made or removed in it changes this
+        result = _gatewayd("token", "-c", config)
+        assert result.returncode == 0, result.stderr
+        assert state.stat().st_mtime_ns == 10**18, "a file was created or removed"
+        return result.stdout.strip()
+
+    before = sorted(p.name for p in state.iterdir())
+    assert token() == "calm-haiku-42"
+    assert sorted(p.name for p in state.iterdir()) == before
+    with sqlite3.connect(db_path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3  # not migrated
+    db.close()
+
+    # the daemon running: what it committed last may be in its WAL only, and is read there
+    store = Store.open(db_path)
+    try:
+        fresh = store.reset_claim().registration_token
+        assert token() == fresh
+    finally:
+        store.close()

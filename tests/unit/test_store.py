@@ -462,3 +462,29 @@ def test_a_store_that_refuses_the_prune_says_so_and_carries_on(
     assert "locked" in logs.calls[0].kwargs["error"]
     assert store.prune_actions("2030-01-01", keep=1) == 2
     store.close()
+
+
+async def test_a_device_forgotten_and_seen_again_in_one_tick_keeps_the_id_it_got(
+    tmp_path: Path,
+) -> None:
+    """The forget was queued for the commit while `device_id` read the table at once: the
+    device seen again got its old id, the queued DELETE then took its row, and after a
+    restart it had yet another id."""
+    store = Store.open(tmp_path / "s.db")
+    old = store.device_id("sim", "sim-0001")
+    assert store.flush()
+    # one tick: the lock leaves and joins again (no await in between)
+    store.forget_device(old)
+    again = store.device_id("sim", "sim-0001")
+    store.save_device(again, {"name": "front door"})
+    assert store.flush()
+    store.close()
+
+    store = Store.open(tmp_path / "s.db")
+    try:
+        assert store.device_id("sim", "sim-0001") == again  # the id it was given stays its id
+        assert [(row.device_id, row.descriptor) for row in store.devices()] == [
+            (again, {"name": "front door"})
+        ]
+    finally:
+        store.close()
