@@ -21,6 +21,7 @@ from gatewayd import __version__
 from gatewayd.actions import Dispatcher, StatusUpdate
 from gatewayd.config import Config
 from gatewayd.driver import Driver, DriverContext, DriverHealth, DriverState, load_driver
+from gatewayd.logging import redact_value
 from gatewayd.metrics import GatewayMetrics
 from gatewayd.model import ActionRequest, DoorEvent, iso, utcnow
 from gatewayd.registry import Registry
@@ -35,6 +36,17 @@ DRIVER_START_TIMEOUT_S: Final = 90.0
 DRIVER_STOP_TIMEOUT_S: Final = 1.5
 DB_NAME: Final = "gatewayd.db"
 PRUNE_EVERY_S: Final = 3600.0  # the action log is pruned at start-up, then this often
+# Bounds of the time between watchdog pings (half of WATCHDOG_USEC in between): a tiny
+# WATCHDOG_USEC (1 µs) made the loop spin. The floor stays below what a real WatchdogSec= asks
+# for (a one-second watchdog needs pings more often than every second).
+WATCHDOG_MIN_PING_S: Final = 0.05
+WATCHDOG_MAX_PING_S: Final = 10.0
+
+
+def _shown(error: str | None) -> str | None:
+    """An error as /status and the status line show it: a library's message may quote a
+    secret (a URL with its password, an Authorization header, a code), masked here."""
+    return None if error is None else str(redact_value(error))
 
 
 def _short(text: str, limit: int = 80) -> str:
@@ -255,6 +267,15 @@ class Daemon:
         registry = self.registry
         count = sum(1 for d in registry.devices() if registry.driver_of(d.id) == driver.name)
         log.info("daemon.driver_started", driver=driver.name, devices=count)
+        try:
+            complete = driver.inventory_complete()
+        except Exception as exc:  # noqa: BLE001 - not knowing is "no": nothing is removed
+            log.error("daemon.driver_inventory_failed", driver=driver.name, error=str(exc))
+            complete = False
+        if complete and (gone := registry.remove_unreported(driver.name)):
+            # devices that left its network while the gateway was off (a lock excluded, the
+            # simulator given fewer locks): removed here, upstream too
+            log.info("daemon.devices_gone", driver=driver.name, device_ids=gone)
 
     async def _stop_drivers(self, drivers: list[Driver]) -> None:
         """Stop every driver at once, all within DRIVER_STOP_TIMEOUT_S: one radio hanging in
@@ -292,7 +313,8 @@ class Daemon:
 
     async def _watchdog(self) -> None:
         """Ping systemd from the event loop itself: a stalled loop stops the pings."""
-        interval = (self.notifier.watchdog_s or 0) / 2 or 10.0
+        interval = (self.notifier.watchdog_s or 0) / 2 or WATCHDOG_MAX_PING_S
+        interval = min(max(interval, WATCHDOG_MIN_PING_S), WATCHDOG_MAX_PING_S)
         last_status = ""
         while True:
             line = self.status_line()
@@ -301,7 +323,7 @@ class Daemon:
                 fields["STATUS"] = last_status = line
             if fields:
                 self.notifier.notify(**fields)
-            await anyio.sleep(min(interval, 10.0))
+            await anyio.sleep(interval)
 
     async def _prune_action_log(self, store: Store) -> None:
         """Keep the action log (and the state dir) bounded: finished actions go
@@ -381,7 +403,7 @@ class Daemon:
         locks = f"{n} lock" + ("" if n == 1 else "s")
         offline = sum(1 for d in devices if not d.properties.online)
         down = [
-            f"{name} ({_short(h.last_error)})" if h.last_error else name
+            f"{name} ({_short(_shown(h.last_error) or '')})" if h.last_error else name
             for name, h in self.driver_health().items()
             if h.state == DriverState.DOWN
         ]
@@ -419,9 +441,9 @@ class Daemon:
                 "status_line": self.status_line(),
                 "now": utcnow().isoformat(),
             },
-            "tunnel": self.tunnel.snapshot() if self.tunnel is not None else {"state": "off"},
+            "tunnel": self._tunnel_snapshot(),
             "store": {
-                "last_error": store.last_error,
+                "last_error": _shown(store.last_error),
                 "outbox_backlog": store.outbox_backlog(),
                 "acked_seq": store.acked_seq,
             },
@@ -429,7 +451,7 @@ class Daemon:
                 name: {
                     "state": str(h.state),
                     "radio": h.radio,
-                    "last_error": h.last_error,
+                    "last_error": _shown(h.last_error),
                     **dict(h.details),
                 }
                 for name, h in self.driver_health().items()
@@ -442,3 +464,11 @@ class Daemon:
                 "counts": {str(k): v for k, v in dispatcher.counts.items()},
             },
         }
+
+    def _tunnel_snapshot(self) -> dict[str, Any]:
+        if self.tunnel is None:
+            return {"state": "off"}
+        snapshot = self.tunnel.snapshot()
+        if isinstance(snapshot.get("last_error"), str):
+            snapshot["last_error"] = _shown(snapshot["last_error"])
+        return snapshot

@@ -133,6 +133,14 @@ class Driver(ABC):
     @abstractmethod
     def health(self) -> DriverHealth: ...
 
+    def inventory_complete(self) -> bool:
+        """Whether `devices()` now holds every device on this driver's network: the radio is
+        up and each device has been reported. Asked once `start` has returned; when True, the
+        core removes the devices this driver owned before and no longer reports (a lock
+        excluded while the gateway was off). False by default: a driver that cannot tell, or
+        whose radio is down, never has a device removed for it."""
+        return False
+
     async def simulate(self, device_id: str, what: Simulation, params: Mapping[str, Any]) -> None:
         """Act like a person at the door (keypad, manual turn, jam...). Simulated radios only."""
         raise ActionNotSupported(f"driver {self.name} cannot simulate {what!r}")

@@ -61,10 +61,13 @@ SECRET_KEYS: Final = frozenset(
     }
 )
 _NORM: Final = re.compile(r"[-_]")
-# Secrets inside free text: "Bearer abc", "Basic abc", "code=1234", "'code': '1234'",
-# "pin_code=b'1234'" (a zigpy command's repr), "userCode\":\"1234" (JSON quoted in a repr).
+# Secrets inside free text: "Bearer abc", "Basic abc", "ws://user:pw@host", "code=1234",
+# "'code': '1234'", "pin_code=b'1234'" (a zigpy command's repr), "userCode\":\"1234" (JSON
+# quoted in a repr).
 _TEXT_PATTERNS: Final = (
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 " + MASK),
+    # a URL's user and password: "ws://admin:s3cret@10.0.0.2:3000" in a connection error
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#@\s'\"]+@"), r"\1" + MASK + "@"),
     (
         re.compile(
             r"(?i)((?:\\*['\"])?\b(?:(?:user|pin)_?code|code|pin|credentials?|password|passwd"

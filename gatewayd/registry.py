@@ -98,7 +98,8 @@ class Registry:
         self.upstream.device(device, body)
 
     def remove(self, device_id: str) -> None:
-        if self._devices.pop(device_id, None) is None:
+        # one not reported in this run may still be in the store, and in the cloud, from the last
+        if self._devices.pop(device_id, None) is None and not self.store.knows_device(device_id):
             return
         self._owner.pop(device_id, None)
         self._reported.pop(device_id, None)
@@ -106,6 +107,19 @@ class Registry:
         self.store.forget_device(device_id)
         self.upstream.device_removed(device_id)
         log.info("registry.device_removed", device_id=device_id)
+
+    def remove_unreported(self, driver: str) -> list[str]:
+        """Remove the devices the store holds for `driver` that it has not reported in this
+        run. Only for a driver whose whole inventory is in (see Driver.inventory_complete)."""
+        reported = {device_id for device_id, owner in self._owner.items() if owner == driver}
+        gone = [
+            row.device_id
+            for row in self.store.devices()
+            if row.driver == driver and row.device_id not in reported
+        ]
+        for device_id in gone:
+            self.remove(device_id)
+        return gone
 
     def event(self, event: DoorEvent) -> None:
         if _answers_action(event) and "action_request_id" not in event.details:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Mapping
 from typing import Final
@@ -14,6 +15,9 @@ log = structlog.get_logger(__name__)
 SEND_TIMEOUT_S: Final = 0.1
 """The longest a notification may hold up the event loop while systemd's queue is full."""
 _MUST_ARRIVE: Final = ("READY", "STOPPING")  # resent with the next notification if dropped
+# systemd writes WATCHDOG_USEC in ASCII digits; str.isdigit also takes "²" (which int() then
+# refuses) and other scripts' digits
+_USEC: Final = re.compile(r"[0-9]{1,20}")
 
 
 class Notifier:
@@ -29,7 +33,7 @@ class Notifier:
         usec = env.get("WATCHDOG_USEC", "")
         pid = env.get("WATCHDOG_PID", "")
         self.watchdog_s: float | None = None
-        if usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
+        if _USEC.fullmatch(usec) and int(usec) > 0 and (not pid or pid == str(os.getpid())):
             self.watchdog_s = int(usec) / 1_000_000
 
     @property

@@ -114,6 +114,9 @@ class SimDriver(Driver):
     def devices(self) -> Sequence[Device]:
         return [self._device(lock) for lock in self._locks.values()]
 
+    def inventory_complete(self) -> bool:
+        return self._state is DriverState.READY  # start() reported every lock it holds
+
     def health(self) -> DriverHealth:
         details: dict[str, Any] = {"locks": len(self._locks)}
         if self._state is DriverState.READY:

@@ -7,6 +7,8 @@ import socket
 import threading
 from pathlib import Path
 
+import pytest
+
 from gatewayd.sdnotify import Notifier
 
 
@@ -55,3 +57,47 @@ def test_a_full_notify_queue_does_not_block_and_ready_is_sent_once_it_drains(
         receiver.close()  # also wakes a send still blocked on it
         worker.join(timeout=5)
         notifier.close()
+
+
+# "²"; 30000000 in Arabic-Indic digits; 30 in fullwidth digits
+@pytest.mark.parametrize("usec", ["\u00b2", "\u0663" + "\u0660" * 7, "\uff13\uff10"])
+def test_a_watchdog_usec_that_is_not_plain_ascii_digits_is_ignored(usec: str) -> None:
+    """`str.isdigit` took superscripts (int() then raised: the daemon could not start) and
+    other scripts' digits; systemd writes ASCII digits only."""
+    assert Notifier({"WATCHDOG_USEC": usec}).watchdog_s is None
+
+
+class _Stop(Exception):
+    pass
+
+
+async def test_a_tiny_watchdog_usec_does_not_make_the_ping_loop_spin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """WATCHDOG_USEC=1 had the loop ping systemd every half microsecond, flat out."""
+    import gatewayd.daemon
+    from gatewayd.config import parse_config
+    from gatewayd.daemon import Daemon
+    from tests.support import config_text
+
+    path = tmp_path / "notify.sock"
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(path))
+    notifier = Notifier({"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "1"})
+    daemon = Daemon(parse_config(config_text(tmp_path / "state")), notifier=notifier)
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 3:
+            raise _Stop
+
+    monkeypatch.setattr(gatewayd.daemon.anyio, "sleep", sleep)
+    try:
+        with pytest.raises(_Stop):
+            await daemon._watchdog()
+        assert receiver.recv(4096).decode().startswith("WATCHDOG=1")  # it still pings
+    finally:
+        receiver.close()
+        notifier.close()
+    assert min(waits) >= 0.05  # at most 20 pings a second

@@ -3,11 +3,18 @@ field, instead of failing inside the handler with a 500."""
 
 from __future__ import annotations
 
+import json
+import socket
 from pathlib import Path
 
 import aiohttp
+import anyio
 
-from tests.support import running_daemon
+from drivers.sim import SimDriver
+from gatewayd.config import parse_config
+from gatewayd.daemon import Daemon
+from gatewayd.driver import DriverHealth, DriverState
+from tests.support import config_text, running_daemon
 
 
 async def test_a_local_action_with_an_absurd_timeout_is_invalid_input(tmp_path: Path) -> None:
@@ -24,3 +31,54 @@ async def test_a_local_action_with_an_absurd_timeout_is_invalid_input(tmp_path: 
         assert resp.status == 400
         assert reply["error"]["type"] == "invalid_input"
         assert "timeout_s" in reply["error"]["message"]
+
+
+# What a radio or HTTP library may quote in an error: a URL with its password, a header, a code.
+_LEAKY = (
+    "Cannot connect to host ws://admin:s3cretpw@10.0.0.2:3000/ (Authorization: Bearer tok3nXYZ)"
+    " after set_code {'code': '4711'}"
+)
+_SECRETS = ("s3cretpw", "tok3nXYZ", "4711")
+
+
+class _LeakyRadio(SimDriver):
+    """A sim whose radio is down with an error that quotes secrets."""
+
+    def health(self) -> DriverHealth:
+        return DriverHealth(DriverState.DOWN, "sim", _LEAKY)
+
+
+async def test_errors_that_quote_secrets_are_masked_on_status(tmp_path: Path) -> None:
+    """The tunnel's and the drivers' last errors went to /status, /healthz and the status line
+    as the libraries wrote them."""
+    # a cloud that takes the connection and never answers: the tunnel waits on its upgrade for
+    # connect_timeout_s (3 s) and leaves the error set below alone meanwhile
+    silent = socket.create_server(("127.0.0.1", 0))
+    url = f"ws://127.0.0.1:{silent.getsockname()[1]}/t"
+    daemon = Daemon(
+        parse_config(config_text(tmp_path / "gw", cloud_url=url)),
+        driver_classes={"sim": _LeakyRadio},
+    )
+    with silent:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(daemon.run)
+            with anyio.fail_after(30):
+                await daemon.wait_started()
+            try:
+                assert daemon.tunnel is not None
+                daemon.tunnel.last_error = f"ClientConnectorError: {_LEAKY}"  # type: ignore[attr-defined]
+                base = f"http://127.0.0.1:{daemon.status_port}"
+                async with aiohttp.ClientSession() as http:
+                    async with http.get(f"{base}/status") as resp:
+                        status = await resp.text()
+                    async with http.get(f"{base}/healthz") as resp:
+                        health = await resp.text()
+            finally:
+                daemon.stop()
+    body = json.loads(status)
+    assert "Cannot connect to host" in body["tunnel"]["last_error"]  # the error is still shown
+    assert "Cannot connect to host" in body["drivers"]["sim"]["last_error"]
+    assert "radio down: sim" in body["gateway"]["status_line"]
+    for secret in _SECRETS:
+        assert secret not in status
+        assert secret not in health

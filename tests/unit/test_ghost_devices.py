@@ -1,0 +1,96 @@
+"""Devices the store remembers but no driver reports any more after a restart (a lock excluded
+while the gateway was down) are removed upstream once their driver is up, never because its
+radio is down or it failed to start."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import anyio
+
+from drivers.sim import SimDriver
+from gatewayd.config import parse_config
+from gatewayd.daemon import DB_NAME, Daemon
+from gatewayd.driver import Driver, DriverSink, DriverState
+from gatewayd.registry import Registry
+from gatewayd.store import Store
+from gatewayd.upstream import Upstream
+from tests.support import config_text
+
+
+class RadioDown(SimDriver):
+    """The radio is unreachable: the driver starts (as a driver must) and reports nothing."""
+
+    async def start(self, sink: DriverSink) -> None:
+        self._state = DriverState.DOWN
+
+
+class StartFails(SimDriver):
+    """Reports what it found, then fails to finish starting."""
+
+    async def start(self, sink: DriverSink) -> None:
+        await super().start(sink)
+        raise RuntimeError("the radio stopped answering")
+
+
+async def run_once(state: Path, locks: int, driver: type[Driver] = SimDriver) -> Daemon:
+    daemon = Daemon(parse_config(config_text(state, locks=locks)), driver_classes={"sim": driver})
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(daemon.run)
+            await daemon.wait_started()
+            daemon.stop()
+    return daemon
+
+
+def stored(state: Path) -> tuple[dict[str, str], list[str]]:
+    """The store's devices (native id -> device id), and the devices removed in its outbox."""
+    store = Store.open(state / DB_NAME)
+    try:
+        devices = {row.native_id: row.device_id for row in store.devices()}
+        frames = [json.loads(frame) for _, frame in store.outbox_after(0, limit=10_000)]
+    finally:
+        store.close()
+    return devices, [f["device_id"] for f in frames if f["type"] == "device_removed"]
+
+
+async def test_a_lock_gone_while_the_gateway_was_down_is_removed_once_its_driver_is_up(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "state"
+    await run_once(state, locks=3)
+    first, _ = stored(state)
+    assert sorted(first) == ["sim-0001", "sim-0002", "sim-0003"]
+
+    await run_once(state, locks=3, driver=RadioDown)  # a radio outage deletes nothing
+    assert stored(state) == (first, [])
+    await run_once(state, locks=1, driver=StartFails)  # nor does a driver that failed to start
+    assert stored(state) == (first, [])
+
+    daemon = await run_once(state, locks=2)  # lock 3 was excluded while the gateway was off
+
+    devices, removed = stored(state)
+    assert devices == {n: first[n] for n in ("sim-0001", "sim-0002")}  # ids kept
+    assert removed == [first["sim-0003"]]
+    assert daemon.registry is not None
+    assert sorted(d.id for d in daemon.registry.devices()) == sorted(devices.values())
+
+
+async def test_a_driver_removing_a_device_only_the_store_knows_removes_it_upstream(
+    tmp_path: Path,
+) -> None:
+    """Registry.remove ignored ids it did not hold in memory: the row and the cloud's copy of
+    a device seen in an earlier run stayed for good."""
+    store = Store.open(tmp_path / DB_NAME)
+    try:
+        earlier = store.device_id("zwave", "e1f2a3b4-7")  # given its id in an earlier run
+        registry = Registry(store, Upstream(store))
+        registry.remove(earlier)
+        registry.remove(earlier)  # twice: still one removal
+        assert store.flush()
+        assert store.devices() == []
+        frames = [json.loads(frame) for _, frame in store.outbox_after(0)]
+        assert [(f["type"], f["device_id"]) for f in frames] == [("device_removed", earlier)]
+    finally:
+        store.close()
