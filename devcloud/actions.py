@@ -17,7 +17,7 @@ from devcloud.db import Database
 from devcloud.hub import Hub
 from devcloud.settings import Settings
 from devcloud.timeutil import iso, parse_iso, utcnow
-from devcloud.validation import mask
+from devcloud.validation import mask, mask_error_pins, mask_pin_digits
 from gatewayd import protocol
 
 log = structlog.get_logger("devcloud.actions")
@@ -172,13 +172,15 @@ class ActionService:
 
 
 def _clean_error(error: dict[str, Any] | None) -> dict[str, Any]:
-    """The gateway's `{type, message, validation_errors?}`, reduced to those keys."""
+    """The gateway's `{type, message, validation_errors?}`, reduced to those keys, with any
+    digits that could be a PIN masked: it is stored, shown by REST, and no PIN may be."""
     if error is None:
         return {"type": "unknown", "message": "The action failed"}
     out: dict[str, Any] = {
-        "type": str(error.get("type") or "unknown")[:100],
-        "message": str(error.get("message") or "")[:500],
+        # masked before clipped: a clip could leave the head of a PIN too short to be seen
+        "type": mask_pin_digits(str(error.get("type") or "unknown"))[:100],
+        "message": mask_error_pins(str(error.get("message") or ""))[:500],
     }
     if isinstance(error.get("validation_errors"), dict):
-        out["validation_errors"] = error["validation_errors"]
+        out["validation_errors"] = mask_error_pins(error["validation_errors"])
     return out

@@ -10,8 +10,13 @@ def utcnow() -> datetime:
 
 
 def iso(ts: datetime) -> str:
+    """Fixed width (a year is always four digits: `%Y` writes 999 as `999`), so that stored
+    times sort and compare as text."""
     ts = ts.astimezone(UTC)
-    return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+    return (
+        f"{ts.year:04d}-{ts.month:02d}-{ts.day:02d}T{ts.hour:02d}:{ts.minute:02d}:"
+        f"{ts.second:02d}.{ts.microsecond // 1000:03d}Z"
+    )
 
 
 def parse_iso(text: str) -> datetime | None:

@@ -217,3 +217,48 @@ def mask_pins(value: Any) -> Any:
             elif isinstance(child, dict | list):
                 stack.append(child)
     return copy
+
+
+# A run of digits as long as the shortest PIN a lock takes, alone (not part of a longer run).
+_PIN_DIGITS: Final = re.compile(r"(?<![0-9])[0-9]{4,}(?![0-9])")
+# "code", "user_code", "pin", "dsk_pin", "codes", … as a word or the end of an identifier
+_CODE_WORD: Final = re.compile(r"(?<![a-z])(?:pin|pincode|passcode|code)s?(?![a-z])", re.I)
+_SLOT_BEFORE: Final = re.compile(r"slot(?:_id)?\W*$", re.I)
+
+
+def mask_pin_digits(text: str) -> str:
+    """`text` with every run of four or more digits that could be a PIN replaced by `****`;
+    a slot number (`slot 1024`) is kept."""
+
+    def replace(match: re.Match[str]) -> str:
+        # only the few characters before the run: a long text stays linear
+        if _SLOT_BEFORE.search(text, max(0, match.start() - 12), match.start()):
+            return match.group()
+        return "****"
+
+    return _PIN_DIGITS.sub(replace, text)
+
+
+def mask_error_pins(value: Any) -> Any:
+    """A copy of a gateway's error texts with the digits that could be a PIN masked, in every
+    string under a code-like key (`code`, `dsk_pin`, …) or that speaks of a code or PIN itself.
+    Texts about lengths, slots, addresses or error numbers come through as sent. Iterative,
+    like `mask_pins`."""
+
+    def masked(text: str, code_like: bool) -> str:
+        return mask_pin_digits(text) if code_like or _CODE_WORD.search(text) else text
+
+    if isinstance(value, str):
+        return masked(value, False)
+    copy = msgspec.json.decode(msgspec.json.encode(value))
+    stack: list[tuple[Any, bool]] = [(copy, False)]
+    while stack:
+        node, code_like = stack.pop()
+        items = list(node.items() if isinstance(node, dict) else enumerate(node))
+        for key, child in items:
+            under_code = code_like or (isinstance(key, str) and bool(_CODE_WORD.search(key)))
+            if isinstance(child, str):
+                node[key] = masked(child, under_code)
+            elif isinstance(child, dict | list):
+                stack.append((child, under_code))
+    return copy

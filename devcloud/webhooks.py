@@ -60,6 +60,10 @@ class Webhooks:
         self.failed = 0
 
     async def start(self) -> None:
+        # no worker would ever send these: the receiver was removed from the configuration
+        dropped = self._db.drop_webhooks_except({r.key for r in self._receivers})
+        if dropped:
+            log.warning("webhook.outbox_dropped", rows=dropped)
         if not self._receivers:
             return
         timeout = aiohttp.ClientTimeout(total=self._settings.webhook_timeout_s)

@@ -256,6 +256,30 @@ async def test_events_are_filtered_by_device_and_time(cloud: Cloud) -> None:
     assert "since" in body["error"]["validation_errors"]
 
 
+async def test_events_before_the_year_1000_sort_and_filter_by_time(cloud: Cloud) -> None:
+    """Stored times compare as text: a year below 1000 must be written with four digits, or
+    `999-…` sorts after `2020-…`."""
+    tunnel, _, _ = await cloud.claimed_gateway()
+    old = {
+        "id": "e-old",
+        "type": "device_event",
+        "device_id": DEVICE_ID,
+        "event_name": "door locked",
+        "details": {"method": "manual"},
+        "date_created": "0999-06-11T21:08:36.000Z",
+    }
+    recent = {**old, "id": "e-recent", "date_created": "2020-06-11T21:08:36.000Z"}
+    for seq, e in enumerate((recent, old), start=2):
+        await tunnel.send(p.EventMsg(seq=seq, event=e))
+        assert await tunnel.recv() == p.Ack(seq=seq)
+    assert await cloud.get("/v1/events") == [old, recent]
+    assert await cloud.get("/v1/events", params={"since": "0998-01-01T00:00:00Z"}) == [
+        old,
+        recent,
+    ]
+    assert await cloud.get("/v1/events", params={"until": "1000-01-01T00:00:00Z"}) == [old]
+
+
 @pytest.mark.parametrize("limit", ["0", "1001", "-1", "1.5", "\u0661", "9" * 5000])
 async def test_an_event_limit_out_of_range_is_400_not_500(cloud: Cloud, limit: str) -> None:
     status, body = await cloud.request("GET", "/v1/events", params={"limit": limit})

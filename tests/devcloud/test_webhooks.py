@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from structlog.testing import capture_logs
 
 from gatewayd import protocol as p
 from tests.devcloud.conftest import DEVICE_ID, CloudFactory
@@ -168,3 +169,29 @@ async def test_an_undelivered_event_survives_a_restart_of_the_cloud(
     await asyncio.wait_for(recv.got.wait(), timeout=10)
     assert recv.accepted == [event]
     assert all(verify(headers, body) for headers, body in recv.requests)
+
+
+async def test_deliveries_owed_to_a_receiver_no_longer_configured_are_dropped_at_start(
+    make_cloud: CloudFactory, receiver: tuple[Receiver, str], tmp_path: Path
+) -> None:
+    recv, url = receiver
+    recv.failures = 10**6  # never accepts: the delivery stays owed
+    db_path = str(tmp_path / "reconfigured.db")
+    cloud = await make_cloud(db_path=db_path, webhook_urls=(url,), webhook_backoff_s=5.0)
+    tunnel, _, _ = await cloud.claimed_gateway()
+    event = {
+        "id": "ev-5",
+        "device_id": DEVICE_ID,
+        "event_name": "door locked",
+        "details": {"method": "manual"},
+        "date_created": "2020-06-11T21:12:20.000Z",
+    }
+    await tunnel.send(p.EventMsg(seq=2, event=event))
+    assert await tunnel.recv() == p.Ack(seq=2)
+    await tunnel.ws.close()
+    await cloud.server.close()
+    with capture_logs() as logs:
+        await make_cloud(db_path=db_path)  # the receiver was removed from the configuration
+    with sqlite3.connect(db_path) as db:
+        assert db.execute("SELECT count(*) FROM webhook_outbox").fetchone() == (0,)
+    assert {"event": "webhook.outbox_dropped", "rows": 1, "log_level": "warning"} in logs
