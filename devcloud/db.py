@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS locations (
@@ -68,13 +68,15 @@ CREATE TABLE IF NOT EXISTS action_transitions (
 );
 CREATE INDEX IF NOT EXISTS action_transitions_by_request
     ON action_transitions(action_request_id, n);
+-- v5: an event id is unique per gateway (it was across all: one gateway could shadow another's)
 CREATE TABLE IF NOT EXISTS events (
     n INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
+    id TEXT NOT NULL,
     gateway_id TEXT NOT NULL,
     device_id TEXT NOT NULL,
     date_created TEXT NOT NULL,
-    body TEXT NOT NULL
+    body TEXT NOT NULL,
+    UNIQUE (gateway_id, id)
 );
 CREATE INDEX IF NOT EXISTS events_by_time ON events(date_created, n);
 -- v4: webhook deliveries not yet done, so that a restart loses none
@@ -122,11 +124,30 @@ class Database:
         if version > SCHEMA_VERSION:
             raise RuntimeError(f"database schema {version} is newer than this devcloud")
         self._conn.executescript(_SCHEMA)
-        if 0 < version < 3:
-            # v3: registration_tokens.confirmed_at; tokens claimed before it count as confirmed
-            self._conn.execute("ALTER TABLE registration_tokens ADD COLUMN confirmed_at REAL")
-            self._conn.execute("UPDATE registration_tokens SET confirmed_at = claimed_at")
-        self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        with self.transaction():  # all the upgrades and the new version, or none of them
+            if 0 < version < 3:
+                # v3: registration_tokens.confirmed_at; tokens claimed before it count as confirmed
+                self._conn.execute("ALTER TABLE registration_tokens ADD COLUMN confirmed_at REAL")
+                self._conn.execute("UPDATE registration_tokens SET confirmed_at = claimed_at")
+            if 0 < version < 5:
+                self._events_unique_per_gateway()
+            self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _events_unique_per_gateway(self) -> None:
+        """v5: rebuild `events` with UNIQUE (gateway_id, id) in place of UNIQUE (id) (SQLite
+        cannot drop a constraint). Times written without a year's leading zeros are padded."""
+        for statement in (
+            "CREATE TABLE events_v5 (n INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL,"
+            " gateway_id TEXT NOT NULL, device_id TEXT NOT NULL, date_created TEXT NOT NULL,"
+            " body TEXT NOT NULL, UNIQUE (gateway_id, id))",
+            "INSERT INTO events_v5 (n, id, gateway_id, device_id, date_created, body)"
+            " SELECT n, id, gateway_id, device_id,"
+            " substr('000' || date_created, -max(length(date_created), 24)), body FROM events",
+            "DROP TABLE events",
+            "ALTER TABLE events_v5 RENAME TO events",
+            "CREATE INDEX events_by_time ON events(date_created, n)",
+        ):
+            self._conn.execute(statement)
 
     def close(self) -> None:
         self._conn.close()
@@ -184,12 +205,27 @@ class Database:
         return None if row is None else (_gateway_row(row), bool(row["previous"]))
 
     def rotate_credential(self, id_: str, cred_hash: str) -> None:
-        """The new credential works at once; the old one until the gateway has used the new."""
+        """The new credential works at once; the old one until the gateway has used the new.
+
+        Only for a gateway that is known to hold the previous credential (it just connected
+        with it) or has no rotation pending: see `start_rotation`."""
         self._conn.execute(
             "UPDATE gateways SET previous_credential_hash = coalesce(previous_credential_hash,"
             " credential_hash), credential_hash = ? WHERE id = ?",
             (cred_hash, id_),
         )
+
+    def start_rotation(self, id_: str, cred_hash: str) -> bool:
+        """`rotate_credential`, unless the last rotation is still unconfirmed (False then).
+
+        The gateway may hold the previous credential or the pending one; a second rotation
+        would forget the pending one, and a gateway holding it would be refused for good."""
+        cur = self._conn.execute(
+            "UPDATE gateways SET previous_credential_hash = credential_hash, credential_hash = ?"
+            " WHERE id = ? AND previous_credential_hash IS NULL AND credential_hash IS NOT NULL",
+            (cred_hash, id_),
+        )
+        return cur.rowcount == 1
 
     def credential_confirmed(self, id_: str, now: float) -> None:
         """The gateway connected with its current credential: the previous one stops working,
@@ -257,6 +293,27 @@ class Database:
             (now, gateway_id, token_hash),
         )
         return cur.rowcount == 1
+
+    def undo_claim(self, gateway_id: str, token_hash: str, cred_hash: str) -> bool:
+        """Forget a gateway whose `claimed` frame could not be sent, and free its token for
+        another registration. False (nothing changed) if the claim went on meanwhile: the
+        gateway redialed with the token and was sent another credential, or used one."""
+        with self.transaction():
+            row = self._conn.execute(
+                "SELECT 1 FROM gateways g JOIN registration_tokens t ON t.gateway_id = g.id"
+                " WHERE g.id = ? AND g.credential_hash = ? AND t.token_hash = ?"
+                " AND t.confirmed_at IS NULL",
+                (gateway_id, cred_hash, token_hash),
+            ).fetchone()
+            if row is None:
+                return False
+            self._conn.execute("DELETE FROM gateways WHERE id = ?", (gateway_id,))
+            self._conn.execute(
+                "UPDATE registration_tokens SET claimed_at = NULL, gateway_id = NULL"
+                " WHERE token_hash = ?",
+                (token_hash,),
+            )
+        return True
 
     # ------------------------------------------------------------------ devices
 
@@ -408,6 +465,15 @@ class Database:
 
     def webhook_done(self, n: int) -> None:
         self._conn.execute("DELETE FROM webhook_outbox WHERE n = ?", (n,))
+
+    def drop_webhooks_except(self, receivers: set[str]) -> int:
+        """Delete the deliveries owed to any receiver not in `receivers`; how many there were."""
+        keep = json.dumps(sorted(receivers))
+        cur = self._conn.execute(
+            "DELETE FROM webhook_outbox WHERE receiver NOT IN (SELECT value FROM json_each(?))",
+            (keep,),
+        )
+        return cur.rowcount
 
 
 def _gateway_row(row: sqlite3.Row) -> GatewayRow:

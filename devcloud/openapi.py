@@ -22,6 +22,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         400: "Invalid input",
         401: "Missing or wrong API key",
         404: "Not found",
+        409: "Conflicts with a change still in progress",
         429: "Rate limited",
     }
     return {str(c): _ok(_ref("Error"), text[c]) for c in codes}
@@ -292,7 +293,7 @@ def build() -> dict[str, Any]:
                 "summary": "Send the online gateway a new credential; the old one stops working",
                 "operationId": "rotate_credential",
                 "parameters": [gateway_id],
-                "responses": {"200": _ok(_ref("Gateway")), **_errors(400, 401, 404)},
+                "responses": {"200": _ok(_ref("Gateway")), **_errors(400, 401, 404, 409)},
             }
         },
         "/v1/gateways/{gateway_id}/actions/revoke_credential": {

@@ -87,7 +87,8 @@ async def gateway_action(request: web.Request) -> web.Response:
 async def rotate_credential(request: web.Request) -> web.Response:
     """Issue a new credential over the live tunnel. The old one keeps working until the gateway
     has connected with the new one, so a `claimed` frame lost on a dying socket cannot lock the
-    gateway out: it comes back with the old credential and is sent a fresh one."""
+    gateway out: it comes back with the old credential and is sent a fresh one. Until then a
+    further rotation is refused (409): it would retire the credential the gateway may hold."""
     st = request.app[STATE]
     gw = _gateway(st, request)
     _no_body(await read_json(request))
@@ -97,9 +98,17 @@ async def rotate_credential(request: web.Request) -> web.Response:
             400, "gateway_offline", "The gateway must be online to rotate its credential"
         )
     credential = secrets.token_urlsafe(32)
-    st.db.rotate_credential(gw.id, secret_hash(credential))
+    if not st.db.start_rotation(gw.id, secret_hash(credential)):
+        raise ApiError(
+            409,
+            "credential_rotation_pending",
+            "The gateway has not yet connected with the credential of the last rotation;"
+            " try again once it has",
+        )
     if not await conn.send(protocol.Claimed(gateway_id=gw.id, credential=credential)):
-        raise ApiError(400, "gateway_offline", "The gateway went offline; the credential is reset")
+        raise ApiError(
+            400, "gateway_offline", "The gateway went offline; it gets a new credential on return"
+        )
     log.info("gateway.credential_rotated", gateway_id=gw.id)
     return web.json_response(gateway_view(st, gw))
 

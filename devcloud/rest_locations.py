@@ -78,15 +78,21 @@ async def register_gateway(request: web.Request) -> web.Response:
         raise ApiError(400, "registration_token_expired", "This registration token has expired")
     gateway_id = str(uuid.uuid4())
     credential = secrets.token_urlsafe(32)
+    cred_hash = secret_hash(credential)
     with st.db.transaction():
-        st.db.add_gateway(gateway_id, location_id, name, secret_hash(credential), iso(utcnow()))
+        st.db.add_gateway(gateway_id, location_id, name, cred_hash, iso(utcnow()))
         st.db.claim_token(token_hash, gateway_id, time.time())
-    if not await conn.send(protocol.Claimed(gateway_id=gateway_id, credential=credential)):
-        st.db.set_credential(gateway_id, None)
+    if await conn.send(protocol.Claimed(gateway_id=gateway_id, credential=credential)):
+        replaced = st.hub.promote(conn, gateway_id)
+        if replaced is not None:
+            await replaced.refuse("replaced", "a newer connection took over")
+    elif st.db.undo_claim(gateway_id, token_hash, cred_hash):
+        # the answer is 404, so nothing may be claimed: not even when the gateway redials
+        log.info("gateway.registration_undone", location_id=location_id)
         raise ApiError(404, "gateway_not_found", "The gateway disconnected before it was claimed")
-    replaced = st.hub.promote(conn, gateway_id)
-    if replaced is not None:
-        await replaced.refuse("replaced", "a newer connection took over")
+    else:
+        # the gateway redialed meanwhile and was sent a credential again: the claim stands
+        log.info("gateway.registration_completed_on_redial", gateway_id=gateway_id)
     log.info("gateway.registered", gateway_id=gateway_id, location_id=location_id)
     gw = st.db.gateway(gateway_id)
     assert gw is not None

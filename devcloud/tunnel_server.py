@@ -207,6 +207,11 @@ async def _open_unclaimed(app: state.State, conn: Connection, hello: protocol.He
 async def _claim_again(app: state.State, conn: Connection, gateway_id: str) -> bool:
     """Send `claimed` again to the holder of the token that claimed `gateway_id`."""
     token = None if conn.token_hash is None else app.db.token(conn.token_hash)
+    if token is not None and not token.claimed:
+        # the claim was undone (its `claimed` frame could not be sent) while the welcome was on
+        # its way: this session waits to be registered like any unclaimed one
+        conn.claim_for = None
+        return True
     if token is None or token.confirmed or token.gateway_id != gateway_id:
         # revoked (or used) while the welcome was on its way
         await conn.refuse("registration_token_used", "this registration token was already used")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 
 import aiohttp
@@ -10,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from devcloud.db import secret_hash
 from gatewayd import protocol as p
 from tests.cloudkit import assert_welcome
 from tests.devcloud.conftest import DEVICE_ID, Cloud, CloudFactory, device_body
@@ -58,6 +60,38 @@ async def test_a_registration_token_is_single_use(cloud: Cloud) -> None:
         code="registration_token_used", message="this registration token was already used"
     )
     assert await again.closed()
+
+
+async def test_a_registration_answered_404_does_not_claim_the_gateway_later(
+    cloud: Cloud,
+) -> None:
+    """The socket dies under the `claimed` frame: REST answers 404, so nothing is claimed; the
+    gateway redials unclaimed and the same token registers it."""
+    location_id = await cloud.location()
+    dying = await cloud.tunnel()
+    assert isinstance(await dying.hello("short-lived-6"), p.Welcome)
+    server_end = cloud.state.hub.unclaimed[secret_hash("short-lived-6")]
+
+    async def reset(_: str) -> None:
+        raise ConnectionResetError
+
+    server_end.ws.send_str = reset  # type: ignore[method-assign]
+    register = {"registration_token": "short-lived-6", "name": "gw"}
+    status, body = await cloud.post(f"/v1/locations/{location_id}/register_gateway", register)
+    assert status == 404
+    assert body["error"]["type"] == "gateway_not_found"
+    await dying.ws.close()
+    assert await cloud.get("/v1/gateways") == []
+    again = await cloud.tunnel()
+    assert isinstance(await again.hello("short-lived-6"), p.Welcome)
+    with pytest.raises(TimeoutError):
+        await again.recv(timeout=0.3)  # no `claimed`: it waits to be registered
+    status, gw = await cloud.post(f"/v1/locations/{location_id}/register_gateway", register)
+    assert status == 200, gw
+    claimed = await again.recv()
+    assert isinstance(claimed, p.Claimed)
+    assert claimed.gateway_id == gw["id"]
+    assert [g["id"] for g in await cloud.get("/v1/gateways")] == [gw["id"]]
 
 
 async def _claim_lost(cloud: Cloud, token: str) -> tuple[str, str]:
@@ -216,6 +250,59 @@ async def test_a_failed_action_shows_the_gateway_error(cloud: Cloud) -> None:
     assert (shown["status"], shown["error"]) == ("failed", error)
 
 
+async def test_a_pin_in_a_failed_actions_error_is_masked_and_error_texts_are_kept(
+    cloud: Cloud,
+) -> None:
+    """A gateway may echo a code in its error; the cloud shows and stores it masked. The
+    error texts gatewayd and its drivers send (lengths, slots, ports) come through as sent."""
+    tunnel, _, _ = await cloud.claimed_gateway()
+    leaky = {
+        "type": "invalid_input",
+        "message": "code 0481234 is not accepted by this lock",
+        "validation_errors": {"code": "7-digit 0481234 is too long", "slot_id": "must be 2..11"},
+    }
+    legitimate = [
+        {
+            "type": "invalid_input",
+            "message": "invalid inputs for set_code",
+            "validation_errors": {"code": "must be 4 to 8 digits", "slot_id": "must be 2 to 11"},
+        },
+        {
+            "type": "invalid_input",
+            "message": "code must be 4-8 digits on this lock",
+            "validation_errors": {"code": "must be 4-8 digits", "dsk_pin": "must be 5 digits"},
+        },
+        {
+            "type": "code_not_confirmed",
+            "message": "slot 1024: the lock reads back a different code",
+        },
+        {"type": "device_error", "message": "zwave-server unreachable: host 127.0.0.1:3000"},
+        {"type": "device_error", "message": "write user code (slot 3) failed (zwave error 204)"},
+    ]
+    shown = []
+    for error in [leaky, *legitimate]:
+        _, created = await cloud.post(f"/v1/devices/{DEVICE_ID}/actions/unlock")
+        sent = await tunnel.recv()
+        assert isinstance(sent, p.ActionRequestMsg)
+        for status_name in ("gateway_received", "failed"):
+            seq = tunnel.next_seq()
+            await tunnel.send(
+                p.ActionStatusMsg(
+                    seq=seq, action_request_id=sent.id, status=status_name, error=error, at="x"
+                )
+            )
+            assert await tunnel.recv() == p.Ack(seq=seq)
+        shown.append((await cloud.get(f"/v1/action_requests/{created['id']}"))["error"])
+    assert shown[0] == {
+        "type": "invalid_input",
+        "message": "code **** is not accepted by this lock",
+        "validation_errors": {"code": "7-digit **** is too long", "slot_id": "must be 2..11"},
+    }
+    assert shown[1:] == legitimate
+    dump = "\n".join(sqlite3.connect(cloud.state.settings.db_path).iterdump())
+    assert "0481234" not in dump
+
+
 async def test_a_resent_seq_is_acked_but_stored_once(cloud: Cloud) -> None:
     tunnel, gateway_id, credential = await cloud.claimed_gateway()
     event = {
@@ -240,6 +327,30 @@ async def test_a_resent_seq_is_acked_but_stored_once(cloud: Cloud) -> None:
     assert_welcome(welcome, gateway_id=gateway_id, acked_seq=2)
     device = await cloud.get(f"/v1/devices/{DEVICE_ID}")
     assert device["properties"]["locked"] is False
+
+
+async def test_event_ids_are_deduplicated_per_gateway(cloud: Cloud) -> None:
+    """A gateway cannot shadow another's event by sending its id first; a gateway's own
+    event sent again under a new seq is still stored once."""
+    other_lock = "6d0e2f11-1b1c-4f37-9a43-0c0ffee00002"
+    first, _, _ = await cloud.claimed_gateway(token="first-gw-1")
+    second, _, _ = await cloud.claimed_gateway(token="second-gw-2", device=device_body(other_lock))
+    event = {
+        "id": "5d9f3c1e-0000-4000-8000-0000000000aa",
+        "type": "device_event",
+        "device_id": DEVICE_ID,
+        "event_name": "door unlocked",
+        "details": {"method": "keypad"},
+        "date_created": "2020-06-11T21:08:36.000Z",
+    }
+    theirs = {**event, "device_id": other_lock, "date_created": "2020-06-11T21:09:00.000Z"}
+    await first.send(p.EventMsg(seq=2, event=event))
+    assert await first.recv() == p.Ack(seq=2)
+    await second.send(p.EventMsg(seq=2, event=theirs))
+    assert await second.recv() == p.Ack(seq=2)
+    await first.send(p.EventMsg(seq=3, event=event))  # its own event again, under a new seq
+    assert await first.recv() == p.Ack(seq=3)
+    assert await cloud.get("/v1/events") == [event, theirs]
 
 
 @pytest.mark.parametrize(
@@ -368,6 +479,31 @@ async def test_a_gateway_that_missed_its_rotation_gets_a_fresh_credential(cloud:
     assert isinstance(await newest.hello(), p.Welcome)
     with pytest.raises(aiohttp.WSServerHandshakeError):
         await cloud.tunnel(old)
+
+
+async def test_a_second_rotation_before_the_first_is_used_cannot_lock_the_gateway_out(
+    cloud: Cloud,
+) -> None:
+    """The gateway stores each `claimed` and redials; a second rotation in that window would
+    leave the credential it stored neither current nor previous."""
+    tunnel, gateway_id, _ = await cloud.claimed_gateway()
+    status, _ = await cloud.post(f"/v1/gateways/{gateway_id}/actions/rotate_credential")
+    assert status == 200
+    first = await tunnel.recv()
+    assert isinstance(first, p.Claimed)
+    status, body = await cloud.post(f"/v1/gateways/{gateway_id}/actions/rotate_credential")
+    # the credential the gateway stored still opens its tunnel
+    again = await cloud.tunnel(first.credential)
+    assert isinstance(await again.hello(), p.Welcome)
+    assert status == 409
+    assert body["ok"] is False
+    assert body["error"]["type"] == "credential_rotation_pending"
+    assert set(body["error"]) == {"type", "message", "request_id"}
+    assert first.credential not in json.dumps(body)
+    # used now: the next rotation goes ahead
+    status, _ = await cloud.post(f"/v1/gateways/{gateway_id}/actions/rotate_credential")
+    assert status == 200
+    assert isinstance(await again.recv(), p.Claimed)
 
 
 async def test_a_newer_connection_replaces_the_older(cloud: Cloud) -> None:
