@@ -34,7 +34,8 @@ def iso(ts: datetime) -> str:
     if prefix is None:
         if len(_ISO_PREFIXES) >= 64:
             _ISO_PREFIXES.clear()
-        prefix = _ISO_PREFIXES[key] = ts.strftime("%Y-%m-%dT%H:%M:%S")
+        # the year by hand: strftime("%Y") writes 999, not 0999, and ISO strings must sort
+        prefix = _ISO_PREFIXES[key] = f"{ts.year:04d}" + ts.strftime("-%m-%dT%H:%M:%S")
     return prefix + _MILLIS[ts.microsecond // 1000]
 
 

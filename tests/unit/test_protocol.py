@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -11,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gatewayd import protocol as p
-from gatewayd.model import DoorEvent, EventName
+from gatewayd.model import DoorEvent, EventName, iso
 
 EVENT = DoorEvent(device_id="d-1", event_name=EventName.DOOR_UNLOCKED, details={"method": "remote"})
 
@@ -266,3 +267,15 @@ def test_renumber_moves_a_frame_to_another_seq_and_keeps_the_rest() -> None:
     )
     with pytest.raises(p.ProtocolError):
         p.renumber(p.encode(p.Ack(seq=3)), 41)  # only the gateway's sequenced frames have one
+
+
+@pytest.mark.parametrize("year", [1, 999, 1000, 2026, 9999])
+def test_iso_times_sort_as_the_times_do(year: int) -> None:
+    """Action-log deadlines are compared as ISO strings (pruning): the year is four digits."""
+    ts = datetime(year, 6, 1, 12, 30, 5, 250_000, tzinfo=UTC)
+    text = iso(ts)
+    assert text == f"{year:04d}-06-01T12:30:05.250Z"
+    assert datetime.fromisoformat(text) == ts
+    assert (iso(ts) < iso(datetime(2026, 1, 1, tzinfo=UTC))) == (
+        ts < datetime(2026, 1, 1, tzinfo=UTC)
+    )
