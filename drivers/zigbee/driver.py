@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
+import anyio
 import structlog
 
 from gatewayd.driver import (
@@ -40,6 +41,10 @@ log = structlog.get_logger(__name__)
 
 RECONNECT_INITIAL_S: Final = 0.5
 STARTUP_TIMEOUT_S: Final = 60.0
+# Closing zigpy's app is shielded (cut half-way, its database thread keeps running and the
+# process cannot exit), so it bounds itself, below the daemon's DRIVER_STOP_TIMEOUT_S.
+RADIO_CLOSE_S: Final = 0.5  # a radio that does not answer zigpy's goodbye within this is left
+DB_CLOSE_S: Final = 0.8  # zigpy's database: queued writes, WAL checkpoint, its thread joined
 
 
 class ZigbeeDriver(Driver):
@@ -115,13 +120,16 @@ class ZigbeeDriver(Driver):
         config = radios.zigpy_config(self._cfg, self.database, extra)
         resolver = await quirks.resolver(self._ctx.state_dir) if self._cfg.quirks else None
         radios.guard_stack_logs()  # the stack's loggers exist now: filter before it logs settings
-        app = await app_cls.new(
-            config, auto_form=False, start_radio=False, device_resolver=resolver
-        )
+        with anyio.CancelScope(shield=True):
+            # opens zigpy's database in a thread of its own: cut half-way by the daemon's
+            # cancel, nothing would be left to close it (local disk work, no radio)
+            app = await app_cls.new(
+                config, auto_form=False, start_radio=False, device_resolver=resolver
+            )
         try:
             await app.startup(auto_form=True)
         except BaseException:
-            await app.shutdown(db=True)
+            await _shutdown(app)  # also when cancelled: a SIGTERM while the radio starts
             raise
         radios.private_file(self.database)
         radios.guard_stack_logs()
@@ -145,10 +153,7 @@ class ZigbeeDriver(Driver):
         app.remove_listener(self)
         for lock in self._locks.values():
             lock.close()
-        try:
-            await app.shutdown()
-        except Exception as exc:  # noqa: BLE001 - a dying radio may fail to say goodbye
-            log.warning("zigbee.shutdown_failed", error=type(exc).__name__)
+        await _shutdown(app)
 
     def _down(self, exc: BaseException) -> None:
         self._state = DriverState.DOWN
@@ -391,6 +396,37 @@ class ZigbeeDriver(Driver):
         if lock is None:
             raise DeviceNotFound(f"no zigbee device {device_id}")
         act(self.virtual, lock.ieee, what, params)
+
+
+async def _shutdown(app: Any) -> None:
+    """zigpy's shutdown of `app`, not cut by a cancel, the radio's part and the database's each
+    bounded: a frozen radio that never answers the goodbye must not keep the database open."""
+    with anyio.CancelScope(shield=True):
+        with anyio.move_on_after(RADIO_CLOSE_S) as radio:
+            try:
+                await app.shutdown(db=False)
+            except Exception as exc:  # noqa: BLE001 - a dying radio may fail to say goodbye
+                log.warning("zigbee.shutdown_failed", error=type(exc).__name__)
+        if radio.cancelled_caught:
+            log.warning("zigbee.radio_close_timeout", timeout_s=RADIO_CLOSE_S)
+        with anyio.move_on_after(DB_CLOSE_S) as db:
+            try:
+                await _close_database(app)
+            except Exception as exc:  # noqa: BLE001 - SQLite recovers its WAL at the next open
+                log.warning("zigbee.database_close_failed", error=type(exc).__name__)
+        if db.cancelled_caught:
+            log.error("zigbee.database_close_timeout", timeout_s=DB_CLOSE_S)
+
+
+async def _close_database(app: Any) -> None:
+    """The database part of zigpy's `shutdown(db=True)`, which would first wait on the radio
+    again (zigpy 2.3, pinned, keeps the listener in `_dblistener`)."""
+    listener = app._dblistener
+    if listener is None:
+        return
+    app._remove_db_listeners()
+    app._dblistener = None  # closed once, even if shut down again
+    await listener.shutdown()
 
 
 def _now() -> float:

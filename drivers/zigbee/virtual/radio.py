@@ -32,6 +32,7 @@ class VirtualNetwork:
         self.backup: dict[str, Any] | None = None
         self.locks: dict[str, VirtualLock] = {}
         self.radio_present = True
+        self.frozen = False  # the stick takes frames and never answers; see freeze()
         self.app: VirtualControllerApplication | None = None
         self.permit_until = 0.0
         self._join_handles: list[asyncio.TimerHandle] = []
@@ -199,6 +200,16 @@ class VirtualNetwork:
 
     def plug(self) -> None:
         self.radio_present = True
+        self.frozen = False  # a stick plugged in again starts afresh
+
+    def freeze(self) -> None:
+        """The radio's firmware hangs: the serial port stays open, frames go in and nothing
+        comes back, not even the answer to the goodbye a library sends when it disconnects."""
+        self.frozen = True
+
+    async def hang_if_frozen(self) -> None:
+        if self.frozen:
+            await asyncio.Event().wait()
 
 
 class VirtualControllerApplication(zigpy.ControllerApplication):  # type: ignore[misc]
@@ -217,6 +228,7 @@ class VirtualControllerApplication(zigpy.ControllerApplication):  # type: ignore
         self.network.attach(self)
 
     async def disconnect(self) -> None:
+        await self.network.hang_if_frozen()
         if self.network.app is self:
             self.network.detach()
 
@@ -295,6 +307,7 @@ class VirtualControllerApplication(zigpy.ControllerApplication):  # type: ignore
         from the loop."""
         if not self.network.radio_present or self.network.app is not self:
             raise zigpy.exceptions.DeliveryError("virtual radio is not connected")
+        await self.network.hang_if_frozen()
         if packet.dst.addr_mode == t.AddrMode.Broadcast:
             self.network.broadcast(packet)
         elif packet.dst.addr_mode != t.AddrMode.NWK or packet.dst.address != 0x0000:

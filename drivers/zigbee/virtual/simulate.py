@@ -1,8 +1,9 @@
 """What a person at the door does, played on a virtual lock (Simulation -> radio frames).
 
-Two FAULT kinds act on the radio rather than on the lock: "radio_unplug" pulls the coordinator's
-USB stick out (the driver goes DOWN and keeps trying to reconnect), "radio_plug" puts it back.
-They let a test disconnect the radio of a daemon running as a separate process.
+Three FAULT kinds act on the radio rather than on the lock: "radio_unplug" pulls the
+coordinator's USB stick out (the driver goes DOWN and keeps trying to reconnect), "radio_plug"
+puts it back, "radio_freeze" hangs its firmware (nothing it is sent is ever answered). They let a
+test disconnect the radio of a daemon running as a separate process.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ def act(net: VirtualNetwork, ieee: str, what: Simulation, params: Mapping[str, A
             net.unplug()
         case Simulation.FAULT if params.get("kind") == "radio_plug":
             net.plug()
+        case Simulation.FAULT if params.get("kind") == "radio_freeze":
+            net.freeze()
         case Simulation.FAULT:
             kind = str(params.get("kind", "none"))
             try:
