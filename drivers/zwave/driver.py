@@ -213,6 +213,29 @@ class ZWaveDriver(Driver):
     def devices(self) -> Sequence[Device]:
         return [lk.device for lk in self._locks.values() if lk.device is not None]
 
+    def inventory_complete(self) -> bool:
+        """Whether every lock on the controller has been reported: only then may the core
+        remove a stored Z-Wave device as gone (a wrong removal gives a lock a new id)."""
+        # Safe because nothing is assumed about a node we could not classify. Connected means
+        # _attach ran, which happens only after zwave-server's start_listening state dump: the
+        # controller's whole node list. A ready node has its interview done (in this run or
+        # restored complete from zwave-js's cache), so its command classes and values are known:
+        # a lock among them must already be in _locks with its device reported through the sink.
+        # A node not ready (interview running or failed, dead since zwave-server started)
+        # might be a lock we never reported: then the answer is no and nothing is removed.
+        client = self._client
+        if self._state is not DriverState.READY or client is None or client.driver is None:
+            return False
+        for node in client.driver.controller.nodes.values():
+            if node.is_controller_node:
+                continue
+            if not node.ready:
+                return False
+            lock = self._locks.get(node.node_id)
+            if (_is_lock(node) or _has_door_lock(node)) and (lock is None or lock.device is None):
+                return False
+        return True
+
     def health(self) -> DriverHealth:
         state = self._state
         dead = sorted(lk.native_id for lk in self._locks.values() if not lk.online)
@@ -799,6 +822,15 @@ def _differs(a: Device, b: Device) -> bool:
 
 def _is_lock(node: Node) -> bool:
     return any(v.command_class == CommandClass.DOOR_LOCK for v in node.values.values())
+
+
+def _has_door_lock(node: Node) -> bool:
+    """Door Lock CC among a node's command classes, on any endpoint (even without values)."""
+    return any(
+        cc.id == CommandClass.DOOR_LOCK
+        for endpoint in node.endpoints.values()
+        for cc in endpoint.command_classes
+    )
 
 
 def _locked(node: Node) -> bool | None:

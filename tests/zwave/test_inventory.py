@@ -1,0 +1,146 @@
+"""A Z-Wave lock the store remembers but the controller no longer has (excluded with another
+tool while the gateway was down) is removed once the driver is up, upstream too; never while
+zwave-server is unreachable, nor while a node that may be a lock has not been interviewed (a
+lock removed by mistake comes back with a new id, breaking whatever refers to it).
+
+Each test runs a real daemon (its Registry and Store on disk) twice on one state dir."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import anyio
+import pytest
+
+from drivers.zwave import ZWaveDriver
+from gatewayd.config import parse_config
+from gatewayd.daemon import DB_NAME, Daemon
+from gatewayd.driver import DriverContext
+from gatewayd.store import Store
+from tests.contract.sink import RecordingSink
+from tests.proxy import FaultProxy
+from tests.support import config_text
+from tests.zwave.conftest import Tasks, make_config
+from tests.zwave.stack import ZWaveStack, free_port, native_id
+
+pytestmark = pytest.mark.stack
+
+
+def section(url: str, *, connect_timeout_s: float = 5.0, interview_timeout_s: float = 30.0) -> str:
+    return f"""
+[drivers.zwave]
+enabled = true
+url = "{url}"
+connect_timeout_s = {connect_timeout_s}
+interview_timeout_s = {interview_timeout_s}
+reconnect_max_s = 2.0
+"""
+
+
+async def run_once(state: Path, zwave: str) -> Daemon:
+    """Start a daemon with the Z-Wave driver (and no simulated locks), stop it once started."""
+    daemon = Daemon(parse_config(config_text(state, locks=0, extra=zwave)))
+    with anyio.fail_after(90):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(daemon.run)
+            await daemon.wait_started()
+            daemon.stop()
+    return daemon
+
+
+def stored(state: Path) -> tuple[dict[str, str], list[str]]:
+    """The store's devices (native id -> device id), and the devices removed in its outbox."""
+    store = Store.open(state / DB_NAME)
+    try:
+        devices = {row.native_id: row.device_id for row in store.devices()}
+        frames = [json.loads(frame) for _, frame in store.outbox_after(0, limit=10_000)]
+    finally:
+        store.close()
+    return devices, [f["device_id"] for f in frames if f["type"] == "device_removed"]
+
+
+def reported(daemon: Daemon) -> set[str]:
+    """The native ids the Z-Wave driver reported in that run."""
+    registry = daemon.registry
+    assert registry is not None
+    return {d.native_id for d in registry.devices() if registry.driver_of(d.id) == "zwave"}
+
+
+async def remembered(state: Path, stack: ZWaveStack) -> dict[str, str]:
+    """A first run on the 3-lock stack: the store then holds locks 2, 3 and 4."""
+    await anyio.to_thread.run_sync(stack.reset)
+    daemon = await run_once(state, section(stack.url))
+    first, removed = stored(state)
+    assert reported(daemon) == set(first) == {native_id(n) for n in (2, 3, 4)}
+    assert removed == []
+    return first
+
+
+async def test_a_lock_excluded_while_the_gateway_was_down_is_removed(
+    tmp_path: Path, zwave_stack: ZWaveStack
+) -> None:
+    state = tmp_path / "state"
+    first = await remembered(state, zwave_stack)
+
+    # lock 4 was excluded while the gateway was off: the network now holds locks 2 and 3
+    smaller = ZWaveStack(tmp_path / "stack", locks=2)
+    try:
+        await anyio.to_thread.run_sync(smaller.start)
+        daemon = await run_once(state, section(smaller.url))
+    finally:
+        await anyio.to_thread.run_sync(smaller.stop)
+
+    devices, removed = stored(state)
+    assert devices == {native_id(n): first[native_id(n)] for n in (2, 3)}  # ids kept
+    assert removed == [first[native_id(4)]]  # and upstream told
+    assert daemon.registry is not None
+    assert sorted(d.id for d in daemon.registry.devices()) == sorted(devices.values())
+
+
+@pytest.mark.parametrize("link", ["refused", "frozen"])
+async def test_nothing_is_removed_while_zwave_server_is_unreachable(
+    link: str, tmp_path: Path, zwave_stack: ZWaveStack
+) -> None:
+    state = tmp_path / "state"
+    first = await remembered(state, zwave_stack)
+
+    # zwave-server not running (nothing listens), or hung (the connection opens, nothing answers)
+    proxy = await FaultProxy(target_port=zwave_stack.ws_port, blackhole=True).start()
+    port = proxy.port if link == "frozen" else free_port()
+    try:
+        daemon = await run_once(state, section(f"ws://127.0.0.1:{port}", connect_timeout_s=1.0))
+    finally:
+        await proxy.close()
+
+    assert reported(daemon) == set()
+    assert stored(state) == (first, [])
+
+
+async def test_nothing_is_removed_while_a_node_has_not_been_interviewed(
+    tmp_path: Path, zwave_stack: ZWaveStack, tasks: Tasks
+) -> None:
+    """zwave-server restarted with an empty cache while lock 4 is out of reach: the controller
+    lists node 4, but zwave-js cannot interview it, so nothing tells it is a lock."""
+    state = tmp_path / "state"
+    first = await remembered(state, zwave_stack)
+
+    stack = ZWaveStack(tmp_path / "stack", locks=3)
+    try:
+        await anyio.to_thread.run_sync(stack.start_mock)
+        await anyio.to_thread.run_sync(lambda: stack.control(4, "offline"))
+        await anyio.to_thread.run_sync(stack.start_server)
+        # locks 2 and 3 interviewed first, so that the daemon's run finds them ready
+        sink = RecordingSink()
+        warmup = ZWaveDriver(make_config(stack), DriverContext(tmp_path, tasks.spawn))
+        await warmup.start(sink)
+        await sink.wait_for(lambda: len(sink.devices) == 2, timeout=30)
+        await warmup.stop()
+
+        # its start gives up waiting for node 4 after interview_timeout_s
+        daemon = await run_once(state, section(stack.url, interview_timeout_s=1.0))
+    finally:
+        await anyio.to_thread.run_sync(stack.stop)
+
+    assert reported(daemon) == {native_id(2), native_id(3)}  # connected, the others reported
+    assert stored(state) == (first, [])  # lock 4 keeps its id
