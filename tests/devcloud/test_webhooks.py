@@ -63,20 +63,33 @@ def verify(headers: dict[str, str], body: bytes) -> bool:
     return hmac.compare_digest(expected, parts["v1"])
 
 
+def device_event(event_id: str, name: str, details: dict[str, Any], at: str) -> dict[str, Any]:
+    """A door event as the gateway sends it upstream."""
+    return {
+        "id": event_id,
+        "type": "device_event",
+        "device_id": DEVICE_ID,
+        "event_name": name,
+        "details": details,
+        "date_created": at,
+    }
+
+
+async def send_event(tunnel: Any, seq: int, event: dict[str, Any]) -> None:
+    """Send one event frame and check the cloud acks it."""
+    await tunnel.send(p.EventMsg(seq=seq, event=event))
+    assert await tunnel.recv() == p.Ack(seq=seq)
+
+
 async def test_an_event_is_delivered_signed_after_a_retry(
     make_cloud: CloudFactory, receiver: tuple[Receiver, str]
 ) -> None:
     recv, url = receiver
     cloud = await make_cloud(webhook_urls=(url,), webhook_secret=SECRET)
     tunnel, _, _ = await cloud.claimed_gateway()
-    event = {
-        "id": "ev-1",
-        "type": "device_event",
-        "device_id": DEVICE_ID,
-        "event_name": "door unlocked",
-        "details": {"method": "pin_code"},
-        "date_created": "2020-06-11T21:08:36.000Z",
-    }
+    event = device_event(
+        "ev-1", "door unlocked", {"method": "pin_code"}, "2020-06-11T21:08:36.000Z"
+    )
     await tunnel.send(p.EventMsg(seq=2, event=event))
     # The tunnel is acked at once, while the first delivery is still failing.
     assert await tunnel.recv() == p.Ack(seq=2)
@@ -99,15 +112,8 @@ async def test_a_duplicate_event_is_not_delivered_twice(
     recv.failures = 0
     cloud = await make_cloud(webhook_urls=(url,), webhook_secret=SECRET)
     tunnel, _, _ = await cloud.claimed_gateway()
-    event = {
-        "id": "ev-2",
-        "device_id": DEVICE_ID,
-        "event_name": "door locked",
-        "details": {"method": "manual"},
-        "date_created": "2020-06-11T21:12:20.000Z",
-    }
-    await tunnel.send(p.EventMsg(seq=2, event=event))
-    assert await tunnel.recv() == p.Ack(seq=2)
+    event = device_event("ev-2", "door locked", {"method": "manual"}, "2020-06-11T21:12:20.000Z")
+    await send_event(tunnel, 2, event)
     await tunnel.send(p.EventMsg(seq=3, event=event))  # same event id, new seq
     assert await tunnel.recv() == p.Ack(seq=3)
     await asyncio.wait_for(recv.got.wait(), timeout=10)
@@ -123,15 +129,13 @@ async def test_a_pin_in_an_event_is_masked_in_the_list_the_store_and_the_webhook
     recv.failures = 0
     cloud = await make_cloud(webhook_urls=(url,), webhook_secret=SECRET)
     tunnel, _, _ = await cloud.claimed_gateway()
-    event = {
-        "id": "ev-3",
-        "device_id": DEVICE_ID,
-        "event_name": "code set on device",
-        "details": {"slot_id": 3, "code": "48213", "programmed": [{"user_code": "90517"}]},
-        "date_created": "2020-06-11T21:12:20.000Z",
-    }
-    await tunnel.send(p.EventMsg(seq=2, event=event))
-    assert await tunnel.recv() == p.Ack(seq=2)
+    event = device_event(
+        "ev-3",
+        "code set on device",
+        {"slot_id": 3, "code": "48213", "programmed": [{"user_code": "90517"}]},
+        "2020-06-11T21:12:20.000Z",
+    )
+    await send_event(tunnel, 2, event)
     await asyncio.wait_for(recv.got.wait(), timeout=10)
     masked = {"slot_id": 3, "code": "****", "programmed": [{"user_code": "****"}]}
     assert [e["details"] for e in await cloud.get("/v1/events")] == [masked]
@@ -150,14 +154,7 @@ async def test_an_undelivered_event_survives_a_restart_of_the_cloud(
     db_path = str(tmp_path / "restarted.db")
     cloud = await make_cloud(db_path=db_path, webhook_urls=(url,), webhook_backoff_s=5.0)
     tunnel, _, _ = await cloud.claimed_gateway()
-    event = {
-        "id": "ev-4",
-        "type": "device_event",
-        "device_id": DEVICE_ID,
-        "event_name": "door unlocked",
-        "details": {"method": "keypad"},
-        "date_created": "2020-06-11T21:12:20.000Z",
-    }
+    event = device_event("ev-4", "door unlocked", {"method": "keypad"}, "2020-06-11T21:12:20.000Z")
     await tunnel.send(p.EventMsg(seq=2, event=event))
     assert await tunnel.recv() == p.Ack(seq=2)  # the gateway will not send it again
     while not recv.requests:
@@ -179,15 +176,8 @@ async def test_deliveries_owed_to_a_receiver_no_longer_configured_are_dropped_at
     db_path = str(tmp_path / "reconfigured.db")
     cloud = await make_cloud(db_path=db_path, webhook_urls=(url,), webhook_backoff_s=5.0)
     tunnel, _, _ = await cloud.claimed_gateway()
-    event = {
-        "id": "ev-5",
-        "device_id": DEVICE_ID,
-        "event_name": "door locked",
-        "details": {"method": "manual"},
-        "date_created": "2020-06-11T21:12:20.000Z",
-    }
-    await tunnel.send(p.EventMsg(seq=2, event=event))
-    assert await tunnel.recv() == p.Ack(seq=2)
+    event = device_event("ev-5", "door locked", {"method": "manual"}, "2020-06-11T21:12:20.000Z")
+    await send_event(tunnel, 2, event)
     await tunnel.ws.close()
     await cloud.server.close()
     with capture_logs() as logs:

@@ -7,15 +7,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import anyio
-
 from drivers.sim import SimDriver
-from gatewayd.config import parse_config
 from gatewayd.daemon import DB_NAME, Daemon
 from gatewayd.driver import Driver, DriverSink, DriverState
 from gatewayd.registry import Registry
 from gatewayd.store import Store
 from gatewayd.upstream import Upstream
+from tests.daemon_runs import run_once, stored
 from tests.support import config_text
 
 
@@ -34,41 +32,24 @@ class StartFails(SimDriver):
         raise RuntimeError("the radio stopped answering")
 
 
-async def run_once(state: Path, locks: int, driver: type[Driver] = SimDriver) -> Daemon:
-    daemon = Daemon(parse_config(config_text(state, locks=locks)), driver_classes={"sim": driver})
-    with anyio.fail_after(30):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(daemon.run)
-            await daemon.wait_started()
-            daemon.stop()
-    return daemon
-
-
-def stored(state: Path) -> tuple[dict[str, str], list[str]]:
-    """The store's devices (native id -> device id), and the devices removed in its outbox."""
-    store = Store.open(state / DB_NAME)
-    try:
-        devices = {row.native_id: row.device_id for row in store.devices()}
-        frames = [json.loads(frame) for _, frame in store.outbox_after(0, limit=10_000)]
-    finally:
-        store.close()
-    return devices, [f["device_id"] for f in frames if f["type"] == "device_removed"]
+async def run_sim(state: Path, locks: int, driver: type[Driver] = SimDriver) -> Daemon:
+    return await run_once(config_text(state, locks=locks), driver_classes={"sim": driver})
 
 
 async def test_a_lock_gone_while_the_gateway_was_down_is_removed_once_its_driver_is_up(
     tmp_path: Path,
 ) -> None:
     state = tmp_path / "state"
-    await run_once(state, locks=3)
+    await run_sim(state, locks=3)
     first, _ = stored(state)
     assert sorted(first) == ["sim-0001", "sim-0002", "sim-0003"]
 
-    await run_once(state, locks=3, driver=RadioDown)  # a radio outage deletes nothing
+    await run_sim(state, locks=3, driver=RadioDown)  # a radio outage deletes nothing
     assert stored(state) == (first, [])
-    await run_once(state, locks=1, driver=StartFails)  # nor does a driver that failed to start
+    await run_sim(state, locks=1, driver=StartFails)  # nor does a driver that failed to start
     assert stored(state) == (first, [])
 
-    daemon = await run_once(state, locks=2)  # lock 3 was excluded while the gateway was off
+    daemon = await run_sim(state, locks=2)  # lock 3 was excluded while the gateway was off
 
     devices, removed = stored(state)
     assert devices == {n: first[n] for n in ("sim-0001", "sim-0002")}  # ids kept

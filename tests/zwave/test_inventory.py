@@ -7,18 +7,16 @@ Each test runs a real daemon (its Registry and Store on disk) twice on one state
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import anyio
 import pytest
 
 from drivers.zwave import ZWaveDriver
-from gatewayd.config import parse_config
-from gatewayd.daemon import DB_NAME, Daemon
+from gatewayd.daemon import Daemon
 from gatewayd.driver import DriverContext
-from gatewayd.store import Store
 from tests.contract.sink import RecordingSink
+from tests.daemon_runs import run_once, stored
 from tests.proxy import FaultProxy
 from tests.support import config_text
 from tests.zwave.conftest import Tasks, make_config
@@ -38,26 +36,9 @@ reconnect_max_s = 2.0
 """
 
 
-async def run_once(state: Path, zwave: str) -> Daemon:
+async def run_zwave(state: Path, zwave: str) -> Daemon:
     """Start a daemon with the Z-Wave driver (and no simulated locks), stop it once started."""
-    daemon = Daemon(parse_config(config_text(state, locks=0, extra=zwave)))
-    with anyio.fail_after(90):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(daemon.run)
-            await daemon.wait_started()
-            daemon.stop()
-    return daemon
-
-
-def stored(state: Path) -> tuple[dict[str, str], list[str]]:
-    """The store's devices (native id -> device id), and the devices removed in its outbox."""
-    store = Store.open(state / DB_NAME)
-    try:
-        devices = {row.native_id: row.device_id for row in store.devices()}
-        frames = [json.loads(frame) for _, frame in store.outbox_after(0, limit=10_000)]
-    finally:
-        store.close()
-    return devices, [f["device_id"] for f in frames if f["type"] == "device_removed"]
+    return await run_once(config_text(state, locks=0, extra=zwave), timeout=90)
 
 
 def reported(daemon: Daemon) -> set[str]:
@@ -70,7 +51,7 @@ def reported(daemon: Daemon) -> set[str]:
 async def remembered(state: Path, stack: ZWaveStack) -> dict[str, str]:
     """A first run on the 3-lock stack: the store then holds locks 2, 3 and 4."""
     await anyio.to_thread.run_sync(stack.reset)
-    daemon = await run_once(state, section(stack.url))
+    daemon = await run_zwave(state, section(stack.url))
     first, removed = stored(state)
     assert reported(daemon) == set(first) == {native_id(n) for n in (2, 3, 4)}
     assert removed == []
@@ -87,7 +68,7 @@ async def test_a_lock_excluded_while_the_gateway_was_down_is_removed(
     smaller = ZWaveStack(tmp_path / "stack", locks=2)
     try:
         await anyio.to_thread.run_sync(smaller.start)
-        daemon = await run_once(state, section(smaller.url))
+        daemon = await run_zwave(state, section(smaller.url))
     finally:
         await anyio.to_thread.run_sync(smaller.stop)
 
@@ -109,7 +90,7 @@ async def test_nothing_is_removed_while_zwave_server_is_unreachable(
     proxy = await FaultProxy(target_port=zwave_stack.ws_port, blackhole=True).start()
     port = proxy.port if link == "frozen" else free_port()
     try:
-        daemon = await run_once(state, section(f"ws://127.0.0.1:{port}", connect_timeout_s=1.0))
+        daemon = await run_zwave(state, section(f"ws://127.0.0.1:{port}", connect_timeout_s=1.0))
     finally:
         await proxy.close()
 
@@ -138,7 +119,7 @@ async def test_nothing_is_removed_while_a_node_has_not_been_interviewed(
         await warmup.stop()
 
         # its start gives up waiting for node 4 after interview_timeout_s
-        daemon = await run_once(state, section(stack.url, interview_timeout_s=1.0))
+        daemon = await run_zwave(state, section(stack.url, interview_timeout_s=1.0))
     finally:
         await anyio.to_thread.run_sync(stack.stop)
 
