@@ -404,6 +404,7 @@ async def _shutdown(app: Any) -> None:
     with anyio.CancelScope(shield=True):
         with anyio.move_on_after(RADIO_CLOSE_S) as radio:
             try:
+                await _end_device_tasks(app)
                 await app.shutdown(db=False)
             except Exception as exc:  # noqa: BLE001 - a dying radio may fail to say goodbye
                 log.warning("zigbee.shutdown_failed", error=type(exc).__name__)
@@ -416,6 +417,18 @@ async def _shutdown(app: Any) -> None:
                 log.warning("zigbee.database_close_failed", error=type(exc).__name__)
         if db.cancelled_caught:
             log.error("zigbee.database_close_timeout", timeout_s=DB_CLOSE_S)
+
+
+async def _end_device_tasks(app: Any) -> None:
+    """Cancel the devices' own tasks (a fast-polling reset timer) and let them finish first.
+    zigpy 2.3's shutdown cancels them and clears each device's task set, so each task's
+    done-callback `set.remove` then raised KeyError: an asyncio error in the journal at
+    every stop. Ended here, they leave their sets themselves."""
+    tasks = [task for device in app.devices.values() for task in getattr(device, "_tasks", ())]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks)
 
 
 async def _close_database(app: Any) -> None:
