@@ -20,7 +20,7 @@ import threading
 import urllib.parse
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -227,20 +227,29 @@ def _v4(db: sqlite3.Connection) -> None:
 MIGRATIONS: Final[Sequence[Callable[[sqlite3.Connection], None]]] = (_v1, _v2, _v3, _v4)
 
 
+@contextlib.contextmanager
+def _immediate(db: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction: BEGIN IMMEDIATE, COMMIT at the end, ROLLBACK on any exception
+    (which goes on up)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
 def migrate(db: sqlite3.Connection) -> int:
     """Bring the schema to SCHEMA_VERSION, one transaction per step. Returns the new version."""
     version: int = db.execute("PRAGMA user_version").fetchone()[0]
     if version > len(MIGRATIONS):
         raise RuntimeError(f"store schema {version} is newer than this gatewayd knows")
     for step in range(version, len(MIGRATIONS)):
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(db):
             MIGRATIONS[step](db)
             db.execute(f"PRAGMA user_version = {step + 1}")
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         log.info("store.migrated", version=step + 1)
     return len(MIGRATIONS)
 
@@ -537,8 +546,7 @@ class Store:
         if row and row[0] not in self._forgotten:
             return str(row[0])
         device_id = str(uuid.uuid4())
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(self._db):
             if row:
                 # Forgotten in this batch and seen again before its commit: a new device, as
                 # after the commit. The old row goes now, or the queued DELETE would take the
@@ -548,11 +556,6 @@ class Store:
                 "INSERT INTO devices (device_id, driver, native_id) VALUES (?, ?, ?)",
                 (device_id, driver, native_id),
             )
-            self._db.execute("COMMIT")
-        except BaseException:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            raise
         return device_id
 
     def save_device(self, device_id: str, descriptor: dict[str, Any] | bytes) -> None:
@@ -751,8 +754,7 @@ class Store:
         held = self.outbox_after(self._acked_seq, limit=backlog) if backlog else []
         frames = [(seq + shift, renumber(frame, seq + shift)) for seq, frame in held]
         created = iso(utcnow())
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
+        with _immediate(self._db):
             self._db.execute("DELETE FROM outbox")  # acked frames go too: the cloud holds them
             self._db.executemany(
                 "INSERT INTO outbox (last_seq, first_seq, frames, created_at) VALUES (?, ?, ?, ?)",
@@ -766,11 +768,6 @@ class Store:
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (str(cloud_acked),),
             )
-            self._db.execute("COMMIT")
-        except sqlite3.Error:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            raise
         log.warning(
             "store.outbox_rebased",
             was_acked=self._acked_seq,
