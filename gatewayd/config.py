@@ -171,13 +171,17 @@ def _is_address(host: str) -> bool:
     return True
 
 
-def _is_loopback(host: str) -> bool:
+def _is_loopback(host: str, *, ipv4_mapped: bool = False) -> bool:
+    """localhost or a loopback address; `ipv4_mapped`: ::ffff:127.x counts too."""
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    if ipv4_mapped and isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped  # ::ffff:127.0.0.1, as every Python version judges it
+    return address.is_loopback
 
 
 def is_loopback_ws_host(host: str) -> bool:
@@ -187,15 +191,7 @@ def is_loopback_ws_host(host: str) -> bool:
     The one rule for check-config and the tunnel: a host one let through and the other refused
     stopped the daemon at start-up.
     """
-    if host == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped  # ::ffff:127.0.0.1, as every Python version judges it
-    return address.is_loopback
+    return _is_loopback(host, ipv4_mapped=True)
 
 
 def _ws_url(key: str, url: str) -> SplitResult:
