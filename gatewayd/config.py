@@ -228,6 +228,14 @@ def _check(cfg: Config) -> None:
     """Cross-field rules msgspec's per-field constraints cannot say."""
     if not cfg.gateway.state_dir.strip():
         raise ConfigError("gateway.state_dir: expected a directory, got an empty string")
+    # the service and the CLI (status, token) run from different working directories: a
+    # relative path would give each its own store
+    for key, value in (
+        ("gateway.state_dir", cfg.gateway.state_dir),
+        ("cloud.ca_file", cfg.cloud.ca_file),
+    ):
+        if value and not Path(value).is_absolute():
+            raise ConfigError(f"{key}: {value!r} is a relative path; write it from / on")
     host, _ = _split_listen(cfg.status.listen)
     if not _is_loopback(host) and not cfg.status.allow_remote:
         raise ConfigError(

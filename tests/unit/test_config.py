@@ -278,3 +278,18 @@ def test_example_config_shows_every_key_in_its_section() -> None:
     for section, key in _fields(Config, ""):
         body = sections.get(section, "")
         assert f"\n{key} =" in "\n" + body, f"{section}.{key} is not in config.example.toml"
+
+
+def test_relative_paths_are_refused_since_the_service_and_the_cli_run_elsewhere(
+    tmp_path: Path,
+) -> None:
+    """`gatewayd token -c FILE` from a shell and the service started from / would each open a
+    store of their own under a relative state_dir."""
+    with pytest.raises(ConfigError) as info:
+        parse_config("[gateway]\nstate_dir = 'var/gatewayd'\n")
+    assert str(info.value).startswith("gateway.state_dir: 'var/gatewayd' is a relative path")
+    cloud = "[cloud]\nurl = 'wss://cloud.example.com/v1/gateway/tunnel'\nca_file = 'ca.pem'\n"
+    with pytest.raises(ConfigError) as info:
+        parse_config(MINIMAL + cloud)
+    assert str(info.value).startswith("cloud.ca_file: 'ca.pem' is a relative path")
+    assert parse_config(f"[gateway]\nstate_dir = '{tmp_path}'\n").state_path == tmp_path
