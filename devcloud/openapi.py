@@ -213,6 +213,16 @@ def build() -> dict[str, Any]:
                 "responses": {"200": _ok(_ref("Location")), **_errors(400, 401)},
             },
         },
+        "/v1/groups": {
+            "get": {
+                "summary": "List locations (the older name seed 001 uses in its auth example)",
+                "operationId": "list_groups",
+                "responses": {
+                    "200": _ok({"type": "array", "items": _ref("Location")}),
+                    **_errors(401),
+                },
+            }
+        },
         "/v1/locations/{location_id}/register_gateway": {
             "post": {
                 "summary": "Claim the connected gateway that shows this registration token",

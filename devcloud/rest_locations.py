@@ -26,6 +26,7 @@ _TIMEZONE: Final = re.compile(r"[A-Za-z0-9_+\-/]{1,64}")
 
 
 @routes.get("/v1/locations")
+@routes.get("/v1/groups")  # seed 001's authentication example: the older name of locations
 async def list_locations(request: web.Request) -> web.Response:
     return web.json_response(request.app[STATE].db.locations())
 

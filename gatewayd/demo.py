@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import json
 import secrets
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -109,7 +110,17 @@ async def claim(daemon: Daemon, api: str, api_key: str) -> dict[str, Any]:
     return {"location": location, "gateway": gateway, "devices": devices}
 
 
-def guide(api: str, api_key: str, status: str, claimed: dict[str, Any], work: Path) -> str:
+def gatewayd_command() -> str:
+    """This gatewayd as a shell command: the script next to the interpreter, else `-m`."""
+    script = Path(sys.executable).with_name("gatewayd")
+    if script.exists():
+        return shlex.quote(str(script))
+    return f"{shlex.quote(sys.executable)} -m gatewayd.cli"
+
+
+def guide(
+    api: str, api_key: str, status: str, claimed: dict[str, Any], work: Path, config: Path
+) -> str:
     gateway_id = claimed["gateway"]["id"]
     device = claimed["devices"][0]["id"]
     auth = f'-u "{api_key}:" -H "Content-Type: application/json"'
@@ -123,11 +134,16 @@ def guide(api: str, api_key: str, status: str, claimed: dict[str, Any], work: Pa
         f"The reference cloud is at {api}, API key {api_key}",
         f"The gateway ({gateway_id}) is claimed and has {len(claimed['devices'])} locks.",
         f"Status page: {status}/    Logs: {work}",
+        f"In a terminal: {gatewayd_command()} status -c {shlex.quote(str(config))}",
         "",
-        "Try it (each command prints the action request; its status moves to completed):",
+        "Try it, in this order (each action prints its action request, which moves to completed):",
         f"  {post(f'/v1/devices/{device}/actions/unlock')}",
         f"  {post(f'/v1/devices/{device}/actions/lock')}",
         f"  {post(f'/v1/devices/{device}/actions/set_code', {'code': '1234', 'slot_id': 3})}",
+        "Someone types that code at the keypad (a simulated person at the door):",
+        f"  curl -s -X POST {status}/simulate -d "
+        f"'{json.dumps({'device_id': device, 'what': 'keypad_unlock', 'params': {'slot_id': 3}})}'",
+        "Clear the code again, and open the pairing window (a simulated lock joins):",
         f"  {post(f'/v1/devices/{device}/actions/clear_code', {'slot_id': 3})}",
         f"  {post(f'/v1/gateways/{gateway_id}/actions/pair_devices', {'duration': 30})}",
         "Follow one action request (use the id an action printed):",
@@ -135,9 +151,6 @@ def guide(api: str, api_key: str, status: str, claimed: dict[str, Any], work: Pa
         "Door events, and the devices with their state:",
         f"  curl -s {auth} {api}/v1/events",
         f"  curl -s {auth} {api}/v1/devices",
-        "Someone types the code for slot 3 at the keypad (a simulated person at the door):",
-        f"  curl -s -X POST {status}/simulate -d "
-        f"'{json.dumps({'device_id': device, 'what': 'keypad_unlock', 'params': {'slot_id': 3}})}'",
         "",
         f"{READY_LINE}. Ctrl-C stops it.",
     ]
@@ -153,7 +166,8 @@ def run_demo(args: argparse.Namespace) -> int:
         )
         return 2
     with tempfile.TemporaryDirectory(prefix="gatewayd-demo-") as tmp:
-        work = Path(args.dir or tmp)
+        # absolute: the config refuses a relative state_dir
+        work = Path(args.dir or tmp).resolve()
         work.mkdir(parents=True, exist_ok=True)
         api_key = "demo_" + secrets.token_urlsafe(12)
         cloud, cloud_port = start_cloud(work, api_key, args.cloud_port)
@@ -181,8 +195,14 @@ def run_demo(args: argparse.Namespace) -> int:
                     tg.start_soon(serve)
                     await daemon.wait_started()
                     claimed = await claim(daemon, api, api_key)
+                    assert daemon.status_port is not None
                     status = f"http://127.0.0.1:{daemon.status_port}"
-                    print(guide(api, api_key, status, claimed, work), flush=True)
+                    # the daemon's config with the port it got, for `gatewayd status|token -c`
+                    config = work / "gatewayd.toml"
+                    config.write_text(
+                        demo_config(work / "gateway", args.locks, daemon.status_port, cloud_port)
+                    )
+                    print(guide(api, api_key, status, claimed, work, config), flush=True)
 
             with contextlib.suppress(KeyboardInterrupt):
                 anyio.run(main)

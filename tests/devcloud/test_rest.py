@@ -36,6 +36,15 @@ async def test_locations_are_created_and_listed(cloud: Cloud) -> None:
     assert listed[0] == created
 
 
+async def test_groups_is_the_seeds_older_name_for_the_location_list(cloud: Cloud) -> None:
+    """Seed 001's authentication example is `curl /v1/groups -u "$KEY:"`, answered with the
+    location list; devcloud answered 404."""
+    await cloud.post("/v1/locations", {"name": "12119 robinridge ln"})
+    assert await cloud.get("/v1/groups") == await cloud.get("/v1/locations")
+    async with cloud.http.get(cloud.url("/v1/groups")) as resp:
+        assert resp.status == 401
+
+
 @pytest.mark.parametrize(
     "headers",
     [

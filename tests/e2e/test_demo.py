@@ -38,6 +38,16 @@ def until_terminal(get_command: str, action_id: str) -> dict[str, Any]:
     raise AssertionError(f"{action_id} did not finish")
 
 
+def wait_for_keypad_unlock(events_command: str) -> dict[str, Any]:
+    end = time.monotonic() + 10
+    while time.monotonic() < end:
+        for e in run(events_command):
+            if e["event_name"] == "door unlocked" and e["details"].get("method") == "pin_code":
+                return dict(e)
+        time.sleep(0.1)
+    raise AssertionError("no keypad unlock event")
+
+
 def test_demo_prints_commands_that_work(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [
@@ -70,44 +80,55 @@ def test_demo_prints_commands_that_work(tmp_path: Path) -> None:
                 break
         assert any(READY_LINE in line for line in lines), "\n".join(lines)
         commands = [line.strip() for line in lines if line.strip().startswith("curl ")]
-        by_path = {shlex.split(c)[-1].rsplit("/", 1)[-1]: c for c in commands}
         get_ar = next(c for c in commands if "ACTION_REQUEST_ID" in c)
-        simulate = next(c for c in commands if c.split()[-1].startswith("'") or "/simulate" in c)
-
-        unlock = run(by_path["unlock"])
-        assert unlock["status"] == "pending"
-        assert until_terminal(get_ar, unlock["id"])["status"] == "completed"
-
-        set_code = run(by_path["set_code"])
-        assert set_code["data"]["set_code"]["code"] == "****"
-        assert until_terminal(get_ar, set_code["id"])["status"] == "completed"
-
-        assert run(simulate) == {"ok": True}
         events_cmd = next(c for c in commands if c.endswith("/v1/events"))
-        end = time.monotonic() + 10
-        keypad: list[dict[str, Any]] = []
-        while not keypad and time.monotonic() < end:
-            keypad = [
-                e
-                for e in run(events_cmd)
-                if e["event_name"] == "door unlocked" and e["details"].get("method") == "pin_code"
-            ]
-            time.sleep(0.1)
-        assert keypad[0]["details"]["slot_id"] == 3
-
         devices_cmd = next(c for c in commands if c.endswith("/v1/devices"))
         assert len(run(devices_cmd)) == 2
-        pair = run(by_path["pair_devices"])
-        assert until_terminal(get_ar, pair["id"])["status"] == "completed"
+
+        # every command in the order printed, as a user runs them
+        done: list[str] = []
+        for command in commands:
+            if command in (get_ar, events_cmd, devices_cmd):
+                continue
+            target = shlex.split(command)[-1]
+            if "/simulate" in command:
+                # a person at the door types the code the printed set_code wrote
+                assert done[-1:] == ["set_code"], done
+                assert run(command) == {"ok": True}
+                assert wait_for_keypad_unlock(events_cmd)["details"]["slot_id"] == 3
+                done.append("simulate")
+                continue
+            action = target.rsplit("/", 1)[-1]
+            ar = run(command)
+            assert ar["status"] == "pending", ar
+            assert set(ar["data"]) == {action}
+            if action == "set_code":
+                assert ar["data"]["set_code"]["code"] == "****"
+            assert until_terminal(get_ar, ar["id"])["status"] == "completed"
+            done.append(action)
+        assert done == [
+            "unlock",
+            "lock",
+            "set_code",
+            "simulate",
+            "clear_code",
+            "pair_devices",
+        ]
+        names = [e["event_name"] for e in run(events_cmd)]
+        for name in ("door unlocked", "door locked", "code set on device"):
+            assert name in names, names
         end = time.monotonic() + 10
         while len(run(devices_cmd)) < 3 and time.monotonic() < end:
             time.sleep(0.1)
         assert len(run(devices_cmd)) == 3  # the simulated lock that joined
 
-        clear = run(by_path["clear_code"])
-        assert until_terminal(get_ar, clear["id"])["status"] == "completed"
-        lock = run(by_path["lock"])
-        assert until_terminal(get_ar, lock["id"])["status"] == "completed"
+        # README: `gatewayd status -c FILE` prints the status page in a terminal
+        status_cmd = next(line.split(": ", 1)[1] for line in lines if " status -c " in line)
+        shown = subprocess.run(
+            ["bash", "-c", status_cmd], capture_output=True, text=True, timeout=30, check=True
+        ).stdout
+        assert "claimed as " in shown, shown
+        assert "tunnel up, 3 locks" in shown, shown
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -118,6 +139,41 @@ def test_demo_prints_commands_that_work(tmp_path: Path) -> None:
         log = (tmp_path / "demo" / name).read_text()
         assert not re.search(r"code\W{1,4}\d{4}", log), f"a code value is in {name}"
     assert "daemon.ready" in (tmp_path / "demo" / "gatewayd.log").read_text()
+
+
+def test_a_relative_demo_dir_is_taken_from_the_current_directory(tmp_path: Path) -> None:
+    """`gatewayd demo --dir demo` ended with "gateway.state_dir: 'demo/gateway' is a relative
+    path": the config refuses relative state directories."""
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "gatewayd.cli", "demo", "--dir", "demo"),
+            *("--status-port", "0", "--cloud-port", "0"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if READY_LINE in line:
+                break
+        assert any(READY_LINE in line for line in lines), "".join(lines)
+        assert f"Logs: {tmp_path / 'demo'}" in "".join(lines)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            assert proc.wait(15) == 0
+        finally:
+            proc.kill()
+    assert (tmp_path / "demo" / "gateway" / "gatewayd.db").exists()
 
 
 def test_demo_with_no_locks_is_refused_in_one_line(tmp_path: Path) -> None:
