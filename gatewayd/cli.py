@@ -209,7 +209,8 @@ def render_status(s: dict[str, Any]) -> str:
         )
         battery = "?" if p["battery_level"] is None else f"{round(p['battery_level'] * 100)}%"
         ev = d.get("last_event")
-        last = f"{ev['event_name']} ({ev['details'].get('method', '')})" if ev else "-"
+        method = ev["details"].get("method") if ev else None
+        last = "-" if not ev else f"{ev['event_name']} ({method})" if method else ev["event_name"]
         name = d["name"][:28]
         lines.append(
             f"{name:<28} {state:<9} {'yes' if p['online'] else 'NO':<7} {battery:<8} {last}"

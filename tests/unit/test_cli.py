@@ -207,3 +207,19 @@ def test_token_reads_the_store_without_writing_to_it(tmp_path: Path) -> None:
         assert token() == fresh
     finally:
         store.close()
+
+
+async def test_status_names_a_last_event_without_empty_brackets(tmp_path: Path) -> None:
+    """A code event has no method: it was printed as `code removed from device ()`."""
+    from gatewayd.cli import render_status
+    from tests.support import running_daemon
+
+    async with running_daemon(tmp_path / "gw") as daemon:
+        snapshot = daemon.snapshot()
+    first, second = snapshot["devices"][0], snapshot["devices"][1]
+    first["last_event"] = {"event_name": "code removed from device", "details": {"slot_id": 3}}
+    second["last_event"] = {"event_name": "door unlocked", "details": {"method": "remote"}}
+    text = render_status(snapshot)
+    assert "code removed from device" in text
+    assert "()" not in text
+    assert "door unlocked (remote)" in text
