@@ -372,6 +372,18 @@ class DeviceOffline(DeviceError):
     type = "device_offline"
 
 
+class DuplicateCode(DeviceError):
+    """The lock refused a code because another of its slots holds the same PIN."""
+
+    type = "duplicate_code"
+
+
+class CodeMemoryFull(DeviceError):
+    """The lock refused a code because it has no room left for one."""
+
+    type = "code_memory_full"
+
+
 class CodeNotConfirmed(GatewayError):
     type = "code_not_confirmed"
 

@@ -33,6 +33,7 @@ from gatewayd.model import (
     DeviceNotFound,
     DeviceOffline,
     DoorEvent,
+    DuplicateCode,
     EventName,
     InvalidInput,
     Lock,
@@ -146,6 +147,10 @@ class SimDriver(Driver):
                 self._check_slot(slot_id)
                 if not self._codes.min_length <= len(code) <= self._codes.max_length:
                     raise InvalidInput("code length is outside what this lock accepts")
+                if lock.holds_elsewhere(slot_id, code):
+                    raise DuplicateCode(
+                        f"slot {slot_id}: the lock refused the code: another slot holds it"
+                    )
                 lock.write_slot(slot_id, code)
                 if lock.read_slot(slot_id) != code:
                     raise CodeNotConfirmed(f"slot {slot_id} did not read back the code written")

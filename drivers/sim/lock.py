@@ -51,6 +51,10 @@ class SimLock:
             return
         self._slots[slot_id] = code
 
+    def holds_elsewhere(self, slot_id: int, code: PinCode) -> bool:
+        """Whether another slot holds this code: the lock refuses it then, as real locks do."""
+        return any(other != slot_id and held == code for other, held in self._slots.items())
+
     def read_slot(self, slot_id: int) -> PinCode | None:
         return self._slots.get(slot_id)
 

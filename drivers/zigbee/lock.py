@@ -26,12 +26,14 @@ from gatewayd.model import (
     ActionResult,
     ActionTimeout,
     CodeConstraints,
+    CodeMemoryFull,
     CodeNotConfirmed,
     Device,
     DeviceError,
     DeviceOffline,
     DeviceProperties,
     DoorEvent,
+    DuplicateCode,
     EventName,
     Method,
     PinCode,
@@ -63,6 +65,9 @@ _TAMPER_ALARMS: Final = {4, 5, 6}  # wrong-code limit, escutcheon removed, force
 
 
 OWN_ECHO_S: Final = 10.0  # how late a lock's programming event for our own change may come
+_PIN_GENERAL_FAILURE: Final = 1
+_PIN_MEMORY_FULL: Final = 2
+_PIN_DUPLICATE: Final = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -593,7 +598,7 @@ class ZigbeeLock:
             )
             status = self._status(rsp)
             if status != foundation.Status.SUCCESS:
-                raise DeviceError(f"the lock refused the code ({_name(status)})")
+                raise _code_refused(slot, status)
             readback = await self._call(dl.get_pin_code(slot))
             stored = _readback(readback)
             if stored is None or stored[1] == "":
@@ -690,6 +695,20 @@ def _readback(rsp: Any) -> tuple[int, str] | None:
 
 def _name(status: Any) -> str:
     return str(getattr(status, "name", status))
+
+
+def _code_refused(slot: int, status: Any) -> DeviceError:
+    """The error for a set_pin_code_response status other than success (ZCL Door Lock:
+    1 general failure, 2 memory full, 3 duplicate code; zigpy names 2 and 3 as other statuses)."""
+    refused = f"slot {slot}: the lock refused the code"
+    number = int(status) if isinstance(status, int) else None
+    if number == _PIN_MEMORY_FULL:
+        return CodeMemoryFull(f"{refused}: its code memory is full")
+    if number == _PIN_DUPLICATE:
+        return DuplicateCode(f"{refused}: another slot holds it")
+    if number == _PIN_GENERAL_FAILURE:
+        return DeviceError(f"{refused} (general failure)")
+    return DeviceError(f"{refused} ({_name(status)})")
 
 
 class _Relay:

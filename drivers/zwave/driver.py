@@ -58,6 +58,7 @@ from gatewayd.model import (
     DeviceNotFound,
     DeviceProperties,
     DoorEvent,
+    DuplicateCode,
     EventName,
     GatewayError,
     InvalidInput,
@@ -87,6 +88,7 @@ _SIM_ACTIONS: Mapping[Simulation, str] = {
 
 
 OWN_ECHO_S: Final = 10.0  # how late a lock's code notification for our own change may come
+REFUSAL_WAIT_S: Final = 1.0  # how long a code the lock did not store may wait for its reason
 # stop() returns within STOP_TIMEOUT_S, below the daemon's DRIVER_STOP_TIMEOUT_S: its waits are
 # shielded (it may be called from a cancelled scope), so the daemon's limit cannot cut them.
 STOP_TIMEOUT_S: Final = 1.0
@@ -110,6 +112,8 @@ class _Lock:
     masked: bool = False
     last_seen: Any = None
     code_waiters: dict[int, asyncio.Future[bool]] = field(default_factory=dict)
+    # the set_code in flight: resolved when the lock says it refused the code as a duplicate
+    code_refusal: asyncio.Future[None] | None = None
     # (slot, code present, until when, on time.monotonic) of our own sets and clears whose
     # "user code added/deleted" notification may still come: it is the lock confirming them
     own_codes: list[tuple[int, bool, float]] = field(default_factory=list)
@@ -560,6 +564,13 @@ class ZWaveDriver(Driver):
             elif not lock.is_own_echo(notice.slot_id, bool(notice.code_present)):
                 name = EventName.CODE_SET if notice.code_present else EventName.CODE_REMOVED
                 self._emit(did, name, {"slot_id": notice.slot_id, "method": "keypad"})
+        elif notice.kind == "code_duplicate":
+            # One command in flight per lock; locks differ in which slot they name, if any.
+            refusal = lock.code_refusal
+            if refusal is not None and not refusal.done():
+                refusal.set_result(None)
+            else:
+                log.info("zwave.duplicate_code_refused", device_id=did, slot_id=notice.slot_id)
 
     def _on_status(self, node_id: int, *, online: bool) -> None:
         lock = self._locks.get(node_id)
@@ -624,19 +635,27 @@ class ZWaveDriver(Driver):
     async def _set_code(self, lock: _Lock, node: Node, slot: int, digits: str) -> ActionResult:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[bool] = loop.create_future()
+        refusal: asyncio.Future[None] = loop.create_future()
         lock.code_waiters[slot] = waiter
+        lock.code_refusal = refusal
         try:
             await commands.write_code(node, slot, digits)
             status, read = await commands.read_slot(node, slot)
             if commands.is_masked(read):
                 lock.masked = True
-                confirmed = await self._await_programming(waiter, slot)
+                confirmed = await self._await_programming(waiter, refusal, slot)
                 if not confirmed or status != commands.USER_ENABLED:
                     raise CodeNotConfirmed(f"slot {slot}: the lock did not confirm the new code")
             elif status != commands.USER_ENABLED or not hmac.compare_digest(read, digits):
-                raise CodeNotConfirmed(f"slot {slot}: the lock reads back a different code")
+                await self._await_refusal(refusal, slot)
+                if status == commands.USER_ENABLED:
+                    raise CodeNotConfirmed(f"slot {slot}: the lock reads back a different code")
+                raise CodeNotConfirmed(
+                    f"slot {slot}: the lock did not store the code and gave no reason"
+                )
         finally:
             lock.code_waiters.pop(slot, None)
+            lock.code_refusal = None
         if not waiter.done():  # its notification, if the lock sends one, is still to come
             lock.expect_echo(slot, True)
         self._schedule_recheck(lock, slot, self._digest(digits))
@@ -656,21 +675,33 @@ class ZWaveDriver(Driver):
         self._emit(lock.device_id, EventName.CODE_REMOVED, {"slot_id": slot})
         return ActionResult({"slot_id": slot})
 
-    async def _await_programming(self, waiter: asyncio.Future[bool], slot: int) -> bool:
+    async def _await_programming(
+        self, waiter: asyncio.Future[bool], refusal: asyncio.Future[None], slot: int
+    ) -> bool:
         try:
             with anyio.fail_after(self._config.code_confirm_s):
                 # not `await waiter`: its cancellation by _detach would look like our own
-                await asyncio.wait({waiter})
+                either: set[asyncio.Future[Any]] = {waiter, refusal}
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         except TimeoutError:
             # The lock answered every frame and reads back a mask: it did not confirm the code.
             raise CodeNotConfirmed(
                 f"slot {slot}: no programming notification from a lock that masks codes"
             ) from None
+        if refusal.done():
+            raise _duplicate(slot)
         if waiter.cancelled():  # the link to zwave-server went down; its teardown dropped it
             raise DeviceError(
                 f"slot {slot}: connection to zwave-server lost before the lock confirmed the code"
             )
         return waiter.result()
+
+    async def _await_refusal(self, refusal: asyncio.Future[None], slot: int) -> None:
+        """A code the lock did not store: its notification saying why may follow the read-back."""
+        with anyio.move_on_after(min(REFUSAL_WAIT_S, self._config.code_confirm_s)):
+            await asyncio.wait({refusal})
+        if refusal.done():
+            raise _duplicate(slot)
 
     def _digest(self, digits: str) -> bytes:
         return hmac.new(self._salt, digits.encode(), hashlib.sha256).digest()
@@ -811,6 +842,10 @@ class ZWaveDriver(Driver):
         if node is None:
             raise DeviceNotFound(f"node {lock.node_id} is no longer in the network")
         return node
+
+
+def _duplicate(slot: int) -> DuplicateCode:
+    return DuplicateCode(f"slot {slot}: the lock refused the code: another slot holds it")
 
 
 def _differs(a: Device, b: Device) -> bool:

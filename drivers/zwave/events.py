@@ -34,6 +34,7 @@ BOLT_EVENTS: Mapping[int, tuple[bool, Method]] = {
 AC_JAMMED = 11
 AC_CODE_DELETED = 13
 AC_CODE_ADDED = 14
+AC_CODE_DUPLICATE = 15  # "new user code not added due to duplicate code"
 AC_DOOR_OPEN = 22
 AC_DOOR_CLOSED = 23
 HS_TAMPER_COVER = 3
@@ -47,7 +48,9 @@ LOW_BATTERY = 0.2
 class Notice:
     """A lock notification in driver terms (no zwave_js_server object)."""
 
-    kind: str  # "bolt" | "jammed" | "door" | "invalid_code" | "tampered" | "battery_low" | "code"
+    # "bolt" | "jammed" | "door" | "invalid_code" | "tampered" | "battery_low" | "code"
+    # | "code_duplicate"
+    kind: str
     locked: bool | None = None
     method: Method = Method.UNKNOWN
     slot_id: int | None = None
@@ -71,6 +74,8 @@ def parse_notification(type_: int, event: int, parameters: Mapping[str, Any]) ->
             return Notice("door", door_open=event == AC_DOOR_OPEN)
         if event in (AC_CODE_ADDED, AC_CODE_DELETED) and slot is not None:
             return Notice("code", slot_id=slot, code_present=event == AC_CODE_ADDED)
+        if event == AC_CODE_DUPLICATE:
+            return Notice("code_duplicate", slot_id=slot)
     elif type_ == HOME_SECURITY:
         if event == HS_INVALID_CODE:
             return Notice("invalid_code")

@@ -37,6 +37,8 @@ Rules the harness and driver follow:
   X not declared unsupported; FAULT kinds: "none" clears all; "no_reply" (the next action never
   gets an answer), "refuse" (the next action is refused -> DeviceError) and "drop_code" (the
   next set_code is not stored) hit one command only; "delay" lasts until "none".
+* A lock refuses a PIN another of its slots holds, as real locks do: that set_code fails with
+  DuplicateCode (`duplicate_code` upstream), unless "duplicate_code" is declared unsupported.
 
 Drivers other than sim are marked `stack`.
 """
@@ -71,6 +73,7 @@ FEATURES = frozenset(
         "fault_no_reply",
         "fault_refuse",
         "fault_drop_code",
+        "duplicate_code",  # a PIN another slot of the lock holds is refused: DuplicateCode
         "pair",
         "unpair",
         "restart",  # stop() then start(sink) again on the same driver object

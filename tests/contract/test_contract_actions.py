@@ -17,6 +17,7 @@ from gatewayd.model import (
     DeviceError,
     DeviceNotFound,
     EventName,
+    GatewayError,
     Lock,
     SetCode,
     Unlock,
@@ -172,6 +173,36 @@ async def test_a_dropped_code_is_not_confirmed(
     # the fault hit one command only: the retry is stored and confirmed
     await act(harness, driver, device.id, SetCode(slot_id=slot, code=distinctive_pin(device)))
     await next_event(sink, device.id, EventName.CODE_SET, mark)
+
+
+async def test_a_pin_another_slot_holds_is_refused_as_duplicate_code(
+    harness: Harness,
+    driver: Driver,
+    sink: RecordingSink,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Locks keep one PIN per user: the same PIN for a second slot is refused, and the cloud
+    is told why (duplicate_code), never with the PIN. The first slot keeps its code."""
+    harness.require("duplicate_code")
+    device = a_lock(sink)
+    pin, slot = distinctive_pin(device), code_slot(device)
+    other = slot + 1 if slot < device.codes.max_slot else slot - 1
+    await act(harness, driver, device.id, SetCode(slot_id=slot, code=pin))
+    mark = len(sink.events)
+    caplog.set_level(logging.INFO)
+
+    with capture_logs() as structured, pytest.raises(GatewayError) as err:
+        await act(harness, driver, device.id, SetCode(slot_id=other, code=pin))
+
+    assert err.value.to_dict()["type"] == "duplicate_code"
+    await anyio.sleep(SETTLE_S)  # a late notice of the refused code would be in by now
+    assert [e for e in sink.events[mark:] if e.device_id == device.id] == []
+    texts = [str(err.value), repr(err.value), json.dumps(err.value.to_dict()), caplog.text]
+    texts += [repr(entry) for entry in structured]
+    assert [text for text in texts if pin.reveal() in text] == []
+    # the slot that holds the PIN still does: cleared, the PIN can go to the other slot
+    await act(harness, driver, device.id, ClearCode(slot_id=slot))
+    await act(harness, driver, device.id, SetCode(slot_id=other, code=pin))
 
 
 async def test_refused_command_fails_with_device_error(

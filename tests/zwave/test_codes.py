@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -19,6 +20,7 @@ from gatewayd.model import (
     ClearCode,
     CodeNotConfirmed,
     EventName,
+    GatewayError,
     InvalidInput,
     PinCode,
     SetCode,
@@ -208,3 +210,71 @@ async def test_a_masked_lock_that_ignores_a_new_code_fails_with_code_not_confirm
         await driver.execute(dev, SetCode(slot_id=3, code=PinCode("24680")))
     assert "24680" not in str(err.value)
     assert EventName.CODE_SET not in [e.event_name for e in sink.events[mark:]]
+
+
+def _texts(err: GatewayError, caplog: pytest.LogCaptureFixture, structured: list[Any]) -> list[str]:
+    """Everything a refusal shows: the exception, its upstream form, every log line."""
+    lines = [str(err), repr(err), repr(err.to_dict()), caplog.text]
+    return lines + [r.getMessage() for r in caplog.records] + [repr(e) for e in structured]
+
+
+@pytest.mark.parametrize(
+    ("node", "occupied"),
+    [(2, False), (4, False), (4, True)],
+    ids=["readable", "masked", "masked-over-an-old-code"],
+)
+async def test_a_code_another_slot_holds_fails_with_duplicate_code(
+    zwave: tuple[ZWaveDriver, RecordingSink],
+    zwave_stack: ZWaveStack,
+    caplog: pytest.LogCaptureFixture,
+    node: int,
+    occupied: bool,
+) -> None:
+    """The lock refuses a PIN another of its slots holds and says so (Access Control 0x0F):
+    duplicate_code, at once and without the PIN anywhere. Before, this was code_not_confirmed
+    ("reads back a different code"), and over an old code on a masked lock only after waiting
+    out code_confirm_s for a programming notification that never comes."""
+    driver, sink = zwave
+    dev = sink.ids[native_id(node)]
+    pin = "80461357"
+    caplog.set_level(logging.DEBUG)
+    await driver.execute(dev, SetCode(slot_id=2, code=PinCode(pin)))
+    if occupied:
+        await driver.execute(dev, SetCode(slot_id=3, code=PinCode("2222")))
+    mark = len(sink.events)
+    with capture_logs() as structured, pytest.raises(GatewayError) as err:
+        with anyio.fail_after(4):  # below code_confirm_s: the lock's answer ends the wait
+            await driver.execute(dev, SetCode(slot_id=3, code=PinCode(pin)))
+    assert err.value.to_dict()["type"] == "duplicate_code"
+    assert "slot 3" in err.value.message
+    assert zwave_stack.control(node, "state")["slots"] == ([2, 3] if occupied else [2])
+    await anyio.sleep(0.5)  # a late notice of the refused code would be in
+    assert [e.event_name for e in sink.events[mark:] if e.device_id == dev] == []
+    assert [t for t in _texts(err.value, caplog, structured) if pin in t] == []
+
+
+async def test_a_lock_that_drops_a_duplicate_without_a_word_says_the_slot_is_empty(
+    zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack
+) -> None:
+    """A lock that refuses a duplicate silently leaves the slot empty: code_not_confirmed,
+    saying the code was not stored, not that the lock holds a different one."""
+    driver, sink = zwave
+    dev = sink.ids[native_id(3)]
+    zwave_stack.control(3, "duplicates", mode="silent")
+    await driver.execute(dev, SetCode(slot_id=2, code=PinCode("5511")))
+    with pytest.raises(GatewayError) as err:
+        await driver.execute(dev, SetCode(slot_id=4, code=PinCode("5511")))
+    assert err.value.to_dict()["type"] == "code_not_confirmed"
+    assert "did not store" in err.value.message
+    assert "5511" not in repr(err.value.to_dict())
+
+
+async def test_the_same_code_again_in_its_own_slot_is_no_duplicate(
+    zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack
+) -> None:
+    driver, sink = zwave
+    dev = sink.ids[native_id(2)]
+    await driver.execute(dev, SetCode(slot_id=5, code=PinCode("7301")))
+    result = await driver.execute(dev, SetCode(slot_id=5, code=PinCode("7301")))
+    assert result.details == {"slot_id": 5}
+    assert zwave_stack.control(2, "state")["slots"] == [5]

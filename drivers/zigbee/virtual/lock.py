@@ -25,7 +25,12 @@ log = structlog.get_logger(__name__)
 PROFILE_HA: Final = 0x0104
 LOCK_EP: Final = 1
 DOOR_LOCK_DEVICE_TYPE: Final = 0x000A
-FAULT_KINDS: Final = frozenset({"none", "no_reply", "delay", "drop_code", "refuse", "garbage"})
+FAULT_KINDS: Final = frozenset(
+    {"none", "no_reply", "delay", "drop_code", "refuse", "garbage", "memory_full"}
+)
+# set_pin_code_response statuses of the ZCL Door Lock cluster (1 is general failure)
+PIN_MEMORY_FULL: Final = foundation.Status(2)
+PIN_DUPLICATE: Final = foundation.Status(3)
 DESCRIPTOR_REQUESTS: Final = frozenset(
     {zdo_t.ZDOCmd.Node_Desc_req, zdo_t.ZDOCmd.Active_EP_req, zdo_t.ZDOCmd.Simple_Desc_req}
 )
@@ -136,7 +141,7 @@ class VirtualLock:
         self._send = send
         self._changed = changed
         self.online = True
-        self.fault_once: str | None = None  # no_reply | refuse | drop_code | garbage: next command
+        self.fault_once: str | None = None  # no_reply|refuse|drop_code|garbage|memory_full: next
         self.delay_s = 0.0  # every answer late by this much, until cleared
         self.programming_delay_s = 0.0  # programming events this late (real locks: any time)
         self.actuation_s = 0.02
@@ -469,6 +474,12 @@ class VirtualLock:
                 0 <= args.user_id < p.pin_users and p.min_pin <= len(pin) <= p.max_pin
             ):
                 status = foundation.Status.INVALID_VALUE
+            elif fault == "memory_full":
+                status = PIN_MEMORY_FULL
+            elif not refuse and any(
+                held == pin and uid != int(args.user_id) for uid, held in self.mem.pins.items()
+            ):
+                status = PIN_DUPLICATE  # like real locks: one PIN, one user
             self._reply(cid, hdr, client.set_pin_code_response, src_ep, status=status)
             if status == foundation.Status.SUCCESS and fault != "drop_code":
                 self.mem.pins[int(args.user_id)] = pin

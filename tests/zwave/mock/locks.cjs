@@ -2,12 +2,15 @@
 // which tests act like a person at the door (keypad, thumb turn, jam, battery, radio faults).
 //
 // Environment: ZWAVE_MOCK_LOCKS (number of locks, 1..3, default 2), ZWAVE_MOCK_CONTROL_PORT
-// (control channel port on 127.0.0.1; 0 or unset: no control channel).
+// (control channel port on 127.0.0.1; 0 or unset: no control channel), ZWAVE_MOCK_HOME_ID
+// (the controller's home id, default 0x7e57d00d).
 //
 // Control channel: POST /node/<id>/<what> with a JSON body; 200 {"ok": true} or 4xx {"error"}.
 //   keypad_unlock {slot_id}, keypad_lock, manual_lock, manual_unlock, auto_lock, wrong_code, jam,
 //   battery {level: 0..1}, offline, online, tamper, door_open, door_close,
 //   fault {kind: none|no_reply|delay|drop_code|refuse, delay_s?}, state (GET-like: returns state),
+//   duplicates {mode: notify|silent|accept} (a code another slot holds: refused with Access
+//   Control 0x0F naming the slot, refused without a word, or stored; reset: notify),
 //   reset (faults none, codes cleared, bolt locked, door closed, battery 90 %, online; the lock's
 //   reports reach zwave-js before the answer, so its cache agrees with the lock).
 // POST /controller/reset: reset every lock in the network, and if the lock that waited for
@@ -33,8 +36,10 @@ const CODE_MAX = 8;
 // Access Control (6) events
 const AC = {
 	MANUAL_LOCK: 1, MANUAL_UNLOCK: 2, RF_LOCK: 3, RF_UNLOCK: 4, KEYPAD_LOCK: 5, KEYPAD_UNLOCK: 6,
-	AUTO_LOCK: 9, JAMMED: 11, CODE_DELETED: 13, CODE_ADDED: 14, DOOR_OPEN: 22, DOOR_CLOSED: 23,
+	AUTO_LOCK: 9, JAMMED: 11, CODE_DELETED: 13, CODE_ADDED: 14, CODE_DUPLICATE: 15, DOOR_OPEN: 22,
+	DOOR_CLOSED: 23,
 };
+const DUPLICATE_MODES = ["notify", "silent", "accept"];
 
 exports.default = function mockConfig({ require: req }) {
 	const cc = req("@zwave-js/cc");
@@ -53,6 +58,7 @@ exports.default = function mockConfig({ require: req }) {
 		swallowing: false,
 		offline: false,
 		codes: new Map(), // slot -> code (string)
+		duplicates: "notify",
 		door: 1, // 0 open, 1 closed
 		lastNotification: { 6: 0, 7: 0, 8: 0 },
 	});
@@ -223,6 +229,14 @@ exports.default = function mockConfig({ require: req }) {
 				if (typeof code !== "string") code = Buffer.from(code).toString("ascii");
 				// A lock silently ignores codes it cannot hold (wrong length, or told to refuse).
 				if (consume(s, "refuse") || code.length < CODE_MIN || code.length > CODE_MAX) return { action: "ok" };
+				// Like real locks: a code another slot holds is not added, and the lock says so.
+				const taken = [...s.codes].some(([other, held]) => other !== slot && held === code);
+				if (taken && s.duplicates !== "accept") {
+					if (s.duplicates === "notify") {
+						setTimeout(() => notify(controller, self, 6, AC.CODE_DUPLICATE, [slot]).catch(() => {}), 20);
+					}
+					return { action: "ok" };
+				}
 				const dropAfter = s.delayMs;
 				if (consume(s, "drop_code")) {
 					if (dropAfter === 0) return { action: "ok" }; // never stored
@@ -367,6 +381,13 @@ exports.default = function mockConfig({ require: req }) {
 				s.delayMs = Math.round(Number(p.delay_s ?? 0) * 1000);
 				s.swallowing = false;
 			},
+			async duplicates(self, p) {
+				const mode = String(p.mode ?? "notify");
+				if (!DUPLICATE_MODES.includes(mode)) {
+					throw Object.assign(new Error("unknown duplicates mode"), { status: 400 });
+				}
+				st(self).duplicates = mode;
+			},
 			async state(self) {
 				const s = st(self);
 				return {
@@ -412,5 +433,6 @@ exports.default = function mockConfig({ require: req }) {
 		});
 	}
 
-	return { controller: { homeId: 0x7e57d00d }, nodes, onInit };
+	const homeId = Number(process.env.ZWAVE_MOCK_HOME_ID || 0x7e57d00d);
+	return { controller: { homeId }, nodes, onInit };
 };

@@ -1,0 +1,89 @@
+"""Codes a Zigbee lock refuses: its set_pin_code_response status becomes a typed error."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from gatewayd.driver import Simulation
+from gatewayd.model import EventName, GatewayError, PinCode, SetCode
+from tests.contract.sink import RecordingSink
+from tests.zigbee.conftest import running
+
+pytestmark = pytest.mark.stack
+
+YALE, GENERIC = "00:0d:6f:00:0a:90:00:01", "00:0d:6f:00:0a:90:00:02"
+PIN = "80461357"
+
+
+def by_native(sink: RecordingSink, ieee: str) -> str:
+    return next(d.id for d in sink.devices.values() if d.native_id == ieee)
+
+
+@pytest.mark.parametrize("ieee", [GENERIC, YALE], ids=["readable", "masked"])
+async def test_a_code_another_slot_holds_fails_with_duplicate_code(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, ieee: str
+) -> None:
+    """set_pin_code_response status 3 (duplicate code): duplicate_code, with no PIN in the
+    error or any log line. Before, a device_error "the lock refused the code (undefined_0x03)"."""
+    sink = RecordingSink()
+    caplog.set_level(logging.DEBUG)
+    async with running(tmp_path, sink) as driver:
+        dev = by_native(sink, ieee)
+        lock = driver.virtual.lock(ieee)  # type: ignore[union-attr]
+        await driver.execute(dev, SetCode(slot_id=2, code=PinCode(PIN)))
+        mark = len(sink.events)
+        with capture_logs() as structured, pytest.raises(GatewayError) as err:
+            await driver.execute(dev, SetCode(slot_id=3, code=PinCode(PIN)))
+        assert err.value.to_dict()["type"] == "duplicate_code"
+        assert "slot 3" in err.value.message
+        assert sorted(lock.mem.pins) == [2]
+        await asyncio.sleep(0.3)
+        assert [e.event_name for e in sink.events[mark:] if e.device_id == dev] == []
+    texts = [str(err.value), repr(err.value), repr(err.value.to_dict()), caplog.text]
+    texts += [repr(e) for e in structured] + [repr(sink.events)]
+    assert [t for t in texts if PIN in t] == []
+
+
+async def test_a_lock_with_no_room_fails_with_code_memory_full(tmp_path: Path) -> None:
+    """status 2 (memory full): code_memory_full. Before, a device_error naming zigpy's
+    unrelated MAC_PAN_ACCESS_DENIED."""
+    sink = RecordingSink()
+    async with running(tmp_path, sink) as driver:
+        dev = by_native(sink, GENERIC)
+        await driver.simulate(dev, Simulation.FAULT, {"kind": "memory_full"})
+        with pytest.raises(GatewayError) as err:
+            await driver.execute(dev, SetCode(slot_id=4, code=PinCode(PIN)))
+        assert err.value.to_dict()["type"] == "code_memory_full"
+        assert "full" in err.value.message
+        assert PIN not in repr(err.value.to_dict())
+        assert driver.virtual.lock(GENERIC).mem.pins == {}  # type: ignore[union-attr]
+        # the lock itself is fine: the next code goes in
+        await driver.execute(dev, SetCode(slot_id=4, code=PinCode(PIN)))
+        await sink.wait_event(dev, EventName.CODE_SET)
+
+
+async def test_a_general_failure_is_a_device_error_that_says_so(tmp_path: Path) -> None:
+    sink = RecordingSink()
+    async with running(tmp_path, sink) as driver:
+        dev = by_native(sink, GENERIC)
+        await driver.simulate(dev, Simulation.FAULT, {"kind": "refuse"})
+        with pytest.raises(GatewayError) as err:
+            await driver.execute(dev, SetCode(slot_id=4, code=PinCode(PIN)))
+        assert err.value.to_dict() == {
+            "type": "device_error",
+            "message": "slot 4: the lock refused the code (general failure)",
+        }
+
+
+async def test_the_same_code_again_in_its_own_slot_is_no_duplicate(tmp_path: Path) -> None:
+    sink = RecordingSink()
+    async with running(tmp_path, sink) as driver:
+        dev = by_native(sink, GENERIC)
+        await driver.execute(dev, SetCode(slot_id=5, code=PinCode(PIN)))
+        result = await driver.execute(dev, SetCode(slot_id=5, code=PinCode(PIN)))
+        assert result.details == {"slot_id": 5}
