@@ -83,6 +83,10 @@ async def test_every_fault_many_times(tmp_path: Path, group: str) -> None:
                 tmp_path / f"{list(FAULTS).index(fault)}-{trial}", fault, seed=trial, burst_s=6
             )
             total.add(outcome)
+            if outcome.produced == 0 or outcome.actions == 0:  # a trial that ran nothing is no pass
+                failures.append(
+                    f"{fault} #{trial}: {outcome.produced} events, {outcome.actions} actions"
+                )
             try:
                 outcome.assert_clean(allowed_lost=LOSSY_PER_KILL.get(fault, 0))
             except AssertionError as exc:

@@ -575,7 +575,9 @@ async def test_remote_reports_are_attributed_to_the_action_in_flight(tmp_path: P
     async with anyio.create_task_group() as tg:
         h.dispatcher.bind(tg)
         h.dispatcher.submit(request("unlock", id="mine"))
-        await anyio.sleep(0.05)
+        with anyio.fail_after(5):
+            while not h.exec.started:  # on the lock, held there by the gate
+                await anyio.sleep(0.005)
         assert h.dispatcher.answering("d1") == "mine"
         assert h.dispatcher.answering("d2") is None
         gate.set()

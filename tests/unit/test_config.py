@@ -85,47 +85,49 @@ def test_insecure_ws_to_remote_host_needs_opt_in() -> None:
 
 
 @pytest.mark.parametrize(
-    "url",
+    ("url", "accepted"),
     [
-        "ws://127.0.0.1:9000@cloud.example.com/v1/gateway/tunnel",  # the host is cloud.example.com
-        "ws://[0:0:0:0:0:0:0:1]:9000/v1/gateway/tunnel",
-        "ws://localhost:9000/v1/gateway/tunnel",
-        "ws://[::1]:9000/v1/gateway/tunnel",
-        "ws://127.0.0.2:9000/v1/gateway/tunnel",
-        "wss://cloud.example.com/v1/gateway/tunnel",
+        ("ws://127.0.0.1:9000@cloud.example.com/v1/gateway/tunnel", False),  # cloud.example.com
+        ("ws://[0:0:0:0:0:0:0:1]:9000/v1/gateway/tunnel", True),
+        ("ws://localhost:9000/v1/gateway/tunnel", True),
+        ("ws://[::1]:9000/v1/gateway/tunnel", True),
+        ("ws://127.0.0.2:9000/v1/gateway/tunnel", True),
+        ("wss://cloud.example.com/v1/gateway/tunnel", True),
     ],
 )
-def test_a_cloud_url_check_config_accepts_is_one_the_tunnel_accepts(url: str) -> None:
+def test_a_cloud_url_check_config_accepts_is_one_the_tunnel_accepts(
+    url: str, accepted: bool
+) -> None:
     """check-config passed URLs the tunnel then refused as it was made, which stopped the
     daemon at start-up (and a user@host URL passed as loopback while it named another host)."""
     from typing import Any, cast
 
     from gatewayd.tunnel import Tunnel
 
-    try:
-        cfg = parse_config(MINIMAL + f"[cloud]\nurl = '{url}'\n")
-    except ConfigError as exc:
-        assert "cloud.url" in str(exc)
+    if not accepted:
+        with pytest.raises(ConfigError, match=r"cloud\.url"):
+            parse_config(MINIMAL + f"[cloud]\nurl = '{url}'\n")
         return
+    cfg = parse_config(MINIMAL + f"[cloud]\nurl = '{url}'\n")
     Tunnel(cfg.cloud, cast(Any, None), lambda _request: None, dict)
 
 
 @pytest.mark.parametrize(
-    "host",
+    ("host", "loopback"),
     [
-        "127.0.0.1",
-        "127.9.8.7",
-        "localhost",
-        "[::1]",
-        "[0:0:0:0:0:0:0:1]",
-        "127.evil.com",
-        "127.0.0.1.nip.io",
-        "127.1",
-        "10.0.0.5",
-        "cloud.example.com",
+        ("127.0.0.1", True),
+        ("127.9.8.7", True),
+        ("localhost", True),
+        ("[::1]", True),
+        ("[0:0:0:0:0:0:0:1]", True),
+        ("127.evil.com", False),
+        ("127.0.0.1.nip.io", False),
+        ("127.1", False),
+        ("10.0.0.5", False),
+        ("cloud.example.com", False),
     ],
 )
-def test_check_config_and_the_tunnel_judge_plain_ws_hosts_alike(host: str) -> None:
+def test_check_config_and_the_tunnel_judge_plain_ws_hosts_alike(host: str, loopback: bool) -> None:
     """Both ways: a ws:// host the tunnel took as loopback and check-config refused (or the
     reverse) left `check-config` and `run` disagreeing about one file."""
     from typing import Any, cast
@@ -144,7 +146,7 @@ def test_check_config_and_the_tunnel_judge_plain_ws_hosts_alike(host: str) -> No
         tunnel_ok = True
     except ValueError:
         tunnel_ok = False
-    assert config_ok == tunnel_ok
+    assert config_ok == tunnel_ok == loopback  # alike, and right: one shared rule could be wrong
 
 
 def test_a_url_with_a_password_is_refused_without_quoting_it() -> None:

@@ -61,12 +61,17 @@ def test_secrets_in_free_text_and_tracebacks_are_masked(json_stream: io.StringIO
     assert "736251" not in text
     assert "abc.def" not in text
     assert "node 5" in text  # the rest of the line survives
+    by_event = {str(line["event"]): line for line in lines(json_stream)}
+    assert by_event["x.text"]["error"] == "server said {'code': '****'} and Bearer ****"
+    assert "ValueError: bad code=****" in str(by_event["x.failed"]["exception"])
 
 
 def test_pin_objects_never_render(json_stream: io.StringIO) -> None:
     pin = PinCode("736251")
     structlog.get_logger("t").info("x.pin", value=pin, text=f"{pin}", items=[pin])
     assert "736251" not in json_stream.getvalue()
+    (line,) = lines(json_stream)  # the line was written, with its PIN masked
+    assert line["event"] == "x.pin"
     assert pin.reveal() == "736251"
     with pytest.raises(TypeError):
         pickle.dumps(pin)
@@ -166,3 +171,6 @@ def test_secrets_in_library_text_are_masked(json_stream: io.StringIO) -> None:
         assert secret not in text
     assert "node 5" in text
     assert "Host: box" in text
+    events = [str(line["event"]) for line in lines(json_stream)]
+    assert events[0].startswith("sending set_pin_code(user_id=3")  # zigpy's line is there
+    assert events[1:] == ["x.text", "x.quoted", "x.header"]
