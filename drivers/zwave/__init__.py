@@ -12,7 +12,8 @@ What the driver does, and what the test stack (zwave-js mock-server 15.29.0) can
   in its reports ("****") is confirmed by its Access Control "new user code added" notification
   instead. A confirmed set or clear reports `code set on device` or `code removed from device`
   at once; a re-check after `code_recheck_s` reports `code dropped by device` if the lock lost
-  the code since.
+  the code since. A lock that refuses a PIN another slot holds (Access Control 0x0F) fails the
+  set with `duplicate_code`; one that drops it without a word fails with `code_not_confirmed`.
 - Events: Access Control and Home Security notifications, Door Lock reports, Battery reports,
   node dead/alive. A report and a notification describing one change give one event.
 - pair: inclusion with the default strategy (S2 when the device supports it) for `duration`;
