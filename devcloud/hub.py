@@ -31,19 +31,33 @@ class Connection:
     claim_for: str | None = None  # unclaimed, with a token that claimed this gateway already
     token_expires: float | None = None  # unclaimed: when its registration token expires
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _welcomed: asyncio.Event = field(default_factory=asyncio.Event)  # or the session is over
+    _welcome_sent: bool = False
 
     async def send(self, msg: protocol.Message) -> bool:
-        """Send one frame; False if the socket is gone."""
+        """Send one frame; False if the socket is gone. Only `welcome` and `error` go out
+        before the welcome: a gateway reads nothing else until it has one."""
+        if not isinstance(msg, protocol.Welcome | protocol.ErrorMsg):
+            await self._welcomed.wait()
+            if not self._welcome_sent:
+                return False
         if self.ws.closed:
             return False
         try:
             frame = protocol.encode(msg).decode()
             async with self._lock:
                 await self.ws.send_str(frame)
+                if isinstance(msg, protocol.Welcome):
+                    self._welcome_sent = True
+                    self._welcomed.set()
         except (ConnectionError, RuntimeError, protocol.ProtocolError) as exc:
             log.warning("tunnel.send_failed", gateway_id=self.gateway_id, error=type(exc).__name__)
             return False
         return True
+
+    def ended(self) -> None:
+        """The session is over: senders waiting for its welcome go on (and find it closed)."""
+        self._welcomed.set()
 
     async def refuse(self, code: str, message: str) -> None:
         """Send an `error` frame, then close."""

@@ -84,9 +84,15 @@ async def register_gateway(request: web.Request) -> web.Response:
         st.db.add_gateway(gateway_id, location_id, name, cred_hash, iso(utcnow()))
         st.db.claim_token(token_hash, gateway_id, time.time())
     if await conn.send(protocol.Claimed(gateway_id=gateway_id, credential=credential)):
-        replaced = st.hub.promote(conn, gateway_id)
-        if replaced is not None:
-            await replaced.refuse("replaced", "a newer connection took over")
+        found = st.db.gateway_by_credential(cred_hash)
+        if found is None or found[0].id != gateway_id:
+            # revoked, or sent again on a redial, while the frame was on its way: this
+            # connection speaks for nobody (the gateway dials again on `claimed`)
+            log.info("gateway.registration_superseded", gateway_id=gateway_id)
+        else:
+            replaced = st.hub.promote(conn, gateway_id)
+            if replaced is not None:
+                await replaced.refuse("replaced", "a newer connection took over")
     elif st.db.undo_claim(gateway_id, token_hash, cred_hash):
         # the answer is 404, so nothing may be claimed: not even when the gateway redials
         log.info("gateway.registration_undone", location_id=location_id)

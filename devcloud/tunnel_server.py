@@ -69,6 +69,7 @@ async def tunnel_handler(request: web.Request) -> web.StreamResponse:
         await _session(app, conn)
     finally:
         app.hub.detach(conn)
+        conn.ended()
         if not ws.closed:
             await ws.close()
         log.info("tunnel.closed", gateway_id=conn.gateway_id, remote=conn.remote)
@@ -120,7 +121,7 @@ async def _session(app: state.State, conn: Connection) -> None:
         and app.hub.claimed.get(conn.gateway_id) is conn  # not revoked or replaced meanwhile
     ):
         # The gateway missed its rotated credential: issue another over this session.
-        if not await _send_credential(conn, conn.gateway_id, app.db.rotate_credential):
+        if await _send_credential(conn, conn.gateway_id, app.db.rotate_credential) is None:
             return
         log.info("tunnel.credential_reissued", gateway_id=conn.gateway_id)
     log.info(
@@ -159,12 +160,15 @@ def _credential_holds(app: state.State, conn: Connection) -> bool:
 
 async def _send_credential(
     conn: Connection, gateway_id: str, keep: Callable[[str, str], None]
-) -> bool:
+) -> str | None:
     """A fresh credential for `gateway_id`: its hash kept with `keep(gateway_id, hash)`, the
-    credential sent in `claimed`. False if the socket is gone."""
+    credential sent in `claimed`. Returns the hash, or None if the socket is gone."""
     fresh = secrets.token_urlsafe(32)
-    keep(gateway_id, secret_hash(fresh))
-    return await conn.send(protocol.Claimed(gateway_id=gateway_id, credential=fresh))
+    kept = secret_hash(fresh)
+    keep(gateway_id, kept)
+    if not await conn.send(protocol.Claimed(gateway_id=gateway_id, credential=fresh)):
+        return None
+    return kept
 
 
 async def _expire_unclaimed(conn: Connection, after_s: float) -> None:
@@ -216,7 +220,18 @@ async def _claim_again(app: state.State, conn: Connection, gateway_id: str) -> b
         # revoked (or used) while the welcome was on its way
         await conn.refuse("registration_token_used", "this registration token was already used")
         return False
-    if not await _send_credential(conn, gateway_id, app.db.set_credential):
+    kept = await _send_credential(conn, gateway_id, app.db.set_credential)
+    if kept is None:
+        return False
+    found = app.db.gateway_by_credential(kept)
+    if found is None or found[0].id != gateway_id:
+        # revoked, or sent again to a newer session, while the frame was on its way: this
+        # session may not speak for the gateway
+        gateway = app.db.gateway(gateway_id)
+        if gateway is None or not gateway.has_credential:
+            await conn.refuse("revoked", "the gateway credential was revoked")
+        else:
+            await conn.refuse("replaced", "a newer connection took over")
         return False
     replaced = app.hub.promote(conn, gateway_id)
     if replaced is not None:
@@ -261,6 +276,11 @@ async def _handle(app: state.State, conn: Connection, msg: protocol.Message) -> 
         ):
             if conn.gateway_id is None:
                 await conn.refuse("unauthorized", "an unclaimed gateway may only wait for claimed")
+                return False
+            if app.hub.claimed.get(conn.gateway_id) is not conn:
+                # revoked or replaced (the revoker or the newer session refuses it): a frame
+                # still on its way is neither stored nor acked
+                log.info("tunnel.frame_dropped", gateway_id=conn.gateway_id, seq=msg.seq)
                 return False
             acked, cancel = app.ingest.apply(conn.gateway_id, msg)
             if cancel is not None:

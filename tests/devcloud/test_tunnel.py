@@ -8,6 +8,7 @@ import sqlite3
 
 import aiohttp
 import pytest
+from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -661,3 +662,207 @@ async def test_arbitrary_first_frames_never_break_the_server(
         assert isinstance(reply, p.ErrorMsg | p.Welcome)
     await tunnel.ws.close()
     assert await cloud.get("/v1/gateways") == []
+
+
+async def test_a_frame_still_in_the_read_loop_at_revocation_changes_nothing(
+    cloud: Cloud,
+) -> None:
+    """The session has taken a report off the socket but not yet handled it when the revoke
+    commits: once revoked, nothing the gateway sent may reach the account, and it is not acked."""
+    tunnel, gateway_id, _ = await cloud.claimed_gateway()
+    server_end = cloud.state.hub.claimed[gateway_id]
+    receive = server_end.ws.receive
+    taken, go_on = asyncio.Event(), asyncio.Event()
+    session: list[asyncio.Task[object]] = []
+
+    async def held(timeout: float | None = None) -> aiohttp.WSMessage:
+        msg = await receive(timeout=timeout)
+        task = asyncio.current_task()
+        assert task is not None
+        session.append(task)
+        taken.set()
+        await go_on.wait()
+        return msg
+
+    server_end.ws.receive = held  # type: ignore[method-assign]
+    # the receive already waiting is the unpatched one: one more frame, and the next is held
+    await tunnel.send(p.DeviceMsg(seq=2, device=device_body()))
+    assert await tunnel.recv() == p.Ack(seq=2)
+    event = {
+        "id": "5d9f3c1e-0000-4000-8000-0000000000bb",
+        "type": "device_event",
+        "device_id": DEVICE_ID,
+        "event_name": "door unlocked",
+        "details": {"method": "keypad"},
+        "date_created": "2020-06-11T21:08:36.000Z",
+    }
+    await tunnel.send(p.EventMsg(seq=3, event=event))
+    await asyncio.wait_for(taken.wait(), 5)
+    revoke = asyncio.create_task(cloud.post(f"/v1/gateways/{gateway_id}/actions/revoke_credential"))
+    # the revoke has committed once this is sent; the held frame goes on before the socket dies
+    assert await tunnel.recv() == p.ErrorMsg(
+        code="revoked", message="the gateway credential was revoked"
+    )
+    go_on.set()
+    await asyncio.wait(session, timeout=5)
+    assert session[0].done()
+    assert not session[0].cancelled()
+    assert await tunnel.closed()  # no ack came first
+    status, _ = await revoke
+    assert status == 200
+    assert await cloud.get("/v1/events") == []
+    assert (await cloud.get(f"/v1/devices/{DEVICE_ID}"))["properties"]["locked"] is True
+    assert cloud.state.db.high_water(gateway_id) == 2
+
+
+async def test_a_claim_during_session_set_up_is_sent_once_after_the_welcome(
+    cloud: Cloud,
+) -> None:
+    """The gateway redials with its token; the new session is held up closing the older one
+    when the registration comes in. A gateway reads nothing before its welcome, so `claimed`
+    must follow the welcome (which still says unclaimed), and come once."""
+    location_id = await cloud.location()
+    older = await cloud.tunnel()
+    assert isinstance(await older.hello("slow-close-8"), p.Welcome)
+    older_end = cloud.state.hub.unclaimed[secret_hash("slow-close-8")]
+    refuse = older_end.refuse
+    closing, go_on = asyncio.Event(), asyncio.Event()
+
+    async def slow_refuse(code: str, message: str) -> None:
+        closing.set()
+        await go_on.wait()
+        await refuse(code, message)
+
+    older_end.refuse = slow_refuse  # type: ignore[method-assign]
+    newer = await cloud.tunnel()
+    await newer.send(
+        p.Hello(
+            protocol=1,
+            software_version="0.1.0",
+            hardware="test",
+            drivers=["sim"],
+            registration_token="slow-close-8",
+        )
+    )
+    await asyncio.wait_for(closing.wait(), 5)
+    register = asyncio.create_task(
+        cloud.post(
+            f"/v1/locations/{location_id}/register_gateway",
+            {"registration_token": "slow-close-8", "name": "gw"},
+        )
+    )
+    await asyncio.wait([register], timeout=0.3)
+    go_on.set()
+    welcome = await newer.recv()
+    assert isinstance(welcome, p.Welcome), welcome
+    assert_welcome(welcome, gateway_id=None, acked_seq=0)
+    claimed = await newer.recv()
+    assert isinstance(claimed, p.Claimed)
+    status, gw = await register
+    assert status == 200, gw
+    assert claimed.gateway_id == gw["id"]
+    with pytest.raises(TimeoutError):
+        await newer.recv(timeout=0.3)  # sent once
+    await newer.ws.close()
+    tunnel = await cloud.tunnel(claimed.credential)
+    welcome = await tunnel.hello()
+    assert isinstance(welcome, p.Welcome), welcome
+    assert_welcome(welcome, gateway_id=gw["id"], acked_seq=0)
+    assert (await cloud.get(f"/v1/gateways/{gw['id']}"))["status"] == "online"
+
+
+def _hold_claimed_frames(monkeypatch: pytest.MonkeyPatch) -> tuple[asyncio.Event, asyncio.Event]:
+    """Hold devcloud's first `claimed` frame on a slow socket: returns (holding, go_on)."""
+    send_str = web.WebSocketResponse.send_str
+    holding, go_on = asyncio.Event(), asyncio.Event()
+
+    async def slow(self: web.WebSocketResponse, data: str, compress: int | None = None) -> None:
+        if isinstance(p.decode(data), p.Claimed) and not go_on.is_set():
+            holding.set()
+            await go_on.wait()
+        await send_str(self, data, compress)
+
+    monkeypatch.setattr(web.WebSocketResponse, "send_str", slow)
+    return holding, go_on
+
+
+async def test_a_revocation_while_a_lost_claim_is_resent_leaves_nothing_online(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The token's holder is being sent `claimed` again when the gateway is revoked: the
+    session must not go on to speak for the revoked gateway."""
+    gateway_id, _ = await _claim_lost(cloud, "late-revoke-5")
+    holding, go_on = _hold_claimed_frames(monkeypatch)
+    again = await cloud.tunnel()
+    welcome = await again.hello("late-revoke-5")
+    assert isinstance(welcome, p.Welcome), welcome
+    await asyncio.wait_for(holding.wait(), 5)
+    status, _ = await cloud.post(f"/v1/gateways/{gateway_id}/actions/revoke_credential")
+    assert status == 200
+    go_on.set()
+    assert isinstance(await again.recv(), p.Claimed)  # already on its way
+    assert await again.recv() == p.ErrorMsg(
+        code="revoked", message="the gateway credential was revoked"
+    )
+    assert await again.closed()
+    assert (await cloud.get(f"/v1/gateways/{gateway_id}"))["status"] == "offline"
+
+
+async def test_a_revocation_while_the_first_claim_is_sent_leaves_nothing_online(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    location_id = await cloud.location()
+    holding, go_on = _hold_claimed_frames(monkeypatch)
+    tunnel = await cloud.tunnel()
+    assert isinstance(await tunnel.hello("quick-regret-2"), p.Welcome)
+    register = asyncio.create_task(
+        cloud.post(
+            f"/v1/locations/{location_id}/register_gateway",
+            {"registration_token": "quick-regret-2", "name": "gw"},
+        )
+    )
+    await asyncio.wait_for(holding.wait(), 5)
+    [listed] = await cloud.get("/v1/gateways")
+    status, _ = await cloud.post(f"/v1/gateways/{listed['id']}/actions/revoke_credential")
+    assert status == 200
+    go_on.set()
+    status, gw = await register
+    assert (status, gw["id"], gw["status"]) == (200, listed["id"], "offline")
+    assert isinstance(await tunnel.recv(), p.Claimed)  # already on its way
+    await tunnel.send(p.DeviceMsg(seq=1, device=device_body()))
+    refusal = await tunnel.recv()
+    assert isinstance(refusal, p.ErrorMsg), refusal
+    assert await cloud.get("/v1/devices") == []
+    assert (await cloud.get(f"/v1/gateways/{listed['id']}"))["status"] == "offline"
+
+
+async def test_an_action_request_during_session_set_up_goes_after_the_welcome(
+    cloud: Cloud,
+) -> None:
+    """A gateway drops whatever comes before its welcome: an action request sent then would
+    end `gateway_failure` for a gateway that was online all along."""
+    _older, gateway_id, credential = await cloud.claimed_gateway()
+    older_end = cloud.state.hub.claimed[gateway_id]
+    refuse = older_end.refuse
+    closing, go_on = asyncio.Event(), asyncio.Event()
+
+    async def slow_refuse(code: str, message: str) -> None:
+        closing.set()
+        await go_on.wait()
+        await refuse(code, message)
+
+    older_end.refuse = slow_refuse  # type: ignore[method-assign]
+    newer = await cloud.tunnel(credential)
+    await newer.send(
+        p.Hello(protocol=1, software_version="0.1.0", hardware="test", drivers=["sim"])
+    )
+    await asyncio.wait_for(closing.wait(), 5)
+    unlock = asyncio.create_task(cloud.post(f"/v1/devices/{DEVICE_ID}/actions/unlock"))
+    await asyncio.wait([unlock], timeout=0.3)
+    go_on.set()
+    welcome = await newer.recv()
+    assert isinstance(welcome, p.Welcome), welcome
+    sent = await newer.recv()
+    assert isinstance(sent, p.ActionRequestMsg), sent
+    status, created = await unlock
+    assert (status, created["id"], created["status"]) == (200, sent.id, "pending")
