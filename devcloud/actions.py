@@ -101,13 +101,17 @@ class ActionService:
             created_at=created_at,
             deadline=deadline,
         )
+        # armed before the send: a send can wait (a socket draining, a session's welcome)
+        timer = asyncio.get_running_loop().call_later(
+            self._settings.handoff_timeout_s, self._handoff_expired, id_
+        )
+        self._handoff[id_] = timer
         if conn is None or not await conn.send(msg):
-            self._fail(id_, "gateway_offline", "The gateway is offline")
-        else:
-            loop = asyncio.get_running_loop()
-            self._handoff[id_] = loop.call_later(
-                self._settings.handoff_timeout_s, self._handoff_expired, id_
-            )
+            timer.cancel()
+            self._handoff.pop(id_, None)
+            still = self._db.action(id_)
+            if still is not None and still["status"] == "pending":
+                self._fail(id_, "gateway_offline", "The gateway is offline")
         view = self._db.action(id_)
         assert view is not None
         return action_view(view)

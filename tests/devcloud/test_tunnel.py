@@ -866,3 +866,37 @@ async def test_an_action_request_during_session_set_up_goes_after_the_welcome(
     assert isinstance(sent, p.ActionRequestMsg), sent
     status, created = await unlock
     assert (status, created["id"], created["status"]) == (200, sent.id, "pending")
+
+
+async def test_the_hand_off_timeout_runs_while_the_request_waits_to_be_sent(
+    make_cloud: CloudFactory,
+) -> None:
+    """The timer was armed only once the send returned: a request waiting for a session's
+    welcome stayed `pending` past the hand-off timeout, for as long as the wait lasted."""
+    cloud = await make_cloud(handoff_timeout_s=0.2)
+    _older, gateway_id, credential = await cloud.claimed_gateway()
+    older_end = cloud.state.hub.claimed[gateway_id]
+    refuse = older_end.refuse
+    closing, go_on = asyncio.Event(), asyncio.Event()
+
+    async def slow_refuse(code: str, message: str) -> None:
+        closing.set()
+        await go_on.wait()
+        await refuse(code, message)
+
+    older_end.refuse = slow_refuse  # type: ignore[method-assign]
+    newer = await cloud.tunnel(credential)
+    await newer.send(
+        p.Hello(protocol=1, software_version="0.1.0", hardware="test", drivers=["sim"])
+    )
+    await asyncio.wait_for(closing.wait(), 5)
+    unlock = asyncio.create_task(cloud.post(f"/v1/devices/{DEVICE_ID}/actions/unlock"))
+    await asyncio.wait([unlock], timeout=0.1)
+    await asyncio.sleep(0.5)  # the welcome is still held: well past the 0.2-s hand-off
+    go_on.set()
+    status, created = await unlock
+    assert status == 200
+    assert created["status"] == "gateway_failure"
+    assert created["error"]["type"] == "gateway_timeout"
+    history = [s for s, _, _ in cloud.state.db.transitions(created["id"])]
+    assert history == ["pending", "gateway_failure"]
