@@ -34,6 +34,7 @@ log = structlog.get_logger(__name__)
 
 DRIVER_START_TIMEOUT_S: Final = 90.0
 DRIVER_STOP_TIMEOUT_S: Final = 1.5
+KEPT_LISTED: Final = 20  # native ids named in the warning about devices of another network
 DB_NAME: Final = "gatewayd.db"
 PRUNE_EVERY_S: Final = 3600.0  # the action log is pruned at start-up, then this often
 # Bounds of the time between watchdog pings (half of WATCHDOG_USEC in between): a tiny
@@ -268,14 +269,26 @@ class Daemon:
         count = sum(1 for d in registry.devices() if registry.driver_of(d.id) == driver.name)
         log.info("daemon.driver_started", driver=driver.name, devices=count)
         try:
-            complete = driver.inventory_complete()
+            inventory = driver.inventory()
         except Exception as exc:  # noqa: BLE001 - not knowing is "no": nothing is removed
             log.error("daemon.driver_inventory_failed", driver=driver.name, error=str(exc))
-            complete = False
-        if complete and (gone := registry.remove_unreported(driver.name)):
+            inventory = None
+        if inventory is None:
+            return
+        gone, kept = registry.remove_unreported(driver.name, inventory)
+        if gone:
             # devices that left its network while the gateway was off (a lock excluded, the
             # simulator given fewer locks): removed here, upstream too
             log.info("daemon.devices_gone", driver=driver.name, device_ids=gone)
+        if kept:
+            # the radio is on another network than these devices' (a server or stick swapped)
+            log.warning(
+                "daemon.other_network_devices_kept",
+                driver=driver.name,
+                network=inventory.network,
+                kept=len(kept),
+                native_ids=kept[:KEPT_LISTED],
+            )
 
     async def _stop_drivers(self, drivers: list[Driver]) -> None:
         """Stop every driver at once, all within DRIVER_STOP_TIMEOUT_S: one radio hanging in

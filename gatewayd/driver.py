@@ -20,6 +20,7 @@ __all__ = [
     "DriverHealth",
     "DriverSink",
     "DriverState",
+    "Inventory",
     "SimConfig",
     "Simulation",
     "Spawn",
@@ -95,6 +96,22 @@ class DriverHealth:
     details: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class Inventory:
+    """A driver's complete inventory of one network: every device on it has been reported.
+
+    It speaks only for the stored devices whose native id starts with `prefix` (the network's
+    part of a native id, e.g. a Z-Wave home id and "-"); "" speaks for all of the driver's.
+    `network` names the network inventoried in logs.
+    """
+
+    prefix: str
+    network: str
+
+    def covers(self, native_id: str) -> bool:
+        return native_id.startswith(self.prefix)
+
+
 class Driver(ABC):
     """A radio driver. It only translates: the core owns queues, deadlines, store and tunnel.
 
@@ -133,13 +150,14 @@ class Driver(ABC):
     @abstractmethod
     def health(self) -> DriverHealth: ...
 
-    def inventory_complete(self) -> bool:
-        """Whether `devices()` now holds every device on this driver's network: the radio is
-        up and each device has been reported. Asked once `start` has returned; when True, the
-        core removes the devices this driver owned before and no longer reports (a lock
-        excluded while the gateway was off). False by default: a driver that cannot tell, or
-        whose radio is down, never has a device removed for it."""
-        return False
+    def inventory(self) -> Inventory | None:
+        """The network whose devices `devices()` now all holds: the radio is up and each device
+        on it has been reported. Asked once `start` has returned; the core then removes the
+        stored devices of this driver that the inventory covers and that were not reported (a
+        lock excluded while the gateway was off), and keeps those of other networks (a radio
+        or server pointed at another network must not remove this one's). None by default: a
+        driver that cannot tell, or whose radio is down, never has a device removed for it."""
+        return None
 
     async def simulate(self, device_id: str, what: Simulation, params: Mapping[str, Any]) -> None:
         """Act like a person at the door (keypad, manual turn, jam...). Simulated radios only."""

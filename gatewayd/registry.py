@@ -13,7 +13,7 @@ from typing import Any
 
 import anyio
 
-from gatewayd.driver import Driver, DriverSink
+from gatewayd.driver import Driver, DriverSink, Inventory
 from gatewayd.logging import get_logger
 from gatewayd.model import (
     Action,
@@ -108,18 +108,21 @@ class Registry:
         self.upstream.device_removed(device_id)
         log.info("registry.device_removed", device_id=device_id)
 
-    def remove_unreported(self, driver: str) -> list[str]:
-        """Remove the devices the store holds for `driver` that it has not reported in this
-        run. Only for a driver whose whole inventory is in (see Driver.inventory_complete)."""
+    def remove_unreported(self, driver: str, inventory: Inventory) -> tuple[list[str], list[str]]:
+        """Remove the devices the store holds for `driver` that `inventory` covers and that it
+        has not reported in this run (see Driver.inventory). Returns the device ids removed
+        and the native ids of the unreported devices kept: those of other networks."""
         reported = {device_id for device_id, owner in self._owner.items() if owner == driver}
-        gone = [
-            row.device_id
+        unreported = [
+            row
             for row in self.store.devices()
             if row.driver == driver and row.device_id not in reported
         ]
+        gone = [row.device_id for row in unreported if inventory.covers(row.native_id)]
+        kept = sorted(row.native_id for row in unreported if not inventory.covers(row.native_id))
         for device_id in gone:
             self.remove(device_id)
-        return gone
+        return gone, kept
 
     def event(self, event: DoorEvent) -> None:
         if _answers_action(event) and "action_request_id" not in event.details:

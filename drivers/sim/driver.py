@@ -18,6 +18,7 @@ from gatewayd.driver import (
     DriverHealth,
     DriverSink,
     DriverState,
+    Inventory,
     SimConfig,
     Simulation,
 )
@@ -115,8 +116,10 @@ class SimDriver(Driver):
     def devices(self) -> Sequence[Device]:
         return [self._device(lock) for lock in self._locks.values()]
 
-    def inventory_complete(self) -> bool:
-        return self._state is DriverState.READY  # start() reported every lock it holds
+    def inventory(self) -> Inventory | None:
+        if self._state is not DriverState.READY:
+            return None
+        return Inventory(prefix="", network="sim")  # start() reported every lock it holds
 
     def health(self) -> DriverHealth:
         details: dict[str, Any] = {"locks": len(self._locks)}

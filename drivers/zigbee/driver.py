@@ -17,6 +17,7 @@ from gatewayd.driver import (
     DriverHealth,
     DriverSink,
     DriverState,
+    Inventory,
     Simulation,
     ZigbeeConfig,
 )
@@ -310,6 +311,22 @@ class ZigbeeDriver(Driver):
 
     def devices(self) -> Sequence[Any]:
         return [lock.device() for lock in self._locks.values()]
+
+    def inventory(self) -> Inventory | None:
+        """Never: nothing a Zigbee coordinator holds says which locks are on its network.
+
+        zigpy's device database is zigpy's memory, not the network's member list. A lock that
+        left or was reset while the gateway was off is still in it (so a ghost is reported as
+        a device that stays offline, never found missing here). A lock missing from it is no
+        proof either: a lost or restored database, or its last queued writes lost to a power
+        cut (zigpy writes from a queue, `synchronous = normal`) while the store kept the row,
+        leaves out locks that still hold the network key and that zigpy adopts again, by the
+        same IEEE address, as soon as they speak; a re-formed network (same IEEE, new extended
+        PAN id) gets the same locks back when they are paired again. A native id is the IEEE
+        address alone, so no network scope could tell these apart from a lock that is gone.
+        Removing one of them would give it a new id; a Zigbee lock is removed only when zigpy
+        removes it while the gateway runs (`device_removed`)."""
+        return None
 
     def health(self) -> DriverHealth:
         state = self._state

@@ -43,6 +43,7 @@ from gatewayd.driver import (
     DriverHealth,
     DriverSink,
     DriverState,
+    Inventory,
     Simulation,
     ZWaveConfig,
 )
@@ -217,28 +218,34 @@ class ZWaveDriver(Driver):
     def devices(self) -> Sequence[Device]:
         return [lk.device for lk in self._locks.values() if lk.device is not None]
 
-    def inventory_complete(self) -> bool:
-        """Whether every lock on the controller has been reported: only then may the core
-        remove a stored Z-Wave device as gone (a wrong removal gives a lock a new id)."""
+    def inventory(self) -> Inventory | None:
+        """The controller's network, once every lock on it has been reported: only then may the
+        core remove a stored Z-Wave device of that network as gone (a wrong removal gives a lock
+        a new id). Locks of another home id (zwave-server pointed at another stick) are kept."""
         # Safe because nothing is assumed about a node we could not classify. Connected means
         # _attach ran, which happens only after zwave-server's start_listening state dump: the
         # controller's whole node list. A ready node has its interview done (in this run or
         # restored complete from zwave-js's cache), so its command classes and values are known:
         # a lock among them must already be in _locks with its device reported through the sink.
         # A node not ready (interview running or failed, dead since zwave-server started)
-        # might be a lock we never reported: then the answer is no and nothing is removed.
+        # might be a lock we never reported: then there is no inventory and nothing is removed.
         client = self._client
         if self._state is not DriverState.READY or client is None or client.driver is None:
-            return False
-        for node in client.driver.controller.nodes.values():
+            return None
+        controller = client.driver.controller
+        if controller.home_id is None:
+            return None
+        for node in controller.nodes.values():
             if node.is_controller_node:
                 continue
             if not node.ready:
-                return False
+                return None
             lock = self._locks.get(node.node_id)
             if (_is_lock(node) or _has_door_lock(node)) and (lock is None or lock.device is None):
-                return False
-        return True
+                return None
+        # _attach dropped the locks of any network before this one: every lock is of this home
+        home = _home(controller.home_id)
+        return Inventory(prefix=f"{home}-", network=home)
 
     def health(self) -> DriverHealth:
         state = self._state
@@ -252,7 +259,7 @@ class ZWaveDriver(Driver):
             "offline": dead,
         }
         if self._home_id is not None:
-            details["home_id"] = f"{self._home_id:08x}"
+            details["home_id"] = _home(self._home_id)
         if self._server_version:
             details["server_version"] = self._server_version
         return DriverHealth(state, "zwave", self._last_error, details)
@@ -333,6 +340,8 @@ class ZWaveDriver(Driver):
         assert client.driver is not None
         self._client = client
         controller = client.driver.controller
+        if self._home_id is not None and controller.home_id != self._home_id:
+            self._leave_network(controller.home_id)
         self._home_id = controller.home_id
         self._server_version = client.version.server_version if client.version else None
         self._state = DriverState.READY
@@ -372,6 +381,26 @@ class ZWaveDriver(Driver):
                 self._publish(lock)
             else:
                 lock.tracker.on_value(locked)
+
+    def _leave_network(self, home_id: int | None) -> None:
+        """zwave-server now runs another controller: its node ids name other doors, so the
+        locks of the network we knew go offline here and out of reach of its nodes."""
+        log.warning(
+            "zwave.network_changed",
+            url=self._config.url,
+            home_id=None if home_id is None else _home(home_id),
+            previous_home_id=None if self._home_id is None else _home(self._home_id),
+            locks_offline=len(self._locks),
+        )
+        for lock in self._locks.values():
+            lock.tracker.close()
+            if lock.online:
+                lock.online = False
+                self._emit(lock.device_id, EventName.DEVICE_DISCONNECTED, {})
+            if lock.device is not None and self._sink is not None:
+                props = replace(lock.device.properties, online=False)
+                self._sink.device_updated(replace(lock.device, properties=props))
+        self._locks.clear()
 
     def _detach(self) -> None:
         for unsub in self._unsubs:
@@ -424,7 +453,7 @@ class ZWaveDriver(Driver):
             return
         assert self._sink is not None
         assert self._home_id is not None
-        native_id = f"{self._home_id:08x}-{node.node_id}"
+        native_id = _native_id(self._home_id, node.node_id)
         lock = self._locks.get(node.node_id)
         new = lock is None
         if lock is None:
@@ -842,6 +871,16 @@ class ZWaveDriver(Driver):
         if node is None:
             raise DeviceNotFound(f"node {lock.node_id} is no longer in the network")
         return node
+
+
+def _home(home_id: int) -> str:
+    """A home id as it leads a native id: 8 hex digits."""
+    return f"{home_id:08x}"
+
+
+def _native_id(home_id: int, node_id: int) -> str:
+    """A lock's native id: its network's home id, then its node id."""
+    return f"{_home(home_id)}-{node_id}"
 
 
 def _duplicate(slot: int) -> DuplicateCode:

@@ -77,6 +77,7 @@ FEATURES = frozenset(
         "pair",
         "unpair",
         "restart",  # stop() then start(sink) again on the same driver object
+        "inventory",  # Driver.inventory(): it can tell when every device on its network is in
     }
 )
 

@@ -36,8 +36,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def native_id(node_id: int) -> str:
-    return f"{HOME_ID:08x}-{node_id}"
+def native_id(node_id: int, home_id: int = HOME_ID) -> str:
+    return f"{home_id:08x}-{node_id}"
 
 
 class StackError(RuntimeError):
@@ -83,9 +83,10 @@ class _Proc:
 class ZWaveStack:
     """mock-server with `locks` door locks, and zwave-server in front of it."""
 
-    def __init__(self, workdir: Path, locks: int = 2) -> None:
+    def __init__(self, workdir: Path, locks: int = 2, home_id: int = HOME_ID) -> None:
         self.workdir = workdir
         self.locks = locks
+        self.home_id = home_id
         self.serial_port = free_port()
         self.control_port = free_port()
         self.ws_port = free_port()
@@ -144,6 +145,7 @@ mock_control_url = "{self.control_url}"
             **os.environ,
             "ZWAVE_MOCK_LOCKS": str(self.locks),
             "ZWAVE_MOCK_CONTROL_PORT": str(self.control_port),
+            "ZWAVE_MOCK_HOME_ID": str(self.home_id),
         }
         self.mock = _Proc(
             "mock-server",

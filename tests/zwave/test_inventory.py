@@ -11,6 +11,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from structlog.testing import capture_logs
 
 from drivers.zwave import ZWaveDriver
 from gatewayd.daemon import Daemon
@@ -23,6 +24,8 @@ from tests.zwave.conftest import Tasks, make_config
 from tests.zwave.stack import ZWaveStack, free_port, native_id
 
 pytestmark = pytest.mark.stack
+
+OTHER_HOME_ID = 0x0BADF00D  # another controller's network
 
 
 def section(url: str, *, connect_timeout_s: float = 5.0, interview_timeout_s: float = 30.0) -> str:
@@ -125,3 +128,40 @@ async def test_nothing_is_removed_while_a_node_has_not_been_interviewed(
 
     assert reported(daemon) == {native_id(2), native_id(3)}  # connected, the others reported
     assert stored(state) == (first, [])  # lock 4 keeps its id
+
+
+async def test_a_controller_of_another_network_removes_none_of_this_networks_locks(
+    tmp_path: Path, zwave_stack: ZWaveStack
+) -> None:
+    """zwave-server pointed at another controller (a typo in its config, a second stick): that
+    network's inventory is complete, and says nothing about this network's locks. They stay,
+    and keep their ids once zwave-server is pointed back at this network's controller."""
+    state = tmp_path / "state"
+    first = await remembered(state, zwave_stack)
+
+    other = ZWaveStack(tmp_path / "other", locks=2, home_id=OTHER_HOME_ID)
+    try:
+        await anyio.to_thread.run_sync(other.start)
+        with capture_logs() as logs:
+            daemon = await run_zwave(state, section(other.url))
+    finally:
+        await anyio.to_thread.run_sync(other.stop)
+
+    theirs = {native_id(n, OTHER_HOME_ID) for n in (2, 3)}
+    assert reported(daemon) == theirs
+    devices, removed = stored(state)
+    assert removed == []  # the cloud was told nothing of this network's locks going
+    assert set(devices) == set(first) | theirs
+    assert {n: devices[n] for n in first} == first
+    kept = [e for e in logs if e["event"] == "daemon.other_network_devices_kept"]
+    assert len(kept) == 1
+    assert kept[0]["log_level"] == "warning"
+    assert (kept[0]["driver"], kept[0]["network"]) == ("zwave", f"{OTHER_HOME_ID:08x}")
+    assert (kept[0]["kept"], kept[0]["native_ids"]) == (3, sorted(first))
+
+    # zwave-server pointed back at this network's controller: the same locks, the same ids
+    await anyio.to_thread.run_sync(zwave_stack.reset)
+    daemon = await run_zwave(state, section(zwave_stack.url))
+    assert daemon.registry is not None
+    assert {d.native_id: d.id for d in daemon.registry.devices()} == first
+    assert stored(state) == ({**first, **{n: devices[n] for n in theirs}}, [])

@@ -14,7 +14,15 @@ import pytest
 from drivers.zwave import ZWaveDriver
 from drivers.zwave.driver import STOP_TIMEOUT_S
 from gatewayd.driver import DriverContext, DriverState
-from gatewayd.model import Device, DeviceError, EventName, GatewayError, Lock, Unlock
+from gatewayd.model import (
+    Device,
+    DeviceError,
+    DeviceNotFound,
+    EventName,
+    GatewayError,
+    Lock,
+    Unlock,
+)
 from tests.contract.sink import RecordingSink
 from tests.proxy import FaultProxy
 from tests.zwave.conftest import Tasks, make_config, until
@@ -261,3 +269,49 @@ async def test_stop_after_the_daemon_cancelled_the_driver_tasks_returns_within_i
         assert driver.devices() == []
         with anyio.fail_after(bound):
             await driver.stop()  # again: nothing left to wait for
+
+
+async def test_zwave_server_restarted_on_another_controller_never_drives_its_locks(
+    tmp_path: Path, tasks: Tasks
+) -> None:
+    """zwave-server restarted on another controller (a second stick, a typo in its config): its
+    node 2 is another door. This network's locks go offline and commands for them are refused;
+    the other network's locks are devices of their own; back on this network, all is as before."""
+    other_home_id = 0x0BADF00D
+    home = ZWaveStack(tmp_path / "home", locks=2)
+    other = ZWaveStack(tmp_path / "other", locks=2, home_id=other_home_id)
+    other.ws_port = home.ws_port  # the gateway's url is unchanged
+    try:
+        await anyio.to_thread.run_sync(home.start)
+        await anyio.to_thread.run_sync(other.start_mock)
+        sink = RecordingSink()
+        driver = ZWaveDriver(make_config(home), DriverContext(tmp_path, tasks.spawn))
+        await driver.start(sink)
+        await sink.wait_for(lambda: len(sink.devices) == 2, timeout=30)
+        front = sink.ids[native_id(2)]
+
+        home.stop_server()
+        await until(lambda: driver.health().state is DriverState.DOWN, timeout=10)
+        await anyio.to_thread.run_sync(other.start_server)
+        await until(
+            lambda: driver.health().details.get("home_id") == f"{other_home_id:08x}", timeout=30
+        )
+        with anyio.fail_after(10), pytest.raises(DeviceNotFound):
+            await driver.execute(front, Unlock())
+        assert other.control(2, "state")["locked"] is True  # the other network's door stayed shut
+        assert sink.devices[front].properties.online is False
+        theirs = native_id(2, other_home_id)
+        await sink.wait_for(lambda: sink.ids.get(theirs) in sink.devices, timeout=30)
+        assert sink.ids[theirs] != front
+
+        other.stop_server()
+        await until(lambda: driver.health().state is DriverState.DOWN, timeout=10)
+        await anyio.to_thread.run_sync(home.start_server)
+        await sink.wait_for(lambda: sink.devices[front].properties.online is True, timeout=30)
+        assert sink.devices[sink.ids[theirs]].properties.online is False
+        await driver.execute(front, Unlock())
+        assert home.control(2, "state")["locked"] is False
+        await driver.stop()
+    finally:
+        other.stop()
+        home.stop()
