@@ -136,6 +136,19 @@ class ActionService:
         if row is not None and row["status"] == "pending":
             self._fail(id_, "gateway_timeout", "The gateway did not receive the action request")
 
+    def fail_in_flight(self, gateway_id: str) -> int:
+        """A revoked gateway's later reports are refused: what it held ends `failed`, saying the
+        outcome is unknown, instead of staying `processing` for good. Returns how many."""
+        error = {
+            "type": "gateway_revoked",
+            "message": "The gateway was revoked before it reported the outcome;"
+            " the lock may have moved",
+        }
+        ids = self._db.in_flight_actions(gateway_id)
+        for id_ in ids:
+            self._db.set_action_status(id_, "failed", error, iso(utcnow()), "cloud")
+        return len(ids)
+
     def _fail(self, id_: str, type_: str, message: str) -> None:
         error = {"type": type_, "message": message}
         self._db.set_action_status(id_, "gateway_failure", error, iso(utcnow()), "cloud")

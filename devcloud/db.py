@@ -387,6 +387,15 @@ class Database:
         out["error"] = None if out["error"] is None else _object(out["error"])
         return out
 
+    def in_flight_actions(self, gateway_id: str) -> list[str]:
+        """Ids of this gateway's requests it received and has not finished."""
+        rows = self._conn.execute(
+            "SELECT id FROM action_requests WHERE gateway_id = ?"
+            " AND status IN ('gateway_received', 'processing')",
+            (gateway_id,),
+        )
+        return [r[0] for r in rows]
+
     def set_action_status(
         self, id_: str, status: str, error: dict[str, Any] | None, at: str, source: str
     ) -> None:

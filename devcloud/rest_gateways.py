@@ -123,11 +123,12 @@ async def revoke_credential(request: web.Request) -> web.Response:
         st.db.set_credential(gw.id, None)
         # else a gateway that never used its credential would be claimed again by its token
         st.db.retire_tokens(gw.id, time.time())
+        ended = st.actions.fail_in_flight(gw.id)
     conn = st.hub.claimed.get(gw.id)
     if conn is not None:
         st.hub.detach(conn)
         await conn.refuse("revoked", "the gateway credential was revoked")
-    log.info("gateway.credential_revoked", gateway_id=gw.id)
+    log.info("gateway.credential_revoked", gateway_id=gw.id, actions_failed=ended)
     return web.json_response(gateway_view(st, gw))
 
 

@@ -900,3 +900,36 @@ async def test_the_hand_off_timeout_runs_while_the_request_waits_to_be_sent(
     assert created["error"]["type"] == "gateway_timeout"
     history = [s for s, _, _ in cloud.state.db.transitions(created["id"])]
     assert history == ["pending", "gateway_failure"]
+
+
+async def test_actions_a_revoked_gateway_held_end_failed_not_processing_for_good(
+    cloud: Cloud,
+) -> None:
+    """A revoked gateway's reports are refused, so what it had received stayed
+    `gateway_received` or `processing` in the API for ever."""
+    tunnel, gateway_id, _ = await cloud.claimed_gateway()
+    ids = []
+    for status in ("gateway_received", "processing", "completed"):
+        _, created = await cloud.post(f"/v1/devices/{DEVICE_ID}/actions/unlock")
+        sent = await tunnel.recv()
+        assert isinstance(sent, p.ActionRequestMsg)
+        for step in ("gateway_received", "processing", "completed"):
+            seq = tunnel.next_seq()
+            await tunnel.send(
+                p.ActionStatusMsg(
+                    seq=seq, action_request_id=sent.id, status=step, error=None, at="x"
+                )
+            )
+            assert await tunnel.recv() == p.Ack(seq=seq)
+            if step == status:
+                break
+        ids.append(created["id"])
+    status, _ = await cloud.post(f"/v1/gateways/{gateway_id}/actions/revoke_credential")
+    assert status == 200
+    shown = [await cloud.get(f"/v1/action_requests/{id_}") for id_ in ids]
+    assert [s["status"] for s in shown] == ["failed", "failed", "completed"]
+    for s in shown[:2]:
+        assert s["error"]["type"] == "gateway_revoked"
+        assert "may have moved" in s["error"]["message"]
+    history = [s for s, _, _ in cloud.state.db.transitions(ids[1])]
+    assert history == ["pending", "gateway_received", "processing", "failed"]
