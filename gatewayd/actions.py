@@ -94,7 +94,9 @@ class Executor(Protocol):
 
     async def pair(self, duration_s: int, inputs: Mapping[str, Any]) -> None: ...
 
-    async def unpair(self, duration_s: int, device_id: str | None) -> None: ...
+    async def unpair(self, duration_s: int, device_id: str | None) -> None:
+        """Raises DeviceNotFound for a device id it does not know."""
+        ...
 
 
 class _Job(msgspec.Struct):
@@ -508,10 +510,8 @@ class Dispatcher:
         if req.action == ActionName.PAIR_DEVICES:
             await self._executor.pair(duration, req.inputs)
         else:
-            device_id = req.inputs.get("device_id")
-            if device_id is not None and self._executor.device(device_id) is None:
-                raise DeviceNotFound(f"device {device_id} not found")
-            await self._executor.unpair(duration, device_id)
+            # the executor decides: a stored device no driver reports is removed, not unknown
+            await self._executor.unpair(duration, req.inputs.get("device_id"))
 
     def _remaining(self, job: _Job) -> float:
         return job.due - anyio.current_time()

@@ -8,6 +8,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -35,6 +36,7 @@ log = structlog.get_logger(__name__)
 DRIVER_START_TIMEOUT_S: Final = 90.0
 DRIVER_STOP_TIMEOUT_S: Final = 1.5
 KEPT_LISTED: Final = 20  # native ids named in the warning about devices of another network
+INVENTORY_CHECK_S: Final = 5.0  # how often a started driver is asked for its inventory again
 DB_NAME: Final = "gatewayd.db"
 PRUNE_EVERY_S: Final = 3600.0  # the action log is pruned at start-up, then this often
 # Bounds of the time between watchdog pings (half of WATCHDOG_USEC in between): a tiny
@@ -102,6 +104,15 @@ def _pin_malloc_thresholds() -> None:
         return
     mallopt(_M_MMAP_THRESHOLD, MALLOC_THRESHOLD_BYTES)
     mallopt(_M_TRIM_THRESHOLD, MALLOC_THRESHOLD_BYTES)
+
+
+@dataclass
+class _Inventoried:
+    """What a driver's inventories did in this run: the networks (prefixes) already cleaned
+    up, and the last error its inventory raised (logged once, not at every check)."""
+
+    prefixes: set[str] = field(default_factory=set)
+    error: str | None = None
 
 
 class TunnelLike(Protocol):
@@ -268,14 +279,37 @@ class Daemon:
         registry = self.registry
         count = sum(1 for d in registry.devices() if registry.driver_of(d.id) == driver.name)
         log.info("daemon.driver_started", driver=driver.name, devices=count)
+        inventoried = _Inventoried()
+        if not self._check_inventory(driver, inventoried):
+            self._spawn(
+                f"driver.{driver.name}.inventory",
+                lambda: self._recheck_inventory(driver, inventoried),
+            )
+
+    async def _recheck_inventory(self, driver: Driver, inventoried: _Inventoried) -> None:
+        """Ask again: a radio down at start-up, or an interview still running, may end later in
+        this run, and a radio may be pointed at another network."""
+        while True:
+            await anyio.sleep(INVENTORY_CHECK_S)
+            if self._check_inventory(driver, inventoried):
+                return
+
+    def _check_inventory(self, driver: Driver, inventoried: _Inventoried) -> bool:
+        """Remove the devices gone from the network `driver` has inventoried, once per network
+        and run. True when nothing more can be removed for it in this run."""
+        assert self.registry is not None
         try:
             inventory = driver.inventory()
         except Exception as exc:  # noqa: BLE001 - not knowing is "no": nothing is removed
-            log.error("daemon.driver_inventory_failed", driver=driver.name, error=str(exc))
-            inventory = None
-        if inventory is None:
-            return
-        gone, kept = registry.remove_unreported(driver.name, inventory)
+            if str(exc) != inventoried.error:
+                log.error("daemon.driver_inventory_failed", driver=driver.name, error=str(exc))
+            inventoried.error = str(exc)
+            return False
+        inventoried.error = None
+        if inventory is None or inventory.prefix in inventoried.prefixes:
+            return False
+        inventoried.prefixes.add(inventory.prefix)
+        gone, kept = self.registry.remove_unreported(driver.name, inventory)
         if gone:
             # devices that left its network while the gateway was off (a lock excluded, the
             # simulator given fewer locks): removed here, upstream too
@@ -289,6 +323,7 @@ class Daemon:
                 kept=len(kept),
                 native_ids=kept[:KEPT_LISTED],
             )
+        return inventory.prefix == ""  # it covers every device of the driver
 
     async def _stop_drivers(self, drivers: list[Driver]) -> None:
         """Stop every driver at once, all within DRIVER_STOP_TIMEOUT_S: one radio hanging in

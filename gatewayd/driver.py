@@ -152,11 +152,14 @@ class Driver(ABC):
 
     def inventory(self) -> Inventory | None:
         """The network whose devices `devices()` now all holds: the radio is up and each device
-        on it has been reported. Asked once `start` has returned; the core then removes the
-        stored devices of this driver that the inventory covers and that were not reported (a
-        lock excluded while the gateway was off), and keeps those of other networks (a radio
-        or server pointed at another network must not remove this one's). None by default: a
-        driver that cannot tell, or whose radio is down, never has a device removed for it."""
+        on it has been reported. Asked once `start` has returned, then every few seconds for as
+        long as the daemon runs (a radio down at start-up may come up later); for each network
+        the first time it is named, the core removes the stored devices of this driver that
+        the inventory covers and that were not reported in this run (a lock excluded while the
+        gateway was off), and keeps those of other networks (a radio or server pointed at
+        another network must not remove this one's). It must be cheap and must not block.
+        None by default: a driver that cannot tell, or whose radio is down, never has a device
+        removed for it."""
         return None
 
     async def simulate(self, device_id: str, what: Simulation, params: Mapping[str, Any]) -> None:

@@ -13,13 +13,14 @@ from typing import Any
 
 import anyio
 
-from gatewayd.driver import Driver, DriverSink, Inventory
+from gatewayd.driver import Driver, DriverSink, DriverState, Inventory
 from gatewayd.logging import get_logger
 from gatewayd.model import (
     Action,
     ActionNotSupported,
     ActionResult,
     Device,
+    DeviceError,
     DeviceNotFound,
     DoorEvent,
     EventName,
@@ -40,6 +41,13 @@ def _answers_action(event: DoorEvent) -> bool:
     return event.details.get("method") == Method.REMOTE or (
         event.event_name in _CODE_EVENTS and "method" not in event.details
     )
+
+
+def _state(driver: Driver) -> DriverState | None:
+    try:
+        return driver.health().state
+    except Exception:  # noqa: BLE001 - a failing health() says nothing
+        return None
 
 
 class _DriverSink:
@@ -171,13 +179,42 @@ class Registry:
         await self._on_all(targets, lambda d: d.pair(duration_s))
 
     async def unpair(self, duration_s: int, device_id: str | None) -> None:
-        if device_id is not None:
-            owner = self._owner.get(device_id)
-            if owner is None:
-                raise DeviceNotFound(f"device {device_id} not found")
+        if device_id is None:
+            await self._on_all(list(self.drivers.values()), lambda d: d.unpair(duration_s, None))
+            return
+        owner = self._owner.get(device_id)
+        if owner is not None:
             await self.drivers[owner].unpair(duration_s, device_id)
             return
-        await self._on_all(list(self.drivers.values()), lambda d: d.unpair(duration_s, None))
+        self._unpair_unreported(device_id)
+
+    def _unpair_unreported(self, device_id: str) -> None:
+        """Remove a stored device that no driver reported in this run (of another network than
+        its running driver's, or of a driver no longer enabled): no radio can remove it, and
+        without this it would stay in the store and the cloud for good."""
+        if not self.store.knows_device(device_id):
+            raise DeviceNotFound(f"device {device_id} not found")
+        row = next((r for r in self.store.devices() if r.device_id == device_id), None)
+        if row is None:
+            raise DeviceNotFound(f"device {device_id} not found")
+        driver = self.drivers.get(row.driver)
+        state = None if driver is None else _state(driver)
+        if state is DriverState.STARTING:
+            # it may be about to report this device: forgetting it now would give it a new id
+            raise DeviceError(f"the {row.driver} driver is still starting; try again once it is up")
+        if driver is not None and state not in (DriverState.READY, DriverState.DEGRADED):
+            # the lock may still be on its network: forgotten, it would come back with a new id
+            raise DeviceError(
+                f"the {row.driver} radio is down, so the lock cannot be excluded; try again once"
+                f" it is up, or disable the {row.driver} driver to forget its devices"
+            )
+        self.remove(device_id)
+        log.info(
+            "registry.unreported_device_unpaired",
+            device_id=device_id,
+            driver=row.driver,
+            native_id=row.native_id,
+        )
 
     async def _on_all(self, drivers: list[Driver], call: Callable[[Driver], Any]) -> None:
         """Run `call` on every driver concurrently; fail only if no driver could do it."""

@@ -23,6 +23,7 @@ from gatewayd.model import (
     CodeConstraints,
     Device,
     DeviceError,
+    DeviceNotFound,
     GatewayError,
     IllegalTransition,
     InvalidInput,
@@ -102,6 +103,8 @@ class Devices:
         self.ran.append(("gateway", f"pair:{duration_s}"))
 
     async def unpair(self, duration_s: int, device_id: str | None) -> None:
+        if device_id is not None and device_id not in self.devices:
+            raise DeviceNotFound(f"device {device_id} not found")
         self.ran.append(("gateway", f"unpair:{device_id}"))
 
 

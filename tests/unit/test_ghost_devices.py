@@ -5,19 +5,27 @@ radio is down or it failed to start, nor when they belong to a network it did no
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 
+import anyio
+import pytest
 from structlog.testing import capture_logs
 
 from drivers.sim import SimDriver
+from gatewayd.actions import StatusUpdate
+from gatewayd.config import SimConfig, parse_config
 from gatewayd.daemon import DB_NAME, Daemon
-from gatewayd.driver import Driver, DriverSink, DriverState, Inventory
-from gatewayd.model import Device
+from gatewayd.driver import Driver, DriverContext, DriverHealth, DriverSink, DriverState, Inventory
+from gatewayd.model import ActionRequest, ActionStatus, Device, DeviceError, DeviceNotFound, utcnow
 from gatewayd.registry import Registry
 from gatewayd.store import Store
 from gatewayd.upstream import Upstream
 from tests.daemon_runs import run_once, stored
-from tests.support import config_text
+from tests.support import config_text, wait_until
 
 
 class RadioDown(SimDriver):
@@ -128,3 +136,150 @@ def test_only_unreported_devices_of_the_inventoried_network_are_removed(tmp_path
         assert removed == [ids["0000aaaa-3"]]
     finally:
         store.close()
+
+
+@asynccontextmanager
+async def serving(state: Path, locks: int, driver: type[Driver]) -> AsyncIterator[Daemon]:
+    """A daemon started on `state` and kept running until the block ends."""
+    daemon = Daemon(parse_config(config_text(state, locks=locks)), driver_classes={"sim": driver})
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(daemon.run)
+        with anyio.fail_after(30):
+            await daemon.wait_started()
+        try:
+            yield daemon
+        finally:
+            daemon.stop()
+
+
+async def unpair(daemon: Daemon, device_id: str) -> StatusUpdate:
+    """unpair_devices naming `device_id`, through the daemon's dispatcher; its last status."""
+    updates: list[StatusUpdate] = []
+    daemon.status_listeners.append(updates.append)
+    now = utcnow()
+    request = ActionRequest(
+        str(uuid.uuid4()),
+        "Gateway",
+        "gw",
+        "unpair_devices",
+        {"duration": 10, "device_id": device_id},
+        now,
+        now + timedelta(seconds=10),
+    )
+    assert daemon.submit(request)
+    await wait_until(lambda: any(u.status.terminal for u in updates))
+    daemon.status_listeners.remove(updates.append)
+    return updates[-1]
+
+
+async def test_a_stored_device_no_driver_reports_can_be_unpaired(tmp_path: Path) -> None:
+    """A device kept because it is of another network has no driver to unpair it through: the
+    operator's unpair naming it removes it from the store and the cloud. An id the store does
+    not know still fails; a reported device still goes through its driver."""
+    state = tmp_path / "state"
+    await run_sim(state, locks=3)
+    first, _ = stored(state)
+
+    with capture_logs() as logs:
+        async with serving(state, locks=2, driver=OtherNetwork) as daemon:  # sim-0003: kept
+            kept = await unpair(daemon, first["sim-0003"])
+            unknown = await unpair(daemon, str(uuid.uuid4()))
+            reported = await unpair(daemon, first["sim-0001"])
+
+    assert (kept.status, kept.error) == (ActionStatus.COMPLETED, None)
+    assert unknown.status is ActionStatus.FAILED
+    assert unknown.error is not None
+    assert unknown.error["type"] == "device_not_found"
+    assert (reported.status, reported.error) == (ActionStatus.COMPLETED, None)
+    assert stored(state) == (
+        {"sim-0002": first["sim-0002"]},
+        [first["sim-0003"], first["sim-0001"]],
+    )
+    forgotten = [e for e in logs if e["event"] == "registry.unreported_device_unpaired"]
+    assert [(e["device_id"], e["driver"], e["native_id"]) for e in forgotten] == [
+        (first["sim-0003"], "sim", "sim-0003")
+    ]
+    through_driver = [e for e in logs if e["event"] == "sim.lock_removed"]
+    assert [e["device_id"] for e in through_driver] == [first["sim-0001"]]
+
+
+class InState(SimDriver):
+    state = DriverState.STARTING
+
+    def health(self) -> DriverHealth:
+        return DriverHealth(self.state, "sim")
+
+
+@pytest.mark.parametrize(
+    ("state", "says"),
+    [(DriverState.STARTING, "still starting"), (DriverState.DOWN, "radio is down")],
+)
+async def test_a_device_whose_driver_is_starting_or_down_is_not_unpaired_by_the_store(
+    tmp_path: Path, state: DriverState, says: str
+) -> None:
+    """Its driver may be about to report it, or the lock may still be on its network:
+    forgetting it then would give the lock a new id, and no radio was asked to exclude it."""
+    store = Store.open(tmp_path / DB_NAME)
+    try:
+        earlier = store.device_id("sim", "sim-0001")
+        registry = Registry(store, Upstream(store))
+        driver = InState(SimConfig(), DriverContext(tmp_path, lambda *_: None))
+        driver.state = state
+        registry.attach(driver)
+        with pytest.raises(DeviceError, match=says):
+            await registry.unpair(10, earlier)
+        with pytest.raises(DeviceNotFound):
+            await registry.unpair(10, str(uuid.uuid4()))
+        assert store.knows_device(earlier)
+        assert store.flush()
+        assert [json.loads(f)["type"] for _, f in store.outbox_after(0)] == []
+    finally:
+        store.close()
+
+
+class ComesUp(SimDriver):
+    """Its inventory is not known when it has started (a radio still coming up), only later,
+    and then of whichever network the test names."""
+
+    network: str | None = None
+
+    def inventory(self) -> Inventory | None:
+        if self.network is None:
+            return None
+        return Inventory(prefix=f"{self.network}-", network=self.network)
+
+
+async def test_an_inventory_known_only_after_start_still_removes_the_gone_devices_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gatewayd.daemon.INVENTORY_CHECK_S", 0.02, raising=False)
+    state = tmp_path / "state"
+    await run_sim(state, locks=3)
+    first, _ = stored(state)
+
+    with capture_logs() as logs:
+        async with serving(state, locks=2, driver=ComesUp) as daemon:
+            assert daemon.store is not None
+            assert daemon.registry is not None
+            store, driver = daemon.store, daemon.registry.drivers["sim"]
+            assert isinstance(driver, ComesUp)
+            await anyio.sleep(0.1)
+            assert store.knows_device(first["sim-0003"])  # not known yet: nothing removed
+
+            driver.network = "elsewhere"  # another network's inventory: ours are kept
+            await wait_until(lambda: any("kept" in e for e in logs))
+            driver.network = "sim"  # this network's, once the radio is up: lock 3 is gone
+            await wait_until(lambda: not store.knows_device(first["sim-0003"]))
+            driver.network = "elsewhere"
+            await anyio.sleep(0.1)
+            driver.network = "sim"
+            await anyio.sleep(0.1)
+
+    assert stored(state) == (
+        {n: first[n] for n in ("sim-0001", "sim-0002")},
+        [first["sim-0003"]],
+    )
+    events = [e["event"] for e in logs if e["event"].startswith("daemon.")]
+    assert events.count("daemon.other_network_devices_kept") == 1  # once per network and run
+    gone = [e for e in logs if e["event"] == "daemon.devices_gone"]
+    assert [(e["driver"], e["device_ids"]) for e in gone] == [("sim", [first["sim-0003"]])]

@@ -7,19 +7,23 @@ Each test runs a real daemon (its Registry and Store on disk) twice on one state
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 from structlog.testing import capture_logs
 
 from drivers.zwave import ZWaveDriver
+from gatewayd.config import parse_config
 from gatewayd.daemon import Daemon
 from gatewayd.driver import DriverContext
 from tests.contract.sink import RecordingSink
 from tests.daemon_runs import run_once, stored
 from tests.proxy import FaultProxy
-from tests.support import config_text
+from tests.support import config_text, wait_until
 from tests.zwave.conftest import Tasks, make_config
 from tests.zwave.stack import ZWaveStack, free_port, native_id
 
@@ -165,3 +169,63 @@ async def test_a_controller_of_another_network_removes_none_of_this_networks_loc
     assert daemon.registry is not None
     assert {d.native_id: d.id for d in daemon.registry.devices()} == first
     assert stored(state) == ({**first, **{n: devices[n] for n in theirs}}, [])
+
+
+def connected(logs: list[dict[str, Any]]) -> int:
+    return sum(1 for e in logs if e["event"] == "zwave.connected")
+
+
+@asynccontextmanager
+async def serving_zwave(state: Path, zwave: str) -> AsyncIterator[Daemon]:
+    """A daemon with the Z-Wave driver, kept running until the block ends."""
+    daemon = Daemon(parse_config(config_text(state, locks=0, extra=zwave)))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(daemon.run)
+        with anyio.fail_after(90):
+            await daemon.wait_started()
+        try:
+            yield daemon
+        finally:
+            daemon.stop()
+
+
+async def test_a_lock_excluded_while_the_gateway_was_down_goes_once_zwave_server_comes_up(
+    tmp_path: Path, zwave_stack: ZWaveStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """zwave-server unreachable while the daemon starts, reachable later in the same run: the
+    gone lock is removed then, and only once however often the driver reconnects."""
+    monkeypatch.setattr("gatewayd.daemon.INVENTORY_CHECK_S", 0.2, raising=False)
+    state = tmp_path / "state"
+    first = await remembered(state, zwave_stack)
+
+    smaller = ZWaveStack(tmp_path / "stack", locks=2)  # lock 4 excluded while the gateway was off
+    proxy = FaultProxy(target_port=smaller.ws_port, refuse=True)
+    try:
+        await anyio.to_thread.run_sync(smaller.start)
+        await proxy.start()
+        url = f"ws://127.0.0.1:{proxy.port}"
+        with capture_logs() as logs:
+            async with serving_zwave(state, section(url, connect_timeout_s=1.0)) as daemon:
+                assert daemon.store is not None
+                store = daemon.store
+                assert reported(daemon) == set()
+                assert store.knows_device(first[native_id(4)])  # nothing removed while down
+
+                proxy.refuse = False  # zwave-server reachable: the driver reconnects
+                with anyio.fail_after(60):
+                    while store.knows_device(first[native_id(4)]):
+                        await anyio.sleep(0.1)
+                assert reported(daemon) == {native_id(2), native_id(3)}
+
+                proxy.cut()  # a reconnect to the same network removes nothing more
+                await wait_until(lambda: connected(logs) == 2, 30)
+                await anyio.sleep(1.0)
+    finally:
+        await proxy.close()
+        await anyio.to_thread.run_sync(smaller.stop)
+
+    devices, removed = stored(state)
+    assert devices == {native_id(n): first[native_id(n)] for n in (2, 3)}  # ids kept
+    assert removed == [first[native_id(4)]]  # and upstream told, once
+    gone = [e for e in logs if e["event"] == "daemon.devices_gone"]
+    assert [(e["driver"], e["device_ids"]) for e in gone] == [("zwave", [first[native_id(4)]])]
