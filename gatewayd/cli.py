@@ -195,6 +195,7 @@ def render_status(s: dict[str, Any]) -> str:
         f"tunnel: {t.get('state')}"
         + (f" (last error: {t['last_error']})" if t.get("last_error") else "")
         + f" · outbox backlog {st['outbox_backlog']}"
+        + (f" (oldest {age:.0f} s)" if (age := st.get("outbox_oldest_age_s") or 0) > 0 else "")
         + (f" · STORE ERROR: {st['last_error']}" if st.get("last_error") else "")
     )
     for name, h in s["drivers"].items():

@@ -493,6 +493,7 @@ class Daemon:
             "store": {
                 "last_error": _shown(store.last_error),
                 "outbox_backlog": store.outbox_backlog(),
+                "outbox_oldest_age_s": round(store.outbox_oldest_age_s(), 1),
                 "acked_seq": store.acked_seq,
             },
             "drivers": {

@@ -67,6 +67,11 @@ class _StateCollector:
             value=d.store.outbox_backlog(),
         )
         yield GaugeMetricFamily(
+            "gatewayd_outbox_oldest_age_seconds",
+            "Age of the oldest upstream message the cloud has not acknowledged; 0 when none",
+            value=round(d.store.outbox_oldest_age_s(), 3),
+        )
+        yield GaugeMetricFamily(
             "gatewayd_store_ok",
             "0 while the store refuses writes",
             value=int(not d.store.last_error),

@@ -799,6 +799,20 @@ class Store:
         """Frames produced and not yet acknowledged by the cloud (committed or queued)."""
         return self._next_seq - 1 - self._acked_seq
 
+    def outbox_oldest_age_s(self) -> float:
+        """Seconds since the oldest committed frame the cloud has not acknowledged was
+        committed; 0 when there is none. What a fleet alerts on: a backlog that is large but
+        flowing is young, a stuck one ages. Read on the wall clock, so a clock step moves it."""
+        try:
+            row = self._db.execute(
+                "SELECT created_at FROM outbox WHERE last_seq > ? ORDER BY last_seq LIMIT 1",
+                (self._acked_seq,),
+            ).fetchone()
+            made = None if row is None else datetime.fromisoformat(row[0])
+        except (sqlite3.Error, ValueError, TypeError):
+            return 0.0  # a store that cannot be read shows in last_error
+        return 0.0 if made is None else max(0.0, (utcnow() - made).total_seconds())
+
 
 _UPSERT_ACTION: Final = (
     "INSERT INTO actions (id, entity_id, action, status, error, transitions, deadline,"

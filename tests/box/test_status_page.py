@@ -3,6 +3,7 @@ locks, an unreachable cloud and a Zigbee stick that is not plugged in."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,6 +111,8 @@ def test_page_follows_the_box_without_reloading(browser: Browser, box: Box) -> N
     # The cloud cannot be reached and the stick is missing: both said plainly.
     expect(page.locator("#tunnel")).to_contain_text("last error")
     expect(page.locator("#tunnel-error")).not_to_have_text("none")
+    # the lock reports made since start wait for the cloud, and say how long they have waited
+    expect(page.locator("#backlog")).to_contain_text(re.compile(r"messages, oldest \d+ s"))
     expect(page.locator('[data-driver="zigbee"]')).to_contain_text("down")
     expect(page.locator('[data-driver="zigbee"]')).to_contain_text("No such file")
     expect(page.locator("#status-line")).to_contain_text("radio down: zigbee")

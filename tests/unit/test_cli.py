@@ -223,3 +223,17 @@ async def test_status_names_a_last_event_without_empty_brackets(tmp_path: Path) 
     assert "code removed from device" in text
     assert "()" not in text
     assert "door unlocked (remote)" in text
+
+
+async def test_status_says_how_long_the_oldest_report_has_waited(tmp_path: Path) -> None:
+    from gatewayd.cli import render_status
+    from tests.support import running_daemon
+
+    async with running_daemon(tmp_path / "gw") as daemon:
+        snapshot = daemon.snapshot()
+    snapshot["store"]["outbox_backlog"] = 7
+    snapshot["store"]["outbox_oldest_age_s"] = 754.2
+    assert "outbox backlog 7 (oldest 754 s)" in render_status(snapshot)
+    snapshot["store"]["outbox_backlog"] = 0
+    snapshot["store"]["outbox_oldest_age_s"] = 0.0
+    assert "oldest" not in render_status(snapshot)

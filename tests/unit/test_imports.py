@@ -151,6 +151,7 @@ def test_prometheus_client_is_imported_at_the_first_scrape(tmp_path: Path) -> No
     body = result["body"]
     assert 'gatewayd_info{version="' in body
     assert "gatewayd_outbox_backlog 0.0" in body
+    assert "gatewayd_outbox_oldest_age_seconds 0.0" in body
     assert "# TYPE gatewayd_actions_total counter" in body
 
 

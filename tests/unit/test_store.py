@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import stat
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
@@ -488,3 +489,32 @@ async def test_a_device_forgotten_and_seen_again_in_one_tick_keeps_the_id_it_got
         ]
     finally:
         store.close()
+
+
+def test_the_age_of_the_oldest_unacknowledged_frame(tmp_path: Path) -> None:
+    """What a fleet alerts on: reports that do not reach the cloud age; acked ones do not."""
+    path = tmp_path / "s.db"
+    store = Store.open(path)
+    assert store.outbox_oldest_age_s() == 0.0
+    for _ in range(3):
+        store.outbox_put(lambda s: f"f{s}".encode())
+    store.flush()
+    assert 0.0 <= store.outbox_oldest_age_s() < 60
+    an_hour_ago = (datetime.now(UTC) - timedelta(hours=1)).isoformat().replace("+00:00", "Z")
+    store._db.execute("UPDATE outbox SET created_at = ?", (an_hour_ago,))
+    store.outbox_put(lambda s: f"f{s}".encode())
+    store.flush()
+    assert 3590 < store.outbox_oldest_age_s() < 3660
+    store.outbox_ack(2)  # the row of frames 1..3 stays: 3 is not acked, and is as old
+    store.flush()
+    assert 3590 < store.outbox_oldest_age_s() < 3660
+    store.close()
+    store = Store.open(path)  # from the store, not from memory
+    assert 3590 < store.outbox_oldest_age_s() < 3660
+    store.outbox_ack(3)
+    store.flush()
+    assert 0.0 <= store.outbox_oldest_age_s() < 60  # only frame 4 is left: just made
+    store.outbox_ack(4)
+    store.flush()
+    assert store.outbox_oldest_age_s() == 0.0
+    store.close()
