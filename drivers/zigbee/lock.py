@@ -62,6 +62,19 @@ _UNLOCKS: Final = {int(_OP.Unlock), int(_OP.KeyUnlock), int(_OP.ScheduleUnlock)}
 }
 _WRONG_CODE: Final = {int(_OP.LockFailureInvalidPINorID), int(_OP.UnlockFailureInvalidPINorID)}
 _TAMPER_ALARMS: Final = {4, 5, 6}  # wrong-code limit, escutcheon removed, forced open
+_PIN_CHANGES: Final = {
+    int(_PROG.PINCodeAdded),
+    int(_PROG.PINCodeChanges),
+    int(_PROG.PINCodeDeleted),
+}
+_PROGRAMMING_METHODS: Final = {int(_SRC.Keypad): Method.KEYPAD, int(_SRC.RF): Method.RF}
+# the standard attributes the lock follows, by cluster
+_ATTRIBUTES: Final = {
+    DoorLock.cluster_id: ("lock_state", "door_state"),
+    PowerConfiguration.cluster_id: ("battery_percentage_remaining",),
+}
+# user statuses of a slot that holds a usable code (0xFF: the lock does not report it)
+_CODE_HELD: Final = {int(DoorLock.UserStatus.Enabled), int(DoorLock.UserStatus.Not_Supported)}
 
 
 OWN_ECHO_S: Final = 10.0  # how late a lock's programming event for our own change may come
@@ -97,6 +110,10 @@ class ZigbeeLock:
         self.jammed = False
         self._jams = 0  # jams the lock has reported, repeats too
         self.door_open: bool | None = None
+        # the lock reported its bolt / door as undefined: shown as None until it reports it again;
+        # `locked` / `door_open` keep the last known state, so its return is no new event
+        self._bolt_unknown = False
+        self._door_unknown = False
         self.battery: float | None = None
         self.online = True
         self._low_battery = False
@@ -167,6 +184,7 @@ class ZigbeeLock:
         lock is online or has left, a jam, the low-battery latch), so that nothing is silently
         undone or reported twice. Called before `old` is closed."""
         self.locked, self.jammed, self._low_battery = old.locked, old.jammed, old._low_battery
+        self._bolt_unknown, self._door_unknown = old._bolt_unknown, old._door_unknown
         self.online = old.online
         if old._has_left:
             self._has_left = True
@@ -224,8 +242,8 @@ class ZigbeeLock:
         if state is not None:
             self._apply_lock_state(int(state))
         door = dl.get("door_state")
-        if door is not None and int(door) in (0, 1):
-            self.door_open = int(door) == 0
+        if door is not None:
+            self._door_state(int(door))
         power = self._cluster(PowerConfiguration.cluster_id)
         if power is not None and power.get("battery_percentage_remaining") is not None:
             self._apply_battery(int(power.get("battery_percentage_remaining")))
@@ -249,9 +267,9 @@ class ZigbeeLock:
         manufacturer = str(self.zdev.manufacturer or "unknown")
         model = str(self.zdev.model or "Zigbee lock")
         props = DeviceProperties(
-            locked=self.locked,
+            locked=None if self._bolt_unknown else self.locked,
             online=self.online,
-            door_open=self.door_open,
+            door_open=None if self._door_unknown else self.door_open,
             battery_level=self.battery,
             jammed=self.jammed,
             firmware=str(firmware) if firmware is not None else None,
@@ -319,15 +337,18 @@ class ZigbeeLock:
 
     # ------------------------------------------------------------------ zigpy callbacks
 
-    def on_attribute(self, cluster_id: int, attrid: int, value: Any) -> None:
-        if value is None:
+    def on_attribute(self, cluster_id: int, name: str | None, value: Any) -> None:
+        """A standard attribute by its name: a manufacturer's attribute may share its id."""
+        if value is None or name not in _ATTRIBUTES.get(cluster_id, ()):
             return
-        if cluster_id == DoorLock.cluster_id:
-            if attrid == 0x0000:
-                self._lock_state_report(int(value))
-            elif attrid == 0x0003:
-                self._door_state(int(value))
-        elif cluster_id == PowerConfiguration.cluster_id and attrid == 0x0021:
+        if not isinstance(value, int):
+            log.info("zigbee.attribute_ignored", device_id=self.device_id, attribute=name)
+            return
+        if name == "lock_state":
+            self._lock_state_report(int(value))
+        elif name == "door_state":
+            self._door_state(int(value))
+        elif name == "battery_percentage_remaining":
             self._apply_battery(int(value))
             self._publish()
 
@@ -355,8 +376,9 @@ class ZigbeeLock:
             return None
         if state in (1, 2):
             self.locked = state == 1
-            self.jammed = False
+            self.jammed = self._bolt_unknown = False
             return self.locked
+        self._bolt_unknown = True  # 0xFF undefined, or a value outside the enum
         return None
 
     def _jam(self) -> None:
@@ -374,10 +396,17 @@ class ZigbeeLock:
             self._jam()
             return
         if state not in (1, 2):
+            if not self._bolt_unknown:
+                log.info("zigbee.bolt_undefined", device_id=self.device_id, lock_state=state)
+                self._apply_lock_state(state)
+                self._publish()
             return
         locked = state == 1
         changed = locked != self.locked or self.jammed
         if not changed:
+            if self._bolt_unknown:  # back to the state it had: known again, nothing moved
+                self._bolt_unknown = False
+                self._publish()
             return  # a repeat (zigpy's reported and updated events, our own cache write)
         self._apply_lock_state(state)
         self._publish()
@@ -423,8 +452,9 @@ class ZigbeeLock:
         method, slot = self._method(code, source, user, locked)
         pending = self._pending is not None
         changed = locked != self.locked or self.jammed
-        self.locked, self.jammed = locked, False
-        if changed:
+        was_unknown = self._bolt_unknown
+        self.locked, self.jammed, self._bolt_unknown = locked, False, False
+        if changed or was_unknown:
             self._publish()
             # zigpy's persisted cache follows what the lock told us: bookkeeping, so it
             # waits until the action this notification confirms has been woken
@@ -436,7 +466,7 @@ class ZigbeeLock:
     def _cache_bolt(self) -> None:
         """Write the bolt state we know into zigpy's attribute cache (and so its database)."""
         self._cache_write = None
-        if self.locked is None or self.jammed:
+        if self.locked is None or self.jammed or self._bolt_unknown:
             return  # unknown, or jammed: the lock's own report put that in the cache
         state = DoorLock.LockState(1 if self.locked else 2)
         if self.door_lock.get("lock_state") != state:
@@ -455,20 +485,32 @@ class ZigbeeLock:
         if source == int(_SRC.Manual):
             return Method.MANUAL, None
         if source == int(_SRC.Keypad):
-            if not locked and user not in (0, 0xFFFF):
-                return Method.PIN_CODE, user
-            if locked and code == int(_OP.Lock) and user not in (0, 0xFFFF):
-                return Method.PIN_CODE, user
+            # a user id outside the lock's slots (0, 0xFFFF: none) names no code
+            slot = user if self._is_slot(user) else None
+            if slot is not None and (not locked or code == int(_OP.Lock)):
+                return Method.PIN_CODE, slot
             return Method.KEYPAD, None
         if source == int(_SRC.RF):
             return (Method.REMOTE if self._expect == locked else Method.RF), None
         return Method.UNKNOWN, None
 
+    def _is_slot(self, user: int) -> bool:
+        c = self.codes()
+        return c.min_slot <= user <= c.max_slot
+
     def _door_state(self, state: int) -> None:
-        if state not in (0, 1):
+        """0 open, 1 closed, 3 forced open; 2 jammed, 4 error, 0xFF or another value: unknown."""
+        if state not in (0, 1, 3):
+            if not self._door_unknown:
+                log.info("zigbee.door_undefined", device_id=self.device_id, door_state=state)
+                self._door_unknown = True
+                self._publish()
             return
-        is_open = state == 0
+        is_open = state != 1
+        was_unknown, self._door_unknown = self._door_unknown, False
         if is_open == self.door_open:
+            if was_unknown:
+                self._publish()
             return
         self.door_open = is_open
         if not self._quiet:
@@ -476,9 +518,14 @@ class ZigbeeLock:
         self._publish()
 
     def _apply_battery(self, raw: int) -> None:
-        if raw == 0xFF:
+        """battery_percentage_remaining, in half percent; 0xFF (ZCL: invalid) or beyond 200 (also
+        0xFF doubled by a whole-percent quirk) is unknown."""
+        if not 0 <= raw <= 200:
+            if self.battery is not None:
+                log.info("zigbee.battery_unknown", device_id=self.device_id, raw=raw)
+            self.battery = None
             return
-        level = max(0.0, min(1.0, raw / 200))
+        level = raw / 200
         self.battery = level
         if level < LOW_BATTERY and not self._low_battery:
             self._low_battery = True
@@ -495,9 +542,13 @@ class ZigbeeLock:
             self._changed = asyncio.Event()
             return
         source = int(args.program_event_source)
+        if not self._is_slot(user):
+            if code in _PIN_CHANGES:
+                log.info("zigbee.programming_slot_ignored", device_id=self.device_id, slot_id=user)
+            return
         if source != int(_SRC.Keypad) and self._is_own_echo(user, code):
             return  # the lock confirming our own set/clear after its read-back: reported already
-        method = str(Method.KEYPAD if source == int(_SRC.Keypad) else Method.RF)
+        method = str(_PROGRAMMING_METHODS.get(source, Method.UNKNOWN))
         if code in (int(_PROG.PINCodeAdded), int(_PROG.PINCodeChanges)):
             self._event(EventName.CODE_SET, slot_id=user, method=method)
         elif code == int(_PROG.PINCodeDeleted):
@@ -574,7 +625,7 @@ class ZigbeeLock:
         # Only a jam reported after the lock took this command is its outcome: an earlier one
         # is what the command may clear, and the lock reports the bolt when it has.
         jams = self._jams
-        while self.locked != locked or self.jammed:
+        while self.locked != locked or self.jammed or self._bolt_unknown:
             if self._jams != jams:
                 raise DeviceError("the bolt jammed")
             remaining = deadline - loop.time()
@@ -601,9 +652,12 @@ class ZigbeeLock:
                 raise _code_refused(slot, status)
             readback = await self._call(dl.get_pin_code(slot))
             stored = _readback(readback)
-            if stored is None or stored[1] == "":
-                if stored is not None and stored[0] == int(DoorLock.UserStatus.Available):
+            if stored is not None and stored[0] not in _CODE_HELD:
+                if stored[0] == int(DoorLock.UserStatus.Available):
                     raise CodeNotConfirmed("the lock did not store the code")
+                status = _name(DoorLock.UserStatus(stored[0]))
+                raise CodeNotConfirmed(f"slot {slot}: the lock holds the code as {status}")
+            if stored is None or not _is_code(stored[1]):  # masked, or no digits to compare
                 await self._await_programmed({int(_PROG.PINCodeAdded), int(_PROG.PINCodeChanges)})
             elif stored[1] != pin.reveal():
                 raise CodeNotConfirmed("the lock reads back a different code")
@@ -693,6 +747,11 @@ def _readback(rsp: Any) -> tuple[int, str] | None:
     return int(rsp.user_status), str(rsp.code)
 
 
+def _is_code(code: str) -> bool:
+    """Whether a read-back holds a code: digits (not a mask, not bytes decoded as U+FFFD)."""
+    return code.isascii() and code.isdigit()
+
+
 def _name(status: Any) -> str:
     return str(getattr(status, "name", status))
 
@@ -719,8 +778,25 @@ class _Relay:
 
     def attribute_event(self, event: Any) -> None:
         """AttributeReportedEvent / AttributeUpdatedEvent / AttributeReadEvent: a report, a
-        quirk's value, a read's answer."""
-        self._lock.on_attribute(self._cluster_id, int(event.attribute_id), event.value)
+        quirk's value, a read's answer. zigpy does not catch a listener's exception: it would
+        cut short the rest of the lock's frame."""
+        try:
+            self._lock.on_attribute(self._cluster_id, event.attribute_name, event.value)
+        except Exception as exc:  # noqa: BLE001 - one odd attribute must not cost the others
+            self._failed("attribute", int(event.attribute_id), exc)
 
     def cluster_command(self, tsn: int, command_id: int, args: Any) -> None:
-        self._lock.on_command(self._cluster_id, int(command_id), args)
+        try:
+            self._lock.on_command(self._cluster_id, int(command_id), args)
+        except Exception as exc:  # noqa: BLE001 - zigpy would log it at debug level only
+            self._failed("command", int(command_id), exc)
+
+    def _failed(self, what: str, number: int, exc: Exception) -> None:
+        log.warning(
+            "zigbee.report_failed",
+            device_id=self._lock.device_id,
+            cluster_id=self._cluster_id,
+            what=what,
+            number=number,
+            error=type(exc).__name__,
+        )

@@ -16,6 +16,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from dataclasses import replace as dataclass_replace
 from typing import Any, Final, cast
 
 import aiohttp
@@ -33,6 +34,7 @@ from drivers.zwave.events import (
     LOW_BATTERY,
     BoltTracker,
     Notice,
+    bolt_from_mode,
     parse_notification,
     parse_state_value,
 )
@@ -48,7 +50,9 @@ from gatewayd.driver import (
     ZWaveConfig,
 )
 from gatewayd.model import (
+    DEVICE_ACTIONS,
     Action,
+    ActionName,
     ActionNotSupported,
     ActionResult,
     ClearCode,
@@ -64,6 +68,7 @@ from gatewayd.model import (
     GatewayError,
     InvalidInput,
     Lock,
+    Method,
     SetCode,
     Unlock,
     utcnow,
@@ -523,9 +528,14 @@ class ZWaveDriver(Driver):
         lock.last_seen = utcnow()
         cc, prop = value.command_class, value.property_name
         if cc == CommandClass.DOOR_LOCK and prop == "currentMode":
-            locked = commands.mode_locked(value.value)
+            locked = bolt_from_mode(value.value)
             if locked is not None:
                 lock.tracker.on_value(locked)
+            else:
+                if not lock.tracker.undefined:
+                    mode = value.value if isinstance(value.value, int) else None
+                    log.info("zwave.bolt_unknown", device_id=lock.device_id, mode=mode)
+                lock.tracker.on_unknown()
         elif cc == CommandClass.DOOR_LOCK and prop == "doorStatus":
             self._door(lock, value.value)
         elif cc == CommandClass.BATTERY and prop == "level" and isinstance(value.value, int):
@@ -563,9 +573,25 @@ class ZWaveDriver(Driver):
         if lock is None or not isinstance(notif, NotificationNotification):
             return
         lock.last_seen = utcnow()
-        notice = parse_notification(notif.type_, notif.event, notif.parameters or {})
+        notice = parse_notification(notif.type_, notif.event, notif.parameters)
+        if notice is not None and notice.slot_id is not None:
+            notice = self._in_slots(lock, notice)
         if notice is not None:
             self._apply(lock, notice)
+
+    def _in_slots(self, lock: _Lock, notice: Notice) -> Notice | None:
+        """A notification naming a user the lock has no slot for: a bolt change names no code,
+        a code change is not reported."""
+        codes = lock.device.codes if lock.device else CodeConstraints()
+        if notice.slot_id is None or codes.min_slot <= notice.slot_id <= codes.max_slot:
+            return notice
+        if notice.kind == "bolt":
+            method = Method.KEYPAD if notice.method is Method.PIN_CODE else notice.method
+            return dataclass_replace(notice, slot_id=None, method=method)
+        if notice.kind == "code":
+            log.info("zwave.code_slot_ignored", device_id=lock.device_id, slot_id=notice.slot_id)
+            return None
+        return notice
 
     def _apply(self, lock: _Lock, notice: Notice) -> None:
         did = lock.device_id
@@ -908,7 +934,7 @@ def _has_door_lock(node: Node) -> bool:
 
 
 def _locked(node: Node) -> bool | None:
-    return commands.mode_locked(_value(node, CommandClass.DOOR_LOCK, "currentMode"))
+    return bolt_from_mode(_value(node, CommandClass.DOOR_LOCK, "currentMode"))
 
 
 def _value(node: Node, cc: CommandClass, prop: str) -> Any:
@@ -930,8 +956,12 @@ def _device(lock: _Lock, node: Node) -> Device:
         and isinstance(v.property_key, int)
     ]
     codes = CodeConstraints(min_slot=1, max_slot=max(slots)) if slots else CodeConstraints()
+    # no code slots once interviewed (User Code CC absent, or 0 supported users): no code actions
+    actions = (
+        DEVICE_ACTIONS if slots else DEVICE_ACTIONS - {ActionName.SET_CODE, ActionName.CLEAR_CODE}
+    )
     props = DeviceProperties(
-        locked=lock.tracker.locked,
+        locked=None if lock.tracker.undefined else lock.tracker.locked,
         online=lock.online,
         door_open=lock.door_open,
         battery_level=lock.battery_level,
@@ -947,6 +977,7 @@ def _device(lock: _Lock, node: Node) -> Device:
             name=node.name or f"{manufacturer} {model}",
             manufacturer=manufacturer,
             model=model,
+            actions=actions,
         ),
         codes=codes,
         properties=props,

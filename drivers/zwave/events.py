@@ -43,6 +43,20 @@ PM_BATTERY_LOW = (10, 11)
 
 LOW_BATTERY = 0.2
 
+# Door Lock CC modes: unsecured (with or without timeout, for inside / outside handles) and
+# secured; 0xFE is "unknown" (bolt neither thrown nor retracted)
+_UNSECURED_MODES = frozenset({0x00, 0x01, 0x10, 0x11, 0x20, 0x21})
+_SECURED_MODE = 0xFF
+
+
+def bolt_from_mode(mode: Any) -> bool | None:
+    """Door Lock CC currentMode -> locked; None when unknown or not a mode of the CC."""
+    if not isinstance(mode, int) or isinstance(mode, bool):
+        return None
+    if mode == _SECURED_MODE:
+        return True
+    return False if mode in _UNSECURED_MODES else None
+
 
 @dataclass(frozen=True, slots=True)
 class Notice:
@@ -58,10 +72,11 @@ class Notice:
     code_present: bool | None = None
 
 
-def parse_notification(type_: int, event: int, parameters: Mapping[str, Any]) -> Notice | None:
-    """What a Notification CC report means for a door, or None when it means nothing here."""
-    user = parameters.get("userId")
-    slot = int(user) if isinstance(user, int) and user > 0 else None
+def parse_notification(type_: int, event: int, parameters: Any) -> Notice | None:
+    """What a Notification CC report means for a door, or None when it means nothing here.
+    `parameters` is what zwave-js made of the event's parameters: a mapping, a number, bytes."""
+    user = parameters.get("userId") if isinstance(parameters, Mapping) else None
+    slot = user if isinstance(user, int) and not isinstance(user, bool) and user > 0 else None
     if type_ == ACCESS_CONTROL:
         if event in BOLT_EVENTS:
             locked, method = BOLT_EVENTS[event]
@@ -119,6 +134,9 @@ class BoltTracker:
         self._pending: asyncio.TimerHandle | None = None
         self._pending_locked: bool | None = None
         self._last: tuple[bool, float] | None = None
+        # the lock reported its bolt in no known state: shown as None; `locked` keeps the last
+        # known state, so its return to that state is no new event
+        self.undefined = False
 
     @property
     def commanding(self) -> bool:
@@ -129,10 +147,20 @@ class BoltTracker:
         """State as found at start or after a reconnect, without an event."""
         self.locked = locked
 
+    def on_unknown(self) -> None:
+        """The lock reports its bolt in no known state (Door Lock mode 0xFE, or no mode)."""
+        if not self.undefined:
+            self.undefined = True
+            self._on_change()
+
     def on_value(self, locked: bool) -> None:
         """A bolt state from the value cache (a report, or zwave-js's own inference)."""
         if self.locked == locked:
+            if self.undefined:
+                self.undefined = False
+                self._on_change()
             return
+        self.undefined = False
         self._cancel()
         self.locked = locked
         self._on_change()
@@ -202,8 +230,8 @@ class BoltTracker:
     def _fire(self, locked: bool, method: Method, slot_id: int | None = None) -> None:
         self._pending = None
         self._pending_locked = None
-        changed = self.locked != locked
-        self.locked = locked
+        changed = self.locked != locked or self.undefined
+        self.locked, self.undefined = locked, False
         self._last = (locked, time.monotonic())
         details: dict[str, Any] = {"method": str(method)}
         if slot_id is not None:

@@ -151,6 +151,8 @@ class VirtualLock:
         self._tasks: set[asyncio.Task[None]] = set()
         self.on_leave: Callable[[VirtualLock], None] | None = None
         self._garbage = False
+        # the next get_pin_code answer as (user_status, raw code bytes), whatever the lock holds
+        self.odd_readback: tuple[int, bytes] | None = None
 
     @property
     def ieee(self) -> Any:
@@ -485,6 +487,23 @@ class VirtualLock:
                 self.mem.pins[int(args.user_id)] = pin
                 self._changed()
                 self._programming(ProgEvent.PINCodeAdded, int(args.user_id))
+        elif cmd_def.id == server.get_pin_code.id and self.odd_readback is not None:
+            user_status, raw = self.odd_readback
+            self.odd_readback = None
+            rsp_hdr = foundation.ZCLHeader.cluster(
+                tsn=hdr.tsn,
+                command_id=client.get_pin_code_response.id,
+                direction=hdr.direction.flip(),
+            )
+            body = t.uint16_t(args.user_id).serialize() + bytes([user_status, 0, len(raw)]) + raw
+            packet = self._packet(
+                cluster=cid,
+                data=rsp_hdr.serialize() + body,
+                src_ep=LOCK_EP,
+                dst_ep=src_ep,
+                profile=PROFILE_HA,
+            )
+            self._emit(packet)
         elif cmd_def.id == server.get_pin_code.id:
             uid = int(args.user_id)
             stored = self.mem.pins.get(uid)
@@ -608,6 +627,53 @@ class VirtualLock:
         self.mem.battery = max(0.0, min(1.0, level))
         self._changed()
         self.report(PowerConfiguration.cluster_id, [0x0021])
+
+    def odd_report(
+        self, cluster: int, attr_id: int, zcl_type: int, value: Any, manufacturer: int | None = None
+    ) -> None:
+        """Report_Attributes with any ZCL type and value (odd firmware), manufacturer-specific
+        when `manufacturer` is given."""
+        if cluster not in self.mem.bound:
+            return
+        hdr = foundation.ZCLHeader.general(
+            tsn=self._next_tsn(),
+            command_id=foundation.GeneralCommand.Report_Attributes,
+            manufacturer=manufacturer,
+            direction=S2C,
+        )
+        python_type = foundation.DataType.from_type_id(zcl_type).python_type
+        typed = foundation.TypeValue(type=zcl_type, value=python_type(value))
+        records = [foundation.Attribute(attrid=attr_id, value=typed)]
+        schema = foundation.GENERAL_COMMANDS[foundation.GeneralCommand.Report_Attributes].schema
+        self._zcl(cluster, hdr, schema, 1, attribute_reports=records)
+
+    def odd_operation(self, source: int, code: int, user_id: int) -> None:
+        """An operation event notification with any source, event code and user id."""
+        self._unsolicited(
+            DoorLock.cluster_id,
+            DoorLock.ClientCommandDefs.operation_event_notification,
+            operation_event_source=OpSource(source),
+            operation_event_code=OpEvent(code),
+            user_id=user_id,
+            pin="",
+            local_time=0,
+            data="",
+        )
+
+    def odd_programming(self, source: int, code: int, user_id: int) -> None:
+        """A programming event notification with any source, event code and user id."""
+        self._unsolicited(
+            DoorLock.cluster_id,
+            DoorLock.ClientCommandDefs.programming_event_notification,
+            program_event_source=OpSource(source),
+            program_event_code=ProgEvent(code),
+            user_id=user_id,
+            pin="",
+            user_type=DoorLock.UserType.Unrestricted,
+            user_status=DoorLock.UserStatus.Enabled,
+            local_time=0,
+            data="",
+        )
 
     def set_fault(self, kind: str, delay_s: float = 2.0) -> None:
         """Inject a fault: one-shot kinds hit the next Door Lock command; delay lasts."""

@@ -3,7 +3,8 @@
 //
 // Environment: ZWAVE_MOCK_LOCKS (number of locks, 1..3, default 2), ZWAVE_MOCK_CONTROL_PORT
 // (control channel port on 127.0.0.1; 0 or unset: no control channel), ZWAVE_MOCK_HOME_ID
-// (the controller's home id, default 0x7e57d00d).
+// (the controller's home id, default 0x7e57d00d), ZWAVE_MOCK_NUM_USERS (every lock's User Code
+// CC reports this many supported users instead of its model's).
 //
 // Control channel: POST /node/<id>/<what> with a JSON body; 200 {"ok": true} or 4xx {"error"}.
 //   keypad_unlock {slot_id}, keypad_lock, manual_lock, manual_unlock, auto_lock, wrong_code, jam,
@@ -13,6 +14,11 @@
 //   Control 0x0F naming the slot, refused without a word, or stored; reset: notify),
 //   reset (faults none, codes cleared, bolt locked, door closed, battery 90 %, online; the lock's
 //   reports reach zwave-js before the answer, so its cache agrees with the lock).
+//   Odd reports, as real locks send them: notify_raw {type, event, params?: [bytes]},
+//   mode_raw {mode} (a Door Lock operation report with any currentMode), battery_raw {level}
+//   (a Battery report with any level byte, e.g. 255: "battery low"), user_code_raw {slot_id,
+//   status, code: [bytes]} (an unsolicited User Code report with any bytes as the code), and
+//   readback_raw {status, code: [bytes]} (the next User Code Get is answered with these).
 // POST /controller/reset: reset every lock in the network, and if the lock that waited for
 //   inclusion has joined, put a new one (same model, next free node id) in inclusion mode.
 //   Returns {nodes: [ids], pending: id|null}.
@@ -61,6 +67,7 @@ exports.default = function mockConfig({ require: req }) {
 		duplicates: "notify",
 		door: 1, // 0 open, 1 closed
 		lastNotification: { 6: 0, 7: 0, 8: 0 },
+		readback: undefined, // readback_raw: the next User Code Get's answer
 	});
 	const st = (self) => {
 		if (!self.state.has("gw")) self.state.set("gw", fresh());
@@ -203,6 +210,16 @@ exports.default = function mockConfig({ require: req }) {
 						}),
 					};
 				}
+				if (s.readback) {
+					const odd = s.readback;
+					s.readback = undefined;
+					return {
+						action: "sendCC",
+						cc: new cc.UserCodeCCReport({
+							nodeId: controller.ownNodeId, userId: slot, userIdStatus: odd.status, userCode: odd.code,
+						}),
+					};
+				}
 				const code = s.codes.get(slot);
 				return {
 					action: "sendCC",
@@ -266,7 +283,7 @@ exports.default = function mockConfig({ require: req }) {
 				{ ccId: CommandClasses["Door Lock"], isSupported: true, version: 4 },
 				{
 					ccId: CommandClasses["User Code"], isSupported: true, version: 1,
-					numUsers: lock.numUsers,
+					numUsers: process.env.ZWAVE_MOCK_NUM_USERS ? Number(process.env.ZWAVE_MOCK_NUM_USERS) : lock.numUsers,
 				},
 				{
 					ccId: CommandClasses.Notification, isSupported: true, version: 8,
@@ -396,6 +413,27 @@ exports.default = function mockConfig({ require: req }) {
 				};
 			},
 			async reset(self) { await resetLock(self); },
+			async notify_raw(self, p) {
+				await notify(controller, self, Number(p.type), Number(p.event), p.params ?? undefined);
+			},
+			async mode_raw(self, p) {
+				const report = operationReport(controller, self);
+				report.currentMode = Number(p.mode);
+				report.targetMode = Number(p.mode);
+				await send(controller, self, report);
+			},
+			async battery_raw(self, p) {
+				await send(controller, self, new cc.BatteryCCReport({ nodeId: controller.ownNodeId, level: Number(p.level) }));
+			},
+			async user_code_raw(self, p) {
+				await send(controller, self, new cc.UserCodeCCReport({
+					nodeId: controller.ownNodeId, userId: Number(p.slot_id), userIdStatus: Number(p.status ?? 1),
+					userCode: Uint8Array.from(p.code),
+				}));
+			},
+			async readback_raw(self, p) {
+				st(self).readback = { status: Number(p.status ?? 1), code: Uint8Array.from(p.code) };
+			},
 		};
 		const server = http.createServer((req, res) => {
 			let body = "";

@@ -1,0 +1,266 @@
+"""Odd values from real Zigbee locks, sent by the virtual lock as real ZCL frames through zigpy:
+never a value out of range upstream, never a false event, never a lost later report."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from drivers.zigbee.driver import ZigbeeDriver
+from drivers.zigbee.virtual.lock import VirtualLock
+from gatewayd.driver import Simulation
+from gatewayd.model import CodeNotConfirmed, Device, EventName, Lock, PinCode, SetCode
+from tests.contract.sink import RecordingSink
+from tests.zigbee.conftest import running
+
+pytestmark = pytest.mark.stack
+
+YALE, GENERIC = "00:0d:6f:00:0a:90:00:01", "00:0d:6f:00:0a:90:00:02"
+POWER, DOOR_LOCK = 0x0001, 0x0101
+UINT8, ENUM8, STRING = 0x20, 0x30, 0x42
+KEYPAD, RF = 0, 1
+LOCK, UNLOCK = 0x01, 0x02
+PIN_ADDED, PIN_DELETED = 0x02, 0x03
+PIN = "80461357"
+
+
+class HistorySink(RecordingSink):
+    """Also keeps every device update: what the cloud was told, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.updates: list[Device] = []
+
+    def device_updated(self, device: Device) -> None:
+        self.updates.append(device)
+        super().device_updated(device)
+
+
+def by_native(sink: RecordingSink, ieee: str) -> str:
+    return next(d.id for d in sink.devices.values() if d.native_id == ieee)
+
+
+def virtual(driver: ZigbeeDriver, ieee: str) -> VirtualLock:
+    assert driver.virtual is not None
+    return driver.virtual.lock(ieee)
+
+
+async def battery_mark(sink: RecordingSink, vlock: VirtualLock, dev: str, level: float) -> None:
+    """A plain battery report, waited for: every frame the lock sent before it has been handled."""
+    vlock.battery(level)
+    await sink.wait_for(lambda: sink.devices[dev].properties.battery_level == pytest.approx(level))
+
+
+@pytest.mark.parametrize("ieee", [GENERIC, YALE], ids=["zcl", "whole-percent-quirk"])
+async def test_a_battery_the_lock_cannot_measure_is_unknown_never_out_of_range(
+    tmp_path: Path, ieee: str
+) -> None:
+    """battery_percentage_remaining 0xFF (ZCL: invalid) or above 200 is unknown: battery_level
+    None, no `low battery`. Before, the Yale quirk doubled 0xFF to 510, reported as 1.0, and a
+    raw 250 was clamped to 1.0. battery_voltage 0 / 0xFF changes nothing; the next report counts."""
+    sink = HistorySink()
+    async with running(tmp_path, sink) as driver:
+        dev, vlock = by_native(sink, ieee), virtual(driver, ieee)
+        await battery_mark(sink, vlock, dev, 0.5)
+        mark, updates = len(sink.events), len(sink.updates)
+        for raw in (0xFF, 250, 201):
+            await battery_mark(sink, vlock, dev, 0.5)
+            vlock.odd_report(POWER, 0x0021, UINT8, raw)
+            await sink.wait_for(lambda: sink.devices[dev].properties.battery_level is None)
+        for raw in (0, 0xFF):
+            vlock.odd_report(POWER, 0x0020, UINT8, raw)
+        await asyncio.sleep(0.3)
+        assert sink.devices[dev].properties.battery_level is None
+        await battery_mark(sink, vlock, dev, 0.4)
+        levels = [d.properties.battery_level for d in sink.updates[updates:]]
+        assert all(level is None or 0.0 <= level <= 1.0 for level in levels), levels
+        assert sink.names(dev)[mark:] == []
+
+
+async def test_an_undefined_bolt_is_unknown_and_no_event_when_it_comes_back(
+    tmp_path: Path,
+) -> None:
+    """lock_state 0xFF (undefined) or 3 (not in the enum): locked None, no event, and a command
+    waits for the lock to report the bolt again. When it reports the bolt as before there is no
+    `door locked`. Before, the last state (locked) stayed up and a lock completed at once."""
+    sink = HistorySink()
+    async with running(tmp_path, sink) as driver:
+        dev, vlock = by_native(sink, GENERIC), virtual(driver, GENERIC)
+        assert sink.devices[dev].properties.locked is True
+        mark = len(sink.events)
+        for raw in (0xFF, 3):
+            vlock.odd_report(DOOR_LOCK, 0x0000, ENUM8, raw)
+            await sink.wait_for(lambda: sink.devices[dev].properties.locked is None)
+            vlock.report(DOOR_LOCK, [0x0000])  # locked, as before
+            await sink.wait_for(lambda: sink.devices[dev].properties.locked is True)
+        await asyncio.sleep(0.5)  # past the merge window
+        assert sink.names(dev)[mark:] == []
+        vlock.odd_report(DOOR_LOCK, 0x0000, ENUM8, 0xFF)
+        await sink.wait_for(lambda: sink.devices[dev].properties.locked is None)
+        vlock.mem.bound.discard(DOOR_LOCK)  # no report after the command: it reads the bolt
+        frames = vlock.frames_received
+        await driver.execute(dev, Lock())
+        assert sink.devices[dev].properties.locked is True
+        assert vlock.frames_received == frames + 2  # lock_door, then a read of lock_state
+
+
+@pytest.mark.parametrize(
+    ("raw", "door_open", "events"),
+    [
+        (2, None, []),  # error: jammed
+        (3, True, ["door opened"]),  # error: forced open
+        (4, None, []),  # error: unspecified
+        (0xFF, None, []),  # undefined
+        (7, None, []),  # not in the enum
+    ],
+)
+async def test_a_door_state_beyond_open_and_closed(
+    tmp_path: Path, raw: int, door_open: bool | None, events: list[str]
+) -> None:
+    """A door the lock cannot tell is unknown (None), a forced-open one is open; back to closed
+    is `door closed` only if the door was seen open."""
+    sink = HistorySink()
+    async with running(tmp_path, sink) as driver:
+        dev, vlock = by_native(sink, GENERIC), virtual(driver, GENERIC)
+        assert sink.devices[dev].properties.door_open is False
+        mark = len(sink.events)
+        vlock.odd_report(DOOR_LOCK, 0x0003, ENUM8, raw)
+        await battery_mark(sink, vlock, dev, 0.5)
+        assert sink.devices[dev].properties.door_open is door_open
+        vlock.door(open_=False)
+        await sink.wait_for(lambda: sink.devices[dev].properties.door_open is False)
+        await asyncio.sleep(0.3)
+        closed = ["door closed"] if door_open else []
+        assert sink.names(dev)[mark:] == events + closed
+
+
+async def test_operation_events_with_odd_sources_codes_and_users(tmp_path: Path) -> None:
+    """Unknown source: the bolt change, method unknown. Unknown event code: nothing. A user id
+    out of the lock's slots (1..29) or 0xFFFF names no slot. Before, slot_id 500 went up."""
+    sink = HistorySink()
+    async with running(tmp_path, sink) as driver:
+        dev, vlock = by_native(sink, GENERIC), virtual(driver, GENERIC)
+        mark = len(sink.events)
+        vlock.odd_operation(KEYPAD, UNLOCK, 500)
+        vlock.odd_operation(0x05, LOCK, 3)
+        vlock.odd_operation(KEYPAD, 0x20, 3)
+        vlock.odd_operation(RF, 0x00, 0)
+        vlock.odd_operation(KEYPAD, UNLOCK, 0xFFFF)
+        vlock.odd_operation(0xFF, LOCK, 0x10)
+        await battery_mark(sink, vlock, dev, 0.5)
+        await asyncio.sleep(0.3)
+        got = [(str(e.event_name), e.details) for e in sink.events[mark:] if e.device_id == dev]
+        assert got == [
+            ("door unlocked", {"method": "keypad"}),
+            ("door locked", {"method": "unknown"}),
+            ("door unlocked", {"method": "keypad"}),
+            ("door locked", {"method": "unknown"}),
+        ]
+        await driver.simulate(dev, Simulation.KEYPAD_UNLOCK, {"slot_id": 4})
+        ev = await sink.wait_event(dev, EventName.DOOR_UNLOCKED, after=mark + len(got))
+        assert ev.details == {"method": "pin_code", "slot_id": 4}
+
+
+async def test_programming_events_with_odd_codes_and_users(tmp_path: Path) -> None:
+    """Unknown programming codes, and slots the lock does not have, are not reported; a code
+    added from an unknown source is, method unknown. Before, slot 500 went up, and an unknown
+    source was called `rf`."""
+    sink = HistorySink()
+    async with running(tmp_path, sink) as driver:
+        dev, vlock = by_native(sink, GENERIC), virtual(driver, GENERIC)
+        mark = len(sink.events)
+        vlock.odd_programming(KEYPAD, 0x01, 0)  # master code changed
+        vlock.odd_programming(KEYPAD, 0x05, 3)  # RFID code added
+        vlock.odd_programming(KEYPAD, 0x42, 3)  # not in the enum
+        vlock.odd_programming(KEYPAD, PIN_ADDED, 500)
+        vlock.odd_programming(RF, PIN_DELETED, 0xFFFF)
+        vlock.odd_programming(0x07, PIN_ADDED, 5)
+        await battery_mark(sink, vlock, dev, 0.5)
+        got = [(str(e.event_name), e.details) for e in sink.events[mark:] if e.device_id == dev]
+        assert got == [("code set on device", {"slot_id": 5, "method": "unknown"})]
+
+
+@pytest.mark.parametrize(
+    ("status", "raw", "outcome"),
+    [
+        (1, b"****", "completed"),  # masked with stars: the programming event confirms
+        (1, b"\xff\xfe\x80\x81", "completed"),  # not UTF-8: no code to compare
+        (1, b"12a4x", "completed"),  # not digits: no code to compare
+        (1, b"99999999", "code_not_confirmed"),  # another code
+        (3, PIN.encode(), "code_not_confirmed"),  # stored, but disabled
+        (7, PIN.encode(), "code_not_confirmed"),  # a user status not in the enum
+        (0xFF, PIN.encode(), "completed"),  # user status not supported: the code reads back
+    ],
+    ids=["stars", "not-utf8", "not-digits", "other", "disabled", "status-7", "status-ff"],
+)
+async def test_a_pin_read_back_that_is_not_a_pin(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, status: int, raw: bytes, outcome: str
+) -> None:
+    """A get_pin_code_response whose code is not digits is no read-back: the lock's programming
+    event confirms, as for a masking lock. Before, such a code failed the set as "reads back a
+    different code". A code held disabled or with an unknown status is not confirmed. The PIN
+    is in no error and no log line."""
+    sink = HistorySink()
+    caplog.set_level(logging.DEBUG)
+    async with running(tmp_path, sink) as driver:
+        dev, vlock = by_native(sink, GENERIC), virtual(driver, GENERIC)
+        vlock.odd_readback = (status, raw)
+        texts: list[str] = []
+        with capture_logs() as structured:
+            try:
+                await driver.execute(dev, SetCode(slot_id=2, code=PinCode(PIN)))
+                got = "completed"
+            except CodeNotConfirmed as exc:
+                got = exc.to_dict()["type"]
+                texts += [str(exc), repr(exc.to_dict())]
+        assert got == outcome
+        assert vlock.mem.pins == {2: PIN}
+        events = [str(e.event_name) for e in sink.events if e.device_id == dev]
+        assert events.count("code set on device") == (outcome == "completed")
+    texts += [caplog.text, *(repr(e) for e in structured), repr(sink.events)]
+    assert [t for t in texts if PIN in t] == []
+
+
+async def test_reports_of_the_wrong_type_or_a_manufacturers_attribute_are_ignored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A manufacturer-specific attribute that shares an id with lock_state (0x0000) or
+    battery_percentage_remaining is another attribute: not a bolt state. Before, its 2 was an
+    unlock, and a string raised ValueError in the listener, out through zigpy, cutting short the
+    frame. A standard attribute of the wrong type that zigpy cannot convert changes nothing.
+    The next report is handled."""
+    sink = HistorySink()
+    async with running(tmp_path, sink) as driver:
+        dev, vlock = by_native(sink, GENERIC), virtual(driver, GENERIC)
+        errors: list[BaseException] = []
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _l, ctx: errors.append(ctx.get("exception")))  # type: ignore[arg-type]
+        mark = len(sink.events)
+        vlock.odd_report(DOOR_LOCK, 0x0000, UINT8, 2, manufacturer=0x1234)
+        vlock.odd_report(DOOR_LOCK, 0x0000, STRING, "jammed", manufacturer=0x1234)
+        vlock.odd_report(DOOR_LOCK, 0x0003, UINT8, 0, manufacturer=0x1234)
+        vlock.odd_report(POWER, 0x0021, UINT8, 3, manufacturer=0x1234)
+        vlock.odd_report(POWER, 0x0021, STRING, "low", manufacturer=0x1234)
+        vlock.odd_report(DOOR_LOCK, 0x0000, STRING, "abc")  # zigpy itself cannot convert it
+        await battery_mark(sink, vlock, dev, 0.5)
+        await asyncio.sleep(0.4)
+        props = sink.devices[dev].properties
+        assert (props.locked, props.door_open, props.jammed) == (True, False, False)
+        assert sink.names(dev)[mark:] == []
+        assert [type(e).__name__ for e in errors if e is not None and _from_driver(e)] == []
+        await driver.simulate(dev, Simulation.MANUAL_UNLOCK, {})
+        ev = await sink.wait_event(dev, EventName.DOOR_UNLOCKED, after=mark)
+        assert ev.details == {"method": "manual"}
+
+
+def _from_driver(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        if "drivers/zigbee/lock.py" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
