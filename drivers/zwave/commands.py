@@ -20,6 +20,7 @@ from zwave_js_server.exceptions import (
 )
 from zwave_js_server.model.node import Node
 
+from drivers.zwave.events import bolt_from_mode
 from gatewayd.model import ActionTimeout, DeviceError, DeviceOffline
 
 SECURED = 0xFF
@@ -48,10 +49,9 @@ def install_log_filter() -> None:
 
 
 def mode_locked(mode: Any) -> bool | None:
-    """Door Lock CC mode -> locked? (None when unknown)."""
-    if not isinstance(mode, int) or mode == 0xFE:
-        return None
-    return mode == SECURED
+    """Door Lock CC mode -> locked? None when unknown or not a mode of the CC: a read-back of
+    0x42 is no confirmed unlock. The same reading as the driver's reports."""
+    return bolt_from_mode(mode)
 
 
 def check_reachable(node: Node) -> None:

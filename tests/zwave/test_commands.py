@@ -43,3 +43,34 @@ async def test_a_link_drop_alone_is_a_device_error() -> None:
     asyncio.get_running_loop().call_later(0.05, client_future.cancel)
     with anyio.fail_after(5), pytest.raises(DeviceError, match="connection to zwave-server lost"):
         await commands.call("read bolt state", client_future)
+
+
+class _LockAnswering:
+    """A node double whose Door Lock Get answers with the modes given, one per read."""
+
+    def __init__(self, *modes: int) -> None:
+        self.modes = list(modes)
+        self.node_id = 2
+
+    async def async_invoke_cc_api(
+        self, cc: object, method: str, *args: object, **kw: object
+    ) -> object:
+        if method == "set":
+            return None
+        mode = self.modes.pop(0) if len(self.modes) > 1 else self.modes[0]
+        return {"currentMode": mode, "targetMode": mode}
+
+
+@pytest.mark.parametrize("mode", [0x42, 0xFE, 0x80])
+async def test_a_read_back_outside_the_door_lock_modes_is_no_confirmed_unlock(mode: int) -> None:
+    """Every mode but 0xFF and 0xFE was read as unlocked: a lock answering 0x42 (no mode of the
+    CC) made an unlock `completed` that the lock never confirmed."""
+    node = _LockAnswering(mode)
+    with anyio.fail_after(10), pytest.raises(DeviceError, match="reports it is unknown"):
+        await commands.set_bolt(node, False, give_up_s=5)  # type: ignore[arg-type]
+
+
+async def test_an_unlocked_mode_after_an_odd_one_confirms_the_unlock() -> None:
+    node = _LockAnswering(0x42, 0x00)
+    with anyio.fail_after(10):
+        assert await commands.set_bolt(node, False, give_up_s=5) is False  # type: ignore[arg-type]
