@@ -518,3 +518,35 @@ def test_the_age_of_the_oldest_unacknowledged_frame(tmp_path: Path) -> None:
     store.flush()
     assert store.outbox_oldest_age_s() == 0.0
     store.close()
+
+
+def test_has_action_finds_every_logged_id_through_its_filter(tmp_path: Path) -> None:
+    """has_action skips the lookup for ids its filter never saw: ids logged in an earlier run
+    and in this one must still be found, before and after their commit, whatever the filter."""
+    path = tmp_path / "s.db"
+    store = Store.open(path)
+    earlier = [f"ar-earlier-{n}" for n in range(300)]
+    for action_id in earlier:
+        store.record_action(
+            ActionRow(action_id, "dev", "unlock", "completed", None, [], "2030-01-01T00:00:00Z"),
+            "2030-01-01T00:00:00Z",
+        )
+    assert all(store.has_action(a) for a in earlier)  # queued, not yet committed
+    store.flush()
+    store.close()
+
+    store = Store.open(path)
+    assert all(store.has_action(a) for a in earlier)  # from the log, at open
+    new = f"ar-new-{'x' * 3}"
+    assert not store.has_action(new)
+    store.record_action(
+        ActionRow(new, "dev", "lock", "processing", None, [], "2030-01-01T00:00:00Z"),
+        "2030-01-01T00:00:00Z",
+    )
+    store.flush()
+    assert store.has_action(new)
+    assert not any(store.has_action(f"ar-never-{n}") for n in range(2000))
+    store._id_filter[:] = b"\xff" * len(store._id_filter)  # saturated: every id is looked up
+    assert store.has_action(new)
+    assert not any(store.has_action(f"ar-never-{n}") for n in range(200))
+    store.close()
