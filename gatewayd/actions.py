@@ -14,6 +14,7 @@ action the cloud gave up on is never run late.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
@@ -61,6 +62,11 @@ SEEN_KEEP: Final = 1024  # recent ids in memory (bounded RSS); the store answers
 REMOTE_GRACE_S: Final = 5.0  # a remote lock/unlock report this soon after our action answers it
 YIELD_EVERY: Final = 8  # jobs a worker runs back to back before it lets other tasks run
 _DIGITS = re.compile(r"[0-9]+")  # used with fullmatch: "$" would let a final "\n" in
+
+
+def _loop_time() -> float:
+    """`anyio.current_time()` on the asyncio loop the daemon runs on, without its lookups."""
+    return asyncio.get_running_loop().time()
 
 
 class StatusUpdate(msgspec.Struct, frozen=True):
@@ -308,7 +314,7 @@ class Dispatcher:
         job = _Job(request, None, queue, ActionStatus.PENDING)
         # From here on the deadline is kept on the monotonic clock: a wall clock stepped later
         # (NTP on a box that booted with a stale clock) moves neither forward nor back.
-        job.due = anyio.current_time() + (request.deadline - self._now()).total_seconds()
+        job.due = _loop_time() + (request.deadline - self._now()).total_seconds()
         seq = self._transition(job, ActionStatus.GATEWAY_RECEIVED)
         job.receipt = self._store.next_commit()
         if handoff and seq is not None:
@@ -401,27 +407,46 @@ class Dispatcher:
         pending = self._queues[queue]
         ran = 0
         while True:
-            while pending:
-                job = pending.popleft()
-                # bind/reset rather than the bound_contextvars context manager: same log
-                # context for the driver's lines, without a generator per action
-                tokens = structlog.contextvars.bind_contextvars(
-                    action_request_id=job.request.id, device_id=job.request.entity_id
-                )
-                try:
-                    await self._run(job)
-                finally:
+            # one cancel scope per run of jobs, with a deadline only while a driver executes one
+            with anyio.CancelScope() as guard:
+                while True:
+                    if not pending:
+                        event = anyio.Event()
+                        self._wakeups[queue] = event
+                        await event.wait()
+                        continue
+                    job = pending.popleft()
+                    # bind/reset rather than the bound_contextvars context manager: same log
+                    # context for the driver's lines, without a generator per action
+                    tokens = structlog.contextvars.bind_contextvars(
+                        action_request_id=job.request.id, device_id=job.request.entity_id
+                    )
+                    try:
+                        await self._run(job, guard)
+                    except BaseException:
+                        if not guard.cancel_called:
+                            self._active -= 1
+                            structlog.contextvars.reset_contextvars(**tokens)
+                        raise
                     self._active -= 1
                     structlog.contextvars.reset_contextvars(**tokens)
+                    ran += 1
+                    if guard.cancel_called:
+                        break  # its deadline passed as the driver returned: a new scope
+                    if ran % YIELD_EVERY == 0:  # a zero-latency driver must not starve the loop
+                        await anyio.lowlevel.checkpoint()
+            if guard.cancelled_caught:
+                # the driver had not returned by the job's deadline (see `_run`)
+                assert job.finished is not None
+                self._last_done[job.queue] = (job.request.id, job.finished)
+                self._finish(job, ActionTimeout("the device did not confirm before the deadline"))
+                self._active -= 1
+                structlog.contextvars.reset_contextvars(**tokens)
                 ran += 1
-                if ran % YIELD_EVERY == 0:  # a zero-latency driver must not starve the loop
+                if ran % YIELD_EVERY == 0:
                     await anyio.lowlevel.checkpoint()
-            event = anyio.Event()
-            self._wakeups[queue] = event
-            if not pending:
-                await event.wait()
 
-    async def _run(self, job: _Job) -> None:
+    async def _run(self, job: _Job, guard: anyio.CancelScope) -> None:
         if job.handoff_seq:
             await self._await_handoff(job)
             self._handoffs.pop(job.request.id, None)
@@ -439,7 +464,7 @@ class Dispatcher:
             # shared by every receipt queued in the tick (a commit per worker cost a commit per
             # few actions under load); while the store refuses commits, its retries until the
             # deadline.
-            with anyio.move_on_after(max(self._remaining(job), 0)):
+            with anyio.CancelScope(deadline=job.due):
                 await self._store.wait_commit(job.receipt)
             if self._store.commits < job.receipt:
                 self._finish(
@@ -453,14 +478,16 @@ class Dispatcher:
             return
         if job.status is not ActionStatus.PROCESSING:
             self._transition(job, ActionStatus.PROCESSING)
-        job.started = anyio.current_time()
+        job.started = _loop_time()
         self._in_flight[job.queue] = job
         error: GatewayError | None = None
         try:
-            with anyio.move_on_after(remaining) as scope:
+            # the deadline cancels the worker's scope: the worker fails the job with a timeout
+            guard.deadline = job.due
+            try:
                 await self._execute(job)
-            if scope.cancelled_caught:
-                error = ActionTimeout("the device did not confirm before the deadline")
+            finally:
+                guard.deadline = math.inf
         except GatewayError as exc:
             error = exc
         except asyncio.CancelledError:
@@ -486,7 +513,7 @@ class Dispatcher:
             error = DeviceError(f"driver error ({type(exc).__name__})")
         finally:
             self._in_flight.pop(job.queue, None)
-            job.finished = anyio.current_time()
+            job.finished = _loop_time()
         self._last_done[job.queue] = (job.request.id, job.finished)
         self._finish(job, error)
 
@@ -514,7 +541,7 @@ class Dispatcher:
             await self._executor.unpair(duration, req.inputs.get("device_id"))
 
     def _remaining(self, job: _Job) -> float:
-        return job.due - anyio.current_time()
+        return job.due - _loop_time()
 
     # ------------------------------------------------------------------ state machine
 

@@ -649,3 +649,58 @@ async def test_a_replay_of_a_pruned_action_is_failed_never_executed(tmp_path: Pa
     assert h2.exec.started == []
     assert h2.statuses("old") == ["gateway_received", "failed"]
     assert h2.error("old")["type"] == "timeout"
+
+
+class _TurnsCancelIntoDeviceError(Devices):
+    """A driver that catches the cancellation of its wait and fails with its own error."""
+
+    async def execute(self, device_id: str, action: Action) -> ActionResult:
+        if action.name == "lock":
+            try:
+                await anyio.sleep_forever()
+            except BaseException:
+                raise DeviceError("the lock stopped answering") from None
+        return await super().execute(device_id, action)
+
+
+async def test_a_worker_goes_on_after_timeouts_in_a_row(tmp_path: Path) -> None:
+    """A worker keeps one cancel scope across jobs, with a deadline only while a driver runs:
+    after a job's deadline cancels it, the next jobs still run with their own deadlines."""
+    h = Harness(tmp_path, *two_locks())
+    gate = h.exec.gates["d1"] = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        h.dispatcher.bind(tg)
+        h.dispatcher.submit(request("lock", id="hung-1", timeout=0.2))
+        h.dispatcher.submit(request("unlock", id="hung-2", timeout=0.5))
+        await h.settle("hung-1")
+        await h.settle("hung-2")
+        del h.exec.gates["d1"]
+        gate.set()
+        h.dispatcher.submit(request("lock", id="after", timeout=5))
+        await h.settle("after")
+        assert h.dispatcher.in_flight() == []
+        tg.cancel_scope.cancel()
+    assert [h.error(i)["type"] for i in ("hung-1", "hung-2")] == ["timeout", "timeout"]
+    assert h.statuses("after") == ["gateway_received", "processing", "completed"]
+    assert h.exec.ran == [("d1", "lock")]
+
+
+async def test_a_driver_that_turns_its_cancellation_into_an_error_does_not_stop_the_worker(
+    tmp_path: Path,
+) -> None:
+    h = Harness.__new__(Harness)
+    h.store = Store.open(tmp_path / "s.db")
+    h.exec = _TurnsCancelIntoDeviceError(*two_locks())
+    h.updates = []
+    h.dispatcher = Dispatcher(h.store, h.exec, h.updates.append, gateway_id=lambda: None)
+    async with anyio.create_task_group() as tg:
+        h.dispatcher.bind(tg)
+        h.dispatcher.submit(request("lock", id="stuck", timeout=0.2))
+        h.dispatcher.submit(request("unlock", id="next", timeout=5))
+        await h.settle("stuck")
+        await h.settle("next")
+        tg.cancel_scope.cancel()
+    assert h.statuses("stuck")[-1] == "failed"
+    assert h.error("stuck")["type"] in ("timeout", "device_error")
+    assert h.statuses("next") == ["gateway_received", "processing", "completed"]
+    assert h.exec.ran == [("d1", "unlock")]
