@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from aiohttp import web
 
 from gatewayd.config import parse_config
 from gatewayd.daemon import Daemon
+from gatewayd.driver import Driver
 from gatewayd.sdnotify import Notifier
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,13 +111,19 @@ latency_ms = {latency_ms}
 
 @asynccontextmanager
 async def running_daemon(
-    state_dir: Path, *, notifier: Notifier | None = None, **kw: Any
+    state_dir: Path,
+    *,
+    notifier: Notifier | None = None,
+    driver_classes: Mapping[str, type[Driver]] | None = None,
+    start_timeout: float = 30,
+    **kw: Any,
 ) -> AsyncIterator[Daemon]:
     """A daemon in this process, started and ready; stopped on exit."""
-    daemon = Daemon(parse_config(config_text(state_dir, **kw)), notifier=notifier)
+    config = parse_config(config_text(state_dir, **kw))
+    daemon = Daemon(config, notifier=notifier, driver_classes=driver_classes)
     async with anyio.create_task_group() as tg:
         tg.start_soon(daemon.run)
-        with anyio.fail_after(30):
+        with anyio.fail_after(start_timeout):
             await daemon.wait_started()
         try:
             yield daemon

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from devcloud.db import secret_hash
 from gatewayd import protocol as p
-from tests.cloudkit import assert_welcome
+from tests.cloudkit import TunnelClient, assert_welcome
 from tests.devcloud.conftest import DEVICE_ID, Cloud, CloudFactory, device_body
 
 
@@ -836,11 +836,9 @@ async def test_a_revocation_while_the_first_claim_is_sent_leaves_nothing_online(
     assert (await cloud.get(f"/v1/gateways/{listed['id']}"))["status"] == "offline"
 
 
-async def test_an_action_request_during_session_set_up_goes_after_the_welcome(
-    cloud: Cloud,
-) -> None:
-    """A gateway drops whatever comes before its welcome: an action request sent then would
-    end `gateway_failure` for a gateway that was online all along."""
+async def _newer_session_held_in_set_up(cloud: Cloud) -> tuple[TunnelClient, asyncio.Event]:
+    """A claimed gateway dials again; its new session waits, before its welcome, for the older
+    session's close, which is held until the returned event is set."""
     _older, gateway_id, credential = await cloud.claimed_gateway()
     older_end = cloud.state.hub.claimed[gateway_id]
     refuse = older_end.refuse
@@ -857,6 +855,15 @@ async def test_an_action_request_during_session_set_up_goes_after_the_welcome(
         p.Hello(protocol=1, software_version="0.1.0", hardware="test", drivers=["sim"])
     )
     await asyncio.wait_for(closing.wait(), 5)
+    return newer, go_on
+
+
+async def test_an_action_request_during_session_set_up_goes_after_the_welcome(
+    cloud: Cloud,
+) -> None:
+    """A gateway drops whatever comes before its welcome: an action request sent then would
+    end `gateway_failure` for a gateway that was online all along."""
+    newer, go_on = await _newer_session_held_in_set_up(cloud)
     unlock = asyncio.create_task(cloud.post(f"/v1/devices/{DEVICE_ID}/actions/unlock"))
     await asyncio.wait([unlock], timeout=0.3)
     go_on.set()
@@ -874,22 +881,7 @@ async def test_the_hand_off_timeout_runs_while_the_request_waits_to_be_sent(
     """The timer was armed only once the send returned: a request waiting for a session's
     welcome stayed `pending` past the hand-off timeout, for as long as the wait lasted."""
     cloud = await make_cloud(handoff_timeout_s=0.2)
-    _older, gateway_id, credential = await cloud.claimed_gateway()
-    older_end = cloud.state.hub.claimed[gateway_id]
-    refuse = older_end.refuse
-    closing, go_on = asyncio.Event(), asyncio.Event()
-
-    async def slow_refuse(code: str, message: str) -> None:
-        closing.set()
-        await go_on.wait()
-        await refuse(code, message)
-
-    older_end.refuse = slow_refuse  # type: ignore[method-assign]
-    newer = await cloud.tunnel(credential)
-    await newer.send(
-        p.Hello(protocol=1, software_version="0.1.0", hardware="test", drivers=["sim"])
-    )
-    await asyncio.wait_for(closing.wait(), 5)
+    _newer, go_on = await _newer_session_held_in_set_up(cloud)
     unlock = asyncio.create_task(cloud.post(f"/v1/devices/{DEVICE_ID}/actions/unlock"))
     await asyncio.wait([unlock], timeout=0.1)
     await asyncio.sleep(0.5)  # the welcome is still held: well past the 0.2-s hand-off

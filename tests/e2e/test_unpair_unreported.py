@@ -3,19 +3,16 @@ than the one the radio now runs) is removed by the operator's unpair_devices nam
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
-import anyio
 import pytest
 
 from drivers.sim import SimDriver
-from gatewayd.config import parse_config
 from gatewayd.daemon import Daemon
 from gatewayd.driver import Inventory
 from tests.e2e.conftest import CloudFactory, claim, tunnel_url, wait_action
-from tests.support import config_text, wait_until
+from tests.support import running_daemon, wait_until
 
 pytestmark = pytest.mark.stack
 
@@ -27,20 +24,10 @@ class OtherNetwork(SimDriver):
         return Inventory(prefix="elsewhere-", network="elsewhere")
 
 
-@asynccontextmanager
-async def gateway(
+def gateway(
     state: Path, cloud_url: str, locks: int, driver: type[SimDriver]
-) -> AsyncIterator[Daemon]:
-    config = parse_config(config_text(state, locks=locks, cloud_url=cloud_url))
-    daemon = Daemon(config, driver_classes={"sim": driver})
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(daemon.run)
-        with anyio.fail_after(30):
-            await daemon.wait_started()
-        try:
-            yield daemon
-        finally:
-            daemon.stop()
+) -> AbstractAsyncContextManager[Daemon]:
+    return running_daemon(state, locks=locks, cloud_url=cloud_url, driver_classes={"sim": driver})
 
 
 async def test_unpairing_a_device_no_driver_reports_removes_it_from_the_cloud(

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from structlog.testing import capture_logs
 
 from drivers.sim import SimDriver
 from gatewayd.actions import StatusUpdate
-from gatewayd.config import SimConfig, parse_config
+from gatewayd.config import SimConfig
 from gatewayd.daemon import DB_NAME, Daemon
 from gatewayd.driver import Driver, DriverContext, DriverHealth, DriverSink, DriverState, Inventory
 from gatewayd.model import ActionRequest, ActionStatus, Device, DeviceError, DeviceNotFound, utcnow
@@ -25,7 +24,7 @@ from gatewayd.registry import Registry
 from gatewayd.store import Store
 from gatewayd.upstream import Upstream
 from tests.daemon_runs import run_once, stored
-from tests.support import config_text, wait_until
+from tests.support import config_text, running_daemon, wait_until
 
 
 class RadioDown(SimDriver):
@@ -138,18 +137,9 @@ def test_only_unreported_devices_of_the_inventoried_network_are_removed(tmp_path
         store.close()
 
 
-@asynccontextmanager
-async def serving(state: Path, locks: int, driver: type[Driver]) -> AsyncIterator[Daemon]:
+def serving(state: Path, locks: int, driver: type[Driver]) -> AbstractAsyncContextManager[Daemon]:
     """A daemon started on `state` and kept running until the block ends."""
-    daemon = Daemon(parse_config(config_text(state, locks=locks)), driver_classes={"sim": driver})
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(daemon.run)
-        with anyio.fail_after(30):
-            await daemon.wait_started()
-        try:
-            yield daemon
-        finally:
-            daemon.stop()
+    return running_daemon(state, locks=locks, driver_classes={"sim": driver})
 
 
 async def unpair(daemon: Daemon, device_id: str) -> StatusUpdate:

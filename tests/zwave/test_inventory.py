@@ -7,8 +7,7 @@ Each test runs a real daemon (its Registry and Store on disk) twice on one state
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +16,12 @@ import pytest
 from structlog.testing import capture_logs
 
 from drivers.zwave import ZWaveDriver
-from gatewayd.config import parse_config
 from gatewayd.daemon import Daemon
 from gatewayd.driver import DriverContext
 from tests.contract.sink import RecordingSink
 from tests.daemon_runs import run_once, stored
 from tests.proxy import FaultProxy
-from tests.support import config_text, wait_until
+from tests.support import config_text, running_daemon, wait_until
 from tests.zwave.conftest import Tasks, make_config
 from tests.zwave.stack import ZWaveStack, free_port, native_id
 
@@ -175,18 +173,9 @@ def connected(logs: list[dict[str, Any]]) -> int:
     return sum(1 for e in logs if e["event"] == "zwave.connected")
 
 
-@asynccontextmanager
-async def serving_zwave(state: Path, zwave: str) -> AsyncIterator[Daemon]:
+def serving_zwave(state: Path, zwave: str) -> AbstractAsyncContextManager[Daemon]:
     """A daemon with the Z-Wave driver, kept running until the block ends."""
-    daemon = Daemon(parse_config(config_text(state, locks=0, extra=zwave)))
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(daemon.run)
-        with anyio.fail_after(90):
-            await daemon.wait_started()
-        try:
-            yield daemon
-        finally:
-            daemon.stop()
+    return running_daemon(state, locks=0, extra=zwave, start_timeout=90)
 
 
 async def test_a_lock_excluded_while_the_gateway_was_down_goes_once_zwave_server_comes_up(
