@@ -52,8 +52,9 @@ PRUNE_BATCH: Final = 1_000  # rows deleted per statement: one short stall of the
 # it reaches its bound: at 2,000 KiB that took three minutes of a busy gateway, which looked
 # like a leak. Pages it does not hold are read back from the OS page cache, a few microseconds each.
 CACHE_KIB: Final = 512
-# bits of has_action's filter of logged ids: 128 KiB, about 0.25 % false positives at 50,000
-ID_FILTER_BITS: Final = 1 << 20
+# bits of has_action's filter of logged ids: 64 KiB, about 1.5 % false positives at 50,000
+# (each costs the lookup every id cost before); a Z-Wave box's RSS has little room left
+ID_FILTER_BITS: Final = 1 << 19
 _ID_MASK: Final = ID_FILTER_BITS - 1
 
 _ADJECTIVES: Final = tuple(
