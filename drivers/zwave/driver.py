@@ -926,10 +926,12 @@ def _is_lock(node: Node) -> bool:
 
 def _has_door_lock(node: Node) -> bool:
     """Door Lock CC among a node's command classes, on any endpoint (even without values)."""
+    return _has_cc(node, CommandClass.DOOR_LOCK)
+
+
+def _has_cc(node: Node, cc_id: CommandClass) -> bool:
     return any(
-        cc.id == CommandClass.DOOR_LOCK
-        for endpoint in node.endpoints.values()
-        for cc in endpoint.command_classes
+        cc.id == cc_id for endpoint in node.endpoints.values() for cc in endpoint.command_classes
     )
 
 
@@ -956,9 +958,15 @@ def _device(lock: _Lock, node: Node) -> Device:
         and isinstance(v.property_key, int)
     ]
     codes = CodeConstraints(min_slot=1, max_slot=max(slots)) if slots else CodeConstraints()
-    # no code slots once interviewed (User Code CC absent, or 0 supported users): no code actions
+    # no code actions for a lock without User Code CC or with 0 users; one whose count of users
+    # is not known (its interview timed out) keeps them, with the default slots
+    no_codes = not _has_cc(node, CommandClass.USER_CODE) or (
+        not slots and _value(node, CommandClass.USER_CODE, "supportedUsers") == 0
+    )
     actions = (
-        DEVICE_ACTIONS if slots else DEVICE_ACTIONS - {ActionName.SET_CODE, ActionName.CLEAR_CODE}
+        DEVICE_ACTIONS - {ActionName.SET_CODE, ActionName.CLEAR_CODE}
+        if no_codes
+        else DEVICE_ACTIONS
     )
     props = DeviceProperties(
         locked=None if lock.tracker.undefined else lock.tracker.locked,

@@ -14,7 +14,15 @@ from structlog.testing import capture_logs
 from drivers.zwave import ZWaveDriver
 from drivers.zwave.events import Notice, parse_notification, parse_state_value
 from gatewayd.driver import DriverContext, Simulation
-from gatewayd.model import ActionName, CodeNotConfirmed, Method, PinCode, SetCode, Unlock
+from gatewayd.model import (
+    ActionName,
+    CodeNotConfirmed,
+    GatewayError,
+    Method,
+    PinCode,
+    SetCode,
+    Unlock,
+)
 from tests.contract.sink import RecordingSink
 from tests.zwave.conftest import Tasks, make_config
 from tests.zwave.stack import ZWaveStack, native_id
@@ -173,12 +181,13 @@ def test_state_values_of_any_shape_mean_nothing(value: Any) -> None:
     assert parse_state_value("Access Control", "Door state", value) is None
 
 
-async def test_a_lock_whose_user_code_cc_reports_no_users_offers_no_codes(
+async def test_a_lock_whose_user_code_cc_reports_no_users_fails_a_code_typed(
     tmp_path: Path, tasks: Tasks, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """User Code CC with 0 supported users: zwave-js creates no code slots, and the lock is
-    shown without set_code / clear_code (the core then refuses them as action_not_supported).
-    Before, it was shown with the default slots 1..11 and the actions, which could only fail."""
+    """User Code CC with 0 supported users: zwave-js keeps the count internal, so the driver
+    cannot tell it from a lock whose count is not known yet (an interview that timed out) and
+    keeps the code actions with the default slots. A set_code then fails with a typed error
+    that quotes no PIN, and the bolt still works."""
     monkeypatch.setenv("ZWAVE_MOCK_NUM_USERS", "0")
     stack = ZWaveStack(tmp_path / "stack", locks=1)
     try:
@@ -189,7 +198,11 @@ async def test_a_lock_whose_user_code_cc_reports_no_users_offers_no_codes(
         try:
             await sink.wait_for(lambda: len(sink.devices) == 1, timeout=30)
             device = sink.devices[sink.ids[native_id(2)]]
-            assert device.actions == {ActionName.LOCK, ActionName.UNLOCK}
+            assert ActionName.SET_CODE in device.actions
+            with pytest.raises(GatewayError) as failed:
+                await driver.execute(device.id, SetCode(slot_id=1, code=PinCode("480613")))
+            assert "480613" not in str(failed.value)
+            assert "480613" not in str(failed.value.to_dict())
             await driver.execute(device.id, Unlock())  # the bolt still works
         finally:
             await driver.stop()
