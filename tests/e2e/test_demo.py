@@ -48,6 +48,22 @@ def wait_for_keypad_unlock(events_command: str) -> dict[str, Any]:
     raise AssertionError("no keypad unlock event")
 
 
+def _until_ready(proc: subprocess.Popen[str]) -> list[str]:
+    """The demo's output lines up to the one saying it is ready (60 s at most)."""
+    assert proc.stdout is not None
+    lines: list[str] = []
+    end = time.monotonic() + 60
+    while time.monotonic() < end:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line.rstrip("\n"))
+        if READY_LINE in line:
+            break
+    assert any(READY_LINE in line for line in lines), "\n".join(lines)
+    return lines
+
+
 def test_demo_prints_commands_that_work(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [
@@ -67,18 +83,8 @@ def test_demo_prints_commands_that_work(tmp_path: Path) -> None:
         text=True,
         cwd=ROOT,
     )
-    lines: list[str] = []
     try:
-        assert proc.stdout is not None
-        end = time.monotonic() + 60
-        while time.monotonic() < end:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line.rstrip("\n"))
-            if READY_LINE in line:
-                break
-        assert any(READY_LINE in line for line in lines), "\n".join(lines)
+        lines = _until_ready(proc)
         commands = [line.strip() for line in lines if line.strip().startswith("curl ")]
         get_ar = next(c for c in commands if "ACTION_REQUEST_ID" in c)
         events_cmd = next(c for c in commands if c.endswith("/v1/events"))
@@ -154,19 +160,9 @@ def test_a_relative_demo_dir_is_taken_from_the_current_directory(tmp_path: Path)
         text=True,
         cwd=tmp_path,
     )
-    lines: list[str] = []
     try:
-        assert proc.stdout is not None
-        end = time.monotonic() + 60
-        while time.monotonic() < end:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if READY_LINE in line:
-                break
-        assert any(READY_LINE in line for line in lines), "".join(lines)
-        assert f"Logs: {tmp_path / 'demo'}" in "".join(lines)
+        lines = _until_ready(proc)
+        assert f"Logs: {tmp_path / 'demo'}" in "\n".join(lines)
     finally:
         proc.send_signal(signal.SIGINT)
         try:
