@@ -183,13 +183,13 @@ def _device_action(name: ActionName, inputs: Mapping[str, Any], device: Device) 
     slot: int | None = None
     if name in (ActionName.SET_CODE, ActionName.CLEAR_CODE):
         raw = inputs.get("slot_id")
-        if raw is None and name is ActionName.SET_CODE and codes.min_slot <= 1 <= codes.max_slot:
+        if raw is None and name is ActionName.SET_CODE and codes.has_slot(1):
             raw = 1  # the seed: "If you do not provide this value, the slot_id will default to 1"
         if raw is None:
             errors["slot_id"] = f"required; this lock's slots are {slot_range}"
         elif not isinstance(raw, int) or isinstance(raw, bool):
             errors["slot_id"] = "must be an integer"
-        elif not codes.min_slot <= raw <= codes.max_slot:
+        elif not codes.has_slot(raw):
             errors["slot_id"] = f"must be {slot_range}"
         else:
             slot = raw

@@ -200,6 +200,9 @@ class CodeConstraints(msgspec.Struct, frozen=True):
     min_slot: int = 1
     max_slot: int = 11
 
+    def has_slot(self, slot: int) -> bool:
+        return self.min_slot <= slot <= self.max_slot
+
 
 class DeviceProperties(msgspec.Struct, frozen=True):
     locked: bool | None = None
@@ -376,6 +379,11 @@ class DuplicateCode(DeviceError):
     """The lock refused a code because another of its slots holds the same PIN."""
 
     type = "duplicate_code"
+
+    @classmethod
+    def in_slot(cls, slot: int) -> DuplicateCode:
+        """The one message every driver gives: the slot asked for, never which one holds it."""
+        return cls(f"slot {slot}: the lock refused the code: another slot holds it")
 
 
 class CodeMemoryFull(DeviceError):

@@ -151,9 +151,7 @@ class SimDriver(Driver):
                 if not self._codes.min_length <= len(code) <= self._codes.max_length:
                     raise InvalidInput("code length is outside what this lock accepts")
                 if lock.holds_elsewhere(slot_id, code):
-                    raise DuplicateCode(
-                        f"slot {slot_id}: the lock refused the code: another slot holds it"
-                    )
+                    raise DuplicateCode.in_slot(slot_id)
                 lock.write_slot(slot_id, code)
                 if lock.read_slot(slot_id) != code:
                     raise CodeNotConfirmed(f"slot {slot_id} did not read back the code written")
@@ -361,7 +359,7 @@ class SimDriver(Driver):
         return self._timers
 
     def _check_slot(self, slot_id: int) -> None:
-        if not self._codes.min_slot <= slot_id <= self._codes.max_slot:
+        if not self._codes.has_slot(slot_id):
             raise InvalidInput(
                 f"slot {slot_id} is outside {self._codes.min_slot}..{self._codes.max_slot}",
                 {"slot_id": "out of range"},

@@ -373,7 +373,7 @@ class ZigbeeDriver(Driver):
     def _check_code(lock: ZigbeeLock, slot: int, length: int | None, digits: bool) -> None:
         c = lock.codes()
         errors: dict[str, str] = {}
-        if not c.min_slot <= slot <= c.max_slot:
+        if not c.has_slot(slot):
             errors["slot_id"] = f"must be within {c.min_slot}..{c.max_slot}"
         if not digits:
             errors["code"] = "must contain digits 0-9 only"

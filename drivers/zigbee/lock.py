@@ -486,17 +486,13 @@ class ZigbeeLock:
             return Method.MANUAL, None
         if source == int(_SRC.Keypad):
             # a user id outside the lock's slots (0, 0xFFFF: none) names no code
-            slot = user if self._is_slot(user) else None
+            slot = user if self.codes().has_slot(user) else None
             if slot is not None and (not locked or code == int(_OP.Lock)):
                 return Method.PIN_CODE, slot
             return Method.KEYPAD, None
         if source == int(_SRC.RF):
             return (Method.REMOTE if self._expect == locked else Method.RF), None
         return Method.UNKNOWN, None
-
-    def _is_slot(self, user: int) -> bool:
-        c = self.codes()
-        return c.min_slot <= user <= c.max_slot
 
     def _door_state(self, state: int) -> None:
         """0 open, 1 closed, 3 forced open; 2 jammed, 4 error, 0xFF or another value: unknown."""
@@ -542,7 +538,7 @@ class ZigbeeLock:
             self._changed = asyncio.Event()
             return
         source = int(args.program_event_source)
-        if not self._is_slot(user):
+        if not self.codes().has_slot(user):
             if code in _PIN_CHANGES:
                 log.info("zigbee.programming_slot_ignored", device_id=self.device_id, slot_id=user)
             return
@@ -764,7 +760,7 @@ def _code_refused(slot: int, status: Any) -> DeviceError:
     if number == _PIN_MEMORY_FULL:
         return CodeMemoryFull(f"{refused}: its code memory is full")
     if number == _PIN_DUPLICATE:
-        return DuplicateCode(f"{refused}: another slot holds it")
+        return DuplicateCode.in_slot(slot)
     if number == _PIN_GENERAL_FAILURE:
         return DeviceError(f"{refused} (general failure)")
     return DeviceError(f"{refused} ({_name(status)})")

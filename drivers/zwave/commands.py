@@ -48,12 +48,6 @@ def install_log_filter() -> None:
         lg.addFilter(_NoSecrets())
 
 
-def mode_locked(mode: Any) -> bool | None:
-    """Door Lock CC mode -> locked? None when unknown or not a mode of the CC: a read-back of
-    0x42 is no confirmed unlock. The same reading as the driver's reports."""
-    return bolt_from_mode(mode)
-
-
 def check_reachable(node: Node) -> None:
     status = node.status
     if status == NodeStatus.DEAD:
@@ -127,7 +121,7 @@ async def set_bolt(node: Node, locked: bool, give_up_s: float) -> bool:
         except ActionTimeout:
             report = None
         if isinstance(report, dict):
-            now = mode_locked(report.get("currentMode"))
+            now = bolt_from_mode(report.get("currentMode"))  # 0x42: unknown, not unlocked
             if now == locked:
                 return locked
             moving = report.get("targetMode") == target and _remaining(report) > 0

@@ -378,7 +378,7 @@ class ZWaveDriver(Driver):
             if not report:
                 continue
             self._door(lock, report.get("doorStatus"), silent=first)
-            locked = commands.mode_locked(report.get("currentMode"))
+            locked = bolt_from_mode(report.get("currentMode"))
             if locked is None:
                 continue
             if first:
@@ -574,7 +574,7 @@ class ZWaveDriver(Driver):
             return
         lock.last_seen = utcnow()
         notice = parse_notification(notif.type_, notif.event, notif.parameters)
-        if notice is not None and notice.slot_id is not None:
+        if notice is not None:
             notice = self._in_slots(lock, notice)
         if notice is not None:
             self._apply(lock, notice)
@@ -583,7 +583,7 @@ class ZWaveDriver(Driver):
         """A notification naming a user the lock has no slot for: a bolt change names no code,
         a code change is not reported."""
         codes = lock.device.codes if lock.device else CodeConstraints()
-        if notice.slot_id is None or codes.min_slot <= notice.slot_id <= codes.max_slot:
+        if notice.slot_id is None or codes.has_slot(notice.slot_id):
             return notice
         if notice.kind == "bolt":
             method = Method.KEYPAD if notice.method is Method.PIN_CODE else notice.method
@@ -673,7 +673,7 @@ class ZWaveDriver(Driver):
 
     def _check_slot(self, lock: _Lock, slot: int) -> None:
         codes = lock.device.codes if lock.device else CodeConstraints()
-        if not codes.min_slot <= slot <= codes.max_slot:
+        if not codes.has_slot(slot):
             raise InvalidInput(
                 f"slot_id must be within {codes.min_slot}..{codes.max_slot} on this lock",
                 {"slot_id": f"out of range {codes.min_slot}..{codes.max_slot}"},
@@ -744,7 +744,7 @@ class ZWaveDriver(Driver):
                 f"slot {slot}: no programming notification from a lock that masks codes"
             ) from None
         if refusal.done():
-            raise _duplicate(slot)
+            raise DuplicateCode.in_slot(slot)
         if waiter.cancelled():  # the link to zwave-server went down; its teardown dropped it
             raise DeviceError(
                 f"slot {slot}: connection to zwave-server lost before the lock confirmed the code"
@@ -756,7 +756,7 @@ class ZWaveDriver(Driver):
         with anyio.move_on_after(min(REFUSAL_WAIT_S, self._config.code_confirm_s)):
             await asyncio.wait({refusal})
         if refusal.done():
-            raise _duplicate(slot)
+            raise DuplicateCode.in_slot(slot)
 
     def _digest(self, digits: str) -> bytes:
         return hmac.new(self._salt, digits.encode(), hashlib.sha256).digest()
@@ -907,10 +907,6 @@ def _home(home_id: int) -> str:
 def _native_id(home_id: int, node_id: int) -> str:
     """A lock's native id: its network's home id, then its node id."""
     return f"{_home(home_id)}-{node_id}"
-
-
-def _duplicate(slot: int) -> DuplicateCode:
-    return DuplicateCode(f"slot {slot}: the lock refused the code: another slot holds it")
 
 
 def _differs(a: Device, b: Device) -> bool:
