@@ -192,8 +192,6 @@ class Registry:
         """Remove a stored device that no driver reported in this run (of another network than
         its running driver's, or of a driver no longer enabled): no radio can remove it, and
         without this it would stay in the store and the cloud for good."""
-        if not self.store.knows_device(device_id):
-            raise DeviceNotFound(f"device {device_id} not found")
         row = next((r for r in self.store.devices() if r.device_id == device_id), None)
         if row is None:
             raise DeviceNotFound(f"device {device_id} not found")

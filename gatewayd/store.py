@@ -624,19 +624,13 @@ class Store:
     def _note_id(self, action_id: str) -> None:
         """Add an id to the filter: a Bloom filter (three bits per id), so it never forgets one
         and its memory is fixed; ids pruned from the log stay in it and are looked up."""
-        h = hash(action_id)
         bits = self._id_filter
-        i = h & _ID_MASK
-        bits[i >> 3] |= 1 << (i & 7)
-        i = (h >> 20) & _ID_MASK
-        bits[i >> 3] |= 1 << (i & 7)
-        i = (h >> 40) & _ID_MASK
-        bits[i >> 3] |= 1 << (i & 7)
+        for i in _id_bits(action_id):
+            bits[i >> 3] |= 1 << (i & 7)
 
     def _maybe_noted(self, action_id: str) -> bool:
-        h = hash(action_id)
         bits = self._id_filter
-        a, b, c = h & _ID_MASK, (h >> 20) & _ID_MASK, (h >> 40) & _ID_MASK
+        a, b, c = _id_bits(action_id)
         return bool(
             bits[a >> 3] & (1 << (a & 7))
             and bits[b >> 3] & (1 << (b & 7))
@@ -846,6 +840,12 @@ class Store:
         except (sqlite3.Error, ValueError, TypeError):
             return 0.0  # a store that cannot be read shows in last_error
         return 0.0 if made is None else max(0.0, (utcnow() - made).total_seconds())
+
+
+def _id_bits(action_id: str) -> tuple[int, int, int]:
+    """The filter's three bit positions for an id, from its (per-process) hash."""
+    h = hash(action_id)
+    return h & _ID_MASK, (h >> 20) & _ID_MASK, (h >> 40) & _ID_MASK
 
 
 _UPSERT_ACTION: Final = (
