@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from devcloud.db import secret_hash
+from devcloud.hub import Connection
 from gatewayd import protocol as p
 from tests.cloudkit import TunnelClient, assert_welcome
 from tests.devcloud.conftest import DEVICE_ID, Cloud, CloudFactory, device_body
@@ -725,26 +726,7 @@ async def test_a_claim_during_session_set_up_is_sent_once_after_the_welcome(
     older = await cloud.tunnel()
     assert isinstance(await older.hello("slow-close-8"), p.Welcome)
     older_end = cloud.state.hub.unclaimed[secret_hash("slow-close-8")]
-    refuse = older_end.refuse
-    closing, go_on = asyncio.Event(), asyncio.Event()
-
-    async def slow_refuse(code: str, message: str) -> None:
-        closing.set()
-        await go_on.wait()
-        await refuse(code, message)
-
-    older_end.refuse = slow_refuse  # type: ignore[method-assign]
-    newer = await cloud.tunnel()
-    await newer.send(
-        p.Hello(
-            protocol=1,
-            software_version="0.1.0",
-            hardware="test",
-            drivers=["sim"],
-            registration_token="slow-close-8",
-        )
-    )
-    await asyncio.wait_for(closing.wait(), 5)
+    newer, go_on = await _redial_held_in_set_up(cloud, older_end, token="slow-close-8")
     register = asyncio.create_task(
         cloud.post(
             f"/v1/locations/{location_id}/register_gateway",
@@ -836,11 +818,11 @@ async def test_a_revocation_while_the_first_claim_is_sent_leaves_nothing_online(
     assert (await cloud.get(f"/v1/gateways/{listed['id']}"))["status"] == "offline"
 
 
-async def _newer_session_held_in_set_up(cloud: Cloud) -> tuple[TunnelClient, asyncio.Event]:
-    """A claimed gateway dials again; its new session waits, before its welcome, for the older
-    session's close, which is held until the returned event is set."""
-    _older, gateway_id, credential = await cloud.claimed_gateway()
-    older_end = cloud.state.hub.claimed[gateway_id]
+async def _redial_held_in_set_up(
+    cloud: Cloud, older_end: Connection, *, credential: str | None = None, token: str | None = None
+) -> tuple[TunnelClient, asyncio.Event]:
+    """The gateway dials again; its new session waits, before its welcome, for the close of the
+    older session `older_end`, which is held until the returned event is set."""
     refuse = older_end.refuse
     closing, go_on = asyncio.Event(), asyncio.Event()
 
@@ -852,10 +834,24 @@ async def _newer_session_held_in_set_up(cloud: Cloud) -> tuple[TunnelClient, asy
     older_end.refuse = slow_refuse  # type: ignore[method-assign]
     newer = await cloud.tunnel(credential)
     await newer.send(
-        p.Hello(protocol=1, software_version="0.1.0", hardware="test", drivers=["sim"])
+        p.Hello(
+            protocol=1,
+            software_version="0.1.0",
+            hardware="test",
+            drivers=["sim"],
+            registration_token=token,
+        )
     )
     await asyncio.wait_for(closing.wait(), 5)
     return newer, go_on
+
+
+async def _newer_session_held_in_set_up(cloud: Cloud) -> tuple[TunnelClient, asyncio.Event]:
+    """A claimed gateway dials again, its new session held in set-up (see above)."""
+    _older, gateway_id, credential = await cloud.claimed_gateway()
+    return await _redial_held_in_set_up(
+        cloud, cloud.state.hub.claimed[gateway_id], credential=credential
+    )
 
 
 async def test_an_action_request_during_session_set_up_goes_after_the_welcome(
@@ -901,7 +897,7 @@ async def test_actions_a_revoked_gateway_held_end_failed_not_processing_for_good
     `gateway_received` or `processing` in the API for ever."""
     tunnel, gateway_id, _ = await cloud.claimed_gateway()
     ids = []
-    for status in ("gateway_received", "processing", "completed"):
+    for last in ("gateway_received", "processing", "completed"):
         _, created = await cloud.post(f"/v1/devices/{DEVICE_ID}/actions/unlock")
         sent = await tunnel.recv()
         assert isinstance(sent, p.ActionRequestMsg)
@@ -913,7 +909,7 @@ async def test_actions_a_revoked_gateway_held_end_failed_not_processing_for_good
                 )
             )
             assert await tunnel.recv() == p.Ack(seq=seq)
-            if step == status:
+            if step == last:
                 break
         ids.append(created["id"])
     status, _ = await cloud.post(f"/v1/gateways/{gateway_id}/actions/revoke_credential")

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,27 @@ def wait_for_keypad_unlock(events_command: str) -> dict[str, Any]:
     raise AssertionError("no keypad unlock event")
 
 
+@contextmanager
+def _demo(*args: str, cwd: Path) -> Iterator[subprocess.Popen[str]]:
+    """`gatewayd demo` on free ports; Ctrl-C at the end, after which it must exit 0."""
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "gatewayd.cli", "demo"),
+            *("--status-port", "0", "--cloud-port", "0", *args),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=cwd,
+    )
+    try:
+        yield proc
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(15) == 0
+    finally:
+        proc.kill()
+
+
 def _until_ready(proc: subprocess.Popen[str]) -> list[str]:
     """The demo's output lines up to the one saying it is ready (60 s at most)."""
     assert proc.stdout is not None
@@ -65,25 +88,7 @@ def _until_ready(proc: subprocess.Popen[str]) -> list[str]:
 
 
 def test_demo_prints_commands_that_work(tmp_path: Path) -> None:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gatewayd.cli",
-            "demo",
-            "--status-port",
-            "0",
-            "--cloud-port",
-            "0",
-            "--dir",
-            str(tmp_path / "demo"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=ROOT,
-    )
-    try:
+    with _demo("--dir", str(tmp_path / "demo"), cwd=ROOT) as proc:
         lines = _until_ready(proc)
         commands = [line.strip() for line in lines if line.strip().startswith("curl ")]
         get_ar = next(c for c in commands if "ACTION_REQUEST_ID" in c)
@@ -135,12 +140,6 @@ def test_demo_prints_commands_that_work(tmp_path: Path) -> None:
         ).stdout
         assert "claimed as " in shown, shown
         assert "tunnel up, 3 locks" in shown, shown
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            assert proc.wait(15) == 0
-        finally:
-            proc.kill()
     for name in ("gatewayd.log", "devcloud.log"):
         log = (tmp_path / "demo" / name).read_text()
         assert not re.search(r"code\W{1,4}\d{4}", log), f"a code value is in {name}"
@@ -150,25 +149,9 @@ def test_demo_prints_commands_that_work(tmp_path: Path) -> None:
 def test_a_relative_demo_dir_is_taken_from_the_current_directory(tmp_path: Path) -> None:
     """`gatewayd demo --dir demo` ended with "gateway.state_dir: 'demo/gateway' is a relative
     path": the config refuses relative state directories."""
-    proc = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "gatewayd.cli", "demo", "--dir", "demo"),
-            *("--status-port", "0", "--cloud-port", "0"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=tmp_path,
-    )
-    try:
+    with _demo("--dir", "demo", cwd=tmp_path) as proc:
         lines = _until_ready(proc)
         assert f"Logs: {tmp_path / 'demo'}" in "\n".join(lines)
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            assert proc.wait(15) == 0
-        finally:
-            proc.kill()
     assert (tmp_path / "demo" / "gateway" / "gatewayd.db").exists()
 
 

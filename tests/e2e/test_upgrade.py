@@ -25,6 +25,7 @@ from gatewayd.daemon import DB_NAME
 from gatewayd.store import MIGRATIONS, SCHEMA_VERSION, Store, read_identity
 from tests.cloudkit import Cloud, CloudFactory
 from tests.e2e.conftest import tunnel_url
+from tests.fixtures.stores.make_stores import summary
 from tests.support import DaemonProcess, config_text, free_port, http_json
 
 pytestmark = pytest.mark.stack
@@ -69,18 +70,6 @@ def pragma(db: Path, name: str) -> list[Any]:
         return [r[0] for r in conn.execute(f"PRAGMA {name}")]
     finally:
         conn.close()
-
-
-def summary(frame: dict[str, Any]) -> dict[str, Any]:
-    """What the fixture's manifest records of one frame (make_stores.summary)."""
-    out = {"seq": frame["seq"], "type": frame["type"]}
-    if frame["type"] == "action_status":
-        out |= {"action_request_id": frame["action_request_id"], "status": frame["status"]}
-    elif frame["type"] == "event":
-        out |= {"event_id": frame["event"]["id"], "event_name": frame["event"]["event_name"]}
-    elif frame["type"] == "device":
-        out["device_id"] = frame["device"]["id"]
-    return out
 
 
 def files_without(directory: Path, secret: str) -> None:
