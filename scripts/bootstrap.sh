@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent set-up: find Python >= 3.12, install uv into .tools/, sync the locked deps into .venv,
-# and install the locked npm stack (zwave-js mock controller + zwave-server) when package.json exists.
+# and install the locked npm stack (zwave-js mock controller + zwave-server) when package-lock.json exists.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Install gatewayd on a gateway box: its own venv under $PREFIX (from the locked dependencies),
 # the systemd unit, the service user, an example config (never overwriting one), and a
-# `gatewayd` command on PATH. Honours DESTDIR (staged install: nothing outside it is touched).
+# `gatewayd` command on PATH; with the zwave extra also what zwave-js-server.service runs (the
+# locked npm stack under $PREFIX/zwave, the key script, its user). Honours DESTDIR (staged
+# install: nothing outside it is touched).
 #
 #   sudo make install                                # PREFIX=/opt/gatewayd
 #   make install DESTDIR=/tmp/stage                  # a staged tree, e.g. for packaging
 #
-# Environment: PREFIX, DESTDIR, EXTRAS (default "zwave zigbee"), PYTHON (an interpreter >= 3.12).
+# Environment: PREFIX, DESTDIR, EXTRAS (default "zwave zigbee"), PYTHON (an interpreter >= 3.12),
+# NODE (Node.js >= 20 for zwave-js-server; default: `node` on PATH).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -108,18 +111,70 @@ install -d -m 0755 "$root$PREFIX/share"
 install -m 0644 config.example.toml "$root$PREFIX/share/config.example.toml"
 install -m 0644 README.md "$root$PREFIX/README.md"
 
-# 2. systemd: the unit(s) and the service user.
+# 2. systemd: the unit and the service user. The units name /opt/gatewayd: another PREFIX is
+#    written into the installed copies. Each installed unit's checksum is kept in
+#    $PREFIX/share/units.sha256, so uninstall takes a unit only while it is the one installed.
 install -d -m 0755 "$root$UNITDIR" "$root$SYSUSERSDIR"
-install -m 0644 systemd/gatewayd.service "$root$UNITDIR/gatewayd.service"
-if [ -f systemd/zwave-js-server.service ]; then
-    install -m 0644 systemd/zwave-js-server.service "$root$UNITDIR/zwave-js-server.service"
-fi
+: >"$work/units.sha256"
+install_unit() {  # install_unit SOURCE NAME [SED-EXPRESSION...]
+    local src=$1 name=$2 exprs=(-e "s|/opt/gatewayd|$PREFIX|g")
+    shift 2
+    for e in "$@"; do exprs+=(-e "$e"); done
+    sed "${exprs[@]}" "$src" >"$work/$name"
+    install -m 0644 "$work/$name" "$root$UNITDIR/$name"
+    (cd "$work" && sha256sum "$name") >>"$work/units.sha256"
+}
+install_unit systemd/gatewayd.service gatewayd.service
 install -m 0644 systemd/gatewayd.sysusers "$root$SYSUSERSDIR/gatewayd.conf"
 if [ -z "$DESTDIR" ] && command -v systemd-sysusers >/dev/null 2>&1; then
     systemd-sysusers "$SYSUSERSDIR/gatewayd.conf"
 fi
 
-# 3. The config: the example on first install only; a config already there is never replaced.
+# 3. Z-Wave (with the zwave extra): zwave-js-server.service runs the locked npm stack from
+#    $PREFIX/zwave with a Node.js >= 20 as its own user, its keys made at first start by
+#    $PREFIX/scripts/zwave-keys.sh. Without such a Node.js the unit is not installed (a unit that
+#    cannot start would only fail at boot); gatewayd itself does not need it.
+node_ok() { "$1" -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' 2>/dev/null; }
+if [[ " $EXTRAS " == *" zwave "* ]] && [ -f systemd/zwave-js-server.service ]; then
+    node=${NODE:-$(command -v node || true)}
+    npm_cmd=$(command -v npm || true)
+    if [ -z "$node" ] || ! node_ok "$node" || [ -z "$npm_cmd" ]; then
+        say "WARNING: no Node.js >= 20 with npm (set NODE=/path/to/node): zwave-js-server.service"
+        say "WARNING: is not installed. Install Node.js 20 or later and run this again for Z-Wave."
+    else
+        node=$("$node" -e 'process.stdout.write(process.execPath)')
+        case "$node" in
+            /root/* | /home/*)
+                say "WARNING: $node is in a home directory, which zwave-js-server cannot see"
+                say "WARNING: (ProtectHome=yes): it will not start; set NODE to another Node.js."
+                ;;
+        esac
+        stack=$root$PREFIX/zwave
+        say "zwave-js stack $PREFIX/zwave (Node.js $node)"
+        # Built beside the old one and swapped in, as the venv is.
+        rm -rf "$stack.new"
+        install -d -m 0755 "$stack.new"
+        install -m 0644 package.json package-lock.json "$stack.new/"
+        npm ci --omit=dev --no-audit --no-fund --loglevel=error --prefix "$stack.new" >/dev/null
+        [ -f "$stack.new/node_modules/@zwave-js/server/dist-esm/bin/server.js" ] \
+            || die "the npm stack has no zwave-server: $stack.new kept for inspection"
+        rm -rf "$stack.old"
+        if [ -e "$stack" ]; then mv "$stack" "$stack.old"; fi
+        mv "$stack.new" "$stack"
+        rm -rf "$stack.old"
+        install -d -m 0755 "$root$PREFIX/scripts"
+        install -m 0755 scripts/zwave-keys.sh "$root$PREFIX/scripts/zwave-keys.sh"
+        install_unit systemd/zwave-js-server.service zwave-js-server.service \
+            "s|^ExecStart=/usr/bin/node |ExecStart=$node |"
+        install -m 0644 systemd/zwave-js.sysusers "$root$SYSUSERSDIR/gatewayd-zwave-js.conf"
+        if [ -z "$DESTDIR" ] && command -v systemd-sysusers >/dev/null 2>&1; then
+            systemd-sysusers "$SYSUSERSDIR/gatewayd-zwave-js.conf"
+        fi
+    fi
+fi
+install -m 0644 "$work/units.sha256" "$root$PREFIX/share/units.sha256"
+
+# 4. The config: the example on first install only; a config already there is never replaced.
 install -d -m 0750 "$root$SYSCONFDIR"
 config=$root$SYSCONFDIR/config.toml
 if [ -e "$config" ]; then
@@ -134,7 +189,7 @@ else
     say "no gatewayd group here: $SYSCONFDIR stays root-only until systemd-sysusers has run"
 fi
 
-# 4. The command on PATH.
+# 5. The command on PATH.
 install -d -m 0755 "$root$BINDIR"
 ln -sfn "$PREFIX/venv/bin/gatewayd" "$root$BINDIR/gatewayd"
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Remove what scripts/install.sh installed. Kept: the state (/var/lib/gatewayd: identity, devices,
-# radio databases), the service user, and /etc/gatewayd/config.toml when it differs from the example.
+# radio databases; /var/lib/zwave-js-server: the Z-Wave network keys, without which every securely
+# included lock would have to be included again), the service users, and /etc/gatewayd/config.toml
+# when it differs from the example.
 set -euo pipefail
 
 PREFIX=${PREFIX:-/opt/gatewayd}
@@ -39,20 +41,29 @@ if [ -L "$link" ] && [ "$(readlink "$link")" = "$PREFIX/venv/bin/gatewayd" ]; th
     rm -f "$link"
 fi
 rm -f "$root$UNITDIR/gatewayd.service" "$root$SYSUSERSDIR/gatewayd.conf"
-# zwave-js-server.service only when it is the copy this project installed.
-if [ -f "$root$UNITDIR/zwave-js-server.service" ] && [ -f "$(dirname "$0")/../systemd/zwave-js-server.service" ] \
-    && cmp -s "$root$UNITDIR/zwave-js-server.service" "$(dirname "$0")/../systemd/zwave-js-server.service"; then
+# zwave-js-server.service only while it is the copy install.sh wrote (its checksum then), with
+# what it runs.
+sums=$root$PREFIX/share/units.sha256
+zwave_unit=$root$UNITDIR/zwave-js-server.service
+if [ -f "$zwave_unit" ] && [ -f "$sums" ] \
+    && grep " zwave-js-server.service\$" "$sums" | (cd "$root$UNITDIR" && sha256sum --check --status); then
     if [ -z "$DESTDIR" ] && [ -d /run/systemd/system ]; then
         systemctl disable --now zwave-js-server.service 2>/dev/null || true
     fi
-    rm -f "$root$UNITDIR/zwave-js-server.service"
+    rm -f "$zwave_unit"
+elif [ -f "$zwave_unit" ]; then
+    say "kept zwave-js-server.service (not the copy this install wrote)"
 fi
+rm -f "$root$SYSUSERSDIR/gatewayd-zwave-js.conf"
 # Only what install.sh put under PREFIX, so a mistyped PREFIX cannot take anything else with it.
 rm -rf "$root$PREFIX/venv" "$root$PREFIX/venv.new" "$root$PREFIX/python" "$root$PREFIX/share" \
-    "$root$PREFIX/README.md"
+    "$root$PREFIX/README.md" "$root$PREFIX/zwave" "$root$PREFIX/zwave.new" \
+    "$root$PREFIX/scripts/zwave-keys.sh"
+rmdir "$root$PREFIX/scripts" 2>/dev/null || true
 rmdir "$root$PREFIX" 2>/dev/null || say "left $PREFIX: it holds files this install did not put there"
 
 if [ -z "$DESTDIR" ] && [ -d /run/systemd/system ]; then
     systemctl daemon-reload
 fi
-say "done. Kept: /var/lib/gatewayd (the gateway's identity and devices) and the gatewayd user"
+say "done. Kept: /var/lib/gatewayd (the gateway's identity and devices), /var/lib/zwave-js-server"
+say "(the Z-Wave network keys) and the service users"

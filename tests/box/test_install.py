@@ -4,6 +4,7 @@ the installed command working (check-config, a running daemon), and `make uninst
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import stat
 import subprocess
@@ -22,23 +23,26 @@ from tests.support import (
     config_text,
     free_port,
     http_json,
+    stop_process,
     unit_command,
     unit_environment,
     unit_process_environment,
     wait_status,
 )
-from tests.zwave.stack import shared_stack
+from tests.zwave.stack import ZWaveStack, shared_stack
 
 pytestmark = pytest.mark.stack
 
 
-def make(target: str, destdir: Path) -> subprocess.CompletedProcess[str]:
+def make(target: str, destdir: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """`make target DESTDIR=destdir`, with `env` (PREFIX, EXTRAS, ...) added to the environment."""
     result = subprocess.run(
         ["make", "--no-print-directory", target, f"DESTDIR={destdir}"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=600,
+        env={**os.environ, **env},
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result
@@ -61,11 +65,29 @@ def test_install_lays_out_the_box(stage: Path) -> None:
     assert (stage / "etc/systemd/system/gatewayd.service").read_text() == (
         ROOT / "systemd/gatewayd.service"
     ).read_text()
-    if (ROOT / "systemd/zwave-js-server.service").exists():
-        assert (stage / "etc/systemd/system/zwave-js-server.service").exists()
     assert (stage / "usr/lib/sysusers.d/gatewayd.conf").read_text() == (
         ROOT / "systemd/gatewayd.sysusers"
     ).read_text()
+    # What zwave-js-server.service runs is installed with it (Node.js >= 20 is on this machine):
+    # the npm stack, the key script, its user; the unit names the Node.js install found.
+    node = shutil.which("node")
+    assert node is not None
+    unit = (stage / "etc/systemd/system/zwave-js-server.service").read_text()
+    assert unit == (ROOT / "systemd/zwave-js-server.service").read_text().replace(
+        "ExecStart=/usr/bin/node ", f"ExecStart={os.path.realpath(node)} "
+    )
+    argv = _unit_argv(unit, "ExecStart")
+    assert Path(argv[0]).resolve() == Path(node).resolve()
+    assert (stage / argv[1].lstrip("/")).is_file()  # zwave-server, in the installed stack
+    assert not (stage / "opt/gatewayd/zwave/node_modules/.bin/mocha").exists()  # no dev tools
+    keys = stage / _unit_argv(unit, "ExecStartPre")[0].lstrip("/")
+    assert mode(keys) == 0o755
+    assert keys.read_text() == (ROOT / "scripts/zwave-keys.sh").read_text()
+    assert (stage / "usr/lib/sysusers.d/gatewayd-zwave-js.conf").read_text() == (
+        ROOT / "systemd/zwave-js.sysusers"
+    ).read_text()
+    assert "u zwave-js " in (ROOT / "systemd/zwave-js.sysusers").read_text()
+    assert "User=zwave-js" in unit
     config = stage / "etc/gatewayd/config.toml"
     assert config.read_text() == (ROOT / "config.example.toml").read_text()
     assert mode(config) == 0o640
@@ -102,6 +124,77 @@ def test_the_installed_command_checks_configs(stage: Path, tmp_path: Path) -> No
     assert len(lines) == 1
     assert "enabled" in lines[0]
     assert str(bad) in lines[0]
+
+
+def _unit_argv(unit: str, key: str) -> list[str]:
+    """The command line of a unit's first `key=` line."""
+    line = next(line for line in unit.splitlines() if line.startswith(f"{key}="))
+    return shlex.split(line.partition("=")[2])
+
+
+def test_the_installed_zwave_server_runs_as_its_unit_starts_it(stage: Path, tmp_path: Path) -> None:
+    """zwave-js-server.service's ExecStartPre and ExecStart from the staged tree (its Node.js,
+    its npm stack, its key script), the controller a mock stick on a TCP port instead of USB:
+    the keys are made once, 0600, and the installed daemon moves a lock through that server."""
+    unit = (stage / "etc/systemd/system/zwave-js-server.service").read_text()
+    state = tmp_path / "zwave-state"
+    state.mkdir(mode=0o700)
+    keys = [str(stage) + _unit_argv(unit, "ExecStartPre")[0], str(state)]
+    subprocess.run(keys, check=True, timeout=30)
+    first = (state / "zwave-server.json").read_text()
+    subprocess.run(keys, check=True, timeout=30)  # a second start keeps the keys
+    assert (state / "zwave-server.json").read_text() == first
+    assert mode(state / "zwave-server.json") == 0o600
+
+    stack = ZWaveStack(tmp_path / "mock", locks=1)
+    stack.start_mock()
+    argv = _unit_argv(unit, "ExecStart")
+    argv[1] = str(stage) + argv[1]
+    argv[argv.index("${ZWAVE_DEVICE}")] = f"tcp://127.0.0.1:{stack.serial_port}"
+    argv[argv.index("--config") + 1] = str(state / "zwave-server.json")
+    argv[argv.index("--port") + 1] = str(stack.ws_port)
+    workdir = next(
+        line.partition("=")[2] for line in unit.splitlines() if line.startswith("WorkingDirectory=")
+    )
+    log = tmp_path / "zwave-server.log"
+    port = free_port()
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        config_text(tmp_path / "state", status_port=port, locks=1, extra=stack.daemon_toml())
+    )
+    proc = DaemonProcess(cfg, tmp_path / "daemon.log")
+    with log.open("ab") as out:
+        server = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, cwd=str(stage) + workdir
+        )
+    try:
+        _poll(lambda: "server listening on" in log.read_text(errors="replace"), 60)
+        with proc.log_file.open("ab") as out:
+            proc.proc = subprocess.Popen(
+                unit_command(stage, cfg),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=unit_process_environment(),
+                cwd=tmp_path,
+            )
+        base = f"http://127.0.0.1:{port}"
+        proc.wait_healthy(port)
+
+        def zwave_locks() -> list[str]:
+            devices = http_json(f"{base}/status")["devices"]
+            return [d["id"] for d in devices if d["driver"] == "zwave"]
+
+        _poll(lambda: len(zwave_locks()) == 1, 60)
+        device_id = zwave_locks()[0]
+        for action in ("unlock", "lock"):
+            body = {"device_id": device_id, "action": action, "inputs": {}, "timeout_s": 30}
+            sent = http_json(f"{base}/actions", body)
+            done = wait_status(base, sent["action_request_id"], timeout=40)
+            assert done["status"] == "completed", done
+    finally:
+        proc.kill()
+        stop_process(server, 5)
+        stack.stop()
 
 
 def _poll(predicate: Callable[[], bool], timeout: float) -> None:
@@ -214,14 +307,40 @@ def test_a_second_install_keeps_the_config_and_uninstall_keeps_a_changed_one(
     assert config.read_text() == edited
     assert (destdir / "var/lib/gatewayd/gatewayd.db").read_text() == "state"
     assert not (destdir / "opt/gatewayd").exists()
-    assert not (destdir / "etc/systemd/system/gatewayd.service").exists()
-    assert not (destdir / "usr/lib/sysusers.d/gatewayd.conf").exists()
+    for gone in (
+        "etc/systemd/system/gatewayd.service",
+        "etc/systemd/system/zwave-js-server.service",
+        "usr/lib/sysusers.d/gatewayd.conf",
+        "usr/lib/sysusers.d/gatewayd-zwave-js.conf",
+    ):
+        assert not (destdir / gone).exists(), gone
     assert not (destdir / "usr/local/bin/gatewayd").is_symlink()
 
     # Unchanged since install: uninstall takes the config (and its directory) too.
     make("install", destdir)
     config.unlink()
     make("install", destdir)
-    make("uninstall", destdir)
+    # A zwave-js-server.service edited since install is the operator's now: it stays.
+    zwave_unit = destdir / "etc/systemd/system/zwave-js-server.service"
+    zwave_unit.write_text(zwave_unit.read_text() + "# local change\n")
+    out = make("uninstall", destdir).stdout
     assert not (destdir / "etc/gatewayd").exists()
+    assert zwave_unit.exists(), out
+    assert "kept zwave-js-server.service" in out
     shutil.rmtree(destdir)
+
+
+def test_another_prefix_is_written_into_the_unit(tmp_path: Path) -> None:
+    """PREFIX=/srv/gw: the installed unit runs /srv/gw's gatewayd, not /opt/gatewayd's; without
+    the zwave extra no zwave-js-server.service (nor its stack) is installed."""
+    destdir = tmp_path / "stage"
+    make("install", destdir, PREFIX="/srv/gw", EXTRAS="zigbee")
+    unit = (destdir / "etc/systemd/system/gatewayd.service").read_text()
+    assert "/opt/gatewayd" not in unit
+    assert _unit_argv(unit, "ExecStart")[0] == "/srv/gw/venv/bin/gatewayd"
+    assert os.access(destdir / "srv/gw/venv/bin/gatewayd", os.X_OK)
+    assert not (destdir / "etc/systemd/system/zwave-js-server.service").exists()
+    assert not (destdir / "srv/gw/zwave").exists()
+    make("uninstall", destdir, PREFIX="/srv/gw")
+    assert not (destdir / "srv/gw").exists()
+    assert not (destdir / "etc/systemd/system/gatewayd.service").exists()
