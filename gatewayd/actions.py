@@ -61,6 +61,10 @@ RECENT_KEEP: Final = 50
 SEEN_KEEP: Final = 1024  # recent ids in memory (bounded RSS); the store answers for the rest
 REMOTE_GRACE_S: Final = 5.0  # a remote lock/unlock report this soon after our action answers it
 YIELD_EVERY: Final = 8  # jobs a worker runs back to back before it lets other tasks run
+# A queue's worker that has had nothing to do for this long ends, and takes its entries with
+# it: a box pairs and unpairs locks for months, and a worker (and its dict entries) kept for
+# every device ever acted on would grow it for good. The next action starts a new worker.
+WORKER_IDLE_S: Final = 60.0
 _DIGITS = re.compile(r"[0-9]+")  # used with fullmatch: "$" would let a final "\n" in
 
 
@@ -259,6 +263,7 @@ class Dispatcher:
         max_queue: int = 100,
         now: Callable[[], datetime] = utcnow,
         gateway_id: Callable[[], str | None] = lambda: None,
+        worker_idle_s: float = WORKER_IDLE_S,
     ) -> None:
         self._store = store
         self._executor = executor
@@ -266,6 +271,7 @@ class Dispatcher:
         self._max_queue = max_queue
         self._now = now
         self._gateway_id = gateway_id
+        self._worker_idle_s = worker_idle_s
         self._tg: TaskGroup | None = None
         self._queues: dict[str, deque[_Job]] = {}
         self._wakeups: dict[str, anyio.Event] = {}
@@ -413,7 +419,10 @@ class Dispatcher:
                     if not pending:
                         event = anyio.Event()
                         self._wakeups[queue] = event
-                        await event.wait()
+                        with anyio.move_on_after(self._worker_idle_s):
+                            await event.wait()
+                        if not pending and self._retire(queue):
+                            return
                         continue
                     job = pending.popleft()
                     # bind/reset rather than the bound_contextvars context manager: same log
@@ -445,6 +454,19 @@ class Dispatcher:
                 ran += 1
                 if ran % YIELD_EVERY == 0:
                     await anyio.lowlevel.checkpoint()
+
+    def _retire(self, queue: str) -> bool:
+        """The worker of `queue` found it idle: True when it may end, its entries gone (a
+        `remote` report may still be answering its last action: then it stays a while). Runs
+        without awaiting, so no submit comes between the check and the removal; the next one
+        finds no wakeup for the queue and starts a new worker."""
+        done = self._last_done.get(queue)
+        if done is not None and _loop_time() - done[1] <= REMOTE_GRACE_S:
+            return False
+        self._last_done.pop(queue, None)
+        self._wakeups.pop(queue, None)
+        self._queues.pop(queue, None)
+        return True
 
     async def _run(self, job: _Job, guard: anyio.CancelScope) -> None:
         if job.handoff_seq:

@@ -687,8 +687,11 @@ class ZigbeeLock:
         answering the read-back; one that comes within OWN_ECHO_S is not a second change."""
         if self._programmed.get(slot) in codes:
             return  # it came already, as the confirmation
-        until = asyncio.get_running_loop().time() + OWN_ECHO_S
-        self._own_programming.append((slot, frozenset(codes), until))
+        now = asyncio.get_running_loop().time()
+        # expired ones go here too: a lock that never sends the echo (nothing else would prune
+        # them) must not keep one entry per code change it ever made
+        self._own_programming = [own for own in self._own_programming if own[2] >= now]
+        self._own_programming.append((slot, frozenset(codes), now + OWN_ECHO_S))
 
     def _is_own_echo(self, slot: int, code: int) -> bool:
         """Whether a programming event is the awaited echo of our own change (used up if so)."""
