@@ -2,7 +2,8 @@
 
 Redaction is the last line of defence: PINs and credentials are never passed to a logger in
 the first place. Library logs (aiohttp, zigpy, zwave-js-server-python) go through the same
-pipeline, so they are redacted and formatted the same way.
+pipeline, so they are redacted and formatted the same way. After redaction, the flood guard
+(gatewayd/logguard.py) limits each kind of line to a steady rate.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any, Final, TextIO
 import structlog
 from structlog._config import BoundLoggerLazyProxy
 from structlog.typing import EventDict, Processor, WrappedLogger
+
+from gatewayd.logguard import LogFloodGuard
 
 MASK: Final = "****"
 
@@ -174,8 +177,23 @@ def want_json(fmt: str, stream: TextIO) -> bool:
     return bool(os.environ.get("JOURNAL_STREAM")) or not stream.isatty()
 
 
-def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+_flood_guard: LogFloodGuard | None = None
+
+
+def lines_suppressed() -> dict[str, int]:
+    """Log lines the flood guard has dropped since `configure`, by event name."""
+    return {} if _flood_guard is None else _flood_guard.suppressed()
+
+
+def configure(
+    level: str = "info",
+    fmt: str = "auto",
+    stream: TextIO | None = None,
+    flood_guard: LogFloodGuard | None = None,
+) -> None:
     """Configure structlog and stdlib logging once for the process."""
+    global _flood_guard  # one logging pipeline per process, as there is one root handler
+    guard = _flood_guard = flood_guard or LogFloodGuard()
     stream = stream or sys.stderr
     json_lines = want_json(fmt, stream)
     shared: list[Processor] = [
@@ -199,6 +217,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         )
     )
+    handler.addFilter(guard.filter)  # library lines: a formatter cannot drop a line
     root = logging.getLogger()
     root.handlers[:] = [handler]
     numeric = logging.getLevelNamesMapping()[level.upper()]
@@ -207,7 +226,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     for name in ("aiohttp.access", "aiosqlite", "zigpy", "zwave_js_server", "bellows", "zigpy_znp"):
         logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        processors=[*shared, guard, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         cache_logger_on_first_use=True,

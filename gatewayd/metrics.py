@@ -118,6 +118,16 @@ class _StateCollector:
                 [name], int(health.state in (DriverState.READY, DriverState.DEGRADED))
             )
         yield drivers
+        from gatewayd.logging import lines_suppressed
+
+        suppressed = CounterMetricFamily(
+            "gatewayd_log_lines_suppressed",
+            "Log lines the flood guard dropped, by event name (a library's: its logger)",
+            labels=["event"],
+        )
+        for name, n in sorted(lines_suppressed().items()):
+            suppressed.add_metric([name], n)
+        yield suppressed
 
 
 class _Latency:
