@@ -50,6 +50,14 @@ def _state(driver: Driver) -> DriverState | None:
         return None
 
 
+def _lists(driver: Driver, device_id: str) -> bool:
+    """Whether `driver` still lists the device: only then can its radio act on it."""
+    try:
+        return any(device.id == device_id for device in driver.devices())
+    except Exception:  # noqa: BLE001 - a driver that cannot tell is asked, as before
+        return True
+
+
 class _DriverSink:
     """The sink one driver reports to; it knows which driver is speaking."""
 
@@ -183,17 +191,20 @@ class Registry:
             await self._on_all(list(self.drivers.values()), lambda d: d.unpair(duration_s, None))
             return
         owner = self._owner.get(device_id)
-        if owner is not None:
+        if owner is not None and _lists(self.drivers[owner], device_id):
             await self.drivers[owner].unpair(duration_s, device_id)
             return
         self._unpair_unreported(device_id)
 
     def _unpair_unreported(self, device_id: str) -> None:
-        """Remove a stored device that no driver reported in this run (of another network than
-        its running driver's, or of a driver no longer enabled): no radio can remove it, and
-        without this it would stay in the store and the cloud for good."""
+        """Remove a stored device that no driver reports (of another network than its running
+        driver's, or of a driver no longer enabled), or that its driver reported earlier in
+        this run and no longer lists (zwave-server switched to another controller: the locks of
+        the network it left are offline here, and no radio can reach them). No radio can
+        remove it, and without this it would stay in the store and the cloud for good."""
         row = next((r for r in self.store.devices() if r.device_id == device_id), None)
-        if row is None:
+        # devices() still lists a row whose forget is not committed yet; knows_device does not
+        if row is None or not self.store.knows_device(device_id):
             raise DeviceNotFound(f"device {device_id} not found")
         driver = self.drivers.get(row.driver)
         state = None if driver is None else _state(driver)

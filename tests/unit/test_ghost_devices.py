@@ -12,6 +12,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from msgspec.structs import replace
 from structlog.testing import capture_logs
 
 from drivers.sim import SimDriver
@@ -273,3 +274,76 @@ async def test_an_inventory_known_only_after_start_still_removes_the_gone_device
     assert events.count("daemon.other_network_devices_kept") == 1  # once per network and run
     gone = [e for e in logs if e["event"] == "daemon.devices_gone"]
     assert [(e["driver"], e["device_ids"]) for e in gone] == [("sim", [first["sim-0003"]])]
+
+
+class LeavesNetwork(SimDriver):
+    """Stops listing a lock it reported, as the Z-Wave driver does when zwave-server moves to
+    another controller: the lock stays in the store and the cloud, offline, and commands for it
+    answer device_not_found."""
+
+    def leave(self, device_id: str) -> None:
+        lock = self._locks.pop(device_id)
+        assert self._sink is not None
+        device = self._device(lock)
+        self._sink.device_updated(
+            replace(device, properties=replace(device.properties, online=False))
+        )
+
+
+async def test_a_device_its_driver_no_longer_lists_is_unpaired_by_the_store_once_it_is_up(
+    tmp_path: Path,
+) -> None:
+    """Its driver answered device_not_found for it until the daemon restarted, so the operator
+    could not remove it; while the driver is down it is kept (the lock may be back with it)."""
+    async with serving(tmp_path / "state", locks=2, driver=LeavesNetwork) as daemon:
+        assert daemon.registry is not None
+        assert daemon.store is not None
+        registry, store = daemon.registry, daemon.store
+        driver = registry.drivers["sim"]
+        assert isinstance(driver, LeavesNetwork)
+        left, stays = (store.device_id("sim", n) for n in ("sim-0001", "sim-0002"))
+        driver.leave(left)
+        assert registry.device(left) is not None  # kept, offline, as after the switch
+
+        driver._state = DriverState.DOWN
+        down = await unpair(daemon, left)
+        driver._state = DriverState.READY
+        up = await unpair(daemon, left)
+        again = await unpair(daemon, left)
+
+        assert (down.status, down.error and down.error["type"]) == (
+            ActionStatus.FAILED,
+            "device_error",
+        )
+        assert (up.status, up.error) == (ActionStatus.COMPLETED, None)
+        assert (again.status, again.error and again.error["type"]) == (
+            ActionStatus.FAILED,
+            "device_not_found",
+        )
+        assert registry.device(left) is None
+        assert not store.knows_device(left)
+        assert store.knows_device(stays)
+        assert [d.id for d in driver.devices()] == [stays]
+
+
+async def test_a_device_unpaired_by_the_store_is_not_found_before_its_removal_is_committed(
+    tmp_path: Path,
+) -> None:
+    """The store's device list still holds a row whose removal is not committed yet: a second
+    unpair right after the first completed too, and logged a second removal."""
+    store = Store.open(tmp_path / DB_NAME)
+    try:
+        earlier = store.device_id("sim", "sim-0001")
+        registry = Registry(store, Upstream(store))
+        driver = InState(SimConfig(), DriverContext(tmp_path, lambda *_: None))
+        driver.state = DriverState.READY
+        registry.attach(driver)
+        with capture_logs() as logs:
+            await registry.unpair(10, earlier)
+            with pytest.raises(DeviceNotFound):
+                await registry.unpair(10, earlier)
+        assert [e["event"] for e in logs].count("registry.unreported_device_unpaired") == 1
+        assert store.flush()
+        assert not store.knows_device(earlier)
+    finally:
+        store.close()

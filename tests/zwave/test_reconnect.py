@@ -4,6 +4,7 @@ every change at the door reported once, whether it came while the link was up or
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from drivers.zwave import ZWaveDriver
 from drivers.zwave.driver import STOP_TIMEOUT_S
+from gatewayd.daemon import DB_NAME
 from gatewayd.driver import DriverContext, DriverState
 from gatewayd.model import (
     Device,
@@ -23,6 +25,9 @@ from gatewayd.model import (
     Lock,
     Unlock,
 )
+from gatewayd.registry import Registry
+from gatewayd.store import Store
+from gatewayd.upstream import Upstream
 from tests.contract.sink import RecordingSink
 from tests.proxy import FaultProxy
 from tests.zwave.conftest import Tasks, make_config, until
@@ -315,3 +320,92 @@ async def test_zwave_server_restarted_on_another_controller_never_drives_its_loc
     finally:
         other.stop()
         home.stop()
+
+
+async def test_a_lock_of_the_network_zwave_server_left_can_be_unpaired_once_the_radio_is_up(
+    tmp_path: Path, tasks: Tasks
+) -> None:
+    """After zwave-server moved to another controller, the locks of the network it left stay
+    in the store and the cloud, offline, and no radio can reach them: the operator's
+    unpair_devices naming one removes it, as it would after a restart, but not while the
+    radio is down (the server may come back on that network, with that lock on it)."""
+    other_home_id = 0x0BADF00D
+    home = ZWaveStack(tmp_path / "home", locks=2)
+    other = ZWaveStack(tmp_path / "other", locks=2, home_id=other_home_id)
+    other.ws_port = home.ws_port  # the gateway's url is unchanged
+    store = Store.open(tmp_path / DB_NAME)
+    driver = ZWaveDriver(make_config(home), DriverContext(tmp_path, tasks.spawn))
+    try:
+        await anyio.to_thread.run_sync(home.start)
+        await anyio.to_thread.run_sync(other.start_mock)
+        registry = Registry(store, Upstream(store))
+        await driver.start(registry.attach(driver))
+        await until(lambda: len(registry.devices()) == 2, timeout=30)
+        front, back = (store.device_id("zwave", native_id(n)) for n in (2, 3))
+
+        home.stop_server()
+        await until(lambda: driver.health().state is DriverState.DOWN, timeout=10)
+        await anyio.to_thread.run_sync(other.start_server)
+        theirs = native_id(2, other_home_id)
+        await until(lambda: any(d.native_id == theirs for d in registry.devices()), timeout=30)
+        ghost = registry.device(front)
+        assert ghost is not None
+        assert ghost.properties.online is False
+
+        other.stop_server()  # the radio is down: the ghost is kept
+        await until(lambda: driver.health().state is DriverState.DOWN, timeout=10)
+        with anyio.fail_after(10), pytest.raises(DeviceError, match="radio is down"):
+            await registry.unpair(10, front)
+        assert store.knows_device(front)
+
+        await anyio.to_thread.run_sync(other.start_server)
+        await until(lambda: driver.health().state is DriverState.READY, timeout=30)
+        with anyio.fail_after(10):
+            await registry.unpair(10, front)
+        assert not store.knows_device(front)
+        assert registry.device(front) is None
+        assert store.knows_device(back)  # only the one named
+        with anyio.fail_after(10), pytest.raises(DeviceNotFound):
+            await registry.unpair(10, front)  # gone, and said so
+        assert store.flush()
+        frames = [json.loads(frame) for _, frame in store.outbox_after(0)]
+        removed = [f["device_id"] for f in frames if f["type"] == "device_removed"]
+        assert removed == [front]
+    finally:
+        await driver.stop()
+        store.close()
+        other.stop()
+        home.stop()
+
+
+async def test_a_lock_removed_from_the_network_while_zwave_server_was_away_is_removed(
+    tmp_path: Path, tasks: Tasks
+) -> None:
+    """A lock excluded (or removed as failed) through another client while the link was down
+    sends us no "node removed": zwave-server's node list after the reconnect, which is
+    complete, no longer has it. Before, it stayed listed for the rest of the run, and every
+    command and unpair naming it answered device_not_found, until the daemon restarted."""
+    stack = ZWaveStack(tmp_path / "home", locks=2)
+    driver = ZWaveDriver(make_config(stack), DriverContext(tmp_path, tasks.spawn))
+    try:
+        await anyio.to_thread.run_sync(stack.start)
+        sink = RecordingSink()
+        await driver.start(sink)
+        await sink.wait_for(lambda: len(sink.devices) == 2, timeout=30)
+        front, back = sink.ids[native_id(2)], sink.ids[native_id(3)]
+
+        stack.stop_server()
+        await until(lambda: driver.health().state is DriverState.DOWN, timeout=10)
+        assert stack.remove_node(3) == [2]
+        await anyio.to_thread.run_sync(stack.start_server)
+        await until(lambda: driver.health().state is DriverState.READY, timeout=30)
+        with anyio.fail_after(5):
+            await sink.wait_for(lambda: back in sink.removed)
+        assert sink.removed == [back]
+        assert [d.id for d in driver.devices()] == [front]
+        assert driver.health().details["locks"] == 1
+        await driver.execute(front, Unlock())  # the lock still on the network: as before
+        assert stack.control(2, "state")["locked"] is False
+    finally:
+        await driver.stop()
+        stack.stop()
