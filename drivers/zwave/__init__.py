@@ -14,14 +14,22 @@ What the driver does, and what the test stack (zwave-js mock-server 15.29.0) can
   at once; a re-check after `code_recheck_s` reports `code dropped by device` if the lock lost
   the code since. A lock that refuses a PIN another slot holds (Access Control 0x0F) fails the
   set with `duplicate_code`; one that drops it without a word fails with `code_not_confirmed`.
+- Supervision: zwave-js supervises Door Lock Operation Set and User Code Set on a lock that
+  supports Supervision CC, and invoke_cc_api answers the lock's SupervisionResult ({"status": 2}
+  for Fail). A lock that answers Fail did not do it: lock/unlock fails with `device_error`, a
+  code set with `code_not_confirmed` (or `duplicate_code` when the lock says why within a
+  second), without the read-back. A Clear is still judged by its read-back (an empty slot is
+  what was asked for). tests/zwave/test_supervision.py runs the mock locks with Supervision CC.
 - Events: Access Control and Home Security notifications, Door Lock reports, Battery reports,
   node dead/alive. A report and a notification describing one change give one event.
 - pair: inclusion with the default strategy (S2 when the device supports it) for `duration`;
-  unpair: exclusion for `duration`, or removal of a dead node when a device_id is given.
+  unpair: exclusion for `duration`, or removal of a dead node when a device_id is given. A lock
+  of a network zwave-server left (restarted on another controller) is no longer listed here:
+  the core removes it on an unpair naming it once the driver is up (Registry.unpair).
 
 Not shown by the mock stack (untested against real radios here): S2 bootstrapping during
 inclusion (the mock controller does not run a joining node through inclusion), exclusion of a
-real node, Supervision-encapsulated lock commands, sleeping (non-FLiRS) locks, and setting
+real node, a Supervision "Working" answer with a duration, sleeping (non-FLiRS) locks, and setting
 several codes in one command (the mock does not support `setMany`; the driver sets one code per
 action).
 """

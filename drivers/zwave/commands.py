@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
-from zwave_js_server.const import CommandClass, NodeStatus
+from zwave_js_server.const import CommandClass, NodeStatus, SupervisionStatus
 from zwave_js_server.exceptions import (
     BaseZwaveJSServerError,
     FailedZWaveCommand,
@@ -91,9 +91,14 @@ async def call[T](what: str, aw: Awaitable[T], *, secret: bool = False) -> T:
         raise DeviceError(f"{what} failed{detail}") from None
 
 
-def _supervision_failed(result: Any) -> bool:
-    # SupervisionResult status: 0 NoSupport, 1 Working, 2 Fail, 255 Success
-    return isinstance(result, dict) and result.get("status") == 2
+def supervision_failed(result: Any) -> bool:
+    """Whether a Set's result is the lock's Supervision Report "Fail": it did not carry it out.
+
+    zwave-js supervises a Set when the node supports Supervision CC; invoke_cc_api then answers
+    its SupervisionResult, e.g. {"status": 2} (0 NoSupport, 1 Working, 2 Fail, 255 Success),
+    and None when the Set went unsupervised (the lock cannot say).
+    """
+    return isinstance(result, dict) and result.get("status") == SupervisionStatus.FAIL
 
 
 async def set_bolt(node: Node, locked: bool, give_up_s: float) -> bool:
@@ -108,7 +113,7 @@ async def set_bolt(node: Node, locked: bool, give_up_s: float) -> bool:
         what,
         node.async_invoke_cc_api(CommandClass.DOOR_LOCK, "set", target, wait_for_result=True),
     )
-    if _supervision_failed(result):
+    if supervision_failed(result):
         raise DeviceError(f"{what}: the lock refused the command")
     give_up = time.monotonic() + give_up_s
     refused_at: float | None = None
@@ -158,14 +163,16 @@ async def read_slot(node: Node, slot: int) -> tuple[int, str]:
     return (int(status) if isinstance(status, int) else USER_NOT_AVAILABLE), code
 
 
-async def write_code(node: Node, slot: int, digits: str) -> None:
-    await call(
+async def write_code(node: Node, slot: int, digits: str) -> bool:
+    """User Code Set; False when the lock answered it with Supervision Fail (not stored)."""
+    result = await call(
         f"set code in slot {slot}",
         node.async_invoke_cc_api(
             CommandClass.USER_CODE, "set", slot, USER_ENABLED, digits, wait_for_result=True
         ),
         secret=True,
     )
+    return not supervision_failed(result)
 
 
 async def clear_slot(node: Node, slot: int) -> None:

@@ -347,6 +347,8 @@ class ZWaveDriver(Driver):
         controller = client.driver.controller
         if self._home_id is not None and controller.home_id != self._home_id:
             self._leave_network(controller.home_id)
+        else:
+            self._drop_removed_nodes(controller.nodes)
         self._home_id = controller.home_id
         self._server_version = client.version.server_version if client.version else None
         self._state = DriverState.READY
@@ -406,6 +408,17 @@ class ZWaveDriver(Driver):
                 props = replace(lock.device.properties, online=False)
                 self._sink.device_updated(replace(lock.device, properties=props))
         self._locks.clear()
+
+    def _drop_removed_nodes(self, nodes: Mapping[int, Node]) -> None:
+        """Locks whose node left the network while the link to zwave-server was down (excluded
+        or removed as failed through another client): no "node removed" came for them, and the
+        controller's node list, complete once connected (see inventory), no longer has them."""
+        for node_id in [node_id for node_id in self._locks if node_id not in nodes]:
+            lock = self._locks.pop(node_id)
+            lock.tracker.close()
+            log.info("zwave.node_removed", node_id=node_id, while_disconnected=True)
+            if self._sink is not None:
+                self._sink.device_removed(lock.device_id)
 
     def _detach(self) -> None:
         for unsub in self._unsubs:
@@ -694,7 +707,11 @@ class ZWaveDriver(Driver):
         lock.code_waiters[slot] = waiter
         lock.code_refusal = refusal
         try:
-            await commands.write_code(node, slot, digits)
+            if not await commands.write_code(node, slot, digits):
+                # the lock said so under Supervision: no read-back or notification to wait for,
+                # only its reason, if it gives one (a PIN another slot holds)
+                await self._await_refusal(refusal, slot)
+                raise CodeNotConfirmed(f"slot {slot}: the lock refused the code (supervision fail)")
             status, read = await commands.read_slot(node, slot)
             if commands.is_masked(read):
                 lock.masked = True

@@ -81,12 +81,19 @@ class _Proc:
 
 
 class ZWaveStack:
-    """mock-server with `locks` door locks, and zwave-server in front of it."""
+    """mock-server with `locks` door locks, and zwave-server in front of it.
 
-    def __init__(self, workdir: Path, locks: int = 2, home_id: int = HOME_ID) -> None:
+    `supervision`: the locks support Supervision CC, so zwave-js supervises their Door Lock
+    Operation Set and User Code Set and returns each lock's Supervision status.
+    """
+
+    def __init__(
+        self, workdir: Path, locks: int = 2, home_id: int = HOME_ID, *, supervision: bool = False
+    ) -> None:
         self.workdir = workdir
         self.locks = locks
         self.home_id = home_id
+        self.supervision = supervision
         self.serial_port = free_port()
         self.control_port = free_port()
         self.ws_port = free_port()
@@ -146,6 +153,7 @@ mock_control_url = "{self.control_url}"
             "ZWAVE_MOCK_LOCKS": str(self.locks),
             "ZWAVE_MOCK_CONTROL_PORT": str(self.control_port),
             "ZWAVE_MOCK_HOME_ID": str(self.home_id),
+            "ZWAVE_MOCK_SUPERVISION": "1" if self.supervision else "0",
         }
         self.mock = _Proc(
             "mock-server",
@@ -218,6 +226,12 @@ mock_control_url = "{self.control_url}"
         included again if the previous one joined. Returns {nodes: [ids], pending: id | None}."""
         result: dict[str, Any] = self._post("/controller/reset", {})
         return result
+
+    def remove_node(self, node_id: int) -> list[int]:
+        """Take a node out of the mock controller's node table, as an exclusion through another
+        client would; zwave-js sees it on its next start. Returns the node ids left."""
+        result: dict[str, Any] = self._post("/controller/remove_node", {"node_id": node_id})
+        return list(result["nodes"])
 
     def _post(self, path: str, params: dict[str, Any]) -> Any:
         req = urllib.request.Request(

@@ -4,14 +4,20 @@
 // Environment: ZWAVE_MOCK_LOCKS (number of locks, 1..3, default 2), ZWAVE_MOCK_CONTROL_PORT
 // (control channel port on 127.0.0.1; 0 or unset: no control channel), ZWAVE_MOCK_HOME_ID
 // (the controller's home id, default 0x7e57d00d), ZWAVE_MOCK_NUM_USERS (every lock's User Code
-// CC reports this many supported users instead of its model's).
+// CC reports this many supported users instead of its model's), ZWAVE_MOCK_SUPERVISION ("1": every
+// lock supports Supervision CC, so zwave-js supervises its Door Lock Operation Set and User Code
+// Set and returns the lock's Supervision status; the mock node's default SupervisionCCHooks answer
+// a behaviour's "ok" with Success and its "fail" with Fail).
 //
 // Control channel: POST /node/<id>/<what> with a JSON body; 200 {"ok": true} or 4xx {"error"}.
 //   keypad_unlock {slot_id}, keypad_lock, manual_lock, manual_unlock, auto_lock, wrong_code, jam,
 //   battery {level: 0..1}, offline, online, tamper, door_open, door_close,
-//   fault {kind: none|no_reply|delay|drop_code|refuse, delay_s?}, state (GET-like: returns state),
+//   fault {kind: none|no_reply|delay|drop_code|refuse|fail, delay_s?}, state (GET-like: returns state),
+//   ("fail": the next lock/unlock or code set is not carried out and is answered "fail", which a
+//   supervised lock sends as Supervision Report Fail and an unsupervised one cannot say at all),
 //   duplicates {mode: notify|silent|accept} (a code another slot holds: refused with Access
-//   Control 0x0F naming the slot, refused without a word, or stored; reset: notify),
+//   Control 0x0F naming the slot, refused without a word, or stored; reset: notify; a refusal
+//   is answered "fail", i.e. Supervision Fail on a supervised lock),
 //   reset (faults none, codes cleared, bolt locked, door closed, battery 90 %, online; the lock's
 //   reports reach zwave-js before the answer, so its cache agrees with the lock).
 //   Odd reports, as real locks send them: notify_raw {type, event, params?: [bytes]},
@@ -22,6 +28,9 @@
 // POST /controller/reset: reset every lock in the network, and if the lock that waited for
 //   inclusion has joined, put a new one (same model, next free node id) in inclusion mode.
 //   Returns {nodes: [ids], pending: id|null}.
+// POST /controller/remove_node {node_id}: the node leaves the controller's node table (excluded
+//   or removed as failed through another client while zwave-server was away); zwave-js, started
+//   again, no longer lists it. Not undone by reset.
 
 "use strict";
 
@@ -55,6 +64,7 @@ exports.default = function mockConfig({ require: req }) {
 
 	const count = Math.max(1, Math.min(LOCKS.length, Number(process.env.ZWAVE_MOCK_LOCKS || "2")));
 	const controlPort = Number(process.env.ZWAVE_MOCK_CONTROL_PORT || "0");
+	const supervised = process.env.ZWAVE_MOCK_SUPERVISION === "1";
 
 	const fresh = () => ({
 		mode: cc.DoorLockMode.Secured,
@@ -177,6 +187,7 @@ exports.default = function mockConfig({ require: req }) {
 				return { action: "sendCC", cc: operationReport(controller, self) };
 			}
 			if (received instanceof cc.DoorLockCCOperationSet) {
+				if (consume(s, "fail")) return { action: "fail" }; // the bolt stays, nothing reported
 				const refused = consume(s, "refuse");
 				if (!refused) s.mode = received.mode;
 				// Like a real lock: the bolt moves, then it reports the new state and what moved it.
@@ -242,6 +253,7 @@ exports.default = function mockConfig({ require: req }) {
 					}
 					return { action: "ok" };
 				}
+				if (consume(s, "fail")) return { action: "fail" }; // not stored, nothing reported
 				let code = received.userCode;
 				if (typeof code !== "string") code = Buffer.from(code).toString("ascii");
 				// A lock silently ignores codes it cannot hold (wrong length, or told to refuse).
@@ -252,7 +264,7 @@ exports.default = function mockConfig({ require: req }) {
 					if (s.duplicates === "notify") {
 						setTimeout(() => notify(controller, self, 6, AC.CODE_DUPLICATE, [slot]).catch(() => {}), 20);
 					}
-					return { action: "ok" };
+					return { action: "fail" };
 				}
 				const dropAfter = s.delayMs;
 				if (consume(s, "drop_code")) {
@@ -295,6 +307,7 @@ exports.default = function mockConfig({ require: req }) {
 					},
 				},
 				{ ccId: CommandClasses.Battery, isSupported: true, version: 1 },
+				...(supervised ? [{ ccId: CommandClasses.Supervision, isSupported: true, version: 1 }] : []),
 			],
 		},
 		behaviors: [faults, battery, notification, doorLock, userCode],
@@ -346,6 +359,12 @@ exports.default = function mockConfig({ require: req }) {
 				const pending = controller.nodePendingInclusion ? controller.nodePendingInclusion.id : null;
 				return { nodes: ids.sort((a, b) => a - b), pending };
 			},
+			async remove_node(p) {
+				const node = controller.nodes.get(Number(p.node_id));
+				if (!node) throw Object.assign(new Error("no such node"), { status: 404 });
+				controller.removeNode(node);
+				return { nodes: [...controller.nodes.keys()].sort((a, b) => a - b) };
+			},
 		};
 		const actions = {
 			async keypad_unlock(self, p) {
@@ -390,7 +409,7 @@ exports.default = function mockConfig({ require: req }) {
 			async online(self) { st(self).offline = false; self.autoAckControllerFrames = true; },
 			async fault(self, p) {
 				const kind = String(p.kind ?? "none");
-				if (!["none", "no_reply", "delay", "drop_code", "refuse"].includes(kind)) {
+				if (!["none", "no_reply", "delay", "drop_code", "refuse", "fail"].includes(kind)) {
 					throw Object.assign(new Error("unknown fault kind"), { status: 400 });
 				}
 				const s = st(self);
@@ -447,9 +466,10 @@ exports.default = function mockConfig({ require: req }) {
 				const c = /^\/controller\/([a-z_]+)$/.exec(req.url || "");
 				if (c && req.method === "POST" && controllerActions[c[1]]) {
 					try {
-						return reply(200, { ok: true, result: await controllerActions[c[1]]() });
+						const params = body ? JSON.parse(body) : {};
+						return reply(200, { ok: true, result: await controllerActions[c[1]](params) });
 					} catch (e) {
-						return reply(500, { error: String((e && e.message) || e) });
+						return reply(e.status || 500, { error: String((e && e.message) || e) });
 					}
 				}
 				if (!m || req.method !== "POST") return reply(404, { error: "POST /node/<id>/<what>" });
