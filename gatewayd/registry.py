@@ -148,7 +148,8 @@ class Registry:
                 event = DoorEvent(
                     event.device_id, event.event_name, details, event.id, event.date_created
                 )
-        self.last_event[event.device_id] = event
+        if event.device_id in self._devices:  # a late event of a removed device: no entry for good
+            self.last_event[event.device_id] = event
         self.event_counts[str(event.event_name)] += 1
         self.upstream.event(event)
         for listener in self.event_listeners:

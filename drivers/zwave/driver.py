@@ -125,7 +125,11 @@ class _Lock:
     own_codes: list[tuple[int, bool, float]] = field(default_factory=list)
 
     def expect_echo(self, slot: int, present: bool) -> None:
-        self.own_codes.append((slot, present, time.monotonic() + OWN_ECHO_S))
+        now = time.monotonic()
+        # expired ones go here too: a lock that sends no code notifications (nothing else would
+        # prune them) must not keep one entry per code change it ever made
+        self.own_codes = [own for own in self.own_codes if own[2] >= now]
+        self.own_codes.append((slot, present, now + OWN_ECHO_S))
 
     def is_own_echo(self, slot: int, present: bool) -> bool:
         """Whether a code notification is the echo of our own change (used up if so)."""
@@ -163,7 +167,10 @@ class ZWaveDriver(Driver):
         self._client: Client | None = None
         self._home_id: int | None = None
         self._locks: dict[int, _Lock] = {}  # node id -> lock
-        self._unsubs: list[Callable[[], None]] = []
+        self._unsubs: list[Callable[[], None]] = []  # the controller's listeners
+        # each node's listeners, dropped with the node: a link up for months would otherwise
+        # keep them (and the Node objects) for every node ever included
+        self._node_unsubs: dict[int, list[Callable[[], None]]] = {}
         self._state = DriverState.STARTING
         self._last_error: str | None = None
         self._reconnects = 0
@@ -424,6 +431,8 @@ class ZWaveDriver(Driver):
         for unsub in self._unsubs:
             unsub()
         self._unsubs.clear()
+        for node_id in list(self._node_unsubs):
+            self._unwatch(node_id)
         for lock in self._locks.values():
             for fut in lock.code_waiters.values():
                 fut.cancel()
@@ -441,14 +450,17 @@ class ZWaveDriver(Driver):
 
     def _watch(self, node: Node) -> None:
         nid = node.node_id
-        self._unsubs.append(node.on("ready", lambda _e: self._on_ready(node)))
-        self._unsubs.append(node.on("value updated", lambda e: self._on_value(nid, e["value"])))
-        # a value seen for the first time (e.g. the first door-open notification) is "added"
-        self._unsubs.append(node.on("value added", lambda e: self._on_value(nid, e["value"])))
-        self._unsubs.append(node.on("notification", lambda e: self._on_notification(nid, e)))
-        self._unsubs.append(node.on("dead", lambda _e: self._on_status(nid, online=False)))
-        self._unsubs.append(node.on("alive", lambda _e: self._on_status(nid, online=True)))
-        self._unsubs.append(node.on("sleep", lambda _e: self._on_status(nid, online=True)))
+        self._unwatch(nid)  # a node id added again: its old Node's listeners go
+        self._node_unsubs[nid] = [
+            node.on("ready", lambda _e: self._on_ready(node)),
+            node.on("value updated", lambda e: self._on_value(nid, e["value"])),
+            # a value seen for the first time (e.g. the first door-open notification) is "added"
+            node.on("value added", lambda e: self._on_value(nid, e["value"])),
+            node.on("notification", lambda e: self._on_notification(nid, e)),
+            node.on("dead", lambda _e: self._on_status(nid, online=False)),
+            node.on("alive", lambda _e: self._on_status(nid, online=True)),
+            node.on("sleep", lambda _e: self._on_status(nid, online=True)),
+        ]
         if node.ready:
             self._on_ready(node)
 
@@ -457,8 +469,13 @@ class ZWaveDriver(Driver):
         log.info("zwave.node_added", node_id=node.node_id)
         self._watch(node)
 
+    def _unwatch(self, node_id: int) -> None:
+        for unsub in self._node_unsubs.pop(node_id, ()):
+            unsub()
+
     def _on_node_removed(self, event: dict[str, Any]) -> None:
         node: Node = event["node"]
+        self._unwatch(node.node_id)
         lock = self._locks.pop(node.node_id, None)
         log.info("zwave.node_removed", node_id=node.node_id)
         if lock is not None and self._sink is not None:

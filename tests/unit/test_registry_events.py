@@ -52,3 +52,17 @@ async def test_code_events_answering_an_action_name_the_action_request(tmp_path:
         ("code removed from device", {"slot_id": 3, "action_request_id": "clear-1"}),
         ("code set on device", {"slot_id": 5, "method": "keypad"}),
     ]
+
+
+async def test_an_event_after_its_device_was_removed_leaves_no_last_event(tmp_path: Path) -> None:
+    """`last_event` is per device the registry holds: an event arriving after its device's
+    removal went upstream and also left an entry nothing would ever remove."""
+    async with running_daemon(tmp_path / "state") as daemon:
+        registry = daemon.registry
+        assert registry is not None
+        kept, gone = (d.id for d in registry.devices())
+        registry.remove(gone)
+        registry.event(DoorEvent(gone, EventName.DOOR_UNLOCKED, {"method": "manual"}))
+        registry.event(DoorEvent(kept, EventName.DOOR_UNLOCKED, {"method": "manual"}))
+        assert gone not in registry.last_event
+        assert registry.last_event[kept].event_name is EventName.DOOR_UNLOCKED
