@@ -12,18 +12,21 @@ Which lines share a bucket (the key):
 - A structlog line: its event name and level, the first of `SUBJECT_KEYS` it carries (so one
   lock, node or gateway flooding an event does not silence the same event of the others) and its
   `status` (so a flood of `actions.status` ... `completed` cannot drop a `failed` one). A line
-  with a subject also takes a token from its event's bucket across all subjects, a larger one:
-  subjects are not a bounded set (a cloud can name any device), the event's rate still is.
+  with a subject also takes a token from its event's bucket across all subjects (per level and
+  `status` too), a larger one: subjects are not a bounded set (a cloud can name any device),
+  the event's rate still is. The price: lines naming ever new devices, once past that bucket,
+  hold back the same event and status of the real ones (a `failed` flood, `failed` lines) too.
 - A library's line (stdlib logging, which goes through the handler, not structlog's chain):
-  its logger, level and message template (before `%` arguments), under a bucket per logger and
+  its logger, level and a digest of its message template (before `%` arguments; the text itself
+  is not kept, a library may have formatted a secret into it), under a bucket per logger and
   level across templates, since a library may format its message before logging it.
 
 Never dropped: `critical` lines, and `EXEMPT_EVENTS`. Rare events, errors included, stay
 under the burst by themselves; a repeating error (a failing disk, a driver that crashes on every
 report) is exactly what the guard is for, so errors are not exempt by level.
 
-The guard runs after redaction, so the event names it keys on and counts are the redacted ones;
-`suppressed` is a number added to a line that was already redacted.
+A structlog line reaches the guard after redaction, so the event names it keys on and counts
+are the redacted ones; `suppressed` is a number added to a line that was already redacted.
 """
 
 from __future__ import annotations
@@ -112,8 +115,11 @@ class LogFloodGuard:
                 subject = (name, value if isinstance(value, str | int) else repr(value))
                 break
         status = event_dict.get("status")
-        key = (event, level, subject, status if isinstance(status, str) else None)
-        dropped = self._admit(key, None if subject is None else (event, level), event)
+        status = status if isinstance(status, str) else None
+        key = (event, level, subject, status)
+        # the event-wide bucket is per status too: no flood of `completed` across locks can
+        # drop another lock's `failed`
+        dropped = self._admit(key, None if subject is None else (event, level, status), event)
         if dropped is None:
             raise structlog.DropEvent
         if dropped:
@@ -122,10 +128,12 @@ class LogFloodGuard:
 
     def filter(self, record: logging.LogRecord) -> bool:
         """`logging` filter for library lines; structlog's own lines passed `__call__`."""
-        if isinstance(record.msg, dict) or record.levelno >= logging.CRITICAL:
-            return True
+        if getattr(record, "_logger", None) is not None or record.levelno >= logging.CRITICAL:
+            return True  # structlog's own lines (it marks their records) passed `__call__`
+        # A digest of the template, not its text: a library that formats its message itself
+        # may have put a secret in it, and this table holds keys until they are evicted.
         template = record.msg if isinstance(record.msg, str) else repr(type(record.msg))
-        key = (record.name, record.levelno, template)
+        key = (record.name, record.levelno, hash(template))
         dropped = self._admit(key, (record.name, record.levelno), record.name)
         if dropped is None:
             return False
@@ -144,26 +152,25 @@ class LogFloodGuard:
             return dict(self._suppressed)
 
     def _admit(self, key: Hashable, event_key: Hashable | None, label: str) -> int | None:
-        """None: drop the line. Else the number of lines of its kind dropped before it."""
-        now = self._clock()
+        """None: drop the line. Else the number of lines of its kind dropped before it (by
+        either bucket: each count stays with the kind of line it was dropped from)."""
         with self._lock:
+            now = self._clock()  # inside the lock: a bucket's stamp never moves back
             bucket = self._bucket(key, now, self.burst, self.refill_per_s)
             if bucket.tokens < 1:
                 bucket.dropped += 1
                 self._count(label)
                 return None
-            dropped = bucket.dropped
             if event_key is not None:
                 across = self._bucket(
                     ("*", event_key), now, self.event_burst, self.event_refill_per_s
                 )
                 if across.tokens < 1:
-                    across.dropped += 1
+                    bucket.dropped += 1
                     self._count(label)
                     return None
                 across.tokens -= 1
-                dropped += across.dropped  # other subjects' lines, dropped as the event flooded
-                across.dropped = 0
+            dropped = bucket.dropped
             bucket.tokens -= 1
             bucket.dropped = 0
             return dropped
