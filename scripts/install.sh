@@ -26,6 +26,9 @@ say() { echo "install: $*"; }
 die() { echo "install: $*" >&2; exit 1; }
 
 case "$PREFIX" in /*) ;; *) die "PREFIX must be an absolute path, not '$PREFIX'" ;; esac
+# Paths written into systemd units: systemd splits at spaces and expands % and $, sed takes & and |.
+unit_safe() { case "$1" in *[[:space:]\|\&\\%\$\"\']*) return 1 ;; esac; }
+unit_safe "$PREFIX" || die "PREFIX must not contain spaces or any of | & \\ % \$ or quotes: '$PREFIX'"
 if [ -z "$DESTDIR" ] && [ "$(id -u)" -ne 0 ]; then
     die "installing into / needs root: run 'sudo make install' (or set DESTDIR for a staged tree)"
 fi
@@ -112,17 +115,27 @@ install -m 0644 config.example.toml "$root$PREFIX/share/config.example.toml"
 install -m 0644 README.md "$root$PREFIX/README.md"
 
 # 2. systemd: the unit and the service user. The units name /opt/gatewayd: another PREFIX is
-#    written into the installed copies. Each installed unit's checksum is kept in
-#    $PREFIX/share/units.sha256, so uninstall takes a unit only while it is the one installed.
+#    written into the installed copies. The units this install owns are listed in
+#    $PREFIX/share/units: an install replaces them (local changes go in drop-ins, `systemctl
+#    edit`), uninstall removes them with what they run; a zwave-js-server.service that is not
+#    ours (this machine's own zwave-js-server) is never touched.
 install -d -m 0755 "$root$UNITDIR" "$root$SYSUSERSDIR"
-: >"$work/units.sha256"
+owned=$root$PREFIX/share/units
+: >"$work/units"
+ours() {  # ours NAME: no such unit yet, or one an earlier install wrote
+    local dest=$root$UNITDIR/$1
+    [ ! -e "$dest" ] && return 0
+    [ -f "$owned" ] && grep -qxF "$1" "$owned" && return 0
+    # installed before the list was kept: it runs what is under PREFIX
+    [ ! -f "$owned" ] && grep -qF "$PREFIX/" "$dest"
+}
 install_unit() {  # install_unit SOURCE NAME [SED-EXPRESSION...]
     local src=$1 name=$2 exprs=(-e "s|/opt/gatewayd|$PREFIX|g")
     shift 2
     for e in "$@"; do exprs+=(-e "$e"); done
     sed "${exprs[@]}" "$src" >"$work/$name"
     install -m 0644 "$work/$name" "$root$UNITDIR/$name"
-    (cd "$work" && sha256sum "$name") >>"$work/units.sha256"
+    echo "$name" >>"$work/units"
 }
 install_unit systemd/gatewayd.service gatewayd.service
 install -m 0644 systemd/gatewayd.sysusers "$root$SYSUSERSDIR/gatewayd.conf"
@@ -135,18 +148,31 @@ fi
 #    $PREFIX/scripts/zwave-keys.sh. Without such a Node.js the unit is not installed (a unit that
 #    cannot start would only fail at boot); gatewayd itself does not need it.
 node_ok() { "$1" -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' 2>/dev/null; }
+zwave_done=
 if [[ " $EXTRAS " == *" zwave "* ]] && [ -f systemd/zwave-js-server.service ]; then
     node=${NODE:-$(command -v node || true)}
-    npm_cmd=$(command -v npm || true)
-    if [ -z "$node" ] || ! node_ok "$node" || [ -z "$npm_cmd" ]; then
+    if [ -n "$node" ] && node_ok "$node"; then
+        node=$("$node" -e 'process.stdout.write(process.execPath)')
+        npm_cmd=$(dirname "$node")/npm  # the npm of that Node.js, run by it (not another's)
+        [ -x "$npm_cmd" ] || npm_cmd=$(command -v npm || true)
+    fi
+    if [ -z "$node" ] || ! node_ok "$node" || [ -z "${npm_cmd:-}" ]; then
         say "WARNING: no Node.js >= 20 with npm (set NODE=/path/to/node): zwave-js-server.service"
         say "WARNING: is not installed. Install Node.js 20 or later and run this again for Z-Wave."
+    elif ! unit_safe "$node"; then
+        die "the Node.js path goes into a systemd unit: no spaces or | & \\ % \$ quotes: '$node'"
+    elif ! ours zwave-js-server.service; then
+        say "keeping this machine's own $UNITDIR/zwave-js-server.service (not installed by"
+        say "gatewayd): point [drivers.zwave] url at the zwave-server it runs"
     else
-        node=$("$node" -e 'process.stdout.write(process.execPath)')
         case "$node" in
             /root/* | /home/*)
                 say "WARNING: $node is in a home directory, which zwave-js-server cannot see"
                 say "WARNING: (ProtectHome=yes): it will not start; set NODE to another Node.js."
+                ;;
+            /snap/*)
+                say "WARNING: $node is a snap's versioned path: it goes away when the snap is"
+                say "WARNING: refreshed; set NODE to a Node.js with a stable path (e.g. /usr/bin/node)."
                 ;;
         esac
         stack=$root$PREFIX/zwave
@@ -155,7 +181,8 @@ if [[ " $EXTRAS " == *" zwave "* ]] && [ -f systemd/zwave-js-server.service ]; t
         rm -rf "$stack.new"
         install -d -m 0755 "$stack.new"
         install -m 0644 package.json package-lock.json "$stack.new/"
-        npm ci --omit=dev --no-audit --no-fund --loglevel=error --prefix "$stack.new" >/dev/null
+        PATH="$(dirname "$node"):$PATH" "$npm_cmd" ci --omit=dev --no-audit --no-fund \
+            --loglevel=error --prefix "$stack.new" >/dev/null
         [ -f "$stack.new/node_modules/@zwave-js/server/dist-esm/bin/server.js" ] \
             || die "the npm stack has no zwave-server: $stack.new kept for inspection"
         rm -rf "$stack.old"
@@ -170,9 +197,13 @@ if [[ " $EXTRAS " == *" zwave "* ]] && [ -f systemd/zwave-js-server.service ]; t
         if [ -z "$DESTDIR" ] && command -v systemd-sysusers >/dev/null 2>&1; then
             systemd-sysusers "$SYSUSERSDIR/gatewayd-zwave-js.conf"
         fi
+        zwave_done=1
     fi
 fi
-install -m 0644 "$work/units.sha256" "$root$PREFIX/share/units.sha256"
+if [ -z "$zwave_done" ] && [ -f "$owned" ] && grep -qxF zwave-js-server.service "$owned"; then
+    echo zwave-js-server.service >>"$work/units"  # installed before and left as it was: still ours
+fi
+install -m 0644 "$work/units" "$owned"
 
 # 4. The config: the example on first install only; a config already there is never replaced.
 install -d -m 0750 "$root$SYSCONFDIR"

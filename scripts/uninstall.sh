@@ -41,24 +41,24 @@ if [ -L "$link" ] && [ "$(readlink "$link")" = "$PREFIX/venv/bin/gatewayd" ]; th
     rm -f "$link"
 fi
 rm -f "$root$UNITDIR/gatewayd.service" "$root$SYSUSERSDIR/gatewayd.conf"
-# zwave-js-server.service only while it is the copy install.sh wrote (its checksum then), with
-# what it runs.
-sums=$root$PREFIX/share/units.sha256
+# zwave-js-server.service only when install.sh wrote it (it lists the units it owns), with what
+# it runs; this machine's own zwave-js-server.service is not ours to take.
+owned=$root$PREFIX/share/units
 zwave_unit=$root$UNITDIR/zwave-js-server.service
-if [ -f "$zwave_unit" ] && [ -f "$sums" ] \
-    && grep " zwave-js-server.service\$" "$sums" | (cd "$root$UNITDIR" && sha256sum --check --status); then
+if [ -f "$zwave_unit" ] && { { [ -f "$owned" ] && grep -qxF zwave-js-server.service "$owned"; } \
+    || { [ ! -f "$owned" ] && grep -qF "$PREFIX/" "$zwave_unit"; }; }; then
     if [ -z "$DESTDIR" ] && [ -d /run/systemd/system ]; then
         systemctl disable --now zwave-js-server.service 2>/dev/null || true
     fi
     rm -f "$zwave_unit"
 elif [ -f "$zwave_unit" ]; then
-    say "kept zwave-js-server.service (not the copy this install wrote)"
+    say "kept zwave-js-server.service (this machine's own, not installed by gatewayd)"
 fi
 rm -f "$root$SYSUSERSDIR/gatewayd-zwave-js.conf"
 # Only what install.sh put under PREFIX, so a mistyped PREFIX cannot take anything else with it.
-rm -rf "$root$PREFIX/venv" "$root$PREFIX/venv.new" "$root$PREFIX/python" "$root$PREFIX/share" \
-    "$root$PREFIX/README.md" "$root$PREFIX/zwave" "$root$PREFIX/zwave.new" \
-    "$root$PREFIX/scripts/zwave-keys.sh"
+rm -rf "$root$PREFIX/venv" "$root$PREFIX/venv.new" "$root$PREFIX/venv.old" "$root$PREFIX/python" \
+    "$root$PREFIX/share" "$root$PREFIX/README.md" "$root$PREFIX/zwave" "$root$PREFIX/zwave.new" \
+    "$root$PREFIX/zwave.old" "$root$PREFIX/scripts/zwave-keys.sh"
 rmdir "$root$PREFIX/scripts" 2>/dev/null || true
 rmdir "$root$PREFIX" 2>/dev/null || say "left $PREFIX: it holds files this install did not put there"
 

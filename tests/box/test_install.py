@@ -79,7 +79,6 @@ def test_install_lays_out_the_box(stage: Path) -> None:
     argv = _unit_argv(unit, "ExecStart")
     assert Path(argv[0]).resolve() == Path(node).resolve()
     assert (stage / argv[1].lstrip("/")).is_file()  # zwave-server, in the installed stack
-    assert not (stage / "opt/gatewayd/zwave/node_modules/.bin/mocha").exists()  # no dev tools
     keys = stage / _unit_argv(unit, "ExecStartPre")[0].lstrip("/")
     assert mode(keys) == 0o755
     assert keys.read_text() == (ROOT / "scripts/zwave-keys.sh").read_text()
@@ -319,21 +318,54 @@ def test_a_second_install_keeps_the_config_and_uninstall_keeps_a_changed_one(
     # Unchanged since install: uninstall takes the config (and its directory) too.
     make("install", destdir)
     config.unlink()
-    make("install", destdir)
-    # A zwave-js-server.service edited since install is the operator's now: it stays.
+    # Installed again without Z-Wave: the unit and stack installed before stay ours, and go.
+    make("install", destdir, EXTRAS="zigbee")
     zwave_unit = destdir / "etc/systemd/system/zwave-js-server.service"
-    zwave_unit.write_text(zwave_unit.read_text() + "# local change\n")
-    out = make("uninstall", destdir).stdout
+    assert zwave_unit.exists()
+    make("uninstall", destdir)
     assert not (destdir / "etc/gatewayd").exists()
-    assert zwave_unit.exists(), out
-    assert "kept zwave-js-server.service" in out
+    assert not zwave_unit.exists()
+    assert not (destdir / "usr/lib/sysusers.d/gatewayd-zwave-js.conf").exists()
+    assert not (destdir / "opt/gatewayd").exists()
     shutil.rmtree(destdir)
+
+
+def test_this_machines_own_zwave_server_unit_is_never_touched(tmp_path: Path) -> None:
+    """A zwave-js-server.service the box had before (its own zwave-js-server, say) is neither
+    replaced by install nor removed by uninstall, and no stack is installed for it."""
+    destdir = tmp_path / "stage"
+    own = destdir / "etc/systemd/system/zwave-js-server.service"
+    own.parent.mkdir(parents=True)
+    own.write_text("[Service]\nExecStart=/usr/local/bin/zwave-server /dev/ttyACM0\n")
+    before = own.read_text()
+    out = make("install", destdir).stdout
+    assert own.read_text() == before
+    assert "keeping this machine's own" in out
+    assert not (destdir / "opt/gatewayd/zwave").exists()
+    assert (destdir / "etc/systemd/system/gatewayd.service").exists()
+    out = make("uninstall", destdir).stdout
+    assert own.read_text() == before
+    assert "kept zwave-js-server.service" in out
+    assert not (destdir / "etc/systemd/system/gatewayd.service").exists()
 
 
 def test_another_prefix_is_written_into_the_unit(tmp_path: Path) -> None:
     """PREFIX=/srv/gw: the installed unit runs /srv/gw's gatewayd, not /opt/gatewayd's; without
     the zwave extra no zwave-js-server.service (nor its stack) is installed."""
     destdir = tmp_path / "stage"
+    # a path systemd would split or expand, or sed would rewrite, is refused before anything
+    for bad in ("/srv/my gw", "/srv/a&b", "/srv/a%b"):
+        refused = subprocess.run(
+            ["make", "--no-print-directory", "install", f"DESTDIR={destdir}"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PREFIX": bad},
+        )
+        assert refused.returncode != 0
+        assert "PREFIX must not contain" in refused.stderr
+        assert not destdir.exists()
     make("install", destdir, PREFIX="/srv/gw", EXTRAS="zigbee")
     unit = (destdir / "etc/systemd/system/gatewayd.service").read_text()
     assert "/opt/gatewayd" not in unit
