@@ -274,8 +274,31 @@ def build() -> dict[str, Any]:
                 "summary": "Open the gateway's pairing window",
                 "operationId": "pair_devices",
                 "parameters": [gateway_id],
+                "description": (
+                    "Opens the inclusion window of every radio (Z-Wave, Zigbee) for `duration`"
+                    " seconds. A Z-Wave lock that joins with Security S2 Access Control or S2"
+                    " Authenticated needs the 5-digit PIN printed on its label or box (the first"
+                    " block of its DSK) as `dsk_pin`; without it the gateway grants such a lock"
+                    " only the classes that need no PIN (S2 Unauthenticated, S0), or none. The"
+                    " PIN is never stored or shown: the action request's `data` has `****`."
+                ),
                 "requestBody": _body(
-                    _object({"data": _object({"duration": _DURATION}, ["duration"])}, ["data"])
+                    _object(
+                        {
+                            "data": _object(
+                                {
+                                    "duration": _DURATION,
+                                    "dsk_pin": {
+                                        "type": "string",
+                                        "pattern": "^[0-9]{5}$",
+                                        "description": "The S2 DSK PIN on the device's label",
+                                    },
+                                },
+                                ["duration"],
+                            )
+                        },
+                        ["data"],
+                    )
                 ),
                 "responses": {"200": _ok(_ref("ActionRequest")), **_errors(400, 401, 404)},
             }

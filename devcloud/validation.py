@@ -160,16 +160,25 @@ def device_action_inputs(action: str, device: dict[str, Any], body: Any) -> dict
 
 
 def gateway_action_inputs(action: str, body: Any) -> dict[str, Any]:
-    """Validate pair_devices {duration} / unpair_devices {duration, device_id?}."""
+    """Validate pair_devices {duration, dsk_pin?} / unpair_devices {duration, device_id?}."""
     problems = Problems()
     data = body_data(body, problems)
     problems.check()
-    allowed = {"duration"} if action == "pair_devices" else {"duration", "device_id"}
+    allowed = {"duration", "dsk_pin"} if action == "pair_devices" else {"duration", "device_id"}
     no_extra(data, allowed, problems)
     inputs: dict[str, Any] = {}
     duration = take_int(data, "duration", problems, required=True, lo=1, hi=255)
     if duration is not None:
         inputs["duration"] = duration
+    if action == "pair_devices" and data.get("dsk_pin") is not None:
+        # the PIN on a Z-Wave S2 device's label (the first block of its DSK); never echoed
+        dsk_pin = data["dsk_pin"]
+        if not isinstance(dsk_pin, str):
+            problems.add("dsk_pin", "Expected string")
+        elif len(dsk_pin) != 5 or not dsk_pin.isascii() or not _DIGITS.fullmatch(dsk_pin):
+            problems.add("dsk_pin", "Must be exactly 5 digits")
+        else:
+            inputs["dsk_pin"] = dsk_pin
     if action == "unpair_devices":
         device_id = take_str(data, "device_id", problems, required=False, max_len=100)
         if device_id is not None:
@@ -194,12 +203,17 @@ def _is_int(value: Any) -> bool:
 
 
 def mask(inputs: dict[str, Any]) -> dict[str, Any]:
-    """Inputs as shown in responses and stored: any code replaced by `****`."""
-    return {k: ("****" if k == "code" else v) for k, v in inputs.items()}
+    """Inputs as shown in responses and stored: any code or DSK PIN replaced by `****`."""
+    return {k: ("****" if k in _MASKED_INPUTS else v) for k, v in inputs.items()}
+
+
+_MASKED_INPUTS: Final = frozenset({"code", "dsk_pin"})
 
 
 # Keys under which a gateway might put a PIN, at any depth of an event.
-_PIN_KEYS: Final = frozenset({"code", "pin", "pin_code", "pincode", "user_code", "usercode"})
+_PIN_KEYS: Final = frozenset(
+    {"code", "pin", "pin_code", "pincode", "user_code", "usercode", "dsk_pin", "dskpin"}
+)
 
 
 def mask_pins(value: Any) -> Any:

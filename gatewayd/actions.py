@@ -236,8 +236,12 @@ def _validate_gateway_inputs(name: ActionName, inputs: Mapping[str, Any]) -> Non
     device_id = inputs.get("device_id")
     if device_id is not None and (name is not ActionName.UNPAIR_DEVICES or not _is_str(device_id)):
         errors["device_id"] = "must be a device id, for unpair_devices only"
-    dsk = inputs.get("dsk_pin")
-    if dsk is not None and not (isinstance(dsk, str) and len(dsk) == 5 and _DIGITS.fullmatch(dsk)):
+    dsk = inputs.get("dsk_pin")  # the PIN on a Z-Wave S2 device's label; never in a message
+    if dsk is not None and name is not ActionName.PAIR_DEVICES:
+        errors["dsk_pin"] = "for pair_devices only"
+    elif dsk is not None and not (
+        isinstance(dsk, str) and len(dsk) == 5 and _DIGITS.fullmatch(dsk)
+    ):
         errors["dsk_pin"] = "must be the 5 digits printed on the device"
     if errors:
         raise InvalidInput(f"invalid inputs for {name}", errors)

@@ -11,16 +11,18 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from gatewayd.config import SimConfig, ZigbeeConfig, ZWaveConfig
-from gatewayd.model import Action, ActionNotSupported, ActionResult, Device, DoorEvent
+from gatewayd.model import Action, ActionNotSupported, ActionResult, Device, DoorEvent, PinCode
 
 __all__ = [
     "DRIVERS",
+    "NO_PAIR_OPTIONS",
     "Driver",
     "DriverContext",
     "DriverHealth",
     "DriverSink",
     "DriverState",
     "Inventory",
+    "PairOptions",
     "SimConfig",
     "Simulation",
     "Spawn",
@@ -112,6 +114,20 @@ class Inventory:
         return native_id.startswith(self.prefix)
 
 
+@dataclass(frozen=True, slots=True)
+class PairOptions:
+    """What a pair_devices request carries besides its duration; a driver uses what applies.
+
+    `dsk_pin`: the 5-digit PIN printed on the device (the first block of its S2 DSK), validated
+    by the core; Z-Wave uses it for S2 Authenticated / Access Control, others ignore it.
+    """
+
+    dsk_pin: PinCode | None = None
+
+
+NO_PAIR_OPTIONS: PairOptions = PairOptions()
+
+
 class Driver(ABC):
     """A radio driver. It only translates: the core owns queues, deadlines, store and tunnel.
 
@@ -142,7 +158,7 @@ class Driver(ABC):
     async def execute(self, device_id: str, action: Action) -> ActionResult: ...
 
     @abstractmethod
-    async def pair(self, duration_s: int) -> None: ...
+    async def pair(self, duration_s: int, options: PairOptions = NO_PAIR_OPTIONS) -> None: ...
 
     @abstractmethod
     async def unpair(self, duration_s: int, device_id: str | None) -> None: ...

@@ -73,7 +73,7 @@ _TEXT_PATTERNS: Final = (
     (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#@\s'\"]+@"), r"\1" + MASK + "@"),
     (
         re.compile(
-            r"(?i)((?:\\*['\"])?\b(?:(?:user|pin)_?code|code|pin|credentials?|password|passwd"
+            r"(?i)((?:\\*['\"])?\b(?:(?:user|pin)_?code|code|(?:dsk_?)?pin|credentials?|password|passwd"
             r"|secret|api_?key|network_?key)\b\\*['\"]?\s*[:=]\s*(?:b?\\*['\"])?)"
             r"[^'\"\\\s,;}&)\]]+"
         ),

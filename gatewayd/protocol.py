@@ -138,8 +138,8 @@ class ActionRequestMsg(_Msg, frozen=True, tag="action_request"):
     deadline: Name
 
     def masked_inputs(self) -> dict[str, Any]:
-        """The inputs with any PIN code replaced by `****`."""
-        return {k: (_MASK if k == "code" else v) for k, v in self.inputs.items()}
+        """The inputs with any PIN code or DSK PIN replaced by `****`."""
+        return {k: (_MASK if k in ("code", "dsk_pin") else v) for k, v in self.inputs.items()}
 
     def __repr__(self) -> str:
         return _masked_repr(self, {"inputs": self.masked_inputs()})

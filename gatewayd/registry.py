@@ -13,7 +13,7 @@ from typing import Any
 
 import anyio
 
-from gatewayd.driver import Driver, DriverSink, DriverState, Inventory
+from gatewayd.driver import Driver, DriverSink, DriverState, Inventory, PairOptions
 from gatewayd.logging import get_logger
 from gatewayd.model import (
     Action,
@@ -26,6 +26,7 @@ from gatewayd.model import (
     EventName,
     GatewayError,
     Method,
+    PinCode,
 )
 from gatewayd.store import Store
 from gatewayd.upstream import Upstream, device_json
@@ -185,7 +186,9 @@ class Registry:
         targets = [d for n, d in self.drivers.items() if wanted is None or n == wanted]
         if not targets:
             raise ActionNotSupported(f"no driver for protocol {wanted!r}")
-        await self._on_all(targets, lambda d: d.pair(duration_s))
+        dsk_pin = inputs.get("dsk_pin")  # validated by the dispatcher: 5 digits or absent
+        options = PairOptions(dsk_pin=None if dsk_pin is None else PinCode(str(dsk_pin)))
+        await self._on_all(targets, lambda d: d.pair(duration_s, options))
 
     async def unpair(self, duration_s: int, device_id: str | None) -> None:
         if device_id is None:

@@ -13,12 +13,14 @@ import anyio
 from drivers.sim.lock import Fault, SimLock
 from drivers.sim.timers import Timers
 from gatewayd.driver import (
+    NO_PAIR_OPTIONS,
     Driver,
     DriverContext,
     DriverHealth,
     DriverSink,
     DriverState,
     Inventory,
+    PairOptions,
     SimConfig,
     Simulation,
 )
@@ -176,7 +178,8 @@ class SimDriver(Driver):
         self._move_bolt(lock, locked=locked, method=Method.REMOTE)
         return ActionResult(details={"locked": locked})
 
-    async def pair(self, duration_s: int) -> None:
+    async def pair(self, duration_s: int, options: PairOptions = NO_PAIR_OPTIONS) -> None:
+        del options  # nothing here takes a DSK PIN
         timers = self._running_timers()
         self._pairing_until = anyio.current_time() + duration_s
         n = self._next

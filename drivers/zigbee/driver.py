@@ -12,12 +12,14 @@ import anyio
 import structlog
 
 from gatewayd.driver import (
+    NO_PAIR_OPTIONS,
     Driver,
     DriverContext,
     DriverHealth,
     DriverSink,
     DriverState,
     Inventory,
+    PairOptions,
     Simulation,
     ZigbeeConfig,
 )
@@ -382,7 +384,8 @@ class ZigbeeDriver(Driver):
         if errors:
             raise InvalidInput("invalid input for this lock", errors)
 
-    async def pair(self, duration_s: int) -> None:
+    async def pair(self, duration_s: int, options: PairOptions = NO_PAIR_OPTIONS) -> None:
+        del options  # nothing here takes a DSK PIN
         if self._app is None:
             raise DeviceError(f"the zigbee radio is down: {self._error or 'not connected'}")
         duration = max(1, min(254, duration_s))

@@ -26,12 +26,24 @@ What the driver does, and what the test stack (zwave-js mock-server 15.29.0) can
   unpair: exclusion for `duration`, or removal of a dead node when a device_id is given. A lock
   of a network zwave-server left (restarted on another controller) is no longer listed here:
   the core removes it on an unpair naming it once the driver is up (Registry.unpair).
+- S2 bootstrapping: zwave-server sends the client that began inclusion "grant security classes"
+  and, for S2 Access Control / Authenticated, "validate dsk and enter pin"; zwave-js waits 240 s
+  for each (TAI1, TAI2) and then includes the lock without security (lowSecurity, its Door Lock
+  CC unusable). The driver answers at once: every requested class (clientSideAuth false) when
+  pair_devices carried a `dsk_pin`, which then answers the PIN question (once: it belongs to one
+  lock), otherwise only S2 Unauthenticated and S0 Legacy. A PIN question with no PIN left is
+  answered "" so zwave-js gives up at once. A "node added" with lowSecurity is a warning naming
+  the node, zwave-js's SecurityBootstrapFailure and what to do (pair again with the label's PIN).
 
-Not shown by the mock stack (untested against real radios here): S2 bootstrapping during
-inclusion (the mock controller does not run a joining node through inclusion), exclusion of a
-real node, a Supervision "Working" answer with a duration, sleeping (non-FLiRS) locks, and setting
-several codes in one command (the mock does not support `setMany`; the driver sets one code per
-action).
+The mock stack runs a joining lock through real S2 bootstrapping (tests/zwave/mock/locks.cjs
+`pending_security`, tests/zwave/test_secure_inclusion.py): with the PIN, without one, and with a
+wrong one. It cannot show a partial grant (S0 only to a lock asking for S2 Access Control and
+S0): the mock node echoes the classes it requested, not those granted, and zwave-js aborts on
+the mismatch where a real lock would join with S0 (zwave-js flags that as a possible S0
+downgrade, so it is still a low-security warning). Not shown either (untested against real
+radios here): exclusion of a real node, a Supervision "Working" answer with a duration, sleeping
+(non-FLiRS) locks, and setting several codes in one command (the mock does not support
+`setMany`; the driver sets one code per action).
 """
 
 # zwave-js-server-python checks every node and controller event against a pydantic model (and

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 
 import aiohttp
@@ -11,6 +12,7 @@ import pytest
 from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from devcloud.db import secret_hash
 from devcloud.hub import Connection
@@ -643,6 +645,63 @@ async def test_gateway_actions_go_to_the_gateway(cloud: Cloud) -> None:
         {"duration": 60, "device_id": DEVICE_ID},
     )
     assert location_id in [loc["id"] for loc in await cloud.get("/v1/locations")]
+
+
+DSK_PIN = "73915"  # distinctive: it must show up nowhere but in the frame to the gateway
+
+
+async def test_a_dsk_pin_goes_to_the_gateway_and_is_masked_everywhere_else(
+    cloud: Cloud, caplog: pytest.LogCaptureFixture
+) -> None:
+    tunnel, gateway_id, _ = await cloud.claimed_gateway()
+    caplog.set_level(logging.DEBUG)
+    with capture_logs() as logs:
+        status, created = await cloud.post(
+            f"/v1/gateways/{gateway_id}/actions/pair_devices",
+            {"data": {"duration": 60, "dsk_pin": DSK_PIN}},
+        )
+        assert status == 200, created
+        assert created["data"] == {"pair_devices": {"duration": 60, "dsk_pin": "****"}}
+        sent = await tunnel.recv()
+        assert isinstance(sent, p.ActionRequestMsg)
+        assert sent.inputs == {"duration": 60, "dsk_pin": DSK_PIN}
+        assert DSK_PIN not in repr(sent)
+        shown = await cloud.get(f"/v1/action_requests/{created['id']}")
+    assert shown["data"] == {"pair_devices": {"duration": 60, "dsk_pin": "****"}}
+    dump = "\n".join(sqlite3.connect(cloud.state.settings.db_path).iterdump())
+    texts = [json.dumps(created), json.dumps(shown), dump, caplog.text]
+    texts += [repr(e) for e in logs]
+    assert [t for t in texts if DSK_PIN in t] == []
+
+
+@pytest.mark.parametrize(
+    "dsk_pin", ["7391", "739150", "7391a", 73915, "\uff17\uff13\uff19\uff11\uff15", ""]
+)
+async def test_a_dsk_pin_is_exactly_5_digits(cloud: Cloud, dsk_pin: object) -> None:
+    tunnel, gateway_id, _ = await cloud.claimed_gateway()
+    status, body = await cloud.post(
+        f"/v1/gateways/{gateway_id}/actions/pair_devices",
+        {"data": {"duration": 60, "dsk_pin": dsk_pin}},
+    )
+    assert status == 400, body
+    assert body["error"]["type"] == "invalid_input"
+    assert "dsk_pin" in body["error"]["validation_errors"]
+    if dsk_pin:
+        assert str(dsk_pin) not in json.dumps(body)
+    # nothing went down the tunnel: the next frame is the ack of a new report
+    await tunnel.send(p.DeviceRemovedMsg(seq=2, device_id="other"))
+    assert await tunnel.recv() == p.Ack(seq=2)
+
+
+async def test_unpair_devices_takes_no_dsk_pin(cloud: Cloud) -> None:
+    _, gateway_id, _ = await cloud.claimed_gateway()
+    status, body = await cloud.post(
+        f"/v1/gateways/{gateway_id}/actions/unpair_devices",
+        {"data": {"duration": 60, "dsk_pin": DSK_PIN}},
+    )
+    assert status == 400
+    assert "dsk_pin" in body["error"]["validation_errors"]
+    assert DSK_PIN not in json.dumps(body)
 
 
 @settings(

@@ -57,8 +57,10 @@ def test_secrets_in_free_text_and_tracebacks_are_masked(json_stream: io.StringIO
     except ValueError:
         log.exception("x.failed")
     logging.getLogger("zwave_js_server").warning("sent usercode: 736251 to node 5")
+    log.warning("x.dsk", error="refused dsk_pin=73915 and 'dskPin': '73915'", dsk_pin="73915")
     text = json_stream.getvalue()
     assert "736251" not in text
+    assert "73915" not in text
     assert "abc.def" not in text
     assert "node 5" in text  # the rest of the line survives
     by_event = {str(line["event"]): line for line in lines(json_stream)}

@@ -85,15 +85,25 @@ class ZWaveStack:
 
     `supervision`: the locks support Supervision CC, so zwave-js supervises their Door Lock
     Operation Set and User Code Set and returns each lock's Supervision status.
+    `secure_inclusion`: the mock controller gets zwave-server's network keys, so a lock waiting
+    for inclusion can be made an S2 node (`pending_security`) and run through S2 bootstrapping.
     """
 
     def __init__(
-        self, workdir: Path, locks: int = 2, home_id: int = HOME_ID, *, supervision: bool = False
+        self,
+        workdir: Path,
+        locks: int = 2,
+        home_id: int = HOME_ID,
+        *,
+        supervision: bool = False,
+        secure_inclusion: bool = False,
     ) -> None:
         self.workdir = workdir
         self.locks = locks
         self.home_id = home_id
         self.supervision = supervision
+        self.secure_inclusion = secure_inclusion
+        self.security_keys: dict[str, str] = {}
         self.serial_port = free_port()
         self.control_port = free_port()
         self.ws_port = free_port()
@@ -134,6 +144,7 @@ mock_control_url = "{self.control_url}"
             name: secrets.token_hex(16)
             for name in ("S0_Legacy", "S2_Unauthenticated", "S2_Authenticated", "S2_AccessControl")
         }
+        self.security_keys = keys
         cfg: dict[str, Any] = {
             "securityKeys": keys,
             "storage": {"cacheDir": str(self.workdir / "cache")},
@@ -155,6 +166,8 @@ mock_control_url = "{self.control_url}"
             "ZWAVE_MOCK_HOME_ID": str(self.home_id),
             "ZWAVE_MOCK_SUPERVISION": "1" if self.supervision else "0",
         }
+        if self.secure_inclusion:
+            env["ZWAVE_MOCK_SECURITY_KEYS"] = json.dumps(self.security_keys)
         self.mock = _Proc(
             "mock-server",
             [
@@ -225,6 +238,13 @@ mock_control_url = "{self.control_url}"
         door closed, online), its reports already taken in by zwave-js; and a lock waiting to be
         included again if the previous one joined. Returns {nodes: [ids], pending: id | None}."""
         result: dict[str, Any] = self._post("/controller/reset", {})
+        return result
+
+    def pending_security(self, *classes: str) -> dict[str, Any]:
+        """The lock waiting for inclusion becomes an S2 node asking for these security classes
+        ("S2_AccessControl", "S0_Legacy", ...; none: insecure). Needs `secure_inclusion`.
+        Returns {id, pin}: its node id and the 5-digit PIN of its DSK (None when insecure)."""
+        result: dict[str, Any] = self._post("/controller/pending_security", {"classes": classes})
         return result
 
     def remove_node(self, node_id: int) -> list[int]:

@@ -2,7 +2,9 @@
 // which tests act like a person at the door (keypad, thumb turn, jam, battery, radio faults).
 //
 // Environment: ZWAVE_MOCK_LOCKS (number of locks, 1..3, default 2), ZWAVE_MOCK_CONTROL_PORT
-// (control channel port on 127.0.0.1; 0 or unset: no control channel), ZWAVE_MOCK_HOME_ID
+// (control channel port on 127.0.0.1; 0 or unset: no control channel), ZWAVE_MOCK_SECURITY_KEYS
+// (JSON {S0_Legacy, S2_Unauthenticated, S2_Authenticated, S2_AccessControl: hex}: the mock
+// controller's network keys, zwave-server's own; a joining S2 node needs them), ZWAVE_MOCK_HOME_ID
 // (the controller's home id, default 0x7e57d00d), ZWAVE_MOCK_NUM_USERS (every lock's User Code
 // CC reports this many supported users instead of its model's), ZWAVE_MOCK_SUPERVISION ("1": every
 // lock supports Supervision CC, so zwave-js supervises its Door Lock Operation Set and User Code
@@ -28,6 +30,10 @@
 // POST /controller/reset: reset every lock in the network, and if the lock that waited for
 //   inclusion has joined, put a new one (same model, next free node id) in inclusion mode.
 //   Returns {nodes: [ids], pending: id|null}.
+// POST /controller/pending_security {classes: ["S2_AccessControl", "S0_Legacy", ...]}: the lock
+//   waiting for inclusion lists Security 2 (and Security, with S0_Legacy) and asks for these
+//   classes in S2 bootstrapping (none: insecure again). Needs ZWAVE_MOCK_SECURITY_KEYS. Returns
+//   {id, pin}: the 5-digit PIN of its DSK, as printed on a real lock's label.
 // POST /controller/remove_node {node_id}: the node leaves the controller's node table (excluded
 //   or removed as failed through another client while zwave-server was away); zwave-js, started
 //   again, no longer lists it. Not undone by reset.
@@ -58,13 +64,20 @@ const DUPLICATE_MODES = ["notify", "silent", "accept"];
 
 exports.default = function mockConfig({ require: req }) {
 	const cc = req("@zwave-js/cc");
-	const { CommandClasses } = req("@zwave-js/core");
+	const { CommandClasses, SecurityClass, generateECDHKeyPair, dskToString } = req("@zwave-js/core");
 	const { createMockZWaveRequestFrame } = req("@zwave-js/testing");
 	const { AddNodeToNetworkRequest, AddNodeType, ApplicationCommandRequest } = req("@zwave-js/serial/serialapi");
 
 	const count = Math.max(1, Math.min(LOCKS.length, Number(process.env.ZWAVE_MOCK_LOCKS || "2")));
 	const controlPort = Number(process.env.ZWAVE_MOCK_CONTROL_PORT || "0");
 	const supervised = process.env.ZWAVE_MOCK_SUPERVISION === "1";
+	const securityKeys = process.env.ZWAVE_MOCK_SECURITY_KEYS
+		? Object.fromEntries(
+			Object.entries(JSON.parse(process.env.ZWAVE_MOCK_SECURITY_KEYS)).map(([k, v]) => [k, Buffer.from(v, "hex")]),
+		)
+		: undefined;
+	// what the lock waiting for inclusion asks for in S2 bootstrapping (pending_security)
+	let pendingSecurity = { classes: [], keyPair: undefined };
 
 	const fresh = () => ({
 		mode: cc.DoorLockMode.Secured,
@@ -278,7 +291,7 @@ exports.default = function mockConfig({ require: req }) {
 		},
 	};
 
-	const nodeOptions = (lock) => ({
+	const nodeOptions = (lock, security = { classes: [] }) => ({
 		id: lock.id,
 		capabilities: {
 			manufacturerId: lock.manufacturerId,
@@ -308,11 +321,16 @@ exports.default = function mockConfig({ require: req }) {
 				},
 				{ ccId: CommandClasses.Battery, isSupported: true, version: 1 },
 				...(supervised ? [{ ccId: CommandClasses.Supervision, isSupported: true, version: 1 }] : []),
+				...(security.classes.length ? [{ ccId: CommandClasses["Security 2"], isSupported: true, version: 1 }] : []),
+				...(security.classes.includes(SecurityClass.S0_Legacy)
+					? [{ ccId: CommandClasses.Security, isSupported: true, version: 1 }]
+					: []),
 			],
+			...(security.classes.length ? { securityClasses: new Set(security.classes) } : {}),
 		},
 		behaviors: [faults, battery, notification, doorLock, userCode],
 	});
-	const nodes = LOCKS.slice(0, count).map(nodeOptions);
+	const nodes = LOCKS.slice(0, count).map((lock) => nodeOptions(lock));
 	// The next lock waits in inclusion mode: it joins when the controller starts inclusion.
 	const pendingModel = count < LOCKS.length ? LOCKS[count] : undefined;
 
@@ -326,8 +344,17 @@ exports.default = function mockConfig({ require: req }) {
 			const id = armed++ === 0 ? pendingModel.id : Math.max(...ids) + 1;
 			const model = { ...pendingModel, id };
 			specs.set(id, model);
-			const { behaviors, ...rest } = nodeOptions(model);
-			controller.nodePendingInclusion = { ...rest, setup: (node) => node.defineBehavior(...behaviors) };
+			pend(model);
+		};
+		const pend = (model) => {
+			const security = pendingSecurity;
+			const { behaviors, ...rest } = nodeOptions(model, security);
+			const setup = (node) => {
+				node.defineBehavior(...behaviors);
+				// the key pair whose PIN pending_security returned (MockNode.create made a new one)
+				if (security.keyPair) node.ecdhKeyPair = security.keyPair;
+			};
+			controller.nodePendingInclusion = { ...rest, setup };
 		};
 		armInclusion();
 		// zwave-js ends an inclusion with two Stops (finishInclusion, then stopInclusionNoCallback);
@@ -358,6 +385,20 @@ exports.default = function mockConfig({ require: req }) {
 				armInclusion();
 				const pending = controller.nodePendingInclusion ? controller.nodePendingInclusion.id : null;
 				return { nodes: ids.sort((a, b) => a - b), pending };
+			},
+			async pending_security(p) {
+				const pending = controller.nodePendingInclusion;
+				if (!pending) throw Object.assign(new Error("no lock waits for inclusion"), { status: 409 });
+				const classes = (p.classes || []).map((name) => {
+					if (!(name in SecurityClass)) throw Object.assign(new Error(`unknown class ${name}`), { status: 400 });
+					return SecurityClass[name];
+				});
+				const keyPair = classes.length ? await generateECDHKeyPair() : undefined;
+				pendingSecurity = { classes, keyPair };
+				pend(specs.get(pending.id));
+				// zwave-js puts the PIN into the first two bytes of the node's public key
+				const pin = keyPair ? dskToString(keyPair.publicKey.subarray(0, 16)).slice(0, 5) : null;
+				return { id: pending.id, pin };
 			},
 			async remove_node(p) {
 				const node = controller.nodes.get(Number(p.node_id));
@@ -492,5 +533,5 @@ exports.default = function mockConfig({ require: req }) {
 	}
 
 	const homeId = Number(process.env.ZWAVE_MOCK_HOME_ID || 0x7e57d00d);
-	return { controller: { homeId }, nodes, onInit };
+	return { controller: { homeId, ...(securityKeys ? { securityKeys } : {}) }, nodes, onInit };
 };
