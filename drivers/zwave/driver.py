@@ -24,8 +24,7 @@ import anyio
 import structlog
 from msgspec.structs import replace
 from zwave_js_server.client import Client
-from zwave_js_server.const import CommandClass, InclusionStrategy, NodeStatus, SecurityClass
-from zwave_js_server.model.controller.inclusion_and_provisioning import InclusionGrant
+from zwave_js_server.const import CommandClass, InclusionStrategy, NodeStatus
 from zwave_js_server.model.node import Node
 from zwave_js_server.model.notification import NotificationNotification
 from zwave_js_server.model.value import Value
@@ -39,6 +38,7 @@ from drivers.zwave.events import (
     parse_notification,
     parse_state_value,
 )
+from drivers.zwave.inclusion import Inclusion
 from drivers.zwave.uncompressed import UncompressedSession
 from gatewayd.driver import (
     NO_PAIR_OPTIONS,
@@ -72,7 +72,6 @@ from gatewayd.model import (
     InvalidInput,
     Lock,
     Method,
-    PinCode,
     SetCode,
     Unlock,
     utcnow,
@@ -103,21 +102,6 @@ REFUSAL_WAIT_S: Final = 1.0  # how long a code the lock did not store may wait f
 # shielded (it may be called from a cancelled scope), so the daemon's limit cannot cut them.
 STOP_TIMEOUT_S: Final = 1.0
 CLOSE_TIMEOUT_S: Final = 0.5  # a websocket close that zwave-server does not answer is cut then
-# S2 classes whose key exchange needs the PIN from the device's label (the first DSK block)
-_NEEDS_PIN: Final = frozenset({SecurityClass.S2_ACCESS_CONTROL, SecurityClass.S2_AUTHENTICATED})
-# zwave-js 15's SecurityBootstrapFailure (zwave_js_server's own enum lacks S0Downgrade)
-_BOOTSTRAP_FAILURES: Final = (
-    "user_canceled",
-    "no_keys_configured",
-    "s2_no_user_callbacks",
-    "timeout",
-    "parameter_mismatch",
-    "node_canceled",
-    "s2_incorrect_pin",
-    "s2_wrong_security_level",
-    "s0_downgrade",
-    "unknown",
-)
 
 
 @dataclass(slots=True)
@@ -202,12 +186,7 @@ class ZWaveDriver(Driver):
         self._salt = secrets.token_bytes(16)
         self._server_version: str | None = None
         self._client_generation = 0
-        # the PIN given with the open inclusion window, until a joining node used it
-        self._inclusion_pin: PinCode | None = None
-        # security classes withheld from the joining node for want of a PIN (zwave-js runs one
-        # bootstrapping at a time), named again in its "node added" warning
-        self._withheld: list[str] = []
-        self._bootstrapping = False  # a grant was answered and the node is not added yet
+        self._inclusion = Inclusion()  # the answers to S2 bootstrapping's questions
         commands.install_log_filter()
 
     # ------------------------------------------------------------------ lifecycle
@@ -494,23 +473,7 @@ class ZWaveDriver(Driver):
 
     def _on_node_added(self, event: dict[str, Any]) -> None:
         node: Node = event["node"]
-        result = event.get("result") or {}
-        withheld, self._withheld = self._withheld, []
-        self._bootstrapping = False
-        if result.get("lowSecurity"):
-            # a lock included without (full) security: its Door Lock and User Code CCs answer
-            # only encrypted, so the operator has to know, and what to do about it
-            self._inclusion_pin = None
-            reason = result.get("lowSecurityReason")
-            log.warning(
-                "zwave.node_added_with_low_security",
-                node_id=node.node_id,
-                reason=_bootstrap_failure(reason),
-                withheld=withheld or None,
-                hint=_low_security_hint(reason, withheld),
-            )
-        else:
-            log.info("zwave.node_added", node_id=node.node_id)
+        self._inclusion.node_added(node.node_id, event.get("result") or {})
         self._watch(node)
 
     def _unwatch(self, node_id: int) -> None:
@@ -885,18 +848,16 @@ class ZWaveDriver(Driver):
 
     async def pair(self, duration_s: int, options: PairOptions = NO_PAIR_OPTIONS) -> None:
         controller = self._controller()
-        before = self._inclusion_pin
-        # set before inclusion starts: a node may join (and ask) before the answer arrives
-        self._inclusion_pin = options.dsk_pin
+        before = self._inclusion.open(options.dsk_pin)
         try:
             ok = await commands.call(
                 "begin inclusion", controller.async_begin_inclusion(InclusionStrategy.DEFAULT)
             )
         except BaseException:
-            self._inclusion_pin = before
+            self._inclusion.restore(before)
             raise
         if not ok:
-            self._inclusion_pin = before
+            self._inclusion.restore(before)
             raise DeviceError("the controller refused to start inclusion")
         log.info(
             "zwave.inclusion_started", duration_s=duration_s, with_pin=options.dsk_pin is not None
@@ -904,50 +865,17 @@ class ZWaveDriver(Driver):
         self._ctx.spawn("zwave.inclusion_window", lambda: self._close_window(duration_s, True))
 
     def _on_grant_request(self, event: dict[str, Any]) -> None:
-        """zwave-js asks which of the S2 classes a joining node requested it may grant, and
-        waits up to 240 s (TAI1) for the answer before it gives up on S2 altogether. Answered at
-        once: every requested class, except the authenticated ones (S2 Access Control, S2
-        Authenticated) when no PIN came with pair_devices; zwave-js would then ask for a PIN
-        nobody gives and include the lock without security after another 240 s (TAI2)."""
-        requested: InclusionGrant = event["requested_grant"]
-        have_pin = self._inclusion_pin is not None
-        granted = [c for c in requested.security_classes if have_pin or c not in _NEEDS_PIN]
-        withheld = [c for c in requested.security_classes if c not in granted]
-        self._withheld = [_class_name(c) for c in withheld]
-        self._bootstrapping = True
-        log.info(
-            "zwave.security_classes_granted",
-            requested=[_class_name(c) for c in requested.security_classes],
-            granted=[_class_name(c) for c in granted],
-        )
-        if withheld:
-            log.warning(
-                "zwave.security_classes_withheld",
-                withheld=self._withheld,
-                hint="pair_devices had no dsk_pin; give the 5 digits on the lock's label",
-            )
-        grant = InclusionGrant(security_classes=granted, client_side_auth=False)
+        grant = self._inclusion.grant(event["requested_grant"])
         self._answer("grant security classes", lambda c: c.async_grant_security_classes(grant))
 
-    def _on_pin_request(self, event: dict[str, Any]) -> None:
-        """zwave-js shows the joining node's DSK (without its first block) and asks for that
-        block, the PIN on the device's label. Used once: it belongs to one device."""
-        pin, self._inclusion_pin = self._inclusion_pin, None
-        if pin is None:
-            # only when authenticated classes were granted with a PIN another node used: a PIN
-            # that is no 5 digits ends the wait at once instead of after 240 s
-            log.warning("zwave.dsk_pin_missing", hint="pair again, giving dsk_pin")
-        else:
-            log.info("zwave.dsk_pin_entered")
-        digits = "" if pin is None else pin.reveal()
+    def _on_pin_request(self, _event: dict[str, Any]) -> None:
+        digits = self._inclusion.pin()
         self._answer(
             "enter dsk pin", lambda c: c.async_validate_dsk_and_enter_pin(digits), secret=True
         )
 
     def _on_inclusion_aborted(self, _event: dict[str, Any]) -> None:
-        log.info("zwave.inclusion_aborted")
-        self._inclusion_pin = None
-        self._bootstrapping = False
+        self._inclusion.aborted()
 
     def _answer(self, what: str, send: Callable[[Any], Any], *, secret: bool = False) -> None:
         """Send an answer to zwave-js's inclusion question from a task (events are synchronous)."""
@@ -987,8 +915,7 @@ class ZWaveDriver(Driver):
         controller = client.driver.controller
         try:
             if inclusion:
-                if not self._bootstrapping:  # a node still bootstrapping may yet ask for it
-                    self._inclusion_pin = None
+                self._inclusion.closed()
                 await controller.async_stop_inclusion()
             else:
                 await controller.async_stop_exclusion()
@@ -1046,32 +973,6 @@ class ZWaveDriver(Driver):
         if node is None:
             raise DeviceNotFound(f"node {lock.node_id} is no longer in the network")
         return node
-
-
-def _class_name(security_class: SecurityClass) -> str:
-    return {
-        SecurityClass.S2_ACCESS_CONTROL: "S2_AccessControl",
-        SecurityClass.S2_AUTHENTICATED: "S2_Authenticated",
-        SecurityClass.S2_UNAUTHENTICATED: "S2_Unauthenticated",
-        SecurityClass.S0_LEGACY: "S0_Legacy",
-    }.get(security_class, str(int(security_class)))
-
-
-def _bootstrap_failure(reason: object) -> str:
-    if isinstance(reason, int) and 0 <= reason < len(_BOOTSTRAP_FAILURES):
-        return _BOOTSTRAP_FAILURES[reason]
-    return "unknown" if reason is None else f"unknown ({reason})"
-
-
-def _low_security_hint(reason: object, withheld: list[str]) -> str:
-    if withheld:
-        return (
-            "it asked for classes that need the 5-digit PIN from its label: exclude it and pair"
-            " again with dsk_pin"
-        )
-    if reason == 6:
-        return "the dsk_pin did not match the lock: exclude it and pair again with its label's PIN"
-    return "exclude it and pair it again; its Door Lock and User Code commands need encryption"
 
 
 def _home(home_id: int) -> str:
