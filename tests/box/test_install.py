@@ -125,6 +125,18 @@ def test_the_installed_command_checks_configs(stage: Path, tmp_path: Path) -> No
     assert str(bad) in lines[0]
 
 
+def _start_as_the_unit(proc: DaemonProcess, stage: Path, cfg: Path, cwd: Path) -> None:
+    """The staged daemon as gatewayd.service starts it: its ExecStart, only its Environment=."""
+    with proc.log_file.open("ab") as out:
+        proc.proc = subprocess.Popen(
+            unit_command(stage, cfg),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=unit_process_environment(),
+            cwd=cwd,
+        )
+
+
 def _unit_argv(unit: str, key: str) -> list[str]:
     """The command line of a unit's first `key=` line."""
     line = next(line for line in unit.splitlines() if line.startswith(f"{key}="))
@@ -168,14 +180,7 @@ def test_the_installed_zwave_server_runs_as_its_unit_starts_it(stage: Path, tmp_
         )
     try:
         _poll(lambda: "server listening on" in log.read_text(errors="replace"), 60)
-        with proc.log_file.open("ab") as out:
-            proc.proc = subprocess.Popen(
-                unit_command(stage, cfg),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=unit_process_environment(),
-                cwd=tmp_path,
-            )
+        _start_as_the_unit(proc, stage, cfg, tmp_path)
         base = f"http://127.0.0.1:{port}"
         proc.wait_healthy(port)
 
@@ -234,14 +239,7 @@ def test_the_installed_daemon_runs_every_driver_as_the_unit_starts_it(
         )
     )
     proc = DaemonProcess(cfg, tmp_path / "daemon.log")
-    with proc.log_file.open("ab") as out:
-        proc.proc = subprocess.Popen(
-            unit_command(stage, cfg),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=unit_process_environment(),
-            cwd=tmp_path,
-        )
+    _start_as_the_unit(proc, stage, cfg, tmp_path)
     base = f"http://127.0.0.1:{port}"
     try:
         proc.wait_healthy(port)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,14 +16,20 @@ from tests.contract.sink import RecordingSink
 from tests.zwave.stack import ZWaveStack
 
 
-@pytest.fixture(scope="session")
-def zwave_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZWaveStack]:
-    stack = ZWaveStack(tmp_path_factory.mktemp("zwave"), locks=3)
+def running_stack(workdir: Path, **kw: Any) -> Iterator[ZWaveStack]:
+    """A stack of its own (`ZWaveStack` keywords), started, and stopped afterwards: the body of
+    a stack fixture."""
+    stack = ZWaveStack(workdir, **kw)
     try:
         stack.start()
         yield stack
     finally:
         stack.stop()
+
+
+@pytest.fixture(scope="session")
+def zwave_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZWaveStack]:
+    yield from running_stack(tmp_path_factory.mktemp("zwave"), locks=3)
 
 
 class Tasks:
@@ -69,11 +76,20 @@ async def zwave(
     zwave_stack: ZWaveStack, tmp_path: Path, tasks: Tasks
 ) -> AsyncIterator[tuple[ZWaveDriver, RecordingSink]]:
     """A started driver that sees all mock locks, with the mock reset to a clean state."""
-    zwave_stack.reset()
+    async for started in started_driver(zwave_stack, tmp_path, tasks):
+        yield started
+
+
+async def started_driver(
+    stack: ZWaveStack, tmp_path: Path, tasks: Tasks
+) -> AsyncIterator[tuple[ZWaveDriver, RecordingSink]]:
+    """The body of a driver fixture: the stack reset, a driver started that sees all its
+    locks, stopped afterwards."""
+    stack.reset()
     sink = RecordingSink()
-    driver = ZWaveDriver(make_config(zwave_stack), DriverContext(tmp_path, tasks.spawn))
+    driver = ZWaveDriver(make_config(stack), DriverContext(tmp_path, tasks.spawn))
     await driver.start(sink)
-    await sink.wait_for(lambda: len(sink.devices) == zwave_stack.locks, timeout=30)
+    await sink.wait_for(lambda: len(sink.devices) == stack.locks, timeout=30)
     yield driver, sink
     await driver.stop()
 

@@ -26,7 +26,7 @@ from drivers.zwave import ZWaveDriver
 from gatewayd.driver import DriverContext, PairOptions
 from gatewayd.model import Lock, PinCode, Unlock
 from tests.contract.sink import RecordingSink
-from tests.zwave.conftest import Tasks, make_config, until
+from tests.zwave.conftest import Tasks, make_config, running_stack, until
 from tests.zwave.stack import ZWaveStack, native_id
 
 pytestmark = pytest.mark.stack
@@ -37,12 +37,7 @@ ANSWERED_WITHIN_S = 30.0
 
 @pytest.fixture(scope="module")
 def secure_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZWaveStack]:
-    stack = ZWaveStack(tmp_path_factory.mktemp("secure"), locks=2, secure_inclusion=True)
-    try:
-        stack.start()
-        yield stack
-    finally:
-        stack.stop()
+    yield from running_stack(tmp_path_factory.mktemp("secure"), locks=2, secure_inclusion=True)
 
 
 class Sent:

@@ -21,7 +21,6 @@ from zwave_js_server.const import CommandClass
 
 from drivers.zwave import ZWaveDriver
 from drivers.zwave.commands import supervision_failed
-from gatewayd.driver import DriverContext
 from gatewayd.model import (
     ClearCode,
     CodeNotConfirmed,
@@ -34,7 +33,7 @@ from gatewayd.model import (
     Unlock,
 )
 from tests.contract.sink import RecordingSink
-from tests.zwave.conftest import Tasks, make_config
+from tests.zwave.conftest import Tasks, running_stack, started_driver
 from tests.zwave.stack import ZWaveStack, native_id
 
 pytestmark = pytest.mark.stack
@@ -42,25 +41,15 @@ pytestmark = pytest.mark.stack
 
 @pytest.fixture(scope="module")
 def supervised_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZWaveStack]:
-    stack = ZWaveStack(tmp_path_factory.mktemp("supervised"), locks=3, supervision=True)
-    try:
-        stack.start()
-        yield stack
-    finally:
-        stack.stop()
+    yield from running_stack(tmp_path_factory.mktemp("supervised"), locks=3, supervision=True)
 
 
 @pytest.fixture
 async def supervised(
     supervised_stack: ZWaveStack, tmp_path: Path, tasks: Tasks
 ) -> AsyncIterator[tuple[ZWaveDriver, RecordingSink]]:
-    supervised_stack.reset()
-    sink = RecordingSink()
-    driver = ZWaveDriver(make_config(supervised_stack), DriverContext(tmp_path, tasks.spawn))
-    await driver.start(sink)
-    await sink.wait_for(lambda: len(sink.devices) == supervised_stack.locks, timeout=30)
-    yield driver, sink
-    await driver.stop()
+    async for started in started_driver(supervised_stack, tmp_path, tasks):
+        yield started
 
 
 def _texts(err: GatewayError, caplog: pytest.LogCaptureFixture, structured: list[Any]) -> list[str]:
