@@ -150,11 +150,13 @@ def test_secret_keys_in_other_spellings_are_masked(json_stream: io.StringIO) -> 
         frames=[{"pinCode": "736251"}, {"userCodes": ["736252"]}],
         networkKey="n3tw0rk-key",
         headers={"X-Api-Key": "ap1-key", "Proxy-Authorization": "Basic cHJveHk="},
+        inputs={"duration": 60, "dsk_pin": "73915"},
         close_code=1006,
     )
     text = json_stream.getvalue()
     for secret in ("cr3d-plural", "736251", "736252", "n3tw0rk-key", "ap1-key", "cHJveHk="):
         assert secret not in text
+    assert "73915" not in text
     assert lines(json_stream)[0]["close_code"] == 1006  # not a secret: still there
 
 
