@@ -187,6 +187,8 @@ class ZWaveDriver(Driver):
         self._server_version: str | None = None
         self._client_generation = 0
         self._inclusion = Inclusion()  # the answers to S2 bootstrapping's questions
+        # node id -> native id of each node with Door Lock CC that joined without security
+        self._insecure: dict[int, str] = {}
         commands.install_log_filter()
 
     # ------------------------------------------------------------------ lifecycle
@@ -274,6 +276,8 @@ class ZWaveDriver(Driver):
             "locks": len(self.devices()),
             "offline": dead,
         }
+        if self._insecure:  # see _note_security
+            details["without_security"] = sorted(self._insecure.values())
         if self._home_id is not None:
             details["home_id"] = _home(self._home_id)
         if self._server_version:
@@ -422,11 +426,14 @@ class ZWaveDriver(Driver):
                 props = replace(lock.device.properties, online=False)
                 self._sink.device_updated(replace(lock.device, properties=props))
         self._locks.clear()
+        self._insecure.clear()
 
     def _drop_removed_nodes(self, nodes: Mapping[int, Node]) -> None:
         """Locks whose node left the network while the link to zwave-server was down (excluded
         or removed as failed through another client): no "node removed" came for them, and the
         controller's node list, complete once connected (see inventory), no longer has them."""
+        for node_id in [node_id for node_id in self._insecure if node_id not in nodes]:
+            del self._insecure[node_id]
         for node_id in [node_id for node_id in self._locks if node_id not in nodes]:
             lock = self._locks.pop(node_id)
             lock.tracker.close()
@@ -470,6 +477,8 @@ class ZWaveDriver(Driver):
         ]
         if node.ready:
             self._on_ready(node)
+        else:
+            self._note_security(node)  # one that joined insecure may never finish its interview
 
     def _on_node_added(self, event: dict[str, Any]) -> None:
         node: Node = event["node"]
@@ -483,6 +492,7 @@ class ZWaveDriver(Driver):
     def _on_node_removed(self, event: dict[str, Any]) -> None:
         node: Node = event["node"]
         self._unwatch(node.node_id)
+        self._insecure.pop(node.node_id, None)
         lock = self._locks.pop(node.node_id, None)
         log.info("zwave.node_removed", node_id=node.node_id)
         if lock is not None and self._sink is not None:
@@ -490,6 +500,7 @@ class ZWaveDriver(Driver):
             self._sink.device_removed(lock.device_id)
 
     def _on_ready(self, node: Node) -> None:
+        self._note_security(node)
         if not _is_lock(node):
             self._check_settled()
             return
@@ -526,6 +537,25 @@ class ZWaveDriver(Driver):
         self._publish(lock, node, added=new)
         log.info("zwave.node_ready", node_id=node.node_id, native_id=native_id, new=new)
         self._check_settled()
+
+    def _note_security(self, node: Node) -> None:
+        """A lock zwave-js knows joined without security (paired elsewhere, or before S2
+        inclusion was answered here): most locks answer Door Lock and User Code only encrypted,
+        so it shows no bolt and takes no command, and nothing else would say why. Said once a
+        run (again after it is included anew), and listed on /status."""
+        if node.is_secure is not False or not _has_door_lock(node) or self._home_id is None:
+            self._insecure.pop(node.node_id, None)
+            return
+        native_id = _native_id(self._home_id, node.node_id)
+        if node.node_id not in self._insecure:
+            log.warning(
+                "zwave.lock_without_security",
+                node_id=node.node_id,
+                native_id=native_id,
+                hint="most locks then refuse commands: exclude it and pair it again, with"
+                " dsk_pin for S2",
+            )
+        self._insecure[node.node_id] = native_id
 
     def _tracker(self, device_id: str) -> BoltTracker:
         def emit(name: EventName, details: dict[str, Any]) -> None:

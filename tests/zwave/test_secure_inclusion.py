@@ -124,6 +124,8 @@ async def test_a_lock_asking_for_s2_access_control_joins_with_the_pin_from_its_l
     assert len(pin) == 5
     assert pin.isdigit()
     assert _highest(driver, node_id) == SecurityClass.S2_ACCESS_CONTROL
+    await sink.wait_for(lambda: native_id(node_id) in sink.ids, timeout=60)
+    assert native_id(node_id) not in driver.health().details.get("without_security", [])
     # the lock is reported and works, its commands encrypted with the S2 Access Control key
     await sink.wait_for(lambda: native_id(node_id) in sink.ids, timeout=60)
     device_id = sink.ids[native_id(node_id)]
@@ -157,7 +159,7 @@ async def test_without_a_pin_a_lock_needing_one_is_refused_at_once_and_said_so(
     """Granting S2 Access Control without a PIN would have zwave-js wait 240 s for one: the
     driver withholds it, zwave-js ends the bootstrapping at once, and the warning says why
     and what to do."""
-    driver, _, sent = secure
+    driver, sink, sent = secure
     node_id, added, logs = await _include(driver, secure_stack, ("S2_AccessControl",), None)
 
     (grant,) = sent.named("controller.grant_security_classes")
@@ -169,6 +171,16 @@ async def test_without_a_pin_a_lock_needing_one_is_refused_at_once_and_said_so(
     withheld = [e for e in logs if e["event"] == "zwave.security_classes_withheld"]
     assert [e["withheld"] for e in withheld] == [["S2_AccessControl"]]
     assert _highest(driver, node_id) in (None, SecurityClass.NONE)
+    # Once interviewed, the lock is named as one without security, in the log and on /status:
+    # its Door Lock CC answers only encrypted, so it shows no bolt and is no device here.
+    with capture_logs() as later:
+        await until(
+            lambda: native_id(node_id) in driver.health().details.get("without_security", []),
+            timeout=60,
+        )
+    warned = [e for e in [*logs, *later] if e["event"] == "zwave.lock_without_security"]
+    assert [e["node_id"] for e in warned] == [node_id]
+    assert native_id(node_id) not in sink.ids
 
 
 async def test_a_wrong_pin_ends_in_a_warning_naming_it(
