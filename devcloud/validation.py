@@ -12,6 +12,7 @@ from typing import Any, Final
 import msgspec
 
 from devcloud.errors import ApiError
+from gatewayd import protocol
 
 _DIGITS: Final = re.compile(r"[0-9]+")
 DEFAULT_CODE_LENGTHS: Final = (4, 5, 6, 7, 8)
@@ -203,11 +204,9 @@ def _is_int(value: Any) -> bool:
 
 
 def mask(inputs: dict[str, Any]) -> dict[str, Any]:
-    """Inputs as shown in responses and stored: any code or DSK PIN replaced by `****`."""
-    return {k: ("****" if k in _MASKED_INPUTS else v) for k, v in inputs.items()}
-
-
-_MASKED_INPUTS: Final = frozenset({"code", "dsk_pin"})
+    """Inputs as shown in responses and stored: any code or DSK PIN replaced by `****`
+    (the gateway's own masking of the same frames: one list of secret inputs)."""
+    return protocol.mask_inputs(inputs)
 
 
 # Keys under which a gateway might put a PIN, at any depth of an event.

@@ -6,6 +6,7 @@ This is the only module shared by the daemon and devcloud. Every frame is one JS
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Final
 
 import msgspec
@@ -37,6 +38,14 @@ PROTOCOL_VERSION: Final = 1
 MAX_FRAME_BYTES: Final = 64 * 1024
 
 _MASK: Final = "****"
+# Action inputs that are secrets: a lock's PIN code, a Z-Wave device's DSK PIN
+SECRET_INPUTS: Final = frozenset({"code", "dsk_pin"})
+
+
+def mask_inputs(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """Action inputs as they may be shown or stored: each secret one replaced by `****`."""
+    return {k: (_MASK if k in SECRET_INPUTS else v) for k, v in inputs.items()}
+
 
 # Sequence numbers fit an SQLite INTEGER on both ends.
 Seq = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
@@ -139,7 +148,7 @@ class ActionRequestMsg(_Msg, frozen=True, tag="action_request"):
 
     def masked_inputs(self) -> dict[str, Any]:
         """The inputs with any PIN code or DSK PIN replaced by `****`."""
-        return {k: (_MASK if k in ("code", "dsk_pin") else v) for k, v in self.inputs.items()}
+        return mask_inputs(self.inputs)
 
     def __repr__(self) -> str:
         return _masked_repr(self, {"inputs": self.masked_inputs()})
