@@ -122,12 +122,10 @@ install -m 0644 README.md "$root$PREFIX/README.md"
 install -d -m 0755 "$root$UNITDIR" "$root$SYSUSERSDIR"
 owned=$root$PREFIX/share/units
 : >"$work/units"
+# shellcheck source=scripts/units.sh
+. scripts/units.sh
 ours() {  # ours NAME: no such unit yet, or one an earlier install wrote
-    local dest=$root$UNITDIR/$1
-    [ ! -e "$dest" ] && return 0
-    [ -f "$owned" ] && grep -qxF "$1" "$owned" && return 0
-    # installed before the list was kept: it runs what is under PREFIX
-    [ ! -f "$owned" ] && grep -qF "$PREFIX/" "$dest"
+    [ ! -e "$root$UNITDIR/$1" ] || installed_by_us "$1"
 }
 install_unit() {  # install_unit SOURCE NAME [SED-EXPRESSION...]
     local src=$1 name=$2 exprs=(-e "s|/opt/gatewayd|$PREFIX|g")

@@ -43,10 +43,10 @@ fi
 rm -f "$root$UNITDIR/gatewayd.service" "$root$SYSUSERSDIR/gatewayd.conf"
 # zwave-js-server.service only when install.sh wrote it (it lists the units it owns), with what
 # it runs; this machine's own zwave-js-server.service is not ours to take.
-owned=$root$PREFIX/share/units
+# shellcheck source=scripts/units.sh
+. "$(dirname "$0")/units.sh"
 zwave_unit=$root$UNITDIR/zwave-js-server.service
-if [ -f "$zwave_unit" ] && { { [ -f "$owned" ] && grep -qxF zwave-js-server.service "$owned"; } \
-    || { [ ! -f "$owned" ] && grep -qF "$PREFIX/" "$zwave_unit"; }; }; then
+if installed_by_us zwave-js-server.service; then
     if [ -z "$DESTDIR" ] && [ -d /run/systemd/system ]; then
         systemctl disable --now zwave-js-server.service 2>/dev/null || true
     fi
