@@ -198,6 +198,12 @@ def render_status(s: dict[str, Any]) -> str:
         + (f" (oldest {age:.0f} s)" if (age := st.get("outbox_oldest_age_s") or 0) > 0 else "")
         + (f" · STORE ERROR: {st['last_error']}" if st.get("last_error") else "")
     )
+    if (rebuilt := st.get("recovered")) is not None:
+        lost = ", ".join(rebuilt["lost"]) or "nothing"
+        lines.append(
+            f"store: found damaged at {rebuilt['at']} and rebuilt; lost: {lost};"
+            f" the damaged file is {rebuilt['moved_to']}"
+        )
     for name, h in s["drivers"].items():
         err = f" — {h['last_error']}" if h.get("last_error") else ""
         lines.append(f"driver {name}: {h['state']} ({h['radio']}){err}")

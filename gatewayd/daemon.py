@@ -461,6 +461,8 @@ class Daemon:
             parts.append("radio down: " + ", ".join(down))
         if self.store.last_error:
             parts.append("store error")
+        if self.store.recovery is not None:
+            parts.append("store rebuilt after damage")
         return ", ".join(parts)
 
     def snapshot(self) -> dict[str, Any]:
@@ -495,6 +497,8 @@ class Daemon:
                 "outbox_backlog": store.outbox_backlog(),
                 "outbox_oldest_age_s": round(store.outbox_oldest_age_s(), 1),
                 "acked_seq": store.acked_seq,
+                # the store was found damaged this run and rebuilt (gatewayd.salvage)
+                "recovered": None if store.recovery is None else store.recovery.to_dict(),
             },
             "drivers": {
                 name: {

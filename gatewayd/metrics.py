@@ -77,6 +77,11 @@ class _StateCollector:
             value=int(not d.store.last_error),
         )
         yield GaugeMetricFamily(
+            "gatewayd_store_rebuilt",
+            "1 when this run found the store damaged and rebuilt it from what could be read",
+            value=int(d.store.recovery is not None),
+        )
+        yield GaugeMetricFamily(
             "gatewayd_actions_in_flight",
             "Actions executing now",
             value=len(d.dispatcher.in_flight()),

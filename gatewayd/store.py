@@ -24,11 +24,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import anyio
 import msgspec
 
+from gatewayd import salvage
 from gatewayd.logging import get_logger
 from gatewayd.model import iso, utcnow
 
@@ -215,6 +216,7 @@ def _unpack_frames(blob: bytes) -> list[bytes]:
     return _frames_decoder.decode(blob)
 
 
+_T = TypeVar("_T")
 _msgpack_encoder: Final = msgspec.msgpack.Encoder()
 _frames_decoder: Final = msgspec.msgpack.Decoder(list[bytes])
 
@@ -297,6 +299,71 @@ def _create_private(path: Path) -> None:
     os.chmod(path, 0o600)
 
 
+def _connect(
+    path: Path, synchronous: str, found: salvage.Salvage | None, acked_seq: int = 0
+) -> sqlite3.Connection:
+    """A connection to the store at `path`, checked, migrated, and holding `found` if given
+    (then the file must be new). Raises sqlite3.DatabaseError for a damaged file."""
+    _create_private(path)
+    db = _plain_connection(path)
+    try:
+        db.execute("PRAGMA journal_mode = WAL")
+        mode = "FULL" if synchronous == "full" else "NORMAL"
+        db.execute(f"PRAGMA synchronous = {mode}")
+        db.execute("PRAGMA foreign_keys = ON")
+        db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+        salvage.check(db)
+        migrate(db)
+        if found is not None:
+            _restore(db, found, acked_seq)
+            db.execute(f"PRAGMA synchronous = {mode}")
+    except BaseException:
+        db.close()
+        raise
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            os.chmod(side, 0o600)
+    return db
+
+
+def _plain_connection(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S
+    )
+
+
+def _restore(db: sqlite3.Connection, found: salvage.Salvage, acked_seq: int) -> None:
+    """Write what was read of a damaged store into a new one: one transaction, synced (it holds
+    the identity, see `Store._synced`)."""
+    db.execute("PRAGMA synchronous = FULL")
+    with _immediate(db):
+        if found.identity is not None:
+            db.execute(
+                "INSERT INTO identity (id, registration_token, token_created_at, gateway_id,"
+                " credential) VALUES (1, ?, ?, ?, ?)",
+                found.identity,
+            )
+        db.executemany(
+            "INSERT OR IGNORE INTO devices (device_id, driver, native_id, descriptor)"
+            " VALUES (?, ?, ?, ?)",
+            found.devices,
+        )
+        db.executemany(
+            "INSERT OR IGNORE INTO actions (id, entity_id, action, status, error, transitions,"
+            " deadline, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            found.actions,
+        )
+        db.executemany(
+            "INSERT OR IGNORE INTO outbox (last_seq, first_seq, frames, created_at)"
+            " VALUES (?, ?, ?, ?)",
+            found.outbox,
+        )
+        acked = max(found.acked_seq or 0, acked_seq)
+        if acked:
+            db.execute("INSERT INTO meta (key, value) VALUES ('acked_seq', ?)", (str(acked),))
+
+
 class _Checkpointer:
     """Runs `PRAGMA wal_checkpoint(PASSIVE)` on its own connection and thread when poked.
 
@@ -367,32 +434,60 @@ class Store:
         self._next_seq = self._committed_seq + 1
         # the highest seq that can have left this box before this run (see `rebase`)
         self.opened_seq = self._committed_seq
+        self._synchronous = "normal"
+        # For a rebuild only (`_rebuild`): the identity last read, and the device ids handed
+        # out this run, in case the damage took them.
+        self._last_identity: tuple[str, str, str | None, str | None] | None = None
+        self._handed_out: dict[str, tuple[str, str]] = {}
+        self.recovery: salvage.Recovery | None = None  # set when the store was rebuilt
         self._id_filter = bytearray(ID_FILTER_BITS // 8)
         for (action_id,) in db.execute("SELECT id FROM actions"):
             self._note_id(action_id)
 
     @classmethod
     def open(cls, path: Path, synchronous: str = "normal") -> Store:
-        _create_private(path)
-        db = sqlite3.connect(
-            path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S
-        )
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'full' else 'NORMAL'}")
-        db.execute("PRAGMA foreign_keys = ON")
-        db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
-        migrate(db)
-        for suffix in ("-wal", "-shm"):
-            side = path.with_name(path.name + suffix)
-            if side.exists():
-                os.chmod(side, 0o600)
-        store = cls(db, path)
-        store._ensure_identity()
+        """Open (or create) the store at `path`. One SQLite finds damaged is kept aside and
+        replaced by a new one holding what could be read of it (`gatewayd.salvage`); `recovery`
+        then says what happened."""
+        try:
+            return cls._open(path, synchronous)
+        except sqlite3.DatabaseError as exc:
+            if not salvage.is_corruption(exc):
+                raise
+            reason = str(exc)
+        log.critical("store.damaged", path=str(path), error=reason)
+        found = salvage.read(path)
+        moved = salvage.move_aside(path)
+        store = cls._open(path, synchronous, found)
+        store.recovery = salvage.recovery(found, reason, moved)
+        store._report_recovery()
+        return store
+
+    @classmethod
+    def _open(cls, path: Path, synchronous: str, found: salvage.Salvage | None = None) -> Store:
+        db = _connect(path, synchronous, found)
+        try:
+            store = cls(db, path)
+            store._synchronous = synchronous
+            store._ensure_identity()
+        except BaseException:
+            db.close()
+            raise
         # WAL checkpoints on a thread of their own; SQLite's automatic one (which runs inside
         # COMMIT, stalling the loop for milliseconds) stays as a rarely reached backstop.
         db.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_CHECKPOINT_PAGES}")
         store._checkpointer = _Checkpointer(path)
         return store
+
+    def _report_recovery(self) -> None:
+        recovery = self.recovery
+        assert recovery is not None
+        log.critical("store.recovered", **recovery.to_dict())
+        if not recovery.kept["identity"]:
+            log.critical(
+                "store.identity_lost",
+                hint="claim the gateway again with its new registration token (gatewayd token)",
+            )
 
     def close(self) -> None:
         self.flush()
@@ -432,36 +527,17 @@ class Store:
         frames, stmts, actions = self._pending_frames, self._pending_sql, self._pending_actions
         devices = self._pending_devices
         try:
-            self._db.execute("BEGIN IMMEDIATE")
-            if frames:
-                created = iso(utcnow())  # one stamp per batch: the frames share this commit
-                self._db.executemany(
-                    "INSERT INTO outbox (last_seq, first_seq, frames, created_at)"
-                    " VALUES (?, ?, ?, ?)",
-                    [
-                        (chunk[-1][0], chunk[0][0], _pack_frames([f for _, f in chunk]), created)
-                        for chunk in itertools.batched(frames, OUTBOX_ROW_FRAMES)
-                    ],
-                )
-            if actions:
-                for action_id in actions:
-                    self._note_id(action_id)
-                self._db.executemany(
-                    _UPSERT_ACTION, [_action_params(*pending) for pending in actions.values()]
-                )
-            for sql, group in itertools.groupby(stmts, key=lambda stmt: stmt[0]):
-                # consecutive runs of one statement in one call, in order
-                self._db.executemany(sql, [params for _, params in group])
-            if devices:
-                # after the statements: a device forgotten since its last save has no entry
-                self._db.executemany(
-                    "UPDATE devices SET descriptor = ? WHERE device_id = ?",
-                    [(text, device_id) for device_id, text in devices.items()],
-                )
-            self._db.execute("COMMIT")
+            try:
+                self._commit(frames, stmts, actions, devices)
+            except sqlite3.Error as exc:
+                self._rollback()
+                # A file that went bad under the running daemon is rebuilt from what can be
+                # read of it (and the frames still in memory), and the batch goes into that.
+                if not (salvage.is_corruption(exc) and self._rebuild(str(exc))):
+                    raise
+                self._commit(frames, stmts, actions, devices)
         except sqlite3.Error as exc:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
+            self._rollback()
             if self.last_error is None:
                 log.error("store.commit_failed", error=str(exc), queued=len(frames) + len(stmts))
             self.last_error = f"{type(exc).__name__}: {exc}"
@@ -482,6 +558,93 @@ class Store:
             self._remember_frames(frames)
             self._committed_event.set()
             self._committed_event = anyio.Event()
+        return True
+
+    def _commit(
+        self,
+        frames: list[tuple[int, bytes]],
+        stmts: list[tuple[str, tuple[Any, ...]]],
+        actions: dict[str, tuple[ActionRow, list[Any], str]],
+        devices: dict[str, str],
+    ) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        if frames:
+            created = iso(utcnow())  # one stamp per batch: the frames share this commit
+            db.executemany(
+                "INSERT INTO outbox (last_seq, first_seq, frames, created_at) VALUES (?, ?, ?, ?)",
+                _outbox_rows(frames, created),
+            )
+        if actions:
+            for action_id in actions:
+                self._note_id(action_id)
+            db.executemany(
+                _UPSERT_ACTION, [_action_params(*pending) for pending in actions.values()]
+            )
+        for sql, group in itertools.groupby(stmts, key=lambda stmt: stmt[0]):
+            # consecutive runs of one statement in one call, in order
+            db.executemany(sql, [params for _, params in group])
+        if devices:
+            # after the statements: a device forgotten since its last save has no entry
+            db.executemany(
+                "UPDATE devices SET descriptor = ? WHERE device_id = ?",
+                [(text, device_id) for device_id, text in devices.items()],
+            )
+        db.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+
+    def _rebuild(self, reason: str) -> bool:
+        """The store file went bad while the daemon ran: move it aside and carry on with a new
+        one holding what could be read of it, and the committed frames this run still has in
+        memory that the cloud has not acknowledged. False (nothing moved, the old file still in
+        use) if that is not possible."""
+        log.critical("store.damaged", path=str(self.path), error=reason)
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+            self._checkpointer = None
+        self._db.close()
+        found = salvage.read(self.path)
+        if found.identity is None and self._last_identity is not None:
+            found.identity = self._last_identity
+            found.lost["identity"] = (
+                found.lost.get("identity", "unreadable") + "; kept the one this run last read"
+            )
+        held = {device_id for device_id, _, _, _ in found.devices}
+        found.devices += [
+            (device_id, driver, native_id, self._pending_devices.get(device_id, "{}"))
+            for device_id, (driver, native_id) in self._handed_out.items()
+            if device_id not in held
+        ]
+        unsaved = [
+            (seq, frame)
+            for seq, frame in self._recent_frames
+            if seq > self._acked_seq and not found.holds_seq(seq)
+        ]
+        created = iso(utcnow())
+        for run in _runs(unsaved):
+            found.outbox.extend(_outbox_rows(run, created))
+        found.outbox.sort()
+        try:
+            moved = salvage.move_aside(self.path)
+        except OSError as exc:
+            log.critical("store.not_moved_aside", path=str(self.path), error=str(exc))
+            self._db = _plain_connection(self.path)  # the old file: commits keep failing
+            return False
+        try:
+            self._db = _connect(self.path, self._synchronous, found, self._acked_seq)
+            self._ensure_identity()  # none read, none in memory: a new token, claimed anew
+        except (OSError, sqlite3.Error) as exc:
+            log.critical("store.not_rebuilt", path=str(self.path), error=str(exc))
+            self._db = _plain_connection(self.path)
+            return False
+        self.recovery = salvage.recovery(found, reason, moved, from_memory=len(unsaved))
+        self._report_recovery()
+        self._db.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_CHECKPOINT_PAGES}")
+        self._checkpointer = _Checkpointer(self.path)
         return True
 
     def _remember_frames(self, frames: list[tuple[int, bytes]]) -> None:
@@ -509,10 +672,22 @@ class Store:
             log.info("store.identity_created")
 
     def identity(self) -> Identity:
-        token, created, gateway_id, credential = self._db.execute(
-            "SELECT registration_token, token_created_at, gateway_id, credential FROM identity"
-        ).fetchone()
+        token, created, gateway_id, credential = self._reading(
+            lambda: self._db.execute(
+                "SELECT registration_token, token_created_at, gateway_id, credential FROM identity"
+            ).fetchone()
+        )
+        self._last_identity = (token, created, gateway_id, credential)
         return Identity(token, _parse_ts(created), gateway_id, credential)
+
+    def _reading(self, read: Callable[[], _T]) -> _T:
+        """`read()`; once more after a rebuild if it found the file damaged (see `_rebuild`)."""
+        try:
+            return read()
+        except sqlite3.DatabaseError as exc:
+            if not (salvage.is_corruption(exc) and self._rebuild(str(exc))):
+                raise
+        return read()
 
     def set_claimed(self, gateway_id: str, credential: str) -> None:
         self._synced(
@@ -549,10 +724,14 @@ class Store:
 
     def device_id(self, driver: str, native_id: str) -> str:
         """The stable UUID for (driver, native_id), created and committed on first sight."""
-        row = self._db.execute(
-            "SELECT device_id FROM devices WHERE driver = ? AND native_id = ?", (driver, native_id)
-        ).fetchone()
+        row = self._reading(
+            lambda: self._db.execute(
+                "SELECT device_id FROM devices WHERE driver = ? AND native_id = ?",
+                (driver, native_id),
+            ).fetchone()
+        )
         if row and row[0] not in self._forgotten:
+            self._handed_out[str(row[0])] = (driver, native_id)
             return str(row[0])
         device_id = str(uuid.uuid4())
         with _immediate(self._db):
@@ -565,6 +744,7 @@ class Store:
                 "INSERT INTO devices (device_id, driver, native_id) VALUES (?, ?, ?)",
                 (device_id, driver, native_id),
             )
+        self._handed_out[device_id] = (driver, native_id)
         return device_id
 
     def save_device(self, device_id: str, descriptor: dict[str, Any] | bytes) -> None:
@@ -578,6 +758,7 @@ class Store:
 
     def forget_device(self, device_id: str) -> None:
         self._pending_devices.pop(device_id, None)
+        self._handed_out.pop(device_id, None)
         self._forgotten.add(device_id)
         self._queue("DELETE FROM devices WHERE device_id = ?", (device_id,))
 
@@ -585,8 +766,12 @@ class Store:
         """Whether the store holds this device id (and is not about to forget it)."""
         if device_id in self._forgotten:
             return False
-        row = self._db.execute("SELECT 1 FROM devices WHERE device_id = ?", (device_id,))
-        return row.fetchone() is not None
+        row = self._reading(
+            lambda: self._db.execute(
+                "SELECT 1 FROM devices WHERE device_id = ?", (device_id,)
+            ).fetchone()
+        )
+        return row is not None
 
     def devices(self) -> list[DeviceRow]:
         return [
@@ -618,7 +803,9 @@ class Store:
             return True
         if not self._maybe_noted(action_id):
             return False  # never written: no lookup needed
-        row = self._db.execute("SELECT 1 FROM actions WHERE id = ?", (action_id,)).fetchone()
+        row = self._reading(
+            lambda: self._db.execute("SELECT 1 FROM actions WHERE id = ?", (action_id,)).fetchone()
+        )
         return row is not None
 
     def _note_id(self, action_id: str) -> None:
@@ -707,6 +894,9 @@ class Store:
             start = after + 1 - recent[0][0]
             if start >= len(recent) or recent[start][0] == after + 1:  # seqs have no gaps
                 return list(itertools.islice(recent, start, start + limit))
+        return self._reading(lambda: self._outbox_rows_after(after, limit))
+
+    def _outbox_rows_after(self, after: int, limit: int) -> list[tuple[int, bytes]]:
         out: list[tuple[int, bytes]] = []
         with contextlib.closing(
             self._db.execute(
@@ -786,10 +976,7 @@ class Store:
             self._db.execute("DELETE FROM outbox")  # acked frames go too: the cloud holds them
             self._db.executemany(
                 "INSERT INTO outbox (last_seq, first_seq, frames, created_at) VALUES (?, ?, ?, ?)",
-                [
-                    (chunk[-1][0], chunk[0][0], _pack_frames([f for _, f in chunk]), created)
-                    for chunk in itertools.batched(frames, OUTBOX_ROW_FRAMES)
-                ],
+                _outbox_rows(frames, created),
             )
             self._db.execute(
                 "INSERT INTO meta (key, value) VALUES ('acked_seq', ?) "
@@ -854,6 +1041,25 @@ _UPSERT_ACTION: Final = (
     " status = excluded.status, error = excluded.error,"
     " transitions = excluded.transitions, updated_at = excluded.updated_at"
 )
+
+
+def _outbox_rows(frames: Sequence[tuple[int, bytes]], created: str) -> list[tuple[Any, ...]]:
+    """Outbox rows for frames of contiguous seqs, up to OUTBOX_ROW_FRAMES to a row."""
+    return [
+        (chunk[-1][0], chunk[0][0], _pack_frames([f for _, f in chunk]), created)
+        for chunk in itertools.batched(frames, OUTBOX_ROW_FRAMES)
+    ]
+
+
+def _runs(frames: list[tuple[int, bytes]]) -> list[list[tuple[int, bytes]]]:
+    """`frames` (ascending seqs) split where a seq is missing."""
+    runs: list[list[tuple[int, bytes]]] = []
+    for seq, frame in frames:
+        if runs and runs[-1][-1][0] == seq - 1:
+            runs[-1].append((seq, frame))
+        else:
+            runs.append([(seq, frame)])
+    return runs
 
 
 def _action_params(row: ActionRow, transitions: list[Any], updated_at: str) -> tuple[Any, ...]:

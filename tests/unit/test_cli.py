@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT, config_text
+from tests.support import ROOT, config_text, free_port
 
 
 def _gatewayd(
@@ -98,15 +100,37 @@ def test_run_with_a_state_dir_this_user_may_not_write(tmp_path: Path, locked_dir
     assert "gateway.state_dir" in _one_line(result.stderr)
 
 
-def test_run_with_a_corrupt_store_says_which_file(tmp_path: Path) -> None:
+def test_run_with_a_damaged_store_starts_on_a_new_one_and_says_so(tmp_path: Path) -> None:
+    """A store SQLite calls no database ended `run` with exit 1, which systemd retried every
+    5 s for good: the box stayed offline until someone came to it. It now starts on a new
+    store, keeps the damaged file aside, and `gatewayd status` says so."""
     state = tmp_path / "state"
     state.mkdir()
     (state / "gatewayd.db").write_bytes(b"not a database, " * 256)
-    result = _gatewayd("run", "-c", str(_config(tmp_path, state)))
-    assert result.returncode == 1
-    line = _one_line(result.stderr)
-    assert str(state / "gatewayd.db") in line
-    assert "not a database" in line
+    cfg = _config(tmp_path, state, free_port())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gatewayd.cli", "run", "-c", str(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while (status := _gatewayd("status", "-c", str(cfg))).returncode != 0:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, status.stderr
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err
+    assert "store rebuilt after damage" in status.stdout
+    assert "store: found damaged at" in status.stdout
+    copies = list(state.glob("gatewayd.db.corrupt-*"))
+    assert [c.read_bytes() for c in copies] == [b"not a database, " * 256]
+    assert copies[0].name in status.stdout
+    assert '"event": "store.damaged"' in out + err
 
 
 def test_token_as_a_user_who_may_not_read_the_state_dir(tmp_path: Path, locked_dir: Path) -> None:

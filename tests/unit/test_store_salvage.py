@@ -1,0 +1,316 @@
+"""A damaged store file (real SQLite files on disk, pages overwritten as a failing SD card
+would leave them): the daemon starts on a new store holding what could be read, and keeps the
+damaged file aside; at run time, a commit that finds the file damaged rebuilds it and lands."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+import structlog
+from structlog.testing import capture_logs
+
+from gatewayd import protocol, salvage
+from gatewayd import store as store_module
+from gatewayd.model import iso, utcnow
+from gatewayd.store import ActionRow, Store
+
+DB = "gatewayd.db"
+
+
+def pages(path: Path, table: str, kind: str | None = None) -> list[int]:
+    """The page numbers of `table`'s b-tree (`kind`: 'leaf' or 'internal' only), in order."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        where = "" if kind is None else f" AND pagetype = '{kind}'"
+        rows = db.execute(
+            f"SELECT pageno FROM dbstat WHERE name = ?{where} ORDER BY path", (table,)
+        ).fetchall()
+    finally:
+        db.close()
+    return [int(r[0]) for r in rows]
+
+
+def root_page(path: Path, table: str) -> int:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return int(
+            db.execute("SELECT rootpage FROM sqlite_schema WHERE name = ?", (table,)).fetchone()[0]
+        )
+    finally:
+        db.close()
+
+
+def overwrite(path: Path, page: int) -> None:
+    """Garbage over one page of the file, as a torn or worn-out write leaves it."""
+    size = 4096
+    with open(path, "r+b") as f:
+        f.seek((page - 1) * size)
+        f.write(b"\x5a" * size)
+
+
+def frame(seq: int, n: int) -> bytes:
+    return protocol.encode(protocol.DeviceRemovedMsg(seq=seq, device_id=f"dev-{n}"))
+
+
+def seqs(store: Store, after: int = 0) -> list[int]:
+    return [s for s, _ in store.outbox_after(after, limit=100_000)]
+
+
+def filled(path: Path, *, actions: int = 0, frames: int = 6, acked: int = 2) -> dict[str, object]:
+    """A claimed store with two devices, `actions` finished actions and `frames` frames of which
+    `acked` were acknowledged; closed (everything in the main file). Returns what it holds."""
+    store = Store.open(path)
+    store.set_claimed("gw-1", "credential-of-gw-1")
+    devices = [store.device_id("sim", f"lock-{n}") for n in range(2)]
+    now = iso(utcnow())
+    for n in range(actions):
+        row = ActionRow(
+            f"ar-{n:06d}", devices[0], "unlock", "completed", None, [("completed", now)], now
+        )
+        store.record_action(row, now)
+    for n in range(frames):
+        store.outbox_put(lambda seq, n=n: frame(seq, n))
+    assert store.flush()
+    store.outbox_ack(acked)
+    assert store.flush()
+    token = store.identity().registration_token
+    store.close()
+    return {"devices": devices, "token": token}
+
+
+@pytest.fixture
+def store_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store's log lines reach `capture_logs` (its own logger keeps the configuration of
+    its first use)."""
+    monkeypatch.setattr(store_module, "log", structlog.get_logger("gatewayd.store"))
+
+
+@pytest.mark.usefixtures("store_log")
+def test_a_file_that_is_no_database_is_kept_aside_and_a_new_store_starts(tmp_path: Path) -> None:
+    path = tmp_path / DB
+    path.write_bytes(b"this is not what SQLite wrote" * 100)
+    os.chmod(path, 0o600)
+    with capture_logs() as logs:
+        store = Store.open(path)
+    try:
+        assert store.recovery is not None
+        assert store.recovery.lost == {"store": "file is not a database"}
+        assert store.recovery.kept["identity"] == 0
+        ident = store.identity()
+        assert not ident.claimed
+        assert ident.registration_token  # a new one to claim it with
+        moved = tmp_path / store.recovery.moved_to
+        assert moved.read_bytes() == b"this is not what SQLite wrote" * 100
+        assert stat.S_IMODE(moved.stat().st_mode) == 0o600
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        store.outbox_put(lambda seq: frame(seq, 0))
+        assert store.flush()
+    finally:
+        store.close()
+    events = {(e["event"], e["log_level"]) for e in logs}
+    assert ("store.identity_lost", "critical") in events
+    assert ("store.recovered", "critical") in events
+
+
+def test_a_damaged_action_log_keeps_the_claim_the_devices_the_outbox_and_most_actions(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / DB
+    held = filled(path, actions=3000, frames=6, acked=2)
+    leaves = pages(path, "actions", "leaf")
+    assert len(leaves) > 20
+    middle = leaves[len(leaves) // 2]
+    overwrite(path, middle)
+
+    store = Store.open(path)
+    try:
+        rec = store.recovery
+        assert rec is not None
+        assert set(rec.lost) == {"actions"}
+        ident = store.identity()
+        assert (ident.gateway_id, ident.credential) == ("gw-1", "credential-of-gw-1")
+        assert ident.registration_token == held["token"]
+        assert [d.device_id for d in store.devices()] == held["devices"]
+        assert store.device_id("sim", "lock-1") == held["devices"][1]  # ids survive
+        assert store.acked_seq == 2
+        assert seqs(store) == [3, 4, 5, 6]  # the unacknowledged frames, nothing else
+        # read up to the damaged page from both ends: one page of rows lost, not the rest
+        kept = rec.kept["actions"]
+        assert 3000 - 2 * 3000 // len(leaves) < kept < 3000
+        assert store.has_action("ar-000000")
+        assert store.has_action("ar-002999")
+        assert len(store.actions_with_status(["completed"])) == kept
+        # the new store works, and numbers on after what it held
+        assert store.outbox_put(lambda seq: frame(seq, 9)) == 7
+        assert store.flush()
+    finally:
+        store.close()
+    # the damaged file is there to look at, with the broken page still in it
+    copies = sorted(tmp_path.glob(f"{DB}.corrupt-*"))
+    assert [c.name for c in copies] == [rec.moved_to]
+
+
+def test_a_damaged_identity_page_issues_a_new_token_and_keeps_the_rest(tmp_path: Path) -> None:
+    path = tmp_path / DB
+    held = filled(path)
+    overwrite(path, root_page(path, "identity"))
+    store = Store.open(path)
+    try:
+        assert store.recovery is not None
+        assert "identity" in store.recovery.lost
+        ident = store.identity()
+        assert not ident.claimed
+        assert ident.registration_token != held["token"]
+        assert [d.device_id for d in store.devices()] == held["devices"]
+        assert seqs(store) == [3, 4, 5, 6]
+    finally:
+        store.close()
+
+
+def test_a_lost_outbox_is_caught_up_by_the_cloud_not_numbered_anew(tmp_path: Path) -> None:
+    """The outbox and the acked seq gone: the next frames are numbered from 1 again, below
+    what the cloud holds, and the first welcome's ack moves them past it (Store.rebase)."""
+    path = tmp_path / DB
+    filled(path)
+    overwrite(path, root_page(path, "outbox"))
+    overwrite(path, root_page(path, "meta"))
+    store = Store.open(path)
+    try:
+        assert store.recovery is not None
+        assert {"outbox", "meta"} <= set(store.recovery.lost)
+        assert store.outbox_put(lambda seq: frame(seq, 0)) == 1
+        assert store.flush()
+        shift = store.rebase(6, lambda _frame, seq: frame(seq, 0))
+        assert shift == 6
+        assert seqs(store) == [7]
+    finally:
+        store.close()
+
+
+def test_only_the_newest_damaged_copies_are_kept(tmp_path: Path) -> None:
+    path = tmp_path / DB
+    names = []
+    for n in range(salvage.KEEP_COPIES + 2):
+        path.unlink(missing_ok=True)
+        path.write_bytes(f"damaged {n}".encode() * 50)
+        store = Store.open(path)
+        assert store.recovery is not None
+        names.append(store.recovery.moved_to)
+        store.close()
+    left = sorted(p.name for p in tmp_path.glob(f"{DB}.corrupt-*"))
+    assert left == names[-salvage.KEEP_COPIES :]
+
+
+def test_only_damage_is_taken_for_damage(tmp_path: Path) -> None:
+    """A full disk, a read-only file or a busy lock must never move a good store aside."""
+    db = sqlite3.connect(tmp_path / "full.db")
+    db.execute("CREATE TABLE t (x BLOB)")
+    db.execute("PRAGMA max_page_count = 3")
+    db.execute("INSERT INTO t VALUES (zeroblob(3000))")
+    with pytest.raises(sqlite3.Error) as full:
+        db.execute("INSERT INTO t VALUES (zeroblob(3000))")
+    db.close()
+    assert full.value.sqlite_errorcode == sqlite3.SQLITE_FULL
+    assert not salvage.is_corruption(full.value)
+
+    ro = tmp_path / "ro.db"
+    sqlite3.connect(ro).execute("CREATE TABLE t (x)").connection.commit()
+    reader = sqlite3.connect(f"file:{ro}?mode=ro", uri=True)
+    with pytest.raises(sqlite3.Error) as readonly:
+        reader.execute("INSERT INTO t VALUES (1)")
+    reader.close()
+    assert not salvage.is_corruption(readonly.value)
+
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"x" * 8192)
+    with pytest.raises(sqlite3.Error) as notadb:
+        sqlite3.connect(bad).execute("SELECT * FROM sqlite_schema").fetchall()
+    assert salvage.is_corruption(notadb.value)
+
+
+@pytest.mark.usefixtures("store_log")
+def test_a_store_damaged_while_the_daemon_runs_is_rebuilt_and_the_commit_lands(
+    tmp_path: Path,
+) -> None:
+    """The outbox's page goes bad under a running store: the next commit finds it, the store
+    is rebuilt, and the unacknowledged frames the damaged page held come back from memory."""
+    path = tmp_path / DB
+    with capture_logs() as logs:
+        store = Store.open(path)
+        _damaged_under(store, path, logs)
+    reopened = Store.open(path)  # the rebuilt file is sound and holds the same
+    try:
+        assert reopened.recovery is None
+        assert seqs(reopened, 1) == [2, 3, 4, 5, 6]
+        assert reopened.acked_seq == 1
+    finally:
+        reopened.close()
+
+
+def _damaged_under(store: Store, path: Path, logs: list[dict[str, object]]) -> None:
+    try:
+        store.set_claimed("gw-1", "credential-of-gw-1")
+        device = store.device_id("sim", "lock-0")
+        for n in range(5):
+            store.outbox_put(lambda seq, n=n: frame(seq, n))
+        assert store.flush()
+        store.outbox_ack(1)
+        assert store.flush()
+        store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        overwrite(path, root_page(path, "outbox"))
+        store._db.execute("PRAGMA shrink_memory")  # SQLite reads the page from the file again
+
+        before = len(logs)
+        store.outbox_put(lambda seq: frame(seq, 5))  # outside an event loop: committed at once
+        assert store.flush()
+        rec = store.recovery
+        assert rec is not None
+        assert "outbox" in rec.lost
+        assert rec.kept["outbox_frames_from_memory"] == 4  # seqs 2..5, held in memory
+        assert store.last_error is None
+        assert seqs(store, 1) == [2, 3, 4, 5, 6]
+        assert store.identity().credential == "credential-of-gw-1"
+        assert store.device_id("sim", "lock-0") == device
+        said = [e["event"] for e in logs[before:] if e["event"] != "store.migrated"]
+        assert said == ["store.damaged", "store.recovered"]
+    finally:
+        store.close()
+
+
+def test_a_read_that_finds_the_file_damaged_rebuilds_it_with_what_this_run_knows(
+    tmp_path: Path,
+) -> None:
+    """The identity's and the devices' pages go bad under a running store: the next read of
+    the identity finds it, and the rebuilt store keeps the claim and the device ids this run
+    had read and handed out, so the gateway neither needs claiming again nor renames its locks."""
+    path = tmp_path / DB
+    store = Store.open(path)
+    try:
+        store.set_claimed("gw-1", "credential-of-gw-1")
+        before = store.identity()
+        devices = [store.device_id("sim", f"lock-{n}") for n in range(2)]
+        assert store.flush()
+        store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        overwrite(path, root_page(path, "identity"))
+        overwrite(path, root_page(path, "devices"))
+        store._db.execute("PRAGMA shrink_memory")
+
+        assert store.identity() == before
+        rec = store.recovery
+        assert rec is not None
+        assert {"identity", "devices"} <= set(rec.lost)
+        assert rec.kept["identity"] == 1
+        assert [store.device_id("sim", f"lock-{n}") for n in range(2)] == devices
+    finally:
+        store.close()
+    reopened = Store.open(path)
+    try:
+        assert reopened.recovery is None
+        assert reopened.identity() == before
+        assert [d.device_id for d in reopened.devices()] == devices
+    finally:
+        reopened.close()
