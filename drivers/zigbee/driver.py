@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final
@@ -161,6 +162,14 @@ class ZigbeeDriver(Driver):
     def _down(self, exc: BaseException) -> None:
         self._state = DriverState.DOWN
         self._error = _describe(exc)
+        if isinstance(exc, sqlite3.DatabaseError):
+            # zigpy's own database, not the radio: no retry fixes a damaged file. SQLite's
+            # messages name no data. Moved aside, the network comes back from the radio but
+            # zigpy no longer knows its locks, which then have to be paired again.
+            self._error = (
+                f"{self._error}: {exc}: the Zigbee database {self.database} cannot be used;"
+                " restore it from a backup (without it, the locks must be paired again)"
+            )
         log.warning("zigbee.radio_down", radio=self._cfg.radio_type, error=self._error)
 
     async def _sleep(self, seconds: float) -> bool:

@@ -28,7 +28,7 @@ from gatewayd.model import (
     Unlock,
 )
 from tests.contract.sink import RecordingSink
-from tests.zigbee.conftest import config, running
+from tests.zigbee.conftest import BASE, config, running
 
 pytestmark = pytest.mark.stack
 
@@ -256,3 +256,18 @@ async def test_pairing_and_unpairing(tmp_path: Path) -> None:
         await driver.unpair(30, new_id)
         await sink.wait_for(lambda: new_id in sink.removed)
         assert new_id not in {d.id for d in driver.devices()}
+
+
+async def test_a_damaged_zigbee_database_is_named_on_the_drivers_health(tmp_path: Path) -> None:
+    """zigpy's database damaged (a worn SD card): the driver said only `DatabaseError`, as if
+    the radio were unplugged, and an operator had nothing to go on."""
+    (tmp_path / BASE.database_path).write_bytes(b"not a database " * 300)
+    sink = RecordingSink()
+    async with running(tmp_path, sink, wait_locks=0) as driver:
+        async with asyncio.timeout(10):
+            while driver.health().state is not DriverState.DOWN:
+                await asyncio.sleep(0.05)
+        error = driver.health().last_error or ""
+        assert "file is not a database" in error
+        assert str(tmp_path / BASE.database_path) in error
+        assert "restore it from a backup" in error
