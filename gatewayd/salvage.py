@@ -34,6 +34,8 @@ from gatewayd.model import iso, utcnow
 KEEP_COPIES: Final = 2  # damaged stores kept aside, the newest; older ones are deleted
 _CORRUPT_CODES: Final = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 _SIDES: Final = ("", "-wal", "-shm")
+_NOT_UTF8: Final = "Could not decode to UTF-8"
+_READ_ERRORS: Final = (sqlite3.Error, UnicodeDecodeError, ValueError, OverflowError)
 _frames: Final = msgspec.msgpack.Decoder(list[bytes])
 
 
@@ -43,8 +45,12 @@ class StoreDamaged(sqlite3.DatabaseError):
 
 def is_corruption(exc: BaseException) -> bool:
     """Whether SQLite said the file is damaged, as opposed to full, read-only, busy or gone:
-    those pass, and moving the file aside for them would lose a good store."""
-    if isinstance(exc, StoreDamaged):
+    those pass, and moving the file aside for them would lose a good store. Text that is not
+    UTF-8 is damage too (SQLite never writes such text; Python fails on it, in a value or in
+    the message SQLite quotes a damaged schema in)."""
+    if isinstance(exc, StoreDamaged | UnicodeDecodeError):
+        return True
+    if isinstance(exc, sqlite3.OperationalError) and str(exc).startswith(_NOT_UTF8):
         return True
     code = getattr(exc, "sqlite_errorcode", None)
     return (
@@ -52,6 +58,17 @@ def is_corruption(exc: BaseException) -> bool:
         and isinstance(code, int)
         and (code & 0xFF in _CORRUPT_CODES)
     )
+
+
+def reason(exc: BaseException) -> str:
+    """What to say about damage `exc` showed: SQLite's own message, never a value from the file
+    (Python quotes a value that is not UTF-8 in its message: it may be the credential)."""
+    if isinstance(exc, UnicodeDecodeError) or str(exc).startswith(_NOT_UTF8):
+        return "text that is not UTF-8"
+    if isinstance(exc, StoreDamaged):
+        return str(exc)  # quick_check names pages and tables, no values
+    name = getattr(exc, "sqlite_errorname", None)
+    return f"{name}: {exc}" if name else type(exc).__name__
 
 
 def check(db: sqlite3.Connection) -> None:
@@ -131,13 +148,15 @@ def read(path: Path) -> Salvage:
     try:
         db = sqlite3.connect(uri, uri=True)
     except sqlite3.Error as exc:
-        found.lost["store"] = str(exc)
+        found.lost["store"] = reason(exc)
         return found
+    db.text_factory = bytes  # checked and decoded here: a damaged value must not end a read
     try:
         try:
             version = int(db.execute("PRAGMA user_version").fetchone()[0])
-        except sqlite3.Error as exc:
-            found.lost["store"] = str(exc)
+            db.execute("SELECT name FROM sqlite_schema").fetchall()
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
+            found.lost["store"] = reason(exc)
             return found
         _read_identity(db, found)
         _read_meta(db, found)
@@ -193,14 +212,14 @@ def _read(
         for rowid, *values in db.execute(select):
             reached = rowid
             take(rowid, values)
-    except sqlite3.Error as exc:
-        found.lost[table] = str(exc)
+    except _READ_ERRORS as exc:
+        found.lost[table] = reason(exc)
         try:
             for rowid, *values in db.execute(select + " DESC"):
                 if rowid <= reached:
                     break
                 take(rowid, values)
-        except sqlite3.Error:
+        except _READ_ERRORS:
             pass  # the damage, reached from the other side
     if refused:
         found.lost.setdefault(table, f"{refused} unreadable rows")
@@ -212,16 +231,17 @@ def _read_identity(db: sqlite3.Connection, found: Salvage) -> None:
         row = db.execute(
             "SELECT registration_token, token_created_at, gateway_id, credential FROM identity"
         ).fetchone()
-    except sqlite3.Error as exc:
-        found.lost["identity"] = str(exc)
+    except _READ_ERRORS as exc:
+        found.lost["identity"] = reason(exc)
         return
-    token, created, gateway_id, credential = row if row else (None, None, None, None)
-    if not (isinstance(token, str) and token and isinstance(created, str) and _is_time(created)):
+    token, created, gateway_id, credential = (
+        [_text(v) for v in row] if row else [None, None, None, None]
+    )
+    if not (token and created and _is_time(created)):
         found.lost["identity"] = "no readable registration token"
         return
-    if not (_opt_str(gateway_id) and _opt_str(credential)) or (gateway_id is None) != (
-        credential is None
-    ):
+    claimed = row[2] is not None or row[3] is not None
+    if claimed and not (gateway_id and credential):
         found.lost["identity"] = "the claim could not be read"
         gateway_id = credential = None
     found.identity = (token, created, gateway_id, credential)
@@ -230,60 +250,68 @@ def _read_identity(db: sqlite3.Connection, found: Salvage) -> None:
 def _read_meta(db: sqlite3.Connection, found: Salvage) -> None:
     try:
         row = db.execute("SELECT value FROM meta WHERE key = 'acked_seq'").fetchone()
-    except sqlite3.Error as exc:
-        found.lost["meta"] = str(exc)
+    except _READ_ERRORS as exc:
+        found.lost["meta"] = reason(exc)
         return
-    if row is not None and isinstance(row[0], str) and row[0].isdigit():
-        found.acked_seq = int(row[0])
+    value = None if row is None else _text(row[0])
+    if value is not None and value.isascii() and value.isdigit():
+        found.acked_seq = int(value)
 
 
 def _device(values: tuple[Any, ...]) -> tuple[Any, ...] | None:
-    device_id, driver, native_id, descriptor = values
-    if not all(isinstance(v, str) and v for v in (device_id, driver, native_id)):
+    device_id, driver, native_id, descriptor = (_text(v) for v in values)
+    if not (device_id and driver and native_id):
         return None
-    if not isinstance(descriptor, str) or not _is_object(descriptor):
+    if descriptor is None or not _is_object(descriptor):
         descriptor = "{}"  # the driver describes the device again when it reports it
     return (device_id, driver, native_id, descriptor)
 
 
 def _action(values: tuple[Any, ...]) -> tuple[Any, ...] | None:
-    action_id, entity_id, action, status, error, transitions, deadline, updated = values
-    if not all(
-        isinstance(v, str) for v in (action_id, entity_id, action, status, deadline, updated)
-    ):
+    texts = [_text(v) for v in values]
+    action_id, entity_id, action, status, error, transitions, deadline, updated = texts
+    if None in (action_id, entity_id, action, status, transitions, deadline, updated):
         return None
-    if error is not None and not (isinstance(error, str) and _is_object(error)):
+    if values[4] is not None and (error is None or not _is_object(error)):
         return None
-    if not isinstance(transitions, str) or not _is_pairs(transitions):
+    if transitions is None or not _is_pairs(transitions):
         return None
-    return values
+    return tuple(texts)
 
 
 def _row(values: tuple[Any, ...]) -> tuple[Any, ...] | None:
     last, first, blob, created = values
+    created = _text(created)
     if not (isinstance(last, int) and isinstance(first, int) and 0 < first <= last):
         return None
-    if not isinstance(blob, bytes) or not isinstance(created, str):
+    if not isinstance(blob, bytes) or created is None:
         return None
     try:
         frames = _frames.decode(blob)
     except msgspec.DecodeError:
         return None
-    return values if len(frames) == last - first + 1 else None
+    return (last, first, blob, created) if len(frames) == last - first + 1 else None
 
 
 def _v1_frame(values: tuple[Any, ...]) -> tuple[Any, ...] | None:
     seq, frame, created = values
-    ok = isinstance(seq, int) and seq > 0 and isinstance(frame, bytes) and isinstance(created, str)
-    return values if ok else None
+    created = _text(created)
+    ok = isinstance(seq, int) and seq > 0 and isinstance(frame, bytes) and created is not None
+    return (seq, frame, created) if ok else None
+
+
+def _text(value: object) -> str | None:
+    """A TEXT value read as bytes (see `read`), decoded; None if it is not UTF-8 text."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            return None
+    return value if isinstance(value, str) else None
 
 
 def _pack(frames: list[bytes]) -> bytes:
     return msgspec.msgpack.encode(frames)
-
-
-def _opt_str(value: object) -> bool:
-    return value is None or (isinstance(value, str) and bool(value))
 
 
 def _is_time(value: str) -> bool:
@@ -326,6 +354,21 @@ def move_aside(path: Path) -> Path:
             os.replace(source, target.with_name(target.name + side))
     _prune_copies(path, keep=KEEP_COPIES)
     return target
+
+
+def move_back(moved: Path, path: Path) -> None:
+    """Undo `move_aside`: the damaged store at `moved` goes back to `path`."""
+    remove(path)
+    for side in _SIDES:
+        source = moved.with_name(moved.name + side)
+        if source.exists():
+            os.replace(source, path.with_name(path.name + side))
+
+
+def remove(path: Path) -> None:
+    """Delete a store file and its WAL and shared-memory files, those that exist."""
+    for side in _SIDES:
+        path.with_name(path.name + side).unlink(missing_ok=True)
 
 
 def _prune_copies(path: Path, *, keep: int) -> None:

@@ -300,7 +300,7 @@ def _create_private(path: Path) -> None:
 
 
 def _connect(
-    path: Path, synchronous: str, found: salvage.Salvage | None, acked_seq: int = 0
+    path: Path, synchronous: str, found: salvage.Salvage | None = None, acked_seq: int = 0
 ) -> sqlite3.Connection:
     """A connection to the store at `path`, checked, migrated, and holding `found` if given
     (then the file must be new). Raises sqlite3.DatabaseError for a damaged file."""
@@ -325,6 +325,28 @@ def _connect(
         if side.exists():
             os.chmod(side, 0o600)
     return db
+
+
+def _replace_damaged(path: Path, found: salvage.Salvage, acked_seq: int) -> Path:
+    """Write a new store holding `found` beside the damaged one at `path`, then move the damaged
+    one aside (`salvage.move_aside`) and the new one into its place. Returns where the damaged
+    one went. Raises OSError or sqlite3.Error (a full disk) with the damaged file still at
+    `path`: it alone holds what was read, so it is never set aside before its replacement is
+    written."""
+    fresh = path.with_name(path.name + ".rebuilding")
+    salvage.remove(fresh)
+    try:
+        _connect(fresh, "full", found, acked_seq).close()  # the last close folds its WAL in
+        moved = salvage.move_aside(path)
+    except BaseException:
+        salvage.remove(fresh)
+        raise
+    try:
+        os.replace(fresh, path)
+    except BaseException:
+        salvage.move_back(moved, path)
+        raise
+    return moved
 
 
 def _plain_connection(path: Path) -> sqlite3.Connection:
@@ -451,21 +473,21 @@ class Store:
         then says what happened."""
         try:
             return cls._open(path, synchronous)
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
             if not salvage.is_corruption(exc):
                 raise
-            reason = str(exc)
+            reason = salvage.reason(exc)
         log.critical("store.damaged", path=str(path), error=reason)
         found = salvage.read(path)
-        moved = salvage.move_aside(path)
-        store = cls._open(path, synchronous, found)
+        moved = _replace_damaged(path, found, 0)  # raises with the damaged file left in place
+        store = cls._open(path, synchronous)
         store.recovery = salvage.recovery(found, reason, moved)
         store._report_recovery()
         return store
 
     @classmethod
-    def _open(cls, path: Path, synchronous: str, found: salvage.Salvage | None = None) -> Store:
-        db = _connect(path, synchronous, found)
+    def _open(cls, path: Path, synchronous: str) -> Store:
+        db = _connect(path, synchronous)
         try:
             store = cls(db, path)
             store._synchronous = synchronous
@@ -533,7 +555,7 @@ class Store:
                 self._rollback()
                 # A file that went bad under the running daemon is rebuilt from what can be
                 # read of it (and the frames still in memory), and the batch goes into that.
-                if not (salvage.is_corruption(exc) and self._rebuild(str(exc))):
+                if not (salvage.is_corruption(exc) and self._rebuild(salvage.reason(exc))):
                     raise
                 self._commit(frames, stmts, actions, devices)
         except sqlite3.Error as exc:
@@ -608,11 +630,13 @@ class Store:
             self._checkpointer = None
         self._db.close()
         found = salvage.read(self.path)
-        if found.identity is None and self._last_identity is not None:
+        if self._last_identity is not None and found.identity != self._last_identity:
+            # all writes to it go through this store: what it last read is the identity
+            if found.identity is None or "identity" in found.lost:
+                found.lost["identity"] = (
+                    found.lost.get("identity", "unreadable") + "; kept the one this run last read"
+                )
             found.identity = self._last_identity
-            found.lost["identity"] = (
-                found.lost.get("identity", "unreadable") + "; kept the one this run last read"
-            )
         held = {device_id for device_id, _, _, _ in found.devices}
         found.devices += [
             (device_id, driver, native_id, self._pending_devices.get(device_id, "{}"))
@@ -629,16 +653,17 @@ class Store:
             found.outbox.extend(_outbox_rows(run, created))
         found.outbox.sort()
         try:
-            moved = salvage.move_aside(self.path)
-        except OSError as exc:
-            log.critical("store.not_moved_aside", path=str(self.path), error=str(exc))
-            self._db = _plain_connection(self.path)  # the old file: commits keep failing
+            moved = _replace_damaged(self.path, found, self._acked_seq)
+        except (OSError, sqlite3.Error) as exc:
+            # the damaged file is still in use; commits keep failing, and are retried
+            log.critical("store.not_rebuilt", path=str(self.path), error=str(exc))
+            self._db = _plain_connection(self.path)
             return False
         try:
-            self._db = _connect(self.path, self._synchronous, found, self._acked_seq)
+            self._db = _connect(self.path, self._synchronous)
             self._ensure_identity()  # none read, none in memory: a new token, claimed anew
         except (OSError, sqlite3.Error) as exc:
-            log.critical("store.not_rebuilt", path=str(self.path), error=str(exc))
+            log.critical("store.not_reopened", path=str(self.path), error=str(exc))
             self._db = _plain_connection(self.path)
             return False
         self.recovery = salvage.recovery(found, reason, moved, from_memory=len(unsaved))
@@ -685,7 +710,7 @@ class Store:
         try:
             return read()
         except sqlite3.DatabaseError as exc:
-            if not (salvage.is_corruption(exc) and self._rebuild(str(exc))):
+            if not (salvage.is_corruption(exc) and self._rebuild(salvage.reason(exc))):
                 raise
         return read()
 
@@ -694,6 +719,7 @@ class Store:
             "UPDATE identity SET gateway_id = ?, credential = ? WHERE id = 1",
             (gateway_id, credential),
         )
+        self.identity()  # what a rebuild keeps (see `_rebuild`)
 
     def _synced(self, sql: str, params: tuple[Any, ...]) -> None:
         """Run one statement as a transaction that is on disk when this returns, whatever

@@ -4,9 +4,12 @@ damaged file aside; at run time, a commit that finds the file damaged rebuilds i
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from gatewayd import protocol, salvage
 from gatewayd import store as store_module
 from gatewayd.model import iso, utcnow
 from gatewayd.store import ActionRow, Store
+from tests.support import ROOT
 
 DB = "gatewayd.db"
 
@@ -98,7 +102,7 @@ def test_a_file_that_is_no_database_is_kept_aside_and_a_new_store_starts(tmp_pat
         store = Store.open(path)
     try:
         assert store.recovery is not None
-        assert store.recovery.lost == {"store": "file is not a database"}
+        assert store.recovery.lost == {"store": "SQLITE_NOTADB: file is not a database"}
         assert store.recovery.kept["identity"] == 0
         ident = store.identity()
         assert not ident.claimed
@@ -314,3 +318,86 @@ def test_a_read_that_finds_the_file_damaged_rebuilds_it_with_what_this_run_knows
         assert [d.device_id for d in reopened.devices()] == devices
     finally:
         reopened.close()
+
+
+def test_a_damaged_credential_never_reaches_the_report(tmp_path: Path) -> None:
+    """One byte of the credential damaged: Python quotes the whole value in its decode error,
+    which went into `lost`, and from there to /status and the log."""
+    credential = "gwc_9f3b2c7d1e8a4b6c0d5e7f1a2b3c4d5e"
+    path = tmp_path / DB
+    store = Store.open(path)
+    store.set_claimed("gw-1", credential)
+    store.close()
+    raw = bytearray(path.read_bytes())
+    at = raw.find(credential.encode())
+    raw[at + 20] = 0xFF
+    path.write_bytes(bytes(raw))
+    overwrite(path, root_page(path, "outbox"))
+    with capture_logs() as logs:
+        store = Store.open(path)
+    try:
+        assert store.recovery is not None
+        assert store.recovery.lost["identity"] == "the claim could not be read"
+        assert not store.identity().claimed
+        shown = json.dumps(store.recovery.to_dict()) + json.dumps(logs, default=str)
+        assert credential[:12] not in shown
+        assert credential[-12:] not in shown
+    finally:
+        store.close()
+
+
+def test_a_damaged_schema_text_is_damage_not_a_crash(tmp_path: Path) -> None:
+    """A byte of the schema on page 1 that is not UTF-8: SQLite quotes it in its error, and
+    Python's UnicodeDecodeError ended every start."""
+    path = tmp_path / DB
+    Store.open(path).close()
+    raw = bytearray(path.read_bytes())
+    at = raw.find(b"CREATE TABLE identity (", 0, 4096)
+    raw[at + len(b"CREATE TABLE identity ")] = 0xF3
+    path.write_bytes(bytes(raw))
+    store = Store.open(path)
+    try:
+        assert store.recovery is not None
+        assert store.recovery.reason == "text that is not UTF-8"
+        assert store.identity().registration_token
+    finally:
+        store.close()
+
+
+_FULL_DISK_OPEN = """
+import pathlib, resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, 150_000))
+from gatewayd.store import Store
+Store.open(pathlib.Path(sys.argv[1]))
+"""
+
+
+def test_a_disk_too_full_for_the_new_store_leaves_the_damaged_one_in_place(
+    tmp_path: Path,
+) -> None:
+    """The damaged file was set aside before its replacement was written: on a full disk the
+    start failed and the next found a sound, empty store at the path, everything read lost."""
+    path = tmp_path / DB
+    held = filled(path, actions=3000)
+    overwrite(path, root_page(path, "meta"))
+    damaged = path.read_bytes()
+    run = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK_OPEN, str(path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+        timeout=60,
+    )
+    assert run.returncode != 0
+    assert path.read_bytes() == damaged
+    assert sorted(p.name for p in tmp_path.iterdir()) == [DB]
+    store = Store.open(path)  # room again
+    try:
+        assert store.recovery is not None
+        assert store.identity().gateway_id == "gw-1"
+        assert [d.device_id for d in store.devices()] == held["devices"]
+        assert store.has_action("ar-000000")
+    finally:
+        store.close()
