@@ -10,8 +10,10 @@ and the store starts on a new file holding what was read (`Store.open`, `Store.f
 
 What is kept matters most in this order: the identity (a gateway that lost its credential must
 be claimed again), the devices (their ids are what the cloud knows them by), the unacknowledged
-outbox (events not delivered yet; a lost part is caught up by `Store.rebase` when the cloud
-holds more), the action log (a repeated id is never run twice).
+outbox (events not delivered yet), the action log (a repeated id is never run twice). Frames of
+a damaged outbox page the cloud has not acked are lost; a rebuild while the daemon runs puts
+back those it still holds in memory (the latest 256) and counts the rest in `lost`. A lost acked
+seq is caught up by `Store.rebase` at the next welcome.
 """
 
 from __future__ import annotations
@@ -344,15 +346,23 @@ def _is_pairs(text: str) -> bool:
 
 def move_aside(path: Path) -> Path:
     """Rename the damaged store (with its WAL and shared-memory files) to
-    `<name>.corrupt-<UTC time>` beside it, and delete all but the newest KEEP_COPIES such
-    copies. Raises OSError if it cannot be renamed: then nothing has changed."""
+    `<name>.corrupt-<UTC time>` beside it, and delete the older such copies but the newest
+    KEEP_COPIES - 1. Raises OSError if it cannot be renamed: then nothing has changed."""
     stamp = utcnow().strftime("%Y%m%dT%H%M%S%fZ")
     target = path.with_name(f"{path.name}.corrupt-{stamp}")
-    for side in _SIDES:
-        source = path.with_name(path.name + side)
-        if source.exists():
-            os.replace(source, target.with_name(target.name + side))
-    _prune_copies(path, keep=KEEP_COPIES)
+    done: list[tuple[Path, Path]] = []
+    try:
+        for side in _SIDES:
+            source = path.with_name(path.name + side)
+            if source.exists():
+                os.replace(source, target.with_name(target.name + side))
+                done.append((source, target.with_name(target.name + side)))
+    except OSError:
+        for source, moved in reversed(done):
+            os.replace(moved, source)
+        raise
+    with contextlib.suppress(OSError):  # a copy that cannot go takes disk, not correctness
+        _prune_copies(path, keep=KEEP_COPIES - 1, besides=target.name)
     return target
 
 
@@ -371,16 +381,18 @@ def remove(path: Path) -> None:
         path.with_name(path.name + side).unlink(missing_ok=True)
 
 
-def _prune_copies(path: Path, *, keep: int) -> None:
+def _prune_copies(path: Path, *, keep: int, besides: str) -> None:
+    """Delete all copies but the newest `keep` (by the time in their names) and `besides`,
+    the one just made, whatever time a wrong clock gave it."""
     prefix = f"{path.name}.corrupt-"
     stems = sorted(
         {p.name.removesuffix("-wal").removesuffix("-shm") for p in _copies(path.parent, prefix)}
+        - {besides}
     )
-    for stem in stems[:-keep] if keep else stems:
+    for stem in stems[: len(stems) - keep]:
         for side in _SIDES:
-            victim = path.with_name(stem + side)
-            with contextlib.suppress(OSError):  # one that cannot go takes disk, not correctness
-                victim.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                path.with_name(stem + side).unlink(missing_ok=True)
 
 
 def _copies(directory: Path, prefix: str) -> Iterable[Path]:

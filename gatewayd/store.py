@@ -652,6 +652,13 @@ class Store:
         for run in _runs(unsaved):
             found.outbox.extend(_outbox_rows(run, created))
         found.outbox.sort()
+        after = self._acked_seq + 1
+        kept = sum(max(0, last - max(first, after) + 1) for last, first, _, _ in found.outbox)
+        if kept < self._committed_seq - self._acked_seq:
+            # gone with the damage: the cloud's ack passes over them when frames after them come
+            found.lost["outbox_frames"] = (
+                f"{self._committed_seq - self._acked_seq - kept} frames the cloud had not acked"
+            )
         try:
             moved = _replace_damaged(self.path, found, self._acked_seq)
         except (OSError, sqlite3.Error) as exc:

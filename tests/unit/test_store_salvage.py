@@ -10,6 +10,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,15 @@ def overwrite(path: Path, page: int) -> None:
     with open(path, "r+b") as f:
         f.seek((page - 1) * size)
         f.write(b"\x5a" * size)
+
+
+def checkpoint(store: Store) -> None:
+    """Everything into the main file (the store's own checkpoint thread may hold it a moment)."""
+    for _ in range(100):
+        if store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0:
+            return
+        time.sleep(0.02)
+    raise AssertionError("the WAL could not be checkpointed")
 
 
 def frame(seq: int, n: int) -> bytes:
@@ -264,8 +274,9 @@ def _damaged_under(store: Store, path: Path, logs: list[dict[str, object]]) -> N
         assert store.flush()
         store.outbox_ack(1)
         assert store.flush()
-        store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        checkpoint(store)
         overwrite(path, root_page(path, "outbox"))
+        overwrite(path, root_page(path, "meta"))  # the acked seq: this run knows it
         store._db.execute("PRAGMA shrink_memory")  # SQLite reads the page from the file again
 
         before = len(logs)
@@ -273,8 +284,9 @@ def _damaged_under(store: Store, path: Path, logs: list[dict[str, object]]) -> N
         assert store.flush()
         rec = store.recovery
         assert rec is not None
-        assert "outbox" in rec.lost
+        assert {"outbox", "meta"} <= set(rec.lost)
         assert rec.kept["outbox_frames_from_memory"] == 4  # seqs 2..5, held in memory
+        assert "outbox_frames" not in rec.lost  # nothing unacked is missing
         assert store.last_error is None
         assert seqs(store, 1) == [2, 3, 4, 5, 6]
         assert store.identity().credential == "credential-of-gw-1"
@@ -298,7 +310,7 @@ def test_a_read_that_finds_the_file_damaged_rebuilds_it_with_what_this_run_knows
         before = store.identity()
         devices = [store.device_id("sim", f"lock-{n}") for n in range(2)]
         assert store.flush()
-        store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        checkpoint(store)
         overwrite(path, root_page(path, "identity"))
         overwrite(path, root_page(path, "devices"))
         store._db.execute("PRAGMA shrink_memory")
@@ -399,5 +411,52 @@ def test_a_disk_too_full_for_the_new_store_leaves_the_damaged_one_in_place(
         assert store.identity().gateway_id == "gw-1"
         assert [d.device_id for d in store.devices()] == held["devices"]
         assert store.has_action("ar-000000")
+    finally:
+        store.close()
+
+
+def test_the_copy_just_made_is_kept_whatever_the_clock_said_before(tmp_path: Path) -> None:
+    """Copies are named by the wall clock: two made while it ran years ahead (a box without a
+    clock battery, before NTP) sorted after the new one, which was deleted at once."""
+    path = tmp_path / DB
+    for day in ("20310101", "20310102"):
+        (tmp_path / f"{DB}.corrupt-{day}T000000000000Z").write_bytes(b"old")
+    path.write_bytes(b"damaged " * 100)
+    store = Store.open(path)
+    try:
+        assert store.recovery is not None
+        left = sorted(p.name for p in tmp_path.glob(f"{DB}.corrupt-*"))
+        assert store.recovery.moved_to in left
+        assert len(left) == salvage.KEEP_COPIES
+    finally:
+        store.close()
+
+
+def test_extended_corruption_codes_are_damage() -> None:
+    """SQLite reports damage to an index as SQLITE_CORRUPT_INDEX (779), one of the extended
+    codes of SQLITE_CORRUPT; an I/O error's extended codes are not damage."""
+    for code, damage in ((779, True), (267, True), (26, True), (10, False), (522, False)):
+        exc = sqlite3.DatabaseError("database disk image is malformed")
+        exc.sqlite_errorcode = code
+        assert salvage.is_corruption(exc) is damage, code
+
+
+def test_unacked_frames_the_damage_took_and_memory_lacks_are_counted(tmp_path: Path) -> None:
+    path = tmp_path / DB
+    store = Store.open(path)
+    try:
+        for n in range(400):
+            store.outbox_put(lambda seq, n=n: frame(seq, n))  # one commit each
+        store.outbox_ack(4)
+        assert store.flush()
+        checkpoint(store)
+        overwrite(path, root_page(path, "outbox"))
+        store._db.execute("PRAGMA shrink_memory")
+        store.outbox_put(lambda seq: frame(seq, 400))
+        rec = store.recovery
+        assert rec is not None
+        assert rec.kept["outbox_frames_from_memory"] == 256  # seqs 145..400
+        assert rec.lost["outbox_frames"] == "140 frames the cloud had not acked"  # 5..144
+        assert seqs(store, 4) == list(range(145, 402))
     finally:
         store.close()
