@@ -807,12 +807,12 @@ class Store:
         return row is not None
 
     def devices(self) -> list[DeviceRow]:
-        return [
-            DeviceRow(d, drv, n, json.loads(desc))
-            for d, drv, n, desc in self._db.execute(
+        rows = self._reading(
+            lambda: self._db.execute(
                 "SELECT device_id, driver, native_id, descriptor FROM devices ORDER BY rowid"
-            )
-        ]
+            ).fetchall()
+        )
+        return [DeviceRow(d, drv, n, json.loads(desc)) for d, drv, n, desc in rows]
 
     # ------------------------------------------------------------------ actions
 
@@ -881,27 +881,32 @@ class Store:
         if keep < 1 or limit < 1:
             raise ValueError("keep and limit must be at least 1")
         try:
-            cur = self._db.execute(
-                "DELETE FROM actions WHERE rowid IN ("
-                " SELECT rowid FROM actions"
-                " WHERE status IN ('completed', 'failed') AND deadline < ?"
-                " AND rowid < (SELECT rowid FROM actions ORDER BY rowid DESC LIMIT 1 OFFSET ?)"
-                " ORDER BY rowid LIMIT ?)",
-                (deadline_before, keep - 1, limit),
-            )
+            cur = self._reading(lambda: self._prune(deadline_before, keep, limit))
         except sqlite3.Error as exc:
             log.warning("store.prune_failed", error=str(exc))
             return 0
         return max(cur.rowcount, 0)
 
+    def _prune(self, deadline_before: str, keep: int, limit: int) -> sqlite3.Cursor:
+        return self._db.execute(
+            "DELETE FROM actions WHERE rowid IN ("
+            " SELECT rowid FROM actions"
+            " WHERE status IN ('completed', 'failed') AND deadline < ?"
+            " AND rowid < (SELECT rowid FROM actions ORDER BY rowid DESC LIMIT 1 OFFSET ?)"
+            " ORDER BY rowid LIMIT ?)",
+            (deadline_before, keep - 1, limit),
+        )
+
     def recent_actions(self, limit: int = 20) -> list[ActionRow]:
         return self._select_actions("ORDER BY updated_at DESC, rowid DESC LIMIT ?", (limit,))
 
     def _select_actions(self, where: str, params: tuple[Any, ...]) -> list[ActionRow]:
-        cur = self._db.execute(
-            "SELECT id, entity_id, action, status, error, transitions, deadline FROM actions "  # noqa: S608 - `where` is a literal of this module, values are bound
-            + where,
-            params,
+        cur = self._reading(
+            lambda: self._db.execute(
+                "SELECT id, entity_id, action, status, error, transitions, deadline FROM actions "  # noqa: S608 - `where` is a literal of this module, values are bound
+                + where,
+                params,
+            ).fetchall()
         )
         return [
             ActionRow(i, e, a, s, json.loads(err) if err else None, _pairs(tr), dl)

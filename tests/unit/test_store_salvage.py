@@ -460,3 +460,22 @@ def test_unacked_frames_the_damage_took_and_memory_lacks_are_counted(tmp_path: P
         assert seqs(store, 4) == list(range(145, 402))
     finally:
         store.close()
+
+
+def test_the_hourly_prune_that_meets_damage_rebuilds_the_store(tmp_path: Path) -> None:
+    """Damage among the oldest actions, which no commit touches: the prune that reads them
+    only warned, every hour, for good."""
+    path = tmp_path / DB
+    filled(path, actions=3000)
+    store = Store.open(path)
+    try:
+        checkpoint(store)
+        overwrite(path, pages(path, "actions", "leaf")[0])
+        store._db.execute("PRAGMA shrink_memory")
+        pruned = store.prune_actions("9999-01-01T00:00:00Z", keep=100, limit=500)
+        assert store.recovery is not None
+        assert "actions" in store.recovery.lost
+        assert pruned == 500
+        assert store.identity().gateway_id == "gw-1"
+    finally:
+        store.close()
