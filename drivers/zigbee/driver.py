@@ -121,6 +121,7 @@ class ZigbeeDriver(Driver):
         app_cls = radios.load_radio(self._cfg.radio_type)
         extra = {CONF_VIRTUAL: self.virtual} if self.virtual is not None else {}
         radios.private_file(self.database)
+        radios.check_database(self.database)
         config = radios.zigpy_config(self._cfg, self.database, extra)
         resolver = await quirks.resolver(self._ctx.state_dir) if self._cfg.quirks else None
         radios.guard_stack_logs()  # the stack's loggers exist now: filter before it logs settings

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sqlite3
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -64,6 +66,21 @@ def private_file(path: Path) -> None:
         side = path.with_name(path.name + suffix)
         if side.exists():
             os.chmod(side, 0o600)
+
+
+def check_database(path: Path) -> None:
+    """Raise sqlite3.DatabaseError if zigpy's database is damaged (`PRAGMA quick_check`). zigpy
+    would find out itself, but then leaves the connection's thread running: its clean-up runs a
+    statement on the damaged file, which fails before the close. That thread is not a daemon
+    thread, so each attempt leaked one, and the process could no longer exit."""
+    uri = "file:" + urllib.parse.quote(str(path)) + "?mode=ro"
+    db = sqlite3.connect(uri, uri=True)
+    try:
+        problems = [str(row[0]) for row in db.execute("PRAGMA quick_check(1)")]
+    finally:
+        db.close()
+    if problems != ["ok"]:
+        raise sqlite3.DatabaseError(f"damaged ({problems[0] if problems else 'no answer'})")
 
 
 class _DropDebug(logging.Filter):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -258,6 +259,14 @@ async def test_pairing_and_unpairing(tmp_path: Path) -> None:
         assert new_id not in {d.id for d in driver.devices()}
 
 
+def _non_daemon_threads() -> list[str]:
+    """Threads that keep the process from exiting, but the loop's executor (joined when the
+    loop closes)."""
+    return [
+        t.name for t in threading.enumerate() if not t.daemon and not t.name.startswith("asyncio_")
+    ]
+
+
 async def test_a_damaged_zigbee_database_is_named_on_the_drivers_health(tmp_path: Path) -> None:
     """zigpy's database damaged (a worn SD card): the driver said only `DatabaseError`, as if
     the radio were unplugged, and an operator had nothing to go on."""
@@ -271,3 +280,26 @@ async def test_a_damaged_zigbee_database_is_named_on_the_drivers_health(tmp_path
         assert "file is not a database" in error
         assert str(tmp_path / BASE.database_path) in error
         assert "restore it from a backup" in error
+        await asyncio.sleep(1.5)  # a retry or two
+    # zigpy left its connection's (non-daemon) thread running on every failed attempt: the
+    # process could not exit
+    assert _non_daemon_threads() == ["MainThread"]
+
+
+async def test_a_damaged_page_in_the_zigbee_database_is_found_before_zigpy_opens_it(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / BASE.database_path
+    sink = RecordingSink()
+    async with running(tmp_path, sink) as driver:
+        pass
+    assert db.stat().st_size > 4096
+    with open(db, "r+b") as f:  # a page of its tables, not the header
+        f.seek(4096)
+        f.write(b"\x5a" * 4096)
+    async with running(tmp_path, sink, wait_locks=0) as driver:
+        async with asyncio.timeout(10):
+            while driver.health().state is not DriverState.DOWN:
+                await asyncio.sleep(0.05)
+        assert "damaged" in (driver.health().last_error or "")
+    assert _non_daemon_threads() == ["MainThread"]
