@@ -4,9 +4,11 @@ A box keeps its store on an SD card or eMMC, which a power cut or wear can damag
 SQLite calls malformed (SQLITE_CORRUPT) or no database at all (SQLITE_NOTADB) either stopped
 the daemon at start-up, systemd restarting it every few seconds for good, or left it running
 with every commit refused, every action failing. Here the rows of each table are read up to
-the damage, from the first row on and from the last row back, the damaged file (and its WAL)
-is renamed `gatewayd.db.corrupt-<UTC time>` for a post-mortem (the newest KEEP_COPIES are kept),
-and the store starts on a new file holding what was read (`Store.open`, `Store.flush`).
+the damage, from the first row on and from the last row back; a new store holding what was
+read is written beside it; only then is the damaged file (and its WAL) renamed
+`gatewayd.db.corrupt-<UTC time>` for a post-mortem (the newest KEEP_COPIES are kept) and the new
+one moved into its place (`Store.open`, `Store._rebuild`). A disk too full for the new store
+leaves the damaged one where it was, for the next try.
 
 What is kept matters most in this order: the identity (a gateway that lost its credential must
 be claimed again), the devices (their ids are what the cloud knows them by), the unacknowledged
