@@ -299,11 +299,9 @@ def _create_private(path: Path) -> None:
     os.chmod(path, 0o600)
 
 
-def _connect(
-    path: Path, synchronous: str, found: salvage.Salvage | None = None, acked_seq: int = 0
-) -> sqlite3.Connection:
-    """A connection to the store at `path`, checked, migrated, and holding `found` if given
-    (then the file must be new). Raises sqlite3.DatabaseError for a damaged file."""
+def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
+    """A connection to the store at `path`, checked and migrated. Raises sqlite3.DatabaseError
+    for a damaged file."""
     _create_private(path)
     db = _plain_connection(path)
     try:
@@ -314,9 +312,6 @@ def _connect(
         db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         salvage.check(db)
         migrate(db)
-        if found is not None:
-            _restore(db, found, acked_seq)
-            db.execute(f"PRAGMA synchronous = {mode}")
     except BaseException:
         db.close()
         raise
@@ -336,7 +331,11 @@ def _replace_damaged(path: Path, found: salvage.Salvage, acked_seq: int) -> Path
     fresh = path.with_name(path.name + ".rebuilding")
     salvage.remove(fresh)
     try:
-        _connect(fresh, "full", found, acked_seq).close()  # the last close folds its WAL in
+        db = _connect(fresh, "full")  # synced: it holds the identity (see `Store._synced`)
+        try:
+            _restore(db, found, acked_seq)
+        finally:
+            db.close()  # the last close folds its WAL in
         moved = salvage.move_aside(path)
     except BaseException:
         salvage.remove(fresh)
@@ -356,9 +355,7 @@ def _plain_connection(path: Path) -> sqlite3.Connection:
 
 
 def _restore(db: sqlite3.Connection, found: salvage.Salvage, acked_seq: int) -> None:
-    """Write what was read of a damaged store into a new one: one transaction, synced (it holds
-    the identity, see `Store._synced`)."""
-    db.execute("PRAGMA synchronous = FULL")
+    """Write what was read of a damaged store into a new one, in one transaction."""
     with _immediate(db):
         if found.identity is not None:
             db.execute(
