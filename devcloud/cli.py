@@ -86,13 +86,21 @@ def _webhook_secret(given: str | None, db: str) -> str:
     return secret
 
 
+class ListenFailed(Exception):
+    """The port is taken (or not ours to bind): a one-line message, not a traceback."""
+
+
 async def serve(
     settings: Settings, host: str, port: int, tls: ssl.SSLContext | None = None
 ) -> None:
     runner = web.AppRunner(create_app(settings), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=tls)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ListenFailed(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     bound = runner.addresses[0][1] if runner.addresses else port
     scheme = "https" if tls is not None else "http"
     log.info("devcloud.listening", host=host, port=bound, scheme=scheme)
@@ -136,7 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         claim_limit=args.claim_limit,
         claim_window_s=args.claim_window,
     )
-    asyncio.run(serve(settings, args.host, args.port, tls))
+    try:
+        asyncio.run(serve(settings, args.host, args.port, tls))
+    except ListenFailed as exc:
+        print(f"devcloud: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

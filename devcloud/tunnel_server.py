@@ -260,7 +260,7 @@ async def _next_frame(conn: Connection, wait_s: float | None) -> protocol.Messag
     try:
         return protocol.decode(raw.data)
     except protocol.ProtocolError as exc:
-        log.warning("tunnel.bad_frame", gateway_id=conn.gateway_id, code=exc.code)
+        log.warning("tunnel.bad_frame", gateway_id=conn.gateway_id, error_code=exc.code)
         await conn.refuse(exc.code, exc.message)
         return None
 
@@ -290,7 +290,7 @@ async def _handle(app: state.State, conn: Connection, msg: protocol.Message) -> 
                     return False
             return await conn.send(protocol.Ack(seq=acked))
         case protocol.ErrorMsg():
-            log.warning("tunnel.peer_error", gateway_id=conn.gateway_id, code=msg.code[:40])
+            log.warning("tunnel.peer_error", gateway_id=conn.gateway_id, error_code=msg.code[:40])
             return False
         case _:
             kind = type(msg).__struct_config__.tag

@@ -88,17 +88,6 @@ def _prepare_state_dir(cfg: Config) -> None:
         raise ConfigError(f"gateway.state_dir: {path} is not writable by this user")
 
 
-def _leaf(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
-    """The first exception of `kind` in `exc` or, for a task group's, in its members."""
-    if isinstance(exc, kind):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            if (found := _leaf(inner, kind)) is not None:
-                return found
-    return None
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     try:
@@ -109,7 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     trust_anchors_on_demand()  # before aiohttp is imported
     from gatewayd import logging as gwlog
     from gatewayd.daemon import DB_NAME, Daemon
-    from gatewayd.status import ListenError
+    from gatewayd.status import find_listen_error
 
     gwlog.configure(cfg.log.level, cfg.log.format)
     daemon = Daemon(cfg, handle_signals=True)
@@ -122,7 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             db = Path(cfg.gateway.state_dir) / DB_NAME
             print(f"gatewayd: cannot open the store {db}: {exc}", file=sys.stderr)
             return 1
-        if (listen := _leaf(exc, ListenError)) is not None:
+        if (listen := find_listen_error(exc)) is not None:
             print(f"gatewayd: {args.config}: {listen}", file=sys.stderr)
             return 1
         raise
@@ -235,6 +224,14 @@ def render_status(s: dict[str, Any]) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
+    if cfg.status_address()[1] == 0:
+        print(
+            f"gatewayd: status.listen = {cfg.status.listen!r} lets the daemon pick a free port,"
+            " which this command cannot know: its `status.listening` log line names it; set a"
+            " port (8181) to use `gatewayd status`",
+            file=sys.stderr,
+        )
+        return 1
     try:
         data = _fetch_status(cfg)
     except (urllib.error.URLError, OSError) as exc:

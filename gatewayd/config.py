@@ -196,7 +196,10 @@ def is_loopback_ws_host(host: str) -> bool:
 
 def _ws_url(key: str, url: str) -> SplitResult:
     """A ws:// or wss:// URL with a host and a valid port, and no user or password in it."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unclosed [ of an IPv6 host; not quoted back, like the user part
+        raise ConfigError(f"{key}: not a URL (an IPv6 host must be written [address])") from None
     if "@" in parts.netloc:
         # not quoted back: what precedes the @ may be a password
         raise ConfigError(f"{key}: no user or password in the URL")
@@ -224,10 +227,30 @@ def _check_ca_file(path: str) -> None:
         raise ConfigError(f"cloud.ca_file: cannot read {path}: {exc.strerror or exc}") from None
 
 
+def _check_database_path(value: str) -> None:
+    """zigpy's file, inside the state directory: the only place the service may write (an empty
+    path named the directory itself, and the radio stayed down on IsADirectoryError)."""
+    path = Path(value)
+    if not value.strip() or value.endswith("/") or path.is_absolute() or ".." in path.parts:
+        raise ConfigError(
+            f"drivers.zigbee.database_path: expected a file name inside gateway.state_dir, "
+            f"got {value!r}"
+        )
+
+
 def _check(cfg: Config) -> None:
     """Cross-field rules msgspec's per-field constraints cannot say."""
     if not cfg.gateway.state_dir.strip():
         raise ConfigError("gateway.state_dir: expected a directory, got an empty string")
+    for key, value in (
+        ("gateway.state_dir", cfg.gateway.state_dir),
+        ("cloud.ca_file", cfg.cloud.ca_file),
+        ("drivers.zigbee.device", cfg.drivers.zigbee.device),
+        ("drivers.zigbee.database_path", cfg.drivers.zigbee.database_path),
+    ):
+        if any(ord(c) < 0x20 or c == "\x7f" for c in value):
+            # a NUL passed check-config and ended `run` with "embedded null byte"
+            raise ConfigError(f"{key}: a path cannot hold control characters")
     # the service and the CLI (status, token) run from different working directories: a
     # relative path would give each its own store
     for key, value in (
@@ -236,6 +259,7 @@ def _check(cfg: Config) -> None:
     ):
         if value and not Path(value).is_absolute():
             raise ConfigError(f"{key}: {value!r} is a relative path; write it from / on")
+    _check_database_path(cfg.drivers.zigbee.database_path)
     host, _ = _split_listen(cfg.status.listen)
     if not _is_loopback(host) and not cfg.status.allow_remote:
         raise ConfigError(

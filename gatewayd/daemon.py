@@ -353,8 +353,16 @@ class Daemon:
                 await runner.cleanup()
 
     async def _signals(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    # the habit of "reload" (or a closed terminal) killed the daemon mid-action,
+                    # and systemd does not restart a service SIGHUP ended
+                    log.warning(
+                        "daemon.sighup_ignored",
+                        hint="gatewayd has no reload: restart the service to apply a new config",
+                    )
+                    continue
                 log.info("daemon.signal", signal=signal.Signals(signum).name)
                 self.stop()
                 return

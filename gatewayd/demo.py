@@ -22,6 +22,7 @@ import anyio
 from gatewayd import logging as gwlog
 from gatewayd.config import ConfigError, parse_config
 from gatewayd.daemon import Daemon
+from gatewayd.status import find_listen_error
 
 READY_LINE = "gatewayd demo is ready"
 
@@ -44,6 +45,10 @@ enabled = true
 locks = {locks}
 latency_ms = 150
 """
+
+
+class DemoError(Exception):
+    """Why the demo cannot run, in one line for the terminal."""
 
 
 def start_cloud(work: Path, api_key: str, port: int) -> tuple[subprocess.Popen[bytes], int]:
@@ -73,13 +78,14 @@ def start_cloud(work: Path, api_key: str, port: int) -> tuple[subprocess.Popen[b
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"devcloud exited: {(work / 'devcloud.log').read_text()[-2000:]}")
+            said = (work / "devcloud.log").read_text(errors="replace").strip().splitlines()
+            raise DemoError(said[-1] if said else f"devcloud exited with {proc.returncode}")
         for line in out.read_text().splitlines():
             if line.startswith("devcloud listening on "):
                 return proc, int(line.rsplit(":", 1)[1])
         time.sleep(0.05)
     proc.kill()
-    raise RuntimeError("devcloud did not start")
+    raise DemoError("devcloud did not start within 30 s")
 
 
 async def claim(daemon: Daemon, api: str, api_key: str) -> dict[str, Any]:
@@ -170,7 +176,11 @@ def run_demo(args: argparse.Namespace) -> int:
         work = Path(args.dir or tmp).resolve()
         work.mkdir(parents=True, exist_ok=True)
         api_key = "demo_" + secrets.token_urlsafe(12)
-        cloud, cloud_port = start_cloud(work, api_key, args.cloud_port)
+        try:
+            cloud, cloud_port = start_cloud(work, api_key, args.cloud_port)
+        except DemoError as exc:
+            print(f"gatewayd demo: {exc} (--cloud-port 0 takes a free port)", file=sys.stderr)
+            return 1
         try:
             try:
                 cfg = parse_config(
@@ -204,9 +214,18 @@ def run_demo(args: argparse.Namespace) -> int:
                     )
                     print(guide(api, api_key, status, claimed, work, config), flush=True)
 
-            with contextlib.suppress(KeyboardInterrupt):
-                anyio.run(main)
-            log_stream.close()
+            try:
+                with contextlib.suppress(KeyboardInterrupt):
+                    anyio.run(main)
+            except Exception as exc:
+                if (taken := find_listen_error(exc)) is None:
+                    raise
+                print(
+                    f"gatewayd demo: {taken} (--status-port 0 takes a free port)", file=sys.stderr
+                )
+                return 1
+            finally:
+                log_stream.close()
         finally:
             cloud.terminate()
             try:

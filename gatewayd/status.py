@@ -46,6 +46,17 @@ class ListenError(Exception):
     """The endpoint could not bind its address; the message is one line naming status.listen."""
 
 
+def find_listen_error(exc: BaseException) -> ListenError | None:
+    """The ListenError in `exc` or, for a task group's, in its members."""
+    if isinstance(exc, ListenError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := find_listen_error(inner)) is not None:
+                return found
+    return None
+
+
 class _LocalAction(msgspec.Struct, forbid_unknown_fields=True):
     device_id: str
     action: str

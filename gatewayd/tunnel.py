@@ -499,7 +499,7 @@ class Tunnel:
             raise _Reconnect
         elif isinstance(frame, protocol.ErrorMsg):
             self.last_error = f"cloud error {frame.code}: {frame.message}"
-            log.error("tunnel.cloud_error", code=frame.code, message=frame.message)
+            log.error("tunnel.cloud_error", error_code=frame.code, message=frame.message)
         else:
             self._skip(f"unexpected {type(frame).__name__} from the cloud")
 

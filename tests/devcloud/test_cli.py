@@ -119,3 +119,31 @@ async def test_devcloud_serves_wss_with_a_verifiable_certificate(tmp_path: Path)
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.communicate(), timeout=30)
     assert proc.returncode == 0
+
+
+def test_devcloud_serve_on_a_taken_port_says_so_in_one_line(tmp_path: Path) -> None:
+    """A port in use ended `devcloud serve` with asyncio's bind traceback."""
+    import socket
+    import subprocess
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = subprocess.run(
+            [
+                *(sys.executable, "-m", "devcloud.cli", "serve", "--port", str(port)),
+                *("--db", str(tmp_path / "cloud.db"), "--api-key", API_KEY),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr, out.stderr
+    assert (
+        out.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"devcloud: cannot listen on 127.0.0.1:{port}: ")
+    )

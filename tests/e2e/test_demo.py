@@ -6,6 +6,7 @@ import json
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -222,3 +223,31 @@ def test_ctrl_c_while_the_demo_is_claiming_exits_at_once_without_a_traceback(
         proc.kill()
     assert "Traceback" not in output, output
     assert proc.returncode == 0
+
+
+@pytest.mark.parametrize("taken", ["--cloud-port", "--status-port"])
+def test_demo_with_a_port_taken_says_so_in_one_line(tmp_path: Path, taken: str) -> None:
+    """8080 and 8181 are often in use: the demo ended with devcloud's bind traceback wrapped
+    in a RuntimeError, or an exception group around the status endpoint's ListenError."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        ports = {"--cloud-port": "0", "--status-port": "0", taken: str(port)}
+        out = subprocess.run(
+            [
+                *(sys.executable, "-m", "gatewayd.cli", "demo", "--dir", str(tmp_path / "demo")),
+                *(arg for pair in ports.items() for arg in pair),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            cwd=ROOT,
+        )
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr, out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("gatewayd demo: ")
+    assert f"127.0.0.1:{port}" in line
+    assert f"({taken} 0 takes a free port)" in line

@@ -261,3 +261,65 @@ async def test_status_says_how_long_the_oldest_report_has_waited(tmp_path: Path)
     snapshot["store"]["outbox_backlog"] = 0
     snapshot["store"]["outbox_oldest_age_s"] = 0.0
     assert "oldest" not in render_status(snapshot)
+
+
+def test_sighup_is_logged_and_ignored_and_sigterm_still_stops(tmp_path: Path) -> None:
+    """SIGHUP (an operator's habit of "reload", or a closed terminal) killed the daemon with
+    rc 129 mid-action: no clean stop, and systemd does not restart a service SIGHUP ended."""
+    cfg = _config(tmp_path, tmp_path / "state", free_port())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gatewayd.cli", "run", "-c", str(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while _gatewayd("status", "-c", str(cfg)).returncode != 0:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert proc.poll() is None, proc.communicate()
+        assert _gatewayd("status", "-c", str(cfg)).returncode == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err
+    assert '"event": "daemon.sighup_ignored"' in out + err
+    assert '"event": "daemon.stopped"' in out + err
+
+
+def test_status_with_port_0_says_why_it_cannot_ask(tmp_path: Path) -> None:
+    """`status.listen = "127.0.0.1:0"` passes check-config (the daemon takes a free port), and
+    `gatewayd status` then said "not answering on 127.0.0.1:0" as if the daemon were down."""
+    result = _gatewayd("status", "-c", str(_config(tmp_path, tmp_path / "state", 0)))
+    assert result.returncode == 1
+    line = _one_line(result.stderr)
+    assert "status.listening" in line
+    assert "set a port" in line
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "key"),
+    [
+        ("[cloud]\nurl", "wss://[::1/tunnel", "cloud.url"),
+        ("[drivers.zwave]\nenabled = true\nurl", "ws://[::1:3000", "drivers.zwave.url"),
+        ("[drivers.zigbee]\ndatabase_path", "", "drivers.zigbee.database_path"),
+    ],
+)
+def test_check_config_names_the_key_of_a_value_that_ended_run(
+    tmp_path: Path, section: str, value: str, key: str
+) -> None:
+    """An unclosed IPv6 bracket ended check-config (and run) with a ValueError traceback; an
+    empty zigbee database path passed and left the radio down on IsADirectoryError."""
+    cfg = tmp_path / "gatewayd.toml"
+    cfg.write_text(
+        f'[gateway]\nstate_dir = "{tmp_path / "state"}"\n{section} = "{value}"\n',
+        encoding="utf-8",
+    )
+    result = _gatewayd("check-config", "-c", str(cfg))
+    assert result.returncode == 2, result.stdout
+    assert _one_line(result.stderr).startswith(f"gatewayd: {cfg}: {key}: ")

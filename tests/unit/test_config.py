@@ -62,6 +62,23 @@ def test_example_config_passes_and_documents_every_section() -> None:
         (MINIMAL + "[gateway]\nstate_dir = ''\n", "gateway.state_dir"),
         (MINIMAL + "[status]\nallowed_hosts = ['box.lan:8181']\n", "status.allowed_hosts"),
         (MINIMAL + "[status]\nallowed_hosts = ['http://box.lan']\n", "status.allowed_hosts"),
+        (MINIMAL + "[cloud]\nurl = 'wss://[::1/v1/gateway/tunnel'\n", "cloud.url"),
+        (
+            MINIMAL + "[drivers.zwave]\nenabled = true\nurl = 'ws://[::1:3000'\n",
+            "drivers.zwave.url",
+        ),
+        ('[gateway]\nstate_dir = "/var/lib/a\\u0000b"\n', "gateway.state_dir"),
+        (MINIMAL + '[drivers.zigbee]\ndevice = "/dev/tty\\nUSB0"\n', "drivers.zigbee.device"),
+        (MINIMAL + "[drivers.zigbee]\ndatabase_path = ''\n", "drivers.zigbee.database_path"),
+        (MINIMAL + "[drivers.zigbee]\ndatabase_path = 'db/'\n", "drivers.zigbee.database_path"),
+        (
+            MINIMAL + "[drivers.zigbee]\ndatabase_path = '/etc/zigbee.db'\n",
+            "drivers.zigbee.database_path",
+        ),
+        (
+            MINIMAL + "[drivers.zigbee]\ndatabase_path = '../zigbee.db'\n",
+            "drivers.zigbee.database_path",
+        ),
     ],
 )
 def test_bad_config_names_the_key(text: str, key: str) -> None:

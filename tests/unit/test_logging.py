@@ -178,3 +178,20 @@ def test_secrets_in_library_text_are_masked(json_stream: io.StringIO) -> None:
     events = [str(line["event"]) for line in lines(json_stream)]
     assert events[0].startswith("sending set_pin_code(user_id=3")  # zigpy's line is there
     assert events[1:] == ["x.text", "x.quoted", "x.header"]
+
+
+def test_the_clouds_error_code_is_logged_unmasked(json_stream: io.StringIO) -> None:
+    """`tunnel.cloud_error` logged the cloud's code under `code`, a key the redaction masks
+    (a lock's PIN goes by that name): every journal line read `"code": "****"`, `revoked`
+    included, and the operator could not tell why the cloud refused the gateway."""
+    from gatewayd.config import CloudConfig
+    from gatewayd.store import Store
+    from gatewayd.tunnel import Tunnel
+
+    tunnel = Tunnel(CloudConfig(url="ws://127.0.0.1:9/t"), Store.__new__(Store), print, dict)
+    tunnel._handle_frame(
+        '{"type": "error", "code": "revoked", "message": "the gateway credential was revoked"}'
+    )
+    (line,) = [line for line in lines(json_stream) if line["event"] == "tunnel.cloud_error"]
+    assert line["error_code"] == "revoked"
+    assert tunnel.last_error == "cloud error revoked: the gateway credential was revoked"
