@@ -330,6 +330,16 @@ class Database:
             "DELETE FROM devices WHERE id = ? AND gateway_id = ?", (device_id, gateway_id)
         )
 
+    def adopt_device(self, device_id: str, gateway_id: str) -> bool:
+        """Move a device from a revoked gateway (no credential, none pending) to `gateway_id`:
+        the box, claimed again after the revoke, is a new gateway reporting the same locks."""
+        cur = self._conn.execute(
+            "UPDATE devices SET gateway_id = ? WHERE id = ? AND gateway_id IN (SELECT id FROM"
+            " gateways WHERE credential_hash IS NULL AND previous_credential_hash IS NULL)",
+            (gateway_id, device_id),
+        )
+        return cur.rowcount == 1
+
     def device_owner(self, device_id: str) -> str | None:
         row = self._conn.execute(
             "SELECT gateway_id FROM devices WHERE id = ?", (device_id,)

@@ -61,7 +61,7 @@ class Ingest:
         if when is None or not isinstance(event.get("details", {}), dict):
             log.warning("event.rejected", gateway_id=gateway_id, reason="bad_fields")
             return None
-        if self._db.device_owner(str(device_id)) not in (None, gateway_id):
+        if not self._owns(gateway_id, str(device_id)):
             log.warning("event.rejected", gateway_id=gateway_id, reason="foreign_device")
             return None
         event = mask_pins({"type": "device_event", "details": {}, **event})
@@ -79,13 +79,24 @@ class Ingest:
         device["properties"]["locked"] = locked
         self._db.upsert_device(device, gateway_id, iso(utcnow()))
 
+    def _owns(self, gateway_id: str, device_id: str) -> bool:
+        """Whether the gateway may report this device: a new one, its own, or one of a revoked
+        gateway (then it becomes this gateway's: a box claimed again after a revoke is a new
+        gateway, and its locks were stranded under the old one, their events dropped)."""
+        owner = self._db.device_owner(device_id)
+        if owner in (None, gateway_id):
+            return True
+        if self._db.adopt_device(device_id, gateway_id):
+            log.info("device.adopted", gateway_id=gateway_id, device_id=device_id, was=owner)
+            return True
+        return False
+
     def _device(self, gateway_id: str, device: dict[str, Any]) -> None:
         device_id = device.get("id")
         if not _short_str(device_id) or not isinstance(device.get("actions", {}), dict):
             log.warning("device.rejected", gateway_id=gateway_id, reason="bad_fields")
             return
-        owner = self._db.device_owner(str(device_id))
-        if owner not in (None, gateway_id):
+        if not self._owns(gateway_id, str(device_id)):
             log.warning("device.rejected", gateway_id=gateway_id, reason="foreign_device")
             return
         self._db.upsert_device(device, gateway_id, iso(utcnow()))

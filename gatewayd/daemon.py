@@ -216,6 +216,7 @@ class Daemon:
                         on_cancel=dispatcher.cancel,
                         on_clock=upstream.cloud_clock,
                         on_rebase=dispatcher.rebase_handoffs,
+                        on_claimed=registry.report_all,
                     )
                     self.tunnel = tunnel
                     tg.start_soon(tunnel.run, name="tunnel")

@@ -114,6 +114,12 @@ class Registry:
         self.store.save_device(device.id, body)
         self.upstream.device(device, body)
 
+    def report_all(self) -> None:
+        """Report every device again (after a claim: a cloud that knows this gateway under a
+        new id has acked the old reports under the old one)."""
+        for device in self._devices.values():
+            self.upstream.device(device)
+
     def remove(self, device_id: str) -> None:
         # one not reported in this run may still be in the store, and in the cloud, from the last
         if self._devices.pop(device_id, None) is None and not self.store.knows_device(device_id):

@@ -153,6 +153,7 @@ class Tunnel:
         on_cancel: Callable[[str, str], object] | None = None,
         on_clock: Callable[[float | None], object] | None = None,
         on_rebase: Callable[[int, int], object] | None = None,
+        on_claimed: Callable[[], object] | None = None,
         backoff: Backoff | None = None,
         sleep: Callable[[float], Any] = anyio.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -166,6 +167,7 @@ class Tunnel:
         self._on_cancel = on_cancel
         self._on_clock = on_clock
         self._on_rebase = on_rebase
+        self._on_claimed = on_claimed
         self._hello = hello
         self.backoff = backoff or Backoff()
         self._sleep = sleep
@@ -496,6 +498,11 @@ class Tunnel:
                 log.error("tunnel.claim_not_stored", error=type(exc).__name__)
                 raise ConnectionError(f"could not store the claim ({type(exc).__name__})") from None
             log.info("tunnel.claimed", gateway_id=frame.gateway_id)
+            if self.state == "unclaimed" and self._on_claimed is not None:
+                # A claim, not a rotation: the cloud may know this gateway under a new id (a
+                # claim after a revoke), and the frames that reported its devices were acked
+                # under the old one. They are reported again, after the claim is stored.
+                self._on_claimed()
             raise _Reconnect
         elif isinstance(frame, protocol.ErrorMsg):
             self.last_error = f"cloud error {frame.code}: {frame.message}"

@@ -27,7 +27,7 @@ from gatewayd.model import utcnow
 from gatewayd.store import Store
 from gatewayd.tunnel import Tunnel
 from tests.cloudkit import API_KEY
-from tests.e2e.conftest import CloudFactory, claim, tunnel_url
+from tests.e2e.conftest import CloudFactory, claim, tunnel_url, wait_action
 from tests.proxy import FaultProxy
 from tests.support import TunnelServer, free_port, running_daemon, wait_until
 
@@ -65,6 +65,54 @@ async def test_revoked_credential_returns_the_gateway_to_unclaimed(
         # and it can be claimed again with its new token
         await claim(cloud, daemon)
         assert store.identity().gateway_id is not None
+
+
+async def test_a_gateway_claimed_again_after_a_revoke_keeps_its_locks(
+    tmp_path: Path, cloud_factory: CloudFactory
+) -> None:
+    """Claimed again after a revoke, the box is a new gateway to the cloud. Its locks stayed
+    under the revoked one: not listed under the new gateway, every lock/unlock answered
+    `gateway_failure` (its gateway offline), and each door event dropped as `foreign_device`.
+    The gateway now reports its devices again on a claim, and the cloud moves a revoked
+    gateway's devices to the gateway that reports them."""
+    cloud = await cloud_factory()
+    db = cloud.state.db
+    async with running_daemon(tmp_path / "gw", cloud_url=tunnel_url(cloud.server.port)) as daemon:
+        store, tunnel, registry = daemon.store, daemon.tunnel, daemon.registry
+        assert store is not None
+        assert tunnel is not None
+        assert registry is not None
+        _, old_id = await claim(cloud, daemon)
+        locks = sorted(d.id for d in registry.devices())
+        assert len(locks) == 2
+
+        def listed(gateway_id: str) -> list[str]:
+            return sorted(d["id"] for d in db.devices(gateway_id))
+
+        await wait_until(lambda: listed(old_id) == locks, 15)
+        status, _ = await cloud.post(f"/v1/gateways/{old_id}/actions/revoke_credential")
+        assert status == 200
+        await wait_until(lambda: not store.identity().claimed and tunnel.state == "unclaimed", 15)
+        _, new_id = await claim(cloud, daemon)
+        assert new_id != old_id
+        await wait_until(lambda: listed(new_id) == locks, 15)
+        assert listed(old_id) == []
+        shown = await cloud.get(f"/v1/gateways/{new_id}")
+        assert sorted(d["id"] for d in shown["devices"]) == locks
+        status, ar = await cloud.post(f"/v1/devices/{locks[0]}/actions/unlock", {})
+        assert status == 200, ar
+        done = await wait_action(cloud, ar["id"])
+        assert done["status"] == "completed", done
+        await registry.drivers["sim"].simulate(locks[1], Simulation.MANUAL_LOCK, {})
+
+        def manual_events() -> list[str]:
+            return [
+                e["event_name"]
+                for e in db.events(locks[1], None, None, 100)
+                if e["details"].get("method") == "manual"
+            ]
+
+        await wait_until(lambda: manual_events() == ["door locked"], 15)
 
 
 @asynccontextmanager
