@@ -7,6 +7,7 @@ shown is the masked copy.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import uuid
 from datetime import timedelta
 from typing import Any, Final
@@ -59,6 +60,7 @@ class ActionService:
         self._hub = hub
         self._settings = settings
         self._handoff: dict[str, asyncio.TimerHandle] = {}
+        self._sweep: asyncio.Task[None] | None = None
 
     async def create(
         self,
@@ -136,6 +138,39 @@ class ActionService:
         if row is not None and row["status"] == "pending":
             self._fail(id_, "gateway_timeout", "The gateway did not receive the action request")
 
+    def start_sweep(self) -> None:
+        """Check for overdue requests every `overdue_check_s` (see `fail_overdue`)."""
+        self._sweep = asyncio.get_running_loop().create_task(self._sweep_forever())
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.overdue_check_s)
+            try:
+                self.fail_overdue()
+            except sqlite3.Error as exc:  # a busy or failing disk: the next sweep tries again
+                log.error("action.overdue_sweep_failed", error=type(exc).__name__)
+
+    def fail_overdue(self) -> int:
+        """Fail what a gateway received and went offline without finishing, `report_grace_s`
+        after its deadline: it stayed `processing` for good when the gateway never came back.
+        The gateway's own report, if it comes back later, is refused then (the request is
+        final), and the error says the outcome is unknown. Returns how many."""
+        cutoff = iso(utcnow() - timedelta(seconds=self._settings.report_grace_s))
+        error = {
+            "type": "gateway_lost",
+            "message": "The gateway went offline before it reported the outcome;"
+            " the lock may have moved",
+        }
+        ended = 0
+        for id_, gateway_id in self._db.overdue_actions(cutoff):
+            if gateway_id in self._hub.claimed:
+                continue  # connected: its dispatcher fails the request at the deadline
+            with self._db.transaction():
+                self._db.set_action_status(id_, "failed", error, iso(utcnow()), "cloud")
+            log.warning("action.failed_overdue", action_request_id=id_, gateway_id=gateway_id)
+            ended += 1
+        return ended
+
     def fail_in_flight(self, gateway_id: str) -> int:
         """A revoked gateway's later reports are refused: what it held ends `failed`, saying the
         outcome is unknown, instead of staying `processing` for good. Returns how many."""
@@ -183,6 +218,9 @@ class ActionService:
         return None
 
     def close(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         for handle in self._handoff.values():
             handle.cancel()
         self._handoff.clear()

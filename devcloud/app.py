@@ -49,6 +49,7 @@ def create_app(settings: Settings) -> web.Application:
         )
         await webhooks.start()
         actions.resume()
+        actions.start_sweep()
         try:
             yield
         finally:

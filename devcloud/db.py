@@ -59,6 +59,8 @@ CREATE TABLE IF NOT EXISTS action_requests (
     updated_at TEXT NOT NULL,
     deadline TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS action_requests_in_flight ON action_requests (deadline)
+    WHERE status IN ('gateway_received', 'processing');
 CREATE TABLE IF NOT EXISTS action_transitions (
     n INTEGER PRIMARY KEY AUTOINCREMENT,
     action_request_id TEXT NOT NULL REFERENCES action_requests(id),
@@ -396,6 +398,16 @@ class Database:
         out["data"] = _object(out["data"])
         out["error"] = None if out["error"] is None else _object(out["error"])
         return out
+
+    def overdue_actions(self, before: str) -> list[tuple[str, str]]:
+        """(id, gateway_id) of requests received and not finished whose deadline is before
+        `before` (ISO-8601 UTC, as stored)."""
+        rows = self._conn.execute(
+            "SELECT id, gateway_id FROM action_requests"
+            " WHERE status IN ('gateway_received', 'processing') AND deadline < ?",
+            (before,),
+        )
+        return [(r[0], r[1]) for r in rows]
 
     def in_flight_actions(self, gateway_id: str) -> list[str]:
         """Ids of this gateway's requests it received and has not finished."""

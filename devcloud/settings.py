@@ -17,6 +17,10 @@ class Settings:
     webhook_timeout_s: float = 10.0
     action_timeout_s: float = 60.0
     handoff_timeout_s: float = 10.0
+    # a request the gateway received and never finished is failed this long after its deadline
+    # while the gateway is offline (a connected gateway fails it itself, at the deadline)
+    report_grace_s: float = 30.0
+    overdue_check_s: float = 5.0
     heartbeat_s: float = 60.0  # the gateway pings after h/2 of silence; the server rarely must
     hello_timeout_s: float = 10.0
     token_ttl_s: float = 24 * 3600.0
