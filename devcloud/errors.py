@@ -16,6 +16,7 @@ from typing import Any, Final
 import msgspec
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Middleware
 
 log = structlog.get_logger("devcloud.rest")
@@ -122,7 +123,11 @@ def _authorized(request: web.Request, key: bytes) -> bool:
 
 async def read_json(request: web.Request) -> Any:
     """The request body as JSON, or None when empty. 400 on bad JSON or a non-JSON content type."""
-    body = await request.read()
+    try:
+        body = await request.read()
+    except (web.RequestPayloadError, HttpProcessingError):
+        # e.g. a Content-Encoding the body is not in: a 500 before (gzip, deflate)
+        raise ApiError(400, "invalid_input", "Request body could not be decoded") from None
     if len(body) > MAX_BODY_BYTES:
         raise ApiError(413, "payload_too_large", "Request body is too large")
     if not body.strip():

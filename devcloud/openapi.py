@@ -23,6 +23,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         401: "Missing or wrong API key",
         404: "Not found",
         409: "Conflicts with a change still in progress",
+        413: "Request body over 64 KiB",
         429: "Rate limited",
     }
     return {str(c): _ok(_ref("Error"), text[c]) for c in codes}
@@ -52,6 +53,7 @@ def _object(props: dict[str, Any], required: list[str]) -> dict[str, Any]:
 
 
 _NAME: Final = {"type": "string", "minLength": 1, "maxLength": 200}
+_DEVICE_ID: Final = {"type": "string", "minLength": 1, "maxLength": 100}
 _SLOT: Final = {"type": "integer", "minimum": 0, "maximum": 10000}
 _DURATION: Final = {"type": "integer", "minimum": 1, "maximum": 255}
 
@@ -312,7 +314,7 @@ def build() -> dict[str, Any]:
                     _object(
                         {
                             "data": _object(
-                                {"duration": _DURATION, "device_id": _NAME}, ["duration"]
+                                {"duration": _DURATION, "device_id": _DEVICE_ID}, ["duration"]
                             )
                         },
                         ["data"],
@@ -385,6 +387,9 @@ def build() -> dict[str, Any]:
             }
         },
     }
+    for operations in paths.values():
+        if "post" in operations:  # every POST reads its body, if only to refuse one
+            operations["post"]["responses"].update(_errors(413))
     return {
         "openapi": "3.1.0",
         "info": {

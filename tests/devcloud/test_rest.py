@@ -87,6 +87,27 @@ async def test_the_openapi_document_describes_every_route(cloud: Cloud) -> None:
         assert (f"/v1/gateways/{{gateway_id}}/actions/{action}", "POST") in described
 
 
+async def test_the_openapi_document_gives_the_limits_the_server_applies(cloud: Cloud) -> None:
+    """It allowed an unpair `device_id` of 200 characters where the server refuses over 100,
+    and listed no 413 though every POST refuses a body over 64 KiB."""
+    spec = await cloud.get("/v1/openapi.json")
+    posts = {path: ops["post"] for path, ops in spec["paths"].items() if "post" in ops}
+    assert posts
+    assert all("413" in op["responses"] for op in posts.values())
+    status, body = await cloud.post("/v1/locations", {"name": "x" * 70_000})
+    assert status == 413
+    assert_error(body, "payload_too_large")
+    unpair = posts["/v1/gateways/{gateway_id}/actions/unpair_devices"]
+    limit = unpair["requestBody"]["content"]["application/json"]["schema"]["properties"]["data"]
+    assert limit["properties"]["device_id"]["maxLength"] == 100
+    _, gateway_id, _ = await cloud.claimed_gateway()
+    path = f"/v1/gateways/{gateway_id}/actions/unpair_devices"
+    for length, error in ((100, "device_not_found"), (101, "invalid_input")):
+        status, body = await cloud.post(path, {"data": {"duration": 5, "device_id": "d" * length}})
+        assert status in (400, 404), body
+        assert_error(body, error)
+
+
 async def test_unknown_resources_are_404_in_the_seed_shape(cloud: Cloud) -> None:
     for path, type_ in (
         ("/v1/devices/nope", "device_not_found"),
@@ -141,6 +162,24 @@ async def test_bodies_that_are_not_json_objects_are_400(cloud: Cloud) -> None:
         ) as resp:
             assert resp.status == 400
             assert_error(await resp.json(), "invalid_input")
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_a_body_that_does_not_decode_as_its_content_encoding_is_400(
+    cloud: Cloud, encoding: str
+) -> None:
+    """A body sent as gzip or deflate that was neither got a 500 `internal_error`."""
+    headers = {
+        "Authorization": aiohttp.encode_basic_auth(API_KEY),
+        "Content-Type": "application/json",
+        "Content-Encoding": encoding,
+    }
+    async with cloud.http.post(
+        cloud.url("/v1/locations"), data=b'{"name": "x"}', headers=headers
+    ) as resp:
+        assert resp.status == 400
+        assert_error(await resp.json(), "invalid_input")
+    assert await cloud.get("/v1/locations") == []
 
 
 @pytest.mark.parametrize(
