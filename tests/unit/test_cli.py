@@ -12,6 +12,8 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
@@ -100,14 +102,18 @@ def test_run_with_a_state_dir_this_user_may_not_write(tmp_path: Path, locked_dir
     assert "gateway.state_dir" in _one_line(result.stderr)
 
 
-def test_run_with_a_damaged_store_starts_on_a_new_one_and_says_so(tmp_path: Path) -> None:
-    """A store SQLite calls no database ended `run` with exit 1, which systemd retried every
-    5 s for good: the box stayed offline until someone came to it. It now starts on a new
-    store, keeps the damaged file aside, and `gatewayd status` says so."""
-    state = tmp_path / "state"
-    state.mkdir()
-    (state / "gatewayd.db").write_bytes(b"not a database, " * 256)
-    cfg = _config(tmp_path, state, free_port())
+@dataclass
+class _Run:
+    """A `gatewayd run` process: its first `gatewayd status` answer, then its exit and output."""
+
+    proc: subprocess.Popen[str]
+    status: subprocess.CompletedProcess[str]
+    out: str = ""
+
+
+@contextmanager
+def _running(cfg: Path) -> Iterator[_Run]:
+    """`gatewayd run -c cfg` until `gatewayd status` answers; SIGTERM and its output at exit."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "gatewayd.cli", "run", "-c", str(cfg)],
         stdout=subprocess.PIPE,
@@ -115,22 +121,39 @@ def test_run_with_a_damaged_store_starts_on_a_new_one_and_says_so(tmp_path: Path
         text=True,
         cwd=ROOT,
     )
+    run = None
     try:
         deadline = time.monotonic() + 30
         while (status := _gatewayd("status", "-c", str(cfg))).returncode != 0:
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, status.stderr
             time.sleep(0.1)
+        run = _Run(proc, status)
+        yield run
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=15)
+        if run is not None:
+            run.out = out + err
     assert proc.returncode == 0, err
+
+
+def test_run_with_a_damaged_store_starts_on_a_new_one_and_says_so(tmp_path: Path) -> None:
+    """A store SQLite calls no database ended `run` with exit 1, which systemd retried every
+    5 s for good: the box stayed offline until someone came to it. It now starts on a new
+    store, keeps the damaged file aside, and `gatewayd status` says so."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "gatewayd.db").write_bytes(b"not a database, " * 256)
+    with _running(_config(tmp_path, state, free_port())) as run:
+        pass
+    status = run.status
     assert "store rebuilt after damage" in status.stdout
     assert "store: found damaged at" in status.stdout
     copies = list(state.glob("gatewayd.db.corrupt-*"))
     assert [c.read_bytes() for c in copies] == [b"not a database, " * 256]
     assert copies[0].name in status.stdout
-    assert '"event": "store.damaged"' in out + err
+    assert '"event": "store.damaged"' in run.out
 
 
 def test_token_as_a_user_who_may_not_read_the_state_dir(tmp_path: Path, locked_dir: Path) -> None:
@@ -267,29 +290,13 @@ def test_sighup_is_logged_and_ignored_and_sigterm_still_stops(tmp_path: Path) ->
     """SIGHUP (an operator's habit of "reload", or a closed terminal) killed the daemon with
     rc 129 mid-action: no clean stop, and systemd does not restart a service SIGHUP ended."""
     cfg = _config(tmp_path, tmp_path / "state", free_port())
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gatewayd.cli", "run", "-c", str(cfg)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while _gatewayd("status", "-c", str(cfg)).returncode != 0:
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGHUP)
+    with _running(cfg) as run:
+        run.proc.send_signal(signal.SIGHUP)
         time.sleep(0.5)
-        assert proc.poll() is None, proc.communicate()
+        assert run.proc.poll() is None, run.proc.communicate()
         assert _gatewayd("status", "-c", str(cfg)).returncode == 0
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=15)
-    assert proc.returncode == 0, err
-    assert '"event": "daemon.sighup_ignored"' in out + err
-    assert '"event": "daemon.stopped"' in out + err
+    assert '"event": "daemon.sighup_ignored"' in run.out
+    assert '"event": "daemon.stopped"' in run.out
 
 
 def test_status_with_port_0_says_why_it_cannot_ask(tmp_path: Path) -> None:
