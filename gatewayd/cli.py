@@ -101,7 +101,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gatewayd.status import find_listen_error
 
     gwlog.configure(cfg.log.level, cfg.log.format)
-    daemon = Daemon(cfg, handle_signals=True)
+    daemon = Daemon(cfg, handle_signals=True, ignore_sighup=True)
     try:
         with contextlib.suppress(KeyboardInterrupt):
             anyio.run(daemon.run)

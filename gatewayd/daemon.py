@@ -136,11 +136,13 @@ class Daemon:
         driver_classes: Mapping[str, type[Driver]] | None = None,
         notifier: Notifier | None = None,
         handle_signals: bool = False,
+        ignore_sighup: bool = False,
     ) -> None:
         self.config = config
         self._driver_classes = dict(driver_classes or {})
         self.notifier = notifier or Notifier()
         self._handle_signals = handle_signals
+        self._ignore_sighup = ignore_sighup  # the service; the demo stops with its terminal
         self.state_dir = Path(config.gateway.state_dir)
         self.started_at = time.monotonic()
         self.ready = False
@@ -356,7 +358,7 @@ class Daemon:
     async def _signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
-                if signum == signal.SIGHUP:
+                if signum == signal.SIGHUP and self._ignore_sighup:
                     # the habit of "reload" (or a closed terminal) killed the daemon mid-action,
                     # and systemd does not restart a service SIGHUP ended
                     log.warning(

@@ -52,8 +52,10 @@ def wait_for_keypad_unlock(events_command: str) -> dict[str, Any]:
 
 
 @contextmanager
-def _demo(*args: str, cwd: Path) -> Iterator[subprocess.Popen[str]]:
-    """`gatewayd demo` on free ports; Ctrl-C at the end, after which it must exit 0."""
+def _demo(
+    *args: str, cwd: Path, stop: signal.Signals = signal.SIGINT
+) -> Iterator[subprocess.Popen[str]]:
+    """`gatewayd demo` on free ports; Ctrl-C (or `stop`) at the end, after which it must exit 0."""
     proc = subprocess.Popen(
         [
             *(sys.executable, "-m", "gatewayd.cli", "demo"),
@@ -66,7 +68,7 @@ def _demo(*args: str, cwd: Path) -> Iterator[subprocess.Popen[str]]:
     )
     try:
         yield proc
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         assert proc.wait(15) == 0
     finally:
         proc.kill()
@@ -243,3 +245,15 @@ def test_demo_with_a_port_taken_says_so_in_one_line(tmp_path: Path, taken: str) 
     assert line.startswith("gatewayd demo: ")
     assert f"127.0.0.1:{port}" in line
     assert f"({taken} 0 takes a free port)" in line
+
+
+def test_closing_the_demos_terminal_stops_it_and_its_cloud(tmp_path: Path) -> None:
+    """SIGHUP (the terminal closed) killed the demo outright: its devcloud, a process of its
+    own, went on serving with nobody to stop it. The demo now stops as on Ctrl-C."""
+    with _demo("--dir", str(tmp_path / "demo"), cwd=tmp_path, stop=signal.SIGHUP) as proc:
+        found = re.search(r"http://127\.0\.0\.1:(\d+)/v1/", "\n".join(_until_ready(proc)))
+        assert found is not None
+        cloud = int(found[1])
+        socket.create_connection(("127.0.0.1", cloud), timeout=5).close()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", cloud), timeout=5).close()
