@@ -33,7 +33,7 @@ DEFAULT_HEARTBEAT_S: Final = 60.0
 MIN_HEARTBEAT_S: Final = 1.0
 MAX_HEARTBEAT_S: Final = 3600.0
 MAX_CLOUD_SEQ: Final = 2**53  # a welcome.acked_seq past this (and ours) is refused
-STABLE_SESSION_S: Final = 10.0  # a session that lasted this long resets the backoff
+STABLE_SESSION_S: Final = 10.0  # a session up this long after its welcome resets the backoff
 
 
 class Backoff:
@@ -174,6 +174,7 @@ class Tunnel:
         self._clock = clock
         self.state = "idle"
         self.connected_since: datetime | None = None
+        self._welcomed_at: float | None = None  # on `clock`, when this session's welcome came
         self.sessions = 0
         self.last_error: str | None = None
         self.heartbeat_s = DEFAULT_HEARTBEAT_S
@@ -213,7 +214,7 @@ class Tunnel:
         while True:
             self.sessions += 1
             self.state = "connecting"
-            began = self._clock()
+            self._welcomed_at = None
             try:
                 await self._session()
             except _Reconnect:
@@ -235,12 +236,20 @@ class Tunnel:
                 self._fail(f"store: {type(exc).__name__}: {exc}")
             finally:
                 self.connected_since = None
-            if self._clock() - began >= STABLE_SESSION_S:
+            if self._stayed_up():
                 self.backoff.reset()
             self.state = "backoff"
             delay = self.backoff.next_delay()
             log.info("tunnel.reconnect_in", seconds=round(delay, 2), attempt=self.backoff.attempt)
             await self._sleep(delay)
+
+    def _stayed_up(self) -> bool:
+        """Whether the session that just ended was welcomed and then up STABLE_SESSION_S. Timed
+        from the dial, a dial that only timed out (no answer to the connect, the upgrade or the
+        hello) took as long, and reset the backoff of every gateway in an outage to its first
+        step: they all redialled every 10 s instead of backing off to a minute."""
+        welcomed = self._welcomed_at
+        return welcomed is not None and self._clock() - welcomed >= STABLE_SESSION_S
 
     # ------------------------------------------------------------------ session
 
@@ -322,19 +331,27 @@ class Tunnel:
         headers = {"Authorization": f"Bearer {ident.credential}"} if ident.claimed else {}
         timeout = aiohttp.ClientTimeout(total=None, connect=self._cfg.connect_timeout_s)
         async with aiohttp.ClientSession(timeout=timeout) as http:
-            try:
-                ws = await http.ws_connect(
-                    self._cfg.url,
-                    headers=headers,
-                    ssl=self._ssl,
-                    autoping=False,
-                    max_msg_size=MAX_INBOUND_BYTES,
-                    timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+            # ClientTimeout's `connect` bounds the TCP/TLS connection only: a cloud (or a proxy
+            # before it) that took the upgrade request and never answered held the tunnel in
+            # "connecting" for good, with no error and no redial
+            with anyio.move_on_after(self._cfg.connect_timeout_s) as upgrade:
+                try:
+                    ws = await http.ws_connect(
+                        self._cfg.url,
+                        headers=headers,
+                        ssl=self._ssl,
+                        autoping=False,
+                        max_msg_size=MAX_INBOUND_BYTES,
+                        timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+                    )
+                except aiohttp.WSServerHandshakeError as exc:
+                    if exc.status == 401:
+                        raise Unauthorized("the cloud answered 401 to our credential") from None
+                    raise
+            if upgrade.cancelled_caught:
+                raise ConnectionError(
+                    f"no answer to the websocket upgrade within {self._cfg.connect_timeout_s:g} s"
                 )
-            except aiohttp.WSServerHandshakeError as exc:
-                if exc.status == 401:
-                    raise Unauthorized("the cloud answered 401 to our credential") from None
-                raise
             async with ws:
                 await self._serve(
                     ws, registration_token=None if ident.claimed else ident.registration_token
@@ -364,6 +381,7 @@ class Tunnel:
         self.sent_seq = max(welcome.acked_seq, self._store.acked_seq)
         self.state = "connected" if registration_token is None else "unclaimed"
         self.connected_since = utcnow()
+        self._welcomed_at = self._clock()
         self.last_error = None
         log.info(
             "tunnel.connected",
