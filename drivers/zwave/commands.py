@@ -56,6 +56,16 @@ def check_reachable(node: Node) -> None:
         raise DeviceOffline(f"node {node.node_id} is asleep")
 
 
+async def reach(node: Node) -> None:
+    """Refuse a sleeping node at once; ping a dead one first, and refuse it only if the ping
+    goes unanswered. zwave-js marks a node dead on a missed frame, common on a real mesh, and
+    only a frame from the node marks it alive again: refused unpinged, a lock that had missed
+    one frame refused every command until it happened to send something on its own."""
+    if node.status == NodeStatus.DEAD and await call("ping", node.async_ping()):
+        return  # it answered: zwave-js marks it alive
+    check_reachable(node)
+
+
 async def call[T](what: str, aw: Awaitable[T], *, secret: bool = False) -> T:
     """Await a zwave_js_server call; translate its failures into typed GatewayErrors.
 

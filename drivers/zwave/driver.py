@@ -711,7 +711,7 @@ class ZWaveDriver(Driver):
         if lock is None:
             raise DeviceNotFound(f"no Z-Wave lock {device_id}")
         node = self._node(lock)
-        commands.check_reachable(node)
+        await commands.reach(node)
         match action:
             case Lock() | Unlock():
                 return await self._bolt(lock, node, isinstance(action, Lock))
@@ -719,9 +719,12 @@ class ZWaveDriver(Driver):
                 digits = code.reveal()
                 self._check_slot(lock, slot)
                 self._check_code(lock, len(digits), digits.isascii() and digits.isdigit())
+                # a re-check of the slot, due or under way, no longer counts (see _recheck)
+                self._latest_recheck.pop((lock.device_id, slot), None)
                 return await self._set_code(lock, node, slot, digits)
             case ClearCode(slot_id=slot):
                 self._check_slot(lock, slot)
+                self._latest_recheck.pop((lock.device_id, slot), None)
                 return await self._clear_code(lock, node, slot)
         raise ActionNotSupported(f"zwave cannot {action.name}")
 
@@ -795,8 +798,6 @@ class ZWaveDriver(Driver):
         status, _ = await commands.read_slot(node, slot)
         if status not in (commands.USER_AVAILABLE,):
             raise CodeNotConfirmed(f"slot {slot}: the lock still holds a code")
-        # an empty slot has no code to drop: the set's re-check, if still due, no longer counts
-        self._latest_recheck.pop((lock.device_id, slot), None)
         log.info("zwave.code_cleared", device_id=lock.device_id, slot_id=slot)
         self._emit(lock.device_id, EventName.CODE_REMOVED, {"slot_id": slot})
         return ActionResult({"slot_id": slot})
@@ -849,7 +850,6 @@ class ZWaveDriver(Driver):
                 key = (item.device_id, item.slot)
                 if self._latest_recheck.get(key) is not item:
                     continue  # the slot was written again since: only its newest state counts
-                del self._latest_recheck[key]
                 try:
                     await self._recheck(item)
                 except Exception as exc:  # noqa: BLE001 - a failed re-check is logged, not fatal
@@ -859,6 +859,8 @@ class ZWaveDriver(Driver):
                         slot_id=item.slot,
                         error=type(exc).__name__,
                     )
+                if self._latest_recheck.get(key) is item:
+                    del self._latest_recheck[key]
 
     async def _recheck(self, item: _Recheck) -> None:
         lock = self._lock_by_device(item.device_id)
@@ -871,6 +873,11 @@ class ZWaveDriver(Driver):
         present = status == commands.USER_ENABLED and (
             commands.is_masked(read) or hmac.compare_digest(self._digest(read), item.digest)
         )
+        if self._latest_recheck.get((item.device_id, item.slot)) is not item:
+            # A set or clear of the slot began while the read was on the mesh (each pops the
+            # entry as it starts): the read may show the new code, or none, and would report
+            # the code just written, or just removed, as dropped.
+            return
         if not present:  # "code set on device" went out when the set was confirmed
             self._emit(lock.device_id, EventName.CODE_DROPPED, {"slot_id": item.slot})
 

@@ -99,6 +99,31 @@ async def test_a_clear_right_after_a_set_is_not_reported_as_a_dropped_code(
     assert sink.names(dev) == ["code set on device", "code removed from device"]
 
 
+@pytest.mark.parametrize("second", ["set", "clear"])
+async def test_a_recheck_read_overlapping_a_new_set_or_clear_reports_no_drop(
+    zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack, second: str
+) -> None:
+    """The set's re-check read the slot while a newer set or clear of it was on a slow mesh,
+    and compared what it read with the old code: "code dropped by device" for a code just
+    written (or just removed) on purpose."""
+    driver, sink = zwave
+    dev = sink.ids[native_id(2)]
+    await driver.execute(dev, SetCode(slot_id=5, code=PinCode("1111")))
+    await anyio.sleep(1.2)  # the re-check (code_recheck_s 1.5) comes during the next command
+    zwave_stack.control(2, "fault", kind="delay", delay_s=0.6)
+    try:
+        if second == "set":
+            await driver.execute(dev, SetCode(slot_id=5, code=PinCode("2222")))
+        else:
+            await driver.execute(dev, ClearCode(slot_id=5))
+    finally:
+        zwave_stack.control(2, "fault", kind="none")
+    await anyio.sleep(2.5)  # past the re-checks of both
+    last = "code set on device" if second == "set" else "code removed from device"
+    assert sink.names(dev)[-2:] == ["code set on device", last]
+    assert "code dropped by device" not in sink.names(dev)
+
+
 async def test_bad_slot_and_bad_length_are_refused_before_the_radio(
     zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack
 ) -> None:

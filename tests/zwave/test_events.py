@@ -76,6 +76,24 @@ async def test_offline_lock_fails_fast_and_comes_back(
     assert sink.devices[dev].properties.online is True
 
 
+async def test_a_lock_marked_dead_is_pinged_and_served_once_it_answers(
+    zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack
+) -> None:
+    """zwave-js marks a node dead on a missed frame, and only a frame from the node marks it
+    alive again. Refused unpinged, a lock back in reach failed every command with
+    `device_offline` until it happened to send something on its own, hours later perhaps."""
+    driver, sink = zwave
+    dev = sink.ids[native_id(2)]
+    await driver.simulate(dev, Simulation.OFFLINE, {})
+    await sink.wait_for(lambda: sink.devices[dev].properties.online is False, timeout=20)
+    zwave_stack.control(2, "online")  # in reach again; nothing pings it
+    with anyio.fail_after(15):
+        await driver.execute(dev, Unlock())
+    assert zwave_stack.control(2, "state")["locked"] is False
+    await sink.wait_for(lambda: sink.devices[dev].properties.online is True, timeout=10)
+    await driver.execute(dev, Lock())
+
+
 async def test_a_lock_that_refuses_or_does_not_answer_fails_typed(
     zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack
 ) -> None:
