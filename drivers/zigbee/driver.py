@@ -215,6 +215,14 @@ class ZigbeeDriver(Driver):
     def device_initialized(self, zdev: Any) -> None:
         self._spawn_task(self._adopt(zdev, joined=True))
 
+    def device_joined(self, zdev: Any) -> None:
+        """A join zigpy reports: a new device, or a known one at a new network address (a lock
+        reset or re-paired; one that rejoins at its old address is caught by the lock itself,
+        see `ZigbeeLock._heard`). Its interview follows, then `device_initialized`."""
+        device_id = self._by_ieee.get(str(zdev.ieee))
+        if device_id is not None:
+            self._locks[device_id].joined()
+
     def device_left(self, zdev: Any) -> None:
         device_id = self._by_ieee.get(str(zdev.ieee))
         if device_id is None:
@@ -253,12 +261,19 @@ class ZigbeeDriver(Driver):
             return
         old = self._locks.get(self._by_ieee.get(ieee, ""))
         if old is not None and old.zdev is zdev:
+            if joined:
+                # interviewed again: it rejoined, reset or re-paired, and holds no bindings
+                # any more (ZHA configures a rejoined device again too)
+                old.seen()
+                old.reconfigure()
             return
         device_id = self._sink.device_id(ieee)
         lock = ZigbeeLock(zdev, device_id, self._sink, self._options())
         if old is not None:  # zigpy's new device object after a radio reconnect
             lock.carry_over(old)
             old.close()
+            if joined:
+                lock.seen()  # just interviewed: on the network, even if it had left
         lock.listen()
         self._locks[device_id] = lock
         self._by_ieee[ieee] = device_id
@@ -279,7 +294,7 @@ class ZigbeeDriver(Driver):
         )
         self._sink.device_added(lock.announce())
         if not joined:
-            self._spawn_task(lock.resync())
+            self._spawn_task(lock.restarted())
 
     def _options(self) -> LockOptions:
         from drivers.zigbee.lock import LockOptions

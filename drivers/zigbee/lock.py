@@ -119,6 +119,7 @@ class ZigbeeLock:
         self._low_battery = False
         self._changed = asyncio.Event()
         self._expect: bool | None = None  # the bolt state our command in flight asks for
+        self._words = 0  # words from the lock on its bolt: lock_state values, operation events
         self._confirmed = False  # that command's `remote` report has gone out
         self._pending: asyncio.TimerHandle | None = None
         self._cache_write: asyncio.Handle | None = None
@@ -129,6 +130,14 @@ class ZigbeeLock:
         self._programmed: dict[int, int] = {}
         self._left: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._has_left = False  # `_left` is resolved by `close` too: this says the lock left
+        # The lock left or joined again (a reset, a re-pairing): that wipes its bindings and
+        # reporting configuration, so it has to be configured again when it is back; until
+        # then it sends no reports, no operation events and no alarms.
+        self._unbound = False
+        self._configuring: asyncio.Task[None] | None = None
+        # after a failed configuration, not again before this (loop time): the lock's own
+        # answers to it would otherwise start the next one at once, over and over
+        self._configure_after = 0.0
         self._quiet = False
         self._device: Device | None = None
         self._codes: tuple[tuple[Any, ...], CodeConstraints] = ((), DEFAULT_CODES)
@@ -159,6 +168,9 @@ class ZigbeeLock:
                     zcl.AttributeReadEvent.event_type,  # a read's answer: zigpy sends no update
                 ):
                     self._unsubscribe.append(cluster.on_event(name, relay.attribute_event))
+        device_relay = _DeviceRelay(self)
+        self.zdev.add_listener(device_relay)
+        self._unsubscribe.append(functools.partial(self.zdev.remove_listener, device_relay))
 
     def close(self) -> None:
         if self._cache_write is not None:  # still due: written now, before zigpy shuts down
@@ -176,6 +188,8 @@ class ZigbeeLock:
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         self._unsubscribe.clear()
+        if self._configuring is not None:
+            self._configuring.cancel()
         if not self._left.done():
             self._left.set_result(None)
 
@@ -185,13 +199,13 @@ class ZigbeeLock:
         undone or reported twice. Called before `old` is closed."""
         self.locked, self.jammed, self._low_battery = old.locked, old.jammed, old._low_battery
         self._bolt_unknown, self._door_unknown = old._bolt_unknown, old._door_unknown
-        self.online = old.online
+        self.online, self._unbound = old.online, old._unbound
         if old._has_left:
             self._has_left = True
             self._left.set_result(None)
 
     async def configure(self) -> None:
-        """Once, after the interview: bind to us and ask for reports (what ZHA does too)."""
+        """After an interview or a rejoin: bind to us and ask for reports (what ZHA does too)."""
         for cid in (DoorLock.cluster_id, PowerConfiguration.cluster_id, Alarms.cluster_id):
             cluster = self._cluster(cid)
             if cluster is not None:
@@ -220,8 +234,22 @@ class ZigbeeLock:
         finally:
             self._quiet = False
 
+    async def restarted(self) -> None:
+        """After a restart: `resync`, then bind and configure reporting again. Nothing tells
+        whether the lock still holds its bindings: one re-paired while a configuration failed,
+        or under a version that did not configure rejoined locks, would otherwise stay silent
+        for good. Binding and reporting requests are idempotent on the lock."""
+        await self.resync()
+        try:
+            await self.configure()
+        except Exception as exc:  # noqa: BLE001 - a sleeping lock: again when it is next heard
+            log.info("zigbee.configure_skipped", device_id=self.device_id, error=type(exc).__name__)
+            self._configure_failed()
+        else:
+            self._unbound = False
+
     async def resync(self) -> None:
-        """After a restart: read the bolt and battery, in case they changed while we were away."""
+        """Read the bolt and battery, in case they changed while we (or the lock) were away."""
         try:
             await self._call(self.door_lock.read_attributes(["lock_state"], allow_cache=False))
             power = self._cluster(PowerConfiguration.cluster_id)
@@ -247,6 +275,56 @@ class ZigbeeLock:
         power = self._cluster(PowerConfiguration.cluster_id)
         if power is not None and power.get("battery_percentage_remaining") is not None:
             self._apply_battery(int(power.get("battery_percentage_remaining")))
+
+    # ------------------------------------------------------------------ rejoins
+
+    def joined(self) -> None:
+        """zigpy heard the lock join at a new network address (reset or re-paired): it is on
+        the network, without its bindings. zigpy interviews it again, and the driver's
+        device_initialized then calls `reconfigure`."""
+        self._unbound = True
+        self.seen()
+
+    def _heard(self) -> None:
+        """zigpy heard from the lock (a frame, or a join at the same address, which zigpy
+        announces with no event at all): after a leave, this is the lock back on the network.
+        Looked at a turn later: a join at a new address starts an interview in the same turn,
+        and the configuration waits for its end (`reconfigure`, from device_initialized)."""
+        if self._unbound:
+            asyncio.get_running_loop().call_soon(self._back)
+
+    def _back(self) -> None:
+        configuring = self._configuring is not None and not self._configuring.done()
+        if not self._unbound or configuring or self.zdev.initializing or not self._unsubscribe:
+            return  # configured or being configured, being interviewed, or closed
+        if asyncio.get_running_loop().time() < self._configure_after:
+            return  # it failed a moment ago
+        log.info("zigbee.device_back", device_id=self.device_id, ieee=self.ieee)
+        self.seen()
+        self.reconfigure()
+
+    def reconfigure(self) -> None:
+        """Bind and configure reporting again, in the background (one run at a time), then
+        read the bolt and battery, which may have changed while the lock was away."""
+        if self._configuring is None or self._configuring.done():
+            self._configuring = asyncio.get_running_loop().create_task(self._reconfigure())
+
+    async def _reconfigure(self) -> None:
+        self._unbound = True  # cleared only once the lock has taken its configuration
+        try:
+            await self.configure()
+        except Exception as exc:  # noqa: BLE001 - tried again when the lock is next heard
+            log.warning(
+                "zigbee.configure_failed", device_id=self.device_id, error=type(exc).__name__
+            )
+            self._configure_failed()
+            return
+        self._unbound = False
+        await self.resync()
+
+    def _configure_failed(self) -> None:
+        self._unbound = True
+        self._configure_after = asyncio.get_running_loop().time() + self._opts.command_timeout_s
 
     # ------------------------------------------------------------------ the Device
 
@@ -324,7 +402,7 @@ class ZigbeeLock:
 
     def gone(self, reason: str) -> None:
         if reason == "left":
-            self._has_left = True
+            self._has_left = self._unbound = True
             if not self._left.done():
                 self._left.set_result(None)
         if self.online:
@@ -345,7 +423,10 @@ class ZigbeeLock:
             log.info("zigbee.attribute_ignored", device_id=self.device_id, attribute=name)
             return
         if name == "lock_state":
+            self._words += 1
             self._lock_state_report(int(value))
+            if self._expect is not None:
+                self._wake()  # a repeat changes nothing, yet it is the word a command waits for
         elif name == "door_state":
             self._door_state(int(value))
         elif name == "battery_percentage_remaining":
@@ -449,6 +530,9 @@ class ZigbeeLock:
             locked = False
         else:
             return
+        self._words += 1
+        if self._expect is not None:
+            self._wake()
         method, slot = self._method(code, source, user, locked)
         pending = self._pending is not None
         changed = locked != self.locked or self.jammed
@@ -594,6 +678,7 @@ class ZigbeeLock:
 
     async def set_locked(self, locked: bool) -> ActionResult:
         self._expect, self._confirmed = locked, False
+        words = self._words
         try:
             dl = self.door_lock
             rsp = await self._call(dl.lock_door() if locked else dl.unlock_door())
@@ -602,7 +687,7 @@ class ZigbeeLock:
                 raise DeviceError(
                     f"the lock refused to {'lock' if locked else 'unlock'} ({_name(status)})"
                 )
-            await self._await_bolt(locked)
+            await self._await_bolt(locked, words)
             if not self._confirmed:
                 # The bolt was already there, so the lock reports no change; the cloud still
                 # gets the `remote` report that tells it the command reached the lock (what the
@@ -615,13 +700,18 @@ class ZigbeeLock:
             self._expect = None
         return ActionResult({"locked": locked})
 
-    async def _await_bolt(self, locked: bool) -> None:
+    async def _await_bolt(self, locked: bool, words: int) -> None:
+        """Until the lock itself says its bolt is at `locked`, in a word heard since the
+        command was sent (`words`: the count then): a report, an operation event, or the
+        answer to a read. The state we hold may already be the target without being true (a
+        hand turn whose report was lost): taken as the outcome, the command would complete
+        with no word from the lock, and a jam reported a moment later would contradict it."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._opts.command_timeout_s
         # Only a jam reported after the lock took this command is its outcome: an earlier one
         # is what the command may clear, and the lock reports the bolt when it has.
         jams = self._jams
-        while self.locked != locked or self.jammed or self._bolt_unknown:
+        while self._words == words or self.locked != locked or self.jammed or self._bolt_unknown:
             if self._jams != jams:
                 raise DeviceError("the bolt jammed")
             remaining = deadline - loop.time()
@@ -672,8 +762,18 @@ class ZigbeeLock:
             if status != foundation.Status.SUCCESS:
                 raise DeviceError(f"the lock refused to clear the code ({_name(status)})")
             stored = _readback(await self._call(dl.get_pin_code(slot)))
-            if stored is None:
+            not_reported = stored is not None and stored[0] == int(
+                DoorLock.UserStatus.Not_Supported
+            )
+            if stored is None or (not_reported and stored[1] and not _is_code(stored[1])):
+                # no answer, or no user status and a masked code: only the lock's
+                # programming event tells whether the slot was cleared
                 await self._await_programmed({int(_PROG.PINCodeDeleted)})
+            elif not_reported:
+                # 0xFF: the lock does not report a user status, so the code itself tells;
+                # digits mean it is still there, an empty code that the slot is free
+                if stored[1]:
+                    raise CodeNotConfirmed("the slot still holds a code")
             elif stored[0] != int(DoorLock.UserStatus.Available):
                 raise CodeNotConfirmed("the slot still holds a code")
         finally:
@@ -704,10 +804,15 @@ class ZigbeeLock:
         return False
 
     async def _await_programmed(self, codes: set[int]) -> None:
-        """Masked read-back: the lock's programming event is the only confirmation."""
+        """Masked read-back: the lock's programming event is the only confirmation.
+
+        Waited for as long as a command's answer (command_timeout_s), not report_wait_s:
+        locks send it when they like, often seconds later, and there is no read to fall back
+        on. Given up sooner, an action fails that the lock did carry out, and its late event
+        then goes up as a change made at the lock. The action's deadline still cuts it."""
         slot = self._code_slot
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._opts.report_wait_s
+        deadline = loop.time() + self._opts.command_timeout_s
         while self._programmed.get(slot or 0) not in codes:
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -767,6 +872,17 @@ def _code_refused(slot: int, status: Any) -> DeviceError:
     if number == _PIN_GENERAL_FAILURE:
         return DeviceError(f"{refused} (general failure)")
     return DeviceError(f"{refused} ({_name(status)})")
+
+
+class _DeviceRelay:
+    """zigpy's device listener protocol: the device's own events (not its clusters')."""
+
+    def __init__(self, lock: ZigbeeLock) -> None:
+        self._lock = lock
+
+    def device_last_seen_updated(self, last_seen: Any) -> None:
+        del last_seen
+        self._lock._heard()
 
 
 class _Relay:

@@ -1,0 +1,239 @@
+"""A lock that rejoins is configured again; code and bolt commands complete only on the lock's
+own word: a user status the lock does not report, a late programming event, a saved bolt state
+that is already the target."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drivers.zigbee.virtual.lock import VirtualLock
+from gatewayd.driver import Simulation
+from gatewayd.model import (
+    ActionTimeout,
+    ClearCode,
+    CodeNotConfirmed,
+    DeviceError,
+    EventName,
+    Lock,
+    PinCode,
+    SetCode,
+    Unlock,
+)
+from tests.zigbee.conftest import running, settled_events
+from tests.zigbee.test_odd_reports import GENERIC, YALE, HistorySink, by_native, virtual
+
+pytestmark = pytest.mark.stack
+
+NOT_SUPPORTED = 0xFF  # user status: the lock does not report it
+BOUND = {0x0001, 0x0009, 0x0101}  # power configuration, alarms, door lock
+
+
+async def eventually(predicate: Any, timeout: float = 5.0) -> None:
+    """For what the sink does not hear about (the virtual lock's bindings): polled."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.05)
+
+
+# ------------------------------------------------------------------ clear_code, status 0xFF
+
+
+@pytest.mark.parametrize("ieee", [GENERIC, YALE], ids=["zcl", "masking"])
+@pytest.mark.parametrize(
+    "code", [b"", b"****"], ids=["empty-code", "masked-code-then-programming-event"]
+)
+async def test_a_clear_is_confirmed_by_a_lock_that_reports_no_user_status(
+    tmp_path: Path, ieee: str, code: bytes
+) -> None:
+    """A lock that answers get_pin_code with user status 0xFF (Not_Supported) and an empty code
+    has cleared the slot; with a masked code, its PINCodeDeleted event confirms it. Before, any
+    status but Available failed the clear ("the slot still holds a code") though it was done."""
+    sink = HistorySink()
+    async with running(tmp_path, sink) as driver:
+        dev, vlock = by_native(sink, ieee), virtual(driver, ieee)
+        await driver.execute(dev, SetCode(slot_id=3, code=PinCode("1357")))
+        vlock.odd_readback = (NOT_SUPPORTED, code)
+        mark = len(sink.events)
+        await driver.execute(dev, ClearCode(slot_id=3))
+        assert 3 not in vlock.mem.pins
+        events = await settled_events(sink, mark)
+        assert events == [(EventName.CODE_REMOVED, "remote")]
+
+
+@pytest.mark.parametrize("ieee", [GENERIC, YALE], ids=["zcl", "masking"])
+async def test_a_clear_read_back_as_digits_under_status_0xff_is_not_confirmed(
+    tmp_path: Path, ieee: str
+) -> None:
+    """Digits read back under user status 0xFF: the slot still holds a code."""
+    sink = HistorySink()
+    async with running(tmp_path, sink) as driver:
+        dev, vlock = by_native(sink, ieee), virtual(driver, ieee)
+        vlock.set_fault("drop_code")  # the lock answers success but keeps the code
+        vlock.mem.pins[3] = "1357"
+        vlock.odd_readback = (NOT_SUPPORTED, b"1357")
+        with pytest.raises(CodeNotConfirmed):
+            await driver.execute(dev, ClearCode(slot_id=3))
+
+
+# ------------------------------------------------------------------ set_code, late event
+
+
+async def test_a_masked_code_confirmed_after_report_wait_is_completed(tmp_path: Path) -> None:
+    """A lock that masks its read-back confirms a code with its programming event, which may
+    come after report_wait_s (0.5 s here): the action waits for it up to command_timeout_s
+    (2 s) and completes, with one `remote` report. Before, it failed with CodeNotConfirmed
+    after report_wait_s, and the late event went up as a `code set on device`, method rf."""
+    sink = HistorySink()
+    async with running(tmp_path, sink) as driver:
+        dev, vlock = by_native(sink, YALE), virtual(driver, YALE)
+        assert vlock.profile.masked_readback
+        vlock.programming_delay_s = 1.0
+        mark = len(sink.events)
+        await driver.execute(dev, SetCode(slot_id=3, code=PinCode("1357")))
+        assert vlock.mem.pins[3] == "1357"
+        await asyncio.sleep(1.0)
+        events = await settled_events(sink, mark)
+        assert events == [(EventName.CODE_SET, "remote")]
+
+
+# ------------------------------------------------------------------ a bolt already there
+
+
+def _silent_motor(vlock: VirtualLock, then: Any = None) -> None:
+    """The lock takes lock/unlock commands but sends nothing itself (`then` after 0.3 s)."""
+
+    def move(target: Any, source: Any, code: Any, user: int) -> None:
+        if then is not None:
+            asyncio.get_running_loop().call_later(0.3, then)
+
+    vlock._move = move  # type: ignore[method-assign]
+
+
+async def test_a_lock_whose_saved_state_is_stale_fails_on_a_jam(tmp_path: Path) -> None:
+    """The bolt was turned by hand and its report lost, so the driver still holds `locked`;
+    told to lock, the motor jams. The action waits for the lock's word and fails with the jam.
+    Before, it completed at once with a `remote` report that the jam then contradicted."""
+    sink = HistorySink()
+    async with running(tmp_path, sink) as driver:
+        dev, vlock = by_native(sink, GENERIC), virtual(driver, GENERIC)
+        assert sink.devices[dev].properties.locked is True
+        vlock.mem.lock_state = 2  # unlocked by hand, not reported
+        _silent_motor(vlock, then=vlock.jam)
+        mark = len(sink.events)
+        with pytest.raises(DeviceError, match="jammed"):
+            await driver.execute(dev, Lock())
+        events = await settled_events(sink, mark)
+        assert events == [(EventName.DOOR_JAMMED, None)]
+
+
+async def test_a_lock_already_locked_completes_on_the_lock_s_word(tmp_path: Path) -> None:
+    """Already locked, told to lock: completed on the lock's report, or, from a lock that says
+    nothing, on a read of its bolt after report_wait_s."""
+    sink = HistorySink()
+    async with running(tmp_path, sink) as driver:
+        dev, vlock = by_native(sink, GENERIC), virtual(driver, GENERIC)
+        assert sink.devices[dev].properties.locked is True
+        mark = len(sink.events)
+        await driver.execute(dev, Lock())
+        _silent_motor(vlock)
+        await driver.execute(dev, Lock())
+        events = await settled_events(sink, mark)
+        assert events == [(EventName.DOOR_LOCKED, "remote")] * 2
+
+
+# ------------------------------------------------------------------ rejoins
+
+
+@pytest.mark.parametrize("new_address", [False, True], ids=["same-address", "new-address"])
+@pytest.mark.parametrize("ieee", [GENERIC, YALE], ids=["zcl", "yale"])
+async def test_a_lock_that_rejoins_is_bound_and_configured_again(
+    tmp_path: Path, ieee: str, new_address: bool
+) -> None:
+    """A lock reset or re-paired leaves, loses its bindings and joins again (at its old network
+    address, of which zigpy tells nothing, or at a new one, which zigpy interviews again): it
+    is online, bound and reporting again, so a hand turn and a keypad unlock reach the cloud.
+    Before, it stayed unbound for good (silent), and at its old address offline too."""
+    sink = HistorySink()
+    async with running(tmp_path, sink) as driver:
+        dev, vlock = by_native(sink, ieee), virtual(driver, ieee)
+        assert vlock.mem.bound >= BOUND
+        vlock.leave()
+        await sink.wait_event(dev, EventName.DEVICE_DISCONNECTED)
+        assert not vlock.mem.bound
+        if new_address:
+            vlock.mem.nwk = 0x2345
+        await driver.pair(30)
+        await eventually(lambda: vlock.mem.bound >= BOUND)
+        await sink.wait_for(lambda: sink.devices[dev].properties.online is True, timeout=5)
+        await asyncio.sleep(0.5)  # the configuration's last request and the read after it
+        mark = len(sink.events)
+        await driver.execute(dev, Unlock())
+        await driver.simulate(dev, Simulation.MANUAL_LOCK, {})
+        await sink.wait_event(dev, EventName.DOOR_LOCKED, after=mark)
+        await driver.simulate(dev, Simulation.KEYPAD_UNLOCK, {"slot_id": 4})
+        await sink.wait_event(dev, EventName.DOOR_UNLOCKED, after=mark + 2)
+        events = [(e.event_name, e.details.get("method")) for e in sink.events[mark:]]
+        assert events == [
+            (EventName.DOOR_UNLOCKED, "remote"),
+            (EventName.DOOR_LOCKED, "manual"),
+            (EventName.DOOR_UNLOCKED, "pin_code"),
+        ]
+        assert len(sink.devices) == 2  # the same device, not a new one
+
+
+async def test_a_lock_that_lost_its_bindings_is_bound_again_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """A lock that lost its bindings before this run (re-paired under an older version, or a
+    configuration that failed) is bound and configured again after a restart."""
+    sink = HistorySink()
+    async with running(tmp_path, sink) as driver:
+        dev, vlock = by_native(sink, GENERIC), virtual(driver, GENERIC)
+        vlock.mem.bound.clear()
+        assert driver.virtual is not None
+        driver.virtual.save()
+    async with running(tmp_path, sink) as driver:
+        vlock = virtual(driver, GENERIC)
+        await eventually(lambda: vlock.mem.bound >= BOUND)
+        mark = len(sink.events)
+        await driver.simulate(dev, Simulation.KEYPAD_UNLOCK, {"slot_id": 4})
+        event = await sink.wait_event(dev, EventName.DOOR_UNLOCKED, after=mark)
+        assert event.details == {"method": "pin_code", "slot_id": 4}
+
+
+async def test_a_configuration_that_fails_is_tried_again_when_the_lock_is_next_heard(
+    tmp_path: Path,
+) -> None:
+    """The configuration of a rejoined lock fails (no answer): it is tried again, not at once
+    (its answers would start it over and over), but when the lock is heard after
+    command_timeout_s (2 s here), here by its Device_annce."""
+    sink = HistorySink()
+    async with running(tmp_path, sink) as driver:
+        dev, vlock = by_native(sink, GENERIC), virtual(driver, GENERIC)
+        lock = driver._locks[dev]
+        configure, calls = lock.configure, []
+
+        async def failing_once() -> None:
+            calls.append(time.monotonic())
+            if len(calls) == 1:
+                raise ActionTimeout("the lock did not answer")
+            await configure()
+
+        lock.configure = failing_once  # type: ignore[method-assign]
+        vlock.leave()
+        await sink.wait_event(dev, EventName.DEVICE_DISCONNECTED)
+        await driver.pair(30)
+        await eventually(lambda: len(calls) == 1)
+        assert driver.virtual is not None
+        driver.virtual.announce(vlock)  # heard within 2 s of the failure: not yet
+        await asyncio.sleep(0.3)
+        assert len(calls) == 1
+        await asyncio.sleep(calls[0] + 2.0 - time.monotonic())
+        driver.virtual.announce(vlock)
+        await eventually(lambda: vlock.mem.bound >= BOUND)
+        assert len(calls) == 2
