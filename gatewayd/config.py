@@ -93,6 +93,7 @@ class ZWaveConfig(_Section, frozen=True):
     code_recheck_s: Annotated[float, msgspec.Meta(ge=0, le=86_400)] = 30.0  # 0: off
     interview_timeout_s: PositiveSeconds = 120.0
     connect_timeout_s: PositiveSeconds = 10.0
+    heartbeat_s: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 15.0  # ping zwave-server
     reconnect_max_s: PositiveSeconds = 30.0  # backoff cap between reconnect attempts
     event_merge_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 1.0  # report + notification -> 1
     code_confirm_s: PositiveSeconds = 5.0  # wait for a masked lock's programming notification

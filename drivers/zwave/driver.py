@@ -322,7 +322,8 @@ class ZWaveDriver(Driver):
     async def _session(self) -> None:
         assert self._http is not None
         # The Client only asks its session for ws_connect (drivers/zwave/uncompressed.py).
-        session = cast(aiohttp.ClientSession, UncompressedSession(self._http))
+        uncompressed = UncompressedSession(self._http, self._config.heartbeat_s)
+        session = cast(aiohttp.ClientSession, uncompressed)
         client = Client(self._config.url, session)
         with anyio.fail_after(self._config.connect_timeout_s):
             await client.connect()

@@ -16,11 +16,17 @@ import aiohttp
 
 
 class UncompressedSession:
-    """An aiohttp ClientSession's `ws_connect`, always without compression."""
+    """An aiohttp ClientSession's `ws_connect`, always without compression, and with websocket
+    pings every `heartbeat_s`: the library sets none, so a zwave-server that froze (or a link
+    that died without a close) left the driver "ready" and every command waiting for an
+    answer until its deadline. aiohttp closes the socket when a pong is late, and the driver
+    goes down and reconnects as on any lost connection."""
 
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    def __init__(self, session: aiohttp.ClientSession, heartbeat_s: float) -> None:
         self.session = session
+        self.heartbeat_s = heartbeat_s
 
     def ws_connect(self, url: str, **kwargs: Any) -> Any:
         kwargs["compress"] = 0
+        kwargs["heartbeat"] = self.heartbeat_s
         return self.session.ws_connect(url, **kwargs)

@@ -38,7 +38,7 @@ async def test_the_drivers_websocket_to_zwave_server_is_not_compressed(
         assert asked.compress == 15
         await asked.close()
         # ...so the driver's session takes the request back (drivers/zwave/uncompressed.py)
-        plain = await UncompressedSession(session).ws_connect(zwave_stack.url, compress=15)
+        plain = await UncompressedSession(session, 15.0).ws_connect(zwave_stack.url, compress=15)
         assert plain.compress == 0
         await plain.close()
     driver, _sink = zwave
