@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -85,13 +86,25 @@ async def started_driver(
 ) -> AsyncIterator[tuple[ZWaveDriver, RecordingSink]]:
     """The body of a driver fixture: the stack reset, a driver started that sees all its
     locks, stopped afterwards."""
+    async with driver_with(stack, tmp_path, tasks) as started:
+        yield started
+
+
+@asynccontextmanager
+async def driver_with(
+    stack: ZWaveStack, tmp_path: Path, tasks: Tasks, **config: object
+) -> AsyncIterator[tuple[ZWaveDriver, RecordingSink]]:
+    """The stack reset, a driver (`make_config` keywords) started that sees all its locks;
+    stopped at the end, however the block ends."""
     stack.reset()
     sink = RecordingSink()
-    driver = ZWaveDriver(make_config(stack), DriverContext(tmp_path, tasks.spawn))
+    driver = ZWaveDriver(make_config(stack, **config), DriverContext(tmp_path, tasks.spawn))
     await driver.start(sink)
-    await sink.wait_for(lambda: len(sink.devices) == stack.locks, timeout=30)
-    yield driver, sink
-    await driver.stop()
+    try:
+        await sink.wait_for(lambda: len(sink.devices) == stack.locks, timeout=30)
+        yield driver, sink
+    finally:
+        await driver.stop()
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:

@@ -15,7 +15,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from drivers.zwave import ZWaveDriver
-from gatewayd.driver import DriverContext, Simulation
+from gatewayd.driver import Simulation
 from gatewayd.model import (
     ClearCode,
     CodeNotConfirmed,
@@ -26,7 +26,7 @@ from gatewayd.model import (
     SetCode,
 )
 from tests.contract.sink import RecordingSink
-from tests.zwave.conftest import Tasks, make_config
+from tests.zwave.conftest import Tasks, driver_with
 from tests.zwave.stack import ZWaveStack, native_id
 
 pytestmark = pytest.mark.stack
@@ -197,13 +197,7 @@ async def test_set_and_clear_are_reported_when_confirmed_even_with_the_recheck_o
     whether or not the later re-check is on (code_recheck_s = 0: off). Before, only the re-check
     sent these events: with it off a confirmed code never reached the cloud, and with the
     default it came 30 s late, or never when that read failed or the daemon restarted."""
-    zwave_stack.reset()
-    sink = RecordingSink()
-    config = make_config(zwave_stack, code_recheck_s=0)
-    driver = ZWaveDriver(config, DriverContext(tmp_path, tasks.spawn))
-    await driver.start(sink)
-    try:
-        await sink.wait_for(lambda: len(sink.devices) == zwave_stack.locks, timeout=30)
+    async with driver_with(zwave_stack, tmp_path, tasks, code_recheck_s=0) as (driver, sink):
         dev = sink.ids[native_id(2)]
         await driver.execute(dev, SetCode(slot_id=5, code=PinCode("0427")))
         assert 5 in zwave_stack.control(2, "state")["slots"]
@@ -215,8 +209,6 @@ async def test_set_and_clear_are_reported_when_confirmed_even_with_the_recheck_o
             (EventName.CODE_SET, {"slot_id": 5}),
             (EventName.CODE_REMOVED, {"slot_id": 5}),
         ]
-    finally:
-        await driver.stop()
 
 
 async def test_a_masked_lock_that_ignores_a_new_code_fails_with_code_not_confirmed(

@@ -10,10 +10,10 @@ import anyio
 import pytest
 
 from drivers.zwave import ZWaveDriver
-from gatewayd.driver import DriverContext, Simulation
+from gatewayd.driver import Simulation
 from gatewayd.model import DeviceError, DeviceOffline, Lock, Unlock
 from tests.contract.sink import RecordingSink
-from tests.zwave.conftest import Tasks, make_config, until
+from tests.zwave.conftest import Tasks, driver_with, until
 from tests.zwave.stack import ZWaveStack, native_id
 
 pytestmark = pytest.mark.stack
@@ -201,13 +201,7 @@ async def test_a_frozen_zwave_server_takes_the_driver_down_and_fails_commands_ty
     """zwave-server stopped answering (SIGSTOP: hung, or a link gone without a close): the
     driver stayed "ready" and a command waited for its deadline with no word. Its websocket is
     pinged now, and a late pong takes the driver down; it comes back when the server does."""
-    zwave_stack.reset()
-    sink = RecordingSink()
-    config = make_config(zwave_stack, heartbeat_s=1.0)
-    driver = ZWaveDriver(config, DriverContext(tmp_path, tasks.spawn))
-    await driver.start(sink)
-    try:
-        await sink.wait_for(lambda: len(sink.devices) == zwave_stack.locks, timeout=30)
+    async with driver_with(zwave_stack, tmp_path, tasks, heartbeat_s=1.0) as (driver, sink):
         dev = sink.ids[native_id(2)]
         os.kill(zwave_stack.server.pid, signal.SIGSTOP)
         try:
@@ -218,5 +212,3 @@ async def test_a_frozen_zwave_server_takes_the_driver_down_and_fails_commands_ty
             os.kill(zwave_stack.server.pid, signal.SIGCONT)
         await until(lambda: driver.health().state.value == "ready", timeout=30)
         await driver.execute(dev, Unlock())
-    finally:
-        await driver.stop()
