@@ -240,13 +240,7 @@ class ZigbeeLock:
         or under a version that did not configure rejoined locks, would otherwise stay silent
         for good. Binding and reporting requests are idempotent on the lock."""
         await self.resync()
-        try:
-            await self.configure()
-        except Exception as exc:  # noqa: BLE001 - a sleeping lock: again when it is next heard
-            log.info("zigbee.configure_skipped", device_id=self.device_id, error=type(exc).__name__)
-            self._configure_failed()
-        else:
-            self._unbound = False
+        await self._configure(log.info, "zigbee.configure_skipped")
 
     async def resync(self) -> None:
         """Read the bolt and battery, in case they changed while we (or the lock) were away."""
@@ -311,20 +305,22 @@ class ZigbeeLock:
 
     async def _reconfigure(self) -> None:
         self._unbound = True  # cleared only once the lock has taken its configuration
+        if await self._configure(log.warning, "zigbee.configure_failed"):
+            await self.resync()
+
+    async def _configure(self, emit: Callable[..., Any], event: str) -> bool:
+        """`configure`; False, logged as `event`, if it failed (a sleeping lock, no answer):
+        then it is tried again when the lock is next heard, not before command_timeout_s."""
         try:
             await self.configure()
         except Exception as exc:  # noqa: BLE001 - tried again when the lock is next heard
-            log.warning(
-                "zigbee.configure_failed", device_id=self.device_id, error=type(exc).__name__
-            )
-            self._configure_failed()
-            return
+            emit(event, device_id=self.device_id, error=type(exc).__name__)
+            self._unbound = True
+            loop = asyncio.get_running_loop()
+            self._configure_after = loop.time() + self._opts.command_timeout_s
+            return False
         self._unbound = False
-        await self.resync()
-
-    def _configure_failed(self) -> None:
-        self._unbound = True
-        self._configure_after = asyncio.get_running_loop().time() + self._opts.command_timeout_s
+        return True
 
     # ------------------------------------------------------------------ the Device
 
@@ -376,6 +372,13 @@ class ZigbeeLock:
         self._sink.device_updated(device)
         self._wake()
 
+    def _bolt_word(self) -> None:
+        """The lock spoke of its bolt (a lock_state value, an operation event): the word a
+        command waits for (`_await_bolt`), even when it repeats the state we hold."""
+        self._words += 1
+        if self._expect is not None:
+            self._wake()
+
     def _wake(self) -> None:
         """Wake the command waiting for the lock's answer."""
         self._changed.set()
@@ -423,10 +426,8 @@ class ZigbeeLock:
             log.info("zigbee.attribute_ignored", device_id=self.device_id, attribute=name)
             return
         if name == "lock_state":
-            self._words += 1
             self._lock_state_report(int(value))
-            if self._expect is not None:
-                self._wake()  # a repeat changes nothing, yet it is the word a command waits for
+            self._bolt_word()
         elif name == "door_state":
             self._door_state(int(value))
         elif name == "battery_percentage_remaining":
@@ -530,9 +531,7 @@ class ZigbeeLock:
             locked = False
         else:
             return
-        self._words += 1
-        if self._expect is not None:
-            self._wake()
+        self._bolt_word()
         method, slot = self._method(code, source, user, locked)
         pending = self._pending is not None
         changed = locked != self.locked or self.jammed
