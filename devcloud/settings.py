@@ -11,8 +11,11 @@ class Settings:
     db_path: str
     webhook_urls: tuple[str, ...] = ()
     webhook_secret: str = field(default="", repr=False)
-    webhook_attempts: int = 6
     webhook_backoff_s: float = 0.5
+    # a delivery is retried (backoff doubling up to webhook_backoff_max_s) until the receiver
+    # takes it or this long has passed since its first failure: a receiver redeployed, or down
+    # for an afternoon, misses nothing
+    webhook_give_up_s: float = 24 * 3600.0
     webhook_backoff_max_s: float = 30.0
     webhook_timeout_s: float = 10.0
     action_timeout_s: float = 60.0

@@ -1,4 +1,5 @@
-"""Webhook delivery: each event POSTed as JSON to every receiver, signed, retried with backoff.
+"""Webhook delivery: each event POSTed as JSON to every receiver, signed, retried with backoff
+until the receiver takes it (for up to `webhook_give_up_s`, a day by default).
 
 `Seam-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`; Basic auth when the URL
 carries credentials. One worker per receiver keeps order; the tunnel only enqueues, into the
@@ -108,9 +109,13 @@ class Webhooks:
             self._db.webhook_done(n)
 
     async def _deliver(self, r: _Receiver, body: bytes) -> bool:
+        """POST one event until a 2xx, or until `webhook_give_up_s` after its first failure."""
         assert self._session is not None
         s = self._settings
-        for attempt in range(1, s.webhook_attempts + 1):
+        first_failure: float | None = None
+        attempt = 0
+        while True:
+            attempt += 1
             ts = int(time.time())
             headers = {
                 **r.auth,
@@ -125,10 +130,18 @@ class Webhooks:
                     reason = f"http_{resp.status}"
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 reason = type(exc).__name__
-            log.warning("webhook.attempt_failed", receiver=r.label, attempt=attempt, reason=reason)
-            if attempt < s.webhook_attempts:
-                await asyncio.sleep(
-                    min(s.webhook_backoff_s * 2 ** (attempt - 1), s.webhook_backoff_max_s)
+            now = time.monotonic()
+            if first_failure is None:
+                first_failure = now
+            delay = min(s.webhook_backoff_s * 2 ** min(attempt - 1, 30), s.webhook_backoff_max_s)
+            if now + delay - first_failure > s.webhook_give_up_s:
+                log.error(
+                    "webhook.gave_up",
+                    receiver=r.label,
+                    attempts=attempt,
+                    failing_for_s=round(now - first_failure, 1),
+                    reason=reason,
                 )
-        log.error("webhook.gave_up", receiver=r.label, attempts=s.webhook_attempts)
-        return False
+                return False
+            log.warning("webhook.attempt_failed", receiver=r.label, attempt=attempt, reason=reason)
+            await asyncio.sleep(delay)

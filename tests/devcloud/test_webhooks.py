@@ -185,3 +185,59 @@ async def test_deliveries_owed_to_a_receiver_no_longer_configured_are_dropped_at
     with sqlite3.connect(db_path) as db:
         assert db.execute("SELECT count(*) FROM webhook_outbox").fetchone() == (0,)
     assert {"event": "webhook.outbox_dropped", "rows": 1, "log_level": "warning"} in logs
+
+
+async def test_events_sent_while_the_receiver_is_down_for_many_retries_all_arrive_in_order(
+    make_cloud: CloudFactory, receiver: tuple[Receiver, str]
+) -> None:
+    """A receiver down for far more retries than a short outage takes (a redeploy, an
+    afternoon) misses nothing: deliveries are retried until taken, in order."""
+    recv, url = receiver
+    recv.failures = 40
+    cloud = await make_cloud(
+        webhook_urls=(url,),
+        webhook_secret=SECRET,
+        webhook_backoff_s=0.001,
+        webhook_backoff_max_s=0.005,
+    )
+    tunnel, _, _ = await cloud.claimed_gateway()
+    events = [
+        device_event(f"ev-out-{i}", "door locked", {"method": "manual"}, "2020-06-11T21:12:20.000Z")
+        for i in range(3)
+    ]
+    for seq, event in enumerate(events, start=2):
+        await send_event(tunnel, seq, event)
+    while len(recv.accepted) < len(events):
+        await asyncio.wait_for(recv.got.wait(), timeout=10)
+        recv.got.clear()
+    assert [e["id"] for e in recv.accepted] == [e["id"] for e in events]
+    assert len(recv.requests) == 40 + len(events)
+
+
+async def test_a_delivery_refused_for_longer_than_the_give_up_time_is_dropped_and_the_next_sent(
+    make_cloud: CloudFactory, receiver: tuple[Receiver, str]
+) -> None:
+    recv, url = receiver
+    recv.failures = 10**6
+    cloud = await make_cloud(
+        webhook_urls=(url,),
+        webhook_secret=SECRET,
+        webhook_backoff_s=0.01,
+        webhook_backoff_max_s=0.02,
+        webhook_give_up_s=0.3,
+    )
+    tunnel, _, _ = await cloud.claimed_gateway()
+    with capture_logs() as logs:
+        await send_event(
+            tunnel, 2, device_event("ev-lost", "door locked", {}, "2020-06-11T21:12:20.000Z")
+        )
+        while not any(e["event"] == "webhook.gave_up" for e in logs):
+            await asyncio.sleep(0.01)
+    gave_up = next(e for e in logs if e["event"] == "webhook.gave_up")
+    assert gave_up["reason"] == "http_500"
+    assert gave_up["failing_for_s"] >= 0.25  # it kept trying until the give-up time
+    recv.failures = 0
+    kept = device_event("ev-kept", "door unlocked", {}, "2020-06-11T21:12:21.000Z")
+    await send_event(tunnel, 3, kept)
+    await asyncio.wait_for(recv.got.wait(), timeout=10)
+    assert [e["id"] for e in recv.accepted] == ["ev-kept"]
