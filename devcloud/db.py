@@ -173,7 +173,7 @@ class Database:
         )
 
     def locations(self) -> list[dict[str, Any]]:
-        rows = self._conn.execute("SELECT id, name FROM locations ORDER BY created_at, id")
+        rows = self._conn.execute("SELECT id, name FROM locations ORDER BY created_at, rowid")
         return [{"id": r["id"], "name": r["name"]} for r in rows]
 
     def location_exists(self, id_: str) -> bool:
@@ -194,7 +194,7 @@ class Database:
         return None if row is None else _gateway_row(row)
 
     def gateways(self) -> list[GatewayRow]:
-        rows = self._conn.execute("SELECT * FROM gateways ORDER BY created_at, id")
+        rows = self._conn.execute("SELECT * FROM gateways ORDER BY created_at, rowid")
         return [_gateway_row(r) for r in rows]
 
     def gateway_by_credential(self, cred_hash: str) -> tuple[GatewayRow, bool] | None:
@@ -467,10 +467,16 @@ class Database:
             clauses.append("date_created <= ?")
             args.append(until)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = self._conn.execute(
-            f"SELECT body FROM events {where} ORDER BY date_created, n LIMIT ?",  # noqa: S608 - fixed clauses
-            (*args, limit),
-        )
+        if since is not None:  # the first `limit` from `since`: a reader paging forward
+            rows = self._conn.execute(
+                f"SELECT body FROM events {where} ORDER BY date_created, n LIMIT ?",  # noqa: S608 - fixed clauses
+                (*args, limit),
+            ).fetchall()
+        else:  # the latest `limit`: what just happened at the door is never cut off
+            rows = self._conn.execute(
+                f"SELECT body FROM events {where} ORDER BY date_created DESC, n DESC LIMIT ?",  # noqa: S608 - fixed clauses
+                (*args, limit),
+            ).fetchall()[::-1]
         return [_object(r[0]) for r in rows]
 
     # ------------------------------------------------------------------ webhook outbox

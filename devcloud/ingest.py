@@ -64,7 +64,11 @@ class Ingest:
         if not self._owns(gateway_id, str(device_id)):
             log.warning("event.rejected", gateway_id=gateway_id, reason="foreign_device")
             return None
-        event = mask_pins({"type": "device_event", "details": {}, **event})
+        # stored and sent in the seed's shape whatever the gateway wrote: its `type`, and the
+        # time in UTC with milliseconds (the one the list is sorted and filtered by)
+        event = mask_pins(
+            {"details": {}, **event, "type": "device_event", "date_created": iso(when)}
+        )
         if not self._db.add_event(event, gateway_id, iso(when)):
             return None
         self._note_lock_state(gateway_id, str(device_id), str(name))
@@ -93,7 +97,12 @@ class Ingest:
 
     def _device(self, gateway_id: str, device: dict[str, Any]) -> None:
         device_id = device.get("id")
-        if not _short_str(device_id) or not isinstance(device.get("actions", {}), dict):
+        if (
+            not _short_str(device_id)
+            or not isinstance(device.get("actions", {}), dict)
+            # the seed's device object: name, manufacturer and model are strings
+            or not all(isinstance(device.get(k), str) for k in ("name", "manufacturer", "model"))
+        ):
             log.warning("device.rejected", gateway_id=gateway_id, reason="bad_fields")
             return
         if not self._owns(gateway_id, str(device_id)):

@@ -207,9 +207,13 @@ def build() -> dict[str, Any]:
                     _object(
                         {
                             "name": _NAME,
-                            "timezone": {"type": "string", "pattern": "^[A-Za-z0-9_+/-]{1,64}$"},
+                            "timezone": {
+                                "type": "string",
+                                "pattern": "^[A-Za-z0-9_+/-]{1,64}$",
+                                "description": "IANA time zone name, e.g. America/New_York",
+                            },
                         },
-                        ["name"],
+                        ["name", "timezone"],
                     )
                 ),
                 "responses": {"200": _ok(_ref("Location")), **_errors(400, 401)},
@@ -369,6 +373,10 @@ def build() -> dict[str, Any]:
         "/v1/events": {
             "get": {
                 "summary": "List door events, oldest first",
+                "description": "At most `limit` (default and maximum 1000): the latest ones, "
+                "or, with `since`, the first ones from `since` on (pass the last "
+                "`date_created` seen as the next `since` to page forward; event ids tell the "
+                "repeats at the boundary).",
                 "operationId": "list_events",
                 "parameters": [
                     {"name": "device_id", "in": "query", "schema": _NAME},

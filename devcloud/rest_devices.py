@@ -68,7 +68,9 @@ async def get_action_request(request: web.Request) -> web.Response:
 
 @routes.get("/v1/events")
 async def list_events(request: web.Request) -> web.Response:
-    """Events, oldest first; filter by `device_id` and by `since` / `until` (ISO-8601)."""
+    """Events, oldest first; filter by `device_id` and by `since` / `until` (ISO-8601). At
+    most `limit` (1000): the latest ones, or with `since` the first ones from it (to page
+    forward, pass the last `date_created` seen as the next `since`; ids tell repeats)."""
     query = request.query
     problems = Problems()
     for key in query:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 import time
 import uuid
+import zoneinfo
 from typing import Final
 
 import structlog
@@ -25,6 +27,18 @@ routes = web.RouteTableDef()
 _TIMEZONE: Final = re.compile(r"[A-Za-z0-9_+\-/]{1,64}")
 
 
+@functools.cache
+def _known_timezones() -> frozenset[str]:
+    """The IANA names this machine knows (its tz database, else the tzdata package); empty
+    when it has neither: then any name of the right shape is taken."""
+    return frozenset(zoneinfo.available_timezones())
+
+
+def _is_timezone(name: str) -> bool:
+    known = _known_timezones()
+    return name in known if known else _TIMEZONE.fullmatch(name) is not None
+
+
 @routes.get("/v1/locations")
 @routes.get("/v1/groups")  # seed 001's authentication example: the older name of locations
 async def list_locations(request: web.Request) -> web.Response:
@@ -38,11 +52,13 @@ async def create_location(request: web.Request) -> web.Response:
     body = as_object(await read_json(request), problems)
     no_extra(body, {"name", "timezone"}, problems)
     name = take_str(body, "name", problems)
-    timezone = take_str(body, "timezone", problems, required=False, max_len=64)
-    if timezone is not None and not _TIMEZONE.fullmatch(timezone):
-        problems.add("timezone", "Expected an IANA time zone name")
+    # seed 001: "When creating a new location, you must specify the timezone"
+    timezone = take_str(body, "timezone", problems, max_len=64)
+    if timezone is not None and not _is_timezone(timezone):
+        problems.add("timezone", "Expected an IANA time zone name, e.g. America/New_York")
     problems.check()
     assert name is not None
+    assert timezone is not None
     location = {"id": str(uuid.uuid4()), "name": name}
     st.db.add_location(location["id"], name, timezone, iso(utcnow()))
     log.info("location.created", location_id=location["id"])

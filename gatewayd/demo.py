@@ -96,7 +96,8 @@ async def claim(daemon: Daemon, api: str, api_key: str) -> dict[str, Any]:
         while daemon.tunnel is None or not daemon.tunnel.up:  # noqa: ASYNC110 - polls a property
             await anyio.sleep(0.05)
     async with aiohttp.ClientSession(auth=auth) as http:
-        async with http.post(f"{api}/v1/locations", json={"name": "Demo house"}) as r:
+        house = {"name": "Demo house", "timezone": "UTC"}
+        async with http.post(f"{api}/v1/locations", json=house) as r:
             location = await r.json()
         token = daemon.store.identity().registration_token
         async with http.post(

@@ -145,7 +145,7 @@ class Cloud:
         return client
 
     async def location(self, name: str = "650 Valencia") -> str:
-        status, body = await self.post("/v1/locations", {"name": name})
+        status, body = await self.post("/v1/locations", {"name": name, "timezone": "UTC"})
         assert status == 200, body
         return str(body["id"])
 

@@ -44,7 +44,9 @@ async def test_devcloud_serve_runs_as_a_process(tmp_path: Path) -> None:
         auth = {"Authorization": aiohttp.encode_basic_auth(API_KEY)}
         async with aiohttp.ClientSession() as http:
             async with http.post(
-                f"{base}/v1/locations", json={"name": "home"}, headers=auth
+                f"{base}/v1/locations",
+                json={"name": "home", "timezone": "Europe/Paris"},
+                headers=auth,
             ) as resp:
                 assert resp.status == 200
             async with http.get(f"{base}/v1/locations", headers=auth) as resp:

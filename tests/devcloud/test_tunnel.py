@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import sqlite3
+from typing import Any
 
 import aiohttp
 import pytest
@@ -355,6 +356,62 @@ async def test_event_ids_are_deduplicated_per_gateway(cloud: Cloud) -> None:
     await first.send(p.EventMsg(seq=3, event=event))  # its own event again, under a new seq
     assert await first.recv() == p.Ack(seq=3)
     assert await cloud.get("/v1/events") == [event, theirs]
+
+
+async def test_events_are_stored_in_the_seeds_shape_whatever_the_gateway_wrote(
+    cloud: Cloud,
+) -> None:
+    """The list and the webhooks show `type: device_event` and a UTC time with milliseconds
+    (the one they are sorted and filtered by), not a gateway's own offset, precision or type."""
+    tunnel, _, _ = await cloud.claimed_gateway()
+    base = {
+        "device_id": DEVICE_ID,
+        "event_name": "door locked",
+        "details": {"method": "manual"},
+    }
+    sent = [
+        {
+            **base,
+            "id": "e-offset",
+            "type": "device_event",
+            "date_created": "2020-06-11T23:00:00+01:00",
+        },
+        {
+            **base,
+            "id": "e-micro",
+            "type": "something_else",
+            "date_created": "2020-06-11T22:30:00.123456Z",
+        },
+    ]
+    for seq, event in enumerate(sent, start=2):
+        await tunnel.send(p.EventMsg(seq=seq, event=event))
+        assert await tunnel.recv() == p.Ack(seq=seq)
+    listed = await cloud.get("/v1/events")
+    assert [(e["id"], e["type"], e["date_created"]) for e in listed] == [
+        ("e-offset", "device_event", "2020-06-11T22:00:00.000Z"),
+        ("e-micro", "device_event", "2020-06-11T22:30:00.123Z"),
+    ]
+
+
+@pytest.mark.parametrize("field", ["name", "manufacturer", "model"])
+@pytest.mark.parametrize("value", [None, 5, "absent"])
+async def test_a_device_without_the_seeds_string_fields_is_refused(
+    cloud: Cloud, field: str, value: Any
+) -> None:
+    tunnel, _, _ = await cloud.claimed_gateway()
+    other = "6d0e2f11-1b1c-4f37-9a43-0c0ffee00003"
+    body = device_body(other)
+    if value == "absent":
+        del body[field]
+    else:
+        body[field] = value
+    with capture_logs() as logs:
+        await tunnel.send(p.DeviceMsg(seq=2, device=body))
+        assert await tunnel.recv() == p.Ack(seq=2)  # acked: sending it again would not help
+    assert {"event": "device.rejected", "reason": "bad_fields"}.items() <= next(
+        e for e in logs if e["event"] == "device.rejected"
+    ).items()
+    assert other not in [d["id"] for d in await cloud.get("/v1/devices")]
 
 
 @pytest.mark.parametrize(

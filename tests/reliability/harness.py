@@ -248,7 +248,9 @@ async def claim(http: aiohttp.ClientSession, rest: Rest, gw: GatewayProcess, loc
 
     status = await wait_for("gateway waits for its claim", unclaimed_up)
     token = status["gateway"]["registration_token"]
-    code, location = await rest.call("POST", "/v1/locations", {"name": "reliability lab"})
+    code, location = await rest.call(
+        "POST", "/v1/locations", {"name": "reliability lab", "timezone": "UTC"}
+    )
     assert code == 200, location
     code, gateway = await rest.call(
         "POST",

@@ -31,7 +31,7 @@ async def test_a_pending_request_ends_after_a_cloud_restart(tmp_path: Path) -> N
     try:
         async with aiohttp.ClientSession() as http:
             rest = Rest(http, cloud.base)
-            _, location = await rest.call("POST", "/v1/locations", {"name": "x"})
+            _, location = await rest.call("POST", "/v1/locations", {"name": "x", "timezone": "UTC"})
             ws = await http.ws_connect(cloud.tunnel_url)
             await _hello(ws, "quiet-gateway-1")
             code, _ = await rest.call(

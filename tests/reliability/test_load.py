@@ -227,7 +227,9 @@ async def test_fleet_of_claimed_tunnels_against_one_devcloud(tmp_path: Path) -> 
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as http:
             rest = Rest(http, cloud.base)
-            code, location = await rest.call("POST", "/v1/locations", {"name": "fleet"})
+            code, location = await rest.call(
+                "POST", "/v1/locations", {"name": "fleet", "timezone": "UTC"}
+            )
             assert code == 200
             await asyncio.sleep(0.5)
             base_rss = cloud.rss()

@@ -238,7 +238,9 @@ async def test_claim_guessing_is_rate_limited(tmp_path: Path) -> None:
     try:
         async with aiohttp.ClientSession() as http:
             rest = Rest(http, cloud.base)
-            code, location = await rest.call("POST", "/v1/locations", {"name": "target"})
+            code, location = await rest.call(
+                "POST", "/v1/locations", {"name": "target", "timezone": "UTC"}
+            )
             assert code == 200
             began = time.monotonic()
             answered: dict[int, int] = {}
