@@ -187,6 +187,11 @@ class ZWaveDriver(Driver):
         self._server_version: str | None = None
         self._client_generation = 0
         self._inclusion = Inclusion()  # the answers to S2 bootstrapping's questions
+        # the inclusion/exclusion window opened last: (its number, inclusion?). A window's timer
+        # closes only its own window: a pair_devices opened after another is not cut short by
+        # the first one's timer, and one opened while another is open replaces it.
+        self._window: tuple[int, bool] | None = None
+        self._windows_opened = 0
         # node id -> native id of each node with Door Lock CC that joined without security
         self._insecure: dict[int, str] = {}
         commands.install_log_filter()
@@ -886,6 +891,7 @@ class ZWaveDriver(Driver):
 
     async def pair(self, duration_s: int, options: PairOptions = NO_PAIR_OPTIONS) -> None:
         controller = self._controller()
+        await self._end_open_window(controller)
         before = self._inclusion.open(options.dsk_pin)
         try:
             ok = await commands.call(
@@ -900,7 +906,7 @@ class ZWaveDriver(Driver):
         log.info(
             "zwave.inclusion_started", duration_s=duration_s, with_pin=options.dsk_pin is not None
         )
-        self._ctx.spawn("zwave.inclusion_window", lambda: self._close_window(duration_s, True))
+        self._open_window(duration_s, inclusion=True)
 
     def _on_grant_request(self, event: dict[str, Any]) -> None:
         grant = self._inclusion.grant(event["requested_grant"])
@@ -939,21 +945,46 @@ class ZWaveDriver(Driver):
                 await commands.call("remove failed node", controller.async_remove_failed_node(node))
                 log.info("zwave.failed_node_removed", node_id=lock.node_id)
                 return
+        await self._end_open_window(controller)
         ok = await commands.call("begin exclusion", controller.async_begin_exclusion())
         if not ok:
             raise DeviceError("the controller refused to start exclusion")
         log.info("zwave.exclusion_started", duration_s=duration_s)
-        self._ctx.spawn("zwave.exclusion_window", lambda: self._close_window(duration_s, False))
+        self._open_window(duration_s, inclusion=False)
 
-    async def _close_window(self, duration_s: int, inclusion: bool) -> None:
+    def _open_window(self, duration_s: int, *, inclusion: bool) -> None:
+        self._windows_opened += 1
+        window = self._window = (self._windows_opened, inclusion)
+        kind = "inclusion" if inclusion else "exclusion"
+        self._ctx.spawn(f"zwave.{kind}_window", lambda: self._close_window(duration_s, window))
+
+    async def _end_open_window(self, controller: Any) -> None:
+        """A new window replaces one still open (zwave-js refuses to start one while another
+        is open): stop it first. It may have ended on its own (a node joined): no matter."""
+        if self._window is None:
+            return
+        _, inclusion = self._window
+        self._window = None
+        if inclusion:
+            self._inclusion.closed()
+        await self._stop_window(controller, inclusion)
+
+    async def _close_window(self, duration_s: int, window: tuple[int, bool]) -> None:
         await anyio.sleep(duration_s)
+        if self._window != window:
+            return  # replaced by a later window, which its own timer closes
+        self._window = None
         client = self._client
         if client is None or client.driver is None:
             return
-        controller = client.driver.controller
+        if window[1]:
+            self._inclusion.closed()
+        await self._stop_window(client.driver.controller, window[1])
+
+    @staticmethod
+    async def _stop_window(controller: Any, inclusion: bool) -> None:
         try:
             if inclusion:
-                self._inclusion.closed()
                 await controller.async_stop_inclusion()
             else:
                 await controller.async_stop_exclusion()
