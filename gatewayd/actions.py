@@ -100,6 +100,10 @@ class Executor(Protocol):
 
     def device(self, device_id: str) -> Device | None: ...
 
+    def unreported(self, device_id: str) -> GatewayError | None:
+        """The error for a device it knows but cannot reach now (see Registry.unreported)."""
+        ...
+
     async def execute(self, device_id: str, action: Action) -> ActionResult: ...
 
     async def pair(self, duration_s: int, inputs: Mapping[str, Any]) -> None: ...
@@ -331,7 +335,12 @@ class Dispatcher:
             job.handoff_seq = seq
         try:
             self._check_gateway_target(request)
-            job.action = validate(request, self._executor.device(request.entity_id))
+            device = self._executor.device(request.entity_id)
+            if device is None and request.entity_type == "Device":
+                unreachable = self._executor.unreported(request.entity_id)
+                if unreachable is not None:
+                    raise unreachable
+            job.action = validate(request, device)
             if self._remaining(job) <= 0:
                 raise ActionTimeout("the deadline passed before the gateway received the action")
             pending = self._queues.setdefault(queue, deque())

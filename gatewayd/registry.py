@@ -22,6 +22,7 @@ from gatewayd.model import (
     Device,
     DeviceError,
     DeviceNotFound,
+    DeviceOffline,
     DoorEvent,
     EventName,
     GatewayError,
@@ -174,6 +175,26 @@ class Registry:
 
     def device(self, device_id: str) -> Device | None:
         return self._devices.get(device_id)
+
+    def unreported(self, device_id: str) -> GatewayError | None:
+        """Why a paired lock (in the store) that no driver has reported in this run cannot act
+        now: its driver is still starting (at every boot the tunnel is up before the radios),
+        its radio is down, or its driver is not enabled. None for a device the store does not
+        know: that one is not found. Not `device_not_found`: a cloud may take that as gone."""
+        if not self.store.knows_device(device_id):
+            return None
+        row = next((r for r in self.store.devices() if r.device_id == device_id), None)
+        if row is None:
+            return None
+        driver = self.drivers.get(row.driver)
+        if driver is None:
+            return DeviceOffline(f"the {row.driver} driver is not enabled on this gateway")
+        state = _state(driver)
+        if state is DriverState.STARTING:
+            return DeviceOffline(f"the {row.driver} driver is still starting; try again shortly")
+        if state not in (DriverState.READY, DriverState.DEGRADED):
+            return DeviceOffline(f"the {row.driver} radio is down; try again once it is up")
+        return DeviceOffline(f"the {row.driver} radio does not list this lock (another network?)")
 
     def devices(self) -> list[Device]:
         return list(self._devices.values())

@@ -81,6 +81,9 @@ class Devices:
     def device(self, device_id: str) -> Device | None:
         return self.devices.get(device_id)
 
+    def unreported(self, device_id: str) -> GatewayError | None:
+        return None
+
     async def execute(self, device_id: str, action: Action) -> ActionResult:
         self.started.append((device_id, str(action.name)))
         self.running[device_id] = self.running.get(device_id, 0) + 1

@@ -347,3 +347,70 @@ async def test_a_device_unpaired_by_the_store_is_not_found_before_its_removal_is
         assert not store.knows_device(earlier)
     finally:
         store.close()
+
+
+async def unlock(daemon: Daemon, device_id: str) -> StatusUpdate:
+    """An unlock of `device_id` through the daemon's dispatcher; its last status."""
+    updates: list[StatusUpdate] = []
+    daemon.status_listeners.append(updates.append)
+    now = utcnow()
+    request = ActionRequest(
+        str(uuid.uuid4()), "Device", device_id, "unlock", {}, now, now + timedelta(seconds=10)
+    )
+    assert daemon.submit(request)
+    await wait_until(lambda: any(u.status.terminal for u in updates))
+    daemon.status_listeners.remove(updates.append)
+    return updates[-1]
+
+
+class Starting(SimDriver):
+    """Still starting: it has reported nothing yet (at boot the tunnel is up before it)."""
+
+    async def start(self, sink: DriverSink) -> None:
+        self._state = DriverState.STARTING
+
+
+@pytest.mark.parametrize(
+    ("driver", "says"),
+    [
+        (RadioDown, "the sim radio is down"),
+        (Starting, "the sim driver is still starting"),
+        (OtherNetwork, "the sim radio does not list this lock"),
+    ],
+)
+async def test_an_action_on_a_paired_lock_its_driver_cannot_reach_now_is_offline_not_not_found(
+    tmp_path: Path, driver: type[Driver], says: str
+) -> None:
+    """`device_not_found` tells a cloud the lock is gone; this one is paired and only out of
+    reach for now (its radio down, its driver still starting, its network not the radio's)."""
+    state = tmp_path / "state"
+    await run_sim(state, locks=3)
+    first, _ = stored(state)
+    async with serving(state, locks=2, driver=driver) as daemon:
+        paired = await unlock(daemon, first["sim-0003"])
+        unknown = await unlock(daemon, str(uuid.uuid4()))
+    assert paired.status is ActionStatus.FAILED
+    assert paired.error is not None
+    assert paired.error["type"] == "device_offline"
+    assert says in paired.error["message"]
+    assert unknown.error is not None
+    assert unknown.error["type"] == "device_not_found"
+    assert stored(state)[0]["sim-0003"] == first["sim-0003"]  # still paired
+
+
+async def test_an_action_on_a_lock_of_a_driver_no_longer_enabled_is_offline(
+    tmp_path: Path,
+) -> None:
+    store = Store.open(tmp_path / DB_NAME)
+    try:
+        earlier = store.device_id("zigbee", "00:11:22:33:44:55:66:77")
+        assert store.flush()
+        registry = Registry(store, Upstream(store))
+        registry.attach(SimDriver(SimConfig(), DriverContext(tmp_path, lambda *_: None)))
+        error = registry.unreported(earlier)
+        assert isinstance(error, DeviceError)
+        assert error.type == "device_offline"
+        assert "the zigbee driver is not enabled" in str(error)
+        assert registry.unreported(str(uuid.uuid4())) is None
+    finally:
+        store.close()
