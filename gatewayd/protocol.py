@@ -56,6 +56,10 @@ Credential = Annotated[str, msgspec.Meta(pattern=BEARER_SYNTAX, max_length=4096)
 # Ids are UUIDs and action names short words; a frame may be 64 KiB, but the gateway keeps and
 # quotes what it is sent (its id window, the action log, the reports), so each is bounded.
 Ident = Annotated[str, msgspec.Meta(max_length=128)]
+# the cloud's id for the gateway: shown on /status, in `gatewayd token`, in systemd's STATUS=
+GatewayId = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+]
 Name = Annotated[str, msgspec.Meta(max_length=64)]
 
 
@@ -115,7 +119,7 @@ class Welcome(_Msg, frozen=True, tag="welcome"):
     """
 
     protocol: int
-    gateway_id: str | None
+    gateway_id: GatewayId | None
     acked_seq: Seq
     heartbeat_s: float
     cancelled: list[str] = []
@@ -125,7 +129,7 @@ class Welcome(_Msg, frozen=True, tag="welcome"):
 class Claimed(_Msg, frozen=True, tag="claimed"):
     """cloud→gw: the gateway now belongs to an account; store `credential` and use it."""
 
-    gateway_id: str
+    gateway_id: GatewayId
     credential: Credential
 
     def __repr__(self) -> str:

@@ -45,7 +45,9 @@ class Notifier:
         if not self._address:
             return False
         fields = {**self._owed, **fields}
-        payload = "\n".join(f"{k}={v}" for k, v in fields.items()).encode()
+        # one line per field: a value holding a newline would add fields of its own (a cloud's
+        # text in STATUS= saying "WATCHDOG=trigger" would have systemd kill the service)
+        payload = "\n".join(f"{k}={_one_line(v)}" for k, v in fields.items()).encode()
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
@@ -67,3 +69,8 @@ class Notifier:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+def _one_line(value: str) -> str:
+    """`value` with every control character (newlines among them) shown as a space."""
+    return "".join(" " if ord(c) < 32 or 127 <= ord(c) < 160 else c for c in value)

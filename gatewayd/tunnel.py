@@ -175,6 +175,12 @@ class Tunnel:
         self.state = "idle"
         self.connected_since: datetime | None = None
         self._welcomed_at: float | None = None  # on `clock`, when this session's welcome came
+        self._quick_redial_at: float | None = None  # on `clock`: the last redial without backoff
+        # A rotation's previous (gateway id, credential), until the new credential has opened a
+        # session: a cloud that sent a credential it then refuses (a rotation it lost or rolled
+        # back) gets the previous one again rather than the gateway unclaiming itself. Kept in
+        # memory: a restart in between leaves the new credential alone.
+        self._before_rotation: tuple[str, str] | None = None
         self.sessions = 0
         self.last_error: str | None = None
         self.heartbeat_s = DEFAULT_HEARTBEAT_S
@@ -218,10 +224,17 @@ class Tunnel:
             try:
                 await self._session()
             except _Reconnect:
-                continue
+                now = self._clock()
+                last = self._quick_redial_at
+                if last is None or now - last >= STABLE_SESSION_S:
+                    self._quick_redial_at = now
+                    continue
+                # a cloud that sends `claimed` in every session must not get a redial loop
+                self._fail("the cloud sent `claimed` again soon after the last one")
             except Unauthorized as exc:
                 self._fail(str(exc))
-                self._handle_unauthorized()
+                if not self._undo_rotation():
+                    self._handle_unauthorized()
             except CloudRefused as exc:
                 self._fail(_describe(exc))
                 if exc.code in _SPENT_TOKEN:
@@ -284,6 +297,23 @@ class Tunnel:
         if message != self.last_error:
             log.warning("tunnel.disconnected", error=message)
         self.last_error = message
+
+    def _undo_rotation(self) -> bool:
+        """The cloud refused a rotated credential that never opened a session: go back to the
+        one before it (True), if the store takes it."""
+        before, self._before_rotation = self._before_rotation, None
+        if before is None:
+            return False
+        try:
+            self._store.set_claimed(*before)
+        except sqlite3.Error as exc:
+            log.error("tunnel.rotation_not_undone", error=type(exc).__name__)
+            return False
+        log.error(
+            "tunnel.rotated_credential_rejected",
+            hint="the cloud refused the credential it rotated to; using the previous one",
+        )
+        return True
 
     def _handle_unauthorized(self) -> None:
         self._take_new_token(
@@ -383,6 +413,7 @@ class Tunnel:
         self.connected_since = utcnow()
         self._welcomed_at = self._clock()
         self.last_error = None
+        self._before_rotation = None  # the credential in use opened a session
         log.info(
             "tunnel.connected",
             gateway_id=welcome.gateway_id,
@@ -508,6 +539,14 @@ class Tunnel:
         elif isinstance(frame, protocol.ActionCancel):
             self._cancel(frame.action_request_id, frame.reason)
         elif isinstance(frame, protocol.Claimed):
+            ident = self._store.identity()
+            if ident.claimed and frame.gateway_id != ident.gateway_id:
+                self._skip("a credential rotation cannot change the gateway id")
+                return
+            if ident.claimed and frame.credential == ident.credential:
+                return  # nothing changes: no write, no redial
+            if ident.claimed and ident.gateway_id and ident.credential:
+                self._before_rotation = (ident.gateway_id, ident.credential)
             try:
                 self._store.set_claimed(frame.gateway_id, frame.credential)
             except sqlite3.Error as exc:

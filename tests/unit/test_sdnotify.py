@@ -101,3 +101,19 @@ async def test_a_tiny_watchdog_usec_does_not_make_the_ping_loop_spin(
         receiver.close()
         notifier.close()
     assert min(waits) >= 0.05  # at most 20 pings a second
+
+
+def test_a_value_holding_a_newline_cannot_add_a_field(tmp_path: Path) -> None:
+    """STATUS= carries text from outside (names, the cloud's errors): a newline in it made a
+    field of its own, and `WATCHDOG=trigger` has systemd kill the service."""
+    path = tmp_path / "notify"
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(path))
+    notifier = Notifier({"NOTIFY_SOCKET": str(path)})
+    try:
+        assert notifier.notify(STATUS="claimed as gw-1\nWATCHDOG=trigger\x1b[2J")
+        fields = receiver.recv(4096).decode().split("\n")
+    finally:
+        notifier.close()
+        receiver.close()
+    assert fields == ["STATUS=claimed as gw-1 WATCHDOG=trigger [2J"]
