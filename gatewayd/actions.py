@@ -284,6 +284,9 @@ class Dispatcher:
         self._queues: dict[str, deque[_Job]] = {}
         self._wakeups: dict[str, anyio.Event] = {}
         self._in_flight: dict[str, _Job] = {}
+        # taken from its queue, not started: waiting for the cloud's ack of its hand-off or for
+        # the commit of its receipt (still "queued" on /status and in the metrics)
+        self._waiting: dict[str, _Job] = {}
         self._last_done: dict[str, tuple[str, float]] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._handoffs: dict[str, _Job] = {}  # cloud actions not started yet, by id
@@ -482,31 +485,13 @@ class Dispatcher:
         return True
 
     async def _run(self, job: _Job, guard: anyio.CancelScope) -> None:
-        if job.handoff_seq:
-            await self._await_handoff(job)
-            self._handoffs.pop(job.request.id, None)
-            if job.cancelled is not None:
-                self._finish(job, HandoffCancelled(f"the cloud cancelled it: {job.cancelled}"))
-                return
-            if self._store.acked_seq < job.handoff_seq:
-                self._finish(
-                    job, ActionTimeout("the cloud did not confirm the hand-off before the deadline")
-                )
-                return
-        elif self._store.commits < job.receipt:
-            # Never move a lock for an action a crash could make us forget (and run again):
-            # wait for the commit of its receipt. That is the store's end-of-tick group commit,
-            # shared by every receipt queued in the tick (a commit per worker cost a commit per
-            # few actions under load); while the store refuses commits, its retries until the
-            # deadline.
-            with anyio.CancelScope(deadline=job.due):
-                await self._store.wait_commit(job.receipt)
-            if self._store.commits < job.receipt:
-                self._finish(
-                    job,
-                    ActionTimeout("the gateway could not record the action before its deadline"),
-                )
-                return
+        if job.handoff_seq or self._store.commits < job.receipt:
+            self._waiting[job.queue] = job
+            try:
+                if not await self._may_start(job):
+                    return
+            finally:
+                del self._waiting[job.queue]
         remaining = self._remaining(job)
         if remaining <= 0:
             self._finish(job, ActionTimeout("the deadline passed while the action was queued"))
@@ -551,6 +536,35 @@ class Dispatcher:
             job.finished = _loop_time()
         self._last_done[job.queue] = (job.request.id, job.finished)
         self._finish(job, error)
+
+    async def _may_start(self, job: _Job) -> bool:
+        """Wait until the job may move the lock; False when it was finished instead."""
+        if job.handoff_seq:
+            await self._await_handoff(job)
+            self._handoffs.pop(job.request.id, None)
+            if job.cancelled is not None:
+                self._finish(job, HandoffCancelled(f"the cloud cancelled it: {job.cancelled}"))
+                return False
+            if self._store.acked_seq < job.handoff_seq:
+                self._finish(
+                    job, ActionTimeout("the cloud did not confirm the hand-off before the deadline")
+                )
+                return False
+        elif self._store.commits < job.receipt:
+            # Never move a lock for an action a crash could make us forget (and run again):
+            # wait for the commit of its receipt. That is the store's end-of-tick group commit,
+            # shared by every receipt queued in the tick (a commit per worker cost a commit per
+            # few actions under load); while the store refuses commits, its retries until the
+            # deadline.
+            with anyio.CancelScope(deadline=job.due):
+                await self._store.wait_commit(job.receipt)
+            if self._store.commits < job.receipt:
+                self._finish(
+                    job,
+                    ActionTimeout("the gateway could not record the action before its deadline"),
+                )
+                return False
+        return True
 
     async def _await_handoff(self, job: _Job) -> None:
         """Wait for the cloud's ack of this job's gateway_received (which implies it is
@@ -645,7 +659,8 @@ class Dispatcher:
         return [job.snapshot() for job in self._in_flight.values()]
 
     def queued(self) -> int:
-        return sum(len(q) for q in self._queues.values())
+        """Accepted and not started: in a queue, or waiting for its hand-off or its receipt."""
+        return sum(len(q) for q in self._queues.values()) + len(self._waiting)
 
     def recent_snapshots(self, limit: int = 20) -> list[dict[str, Any]]:
         return [job.snapshot() for job in list(self.recent)[-limit:][::-1]]

@@ -12,6 +12,7 @@ actions).
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import os
 import uuid
@@ -180,6 +181,11 @@ def _host_allowed(host: str, names: frozenset[str]) -> bool:
 @web.middleware
 async def _same_machine_only(request: web.Request, handler: Any) -> web.StreamResponse:
     """Refuse DNS-rebound and cross-site requests (see the module doc)."""
+    # aiohttp serves one connection's pipelined requests back to back without giving other
+    # tasks a turn while the socket takes the answers: a local client flooding this port
+    # held the loop that moves the locks for tens of seconds (unlocks failed, the watchdog
+    # fired). One turn of the loop per request keeps the locks first.
+    await asyncio.sleep(0)
     host = request.headers.get("Host", "")
     if not _host_allowed(host, request.app[HOSTS_KEY]):
         return _error(

@@ -117,6 +117,10 @@ def _describe(exc: BaseException) -> str:
     return text
 
 
+def _clip(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
+
+
 def _is_loopback_url(url: str) -> bool:
     return is_loopback_ws_host(urlsplit(url).hostname or "")
 
@@ -562,8 +566,10 @@ class Tunnel:
                 self._on_claimed()
             raise _Reconnect
         elif isinstance(frame, protocol.ErrorMsg):
-            self.last_error = f"cloud error {frame.code}: {frame.message}"
-            log.error("tunnel.cloud_error", error_code=frame.code, message=frame.message)
+            # shown on /status, the page and `gatewayd status`: a frame may hold 64 KiB of it
+            message = _clip(frame.message)
+            self.last_error = f"cloud error {_clip(frame.code, 64)}: {message}"
+            log.error("tunnel.cloud_error", error_code=_clip(frame.code, 64), message=message)
         else:
             self._skip(f"unexpected {type(frame).__name__} from the cloud")
 

@@ -59,8 +59,14 @@ async def test_a_cloud_action_waits_for_the_ack_of_its_receipt(tmp_path: Path) -
         assert h.store.committed_seq >= h.seqs[("a1", "gateway_received")]
         assert h.exec.started == []
         assert h.statuses("a1") == ["gateway_received"]
+        # waiting for its hand-off, it is still queued (it was in no count: not in a queue,
+        # not in flight, so /status, the status line and the metrics showed nothing to do)
+        assert (h.dispatcher.queued(), h.dispatcher.in_flight()) == (1, [])
+        assert h.dispatcher.submit(request("lock", id="a2"), handoff=True)
+        assert h.dispatcher.queued() == 2
         await h.ack_receipt("a1")
         await h.settle("a1")
+        assert h.dispatcher.queued() == 1  # a2, waiting for its own ack
         tg.cancel_scope.cancel()
     assert h.statuses("a1") == ["gateway_received", "processing", "completed"]
     assert h.exec.ran == [("d1", "unlock")]

@@ -195,3 +195,22 @@ def test_the_clouds_error_code_is_logged_unmasked(json_stream: io.StringIO) -> N
     (line,) = [line for line in lines(json_stream) if line["event"] == "tunnel.cloud_error"]
     assert line["error_code"] == "revoked"
     assert tunnel.last_error == "cloud error revoked: the gateway credential was revoked"
+
+
+def test_a_long_cloud_error_is_clipped_on_status_and_in_the_journal(
+    json_stream: io.StringIO,
+) -> None:
+    """A 5 KB message in the cloud's error frame went whole to /status, the page, `gatewayd
+    status` and the journal."""
+    from gatewayd.config import CloudConfig
+    from gatewayd.store import Store
+    from gatewayd.tunnel import Tunnel
+
+    tunnel = Tunnel(CloudConfig(url="ws://127.0.0.1:9/t"), Store.__new__(Store), print, dict)
+    tunnel._handle_frame(json.dumps({"type": "error", "code": "x" * 100, "message": "y" * 5000}))
+    (line,) = [line for line in lines(json_stream) if line["event"] == "tunnel.cloud_error"]
+    assert len(line["message"]) == 200
+    assert len(line["error_code"]) == 64
+    assert tunnel.last_error is not None
+    assert len(tunnel.last_error) < 300
+    assert tunnel.last_error.endswith("y…")

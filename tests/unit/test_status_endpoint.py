@@ -9,6 +9,7 @@ from pathlib import Path
 
 import aiohttp
 import anyio
+import anyio.lowlevel
 
 from drivers.sim import SimDriver
 from gatewayd.config import parse_config
@@ -82,3 +83,36 @@ async def test_errors_that_quote_secrets_are_masked_on_status(tmp_path: Path) ->
     for secret in _SECRETS:
         assert secret not in status
         assert secret not in health
+
+
+async def test_a_client_pipelining_status_requests_gives_the_loop_a_turn_between_them(
+    tmp_path: Path,
+) -> None:
+    """aiohttp answered one connection's pipelined requests back to back, never yielding while
+    the socket took the answers: a local flood held the loop that moves the locks for tens of
+    seconds. Counted in loop turns, not seconds: a task that only yields must get a turn for
+    about every request served."""
+    requests = 200
+    async with running_daemon(tmp_path / "gw") as daemon:
+        turns = 0
+        flooding = True
+
+        async def spin() -> None:
+            nonlocal turns
+            while flooding:
+                turns += 1
+                await anyio.lowlevel.checkpoint()
+
+        request = f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{daemon.status_port}\r\n\r\n"
+        async with anyio.create_task_group() as tg:
+            stream = await anyio.connect_tcp("127.0.0.1", daemon.status_port)
+            await stream.send((request * requests).encode())  # all at once, in one segment
+            tg.start_soon(spin)
+            answered = b""
+            with anyio.fail_after(30):
+                while answered.count(b"HTTP/1.1 200") < requests:
+                    answered += await stream.receive()
+            flooding = False
+            await stream.aclose()
+        # without the yield: a handful of turns for the whole batch
+        assert turns >= requests // 2, (turns, requests)
