@@ -287,6 +287,7 @@ class Dispatcher:
         # taken from its queue, not started: waiting for the cloud's ack of its hand-off or for
         # the commit of its receipt (still "queued" on /status and in the metrics)
         self._waiting: dict[str, _Job] = {}
+        self._quiet: dict[str, anyio.Event] = {}  # set when the device's running action ends
         self._last_done: dict[str, tuple[str, float]] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._handoffs: dict[str, _Job] = {}  # cloud actions not started yet, by id
@@ -534,6 +535,9 @@ class Dispatcher:
         finally:
             self._in_flight.pop(job.queue, None)
             job.finished = _loop_time()
+            quiet = self._quiet.pop(job.queue, None)
+            if quiet is not None:
+                quiet.set()
         self._last_done[job.queue] = (job.request.id, job.finished)
         self._finish(job, error)
 
@@ -585,9 +589,17 @@ class Dispatcher:
         duration = int(req.inputs["duration"])
         if req.action == ActionName.PAIR_DEVICES:
             await self._executor.pair(duration, req.inputs)
-        else:
-            # the executor decides: a stored device no driver reports is removed, not unknown
-            await self._executor.unpair(duration, req.inputs.get("device_id"))
+            return
+        device_id = req.inputs.get("device_id")
+        if device_id is not None:
+            # Removed under a running command, the lock ends it in an unknown state (a code
+            # stored that the cloud, the device gone, can no longer clear): let it finish.
+            # Actions queued behind it fail device_not_found once the lock is gone.
+            while device_id in self._in_flight:
+                quiet = self._quiet.setdefault(device_id, anyio.Event())
+                await quiet.wait()
+        # the executor decides: a stored device no driver reports is removed, not unknown
+        await self._executor.unpair(duration, device_id)
 
     def _remaining(self, job: _Job) -> float:
         return job.due - _loop_time()

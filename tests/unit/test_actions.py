@@ -707,3 +707,36 @@ async def test_a_driver_that_turns_its_cancellation_into_an_error_does_not_stop_
     assert h.error("stuck")["type"] in ("timeout", "device_error")
     assert h.statuses("next") == ["gateway_received", "processing", "completed"]
     assert h.exec.ran == [("d1", "unlock")]
+
+
+async def test_an_unpair_naming_a_lock_waits_for_the_command_running_on_it(
+    tmp_path: Path,
+) -> None:
+    """Gateway actions run on a queue of their own: an unpair removed the lock under a running
+    set_code, which failed device_offline while the lock had stored the code, and the cloud,
+    the device gone, could never clear it."""
+    h = Harness(tmp_path, LOCK)
+    h.exec.gates["d1"] = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        h.dispatcher.bind(tg)
+        h.dispatcher.submit(request("set_code", {"code": "1234", "slot_id": 3}, id="code"))
+        await anyio.sleep(0.05)
+        assert h.exec.started == [("d1", "set_code")]
+        h.dispatcher.submit(
+            request(
+                "unpair_devices",
+                {"duration": 30, "device_id": "d1"},
+                entity_type="Gateway",
+                device="gw",
+                id="unpair",
+            )
+        )
+        await anyio.sleep(0.1)
+        assert h.exec.ran == []  # the unpair waits while the set_code runs
+        h.exec.gates["d1"].set()
+        await h.settle("code")
+        await h.settle("unpair")
+        tg.cancel_scope.cancel()
+    assert h.exec.ran == [("d1", "set_code"), ("gateway", "unpair:d1")]
+    assert h.statuses("code")[-1] == "completed"
+    assert h.statuses("unpair")[-1] == "completed"
