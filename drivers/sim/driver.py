@@ -157,14 +157,14 @@ class SimDriver(Driver):
                 lock.write_slot(slot_id, code)
                 if lock.read_slot(slot_id) != code:
                     raise CodeNotConfirmed(f"slot {slot_id} did not read back the code written")
-                self._emit(lock, EventName.CODE_SET, {"slot_id": slot_id})
+                self._emit(lock, EventName.CODE_SET, {"slot_id": slot_id, "method": "remote"})
                 result = ActionResult(details={"slot_id": slot_id})
             case ClearCode(slot_id=slot_id):
                 self._check_slot(slot_id)
                 lock.clear_slot(slot_id)
                 if lock.read_slot(slot_id) is not None:
                     raise CodeNotConfirmed(f"slot {slot_id} still holds a code")
-                self._emit(lock, EventName.CODE_REMOVED, {"slot_id": slot_id})
+                self._emit(lock, EventName.CODE_REMOVED, {"slot_id": slot_id, "method": "remote"})
                 result = ActionResult(details={"slot_id": slot_id})
         if self._config.battery_drain_per_action > 0:
             if lock.drain(self._config.battery_drain_per_action):
@@ -230,7 +230,7 @@ class SimDriver(Driver):
             case Simulation.MANUAL_UNLOCK:
                 self._move_bolt(lock, locked=False, method=Method.MANUAL)
             case Simulation.WRONG_CODE:
-                self._emit(lock, EventName.KEYPAD_INVALID_CODE, {"method": Method.PIN_CODE.value})
+                self._emit(lock, EventName.KEYPAD_INVALID_CODE, {"method": Method.KEYPAD.value})
             case Simulation.JAM:
                 lock.jammed = True
                 self._cancel_relock(lock)

@@ -523,7 +523,7 @@ class ZigbeeLock:
         )
         # args.pin is never read: some locks send the PIN that was typed.
         if code in _WRONG_CODE:
-            self._event(EventName.KEYPAD_INVALID_CODE)
+            self._event(EventName.KEYPAD_INVALID_CODE, method=str(Method.KEYPAD))
             return
         if code in _LOCKS:
             locked = True

@@ -795,7 +795,7 @@ class ZWaveDriver(Driver):
             lock.expect_echo(slot, True)
         self._schedule_recheck(lock, slot, self._digest(digits))
         log.info("zwave.code_set", device_id=lock.device_id, slot_id=slot, masked=lock.masked)
-        self._emit(lock.device_id, EventName.CODE_SET, {"slot_id": slot})
+        self._emit(lock.device_id, EventName.CODE_SET, {"slot_id": slot, "method": "remote"})
         return ActionResult({"slot_id": slot})
 
     async def _clear_code(self, lock: _Lock, node: Node, slot: int) -> ActionResult:
@@ -805,7 +805,7 @@ class ZWaveDriver(Driver):
         if status not in (commands.USER_AVAILABLE,):
             raise CodeNotConfirmed(f"slot {slot}: the lock still holds a code")
         log.info("zwave.code_cleared", device_id=lock.device_id, slot_id=slot)
-        self._emit(lock.device_id, EventName.CODE_REMOVED, {"slot_id": slot})
+        self._emit(lock.device_id, EventName.CODE_REMOVED, {"slot_id": slot, "method": "remote"})
         return ActionResult({"slot_id": slot})
 
     async def _await_programming(

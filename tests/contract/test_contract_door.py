@@ -81,7 +81,8 @@ async def test_wrong_code_is_reported(
 
     await simulate(driver, device.id, Simulation.WRONG_CODE)
 
-    await next_event(sink, device.id, E.KEYPAD_INVALID_CODE, mark)
+    event = await next_event(sink, device.id, E.KEYPAD_INVALID_CODE, mark)
+    assert event.details == {"method": "keypad"}  # the same on every driver
 
 
 async def test_jam_is_reported(harness: Harness, driver: Driver, sink: RecordingSink) -> None:
