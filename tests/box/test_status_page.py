@@ -135,6 +135,11 @@ def test_page_follows_the_box_without_reloading(browser: Browser, box: Box) -> N
     expect(page.locator(f'tr[data-action-id="{bad}"] .pill')).to_have_text("failed")
     expect(page.locator(f'tr[data-action-id="{bad}"]')).to_contain_text("invalid_input")
     expect(page.locator(f'tr[data-action-id="{code}"] .pill')).to_have_text("completed")
+    # an id that is a property of every JS object was shown as "[object Object]"
+    proto = page.locator(f'tr[data-action-id="{box.act("__proto__", "unlock")}"]')
+    expect(proto.locator(".pill")).to_have_text("failed")
+    expect(proto).to_contain_text("__proto__")
+    expect(proto).not_to_contain_text("[object Object]")
 
     # A person at the door and a weak battery.
     box.simulate(second, "battery", level=0.12)
