@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import sqlite3
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 import anyio
 import structlog
 
+from drivers.zigbee.removed import RemovedLocks
 from gatewayd.driver import (
     NO_PAIR_OPTIONS,
     Driver,
@@ -49,6 +51,12 @@ STARTUP_TIMEOUT_S: Final = 60.0
 # process cannot exit), so it bounds itself, below the daemon's DRIVER_STOP_TIMEOUT_S.
 RADIO_CLOSE_S: Final = 0.5  # a radio that does not answer zigpy's goodbye within this is left
 DB_CLOSE_S: Final = 0.8  # zigpy's database: queued writes, WAL checkpoint, its thread joined
+# A leave request's answer, at most (and at most command_timeout_s): a lock that does not
+# confirm in time is removed anyway and sent the leave again when it is next heard.
+LEAVE_TIMEOUT_S: Final = 10.0
+# A removed lock heard again is sent the leave at most this often (one that refuses it would
+# otherwise be sent one, and rediscovered by zigpy, at every frame).
+REHEARD_RETRY_S: Final = 60.0
 
 
 class ZigbeeDriver(Driver):
@@ -69,13 +77,25 @@ class ZigbeeDriver(Driver):
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._leave_until = 0.0
-        self._removing: set[str] = set()
+        self._pair_until = 0.0
+        self._removed: RemovedLocks | None = None  # removed without a confirmed leave
+        self._removing: set[str] = set()  # IEEEs a leave is being sent to again
+        self._retry_at: dict[str, float] = {}  # IEEE -> when a leave may be sent again
+        self._dropped: weakref.WeakSet[Any] = weakref.WeakSet()  # zigpy devices we removed
+        self._leaving: dict[str, asyncio.Future[None]] = {}  # IEEE -> set when it says it left
         self._reconnects = 0
         self.virtual: VirtualNetwork | None = None  # the air, when radio_type is "virtual"
 
     @property
     def database(self) -> Path:
         return self._ctx.state_dir / self._cfg.database_path
+
+    @property
+    def removed(self) -> RemovedLocks:
+        """Locks removed without a confirmed leave, kept next to zigpy's database."""
+        if self._removed is None:
+            self._removed = RemovedLocks(self.database.with_suffix(".removed.json"))
+        return self._removed
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -85,6 +105,7 @@ class ZigbeeDriver(Driver):
         self._sink = sink
         self._stopping = asyncio.Event()
         self._state = DriverState.STARTING
+        _ = self.removed  # read before zigpy reports a device
         radios.guard_stack_logs()
         if self._cfg.radio_type == "virtual" and self.virtual is None:
             from drivers.zigbee.virtual.radio import VirtualNetwork
@@ -219,11 +240,16 @@ class ZigbeeDriver(Driver):
         """A join zigpy reports: a new device, or a known one at a new network address (a lock
         reset or re-paired; one that rejoins at its old address is caught by the lock itself,
         see `ZigbeeLock._heard`). Its interview follows, then `device_initialized`."""
+        if self._listed(zdev, "joined"):
+            return
         device_id = self._by_ieee.get(str(zdev.ieee))
         if device_id is not None:
             self._locks[device_id].joined()
 
     def device_left(self, zdev: Any) -> None:
+        said = self._leaving.get(str(zdev.ieee))
+        if said is not None and not said.done():
+            said.set_result(None)  # the lock says it left: the leave `_leave` sent is done
         device_id = self._by_ieee.get(str(zdev.ieee))
         if device_id is None:
             return
@@ -246,6 +272,8 @@ class ZigbeeDriver(Driver):
         device_id = self._by_ieee.get(str(zdev.ieee))
         if device_id is not None:
             self._locks[device_id].seen()
+        elif self._removed and str(zdev.ieee) in self._removed and not self._pairing():
+            self._refuse(zdev, "frame")  # an announce at its old address, a report, ...
 
     def _spawn_task(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -258,6 +286,8 @@ class ZigbeeDriver(Driver):
 
         ieee = str(zdev.ieee)
         if self._sink is None or not zdev.is_initialized or not has_door_lock(zdev):
+            return
+        if zdev in self._dropped or self._listed(zdev, "joined" if joined else "known"):
             return
         old = self._locks.get(self._by_ieee.get(ieee, ""))
         if old is not None and old.zdev is zdev:
@@ -415,6 +445,8 @@ class ZigbeeDriver(Driver):
             raise DeviceError(f"the zigbee radio is down: {self._error or 'not connected'}")
         duration = max(1, min(254, duration_s))
         log.info("zigbee.permit_join", duration_s=duration)
+        # a lock removed without leaving that joins now is being paired on purpose: adopted
+        self._pair_until = asyncio.get_running_loop().time() + duration
         await self._app.permit(time_s=duration)
 
     async def unpair(self, duration_s: int, device_id: str | None) -> None:
@@ -426,8 +458,117 @@ class ZigbeeDriver(Driver):
             log.info("zigbee.leave_window", duration_s=duration_s)
             return
         lock = self._lock(device_id)
+        app, zdev = self._app, lock.zdev
         log.info("zigbee.remove_device", device_id=device_id, ieee=lock.ieee)
-        await self._app.remove(lock.zdev.ieee)
+        failure = await self._leave(zdev)
+        if self._app is not app:
+            raise DeviceError(f"the zigbee radio went down: {self._error or 'not connected'}")
+        self._left_or_not(zdev, failure, device_id=device_id)
+        self._dropped.add(zdev)
+        await app.remove(zdev.ieee)  # device_removed: gone from the gateway
+
+    # ------------------------------------------------------------------ removed, not left
+
+    def _pairing(self) -> bool:
+        return asyncio.get_running_loop().time() < self._pair_until
+
+    def _listed(self, zdev: Any, how: str) -> bool:
+        """True if `zdev` is a lock removed without a confirmed leave and must not be adopted:
+        it is sent the leave again. One that joins while `pair` permits joining is being
+        paired on purpose: dropped from the list, and adopted."""
+        ieee = str(zdev.ieee)
+        if not self._removed or ieee not in self._removed:
+            return False
+        if how == "joined" and self._pairing():
+            self._removed.discard(ieee)
+            self._retry_at.pop(ieee, None)
+            log.info("zigbee.removed_lock_paired", ieee=ieee)
+            return False
+        self._refuse(zdev, how)
+        return True
+
+    def _refuse(self, zdev: Any, how: str) -> None:
+        ieee = str(zdev.ieee)
+        loop = asyncio.get_running_loop()
+        if ieee in self._removing or loop.time() < self._retry_at.get(ieee, 0.0):
+            return
+        self._retry_at[ieee] = loop.time() + REHEARD_RETRY_S
+        self._removing.add(ieee)
+        log.warning(
+            "zigbee.removed_lock_heard",
+            ieee=ieee,
+            heard=how,
+            effect="not adopted: it was removed without leaving; sending it the leave again",
+        )
+        self._spawn_task(self._leave_again(zdev))
+
+    async def _leave_again(self, zdev: Any) -> None:
+        ieee = str(zdev.ieee)
+        try:
+            app = self._app
+            if app is None:
+                return
+            failure = await self._leave(zdev)
+            if self._app is not app or self._removed is None or ieee not in self._removed:
+                return  # the radio went down, or the lock is being paired again on purpose
+            self._left_or_not(zdev, failure, device_id=None)
+            self._dropped.add(zdev)
+            await app.remove(zdev.ieee)  # zigpy forgets it again
+        finally:
+            self._removing.discard(ieee)
+
+    async def _leave(self, zdev: Any) -> str | None:
+        """Send `zdev` a ZDO leave request; None once it confirmed (its answer, or its own
+        word that it left, which may come first), else why not."""
+        from drivers.zigbee.zigpy_api import exceptions, zdo_t
+
+        bound = min(LEAVE_TIMEOUT_S, self._cfg.command_timeout_s)
+        ieee = str(zdev.ieee)
+        said = self._leaving[ieee] = asyncio.get_running_loop().create_future()
+        request = asyncio.ensure_future(zdev.zdo.leave())
+        request.add_done_callback(_retrieved)  # its failure may come after the lock's word
+        try:
+            async with asyncio.timeout(bound):
+                await asyncio.wait({request, said}, return_when=asyncio.FIRST_COMPLETED)
+        except TimeoutError:
+            return f"no answer within {bound:g} s"
+        finally:
+            if self._leaving.get(ieee) is said:
+                del self._leaving[ieee]
+            if not request.done():
+                request.cancel()
+        if said.done():
+            return None
+        try:
+            rsp = request.result()
+        except exceptions.DeliveryError:
+            return "the request was not delivered"
+        except Exception as exc:  # noqa: BLE001 - not confirmed, whatever the stack raised
+            return f"zigbee error: {type(exc).__name__}"
+        status = rsp[0] if isinstance(rsp, list | tuple) and rsp else getattr(rsp, "status", rsp)
+        if status == zdo_t.Status.SUCCESS:
+            return None
+        name = getattr(status, "name", None) or str(status)
+        return f"the lock answered {name}"
+
+    def _left_or_not(self, zdev: Any, failure: str | None, *, device_id: str | None) -> None:
+        """Record the leave's outcome before zigpy forgets the lock: listed until confirmed."""
+        ieee = str(zdev.ieee)
+        ids = {"ieee": ieee} if device_id is None else {"device_id": device_id, "ieee": ieee}
+        if failure is None:
+            self.removed.discard(ieee)
+            self._retry_at.pop(ieee, None)
+            log.info("zigbee.device_left", **ids)
+            return
+        self.removed.add(ieee)
+        log.warning(
+            "zigbee.removed_without_leave",
+            **ids,
+            reason=failure,
+            effect="removed from the gateway, but the lock did not confirm it left the network:"
+            " it will be sent the leave again if it is heard, and its codes still work at its"
+            " keypad until it is reset",
+        )
 
     # ------------------------------------------------------------------ simulation
 
@@ -485,6 +626,11 @@ async def _close_database(app: Any) -> None:
     app._remove_db_listeners()
     app._dblistener = None  # closed once, even if shut down again
     await listener.shutdown()
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _now() -> float:
