@@ -286,6 +286,32 @@ def decode(frame: bytes | str) -> Message:
         ) from None
 
 
+def readable_action_request(frame: bytes | str) -> dict[str, str] | None:
+    """The id, target and action of an `action_request` frame `decode` refused (a field of
+    the wrong type), if they can be read: the gateway answers it `failed` rather than leave the
+    cloud waiting for its deadline. None for anything else."""
+    try:
+        raw = msgspec.json.decode(frame)
+    except Exception:  # noqa: BLE001 - unreadable is the answer, whatever the reason
+        return None
+    if not isinstance(raw, dict) or raw.get("type") != "action_request":
+        return None
+    out: dict[str, str] = {}
+    for key, default in (
+        ("id", None),
+        ("entity_type", "Device"),
+        ("entity_id", ""),
+        ("action", ""),
+    ):
+        value = raw.get(key, default)
+        if not isinstance(value, str) or len(value) > 128:
+            if default is None:
+                return None
+            value = default
+        out[key] = value
+    return out if out["id"] else None
+
+
 def _decode(frame: bytes | str) -> Message:
     if isinstance(frame, str):
         if len(frame) > MAX_FRAME_BYTES:

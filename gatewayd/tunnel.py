@@ -94,8 +94,10 @@ def _heartbeat(announced: float) -> float:
 def _parse_ts(value: str) -> datetime | None:
     """An ISO-8601 time, in UTC; None if it is not one, or is one UTC cannot hold (an offset
     at an end of the calendar: `9999-12-31T23:59:59-05:00` is in the year 10000 in UTC)."""
+    if value[10:11] == "t":  # RFC 3339 allows a lower-case `t` and `z`
+        value = f"{value[:10]}T{value[11:]}"
     try:
-        ts = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        ts = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
         return ts.astimezone(UTC) if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
     except (ValueError, OverflowError):
         return None
@@ -455,6 +457,8 @@ class Tunnel:
                     return frame
                 if isinstance(frame, protocol.ErrorMsg):
                     raise CloudRefused(frame.code, frame.message)
+                # the cloud sends nothing else before `welcome`: dropped, but not unseen
+                self._skip(f"{type(frame).__name__} before welcome")
 
     async def _send_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         while True:
@@ -506,9 +510,9 @@ class Tunnel:
             else:
                 self._skip("binary frames are not part of the protocol")
 
-    def _skip(self, reason: str) -> None:
+    def _skip(self, reason: str, **ids: str) -> None:
         self.frames_skipped += 1
-        log.warning("tunnel.frame_skipped", reason=reason)
+        log.warning("tunnel.frame_skipped", reason=reason, **ids)
 
     def _handle_frame(self, data: str) -> None:
         self.frames_in += 1
@@ -518,7 +522,23 @@ class Tunnel:
         try:
             frame = protocol.decode(data)
         except protocol.ProtocolError as exc:
-            self._skip(f"{exc.code}: {exc.message}")
+            readable = protocol.readable_action_request(data)
+            if readable is None:
+                self._skip(f"{exc.code}: {exc.message}")
+                return
+            self._skip(f"{exc.code}: {exc.message}", action_request_id=readable["id"])
+            if self.state == "connected" and self._on_reject is not None:
+                now = utcnow()
+                request = ActionRequest(
+                    readable["id"],
+                    readable["entity_type"],
+                    readable["entity_id"],
+                    readable["action"],
+                    {},
+                    now,
+                    now,
+                )
+                self._on_reject(request, f"malformed action_request: {exc.message}")
             return
         try:
             self._dispatch(frame)
@@ -619,12 +639,14 @@ class Tunnel:
     def _action(self, frame: protocol.ActionRequestMsg) -> None:
         created = _parse_ts(frame.created_at)
         deadline = _parse_ts(frame.deadline)
+        problem = "created_at and deadline must be ISO-8601 timestamps"
         if created is not None and deadline is not None:
             try:
                 shift = self._to_local(created)
                 created, deadline = created + shift, deadline + shift
             except OverflowError:  # a date (or the cloud's clock) at the end of the calendar
                 created = deadline = None
+                problem = "created_at or deadline is too near the end of the calendar"
         request = ActionRequest(
             id=frame.id,
             entity_type=frame.entity_type,
@@ -635,6 +657,6 @@ class Tunnel:
             deadline=deadline or utcnow(),
         )
         if (created is None or deadline is None) and self._on_reject is not None:
-            self._on_reject(request, "created_at and deadline must be ISO-8601 timestamps")
+            self._on_reject(request, problem)
             return
         self._on_action(request)

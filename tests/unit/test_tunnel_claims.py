@@ -22,8 +22,9 @@ from gatewayd.tunnel import Tunnel
 GATEWAY_ID = "gw-claims"
 OLD = "credential-old-0001"
 
-# After its welcome, what the cloud sends in session n (1-based): a frame, or None.
-Script = Callable[[int], protocol.Message | None]
+# After its welcome, what the cloud sends in session n (1-based): a frame (or its raw text), or
+# None.
+Script = Callable[[int], protocol.Message | str | None]
 
 
 class ScriptedCloud:
@@ -33,6 +34,7 @@ class ScriptedCloud:
         self.sessions: list[str] = []  # the bearer each session dialled with
         self.refused: list[str] = []
         self.port = 0
+        self.before_welcome: str | None = None  # raw text sent before the welcome
 
     async def tunnel(self, request: web.Request) -> web.StreamResponse:
         bearer = request.headers.get("Authorization", "").removeprefix("Bearer ")
@@ -44,6 +46,8 @@ class ScriptedCloud:
         await ws.prepare(request)
         hello = protocol.decode((await ws.receive()).data)
         assert isinstance(hello, protocol.Hello)
+        if self.before_welcome is not None:
+            await ws.send_str(self.before_welcome)
         welcome = protocol.Welcome(
             protocol=1,
             gateway_id=GATEWAY_ID,
@@ -53,7 +57,9 @@ class ScriptedCloud:
         )
         await ws.send_str(protocol.encode(welcome).decode())
         frame = self.script(len(self.sessions))
-        if frame is not None:
+        if isinstance(frame, str):
+            await ws.send_str(frame)
+        elif frame is not None:
             await ws.send_str(protocol.encode(frame).decode())
         async for _ in ws:
             pass

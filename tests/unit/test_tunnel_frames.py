@@ -1,0 +1,99 @@
+"""Action requests a cloud gets slightly wrong, against the scripted cloud end: answered, not
+dropped in silence."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import anyio
+from structlog.testing import capture_logs
+
+from gatewayd.config import CloudConfig
+from gatewayd.model import ActionRequest
+from gatewayd.store import Store
+from gatewayd.tunnel import Tunnel
+from tests.unit.test_tunnel_claims import OLD, ScriptedCloud, claimed_store, running
+
+
+def request_frame(**fields: Any) -> str:
+    frame = {
+        "type": "action_request",
+        "id": "ar-1",
+        "entity_type": "Device",
+        "entity_id": "d1",
+        "action": "unlock",
+        "inputs": {},
+        "created_at": "2026-12-04T10:00:00Z",
+        "deadline": "2099-12-04T10:00:30Z",
+    }
+    return json.dumps({**frame, **fields})
+
+
+class Seen:
+    def __init__(self) -> None:
+        self.run: list[ActionRequest] = []
+        self.rejected: list[tuple[str, str]] = []
+
+
+async def serve(tmp_path: Path, cloud: ScriptedCloud, until: Any) -> tuple[Seen, Tunnel, Store]:
+    store = claimed_store(tmp_path)
+    seen = Seen()
+    async with running(cloud):
+        tunnel = Tunnel(
+            CloudConfig(url=f"ws://127.0.0.1:{cloud.port}/v1/gateway/tunnel"),
+            store,
+            seen.run.append,
+            lambda: {"software_version": "0", "hardware": "test", "drivers": ["sim"]},
+            on_reject=lambda r, why: seen.rejected.append((r.id, why)),
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(tunnel.run)
+            with anyio.fail_after(10):
+                while not until(seen, tunnel):
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+    return seen, tunnel, store
+
+
+async def test_a_request_with_a_mistyped_field_is_answered_failed_naming_it(
+    tmp_path: Path,
+) -> None:
+    """`deadline: 12345` or `inputs: null` made the frame unreadable: skipped with no status and
+    a log line that did not name the request, the cloud left waiting for its deadline."""
+    cloud = ScriptedCloud({OLD}, lambda n: request_frame(deadline=12345) if n == 1 else None)
+    with capture_logs() as logs:
+        seen, _, store = await serve(tmp_path, cloud, lambda s, _t: len(s.rejected) >= 1)
+    store.close()
+    assert seen.run == []
+    ((action_id, why),) = seen.rejected
+    assert action_id == "ar-1"
+    assert why.startswith("malformed action_request: ")
+    assert "deadline" in why
+    skipped = [e for e in logs if e["event"] == "tunnel.frame_skipped"]
+    assert skipped[0]["action_request_id"] == "ar-1"
+
+
+async def test_rfc3339_lower_case_t_and_z_are_read(tmp_path: Path) -> None:
+    frame = request_frame(created_at="2026-12-04t10:00:00z", deadline="2099-12-04t10:00:30z")
+    cloud = ScriptedCloud({OLD}, lambda n: frame if n == 1 else None)
+    seen, _, store = await serve(tmp_path, cloud, lambda s, _t: bool(s.run or s.rejected))
+    store.close()
+    assert seen.rejected == []
+    assert [r.id for r in seen.run] == ["ar-1"]
+    assert seen.run[0].deadline.year == 2099
+
+
+async def test_a_frame_before_the_welcome_is_counted_and_logged(tmp_path: Path) -> None:
+    cloud = ScriptedCloud({OLD}, lambda _n: None)
+    cloud.before_welcome = request_frame()
+    with capture_logs() as logs:
+        seen, _, store = await serve(
+            tmp_path, cloud, lambda _s, t: t.state == "connected" and t.frames_skipped == 1
+        )
+    store.close()
+    assert seen.run == []
+    assert any(
+        e["event"] == "tunnel.frame_skipped" and "before welcome" in e["reason"] for e in logs
+    )
