@@ -48,8 +48,11 @@ async def test_code_events_answering_an_action_name_the_action_request(tmp_path:
         if e.event_name in (EventName.CODE_SET, EventName.CODE_REMOVED)
     ]
     assert codes == [
-        ("code set on device", {"slot_id": 3, "action_request_id": "set-1"}),
-        ("code removed from device", {"slot_id": 3, "action_request_id": "clear-1"}),
+        ("code set on device", {"slot_id": 3, "method": "remote", "action_request_id": "set-1"}),
+        (
+            "code removed from device",
+            {"slot_id": 3, "method": "remote", "action_request_id": "clear-1"},
+        ),
         ("code set on device", {"slot_id": 5, "method": "keypad"}),
     ]
 
