@@ -24,7 +24,9 @@ DESCRIPTION = "gatewayd: the door-lock gateway daemon (run | status | token | ch
 
 DEFAULT_CONFIG = "/etc/gatewayd/config.toml"
 EXIT_CONFIG = 2
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# control characters, and the invisible ones that reorder or hide text in a terminal (bidi
+# overrides and isolates, zero-width characters): a lock's name comes from outside
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
 _HASHED_CERT = re.compile(r"[0-9a-f]{8}\.\d+")  # what `openssl rehash` names a CA's link
 
 
@@ -68,8 +70,39 @@ def _load(path: str) -> Config:
         raise SystemExit(EXIT_CONFIG) from None
 
 
+def _too_new(db: Path, found: int, known: int) -> str:
+    """The one line for a store a newer gatewayd wrote (a release rolled back after an upgrade):
+    it is left as it is, so the way on is that gatewayd again, or a fresh state directory."""
+    return (
+        f"gatewayd: the store at {db} is schema {found}, this gatewayd knows up to {known}:"
+        " install the newer gatewayd again (or start on a fresh state dir)"
+    )
+
+
+def _store_schema(cfg: Config) -> tuple[Path, int] | None:
+    """The existing store's path and schema version, read without creating, migrating or
+    writing anything; None if there is no store, or it cannot be read (another user, damage:
+    `run` deals with those)."""
+    from gatewayd.daemon import DB_NAME
+    from gatewayd.store import read_schema_version
+
+    db = Path(cfg.gateway.state_dir) / DB_NAME
+    try:
+        if not db.is_file():
+            return None
+        return db, read_schema_version(db)
+    except (OSError, sqlite3.Error):
+        return None
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
+    from gatewayd.store import SCHEMA_VERSION
+
+    found = _store_schema(cfg)
+    if found is not None and found[1] > SCHEMA_VERSION:
+        print(_too_new(found[0], found[1], SCHEMA_VERSION), file=sys.stderr)
+        return EXIT_CONFIG
     print(f"{args.config}: ok (drivers: {', '.join(cfg.enabled_drivers())})")
     return 0
 
@@ -99,6 +132,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gatewayd import logging as gwlog
     from gatewayd.daemon import DB_NAME, Daemon
     from gatewayd.status import find_listen_error
+    from gatewayd.store import StoreTooNew
 
     gwlog.configure(cfg.log.level, cfg.log.format)
     daemon = Daemon(cfg, handle_signals=True, ignore_sighup=True)
@@ -107,8 +141,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             anyio.run(daemon.run)
     except Exception as exc:
         # Start-up failures an operator fixes on the box: one line, not a traceback.
+        db = Path(cfg.gateway.state_dir) / DB_NAME
+        if daemon.store is None and isinstance(exc, StoreTooNew):
+            # not retried by systemd (2): the store stays as it is until the newer gatewayd
+            print(_too_new(db, exc.found, exc.known), file=sys.stderr)
+            return EXIT_CONFIG
         if daemon.store is None and isinstance(exc, OSError | sqlite3.Error):
-            db = Path(cfg.gateway.state_dir) / DB_NAME
             print(f"gatewayd: cannot open the store {db}: {exc}", file=sys.stderr)
             return 1
         if (listen := find_listen_error(exc)) is not None:

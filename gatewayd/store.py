@@ -17,6 +17,7 @@ import os
 import secrets
 import sqlite3
 import threading
+import time
 import urllib.parse
 import uuid
 from collections import deque
@@ -44,6 +45,10 @@ RECENT_FRAMES: Final = 256  # committed frames kept in memory for the tunnel to 
 RECENT_BYTES: Final = 1 << 17  # ...within this many bytes
 CHECKPOINT_EVERY: Final = 100  # commits between background WAL checkpoints
 BACKSTOP_CHECKPOINT_PAGES: Final = 10_000  # SQLite's own checkpoint only if ours falls behind
+# Bytes a WAL is cut back to when it starts over after a complete checkpoint. Without it the WAL
+# file keeps the largest size it ever reached (up to the backstop's 40 MB) for good.
+JOURNAL_SIZE_LIMIT: Final = 4 << 20
+IDLE_CHECKPOINT_S: Final = 1.5  # no commit for this long: the WAL is checkpointed and emptied
 OUTBOX_ROW_FRAMES: Final = 256  # frames stored together in one outbox row, at most
 # The newest this many actions stay in the action log whatever their age (see `prune_actions`).
 ACTION_LOG_FLOOR: Final = 10_000
@@ -247,11 +252,31 @@ def _immediate(db: sqlite3.Connection) -> Iterator[None]:
         raise
 
 
-def migrate(db: sqlite3.Connection) -> int:
-    """Bring the schema to SCHEMA_VERSION, one transaction per step. Returns the new version."""
+class StoreTooNew(sqlite3.DatabaseError):
+    """The store was written by a newer gatewayd: a release rolled back after an upgrade.
+
+    Not damage (`salvage.is_corruption` is false for it: it carries no SQLite error code), so
+    the file is never moved aside or rebuilt for it, and it is refused before anything is
+    written to it. The way out is the newer gatewayd again, or a fresh state directory."""
+
+    def __init__(self, found: int, known: int) -> None:
+        super().__init__(f"store schema {found} is newer than this gatewayd knows (up to {known})")
+        self.found = found
+        self.known = known
+
+
+def _refuse_newer(db: sqlite3.Connection) -> int:
+    """The store's schema version; StoreTooNew if this gatewayd has no migrations up to it."""
     version: int = db.execute("PRAGMA user_version").fetchone()[0]
     if version > len(MIGRATIONS):
-        raise RuntimeError(f"store schema {version} is newer than this gatewayd knows")
+        raise StoreTooNew(version, len(MIGRATIONS))
+    return version
+
+
+def migrate(db: sqlite3.Connection) -> int:
+    """Bring the schema to SCHEMA_VERSION, one transaction per step. Returns the new version.
+    Raises StoreTooNew for a schema newer than this gatewayd's."""
+    version = _refuse_newer(db)
     for step in range(version, len(MIGRATIONS)):
         with _immediate(db):
             MIGRATIONS[step](db)
@@ -268,6 +293,22 @@ def read_identity(path: Path) -> Identity | None:
     token`): no migration, and no -wal or -shm file made. Run as root while the daemon is
     stopped, those would be root's, and the daemon's user could no longer open its store.
     None if the store holds no identity yet."""
+    row = _read_only(
+        path,
+        "SELECT registration_token, token_created_at, gateway_id, credential FROM identity",
+    )
+    return None if row is None else Identity(row[0], _parse_ts(row[1]), row[2], row[3])
+
+
+def read_schema_version(path: Path) -> int:
+    """The schema version (`PRAGMA user_version`) of the existing store at `path`, read as
+    `read_identity` reads (for `gatewayd check-config`): nothing created, migrated or written."""
+    row = _read_only(path, "PRAGMA user_version")
+    return 0 if row is None else int(row[0])
+
+
+def _read_only(path: Path, sql: str) -> tuple[Any, ...] | None:
+    """The first row `sql` gives in the store at `path`, opened so that nothing is written."""
     wal, shm = (path.with_name(path.name + suffix) for suffix in ("-wal", "-shm"))
     uri = "file:" + urllib.parse.quote(str(path)) + "?mode=ro"
     for _ in range(3):
@@ -277,13 +318,11 @@ def read_identity(path: Path) -> Identity | None:
         live = wal.exists() and shm.exists()
         db = sqlite3.connect(uri if live else uri + "&immutable=1", uri=True)
         try:
-            row = db.execute(
-                "SELECT registration_token, token_created_at, gateway_id, credential FROM identity"
-            ).fetchone()
+            row: tuple[Any, ...] | None = db.execute(sql).fetchone()
         finally:
             db.close()
         if live or not wal.exists():
-            return None if row is None else Identity(row[0], _parse_ts(row[1]), row[2], row[3])
+            return row
         # the daemon started while the main file was read: read again, through its WAL
     raise sqlite3.OperationalError("the store kept changing while it was read")
 
@@ -305,11 +344,13 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     _create_private(path)
     db = _plain_connection(path)
     try:
+        _refuse_newer(db)  # first: a newer gatewayd's store is left exactly as it is
         db.execute("PRAGMA journal_mode = WAL")
         mode = "FULL" if synchronous == "full" else "NORMAL"
         db.execute(f"PRAGMA synchronous = {mode}")
         db.execute("PRAGMA foreign_keys = ON")
         db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+        db.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
         salvage.check(db)
         migrate(db)
     except BaseException:
@@ -384,20 +425,42 @@ def _restore(db: sqlite3.Connection, found: salvage.Salvage, acked_seq: int) -> 
 
 
 class _Checkpointer:
-    """Runs `PRAGMA wal_checkpoint(PASSIVE)` on its own connection and thread when poked.
+    """Runs WAL checkpoints on its own connection and thread, off the event loop.
 
     A checkpoint only copies committed pages from the WAL into the database file (and syncs
     them): what is durable, and when, is the same as with SQLite's automatic checkpoint; the
-    event loop's commits just no longer wait for it. PASSIVE never blocks a writer, and a busy
-    or failed attempt is simply retried at the next poke.
+    event loop's commits just no longer wait for it. Every CHECKPOINT_EVERY commits it runs a
+    PASSIVE checkpoint, which never blocks a writer (a busy or failed attempt is retried at the
+    next poke); a complete one lets the next commit start the WAL over, cut back to
+    JOURNAL_SIZE_LIMIT. Under steady load commits land during each checkpoint, so few complete
+    and the WAL can still reach the backstop between restarts. When no commit came for
+    IDLE_CHECKPOINT_S, or a commit was refused (a full disk: the space the WAL holds is what it
+    lacks), it empties the WAL: a PASSIVE checkpoint, then, if that one copied everything and
+    still no commit came, a TRUNCATE, which holds the write lock only to cut the file to 0 bytes.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, idle_s: float | None = None) -> None:
         self._path = path
+        self._idle_s = IDLE_CHECKPOINT_S if idle_s is None else idle_s
         self._wake = threading.Event()
         self._stopping = False
+        self._commits = 0  # commits noted; written by the event loop only
+        self._last_commit = time.monotonic()
+        self._empty_now = False  # a refused commit asks for the WAL to be emptied
         self._thread = threading.Thread(target=self._run, name="store.checkpoint", daemon=True)
         self._thread.start()
+
+    def committed(self, *, poke: bool) -> None:
+        """One commit happened (called from the event loop; two attribute writes)."""
+        self._commits += 1
+        self._last_commit = time.monotonic()
+        if poke:
+            self._wake.set()
+
+    def refused(self) -> None:
+        """A commit was refused: empty the WAL, so the space it frees is not filled again."""
+        self._empty_now = True
+        self._wake.set()
 
     def poke(self) -> None:
         self._wake.set()
@@ -410,18 +473,52 @@ class _Checkpointer:
     def _run(self) -> None:
         try:
             db = sqlite3.connect(self._path, isolation_level=None, timeout=0)
+            db.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
         except sqlite3.Error:
             return  # the automatic checkpoint of the main connection takes over
         try:
-            while True:
-                self._wake.wait()
-                self._wake.clear()
-                if self._stopping:
-                    return
-                with contextlib.suppress(sqlite3.Error):  # busy: the next poke retries
-                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            self._loop(db)
         finally:
             db.close()
+
+    def _loop(self, db: sqlite3.Connection) -> None:
+        clean = self._commits  # commits when the WAL was last emptied
+        next_try = 0.0  # no idle attempt before this (after a busy one)
+        while True:
+            timeout = None
+            if self._commits != clean:
+                due = max(self._last_commit + self._idle_s, next_try)
+                timeout = max(0.0, due - time.monotonic())
+            self._wake.wait(timeout)
+            self._wake.clear()
+            if self._stopping:
+                return
+            seen = self._commits
+            now = time.monotonic()
+            idle = seen != clean and now - self._last_commit >= self._idle_s and now >= next_try
+            if self._empty_now or idle:
+                self._empty_now = False
+                if self._empty(db, seen):
+                    clean = seen
+                else:
+                    next_try = time.monotonic() + self._idle_s
+            elif seen != clean:
+                self._checkpoint(db, "PASSIVE")
+
+    def _checkpoint(self, db: sqlite3.Connection, mode: str) -> bool:
+        """One checkpoint; whether it copied the whole WAL."""
+        try:
+            busy, frames, copied = db.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        except sqlite3.Error:
+            return False  # busy, full: the next poke retries
+        return bool(busy == 0 and frames == copied)
+
+    def _empty(self, db: sqlite3.Connection, seen: int) -> bool:
+        """PASSIVE (copies without blocking a writer), then TRUNCATE if nothing is left to copy
+        and no commit came meanwhile. Whether the WAL was emptied (or nothing needed it)."""
+        if not self._checkpoint(db, "PASSIVE") or self._commits != seen:
+            return False
+        return self._checkpoint(db, "TRUNCATE")
 
 
 class Store:
@@ -431,6 +528,9 @@ class Store:
         self._db = db
         self.path = path
         self._pending_frames: list[tuple[int, bytes]] = []
+        # When the oldest of `_pending_frames` was queued (None: none are): a store refusing
+        # commits (disk full, locked) holds them here, and they age like committed ones.
+        self._pending_since: datetime | None = None
         # The latest committed frames (contiguous seqs): the tunnel reads fresh frames from
         # here instead of selecting back what was just inserted.
         self._recent_frames: deque[tuple[int, bytes]] = deque()
@@ -560,16 +660,19 @@ class Store:
             if self.last_error is None:
                 log.error("store.commit_failed", error=str(exc), queued=len(frames) + len(stmts))
             self.last_error = f"{type(exc).__name__}: {exc}"
+            if self._checkpointer is not None:
+                self._checkpointer.refused()
             return False
         if self.last_error is not None:
             log.info("store.commit_recovered")
         self.last_error = None
         self.commits += 1
-        if self._checkpointer is not None and self.commits % CHECKPOINT_EVERY == 0:
-            self._checkpointer.poke()
+        if self._checkpointer is not None:
+            self._checkpointer.committed(poke=self.commits % CHECKPOINT_EVERY == 0)
         self._commit_event.set()
         self._commit_event = anyio.Event()
         self._pending_frames, self._pending_sql, self._pending_actions = [], [], {}
+        self._pending_since = None
         self._pending_devices = {}
         self._forgotten.clear()
         if frames:
@@ -589,7 +692,9 @@ class Store:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         if frames:
-            created = iso(utcnow())  # one stamp per batch: the frames share this commit
+            # one stamp per batch: when its oldest frame was queued, so a batch a refusing
+            # store held for minutes keeps its age once committed (see `outbox_oldest_age_s`)
+            created = iso(self._pending_since or utcnow())
             db.executemany(
                 "INSERT INTO outbox (last_seq, first_seq, frames, created_at) VALUES (?, ?, ?, ?)",
                 _outbox_rows(frames, created),
@@ -917,6 +1022,8 @@ class Store:
         seq = self._next_seq
         frame = make(seq)  # first: a frame that cannot be made must not leave a gap in the seqs
         self._next_seq = seq + 1
+        if not self._pending_frames:
+            self._pending_since = utcnow()
         self._pending_frames.append((seq, frame))
         self._schedule_flush()
         return seq
@@ -1050,17 +1157,23 @@ class Store:
         return self._next_seq - 1 - self._acked_seq
 
     def outbox_oldest_age_s(self) -> float:
-        """Seconds since the oldest committed frame the cloud has not acknowledged was
-        committed; 0 when there is none. What a fleet alerts on: a backlog that is large but
-        flowing is young, a stuck one ages. Read on the wall clock, so a clock step moves it."""
+        """Seconds since the oldest frame the cloud has not acknowledged was queued: the older
+        of the oldest unacknowledged committed row and the oldest frame still waiting for its
+        commit (a store refusing commits, full or locked, holds them in memory); 0 when there
+        is none. What a fleet alerts on: a backlog that is large but flowing is young, a stuck
+        one ages, also when it is stuck on the disk. Read on the wall clock, so a clock step
+        moves it."""
+        made = self._pending_since if self._pending_frames else None
         try:
             row = self._db.execute(
                 "SELECT created_at FROM outbox WHERE last_seq > ? ORDER BY last_seq LIMIT 1",
                 (self._acked_seq,),
             ).fetchone()
-            made = None if row is None else datetime.fromisoformat(row[0])
+            if row is not None:
+                committed = datetime.fromisoformat(row[0])
+                made = committed if made is None else min(made, committed)
         except (sqlite3.Error, ValueError, TypeError):
-            return 0.0  # a store that cannot be read shows in last_error
+            pass  # a store that cannot be read shows in last_error; what waits still ages
         return 0.0 if made is None else max(0.0, (utcnow() - made).total_seconds())
 
 

@@ -156,6 +156,64 @@ def test_run_with_a_damaged_store_starts_on_a_new_one_and_says_so(tmp_path: Path
     assert '"event": "store.damaged"' in run.out
 
 
+def _newer_store(state: Path) -> tuple[Path, bytes, int]:
+    """A state dir whose store a newer gatewayd wrote (a release rolled back after an upgrade)."""
+    import sqlite3
+
+    from gatewayd.store import SCHEMA_VERSION, Store
+
+    db_path = state / "gatewayd.db"
+    Store.open(db_path).close()
+    db = sqlite3.connect(db_path, isolation_level=None)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    return db_path, db_path.read_bytes(), SCHEMA_VERSION
+
+
+def _refuses_the_newer_store(
+    result: subprocess.CompletedProcess[str], db: Path, known: int
+) -> None:
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    line = _one_line(result.stderr)
+    assert f"the store at {db} is schema {known + 1}" in line
+    assert f"knows up to {known}" in line
+    assert "install the newer gatewayd again" in line
+
+
+def test_run_refuses_a_store_from_a_newer_gatewayd_in_one_line(tmp_path: Path) -> None:
+    """Rolling a release back after an upgrade ended `run` with a RuntimeError traceback, and
+    systemd restarted it every 5 s. Exit 2 (not restarted), one line, the store untouched."""
+    state = tmp_path / "state"
+    db, before, known = _newer_store(state)
+    result = _gatewayd("run", "-c", str(_config(tmp_path, state)))
+    _refuses_the_newer_store(result, db, known)
+    assert db.read_bytes() == before
+    assert sorted(p.name for p in state.iterdir()) == ["gatewayd.db"]  # nothing moved aside
+
+
+def test_check_config_refuses_a_store_from_a_newer_gatewayd(tmp_path: Path) -> None:
+    """`check-config` said ok for a state dir `run` could not start on. It reads the store's
+    version without creating, migrating or writing anything."""
+    state = tmp_path / "state"
+    cfg = str(_config(tmp_path, state))
+    assert _gatewayd("check-config", "-c", cfg).returncode == 0  # no store yet: nothing made
+    assert not state.exists()
+    db, before, known = _newer_store(state)
+    os.utime(state, ns=(10**18, 10**18))  # any file made or removed in it changes this
+    _refuses_the_newer_store(_gatewayd("check-config", "-c", cfg), db, known)
+    assert state.stat().st_mtime_ns == 10**18, "a file was created or removed"
+    assert db.read_bytes() == before
+
+    import sqlite3
+
+    with sqlite3.connect(db, isolation_level=None) as conn:
+        conn.execute(f"PRAGMA user_version = {known}")  # this gatewayd's own: ok
+    conn.close()
+    result = _gatewayd("check-config", "-c", cfg)
+    assert result.returncode == 0, result.stderr
+    assert ": ok" in result.stdout
+
+
 def test_token_as_a_user_who_may_not_read_the_state_dir(tmp_path: Path, locked_dir: Path) -> None:
     """An operator's own account running `gatewayd token` got a PermissionError traceback."""
     result = _gatewayd("token", "-c", str(_config(tmp_path, locked_dir)), prefix=_unprivileged())
@@ -208,6 +266,12 @@ async def test_status_output_carries_no_terminal_escape_sequences(tmp_path: Path
     assert "refused" in text
     for control in ("\x1b", "\x07", "\r"):
         assert control not in text
+    # bidi overrides and zero-width characters reorder or hide a line in a terminal
+    snapshot["devices"][0]["name"] = "Front\u202edoor\u200b\u2066x\ufeff"
+    text = render_status(snapshot)
+    assert "Front?door?" in text
+    for invisible in ("\u202e", "\u200b", "\u2066", "\ufeff"):
+        assert invisible not in text
 
 
 def test_token_reads_the_store_without_writing_to_it(tmp_path: Path) -> None:

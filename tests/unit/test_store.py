@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import stat
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import anyio
 import pytest
 from structlog.testing import CapturingLogger
 
+from gatewayd import salvage
 from gatewayd import store as store_module
 from gatewayd.protocol import ProtocolError
 from gatewayd.store import MIGRATIONS, SCHEMA_VERSION, ActionRow, Store, migrate
@@ -166,8 +168,36 @@ def test_device_descriptors_saved_before_a_commit_coalesce(tmp_path: Path) -> No
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    with pytest.raises(RuntimeError, match="newer"):
+    with pytest.raises(store_module.StoreTooNew, match="newer"):
         migrate(db)
+
+
+def _newer_store(path: Path) -> bytes:
+    """A store a newer gatewayd wrote (closed cleanly): this one's, with the next version."""
+    Store.open(path).close()
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    return path.read_bytes()
+
+
+def test_a_store_from_a_newer_gatewayd_is_refused_and_left_as_it_is(tmp_path: Path) -> None:
+    """Rolling a release back after an upgrade: the store is refused with a typed error that is
+    never taken for damage, so it is neither moved aside nor rebuilt nor written to."""
+    path = tmp_path / "state" / "gatewayd.db"
+    before = _newer_store(path)
+    too_new = getattr(store_module, "StoreTooNew", ())
+    with pytest.raises(sqlite3.DatabaseError) as refused:
+        Store.open(path)
+    assert isinstance(refused.value, too_new)
+    assert (refused.value.found, refused.value.known) == (SCHEMA_VERSION + 1, SCHEMA_VERSION)
+    assert not salvage.is_corruption(refused.value)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == ["gatewayd.db"]  # no copy aside
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
+    db.close()
+    assert store_module.read_schema_version(path) == SCHEMA_VERSION + 1
 
 
 def test_failed_migration_leaves_the_old_version(
@@ -517,6 +547,75 @@ def test_the_age_of_the_oldest_unacknowledged_frame(tmp_path: Path) -> None:
     store.outbox_ack(4)
     store.flush()
     assert store.outbox_oldest_age_s() == 0.0
+    store.close()
+
+
+def test_frames_a_refusing_store_holds_in_memory_age_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full or locked disk refuses commits: the frames waiting in memory for theirs showed an
+    age of 0, so the fleet's alert on a stuck backlog (age > 600 s) never fired on a full disk."""
+    now = [datetime.now(UTC)]
+    monkeypatch.setattr(store_module, "utcnow", lambda: now[0])
+    path = tmp_path / "s.db"
+    store = Store.open(path)
+    store.outbox_put(_seq_frame)
+    store.outbox_ack(1)
+    assert store.flush() is True
+    assert store.outbox_oldest_age_s() == 0.0
+    blocker = sqlite3.connect(path, isolation_level=None, timeout=0)
+    blocker.execute("BEGIN EXCLUSIVE")  # like a disk that refuses writes
+    store._db.execute("PRAGMA busy_timeout = 0")
+    store.outbox_put(_seq_frame)
+    assert store.flush() is False
+    now[0] += timedelta(seconds=700)
+    store.outbox_put(_seq_frame)  # a younger one: the oldest waiting one counts
+    assert store.flush() is False
+    assert store.outbox_oldest_age_s() == pytest.approx(700, abs=0.01)
+
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    now[0] += timedelta(seconds=5)
+    assert store.flush() is True
+    assert store.outbox_after(1) == [(2, _seq_frame(2)), (3, _seq_frame(3))]
+    # committed now, still not acked: the row's age, which counts from the oldest frame's queueing
+    assert store.outbox_oldest_age_s() == pytest.approx(705, abs=0.01)
+    an_hour_ago = now[0] - timedelta(hours=1)
+    store._db.execute("UPDATE outbox SET created_at = ?", (an_hour_ago.isoformat(),))
+    assert store.outbox_oldest_age_s() == pytest.approx(3600, abs=0.01)
+    store.outbox_ack(3)
+    store.flush()
+    assert store.outbox_oldest_age_s() == 0.0
+    store.close()
+
+
+def test_the_wal_is_cut_back_once_the_load_goes_idle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under load the WAL grew to SQLite's 40 MB backstop and kept that size for good: on a
+    nearly full disk, the space a cleanup freed. Once no commit comes for a moment the store's
+    checkpointer copies it into the database and empties it, off the event loop."""
+    monkeypatch.setattr(store_module, "IDLE_CHECKPOINT_S", 0.2, raising=False)
+    limit = getattr(store_module, "JOURNAL_SIZE_LIMIT", 4 << 20)
+    path = tmp_path / "s.db"
+    wal = path.with_name(path.name + "-wal")
+    store = Store.open(path)
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM outbox").fetchone()  # an old snapshot: no restart
+    blob = bytes(range(256)) * 256  # 64 KiB
+    for _ in range(3 * limit // len(blob)):
+        store.outbox_put(lambda seq: blob)
+        assert store.flush() is True
+    grown = wal.stat().st_size
+    assert grown > 2 * limit
+    reader.execute("COMMIT")
+    reader.close()
+    deadline = time.monotonic() + 10
+    while wal.stat().st_size > limit and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert wal.stat().st_size <= limit, f"the WAL stayed at {wal.stat().st_size} bytes"
+    assert len(store.outbox_after(0, limit=10_000)) == 3 * limit // len(blob)  # nothing lost
     store.close()
 
 
