@@ -66,6 +66,17 @@ def request(
     )
 
 
+def unpair_request(device_id: str, *, id: str, gateway: str = "gw") -> ActionRequest:
+    """unpair_devices naming `device_id`, sent to `gateway`."""
+    return request(
+        "unpair_devices",
+        {"duration": 30, "device_id": device_id},
+        entity_type="Gateway",
+        device=gateway,
+        id=id,
+    )
+
+
 class Devices:
     """A scriptable executor: records what ran, and can be told to block or fail."""
 
@@ -481,15 +492,7 @@ async def test_gateway_actions_check_the_target_gateway(tmp_path: Path) -> None:
                 "pair_devices", {"duration": 30}, entity_type="Gateway", device="gw-ours", id="ok"
             )
         )
-        h.dispatcher.submit(
-            request(
-                "unpair_devices",
-                {"duration": 30, "device_id": "ghost"},
-                entity_type="Gateway",
-                device="gw-ours",
-                id="ghost",
-            )
-        )
+        h.dispatcher.submit(unpair_request("ghost", id="ghost", gateway="gw-ours"))
         await h.settle("ok")
         await h.settle("ghost")
         tg.cancel_scope.cancel()
@@ -722,15 +725,7 @@ async def test_an_unpair_naming_a_lock_waits_for_the_command_running_on_it(
         h.dispatcher.submit(request("set_code", {"code": "1234", "slot_id": 3}, id="code"))
         await anyio.sleep(0.05)
         assert h.exec.started == [("d1", "set_code")]
-        h.dispatcher.submit(
-            request(
-                "unpair_devices",
-                {"duration": 30, "device_id": "d1"},
-                entity_type="Gateway",
-                device="gw",
-                id="unpair",
-            )
-        )
+        h.dispatcher.submit(unpair_request("d1", id="unpair"))
         await anyio.sleep(0.1)
         assert h.exec.ran == []  # the unpair waits while the set_code runs
         h.exec.gates["d1"].set()

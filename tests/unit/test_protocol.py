@@ -117,7 +117,8 @@ def test_an_unknown_major_version_is_refused() -> None:
     p.check_version(p.PROTOCOL_VERSION)
 
 
-def _request(**fields: str) -> bytes:
+def request_frame(**fields: Any) -> bytes:
+    """An `action_request` frame's bytes, `fields` replacing (or mistyping) its own."""
     body = {
         "type": "action_request",
         "id": "a-1",
@@ -132,7 +133,7 @@ def _request(**fields: str) -> bytes:
 
 
 def test_a_request_with_ids_and_names_at_their_bounds_is_read() -> None:
-    frame = _request(id="a" * 128, entity_id="d" * 128, action="u" * 64)
+    frame = request_frame(id="a" * 128, entity_id="d" * 128, action="u" * 64)
     msg = p.decode(frame)
     assert isinstance(msg, p.ActionRequestMsg)
     assert (len(msg.id), len(msg.entity_id), len(msg.action)) == (128, 128, 64)
@@ -152,10 +153,10 @@ def test_a_request_with_ids_and_names_at_their_bounds_is_read() -> None:
         (b'{"type": "event", "seq": 1, "event": []}', "invalid"),
         (b"\xff\xfe\x00", "malformed"),
         # ids and names the gateway keeps and quotes are bounded (a UUID is 36 characters)
-        (_request(id="a" * 129), "invalid"),
-        (_request(entity_id="d" * 129), "invalid"),
-        (_request(action="u" * 65), "invalid"),
-        (_request(deadline="9" * 65), "invalid"),
+        (request_frame(id="a" * 129), "invalid"),
+        (request_frame(entity_id="d" * 129), "invalid"),
+        (request_frame(action="u" * 65), "invalid"),
+        (request_frame(deadline="9" * 65), "invalid"),
     ],
 )
 def test_bad_frames_are_refused_with_a_code(frame: bytes, code: str) -> None:

@@ -3,7 +3,6 @@ dropped in silence."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,21 +13,12 @@ from gatewayd.config import CloudConfig
 from gatewayd.model import ActionRequest
 from gatewayd.store import Store
 from gatewayd.tunnel import Tunnel
+from tests.unit.test_protocol import request_frame as frame_bytes
 from tests.unit.test_tunnel_claims import OLD, ScriptedCloud, claimed_store, running
 
 
 def request_frame(**fields: Any) -> str:
-    frame = {
-        "type": "action_request",
-        "id": "ar-1",
-        "entity_type": "Device",
-        "entity_id": "d1",
-        "action": "unlock",
-        "inputs": {},
-        "created_at": "2026-12-04T10:00:00Z",
-        "deadline": "2099-12-04T10:00:30Z",
-    }
-    return json.dumps({**frame, **fields})
+    return frame_bytes(**fields).decode()
 
 
 class Seen:
@@ -68,11 +58,11 @@ async def test_a_request_with_a_mistyped_field_is_answered_failed_naming_it(
     store.close()
     assert seen.run == []
     ((action_id, why),) = seen.rejected
-    assert action_id == "ar-1"
+    assert action_id == "a-1"
     assert why.startswith("malformed action_request: ")
     assert "deadline" in why
     skipped = [e for e in logs if e["event"] == "tunnel.frame_skipped"]
-    assert skipped[0]["action_request_id"] == "ar-1"
+    assert skipped[0]["action_request_id"] == "a-1"
 
 
 async def test_rfc3339_lower_case_t_and_z_are_read(tmp_path: Path) -> None:
@@ -81,7 +71,7 @@ async def test_rfc3339_lower_case_t_and_z_are_read(tmp_path: Path) -> None:
     seen, _, store = await serve(tmp_path, cloud, lambda s, _t: bool(s.run or s.rejected))
     store.close()
     assert seen.rejected == []
-    assert [r.id for r in seen.run] == ["ar-1"]
+    assert [r.id for r in seen.run] == ["a-1"]
     assert seen.run[0].deadline.year == 2099
 
 
