@@ -44,12 +44,12 @@ async def test_set_code_is_read_back_and_rechecked_and_never_logged(
     assert result.details == {"slot_id": 5}
     assert 5 in zwave_stack.control(2, "state")["slots"]
     ev = await sink.wait_event(dev, "code set on device", timeout=5)  # type: ignore[arg-type]
-    assert ev.details == {"slot_id": 5}
+    assert ev.details == {"slot_id": 5, "method": "remote"}
     assert "0427" not in caplog.text
     await driver.execute(dev, ClearCode(slot_id=5))
     assert 5 not in zwave_stack.control(2, "state")["slots"]
     ev = await sink.wait_event(dev, "code removed from device", timeout=5)  # type: ignore[arg-type]
-    assert ev.details == {"slot_id": 5}
+    assert ev.details == {"slot_id": 5, "method": "remote"}
 
 
 async def test_a_pin_is_in_no_log_line_even_with_zwave_js_server_logging_at_debug(
@@ -94,7 +94,7 @@ async def test_a_clear_right_after_a_set_is_not_reported_as_a_dropped_code(
     await driver.execute(dev, SetCode(slot_id=6, code=PinCode("31415")))
     await driver.execute(dev, ClearCode(slot_id=6))
     ev = await sink.wait_event(dev, "code removed from device", timeout=5)  # type: ignore[arg-type]
-    assert ev.details == {"slot_id": 6}
+    assert ev.details == {"slot_id": 6, "method": "remote"}
     await anyio.sleep(2.0)  # past the set's re-check (code_recheck_s)
     assert sink.names(dev) == ["code set on device", "code removed from device"]
 
@@ -187,7 +187,7 @@ async def test_a_masked_lock_confirming_our_own_clear_is_not_a_keypad_change(
     await driver.execute(dev, ClearCode(slot_id=2))
     await anyio.sleep(2.5)  # the lock's notification and the clear's re-check are in
     after = [(e.event_name, e.details) for e in sink.events[mark:] if e.device_id == dev]
-    assert after == [(EventName.CODE_REMOVED, {"slot_id": 2})]
+    assert after == [(EventName.CODE_REMOVED, {"slot_id": 2, "method": "remote"})]
 
 
 async def test_set_and_clear_are_reported_when_confirmed_even_with_the_recheck_off(
@@ -206,8 +206,8 @@ async def test_set_and_clear_are_reported_when_confirmed_even_with_the_recheck_o
         await anyio.sleep(2.0)  # nothing more is due
         events = [(e.event_name, e.details) for e in sink.events if e.device_id == dev]
         assert events == [
-            (EventName.CODE_SET, {"slot_id": 5}),
-            (EventName.CODE_REMOVED, {"slot_id": 5}),
+            (EventName.CODE_SET, {"slot_id": 5, "method": "remote"}),
+            (EventName.CODE_REMOVED, {"slot_id": 5, "method": "remote"}),
         ]
 
 
