@@ -390,7 +390,11 @@ class Daemon:
         time so that a large first prune does not stall the loop."""
         days = self.config.store.action_log_days
         while True:
-            cutoff = iso(utcnow() - timedelta(days=days))
+            try:
+                cutoff = iso(utcnow() - timedelta(days=days))
+            except OverflowError:  # a clock within `days` of year 1 (a reset RTC): skip a turn
+                await anyio.sleep(PRUNE_EVERY_S)
+                continue
             pruned = 0
             while True:
                 n = store.prune_actions(cutoff)

@@ -218,8 +218,20 @@ class Tunnel:
             "sent_seq": self.sent_seq,
             "heartbeat_s": self.heartbeat_s,
             "frames_skipped": self.frames_skipped,
-            "clock_skew_s": self.clock_skew_s,
+            "clock_skew_s": self.current_skew_s(),
         }
+
+    def current_skew_s(self) -> float | None:
+        """The cloud's clock minus ours now: the welcome's measure, carried on the monotonic
+        clock, so a step of our wall clock since (NTP) shows at once."""
+        if self._cloud_anchor is None:
+            return None
+        cloud, hello_sent = self._cloud_anchor
+        try:
+            cloud_now = cloud + timedelta(seconds=self._clock() - hello_sent)
+            return round((cloud_now - utcnow()).total_seconds(), 3)
+        except OverflowError:
+            return self.clock_skew_s
 
     async def run(self) -> None:
         """Dial, serve, and dial again, forever."""
@@ -640,6 +652,10 @@ class Tunnel:
         created = _parse_ts(frame.created_at)
         deadline = _parse_ts(frame.deadline)
         problem = "created_at and deadline must be ISO-8601 timestamps"
+        if created is not None and deadline is not None and deadline < created:
+            # read with `created` as a floor for the cloud's clock, it was "already past"
+            created = deadline = None
+            problem = "deadline is before created_at"
         if created is not None and deadline is not None:
             try:
                 shift = self._to_local(created)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any, Final, cast
 
 import msgspec
@@ -138,31 +140,46 @@ def _properties(device: Device) -> dict[str, Any]:
 class Upstream:
     """Turns core happenings into protocol frames in the outbox (seq assigned by the store)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._store = store
-        self._shift: timedelta | None = None  # our clock to the cloud's, when ours is off
+        self._monotonic = monotonic
+        # (the cloud's clock minus ours at the welcome, our wall clock then, monotonic then)
+        self._anchor: tuple[float, datetime, float] | None = None
 
     def cloud_clock(self, skew_s: float | None) -> None:
         """The cloud's clock minus ours (the tunnel measures it at each welcome). When it is
         off by CLOCK_SKEW_S or more, the times of status reports, door events and `last_seen`
         go upstream on the cloud's clock, so the account's history is not an hour off; the
         local log and /status keep this box's clock."""
-        if skew_s is None or abs(skew_s) < CLOCK_SKEW_S:
-            self._shift = None
-            return
+        self._anchor = None if skew_s is None else (skew_s, utcnow(), self._monotonic())
+
+    def _shift(self) -> timedelta | None:
+        """What to add to a time on our wall clock, read now, for the cloud's: the welcome's
+        skew less any step of our wall clock since (NTP stepping a box that booted an hour
+        behind: with the welcome's skew kept, every time sent after the step was an hour in
+        the future, and the history out of order)."""
+        anchor = self._anchor
+        if anchor is None:
+            return None
+        skew_s, wall_then, mono_then = anchor
+        now = utcnow()
+        stepped = (now - wall_then).total_seconds() - (self._monotonic() - mono_then)
+        # below a second: the two clocks' reading noise and slewing, not a step
+        skew = skew_s - stepped if abs(stepped) >= 1.0 else skew_s
+        if abs(skew) < CLOCK_SKEW_S:
+            return None
         try:
-            shift = timedelta(seconds=skew_s)
-            now = utcnow()
+            shift = timedelta(seconds=skew)
             _ = (now + shift + _YEAR, now + shift - _YEAR)  # a year of room either way
         except OverflowError:
             # a cloud clock at an end of the calendar: times on it would not fit a datetime
             log.warning("upstream.cloud_clock_ignored", skew_s=skew_s)
-            self._shift = None
-            return
-        self._shift = shift
+            self._anchor = None
+            return None
+        return shift
 
     def action_status(self, update: StatusUpdate) -> int:
-        shift = self._shift
+        shift = self._shift()
         at = (update.at_iso or iso(update.at)) if shift is None else iso(update.at + shift)
 
         def make(seq: int) -> bytes:
@@ -187,8 +204,9 @@ class Upstream:
 
     def event(self, event: DoorEvent) -> int:
         body = event.to_dict()
-        if self._shift is not None:
-            body["date_created"] = iso(event.date_created + self._shift)
+        shift = self._shift()
+        if shift is not None:
+            body["date_created"] = iso(event.date_created + shift)
         return self._store.outbox_put(
             lambda seq: protocol.encode(protocol.EventMsg(seq=seq, event=body))
         )
@@ -196,8 +214,9 @@ class Upstream:
     def device(self, device: Device, body: dict[str, Any] | bytes | None = None) -> int:
         """`body`: device_dict(device), or device_json(device), when the caller has it."""
         seen = device.properties.last_seen
-        if self._shift is not None and seen is not None:
-            shifted = replace(device.properties, last_seen=seen + self._shift)
+        shift = None if seen is None else self._shift()
+        if shift is not None and seen is not None:
+            shifted = replace(device.properties, last_seen=seen + shift)
             body = device_json(replace(device, properties=shifted))
         elif body is None:
             body = device_json(device)

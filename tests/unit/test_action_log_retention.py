@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 
+import anyio
 import pytest
 from structlog.testing import CapturingLogger
 
@@ -80,3 +81,17 @@ async def test_the_daemon_prunes_at_start_up_by_the_configured_age(tmp_path: Pat
         assert _count(db, "fresh") == ACTION_LOG_FLOOR
         assert db.has_action("stuck")
     assert counts == [100]
+
+
+async def test_a_clock_near_year_one_skips_the_prune_instead_of_ending_the_daemon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reset RTC within `action_log_days` of year 1: the cutoff overflowed, OverflowError
+    took the daemon's task group down at start-up."""
+    from datetime import UTC, datetime
+
+    monkeypatch.setattr(daemon_module, "utcnow", lambda: datetime(1, 1, 2, tzinfo=UTC))
+    async with running_daemon(tmp_path / "state") as daemon:
+        assert daemon.registry is not None
+        await anyio.sleep(0.2)  # the prune task has run its first turn
+        assert daemon.registry.devices()  # still serving

@@ -87,3 +87,14 @@ async def test_a_frame_before_the_welcome_is_counted_and_logged(tmp_path: Path) 
     assert any(
         e["event"] == "tunnel.frame_skipped" and "before welcome" in e["reason"] for e in logs
     )
+
+
+async def test_a_deadline_before_created_at_is_invalid_input_not_a_timeout(tmp_path: Path) -> None:
+    """It was failed `timeout` "the deadline passed before the gateway received the action",
+    the deadline read on a cloud clock floored at created_at."""
+    frame = request_frame(created_at="2026-12-04T10:00:30Z", deadline="2026-12-04T10:00:10Z")
+    cloud = ScriptedCloud({OLD}, lambda n: frame if n == 1 else None)
+    seen, _, store = await serve(tmp_path, cloud, lambda s, _t: bool(s.run or s.rejected))
+    store.close()
+    assert seen.run == []
+    assert seen.rejected == [("a-1", "deadline is before created_at")]
