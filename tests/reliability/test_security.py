@@ -87,6 +87,7 @@ class ScriptedCloud:
         action: str,
         inputs: dict[str, Any],
         deadline_s: float,
+        created_s: float = 0.0,
     ) -> None:
         now = utcnow()
         msg = protocol.ActionRequestMsg(
@@ -95,7 +96,7 @@ class ScriptedCloud:
             entity_id=entity_id,
             action=action,
             inputs=inputs,
-            created_at=iso(now),
+            created_at=iso(now + timedelta(seconds=created_s)),
             deadline=iso(now + timedelta(seconds=deadline_s)),
         )
         assert self.ws is not None
@@ -155,7 +156,8 @@ async def test_forged_and_replayed_action_requests_are_not_executed(tmp_path: Pa
             await cloud.send_action(genuine, "Device", door, "unlock", {}, 30)
             await wait_for("genuine action ends", lambda: terminal(genuine))
             forged = {
-                "expired": ("Device", door, "unlock", {}, -1.0),
+                # made a minute ago, its deadline a second ago (a replay of an old request)
+                "expired": ("Device", door, "unlock", {}, -1.0, -60.0),
                 "other gateway": (
                     "Gateway",
                     "gw-someone-else",
