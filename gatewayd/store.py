@@ -23,7 +23,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -35,6 +35,9 @@ from gatewayd.logging import get_logger
 from gatewayd.model import iso, utcnow
 
 log = get_logger(__name__)
+
+# The outbox's clock reads this (tests move it); see Store.outbox_now.
+_monotonic: Callable[[], float] = time.monotonic
 
 SCHEMA_VERSION: Final = 4
 RETRY_FLUSH_S: Final = 1.0
@@ -531,6 +534,9 @@ class Store:
         # When the oldest of `_pending_frames` was queued (None: none are): a store refusing
         # commits (disk full, locked) holds them here, and they age like committed ones.
         self._pending_since: datetime | None = None
+        # The outbox's clock: the wall clock read once, carried on the monotonic clock (see
+        # `outbox_now`), so a wall-clock step moves no frame's age.
+        self._clock_anchor = (utcnow(), _monotonic())
         # The latest committed frames (contiguous seqs): the tunnel reads fresh frames from
         # here instead of selecting back what was just inserted.
         self._recent_frames: deque[tuple[int, bytes]] = deque()
@@ -694,7 +700,7 @@ class Store:
         if frames:
             # one stamp per batch: when its oldest frame was queued, so a batch a refusing
             # store held for minutes keeps its age once committed (see `outbox_oldest_age_s`)
-            created = iso(self._pending_since or utcnow())
+            created = iso(self._pending_since or self.outbox_now())
             db.executemany(
                 "INSERT INTO outbox (last_seq, first_seq, frames, created_at) VALUES (?, ?, ?, ?)",
                 _outbox_rows(frames, created),
@@ -750,7 +756,7 @@ class Store:
             for seq, frame in self._recent_frames
             if seq > self._acked_seq and not found.holds_seq(seq)
         ]
-        created = iso(utcnow())
+        created = iso(self.outbox_now())
         for run in _runs(unsaved):
             found.outbox.extend(_outbox_rows(run, created))
         found.outbox.sort()
@@ -1023,7 +1029,7 @@ class Store:
         frame = make(seq)  # first: a frame that cannot be made must not leave a gap in the seqs
         self._next_seq = seq + 1
         if not self._pending_frames:
-            self._pending_since = utcnow()
+            self._pending_since = self.outbox_now()
         self._pending_frames.append((seq, frame))
         self._schedule_flush()
         return seq
@@ -1113,7 +1119,7 @@ class Store:
         backlog = self.outbox_backlog()
         held = self.outbox_after(self._acked_seq, limit=backlog) if backlog else []
         frames = [(seq + shift, renumber(frame, seq + shift)) for seq, frame in held]
-        created = iso(utcnow())
+        created = iso(self.outbox_now())
         with _immediate(self._db):
             self._db.execute("DELETE FROM outbox")  # acked frames go too: the cloud holds them
             self._db.executemany(
@@ -1152,6 +1158,16 @@ class Store:
     def committed_seq(self) -> int:
         return self._committed_seq
 
+    def outbox_now(self) -> datetime:
+        """What outbox rows are stamped with and aged by: the wall clock as this store opened,
+        moved on by the monotonic clock. An NTP step (a box that booted hours behind) would
+        otherwise age every frame queued before it by the step, and fire the fleet's alert on a
+        backlog that flows, or, stepped back, read a stuck backlog as young. Rows from an
+        earlier run are aged against their own run's clock, so only a step between the two runs
+        shows."""
+        wall, mono = self._clock_anchor
+        return wall + timedelta(seconds=_monotonic() - mono)
+
     def outbox_backlog(self) -> int:
         """Frames produced and not yet acknowledged by the cloud (committed or queued)."""
         return self._next_seq - 1 - self._acked_seq
@@ -1161,8 +1177,8 @@ class Store:
         of the oldest unacknowledged committed row and the oldest frame still waiting for its
         commit (a store refusing commits, full or locked, holds them in memory); 0 when there
         is none. What a fleet alerts on: a backlog that is large but flowing is young, a stuck
-        one ages, also when it is stuck on the disk. Read on the wall clock, so a clock step
-        moves it."""
+        one ages, also when it is stuck on the disk. Read on `outbox_now`, so a wall-clock step
+        moves it neither way."""
         made = self._pending_since if self._pending_frames else None
         try:
             row = self._db.execute(
@@ -1174,7 +1190,7 @@ class Store:
                 made = committed if made is None else min(made, committed)
         except (sqlite3.Error, ValueError, TypeError):
             pass  # a store that cannot be read shows in last_error; what waits still ages
-        return 0.0 if made is None else max(0.0, (utcnow() - made).total_seconds())
+        return 0.0 if made is None else max(0.0, (self.outbox_now() - made).total_seconds())
 
 
 def _id_bits(action_id: str) -> tuple[int, int, int]:

@@ -550,13 +550,40 @@ def test_the_age_of_the_oldest_unacknowledged_frame(tmp_path: Path) -> None:
     store.close()
 
 
+@pytest.mark.parametrize("step_h", [1, -1], ids=["stepped_forward", "stepped_back"])
+def test_a_wall_clock_step_moves_no_frames_age(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step_h: int
+) -> None:
+    """A box that booted with its clock an hour off queues reports, then NTP steps the clock.
+    Aged on the wall clock, a flowing backlog read an hour old (the fleet's `> 600 s` alert
+    fired) or, stepped back, a stuck one read 0 (the alert never fired). Age is time passed."""
+    wall = [datetime.now(UTC)]
+    clock = [1000.0]
+    monkeypatch.setattr(store_module, "utcnow", lambda: wall[0])
+    monkeypatch.setattr(store_module, "_monotonic", lambda: clock[0])
+    store = Store.open(tmp_path / "s.db")
+    try:
+        store.outbox_put(_seq_frame)
+        assert store.flush() is True
+        clock[0] += 30
+        wall[0] += timedelta(seconds=30, hours=step_h)  # 30 s pass, and the clock is stepped
+        assert store.outbox_oldest_age_s() == pytest.approx(30, abs=0.01)
+        store.outbox_put(_seq_frame)  # queued after the step: still in order, still its age
+        assert store.flush() is True
+        store.outbox_ack(1)
+        clock[0] += 10
+        assert store.outbox_oldest_age_s() == pytest.approx(10, abs=0.01)
+    finally:
+        store.close()
+
+
 def test_frames_a_refusing_store_holds_in_memory_age_too(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A full or locked disk refuses commits: the frames waiting in memory for theirs showed an
     age of 0, so the fleet's alert on a stuck backlog (age > 600 s) never fired on a full disk."""
-    now = [datetime.now(UTC)]
-    monkeypatch.setattr(store_module, "utcnow", lambda: now[0])
+    clock = [1000.0]
+    monkeypatch.setattr(store_module, "_monotonic", lambda: clock[0])
     path = tmp_path / "s.db"
     store = Store.open(path)
     store.outbox_put(_seq_frame)
@@ -568,19 +595,19 @@ def test_frames_a_refusing_store_holds_in_memory_age_too(
     store._db.execute("PRAGMA busy_timeout = 0")
     store.outbox_put(_seq_frame)
     assert store.flush() is False
-    now[0] += timedelta(seconds=700)
+    clock[0] += 700
     store.outbox_put(_seq_frame)  # a younger one: the oldest waiting one counts
     assert store.flush() is False
     assert store.outbox_oldest_age_s() == pytest.approx(700, abs=0.01)
 
     blocker.execute("ROLLBACK")
     blocker.close()
-    now[0] += timedelta(seconds=5)
+    clock[0] += 5
     assert store.flush() is True
     assert store.outbox_after(1) == [(2, _seq_frame(2)), (3, _seq_frame(3))]
     # committed now, still not acked: the row's age, which counts from the oldest frame's queueing
     assert store.outbox_oldest_age_s() == pytest.approx(705, abs=0.01)
-    an_hour_ago = now[0] - timedelta(hours=1)
+    an_hour_ago = store.outbox_now() - timedelta(hours=1)
     store._db.execute("UPDATE outbox SET created_at = ?", (an_hour_ago.isoformat(),))
     assert store.outbox_oldest_age_s() == pytest.approx(3600, abs=0.01)
     store.outbox_ack(3)
