@@ -1166,7 +1166,10 @@ class Store:
         earlier run are aged against their own run's clock, so only a step between the two runs
         shows."""
         wall, mono = self._clock_anchor
-        return wall + timedelta(seconds=_monotonic() - mono)
+        try:
+            return wall + timedelta(seconds=_monotonic() - mono)
+        except OverflowError:  # opened with the clock at the end of year 9999: stay there
+            return datetime.max.replace(tzinfo=UTC)
 
     def outbox_backlog(self) -> int:
         """Frames produced and not yet acknowledged by the cloud (committed or queued)."""

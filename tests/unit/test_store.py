@@ -577,6 +577,26 @@ def test_a_wall_clock_step_moves_no_frames_age(
         store.close()
 
 
+def test_a_store_opened_at_the_end_of_the_calendar_still_takes_frames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outbox's clock is carried past its opening: a box whose clock read the last second
+    of year 9999 must not have every later frame fail with OverflowError."""
+    clock = [1000.0]
+    last_second = datetime.max.replace(tzinfo=UTC) - timedelta(seconds=1)
+    monkeypatch.setattr(store_module, "utcnow", lambda: last_second)
+    monkeypatch.setattr(store_module, "_monotonic", lambda: clock[0])
+    store = Store.open(tmp_path / "s.db")
+    try:
+        clock[0] += 60
+        store.outbox_put(_seq_frame)
+        assert store.flush() is True
+        assert store.outbox_after(0) == [(1, _seq_frame(1))]
+        assert 0.0 <= store.outbox_oldest_age_s() < 1  # the clock stays at the calendar's end
+    finally:
+        store.close()
+
+
 def test_frames_a_refusing_store_holds_in_memory_age_too(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
