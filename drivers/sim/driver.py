@@ -154,17 +154,23 @@ class SimDriver(Driver):
                     raise InvalidInput("code length is outside what this lock accepts")
                 if lock.holds_elsewhere(slot_id, code):
                     raise DuplicateCode.in_slot(slot_id)
-                lock.write_slot(slot_id, code)
+                # like the radio drivers: a slot that already holds the code is not written,
+                # and what did not change is not reported as a change
                 if lock.read_slot(slot_id) != code:
-                    raise CodeNotConfirmed(f"slot {slot_id} did not read back the code written")
-                self._emit(lock, EventName.CODE_SET, {"slot_id": slot_id, "method": "remote"})
+                    lock.write_slot(slot_id, code)
+                    if lock.read_slot(slot_id) != code:
+                        raise CodeNotConfirmed(f"slot {slot_id} did not read back the code written")
+                    self._emit(lock, EventName.CODE_SET, {"slot_id": slot_id, "method": "remote"})
                 result = ActionResult(details={"slot_id": slot_id})
             case ClearCode(slot_id=slot_id):
                 self._check_slot(slot_id)
-                lock.clear_slot(slot_id)
                 if lock.read_slot(slot_id) is not None:
-                    raise CodeNotConfirmed(f"slot {slot_id} still holds a code")
-                self._emit(lock, EventName.CODE_REMOVED, {"slot_id": slot_id, "method": "remote"})
+                    lock.clear_slot(slot_id)
+                    if lock.read_slot(slot_id) is not None:
+                        raise CodeNotConfirmed(f"slot {slot_id} still holds a code")
+                    self._emit(
+                        lock, EventName.CODE_REMOVED, {"slot_id": slot_id, "method": "remote"}
+                    )
                 result = ActionResult(details={"slot_id": slot_id})
         if self._config.battery_drain_per_action > 0:
             if lock.drain(self._config.battery_drain_per_action):

@@ -8,12 +8,16 @@ What the driver does, and what the test stack (zwave-js mock-server 15.29.0) can
   silently ignores a code of another length is caught by the read-back (`code_not_confirmed`).
 - lock/unlock: Door Lock Operation Set, then Operation Get; done only when the lock reports the
   new bolt state. Supervision failure -> `device_error`; no answer -> `timeout`.
-- set_code/clear_code: User Code Set, then User Code Get from the device. A lock that masks codes
-  in its reports ("****") is confirmed by its Access Control "new user code added" notification
-  instead. A confirmed set or clear reports `code set on device` or `code removed from device`
-  at once; a re-check after `code_recheck_s` reports `code dropped by device` if the lock lost
-  the code since. A lock that refuses a PIN another slot holds (Access Control 0x0F) fails the
-  set with `duplicate_code`; one that drops it without a word fails with `code_not_confirmed`.
+- set_code/clear_code: User Code Get first: a slot that already holds the code (or, for a
+  clear, no code) is not written and no change is reported. Then User Code Set, then User Code
+  Get from the device. A lock that masks codes in its reports ("****") is confirmed by its
+  Access Control "new user code added" notification instead; its slot cannot show which code
+  it holds, so the code is written again, and reported unless the driver confirmed this very
+  code there and has heard of no change to the slot since. A confirmed set or clear reports
+  `code set on device` or `code removed from device` at once; a re-check after
+  `code_recheck_s` reports `code dropped by device` if the lock lost the code since. A lock
+  that refuses a PIN another slot holds (Access Control 0x0F) fails the set with
+  `duplicate_code`; one that drops it without a word fails with `code_not_confirmed`.
 - Supervision: zwave-js supervises Door Lock Operation Set and User Code Set on a lock that
   supports Supervision CC, and invoke_cc_api answers the lock's SupervisionResult ({"status": 2}
   for Fail). A lock that answers Fail did not do it: lock/unlock fails with `device_error`, a

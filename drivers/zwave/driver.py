@@ -126,6 +126,9 @@ class _Lock:
     # (slot, code present, until when, on time.monotonic) of our own sets and clears whose
     # "user code added/deleted" notification may still come: it is the lock confirming them
     own_codes: list[tuple[int, bool, float]] = field(default_factory=list)
+    # slot -> keyed hash of the code we last wrote and saw confirmed there, on a lock that masks
+    # codes (its read-back cannot show it); dropped when anything else may have changed the slot
+    confirmed: dict[int, bytes] = field(default_factory=dict)
 
     def expect_echo(self, slot: int, present: bool) -> None:
         now = time.monotonic()
@@ -457,6 +460,7 @@ class ZWaveDriver(Driver):
             for fut in lock.code_waiters.values():
                 fut.cancel()
             lock.code_waiters.clear()
+            lock.confirmed.clear()  # a keypad change may come while the link is down, unheard
 
     def _check_settled(self) -> None:
         client = self._client
@@ -690,6 +694,7 @@ class ZWaveDriver(Driver):
             if waiter is not None and not waiter.done():
                 waiter.set_result(bool(notice.code_present))
             elif not lock.is_own_echo(notice.slot_id, bool(notice.code_present)):
+                lock.confirmed.pop(notice.slot_id, None)
                 name = EventName.CODE_SET if notice.code_present else EventName.CODE_REMOVED
                 self._emit(did, name, {"slot_id": notice.slot_id, "method": "keypad"})
         elif notice.kind == "code_duplicate":
@@ -764,6 +769,27 @@ class ZWaveDriver(Driver):
             )
 
     async def _set_code(self, lock: _Lock, node: Node, slot: int, digits: str) -> ActionResult:
+        # The slot as the lock holds it now, so that a code it already holds is neither written
+        # again nor reported as a change.
+        digest = self._digest(digits)
+        status, held = await commands.read_slot(node, slot)
+        if (
+            status == commands.USER_ENABLED
+            and held.isascii()  # compare_digest takes no other str; a code is digits
+            and hmac.compare_digest(held, digits)
+        ):
+            self._schedule_recheck(lock, slot, digest)
+            log.info("zwave.code_already_set", device_id=lock.device_id, slot_id=slot)
+            return ActionResult({"slot_id": slot})
+        # A lock that masks codes cannot show which one it holds: the code is written again, and
+        # reported unless we confirmed this very code there and heard of no change since.
+        ours = lock.confirmed.pop(slot, None)
+        unchanged = (
+            status == commands.USER_ENABLED
+            and commands.is_masked(held)
+            and ours is not None
+            and hmac.compare_digest(ours, digest)
+        )
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[bool] = loop.create_future()
         refusal: asyncio.Future[None] = loop.create_future()
@@ -793,12 +819,26 @@ class ZWaveDriver(Driver):
             lock.code_refusal = None
         if not waiter.done():  # its notification, if the lock sends one, is still to come
             lock.expect_echo(slot, True)
-        self._schedule_recheck(lock, slot, self._digest(digits))
-        log.info("zwave.code_set", device_id=lock.device_id, slot_id=slot, masked=lock.masked)
-        self._emit(lock.device_id, EventName.CODE_SET, {"slot_id": slot, "method": "remote"})
+        if commands.is_masked(read):
+            lock.confirmed[slot] = digest
+        self._schedule_recheck(lock, slot, digest)
+        log.info(
+            "zwave.code_set",
+            device_id=lock.device_id,
+            slot_id=slot,
+            masked=lock.masked,
+            unchanged=unchanged,
+        )
+        if not unchanged:
+            self._emit(lock.device_id, EventName.CODE_SET, {"slot_id": slot, "method": "remote"})
         return ActionResult({"slot_id": slot})
 
     async def _clear_code(self, lock: _Lock, node: Node, slot: int) -> ActionResult:
+        lock.confirmed.pop(slot, None)
+        status, _ = await commands.read_slot(node, slot)
+        if status == commands.USER_AVAILABLE:  # nothing to clear, and no change to report
+            log.info("zwave.code_already_clear", device_id=lock.device_id, slot_id=slot)
+            return ActionResult({"slot_id": slot})
         lock.expect_echo(slot, False)  # a masked lock says "user code deleted" as it clears
         await commands.clear_slot(node, slot)
         status, _ = await commands.read_slot(node, slot)
@@ -885,6 +925,7 @@ class ZWaveDriver(Driver):
             # the code just written, or just removed, as dropped.
             return
         if not present:  # "code set on device" went out when the set was confirmed
+            lock.confirmed.pop(item.slot, None)
             self._emit(lock.device_id, EventName.CODE_DROPPED, {"slot_id": item.slot})
 
     # ------------------------------------------------------------------ pairing

@@ -19,6 +19,7 @@ from gatewayd.model import (
     EventName,
     GatewayError,
     Lock,
+    PinCode,
     SetCode,
     Unlock,
 )
@@ -155,6 +156,71 @@ async def test_clear_code_is_confirmed(
 
     event = await next_event(sink, device.id, EventName.CODE_REMOVED, mark)
     assert event.details == {"slot_id": slot, "method": "remote"}  # the same on every driver
+
+
+def _code_events(sink: RecordingSink, device_id: str, mark: int) -> list[tuple[str, int]]:
+    names = (EventName.CODE_SET, EventName.CODE_REMOVED)
+    return [
+        (str(e.event_name), e.details["slot_id"])
+        for e in sink.events[mark:]
+        if e.device_id == device_id and e.event_name in names
+    ]
+
+
+async def test_setting_the_code_a_slot_holds_completes_and_reports_no_change(
+    harness: Harness, driver: Driver, sink: RecordingSink
+) -> None:
+    """A set_code sent again (a cloud retry, a user saving twice) finds the code in place: it
+    completes, and no second `code set on device` tells the account a code changed. Before,
+    every driver reported it again."""
+    device = a_lock(sink)
+    pin, slot = distinctive_pin(device), code_slot(device)
+    await act(harness, driver, device.id, SetCode(slot_id=slot, code=pin))
+    await anyio.sleep(SETTLE_S)  # the first set's notices are in by now
+    mark = len(sink.events)
+
+    result = await act(harness, driver, device.id, SetCode(slot_id=slot, code=pin))
+
+    assert result.details == {"slot_id": slot}
+    await anyio.sleep(SETTLE_S)  # a report of the second set, or the lock's notice, is in by now
+    assert _code_events(sink, device.id, mark) == []
+
+
+async def test_clearing_an_empty_slot_completes_and_reports_nothing(
+    harness: Harness, driver: Driver, sink: RecordingSink
+) -> None:
+    """A clear_code of a slot that holds no code completes with no `code removed from
+    device`: nothing was removed."""
+    device = a_lock(sink)
+    slot = code_slot(device)
+    await act(harness, driver, device.id, SetCode(slot_id=slot, code=distinctive_pin(device)))
+    await act(harness, driver, device.id, ClearCode(slot_id=slot))
+    await anyio.sleep(SETTLE_S)
+    mark = len(sink.events)
+
+    result = await act(harness, driver, device.id, ClearCode(slot_id=slot))
+
+    assert result.details == {"slot_id": slot}
+    await anyio.sleep(SETTLE_S)
+    assert _code_events(sink, device.id, mark) == []
+
+
+async def test_a_new_code_in_a_slot_that_holds_one_is_reported(
+    harness: Harness, driver: Driver, sink: RecordingSink
+) -> None:
+    """Only the same code is no change: another code in the same slot is one, reported once."""
+    device = a_lock(sink)
+    pin, slot = distinctive_pin(device), code_slot(device)
+    other = PinCode(pin.reveal()[::-1])
+    await act(harness, driver, device.id, SetCode(slot_id=slot, code=pin))
+    await anyio.sleep(SETTLE_S)
+    mark = len(sink.events)
+
+    await act(harness, driver, device.id, SetCode(slot_id=slot, code=other))
+
+    await next_event(sink, device.id, EventName.CODE_SET, mark)
+    await anyio.sleep(SETTLE_S)
+    assert _code_events(sink, device.id, mark) == [(str(EventName.CODE_SET), slot)]
 
 
 async def test_a_dropped_code_is_not_confirmed(

@@ -80,6 +80,59 @@ async def test_a_clear_read_back_as_digits_under_status_0xff_is_not_confirmed(
             await driver.execute(dev, ClearCode(slot_id=3))
 
 
+# ------------------------------------------------------------------ set_code, the same code again
+
+
+async def test_a_masking_lock_given_the_code_it_holds_again_reports_no_change(
+    tmp_path: Path,
+) -> None:
+    """The Yale profile masks its read-back, so the slot cannot show which code it holds. A
+    code we wrote and saw confirmed, sent again, is written again and is no change to report,
+    until something says the slot changed: here a code stored at the keypad. The same set is
+    then a change again, reported. Before, every repeat was reported as a new code."""
+    sink = HistorySink()
+    async with running(tmp_path, sink) as driver:
+        dev, vlock = by_native(sink, YALE), virtual(driver, YALE)
+        assert vlock.profile.masked_readback
+        await driver.execute(dev, SetCode(slot_id=3, code=PinCode("1357")))
+        await settled_events(sink, 0)
+        mark = len(sink.events)
+
+        await driver.execute(dev, SetCode(slot_id=3, code=PinCode("1357")))
+        assert await settled_events(sink, mark) == []
+
+        vlock.program_at_keypad(3, "2468")
+        await sink.wait_event(dev, EventName.CODE_SET, after=mark)
+        mark = len(sink.events)
+        await driver.execute(dev, SetCode(slot_id=3, code=PinCode("1357")))
+        assert vlock.mem.pins[3] == "1357"
+        assert await settled_events(sink, mark) == [(EventName.CODE_SET, "remote")]
+
+
+@pytest.mark.parametrize("ieee", [GENERIC, YALE], ids=["zcl", "masking"])
+async def test_a_code_set_again_after_the_lock_left_and_came_back_is_reported(
+    tmp_path: Path, ieee: str
+) -> None:
+    """While a lock is off the network nothing it does is heard: a set of the code we wrote
+    before is reported again on a lock that masks codes; one that reads codes back shows it."""
+    sink = HistorySink()
+    async with running(tmp_path, sink) as driver:
+        dev, vlock = by_native(sink, ieee), virtual(driver, ieee)
+        await driver.execute(dev, SetCode(slot_id=4, code=PinCode("8642")))
+        await settled_events(sink, 0)
+        await driver.simulate(dev, Simulation.OFFLINE, {})
+        await sink.wait_for(lambda: sink.devices[dev].properties.online is False)
+        await driver.simulate(dev, Simulation.ONLINE, {})
+        await sink.wait_for(lambda: sink.devices[dev].properties.online is True)
+        await settled_events(sink, 0)
+        mark = len(sink.events)
+
+        await driver.execute(dev, SetCode(slot_id=4, code=PinCode("8642")))
+
+        expected = [(EventName.CODE_SET, "remote")] if vlock.profile.masked_readback else []
+        assert await settled_events(sink, mark) == expected
+
+
 # ------------------------------------------------------------------ set_code, late event
 
 

@@ -15,6 +15,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from drivers.zwave import ZWaveDriver
+from drivers.zwave.events import AC_CODE_ADDED, ACCESS_CONTROL
 from gatewayd.driver import Simulation
 from gatewayd.model import (
     ClearCode,
@@ -188,6 +189,41 @@ async def test_a_masked_lock_confirming_our_own_clear_is_not_a_keypad_change(
     await anyio.sleep(2.5)  # the lock's notification and the clear's re-check are in
     after = [(e.event_name, e.details) for e in sink.events[mark:] if e.device_id == dev]
     assert after == [(EventName.CODE_REMOVED, {"slot_id": 2, "method": "remote"})]
+
+
+def _code_events(sink: RecordingSink, dev: str, mark: int) -> list[tuple[str, Any]]:
+    names = (EventName.CODE_SET, EventName.CODE_REMOVED)
+    return [
+        (str(e.event_name), e.details.get("method"))
+        for e in sink.events[mark:]
+        if e.device_id == dev and e.event_name in names
+    ]
+
+
+async def test_a_masked_lock_given_the_code_it_holds_again_reports_no_change(
+    zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack
+) -> None:
+    """The Kwikset mock reads codes back as ****, so the slot cannot show which code it holds.
+    A code we wrote and saw confirmed, sent again, is written again and is no change to report,
+    until something says the slot changed: here "user code added" from the keypad. The same
+    set is then a change again, reported. Before, every repeat was reported as a new code."""
+    driver, sink = zwave
+    dev = sink.ids[native_id(4)]
+    await driver.execute(dev, SetCode(slot_id=2, code=PinCode("13579")))
+    await anyio.sleep(2.5)  # past the set's notification and re-check (code_recheck_s)
+    mark = len(sink.events)
+
+    await driver.execute(dev, SetCode(slot_id=2, code=PinCode("13579")))
+    await anyio.sleep(1.0)  # the lock's notification of the write is in
+    assert _code_events(sink, dev, mark) == []
+
+    zwave_stack.control(4, "notify_raw", type=ACCESS_CONTROL, event=AC_CODE_ADDED, params=[2])
+    await sink.wait_event(dev, EventName.CODE_SET, after=mark)
+    assert _code_events(sink, dev, mark) == [("code set on device", "keypad")]
+    mark = len(sink.events)
+    await driver.execute(dev, SetCode(slot_id=2, code=PinCode("13579")))
+    await anyio.sleep(1.0)
+    assert _code_events(sink, dev, mark) == [("code set on device", "remote")]
 
 
 async def test_set_and_clear_are_reported_when_confirmed_even_with_the_recheck_off(

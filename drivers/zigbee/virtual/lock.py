@@ -151,8 +151,10 @@ class VirtualLock:
         self._tasks: set[asyncio.Task[None]] = set()
         self.on_leave: Callable[[VirtualLock], None] | None = None
         self._garbage = False
-        # the next get_pin_code answer as (user_status, raw code bytes), whatever the lock holds
+        # the answer (user_status, raw code bytes), whatever the lock holds, to the get_pin_code
+        # that follows the next set or clear: its read-back
         self.odd_readback: tuple[int, bytes] | None = None
+        self._wrote_pin = False
 
     @property
     def ieee(self) -> Any:
@@ -455,7 +457,11 @@ class VirtualLock:
         except (ValueError, KeyError):
             self._default_rsp(cid, hdr, src_ep, foundation.Status.MALFORMED_COMMAND)
             return
-        fault, self.fault_once = self.fault_once, None
+        fault = self.fault_once
+        if cmd_def.id != server.get_pin_code.id or fault in ("no_reply", "garbage"):
+            self.fault_once = None  # a read is not what a write's fault (refuse, drop...) hits
+        else:
+            fault = None
         if fault == "no_reply":
             return
         self._garbage = fault == "garbage"
@@ -470,6 +476,7 @@ class VirtualLock:
                 code = OpEvent.Lock if locking else OpEvent.Unlock
                 self._move(target, OpSource.RF, code, 0)
         elif cmd_def.id == server.set_pin_code.id:
+            self._wrote_pin = True
             pin = str(args.pin_code)
             p = self.profile
             if not refuse and not (
@@ -487,9 +494,9 @@ class VirtualLock:
                 self.mem.pins[int(args.user_id)] = pin
                 self._changed()
                 self._programming(ProgEvent.PINCodeAdded, int(args.user_id))
-        elif cmd_def.id == server.get_pin_code.id and self.odd_readback is not None:
+        elif cmd_def.id == server.get_pin_code.id and self.odd_readback and self._wrote_pin:
             user_status, raw = self.odd_readback
-            self.odd_readback = None
+            self.odd_readback, self._wrote_pin = None, False
             rsp_hdr = foundation.ZCLHeader.cluster(
                 tsn=hdr.tsn,
                 command_id=client.get_pin_code_response.id,
@@ -505,6 +512,7 @@ class VirtualLock:
             )
             self._emit(packet)
         elif cmd_def.id == server.get_pin_code.id:
+            self._wrote_pin = False
             uid = int(args.user_id)
             stored = self.mem.pins.get(uid)
             user_status = DoorLock.UserStatus.Enabled if stored else DoorLock.UserStatus.Available
@@ -520,6 +528,7 @@ class VirtualLock:
                 code=code,
             )
         elif cmd_def.id == server.clear_pin_code.id:
+            self._wrote_pin = True
             self._reply(cid, hdr, client.clear_pin_code_response, src_ep, status=status)
             if not refuse and fault != "drop_code":
                 self.mem.pins.pop(int(args.user_id), None)
@@ -538,11 +547,17 @@ class VirtualLock:
         else:
             self._send_programming(code, user_id)
 
-    def _send_programming(self, code: Any, user_id: int) -> None:
+    def program_at_keypad(self, user_id: int, pin: str) -> None:
+        """Someone with the master code stores a PIN at the keypad; the lock says so."""
+        self.mem.pins[user_id] = pin
+        self._changed()
+        self._send_programming(ProgEvent.PINCodeAdded, user_id, OpSource.Keypad)
+
+    def _send_programming(self, code: Any, user_id: int, source: Any = OpSource.RF) -> None:
         self._unsolicited(
             DoorLock.cluster_id,
             DoorLock.ClientCommandDefs.programming_event_notification,
-            program_event_source=OpSource.RF,
+            program_event_source=source,
             program_event_code=code,
             user_id=user_id,
             pin="",

@@ -26,7 +26,8 @@
 //   mode_raw {mode} (a Door Lock operation report with any currentMode), battery_raw {level}
 //   (a Battery report with any level byte, e.g. 255: "battery low"), user_code_raw {slot_id,
 //   status, code: [bytes]} (an unsolicited User Code report with any bytes as the code), and
-//   readback_raw {status, code: [bytes]} (the next User Code Get is answered with these).
+//   readback_raw {status, code: [bytes]} (the User Code Get that follows the next User Code
+//   Set, its read-back, is answered with these).
 // POST /controller/reset: reset every lock in the network, and if the lock that waited for
 //   inclusion has joined, put a new one (same model, next free node id) in inclusion mode.
 //   Returns {nodes: [ids], pending: id|null}.
@@ -90,7 +91,8 @@ exports.default = function mockConfig({ require: req }) {
 		duplicates: "notify",
 		door: 1, // 0 open, 1 closed
 		lastNotification: { 6: 0, 7: 0, 8: 0 },
-		readback: undefined, // readback_raw: the next User Code Get's answer
+		readback: undefined, // readback_raw: the answer to the read-back of the next User Code Set
+		wrote: false, // a User Code Set came since the last User Code Get
 	});
 	const st = (self) => {
 		if (!self.state.has("gw")) self.state.set("gw", fresh());
@@ -234,7 +236,9 @@ exports.default = function mockConfig({ require: req }) {
 						}),
 					};
 				}
-				if (s.readback) {
+				const afterWrite = s.wrote;
+				s.wrote = false;
+				if (s.readback && afterWrite) {
 					const odd = s.readback;
 					s.readback = undefined;
 					return {
@@ -256,6 +260,7 @@ exports.default = function mockConfig({ require: req }) {
 				};
 			}
 			if (received instanceof cc.UserCodeCCSet) {
+				s.wrote = true;
 				const slot = received.userId;
 				if (slot < 1 || slot > lock.numUsers) return { action: "fail" };
 				const clearing = received.userIdStatus === cc.UserIDStatus.Available;
