@@ -3,7 +3,9 @@ locks, an unreachable cloud and a Zigbee stick that is not plugged in."""
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,8 @@ pytestmark = pytest.mark.stack
 
 PIN = "480613"
 MISSING_STICK = "/dev/ttyUSB-gatewayd-test-missing"
+# a gateway name that ends shell single quotes, and runs a command if they are not escaped
+QUOTED_NAME = "Mary's door'; touch pwned; echo '"
 
 
 class Box:
@@ -48,20 +52,19 @@ class Box:
         raise AssertionError(f"action {action_id} did not finish")
 
 
-def start_box(tmp_path: Path, *, missing_stick: bool) -> Box:
+def start_box(tmp_path: Path, *, missing_stick: bool, name: str = "test gateway") -> Box:
     port = free_port()
     cfg = tmp_path / "gatewayd.toml"
     zigbee = f'[drivers.zigbee]\nenabled = true\nradio_type = "znp"\ndevice = "{MISSING_STICK}"\n'
     cloud = f"ws://127.0.0.1:{free_port()}/v1/gateway/tunnel"  # nothing listens there
-    cfg.write_text(
-        config_text(
-            tmp_path / "state",
-            status_port=port,
-            latency_ms=150,
-            cloud_url=cloud,
-            extra=zigbee if missing_stick else "",
-        )
+    text = config_text(
+        tmp_path / "state",
+        status_port=port,
+        latency_ms=150,
+        cloud_url=cloud,
+        extra=zigbee if missing_stick else "",
     )
+    cfg.write_text(text.replace('name = "test gateway"', f"name = {json.dumps(name)}"))
     proc = DaemonProcess(cfg, tmp_path / "daemon.log").start()
     try:
         proc.wait_healthy(port, timeout=60)
@@ -184,3 +187,25 @@ def test_page_reads_on_a_phone(browser: Browser, phone_box: Box) -> None:
     assert size >= 13
     page.screenshot(path=artifact("status_page_phone.png"), full_page=True)
     page.context.close()
+
+
+def test_claim_command_keeps_a_quoted_gateway_name_in_its_argument(
+    browser: Browser, tmp_path: Path
+) -> None:
+    """The claim command put the name's JSON in shell single quotes as it was: a ' in the name
+    ended them, and the command pasted from the page broke, or ran what followed."""
+    box = start_box(tmp_path, missing_stick=False, name=QUOTED_NAME)
+    try:
+        token = box.status()["gateway"]["registration_token"]
+        page = open_page(browser, box)
+        shown = page.locator("#claim-cmd")
+        expect(shown).to_contain_text("/register_gateway")
+        # as a POSIX shell reads it: backslash-newline continues the line
+        words = shlex.split((shown.text_content() or "").replace("\\\n", ""))
+        assert words[0] == "curl", words
+        body = json.loads(words[words.index("-d") + 1])
+        assert body == {"registration_token": token, "name": QUOTED_NAME}
+        assert words[-1] == "$API_URL/v1/locations/$LOCATION_ID/register_gateway", words
+        page.context.close()
+    finally:
+        box.proc.kill()
