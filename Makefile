@@ -19,8 +19,9 @@ lint: setup
 test: test-setup lint
 	$(BIN)/pytest
 
+# `make demo ARGS="--status-port 0 --dir demo"` passes options on to `gatewayd demo`
 demo: setup
-	$(BIN)/gatewayd demo
+	$(BIN)/gatewayd demo $(ARGS)
 
 bench: setup
 	$(BIN)/python -m bench

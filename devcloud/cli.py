@@ -29,7 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, required=True, help="0 picks a free port")
     serve.add_argument("--db", required=True, help="SQLite file")
     serve.add_argument(
-        "--api-key", default=os.environ.get("DEVCLOUD_API_KEY"), help="or DEVCLOUD_API_KEY"
+        "--api-key",
+        default=os.environ.get("DEVCLOUD_API_KEY"),
+        help="the REST API key; or DEVCLOUD_API_KEY, which keeps it out of `ps`",
     )
     serve.add_argument("--webhook", action="append", default=[], metavar="URL")
     serve.add_argument(

@@ -285,9 +285,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from gatewayd.demo import run_demo
+    from gatewayd.demo import DemoError, run_demo
 
-    return run_demo(args)
+    try:
+        return run_demo(args)
+    except DemoError as exc:
+        print(f"gatewayd demo: {exc}", file=sys.stderr)
+        return exc.code
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import secrets
 import shlex
 import subprocess
@@ -22,7 +23,7 @@ import anyio
 from gatewayd import logging as gwlog
 from gatewayd.config import ConfigError, parse_config
 from gatewayd.daemon import Daemon
-from gatewayd.status import find_listen_error
+from gatewayd.status import ListenError
 
 READY_LINE = "gatewayd demo is ready"
 
@@ -48,11 +49,29 @@ latency_ms = 150
 
 
 class DemoError(Exception):
-    """Why the demo cannot run, in one line for the terminal."""
+    """Why the demo cannot run, in one line for the terminal; `gatewayd demo` exits with `code`."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _port_hint(flag: str) -> str:
+    return f'({flag} 0 takes a free port; with make: make demo ARGS="{flag} 0")'
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    """The exception itself or, for a task group's, the first one it holds (a DemoError or a
+    ListenError before any other)."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    leaves = [_first_leaf(inner) for inner in exc.exceptions]
+    return next((e for e in leaves if isinstance(e, DemoError | ListenError)), leaves[0])
 
 
 def start_cloud(work: Path, api_key: str, port: int) -> tuple[subprocess.Popen[bytes], int]:
-    """Start `devcloud serve` and return it with the port it listens on."""
+    """Start `devcloud serve` and return it with the port it listens on. The API key goes in its
+    environment: an argument would show in `ps` to every user of the machine."""
     out = work / "devcloud.out"
     with out.open("wb") as sink, (work / "devcloud.log").open("wb") as err:
         proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module, fixed arguments
@@ -65,8 +84,6 @@ def start_cloud(work: Path, api_key: str, port: int) -> tuple[subprocess.Popen[b
                 str(port),
                 "--db",
                 str(work / "devcloud.db"),
-                "--api-key",
-                api_key,
                 "--handoff-timeout",
                 "10",
                 "--log-format",
@@ -74,12 +91,15 @@ def start_cloud(work: Path, api_key: str, port: int) -> tuple[subprocess.Popen[b
             ],
             stdout=sink,
             stderr=err,
+            env={**os.environ, "DEVCLOUD_API_KEY": api_key},
         )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             said = (work / "devcloud.log").read_text(errors="replace").strip().splitlines()
-            raise DemoError(said[-1] if said else f"devcloud exited with {proc.returncode}")
+            why = said[-1] if said else f"devcloud exited with {proc.returncode}"
+            hint = f" {_port_hint('--cloud-port')}" if "cannot listen" in why else ""
+            raise DemoError(why + hint)
         for line in out.read_text().splitlines():
             if line.startswith("devcloud listening on "):
                 return proc, int(line.rsplit(":", 1)[1])
@@ -88,33 +108,56 @@ def start_cloud(work: Path, api_key: str, port: int) -> tuple[subprocess.Popen[b
     raise DemoError("devcloud did not start within 30 s")
 
 
+async def _call(
+    http: aiohttp.ClientSession, method: str, url: str, body: dict[str, Any] | None = None
+) -> Any:
+    """One REST call to the cloud: its JSON, or a DemoError with the cloud's own message."""
+    path = "/v1/" + url.split("/v1/", 1)[-1]
+    try:
+        async with http.request(method, url, json=body) as r:
+            answer = await r.json()
+    except (aiohttp.ClientError, ValueError) as exc:
+        raise DemoError(f"{method} {path}: no answer from the cloud ({exc})") from None
+    if r.status != 200:
+        error = answer.get("error") if isinstance(answer, dict) else None
+        why = error.get("message") if isinstance(error, dict) else None
+        raise DemoError(f"{method} {path}: the cloud answered {r.status}: {why or answer}")
+    return answer
+
+
 async def claim(daemon: Daemon, api: str, api_key: str) -> dict[str, Any]:
-    """Create a location and claim the daemon with its registration token, as a user would."""
+    """Create a location and claim the daemon with its registration token, as a user would; a
+    gateway a run before in the same --dir claimed is looked up in the cloud instead."""
     assert daemon.store is not None
-    auth = aiohttp.BasicAuth(api_key, "")
-    with anyio.fail_after(30):
-        while daemon.tunnel is None or not daemon.tunnel.up:  # noqa: ASYNC110 - polls a property
-            await anyio.sleep(0.05)
-    async with aiohttp.ClientSession(auth=auth) as http:
-        house = {"name": "Demo house", "timezone": "UTC"}
-        async with http.post(f"{api}/v1/locations", json=house) as r:
-            location = await r.json()
-        token = daemon.store.identity().registration_token
-        async with http.post(
-            f"{api}/v1/locations/{location['id']}/register_gateway",
-            json={"registration_token": token, "name": "demo gateway"},
-        ) as r:
-            gateway: dict[str, Any] = await r.json()
-            if r.status != 200:
-                raise RuntimeError(f"claim failed: {gateway}")
+    try:
         with anyio.fail_after(30):
-            while True:
-                async with http.get(f"{api}/v1/devices") as r:
-                    devices = await r.json()
-                if len(devices) >= len(daemon.registry.devices()) > 0:  # type: ignore[union-attr]
-                    break
-                await anyio.sleep(0.1)
-    return {"location": location, "gateway": gateway, "devices": devices}
+            while daemon.tunnel is None or not daemon.tunnel.up:  # noqa: ASYNC110 - polls a property
+                await anyio.sleep(0.05)
+    except TimeoutError:
+        raise DemoError("the gateway did not connect to the cloud within 30 s") from None
+    identity = daemon.store.identity()
+    async with aiohttp.ClientSession(auth=aiohttp.BasicAuth(api_key, "")) as http:
+        if identity.claimed:
+            gateway = await _call(http, "GET", f"{api}/v1/gateways/{identity.gateway_id}")
+        else:
+            house = {"name": "Demo house", "timezone": "UTC"}
+            location = await _call(http, "POST", f"{api}/v1/locations", house)
+            gateway = await _call(
+                http,
+                "POST",
+                f"{api}/v1/locations/{location['id']}/register_gateway",
+                {"registration_token": identity.registration_token, "name": "demo gateway"},
+            )
+        try:
+            with anyio.fail_after(30):
+                while True:
+                    devices = await _call(http, "GET", f"{api}/v1/devices")
+                    if len(devices) >= len(daemon.registry.devices()) > 0:  # type: ignore[union-attr]
+                        break
+                    await anyio.sleep(0.1)
+        except TimeoutError:
+            raise DemoError("the gateway's locks did not reach the cloud within 30 s") from None
+    return {"gateway": gateway, "devices": devices}
 
 
 def gatewayd_command() -> str:
@@ -143,14 +186,16 @@ def guide(
         f"Status page: {status}/    Logs: {work}",
         f"In a terminal: {gatewayd_command()} status -c {shlex.quote(str(config))}",
         "",
-        "Try it, in this order (each action prints its action request, which moves to completed):",
+        "Try it, one command at a time (each action prints its action request, which moves to"
+        " completed):",
         f"  {post(f'/v1/devices/{device}/actions/unlock')}",
         f"  {post(f'/v1/devices/{device}/actions/lock')}",
         f"  {post(f'/v1/devices/{device}/actions/set_code', {'code': '1234', 'slot_id': 3})}",
-        "Someone types that code at the keypad (a simulated person at the door):",
+        "Once set_code's action request shows completed (follow it as shown below), someone"
+        " types that code at the keypad (a simulated person at the door):",
         f"  curl -s -X POST {status}/simulate -d "
         f"'{json.dumps({'device_id': device, 'what': 'keypad_unlock', 'params': {'slot_id': 3}})}'",
-        "Clear the code again, and open the pairing window (a simulated lock joins):",
+        "Then clear the code again, and open the pairing window (a simulated lock joins):",
         f"  {post(f'/v1/devices/{device}/actions/clear_code', {'slot_id': 3})}",
         f"  {post(f'/v1/gateways/{gateway_id}/actions/pair_devices', {'duration': 30})}",
         "Follow one action request (use the id an action printed):",
@@ -165,68 +210,26 @@ def guide(
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    """Run the demo until Ctrl-C; a DemoError says in one line why it cannot."""
     if args.locks < 1:
         # claim() waits for the locks to reach the cloud, and the guide's commands act on one
-        print(
-            "gatewayd demo: --locks must be at least 1 (the commands it prints act on a lock)",
-            file=sys.stderr,
-        )
-        return 2
+        raise DemoError("--locks must be at least 1 (the commands it prints act on a lock)", 2)
     with tempfile.TemporaryDirectory(prefix="gatewayd-demo-") as tmp:
         # absolute: the config refuses a relative state_dir
         work = Path(args.dir or tmp).resolve()
         work.mkdir(parents=True, exist_ok=True)
         api_key = "demo_" + secrets.token_urlsafe(12)
-        try:
-            cloud, cloud_port = start_cloud(work, api_key, args.cloud_port)
-        except DemoError as exc:
-            print(f"gatewayd demo: {exc} (--cloud-port 0 takes a free port)", file=sys.stderr)
-            return 1
+        cloud, cloud_port = start_cloud(work, api_key, args.cloud_port)
         try:
             try:
                 cfg = parse_config(
                     demo_config(work / "gateway", args.locks, args.status_port, cloud_port)
                 )
             except ConfigError as exc:  # e.g. more locks than the simulator takes
-                print(f"gatewayd demo: {exc}", file=sys.stderr)
-                return 2
-            log_stream = (work / "gatewayd.log").open("a", encoding="utf-8")
-            gwlog.configure("info", "json", log_stream)
-            daemon = Daemon(cfg, handle_signals=True)
-            api = f"http://127.0.0.1:{cloud_port}"
-
-            async def main() -> None:
-                async with anyio.create_task_group() as tg:
-
-                    async def serve() -> None:
-                        await daemon.run()
-                        # stopped (Ctrl-C): nothing more to wait for, a claim under way included
-                        tg.cancel_scope.cancel()
-
-                    tg.start_soon(serve)
-                    await daemon.wait_started()
-                    claimed = await claim(daemon, api, api_key)
-                    assert daemon.status_port is not None
-                    status = f"http://127.0.0.1:{daemon.status_port}"
-                    # the daemon's config with the port it got, for `gatewayd status|token -c`
-                    config = work / "gatewayd.toml"
-                    config.write_text(
-                        demo_config(work / "gateway", args.locks, daemon.status_port, cloud_port)
-                    )
-                    print(guide(api, api_key, status, claimed, work, config), flush=True)
-
-            try:
-                with contextlib.suppress(KeyboardInterrupt):
-                    anyio.run(main)
-            except Exception as exc:
-                if (taken := find_listen_error(exc)) is None:
-                    raise
-                print(
-                    f"gatewayd demo: {taken} (--status-port 0 takes a free port)", file=sys.stderr
-                )
-                return 1
-            finally:
-                log_stream.close()
+                raise DemoError(str(exc), 2) from None
+            with (work / "gatewayd.log").open("a", encoding="utf-8") as log_stream:
+                gwlog.configure("info", "json", log_stream)
+                _run_daemon(Daemon(cfg, handle_signals=True), args, work, api_key, cloud_port)
         finally:
             cloud.terminate()
             try:
@@ -234,3 +237,45 @@ def run_demo(args: argparse.Namespace) -> int:
             except subprocess.TimeoutExpired:
                 cloud.kill()
     return 0
+
+
+def _run_daemon(
+    daemon: Daemon, args: argparse.Namespace, work: Path, api_key: str, cloud_port: int
+) -> None:
+    """Run the daemon, claim it and print the guide; until Ctrl-C."""
+    api = f"http://127.0.0.1:{cloud_port}"
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+
+            async def serve() -> None:
+                await daemon.run()
+                # stopped (Ctrl-C): nothing more to wait for, a claim under way included
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(serve)
+            await daemon.wait_started()
+            claimed = await claim(daemon, api, api_key)
+            assert daemon.status_port is not None
+            status = f"http://127.0.0.1:{daemon.status_port}"
+            # the daemon's config with the port it got, for `gatewayd status|token -c`
+            config = work / "gatewayd.toml"
+            config.write_text(
+                demo_config(work / "gateway", args.locks, daemon.status_port, cloud_port)
+            )
+            print(guide(api, api_key, status, claimed, work, config), flush=True)
+
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            anyio.run(main)
+    except Exception as exc:  # noqa: BLE001 - logged with its traceback, told in one line
+        cause = _first_leaf(exc)
+        if isinstance(cause, DemoError):
+            raise cause from None
+        if isinstance(cause, ListenError):
+            raise DemoError(f"{cause} {_port_hint('--status-port')}") from None
+        # a defect: its traceback goes to the log, the terminal gets one line
+        gwlog.get_logger("gatewayd.demo").exception("demo.failed")
+        # a temporary --dir goes when the demo ends: the log with it
+        where = f"traceback in {work / 'gatewayd.log'}" if args.dir else "--dir keeps its log"
+        raise DemoError(f"{type(cause).__name__}: {cause} ({where})") from None

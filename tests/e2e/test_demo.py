@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shlex
 import signal
@@ -51,6 +53,14 @@ def wait_for_keypad_unlock(events_command: str) -> dict[str, Any]:
     raise AssertionError("no keypad unlock event")
 
 
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    """Kill a process started with `start_new_session` and all it started: a demo stopped by a
+    failing test must not leave its devcloud serving."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(15)
+
+
 @contextmanager
 def _demo(
     *args: str, cwd: Path, stop: signal.Signals = signal.SIGINT
@@ -65,13 +75,14 @@ def _demo(
         stderr=subprocess.STDOUT,
         text=True,
         cwd=cwd,
+        start_new_session=True,
     )
     try:
         yield proc
         proc.send_signal(stop)
         assert proc.wait(15) == 0
     finally:
-        proc.kill()
+        _kill_group(proc)
 
 
 def _until_ready(proc: subprocess.Popen[str]) -> list[str]:
@@ -158,18 +169,25 @@ def test_a_relative_demo_dir_is_taken_from_the_current_directory(tmp_path: Path)
     assert (tmp_path / "demo" / "gateway" / "gatewayd.db").exists()
 
 
-def _refused(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _refused(
+    tmp_path: Path, *args: str, argv: tuple[str, ...] = ("-m", "gatewayd.cli")
+) -> subprocess.CompletedProcess[str]:
     """`gatewayd demo ARGS` expected to end at once, with no traceback."""
-    out = subprocess.run(
-        [sys.executable, "-m", "gatewayd.cli", "demo", "--dir", str(tmp_path / "demo"), *args],
-        capture_output=True,
+    command = [sys.executable, *argv, "demo", "--dir", str(tmp_path / "demo"), *args]
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=120,
-        check=False,
         cwd=ROOT,
+        start_new_session=True,
     )
-    assert "Traceback" not in out.stderr, out.stderr
-    return out
+    try:
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        _kill_group(proc)
+    assert "Traceback" not in stderr, stderr
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
 
 
 def test_demo_with_no_locks_is_refused_in_one_line(tmp_path: Path) -> None:
@@ -211,6 +229,7 @@ def test_ctrl_c_while_the_demo_is_claiming_exits_at_once_without_a_traceback(
         stderr=subprocess.STDOUT,
         text=True,
         cwd=ROOT,
+        start_new_session=True,
     )
     try:
         end = time.monotonic() + 30
@@ -225,7 +244,7 @@ def test_ctrl_c_while_the_demo_is_claiming_exits_at_once_without_a_traceback(
         # well within claim()'s 30 s: the demo must not wait for them
         output, _ = proc.communicate(timeout=20)
     finally:
-        proc.kill()
+        _kill_group(proc)
     assert "Traceback" not in output, output
     assert proc.returncode == 0
 
@@ -244,7 +263,8 @@ def test_demo_with_a_port_taken_says_so_in_one_line(tmp_path: Path, taken: str) 
     (line,) = out.stderr.strip().splitlines()
     assert line.startswith("gatewayd demo: ")
     assert f"127.0.0.1:{port}" in line
-    assert f"({taken} 0 takes a free port)" in line
+    # `make demo` cannot take the option itself: the hint says how to pass it
+    assert f'({taken} 0 takes a free port; with make: make demo ARGS="{taken} 0")' in line
 
 
 def test_closing_the_demos_terminal_stops_it_and_its_cloud(tmp_path: Path) -> None:
@@ -257,3 +277,99 @@ def test_closing_the_demos_terminal_stops_it_and_its_cloud(tmp_path: Path) -> No
         socket.create_connection(("127.0.0.1", cloud), timeout=5).close()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", cloud), timeout=5).close()
+
+
+def _gateway_id(lines: list[str]) -> str:
+    found = re.search(r"The gateway \(([^)]+)\) is claimed", "\n".join(lines))
+    assert found is not None, lines
+    return found[1]
+
+
+def test_a_second_demo_in_the_same_dir_carries_on_with_its_gateway(tmp_path: Path) -> None:
+    """The second `gatewayd demo --dir D` ended in a traceback: the gateway D keeps was claimed
+    by the first, and registering it again failed. Now it is looked up in the cloud."""
+    with _demo("--dir", str(tmp_path / "demo"), cwd=ROOT) as proc:
+        first = _gateway_id(_until_ready(proc))
+    with _demo("--dir", str(tmp_path / "demo"), cwd=ROOT) as proc:
+        lines = _until_ready(proc)
+        assert _gateway_id(lines) == first
+        commands = [line.strip() for line in lines if line.strip().startswith("curl ")]
+        get_ar = next(c for c in commands if "ACTION_REQUEST_ID" in c)
+        unlock = next(c for c in commands if c.endswith("/actions/unlock"))
+        # the printed commands act on the gateway, with this run's API key
+        assert until_terminal(get_ar, run(unlock)["id"])["status"] == "completed"
+        events = next(c for c in commands if c.endswith("/v1/events"))
+        locations = run(events.replace("/v1/events", "/v1/locations"))
+        assert len(locations) == 1, locations  # no second "Demo house"
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid`, from /proc/*/stat (ppid: the 2nd field after comm)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def test_the_demos_api_key_is_not_on_devclouds_command_line(tmp_path: Path) -> None:
+    """devcloud got the API key as `--api-key KEY`: any user of the machine saw it in `ps`."""
+    with _demo("--dir", str(tmp_path / "demo"), cwd=ROOT) as proc:
+        lines = _until_ready(proc)
+        found = re.search(r"API key (\S+)", "\n".join(lines))
+        assert found is not None, lines
+        key = found[1].encode()
+        argvs = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in _children(proc.pid)]
+        (cloud,) = [argv for argv in argvs if b"devcloud.cli" in argv]
+        assert key not in cloud, cloud
+        # and the cloud takes it: the printed commands work
+        devices = next(c.strip() for c in lines if c.strip().endswith("/v1/devices"))
+        assert len(run(devices)) == 2
+
+
+# The demo against a real devcloud that was given another API key than the one the demo uses:
+# every REST call of the claim is refused.
+_OTHER_KEY = """
+import sys
+import gatewayd.demo
+from gatewayd.cli import main
+
+real = gatewayd.demo.start_cloud
+gatewayd.demo.start_cloud = lambda work, key, port: real(work, "not-the-demos-key", port)
+sys.exit(main(sys.argv[1:]))
+"""
+
+# The demo with a defect: the claim raises what nobody expected.
+_DEFECT = """
+import sys
+import gatewayd.demo
+from gatewayd.cli import main
+
+async def claim(*args):
+    raise LookupError("a defect in claim()")
+
+gatewayd.demo.claim = claim
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_cloud_that_refuses_the_demo_is_said_in_one_line(tmp_path: Path) -> None:
+    """A failed claim ended in a traceback (a KeyError on the cloud's error answer)."""
+    out = _refused(tmp_path, "--status-port", "0", "--cloud-port", "0", argv=("-c", _OTHER_KEY))
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [
+        "gatewayd demo: POST /v1/locations: the cloud answered 401: "
+        "Couldn't authenticate your request"
+    ]
+
+
+def test_a_defect_in_the_demo_ends_in_one_line_and_a_logged_traceback(tmp_path: Path) -> None:
+    out = _refused(tmp_path, "--status-port", "0", "--cloud-port", "0", argv=("-c", _DEFECT))
+    assert out.returncode == 1
+    log = tmp_path / "demo" / "gatewayd.log"
+    assert out.stderr.strip().splitlines() == [
+        f"gatewayd demo: LookupError: a defect in claim() (traceback in {log})"
+    ]
+    assert "a defect in claim()" in log.read_text()
+    assert "Traceback" in log.read_text()
