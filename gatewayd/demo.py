@@ -23,7 +23,7 @@ import anyio
 from gatewayd import logging as gwlog
 from gatewayd.config import ConfigError, parse_config
 from gatewayd.daemon import Daemon
-from gatewayd.status import ListenError
+from gatewayd.status import find_listen_error, find_raised
 
 READY_LINE = "gatewayd demo is ready"
 
@@ -58,15 +58,6 @@ class DemoError(Exception):
 
 def _port_hint(flag: str) -> str:
     return f'({flag} 0 takes a free port; with make: make demo ARGS="{flag} 0")'
-
-
-def _first_leaf(exc: BaseException) -> BaseException:
-    """The exception itself or, for a task group's, the first one it holds (a DemoError or a
-    ListenError before any other)."""
-    if not isinstance(exc, BaseExceptionGroup):
-        return exc
-    leaves = [_first_leaf(inner) for inner in exc.exceptions]
-    return next((e for e in leaves if isinstance(e, DemoError | ListenError)), leaves[0])
 
 
 def start_cloud(work: Path, api_key: str, port: int) -> tuple[subprocess.Popen[bytes], int]:
@@ -269,11 +260,11 @@ def _run_daemon(
         with contextlib.suppress(KeyboardInterrupt):
             anyio.run(main)
     except Exception as exc:  # noqa: BLE001 - logged with its traceback, told in one line
-        cause = _first_leaf(exc)
-        if isinstance(cause, DemoError):
-            raise cause from None
-        if isinstance(cause, ListenError):
-            raise DemoError(f"{cause} {_port_hint('--status-port')}") from None
+        if (said := find_raised(exc, DemoError)) is not None:
+            raise said from None
+        if (taken := find_listen_error(exc)) is not None:
+            raise DemoError(f"{taken} {_port_hint('--status-port')}") from None
+        cause = find_raised(exc, Exception) or exc
         # a defect: its traceback goes to the log, the terminal gets one line
         gwlog.get_logger("gatewayd.demo").exception("demo.failed")
         # a temporary --dir goes when the demo ends: the log with it

@@ -47,15 +47,19 @@ class ListenError(Exception):
     """The endpoint could not bind its address; the message is one line naming status.listen."""
 
 
-def find_listen_error(exc: BaseException) -> ListenError | None:
-    """The ListenError in `exc` or, for a task group's, in its members."""
-    if isinstance(exc, ListenError):
-        return exc
+def find_raised[E: BaseException](exc: BaseException, kind: type[E]) -> E | None:
+    """The first `kind` in `exc` or, for a task group's, in its members (depth first)."""
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
-            if (found := find_listen_error(inner)) is not None:
+            if (found := find_raised(inner, kind)) is not None:
                 return found
-    return None
+        return None
+    return exc if isinstance(exc, kind) else None
+
+
+def find_listen_error(exc: BaseException) -> ListenError | None:
+    """The ListenError in `exc` or, for a task group's, in its members."""
+    return find_raised(exc, ListenError)
 
 
 class _LocalAction(msgspec.Struct, forbid_unknown_fields=True):
