@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
-import hmac
-import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -24,6 +21,7 @@ from drivers.zigbee.zigpy_api import (
     foundation,
     zcl,
 )
+from gatewayd.confirmed_codes import ConfirmedCodes, code_digest, same_code
 from gatewayd.driver import DriverSink
 from gatewayd.model import (
     ActionResult,
@@ -131,11 +129,10 @@ class ZigbeeLock:
         # from the lock has not come yet: they were reported already
         self._own_programming: list[tuple[int, frozenset[int], float]] = []
         self._programmed: dict[int, int] = {}
-        # slot -> keyed hash of the code we last wrote and saw confirmed there, on a lock that
-        # masks codes (its read-back cannot show it); dropped when anything else may have
-        # changed the slot: its programming event, the lock leaving or going silent, a rejoin
-        self._confirmed_codes: dict[int, bytes] = {}
-        self._salt = secrets.token_bytes(16)
+        # the code we last wrote and saw confirmed in each slot, on a lock that masks codes (its
+        # read-back cannot show it); forgotten when anything else may have changed the slot:
+        # its programming event, the lock leaving or going silent, a rejoin
+        self._confirmed_codes = ConfirmedCodes()
         self._left: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._has_left = False  # `_left` is resolved by `close` too: this says the lock left
         # The lock left or joined again (a reset, a re-pairing): that wipes its bindings and
@@ -285,7 +282,7 @@ class ZigbeeLock:
         the network, without its bindings. zigpy interviews it again, and the driver's
         device_initialized then calls `reconfigure`."""
         self._unbound = True
-        self._confirmed_codes.clear()  # a reset lock may hold none of them
+        self._confirmed_codes.forget_all()  # a reset lock may hold none of them
         self.seen()
 
     def _heard(self) -> None:
@@ -413,7 +410,8 @@ class ZigbeeLock:
             self._publish()
 
     def gone(self, reason: str) -> None:
-        self._confirmed_codes.clear()  # what it heard at its keypad meanwhile is not heard here
+        # what it heard at its keypad meanwhile is not heard here
+        self._confirmed_codes.forget_all()
         if reason == "left":
             self._has_left = self._unbound = True
             if not self._left.done():
@@ -637,7 +635,7 @@ class ZigbeeLock:
             return
         if source != int(_SRC.Keypad) and self._is_own_echo(user, code):
             return  # the lock confirming our own set/clear after its read-back: reported already
-        self._confirmed_codes.pop(user, None)
+        self._confirmed_codes.forget(user)
         method = str(_PROGRAMMING_METHODS.get(source, Method.UNKNOWN))
         if code in (int(_PROG.PINCodeAdded), int(_PROG.PINCodeChanges)):
             self._event(EventName.CODE_SET, slot_id=user, method=method)
@@ -738,19 +736,17 @@ class ZigbeeLock:
         dl = self.door_lock
         # The slot as the lock holds it now, so that a code it already holds is neither written
         # again nor reported as a change.
-        digest = self._digest(pin)
+        digest = code_digest(pin.reveal())
         held = _readback(await self._call(dl.get_pin_code(slot)))
         in_use = held is not None and held[0] in _CODE_HELD and not _is_free(held)
         shown = held[1] if held is not None and in_use and _is_code(held[1]) else None
-        if shown is not None and hmac.compare_digest(shown, pin.reveal()):
+        if shown is not None and same_code(shown, pin.reveal()):
             log.info("zigbee.code_already_set", device_id=self.device_id, slot_id=slot)
             return ActionResult({"slot_id": slot})
         # A lock that masks codes cannot show which one it holds: the code is written again, and
         # reported unless we confirmed this very code there and heard of no change since.
-        ours = self._confirmed_codes.pop(slot, None)
-        unchanged = (
-            in_use and shown is None and ours is not None and hmac.compare_digest(ours, digest)
-        )
+        ours = self._confirmed_codes.take(slot, digest)
+        unchanged = ours and in_use and shown is None
         self._code_slot, self._programmed = slot, {}
         try:
             rsp = await self._call(
@@ -770,8 +766,8 @@ class ZigbeeLock:
                 raise CodeNotConfirmed(f"slot {slot}: the lock holds the code as {status}")
             if stored is None or not _is_code(stored[1]):  # masked, or no digits to compare
                 await self._await_programmed({int(_PROG.PINCodeAdded), int(_PROG.PINCodeChanges)})
-                self._confirmed_codes[slot] = digest
-            elif stored[1] != pin.reveal():
+                self._confirmed_codes.confirmed(slot, digest)
+            elif not same_code(stored[1], pin.reveal()):
                 raise CodeNotConfirmed("the lock reads back a different code")
         finally:
             self._code_slot = None
@@ -782,12 +778,9 @@ class ZigbeeLock:
             self._event(EventName.CODE_SET, slot_id=slot, method=str(Method.REMOTE))
         return ActionResult({"slot_id": slot})
 
-    def _digest(self, pin: PinCode) -> bytes:
-        return hmac.new(self._salt, pin.reveal().encode(), hashlib.sha256).digest()
-
     async def clear_code(self, slot: int) -> ActionResult:
         dl = self.door_lock
-        self._confirmed_codes.pop(slot, None)
+        self._confirmed_codes.forget(slot)
         if _is_free(_readback(await self._call(dl.get_pin_code(slot)))):
             log.info("zigbee.code_already_clear", device_id=self.device_id, slot_id=slot)
             return ActionResult({"slot_id": slot})  # nothing to clear, and no change to report

@@ -9,10 +9,8 @@ this package; the core sees only `Device`, `DoorEvent` and `GatewayError`.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import random
-import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +38,7 @@ from drivers.zwave.events import (
 )
 from drivers.zwave.inclusion import Inclusion
 from drivers.zwave.uncompressed import UncompressedSession
+from gatewayd.confirmed_codes import ConfirmedCodes, code_digest, same_code
 from gatewayd.driver import (
     NO_PAIR_OPTIONS,
     Driver,
@@ -126,9 +125,9 @@ class _Lock:
     # (slot, code present, until when, on time.monotonic) of our own sets and clears whose
     # "user code added/deleted" notification may still come: it is the lock confirming them
     own_codes: list[tuple[int, bool, float]] = field(default_factory=list)
-    # slot -> keyed hash of the code we last wrote and saw confirmed there, on a lock that masks
-    # codes (its read-back cannot show it); dropped when anything else may have changed the slot
-    confirmed: dict[int, bytes] = field(default_factory=dict)
+    # the code we last wrote and saw confirmed in each slot, on a lock that masks codes (its
+    # read-back cannot show it); forgotten when anything else may have changed the slot
+    confirmed: ConfirmedCodes = field(default_factory=ConfirmedCodes)
 
     def expect_echo(self, slot: int, present: bool) -> None:
         now = time.monotonic()
@@ -186,7 +185,6 @@ class ZWaveDriver(Driver):
         self._rechecks: asyncio.Queue[_Recheck] = asyncio.Queue()
         # the newest re-check of each (device, slot): a later set/clear supersedes an earlier one
         self._latest_recheck: dict[tuple[str, int], _Recheck] = {}
-        self._salt = secrets.token_bytes(16)
         self._server_version: str | None = None
         self._client_generation = 0
         self._inclusion = Inclusion()  # the answers to S2 bootstrapping's questions
@@ -460,7 +458,7 @@ class ZWaveDriver(Driver):
             for fut in lock.code_waiters.values():
                 fut.cancel()
             lock.code_waiters.clear()
-            lock.confirmed.clear()  # a keypad change may come while the link is down, unheard
+            lock.confirmed.forget_all()  # a keypad change may come while the link is down, unheard
 
     def _check_settled(self) -> None:
         client = self._client
@@ -694,7 +692,7 @@ class ZWaveDriver(Driver):
             if waiter is not None and not waiter.done():
                 waiter.set_result(bool(notice.code_present))
             elif not lock.is_own_echo(notice.slot_id, bool(notice.code_present)):
-                lock.confirmed.pop(notice.slot_id, None)
+                lock.confirmed.forget(notice.slot_id)
                 name = EventName.CODE_SET if notice.code_present else EventName.CODE_REMOVED
                 self._emit(did, name, {"slot_id": notice.slot_id, "method": "keypad"})
         elif notice.kind == "code_duplicate":
@@ -771,25 +769,16 @@ class ZWaveDriver(Driver):
     async def _set_code(self, lock: _Lock, node: Node, slot: int, digits: str) -> ActionResult:
         # The slot as the lock holds it now, so that a code it already holds is neither written
         # again nor reported as a change.
-        digest = self._digest(digits)
+        digest = code_digest(digits)
         status, held = await commands.read_slot(node, slot)
-        if (
-            status == commands.USER_ENABLED
-            and held.isascii()  # compare_digest takes no other str; a code is digits
-            and hmac.compare_digest(held, digits)
-        ):
+        if status == commands.USER_ENABLED and same_code(held, digits):
             self._schedule_recheck(lock, slot, digest)
             log.info("zwave.code_already_set", device_id=lock.device_id, slot_id=slot)
             return ActionResult({"slot_id": slot})
         # A lock that masks codes cannot show which one it holds: the code is written again, and
         # reported unless we confirmed this very code there and heard of no change since.
-        ours = lock.confirmed.pop(slot, None)
-        unchanged = (
-            status == commands.USER_ENABLED
-            and commands.is_masked(held)
-            and ours is not None
-            and hmac.compare_digest(ours, digest)
-        )
+        ours = lock.confirmed.take(slot, digest)
+        unchanged = ours and status == commands.USER_ENABLED and commands.is_masked(held)
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[bool] = loop.create_future()
         refusal: asyncio.Future[None] = loop.create_future()
@@ -807,7 +796,7 @@ class ZWaveDriver(Driver):
                 confirmed = await self._await_programming(waiter, refusal, slot)
                 if not confirmed or status != commands.USER_ENABLED:
                     raise CodeNotConfirmed(f"slot {slot}: the lock did not confirm the new code")
-            elif status != commands.USER_ENABLED or not hmac.compare_digest(read, digits):
+            elif status != commands.USER_ENABLED or not same_code(read, digits):
                 await self._await_refusal(refusal, slot)
                 if status == commands.USER_ENABLED:
                     raise CodeNotConfirmed(f"slot {slot}: the lock reads back a different code")
@@ -820,7 +809,7 @@ class ZWaveDriver(Driver):
         if not waiter.done():  # its notification, if the lock sends one, is still to come
             lock.expect_echo(slot, True)
         if commands.is_masked(read):
-            lock.confirmed[slot] = digest
+            lock.confirmed.confirmed(slot, digest)
         self._schedule_recheck(lock, slot, digest)
         log.info(
             "zwave.code_set",
@@ -834,7 +823,7 @@ class ZWaveDriver(Driver):
         return ActionResult({"slot_id": slot})
 
     async def _clear_code(self, lock: _Lock, node: Node, slot: int) -> ActionResult:
-        lock.confirmed.pop(slot, None)
+        lock.confirmed.forget(slot)
         status, _ = await commands.read_slot(node, slot)
         if status == commands.USER_AVAILABLE:  # nothing to clear, and no change to report
             log.info("zwave.code_already_clear", device_id=lock.device_id, slot_id=slot)
@@ -876,9 +865,6 @@ class ZWaveDriver(Driver):
         if refusal.done():
             raise DuplicateCode.in_slot(slot)
 
-    def _digest(self, digits: str) -> bytes:
-        return hmac.new(self._salt, digits.encode(), hashlib.sha256).digest()
-
     def _schedule_recheck(self, lock: _Lock, slot: int, digest: bytes) -> None:
         """Read the slot again later: a lock may confirm a code and lose it afterwards."""
         if self._config.code_recheck_s > 0:
@@ -917,7 +903,7 @@ class ZWaveDriver(Driver):
         with anyio.fail_after(30):
             status, read = await commands.read_slot(node, item.slot)
         present = status == commands.USER_ENABLED and (
-            commands.is_masked(read) or hmac.compare_digest(self._digest(read), item.digest)
+            commands.is_masked(read) or hmac.compare_digest(code_digest(read), item.digest)
         )
         if self._latest_recheck.get((item.device_id, item.slot)) is not item:
             # A set or clear of the slot began while the read was on the mesh (each pops the
@@ -925,7 +911,7 @@ class ZWaveDriver(Driver):
             # the code just written, or just removed, as dropped.
             return
         if not present:  # "code set on device" went out when the set was confirmed
-            lock.confirmed.pop(item.slot, None)
+            lock.confirmed.forget(item.slot)
             self._emit(lock.device_id, EventName.CODE_DROPPED, {"slot_id": item.slot})
 
     # ------------------------------------------------------------------ pairing

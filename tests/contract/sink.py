@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 
@@ -70,3 +71,13 @@ class RecordingSink:
 
     def names(self, device_id: str) -> list[str]:
         return [str(e.event_name) for e in self.events if e.device_id == device_id]
+
+    def code_events(self, device_id: str, after: int, detail: str) -> list[tuple[str, Any]]:
+        """`code set on device` and `code removed from device` for `device_id` among
+        events[after:], each as (name, its details[detail])."""
+        names = (EventName.CODE_SET, EventName.CODE_REMOVED)
+        return [
+            (str(e.event_name), e.details.get(detail))
+            for e in self.events[after:]
+            if e.device_id == device_id and e.event_name in names
+        ]

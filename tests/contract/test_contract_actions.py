@@ -158,15 +158,6 @@ async def test_clear_code_is_confirmed(
     assert event.details == {"slot_id": slot, "method": "remote"}  # the same on every driver
 
 
-def _code_events(sink: RecordingSink, device_id: str, mark: int) -> list[tuple[str, int]]:
-    names = (EventName.CODE_SET, EventName.CODE_REMOVED)
-    return [
-        (str(e.event_name), e.details["slot_id"])
-        for e in sink.events[mark:]
-        if e.device_id == device_id and e.event_name in names
-    ]
-
-
 async def test_setting_the_code_a_slot_holds_completes_and_reports_no_change(
     harness: Harness, driver: Driver, sink: RecordingSink
 ) -> None:
@@ -183,7 +174,7 @@ async def test_setting_the_code_a_slot_holds_completes_and_reports_no_change(
 
     assert result.details == {"slot_id": slot}
     await anyio.sleep(SETTLE_S)  # a report of the second set, or the lock's notice, is in by now
-    assert _code_events(sink, device.id, mark) == []
+    assert sink.code_events(device.id, mark, "slot_id") == []
 
 
 async def test_clearing_an_empty_slot_completes_and_reports_nothing(
@@ -202,7 +193,7 @@ async def test_clearing_an_empty_slot_completes_and_reports_nothing(
 
     assert result.details == {"slot_id": slot}
     await anyio.sleep(SETTLE_S)
-    assert _code_events(sink, device.id, mark) == []
+    assert sink.code_events(device.id, mark, "slot_id") == []
 
 
 async def test_a_new_code_in_a_slot_that_holds_one_is_reported(
@@ -220,7 +211,7 @@ async def test_a_new_code_in_a_slot_that_holds_one_is_reported(
 
     await next_event(sink, device.id, EventName.CODE_SET, mark)
     await anyio.sleep(SETTLE_S)
-    assert _code_events(sink, device.id, mark) == [(str(EventName.CODE_SET), slot)]
+    assert sink.code_events(device.id, mark, "slot_id") == [(str(EventName.CODE_SET), slot)]
 
 
 async def test_a_dropped_code_is_not_confirmed(

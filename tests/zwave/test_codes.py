@@ -191,15 +191,6 @@ async def test_a_masked_lock_confirming_our_own_clear_is_not_a_keypad_change(
     assert after == [(EventName.CODE_REMOVED, {"slot_id": 2, "method": "remote"})]
 
 
-def _code_events(sink: RecordingSink, dev: str, mark: int) -> list[tuple[str, Any]]:
-    names = (EventName.CODE_SET, EventName.CODE_REMOVED)
-    return [
-        (str(e.event_name), e.details.get("method"))
-        for e in sink.events[mark:]
-        if e.device_id == dev and e.event_name in names
-    ]
-
-
 async def test_a_masked_lock_given_the_code_it_holds_again_reports_no_change(
     zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack
 ) -> None:
@@ -215,15 +206,15 @@ async def test_a_masked_lock_given_the_code_it_holds_again_reports_no_change(
 
     await driver.execute(dev, SetCode(slot_id=2, code=PinCode("13579")))
     await anyio.sleep(1.0)  # the lock's notification of the write is in
-    assert _code_events(sink, dev, mark) == []
+    assert sink.code_events(dev, mark, "method") == []
 
     zwave_stack.control(4, "notify_raw", type=ACCESS_CONTROL, event=AC_CODE_ADDED, params=[2])
     await sink.wait_event(dev, EventName.CODE_SET, after=mark)
-    assert _code_events(sink, dev, mark) == [("code set on device", "keypad")]
+    assert sink.code_events(dev, mark, "method") == [("code set on device", "keypad")]
     mark = len(sink.events)
     await driver.execute(dev, SetCode(slot_id=2, code=PinCode("13579")))
     await anyio.sleep(1.0)
-    assert _code_events(sink, dev, mark) == [("code set on device", "remote")]
+    assert sink.code_events(dev, mark, "method") == [("code set on device", "remote")]
 
 
 async def test_set_and_clear_are_reported_when_confirmed_even_with_the_recheck_off(

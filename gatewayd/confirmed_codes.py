@@ -1,0 +1,60 @@
+"""Which code a driver saw confirmed in each slot of a lock that masks its codes.
+
+A lock that reads codes back as `****` cannot show which code a slot holds, so a `set_code` of
+the code already there looks like a new one. A driver that wrote a code and saw the lock confirm
+it remembers a keyed hash of it here; the same code set again is then no change to report. The
+key is random per process and the hashes stay in memory: nothing here gives back a PIN, and a
+restart forgets everything, after which the change is reported (twice rather than never).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from typing import Final
+
+_KEY: Final = secrets.token_bytes(32)
+
+
+def code_digest(digits: str) -> bytes:
+    """The keyed hash a slot's code is remembered and compared by."""
+    return hmac.new(_KEY, digits.encode(), hashlib.sha256).digest()
+
+
+def same_code(held: str, digits: str) -> bool:
+    """Whether a code read back from a lock is `digits`, compared in constant time (a read-back
+    that is not ASCII is some other answer, never the code)."""
+    return held.isascii() and hmac.compare_digest(held, digits)
+
+
+class ConfirmedCodes:
+    """One lock's slots and the digest of the code each was last seen to hold.
+
+    A driver forgets a slot whenever anything else may have changed it: a keypad change, a
+    clear, a failed set, a re-check that finds the code gone; and all of them when it may have
+    missed such news (its link dropped, the lock left or rejoined)."""
+
+    __slots__ = ("_slots",)
+
+    def __init__(self) -> None:
+        self._slots: dict[int, bytes] = {}
+
+    def confirmed(self, slot: int, digest: bytes) -> None:
+        """The lock confirmed the code with this digest in `slot`."""
+        self._slots[slot] = digest
+
+    def take(self, slot: int, digest: bytes) -> bool:
+        """Forget `slot` (a write to it is about to start, and may fail); True when it was
+        last confirmed to hold the code with this digest."""
+        ours = self._slots.pop(slot, None)
+        return ours is not None and hmac.compare_digest(ours, digest)
+
+    def forget(self, slot: int) -> None:
+        self._slots.pop(slot, None)
+
+    def forget_all(self) -> None:
+        self._slots.clear()
+
+    def __len__(self) -> int:
+        return len(self._slots)
