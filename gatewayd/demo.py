@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import secrets
 import shlex
 import subprocess
@@ -200,6 +201,26 @@ def guide(
     return "\n".join(lines)
 
 
+API_KEY_FILE = "api-key"
+_KEY_SHAPE = re.compile(r"demo_[A-Za-z0-9_-]{16}")
+
+
+def demo_api_key(work: Path) -> str:
+    """The demo cloud's API key: the one a run before this in the same directory made (its
+    printed commands keep working), else a new one, kept in a file of mode 0600."""
+    path = work / API_KEY_FILE
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        kept = path.read_text(encoding="ascii").strip()
+        if _KEY_SHAPE.fullmatch(kept):
+            return kept
+    key = "demo_" + secrets.token_urlsafe(12)
+    path.unlink(missing_ok=True)  # a damaged one: written again, with the mode it must have
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(key + "\n")
+    return key
+
+
 def run_demo(args: argparse.Namespace) -> int:
     """Run the demo until Ctrl-C; a DemoError says in one line why it cannot."""
     if args.locks < 1:
@@ -209,7 +230,7 @@ def run_demo(args: argparse.Namespace) -> int:
         # absolute: the config refuses a relative state_dir
         work = Path(args.dir or tmp).resolve()
         work.mkdir(parents=True, exist_ok=True)
-        api_key = "demo_" + secrets.token_urlsafe(12)
+        api_key = demo_api_key(work)
         cloud, cloud_port = start_cloud(work, api_key, args.cloud_port)
         try:
             try:

@@ -287,20 +287,43 @@ def _gateway_id(lines: list[str]) -> str:
 
 def test_a_second_demo_in_the_same_dir_carries_on_with_its_gateway(tmp_path: Path) -> None:
     """The second `gatewayd demo --dir D` ended in a traceback: the gateway D keeps was claimed
-    by the first, and registering it again failed. Now it is looked up in the cloud."""
+    by the first, and registering it again failed. Now it is looked up in the cloud. Its API
+    key is the first run's too: it was a new one each run, and the commands printed by the
+    first run no longer worked."""
     with _demo("--dir", str(tmp_path / "demo"), cwd=ROOT) as proc:
-        first = _gateway_id(_until_ready(proc))
+        first_lines = _until_ready(proc)
+        first = _gateway_id(first_lines)
+    assert (tmp_path / "demo" / "api-key").stat().st_mode & 0o777 == 0o600
     with _demo("--dir", str(tmp_path / "demo"), cwd=ROOT) as proc:
         lines = _until_ready(proc)
         assert _gateway_id(lines) == first
-        commands = [line.strip() for line in lines if line.strip().startswith("curl ")]
+        assert _api_key(lines) == _api_key(first_lines)
+        # the commands the first run printed act on the gateway in the second (on a cloud port
+        # of its own here: the tests ask for free ports)
+        first_cloud, second_cloud = _cloud_url(first_lines), _cloud_url(lines)
+        commands = [
+            line.strip().replace(first_cloud, second_cloud)
+            for line in first_lines
+            if line.strip().startswith("curl ")
+        ]
         get_ar = next(c for c in commands if "ACTION_REQUEST_ID" in c)
         unlock = next(c for c in commands if c.endswith("/actions/unlock"))
-        # the printed commands act on the gateway, with this run's API key
         assert until_terminal(get_ar, run(unlock)["id"])["status"] == "completed"
         events = next(c for c in commands if c.endswith("/v1/events"))
         locations = run(events.replace("/v1/events", "/v1/locations"))
         assert len(locations) == 1, locations  # no second "Demo house"
+
+
+def _api_key(lines: list[str]) -> str:
+    found = re.search(r"API key (\S+)", "\n".join(lines))
+    assert found is not None, lines
+    return found[1]
+
+
+def _cloud_url(lines: list[str]) -> str:
+    found = re.search(r"reference cloud is at (http://\S+),", "\n".join(lines))
+    assert found is not None, lines
+    return found[1]
 
 
 def _children(pid: int) -> list[int]:
@@ -317,9 +340,7 @@ def test_the_demos_api_key_is_not_on_devclouds_command_line(tmp_path: Path) -> N
     """devcloud got the API key as `--api-key KEY`: any user of the machine saw it in `ps`."""
     with _demo("--dir", str(tmp_path / "demo"), cwd=ROOT) as proc:
         lines = _until_ready(proc)
-        found = re.search(r"API key (\S+)", "\n".join(lines))
-        assert found is not None, lines
-        key = found[1].encode()
+        key = _api_key(lines).encode()
         argvs = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in _children(proc.pid)]
         (cloud,) = [argv for argv in argvs if b"devcloud.cli" in argv]
         assert key not in cloud, cloud
