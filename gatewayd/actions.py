@@ -594,8 +594,9 @@ class Dispatcher:
         if device_id is not None:
             # Removed under a running command, the lock ends it in an unknown state (a code
             # stored that the cloud, the device gone, can no longer clear): let it finish.
-            # Actions queued behind it fail device_not_found once the lock is gone.
-            while device_id in self._in_flight:
+            # Actions queued behind it fail device_not_found once the lock is gone. The gateway's
+            # own queue is in `_in_flight` too: an id equal to its name must not wait for itself.
+            while device_id != GATEWAY_QUEUE and device_id in self._in_flight:
                 quiet = self._quiet.setdefault(device_id, anyio.Event())
                 await quiet.wait()
         # the executor decides: a stored device no driver reports is removed, not unknown

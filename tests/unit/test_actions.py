@@ -735,3 +735,23 @@ async def test_an_unpair_naming_a_lock_waits_for_the_command_running_on_it(
     assert h.exec.ran == [("d1", "set_code"), ("gateway", "unpair:d1")]
     assert h.statuses("code")[-1] == "completed"
     assert h.statuses("unpair")[-1] == "completed"
+
+
+async def test_an_unpair_naming_the_gateway_queue_fails_at_once_and_blocks_nothing(
+    tmp_path: Path,
+) -> None:
+    """The gateway's actions run on the queue named "gateway", which is also its key among the
+    actions in flight: an unpair whose device_id was "gateway" waited for itself until its
+    deadline (a `timeout`), and every pair or unpair behind it waited as long."""
+    h = Harness(tmp_path, LOCK)
+    async with anyio.create_task_group() as tg:
+        h.dispatcher.bind(tg)
+        h.dispatcher.submit(unpair_request("gateway", id="odd"))
+        pair = request("pair_devices", {"duration": 30}, entity_type="Gateway", device="gw")
+        h.dispatcher.submit(pair)
+        await h.settle("odd", timeout=2)
+        await h.settle(pair.id, timeout=2)
+        tg.cancel_scope.cancel()
+    assert h.statuses("odd")[-1] == "failed"
+    assert h.error("odd")["type"] == "device_not_found"
+    assert h.statuses(pair.id)[-1] == "completed"
