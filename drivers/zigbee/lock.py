@@ -140,6 +140,7 @@ class ZigbeeLock:
         # then it sends no reports, no operation events and no alarms.
         self._unbound = False
         self._configuring: asyncio.Task[None] | None = None
+        self._resyncing: asyncio.Task[None] | None = None  # the read after it was out of reach
         # after a failed configuration, not again before this (loop time): the lock's own
         # answers to it would otherwise start the next one at once, over and over
         self._configure_after = 0.0
@@ -195,6 +196,8 @@ class ZigbeeLock:
         self._unsubscribe.clear()
         if self._configuring is not None:
             self._configuring.cancel()
+        if self._resyncing is not None:
+            self._resyncing.cancel()
         if not self._left.done():
             self._left.set_result(None)
 
@@ -248,9 +251,11 @@ class ZigbeeLock:
         await self._configure(log.info, "zigbee.configure_skipped")
 
     async def resync(self) -> None:
-        """Read the bolt and battery, in case they changed while we (or the lock) were away."""
+        """Read the bolt, door and battery, in case they changed while we (or the lock) were
+        away: a door opened while the radio was unplugged is reported by no one else."""
         try:
-            await self._call(self.door_lock.read_attributes(["lock_state"], allow_cache=False))
+            attrs = ["lock_state", "door_state"]
+            await self._call(self.door_lock.read_attributes(attrs, allow_cache=False))
             power = self._cluster(PowerConfiguration.cluster_id)
             if power is not None:
                 attrs = ["battery_percentage_remaining"]
@@ -305,7 +310,7 @@ class ZigbeeLock:
 
     def reconfigure(self) -> None:
         """Bind and configure reporting again, in the background (one run at a time), then
-        read the bolt and battery, which may have changed while the lock was away."""
+        read the bolt, door and battery, which may have changed while the lock was away."""
         if self._configuring is None or self._configuring.done():
             self._configuring = asyncio.get_running_loop().create_task(self._reconfigure())
 
@@ -408,6 +413,11 @@ class ZigbeeLock:
             log.info("zigbee.device_online", device_id=self.device_id, ieee=self.ieee)
             self._event(EventName.DEVICE_CONNECTED)
             self._publish()
+            # What it reported while out of reach (a hand turn, the door) was lost with its
+            # frames: read it again, as after a reconnect. One that rejoined without its
+            # bindings is read once it is configured again (`reconfigure`).
+            if not self._unbound and (self._resyncing is None or self._resyncing.done()):
+                self._resyncing = asyncio.get_running_loop().create_task(self.resync())
 
     def gone(self, reason: str) -> None:
         # what it heard at its keypad meanwhile is not heard here

@@ -72,3 +72,55 @@ async def test_a_jammed_lock_is_still_jammed_after_a_radio_reconnect(tmp_path: P
         assert [(p.jammed, p.locked) for p in announced] == [(True, True)]
         assert sink.devices[dev].properties.jammed is True
         assert [e for e in sink.events[mark:] if e.device_id == dev] == []
+
+
+async def test_a_door_opened_while_the_radio_was_unplugged_is_reported_after_the_reconnect(
+    tmp_path: Path,
+) -> None:
+    """The door is opened while the radio is unplugged (its report reaches no one). After the
+    reconnect the door shows open and one `door opened` goes out, as for the bolt. Before, the
+    read after a reconnect asked for the bolt and battery only: the door stayed closed, and
+    no event came until the door moved again."""
+    sink = RecordingSink()
+    async with running(tmp_path, sink) as driver:
+        dev = by_native(sink, GENERIC)
+        assert sink.devices[dev].properties.door_open is False
+        mark = len(sink.events)
+        assert driver.virtual is not None
+        driver.virtual.unplug()
+        async with asyncio.timeout(5):
+            while driver.health().state is not DriverState.DOWN:
+                await asyncio.sleep(0.01)
+        await driver.simulate(dev, Simulation.DOOR_OPEN, {})
+        driver.virtual.plug()
+        await sink.wait_for(lambda: sink.devices[dev].properties.door_open is True)
+        await asyncio.sleep(1.0)  # a repeat would be in by now
+        names = [e.event_name for e in sink.events[mark:] if e.device_id == dev]
+        assert names == [EventName.DOOR_OPENED]
+
+
+async def test_a_bolt_turned_while_the_lock_was_out_of_reach_is_reported_when_it_is_back(
+    tmp_path: Path,
+) -> None:
+    """The lock is out of reach (offline) when someone unlocks it by hand: its report is lost
+    on the air. When it is heard again, the driver reads its bolt, shows it unlocked and sends
+    one `door unlocked`. Before, only `device connected` went out: the lock was shown locked
+    until its bolt next moved."""
+    sink = RecordingSink()
+    async with running(tmp_path, sink) as driver:
+        dev = by_native(sink, GENERIC)
+        assert sink.devices[dev].properties.locked is True
+        mark = len(sink.events)
+        await driver.simulate(dev, Simulation.OFFLINE, {})
+        await sink.wait_event(dev, EventName.DEVICE_DISCONNECTED, after=mark)
+        await driver.simulate(dev, Simulation.MANUAL_UNLOCK, {})
+        await asyncio.sleep(0.3)  # its report has gone out, to no one
+        await driver.simulate(dev, Simulation.ONLINE, {})
+        await sink.wait_for(lambda: sink.devices[dev].properties.locked is False)
+        await asyncio.sleep(1.0)  # a repeat would be in by now
+        names = [e.event_name for e in sink.events[mark:] if e.device_id == dev]
+        assert names == [
+            EventName.DEVICE_DISCONNECTED,
+            EventName.DEVICE_CONNECTED,
+            EventName.DOOR_UNLOCKED,
+        ]
