@@ -128,6 +128,9 @@ class _Lock:
     # the code we last wrote and saw confirmed in each slot, on a lock that masks codes (its
     # read-back cannot show it); forgotten when anything else may have changed the slot
     confirmed: ConfirmedCodes = field(default_factory=ConfirmedCodes)
+    # the Notification CC state values (jam, cover, door...) as last seen, by (variable, key):
+    # one that zwave-server took while the link was down differs from it after the reconnect
+    states: dict[tuple[Any, Any], Any] = field(default_factory=dict)
 
     def expect_echo(self, slot: int, present: bool) -> None:
         now = time.monotonic()
@@ -538,6 +541,10 @@ class ZWaveDriver(Driver):
             # After a reconnect the cached doorStatus may be older than a door notification we
             # saw: _resync reads the lock itself instead.
             self._door(lock, _value(node, CommandClass.DOOR_LOCK, "doorStatus"), silent=True)
+        states = _notification_states(node)
+        if not new:
+            self._states_while_away(lock, states)
+        lock.states = states
         online = node.status != NodeStatus.DEAD
         if not new and online != lock.online:
             self._on_status(node.node_id, online=online)
@@ -545,6 +552,21 @@ class ZWaveDriver(Driver):
         self._publish(lock, node, added=new)
         log.info("zwave.node_ready", node_id=node.node_id, native_id=native_id, new=new)
         self._check_settled()
+
+    def _states_while_away(self, lock: _Lock, states: Mapping[tuple[Any, Any], Any]) -> None:
+        """Notification states zwave-server took while the link was down (a jam, a tamper):
+        each reported as it would have been, as zwave-js sends no "value updated" for them on
+        a reconnect. A jam the lock cleared meanwhile (a bolt operation idles "Lock state")
+        is no longer shown."""
+        for (variable, key), value in states.items():
+            if value == lock.states.get((variable, key)):
+                continue
+            notice = parse_state_value(variable, key, value)
+            if notice is not None:
+                self._apply(lock, notice)
+            elif (variable, key) == ("Access Control", "Lock state") and lock.jammed:
+                lock.jammed = False
+                self._publish(lock)
 
     def _note_security(self, node: Node) -> None:
         """A lock zwave-js knows joined without security (paired elsewhere, or before S2
@@ -620,6 +642,8 @@ class ZWaveDriver(Driver):
         elif cc == CommandClass.BATTERY and prop == "isLow" and value.value is True:
             self._battery(lock, True)
         elif cc == CommandClass.NOTIFICATION:
+            if value.endpoint in (0, None):  # as _notification_states reads them
+                lock.states[(prop, value.property_key)] = value.value
             notice = parse_state_value(prop, value.property_key, value.value)
             if notice is not None:
                 self._apply(lock, notice)
@@ -1112,6 +1136,15 @@ def _value(node: Node, cc: CommandClass, prop: str) -> Any:
         if v.command_class == cc and v.property_name == prop and v.endpoint in (0, None):
             return v.value
     return None
+
+
+def _notification_states(node: Node) -> dict[tuple[Any, Any], Any]:
+    """The node's Notification CC values, by (variable, key), as zwave-js holds them now."""
+    return {
+        (v.property_name, v.property_key): v.value
+        for v in node.values.values()
+        if v.command_class == CommandClass.NOTIFICATION and v.endpoint in (0, None)
+    }
 
 
 def _device(lock: _Lock, node: Node) -> Device:

@@ -409,3 +409,46 @@ async def test_a_lock_removed_from_the_network_while_zwave_server_was_away_is_re
     finally:
         await driver.stop()
         stack.stop()
+
+
+async def test_a_jam_or_tamper_while_the_link_was_down_is_reported_after_the_reconnect(
+    tmp_path: Path, tasks: Tasks
+) -> None:
+    """zwave-server takes the lock's jam and tamper notifications while the gateway's link is
+    down (zwave-js keeps them as the "Lock state" and "Cover status" values): after the
+    reconnect the lock shows jammed, and one "door jammed" and one "tampered" go out, as when
+    the link is up. Before, the values were taken over in silence: both events were lost and
+    the lock was shown not jammed."""
+    async with behind_proxy(tmp_path, tasks) as (stack, proxy, driver, sink):
+        dev = sink.ids[native_id(3)]
+        mark = len(sink.events)
+
+        def jam_and_tamper() -> None:
+            stack.control(3, "jam")
+            stack.control(3, "tamper")
+
+        await _while_cut(proxy, driver, jam_and_tamper)
+        await sink.wait_for(lambda: sink.devices[dev].properties.jammed is True, timeout=10)
+        await anyio.sleep(1.5)  # a repeat would be in by now
+        names = [e.event_name for e in sink.events[mark:] if e.device_id == dev]
+        assert sorted(names) == sorted([EventName.DOOR_JAMMED, EventName.TAMPERED])
+
+
+async def test_a_jam_cleared_while_the_link_was_down_is_no_longer_shown(
+    tmp_path: Path, tasks: Tasks
+) -> None:
+    """The lock jams (reported), then someone turns the bolt by hand while the gateway's link
+    is down, which clears the jam (zwave-js idles "Lock state"). After the reconnect the lock
+    shows unlocked and not jammed. Before, it went on showing jammed until its next bolt
+    notification."""
+    async with behind_proxy(tmp_path, tasks) as (stack, proxy, driver, sink):
+        dev = sink.ids[native_id(3)]
+        stack.control(3, "jam")
+        await sink.wait_for(lambda: sink.devices[dev].properties.jammed is True, timeout=10)
+        mark = len(sink.events)
+        await _while_cut(proxy, driver, lambda: stack.control(3, "manual_unlock"))
+        await sink.wait_for(lambda: sink.devices[dev].properties.locked is False, timeout=10)
+        await anyio.sleep(1.5)  # the reconnect's reads are in
+        assert sink.devices[dev].properties.jammed is False
+        names = [e.event_name for e in sink.events[mark:] if e.device_id == dev]
+        assert names == [EventName.DOOR_UNLOCKED]
