@@ -1103,21 +1103,27 @@ class Store:
         The frames it holds unacknowledged then carry seqs the cloud already has, and the cloud
         would drop them as resends. They are renumbered, in order, to follow `cloud_acked`
         (`renumber(frame, seq)` rewrites one), and `cloud_acked` becomes the acked seq, all in
-        one transaction. Returns the shift added to every unacknowledged seq (0: nothing to
-        do). Raises sqlite3.Error if the store cannot commit; nothing is changed then.
+        one transaction. Returns the shift added to every seq it moved (0: nothing to do).
+        Raises sqlite3.Error if the store cannot commit; nothing is changed then.
 
         `cloud_may_hold`: the highest seq the cloud can hold if nothing was lost (default: all
         that is committed). The tunnel passes what was committed before this run (`opened_seq`)
         or sent during it: frames committed at start-up, before any welcome, never left the
-        box, and a cloud that acks as far as them holds the lost frames under their seqs.
+        box, and a cloud that acks as far as them holds the lost frames under their seqs. The
+        unacknowledged frames up to a given `cloud_may_hold` are the cloud's already (its ack
+        passes them; only the ack of them was lost): they are acknowledged, not renumbered, and
+        only the frames after them move (sent again under new seqs, they reached it twice).
         """
         if cloud_acked <= (self._committed_seq if cloud_may_hold is None else cloud_may_hold):
             return 0
         if not self.flush():
             raise sqlite3.OperationalError(f"outbox rebase: {self.last_error}")
-        shift = cloud_acked - self._acked_seq
-        backlog = self.outbox_backlog()
-        held = self.outbox_after(self._acked_seq, limit=backlog) if backlog else []
+        after = self._acked_seq
+        if cloud_may_hold is not None:
+            after = max(after, min(cloud_may_hold, self._committed_seq))
+        shift = cloud_acked - after
+        backlog = self._next_seq - 1 - after
+        held = self.outbox_after(after, limit=backlog) if backlog > 0 else []
         frames = [(seq + shift, renumber(frame, seq + shift)) for seq, frame in held]
         created = iso(self.outbox_now())
         with _immediate(self._db):
@@ -1138,6 +1144,8 @@ class Store:
             renumbered=len(frames),
         )
         self._acked_seq = cloud_acked
+        self._acked_event.set()  # a hand-off among the frames the cloud holds may go ahead
+        self._acked_event = anyio.Event()
         self._committed_seq += shift
         self._next_seq += shift
         self._recent_frames.clear()

@@ -302,7 +302,8 @@ class Tunnel:
         except (sqlite3.Error, protocol.ProtocolError) as exc:
             raise ConnectionError(f"outbox rebase failed ({type(exc).__name__})") from None
         if shift and self._on_rebase is not None:
-            self._on_rebase(was, shift)
+            # the frames up to `may_hold` are the cloud's (acked): only those after them moved
+            self._on_rebase(max(was, may_hold), shift)
 
     def _ssl_context(self) -> ssl.SSLContext | bool:
         if not self._cfg.url.startswith("wss://"):

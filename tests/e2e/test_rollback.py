@@ -119,3 +119,35 @@ async def test_reports_made_at_start_up_reach_a_cloud_that_holds_the_lost_seqs(
         assert len(seqs) >= 3  # the failure and the two sim locks' device frames
         assert tunnel.sessions == 1
         assert daemon.ready
+
+
+async def test_frames_the_cloud_holds_are_not_sent_again_when_the_store_is_behind_it(
+    tmp_path: Path,
+) -> None:
+    """A power cut took the store's last commits (frames 4 and 5, and the ack of 2 and 3): the
+    store holds 2 and 3 unacknowledged, the cloud holds 1..5. The cloud's ack passes 2 and 3,
+    which left this box under those seqs: renumbered after 5, they reached the cloud a second
+    time under seqs it had not seen, a duplicate of each (an old device frame undoing a newer
+    one). Only what never left the box follows the cloud's 5."""
+    state = tmp_path / "gw"
+    state.mkdir(mode=0o700)
+    pre = Store.open(state / DB_NAME)
+    for n in range(3):  # seqs 1..3, all sent before the cut; only the ack of 1 was kept
+        pre.outbox_put(
+            lambda seq, n=n: protocol.encode(
+                protocol.DeviceRemovedMsg(seq=seq, device_id=f"gone-{n}")
+            )
+        )
+    assert pre.flush()
+    pre.outbox_ack(1)
+    pre.close()
+    async with hostile_gateway(state, acked_seq=5) as (hostile, daemon, tunnel, store):
+        await wait_until(lambda: store.outbox_backlog() == 0 and len(hostile.received) >= 2, 15)
+        removed = [b["device_id"] for b in hostile.received if b["type"] == "device_removed"]
+        assert removed == []  # gone-1 and gone-2 are the cloud's seqs 2 and 3 already
+        seqs = [b["seq"] for b in hostile.received if "seq" in b]
+        assert seqs == list(range(6, 6 + len(seqs)))  # after the cloud's 5, in order
+        assert len(seqs) >= 2  # the two sim locks' device frames
+        assert store.acked_seq == seqs[-1]
+        assert tunnel.sessions == 1
+        assert daemon.ready

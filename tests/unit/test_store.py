@@ -361,6 +361,34 @@ def test_rebase_counts_only_what_the_cloud_can_hold(tmp_path: Path) -> None:
     store.close()
 
 
+def test_rebase_acknowledges_what_left_the_box_and_moves_only_the_rest(tmp_path: Path) -> None:
+    """Seqs 1..3 committed and sent before this run, the ack of 2 and 3 lost with the store's
+    last commits; 4 committed at start-up. A cloud that acks 6 holds 2 and 3: renumbered after
+    6, they reached it twice. Only 4, which never left the box, follows 6."""
+    path = tmp_path / "s.db"
+    store = Store.open(path)
+    for _ in range(3):
+        store.outbox_put(_seq_frame)
+    store.flush()
+    store.outbox_ack(1)
+    store.close()
+    store = Store.open(path)
+    store.outbox_put(lambda seq: b"start-up")
+    store.flush()
+
+    def renumber(frame: bytes, seq: int) -> bytes:
+        if frame != b"start-up":
+            pytest.fail(f"{frame!r}, which the cloud holds, renumbered as {seq}")
+        return b"start-up, as %d" % seq
+
+    shift = store.rebase(6, renumber, cloud_may_hold=store.opened_seq)
+    assert shift == 3
+    assert store.acked_seq == 6
+    assert store.outbox_after(0) == [(7, b"start-up, as 7")]
+    assert store.outbox_put(_seq_frame) == 8
+    store.close()
+
+
 def test_rebase_with_nothing_unacked_moves_the_next_seq_past_the_cloud(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "s.db")
     store.outbox_put(_seq_frame)
