@@ -322,6 +322,11 @@ def _read_only(path: Path, sql: str) -> tuple[Any, ...] | None:
         db = sqlite3.connect(uri if live else uri + "&immutable=1", uri=True)
         try:
             row: tuple[Any, ...] | None = db.execute(sql).fetchone()
+        except sqlite3.DatabaseError as exc:
+            if not salvage.is_corruption(exc):
+                raise
+            # Python quotes a value it cannot decode (the credential) in its message
+            raise salvage.StoreDamaged(salvage.reason(exc)) from None
         finally:
             db.close()
         if live or not wal.exists():
@@ -825,8 +830,11 @@ class Store:
         try:
             return read()
         except sqlite3.DatabaseError as exc:
-            if not (salvage.is_corruption(exc) and self._rebuild(salvage.reason(exc))):
+            if not salvage.is_corruption(exc):
                 raise
+            if not self._rebuild(salvage.reason(exc)):
+                # Python quotes a value it cannot decode (the credential) in its message
+                raise salvage.StoreDamaged(salvage.reason(exc)) from None
         return read()
 
     def set_claimed(self, gateway_id: str, credential: str) -> None:

@@ -394,3 +394,23 @@ def test_check_config_names_the_key_of_a_value_that_ended_run(
     result = _gatewayd("check-config", "-c", str(cfg))
     assert result.returncode == 2, result.stdout
     assert _one_line(result.stderr).startswith(f"gatewayd: {cfg}: {key}: ")
+
+
+def test_token_with_a_damaged_credential_does_not_print_it(tmp_path: Path) -> None:
+    """One byte of the stored credential damaged: `token` printed Python's decode error, which
+    quotes the whole value, on the operator's terminal."""
+    from gatewayd.store import Store
+
+    state = tmp_path / "state"
+    state.mkdir()
+    db_path = state / "gatewayd.db"
+    store = Store.open(db_path)
+    store.set_claimed("gw-1", "gwc_9f3b2c7d1e8a4b6c0d5e7f1a2b3c4d5e")
+    store.close()
+    raw = bytearray(db_path.read_bytes())
+    raw[raw.find(b"gwc_9f3b2c7d") + 20] = 0xFF
+    db_path.write_bytes(bytes(raw))
+    result = _gatewayd("token", "-c", str(_config(tmp_path, state)))
+    assert "gwc_9f3b2c7d" not in result.stdout + result.stderr
+    assert result.returncode == 1
+    assert _one_line(result.stderr).endswith("text that is not UTF-8")

@@ -415,6 +415,43 @@ def test_a_disk_too_full_for_the_new_store_leaves_the_damaged_one_in_place(
         store.close()
 
 
+_FULL_DISK_IDENTITY = """
+import pathlib, resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, 150_000))
+from gatewayd.store import Store
+Store.open(pathlib.Path(sys.argv[1])).identity()
+"""
+
+
+def test_a_damaged_credential_the_disk_has_no_room_to_rebuild_from_is_never_quoted(
+    tmp_path: Path,
+) -> None:
+    """The identity read (the daemon's first, the tunnel's before each dial, /status) found the
+    credential damaged on a disk too full for the new store: the read failed with Python's
+    decode error, which quotes the credential, into the traceback of a failed start, the
+    tunnel's `last_error` on /status and its log line."""
+    path = tmp_path / DB
+    filled(path, actions=3000)  # bigger than the file size the disk has room for
+    raw = bytearray(path.read_bytes())
+    at = raw.find(b"credential-of-gw-1")
+    assert at > 0
+    raw[at + len("credential-of-gw-")] = 0xFF
+    path.write_bytes(bytes(raw))
+    run = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK_IDENTITY, str(path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+        timeout=60,
+    )
+    assert "credential-of-gw" not in run.stdout + run.stderr
+    assert run.returncode != 0  # no identity to go on with
+    assert "store.not_rebuilt" in run.stdout + run.stderr
+    assert "text that is not UTF-8" in run.stderr  # what is wrong, in the words of `salvage`
+
+
 def test_the_copy_just_made_is_kept_whatever_the_clock_said_before(tmp_path: Path) -> None:
     """Copies are named by the wall clock: two made while it ran years ahead (a box without a
     clock battery, before NTP) sorted after the new one, which was deleted at once."""
