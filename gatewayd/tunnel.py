@@ -71,7 +71,8 @@ class CloudRefused(aiohttp.ClientConnectionError):
     """The cloud answered the hello with an `error` frame."""
 
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"cloud refused: {code}: {message}")
+        # clipped as an error frame after the welcome is: it goes to /status and each dial's log
+        super().__init__(f"cloud refused: {_clip(code, 64)}: {_clip(message)}")
         self.code = code
 
 

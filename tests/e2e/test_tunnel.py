@@ -17,6 +17,7 @@ import anyio
 import pytest
 import trustme
 from aiohttp import web
+from structlog.testing import capture_logs
 
 from devcloud.app import create_app
 from devcloud.settings import Settings
@@ -761,3 +762,39 @@ async def test_tls_certificates_are_verified(
                 assert not tunnel.up
     finally:
         await runner.cleanup()
+
+
+class RefusingCloud(TunnelServer):
+    """Answers every hello with an `error` frame of the largest size a frame may have."""
+
+    async def handler(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.receive()  # hello
+        refusal = protocol.ErrorMsg(code="c" * 1000, message="m" * 60_000)
+        await ws.send_str(protocol.encode(refusal).decode())
+        await ws.close()
+        return ws
+
+
+async def test_a_refusal_at_the_hello_is_clipped_on_status_and_in_the_log(tmp_path: Path) -> None:
+    """A cloud's `error` answer to the hello went whole (61 KB here) into `last_error` on
+    /status and into each dial's log line, on every retry. An error after the welcome was
+    already clipped to 200 characters; so is this one now."""
+    cloud = await RefusingCloud().start()
+    try:
+        with capture_logs() as logs:
+            async with claimed_daemon(tmp_path / "gw", cloud) as daemon:
+                tunnel = daemon.tunnel
+                assert tunnel is not None
+                await wait_until(lambda: "cloud refused" in (tunnel.last_error or ""), 15)
+                error = tunnel.last_error or ""
+                assert error.startswith("CloudRefused: cloud refused: ccc")
+                assert "mmm" in error
+                assert len(error) < 400
+                assert daemon.snapshot()["tunnel"]["last_error"] == error
+    finally:
+        await cloud.close()
+    logged = [e["error"] for e in logs if e["event"] == "tunnel.disconnected"]
+    assert any("cloud refused" in line for line in logged)
+    assert all(len(line) < 400 for line in logged)
