@@ -620,7 +620,14 @@ class Store:
             )
 
     def close(self) -> None:
-        self.flush()
+        if not self.flush():
+            # the refusal was logged when it began; what it costs now is said once, here
+            log.error(
+                "store.closed_unsaved",
+                frames=len(self._pending_frames),
+                actions=len(self._pending_actions),
+                error=self.last_error,
+            )
         if self._checkpointer is not None:
             self._checkpointer.close()
             self._checkpointer = None

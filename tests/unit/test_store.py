@@ -724,3 +724,29 @@ def test_has_action_finds_every_logged_id_through_its_filter(tmp_path: Path) -> 
     assert store.has_action(new)
     assert not any(store.has_action(f"ar-never-{n}") for n in range(200))
     store.close()
+
+
+def test_closing_a_store_that_cannot_commit_says_what_it_could_not_keep(tmp_path: Path) -> None:
+    """The disk full (or the file locked) since before the stop: the frames still queued are
+    lost when the process ends. The refusal was logged once, when it began; the loss itself
+    went unsaid. It is one error line now, with the count."""
+    from structlog.testing import capture_logs
+
+    path = tmp_path / "s.db"
+    store = Store.open(path)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with capture_logs() as logs:
+            store.outbox_put(_seq_frame)
+            assert not store.flush()  # refused: logged as store.commit_failed
+            store.outbox_put(_seq_frame)
+            store.close()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    lost = [e for e in logs if e["event"] == "store.closed_unsaved"]
+    assert len(lost) == 1
+    assert lost[0]["log_level"] == "error"
+    assert lost[0]["frames"] == 2
+    assert Store.open(path).outbox_backlog() == 0  # they are gone indeed
