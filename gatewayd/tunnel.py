@@ -466,7 +466,14 @@ class Tunnel:
                     continue
                 if msg.type != aiohttp.WSMsgType.TEXT:
                     continue
-                frame = protocol.decode(msg.data)
+                try:
+                    frame = protocol.decode(msg.data)
+                except protocol.ProtocolError as exc:
+                    if exc.code != "unknown_type":
+                        raise  # a welcome that cannot be read ends the session, named
+                    # a newer cloud's frame: skipped, as after the welcome
+                    self._skip(exc.message)
+                    continue
                 if isinstance(frame, protocol.Welcome):
                     return frame
                 if isinstance(frame, protocol.ErrorMsg):

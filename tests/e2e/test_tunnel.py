@@ -365,8 +365,10 @@ class HostileCloud(TunnelServer):
         early: tuple[str, ...] = (),
         server_time: str | None = None,
         heartbeat_s: float = 60,
+        before: tuple[str, ...] = (),
     ) -> None:
         super().__init__()
+        self.before = before  # frames sent after the hello, before the welcome
         self.received: list[dict[str, Any]] = []
         self.acked_seq = acked_seq
         self.server_time = server_time  # welcome.server_time
@@ -378,6 +380,8 @@ class HostileCloud(TunnelServer):
         await ws.prepare(request)
         await ws.receive()  # hello
         await ws.send_bytes(b"\x00\x01binary")
+        for frame in self.before:
+            await ws.send_str(frame)
         await ws.send_str(
             protocol.encode(
                 protocol.Welcome(
@@ -798,3 +802,24 @@ async def test_a_refusal_at_the_hello_is_clipped_on_status_and_in_the_log(tmp_pa
     logged = [e["error"] for e in logs if e["event"] == "tunnel.disconnected"]
     assert any("cloud refused" in line for line in logged)
     assert all(len(line) < 400 for line in logged)
+
+
+async def test_a_frame_of_a_newer_type_before_the_welcome_is_skipped(tmp_path: Path) -> None:
+    """A newer cloud that sends a frame of a type this gateway does not know before its
+    welcome: skipped, as after the welcome. Before, it ended every session at the hello, and
+    the gateway never connected again until it was upgraded."""
+    notice = json.dumps({"type": "maintenance_notice", "text": "back at 3"})
+    async with hostile_gateway(tmp_path / "gw", before=(notice,)) as (hostile, _, tunnel, store):
+        await wait_until(lambda: store.outbox_backlog() == 0 and len(hostile.received) >= 2, 15)
+        assert tunnel.sessions == 1
+        assert tunnel.up
+        assert tunnel.frames_skipped >= 1
+
+
+async def test_a_malformed_welcome_still_ends_the_session(tmp_path: Path) -> None:
+    """What is skipped before the welcome is a frame of an unknown type only: a welcome with
+    a field of the wrong type is still refused at once, named on /status."""
+    bad = json.dumps({"type": "welcome", "protocol": 1, "gateway_id": 7, "acked_seq": "x"})
+    async with hostile_gateway(tmp_path / "gw", before=(bad,)) as (hostile, _, tunnel, _s):
+        await wait_until(lambda: (tunnel.last_error or "").startswith("protocol: "), 15)
+        assert hostile.received == []
