@@ -123,7 +123,10 @@ class Webhooks:
                 "Seam-Signature": sign(s.webhook_secret, ts, body),
             }
             try:
-                async with self._session.post(r.url, data=body, headers=headers) as resp:
+                # a 3xx is not taken: followed, a 301/302 turns the POST into a bodiless GET
+                async with self._session.post(
+                    r.url, data=body, headers=headers, allow_redirects=False
+                ) as resp:
                     if 200 <= resp.status < 300:
                         log.info("webhook.delivered", receiver=r.label, attempt=attempt)
                         return True

@@ -17,6 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
+from devcloud.db import secret_hash
 from gatewayd import protocol as p
 from tests.devcloud.conftest import DEVICE_ID, CloudFactory
 
@@ -241,3 +242,43 @@ async def test_a_delivery_refused_for_longer_than_the_give_up_time_is_dropped_an
     await send_event(tunnel, 3, kept)
     await asyncio.wait_for(recv.got.wait(), timeout=10)
     assert [e["id"] for e in recv.accepted] == ["ev-kept"]
+
+
+async def test_a_redirect_is_not_taken_for_a_delivery(make_cloud: CloudFactory) -> None:
+    """A receiver that answers 301 (http to https, a trailing slash) has not taken the event:
+    following it turned the POST into a GET without the body, whose 200 counted as delivered
+    and dropped the event from the outbox. The delivery is retried as a failure instead."""
+    got: list[tuple[str, str, bytes]] = []
+
+    async def moved(request: web.Request) -> web.Response:
+        got.append((request.method, request.path, await request.read()))
+        raise web.HTTPMovedPermanently("/webhooks/")
+
+    async def page(request: web.Request) -> web.Response:
+        got.append((request.method, request.path, await request.read()))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/webhooks", moved)
+    app.router.add_route("*", "/webhooks/", page)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    url = str(server.make_url("/webhooks"))
+    try:
+        cloud = await make_cloud(webhook_urls=(url,), webhook_secret=SECRET)
+        tunnel, _, _ = await cloud.claimed_gateway()
+        with capture_logs() as logs:
+            await send_event(
+                tunnel, 2, device_event("ev-301", "door unlocked", {}, "2020-06-11T21:12:20.000Z")
+            )
+            async with asyncio.timeout(10):
+                while len(got) < 2:
+                    await asyncio.sleep(0.01)
+        assert [(method, path) for method, path, _ in got[:2]] == [("POST", "/webhooks")] * 2
+        assert all(body for _, _, body in got)
+        assert cloud.state.webhooks.delivered == 0
+        assert cloud.state.db.webhook_backlog(secret_hash(url)) == 1  # still owed
+        failed = [e["reason"] for e in logs if e["event"] == "webhook.attempt_failed"]
+        assert failed[:1] == ["http_301"]  # retried as a failure, and said so
+    finally:
+        await server.close()
