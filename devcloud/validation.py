@@ -234,8 +234,11 @@ def mask_pins(value: Any) -> Any:
 
 # A run of digits as long as the shortest PIN a lock takes, alone (not part of a longer run).
 _PIN_DIGITS: Final = re.compile(r"(?<![0-9])[0-9]{4,}(?![0-9])")
-# "code", "user_code", "pin", "dsk_pin", "codes", … as a word or the end of an identifier
-_CODE_WORD: Final = re.compile(r"(?<![a-z])(?:pin|pincode|passcode|code)s?(?![a-z])", re.I)
+# "code", "user_code", "userCode", "pin", "dsk_pin", "codes", … as a word or the end of an
+# identifier (the names `_PIN_KEYS` and the gateway's log redaction count as PINs)
+_CODE_WORD: Final = re.compile(
+    r"(?<![a-z])(?:(?:user|pin)_?code|(?:dsk_?)?pin|passcode|code)s?(?![a-z])", re.I
+)
 _SLOT_BEFORE: Final = re.compile(r"slot(?:_id)?\W*$", re.I)
 
 

@@ -308,6 +308,40 @@ async def test_a_pin_in_a_failed_actions_error_is_masked_and_error_texts_are_kep
     assert "0481234" not in dump
 
 
+async def test_a_pin_echoed_under_the_user_code_names_of_zwave_js_is_masked(
+    cloud: Cloud,
+) -> None:
+    """`userCode` (zwave-js's name for a slot's code) and `usercode`, which the event masking
+    already counts as PIN keys, were not code words to the error masking: a failed action's
+    error showed the PIN echoed under them."""
+    tunnel, _, _ = await cloud.claimed_gateway()
+    _, created = await cloud.post(f"/v1/devices/{DEVICE_ID}/actions/unlock")
+    sent = await tunnel.recv()
+    assert isinstance(sent, p.ActionRequestMsg)
+    error = {
+        "type": "invalid_input",
+        "message": "userCode 0481234 was refused by the lock",
+        "validation_errors": {"userCode": "0481234 is too long", "usercode": ["5550199"]},
+    }
+    for status_name in ("gateway_received", "failed"):
+        seq = tunnel.next_seq()
+        await tunnel.send(
+            p.ActionStatusMsg(
+                seq=seq, action_request_id=sent.id, status=status_name, error=error, at="x"
+            )
+        )
+        assert await tunnel.recv() == p.Ack(seq=seq)
+    shown = (await cloud.get(f"/v1/action_requests/{created['id']}"))["error"]
+    assert shown == {
+        "type": "invalid_input",
+        "message": "userCode **** was refused by the lock",
+        "validation_errors": {"userCode": "**** is too long", "usercode": ["****"]},
+    }
+    dump = "\n".join(sqlite3.connect(cloud.state.settings.db_path).iterdump())
+    assert "0481234" not in dump
+    assert "5550199" not in dump
+
+
 async def test_a_resent_seq_is_acked_but_stored_once(cloud: Cloud) -> None:
     tunnel, gateway_id, credential = await cloud.claimed_gateway()
     event = {
