@@ -189,21 +189,35 @@ class ActionService:
         self._db.set_action_status(id_, "gateway_failure", error, iso(utcnow()), "cloud")
         log.warning("action.gateway_failure", action_request_id=id_, reason=type_)
 
-    def apply_status(self, gateway_id: str, msg: protocol.ActionStatusMsg) -> str | None:
-        """A status report from the gateway that owns the request; anything else is ignored.
+    def apply_status(
+        self, gateway_id: str, msg: protocol.ActionStatusMsg
+    ) -> protocol.ActionCancel | None:
+        """A status report from the gateway that owns the request; anything else is not recorded.
 
-        Returns the id of a request the gateway must not run: its `gateway_received` came after
-        the hand-off timeout, when the cloud had already reported `gateway_failure`. The caller
-        sends `action_cancel` for it before the ack that lets the gateway go ahead.
+        Returns the `action_cancel` for a request the gateway must not run, which the caller
+        sends before the ack that lets the gateway go ahead: its `gateway_received` came after
+        the hand-off timeout, when the cloud had already reported `gateway_failure`, or the
+        request is another gateway's (a box claimed again after a revoke is a new gateway, and
+        resends the receipts its old one had in flight). A request the cloud never issued (the
+        gateway's local actions) is the gateway's own business.
         """
         row = self._db.action(msg.action_request_id)
         if row is None or row["gateway_id"] != gateway_id:
             log.warning("action.unknown_status_report", gateway_id=gateway_id)
-            return None
+            if row is None or msg.status != "gateway_received":
+                return None
+            return protocol.ActionCancel(
+                action_request_id=row["id"], reason="the request is another gateway's"
+            )
         current, new = row["status"], msg.status
         if current == "gateway_failure" and new in GATEWAY_STATUSES:
             log.warning("action.late_report", action_request_id=row["id"], new=new)
-            return row["id"] if new == "gateway_received" else None
+            if new != "gateway_received":
+                return None
+            return protocol.ActionCancel(
+                action_request_id=row["id"],
+                reason="the gateway received it after the cloud's hand-off timeout",
+            )
         if new not in GATEWAY_STATUSES or _RANK[new] <= _RANK[current]:
             log.warning(
                 "action.status_refused", action_request_id=row["id"], current=current, new=new

@@ -28,14 +28,14 @@ class Ingest:
         self._actions = actions
         self._webhooks = webhooks
 
-    def apply(self, gateway_id: str, msg: Upstream) -> tuple[int, str | None]:
+    def apply(self, gateway_id: str, msg: Upstream) -> tuple[int, protocol.ActionCancel | None]:
         """Store one message unless its seq was seen. Returns the cumulative seq to ack and
-        the id of an action request to cancel (send `action_cancel` before that ack)."""
+        the `action_cancel` to send before that ack, if any."""
         high = self._db.high_water(gateway_id)
         if msg.seq <= high:
             log.info("tunnel.duplicate", gateway_id=gateway_id, seq=msg.seq, acked_seq=high)
             return high, None
-        cancel: str | None = None
+        cancel: protocol.ActionCancel | None = None
         with self._db.transaction():
             match msg:
                 case protocol.ActionStatusMsg():

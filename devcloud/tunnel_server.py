@@ -283,11 +283,8 @@ async def _handle(app: state.State, conn: Connection, msg: protocol.Message) -> 
                 log.info("tunnel.frame_dropped", gateway_id=conn.gateway_id, seq=msg.seq)
                 return False
             acked, cancel = app.ingest.apply(conn.gateway_id, msg)
-            if cancel is not None:
-                reason = "the gateway received it after the cloud's hand-off timeout"
-                cancelled = protocol.ActionCancel(action_request_id=cancel, reason=reason)
-                if not await conn.send(cancelled):
-                    return False
+            if cancel is not None and not await conn.send(cancel):
+                return False
             return await conn.send(protocol.Ack(seq=acked))
         case protocol.ErrorMsg():
             log.warning("tunnel.peer_error", gateway_id=conn.gateway_id, error_code=msg.code[:40])

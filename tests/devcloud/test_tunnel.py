@@ -709,6 +709,36 @@ async def test_a_late_receipt_is_cancelled_before_it_is_acked(make_cloud: CloudF
     assert welcome.acked_seq == seq
 
 
+async def test_a_receipt_of_another_gateways_request_is_cancelled_before_it_is_acked(
+    cloud: Cloud,
+) -> None:
+    """A box claimed again after a revoke is a new gateway, and resends from its outbox the
+    receipt of a request its old identity got: acked without a cancel, that receipt was the
+    go-ahead, and the box ran a request its user was told ended `gateway_failure`."""
+    tunnel, old_id, _ = await cloud.claimed_gateway()
+    _, created = await cloud.post(f"/v1/devices/{DEVICE_ID}/actions/unlock")
+    sent = await tunnel.recv()
+    assert isinstance(sent, p.ActionRequestMsg)
+    status, _ = await cloud.post(f"/v1/gateways/{old_id}/actions/revoke_credential")
+    assert status == 200
+    _, claimed = await cloud.register("fresh-token-7", "the same box")
+    again = await cloud.tunnel(claimed.credential)
+    assert isinstance(await again.hello(), p.Welcome)
+    reason = "the request is another gateway's"
+    for action_id in (sent.id, "local-action"):  # one the cloud never issued: no cancel
+        seq = again.next_seq()
+        await again.send(
+            p.ActionStatusMsg(
+                seq=seq, action_request_id=action_id, status="gateway_received", error=None, at="x"
+            )
+        )
+        if action_id == sent.id:
+            assert await again.recv() == p.ActionCancel(action_request_id=action_id, reason=reason)
+        assert await again.recv() == p.Ack(seq=seq)
+    shown = await cloud.get(f"/v1/action_requests/{created['id']}")
+    assert shown["status"] == "pending"  # the hand-off timeout makes it gateway_failure
+
+
 async def test_gateway_actions_go_to_the_gateway(cloud: Cloud) -> None:
     tunnel, gateway_id, _ = await cloud.claimed_gateway()
     status, created = await cloud.post(

@@ -5,6 +5,7 @@ TCP proxy that delays every byte both ways."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,3 +73,59 @@ async def test_an_action_the_cloud_gave_up_on_is_never_run_late(
         )
     ]
     assert late["id"] not in names  # no door event answers the cancelled action
+
+
+async def test_a_receipt_resent_after_a_revoke_and_a_new_claim_does_not_run_the_action(
+    tmp_path: Path, cloud_factory: CloudFactory
+) -> None:
+    """The gateway received an unlock, and its receipt was still on the wire when the operator
+    revoked it; the cloud told its user `gateway_failure`. Claimed again, the box is a new
+    gateway and resends the receipt from its outbox: the cloud acked it without a cancel (the
+    request is another gateway's), that ack was the go-ahead, and the lock moved."""
+    cloud = await cloud_factory(handoff_timeout_s=HANDOFF_S)
+    proxy = await FaultProxy(cloud.server.port).start()
+    try:
+        async with running_daemon(
+            tmp_path / "gw", cloud_url=tunnel_url(proxy.port), latency_ms=1
+        ) as daemon:
+            store, registry, dispatcher = daemon.store, daemon.registry, daemon.dispatcher
+            assert store is not None
+            assert registry is not None
+            assert dispatcher is not None
+            _, old_id = await claim(cloud, daemon)
+            await wait_until(lambda: len(cloud.state.db.devices()) == 2)
+            await wait_until(lambda: store.outbox_backlog() == 0, 15)
+            device = (await cloud.get("/v1/devices"))[0]
+            locked_before = registry.device(device["id"]).properties.locked  # type: ignore[union-attr]
+            assert locked_before is not None
+            action = "lock" if not locked_before else "unlock"
+
+            proxy.delay_s = LINK_DELAY_S
+            status, late = await cloud.post(f"/v1/devices/{device['id']}/actions/{action}", {})
+            assert status == 200, late
+            # the box holds the request, waiting for the ack of its receipt: revoke now
+            await wait_until(lambda: dispatcher.queued() == 1 and store.outbox_backlog() == 1, 10)
+            status, _ = await cloud.post(f"/v1/gateways/{old_id}/actions/revoke_credential")
+            assert status == 200
+            shown = await wait_action(cloud, late["id"], timeout=10)
+            assert shown["status"] == "gateway_failure"
+
+            proxy.delay_s = 0.0
+            await wait_until(lambda: not store.identity().claimed, 15)
+            _, new_id = await claim(cloud, daemon)
+            assert new_id != old_id
+            await wait_until(lambda: store.outbox_backlog() == 0, 15)  # the receipt was acked
+
+            def ended() -> dict[str, Any] | None:
+                mine = [a for a in dispatcher.recent_snapshots(10) if a["id"] == late["id"]]
+                return mine[0] if mine and mine[0]["status"] in ("completed", "failed") else None
+
+            await wait_until(lambda: ended() is not None, 15)
+            assert registry.device(device["id"]).properties.locked == locked_before  # type: ignore[union-attr]
+            mine = ended()
+            assert mine is not None
+            assert (mine["status"], mine["error"]["type"]) == ("failed", "cancelled")
+            assert dispatcher.counts.get("processing", 0) == 0
+    finally:
+        await proxy.close()
+    assert (await cloud.get(f"/v1/action_requests/{late['id']}"))["status"] == "gateway_failure"
