@@ -383,6 +383,13 @@ class Dispatcher:
             job.waiting.cancel()
         return True
 
+    def cancel_handoffs(self, reason: str) -> None:
+        """Never start any cloud action still waiting for its hand-off: the gateway lost its
+        claim (revoked), so the cloud that sent them will never confirm them, and the ack of a
+        later claim's session, which covers the same outbox seqs, is no go-ahead for them."""
+        for action_id in list(self._handoffs):
+            self.cancel(action_id, reason)
+
     def rebase_handoffs(self, was_acked: int, shift: int) -> None:
         """The outbox was renumbered (Store.rebase): every frame above `was_acked` moved up by
         `shift`, the gateway_received reports the waiting hand-offs are for among them."""

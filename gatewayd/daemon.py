@@ -219,6 +219,7 @@ class Daemon:
                         on_clock=upstream.cloud_clock,
                         on_rebase=dispatcher.rebase_handoffs,
                         on_claimed=registry.report_all,
+                        on_unclaimed=dispatcher.cancel_handoffs,
                     )
                     self.tunnel = tunnel
                     tg.start_soon(tunnel.run, name="tunnel")

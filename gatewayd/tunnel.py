@@ -161,6 +161,7 @@ class Tunnel:
         on_clock: Callable[[float | None], object] | None = None,
         on_rebase: Callable[[int, int], object] | None = None,
         on_claimed: Callable[[], object] | None = None,
+        on_unclaimed: Callable[[str], object] | None = None,
         backoff: Backoff | None = None,
         sleep: Callable[[float], Any] = anyio.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -175,6 +176,7 @@ class Tunnel:
         self._on_clock = on_clock
         self._on_rebase = on_rebase
         self._on_claimed = on_claimed
+        self._on_unclaimed = on_unclaimed
         self._hello = hello
         self.backoff = backoff or Backoff()
         self._sleep = sleep
@@ -371,6 +373,8 @@ class Tunnel:
             )
             return
         emit(event, hint=hint, registration_token=fresh.registration_token)
+        if if_claimed and self._on_unclaimed is not None:
+            self._on_unclaimed("the cloud refused this gateway's credential")
 
     async def _session(self) -> None:
         ident = self._store.identity()

@@ -8,8 +8,11 @@ from pathlib import Path
 import anyio
 
 from gatewayd.actions import Dispatcher, StatusUpdate
+from gatewayd.config import CloudConfig
 from gatewayd.store import Store
+from gatewayd.tunnel import Tunnel
 from tests.unit.test_actions import LOCK, Devices, request
+from tests.unit.test_tunnel_claims import GATEWAY_ID, OLD, ScriptedCloud, running
 
 
 class CloudHarness:
@@ -160,3 +163,38 @@ async def test_a_rebased_outbox_moves_the_hand_off_a_waiting_action_needs(tmp_pa
         tg.cancel_scope.cancel()
     assert h.statuses("a1") == ["gateway_received", "processing", "completed"]
     assert h.exec.ran == [("d1", "unlock")]
+
+
+async def test_a_gateway_that_loses_its_claim_starts_none_of_the_actions_it_holds(
+    tmp_path: Path,
+) -> None:
+    """The cloud refuses the credential (revoked) while a cloud action waits for the ack of
+    its receipt. The gateway, unclaimed now, is claimed again as a new gateway, whose session
+    acks the same outbox seqs: that ack started the old gateway's action, which its cloud had
+    reported `gateway_failure`. Losing the claim now cancels every action still waiting."""
+    h = CloudHarness(tmp_path)
+    h.store.set_claimed(GATEWAY_ID, OLD)
+    cloud = ScriptedCloud(set(), lambda _n: None)  # every credential refused: 401
+    async with running(cloud):
+        tunnel = Tunnel(
+            CloudConfig(url=f"ws://127.0.0.1:{cloud.port}/v1/gateway/tunnel", connect_timeout_s=2),
+            h.store,
+            lambda _request: None,
+            lambda: {"software_version": "0", "hardware": "test", "drivers": ["sim"]},
+            on_unclaimed=h.dispatcher.cancel_handoffs,
+        )
+        async with anyio.create_task_group() as tg:
+            h.dispatcher.bind(tg)
+            assert h.dispatcher.submit(request("unlock", id="held"), handoff=True)
+            await anyio.sleep(0.05)
+            tg.start_soon(tunnel.run)
+            with anyio.fail_after(10):
+                while h.store.identity().claimed:
+                    await anyio.sleep(0.01)
+            await h.ack_receipt("held")  # what the next claim's session does
+            await h.settle("held")
+            tg.cancel_scope.cancel()
+    assert cloud.refused == [OLD]
+    assert h.statuses("held") == ["gateway_received", "failed"]
+    assert h.last_error_type("held") == "cancelled"
+    assert h.exec.started == []
