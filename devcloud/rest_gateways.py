@@ -132,6 +132,14 @@ async def revoke_credential(request: web.Request) -> web.Response:
     return web.json_response(gateway_view(st, gw))
 
 
+# after every gateway action above: aiohttp matches routes in the order they were added
+@routes.post("/v1/gateways/{gateway_id}/actions/{action}")
+async def unknown_gateway_action(request: web.Request) -> web.Response:
+    """A gateway action this cloud does not have: typed, as for a device's."""
+    _gateway(request.app[STATE], request)
+    raise ApiError(400, "action_not_supported", "A gateway does not support that action")
+
+
 def _no_body(body: Any) -> None:
     problems = Problems()
     no_extra(as_object(body, problems), set(), problems)

@@ -250,6 +250,13 @@ async def test_device_action_responses_have_the_seed_shape(cloud: Cloud) -> None
     status, other = await cloud.post(f"/v1/devices/{DEVICE_ID}/actions/launch")
     assert status == 400
     assert_error(other, "action_not_supported")
+    # the same for a gateway action this cloud does not have (a generic `not_found` before)
+    status, other = await cloud.post(f"/v1/gateways/{gateway_id}/actions/reboot")
+    assert status == 400
+    assert_error(other, "action_not_supported")
+    status, other = await cloud.post("/v1/gateways/no-such-gateway/actions/reboot")
+    assert status == 404
+    assert_error(other, "gateway_not_found")
     status, other = await cloud.post(
         f"/v1/gateways/{gateway_id}/actions/pair_devices", {"data": {"duration": 0}}
     )
