@@ -390,11 +390,11 @@ class Dispatcher:
         for action_id in list(self._handoffs):
             self.cancel(action_id, reason)
 
-    def rebase_handoffs(self, was_acked: int, shift: int) -> None:
-        """The outbox was renumbered (Store.rebase): every frame above `was_acked` moved up by
+    def rebase_handoffs(self, after: int, shift: int) -> None:
+        """The outbox was renumbered (Store.rebase): every frame above `after` moved up by
         `shift`, the gateway_received reports the waiting hand-offs are for among them."""
         for job in self._handoffs.values():
-            if job.handoff_seq > was_acked:
+            if job.handoff_seq > after:
                 job.handoff_seq += shift
 
     def reject(self, request: ActionRequest, message: str) -> None:

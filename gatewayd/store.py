@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 import anyio
 import msgspec
@@ -114,6 +114,14 @@ class ActionRow(msgspec.Struct, frozen=True):
     error: dict[str, Any] | None
     transitions: list[tuple[str, str]]  # (status, iso time)
     deadline: str
+
+
+class Rebased(NamedTuple):
+    """What Store.rebase moved: every unacknowledged frame above `after` got `shift` added
+    to its seq (0: nothing moved)."""
+
+    after: int
+    shift: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -1110,7 +1118,7 @@ class Store:
         renumber: Callable[[bytes, int], bytes],
         *,
         cloud_may_hold: int | None = None,
-    ) -> int:
+    ) -> Rebased:
         """Follow a cloud that holds seqs past everything this store has given it.
 
         That happens when the store lost its last commits (a power cut before the OS wrote
@@ -1118,7 +1126,8 @@ class Store:
         The frames it holds unacknowledged then carry seqs the cloud already has, and the cloud
         would drop them as resends. They are renumbered, in order, to follow `cloud_acked`
         (`renumber(frame, seq)` rewrites one), and `cloud_acked` becomes the acked seq, all in
-        one transaction. Returns the shift added to every seq it moved (0: nothing to do).
+        one transaction. Returns the seq the frames that moved were above and the shift added
+        to each (shift 0: nothing to do).
         Raises sqlite3.Error if the store cannot commit; nothing is changed then.
 
         `cloud_may_hold`: the highest seq the cloud can hold if nothing was lost (default: all
@@ -1130,7 +1139,7 @@ class Store:
         only the frames after them move (sent again under new seqs, they reached it twice).
         """
         if cloud_acked <= (self._committed_seq if cloud_may_hold is None else cloud_may_hold):
-            return 0
+            return Rebased(self._acked_seq, 0)
         if not self.flush():
             raise sqlite3.OperationalError(f"outbox rebase: {self.last_error}")
         after = self._acked_seq
@@ -1166,7 +1175,7 @@ class Store:
         self._recent_frames.clear()
         self._recent_bytes = 0
         self._remember_frames(frames)
-        return shift
+        return Rebased(after, shift)
 
     async def wait_acked(self, seq: int) -> None:
         """Return once the cloud has acknowledged frame `seq` (and all before it)."""

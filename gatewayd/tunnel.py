@@ -291,7 +291,6 @@ class Tunnel:
         """The cloud holds seqs this store never committed (it lost its last commits, or was
         restored from a backup): renumber what is unacknowledged to follow them, and let the
         dispatcher move the hand-offs it waits for along (Store.rebase)."""
-        was = self._store.acked_seq
         if cloud_acked > MAX_CLOUD_SEQ and cloud_acked > self._store.committed_seq:
             # no gateway gets there; following it would soon run seqs out of range
             raise ConnectionError(f"the cloud acked seq {cloud_acked}, beyond any gateway's")
@@ -301,12 +300,12 @@ class Tunnel:
         self._sent_high = max(self._sent_high, self.sent_seq)
         may_hold = max(self._store.opened_seq, self._sent_high)
         try:
-            shift = self._store.rebase(cloud_acked, protocol.renumber, cloud_may_hold=may_hold)
+            moved = self._store.rebase(cloud_acked, protocol.renumber, cloud_may_hold=may_hold)
         except (sqlite3.Error, protocol.ProtocolError) as exc:
             raise ConnectionError(f"outbox rebase failed ({type(exc).__name__})") from None
-        if shift and self._on_rebase is not None:
-            # the frames up to `may_hold` are the cloud's (acked): only those after them moved
-            self._on_rebase(max(was, may_hold), shift)
+        if moved.shift and self._on_rebase is not None:
+            # the frames up to `moved.after` are the cloud's (acked): only those after them moved
+            self._on_rebase(moved.after, moved.shift)
 
     def _ssl_context(self) -> ssl.SSLContext | bool:
         if not self._cfg.url.startswith("wss://"):

@@ -151,9 +151,8 @@ async def test_a_rebased_outbox_moves_the_hand_off_a_waiting_action_needs(tmp_pa
         await h.store.wait_outbox(1)
         await anyio.sleep(0.05)  # its worker is waiting for the ack of seq 2
         assert h.exec.started == []
-        was = h.store.acked_seq
-        shift = h.store.rebase(50, lambda frame, seq: b'{"seq": %d}' % seq)
-        h.dispatcher.rebase_handoffs(was, shift)
+        moved = h.store.rebase(50, lambda frame, seq: b'{"seq": %d}' % seq)
+        h.dispatcher.rebase_handoffs(moved.after, moved.shift)
         assert [s for s, _ in h.store.outbox_after(0)] == [51, 52]
         h.store.outbox_ack(51)  # the door event: above the receipt's old seq, not its new one
         await anyio.sleep(0.1)

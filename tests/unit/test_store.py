@@ -16,7 +16,7 @@ from structlog.testing import CapturingLogger
 from gatewayd import salvage
 from gatewayd import store as store_module
 from gatewayd.protocol import ProtocolError
-from gatewayd.store import MIGRATIONS, SCHEMA_VERSION, ActionRow, Store, migrate
+from gatewayd.store import MIGRATIONS, SCHEMA_VERSION, ActionRow, Rebased, Store, migrate
 
 
 def _tables(db: sqlite3.Connection) -> set[str]:
@@ -306,9 +306,8 @@ def test_rebase_renumbers_what_the_cloud_has_not_acked_to_follow_what_it_holds(
     store.flush()
     store.outbox_ack(2)
     store.outbox_put(_seq_frame)  # queued, not committed yet
-    assert store.rebase(5, lambda frame, seq: _seq_frame(seq)) == 0  # not behind: nothing
-    shift = store.rebase(40, lambda frame, seq: _seq_frame(seq))
-    assert shift == 38
+    assert store.rebase(5, lambda frame, seq: _seq_frame(seq)).shift == 0  # not behind: nothing
+    assert store.rebase(40, lambda frame, seq: _seq_frame(seq)) == Rebased(after=2, shift=38)
     assert store.acked_seq == 40
     assert store.committed_seq == 44
     assert store.outbox_after(0) == [(s, _seq_frame(s)) for s in (41, 42, 43, 44)]
@@ -353,11 +352,11 @@ def test_rebase_counts_only_what_the_cloud_can_hold(tmp_path: Path) -> None:
     for _ in range(3):
         store.outbox_put(_seq_frame)
     store.flush()
-    assert store.rebase(4, lambda frame, seq: _seq_frame(seq)) == 0  # the old test: missed
-    shift = store.rebase(4, lambda frame, seq: _seq_frame(seq), cloud_may_hold=store.opened_seq)
-    assert shift == 1
+    assert store.rebase(4, lambda frame, seq: _seq_frame(seq)).shift == 0  # the old test: missed
+    moved = store.rebase(4, lambda frame, seq: _seq_frame(seq), cloud_may_hold=store.opened_seq)
+    assert moved == Rebased(after=3, shift=1)
     assert store.outbox_after(0) == [(s, _seq_frame(s)) for s in (5, 6, 7)]
-    assert store.rebase(4, pytest.fail, cloud_may_hold=7) == 0  # a later welcome: all is well
+    assert store.rebase(4, pytest.fail, cloud_may_hold=7).shift == 0  # a later welcome: all is well
     store.close()
 
 
@@ -381,8 +380,8 @@ def test_rebase_acknowledges_what_left_the_box_and_moves_only_the_rest(tmp_path:
             pytest.fail(f"{frame!r}, which the cloud holds, renumbered as {seq}")
         return b"start-up, as %d" % seq
 
-    shift = store.rebase(6, renumber, cloud_may_hold=store.opened_seq)
-    assert shift == 3
+    # only what is above 3 moved: the hand-offs waiting for 2 or 3 are the cloud's (acked)
+    assert store.rebase(6, renumber, cloud_may_hold=store.opened_seq) == Rebased(after=3, shift=3)
     assert store.acked_seq == 6
     assert store.outbox_after(0) == [(7, b"start-up, as 7")]
     assert store.outbox_put(_seq_frame) == 8
@@ -395,7 +394,7 @@ def test_rebase_with_nothing_unacked_moves_the_next_seq_past_the_cloud(tmp_path:
     store.flush()
     store.outbox_ack(1)
     store.flush()
-    assert store.rebase(9, lambda frame, seq: pytest.fail("nothing to renumber")) == 8
+    assert store.rebase(9, lambda frame, seq: pytest.fail("nothing to renumber")).shift == 8
     assert store.outbox_after(0) == []
     assert store.outbox_put(_seq_frame) == 10
     store.close()
