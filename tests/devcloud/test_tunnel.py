@@ -255,18 +255,34 @@ async def test_a_failed_action_shows_the_gateway_error(cloud: Cloud) -> None:
     assert (shown["status"], shown["error"]) == ("failed", error)
 
 
+async def _shown_error(cloud: Cloud, tunnel: TunnelClient, error: dict[str, Any]) -> Any:
+    """Have the gateway fail a new unlock with `error`; return the error the cloud shows."""
+    _, created = await cloud.post(f"/v1/devices/{DEVICE_ID}/actions/unlock")
+    sent = await tunnel.recv()
+    assert isinstance(sent, p.ActionRequestMsg)
+    for status_name in ("gateway_received", "failed"):
+        seq = tunnel.next_seq()
+        await tunnel.send(
+            p.ActionStatusMsg(
+                seq=seq, action_request_id=sent.id, status=status_name, error=error, at="x"
+            )
+        )
+        assert await tunnel.recv() == p.Ack(seq=seq)
+    return (await cloud.get(f"/v1/action_requests/{created['id']}"))["error"]
+
+
 async def test_a_pin_in_a_failed_actions_error_is_masked_and_error_texts_are_kept(
     cloud: Cloud,
 ) -> None:
     """A gateway may echo a code in its error; the cloud shows and stores it masked. The
     error texts gatewayd and its drivers send (lengths, slots, ports) come through as sent."""
     tunnel, _, _ = await cloud.claimed_gateway()
-    leaky = {
+    leaky: dict[str, Any] = {
         "type": "invalid_input",
         "message": "code 0481234 is not accepted by this lock",
         "validation_errors": {"code": "7-digit 0481234 is too long", "slot_id": "must be 2..11"},
     }
-    legitimate = [
+    legitimate: list[dict[str, Any]] = [
         {
             "type": "invalid_input",
             "message": "invalid inputs for set_code",
@@ -284,20 +300,7 @@ async def test_a_pin_in_a_failed_actions_error_is_masked_and_error_texts_are_kep
         {"type": "device_error", "message": "zwave-server unreachable: host 127.0.0.1:3000"},
         {"type": "device_error", "message": "write user code (slot 3) failed (zwave error 204)"},
     ]
-    shown = []
-    for error in [leaky, *legitimate]:
-        _, created = await cloud.post(f"/v1/devices/{DEVICE_ID}/actions/unlock")
-        sent = await tunnel.recv()
-        assert isinstance(sent, p.ActionRequestMsg)
-        for status_name in ("gateway_received", "failed"):
-            seq = tunnel.next_seq()
-            await tunnel.send(
-                p.ActionStatusMsg(
-                    seq=seq, action_request_id=sent.id, status=status_name, error=error, at="x"
-                )
-            )
-            assert await tunnel.recv() == p.Ack(seq=seq)
-        shown.append((await cloud.get(f"/v1/action_requests/{created['id']}"))["error"])
+    shown = [await _shown_error(cloud, tunnel, error) for error in [leaky, *legitimate]]
     assert shown[0] == {
         "type": "invalid_input",
         "message": "code **** is not accepted by this lock",
@@ -315,24 +318,12 @@ async def test_a_pin_echoed_under_the_user_code_names_of_zwave_js_is_masked(
     already counts as PIN keys, were not code words to the error masking: a failed action's
     error showed the PIN echoed under them."""
     tunnel, _, _ = await cloud.claimed_gateway()
-    _, created = await cloud.post(f"/v1/devices/{DEVICE_ID}/actions/unlock")
-    sent = await tunnel.recv()
-    assert isinstance(sent, p.ActionRequestMsg)
     error = {
         "type": "invalid_input",
         "message": "userCode 0481234 was refused by the lock",
         "validation_errors": {"userCode": "0481234 is too long", "usercode": ["5550199"]},
     }
-    for status_name in ("gateway_received", "failed"):
-        seq = tunnel.next_seq()
-        await tunnel.send(
-            p.ActionStatusMsg(
-                seq=seq, action_request_id=sent.id, status=status_name, error=error, at="x"
-            )
-        )
-        assert await tunnel.recv() == p.Ack(seq=seq)
-    shown = (await cloud.get(f"/v1/action_requests/{created['id']}"))["error"]
-    assert shown == {
+    assert await _shown_error(cloud, tunnel, error) == {
         "type": "invalid_input",
         "message": "userCode **** was refused by the lock",
         "validation_errors": {"userCode": "**** is too long", "usercode": ["****"]},
