@@ -14,6 +14,7 @@ import msgspec
 __all__ = [
     "MAX_FRAME_BYTES",
     "MESSAGE_TYPES",
+    "OUTBOX_FRAME_BYTES",
     "PROTOCOL_VERSION",
     "Ack",
     "ActionCancel",
@@ -36,6 +37,9 @@ __all__ = [
 
 PROTOCOL_VERSION: Final = 1
 MAX_FRAME_BYTES: Final = 64 * 1024
+# A gateway's outbox frame leaves room for the digits of any seq it may be renumbered to
+# (Store.rebase; a seq stays under 2**54, 17 digits): it must still fit a frame then.
+OUTBOX_FRAME_BYTES: Final = MAX_FRAME_BYTES - 24
 
 _MASK: Final = "****"
 # Action inputs that are secrets: a lock's PIN code, a Z-Wave device's DSK PIN
@@ -260,11 +264,11 @@ _envelope_decoder: Final = msgspec.json.Decoder(_Envelope)
 _decoder: Final = msgspec.json.Decoder(Message)
 
 
-def encode(msg: Message) -> bytes:
-    """One frame's JSON bytes; ProtocolError("too_large") rather than an oversize frame."""
+def encode(msg: Message, limit: int = MAX_FRAME_BYTES) -> bytes:
+    """One frame's JSON bytes; ProtocolError("too_large") rather than one over `limit`."""
     data = _encoder.encode(msg)
-    if len(data) > MAX_FRAME_BYTES:
-        raise ProtocolError("too_large", f"frame of {len(data)} bytes exceeds {MAX_FRAME_BYTES}")
+    if len(data) > limit:
+        raise ProtocolError("too_large", f"frame of {len(data)} bytes exceeds {limit}")
     return data
 
 

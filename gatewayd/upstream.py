@@ -137,6 +137,11 @@ def _properties(device: Device) -> dict[str, Any]:
     }
 
 
+def _encode(msg: protocol.Message) -> bytes:
+    """An outbox frame: small enough to stay a frame under any seq a rebase gives it."""
+    return protocol.encode(msg, protocol.OUTBOX_FRAME_BYTES)
+
+
 class Upstream:
     """Turns core happenings into protocol frames in the outbox (seq assigned by the store)."""
 
@@ -191,14 +196,14 @@ class Upstream:
                 at=at,
             )
             try:
-                return protocol.encode(msg)
+                return _encode(msg)
             except protocol.ProtocolError:
                 if update.error is None:
                     raise
                 # The cloud must hear of the transition even when its error does not fit (a
                 # GatewayError's report always does; this is the net under other errors).
                 error = {"type": update.error.get("type"), "message": "error details too large"}
-                return protocol.encode(replace(msg, error=error))
+                return _encode(replace(msg, error=error))
 
         return self._store.outbox_put(make)
 
@@ -207,9 +212,7 @@ class Upstream:
         shift = self._shift()
         if shift is not None:
             body["date_created"] = iso(event.date_created + shift)
-        return self._store.outbox_put(
-            lambda seq: protocol.encode(protocol.EventMsg(seq=seq, event=body))
-        )
+        return self._store.outbox_put(lambda seq: _encode(protocol.EventMsg(seq=seq, event=body)))
 
     def device(self, device: Device, body: dict[str, Any] | bytes | None = None) -> int:
         """`body`: device_dict(device), or device_json(device), when the caller has it."""
@@ -223,10 +226,10 @@ class Upstream:
         # JSON already encoded goes into the frame as it is
         fields = cast(dict[str, Any], msgspec.Raw(body)) if isinstance(body, bytes) else body
         return self._store.outbox_put(
-            lambda seq: protocol.encode(protocol.DeviceMsg(seq=seq, device=fields))
+            lambda seq: _encode(protocol.DeviceMsg(seq=seq, device=fields))
         )
 
     def device_removed(self, device_id: str) -> int:
         return self._store.outbox_put(
-            lambda seq: protocol.encode(protocol.DeviceRemovedMsg(seq=seq, device_id=device_id))
+            lambda seq: _encode(protocol.DeviceRemovedMsg(seq=seq, device_id=device_id))
         )
