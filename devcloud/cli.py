@@ -25,24 +25,48 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="devcloud", description="Reference cloud for gatewayd")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve REST v1 and the gateway tunnel")
-    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     serve.add_argument("--port", type=int, required=True, help="0 picks a free port")
     serve.add_argument("--db", required=True, help="SQLite file")
     serve.add_argument(
         "--api-key",
         default=os.environ.get("DEVCLOUD_API_KEY"),
-        help="the REST API key; or DEVCLOUD_API_KEY, which keeps it out of `ps`",
+        help="the REST API key (required); or DEVCLOUD_API_KEY, which keeps it out of `ps`",
     )
-    serve.add_argument("--webhook", action="append", default=[], metavar="URL")
+    serve.add_argument(
+        "--webhook",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="POST every event to this URL (repeatable); user:password@ in it: Basic auth",
+    )
     serve.add_argument(
         "--webhook-secret",
         default=os.environ.get("DEVCLOUD_WEBHOOK_SECRET"),
         help="HMAC key for Seam-Signature (or DEVCLOUD_WEBHOOK_SECRET); default: generated "
         "and written next to the database as <db>.webhook_secret",
     )
-    serve.add_argument("--action-timeout", type=float, default=60.0, metavar="SECONDS")
-    serve.add_argument("--handoff-timeout", type=float, default=10.0, metavar="SECONDS")
-    serve.add_argument("--heartbeat", type=float, default=60.0, metavar="SECONDS")
+    serve.add_argument(
+        "--action-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="an action request's deadline after its creation (60)",
+    )
+    serve.add_argument(
+        "--handoff-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="an action the gateway has not acknowledged by then is gateway_failure (10)",
+    )
+    serve.add_argument(
+        "--heartbeat",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="the heartbeat_s sent in welcome: the gateway pings after half of it (60)",
+    )
     serve.add_argument(
         "--claim-limit",
         type=int,
@@ -51,10 +75,18 @@ def _parser() -> argparse.ArgumentParser:
         help="gateway registrations allowed per API key and per address in --claim-window; "
         "also the new registration tokens an address may present to the tunnel",
     )
-    serve.add_argument("--claim-window", type=float, default=60.0, metavar="SECONDS")
+    serve.add_argument(
+        "--claim-window",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="the window of --claim-limit (60)",
+    )
     serve.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS/WSS with this certificate")
     serve.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
-    serve.add_argument("--log-format", choices=("console", "json"), default="console")
+    serve.add_argument(
+        "--log-format", choices=("console", "json"), default="console", help="(console)"
+    )
     return parser
 
 

@@ -313,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="print the raw /status JSON")
     st.set_defaults(fn=cmd_status)
     demo = sub.add_parser("demo", help="run the reference cloud and a daemon with simulated locks")
-    demo.add_argument("--locks", type=int, default=2)
+    demo.add_argument("--locks", type=int, default=2, help="simulated locks (default: 2)")
     demo.add_argument("--dir", default="", help="state directory (default: a temporary one)")
     demo.add_argument("--status-port", type=int, default=8181, help="0: a free port")
     demo.add_argument("--cloud-port", type=int, default=8080, help="0: a free port")

@@ -3,6 +3,7 @@ an exit code systemd can act on (2: fix the config; 1: retried), never a traceba
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import signal
@@ -414,3 +415,22 @@ def test_token_with_a_damaged_credential_does_not_print_it(tmp_path: Path) -> No
     assert "gwc_9f3b2c7d" not in result.stdout + result.stderr
     assert result.returncode == 1
     assert _one_line(result.stderr).endswith("text that is not UTF-8")
+
+
+def test_every_option_says_what_it_does_in_its_help() -> None:
+    """`gatewayd demo --help` listed `--locks LOCKS`, and `devcloud serve --help` seven options
+    (`--handoff-timeout`, `--heartbeat`, …), with no word on what they set, though the README
+    sends users to them (`make demo ARGS="…"`, `devcloud serve --help`)."""
+    from devcloud.cli import _parser as devcloud_parser
+    from gatewayd.cli import build_parser
+
+    bare = []
+    for prog, parser in (("gatewayd", build_parser()), ("devcloud", devcloud_parser())):
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        bare += [
+            f"{prog} {name} {action.option_strings[-1]}"
+            for name, sub in commands.choices.items()
+            for action in sub._actions
+            if action.option_strings and not action.help
+        ]
+    assert not bare, f"options without help: {bare}"
