@@ -103,7 +103,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if found is not None and found[1] > SCHEMA_VERSION:
         print(_too_new(found[0], found[1], SCHEMA_VERSION), file=sys.stderr)
         return EXIT_CONFIG
-    print(f"{args.config}: ok (drivers: {', '.join(cfg.enabled_drivers())})")
+    print(f"{args.config}: ok (drivers: {', '.join(cfg.enabled_drivers()) or 'none enabled'})")
     return 0
 
 
@@ -253,9 +253,10 @@ def render_status(s: dict[str, Any]) -> str:
     if recent:
         lines.append("")
         lines.append("recent actions:")
+        width = max(len(a["action"]) for a in recent)  # pair_devices, unpair_devices: 12, 14
         for a in recent:
             err = f" ({a['error']['type']})" if a.get("error") else ""
-            lines.append(f"  {a['action']:<11} {a['status']}{err}  {a['id']}")
+            lines.append(f"  {a['action']:<{width}} {a['status']}{err}  {a['id']}")
     # names and errors come from locks, radios and the cloud: no escape sequences to the terminal
     return "\n".join(_CONTROL.sub("?", line) for line in lines)
 

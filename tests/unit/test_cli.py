@@ -275,6 +275,24 @@ async def test_status_output_carries_no_terminal_escape_sequences(tmp_path: Path
         assert invisible not in text
 
 
+async def test_status_keeps_the_recent_actions_in_columns(tmp_path: Path) -> None:
+    """The action column was 11 wide: `unpair_devices` pushed its status out of line."""
+    from gatewayd.cli import render_status
+    from tests.support import running_daemon
+
+    async with running_daemon(tmp_path / "gw") as daemon:
+        snapshot = daemon.snapshot()
+    snapshot["actions"]["recent"] = [
+        {"action": name, "status": "completed", "id": f"ar-{n}"}
+        for n, name in enumerate(("unpair_devices", "lock", "pair_devices"))
+    ]
+    rows = [
+        line for line in render_status(snapshot).splitlines() if line.endswith(("-0", "-1", "-2"))
+    ]
+    assert len(rows) == 3
+    assert len({row.index("completed") for row in rows}) == 1, rows
+
+
 def test_token_reads_the_store_without_writing_to_it(tmp_path: Path) -> None:
     """`token` opened the store as the daemon does: it migrated the schema and created the
     -wal/-shm files, which, run as root while the daemon was stopped, could be left owned by

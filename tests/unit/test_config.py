@@ -204,6 +204,7 @@ def _check_config(path: Path) -> subprocess.CompletedProcess[str]:
 def test_check_config_cli_exit_codes(tmp_path: Path) -> None:
     good = _check_config(ROOT / "config.example.toml")
     assert good.returncode == 0, good.stderr
+    assert good.stdout.endswith(": ok (drivers: none enabled)\n")  # was "(drivers: )"
     bad_file = tmp_path / "bad.toml"
     bad_file.write_text(MINIMAL + "[actions]\nmax_queue_per_device = 0\n")
     bad = _check_config(bad_file)
