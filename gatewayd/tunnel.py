@@ -166,7 +166,9 @@ class Tunnel:
         sleep: Callable[[float], Any] = anyio.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if config.url.startswith("ws://") and not (config.insecure or _is_loopback_url(config.url)):
+        # schemes are case-insensitive, as check-config reads them: "WSS://" is wss
+        self._scheme = urlsplit(config.url).scheme
+        if self._scheme == "ws" and not (config.insecure or _is_loopback_url(config.url)):
             raise ValueError("ws:// is allowed only to loopback or with cloud.insecure = true")
         self._cfg = config
         self._store = store
@@ -308,7 +310,7 @@ class Tunnel:
             self._on_rebase(moved.after, moved.shift)
 
     def _ssl_context(self) -> ssl.SSLContext | bool:
-        if not self._cfg.url.startswith("wss://"):
+        if self._scheme != "wss":
             return False
         ctx = ssl.create_default_context(cafile=self._cfg.ca_file or None)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2

@@ -768,6 +768,33 @@ async def test_tls_certificates_are_verified(
         await runner.cleanup()
 
 
+@pytest.mark.parametrize("scheme", ["WSS", "Wss"])
+async def test_a_wss_url_written_in_capitals_is_verified_too(
+    tmp_path: Path, ca: trustme.CA, scheme: str
+) -> None:
+    """URL schemes are case-insensitive, and check-config took `WSS://` as wss; the tunnel
+    looked for a lowercase "wss://" prefix, found none, and dialled TLS with certificate
+    verification off: any machine on the path could take the credential."""
+    cert = ca.issue_cert("localhost")
+    runner, port = await tls_cloud(tmp_path, cert)
+    ca_file = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(ca_file))  # not the CA that signed the cloud's
+    try:
+        async with running_daemon(
+            tmp_path / "gw",
+            cloud_url=f"{scheme}://localhost:{port}/v1/gateway/tunnel",
+            extra="",
+            cloud_ca_file=str(ca_file),
+        ) as daemon:
+            tunnel = daemon.tunnel
+            assert tunnel is not None
+            await wait_until(lambda: tunnel.last_error is not None or tunnel.up, 10)
+            assert not tunnel.up
+            assert "CERTIFICATE_VERIFY_FAILED" in (tunnel.last_error or "")
+    finally:
+        await runner.cleanup()
+
+
 class RefusingCloud(TunnelServer):
     """Answers every hello with an `error` frame of the largest size a frame may have."""
 
