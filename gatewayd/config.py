@@ -306,6 +306,8 @@ def parse_config(text: str | bytes) -> Config:
         raise ConfigError(_one_line(str(exc))) from None
     except msgspec.DecodeError as exc:
         raise ConfigError(f"not valid TOML: {_one_line(str(exc))}") from None
+    except RecursionError:  # the TOML parser recurses into each nested array or table
+        raise ConfigError("not valid TOML: values nested too deeply") from None
     _check(cfg)
     return cfg
 

@@ -228,6 +228,18 @@ def test_check_config_on_a_file_that_is_not_utf8(tmp_path: Path) -> None:
     assert "not UTF-8" in line
 
 
+@pytest.mark.parametrize("nested", ["[" * 5000 + "]" * 5000, "{a = " * 5000 + "1" + "}" * 5000])
+def test_check_config_on_a_value_nested_too_deeply(tmp_path: Path, nested: str) -> None:
+    """A few KB of nested arrays or inline tables (a fuzzer's file, a template gone wrong) gave
+    a RecursionError traceback from the TOML parser, and exit 1, which systemd retries."""
+    deep = tmp_path / "deep.toml"
+    deep.write_text(MINIMAL + f"[gateway]\nname = {nested}\n")
+    result = _check_config(deep)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "not valid TOML" in line
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=300))
 def test_any_text_is_a_config_or_a_config_error(text: str) -> None:
