@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import json
 import os
 import re
@@ -201,8 +202,13 @@ def _fetch_status(cfg: Config) -> dict[str, Any]:
     host, port = cfg.status_address()
     if ":" in host:
         host = f"[{host}]"
-    with urllib.request.urlopen(f"http://{host}:{port}/status", timeout=5) as resp:
-        body = resp.read()
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/status", timeout=5) as resp:
+            body = resp.read()
+    except OSError:
+        raise  # not answering (RemoteDisconnected is one too): said as such by cmd_status
+    except http.client.HTTPException:  # BadStatusLine, IncompleteRead: a program not HTTP
+        raise NotGatewaydStatus("the answer is not HTTP (another program?)") from None
     try:
         data = json.loads(body)
     except ValueError:

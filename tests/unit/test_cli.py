@@ -4,6 +4,7 @@ an exit code systemd can act on (2: fix the config; 1: retried), never a traceba
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -250,6 +251,32 @@ def test_status_when_another_program_answers_on_the_port(tmp_path: Path) -> None
         server.server_close()
     assert result.returncode == 1
     assert "not gatewayd's /status" in _one_line(result.stderr)
+
+
+def test_status_when_a_program_that_does_not_speak_http_answers_on_the_port(
+    tmp_path: Path,
+) -> None:
+    """A service with a banner of its own (SSH, a serial bridge) on the status port: `gatewayd
+    status` ended with an http.client.BadStatusLine traceback."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        cfg = _config(tmp_path, tmp_path / "state", server.getsockname()[1])
+        result = _gatewayd("status", "-c", str(cfg))
+    finally:
+        server.close()
+        thread.join(5)
+    assert result.returncode == 1
+    assert "not HTTP" in _one_line(result.stderr)
 
 
 async def test_status_output_carries_no_terminal_escape_sequences(tmp_path: Path) -> None:
