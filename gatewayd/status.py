@@ -92,6 +92,19 @@ def _error(status: int, type_: str, message: str) -> web.Response:
     return _json({"error": {"type": type_, "message": message}, "ok": False}, status)
 
 
+async def _body(request: web.Request) -> bytes:
+    """The request's body, up to MAX_BODY + 1 bytes (one more: too big then fails to decode).
+    One read returns only what has arrived: a body in two TCP segments was cut at the first
+    and refused as malformed JSON."""
+    body = bytearray()
+    while len(body) <= MAX_BODY:
+        chunk = await request.content.read(MAX_BODY + 1 - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return bytes(body)
+
+
 def _commit(daemon: Daemon) -> None:
     """An answer means durable: what the request produced is committed before we reply."""
     if daemon.store is not None:
@@ -130,7 +143,7 @@ async def local_action(request: web.Request) -> web.Response:
     """Development only: submit an action as the cloud would (`status.local_actions`)."""
     daemon = request.app[DAEMON_KEY]
     try:
-        body = msgspec.json.decode(await request.content.read(MAX_BODY + 1), type=_LocalAction)
+        body = msgspec.json.decode(await _body(request), type=_LocalAction)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         return _error(400, "invalid_input", " ".join(str(exc).split()))
     now = utcnow()
@@ -153,7 +166,7 @@ async def simulate(request: web.Request) -> web.Response:
     """Development only: tell a simulated lock what a person at the door did."""
     daemon = request.app[DAEMON_KEY]
     try:
-        body = msgspec.json.decode(await request.content.read(MAX_BODY + 1), type=_Simulate)
+        body = msgspec.json.decode(await _body(request), type=_Simulate)
         what = Simulation(body.what)
     except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
         return _error(400, "invalid_input", " ".join(str(exc).split()))

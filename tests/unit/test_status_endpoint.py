@@ -116,3 +116,31 @@ async def test_a_client_pipelining_status_requests_gives_the_loop_a_turn_between
             await stream.aclose()
         # without the yield: a handful of turns for the whole batch
         assert turns >= requests // 2, (turns, requests)
+
+
+async def test_a_local_action_whose_body_arrives_in_two_segments_is_taken(tmp_path: Path) -> None:
+    """The body was read with one read, which returns only what has arrived: a body split
+    across TCP segments (a slow client, `Expect: 100-continue`) was cut and refused as
+    malformed JSON."""
+    async with running_daemon(tmp_path / "gw") as daemon:
+        assert daemon.registry is not None
+        assert daemon.status_port is not None
+        device = daemon.registry.devices()[0].id
+        body = json.dumps({"device_id": device, "action": "lock"}).encode()
+        head = (
+            "POST /actions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        answer = b""
+        async with await anyio.connect_tcp("127.0.0.1", daemon.status_port) as client:
+            await client.send(head + body[:10])
+            await anyio.sleep(0.2)  # the handler has read the first part by now
+            await client.send(body[10:])
+            with anyio.fail_after(10):
+                while True:
+                    try:
+                        answer += await client.receive()
+                    except (anyio.EndOfStream, anyio.BrokenResourceError):
+                        break
+        status_line = answer.split(b"\r\n", 1)[0]
+        assert status_line == b"HTTP/1.1 202 Accepted", answer
