@@ -181,6 +181,7 @@ class Daemon:
             gateway_id=lambda: store.identity().gateway_id,
         )
         registry.answering = dispatcher.answering
+        registry.unavailable = self._unavailable  # filled by _make_drivers, below
         registry.event_listeners = self.event_listeners
         self.metrics = GatewayMetrics(self)
         identity = store.identity()
@@ -381,7 +382,7 @@ class Daemon:
             fields = {"WATCHDOG": "1"} if self.notifier.watchdog_s else {}
             if line != last_status:
                 fields["STATUS"] = last_status = line
-            if fields:
+            if fields or self.notifier.owed:  # a dropped READY=1 must not wait for a change
                 self.notifier.notify(**fields)
             await anyio.sleep(interval)
 

@@ -96,6 +96,9 @@ class Registry:
         self.last_event: dict[str, DoorEvent] = {}
         self.event_counts: Counter[str] = Counter()
         self.answering: Callable[[str], str | None] = lambda _device_id: None
+        # enabled drivers that could not be loaded (the daemon's): their radios are down, and
+        # their locks may still be on their networks, unlike a driver no longer enabled's
+        self.unavailable: Mapping[str, str] = {}
         self.event_listeners: list[Callable[[DoorEvent], None]] = []
 
     def attach(self, driver: Driver) -> DriverSink:
@@ -187,6 +190,8 @@ class Registry:
         if row is None:
             return None
         driver = self.drivers.get(row.driver)
+        if driver is None and row.driver in self.unavailable:
+            return DeviceOffline(f"the {row.driver} driver could not be loaded: its radio is down")
         if driver is None:
             return DeviceOffline(f"the {row.driver} driver is not enabled on this gateway")
         state = _state(driver)
@@ -238,6 +243,14 @@ class Registry:
         if row is None or not self.store.knows_device(device_id):
             raise DeviceNotFound(f"device {device_id} not found")
         driver = self.drivers.get(row.driver)
+        if driver is None and row.driver in self.unavailable:
+            # enabled, but its radio library cannot be loaded: the lock may still be on its
+            # network, and forgotten it would come back with a new id once the library is fixed
+            raise DeviceError(
+                f"the {row.driver} driver could not be loaded, so the lock cannot be excluded;"
+                f" try again once it loads, or disable the {row.driver} driver to forget its"
+                " devices"
+            )
         state = None if driver is None else _state(driver)
         if state is DriverState.STARTING:
             # it may be about to report this device: forgetting it now would give it a new id

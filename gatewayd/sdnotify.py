@@ -40,6 +40,11 @@ class Notifier:
     def enabled(self) -> bool:
         return bool(self._address)
 
+    @property
+    def owed(self) -> bool:
+        """A READY or STOPPING that was dropped and waits for the next notification."""
+        return bool(self._owed)
+
     def notify(self, **fields: str) -> bool:
         """Send e.g. notify(READY="1", STATUS="...") as one datagram."""
         if not self._address:

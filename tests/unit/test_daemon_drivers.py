@@ -4,6 +4,7 @@ must not wait on one hung radio after another."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -12,10 +13,20 @@ import pytest
 
 import gatewayd.driver
 from drivers.sim import SimDriver
+from gatewayd.actions import StatusUpdate
 from gatewayd.config import parse_config
-from gatewayd.daemon import Daemon
+from gatewayd.daemon import DB_NAME, Daemon
 from gatewayd.driver import Driver, DriverHealth, DriverSink, DriverState
-from gatewayd.model import Action, ActionNotSupported, ActionResult, Device
+from gatewayd.model import (
+    Action,
+    ActionNotSupported,
+    ActionRequest,
+    ActionResult,
+    ActionStatus,
+    Device,
+    utcnow,
+)
+from gatewayd.store import Store
 from tests.support import config_text
 
 
@@ -118,3 +129,49 @@ async def test_hung_drivers_are_stopped_together_not_one_after_another(tmp_path:
     # Each hung stop was given up only once both were under way: the shutdown waited on the
     # stop timeout once, not once per driver.
     assert HangsInStop.seen_stopping == {"zwave": 2, "zigbee": 2}
+
+
+async def test_unpairing_a_lock_of_a_radio_that_cannot_be_loaded_keeps_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A zigbee lock paired before, on a box whose zigbee library no longer imports (an upgrade
+    gone wrong), zigbee still enabled: unpair_devices naming it reported `completed` and forgot
+    it, as for a driver no longer enabled, though no radio had excluded it. It stays on its
+    network, and comes back under a new id once the library is fixed."""
+    state = tmp_path / "state"
+    store = Store.open(state / DB_NAME)
+    lock = store.device_id("zigbee", "00:0d:6f:00:0a:bc:de:f0")
+    store.save_device(lock, {"id": lock, "name": "Back door"})
+    store.close()
+    drivers = {**gatewayd.driver.DRIVERS, "zigbee": "drivers.no_such_radio:ZigbeeDriver"}
+    monkeypatch.setattr(gatewayd.driver, "DRIVERS", drivers)
+    daemon = Daemon(parse_config(config_text(state, extra="[drivers.zigbee]\nenabled = true\n")))
+    ended: list[StatusUpdate] = []
+    daemon.status_listeners.append(lambda update: ended.append(update))
+    now = utcnow()
+    request = ActionRequest(
+        "unpair-1",
+        "Gateway",
+        "gateway",
+        "unpair_devices",
+        {"duration": 10, "device_id": lock},
+        now,
+        now + timedelta(seconds=10),
+    )
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(daemon.run)
+            await daemon.wait_started()
+            assert daemon.submit(request)
+            while not any(u.status.terminal for u in ended):
+                await anyio.sleep(0.02)
+            assert daemon.store is not None
+            kept = daemon.store.knows_device(lock)
+            daemon.stop()
+
+    final = next(u for u in ended if u.status.terminal)
+    assert final.status == ActionStatus.FAILED
+    assert final.error is not None
+    assert final.error["type"] == "device_error"
+    assert "zigbee" in final.error["message"]
+    assert kept

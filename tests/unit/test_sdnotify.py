@@ -117,3 +117,46 @@ def test_a_value_holding_a_newline_cannot_add_a_field(tmp_path: Path) -> None:
         notifier.close()
         receiver.close()
     assert fields == ["STATUS=claimed as gw-1 WATCHDOG=trigger [2J"]
+
+
+async def test_a_dropped_ready_is_sent_again_without_a_watchdog(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without WatchdogSec= the ping loop sends only a changed STATUS=: a READY=1 dropped on a
+    full queue (and the first STATUS= with it) waited for the status line to change, which on a
+    quiet box is never, and systemd killed the service at TimeoutStartSec=."""
+    import anyio
+
+    import gatewayd.daemon
+    from gatewayd.config import parse_config
+    from gatewayd.daemon import Daemon
+    from tests.support import config_text
+
+    monkeypatch.setattr(gatewayd.daemon, "WATCHDOG_MAX_PING_S", 0.1)  # the loop's turn, sooner
+    path = tmp_path / "notify.sock"
+    receiver = full_notify_socket(path)
+    notifier = Notifier({"NOTIFY_SOCKET": str(path)})  # no WATCHDOG_USEC
+    daemon = Daemon(parse_config(config_text(tmp_path / "state")), notifier=notifier)
+    received: list[str] = []
+    try:
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(daemon.run)
+                await daemon.wait_started()
+                await anyio.sleep(0.3)  # READY=1 and the first STATUS= went while it was full
+                receiver.setblocking(False)
+                try:
+                    while receiver.recv(4096):
+                        pass
+                except BlockingIOError:
+                    pass  # drained: systemd reads again
+                await anyio.sleep(1.0)
+                try:
+                    while True:
+                        received.append(receiver.recv(4096).decode())
+                except BlockingIOError:
+                    pass
+                daemon.stop()
+    finally:
+        receiver.close()
+    assert any("READY=1" in datagram.splitlines() for datagram in received), received
