@@ -240,6 +240,11 @@ def _validate_gateway_inputs(name: ActionName, inputs: Mapping[str, Any]) -> Non
     device_id = inputs.get("device_id")
     if device_id is not None and (name is not ActionName.UNPAIR_DEVICES or not _is_str(device_id)):
         errors["device_id"] = "must be a device id, for unpair_devices only"
+    wanted = inputs.get("protocol")
+    if wanted is not None and name is not ActionName.PAIR_DEVICES:
+        errors["protocol"] = "for pair_devices only"  # unpair_devices: each radio excludes
+    elif wanted is not None and not _is_str(wanted):
+        errors["protocol"] = "must be a driver's name (zwave, zigbee, sim)"
     dsk = inputs.get("dsk_pin")  # the PIN on a Z-Wave S2 device's label; never in a message
     if dsk is not None and name is not ActionName.PAIR_DEVICES:
         errors["dsk_pin"] = "for pair_devices only"

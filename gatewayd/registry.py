@@ -216,6 +216,8 @@ class Registry:
     async def pair(self, duration_s: int, inputs: Mapping[str, Any]) -> None:
         wanted = inputs.get("protocol")
         targets = [d for n, d in self.drivers.items() if wanted is None or n == wanted]
+        if not targets and wanted in self.unavailable:
+            raise DeviceError(f"the {wanted} driver could not be loaded: its radio is down")
         if not targets:
             raise ActionNotSupported(f"no driver for protocol {wanted!r}")
         dsk_pin = inputs.get("dsk_pin")  # validated by the dispatcher: 5 digits or absent

@@ -242,6 +242,23 @@ def test_typed_errors(req: ActionRequest, type_: str) -> None:
     assert info.value.type == type_
 
 
+def test_unpair_devices_refuses_a_protocol_it_would_not_honour() -> None:
+    """`protocol` chooses the radios pair_devices opens; unpair_devices took it and put every
+    radio into exclusion anyway."""
+    req = request(
+        "unpair_devices", {"duration": 5, "protocol": "zigbee"}, entity_type="Gateway", device="gw"
+    )
+    with pytest.raises(GatewayError) as info:
+        validate(req, None)
+    assert info.value.to_dict()["validation_errors"] == {"protocol": "for pair_devices only"}
+    req = request(
+        "pair_devices", {"duration": 5, "protocol": ["zigbee"]}, entity_type="Gateway", device="gw"
+    )
+    with pytest.raises(GatewayError) as info:
+        validate(req, None)
+    assert set(info.value.to_dict()["validation_errors"]) == {"protocol"}
+
+
 def test_only_legal_transitions() -> None:
     for current, allowed in LEGAL_TRANSITIONS.items():
         for new in ActionStatus:

@@ -131,14 +131,12 @@ async def test_hung_drivers_are_stopped_together_not_one_after_another(tmp_path:
     assert HangsInStop.seen_stopping == {"zwave": 2, "zigbee": 2}
 
 
-async def test_unpairing_a_lock_of_a_radio_that_cannot_be_loaded_keeps_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A zigbee lock paired before, on a box whose zigbee library no longer imports (an upgrade
-    gone wrong), zigbee still enabled: unpair_devices naming it reported `completed` and forgot
-    it, as for a driver no longer enabled, though no radio had excluded it. It stays on its
-    network, and comes back under a new id once the library is fixed."""
-    state = tmp_path / "state"
+async def _gateway_action_without_zigbee(
+    state: Path, monkeypatch: pytest.MonkeyPatch, action: str, inputs: dict[str, Any]
+) -> tuple[StatusUpdate, bool]:
+    """Run one gateway action on a daemon whose zigbee driver is enabled but cannot be loaded
+    (an upgrade gone wrong), and a zigbee lock paired before in its store. Returns the final
+    status and whether the store still knows the lock."""
     store = Store.open(state / DB_NAME)
     lock = store.device_id("zigbee", "00:0d:6f:00:0a:bc:de:f0")
     store.save_device(lock, {"id": lock, "name": "Back door"})
@@ -149,14 +147,9 @@ async def test_unpairing_a_lock_of_a_radio_that_cannot_be_loaded_keeps_it(
     ended: list[StatusUpdate] = []
     daemon.status_listeners.append(lambda update: ended.append(update))
     now = utcnow()
+    inputs = {k: lock if v == "<lock>" else v for k, v in inputs.items()}
     request = ActionRequest(
-        "unpair-1",
-        "Gateway",
-        "gateway",
-        "unpair_devices",
-        {"duration": 10, "device_id": lock},
-        now,
-        now + timedelta(seconds=10),
+        f"{action}-1", "Gateway", "gateway", action, inputs, now, now + timedelta(seconds=10)
     )
     with anyio.fail_after(30):
         async with anyio.create_task_group() as tg:
@@ -168,10 +161,34 @@ async def test_unpairing_a_lock_of_a_radio_that_cannot_be_loaded_keeps_it(
             assert daemon.store is not None
             kept = daemon.store.knows_device(lock)
             daemon.stop()
+    return next(u for u in ended if u.status.terminal), kept
 
-    final = next(u for u in ended if u.status.terminal)
+
+async def test_unpairing_a_lock_of_a_radio_that_cannot_be_loaded_keeps_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """unpair_devices naming a lock of a driver enabled but not loadable reported `completed`
+    and forgot it, as for a driver no longer enabled, though no radio had excluded it. It stays
+    on its network, and comes back under a new id once the library is fixed."""
+    final, kept = await _gateway_action_without_zigbee(
+        tmp_path / "state", monkeypatch, "unpair_devices", {"duration": 10, "device_id": "<lock>"}
+    )
     assert final.status == ActionStatus.FAILED
     assert final.error is not None
     assert final.error["type"] == "device_error"
     assert "zigbee" in final.error["message"]
     assert kept
+
+
+async def test_pairing_on_a_radio_that_cannot_be_loaded_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pair_devices for protocol zigbee said there is no such driver (action_not_supported),
+    which sent the operator to the wrong fix: the driver is enabled, its library did not load."""
+    final, _ = await _gateway_action_without_zigbee(
+        tmp_path / "state", monkeypatch, "pair_devices", {"duration": 10, "protocol": "zigbee"}
+    )
+    assert final.status == ActionStatus.FAILED
+    assert final.error is not None
+    assert final.error["type"] == "device_error"
+    assert "zigbee driver could not be loaded" in final.error["message"]
