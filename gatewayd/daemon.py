@@ -275,8 +275,14 @@ class Daemon:
             except Exception as exc:  # noqa: BLE001 - one broken driver must not stop the box
                 log.error("daemon.driver_start_failed", driver=driver.name, error=str(exc))
                 return
+        inventoried = _Inventoried()
         if scope.cancelled_caught:
+            # its own tasks go on (a Z-Wave network still interviewing): its inventory may come
             log.error("daemon.driver_start_timeout", driver=driver.name)
+            self._spawn(
+                f"driver.{driver.name}.inventory",
+                lambda: self._recheck_inventory(driver, inventoried),
+            )
             return
         # counted from what the driver reported through its sink: no call into the driver
         # that could raise here and take the whole daemon down with it
@@ -284,7 +290,6 @@ class Daemon:
         registry = self.registry
         count = sum(1 for d in registry.devices() if registry.driver_of(d.id) == driver.name)
         log.info("daemon.driver_started", driver=driver.name, devices=count)
-        inventoried = _Inventoried()
         if not self._check_inventory(driver, inventoried):
             self._spawn(
                 f"driver.{driver.name}.inventory",

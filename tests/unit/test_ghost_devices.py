@@ -276,6 +276,37 @@ async def test_an_inventory_known_only_after_start_still_removes_the_gone_device
     assert [(e["driver"], e["device_ids"]) for e in gone] == [("sim", [first["sim-0003"]])]
 
 
+class StartsPastTheTimeout(SimDriver):
+    """Reports its locks, then keeps start() waiting past the daemon's bound (a Z-Wave network
+    still interviewing at boot: the driver waits up to connect + interview timeouts, 130 s by
+    default, and the daemon gives up at 90 s)."""
+
+    async def start(self, sink: DriverSink) -> None:
+        await super().start(sink)
+        await anyio.sleep_forever()
+
+
+async def test_a_driver_whose_start_outlasts_the_daemons_bound_still_removes_gone_devices(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon scheduled the inventory check only for a driver whose start returned in
+    time: one that took longer kept a lock excluded while the box was off, as a ghost, all
+    run."""
+    monkeypatch.setattr("gatewayd.daemon.DRIVER_START_TIMEOUT_S", 0.2)
+    monkeypatch.setattr("gatewayd.daemon.INVENTORY_CHECK_S", 0.02)
+    state = tmp_path / "state"
+    await run_sim(state, locks=3)
+    first, _ = stored(state)
+    async with serving(state, locks=2, driver=StartsPastTheTimeout) as daemon:
+        assert daemon.store is not None
+        store = daemon.store
+        await wait_until(lambda: not store.knows_device(first["sim-0003"]))
+    assert stored(state) == (
+        {n: first[n] for n in ("sim-0001", "sim-0002")},
+        [first["sim-0003"]],
+    )
+
+
 class LeavesNetwork(SimDriver):
     """Stops listing a lock it reported, as the Z-Wave driver does when zwave-server moves to
     another controller: the lock stays in the store and the cloud, offline, and commands for it
