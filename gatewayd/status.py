@@ -186,7 +186,8 @@ def _host_allowed(host: str, names: frozenset[str]) -> bool:
     """True if a Host header (with or without a port) names an IP address, localhost or one
     of `names`."""
     name = host.rsplit("]", 1)[0].lstrip("[") if host.startswith("[") else host.rsplit(":", 1)[0]
-    if name.lower() in names:
+    name = name.lower().removesuffix(".")  # "box.lan." is box.lan written in full
+    if name in names:
         return True
     try:
         ipaddress.ip_address(name)
@@ -226,7 +227,10 @@ def make_app(daemon: Daemon) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_same_machine_only])
     app[DAEMON_KEY] = daemon
     app[HOSTS_KEY] = frozenset(
-        ["localhost", *(name.lower() for name in daemon.config.status.allowed_hosts)]
+        [
+            "localhost",
+            *(name.lower().removesuffix(".") for name in daemon.config.status.allowed_hosts),
+        ]
     )
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/status", status_json)

@@ -54,6 +54,25 @@ async def test_only_a_host_named_by_address_or_allowed_name_is_answered(
                 assert body["error"]["type"] == "forbidden_host"
 
 
+async def test_a_host_name_matches_with_or_without_its_trailing_dot(tmp_path: Path) -> None:
+    """`box.lan.` (the name written in full) in status.allowed_hosts passed check-config and
+    then never matched the `box.lan` a browser sends, nor `box.lan.` `box.lan`."""
+    async with running_daemon(tmp_path / "gw", allowed_hosts=("box.lan.", "nas.lan")) as daemon:
+        port = daemon.status_port
+        assert port is not None
+        for host, allowed in [
+            ("box.lan", True),
+            ("box.lan.", True),
+            (f"box.lan.:{port}", True),
+            ("nas.lan.", True),
+            ("localhost.", True),
+            ("box.lan..", False),
+            ("lan.", False),
+        ]:
+            status, _ = await _call(port, "GET", "/healthz", {"Host": host})
+            assert (host, status != 403) == (host, allowed)
+
+
 async def test_a_post_from_another_origin_is_refused(tmp_path: Path) -> None:
     async with running_daemon(tmp_path / "gw") as daemon:
         port = daemon.status_port
