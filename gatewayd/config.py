@@ -204,6 +204,10 @@ def _ws_url(key: str, url: str) -> SplitResult:
     if "@" in parts.netloc:
         # not quoted back: what precedes the @ may be a password
         raise ConfigError(f"{key}: no user or password in the URL")
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        # neither zwave-js-server nor the tunnel takes one, and a token there would be shown
+        # (the Z-Wave driver's url on /status and in its log lines): refused, not quoted
+        raise ConfigError(f"{key}: no query (?…) or fragment (#…) in the URL")
     try:
         port_ok = parts.port is None or parts.port > 0
     except ValueError:

@@ -173,6 +173,29 @@ def test_a_url_with_a_password_is_refused_without_quoting_it() -> None:
     assert "s3cret" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("section", "url"),
+    [
+        ("cloud", "wss://cloud.example.com/v1/gateway/tunnel?token=s3cret"),
+        ("cloud", "wss://cloud.example.com/v1/gateway/tunnel#s3cret"),
+        ("drivers.zwave", "ws://127.0.0.1:3000/?token=s3cret"),
+        ("drivers.zwave", "https://127.0.0.1:3000/?token=s3cret"),  # not ws: quoted before
+    ],
+)
+def test_a_url_with_a_query_is_refused_without_quoting_it(section: str, url: str) -> None:
+    """zwave-js-server and the cloud's tunnel take no query: a token written there was sent
+    along, shown on /status (the Z-Wave driver's `url`) and in every `zwave.down` line."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(
+            MINIMAL
+            + f"[{section}]\nenabled = true\nurl = '{url}'\n".replace(
+                "[cloud]\nenabled = true\n", "[cloud]\n"
+            )
+        )
+    assert str(info.value).startswith(f"{section}.url: ")
+    assert "s3cret" not in str(info.value)
+
+
 def test_a_ca_file_that_cannot_be_loaded_is_a_config_error(tmp_path: Path) -> None:
     """The tunnel loads the bundle as the daemon starts: check-config passed a missing one and
     `run` then stopped with a traceback."""
