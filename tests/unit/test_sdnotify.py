@@ -28,6 +28,17 @@ def full_notify_socket(path: Path) -> socket.socket:
     return receiver
 
 
+def drain(receiver: socket.socket) -> list[str]:
+    """Read what the queue holds, as systemd does when it reads again."""
+    receiver.setblocking(False)
+    got = []
+    try:
+        while True:
+            got.append(receiver.recv(4096).decode())
+    except BlockingIOError:
+        return got
+
+
 def test_a_full_notify_queue_does_not_block_and_ready_is_sent_once_it_drains(
     tmp_path: Path,
 ) -> None:
@@ -43,12 +54,7 @@ def test_a_full_notify_queue_does_not_block_and_ready_is_sent_once_it_drains(
         assert not worker.is_alive(), "notify() blocked on a full queue"
         assert sent == [False]
 
-        receiver.setblocking(False)
-        try:
-            while receiver.recv(4096):
-                pass
-        except BlockingIOError:
-            pass  # drained: systemd reads again
+        drain(receiver)
         assert notifier.notify(WATCHDOG="1")
         assert receiver.recv(4096).decode().splitlines() == ["READY=1", "WATCHDOG=1"]
         assert notifier.notify(WATCHDOG="1")
@@ -144,18 +150,9 @@ async def test_a_dropped_ready_is_sent_again_without_a_watchdog(
                 tg.start_soon(daemon.run)
                 await daemon.wait_started()
                 await anyio.sleep(0.3)  # READY=1 and the first STATUS= went while it was full
-                receiver.setblocking(False)
-                try:
-                    while receiver.recv(4096):
-                        pass
-                except BlockingIOError:
-                    pass  # drained: systemd reads again
+                drain(receiver)
                 await anyio.sleep(1.0)
-                try:
-                    while True:
-                        received.append(receiver.recv(4096).decode())
-                except BlockingIOError:
-                    pass
+                received = drain(receiver)
                 daemon.stop()
     finally:
         receiver.close()
