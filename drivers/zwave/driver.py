@@ -713,12 +713,21 @@ class ZWaveDriver(Driver):
             self._battery(lock, True)
         elif notice.kind == "code" and notice.slot_id is not None:
             waiter = lock.code_waiters.get(notice.slot_id)
+            present = bool(notice.code_present)
+            if lock.is_own_echo(notice.slot_id, present):
+                # the late echo of an earlier set or clear of ours (a clear's "user code
+                # deleted" after its read-back): never the answer to the write waiting now
+                return
             if waiter is not None and not waiter.done():
-                waiter.set_result(bool(notice.code_present))
-            elif not lock.is_own_echo(notice.slot_id, bool(notice.code_present)):
+                waiter.set_result(present)
+            else:
                 lock.confirmed.forget(notice.slot_id)
                 name = EventName.CODE_SET if notice.code_present else EventName.CODE_REMOVED
                 self._emit(did, name, {"slot_id": notice.slot_id, "method": "keypad"})
+        elif notice.kind == "codes_deleted":
+            # every slot emptied at the lock: none holds a code we saw confirmed any more
+            lock.confirmed.forget_all()
+            log.warning("zwave.all_codes_deleted", device_id=did)
         elif notice.kind == "code_duplicate":
             # One command in flight per lock; locks differ in which slot they name, if any.
             refusal = lock.code_refusal
@@ -732,6 +741,8 @@ class ZWaveDriver(Driver):
         if lock is None or lock.online == online:
             return
         lock.online = online
+        if not online:  # what its keypad does while it is out of reach is not heard here
+            lock.confirmed.forget_all()
         log.info("zwave.node_status", node_id=node_id, online=online)
         name = EventName.DEVICE_CONNECTED if online else EventName.DEVICE_DISCONNECTED
         self._emit(lock.device_id, name, {})

@@ -32,6 +32,7 @@ BOLT_EVENTS: Mapping[int, tuple[bool, Method]] = {
     9: (True, Method.AUTO),
 }
 AC_JAMMED = 11
+AC_ALL_CODES_DELETED = 12
 AC_CODE_DELETED = 13
 AC_CODE_ADDED = 14
 AC_CODE_DUPLICATE = 15  # "new user code not added due to duplicate code"
@@ -63,7 +64,7 @@ class Notice:
     """A lock notification in driver terms (no zwave_js_server object)."""
 
     # "bolt" | "jammed" | "door" | "invalid_code" | "tampered" | "battery_low" | "code"
-    # | "code_duplicate"
+    # | "code_duplicate" | "codes_deleted"
     kind: str
     locked: bool | None = None
     method: Method = Method.UNKNOWN
@@ -82,6 +83,8 @@ def parse_notification(type_: int, event: int, parameters: Any) -> Notice | None
             locked, method = BOLT_EVENTS[event]
             if event == 6 and slot is None:
                 method = Method.KEYPAD
+            elif event == 5 and slot is not None:
+                method = Method.PIN_CODE  # locked with a code, as the Zigbee driver says it
             return Notice("bolt", locked=locked, method=method, slot_id=slot)
         if event == AC_JAMMED:
             return Notice("jammed")
@@ -91,6 +94,8 @@ def parse_notification(type_: int, event: int, parameters: Any) -> Notice | None
             return Notice("code", slot_id=slot, code_present=event == AC_CODE_ADDED)
         if event == AC_CODE_DUPLICATE:
             return Notice("code_duplicate", slot_id=slot)
+        if event == AC_ALL_CODES_DELETED:
+            return Notice("codes_deleted")
     elif type_ == HOME_SECURITY:
         if event == HS_INVALID_CODE:
             return Notice("invalid_code")

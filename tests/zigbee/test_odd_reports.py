@@ -165,6 +165,20 @@ async def test_operation_events_with_odd_sources_codes_and_users(tmp_path: Path)
         assert ev.details == {"method": "pin_code", "slot_id": 4}
 
 
+async def test_a_keypad_lock_that_names_a_code_is_pin_code_with_its_slot(tmp_path: Path) -> None:
+    """An operation event Lock from the keypad naming user 3: `pin_code` with slot 3, as the
+    Z-Wave driver reports Access Control 0x05 naming a user (tests/zwave/test_events.py)."""
+    sink = HistorySink()
+    async with running(tmp_path, sink) as driver:
+        dev, vlock = by_native(sink, GENERIC), virtual(driver, GENERIC)
+        vlock.manual(lock=False)
+        await sink.wait_for(lambda: sink.devices[dev].properties.locked is False)
+        mark = len(sink.events)
+        vlock.odd_operation(KEYPAD, LOCK, 3)
+        ev = await sink.wait_event(dev, EventName.DOOR_LOCKED, after=mark)
+        assert ev.details == {"method": "pin_code", "slot_id": 3}
+
+
 async def test_programming_events_with_odd_codes_and_users(tmp_path: Path) -> None:
     """Unknown programming codes, and slots the lock does not have, are not reported; a code
     added from an unknown source is, method unknown. Before, slot 500 went up, and an unknown

@@ -10,8 +10,9 @@ import anyio
 import pytest
 
 from drivers.zwave import ZWaveDriver
+from drivers.zwave.events import ACCESS_CONTROL
 from gatewayd.driver import Simulation
-from gatewayd.model import DeviceError, DeviceOffline, Lock, Unlock
+from gatewayd.model import DeviceError, DeviceOffline, EventName, Lock, Unlock
 from tests.contract.sink import RecordingSink
 from tests.zwave.conftest import Tasks, driver_with, until
 from tests.zwave.stack import ZWaveStack, native_id
@@ -35,6 +36,24 @@ async def test_keypad_unlock_names_the_slot_once(zwave: tuple[ZWaveDriver, Recor
     assert ev.details == {"method": "manual"}
     await _quiet()
     assert sink.names(dev) == ["door unlocked", "door locked"]
+
+
+async def test_a_keypad_lock_that_names_a_code_is_pin_code_with_its_slot(
+    zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack
+) -> None:
+    """Access Control 0x05 (keypad lock) naming user 3: the door was locked with the code in
+    slot 3, `pin_code` with the slot, as the Zigbee driver reports a keypad Lock that names a
+    user. Before, it went up as method `keypad` (the lock button) with a slot_id."""
+    driver, sink = zwave
+    dev = sink.ids[native_id(2)]
+    await driver.simulate(dev, Simulation.MANUAL_UNLOCK, {})
+    await sink.wait_for(lambda: sink.devices[dev].properties.locked is False)
+    mark = len(sink.events)
+
+    zwave_stack.control(2, "notify_raw", type=ACCESS_CONTROL, event=0x05, params=[3])
+
+    ev = await sink.wait_event(dev, EventName.DOOR_LOCKED, after=mark)
+    assert ev.details == {"method": "pin_code", "slot_id": 3}
 
 
 async def test_keypad_lock_jam_wrong_code_tamper_battery(

@@ -20,6 +20,8 @@
 //   duplicates {mode: notify|silent|accept} (a code another slot holds: refused with Access
 //   Control 0x0F naming the slot, refused without a word, or stored; reset: notify; a refusal
 //   is answered "fail", i.e. Supervision Fail on a supervised lock),
+//   code_notify {delay_s} (how long after a write a masking lock sends "user code added" or
+//   "deleted"; default 0.02 s, reset with the lock),
 //   reset (faults none, codes cleared, bolt locked, door closed, battery 90 %, online; the lock's
 //   reports reach zwave-js before the answer, so its cache agrees with the lock).
 //   Odd reports, as real locks send them: notify_raw {type, event, params?: [bytes]},
@@ -89,6 +91,7 @@ exports.default = function mockConfig({ require: req }) {
 		offline: false,
 		codes: new Map(), // slot -> code (string)
 		duplicates: "notify",
+		notifyMs: 20, // code_notify: how late a masked lock says "user code added/deleted"
 		door: 1, // 0 open, 1 closed
 		lastNotification: { 6: 0, 7: 0, 8: 0 },
 		readback: undefined, // readback_raw: the answer to the read-back of the next User Code Set
@@ -267,7 +270,7 @@ exports.default = function mockConfig({ require: req }) {
 				if (clearing) {
 					if (!consume(s, "refuse")) {
 						s.codes.delete(slot);
-						if (lock.masked) setTimeout(() => notify(controller, self, 6, AC.CODE_DELETED, [slot]).catch(() => {}), 20);
+						if (lock.masked) setTimeout(() => notify(controller, self, 6, AC.CODE_DELETED, [slot]).catch(() => {}), s.notifyMs);
 					}
 					return { action: "ok" };
 				}
@@ -290,7 +293,7 @@ exports.default = function mockConfig({ require: req }) {
 					setTimeout(() => s.codes.delete(slot), dropAfter); // stored, then lost
 				}
 				s.codes.set(slot, code);
-				if (lock.masked) setTimeout(() => notify(controller, self, 6, AC.CODE_ADDED, [slot]).catch(() => {}), 20);
+				if (lock.masked) setTimeout(() => notify(controller, self, 6, AC.CODE_ADDED, [slot]).catch(() => {}), s.notifyMs);
 				return { action: "ok" };
 			}
 		},
@@ -470,6 +473,7 @@ exports.default = function mockConfig({ require: req }) {
 				}
 				st(self).duplicates = mode;
 			},
+			async code_notify(self, p) { st(self).notifyMs = Math.round(Number(p.delay_s ?? 0.02) * 1000); },
 			async state(self) {
 				const s = st(self);
 				return {
