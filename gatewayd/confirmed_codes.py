@@ -12,7 +12,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from typing import Final
+
+import anyio
 
 _KEY: Final = secrets.token_bytes(32)
 
@@ -58,3 +61,41 @@ class ConfirmedCodes:
 
     def __len__(self) -> int:
         return len(self._slots)
+
+
+class LateSets:
+    """One lock's slots whose last set failed for want of the lock's word (a masking lock's
+    programming notification), which may still come, late.
+
+    Taken as the answer to the next write of the slot, that late word would confirm a code the
+    lock dropped: it holds the earlier one. So the next set of the slot waits it out
+    (`wait_out`, at most `window_s` after the failure), and the late word, heard outside any
+    command (`came`), is the failed set carried out after all."""
+
+    __slots__ = ("_slots", "_window_s")
+
+    def __init__(self, window_s: float) -> None:
+        self._window_s = window_s
+        self._slots: dict[int, tuple[float, anyio.Event]] = {}
+
+    def failed(self, slot: int) -> None:
+        """A set of `slot` failed with no word from the lock: it may still come."""
+        self._slots[slot] = (time.monotonic() + self._window_s, anyio.Event())
+
+    def came(self, slot: int) -> bool:
+        """The lock says `slot` took a code: True (used up) if that is a failed set's word."""
+        late = self._slots.pop(slot, None)
+        if late is None:
+            return False
+        late[1].set()
+        return late[0] >= time.monotonic()
+
+    async def wait_out(self, slot: int) -> None:
+        """Return once a failed set of `slot` can no longer be confirmed late."""
+        late = self._slots.get(slot)
+        if late is None:
+            return
+        with anyio.move_on_after(late[0] - time.monotonic()):
+            await late[1].wait()
+        if self._slots.get(slot) is late:
+            del self._slots[slot]

@@ -21,7 +21,7 @@ from drivers.zigbee.zigpy_api import (
     foundation,
     zcl,
 )
-from gatewayd.confirmed_codes import ConfirmedCodes, code_digest, same_code
+from gatewayd.confirmed_codes import ConfirmedCodes, LateSets, code_digest, same_code
 from gatewayd.driver import DriverSink
 from gatewayd.model import (
     ActionResult,
@@ -133,6 +133,9 @@ class ZigbeeLock:
         # read-back cannot show it); forgotten when anything else may have changed the slot:
         # its programming event, the lock leaving or going silent, a rejoin
         self._confirmed_codes = ConfirmedCodes()
+        # slots whose last set failed for want of the lock's programming event, which may come
+        # late: the next set of the slot waits it out, or the event would confirm that one
+        self._late_sets = LateSets(OWN_ECHO_S)
         self._left: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._has_left = False  # `_left` is resolved by `close` too: this says the lock left
         # The lock left or joined again (a reset, a re-pairing): that wipes its bindings and
@@ -645,6 +648,16 @@ class ZigbeeLock:
             return
         if source != int(_SRC.Keypad) and self._is_own_echo(user, code):
             return  # the lock confirming our own set/clear after its read-back: reported already
+        if (
+            source != int(_SRC.Keypad)
+            and code in (int(_PROG.PINCodeAdded), int(_PROG.PINCodeChanges))
+            and self._late_sets.came(user)
+        ):
+            # a set reported failed (its event did not come in time) was carried out after all
+            self._confirmed_codes.forget(user)
+            log.warning("zigbee.code_set_late", device_id=self.device_id, slot_id=user)
+            self._event(EventName.CODE_SET, slot_id=user, method=str(Method.REMOTE))
+            return
         self._confirmed_codes.forget(user)
         method = str(_PROGRAMMING_METHODS.get(source, Method.UNKNOWN))
         if code in (int(_PROG.PINCodeAdded), int(_PROG.PINCodeChanges)):
@@ -744,6 +757,7 @@ class ZigbeeLock:
 
     async def set_code(self, slot: int, pin: PinCode) -> ActionResult:
         dl = self.door_lock
+        await self._late_sets.wait_out(slot)  # or a failed set's late event would confirm this
         # The slot as the lock holds it now, so that a code it already holds is neither written
         # again nor reported as a change.
         digest = code_digest(pin.reveal())
@@ -775,7 +789,13 @@ class ZigbeeLock:
                 status = _name(DoorLock.UserStatus(stored[0]))
                 raise CodeNotConfirmed(f"slot {slot}: the lock holds the code as {status}")
             if stored is None or not _is_code(stored[1]):  # masked, or no digits to compare
-                await self._await_programmed({int(_PROG.PINCodeAdded), int(_PROG.PINCodeChanges)})
+                try:
+                    await self._await_programmed(
+                        {int(_PROG.PINCodeAdded), int(_PROG.PINCodeChanges)}
+                    )
+                except CodeNotConfirmed:
+                    self._late_sets.failed(slot)
+                    raise
                 self._confirmed_codes.confirmed(slot, digest)
             elif not same_code(stored[1], pin.reveal()):
                 raise CodeNotConfirmed("the lock reads back a different code")

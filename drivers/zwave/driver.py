@@ -38,7 +38,7 @@ from drivers.zwave.events import (
 )
 from drivers.zwave.inclusion import Inclusion
 from drivers.zwave.uncompressed import UncompressedSession
-from gatewayd.confirmed_codes import ConfirmedCodes, code_digest, same_code
+from gatewayd.confirmed_codes import ConfirmedCodes, LateSets, code_digest, same_code
 from gatewayd.driver import (
     NO_PAIR_OPTIONS,
     Driver,
@@ -125,6 +125,8 @@ class _Lock:
     # (slot, code present, until when, on time.monotonic) of our own sets and clears whose
     # "user code added/deleted" notification may still come: it is the lock confirming them
     own_codes: list[tuple[int, bool, float]] = field(default_factory=list)
+    # slots whose last set failed for want of the lock's "user code added", which may come late
+    late_sets: LateSets = field(default_factory=lambda: LateSets(OWN_ECHO_S))
     # the code we last wrote and saw confirmed in each slot, on a lock that masks codes (its
     # read-back cannot show it); forgotten when anything else may have changed the slot
     confirmed: ConfirmedCodes = field(default_factory=ConfirmedCodes)
@@ -718,7 +720,12 @@ class ZWaveDriver(Driver):
                 # the late echo of an earlier set or clear of ours (a clear's "user code
                 # deleted" after its read-back): never the answer to the write waiting now
                 return
-            if waiter is not None and not waiter.done():
+            if present and lock.late_sets.came(notice.slot_id):
+                # a set reported failed (the lock's word did not come in time) was carried out
+                lock.confirmed.forget(notice.slot_id)
+                log.warning("zwave.code_set_late", device_id=did, slot_id=notice.slot_id)
+                self._emit(did, EventName.CODE_SET, {"slot_id": notice.slot_id, "method": "remote"})
+            elif waiter is not None and not waiter.done():
                 waiter.set_result(present)
             else:
                 lock.confirmed.forget(notice.slot_id)
@@ -802,6 +809,7 @@ class ZWaveDriver(Driver):
             )
 
     async def _set_code(self, lock: _Lock, node: Node, slot: int, digits: str) -> ActionResult:
+        await lock.late_sets.wait_out(slot)  # or a failed set's late word would confirm this one
         # The slot as the lock holds it now, so that a code it already holds is neither written
         # again nor reported as a change.
         digest = code_digest(digits)
@@ -828,7 +836,11 @@ class ZWaveDriver(Driver):
             status, read = await commands.read_slot(node, slot)
             if commands.is_masked(read):
                 lock.masked = True
-                confirmed = await self._await_programming(waiter, refusal, slot)
+                try:
+                    confirmed = await self._await_programming(waiter, refusal, slot)
+                except CodeNotConfirmed:
+                    lock.late_sets.failed(slot)
+                    raise
                 if not confirmed or status != commands.USER_ENABLED:
                     raise CodeNotConfirmed(f"slot {slot}: the lock did not confirm the new code")
             elif status != commands.USER_ENABLED or not same_code(read, digits):

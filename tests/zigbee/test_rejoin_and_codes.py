@@ -290,3 +290,30 @@ async def test_a_configuration_that_fails_is_tried_again_when_the_lock_is_next_h
         driver.virtual.announce(vlock)
         await eventually(lambda: vlock.mem.bound >= BOUND)
         assert len(calls) == 2
+
+
+async def test_a_late_event_of_a_failed_set_does_not_confirm_the_next_one(
+    tmp_path: Path,
+) -> None:
+    """A masking lock confirms a code with its programming event; one that comes after
+    command_timeout_s (2 s here) fails the set, though the lock stored the code. A next set of
+    the slot that the lock does not store (here silently dropped) must not be confirmed by
+    that late event of the first: the lock holds the first code, not the one reported set.
+    The next set waits it out (at most OWN_ECHO_S), and it goes up as the first set done."""
+    sink = HistorySink()
+    async with running(tmp_path, sink) as driver:
+        dev, vlock = by_native(sink, YALE), virtual(driver, YALE)
+        assert vlock.profile.masked_readback
+        vlock.programming_delay_s = 2.5
+        mark = len(sink.events)
+        with pytest.raises(CodeNotConfirmed):
+            await driver.execute(dev, SetCode(slot_id=3, code=PinCode("1357")))
+        assert vlock.mem.pins[3] == "1357"  # stored; its event is still to come
+        vlock.programming_delay_s = 0.0
+        vlock.set_fault("drop_code")
+
+        with pytest.raises(CodeNotConfirmed):
+            await driver.execute(dev, SetCode(slot_id=3, code=PinCode("2468")))
+        assert vlock.mem.pins[3] == "1357"
+        # the next set waited the late event out; it went up as the first set carried out
+        assert await settled_events(sink, mark) == [(EventName.CODE_SET, "remote")]
