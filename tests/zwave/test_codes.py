@@ -349,45 +349,31 @@ async def test_a_late_notice_of_a_clear_does_not_fail_the_next_set_of_the_slot(
     assert sink.code_events(dev, mark, "method") == [("code set on device", "remote")]
 
 
-async def test_a_code_set_again_after_the_lock_was_out_of_reach_is_reported(
-    zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack
+@pytest.mark.parametrize("meanwhile", ["out_of_reach", "all_codes_deleted"])
+async def test_a_code_set_again_after_the_lock_may_have_changed_it_is_reported(
+    zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack, meanwhile: str
 ) -> None:
-    """While a lock is out of reach (zwave-js marks it dead) nothing it does is heard: a code
-    changed at its keypad meanwhile leaves no trace. On a lock that masks codes, a set of the
-    code we wrote before is then a change to report, as on Zigbee when a lock went silent.
-    Before, it was still taken as the code we had seen confirmed there: no report."""
+    """On a lock that masks codes, a set of the code we saw confirmed in the slot is no change
+    to report, unless the slot may have changed since:
+    - out_of_reach: while zwave-js marks the lock dead nothing it does is heard (a code
+      changed at its keypad leaves no trace), as on Zigbee when a lock went silent;
+    - all_codes_deleted: Access Control 0x0C (a lock's programming button) emptied every slot.
+    Before, the lock was still taken to hold our code: the set went unreported."""
     driver, sink = zwave
     dev = sink.ids[native_id(4)]  # Kwikset 916 mock: reports codes as ****
     await driver.execute(dev, SetCode(slot_id=2, code=PinCode("8642")))
     await anyio.sleep(2.0)  # past the set's notification and re-check (code_recheck_s)
-    await driver.simulate(dev, Simulation.OFFLINE, {})
-    await sink.wait_event(dev, EventName.DEVICE_DISCONNECTED, timeout=15)
-    await driver.simulate(dev, Simulation.ONLINE, {})
-    await sink.wait_event(dev, EventName.DEVICE_CONNECTED, timeout=15)
+    if meanwhile == "out_of_reach":
+        await driver.simulate(dev, Simulation.OFFLINE, {})
+        await sink.wait_event(dev, EventName.DEVICE_DISCONNECTED, timeout=15)
+        await driver.simulate(dev, Simulation.ONLINE, {})
+        await sink.wait_event(dev, EventName.DEVICE_CONNECTED, timeout=15)
+    else:
+        zwave_stack.control(4, "notify_raw", type=ACCESS_CONTROL, event=AC_ALL_CODES_DELETED)
+        await anyio.sleep(0.5)  # the notification is in
     mark = len(sink.events)
 
     await driver.execute(dev, SetCode(slot_id=2, code=PinCode("8642")))
-
-    await anyio.sleep(1.0)  # the lock's notification of the write is in
-    assert sink.code_events(dev, mark, "method") == [("code set on device", "remote")]
-
-
-async def test_a_masked_lock_whose_codes_were_all_deleted_at_the_keypad_reports_the_next_set(
-    zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack
-) -> None:
-    """Access Control 0x0C, "all user codes deleted" (a lock's programming button): every slot
-    changed. A set of the code we had seen confirmed before is then a change, reported, as
-    after "user code deleted" for its slot. Before, the notification was dropped and the lock
-    still taken to hold our code: the set went unreported."""
-    driver, sink = zwave
-    dev = sink.ids[native_id(4)]  # Kwikset 916 mock: reports codes as ****
-    await driver.execute(dev, SetCode(slot_id=2, code=PinCode("13579")))
-    await anyio.sleep(2.0)  # past the set's notification and re-check (code_recheck_s)
-    zwave_stack.control(4, "notify_raw", type=ACCESS_CONTROL, event=AC_ALL_CODES_DELETED)
-    await anyio.sleep(0.5)  # the notification is in
-    mark = len(sink.events)
-
-    await driver.execute(dev, SetCode(slot_id=2, code=PinCode("13579")))
 
     await anyio.sleep(1.0)  # the lock's notification of the write is in
     assert sink.code_events(dev, mark, "method") == [("code set on device", "remote")]
