@@ -810,6 +810,7 @@ class ZigbeeLock:
 
     async def clear_code(self, slot: int) -> ActionResult:
         dl = self.door_lock
+        await self._late_sets.wait_out(slot)  # a failed set's late event is reported before this
         self._confirmed_codes.forget(slot)
         if _is_free(_readback(await self._call(dl.get_pin_code(slot)))):
             log.info("zigbee.code_already_clear", device_id=self.device_id, slot_id=slot)

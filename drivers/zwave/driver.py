@@ -870,6 +870,7 @@ class ZWaveDriver(Driver):
         return ActionResult({"slot_id": slot})
 
     async def _clear_code(self, lock: _Lock, node: Node, slot: int) -> ActionResult:
+        await lock.late_sets.wait_out(slot)  # a failed set's late word is reported before this
         lock.confirmed.forget(slot)
         status, _ = await commands.read_slot(node, slot)
         if status == commands.USER_AVAILABLE:  # nothing to clear, and no change to report

@@ -317,3 +317,24 @@ async def test_a_late_event_of_a_failed_set_does_not_confirm_the_next_one(
         assert vlock.mem.pins[3] == "1357"
         # the next set waited the late event out; it went up as the first set carried out
         assert await settled_events(sink, mark) == [(EventName.CODE_SET, "remote")]
+
+
+async def test_a_clear_after_a_set_that_failed_waits_for_its_late_event(tmp_path: Path) -> None:
+    """The late event of a failed set went up after the clear that followed it: the cloud's
+    last word on the slot was `code set on device`, and the slot was empty."""
+    sink = HistorySink()
+    async with running(tmp_path, sink) as driver:
+        dev, vlock = by_native(sink, YALE), virtual(driver, YALE)
+        vlock.programming_delay_s = 2.5
+        mark = len(sink.events)
+        with pytest.raises(CodeNotConfirmed):
+            await driver.execute(dev, SetCode(slot_id=3, code=PinCode("1357")))
+        vlock.programming_delay_s = 0.0
+
+        await driver.execute(dev, ClearCode(slot_id=3))
+
+        assert 3 not in vlock.mem.pins
+        assert await settled_events(sink, mark) == [
+            (EventName.CODE_SET, "remote"),
+            (EventName.CODE_REMOVED, "remote"),
+        ]
