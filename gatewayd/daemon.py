@@ -3,11 +3,12 @@ group, with sd_notify readiness, a watchdog fed from the event loop, and a clean
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -199,14 +200,36 @@ class Daemon:
         if recovered := dispatcher.recover():
             log.warning("daemon.recovered_actions", failed=recovered)
         drivers = self._make_drivers()
+        with contextlib.ExitStack() as held:
+            # open until the shutdown below is over: a second signal during it (an impatient
+            # Ctrl-C, a supervisor signalling twice) got the default handler once the first had
+            # closed it, and killed the process before the store was closed
+            signals = (
+                held.enter_context(
+                    anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+                )
+                if self._handle_signals
+                else None
+            )
+            await self._run(store, upstream, registry, dispatcher, drivers, signals)
+
+    async def _run(
+        self,
+        store: Store,
+        upstream: Upstream,
+        registry: Registry,
+        dispatcher: Dispatcher,
+        drivers: list[Driver],
+        signals: AsyncIterator[int] | None,
+    ) -> None:
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 dispatcher.bind(tg)
                 runner, self.status_port = await start_status_server(self)
                 tg.start_soon(self._serve_until_cancelled, runner, name="status.server")
-                if self._handle_signals:
-                    tg.start_soon(self._signals, name="daemon.signals")
+                if signals is not None:
+                    tg.start_soon(self._signals, signals, name="daemon.signals")
                 if self.config.cloud.url:
                     from gatewayd.tunnel import Tunnel  # the tunnel only when a cloud is set
 
@@ -362,20 +385,19 @@ class Daemon:
             with anyio.CancelScope(shield=True):
                 await runner.cleanup()
 
-    async def _signals(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async for signum in signals:
-                if signum == signal.SIGHUP and self._ignore_sighup:
-                    # the habit of "reload" (or a closed terminal) killed the daemon mid-action,
-                    # and systemd does not restart a service SIGHUP ended
-                    log.warning(
-                        "daemon.sighup_ignored",
-                        hint="gatewayd has no reload: restart the service to apply a new config",
-                    )
-                    continue
-                log.info("daemon.signal", signal=signal.Signals(signum).name)
-                self.stop()
-                return
+    async def _signals(self, signals: AsyncIterator[int]) -> None:
+        async for signum in signals:
+            if signum == signal.SIGHUP and self._ignore_sighup:
+                # the habit of "reload" (or a closed terminal) killed the daemon mid-action,
+                # and systemd does not restart a service SIGHUP ended
+                log.warning(
+                    "daemon.sighup_ignored",
+                    hint="gatewayd has no reload: restart the service to apply a new config",
+                )
+                continue
+            log.info("daemon.signal", signal=signal.Signals(signum).name)
+            self.stop()
+            return
 
     async def _watchdog(self) -> None:
         """Ping systemd from the event loop itself: a stalled loop stops the pings."""

@@ -161,3 +161,26 @@ async def test_watchdog_pings_stop_when_the_event_loop_stalls(tmp_path: Path) ->
         await anyio.sleep(0.3)
         assert pings() >= 2  # and pings resume with the loop
     sock.close()
+
+
+def test_signals_repeated_during_shutdown_do_not_cut_it_short(tmp_path: Path) -> None:
+    """After the first SIGTERM the daemon closed its signal receiver: a second one (an
+    impatient Ctrl-C, a supervisor that signals twice) got the default handler during the
+    shutdown and killed the process before the store was closed."""
+    import signal as signals
+
+    port = free_port()
+    cfg = tmp_path / "gatewayd.toml"
+    cfg.write_text(config_text(tmp_path / "state", status_port=port))
+    log_file = tmp_path / "daemon.log"
+    proc = DaemonProcess(cfg, log_file).start()
+    try:
+        proc.wait_healthy(port)
+        assert proc.proc is not None
+        deadline = time.monotonic() + 10
+        while proc.proc.poll() is None and time.monotonic() < deadline:
+            proc.signal(signals.SIGTERM)
+            time.sleep(0.002)
+    finally:
+        proc.kill()
+    assert "daemon.stopped" in log_file.read_text()
