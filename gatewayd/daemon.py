@@ -200,74 +200,61 @@ class Daemon:
         if recovered := dispatcher.recover():
             log.warning("daemon.recovered_actions", failed=recovered)
         drivers = self._make_drivers()
-        with contextlib.ExitStack() as held:
-            # open until the shutdown below is over: a second signal during it (an impatient
-            # Ctrl-C, a supervisor signalling twice) got the default handler once the first had
-            # closed it, and killed the process before the store was closed
-            signals = (
-                held.enter_context(
-                    anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-                )
-                if self._handle_signals
-                else None
-            )
-            await self._run(store, upstream, registry, dispatcher, drivers, signals)
+        # open until the shutdown below is over: a second signal during it (an impatient Ctrl-C,
+        # a supervisor signalling twice) got the default handler once the first had closed it,
+        # and killed the process before the store was closed
+        receiver = (
+            anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+            if self._handle_signals
+            else contextlib.nullcontext(None)
+        )
+        with receiver as signals:
+            try:
+                async with anyio.create_task_group() as tg:
+                    self._tg = tg
+                    dispatcher.bind(tg)
+                    runner, self.status_port = await start_status_server(self)
+                    tg.start_soon(self._serve_until_cancelled, runner, name="status.server")
+                    if signals is not None:
+                        tg.start_soon(self._signals, signals, name="daemon.signals")
+                    if self.config.cloud.url:
+                        from gatewayd.tunnel import Tunnel  # the tunnel only when a cloud is set
 
-    async def _run(
-        self,
-        store: Store,
-        upstream: Upstream,
-        registry: Registry,
-        dispatcher: Dispatcher,
-        drivers: list[Driver],
-        signals: AsyncIterator[int] | None,
-    ) -> None:
-        try:
-            async with anyio.create_task_group() as tg:
-                self._tg = tg
-                dispatcher.bind(tg)
-                runner, self.status_port = await start_status_server(self)
-                tg.start_soon(self._serve_until_cancelled, runner, name="status.server")
-                if signals is not None:
-                    tg.start_soon(self._signals, signals, name="daemon.signals")
-                if self.config.cloud.url:
-                    from gatewayd.tunnel import Tunnel  # the tunnel only when a cloud is set
-
-                    tunnel = Tunnel(
-                        self.config.cloud,
-                        store,
-                        self._on_action_request,
-                        self.hello,
-                        on_reject=dispatcher.reject,
-                        on_cancel=dispatcher.cancel,
-                        on_clock=upstream.cloud_clock,
-                        on_rebase=dispatcher.rebase_handoffs,
-                        on_claimed=registry.report_all,
-                        on_unclaimed=dispatcher.cancel_handoffs,
-                    )
-                    self.tunnel = tunnel
-                    tg.start_soon(tunnel.run, name="tunnel")
-                async with anyio.create_task_group() as starting:
-                    for driver in drivers:
-                        sink = registry.attach(driver)
-                        starting.start_soon(
-                            self._start_driver, driver, sink, name=f"driver.{driver.name}.start"
+                        tunnel = Tunnel(
+                            self.config.cloud,
+                            store,
+                            self._on_action_request,
+                            self.hello,
+                            on_reject=dispatcher.reject,
+                            on_cancel=dispatcher.cancel,
+                            on_clock=upstream.cloud_clock,
+                            on_rebase=dispatcher.rebase_handoffs,
+                            on_claimed=registry.report_all,
+                            on_unclaimed=dispatcher.cancel_handoffs,
                         )
-                self.ready = True
-                self.notifier.notify(READY="1", STATUS=self.status_line())
-                log.info("daemon.ready", devices=len(registry.devices()), port=self.status_port)
-                _trim_heap()
-                self._started.set()
-                tg.start_soon(self._watchdog, name="daemon.watchdog")
-                tg.start_soon(self._prune_action_log, store, name="store.prune")
-        finally:
-            self.ready = False
-            with anyio.CancelScope(shield=True):
-                self.notifier.notify(STOPPING="1", STATUS="stopping")
-                await self._stop_drivers(drivers)
-                store.close()
-                self.notifier.close()
-                log.info("daemon.stopped")
+                        self.tunnel = tunnel
+                        tg.start_soon(tunnel.run, name="tunnel")
+                    async with anyio.create_task_group() as starting:
+                        for driver in drivers:
+                            sink = registry.attach(driver)
+                            starting.start_soon(
+                                self._start_driver, driver, sink, name=f"driver.{driver.name}.start"
+                            )
+                    self.ready = True
+                    self.notifier.notify(READY="1", STATUS=self.status_line())
+                    log.info("daemon.ready", devices=len(registry.devices()), port=self.status_port)
+                    _trim_heap()
+                    self._started.set()
+                    tg.start_soon(self._watchdog, name="daemon.watchdog")
+                    tg.start_soon(self._prune_action_log, store, name="store.prune")
+            finally:
+                self.ready = False
+                with anyio.CancelScope(shield=True):
+                    self.notifier.notify(STOPPING="1", STATUS="stopping")
+                    await self._stop_drivers(drivers)
+                    store.close()
+                    self.notifier.close()
+                    log.info("daemon.stopped")
 
     def _make_drivers(self) -> list[Driver]:
         """The enabled drivers. One that cannot be loaded (its radio library is not installed,
