@@ -453,10 +453,23 @@ class Database:
         )
         return cur.rowcount == 1
 
+    def event_position(self, id_: str) -> tuple[str, int] | None:
+        """Where an event is in the list (date_created, n): the cursor of `after`."""
+        row = self._conn.execute(
+            "SELECT date_created, n FROM events WHERE id = ? ORDER BY n LIMIT 1", (id_,)
+        ).fetchone()
+        return None if row is None else (str(row[0]), int(row[1]))
+
     def events(
-        self, device_id: str | None, since: str | None, until: str | None, limit: int
+        self,
+        device_id: str | None,
+        since: str | None,
+        until: str | None,
+        limit: int,
+        after: tuple[str, int] | None = None,
     ) -> list[dict[str, Any]]:
-        clauses, args = [], []
+        clauses: list[str] = []
+        args: list[Any] = []
         if device_id is not None:
             clauses.append("device_id = ?")
             args.append(device_id)
@@ -466,8 +479,11 @@ class Database:
         if until is not None:
             clauses.append("date_created <= ?")
             args.append(until)
+        if after is not None:  # strictly after that event: past a page of one time
+            clauses.append("(date_created > ? OR (date_created = ? AND n > ?))")
+            args.extend((after[0], after[0], after[1]))
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        if since is not None:  # the first `limit` from `since`: a reader paging forward
+        if since is not None or after is not None:  # the first `limit`: a reader paging forward
             rows = self._conn.execute(
                 f"SELECT body FROM events {where} ORDER BY date_created, n LIMIT ?",  # noqa: S608 - fixed clauses
                 (*args, limit),

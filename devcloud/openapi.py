@@ -374,14 +374,20 @@ def build() -> dict[str, Any]:
             "get": {
                 "summary": "List door events, oldest first",
                 "description": "At most `limit` (default and maximum 1000): the latest ones, "
-                "or, with `since`, the first ones from `since` on (pass the last "
-                "`date_created` seen as the next `since` to page forward; event ids tell the "
-                "repeats at the boundary).",
+                "or, with `since` or `after`, the first ones from there on. To page forward, "
+                "pass the last event's `id` as `after` (a `date_created` as `since` repeats the "
+                "events of that time).",
                 "operationId": "list_events",
                 "parameters": [
                     {"name": "device_id", "in": "query", "schema": _NAME},
                     {"name": "since", "in": "query", "schema": {"type": "string"}},
                     {"name": "until", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "description": "Only the events listed after this one (an event id)",
+                        "schema": _NAME,
+                    },
                     {
                         "name": "limit",
                         "in": "query",

@@ -15,7 +15,7 @@ from devcloud.validation import Problems, device_action_inputs
 routes = web.RouteTableDef()
 
 DEVICE_ACTIONS: Final = ("lock", "unlock", "set_code", "clear_code")
-_EVENT_QUERY: Final = frozenset({"device_id", "since", "until", "limit"})
+_EVENT_QUERY: Final = frozenset({"device_id", "since", "until", "limit", "after"})
 
 
 @routes.get("/v1/devices")
@@ -69,8 +69,9 @@ async def get_action_request(request: web.Request) -> web.Response:
 @routes.get("/v1/events")
 async def list_events(request: web.Request) -> web.Response:
     """Events, oldest first; filter by `device_id` and by `since` / `until` (ISO-8601). At
-    most `limit` (1000): the latest ones, or with `since` the first ones from it (to page
-    forward, pass the last `date_created` seen as the next `since`; ids tell repeats)."""
+    most `limit` (1000): the latest ones, or with `since` or `after` the first ones from it (to
+    page forward, pass the last event's id as `after`: a `date_created` as the next `since`
+    repeats the events of that time, and more of them than `limit` would end the paging)."""
     query = request.query
     problems = Problems()
     for key in query:
@@ -95,6 +96,12 @@ async def list_events(request: web.Request) -> web.Response:
     device_id = query.get("device_id")
     if device_id is not None and not 1 <= len(device_id) <= 200:
         problems.add("device_id", "Must be between 1 and 200 characters")
+    db = request.app[STATE].db
+    after = None
+    if "after" in query:
+        after = db.event_position(query["after"]) if len(query["after"]) <= 200 else None
+        if after is None:
+            problems.add("after", "Expected the id of a listed event")
     problems.check()
-    events = request.app[STATE].db.events(device_id, bounds["since"], bounds["until"], limit)
+    events = db.events(device_id, bounds["since"], bounds["until"], limit, after)
     return web.json_response(events)

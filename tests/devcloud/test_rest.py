@@ -443,3 +443,43 @@ async def test_responses_match_the_openapi_schemas(cloud: Cloud) -> None:
     check("Error", error)
     with pytest.raises(jsonschema.ValidationError):
         check("Gateway", {"id": gateway_id, "name": "x"})
+
+
+async def test_paging_forward_reaches_every_event_when_more_than_a_page_share_a_time(
+    cloud: Cloud,
+) -> None:
+    """Paging with `since` = the last `date_created` seen returned the same page for ever when
+    more than `limit` events had one time (a lock's burst in one millisecond): the rest were
+    never listed. `after` = the last event's id pages on past them."""
+    tunnel, _, _ = await cloud.claimed_gateway()
+    same = "2020-06-11T21:08:36.000Z"
+    sent = [
+        {
+            "id": f"e{n}",
+            "type": "device_event",
+            "device_id": DEVICE_ID,
+            "event_name": "door locked",
+            "details": {"method": "manual"},
+            "date_created": at,
+        }
+        for n, at in enumerate([same, same, same, "2020-06-11T21:09:00Z"], start=1)
+    ]
+    for seq, e in enumerate(sent, start=2):
+        await tunnel.send(p.EventMsg(seq=seq, event=e))
+        assert await tunnel.recv() == p.Ack(seq=seq)
+    sent[3]["date_created"] = "2020-06-11T21:09:00.000Z"
+    seen: list[dict[str, Any]] = []
+    params = {"since": "2020-01-01T00:00:00Z", "limit": "2"}
+    for _ in range(5):
+        page = await cloud.get("/v1/events", params=params)
+        if not page:
+            break
+        seen += page
+        params = {"after": page[-1]["id"], "limit": "2"}
+    assert seen == sent
+    # with the other filters, and refused when it names no event
+    assert await cloud.get("/v1/events", params={"after": "e1", "until": same}) == sent[1:3]
+    status, body = await cloud.request("GET", "/v1/events", params={"after": "nope"})
+    assert status == 400
+    assert_error(body, "invalid_input")
+    assert "after" in body["error"]["validation_errors"]
