@@ -44,9 +44,10 @@ class _Receiver:
             else {}
         )
         self.url = parsed.with_user(None).with_password(None)
-        self.label = f"{self.url.host}:{self.url.port}{self.url.path}"  # no credentials
-        # its deliveries in the outbox: a hash, as a query string may hold a token
+        # its deliveries in the outbox: a hash, as the path or query string may hold a token
         self.key = secret_hash(str(self.url))
+        # in logs: no credentials, no path (`/services/T…/B…/<token>`), yet one per receiver
+        self.label = f"{self.url.host}:{self.url.port}#{self.key[:8]}"
         self.wake = asyncio.Event()
 
 
@@ -54,7 +55,12 @@ class Webhooks:
     def __init__(self, settings: Settings, db: Database) -> None:
         self._settings = settings
         self._db = db
-        self._receivers = [_Receiver(u) for u in settings.webhook_urls]
+        # one per endpoint: a URL given twice (or with other credentials) shares its outbox
+        # rows, and two workers on them would deliver every event twice
+        by_key: dict[str, _Receiver] = {}
+        for url in settings.webhook_urls:
+            by_key.setdefault((r := _Receiver(url)).key, r)
+        self._receivers = list(by_key.values())
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
         self.delivered = 0

@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
+from yarl import URL
 
 from devcloud.db import secret_hash
 from gatewayd import protocol as p
@@ -121,6 +122,27 @@ async def test_a_duplicate_event_is_not_delivered_twice(
     await asyncio.sleep(0.2)
     assert [e["id"] for e in recv.accepted] == ["ev-2"]
     assert recv.accepted[0]["type"] == "device_event"
+
+
+async def test_a_receiver_given_twice_gets_each_event_once(
+    make_cloud: CloudFactory, receiver: tuple[Receiver, str]
+) -> None:
+    """The same URL twice (or with other credentials) shares one outbox: two workers took the
+    same rows and delivered every event twice."""
+    recv, url = receiver
+    recv.failures = 0
+    other = str(URL(url).with_password("another_password"))
+    cloud = await make_cloud(webhook_urls=(url, other, url), webhook_secret=SECRET)
+    tunnel, _, _ = await cloud.claimed_gateway()
+    for n in range(3):
+        at = f"2020-06-11T21:12:2{n}.000Z"
+        await send_event(tunnel, 2 + n, device_event(f"ev-{n}", "door locked", {}, at))
+    for _ in range(200):
+        if len(recv.accepted) >= 3:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)
+    assert [e["id"] for e in recv.accepted] == ["ev-0", "ev-1", "ev-2"]
 
 
 async def test_a_pin_in_an_event_is_masked_in_the_list_the_store_and_the_webhook(
@@ -282,3 +304,55 @@ async def test_a_redirect_is_not_taken_for_a_delivery(make_cloud: CloudFactory) 
         assert failed[:1] == ["http_301"]  # retried as a failure, and said so
     finally:
         await server.close()
+
+
+async def test_a_token_in_a_webhook_urls_path_reaches_no_log_line(
+    make_cloud: CloudFactory,
+) -> None:
+    """Many receivers carry their secret in the path (`/services/T…/B…/<token>`, as chat
+    webhooks do): every delivery and every retry logged it as the receiver's label."""
+    token = "zQ8vN3kLr7TtW2pXy5"
+    got = asyncio.Event()
+    calls = 0
+
+    async def handle(request: web.Request) -> web.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return web.Response(status=500)
+        got.set()
+        return web.json_response({"received": True})
+
+    app = web.Application()
+    app.router.add_post(f"/services/T01/B02/{token}", handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        url = str(
+            server.make_url(f"/services/T01/B02/{token}").with_user("hook").with_password("pw9")
+        )
+        with capture_logs() as logs:
+            cloud = await make_cloud(webhook_urls=(url,), webhook_backoff_s=0.01)
+            tunnel, _, _ = await cloud.claimed_gateway()
+            await tunnel.send(
+                p.EventMsg(
+                    seq=2,
+                    event=device_event(
+                        "e1", "door locked", {"method": "manual"}, "2020-06-11T21:08:36.000Z"
+                    ),
+                )
+            )
+            assert await tunnel.recv() == p.Ack(seq=2)
+            await asyncio.wait_for(got.wait(), timeout=10)
+            for _ in range(100):
+                if any(e["event"] == "webhook.delivered" for e in logs):
+                    break
+                await asyncio.sleep(0.01)
+    finally:
+        await server.close()
+    webhook_logs = [e for e in logs if e["event"].startswith("webhook.")]
+    assert {e["event"] for e in webhook_logs} >= {"webhook.attempt_failed", "webhook.delivered"}
+    assert token not in repr(logs)
+    assert "pw9" not in repr(logs)
+    # receivers stay told apart: one label each, and on the same host and port
+    assert all(e["receiver"] == webhook_logs[0]["receiver"] for e in webhook_logs)
