@@ -14,6 +14,7 @@ from pathlib import Path
 
 import structlog
 from aiohttp import web
+from yarl import URL
 
 from devcloud.app import create_app
 from devcloud.settings import Settings
@@ -120,6 +121,15 @@ def _webhook_secret(given: str | None, db: str) -> str:
     return secret
 
 
+def _is_webhook_url(url: str) -> bool:
+    """An http(s) URL with a host that yarl takes (a bad port or host: a traceback at start)."""
+    try:
+        parsed = URL(url)
+        return parsed.scheme in ("http", "https") and bool(parsed.host) and parsed.port is not None
+    except ValueError:
+        return False
+
+
 class ListenFailed(Exception):
     """The port is taken (or not ours to bind): a one-line message, not a traceback."""
 
@@ -157,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         print("devcloud: --api-key (or DEVCLOUD_API_KEY) is required", file=sys.stderr)
         return 2
     for url in args.webhook:
-        if not url.startswith(("http://", "https://")):
+        if not _is_webhook_url(url):
             print("devcloud: --webhook expects an http:// or https:// URL", file=sys.stderr)
             return 2
     tls = None
