@@ -343,12 +343,7 @@ class Dispatcher:
         if handoff and seq is not None:
             job.handoff_seq = seq
         try:
-            self._check_gateway_target(request)
-            device = self._executor.device(request.entity_id)
-            if device is None and request.entity_type == "Device":
-                unreachable = self._executor.unreported(request.entity_id)
-                if unreachable is not None:
-                    raise unreachable
+            device = self._lookup(request)
             job.action = validate(request, device)
             if self._remaining(job) <= 0:
                 raise ActionTimeout("the deadline passed before the gateway received the action")
@@ -373,6 +368,33 @@ class Dispatcher:
                 self._transition(job, ActionStatus.PROCESSING)
             self._store.flush()
         return True
+
+    def _lookup(self, request: ActionRequest) -> Device | None:
+        """The target device, or the GatewayError that says why it cannot act. A lookup that
+        cannot answer (the store refused a read) fails this action: it is reported received
+        already, and an exception out of `submit` left it so for good."""
+        unreachable: GatewayError | None = None
+        try:
+            self._check_gateway_target(request)
+            device = self._executor.device(request.entity_id)
+            if device is None and request.entity_type == "Device":
+                unreachable = self._executor.unreported(request.entity_id)
+        except GatewayError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the action must end
+            log.error(
+                "actions.lookup_failed",
+                action_request_id=request.id,
+                device_id=request.entity_id,
+                error_type=type(exc).__name__,
+            )
+            # the gateway's own failure, not the device's: the base type, `gateway_error`
+            raise GatewayError(
+                f"the gateway could not look the target up ({type(exc).__name__})"
+            ) from None
+        if unreachable is not None:
+            raise unreachable
+        return device
 
     def cancel(self, action_id: str, reason: str) -> bool:
         """The cloud gave up on a request: never start it. False if it had already started

@@ -772,3 +772,52 @@ async def test_an_unpair_naming_the_gateway_queue_fails_at_once_and_blocks_nothi
     assert h.statuses("odd")[-1] == "failed"
     assert h.error("odd")["type"] == "device_not_found"
     assert h.statuses(pair.id)[-1] == "completed"
+
+
+@pytest.mark.parametrize(
+    ("table", "entity_type", "action", "inputs"),
+    [
+        ("devices", "Device", "unlock", {}),  # is the lock no driver reports paired?
+        ("identity", "Gateway", "pair_devices", {"duration": 30}),  # is it for this gateway?
+    ],
+)
+async def test_a_lookup_the_store_cannot_answer_fails_the_action_not_leaves_it(
+    tmp_path: Path, table: str, entity_type: str, action: str, inputs: dict[str, Any]
+) -> None:
+    """`submit` asks the store about the target after gateway_received is reported; a store
+    that could not answer (a real SQLite error: here the table is gone) raised out of it: the
+    action stayed `gateway_received` for good, and the tunnel dropped its session over it."""
+    import sqlite3
+
+    from gatewayd.registry import Registry
+    from gatewayd.upstream import Upstream
+
+    store = Store.open(tmp_path / "s.db")
+    store.set_claimed("gw-1", "credential-1")
+    registry = Registry(store, Upstream(store))
+    updates: list[StatusUpdate] = []
+
+    def report(update: StatusUpdate) -> int:
+        updates.append(update)
+        return registry.upstream.action_status(update)
+
+    # as the daemon wires it
+    dispatcher = Dispatcher(store, registry, report, gateway_id=lambda: store.identity().gateway_id)
+    target = "gw-1" if entity_type == "Gateway" else "not-reported"
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute(f"ALTER TABLE {table} RENAME TO {table}_away")
+    try:
+        async with anyio.create_task_group() as tg:
+            dispatcher.bind(tg)
+            submitted = request(action, inputs, device=target, id="looked-up")
+            assert dispatcher.submit(msgspec.structs.replace(submitted, entity_type=entity_type))
+            tg.cancel_scope.cancel()
+    finally:
+        other.execute(f"ALTER TABLE {table}_away RENAME TO {table}")
+        other.close()
+    assert [str(u.status) for u in updates] == ["gateway_received", "failed"]
+    error = updates[-1].error
+    assert error is not None
+    assert error["type"] == "gateway_error"
+    assert error["message"] == "the gateway could not look the target up (OperationalError)"
+    store.close()
