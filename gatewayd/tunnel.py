@@ -199,6 +199,8 @@ class Tunnel:
         self._sent_high = 0  # the highest seq sent in this run, over every session
         self.frames_in = 0
         self.frames_skipped = 0
+        # this session's `error` frame (code, message): why the cloud is about to close it
+        self._refusal: tuple[str, str] | None = None
         self.clock_skew_s: float | None = None  # the cloud's clock minus ours, at the welcome
         self._cloud_anchor: tuple[datetime, float] | None = None
         self._ssl = self._ssl_context()
@@ -415,6 +417,7 @@ class Tunnel:
     async def _serve(
         self, ws: aiohttp.ClientWebSocketResponse, registration_token: str | None
     ) -> None:
+        self._refusal = None
         info = self._hello()
         hello = protocol.Hello(
             protocol=protocol.PROTOCOL_VERSION,
@@ -529,6 +532,9 @@ class Tunnel:
                 aiohttp.WSMsgType.CLOSED,
                 aiohttp.WSMsgType.ERROR,
             ):
+                if self._refusal is not None:
+                    # what the cloud said, rather than only the close code that followed it
+                    raise CloudRefused(*self._refusal)
                 raise aiohttp.ClientConnectionError(
                     f"tunnel closed (code {ws.close_code})"
                     + (f": {ws.exception()}" if ws.exception() else "")
@@ -615,6 +621,7 @@ class Tunnel:
             # shown on /status, the page and `gatewayd status`: a frame may hold 64 KiB of it
             message = _clip(frame.message)
             self.last_error = f"cloud error {_clip(frame.code, 64)}: {message}"
+            self._refusal = (frame.code, frame.message)
             log.error("tunnel.cloud_error", error_code=_clip(frame.code, 64), message=message)
         else:
             self._skip(f"unexpected {type(frame).__name__} from the cloud")

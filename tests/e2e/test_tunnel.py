@@ -836,3 +836,37 @@ async def test_a_malformed_welcome_still_ends_the_session(tmp_path: Path) -> Non
     async with hostile_gateway(tmp_path / "gw", before=(bad,)) as (hostile, _, tunnel, _s):
         await wait_until(lambda: (tunnel.last_error or "").startswith("protocol: "), 15)
         assert hostile.received == []
+
+
+async def test_why_the_cloud_closed_a_session_is_what_status_shows(
+    tmp_path: Path, cloud_factory: CloudFactory
+) -> None:
+    """After its welcome the cloud says why it ends a session in an `error` frame, then closes
+    (here: another box dialled with this gateway's credential). The close that follows replaced
+    that reason on /status and in the log with "tunnel closed (code 1008)"."""
+    cloud = await cloud_factory()
+    url = tunnel_url(cloud.server.port)
+    async with running_daemon(tmp_path / "gw", cloud_url=url) as daemon:
+        store, tunnel = daemon.store, daemon.tunnel
+        assert store is not None
+        assert tunnel is not None
+        await claim(cloud, daemon)
+        await wait_until(lambda: tunnel.state == "connected", 15)
+        credential = store.identity().credential
+        assert credential is not None
+        sessions = tunnel.sessions
+        with capture_logs() as logs:
+            async with aiohttp.ClientSession() as http:
+                headers = {"Authorization": f"Bearer {credential}"}
+                async with http.ws_connect(url, headers=headers) as other:
+                    hello = protocol.Hello(
+                        protocol=1, software_version="0", hardware="clone", drivers=[]
+                    )
+                    await other.send_str(protocol.encode(hello).decode())
+                    welcome = protocol.decode((await other.receive()).data)
+                    assert isinstance(welcome, protocol.Welcome)
+                    await wait_until(lambda: tunnel.sessions > sessions, 15)
+        ended = [e["error"] for e in logs if e["event"] == "tunnel.disconnected"]
+        assert ended, logs
+        assert "replaced: a newer connection took over" in ended[0]
+        await wait_until(lambda: tunnel.state == "connected", 15)  # and it takes over again
