@@ -548,10 +548,8 @@ class Tunnel:
 
     def _handle_frame(self, data: str) -> None:
         self.frames_in += 1
-        if len(data) > protocol.MAX_FRAME_BYTES:
-            self._skip(f"frame of {len(data)} bytes exceeds {protocol.MAX_FRAME_BYTES}")
-            return
         try:
+            # over 64 KiB too: an action_request is still answered, by the id it can be read for
             frame = protocol.decode(data)
         except protocol.ProtocolError as exc:
             readable = protocol.readable_action_request(data)

@@ -98,3 +98,19 @@ async def test_a_deadline_before_created_at_is_invalid_input_not_a_timeout(tmp_p
     store.close()
     assert seen.run == []
     assert seen.rejected == [("a-1", "deadline is before created_at")]
+
+
+async def test_an_oversized_request_is_answered_failed_naming_it(tmp_path: Path) -> None:
+    """A request over 64 KiB was skipped unread when it was over 64 Ki characters (ASCII), and
+    answered `failed` when it was over 64 KiB in fewer characters: the cloud, left waiting,
+    told its user the gateway never received it (gateway_failure)."""
+    frame = request_frame(inputs={"note": "x" * (70 * 1024)})
+    cloud = ScriptedCloud({OLD}, lambda n: frame if n == 1 else None)
+    seen, tunnel, store = await serve(tmp_path, cloud, lambda s, _t: bool(s.run or s.rejected))
+    store.close()
+    assert seen.run == []
+    ((action_id, why),) = seen.rejected
+    assert action_id == "a-1"
+    assert why.startswith("malformed action_request: frame ")
+    assert why.endswith("exceeds 65536 bytes")
+    assert tunnel.frames_skipped == 1
