@@ -93,7 +93,6 @@ class ActionService:
         log.info(
             "action.created", action_request_id=row["id"], action=action, gateway_id=gateway_id
         )
-        conn = self._hub.claimed.get(gateway_id)
         msg = protocol.ActionRequestMsg(
             id=id_,
             entity_type=entity_type,
@@ -108,6 +107,7 @@ class ActionService:
             self._settings.handoff_timeout_s, self._handoff_expired, id_
         )
         self._handoff[id_] = timer
+        conn = await self._hub.live(gateway_id, self._settings.handoff_timeout_s)
         if conn is None or not await conn.send(msg):
             timer.cancel()
             self._handoff.pop(id_, None)

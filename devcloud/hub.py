@@ -29,6 +29,8 @@ class Connection:
     credential_hash: str | None = None  # what it authenticated with at the upgrade
     stale_credential: bool = False  # authenticated with a credential rotated away from
     claim_for: str | None = None  # unclaimed, with a token that claimed this gateway already
+    # sent `claimed`: the gateway stores the credential and redials, reading nothing more here
+    retiring: bool = False
     token_expires: float | None = None  # unclaimed: when its registration token expires
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _welcomed: asyncio.Event = field(default_factory=asyncio.Event)  # or the session is over
@@ -50,6 +52,8 @@ class Connection:
                 if isinstance(msg, protocol.Welcome):
                     self._welcome_sent = True
                     self._welcomed.set()
+                elif isinstance(msg, protocol.Claimed):
+                    self.retiring = True
         except (ConnectionError, RuntimeError, protocol.ProtocolError) as exc:
             log.warning("tunnel.send_failed", gateway_id=self.gateway_id, error=type(exc).__name__)
             return False
@@ -72,6 +76,33 @@ class Hub:
     def __init__(self) -> None:
         self.claimed: dict[str, Connection] = {}
         self.unclaimed: dict[str, Connection] = {}
+        # gateways whose retiring session closed: when (monotonic), until the next one attaches
+        self._redialling: dict[str, float] = {}
+        self._change = asyncio.Event()  # set (and replaced) whenever a session comes or goes
+
+    def _changed(self) -> None:
+        self._change.set()
+        self._change = asyncio.Event()
+
+    async def live(self, gateway_id: str, wait_s: float) -> Connection | None:
+        """The session to send a request on. While the gateway redials after `claimed` (a
+        rotation, its registration), the session that follows, waited for up to `wait_s`: the
+        gateway reads nothing after `claimed`, so a request sent on the old one was never read
+        and ended `gateway_timeout`. None if the gateway is offline."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + wait_s
+        while True:
+            conn = self.claimed.get(gateway_id)
+            if conn is not None and not conn.retiring:
+                return conn
+            since = self._redialling.get(gateway_id)
+            if conn is None and (since is None or loop.time() - since >= wait_s):
+                return None
+            change = self._change
+            try:
+                await asyncio.wait_for(change.wait(), until - loop.time())
+            except TimeoutError:
+                return None
 
     def online(self, gateway_id: str) -> bool:
         conn = self.claimed.get(gateway_id)
@@ -79,9 +110,11 @@ class Hub:
 
     def attach(self, conn: Connection) -> Connection | None:
         """Register a connection; return the one it replaces, if any."""
+        self._changed()
         if conn.gateway_id is not None:
             old = self.claimed.get(conn.gateway_id)
             self.claimed[conn.gateway_id] = conn
+            self._redialling.pop(conn.gateway_id, None)
         else:
             assert conn.token_hash is not None
             old = self.unclaimed.get(conn.token_hash)
@@ -97,8 +130,11 @@ class Hub:
         return self.attach(conn)
 
     def detach(self, conn: Connection) -> None:
+        self._changed()
         if conn.gateway_id is not None and self.claimed.get(conn.gateway_id) is conn:
             del self.claimed[conn.gateway_id]
+            if conn.retiring:
+                self._redialling[conn.gateway_id] = asyncio.get_running_loop().time()
         if conn.token_hash is not None and self.unclaimed.get(conn.token_hash) is conn:
             del self.unclaimed[conn.token_hash]
 

@@ -551,6 +551,33 @@ async def test_rotation_sends_a_new_credential_and_retires_the_old(cloud: Cloud)
     assert refused.value.status == 401
 
 
+@pytest.mark.parametrize("gap_s", [0.0, 0.3])
+async def test_an_action_posted_during_a_rotation_goes_to_the_session_that_follows(
+    cloud: Cloud, gap_s: float
+) -> None:
+    """After `claimed` the gateway stores the credential and redials, reading nothing more on
+    that session: an unlock posted in that window went out on it, unread, and ended
+    `gateway_timeout`. It waits for the next session now (also while none is open yet)."""
+    tunnel, gateway_id, _ = await cloud.claimed_gateway()
+    status, _ = await cloud.post(f"/v1/gateways/{gateway_id}/actions/rotate_credential")
+    assert status == 200
+    claimed = await tunnel.recv()
+    assert isinstance(claimed, p.Claimed)
+    if gap_s:
+        await tunnel.ws.close()
+    posting = asyncio.create_task(cloud.post(f"/v1/devices/{DEVICE_ID}/actions/unlock"))
+    await asyncio.sleep(gap_s or 0.2)
+    assert not posting.done()  # held until the gateway is back
+    await tunnel.ws.close()
+    fresh = await cloud.tunnel(claimed.credential)
+    assert isinstance(await fresh.hello(), p.Welcome)
+    status, created = await posting
+    assert (status, created["status"]) == (200, "pending")
+    request = await fresh.recv()
+    assert isinstance(request, p.ActionRequestMsg)
+    assert request.id == created["id"]
+
+
 async def test_a_gateway_that_missed_its_rotation_gets_a_fresh_credential(cloud: Cloud) -> None:
     tunnel, gateway_id, old = await cloud.claimed_gateway()
     status, _ = await cloud.post(f"/v1/gateways/{gateway_id}/actions/rotate_credential")
