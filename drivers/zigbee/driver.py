@@ -84,6 +84,8 @@ class ZigbeeDriver(Driver):
         self._dropped: weakref.WeakSet[Any] = weakref.WeakSet()  # zigpy devices we removed
         self._leaving: dict[str, asyncio.Future[None]] = {}  # IEEE -> set when it says it left
         self._reconnects = 0
+        self._losses = 0  # connection_lost calls: one while `_connect` adopts fails it
+        self._pinging: set[str] = set()  # device ids with an availability ping in flight
         self.virtual: VirtualNetwork | None = None  # the air, when radio_type is "virtual"
 
     @property
@@ -161,8 +163,12 @@ class ZigbeeDriver(Driver):
         radios.guard_stack_logs()
         self._app = app
         app.add_listener(self)
+        losses = self._losses
         for zdev in list(app.devices.values()):
             await self._adopt(zdev, joined=False)
+        if self._losses != losses:
+            # lost while the locks were read: READY now would leave the dead connection up
+            raise ConnectionError("the radio connection was lost while starting")
         self._state = DriverState.READY
         self._error = None
         log.info(
@@ -230,8 +236,13 @@ class ZigbeeDriver(Driver):
     def connection_lost(self, exc: Exception) -> None:
         if self._state is DriverState.STOPPED:
             return
+        self._losses += 1
         self._down(exc)
         self._wake.set()
+        # Their link is gone: a command in flight fails now, and a request that fails to go
+        # out before the app is closed is not taken for the lock being out of reach.
+        for lock in self._locks.values():
+            lock.close()
 
     def device_initialized(self, zdev: Any) -> None:
         self._spawn_task(self._adopt(zdev, joined=True))

@@ -154,6 +154,7 @@ class ZigbeeLock:
             ep for ep in zdev.non_zdo_endpoints if DoorLock.cluster_id in ep.in_clusters
         )
         self._unsubscribe: list[Callable[[], None]] = []
+        self._closed = False  # its radio connection is gone: a failed delivery is not its own
 
     # ------------------------------------------------------------------ clusters
 
@@ -182,6 +183,9 @@ class ZigbeeLock:
         self._unsubscribe.append(functools.partial(self.zdev.remove_listener, device_relay))
 
     def close(self) -> None:
+        if self._closed:  # at the radio's loss, then again as the reconnect replaces it
+            return
+        self._closed = True
         if self._cache_write is not None:  # still due: written now, before zigpy shuts down
             self._cache_write.cancel()
             self._cache_bolt()
@@ -206,9 +210,11 @@ class ZigbeeLock:
 
     def carry_over(self, old: ZigbeeLock) -> None:
         """Re-adopted after a radio reconnect: keep what zigpy's cache does not hold (whether the
-        lock is online or has left, a jam, the low-battery latch), so that nothing is silently
-        undone or reported twice. Called before `old` is closed."""
+        lock is online or has left, a jam, the low-battery latch, the programming events of our
+        own code changes still to come), so that nothing is silently undone or reported twice.
+        Called before `old` is closed."""
         self.locked, self.jammed, self._low_battery = old.locked, old.jammed, old._low_battery
+        self._own_programming, self._late_sets = old._own_programming, old._late_sets
         self._bolt_unknown, self._door_unknown = old._bolt_unknown, old._door_unknown
         self.online, self._unbound = old.online, old._unbound
         if old._has_left:
@@ -668,10 +674,13 @@ class ZigbeeLock:
     # ------------------------------------------------------------------ commands
 
     async def _call(self, aw: Awaitable[Any]) -> Any:
-        """One zigpy request, bounded, cut short if the lock leaves; errors become typed."""
-        if not self.online and self._left.done():
+        """One zigpy request, bounded, cut short if the lock leaves or the radio goes; errors
+        become typed."""
+        if self._closed or (not self.online and self._left.done()):
             if asyncio.iscoroutine(aw):
                 aw.close()  # never sent
+            if self._closed:
+                raise DeviceError("the zigbee radio is down")
             raise DeviceOffline("the lock has left the network")
         task = _start(aw)
         left = self._left
@@ -686,12 +695,16 @@ class ZigbeeLock:
             if not task.done():
                 task.cancel()
         if task not in done:
+            if self._closed:
+                raise DeviceError("the zigbee radio went down during the command")
             raise DeviceOffline("the lock left the network during the command")
         try:
             result = task.result()
         except TimeoutError:
             raise ActionTimeout("the lock did not answer") from None
         except exceptions.DeliveryError:
+            if self._closed:  # the radio's failure, not the lock's: it stays online
+                raise DeviceError("the zigbee radio went down during the command") from None
             self.gone("unreachable")
             raise DeviceOffline("the lock is unreachable") from None
         except exceptions.ParsingError:

@@ -13,6 +13,7 @@ import msgspec
 import pytest
 
 from drivers.zigbee import ZigbeeDriver
+from drivers.zigbee.virtual.radio import VirtualNetwork
 from gatewayd.driver import DriverContext, DriverState, Simulation, ZigbeeConfig
 from gatewayd.model import Device, EventName
 from tests.contract.sink import RecordingSink
@@ -43,13 +44,18 @@ class AnnouncingSink(RecordingSink):
 
 @asynccontextmanager
 async def running(
-    tmp_path: Path, sink: RecordingSink, config: ZigbeeConfig = BASE, wait_locks: int = 2
+    tmp_path: Path,
+    sink: RecordingSink,
+    config: ZigbeeConfig = BASE,
+    wait_locks: int = 2,
+    virtual: VirtualNetwork | None = None,
 ) -> AsyncIterator[ZigbeeDriver]:
-    """Start a driver in tmp_path; wait for its locks; stop it after."""
+    """Start a driver in tmp_path (on `virtual`, if given); wait for its locks; stop it after."""
     async with anyio.create_task_group() as tg:
         driver = ZigbeeDriver(
             config, DriverContext(state_dir=tmp_path, spawn=lambda n, f: tg.start_soon(f, name=n))
         )
+        driver.virtual = virtual
         await driver.start(sink)
         try:
             if wait_locks:

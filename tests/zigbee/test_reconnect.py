@@ -4,23 +4,38 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from drivers.zigbee import ZigbeeDriver
+from drivers.zigbee.virtual.radio import VirtualNetwork
 from gatewayd.driver import DriverState, Simulation
-from gatewayd.model import EventName
+from gatewayd.model import EventName, PinCode, SetCode, Unlock
 from tests.contract.sink import RecordingSink
-from tests.zigbee.conftest import AnnouncingSink, jam, running
+from tests.zigbee.conftest import AnnouncingSink, config, jam, running
 
 pytestmark = pytest.mark.stack
 
-GENERIC = "00:0d:6f:00:0a:90:00:02"
+YALE, GENERIC = "00:0d:6f:00:0a:90:00:01", "00:0d:6f:00:0a:90:00:02"
+DOOR_LOCK = 0x0101
 
 
 def by_native(sink: RecordingSink, ieee: str) -> str:
     return next(d.id for d in sink.devices.values() if d.native_id == ieee)
+
+
+def forget_bolt(tmp_path: Path, ieee: str) -> None:
+    """Take the lock's bolt state out of zigpy's cache (a lock whose first read failed): the
+    driver reads it over the air when it next starts."""
+    db = sqlite3.connect(tmp_path / "zigbee.db")
+    with db:
+        db.execute(
+            "DELETE FROM attributes_cache_v15 WHERE ieee = ? AND cluster_id = ? AND attr_id = 0",
+            (ieee, DOOR_LOCK),
+        )
+    db.close()
 
 
 async def reconnect(driver: ZigbeeDriver, up: DriverState) -> None:
@@ -124,3 +139,93 @@ async def test_a_bolt_turned_while_the_lock_was_out_of_reach_is_reported_when_it
             EventName.DEVICE_CONNECTED,
             EventName.DOOR_UNLOCKED,
         ]
+
+
+async def test_a_radio_lost_while_the_locks_are_loaded_is_reconnected(tmp_path: Path) -> None:
+    """The radio is lost while the driver loads its locks at start-up (a lock whose bolt zigpy
+    never cached is read over the air). The driver reconnects once the radio is back, and the
+    lock can be unlocked. Before, the loss was noted, then the end of the start-up declared
+    the driver READY again on the dead connection: nothing reconnected, every command failed
+    and marked its lock offline, until the daemon was restarted."""
+    sink = RecordingSink()
+    async with running(tmp_path, sink):
+        pass
+    forget_bolt(tmp_path, GENERIC)
+    driver_net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
+    lock = driver_net.lock(GENERIC)
+    lock.delay_s = 0.5  # its answer to the read is still on its way when the radio goes
+
+    async def unplug_at_the_read() -> None:
+        while lock.frames_received == 0:
+            await asyncio.sleep(0.01)
+        driver_net.unplug()
+        await asyncio.sleep(0.3)
+        driver_net.plug()
+        lock.delay_s = 0.0
+
+    pulling = asyncio.ensure_future(unplug_at_the_read())
+    async with running(tmp_path, sink, config(), wait_locks=0, virtual=driver_net) as driver:
+        await pulling
+        dev = by_native(sink, GENERIC)
+        async with asyncio.timeout(10):
+            while driver.health().state is not DriverState.READY or driver_net.app is None:
+                await asyncio.sleep(0.05)
+        await driver.execute(dev, Unlock())
+        assert sink.devices[dev].properties.locked is False
+
+
+async def test_a_command_failing_because_the_radio_is_gone_leaves_the_lock_online(
+    tmp_path: Path,
+) -> None:
+    """The radio is lost while the driver starts, as a lock's read after the restart goes out:
+    its failed delivery is the radio's, not the lock's, which stays online with no event.
+    Before, the lock was marked unreachable (`device disconnected`), kept offline across the
+    reconnect, and shown offline until the next availability ping (half of availability_s,
+    30 minutes by default) or until it spoke."""
+    sink = RecordingSink()
+    async with running(tmp_path, sink):
+        pass
+    forget_bolt(tmp_path, GENERIC)  # read over the air while the driver starts
+    mark = len(sink.events)
+    net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
+    slow = net.lock(GENERIC)
+    slow.delay_s = 0.5  # still loading this one when the radio goes
+
+    async def unplug_while_loading() -> None:
+        while slow.frames_received == 0:
+            await asyncio.sleep(0.01)
+        net.unplug()
+        await asyncio.sleep(0.3)
+        net.plug()
+        slow.delay_s = 0.0
+
+    pulling = asyncio.ensure_future(unplug_while_loading())
+    cfg = config(availability_s=0)  # no ping to mend it: what the driver itself concludes
+    async with running(tmp_path, sink, cfg, wait_locks=0, virtual=net) as driver:
+        await pulling
+        async with asyncio.timeout(10):
+            while driver.health().state is not DriverState.READY or net.app is None:
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        yale = by_native(sink, YALE)
+        assert sink.devices[yale].properties.online is True
+        assert [e.event_name for e in sink.events[mark:] if e.device_id == yale] == []
+
+
+async def test_the_late_echo_of_a_code_set_just_before_a_reconnect_is_not_a_second_change(
+    tmp_path: Path,
+) -> None:
+    """A code is set and read back; the lock's own programming event for it comes a moment
+    later, after a radio reconnect. One `code set on device` goes out, the action's. Before,
+    the lock adopted after the reconnect did not know the event was the echo of our own set:
+    it reported a second `code set on device`, method `rf`, a change nobody made."""
+    sink = RecordingSink()
+    async with running(tmp_path, sink) as driver:
+        dev = by_native(sink, GENERIC)
+        assert driver.virtual is not None
+        driver.virtual.lock(GENERIC).programming_delay_s = 2.0
+        mark = len(sink.events)
+        await driver.execute(dev, SetCode(slot_id=3, code=PinCode("4682")))
+        await reconnect(driver, DriverState.READY)
+        await asyncio.sleep(2.5)  # the echo has come
+        assert sink.code_events(dev, mark, "method") == [("code set on device", "remote")]
