@@ -356,24 +356,29 @@ class ZigbeeDriver(Driver):
             for lock in list(self._locks.values()):
                 last = lock.zdev.last_seen
                 stale = last is None or (_now() - last) >= self._cfg.availability_s
-                if stale or not lock.online:
+                if (stale or not lock.online) and lock.device_id not in self._pinging:
                     self._spawn_task(self._ping(lock))
 
     async def _ping(self, lock: ZigbeeLock) -> None:
         from drivers.zigbee.zigpy_api import Basic
 
-        basic = (
-            lock.zdev.endpoints[1].in_clusters.get(Basic.cluster_id)
-            if 1 in lock.zdev.endpoints
-            else None
-        )
+        # on the lock's own endpoint, which is not always 1 (a Nimly lock's is 11), or another
+        basic = lock._cluster(Basic.cluster_id)
+        if basic is None:
+            eps = [ep for ep in lock.zdev.non_zdo_endpoints if Basic.cluster_id in ep.in_clusters]
+            basic = eps[0].in_clusters[Basic.cluster_id] if eps else None
         if basic is None:
             return
+        # A sleepy lock's failed delivery is known only once its parent gives up holding the
+        # frame (7.68 s): so no cut shorter than command_timeout_s, and no retry (zigpy's two
+        # would take it past command_timeout_s, and a lock out of reach would never be found).
+        self._pinging.add(lock.device_id)
         try:
-            async with asyncio.timeout(min(5.0, self._cfg.command_timeout_s)):
-                await lock._call(basic.read_attributes(["zcl_version"], allow_cache=False))
+            await lock._call(basic.read_attributes(["zcl_version"], allow_cache=False, retries=0))
         except Exception:  # noqa: BLE001, S110 - the lock marks itself offline on a failed delivery
             pass
+        finally:
+            self._pinging.discard(lock.device_id)
 
     # ------------------------------------------------------------------ the contract
 

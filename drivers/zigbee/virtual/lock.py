@@ -141,6 +141,7 @@ class VirtualLock:
         self._send = send
         self._changed = changed
         self.online = True
+        self.endpoint = LOCK_EP  # its one endpoint (a Nimly lock's is 11); set before it joins
         self.fault_once: str | None = None  # no_reply|refuse|drop_code|garbage|memory_full: next
         self.delay_s = 0.0  # every answer late by this much, until cleared
         self.programming_delay_s = 0.0  # programming events this late (real locks: any time)
@@ -224,7 +225,7 @@ class VirtualLock:
             data = data[: len(hdr.serialize())] + b"\xff"
         self._emit(
             self._packet(
-                cluster=cluster, data=data, src_ep=LOCK_EP, dst_ep=dst_ep, profile=PROFILE_HA
+                cluster=cluster, data=data, src_ep=self.endpoint, dst_ep=dst_ep, profile=PROFILE_HA
             ),
             delay,
         )
@@ -327,15 +328,15 @@ class VirtualLock:
         if cmd == zdo_t.ZDOCmd.Node_Desc_req:
             self._zdo_reply(zdo_t.ZDOCmd.Node_Desc_rsp, tsn, ok, self.nwk, self._node_desc())
         elif cmd == zdo_t.ZDOCmd.Active_EP_req:
-            self._zdo_reply(zdo_t.ZDOCmd.Active_EP_rsp, tsn, ok, self.nwk, [LOCK_EP])
+            self._zdo_reply(zdo_t.ZDOCmd.Active_EP_rsp, tsn, ok, self.nwk, [self.endpoint])
         elif cmd == zdo_t.ZDOCmd.Simple_Desc_req:
-            if args[1] != LOCK_EP:
+            if args[1] != self.endpoint:
                 self._zdo_reply(
                     zdo_t.ZDOCmd.Simple_Desc_rsp, tsn, zdo_t.Status.NOT_ACTIVE, self.nwk, None
                 )
                 return
             sd = zdo_t.SizePrefixedSimpleDescriptor(
-                endpoint=LOCK_EP,
+                endpoint=self.endpoint,
                 profile=PROFILE_HA,
                 device_type=DOOR_LOCK_DEVICE_TYPE,
                 device_version=0,
@@ -506,7 +507,7 @@ class VirtualLock:
             packet = self._packet(
                 cluster=cid,
                 data=rsp_hdr.serialize() + body,
-                src_ep=LOCK_EP,
+                src_ep=self.endpoint,
                 dst_ep=src_ep,
                 profile=PROFILE_HA,
             )

@@ -33,6 +33,9 @@ class VirtualNetwork:
         self.locks: dict[str, VirtualLock] = {}
         self.radio_present = True
         self.frozen = False  # the stick takes frames and never answers; see freeze()
+        # how long the radio takes to report a frame to a lock out of reach as undelivered (a
+        # sleepy lock's parent holds it 7.68 s for the lock's next poll before giving up)
+        self.delivery_failure_s = 0.0
         self.app: VirtualControllerApplication | None = None
         self.permit_until = 0.0
         self._join_handles: list[asyncio.TimerHandle] = []
@@ -311,5 +314,9 @@ class VirtualControllerApplication(zigpy.ControllerApplication):  # type: ignore
         if packet.dst.addr_mode == t.AddrMode.Broadcast:
             self.network.broadcast(packet)
         elif packet.dst.addr_mode != t.AddrMode.NWK or packet.dst.address != 0x0000:
-            self.network.deliver(packet)  # not to ourselves
+            try:
+                self.network.deliver(packet)  # not to ourselves
+            except zigpy.exceptions.DeliveryError:
+                await asyncio.sleep(self.network.delivery_failure_s)
+                raise
         await asyncio.sleep(0)
