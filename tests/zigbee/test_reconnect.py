@@ -141,6 +141,31 @@ async def test_a_bolt_turned_while_the_lock_was_out_of_reach_is_reported_when_it
         ]
 
 
+def unplugged_at_the_first_read(tmp_path: Path) -> tuple[VirtualNetwork, asyncio.Task[None]]:
+    """The network of a driver about to start, and the task that pulls its radio out while
+    the driver reads GENERIC's bolt over the air (zigpy never cached it), and plugs it back."""
+    forget_bolt(tmp_path, GENERIC)
+    net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
+    lock = net.lock(GENERIC)
+    lock.delay_s = 0.5  # its answer to the read is still on its way when the radio goes
+
+    async def pull() -> None:
+        while lock.frames_received == 0:
+            await asyncio.sleep(0.01)
+        net.unplug()
+        await asyncio.sleep(0.3)
+        net.plug()
+        lock.delay_s = 0.0
+
+    return net, asyncio.ensure_future(pull())
+
+
+async def ready_again(driver: ZigbeeDriver, net: VirtualNetwork) -> None:
+    async with asyncio.timeout(10):
+        while driver.health().state is not DriverState.READY or net.app is None:
+            await asyncio.sleep(0.05)
+
+
 async def test_a_radio_lost_while_the_locks_are_loaded_is_reconnected(tmp_path: Path) -> None:
     """The radio is lost while the driver loads its locks at start-up (a lock whose bolt zigpy
     never cached is read over the air). The driver reconnects once the radio is back, and the
@@ -150,26 +175,11 @@ async def test_a_radio_lost_while_the_locks_are_loaded_is_reconnected(tmp_path: 
     sink = RecordingSink()
     async with running(tmp_path, sink):
         pass
-    forget_bolt(tmp_path, GENERIC)
-    driver_net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
-    lock = driver_net.lock(GENERIC)
-    lock.delay_s = 0.5  # its answer to the read is still on its way when the radio goes
-
-    async def unplug_at_the_read() -> None:
-        while lock.frames_received == 0:
-            await asyncio.sleep(0.01)
-        driver_net.unplug()
-        await asyncio.sleep(0.3)
-        driver_net.plug()
-        lock.delay_s = 0.0
-
-    pulling = asyncio.ensure_future(unplug_at_the_read())
-    async with running(tmp_path, sink, config(), wait_locks=0, virtual=driver_net) as driver:
+    net, pulling = unplugged_at_the_first_read(tmp_path)
+    async with running(tmp_path, sink, config(), wait_locks=0, virtual=net) as driver:
         await pulling
         dev = by_native(sink, GENERIC)
-        async with asyncio.timeout(10):
-            while driver.health().state is not DriverState.READY or driver_net.app is None:
-                await asyncio.sleep(0.05)
+        await ready_again(driver, net)
         await driver.execute(dev, Unlock())
         assert sink.devices[dev].properties.locked is False
 
@@ -185,27 +195,12 @@ async def test_a_command_failing_because_the_radio_is_gone_leaves_the_lock_onlin
     sink = RecordingSink()
     async with running(tmp_path, sink):
         pass
-    forget_bolt(tmp_path, GENERIC)  # read over the air while the driver starts
     mark = len(sink.events)
-    net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
-    slow = net.lock(GENERIC)
-    slow.delay_s = 0.5  # still loading this one when the radio goes
-
-    async def unplug_while_loading() -> None:
-        while slow.frames_received == 0:
-            await asyncio.sleep(0.01)
-        net.unplug()
-        await asyncio.sleep(0.3)
-        net.plug()
-        slow.delay_s = 0.0
-
-    pulling = asyncio.ensure_future(unplug_while_loading())
+    net, pulling = unplugged_at_the_first_read(tmp_path)
     cfg = config(availability_s=0)  # no ping to mend it: what the driver itself concludes
     async with running(tmp_path, sink, cfg, wait_locks=0, virtual=net) as driver:
         await pulling
-        async with asyncio.timeout(10):
-            while driver.health().state is not DriverState.READY or net.app is None:
-                await asyncio.sleep(0.05)
+        await ready_again(driver, net)
         await asyncio.sleep(0.5)
         yale = by_native(sink, YALE)
         assert sink.devices[yale].properties.online is True
