@@ -78,6 +78,9 @@ _ATTRIBUTES: Final = {
 _CODE_HELD: Final = {int(DoorLock.UserStatus.Enabled), int(DoorLock.UserStatus.Not_Supported)}
 
 
+# lock_door / unlock_door: sent this many times at most, again only when undelivered
+BOLT_SENDS: Final = 3
+BOLT_RESEND_S: Final = 0.1  # zigpy's own pause between tries
 OWN_ECHO_S: Final = 10.0  # how late a lock's programming event for our own change may come
 _PIN_GENERAL_FAILURE: Final = 1
 _PIN_MEMORY_FULL: Final = 2
@@ -673,9 +676,10 @@ class ZigbeeLock:
 
     # ------------------------------------------------------------------ commands
 
-    async def _call(self, aw: Awaitable[Any]) -> Any:
+    async def _call(self, aw: Awaitable[Any], *, last_try: bool = True) -> Any:
         """One zigpy request, bounded, cut short if the lock leaves or the radio goes; errors
-        become typed."""
+        become typed. A failed delivery that is not the `last_try` is _Undelivered, and does
+        not mark the lock out of reach."""
         if self._closed or (not self.online and self._left.done()):
             if asyncio.iscoroutine(aw):
                 aw.close()  # never sent
@@ -701,10 +705,12 @@ class ZigbeeLock:
         try:
             result = task.result()
         except TimeoutError:
-            raise ActionTimeout("the lock did not answer") from None
+            raise _AnswerLost("the lock did not answer") from None
         except exceptions.DeliveryError:
             if self._closed:  # the radio's failure, not the lock's: it stays online
                 raise DeviceError("the zigbee radio went down during the command") from None
+            if not last_try:
+                raise _Undelivered from None
             self.gone("unreachable")
             raise DeviceOffline("the lock is unreachable") from None
         except exceptions.ParsingError:
@@ -724,14 +730,14 @@ class ZigbeeLock:
         self._expect, self._confirmed = locked, False
         words = self._words
         try:
-            dl = self.door_lock
-            rsp = await self._call(dl.lock_door() if locked else dl.unlock_door())
-            status = self._status(rsp)
-            if status != foundation.Status.SUCCESS:
-                raise DeviceError(
-                    f"the lock refused to {'lock' if locked else 'unlock'} ({_name(status)})"
-                )
-            await self._await_bolt(locked, words)
+            answered = await self._send_bolt(locked)
+            if answered is not None:
+                status = self._status(answered)
+                if status != foundation.Status.SUCCESS:
+                    raise DeviceError(
+                        f"the lock refused to {'lock' if locked else 'unlock'} ({_name(status)})"
+                    )
+            await self._await_bolt(locked, words, answered=answered is not None)
             if not self._confirmed:
                 # The bolt was already there, so the lock reports no change; the cloud still
                 # gets the `remote` report that tells it the command reached the lock (what the
@@ -744,7 +750,23 @@ class ZigbeeLock:
             self._expect = None
         return ActionResult({"locked": locked})
 
-    async def _await_bolt(self, locked: bool, words: int) -> None:
+    async def _send_bolt(self, locked: bool) -> Any:
+        """lock_door or unlock_door; the lock's answer, or None if it was lost. Sent again only
+        when the radio could not deliver it: zigpy also sends a request again when its answer
+        is late (after 5 s, to a lock that routes), and a lock that took the first one then
+        moves twice (an unlock repeated after a hand lock in between)."""
+        dl = self.door_lock
+        for attempt in range(BOLT_SENDS):
+            command = dl.lock_door if locked else dl.unlock_door
+            try:
+                return await self._call(command(retries=0), last_try=attempt == BOLT_SENDS - 1)
+            except _Undelivered:
+                await asyncio.sleep(BOLT_RESEND_S)
+            except _AnswerLost:
+                return None  # delivered: the bolt tells whether the lock took it
+        raise AssertionError("unreachable: the last try raises")
+
+    async def _await_bolt(self, locked: bool, words: int, *, answered: bool = True) -> None:
         """Until the lock itself says its bolt is at `locked`, in a word heard since the
         command was sent (`words`: the count then): a report, an operation event, or the
         answer to a read. The state we hold may already be the target without being true (a
@@ -760,6 +782,8 @@ class ZigbeeLock:
                 raise DeviceError("the bolt jammed")
             remaining = deadline - loop.time()
             if remaining <= 0:
+                if not answered:
+                    raise ActionTimeout("the lock did not answer, and its bolt did not move")
                 raise ActionTimeout("the lock acknowledged but never reported the new bolt state")
             changed = self._changed
             try:
@@ -956,6 +980,14 @@ def _code_refused(slot: int, status: Any) -> DeviceError:
     if number == _PIN_GENERAL_FAILURE:
         return DeviceError(f"{refused} (general failure)")
     return DeviceError(f"{refused} ({_name(status)})")
+
+
+class _AnswerLost(ActionTimeout):
+    """zigpy's wait for the lock's answer ran out: the request was delivered."""
+
+
+class _Undelivered(Exception):
+    """The radio could not deliver a request that will be sent again."""
 
 
 class _DeviceRelay:

@@ -200,6 +200,42 @@ async def test_faults_become_typed_errors_and_nothing_leaks(
     assert not [t for t in texts if "97153" in t]
 
 
+async def test_a_slow_answer_to_an_unlock_does_not_unlock_a_second_time(tmp_path: Path) -> None:
+    """A lock that routes (mains-powered) answers an unlock after zigpy's 5 s wait for it:
+    zigpy sent the unlock again, and again, and the lock took each one (had someone locked it
+    by hand in between, the door stood unlocked behind them). The unlock goes out once; with
+    its answer late, the bolt's own report tells the outcome."""
+    from drivers.zigbee.virtual.radio import VirtualNetwork
+
+    net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
+    lock = net.lock(GENERIC)
+    lock.router = True
+    sink = RecordingSink()
+    async with running(tmp_path, sink, config(command_timeout_s=6.0), virtual=net) as driver:
+        device_id = by_native(sink, GENERIC)
+        lock.delay_s = 5.5  # its answer to the unlock (and its report), after zigpy's 5 s
+
+        async def quick_again() -> None:  # then it answers reads at once
+            while lock.bolt_commands == 0:
+                await asyncio.sleep(0.01)
+            lock.delay_s = 0.0
+
+        mark = len(sink.events)
+        quick = asyncio.ensure_future(quick_again())
+        await driver.execute(device_id, Unlock())
+        await quick
+        assert lock.bolt_commands == 1
+        assert sink.devices[device_id].properties.locked is False
+        assert [(e.event_name, e.details.get("method")) for e in sink.events[mark:]] == [
+            (EventName.DOOR_UNLOCKED, "remote")
+        ]
+        # and one that never moves fails in time, with one send
+        lock.set_fault("no_reply")
+        with pytest.raises(ActionTimeout, match="did not answer"):
+            await driver.execute(device_id, Lock())
+        assert lock.bolt_commands == 2
+
+
 async def test_lock_leaving_mid_command_fails_fast(tmp_path: Path) -> None:
     sink = RecordingSink()
     async with running(tmp_path, sink, config(command_timeout_s=30.0)) as driver:

@@ -142,6 +142,7 @@ class VirtualLock:
         self._changed = changed
         self.online = True
         self.endpoint = LOCK_EP  # its one endpoint (a Nimly lock's is 11); set before it joins
+        self.router = False  # a mains-powered lock routes; zigpy waits 5 s for its answers, not 28
         self.fault_once: str | None = None  # no_reply|refuse|drop_code|garbage|memory_full: next
         self.delay_s = 0.0  # every answer late by this much, until cleared
         self.programming_delay_s = 0.0  # programming events this late (real locks: any time)
@@ -149,6 +150,7 @@ class VirtualLock:
         self._tsn = 0x40
         self.descriptor_requests = 0
         self.frames_received = 0
+        self.bolt_commands = 0  # lock_door and unlock_door taken
         self._tasks: set[asyncio.Task[None]] = set()
         self.on_leave: Callable[[VirtualLock], None] | None = None
         self._garbage = False
@@ -358,7 +360,7 @@ class VirtualLock:
 
     def _node_desc(self) -> Any:
         return zdo_t.NodeDescriptor(
-            logical_type=zdo_t.LogicalType.EndDevice,
+            logical_type=zdo_t.LogicalType.Router if self.router else zdo_t.LogicalType.EndDevice,
             complex_descriptor_available=0,
             user_descriptor_available=0,
             reserved=0,
@@ -458,6 +460,8 @@ class VirtualLock:
         except (ValueError, KeyError):
             self._default_rsp(cid, hdr, src_ep, foundation.Status.MALFORMED_COMMAND)
             return
+        if cmd_def.id in (server.lock_door.id, server.unlock_door.id):
+            self.bolt_commands += 1  # taken, whatever it then does with it
         fault = self.fault_once
         if cmd_def.id != server.get_pin_code.id or fault in ("no_reply", "garbage"):
             self.fault_once = None  # a read is not what a write's fault (refuse, drop...) hits
