@@ -1154,7 +1154,8 @@ class Store:
             self._db.execute("DELETE FROM outbox")  # acked frames go too: the cloud holds them
             self._db.executemany(
                 "INSERT INTO outbox (last_seq, first_seq, frames, created_at) VALUES (?, ?, ?, ?)",
-                _outbox_rows(frames, created),
+                # a row per run: a store rebuilt after damage may hold gaps (see `_rebuild`)
+                [row for run in _runs(frames) for row in _outbox_rows(run, created)],
             )
             self._db.execute(
                 "INSERT INTO meta (key, value) VALUES ('acked_seq', ?) "

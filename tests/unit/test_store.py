@@ -749,3 +749,36 @@ def test_closing_a_store_that_cannot_commit_says_what_it_could_not_keep(tmp_path
     assert lost[0]["log_level"] == "error"
     assert lost[0]["frames"] == 2
     assert Store.open(path).outbox_backlog() == 0  # they are gone indeed
+
+
+def test_rebase_keeps_each_frame_under_its_own_seq_across_a_gap(tmp_path: Path) -> None:
+    """A store rebuilt after damage holds its unacked frames with a gap (seq 3 went with the
+    damaged page, `_rebuild`); behind the cloud, it is rebased. The frames after the gap were
+    packed into one row as if their seqs had none: read back from disk, 44 and 45 came as 43
+    and 44, and none as 45, which the store said was committed: the send loop found nothing
+    after 44 and did not wait either (a busy loop that froze the daemon, at every start)."""
+    path = tmp_path / "s.db"
+    store = Store.open(path)
+    for _ in range(5):
+        store.outbox_put(_seq_frame)
+    store.flush()
+    store.close()
+    with sqlite3.connect(path) as db:  # what a rebuild that lost frame 3 writes
+        db.execute("DELETE FROM outbox")
+        db.executemany(
+            "INSERT INTO outbox (last_seq, first_seq, frames, created_at) VALUES (?, ?, ?, ?)",
+            [
+                (2, 1, store_module._pack_frames([_seq_frame(1), _seq_frame(2)]), "2026-01-01"),
+                (5, 4, store_module._pack_frames([_seq_frame(4), _seq_frame(5)]), "2026-01-01"),
+            ],
+        )
+    db.close()
+    store = Store.open(path)
+    assert store.rebase(40, lambda frame, seq: _seq_frame(seq)) == Rebased(after=0, shift=40)
+    moved = [(s, _seq_frame(s)) for s in (41, 42, 44, 45)]
+    assert store.outbox_after(0) == moved
+    store.close()
+    store = Store.open(path)  # read back from disk
+    assert store.outbox_after(0) == moved
+    assert store.committed_seq == 45
+    store.close()
