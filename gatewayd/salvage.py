@@ -172,7 +172,7 @@ def read(path: Path) -> Salvage:
             found,
             "actions",
             "id, entity_id, action, status, error, transitions, deadline, updated_at",
-            _action,
+            lambda values: _action(found, values),
         )
         if version >= 3:
             found.outbox = _read(
@@ -271,16 +271,21 @@ def _device(values: tuple[Any, ...]) -> tuple[Any, ...] | None:
     return (device_id, driver, native_id, descriptor)
 
 
-def _action(values: tuple[Any, ...]) -> tuple[Any, ...] | None:
+def _action(found: Salvage, values: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """An action row. One whose error or transitions cannot be read is kept without them: its
+    id is what the log is for (a repeated id is never run twice), and an unfinished action is
+    still failed at start-up."""
     texts = [_text(v) for v in values]
     action_id, entity_id, action, status, error, transitions, deadline, updated = texts
-    if None in (action_id, entity_id, action, status, transitions, deadline, updated):
+    if None in (action_id, entity_id, action, status, deadline, updated):
         return None
     if values[4] is not None and (error is None or not _is_object(error)):
-        return None
+        error = None
+        found.lost.setdefault("actions", "rows kept without their error or transitions")
     if transitions is None or not _is_pairs(transitions):
-        return None
-    return tuple(texts)
+        transitions = "[]"
+        found.lost.setdefault("actions", "rows kept without their error or transitions")
+    return (action_id, entity_id, action, status, error, transitions, deadline, updated)
 
 
 def _row(values: tuple[Any, ...]) -> tuple[Any, ...] | None:

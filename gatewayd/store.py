@@ -391,8 +391,9 @@ def _replace_damaged(path: Path, found: salvage.Salvage, acked_seq: int) -> Path
         db = _connect(fresh, "full")  # synced: it holds the identity (see `Store._synced`)
         try:
             _restore(db, found, acked_seq)
+            _fold_wal(db)
         finally:
-            db.close()  # the last close folds its WAL in
+            db.close()
         moved = salvage.move_aside(path)
     except BaseException:
         salvage.remove(fresh)
@@ -403,6 +404,29 @@ def _replace_damaged(path: Path, found: salvage.Salvage, acked_seq: int) -> Path
         salvage.move_back(moved, path)
         raise
     return moved
+
+
+def _fold_wal(db: sqlite3.Connection) -> None:
+    """Copy the whole WAL into the main file, or raise sqlite3.OperationalError: only the main
+    file is moved into place. The last close folds the WAL in too, but says nothing when it
+    cannot (a disk with room for the WAL and none for the main file to grow), and the main file
+    without it is an empty store, or a damaged one."""
+    busy, frames, copied = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    if busy or frames != copied:
+        raise sqlite3.OperationalError("the new store's WAL could not be checkpointed")
+
+
+def _decoded[T](decode: Callable[..., T], *values: Any) -> T:
+    """`decode(*values)`, for values read from the store; StoreDamaged if they cannot be decoded.
+    SQLite's checks cover its pages, not what a value holds: a damaged value that is still text
+    (or a blob) failed every read of it, the start-up's recovery of unfinished actions, every
+    send of the outbox. As damage, it is rebuilt (`Store._reading`; `salvage.read` checks each
+    value); the message quotes nothing of the value."""
+    try:
+        return decode(*values)
+    except (ValueError, TypeError) as exc:
+        why = f"a value that cannot be decoded ({type(exc).__name__})"
+        raise salvage.StoreDamaged(why) from None
 
 
 def _plain_connection(path: Path) -> sqlite3.Connection:
@@ -566,7 +590,7 @@ class Store:
         self._commit_event = anyio.Event()
         self._acked_event = anyio.Event()
         row = db.execute("SELECT value FROM meta WHERE key = 'acked_seq'").fetchone()
-        self._acked_seq = int(row[0]) if row else 0
+        self._acked_seq = _decoded(int, row[0]) if row else 0
         top = db.execute("SELECT max(last_seq) FROM outbox").fetchone()[0]
         self._committed_seq = max(int(top or 0), self._acked_seq)
         self._next_seq = self._committed_seq + 1
@@ -832,13 +856,15 @@ class Store:
             log.info("store.identity_created")
 
     def identity(self) -> Identity:
-        token, created, gateway_id, credential = self._reading(
-            lambda: self._db.execute(
+        def read() -> tuple[tuple[str, str, str | None, str | None], datetime]:
+            row = self._db.execute(
                 "SELECT registration_token, token_created_at, gateway_id, credential FROM identity"
             ).fetchone()
-        )
+            return row, _decoded(_parse_ts, row[1])
+
+        (token, created, gateway_id, credential), created_at = self._reading(read)
         self._last_identity = (token, created, gateway_id, credential)
-        return Identity(token, _parse_ts(created), gateway_id, credential)
+        return Identity(token, created_at, gateway_id, credential)
 
     def _reading(self, read: Callable[[], _T]) -> _T:
         """`read()`; once more after a rebuild if it found the file damaged (see `_rebuild`)."""
@@ -938,12 +964,13 @@ class Store:
         return row is not None
 
     def devices(self) -> list[DeviceRow]:
-        rows = self._reading(
-            lambda: self._db.execute(
+        def read() -> list[DeviceRow]:
+            rows = self._db.execute(
                 "SELECT device_id, driver, native_id, descriptor FROM devices ORDER BY rowid"
             ).fetchall()
-        )
-        return [DeviceRow(d, drv, n, json.loads(desc)) for d, drv, n, desc in rows]
+            return [DeviceRow(d, drv, n, _decoded(json.loads, desc)) for d, drv, n, desc in rows]
+
+        return self._reading(read)
 
     # ------------------------------------------------------------------ actions
 
@@ -1032,17 +1059,15 @@ class Store:
         return self._select_actions("ORDER BY updated_at DESC, rowid DESC LIMIT ?", (limit,))
 
     def _select_actions(self, where: str, params: tuple[Any, ...]) -> list[ActionRow]:
-        cur = self._reading(
-            lambda: self._db.execute(
+        def read() -> list[ActionRow]:
+            cur = self._db.execute(
                 "SELECT id, entity_id, action, status, error, transitions, deadline FROM actions "  # noqa: S608 - `where` is a literal of this module, values are bound
                 + where,
                 params,
             ).fetchall()
-        )
-        return [
-            ActionRow(i, e, a, s, json.loads(err) if err else None, _pairs(tr), dl)
-            for i, e, a, s, err, tr, dl in cur
-        ]
+            return _decoded(_action_rows, cur)
+
+        return self._reading(read)
 
     # ------------------------------------------------------------------ outbox
 
@@ -1076,7 +1101,7 @@ class Store:
             )
         ) as rows:
             for first, blob in rows:
-                for number, frame in enumerate(_unpack_frames(blob), start=int(first)):
+                for number, frame in enumerate(_decoded(_unpack_frames, blob), start=int(first)):
                     if number > after:
                         out.append((number, frame))
                         if len(out) >= limit:
@@ -1285,6 +1310,13 @@ def _json_text(value: Any) -> str:
 
 def _parse_ts(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def _action_rows(rows: list[tuple[Any, ...]]) -> list[ActionRow]:
+    return [
+        ActionRow(i, e, a, s, json.loads(err) if err else None, _pairs(tr), dl)
+        for i, e, a, s, err, tr, dl in rows
+    ]
 
 
 def _pairs(raw: str) -> list[tuple[str, str]]:

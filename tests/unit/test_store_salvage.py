@@ -515,3 +515,112 @@ def test_the_hourly_prune_that_meets_damage_rebuilds_the_store(tmp_path: Path) -
         assert store.identity().gateway_id == "gw-1"
     finally:
         store.close()
+
+
+_FULL_DISK_AFTER_WAL = """
+import pathlib, resource, signal, sys
+from gatewayd import salvage, store
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+restore, move_aside = store._restore, salvage.move_aside
+def full_after_restore(db, found, acked):
+    restore(db, found, acked)  # into the new store's WAL: then the disk is full
+    resource.setrlimit(resource.RLIMIT_FSIZE, (8192, resource.RLIM_INFINITY))
+def room_again(path):
+    resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    return move_aside(path)
+store._restore, salvage.move_aside = full_after_restore, room_again
+print("gateway", store.Store.open(pathlib.Path(sys.argv[1])).identity().gateway_id)
+"""
+
+
+def test_a_new_store_whose_wal_cannot_be_folded_in_is_not_moved_into_place(
+    tmp_path: Path,
+) -> None:
+    """The disk had room for what was read in the new store's WAL but not for its main file to
+    grow: closing it could not fold the WAL in and left it beside `.rebuilding`, and the main
+    file alone, without identity, devices, action log or outbox, replaced the damaged store.
+    The gateway started on a new registration token, and its log forgot every action id."""
+    path = tmp_path / DB
+    held = filled(path, actions=3000)
+    overwrite(path, root_page(path, "meta"))
+    damaged = path.read_bytes()
+    run = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK_AFTER_WAL, str(path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+        timeout=60,
+    )
+    assert run.returncode != 0  # as on a disk too full for the WAL: the next start tries again
+    assert path.read_bytes() == damaged
+    store = Store.open(path)
+    try:
+        assert store.identity().gateway_id == "gw-1"
+        assert [d.device_id for d in store.devices()] == held["devices"]
+        assert store.has_action("ar-000000")
+    finally:
+        store.close()
+    assert not list(tmp_path.glob("*.rebuilding*"))
+
+
+def _garble(path: Path, find: bytes, replace: bytes) -> None:
+    """Bytes of one value changed in the (closed, checkpointed) file: its pages stay sound, so
+    `PRAGMA quick_check` passes, as a torn write inside a row leaves it."""
+    raw = path.read_bytes()
+    assert raw.count(find) == 1
+    path.write_bytes(raw.replace(find, replace))
+
+
+@pytest.mark.parametrize("damage", [b'[[{processing"', b'[["\xffrocessing"'], ids=["json", "utf8"])
+def test_an_action_row_whose_text_is_damaged_keeps_its_id_and_is_failed_at_start_up(
+    tmp_path: Path, damage: bytes
+) -> None:
+    """The transitions of an unfinished action, damaged to text that is no JSON: the recovery of
+    unfinished actions (the daemon's start-up) raised JSONDecodeError, at every start. Damaged to
+    text that is not UTF-8 (damage SQLite's message shows): the rebuild dropped the whole row, so
+    the action was never failed, and its id, once forgotten, could be run again."""
+    path = tmp_path / DB
+    store = Store.open(path)
+    now = iso(utcnow())
+    store.record_action(
+        ActionRow("ar-done", "dev", "unlock", "completed", None, [("completed", now)], now), now
+    )
+    store.record_action(
+        ActionRow("ar-open", "dev", "unlock", "processing", None, [("processing", now)], now), now
+    )
+    assert store.flush()
+    store.close()
+    _garble(path, b'[["processing"', damage)
+    store = Store.open(path)
+    try:
+        assert store.recovery is None  # SQLite finds nothing wrong with the file
+        unfinished = store.actions_with_status(["gateway_received", "processing"])
+        assert [(row.id, row.status) for row in unfinished] == [("ar-open", "processing")]
+        assert store.recovery is not None
+        assert "actions" in store.recovery.lost
+        assert store.has_action("ar-done")
+    finally:
+        store.close()
+
+
+def test_an_outbox_row_whose_frames_are_damaged_is_damage_not_the_end_of_the_daemon(
+    tmp_path: Path,
+) -> None:
+    """A damaged array of frames in a sound page: every read of the outbox raised msgspec's
+    DecodeError, which no one catches: out of the tunnel's send loop it ended the daemon, at
+    every start once the tunnel connected, and nothing after the row ever reached the cloud."""
+    path = tmp_path / DB
+    store = Store.open(path)
+    for n in range(4):
+        store.outbox_put(lambda seq, n=n: frame(seq, n))  # outside an event loop: a row each
+    store.close()
+    first = b"\xc4%c" % len(frame(1, 0)) + frame(1, 0)
+    _garble(path, b"\x91" + first, b"\x92" + first)  # an array of 2 frames, which holds 1
+    store = Store.open(path)
+    try:
+        assert seqs(store) == [2, 3, 4]
+        assert store.recovery is not None
+        assert "outbox" in store.recovery.lost
+    finally:
+        store.close()
