@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
+import aiohttp
 from zwave_js_server.const import CommandClass, NodeStatus, SupervisionStatus
 from zwave_js_server.exceptions import (
     BaseZwaveJSServerError,
@@ -96,6 +97,9 @@ async def call[T](what: str, aw: Awaitable[T], *, secret: bool = False) -> T:
         raise DeviceError(f"{what} failed (zwave error {exc.zwave_error_code}){detail}") from None
     except NotConnected:
         raise DeviceError(f"{what}: zwave-server is not connected") from None
+    except (aiohttp.ClientError, ConnectionError):
+        # sent as the socket reset, before the client saw it close: aiohttp refuses the write
+        raise DeviceError(f"{what}: connection to zwave-server lost") from None
     except BaseZwaveJSServerError as exc:
         detail = "" if secret else f": {type(exc).__name__}"
         raise DeviceError(f"{what} failed{detail}") from None

@@ -22,7 +22,7 @@ import anyio
 import structlog
 from msgspec.structs import replace
 from zwave_js_server.client import Client
-from zwave_js_server.const import CommandClass, InclusionStrategy, NodeStatus
+from zwave_js_server.const import CommandClass, InclusionState, InclusionStrategy, NodeStatus
 from zwave_js_server.model.node import Node
 from zwave_js_server.model.notification import NotificationNotification
 from zwave_js_server.model.value import Value
@@ -164,6 +164,29 @@ class _Disconnected(Exception):
     """The websocket to zwave-server closed."""
 
 
+class _AttachOnReady(asyncio.Event):
+    """The event Client.listen sets once it has built its driver model from zwave-server's
+    state dump: `attach` runs then, in the listen task, before the client dispatches anything
+    that came behind the dump (it reads on without yielding while data is buffered, and events
+    that came while it parsed the dump are). Attached after `wait()`, they had no listener."""
+
+    def __init__(self, attach: Callable[[], None]) -> None:
+        super().__init__()
+        self._attach = attach
+
+    def set(self) -> None:
+        if not self.is_set():
+            self._attach()
+        super().set()
+
+
+class _Restarted(Exception):
+    """zwave-js restarted inside zwave-server: the client's controller and nodes are stale."""
+
+    def __init__(self) -> None:
+        super().__init__("zwave-js restarted inside zwave-server")
+
+
 class ZWaveDriver(Driver):
     """Door locks on a Z-Wave network run by zwave-js-server."""
 
@@ -198,6 +221,9 @@ class ZWaveDriver(Driver):
         # the first one's timer, and one opened while another is open replaces it.
         self._window: tuple[int, bool] | None = None
         self._windows_opened = 0
+        # a window whose time is up but whose stop zwave-server did not take (inclusion?): it
+        # keeps a window open when its client goes away, so the stop goes on the next connect
+        self._unclosed: bool | None = None
         # node id -> native id of each node with Door Lock CC that joined without security
         self._insecure: dict[int, str] = {}
         commands.install_log_filter()
@@ -338,10 +364,26 @@ class ZWaveDriver(Driver):
         client = Client(self._config.url, session)
         with anyio.fail_after(self._config.connect_timeout_s):
             await client.connect()
-        ready = asyncio.Event()
         failure: list[BaseException] = []
+        first = self._client_generation == 0
         try:
             async with anyio.create_task_group() as tg:
+
+                def attach() -> None:
+                    self._client_generation += 1
+                    self._attach(client)
+                    assert client.driver is not None
+                    self._unsubs.append(client.driver.on("driver ready", restarted))
+
+                def restarted(_event: dict[str, Any]) -> None:
+                    # zwave-js was restarted in zwave-server (a soft reset and restart, its own
+                    # recovery of a stuck controller, a hard reset) with the link up: its nodes
+                    # and controller are new, and the client's copy of them is never refreshed.
+                    # Connecting again loads them anew, as after a restart of zwave-server.
+                    failure.append(_Restarted())
+                    tg.cancel_scope.cancel()
+
+                ready = _AttachOnReady(attach)
 
                 async def listen() -> None:
                     try:
@@ -353,9 +395,8 @@ class ZWaveDriver(Driver):
                 tg.start_soon(listen)
                 with anyio.fail_after(self._config.connect_timeout_s):
                     await ready.wait()
-                first = self._client_generation == 0
-                self._client_generation += 1
-                self._attach(client)
+                with anyio.move_on_after(self._config.connect_timeout_s):  # tried again next time
+                    await self._close_unclosed(only_if_open=True)
                 await self._resync(first=first)
                 await anyio.sleep_forever()
         finally:
@@ -1030,6 +1071,7 @@ class ZWaveDriver(Driver):
     def _open_window(self, duration_s: int, *, inclusion: bool) -> None:
         self._windows_opened += 1
         window = self._window = (self._windows_opened, inclusion)
+        self._unclosed = None
         kind = "inclusion" if inclusion else "exclusion"
         self._ctx.spawn(f"zwave.{kind}_window", lambda: self._close_window(duration_s, window))
 
@@ -1049,22 +1091,40 @@ class ZWaveDriver(Driver):
         if self._window != window:
             return  # replaced by a later window, which its own timer closes
         self._window = None
-        client = self._client
-        if client is None or client.driver is None:
-            return
         if window[1]:
             self._inclusion.closed()
-        await self._stop_window(client.driver.controller, window[1])
+        self._unclosed = window[1]
+        await self._close_unclosed()
+
+    async def _close_unclosed(self, *, only_if_open: bool = False) -> None:
+        """Stop the window whose time is up, if zwave-server is reachable; `only_if_open`
+        (after a reconnect): only if the controller still shows it open."""
+        inclusion, client = self._unclosed, self._client
+        if inclusion is None or client is None or client.driver is None:
+            return  # the link is down: sent once it is up again
+        controller = client.driver.controller
+        kind = InclusionState.INCLUDING if inclusion else InclusionState.EXCLUDING
+        if only_if_open and controller.inclusion_state != kind:
+            self._unclosed = None  # it ended (a node joined), or another client runs its own
+            return
+        if await self._stop_window(controller, inclusion) and self._unclosed is inclusion:
+            self._unclosed = None
 
     @staticmethod
-    async def _stop_window(controller: Any, inclusion: bool) -> None:
+    async def _stop_window(controller: Any, inclusion: bool) -> bool:
+        """Whether zwave-server answered the stop (False: it may still hold the window open)."""
+        # through commands.call: the client cancels the command's future when the link drops,
+        # and that CancelledError, out of the window's task, would cancel the daemon's tasks
+        what = "stop inclusion" if inclusion else "stop exclusion"
         try:
             if inclusion:
-                await controller.async_stop_inclusion()
+                await commands.call(what, controller.async_stop_inclusion())
             else:
-                await controller.async_stop_exclusion()
+                await commands.call(what, controller.async_stop_exclusion())
         except Exception as exc:  # noqa: BLE001 - the window may have closed on its own
             log.info("zwave.window_close_skipped", inclusion=inclusion, error=type(exc).__name__)
+            return False
+        return True
 
     # ------------------------------------------------------------------ simulation (mock only)
 
