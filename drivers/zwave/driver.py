@@ -100,6 +100,7 @@ REFUSAL_WAIT_S: Final = 1.0  # how long a code the lock did not store may wait f
 # stop() returns within STOP_TIMEOUT_S, below the daemon's DRIVER_STOP_TIMEOUT_S: its waits are
 # shielded (it may be called from a cancelled scope), so the daemon's limit cannot cut them.
 STOP_TIMEOUT_S: Final = 1.0
+STOP_WINDOW_S: Final = 1.0  # for an open pairing window's stop, on the way out
 CLOSE_TIMEOUT_S: Final = 0.5  # a websocket close that zwave-server does not answer is cut then
 
 
@@ -250,6 +251,15 @@ class ZWaveDriver(Driver):
         if self._state is DriverState.STOPPED:
             return
         self._state = DriverState.STOPPED
+        if self._window is not None:
+            # zwave-server keeps a window open when its client goes: the controller would go
+            # on including (or excluding) whatever asks, with no end, after we are gone
+            _, self._unclosed = self._window
+            self._window = None
+            if self._unclosed:
+                self._inclusion.closed()
+            with anyio.move_on_after(STOP_WINDOW_S, shield=True):
+                await self._close_unclosed()
         for scope in self._scopes:
             scope.cancel()
         for lock in self._locks.values():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -13,6 +14,7 @@ import anyio
 import pytest
 from zwave_js_server.client import Client
 from zwave_js_server.const import InclusionState
+from zwave_js_server.model.driver import Driver
 
 from drivers.zwave import ZWaveDriver
 from gatewayd.driver import DriverContext, DriverState
@@ -25,8 +27,9 @@ from tests.zwave.test_reconnect import behind_proxy, proxied_driver
 pytestmark = pytest.mark.stack
 
 
-async def _restart_zwave_js(url: str) -> None:
-    """Another client of zwave-server (Z-Wave JS UI, a script) restarts zwave-js in it."""
+@contextlib.asynccontextmanager
+async def _other_client(url: str) -> AsyncIterator[Driver]:
+    """Another client of zwave-server (Z-Wave JS UI, a script): its view of zwave-js."""
     async with aiohttp.ClientSession() as http:
         client = Client(url, http)
         await client.connect()
@@ -36,8 +39,14 @@ async def _restart_zwave_js(url: str) -> None:
             with anyio.fail_after(10):
                 await ready.wait()
             assert client.driver is not None
-            await client.driver.async_soft_reset_and_restart()
+            yield client.driver
             await client.disconnect()
+
+
+async def _restart_zwave_js(url: str) -> None:
+    """Another client restarts zwave-js inside zwave-server."""
+    async with _other_client(url) as other:
+        await other.async_soft_reset_and_restart()
 
 
 async def test_a_lock_gone_when_zwave_js_restarts_inside_zwave_server_is_removed(
@@ -260,3 +269,23 @@ async def test_a_window_whose_time_ends_while_the_link_is_down_is_closed_once_it
                 assert client is not None
                 assert client.driver is not None
                 await client.driver.controller.async_stop_inclusion()
+
+
+async def test_a_window_open_when_the_driver_stops_is_closed(
+    zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack
+) -> None:
+    """The daemon stops (systemctl stop, an upgrade) during a pairing window. zwave-server does
+    not end a window when its client goes away, and zwave-js has no end of its own: the driver
+    stops it on its way out. Before, the controller went on including any device that asked,
+    for good."""
+    driver, _ = zwave
+    await driver.pair(60)
+    assert _inclusion(driver) == InclusionState.INCLUDING
+    await driver.stop()
+    async with _other_client(zwave_stack.url) as other:
+        controller = other.controller
+        try:
+            assert controller.inclusion_state == InclusionState.IDLE
+        finally:
+            if controller.inclusion_state != InclusionState.IDLE:  # the shared stack is left idle
+                await controller.async_stop_inclusion()
