@@ -37,6 +37,17 @@ class RateLimiter:
                 self._hits[key].append(now)
         return allowed
 
+    def retry_after(self, *keys: Hashable) -> float:
+        """Seconds until every key has room for one more attempt (0.0: it has now)."""
+        now = self._clock()
+        wait = 0.0
+        for key in keys:
+            hits = self._hits.get(key)
+            if hits is not None and len(hits) >= self._limit:
+                # the hit whose leaving the window makes room for one more
+                wait = max(wait, self._window - (now - hits[-self._limit]))
+        return max(wait, 0.0)
+
     def _sweep(self, now: float) -> None:
         """Forget keys with no attempt left in the window: a client that comes from ever new
         addresses must not grow this map without bound. Amortized by doubling the threshold."""

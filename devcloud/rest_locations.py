@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import re
 import secrets
 import time
@@ -70,8 +71,15 @@ async def register_gateway(request: web.Request) -> web.Response:
     """Claim the connected, unclaimed gateway that presented this registration token."""
     st = request.app[STATE]
     location_id = request.match_info["location_id"]
-    if not st.claims.allow("api_key", ("remote", request.remote)):
-        raise ApiError(429, "rate_limited", "Too many gateway registrations; try again later")
+    keys = ("api_key", ("remote", request.remote))
+    if not st.claims.allow(*keys):
+        wait = math.ceil(st.claims.retry_after(*keys)) or 1
+        raise ApiError(
+            429,
+            "rate_limited",
+            "Too many gateway registrations; try again later",
+            headers={"Retry-After": str(wait)},
+        )
     if not st.db.location_exists(location_id):
         raise not_found("location")
     problems = Problems()

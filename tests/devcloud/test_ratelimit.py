@@ -18,3 +18,19 @@ def test_addresses_gone_quiet_are_forgotten() -> None:
     key = ("remote", "2001:db8:9::1")
     assert limiter.allow(key)
     assert not limiter.allow(key)
+
+
+def test_retry_after_is_when_the_oldest_hit_leaves_the_window() -> None:
+    now = [0.0]
+    limiter = RateLimiter(2, 60.0, clock=lambda: now[0])
+    assert limiter.retry_after("k") == 0.0
+    assert limiter.allow("k")
+    now[0] = 10.0
+    assert limiter.allow("k")
+    assert limiter.retry_after("k") == 50.0  # the hit at 0 leaves the window at 60
+    now[0] = 59.5
+    assert not limiter.allow("k")
+    assert limiter.retry_after("k", "other") == 0.5
+    now[0] = 60.0
+    assert limiter.retry_after("k") == 0.0
+    assert limiter.allow("k")

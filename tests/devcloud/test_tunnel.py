@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 from devcloud.db import secret_hash
 from devcloud.hub import Connection
 from gatewayd import protocol as p
-from tests.cloudkit import TunnelClient, assert_welcome
+from tests.cloudkit import API_KEY, TunnelClient, assert_welcome
 from tests.devcloud.conftest import DEVICE_ID, Cloud, CloudFactory, device_body
 
 
@@ -182,6 +182,14 @@ async def test_claims_are_rate_limited(make_cloud: CloudFactory) -> None:
     assert body["error"]["type"] == "rate_limited"
     assert body["ok"] is False
     assert "request_id" in body["error"]
+    # and says when to come back: when the oldest of the window's claims leaves it
+    async with cloud.http.post(
+        cloud.url(f"/v1/locations/{location_id}/register_gateway"),
+        json={"registration_token": "guess-5", "name": "gw"},
+        headers={"Authorization": aiohttp.encode_basic_auth(API_KEY)},
+    ) as resp:
+        assert resp.status == 429
+        assert 1 <= int(resp.headers["Retry-After"]) <= 60
 
 
 async def test_new_registration_tokens_are_rate_limited_per_address(
