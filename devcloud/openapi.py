@@ -53,6 +53,9 @@ def _object(props: dict[str, Any], required: list[str]) -> dict[str, Any]:
 
 
 _NAME: Final = {"type": "string", "minLength": 1, "maxLength": 200}
+# query values bounded so that a request with all of them stays within aiohttp's 8 KiB line
+_TIMESTAMP: Final = {"type": "string", "maxLength": 64}
+_EVENT_ID: Final = {"type": "string", "minLength": 1, "maxLength": 128}
 _DEVICE_ID: Final = {"type": "string", "minLength": 1, "maxLength": 100}
 _SLOT: Final = {"type": "integer", "minimum": 0, "maximum": 10000}
 _DURATION: Final = {"type": "integer", "minimum": 1, "maximum": 255}
@@ -380,13 +383,13 @@ def build() -> dict[str, Any]:
                 "operationId": "list_events",
                 "parameters": [
                     {"name": "device_id", "in": "query", "schema": _NAME},
-                    {"name": "since", "in": "query", "schema": {"type": "string"}},
-                    {"name": "until", "in": "query", "schema": {"type": "string"}},
+                    {"name": "since", "in": "query", "schema": _TIMESTAMP},
+                    {"name": "until", "in": "query", "schema": _TIMESTAMP},
                     {
                         "name": "after",
                         "in": "query",
                         "description": "Only the events listed after this one (an event id)",
-                        "schema": _NAME,
+                        "schema": _EVENT_ID,
                     },
                     {
                         "name": "limit",
