@@ -293,7 +293,7 @@ class Dispatcher:
         # the commit of its receipt (still "queued" on /status and in the metrics)
         self._waiting: dict[str, _Job] = {}
         self._quiet: dict[str, anyio.Event] = {}  # set when the device's running action ends
-        self._last_done: dict[str, tuple[str, float]] = {}
+        self._last_done: dict[str, tuple[str, float, Action | None]] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._handoffs: dict[str, _Job] = {}  # cloud actions not started yet, by id
         self._active = 0  # jobs accepted into a queue and not yet finished
@@ -498,7 +498,7 @@ class Dispatcher:
             if guard.cancelled_caught:
                 # the driver had not returned by the job's deadline (see `_run`)
                 assert job.finished is not None
-                self._last_done[job.queue] = (job.request.id, job.finished)
+                self._last_done[job.queue] = (job.request.id, job.finished, job.action)
                 self._finish(job, ActionTimeout("the device did not confirm before the deadline"))
                 self._active -= 1
                 structlog.contextvars.reset_contextvars(**tokens)
@@ -572,7 +572,7 @@ class Dispatcher:
             quiet = self._quiet.pop(job.queue, None)
             if quiet is not None:
                 quiet.set()
-        self._last_done[job.queue] = (job.request.id, job.finished)
+        self._last_done[job.queue] = (job.request.id, job.finished, job.action)
         self._finish(job, error)
 
     async def _may_start(self, job: _Job) -> bool:
@@ -692,13 +692,22 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ introspection
 
-    def answering(self, device_id: str) -> str | None:
-        """The action request a `remote` lock/unlock report on this device answers, if any."""
+    def answering(
+        self, device_id: str, answers: Callable[[Action | None], bool] | None = None
+    ) -> str | None:
+        """The action request a `remote` lock/unlock report on this device answers, if any:
+        the one in flight, else the last one if it ended within REMOTE_GRACE_S. With `answers`,
+        only an action it accepts: the late report of the last action, coming while the next
+        runs, answers the last one."""
         job = self._in_flight.get(device_id)
-        if job is not None:
+        if job is not None and (answers is None or answers(job.action)):
             return job.request.id
         done = self._last_done.get(device_id)
-        if done is not None and anyio.current_time() - done[1] <= REMOTE_GRACE_S:
+        if (
+            done is not None
+            and anyio.current_time() - done[1] <= REMOTE_GRACE_S
+            and (answers is None or answers(done[2]))
+        ):
             return done[0]
         return None
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
+import msgspec
 
 from gatewayd.driver import Driver, DriverSink, DriverState, Inventory, PairOptions
 from gatewayd.logging import get_logger
@@ -19,6 +20,7 @@ from gatewayd.model import (
     Action,
     ActionNotSupported,
     ActionResult,
+    ClearCode,
     Device,
     DeviceError,
     DeviceNotFound,
@@ -26,9 +28,13 @@ from gatewayd.model import (
     DoorEvent,
     EventName,
     GatewayError,
+    Lock,
     Method,
     PinCode,
+    SetCode,
+    Unlock,
 )
+from gatewayd.protocol import ProtocolError
 from gatewayd.store import Store
 from gatewayd.upstream import Upstream, device_json
 
@@ -36,6 +42,9 @@ log = get_logger(__name__)
 
 
 _CODE_EVENTS = frozenset({EventName.CODE_SET, EventName.CODE_REMOVED})
+# what a report that cannot become a frame raises: a value msgspec cannot encode (a radio
+# library's object), a frame over the size limit
+_UNSENDABLE = (TypeError, ValueError, msgspec.MsgspecError, ProtocolError)
 
 
 def _answers_action(event: DoorEvent) -> bool:
@@ -43,6 +52,24 @@ def _answers_action(event: DoorEvent) -> bool:
     return event.details.get("method") == Method.REMOTE or (
         event.event_name in _CODE_EVENTS and "method" not in event.details
     )
+
+
+def _answered_by(event: DoorEvent) -> Callable[[Action | None], bool]:
+    """Which action of ours this report can answer: a bolt report the lock or unlock that
+    turns the bolt that way, a code report the set or clear of its slot, any other the action
+    that runs. A late report of the last action, or of a set that failed, is no answer to the
+    next action on the lock, whatever that is."""
+    slot = event.details.get("slot_id")
+    match event.event_name:
+        case EventName.DOOR_LOCKED:
+            return lambda action: isinstance(action, Lock)
+        case EventName.DOOR_UNLOCKED:
+            return lambda action: isinstance(action, Unlock)
+        case EventName.CODE_SET:
+            return lambda action: isinstance(action, SetCode) and slot in (None, action.slot_id)
+        case EventName.CODE_REMOVED:
+            return lambda action: isinstance(action, ClearCode) and slot in (None, action.slot_id)
+    return lambda _action: True
 
 
 def _state(driver: Driver) -> DriverState | None:
@@ -95,7 +122,10 @@ class Registry:
         self._reported: dict[str, tuple[Any, ...]] = {}  # device.visible() last reported
         self.last_event: dict[str, DoorEvent] = {}
         self.event_counts: Counter[str] = Counter()
-        self.answering: Callable[[str], str | None] = lambda _device_id: None
+        # the action request a report on a device answers, of those `answers` accepts
+        self.answering: Callable[[str, Callable[[Action | None], bool]], str | None] = (
+            lambda _device_id, _answers: None
+        )
         # enabled drivers that could not be loaded (the daemon's): their radios are down, and
         # their locks may still be on their networks, unlike a driver no longer enabled's
         self.unavailable: Mapping[str, str] = {}
@@ -108,21 +138,42 @@ class Registry:
     # ------------------------------------------------------------------ from drivers
 
     def put(self, driver: str, device: Device) -> None:
+        if device.id not in self._devices and not self.store.knows_device(device.id):
+            # not an id the store handed out, or one it forgot: the late report of a removed
+            # device would bring it back upstream after its device_removed, for good
+            log.warning("registry.unknown_device_dropped", device_id=device.id, driver=driver)
+            return
         self._devices[device.id] = device
         self._owner[device.id] = driver
         visible = device.visible()
         if self._reported.get(device.id) == visible:
             return
-        self._reported[device.id] = visible
-        body = device_json(device)  # encoded once, for the store and the frame
-        self.store.save_device(device.id, body)
-        self.upstream.device(device, body)
+        body = self._send(device)
+        if body is not None:
+            self._reported[device.id] = visible
+            self.store.save_device(device.id, body)
+
+    def _send(self, device: Device) -> bytes | None:
+        """Report the device upstream; its JSON, or None (logged) when it cannot be a frame: a
+        driver's bug, which raised into the driver could fail the action that moved the lock."""
+        try:
+            body = device_json(device)  # encoded once, for the store and the frame
+            self.upstream.device(device, body)
+        except _UNSENDABLE as exc:
+            log.error(
+                "registry.device_not_sent",
+                device_id=device.id,
+                driver=self._owner.get(device.id),
+                error=type(exc).__name__,
+            )
+            return None
+        return body
 
     def report_all(self) -> None:
         """Report every device again (after a claim: a cloud that knows this gateway under a
         new id has acked the old reports under the old one)."""
         for device in self._devices.values():
-            self.upstream.device(device)
+            self._send(device)
 
     def remove(self, device_id: str) -> None:
         # one not reported in this run may still be in the store, and in the cloud, from the last
@@ -153,16 +204,36 @@ class Registry:
 
     def event(self, event: DoorEvent) -> None:
         if _answers_action(event) and "action_request_id" not in event.details:
-            answering = self.answering(event.device_id)
+            answering = self.answering(event.device_id, _answered_by(event))
             if answering is not None:
                 details = {**event.details, "action_request_id": answering}
                 event = DoorEvent(
                     event.device_id, event.event_name, details, event.id, event.date_created
                 )
-        if event.device_id in self._devices:  # a late event of a removed device: no entry for good
+        if event.device_id not in self._devices and not self.store.knows_device(event.device_id):
+            # a late event of a removed device, or of an id the store never handed out: the
+            # cloud knows no such device
+            log.warning(
+                "registry.unknown_device_event_dropped",
+                device_id=event.device_id,
+                event_name=str(event.event_name),
+            )
+            return
+        try:
+            self.upstream.event(event)
+        except _UNSENDABLE as exc:
+            # the error's text may quote the details: only its type is logged
+            log.error(
+                "registry.event_not_sent",
+                event_id=event.id,
+                device_id=event.device_id,
+                event_name=str(event.event_name),
+                error=type(exc).__name__,
+            )
+            return
+        if event.device_id in self._devices:
             self.last_event[event.device_id] = event
         self.event_counts[str(event.event_name)] += 1
-        self.upstream.event(event)
         for listener in self.event_listeners:
             listener(event)
         log.info(

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from gatewayd.actions import StatusUpdate
+from gatewayd.driver import Simulation
 from gatewayd.model import ActionRequest, DoorEvent, EventName, utcnow
 from tests.support import running_daemon, wait_until
 
@@ -69,3 +70,43 @@ async def test_an_event_after_its_device_was_removed_leaves_no_last_event(tmp_pa
         registry.event(DoorEvent(kept, EventName.DOOR_UNLOCKED, {"method": "manual"}))
         assert gone not in registry.last_event
         assert registry.last_event[kept].event_name is EventName.DOOR_UNLOCKED
+
+
+async def test_a_remote_report_is_tagged_only_with_an_action_it_answers(tmp_path: Path) -> None:
+    """A late `remote` bolt report of an unlock that already completed, or a late `code set`
+    of another slot, arriving while a set_code runs on the lock, answers that set_code no
+    more than a keypad unlock would: it was tagged with the set_code's id all the same."""
+    events: list[DoorEvent] = []
+    done: dict[str, str] = {}
+    async with running_daemon(tmp_path / "state") as daemon:
+        daemon.event_listeners.append(events.append)
+
+        def on_status(update: StatusUpdate) -> None:
+            if update.status.terminal:
+                done[update.action_request_id] = str(update.status)
+
+        daemon.status_listeners.append(on_status)
+        registry = daemon.registry
+        assert registry is not None
+        device = registry.devices()[0].id
+        daemon.submit(request("unlock-1", device, "unlock", {}))
+        await wait_until(lambda: "unlock-1" in done)
+        driver = registry.drivers["sim"]
+        await driver.simulate(device, Simulation.FAULT, {"kind": "delay", "delay_s": 0.3})
+        daemon.submit(request("set-1", device, "set_code", {"code": "4821", "slot_id": 3}))
+        await wait_until(lambda: any(j["id"] == "set-1" for j in daemon.dispatcher.in_flight()))
+        registry.event(DoorEvent(device, EventName.DOOR_UNLOCKED, {"method": "remote"}))
+        registry.event(DoorEvent(device, EventName.CODE_SET, {"slot_id": 5, "method": "remote"}))
+        await wait_until(lambda: "set-1" in done)
+
+    tagged = [
+        (str(e.event_name), e.details.get("slot_id"), e.details.get("action_request_id"))
+        for e in events
+        if e.details.get("method") == "remote"
+    ]
+    assert tagged == [
+        ("door unlocked", None, "unlock-1"),
+        ("door unlocked", None, "unlock-1"),  # the late report: its own action's, not set-1's
+        ("code set on device", 5, None),  # no action of ours wrote slot 5
+        ("code set on device", 3, "set-1"),
+    ]
