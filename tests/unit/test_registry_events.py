@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from gatewayd.actions import StatusUpdate
+from gatewayd.daemon import Daemon
 from gatewayd.driver import Simulation
 from gatewayd.model import ActionRequest, DoorEvent, EventName, utcnow
 from tests.support import running_daemon, wait_until
@@ -19,19 +22,28 @@ def request(request_id: str, device_id: str, action: str, inputs: dict[str, Any]
     )
 
 
-async def test_code_events_answering_an_action_name_the_action_request(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def watched(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[Daemon, str, list[DoorEvent], dict[str, str]]]:
+    """A running daemon, its first lock, and what it reports: door events, final statuses."""
     events: list[DoorEvent] = []
     done: dict[str, str] = {}
+
+    def on_status(update: StatusUpdate) -> None:
+        if update.status.terminal:
+            done[update.action_request_id] = str(update.status)
+
     async with running_daemon(tmp_path / "state") as daemon:
         daemon.event_listeners.append(events.append)
-
-        def on_status(update: StatusUpdate) -> None:
-            if update.status.terminal:
-                done[update.action_request_id] = str(update.status)
-
         daemon.status_listeners.append(on_status)
         assert daemon.registry is not None
-        device = daemon.registry.devices()[0].id
+        yield daemon, daemon.registry.devices()[0].id, events, done
+
+
+async def test_code_events_answering_an_action_name_the_action_request(tmp_path: Path) -> None:
+    async with watched(tmp_path) as (daemon, device, events, done):
+        assert daemon.registry is not None
 
         daemon.submit(request("set-1", device, "set_code", {"code": "4821", "slot_id": 3}))
         daemon.submit(request("clear-1", device, "clear_code", {"slot_id": 3}))
@@ -76,19 +88,9 @@ async def test_a_remote_report_is_tagged_only_with_an_action_it_answers(tmp_path
     """A late `remote` bolt report of an unlock that already completed, or a late `code set`
     of another slot, arriving while a set_code runs on the lock, answers that set_code no
     more than a keypad unlock would: it was tagged with the set_code's id all the same."""
-    events: list[DoorEvent] = []
-    done: dict[str, str] = {}
-    async with running_daemon(tmp_path / "state") as daemon:
-        daemon.event_listeners.append(events.append)
-
-        def on_status(update: StatusUpdate) -> None:
-            if update.status.terminal:
-                done[update.action_request_id] = str(update.status)
-
-        daemon.status_listeners.append(on_status)
+    async with watched(tmp_path) as (daemon, device, events, done):
         registry = daemon.registry
         assert registry is not None
-        device = registry.devices()[0].id
         daemon.submit(request("unlock-1", device, "unlock", {}))
         await wait_until(lambda: "unlock-1" in done)
         driver = registry.drivers["sim"]

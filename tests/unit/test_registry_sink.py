@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 from drivers.sim import SimDriver
 from gatewayd.config import SimConfig
 from gatewayd.daemon import DB_NAME
-from gatewayd.driver import DriverContext
+from gatewayd.driver import DriverContext, DriverSink
 from gatewayd.model import Device, DoorEvent, EventName
 from gatewayd.registry import Registry
 from gatewayd.store import Store
@@ -29,6 +29,14 @@ def sim_driver(tmp_path: Path) -> SimDriver:
     return SimDriver(SimConfig(), DriverContext(state_dir=tmp_path, spawn=lambda *_: None))
 
 
+def with_a_lock(store: Store, tmp_path: Path) -> tuple[Registry, DriverSink, Device]:
+    """A registry on `store`, the sim driver's sink, and a lock it may report (id handed out)."""
+    registry = Registry(store, Upstream(store))
+    sink = registry.attach(sim_driver(tmp_path))
+    device_id = sink.device_id("sim-0001")
+    return registry, sink, Device(device_id, "sim-0001", "sim", "Front", "gatewayd", "SimLock")
+
+
 def test_a_late_update_of_a_removed_device_does_not_bring_it_back(tmp_path: Path) -> None:
     """A driver's report of a device that races its removal (a value update the radio sent
     as the lock was excluded) put the device back: a `device` frame after its
@@ -36,10 +44,8 @@ def test_a_late_update_of_a_removed_device_does_not_bring_it_back(tmp_path: Path
     forgotten it, so no later run would remove it)."""
     store = Store.open(tmp_path / DB_NAME)
     try:
-        registry = Registry(store, Upstream(store))
-        sink = registry.attach(sim_driver(tmp_path))
-        device_id = sink.device_id("sim-0001")
-        device = Device(device_id, "sim-0001", "sim", "Front", "gatewayd", "SimLock")
+        registry, sink, device = with_a_lock(store, tmp_path)
+        device_id = device.id
         sink.device_added(device)
         sink.device_removed(device_id)
         with capture_logs() as logs:
@@ -74,10 +80,8 @@ def test_a_report_that_cannot_be_sent_is_dropped_with_a_log_line(tmp_path: Path)
     (the same report again was not sent, and never reached the cloud)."""
     store = Store.open(tmp_path / DB_NAME)
     try:
-        registry = Registry(store, Upstream(store))
-        sink = registry.attach(sim_driver(tmp_path))
-        device_id = sink.device_id("sim-0001")
-        device = Device(device_id, "sim-0001", "sim", "Front", "gatewayd", "SimLock")
+        registry, sink, device = with_a_lock(store, tmp_path)
+        device_id = device.id
         with capture_logs() as logs:
             sink.device_added(replace(device, name="x" * 70_000))
             sink.door_event(DoorEvent(device_id, EventName.TAMPERED, {"raw": _RadioValue()}))
