@@ -87,6 +87,25 @@ def test_zwave_only_daemon_imports_no_other_radio_library(tmp_path: Path) -> Non
     assert "zwave_js_server.client" in modules
 
 
+def test_the_core_reads_no_package_metadata(tmp_path: Path) -> None:
+    """The version is a literal: read through importlib.metadata, it imported zipfile and csv
+    into every daemon. (zwave-js-server-python's pydantic imports it anyway.)"""
+    result = _child(_CHILD, _config(tmp_path))
+    assert result["drivers"] == []
+    assert not set(result["modules"]) & {"importlib.metadata", "zipfile", "csv"}
+
+
+def test_the_version_is_the_one_the_package_is_installed_as() -> None:
+    import tomllib
+    from importlib.metadata import version
+
+    import gatewayd
+
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        declared = tomllib.load(f)["project"]["version"]
+    assert gatewayd.__version__ == declared == version("gatewayd")
+
+
 # zwave-js-server-python's event models are built when an event of their type first arrives, not
 # at import (drivers/zwave/__init__.py), and still check what they get.
 _EVENT_MODELS_CHILD = """
