@@ -983,7 +983,8 @@ def _code_refused(slot: int, status: Any) -> DeviceError:
 
 
 class _AnswerLost(ActionTimeout):
-    """zigpy's wait for the lock's answer ran out: the request was delivered."""
+    """zigpy's wait for the lock's answer ran out: the request went out, and may have been
+    carried out."""
 
 
 class _Undelivered(Exception):
