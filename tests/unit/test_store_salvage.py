@@ -375,6 +375,32 @@ def test_a_damaged_schema_text_is_damage_not_a_crash(tmp_path: Path) -> None:
         store.close()
 
 
+def _damaged_and_opened_on_a_full_disk(path: Path, script: str) -> dict[str, object]:
+    """Fill a store at `path`, damage its meta root page, and open it in a child that `script`
+    runs on a disk that fills up: the open fails, and leaves the damaged file as it was. What
+    the store held, to check it is all there once there is room again."""
+    held = filled(path, actions=3000)
+    overwrite(path, root_page(path, "meta"))
+    damaged = path.read_bytes()
+    run = subprocess.run(
+        [sys.executable, "-c", script, str(path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+        timeout=60,
+    )
+    assert run.returncode != 0
+    assert path.read_bytes() == damaged
+    return held
+
+
+def _holds_what_it_held(store: Store, held: dict[str, object]) -> None:
+    assert store.identity().gateway_id == "gw-1"
+    assert [d.device_id for d in store.devices()] == held["devices"]
+    assert store.has_action("ar-000000")
+
+
 _FULL_DISK_OPEN = """
 import pathlib, resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -390,26 +416,12 @@ def test_a_disk_too_full_for_the_new_store_leaves_the_damaged_one_in_place(
     """The damaged file was set aside before its replacement was written: on a full disk the
     start failed and the next found a sound, empty store at the path, everything read lost."""
     path = tmp_path / DB
-    held = filled(path, actions=3000)
-    overwrite(path, root_page(path, "meta"))
-    damaged = path.read_bytes()
-    run = subprocess.run(
-        [sys.executable, "-c", _FULL_DISK_OPEN, str(path)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-        timeout=60,
-    )
-    assert run.returncode != 0
-    assert path.read_bytes() == damaged
+    held = _damaged_and_opened_on_a_full_disk(path, _FULL_DISK_OPEN)
     assert sorted(p.name for p in tmp_path.iterdir()) == [DB]
     store = Store.open(path)  # room again
     try:
         assert store.recovery is not None
-        assert store.identity().gateway_id == "gw-1"
-        assert [d.device_id for d in store.devices()] == held["devices"]
-        assert store.has_action("ar-000000")
+        _holds_what_it_held(store, held)
     finally:
         store.close()
 
@@ -541,24 +553,11 @@ def test_a_new_store_whose_wal_cannot_be_folded_in_is_not_moved_into_place(
     file alone, without identity, devices, action log or outbox, replaced the damaged store.
     The gateway started on a new registration token, and its log forgot every action id."""
     path = tmp_path / DB
-    held = filled(path, actions=3000)
-    overwrite(path, root_page(path, "meta"))
-    damaged = path.read_bytes()
-    run = subprocess.run(
-        [sys.executable, "-c", _FULL_DISK_AFTER_WAL, str(path)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-        timeout=60,
-    )
-    assert run.returncode != 0  # as on a disk too full for the WAL: the next start tries again
-    assert path.read_bytes() == damaged
+    # as on a disk too full for the WAL: the next start tries again
+    held = _damaged_and_opened_on_a_full_disk(path, _FULL_DISK_AFTER_WAL)
     store = Store.open(path)
     try:
-        assert store.identity().gateway_id == "gw-1"
-        assert [d.device_id for d in store.devices()] == held["devices"]
-        assert store.has_action("ar-000000")
+        _holds_what_it_held(store, held)
     finally:
         store.close()
     assert not list(tmp_path.glob("*.rebuilding*"))
