@@ -254,10 +254,7 @@ class ZWaveDriver(Driver):
         if self._window is not None:
             # zwave-server keeps a window open when its client goes: the controller would go
             # on including (or excluding) whatever asks, with no end, after we are gone
-            _, self._unclosed = self._window
-            self._window = None
-            if self._unclosed:
-                self._inclusion.closed()
+            self._unclosed = self._take_window()
             with anyio.move_on_after(STOP_WINDOW_S, shield=True):
                 await self._close_unclosed()
         for scope in self._scopes:
@@ -1088,22 +1085,26 @@ class ZWaveDriver(Driver):
     async def _end_open_window(self, controller: Any) -> None:
         """A new window replaces one still open (zwave-js refuses to start one while another
         is open): stop it first. It may have ended on its own (a node joined): no matter."""
+        inclusion = self._take_window()
+        if inclusion is not None:
+            await self._stop_window(controller, inclusion)
+
+    def _take_window(self) -> bool | None:
+        """End the open window on our side (an inclusion's state with it): whether it was an
+        inclusion window, None if none was open. Stopping it on the controller is the caller's."""
         if self._window is None:
-            return
+            return None
         _, inclusion = self._window
         self._window = None
         if inclusion:
             self._inclusion.closed()
-        await self._stop_window(controller, inclusion)
+        return inclusion
 
     async def _close_window(self, duration_s: int, window: tuple[int, bool]) -> None:
         await anyio.sleep(duration_s)
         if self._window != window:
             return  # replaced by a later window, which its own timer closes
-        self._window = None
-        if window[1]:
-            self._inclusion.closed()
-        self._unclosed = window[1]
+        self._unclosed = self._take_window()
         await self._close_unclosed()
 
     async def _close_unclosed(self, *, only_if_open: bool = False) -> None:
