@@ -294,7 +294,9 @@ class Dispatcher:
         self._waiting: dict[str, _Job] = {}
         self._quiet: dict[str, anyio.Event] = {}  # set when the device's running action ends
         self._last_done: dict[str, tuple[str, float, Action | None]] = {}
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        # recent ids, each with whether its cancel_too_late was logged: the cloud repeats an id
+        # in `welcome.cancelled` on every reconnect until its deadline, and one line says it
+        self._seen: OrderedDict[str, bool] = OrderedDict()
         self._handoffs: dict[str, _Job] = {}  # cloud actions not started yet, by id
         self._active = 0  # jobs accepted into a queue and not yet finished
         self.recent: deque[_Job] = deque(maxlen=RECENT_KEEP)
@@ -401,7 +403,8 @@ class Dispatcher:
         (or is unknown): then it runs to its end, and its reports tell the cloud the truth."""
         job = self._handoffs.get(action_id)
         if job is None:
-            if action_id in self._seen:
+            if self._seen.get(action_id) is False:
+                self._seen[action_id] = True
                 log.warning("actions.cancel_too_late", action_request_id=action_id)
             return False
         job.cancelled = reason or "cancelled by the cloud"
@@ -444,7 +447,7 @@ class Dispatcher:
         return action_id in self._seen or self._store.has_action(action_id)
 
     def _remember(self, action_id: str) -> None:
-        self._seen[action_id] = None
+        self._seen[action_id] = False
         if len(self._seen) > SEEN_KEEP:
             self._seen.popitem(last=False)
 

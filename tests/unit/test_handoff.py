@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import anyio
+from structlog.testing import capture_logs
 
 from gatewayd.actions import Dispatcher, StatusUpdate
 from gatewayd.config import CloudConfig
@@ -197,3 +198,21 @@ async def test_a_gateway_that_loses_its_claim_starts_none_of_the_actions_it_hold
     assert h.statuses("held") == ["gateway_received", "failed"]
     assert h.last_error_type("held") == "cancelled"
     assert h.exec.started == []
+
+
+async def test_a_cancel_too_late_is_logged_once_per_id(tmp_path: Path) -> None:
+    """The cloud names a failed id in `welcome.cancelled` on every reconnect until its
+    deadline: `actions.cancel_too_late` was logged again on each one."""
+    h = CloudHarness(tmp_path)
+    async with anyio.create_task_group() as tg:
+        h.dispatcher.bind(tg)
+        for action_id in ("a1", "a2"):
+            h.dispatcher.submit(request("unlock", id=action_id), handoff=True)
+            await h.ack_receipt(action_id)
+            await h.settle(action_id)
+        with capture_logs() as logs:
+            for action_id in ("a1", "a1", "a2", "a1", "a2"):
+                assert not h.dispatcher.cancel(action_id, "failed while the tunnel was down")
+        tg.cancel_scope.cancel()
+    too_late = [e["action_request_id"] for e in logs if e["event"] == "actions.cancel_too_late"]
+    assert too_late == ["a1", "a2"]
