@@ -68,16 +68,18 @@ Name = Annotated[str, msgspec.Meta(max_length=64)]
 
 
 class ProtocolError(Exception):
-    """A frame that cannot be used. `code` is what goes into the `error` frame."""
+    """A frame that cannot be used. `code` is what goes into the `error` frame; `frame_type`
+    is the frame's `type`, when it is a known one."""
 
     CODES: Final = frozenset(
         {"malformed", "unknown_type", "too_large", "invalid", "unsupported_protocol"}
     )
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, frame_type: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.frame_type = frame_type
 
 
 class _Msg(msgspec.Struct, frozen=True, tag_field="type", kw_only=True):
@@ -175,7 +177,7 @@ class ActionCancel(_Msg, frozen=True, tag="action_cancel"):
     the `ack` that covers it: a gateway executes a cloud action only once that ack arrived.
     """
 
-    action_request_id: str
+    action_request_id: Ident
     reason: str
 
 
@@ -336,7 +338,7 @@ def _decode(frame: bytes | str) -> Message:
     try:
         msg: Message = _decoder.decode(frame)
     except msgspec.ValidationError as exc:
-        raise ProtocolError("invalid", _one_line(str(exc))) from None
+        raise ProtocolError("invalid", _one_line(str(exc)), envelope.type) from None
     except (msgspec.DecodeError, RecursionError):
         raise ProtocolError("malformed", "frame is not valid JSON") from None
     return msg

@@ -432,11 +432,23 @@ class Tunnel:
         protocol.check_version(welcome.protocol)
         self._anchor_cloud_clock(welcome.server_time, hello_sent)
         self.heartbeat_s = _heartbeat(welcome.heartbeat_s)
-        for action_id in welcome.cancelled:  # before the ack: it may be their go-ahead
-            self._cancel(action_id, "the cloud reported it failed while the tunnel was down")
-        self._rebase(welcome.acked_seq)
-        self._store.outbox_ack(welcome.acked_seq)
-        self.sent_seq = max(welcome.acked_seq, self._store.acked_seq)
+        if registration_token is None:
+            for action_id in welcome.cancelled:  # before the ack: it may be their go-ahead
+                self._cancel(action_id, "the cloud reported it failed while the tunnel was down")
+            self._rebase(welcome.acked_seq)
+            self._store.outbox_ack(welcome.acked_seq)
+            self.sent_seq = max(welcome.acked_seq, self._store.acked_seq)
+        else:
+            # The cloud knows no gateway for an unclaimed session: it holds none of our frames
+            # and sent us no actions. Its ack or cancels would drop frames (door events) that no
+            # cloud has, so they are not taken.
+            if welcome.acked_seq or welcome.cancelled:
+                log.warning(
+                    "tunnel.unclaimed_welcome_ignored",
+                    acked_seq=welcome.acked_seq,
+                    cancelled=len(welcome.cancelled),
+                )
+            self.sent_seq = self._store.acked_seq
         self.state = "connected" if registration_token is None else "unclaimed"
         self.connected_since = utcnow()
         self._welcomed_at = self._clock()
@@ -542,9 +554,9 @@ class Tunnel:
             else:
                 self._skip("binary frames are not part of the protocol")
 
-    def _skip(self, reason: str, **ids: str) -> None:
+    def _skip(self, reason: str, *, frame_type: str | None = None, **ids: str) -> None:
         self.frames_skipped += 1
-        log.warning("tunnel.frame_skipped", reason=reason, **ids)
+        log.warning("tunnel.frame_skipped", reason=reason, frame_type=frame_type, **ids)
 
     def _handle_frame(self, data: str) -> None:
         self.frames_in += 1
@@ -552,11 +564,12 @@ class Tunnel:
             # over 64 KiB too: an action_request is still answered, by the id it can be read for
             frame = protocol.decode(data)
         except protocol.ProtocolError as exc:
+            reason = f"{exc.code}: {exc.message}"
             readable = protocol.readable_action_request(data)
             if readable is None:
-                self._skip(f"{exc.code}: {exc.message}")
+                self._skip(reason, frame_type=exc.frame_type)
                 return
-            self._skip(f"{exc.code}: {exc.message}", action_request_id=readable["id"])
+            self._skip(reason, frame_type=exc.frame_type, action_request_id=readable["id"])
             if self.state == "connected" and self._on_reject is not None:
                 now = utcnow()
                 request = ActionRequest(

@@ -22,9 +22,10 @@ from gatewayd.tunnel import Tunnel
 GATEWAY_ID = "gw-claims"
 OLD = "credential-old-0001"
 
-# After its welcome, what the cloud sends in session n (1-based): a frame (or its raw text), or
-# None.
-Script = Callable[[int], protocol.Message | str | None]
+# After its welcome, what the cloud sends in session n (1-based): a frame (or its raw text), a
+# list of them, or None.
+Frame = protocol.Message | str
+Script = Callable[[int], Frame | list[Frame] | None]
 
 
 class ScriptedCloud:
@@ -35,6 +36,8 @@ class ScriptedCloud:
         self.refused: list[str] = []
         self.port = 0
         self.before_welcome: str | None = None  # raw text sent before the welcome
+        self.acked_seq: dict[int, int] = {}  # welcome.acked_seq by session (else 0)
+        self.received: list[protocol.Message] = []  # every frame after the hellos
 
     async def tunnel(self, request: web.Request) -> web.StreamResponse:
         bearer = request.headers.get("Authorization", "").removeprefix("Bearer ")
@@ -51,18 +54,16 @@ class ScriptedCloud:
         welcome = protocol.Welcome(
             protocol=1,
             gateway_id=GATEWAY_ID,
-            acked_seq=0,
+            acked_seq=self.acked_seq.get(len(self.sessions), 0),
             heartbeat_s=60.0,
             server_time=iso(utcnow()),
         )
         await ws.send_str(protocol.encode(welcome).decode())
-        frame = self.script(len(self.sessions))
-        if isinstance(frame, str):
-            await ws.send_str(frame)
-        elif frame is not None:
-            await ws.send_str(protocol.encode(frame).decode())
-        async for _ in ws:
-            pass
+        sent = self.script(len(self.sessions))
+        for frame in sent if isinstance(sent, list) else [] if sent is None else [sent]:
+            await ws.send_str(frame if isinstance(frame, str) else protocol.encode(frame).decode())
+        async for msg in ws:
+            self.received.append(protocol.decode(msg.data))
         return ws
 
 
@@ -202,3 +203,39 @@ def test_a_claimed_gateway_id_must_be_1_to_128_characters(gateway_id: str) -> No
     frame = protocol.encode(protocol.Claimed(gateway_id=gateway_id, credential=OLD))
     with pytest.raises(protocol.ProtocolError):
         protocol.decode(frame)
+
+
+async def test_an_unclaimed_session_takes_no_ack_from_its_welcome(tmp_path: Path) -> None:
+    """The welcome of an unclaimed session acked the outbox: frames from before the claim
+    (door events, statuses) that no cloud held were dropped, never sent after the claim."""
+    store = Store.open(tmp_path / "gatewayd.db")
+    for _ in range(3):
+        store.outbox_put(
+            lambda seq: protocol.encode(protocol.DeviceRemovedMsg(seq=seq, device_id=f"d-{seq}"))
+        )
+    assert store.flush()
+    store.close()
+    store = Store.open(tmp_path / "gatewayd.db")  # the frames are from before this run
+    new = "credential-new-0001"
+    cloud = ScriptedCloud(
+        {"", new},
+        lambda n: protocol.Claimed(gateway_id=GATEWAY_ID, credential=new) if n == 1 else None,
+    )
+    cloud.acked_seq[1] = 10  # past every frame the gateway holds
+    sleeps: list[float] = []
+    async with running(cloud):
+        tunnel = tunnel_to(cloud, store, sleeps)
+        with capture_logs() as logs:
+            await run_until(
+                tunnel,
+                # all three sent, or none left to send in the claimed session (they were dropped)
+                lambda: (
+                    len(cloud.received) >= 3
+                    or (tunnel.state == "connected" and store.outbox_backlog() == 0)
+                ),
+            )
+    store.close()
+    assert cloud.sessions == ["", new]
+    assert [m.seq for m in cloud.received if isinstance(m, protocol.DeviceRemovedMsg)] == [1, 2, 3]
+    (ignored,) = [e for e in logs if e["event"] == "tunnel.unclaimed_welcome_ignored"]
+    assert ignored["acked_seq"] == 10

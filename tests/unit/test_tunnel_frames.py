@@ -27,7 +27,9 @@ class Seen:
         self.rejected: list[tuple[str, str]] = []
 
 
-async def serve(tmp_path: Path, cloud: ScriptedCloud, until: Any) -> tuple[Seen, Tunnel, Store]:
+async def serve(
+    tmp_path: Path, cloud: ScriptedCloud, until: Any, **callbacks: Any
+) -> tuple[Seen, Tunnel, Store]:
     store = claimed_store(tmp_path)
     seen = Seen()
     async with running(cloud):
@@ -37,6 +39,7 @@ async def serve(tmp_path: Path, cloud: ScriptedCloud, until: Any) -> tuple[Seen,
             seen.run.append,
             lambda: {"software_version": "0", "hardware": "test", "drivers": ["sim"]},
             on_reject=lambda r, why: seen.rejected.append((r.id, why)),
+            **callbacks,
         )
         async with anyio.create_task_group() as tg:
             tg.start_soon(tunnel.run)
@@ -114,3 +117,34 @@ async def test_an_oversized_request_is_answered_failed_naming_it(tmp_path: Path)
     assert why.startswith("malformed action_request: frame ")
     assert why.endswith("exceeds 65536 bytes")
     assert tunnel.frames_skipped == 1
+
+
+async def test_a_malformed_action_cancel_is_skipped_with_a_warning_naming_it(
+    tmp_path: Path,
+) -> None:
+    """An `action_cancel` without a usable `action_request_id` is logged, naming the frame and
+    the field, and skipped; the session goes on. An over-long id was passed on unlogged."""
+    bad = [
+        '{"type": "action_cancel", "reason": "r"}',
+        '{"type": "action_cancel", "action_request_id": 7, "reason": "r"}',
+        '{"type": "action_cancel", "action_request_id": "%s", "reason": "r"}' % ("x" * 200),
+    ]
+    good = '{"type": "action_cancel", "action_request_id": "a-1", "reason": "r"}'
+    cloud = ScriptedCloud({OLD}, lambda n: [*bad, good] if n == 1 else None)
+    cancels: list[str] = []
+    with capture_logs() as logs:
+        _, tunnel, store = await serve(
+            tmp_path,
+            cloud,
+            lambda _s, _t: bool(cancels),
+            on_cancel=lambda action_id, _why: cancels.append(action_id),
+        )
+    store.close()
+    assert cancels == ["a-1"]
+    assert tunnel.sessions == 1
+    assert tunnel.frames_skipped == 3
+    skipped = [e for e in logs if e["event"] == "tunnel.frame_skipped"]
+    assert [e["log_level"] for e in skipped] == ["warning"] * 3
+    assert [e["frame_type"] for e in skipped] == ["action_cancel"] * 3
+    assert all("action_request_id" in e["reason"] for e in skipped)
+    assert "x" * 129 not in str(logs)
