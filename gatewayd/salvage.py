@@ -5,10 +5,11 @@ SQLite calls malformed (SQLITE_CORRUPT) or no database at all (SQLITE_NOTADB) ei
 the daemon at start-up, systemd restarting it every few seconds for good, or left it running
 with every commit refused, every action failing. Here the rows of each table are read up to
 the damage, from the first row on and from the last row back; a new store holding what was
-read is written beside it; only then is the damaged file (and its WAL) renamed
+read is written beside it; only then is the damaged file (and its WAL) linked as
 `gatewayd.db.corrupt-<UTC time>` for a post-mortem (the newest KEEP_COPIES are kept) and the new
-one moved into its place (`Store.open`, `Store._rebuild`). A disk too full for the new store
-leaves the damaged one where it was, for the next try.
+one renamed over it (`Store.open`, `Store._rebuild`): a power cut at any point leaves one or the
+other at the path, never no store. A disk too full for the new store leaves the damaged one
+where it was, for the next try.
 
 What is kept matters most in this order: the identity (a gateway that lost its credential must
 be claimed again), the devices (their ids are what the cloud knows them by), the unacknowledged
@@ -351,35 +352,35 @@ def _is_pairs(text: str) -> bool:
 # --------------------------------------------------------------------------- moving aside
 
 
-def move_aside(path: Path) -> Path:
-    """Rename the damaged store (with its WAL and shared-memory files) to
+def link_aside(path: Path) -> Path:
+    """Hard-link the damaged store (with its WAL and shared-memory files) as
     `<name>.corrupt-<UTC time>` beside it, and delete the older such copies but the newest
-    KEEP_COPIES - 1. Raises OSError if it cannot be renamed: then nothing has changed."""
+    KEEP_COPIES - 1. The damaged store stays at `path` too, until the new one replaces it in one
+    rename (`gatewayd.store._replace_damaged`). Raises OSError if it cannot be linked: then
+    nothing has changed."""
     stamp = utcnow().strftime("%Y%m%dT%H%M%S%fZ")
     target = path.with_name(f"{path.name}.corrupt-{stamp}")
-    done: list[tuple[Path, Path]] = []
     try:
         for side in _SIDES:
             source = path.with_name(path.name + side)
             if source.exists():
-                os.replace(source, target.with_name(target.name + side))
-                done.append((source, target.with_name(target.name + side)))
+                os.link(source, target.with_name(target.name + side))
+        sync_dir(path.parent)
     except OSError:
-        for source, moved in reversed(done):
-            os.replace(moved, source)
+        remove(target)
         raise
     with contextlib.suppress(OSError):  # a copy that cannot go takes disk, not correctness
         _prune_copies(path, keep=KEEP_COPIES - 1, besides=target.name)
     return target
 
 
-def move_back(moved: Path, path: Path) -> None:
-    """Undo `move_aside`: the damaged store at `moved` goes back to `path`."""
-    remove(path)
-    for side in _SIDES:
-        source = moved.with_name(moved.name + side)
-        if source.exists():
-            os.replace(source, path.with_name(path.name + side))
+def sync_dir(directory: Path) -> None:
+    """Make the names just linked, renamed or removed in `directory` survive a power cut."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def remove(path: Path) -> None:

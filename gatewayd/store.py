@@ -380,11 +380,12 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
 
 
 def _replace_damaged(path: Path, found: salvage.Salvage, acked_seq: int) -> Path:
-    """Write a new store holding `found` beside the damaged one at `path`, then move the damaged
-    one aside (`salvage.move_aside`) and the new one into its place. Returns where the damaged
-    one went. Raises OSError or sqlite3.Error (a full disk) with the damaged file still at
+    """Write a new store holding `found` beside the damaged one at `path`, keep the damaged one
+    aside (`salvage.link_aside`) and rename the new one over it. Returns where the damaged one
+    was kept. Raises OSError or sqlite3.Error (a full disk) with the damaged file still at
     `path`: it alone holds what was read, so it is never set aside before its replacement is
-    written."""
+    written, and the path never lacks a store, which the next start would take for a new box
+    (a new identity to claim, the outbox gone)."""
     fresh = path.with_name(path.name + ".rebuilding")
     salvage.remove(fresh)
     try:
@@ -394,15 +395,27 @@ def _replace_damaged(path: Path, found: salvage.Salvage, acked_seq: int) -> Path
             _fold_wal(db)
         finally:
             db.close()
-        moved = salvage.move_aside(path)
+        moved = salvage.link_aside(path)
     except BaseException:
         salvage.remove(fresh)
         raise
     try:
+        # the damaged store's WAL goes first: SQLite would read its pages into the new file. A
+        # power cut between leaves the damaged file alone, which the next start reads again
+        # (the copy aside keeps the WAL); one usually has none left by then: closing folds it in
+        for side in ("-wal", "-shm"):
+            path.with_name(path.name + side).unlink(missing_ok=True)
         os.replace(fresh, path)
     except BaseException:
-        salvage.move_back(moved, path)
+        for side in ("-wal", "-shm"):  # not renamed: the damaged store's WAL goes back beside it
+            kept = moved.with_name(moved.name + side)
+            if kept.exists() and not (back := path.with_name(path.name + side)).exists():
+                os.link(kept, back)
+        salvage.remove(moved)
+        salvage.remove(fresh)
         raise
+    with contextlib.suppress(OSError):  # done either way; this makes it survive a power cut
+        salvage.sync_dir(path.parent)
     return moved
 
 

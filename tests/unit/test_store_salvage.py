@@ -533,14 +533,14 @@ _FULL_DISK_AFTER_WAL = """
 import pathlib, resource, signal, sys
 from gatewayd import salvage, store
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-restore, move_aside = store._restore, salvage.move_aside
+restore, link_aside = store._restore, salvage.link_aside
 def full_after_restore(db, found, acked):
     restore(db, found, acked)  # into the new store's WAL: then the disk is full
     resource.setrlimit(resource.RLIMIT_FSIZE, (8192, resource.RLIM_INFINITY))
 def room_again(path):
     resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-    return move_aside(path)
-store._restore, salvage.move_aside = full_after_restore, room_again
+    return link_aside(path)
+store._restore, salvage.link_aside = full_after_restore, room_again
 print("gateway", store.Store.open(pathlib.Path(sys.argv[1])).identity().gateway_id)
 """
 
@@ -621,5 +621,87 @@ def test_an_outbox_row_whose_frames_are_damaged_is_damage_not_the_end_of_the_dae
         assert seqs(store) == [2, 3, 4]
         assert store.recovery is not None
         assert "outbox" in store.recovery.lost
+    finally:
+        store.close()
+
+
+_DIES_AT_STEP = """
+import os, pathlib, sys
+from gatewayd.store import Store
+left = int(sys.argv[2])
+def step(real):
+    def run(*args, **kwargs):
+        global left
+        left -= 1
+        if left == 0:
+            os._exit(99)  # the power cut: nothing after this step happens
+        return real(*args, **kwargs)
+    return run
+for name in ("link", "rename", "replace", "unlink"):
+    setattr(os, name, step(getattr(os, name)))
+Store.open(pathlib.Path(sys.argv[1])).close()
+"""
+
+
+def test_a_power_cut_at_any_step_of_the_rebuild_leaves_a_store_that_keeps_the_claim(
+    tmp_path: Path,
+) -> None:
+    """The damaged store was renamed aside before the new one was renamed into its place: a
+    power cut between left no file at the path, and the next start made a blank store, a new
+    identity to claim, the outbox gone. The rebuild dies at each of its file steps in turn."""
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    held = filled(damaged / DB, actions=3000)
+    overwrite(damaged / DB, root_page(damaged / DB, "meta"))
+    for at in range(1, 30):
+        state = tmp_path / f"cut-{at}"
+        state.mkdir()
+        (state / DB).write_bytes((damaged / DB).read_bytes())
+        run = subprocess.run(
+            [sys.executable, "-c", _DIES_AT_STEP, str(state / DB), str(at)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=False,
+            timeout=60,
+        )
+        store = Store.open(state / DB)
+        try:
+            assert store.identity().gateway_id == "gw-1", f"cut at step {at}"
+            assert store.identity().registration_token == held["token"]
+            _holds_what_it_held(store, held)
+        finally:
+            store.close()
+        if run.returncode == 0:  # the rebuild took fewer steps: each was cut once
+            break
+        assert run.returncode == 99, run.stderr
+    else:
+        raise AssertionError("the rebuild was never let finish")
+    assert at > 3
+
+
+def test_a_rename_that_fails_leaves_the_damaged_store_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new store could not be renamed over the damaged one: the copy kept aside and the new
+    store go, the damaged store stays, and the next start tries again on it."""
+    path = tmp_path / DB
+    filled(path)
+    overwrite(path, root_page(path, "devices"))
+    damaged = path.read_bytes()
+
+    def refused(*_: object) -> None:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(os, "replace", refused)
+    with pytest.raises(OSError, match="Read-only"):
+        Store.open(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == damaged
+    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith("-shm")] == [DB]
+    store = Store.open(path)
+    try:
+        assert store.recovery is not None
+        assert store.identity().gateway_id == "gw-1"
     finally:
         store.close()
