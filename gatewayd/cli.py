@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import http.client
 import json
 import os
@@ -98,6 +99,11 @@ def _store_schema(cfg: Config) -> tuple[Path, int] | None:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
+    try:
+        _prepare_state_dir(cfg, create=False)
+    except ConfigError as exc:
+        print(f"gatewayd: {args.config}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     from gatewayd.store import SCHEMA_VERSION
 
     found = _store_schema(cfg)
@@ -108,18 +114,37 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prepare_state_dir(cfg: Config) -> None:
+def _prepare_state_dir(cfg: Config, *, create: bool = True) -> None:
     """The state directory exists and this user may write it (ProtectSystem=strict leaves only
-    the unit's StateDirectory writable); else a ConfigError naming gateway.state_dir."""
+    the unit's StateDirectory writable); else a ConfigError naming gateway.state_dir.
+
+    Without `create` (check-config) nothing is made: a missing directory only has to be one this
+    user could make, and the error is the one `run` would give when making it."""
     path = Path(cfg.gateway.state_dir)
     try:
         if path.exists() and not path.is_dir():
             raise ConfigError(f"gateway.state_dir: {path} is not a directory")
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if create:
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        elif not path.exists():
+            _check_could_make(path)
+            return
     except OSError as exc:
         raise ConfigError(f"gateway.state_dir: cannot create {path}: {exc.strerror}") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise ConfigError(f"gateway.state_dir: {path} is not writable by this user")
+
+
+def _check_could_make(path: Path) -> None:
+    """Raise the OSError `path.mkdir(parents=True)` would, judged on its nearest existing
+    ancestor, without making anything."""
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -100,8 +100,14 @@ def test_install_lays_out_the_box(stage: Path) -> None:
 
 def test_the_installed_command_checks_configs(stage: Path, tmp_path: Path) -> None:
     cmd = stage / "opt/gatewayd/venv/bin/gatewayd"
+    # the installed config as it is, but for a state dir any user running the tests may make
+    # (check-config refuses one it could not create, as `run` would)
+    installed = (stage / "etc/gatewayd/config.toml").read_text()
+    assert 'state_dir = "/var/lib/gatewayd"' in installed
+    good = tmp_path / "config.toml"
+    good.write_text(installed.replace("/var/lib/gatewayd", str(tmp_path / "state"), 1))
     ok = subprocess.run(
-        [cmd, "check-config", "-c", stage / "etc/gatewayd/config.toml"],
+        [cmd, "check-config", "-c", good],
         capture_output=True,
         text=True,
         timeout=60,

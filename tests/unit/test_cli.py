@@ -104,6 +104,29 @@ def test_run_with_a_state_dir_this_user_may_not_write(tmp_path: Path, locked_dir
     assert "gateway.state_dir" in _one_line(result.stderr)
 
 
+@pytest.mark.parametrize("where", ["file", "under_a_file", "locked", "under_locked"])
+def test_check_config_refuses_a_state_dir_run_would_refuse(
+    tmp_path: Path, locked_dir: Path, where: str
+) -> None:
+    """`check-config` said ok for a state_dir `run` then refused with exit 2: it now says what
+    `run` says, with its exit code, and makes nothing."""
+    a_file = tmp_path / "state"
+    a_file.write_text("")
+    state, prefix = {
+        "file": (a_file, ()),
+        "under_a_file": (a_file / "gatewayd", ()),  # stops root too
+        "locked": (locked_dir, _unprivileged()),
+        "under_locked": (locked_dir / "gatewayd", _unprivileged()),
+    }[where]
+    cfg = str(_config(tmp_path, state))
+    checked = _gatewayd("check-config", "-c", cfg, prefix=prefix)
+    ran = _gatewayd("run", "-c", cfg, prefix=prefix)
+    assert (checked.returncode, ran.returncode) == (2, 2)
+    assert _one_line(checked.stderr) == _one_line(ran.stderr)
+    assert "gateway.state_dir" in _one_line(checked.stderr)
+    assert checked.stdout == ""
+
+
 @dataclass
 class _Run:
     """A `gatewayd run` process: its first `gatewayd status` answer, then its exit and output."""
