@@ -232,23 +232,29 @@ def mask_pins(value: Any) -> Any:
     return copy
 
 
-# A run of digits as long as the shortest PIN a lock takes, alone (not part of a longer run).
-_PIN_DIGITS: Final = re.compile(r"(?<![0-9])[0-9]{4,}(?![0-9])")
-# "code", "user_code", "userCode", "pin", "dsk_pin", "codes", … as a word or the end of an
-# identifier (the names `_PIN_KEYS` and the gateway's log redaction count as PINs)
-_CODE_WORD: Final = re.compile(
-    r"(?<![a-z])(?:(?:user|pin)_?code|(?:dsk_?)?pin|passcode|code)s?(?![a-z])", re.I
+# A run of digits as long as a PIN (4 to 8 digits; longer too: a PIN typed with a digit too
+# many), alone: not part of a longer run. Numbers that are no PIN come first and are kept whole:
+# ids (UUIDs), ISO 8601 times, hex status codes (0x1234) and the port of an address
+# (127.0.0.1:3000, [::1]:3000, localhost:3000, ws://zwave:3000, aiohttp's "host zwave:3000"),
+# never the password of a URL.
+_PIN_DIGITS: Final = re.compile(
+    r"(?P<kept>(?<![0-9a-f])[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}(?![0-9a-f])"
+    r"|(?<![0-9])[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[T ][0-9]{2}:[0-9:.]+)?|\b0x[0-9a-f]+"
+    r"|(?:(?<![0-9.])(?:[0-9]{1,3}\.){3}[0-9]{1,3}|\]|\blocalhost|://[a-z0-9.-]+"
+    r"|\bhost [a-z0-9.-]+):[0-9]+(?![0-9@]))"
+    r"|(?<![0-9])[0-9]{4,}(?![0-9])",
+    re.I,
 )
 _SLOT_BEFORE: Final = re.compile(r"slot(?:_id)?\W*$", re.I)
 
 
 def mask_pin_digits(text: str) -> str:
     """`text` with every run of four or more digits that could be a PIN replaced by `****`;
-    a slot number (`slot 1024`) is kept."""
+    a slot number (`slot 1024`), an id, a time or a port is kept."""
 
     def replace(match: re.Match[str]) -> str:
         # only the few characters before the run: a long text stays linear
-        if _SLOT_BEFORE.search(text, max(0, match.start() - 12), match.start()):
+        if match["kept"] or _SLOT_BEFORE.search(text, max(0, match.start() - 12), match.start()):
             return match.group()
         return "****"
 
@@ -256,25 +262,20 @@ def mask_pin_digits(text: str) -> str:
 
 
 def mask_error_pins(value: Any) -> Any:
-    """A copy of a gateway's error texts with the digits that could be a PIN masked, in every
-    string under a code-like key (`code`, `dsk_pin`, …) or that speaks of a code or PIN itself.
-    Texts about lengths, slots, addresses or error numbers come through as sent. Iterative,
-    like `mask_pins`."""
-
-    def masked(text: str, code_like: bool) -> str:
-        return mask_pin_digits(text) if code_like or _CODE_WORD.search(text) else text
-
+    """A copy of a gateway's error texts (a string, or every string at any depth of its
+    `validation_errors`) with the digits that could be a PIN masked (`mask_pin_digits`): a
+    gateway or driver may echo a code in any words, not only next to the word "code".
+    Iterative, like `mask_pins`."""
     if isinstance(value, str):
-        return masked(value, False)
+        return mask_pin_digits(value)
     copy = msgspec.json.decode(msgspec.json.encode(value))
-    stack: list[tuple[Any, bool]] = [(copy, False)]
+    stack = [copy]
     while stack:
-        node, code_like = stack.pop()
+        node = stack.pop()
         items = list(node.items() if isinstance(node, dict) else enumerate(node))
         for key, child in items:
-            under_code = code_like or (isinstance(key, str) and bool(_CODE_WORD.search(key)))
             if isinstance(child, str):
-                node[key] = masked(child, under_code)
+                node[key] = mask_pin_digits(child)
             elif isinstance(child, dict | list):
-                stack.append((child, under_code))
+                stack.append(child)
     return copy

@@ -341,6 +341,28 @@ async def test_a_pin_echoed_under_the_user_code_names_of_zwave_js_is_masked(
     assert "5550199" not in dump
 
 
+async def test_a_pin_in_an_error_text_without_a_code_word_is_masked(cloud: Cloud) -> None:
+    """Digits were masked only in texts that named a code or PIN: a driver that echoed the
+    code in other words showed it to every API user. Ids, times, ports, hex statuses, slot and
+    node numbers in the same texts stay readable."""
+    tunnel, _, _ = await cloud.claimed_gateway()
+    error = {
+        "type": "code_not_confirmed",
+        "message": "the lock answered 48213 for slot 3 (node 12, status 0x0086) at"
+        f" 2026-12-05T23:08:45.123456Z; device {DEVICE_ID} via ws://127.0.0.1:3000",
+        "validation_errors": {"slot_id": ["read back 5550199", "slot 1024 is free"]},
+    }
+    assert await _shown_error(cloud, tunnel, error) == {
+        "type": "code_not_confirmed",
+        "message": "the lock answered **** for slot 3 (node 12, status 0x0086) at"
+        f" 2026-12-05T23:08:45.123456Z; device {DEVICE_ID} via ws://127.0.0.1:3000",
+        "validation_errors": {"slot_id": ["read back ****", "slot 1024 is free"]},
+    }
+    dump = "\n".join(sqlite3.connect(cloud.state.settings.db_path).iterdump())
+    assert "48213" not in dump
+    assert "5550199" not in dump
+
+
 async def test_a_resent_seq_is_acked_but_stored_once(cloud: Cloud) -> None:
     tunnel, gateway_id, credential = await cloud.claimed_gateway()
     event = {
