@@ -374,7 +374,9 @@ class ZigbeeDriver(Driver):
         # would take it past command_timeout_s, and a lock out of reach would never be found).
         self._pinging.add(lock.device_id)
         try:
-            await lock._call(basic.read_attributes(["zcl_version"], allow_cache=False, retries=0))
+            await lock._call(
+                lambda: basic.read_attributes(["zcl_version"], allow_cache=False, retries=0)
+            )
         except Exception:  # noqa: BLE001, S110 - the lock marks itself offline on a failed delivery
             pass
         finally:

@@ -81,6 +81,8 @@ _CODE_HELD: Final = {int(DoorLock.UserStatus.Enabled), int(DoorLock.UserStatus.N
 # lock_door / unlock_door: sent this many times at most, again only when undelivered
 BOLT_SENDS: Final = 3
 BOLT_RESEND_S: Final = 0.1  # zigpy's own pause between tries
+# any request: sent this many times at most while zigpy fails it for the lock's own rejoin
+REJOIN_SENDS: Final = 5
 OWN_ECHO_S: Final = 10.0  # how late a lock's programming event for our own change may come
 _PIN_GENERAL_FAILURE: Final = 1
 _PIN_MEMORY_FULL: Final = 2
@@ -158,6 +160,7 @@ class ZigbeeLock:
         )
         self._unsubscribe: list[Callable[[], None]] = []
         self._closed = False  # its radio connection is gone: a failed delivery is not its own
+        self._hearings = 0  # frames and joins zigpy heard from the lock
 
     # ------------------------------------------------------------------ clusters
 
@@ -208,6 +211,7 @@ class ZigbeeLock:
             self._configuring.cancel()
         if self._resyncing is not None:
             self._resyncing.cancel()
+        self._wake()  # a code change waiting for the lock's word fails now (`_await_programmed`)
         if not self._left.done():
             self._left.set_result(None)
 
@@ -229,12 +233,12 @@ class ZigbeeLock:
         for cid in (DoorLock.cluster_id, PowerConfiguration.cluster_id, Alarms.cluster_id):
             cluster = self._cluster(cid)
             if cluster is not None:
-                await self._call(cluster.bind())
-        await self._call(self.door_lock.configure_reporting("lock_state", 0, 3600, 0))
+                await self._call(cluster.bind)
+        await self._call(lambda: self.door_lock.configure_reporting("lock_state", 0, 3600, 0))
         power = self._cluster(PowerConfiguration.cluster_id)
         if power is not None:
             await self._call(
-                power.configure_reporting("battery_percentage_remaining", 3600, 43200, 2)
+                lambda: power.configure_reporting("battery_percentage_remaining", 3600, 43200, 2)
             )
 
     async def refresh(self, *, from_cache: bool) -> None:
@@ -267,18 +271,18 @@ class ZigbeeLock:
         away: a door opened while the radio was unplugged is reported by no one else."""
         try:
             attrs = ["lock_state", "door_state"]
-            await self._call(self.door_lock.read_attributes(attrs, allow_cache=False))
+            await self._call(lambda: self.door_lock.read_attributes(attrs, allow_cache=False))
             power = self._cluster(PowerConfiguration.cluster_id)
             if power is not None:
                 attrs = ["battery_percentage_remaining"]
-                await self._call(power.read_attributes(attrs, allow_cache=False))
+                await self._call(lambda: power.read_attributes(attrs, allow_cache=False))
         except Exception as exc:  # noqa: BLE001 - a sleeping lock answers later, via its reports
             log.info("zigbee.resync_skipped", device_id=self.device_id, error=type(exc).__name__)
 
     async def _read(self, cluster: Any, attrs: list[str], from_cache: bool) -> None:
         if from_cache and all(cluster.get(a) is not None for a in attrs[:1]):
             return
-        await self._call(cluster.read_attributes(attrs, allow_cache=False))
+        await self._call(lambda: cluster.read_attributes(attrs, allow_cache=False))
 
     def _load_from_cache(self) -> None:
         dl = self.door_lock
@@ -307,6 +311,7 @@ class ZigbeeLock:
         announces with no event at all): after a leave, this is the lock back on the network.
         Looked at a turn later: a join at a new address starts an interview in the same turn,
         and the configuration waits for its end (`reconfigure`, from device_initialized)."""
+        self._hearings += 1
         if self._unbound:
             asyncio.get_running_loop().call_soon(self._back)
 
@@ -676,16 +681,33 @@ class ZigbeeLock:
 
     # ------------------------------------------------------------------ commands
 
-    async def _call(self, aw: Awaitable[Any], *, last_try: bool = True) -> Any:
-        """One zigpy request, bounded, cut short if the lock leaves or the radio goes; errors
-        become typed. A failed delivery that is not the `last_try` is _Undelivered, and does
-        not mark the lock out of reach."""
+    async def _call(self, make: Callable[[], Awaitable[Any]], *, last_try: bool = True) -> Any:
+        """One zigpy request (`make` makes it), bounded, cut short if the lock leaves or the
+        radio goes; errors become typed. A failed delivery that is not the `last_try` is
+        _Undelivered, and does not mark the lock out of reach.
+
+        zigpy fails the requests waiting in its queue for a lock (it sends one at a time) when
+        the lock joins or announces itself: a rejoin, batteries changed, its router restarted.
+        Those were never sent: sent again (REJOIN_SENDS in all), and the lock stays online."""
+        for attempt in range(REJOIN_SENDS):
+            try:
+                return await self._call_once(make(), last_try=last_try)
+            except _Rejoined:
+                if attempt == REJOIN_SENDS - 1:
+                    raise DeviceError(
+                        "the lock kept rejoining the network: the request was not delivered"
+                    ) from None
+                await asyncio.sleep(BOLT_RESEND_S)
+        raise AssertionError("unreachable: the last send returns or raises")
+
+    async def _call_once(self, aw: Awaitable[Any], *, last_try: bool) -> Any:
         if self._closed or (not self.online and self._left.done()):
             if asyncio.iscoroutine(aw):
                 aw.close()  # never sent
             if self._closed:
                 raise DeviceError("the zigbee radio is down")
             raise DeviceOffline("the lock has left the network")
+        hearings = self._hearings
         task = _start(aw)
         left = self._left
         try:
@@ -700,7 +722,7 @@ class ZigbeeLock:
                 task.cancel()
         if task not in done:
             if self._closed:
-                raise DeviceError("the zigbee radio went down during the command")
+                raise _RadioLost("the zigbee radio went down during the command")
             raise DeviceOffline("the lock left the network during the command")
         try:
             result = task.result()
@@ -708,7 +730,11 @@ class ZigbeeLock:
             raise _AnswerLost("the lock did not answer") from None
         except exceptions.DeliveryError:
             if self._closed:  # the radio's failure, not the lock's: it stays online
-                raise DeviceError("the zigbee radio went down during the command") from None
+                raise _RadioLost("the zigbee radio went down during the command") from None
+            if self._hearings != hearings:
+                # heard meanwhile (zigpy's rejoin failure comes just after the lock's word):
+                # on the network, and the request was not delivered
+                raise _Rejoined from None
             if not last_try:
                 raise _Undelivered from None
             self.gone("unreachable")
@@ -759,7 +785,9 @@ class ZigbeeLock:
         for attempt in range(BOLT_SENDS):
             command = dl.lock_door if locked else dl.unlock_door
             try:
-                return await self._call(command(retries=0), last_try=attempt == BOLT_SENDS - 1)
+                return await self._call(
+                    functools.partial(command, retries=0), last_try=attempt == BOLT_SENDS - 1
+                )
             except _Undelivered:
                 await asyncio.sleep(BOLT_RESEND_S)
             except _AnswerLost:
@@ -790,7 +818,9 @@ class ZigbeeLock:
                 async with asyncio.timeout(min(self._opts.report_wait_s, remaining)):
                     await changed.wait()
             except TimeoutError:
-                await self._call(self.door_lock.read_attributes(["lock_state"], allow_cache=False))
+                await self._call(
+                    lambda: self.door_lock.read_attributes(["lock_state"], allow_cache=False)
+                )
 
     async def set_code(self, slot: int, pin: PinCode) -> ActionResult:
         dl = self.door_lock
@@ -798,7 +828,7 @@ class ZigbeeLock:
         # The slot as the lock holds it now, so that a code it already holds is neither written
         # again nor reported as a change.
         digest = code_digest(pin.reveal())
-        held = _readback(await self._call(dl.get_pin_code(slot)))
+        held = _readback(await self._call(lambda: dl.get_pin_code(slot)))
         in_use = held is not None and held[0] in _CODE_HELD and not _is_free(held)
         shown = held[1] if held is not None and in_use and _is_code(held[1]) else None
         if shown is not None and same_code(shown, pin.reveal()):
@@ -811,14 +841,14 @@ class ZigbeeLock:
         self._code_slot, self._programmed = slot, {}
         try:
             rsp = await self._call(
-                dl.set_pin_code(
+                lambda: dl.set_pin_code(
                     slot, DoorLock.UserStatus.Enabled, DoorLock.UserType.Unrestricted, pin.reveal()
                 )
             )
             status = self._status(rsp)
             if status != foundation.Status.SUCCESS:
                 raise _code_refused(slot, status)
-            readback = await self._call(dl.get_pin_code(slot))
+            readback = await self._call(lambda: dl.get_pin_code(slot))
             stored = _readback(readback)
             if stored is not None and stored[0] not in _CODE_HELD:
                 if stored[0] == int(DoorLock.UserStatus.Available):
@@ -836,6 +866,14 @@ class ZigbeeLock:
                 self._confirmed_codes.confirmed(slot, digest)
             elif not same_code(stored[1], pin.reveal()):
                 raise CodeNotConfirmed("the lock reads back a different code")
+        except _RadioLost:
+            # the lock may have stored it: its programming event, if it comes after the
+            # reconnect, goes up as the set carried out
+            self._late_sets.failed(slot)
+            raise DeviceError(
+                f"slot {slot}: the zigbee radio went down before the lock confirmed the code:"
+                " whether the lock holds it is unknown"
+            ) from None
         finally:
             self._code_slot = None
         self._expect_echo(slot, int(_PROG.PINCodeAdded), int(_PROG.PINCodeChanges))
@@ -849,16 +887,16 @@ class ZigbeeLock:
         dl = self.door_lock
         await self._late_sets.wait_out(slot)  # a failed set's late event is reported before this
         self._confirmed_codes.forget(slot)
-        if _is_free(_readback(await self._call(dl.get_pin_code(slot)))):
+        if _is_free(_readback(await self._call(lambda: dl.get_pin_code(slot)))):
             log.info("zigbee.code_already_clear", device_id=self.device_id, slot_id=slot)
             return ActionResult({"slot_id": slot})  # nothing to clear, and no change to report
         self._code_slot, self._programmed = slot, {}
         try:
-            rsp = await self._call(dl.clear_pin_code(slot))
+            rsp = await self._call(lambda: dl.clear_pin_code(slot))
             status = self._status(rsp)
             if status != foundation.Status.SUCCESS:
                 raise DeviceError(f"the lock refused to clear the code ({_name(status)})")
-            stored = _readback(await self._call(dl.get_pin_code(slot)))
+            stored = _readback(await self._call(lambda: dl.get_pin_code(slot)))
             not_reported = stored is not None and stored[0] == int(
                 DoorLock.UserStatus.Not_Supported
             )
@@ -911,6 +949,11 @@ class ZigbeeLock:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._opts.command_timeout_s
         while self._programmed.get(slot or 0) not in codes:
+            if self._closed:  # its event, if it comes, reaches the lock adopted after a reconnect
+                raise _RadioLost(
+                    "the zigbee radio went down before the lock confirmed the change: whether"
+                    " it was made is unknown"
+                )
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise CodeNotConfirmed("the lock masks codes and sent no programming event")
@@ -987,8 +1030,17 @@ class _AnswerLost(ActionTimeout):
     carried out."""
 
 
+class _RadioLost(DeviceError):
+    """The radio connection went down while a request was out: it may have been carried out."""
+
+
 class _Undelivered(Exception):
     """The radio could not deliver a request that will be sent again."""
+
+
+class _Rejoined(Exception):
+    """A request not delivered to a lock heard meanwhile: zigpy fails those it has queued for a
+    lock that joins or announces itself."""
 
 
 class _DeviceRelay:

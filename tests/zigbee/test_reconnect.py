@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
 
 from drivers.zigbee import ZigbeeDriver
 from drivers.zigbee.virtual.radio import VirtualNetwork
 from gatewayd.driver import DriverState, Simulation
-from gatewayd.model import EventName, PinCode, SetCode, Unlock
+from gatewayd.model import CodeNotConfirmed, DeviceError, EventName, PinCode, SetCode, Unlock
 from tests.contract.sink import RecordingSink
 from tests.zigbee.conftest import AnnouncingSink, config, jam, running
 
@@ -224,3 +226,51 @@ async def test_the_late_echo_of_a_code_set_just_before_a_reconnect_is_not_a_seco
         await reconnect(driver, DriverState.READY)
         await asyncio.sleep(2.5)  # the echo has come
         assert sink.code_events(dev, mark, "method") == [("code set on device", "remote")]
+
+
+@pytest.mark.parametrize(
+    ("ieee", "waiting"),
+    [(YALE, "programming-event"), (GENERIC, "answer")],
+    ids=["masking-lock-event", "set-answer"],
+)
+async def test_a_code_set_cut_by_a_radio_loss_fails_at_once_with_its_outcome_unknown(
+    tmp_path: Path, ieee: str, waiting: str
+) -> None:
+    """The radio is lost while a set_code the lock has stored waits for the lock's word (a
+    masking lock's programming event, or the set's answer). The action fails at once,
+    `device_error`, saying whether the slot holds the code is unknown; no code is reported
+    set. Before, it waited for the programming event for the whole command_timeout_s (60 s
+    here), then failed `code_not_confirmed` as if the lock had not taken it; cut in the
+    answer's wait, it failed saying only that the radio went down."""
+    sink = RecordingSink()
+    async with running(tmp_path, sink, config(command_timeout_s=60.0)) as driver:
+        dev = by_native(sink, ieee)
+        assert driver.virtual is not None
+        vlock = driver.virtual.lock(ieee)
+        if waiting == "answer":
+            receive = vlock.receive
+
+            def slow_after_the_read(packet: Any) -> None:
+                receive(packet)
+                vlock.delay_s = 30.0  # the read of the slot is answered, the set is not
+
+            vlock.receive = slow_after_the_read  # type: ignore[method-assign]
+        else:
+            vlock.programming_delay_s = 30.0
+        mark = len(sink.events)
+        setting = asyncio.ensure_future(
+            driver.execute(dev, SetCode(slot_id=3, code=PinCode("4682")))
+        )
+        async with asyncio.timeout(5):
+            while vlock.mem.pins.get(3) != "4682":
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        driver.virtual.unplug()
+        with anyio.fail_after(10), pytest.raises(DeviceError) as failed:
+            await setting
+        assert not isinstance(failed.value, CodeNotConfirmed)
+        assert failed.value.type == "device_error"
+        assert "radio" in str(failed.value)
+        assert "unknown" in str(failed.value)
+        assert "4682" not in str(failed.value)
+        assert sink.code_events(dev, mark, "method") == []

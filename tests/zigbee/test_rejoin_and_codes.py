@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from drivers.zigbee import ZigbeeDriver
 from drivers.zigbee.virtual.lock import VirtualLock
 from gatewayd.driver import Simulation
 from gatewayd.model import (
@@ -24,7 +25,7 @@ from gatewayd.model import (
     SetCode,
     Unlock,
 )
-from tests.zigbee.conftest import running, settled_events
+from tests.zigbee.conftest import config, running, settled_events
 from tests.zigbee.test_odd_reports import GENERIC, YALE, HistorySink, by_native, virtual
 
 pytestmark = pytest.mark.stack
@@ -338,3 +339,66 @@ async def test_a_clear_after_a_set_that_failed_waits_for_its_late_event(tmp_path
             (EventName.CODE_SET, "remote"),
             (EventName.CODE_REMOVED, "remote"),
         ]
+
+
+# ------------------------------------------------------------------ requests cut by a rejoin
+
+
+def slow_request_in_flight(
+    driver: ZigbeeDriver, dev: str, vlock: VirtualLock
+) -> asyncio.Task[None]:
+    """The lock answers 1 s late, and the driver's read of its bolt is on its way: zigpy sends
+    one request at a time to a lock, so the next one waits in zigpy's queue meanwhile."""
+    vlock.delay_s = 1.0
+    return asyncio.ensure_future(driver._locks[dev].resync())
+
+
+async def test_a_ping_cut_by_the_lock_s_announce_does_not_mark_it_offline(tmp_path: Path) -> None:
+    """The lock announces itself (batteries changed, a router restarted) while an availability
+    ping waits for its turn: zigpy fails the waiting request with a delivery error. The lock,
+    which just spoke, stays online. Before, it was marked unreachable: `device disconnected`,
+    then `device connected` at its next frame."""
+    sink = HistorySink()
+    async with running(tmp_path, sink, config(availability_s=0)) as driver:
+        dev, vlock = by_native(sink, GENERIC), virtual(driver, GENERIC)
+        mark = len(sink.events)
+        reading = slow_request_in_flight(driver, dev, vlock)
+        pinging = asyncio.ensure_future(driver._ping(driver._locks[dev]))
+        await asyncio.sleep(0.05)
+        assert driver.virtual is not None
+        driver.virtual.announce(vlock)
+        await asyncio.gather(reading, pinging)
+        assert await settled_events(sink, mark) == []
+        assert all(d.properties.online for d in sink.updates if d.id == dev)
+
+
+@pytest.mark.parametrize("action", [Unlock(), SetCode(slot_id=3, code=PinCode("1357"))])
+async def test_an_action_queued_while_the_lock_rejoins_is_sent_again(
+    tmp_path: Path, action: Unlock | SetCode
+) -> None:
+    """The lock rejoins while an action waits in zigpy's queue, and is heard joining three
+    times (a real rejoin comes as the trust centre's join indication, then the lock's
+    announces): zigpy fails the waiting request each time, unsent. The action is sent again
+    and completes, once (an unlock moves the bolt once), and the lock is never shown offline.
+    Before, it failed `device_offline` and the lock was marked unreachable."""
+    sink = HistorySink()
+    async with running(tmp_path, sink, config(availability_s=0)) as driver:
+        dev, vlock = by_native(sink, GENERIC), virtual(driver, GENERIC)
+        mark = len(sink.events)
+        reading = slow_request_in_flight(driver, dev, vlock)
+        acting = asyncio.ensure_future(driver.execute(dev, action))
+        assert driver.virtual is not None
+        for _ in range(3):
+            await asyncio.sleep(0.25)
+            driver.virtual.announce(vlock)
+        await reading
+        vlock.delay_s = 0.0
+        await acting
+        if isinstance(action, Unlock):
+            assert vlock.bolt_commands == 1
+            expected = [(EventName.DOOR_UNLOCKED, "remote")]
+        else:
+            assert vlock.mem.pins[3] == "1357"
+            expected = [(EventName.CODE_SET, "remote")]
+        assert await settled_events(sink, mark) == expected
+        assert all(d.properties.online for d in sink.updates if d.id == dev)
