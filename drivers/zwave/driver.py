@@ -57,6 +57,7 @@ from gatewayd.model import (
     ActionName,
     ActionNotSupported,
     ActionResult,
+    ActionTimeout,
     ClearCode,
     CodeConstraints,
     CodeNotConfirmed,
@@ -120,9 +121,13 @@ class _Lock:
     battery_low: bool = False
     masked: bool = False
     last_seen: Any = None
+    removed: bool = False  # its node left the network ("node removed"): its waits end
     code_waiters: dict[int, asyncio.Future[bool]] = field(default_factory=dict)
     # the set_code in flight: resolved when the lock says it refused the code as a duplicate
     code_refusal: asyncio.Future[None] | None = None
+    # until when (time.monotonic) the "duplicate code" notice of each set that failed before
+    # the lock said why may still come: the reason for that set, not the answer to the next
+    late_refusals: list[float] = field(default_factory=list)
     # (slot, code present, until when, on time.monotonic) of our own sets and clears whose
     # "user code added/deleted" notification may still come: it is the lock confirming them
     own_codes: list[tuple[int, bool, float]] = field(default_factory=list)
@@ -141,6 +146,15 @@ class _Lock:
         # prune them) must not keep one entry per code change it ever made
         self.own_codes = [own for own in self.own_codes if own[2] >= now]
         self.own_codes.append((slot, present, now + OWN_ECHO_S))
+
+    def late_refusal(self) -> bool:
+        """Whether a "duplicate code" notice is the late one of a failed set (used up if so)."""
+        now = time.monotonic()
+        self.late_refusals = [until for until in self.late_refusals if until >= now]
+        if self.late_refusals:
+            del self.late_refusals[0]
+            return True
+        return False
 
     def is_own_echo(self, slot: int, present: bool) -> bool:
         """Whether a code notification is the echo of our own change (used up if so)."""
@@ -369,8 +383,14 @@ class ZWaveDriver(Driver):
         uncompressed = UncompressedSession(self._http, self._config.heartbeat_s)
         session = cast(aiohttp.ClientSession, uncompressed)
         client = Client(self._config.url, session)
-        with anyio.fail_after(self._config.connect_timeout_s):
-            await client.connect()
+        try:
+            with anyio.fail_after(self._config.connect_timeout_s):
+                await client.connect()
+        except BaseException:
+            # the websocket may be open (zwave-server took the upgrade, then sent nothing):
+            # left open, each attempt against a hung zwave-server would keep its socket
+            await _disconnect(client)
+            raise
         failure: list[BaseException] = []
         first = self._client_generation == 0
         try:
@@ -409,11 +429,7 @@ class ZWaveDriver(Driver):
         finally:
             self._detach()
             self._client = None
-            # bounded: a shielded wait on a server that no longer answers would hold up stop()
-            with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True) as closing:
-                await client.disconnect()
-            if closing.cancelled_caught:
-                log.warning("zwave.close_timeout", timeout_s=CLOSE_TIMEOUT_S)
+            await _disconnect(client)
         raise failure[0] if failure else _Disconnected()
 
     def _attach(self, client: Client) -> None:
@@ -556,6 +572,11 @@ class ZWaveDriver(Driver):
         self._insecure.pop(node.node_id, None)
         lock = self._locks.pop(node.node_id, None)
         log.info("zwave.node_removed", node_id=node.node_id)
+        if lock is not None:
+            # a set waiting for the lock's word ends now, not after code_confirm_s
+            lock.removed = True
+            for fut in lock.code_waiters.values():
+                fut.cancel()
         if lock is not None and self._sink is not None:
             lock.tracker.close()
             self._sink.device_removed(lock.device_id)
@@ -786,7 +807,9 @@ class ZWaveDriver(Driver):
         elif notice.kind == "code_duplicate":
             # One command in flight per lock; locks differ in which slot they name, if any.
             refusal = lock.code_refusal
-            if refusal is not None and not refusal.done():
+            if lock.late_refusal():
+                log.info("zwave.duplicate_code_late", device_id=did, slot_id=notice.slot_id)
+            elif refusal is not None and not refusal.done():
                 refusal.set_result(None)
             else:
                 log.info("zwave.duplicate_code_refused", device_id=did, slot_id=notice.slot_id)
@@ -875,6 +898,7 @@ class ZWaveDriver(Driver):
         refusal: asyncio.Future[None] = loop.create_future()
         lock.code_waiters[slot] = waiter
         lock.code_refusal = refusal
+        stored = False
         try:
             if not await commands.write_code(node, slot, digits):
                 # the lock said so under Supervision: no read-back or notification to wait for,
@@ -885,7 +909,7 @@ class ZWaveDriver(Driver):
             if commands.is_masked(read):
                 lock.masked = True
                 try:
-                    confirmed = await self._await_programming(waiter, refusal, slot)
+                    confirmed = await self._await_programming(lock, waiter, refusal, slot)
                 except CodeNotConfirmed:
                     lock.late_sets.failed(slot)
                     raise
@@ -898,9 +922,12 @@ class ZWaveDriver(Driver):
                 raise CodeNotConfirmed(
                     f"slot {slot}: the lock did not store the code and gave no reason"
                 )
+            stored = True
         finally:
             lock.code_waiters.pop(slot, None)
             lock.code_refusal = None
+            if not stored and not refusal.done():  # the lock may still say why, late
+                lock.late_refusals.append(time.monotonic() + OWN_ECHO_S)
         if not waiter.done():  # its notification, if the lock sends one, is still to come
             lock.expect_echo(slot, True)
         if commands.is_masked(read):
@@ -934,7 +961,7 @@ class ZWaveDriver(Driver):
         return ActionResult({"slot_id": slot})
 
     async def _await_programming(
-        self, waiter: asyncio.Future[bool], refusal: asyncio.Future[None], slot: int
+        self, lock: _Lock, waiter: asyncio.Future[bool], refusal: asyncio.Future[None], slot: int
     ) -> bool:
         try:
             with anyio.fail_after(self._config.code_confirm_s):
@@ -948,6 +975,8 @@ class ZWaveDriver(Driver):
             ) from None
         if refusal.done():
             raise DuplicateCode.in_slot(slot)
+        if waiter.cancelled() and lock.removed:
+            raise DeviceNotFound(f"slot {slot}: the lock was removed before it confirmed the code")
         if waiter.cancelled():  # the link to zwave-server went down; its teardown dropped it
             raise DeviceError(
                 f"slot {slot}: connection to zwave-server lost before the lock confirmed the code"
@@ -1155,11 +1184,13 @@ class ZWaveDriver(Driver):
                 raise InvalidInput(f"mock refused {what}: {await resp.text()}")
         if what in (Simulation.OFFLINE, Simulation.ONLINE):
             # The controller notices a lock went away (or came back) on its next transmission.
+            # through commands.call: a link lost meanwhile is a DeviceError, not the client's
+            # CancelledError (which would look like the caller's own cancellation)
             node = self._node(lock)
             try:
-                await node.async_ping()
-            except Exception as exc:  # noqa: BLE001 - a failed ping is the point
-                log.info("zwave.ping_failed", node_id=lock.node_id, error=type(exc).__name__)
+                await commands.call("ping", node.async_ping())
+            except ActionTimeout as exc:  # a ping the node does not answer is the point
+                log.info("zwave.ping_failed", node_id=lock.node_id, error=str(exc))
 
     # ------------------------------------------------------------------ helpers
 
@@ -1188,6 +1219,15 @@ class ZWaveDriver(Driver):
         if node is None:
             raise DeviceNotFound(f"node {lock.node_id} is no longer in the network")
         return node
+
+
+async def _disconnect(client: Client) -> None:
+    """Close a client's websocket, bounded: a shielded wait on a server that no longer answers
+    would hold up stop(). Cut short, aiohttp still closes the socket."""
+    with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True) as closing:
+        await client.disconnect()
+    if closing.cancelled_caught:
+        log.warning("zwave.close_timeout", timeout_s=CLOSE_TIMEOUT_S)
 
 
 def _home(home_id: int) -> str:

@@ -6,6 +6,7 @@ once; the later re-check (code_recheck_s) only reports a code the lock dropped s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,17 @@ import pytest
 from structlog.testing import capture_logs
 
 from drivers.zwave import ZWaveDriver
-from drivers.zwave.events import AC_ALL_CODES_DELETED, AC_CODE_ADDED, ACCESS_CONTROL
+from drivers.zwave.events import (
+    AC_ALL_CODES_DELETED,
+    AC_CODE_ADDED,
+    AC_CODE_DUPLICATE,
+    ACCESS_CONTROL,
+)
 from gatewayd.driver import Simulation
 from gatewayd.model import (
     ClearCode,
     CodeNotConfirmed,
+    DeviceNotFound,
     EventName,
     GatewayError,
     InvalidInput,
@@ -27,7 +34,7 @@ from gatewayd.model import (
     SetCode,
 )
 from tests.contract.sink import RecordingSink
-from tests.zwave.conftest import Tasks, driver_with
+from tests.zwave.conftest import Tasks, driver_with, until
 from tests.zwave.stack import ZWaveStack, native_id
 
 pytestmark = pytest.mark.stack
@@ -349,6 +356,36 @@ async def test_a_late_notice_of_a_clear_does_not_fail_the_next_set_of_the_slot(
     assert sink.code_events(dev, mark, "method") == [("code set on device", "remote")]
 
 
+async def test_a_late_duplicate_notice_of_a_failed_set_does_not_fail_the_next_set_of_the_slot(
+    zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack
+) -> None:
+    """A masking lock refuses a PIN another slot holds and says why only after the set has
+    given up waiting for its reason (REFUSAL_WAIT_S): the set failed code_not_confirmed. That
+    late "duplicate code" notice comes while the next set of the slot, a new code the lock
+    stores, waits for its "user code added". It is the first set's reason, not the answer to
+    the second. Before, it failed the second set duplicate_code though the lock stored its code,
+    and the lock's "user code added" then went up as a keypad change."""
+    driver, sink = zwave
+    dev = sink.ids[native_id(4)]  # Kwikset 916 mock: reports codes as ****
+    await driver.execute(dev, SetCode(slot_id=2, code=PinCode("80461357")))
+    zwave_stack.control(4, "duplicates", mode="silent")  # its notice is sent by hand, late
+    with pytest.raises(CodeNotConfirmed):
+        await driver.execute(dev, SetCode(slot_id=3, code=PinCode("80461357")))
+    zwave_stack.control(4, "code_notify", delay_s=1.0)
+    mark = len(sink.events)
+
+    setting = asyncio.ensure_future(driver.execute(dev, SetCode(slot_id=3, code=PinCode("2468"))))
+    await until(lambda: zwave_stack.control(4, "state")["slots"] == [2, 3])
+    assert not setting.done()  # it waits for the lock's "user code added"
+    zwave_stack.control(4, "notify_raw", type=ACCESS_CONTROL, event=AC_CODE_DUPLICATE, params=[3])
+    with anyio.fail_after(10):
+        result = await setting
+
+    assert result.details == {"slot_id": 3}
+    await anyio.sleep(1.5)  # the lock's notice of the second set is in
+    assert sink.code_events(dev, mark, "method") == [("code set on device", "remote")]
+
+
 @pytest.mark.parametrize("meanwhile", ["out_of_reach", "all_codes_deleted"])
 async def test_a_code_set_again_after_the_lock_may_have_changed_it_is_reported(
     zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack, meanwhile: str
@@ -411,3 +448,34 @@ async def test_a_late_notice_of_a_failed_set_is_heard_before_the_next_change_of_
         expected = [("code set on device", "remote"), ("code removed from device", "remote")]
     await anyio.sleep(0.5)  # a notice of the last command is in
     assert sink.code_events(dev, mark, "method") == expected
+
+
+async def test_a_lock_removed_while_a_set_waits_for_its_word_ends_the_set_at_once(
+    tmp_path: Path, tasks: Tasks
+) -> None:
+    """A masking lock stored the code and reads back "****"; before its "user code added"
+    comes, it goes out of reach and is removed from the network (remove failed node): the set
+    ends then, device_not_found. Before, it waited out code_confirm_s and failed as a lock that
+    did not confirm the code, of a device that no longer existed."""
+    stack = ZWaveStack(tmp_path / "stack", locks=3)  # of its own: a removed node stays removed
+    try:
+        await anyio.to_thread.run_sync(stack.start)
+        async with driver_with(stack, tmp_path, tasks, code_confirm_s=60.0) as (driver, sink):
+            dev = sink.ids[native_id(4)]  # Kwikset 916 mock: reports codes as ****
+            stack.control(4, "code_notify", delay_s=120.0)  # its word would come after the wait
+            setting = asyncio.ensure_future(
+                driver.execute(dev, SetCode(slot_id=2, code=PinCode("13579")))
+            )
+            await until(lambda: stack.control(4, "state")["slots"] == [2])
+            await anyio.sleep(1.0)  # the read-back is in: the set waits for the lock's word
+            assert not setting.done()
+            await driver.simulate(dev, Simulation.OFFLINE, {})
+            await sink.wait_event(dev, EventName.DEVICE_DISCONNECTED, timeout=15)
+            await driver.unpair(10, dev)
+            await sink.wait_for(lambda: dev in sink.removed, timeout=30)
+            await asyncio.wait({setting})
+            with pytest.raises(DeviceNotFound) as err:
+                setting.result()
+            assert "removed" in err.value.message
+    finally:
+        stack.stop()

@@ -17,8 +17,8 @@ from zwave_js_server.const import InclusionState
 from zwave_js_server.model.driver import Driver
 
 from drivers.zwave import ZWaveDriver
-from gatewayd.driver import DriverContext, DriverState
-from gatewayd.model import EventName, GatewayError, Lock, Unlock
+from gatewayd.driver import DriverContext, DriverState, Simulation
+from gatewayd.model import DeviceError, EventName, GatewayError, Lock, Unlock
 from tests.contract.sink import RecordingSink
 from tests.zwave.conftest import Tasks, make_config, until
 from tests.zwave.stack import ZWaveStack, native_id
@@ -132,6 +132,30 @@ async def test_commands_sent_as_the_link_resets_fail_typed(tmp_path: Path, tasks
         ]
         assert raw == []
         proxy.refuse = False
+        await until(lambda: driver.health().state is DriverState.READY, timeout=20)
+
+
+async def test_a_simulation_whose_ping_is_cut_off_by_a_lost_link_fails_typed(
+    tmp_path: Path, tasks: Tasks
+) -> None:
+    """simulate(offline) (mock only) pings the lock so that the controller notices it is gone;
+    the link drops before the answer and the client cancels the ping's future: a DeviceError,
+    as for any command cut off by a lost link. Before, the ping did not go through
+    commands.call and the client's CancelledError came out of simulate: the status API's
+    handler ended as if cancelled, not with an error."""
+    async with behind_proxy(tmp_path, tasks) as (_stack, proxy, driver, sink):
+        dev = sink.ids[native_id(2)]
+        proxy.blackhole = True  # the link stays up; the ping goes unanswered
+        simulating = asyncio.ensure_future(driver.simulate(dev, Simulation.OFFLINE, {}))
+        await anyio.sleep(1.0)
+        assert not simulating.done()  # waiting for zwave-server's answer to the ping
+        proxy.refuse = True
+        proxy.cut()
+        with anyio.fail_after(5):
+            await asyncio.wait({simulating})
+        assert not simulating.cancelled(), "the client's cancellation left simulate"
+        assert isinstance(simulating.exception(), DeviceError)
+        proxy.blackhole = proxy.refuse = False
         await until(lambda: driver.health().state is DriverState.READY, timeout=20)
 
 

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import anyio
 import pytest
+from aiohttp import WSMsgType, web
 
 from drivers.zwave import ZWaveDriver
 from drivers.zwave.driver import STOP_TIMEOUT_S
+from gatewayd.config import ZWaveConfig
 from gatewayd.daemon import DB_NAME
 from gatewayd.driver import DriverContext, DriverState
 from gatewayd.model import (
@@ -56,6 +58,52 @@ async def test_server_down_at_start_then_up(tmp_path: Path, tasks: Tasks) -> Non
         await driver.stop()
     finally:
         stack.stop()
+
+
+async def test_a_zwave_server_that_hangs_after_the_upgrade_is_left_no_open_socket(
+    tmp_path: Path, tasks: Tasks
+) -> None:
+    """zwave-server takes the websocket upgrade, then sends nothing (no version, no state dump):
+    each connect attempt times out and closes the websocket it opened. Before, every attempt
+    left its socket open (our pings kept it alive) until the driver stopped: on a box whose
+    zwave-server hung, one file descriptor more per reconnect, for weeks."""
+    upgrades = 0
+    open_sockets = 0
+
+    async def hang(request: web.Request) -> web.StreamResponse:
+        nonlocal upgrades, open_sockets
+        if upgrades >= 3:  # no more upgrades: only the attempts already made hold sockets
+            raise web.HTTPServiceUnavailable
+        upgrades += 1
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        open_sockets += 1
+        try:
+            async for msg in ws:  # answers pings; ends when the client closes
+                assert msg.type is not WSMsgType.ERROR
+        finally:
+            open_sockets -= 1
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/", hang)
+    runner = web.AppRunner(app, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    config = ZWaveConfig(
+        enabled=True, url=f"ws://127.0.0.1:{port}", connect_timeout_s=0.3, reconnect_max_s=0.2
+    )
+    driver = ZWaveDriver(config, DriverContext(tmp_path, tasks.spawn))
+    try:
+        await driver.start(RecordingSink())
+        await until(lambda: upgrades == 3)
+        await until(lambda: open_sockets == 0, timeout=5)
+        assert driver.health().state is DriverState.DOWN
+    finally:
+        await driver.stop()
+        await runner.cleanup()
 
 
 async def test_server_restart_resyncs_without_repeating_events(

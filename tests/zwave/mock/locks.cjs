@@ -40,6 +40,8 @@
 // POST /controller/remove_node {node_id}: the node leaves the controller's node table (excluded
 //   or removed as failed through another client while zwave-server was away); zwave-js, started
 //   again, no longer lists it. Not undone by reset.
+// Remove Failed Node (zwave-js's removeFailedNode) takes a lock that is offline out of the node
+//   table: zwave-js says "node removed". Not undone by reset.
 
 "use strict";
 
@@ -68,8 +70,12 @@ const DUPLICATE_MODES = ["notify", "silent", "accept"];
 exports.default = function mockConfig({ require: req }) {
 	const cc = req("@zwave-js/cc");
 	const { CommandClasses, SecurityClass, generateECDHKeyPair, dskToString } = req("@zwave-js/core");
-	const { createMockZWaveRequestFrame } = req("@zwave-js/testing");
-	const { AddNodeToNetworkRequest, AddNodeType, ApplicationCommandRequest } = req("@zwave-js/serial/serialapi");
+	const { createMockZWaveRequestFrame, getDefaultMockControllerCapabilities } = req("@zwave-js/testing");
+	const { FunctionType } = req("@zwave-js/serial");
+	const {
+		AddNodeToNetworkRequest, AddNodeType, ApplicationCommandRequest, RemoveFailedNodeRequest,
+		RemoveFailedNodeRequestStatusReport, RemoveFailedNodeResponse,
+	} = req("@zwave-js/serial/serialapi");
 
 	const count = Math.max(1, Math.min(LOCKS.length, Number(process.env.ZWAVE_MOCK_LOCKS || "2")));
 	const controlPort = Number(process.env.ZWAVE_MOCK_CONTROL_PORT || "0");
@@ -374,6 +380,24 @@ exports.default = function mockConfig({ require: req }) {
 				return msg instanceof AddNodeToNetworkRequest && msg.addNodeType === AddNodeType.Stop && idle;
 			},
 		});
+		// Remove failed node (the mock controller has no behaviour for it): a lock that is offline
+		// leaves the node table, as on a real stick; any other node is "not in the failed list".
+		controller.defineBehavior({
+			async onHostMessage(ctrl, msg) {
+				if (!(msg instanceof RemoveFailedNodeRequest)) return false;
+				const node = ctrl.nodes.get(msg.failedNodeId);
+				const failed = node !== undefined && lockOf(node) !== undefined && st(node).offline;
+				await ctrl.sendMessageToHost(new RemoveFailedNodeResponse({
+					removeStatus: failed ? 0 : 0x08, payload: Uint8Array.from([failed ? 0 : 0x08]),
+				}));
+				if (!failed) return true;
+				ctrl.removeNode(node);
+				await ctrl.sendMessageToHost(new RemoveFailedNodeRequestStatusReport({
+					callbackId: msg.callbackId, removeStatus: 1, payload: Uint8Array.from([msg.callbackId, 1]),
+				}));
+				return true;
+			},
+		});
 		if (!controlPort) return;
 		const resetLock = async (self) => {
 			const s = st(self);
@@ -542,5 +566,8 @@ exports.default = function mockConfig({ require: req }) {
 	}
 
 	const homeId = Number(process.env.ZWAVE_MOCK_HOME_ID || 0x7e57d00d);
-	return { controller: { homeId, ...(securityKeys ? { securityKeys } : {}) }, nodes, onInit };
+	// zwave-js refuses removeFailedNode on a stick that does not list the function (see onInit)
+	const { supportedFunctionTypes } = getDefaultMockControllerCapabilities();
+	const capabilities = { supportedFunctionTypes: [...supportedFunctionTypes, FunctionType.RemoveFailedNode] };
+	return { controller: { homeId, capabilities, ...(securityKeys ? { securityKeys } : {}) }, nodes, onInit };
 };
