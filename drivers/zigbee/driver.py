@@ -333,7 +333,7 @@ class ZigbeeDriver(Driver):
             quirk=type(zdev).__name__,
             joined=joined,
         )
-        self._sink.device_added(lock.announce())
+        lock.announce()
         if not joined:
             self._spawn_task(lock.restarted())
 

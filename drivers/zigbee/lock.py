@@ -69,6 +69,9 @@ _PIN_CHANGES: Final = {
     int(_PROG.PINCodeDeleted),
 }
 _PROGRAMMING_METHODS: Final = {int(_SRC.Keypad): Method.KEYPAD, int(_SRC.RF): Method.RF}
+# the user id of a programming event for every user at once (all codes cleared at the keypad's
+# master menu): 0xFF on locks with 8-bit user ids, 0xFFFF on the others
+_ALL_USERS: Final = {0xFF, 0xFFFF}
 # the standard attributes the lock follows, by cluster
 _ATTRIBUTES: Final = {
     DoorLock.cluster_id: ("lock_state", "door_state"),
@@ -83,6 +86,7 @@ BOLT_SENDS: Final = 3
 BOLT_RESEND_S: Final = 0.1  # zigpy's own pause between tries
 # any request: sent this many times at most while zigpy fails it for the lock's own rejoin
 REJOIN_SENDS: Final = 5
+HELD_EVENTS: Final = 64  # events a lock not yet announced holds for its device_added
 OWN_ECHO_S: Final = 10.0  # how late a lock's programming event for our own change may come
 _PIN_GENERAL_FAILURE: Final = 1
 _PIN_MEMORY_FULL: Final = 2
@@ -152,8 +156,14 @@ class ZigbeeLock:
         # after a failed configuration, not again before this (loop time): the lock's own
         # answers to it would otherwise start the next one at once, over and over
         self._configure_after = 0.0
-        self._quiet = False
+        # `refresh` runs: its read's answers are the state the lock is in, not events
+        self._reading = False
+        self._reported: dict[tuple[int, str], int] = {}  # what the lock reported meanwhile
+        # when the bolt state was last taken in with no event (loop time): an operation event
+        # that follows within event_merge_s tells of that very change, and goes out
+        self._bolt_untold = -1.0
         self._device: Device | None = None
+        self._held: list[DoorEvent] = []  # events from before device_added, sent after it
         self._codes: tuple[tuple[Any, ...], CodeConstraints] = ((), DEFAULT_CODES)
         self._ep = next(
             ep for ep in zdev.non_zdo_endpoints if DoorLock.cluster_id in ep.in_clusters
@@ -222,6 +232,9 @@ class ZigbeeLock:
         Called before `old` is closed."""
         self.locked, self.jammed, self._low_battery = old.locked, old.jammed, old._low_battery
         self._own_programming, self._late_sets = old._own_programming, old._late_sets
+        # announced already, its events go up as they come; else (its adoption was cut off
+        # before `announce`) the events it held wait for this one's
+        self._device, self._held = old._device, old._held
         self._bolt_unknown, self._door_unknown = old._bolt_unknown, old._door_unknown
         self.online, self._unbound = old.online, old._unbound
         if old._has_left:
@@ -242,8 +255,10 @@ class ZigbeeLock:
             )
 
     async def refresh(self, *, from_cache: bool) -> None:
-        """Load bolt, door, battery and code limits: from zigpy's cache after a restart."""
-        self._quiet = True
+        """Load bolt, door, battery and code limits: from zigpy's cache after a restart. What
+        the lock reports on its own meanwhile (a keypad unlock, the door) is no answer of the
+        read: it goes up as an event."""
+        self._reading, self._reported = True, {}
         try:
             attrs = ["lock_state", "door_state", "num_of_pin_users_supported"]
             attrs += ["max_pin_len", "min_pin_len"]
@@ -256,7 +271,7 @@ class ZigbeeLock:
                 await self._read(basic, ["sw_build_id"], from_cache)
             self._load_from_cache()
         finally:
-            self._quiet = False
+            self._reading = False
 
     async def restarted(self) -> None:
         """After a restart: `resync`, then bind and configure reporting again. Nothing tells
@@ -291,10 +306,10 @@ class ZigbeeLock:
             self._apply_lock_state(int(state))
         door = dl.get("door_state")
         if door is not None:
-            self._door_state(int(door))
+            self._door_state(int(door), quiet=True)
         power = self._cluster(PowerConfiguration.cluster_id)
         if power is not None and power.get("battery_percentage_remaining") is not None:
-            self._apply_battery(int(power.get("battery_percentage_remaining")))
+            self._apply_battery(int(power.get("battery_percentage_remaining")), quiet=True)
 
     # ------------------------------------------------------------------ rejoins
 
@@ -412,13 +427,24 @@ class ZigbeeLock:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    def announce(self) -> Device:
-        """The Device, for device_added; later changes go out as device_updated."""
+    def announce(self) -> None:
+        """device_added, then the events heard while the lock was being read; later changes go
+        out as device_updated."""
         self._device = self.device()
-        return self._device
+        self._sink.device_added(self._device)
+        held, self._held = self._held, []
+        for event in held:
+            self._sink.door_event(event)
 
     def _event(self, name: EventName, **details: Any) -> None:
-        self._sink.door_event(DoorEvent(device_id=self.device_id, event_name=name, details=details))
+        event = DoorEvent(device_id=self.device_id, event_name=name, details=details)
+        if self._device is None:
+            if len(self._held) < HELD_EVENTS:  # bounded: a lock that never finishes its read
+                self._held.append(event)  # the cloud hears of the device first
+            else:
+                log.warning("zigbee.event_dropped", device_id=self.device_id, event=str(name))
+        else:
+            self._sink.door_event(event)
 
     # ------------------------------------------------------------------ availability
 
@@ -453,20 +479,35 @@ class ZigbeeLock:
 
     # ------------------------------------------------------------------ zigpy callbacks
 
-    def on_attribute(self, cluster_id: int, name: str | None, value: Any) -> None:
-        """A standard attribute by its name: a manufacturer's attribute may share its id."""
+    def on_attribute(
+        self, cluster_id: int, name: str | None, value: Any, *, reported: bool
+    ) -> None:
+        """A standard attribute by its name: a manufacturer's attribute may share its id.
+        `reported`: the lock sent it on its own, not as an answer to a read."""
         if value is None or name not in _ATTRIBUTES.get(cluster_id, ()):
             return
         if not isinstance(value, int):
             log.info("zigbee.attribute_ignored", device_id=self.device_id, attribute=name)
             return
+        quiet = self._reading and not reported
+        if self._reading:
+            key = (cluster_id, name)
+            if reported:
+                self._reported[key] = value
+            elif key in self._reported:
+                # zigpy applies a read's answer a turn after its frame, so a report sent after
+                # the answer can come first: the report is the newer word (or a later one
+                # follows). zigpy's cache gets it back; that update comes here, the same value.
+                if value != self._reported[key]:
+                    self._ep.in_clusters[cluster_id].update_attribute(name, self._reported[key])
+                return
         if name == "lock_state":
-            self._lock_state_report(int(value))
+            self._lock_state_report(int(value), quiet=quiet)
             self._bolt_word()
         elif name == "door_state":
-            self._door_state(int(value))
+            self._door_state(int(value), quiet=quiet)
         elif name == "battery_percentage_remaining":
-            self._apply_battery(int(value))
+            self._apply_battery(int(value), quiet=quiet)
             self._publish()
 
     def on_command(self, cluster_id: int, command_id: int, args: Any) -> None:
@@ -498,19 +539,19 @@ class ZigbeeLock:
         self._bolt_unknown = True  # 0xFF undefined, or a value outside the enum
         return None
 
-    def _jam(self) -> None:
+    def _jam(self, *, quiet: bool = False) -> None:
         self._jams += 1
         if self.jammed:
             self._wake()  # jammed again: a lock or unlock in flight failed
             return
         self.jammed = True
-        if not self._quiet:
+        if not quiet:
             self._event(EventName.DOOR_JAMMED)
         self._publish()
 
-    def _lock_state_report(self, state: int) -> None:
+    def _lock_state_report(self, state: int, *, quiet: bool) -> None:
         if state == 0:
-            self._jam()
+            self._jam(quiet=quiet)
             return
         if state not in (1, 2):
             if not self._bolt_unknown:
@@ -525,9 +566,13 @@ class ZigbeeLock:
                 self._bolt_unknown = False
                 self._publish()
             return  # a repeat (zigpy's reported and updated events, our own cache write)
+        # during the read, a first word on the bolt is its state (a lock may report it as soon
+        # as its reporting is configured); its operation event, if it moved, tells otherwise
+        quiet = quiet or (self._reading and self.locked is None)
         self._apply_lock_state(state)
         self._publish()
-        if self._quiet:
+        if quiet:
+            self._bolt_untold = asyncio.get_running_loop().time()
             return
         if self._expect is not None and self._expect == locked:
             self._bolt_event(locked, Method.REMOTE, None)
@@ -543,6 +588,7 @@ class ZigbeeLock:
         if self._pending is not None:
             self._pending.cancel()
             self._pending = None
+        self._bolt_untold = -1.0  # told now: a later operation event is no news of it
         if method is Method.REMOTE:
             self._confirmed = True  # our command's report went out: set_locked sends no other
         details: dict[str, Any] = {"method": str(method)}
@@ -568,7 +614,8 @@ class ZigbeeLock:
             return
         self._bolt_word()
         method, slot = self._method(code, source, user, locked)
-        pending = self._pending is not None
+        untold = asyncio.get_running_loop().time() - self._bolt_untold <= self._opts.event_merge_s
+        pending = self._pending is not None or untold
         changed = locked != self.locked or self.jammed
         was_unknown = self._bolt_unknown
         self.locked, self.jammed, self._bolt_unknown = locked, False, False
@@ -612,7 +659,7 @@ class ZigbeeLock:
             return (Method.REMOTE if self._expect == locked else Method.RF), None
         return Method.UNKNOWN, None
 
-    def _door_state(self, state: int) -> None:
+    def _door_state(self, state: int, *, quiet: bool) -> None:
         """0 open, 1 closed, 3 forced open; 2 jammed, 4 error, 0xFF or another value: unknown."""
         if state not in (0, 1, 3):
             if not self._door_unknown:
@@ -627,11 +674,11 @@ class ZigbeeLock:
                 self._publish()
             return
         self.door_open = is_open
-        if not self._quiet:
+        if not quiet:
             self._event(EventName.DOOR_OPENED if is_open else EventName.DOOR_CLOSED)
         self._publish()
 
-    def _apply_battery(self, raw: int) -> None:
+    def _apply_battery(self, raw: int, *, quiet: bool) -> None:
         """battery_percentage_remaining, in half percent; 0xFF (ZCL: invalid) or beyond 200 (also
         0xFF doubled by a whole-percent quirk) is unknown."""
         if not 0 <= raw <= 200:
@@ -643,7 +690,7 @@ class ZigbeeLock:
         self.battery = level
         if level < LOW_BATTERY and not self._low_battery:
             self._low_battery = True
-            if not self._quiet:
+            if not quiet:
                 self._event(EventName.LOW_BATTERY, battery_level=level)
         elif level >= BATTERY_RECOVERED:
             self._low_battery = False
@@ -656,8 +703,14 @@ class ZigbeeLock:
             self._changed = asyncio.Event()
             return
         source = int(args.program_event_source)
+        method = str(_PROGRAMMING_METHODS.get(source, Method.UNKNOWN))
         if not self.codes().has_slot(user):
-            if code in _PIN_CHANGES:
+            if code == int(_PROG.PINCodeDeleted) and user in _ALL_USERS:
+                # every slot emptied at the lock: none holds a code we saw confirmed any more
+                self._confirmed_codes.forget_all()
+                log.warning("zigbee.all_codes_deleted", device_id=self.device_id)
+                self._event(EventName.CODE_REMOVED, all_codes=True, method=method)
+            elif code in _PIN_CHANGES:
                 log.info("zigbee.programming_slot_ignored", device_id=self.device_id, slot_id=user)
             return
         if source != int(_SRC.Keypad) and self._is_own_echo(user, code):
@@ -673,7 +726,6 @@ class ZigbeeLock:
             self._event(EventName.CODE_SET, slot_id=user, method=str(Method.REMOTE))
             return
         self._confirmed_codes.forget(user)
-        method = str(_PROGRAMMING_METHODS.get(source, Method.UNKNOWN))
         if code in (int(_PROG.PINCodeAdded), int(_PROG.PINCodeChanges)):
             self._event(EventName.CODE_SET, slot_id=user, method=method)
         elif code == int(_PROG.PINCodeDeleted):
@@ -1065,7 +1117,11 @@ class _Relay:
         quirk's value, a read's answer. zigpy does not catch a listener's exception: it would
         cut short the rest of the lock's frame."""
         try:
-            self._lock.on_attribute(self._cluster_id, event.attribute_name, event.value)
+            # a quirk's value (updated event) may be either: taken for an answer
+            reported = event.event_type == zcl.AttributeReportedEvent.event_type
+            self._lock.on_attribute(
+                self._cluster_id, event.attribute_name, event.value, reported=reported
+            )
         except Exception as exc:  # noqa: BLE001 - one odd attribute must not cost the others
             self._failed("attribute", int(event.attribute_id), exc)
 

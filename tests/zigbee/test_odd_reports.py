@@ -191,11 +191,39 @@ async def test_programming_events_with_odd_codes_and_users(tmp_path: Path) -> No
         vlock.odd_programming(KEYPAD, 0x05, 3)  # RFID code added
         vlock.odd_programming(KEYPAD, 0x42, 3)  # not in the enum
         vlock.odd_programming(KEYPAD, PIN_ADDED, 500)
-        vlock.odd_programming(RF, PIN_DELETED, 0xFFFF)
+        vlock.odd_programming(RF, PIN_DELETED, 0x1234)
         vlock.odd_programming(0x07, PIN_ADDED, 5)
         await battery_mark(sink, vlock, dev, 0.5)
         got = [(str(e.event_name), e.details) for e in sink.events[mark:] if e.device_id == dev]
         assert got == [("code set on device", {"slot_id": 5, "method": "unknown"})]
+
+
+@pytest.mark.parametrize("user_id", [0xFF, 0xFFFF])
+async def test_all_codes_cleared_at_the_keypad_is_reported_and_forgotten(
+    tmp_path: Path, user_id: int
+) -> None:
+    """All codes cleared from the keypad's master menu: the lock's PIN Code Deleted names user
+    0xFF (8-bit user ids) or 0xFFFF, no slot. It goes up as one `code removed from device`,
+    all codes, no slot_id; and the code the driver saw confirmed in a slot is forgotten, so the
+    same code set there again, over another one the lock got meanwhile, is reported. Before,
+    the event was dropped as naming a slot the lock does not have, and the set was taken for
+    a rewrite of the code already there: reported to nobody."""
+    sink = HistorySink()
+    async with running(tmp_path, sink) as driver:
+        dev, vlock = by_native(sink, YALE), virtual(driver, YALE)  # it masks its codes
+        await driver.execute(dev, SetCode(slot_id=2, code=PinCode(PIN)))
+        mark = len(sink.events)
+        vlock.mem.pins.clear()
+        vlock.odd_programming(KEYPAD, PIN_DELETED, user_id)
+        event = await sink.wait_event(dev, EventName.CODE_REMOVED, after=mark, timeout=3)
+        assert event.details == {"all_codes": True, "method": "keypad"}
+        vlock.mem.pins[2] = "13572468"  # stored at the keypad, its event lost
+        await driver.execute(dev, SetCode(slot_id=2, code=PinCode(PIN)))
+        got = [(str(e.event_name), e.details) for e in sink.events[mark:] if e.device_id == dev]
+        assert got == [
+            ("code removed from device", {"all_codes": True, "method": "keypad"}),
+            ("code set on device", {"slot_id": 2, "method": "remote"}),
+        ]
 
 
 @pytest.mark.parametrize(
