@@ -62,7 +62,12 @@ _UNLOCKS: Final = {int(_OP.Unlock), int(_OP.KeyUnlock), int(_OP.ScheduleUnlock)}
     int(_OP.Manual_Unlock)
 }
 _WRONG_CODE: Final = {int(_OP.LockFailureInvalidPINorID), int(_OP.UnlockFailureInvalidPINorID)}
+# a code the lock holds, refused outside its schedule: the lock names the user
+_OFF_SCHEDULE: Final = {int(_OP.LockFailureInvalidSchedule), int(_OP.UnlockFailureInvalidSchedule)}
 _TAMPER_ALARMS: Final = {4, 5, 6}  # wrong-code limit, escutcheon removed, forced open
+# Power Configuration's alarms of its first battery: too low to operate, then thresholds 1-3
+# (Yale: critical, very low, low); some locks send them as the Door Lock cluster's
+_BATTERY_ALARMS: Final = {0x10, 0x11, 0x12, 0x13}
 _PIN_CHANGES: Final = {
     int(_PROG.PINCodeAdded),
     int(_PROG.PINCodeChanges),
@@ -517,13 +522,16 @@ class ZigbeeLock:
             elif command_id == DoorLock.ClientCommandDefs.programming_event_notification.id:
                 self._programming(args)
         elif cluster_id == Alarms.cluster_id and command_id == 0x00:
-            if int(args.cluster_id) != DoorLock.cluster_id:
-                return
-            code = int(args.alarm_code)
-            if code == 0:
-                self._jam()
-            elif code in _TAMPER_ALARMS:
-                self._event(EventName.TAMPERED, alarm_code=code)
+            self._alarm(int(args.cluster_id), int(args.alarm_code))
+
+    def _alarm(self, cluster_id: int, code: int) -> None:
+        door_lock = cluster_id == DoorLock.cluster_id
+        if code in _BATTERY_ALARMS and (door_lock or cluster_id == PowerConfiguration.cluster_id):
+            self._battery_low()
+        elif door_lock and code == 0:
+            self._jam()
+        elif door_lock and code in _TAMPER_ALARMS:
+            self._event(EventName.TAMPERED, alarm_code=code)
 
     # ------------------------------------------------------------------ bolt state
 
@@ -606,6 +614,10 @@ class ZigbeeLock:
         if code in _WRONG_CODE:
             self._event(EventName.KEYPAD_INVALID_CODE, method=str(Method.KEYPAD))
             return
+        if code in _OFF_SCHEDULE:
+            named = {"slot_id": user} if self.codes().has_slot(user) else {}
+            self._event(EventName.KEYPAD_INVALID_CODE, method=str(Method.KEYPAD), **named)
+            return
         if code in _LOCKS:
             locked = True
         elif code in _UNLOCKS:
@@ -640,6 +652,8 @@ class ZigbeeLock:
     def _method(self, code: int, source: int, user: int, locked: bool) -> tuple[Method, int | None]:
         if code == int(_OP.AutoLock):
             return Method.AUTO, None
+        if code == int(_OP.OnTouchLock):  # the keypad's lock button, whatever source it names
+            return Method.KEYPAD, None
         if code in (
             int(_OP.Manual_Lock),
             int(_OP.Manual_Unlock),
@@ -688,12 +702,20 @@ class ZigbeeLock:
             return
         level = raw / 200
         self.battery = level
-        if level < LOW_BATTERY and not self._low_battery:
-            self._low_battery = True
-            if not quiet:
-                self._event(EventName.LOW_BATTERY, battery_level=level)
+        if level < LOW_BATTERY:
+            self._battery_low(quiet=quiet)
         elif level >= BATTERY_RECOVERED:
             self._low_battery = False
+
+    def _battery_low(self, *, quiet: bool = False) -> None:
+        """`low battery`, once until the battery is seen recovered: from the percentage, or from
+        the lock's own alarm (the only word of a lock that reports no or a wrong percentage)."""
+        if self._low_battery:
+            return
+        self._low_battery = True
+        if not quiet:
+            level = {} if self.battery is None else {"battery_level": self.battery}
+            self._event(EventName.LOW_BATTERY, **level)
 
     def _programming(self, args: Any) -> None:
         code, user = int(args.program_event_code), int(args.user_id)

@@ -22,8 +22,8 @@ pytestmark = pytest.mark.stack
 YALE, GENERIC = "00:0d:6f:00:0a:90:00:01", "00:0d:6f:00:0a:90:00:02"
 POWER, DOOR_LOCK = 0x0001, 0x0101
 UINT8, ENUM8, STRING = 0x20, 0x30, 0x42
-KEYPAD, RF = 0, 1
-LOCK, UNLOCK = 0x01, 0x02
+KEYPAD, RF, MANUAL = 0, 1, 2
+LOCK, UNLOCK, ONE_TOUCH_LOCK = 0x01, 0x02, 0x07
 PIN_ADDED, PIN_DELETED = 0x02, 0x03
 PIN = "80461357"
 
@@ -306,3 +306,66 @@ def _from_driver(exc: BaseException) -> bool:
             return True
         tb = tb.tb_next
     return False
+
+
+async def test_a_lock_s_own_low_battery_alarm_is_a_low_battery_event(tmp_path: Path) -> None:
+    """Alarms cluster alarm 0x10-0x13 (battery too low to operate, then thresholds 1-3) of the
+    Power Configuration cluster, or of the Door Lock cluster as some locks send it: `low battery`,
+    once until the battery is seen recovered. Other clusters' alarms and other codes are not.
+    Before, every alarm not of the Door Lock cluster was dropped, and 0x10-0x13 there too: a lock
+    whose percentage is wrong or seldom reported died with no warning."""
+    sink = HistorySink()
+    async with running(tmp_path, sink) as driver:
+        dev, vlock = by_native(sink, GENERIC), virtual(driver, GENERIC)
+        await battery_mark(sink, vlock, dev, 0.5)
+        mark = len(sink.events)
+        vlock.odd_alarm(0x13, POWER)
+        ev = await sink.wait_event(dev, EventName.LOW_BATTERY, after=mark)
+        assert ev.details == {"battery_level": 0.5}
+        vlock.odd_alarm(0x10, POWER)  # the same low battery, said again
+        await battery_mark(sink, vlock, dev, 0.6)  # recovered: a new alarm is news
+        vlock.odd_alarm(0x11, DOOR_LOCK)
+        vlock.odd_alarm(0x10, 0x0006)  # On/Off: no battery of the lock's
+        vlock.odd_alarm(0x02, DOOR_LOCK)  # reserved
+        await battery_mark(sink, vlock, dev, 0.7)
+        assert sink.names(dev)[mark:] == ["low battery", "low battery"]
+
+
+async def test_a_code_refused_outside_its_schedule_is_an_invalid_code_with_its_slot(
+    tmp_path: Path,
+) -> None:
+    """Operation events UnlockFailureInvalidSchedule / LockFailureInvalidSchedule: the lock
+    refused a code it holds, at a time its schedule does not allow; `keypad invalid code` with
+    the slot the lock names (none for a user id outside its slots), and the bolt unchanged.
+    Before, both were dropped: a refused entry attempt never reached the cloud."""
+    sink = HistorySink()
+    async with running(tmp_path, sink) as driver:
+        dev, vlock = by_native(sink, GENERIC), virtual(driver, GENERIC)
+        mark = len(sink.events)
+        vlock.odd_operation(KEYPAD, 0x06, 4)
+        vlock.odd_operation(KEYPAD, 0x04, 0xFFFF)
+        await battery_mark(sink, vlock, dev, 0.5)
+        got = [(str(e.event_name), e.details) for e in sink.events[mark:] if e.device_id == dev]
+        assert got == [
+            ("keypad invalid code", {"method": "keypad", "slot_id": 4}),
+            ("keypad invalid code", {"method": "keypad"}),
+        ]
+        assert sink.devices[dev].properties.locked is True
+
+
+@pytest.mark.parametrize("source", [MANUAL, RF, 0xFF], ids=["manual", "rf", "indeterminate"])
+async def test_a_one_touch_lock_is_the_keypad_whatever_source_it_names(
+    tmp_path: Path, source: int
+) -> None:
+    """Operation event OneTouchLock is the keypad's lock button (`keypad`), as the Z-Wave
+    driver reports Access Control "keypad lock". Before, its method came from the source the
+    lock named: `manual`, `rf` or `unknown`."""
+    sink = HistorySink()
+    async with running(tmp_path, sink) as driver:
+        dev, vlock = by_native(sink, GENERIC), virtual(driver, GENERIC)
+        vlock.manual(lock=False)
+        await sink.wait_for(lambda: sink.devices[dev].properties.locked is False)
+        mark = len(sink.events)
+        vlock.odd_operation(source, ONE_TOUCH_LOCK, 0)
+        ev = await sink.wait_event(dev, EventName.DOOR_LOCKED, after=mark)
+        assert ev.details == {"method": "keypad"}

@@ -630,13 +630,17 @@ class VirtualLock:
     def tamper(self) -> None:
         self._alarm(0x05)  # front escutcheon removed from main
 
-    def _alarm(self, code: int) -> None:
+    def _alarm(self, code: int, cluster_id: int = DoorLock.cluster_id) -> None:
         self._unsolicited(
             Alarms.cluster_id,
             Alarms.ClientCommandDefs.alarm,
             alarm_code=code,
-            cluster_id=DoorLock.cluster_id,
+            cluster_id=cluster_id,
         )
+
+    def odd_alarm(self, code: int, cluster_id: int) -> None:
+        """An Alarms cluster alarm with any code, for any cluster of the lock."""
+        self._alarm(code, cluster_id)
 
     def door(self, open_: bool) -> None:
         self.mem.door_state = int(DoorState.Open if open_ else DoorState.Closed)
