@@ -87,7 +87,7 @@ class SimDriver(Driver):
         if self._state is DriverState.READY:
             return
         self._sink = sink
-        ids = self._load_inventory()
+        ids, seeded = self._load_inventory()
         # The locks are hardware: restarting the driver leaves their bolts, codes and batteries
         # as they were (a new process starts them afresh: their codes are never kept on disk).
         known = {lock.native_id: lock for lock in self._locks.values()}
@@ -98,6 +98,9 @@ class SimDriver(Driver):
             if lock is None or lock.device_id != device_id:
                 lock = SimLock(native_id=nid, device_id=device_id, codes=self._codes)
             self._locks[lock.device_id] = lock
+        if seeded:
+            # unwritten, a later start with the count the file still held brought its locks back
+            self._save_inventory()
         timers = self._timers = Timers()
         self._ctx.spawn("sim.timers", timers.run)
         self._state = DriverState.READY
@@ -378,15 +381,16 @@ class SimDriver(Driver):
     def _inventory_path(self) -> Path:
         return self._ctx.state_dir / INVENTORY_FILE
 
-    def _load_inventory(self) -> list[str]:
-        """Native ids of the locks that exist; seeded from config.locks on first start."""
+    def _load_inventory(self) -> tuple[list[str], bool]:
+        """Native ids of the locks that exist, and whether they were seeded from config.locks
+        (on first start, or with a changed count) rather than read from the file."""
         seed = self._config.locks
         try:
             data = json.loads(self._inventory_path().read_text())
             if data.get("seed") == seed:
                 ids = [str(i) for i in data["locks"]]
                 self._next = int(data["next"])
-                return ids
+                return ids, False
         except FileNotFoundError:
             pass
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -394,7 +398,7 @@ class SimDriver(Driver):
                 "sim.inventory_unreadable", path=str(self._inventory_path()), error=str(exc)
             )
         self._next = seed + 1
-        return [native_id(n) for n in range(1, seed + 1)]
+        return [native_id(n) for n in range(1, seed + 1)], True
 
     def _save_inventory(self) -> None:
         path = self._inventory_path()

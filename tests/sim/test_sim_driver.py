@@ -258,6 +258,25 @@ async def test_a_changed_lock_count_reseeds_the_inventory(
     assert [d.native_id for d in second.devices()] == ["sim-0001", "sim-0002", "sim-0003"]
 
 
+async def test_a_reseeded_inventory_is_kept_for_the_next_start(
+    sink: RecordingSink, spawn: Spawn, tmp_path: Path
+) -> None:
+    """`gatewayd demo --dir D --locks 1` after a run with 2 locks and a paired third, then
+    `--locks 2` again: the reseed to one lock was never written, so the third run read the
+    first run's file (its seed matched) and brought the paired lock back as a third."""
+    first, _ = await started(sink, spawn, tmp_path)
+    await first.pair(10)
+    await sink.wait_for(lambda: len(sink.devices) == 3)
+    await first.stop()
+    second, _ = await started(sink, spawn, tmp_path, BASE.__replace__(locks=1))
+    assert [d.native_id for d in second.devices()] == ["sim-0001"]
+    await second.stop()
+
+    third, _ = await started(sink, spawn, tmp_path)
+
+    assert [d.native_id for d in third.devices()] == ["sim-0001", "sim-0002"]
+
+
 async def test_unpair_without_a_device_removes_the_newest_lock(
     sink: RecordingSink, spawn: Spawn, tmp_path: Path
 ) -> None:
