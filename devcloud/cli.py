@@ -88,6 +88,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--log-format", choices=("console", "json"), default="console", help="(console)"
     )
+    serve.add_argument(
+        "--stop-at-stdin-eof",
+        action="store_true",
+        help="stop when stdin is closed: a parent holding the other end of that pipe stops "
+        "this however it ends, killed included (gatewayd demo)",
+    )
     return parser
 
 
@@ -135,7 +141,11 @@ class ListenFailed(Exception):
 
 
 async def serve(
-    settings: Settings, host: str, port: int, tls: ssl.SSLContext | None = None
+    settings: Settings,
+    host: str,
+    port: int,
+    tls: ssl.SSLContext | None = None,
+    stop_at_stdin_eof: bool = False,
 ) -> None:
     runner = web.AppRunner(create_app(settings), access_log=None)
     await runner.setup()
@@ -153,6 +163,16 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if stop_at_stdin_eof:
+        stdin = sys.stdin.fileno()
+
+        def readable() -> None:
+            if not os.read(stdin, 4096):  # the parent, and its end of the pipe, are gone
+                loop.remove_reader(stdin)
+                log.info("devcloud.stdin_closed")
+                stop.set()
+
+        loop.add_reader(stdin, readable)
     try:
         await stop.wait()
     finally:
@@ -189,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         claim_window_s=args.claim_window,
     )
     try:
-        asyncio.run(serve(settings, args.host, args.port, tls))
+        asyncio.run(serve(settings, args.host, args.port, tls, args.stop_at_stdin_eof))
     except ListenFailed as exc:
         print(f"devcloud: {exc}", file=sys.stderr)
         return 1

@@ -63,7 +63,9 @@ def _port_hint(flag: str) -> str:
 
 def start_cloud(work: Path, api_key: str, port: int) -> tuple[subprocess.Popen[bytes], int]:
     """Start `devcloud serve` and return it with the port it listens on. The API key goes in its
-    environment: an argument would show in `ps` to every user of the machine."""
+    environment: an argument would show in `ps` to every user of the machine. Its stdin is a pipe
+    this process holds open: a demo killed outright (kill -9, the OOM killer) closes it, and
+    devcloud stops instead of serving on, keeping the port from the next demo."""
     out = work / "devcloud.out"
     with out.open("wb") as sink, (work / "devcloud.log").open("wb") as err:
         proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module, fixed arguments
@@ -80,7 +82,9 @@ def start_cloud(work: Path, api_key: str, port: int) -> tuple[subprocess.Popen[b
                 "10",
                 "--log-format",
                 "json",
+                "--stop-at-stdin-eof",
             ],
+            stdin=subprocess.PIPE,
             stdout=sink,
             stderr=err,
             env={**os.environ, "DEVCLOUD_API_KEY": api_key},
@@ -165,6 +169,7 @@ def guide(
 ) -> str:
     gateway_id = claimed["gateway"]["id"]
     device = claimed["devices"][0]["id"]
+    locks = len(claimed["devices"])
     auth = f'-u "{api_key}:" -H "Content-Type: application/json"'
 
     def post(path: str, data: dict[str, Any] | None = None) -> str:
@@ -174,7 +179,7 @@ def guide(
     lines = [
         "",
         f"The reference cloud is at {api}, API key {api_key}",
-        f"The gateway ({gateway_id}) is claimed and has {len(claimed['devices'])} locks.",
+        f"The gateway ({gateway_id}) is claimed and has {locks} lock{'s' * (locks != 1)}.",
         f"Status page: {status}/    Logs: {work}",
         f"In a terminal: {gatewayd_command()} status -c {shlex.quote(str(config))}",
         "",

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -169,6 +170,12 @@ def test_a_relative_demo_dir_is_taken_from_the_current_directory(tmp_path: Path)
     assert (tmp_path / "demo" / "gateway" / "gatewayd.db").exists()
 
 
+def test_a_demo_with_one_lock_says_so(tmp_path: Path) -> None:
+    """`gatewayd demo --locks 1` said the gateway "has 1 locks"."""
+    with _demo("--dir", str(tmp_path / "demo"), "--locks", "1", cwd=ROOT) as proc:
+        assert "is claimed and has 1 lock." in "\n".join(_until_ready(proc))
+
+
 def _refused(
     tmp_path: Path, *args: str, argv: tuple[str, ...] = ("-m", "gatewayd.cli")
 ) -> subprocess.CompletedProcess[str]:
@@ -277,6 +284,41 @@ def test_closing_the_demos_terminal_stops_it_and_its_cloud(tmp_path: Path) -> No
         socket.create_connection(("127.0.0.1", cloud), timeout=5).close()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", cloud), timeout=5).close()
+
+
+def test_a_demo_killed_outright_does_not_leave_its_cloud_serving(tmp_path: Path) -> None:
+    """A demo killed with SIGKILL (kill -9, the OOM killer) left its devcloud, a process of its
+    own, serving for good: the next `make demo` found port 8080 taken. devcloud now stops when
+    the pipe the demo holds open as its stdin closes."""
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "gatewayd.cli", "demo", "--dir", str(tmp_path / "demo")),
+            *("--status-port", "0", "--cloud-port", "0"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+        start_new_session=True,
+    )
+    try:
+        found = re.search(r"http://127\.0\.0\.1:(\d+)/v1/", "\n".join(_until_ready(proc)))
+        assert found is not None
+        cloud = int(found[1])
+        socket.create_connection(("127.0.0.1", cloud), timeout=5).close()
+        proc.kill()  # the demo alone, not its process group
+        proc.wait(15)
+        end = time.monotonic() + 20
+        while time.monotonic() < end:
+            try:
+                socket.create_connection(("127.0.0.1", cloud), timeout=5).close()
+            except ConnectionRefusedError:
+                break
+            time.sleep(0.1)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", cloud), timeout=5).close()
+    finally:
+        _kill_group(proc)
 
 
 def _gateway_id(lines: list[str]) -> str:
@@ -394,3 +436,53 @@ def test_a_defect_in_the_demo_ends_in_one_line_and_a_logged_traceback(tmp_path: 
     ]
     assert "a defect in claim()" in log.read_text()
     assert "Traceback" in log.read_text()
+
+
+def test_make_demos_set_up_runs_without_node(tmp_path: Path) -> None:
+    """`make demo` on a machine without Node.js ended in `npm: command not found` (exit 127)
+    before the demo started: its set-up installed the Z-Wave test stack from npm, which
+    simulated locks do not need. Only `make test` needs it now, and says so in one line."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    shutil.copy(ROOT / "scripts" / "bootstrap.sh", repo / "scripts")
+    shutil.copy(ROOT / "package-lock.json", repo)
+    # a uv of the pinned version whose sync succeeds, so that nothing is downloaded: what
+    # this test is about comes after the Python packages
+    pinned = re.search(r"^UV_VERSION=(\S+)$", (ROOT / "scripts" / "bootstrap.sh").read_text(), re.M)
+    assert pinned is not None
+    uv = repo / ".tools" / "bin" / "uv"
+    uv.parent.mkdir(parents=True)
+    uv.write_text(f'#!/bin/sh\n[ "$1" = --version ] && echo "uv {pinned[1]}"\nexit 0\n')
+    uv.chmod(0o755)
+    tools = tmp_path / "bin"  # what the script runs, with a Python >= 3.12 and no npm
+    tools.mkdir()
+    for name in ("dirname", "cut", "cmp", "cp", "id"):
+        found = shutil.which(name)
+        assert found is not None, name
+        (tools / name).symlink_to(found)
+    (tools / "python3.12").symlink_to(sys.executable)
+
+    def bootstrap(*args: str) -> subprocess.CompletedProcess[str]:
+        bash = shutil.which("bash")
+        assert bash is not None
+        return subprocess.run(
+            [bash, "scripts/bootstrap.sh", *args],
+            cwd=repo,
+            env={"PATH": str(tools), "HOME": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    demo = bootstrap()
+    assert demo.returncode == 0, demo.stderr
+    assert demo.stderr.strip().splitlines() == [
+        "bootstrap: npm not found, the Z-Wave stack is left out"
+        " (the demo does not need it; make test does)"
+    ]
+    tests = bootstrap("--test")
+    assert tests.returncode == 1
+    assert tests.stderr.strip().splitlines() == [
+        "gatewayd tests need Node.js >= 20 with npm (the Z-Wave tests run zwave-server):"
+        " install it and run make again"
+    ]
