@@ -234,7 +234,8 @@ def run_demo(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="gatewayd-demo-") as tmp:
         # absolute: the config refuses a relative state_dir
         work = Path(args.dir or tmp).resolve()
-        work.mkdir(parents=True, exist_ok=True)
+        # its own: the cloud's database, the logs and the gateway's state (credential included)
+        work.mkdir(mode=0o700, parents=True, exist_ok=True)
         api_key = demo_api_key(work)
         cloud, cloud_port = start_cloud(work, api_key, args.cloud_port)
         try:

@@ -10,6 +10,7 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -105,6 +106,8 @@ def _until_ready(proc: subprocess.Popen[str]) -> list[str]:
 def test_demo_prints_commands_that_work(tmp_path: Path) -> None:
     with _demo("--dir", str(tmp_path / "demo"), cwd=ROOT) as proc:
         lines = _until_ready(proc)
+        # the cloud's database and the logs are in it: no other user reads them
+        assert stat.S_IMODE((tmp_path / "demo").stat().st_mode) == 0o700
         commands = [line.strip() for line in lines if line.strip().startswith("curl ")]
         get_ar = next(c for c in commands if "ACTION_REQUEST_ID" in c)
         events_cmd = next(c for c in commands if c.endswith("/v1/events"))
@@ -371,10 +374,10 @@ def _cloud_url(lines: list[str]) -> str:
 def _children(pid: int) -> list[int]:
     """The processes whose parent is `pid`, from /proc/*/stat (ppid: the 2nd field after comm)."""
     found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError):
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(stat.parent.name))
+            if int(stat_file.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat_file.parent.name))
     return found
 
 
