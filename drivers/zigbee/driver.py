@@ -6,7 +6,7 @@ import asyncio
 import random
 import sqlite3
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
@@ -145,6 +145,9 @@ class ZigbeeDriver(Driver):
         extra = {CONF_VIRTUAL: self.virtual} if self.virtual is not None else {}
         radios.private_file(self.database)
         radios.check_database(self.database)
+        scrubbed = radios.scrub_pins(self.database)
+        if scrubbed:
+            log.warning("zigbee.stored_pins_deleted", rows=scrubbed)
         config = radios.zigpy_config(self._cfg, self.database, extra)
         resolver = await quirks.resolver(self._ctx.state_dir) if self._cfg.quirks else None
         radios.guard_stack_logs()  # the stack's loggers exist now: filter before it logs settings
@@ -152,7 +155,7 @@ class ZigbeeDriver(Driver):
             # opens zigpy's database in a thread of its own: cut half-way by the daemon's
             # cancel, nothing would be left to close it (local disk work, no radio)
             app = await app_cls.new(
-                config, auto_form=False, start_radio=False, device_resolver=resolver
+                config, auto_form=False, start_radio=False, device_resolver=_guarded(resolver)
             )
         try:
             await app.startup(auto_form=True)
@@ -600,6 +603,20 @@ class ZigbeeDriver(Driver):
         if lock is None:
             raise DeviceNotFound(f"no zigbee device {device_id}")
         act(self.virtual, lock.ieee, what, params)
+
+
+def _guarded(resolver: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
+    """zigpy's device resolver: the quirk's device (if any), its PIN reports stripped
+    (`guard_pins`). zigpy resolves every device it loads from its database, and every device
+    it interviews, before that device's frames reach its clusters."""
+    from drivers.zigbee.lock import guard_pins
+
+    def resolve(zdev: Any) -> Any:
+        resolved = zdev if resolver is None else resolver(zdev)
+        guard_pins(resolved)
+        return resolved
+
+    return resolve
 
 
 async def _shutdown(app: Any) -> None:

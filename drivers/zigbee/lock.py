@@ -84,6 +84,13 @@ _ATTRIBUTES: Final = {
 }
 # user statuses of a slot that holds a usable code (0xFF: the lock does not report it)
 _CODE_HELD: Final = {int(DoorLock.UserStatus.Enabled), int(DoorLock.UserStatus.Not_Supported)}
+# Onesti's (Nimly's) manufacturer attributes of the Door Lock cluster (zha-quirks' NimlyDoorLock,
+# zigbee-herdsman-converters' nimly_pro_lock_actions), reported on their own after each bolt move:
+# 0x0100 source << 24 | action (1 lock, 2 unlock) << 16 | user slot, and 0x0101 the PIN typed
+NIMLY_SOURCE: Final = 0x0100
+NIMLY_PIN: Final = 0x0101
+_NIMLY_SOURCE_NAME: Final = "nimly_last_lock_unlock_source"  # its name under the quirk
+_NIMLY_ZIGBEE, _NIMLY_KEYPAD, _NIMLY_UNATTRIBUTED, _NIMLY_AUTO = 0x00, 0x02, 0x05, 0x0A
 
 
 # lock_door / unlock_door: sent this many times at most, again only when undelivered
@@ -107,6 +114,28 @@ class LockOptions:
 
 def has_door_lock(zdev: Any) -> bool:
     return any(DoorLock.cluster_id in ep.in_clusters for ep in zdev.non_zdo_endpoints)
+
+
+def guard_pins(zdev: Any) -> None:
+    """Strip the PIN a Nimly lock reports (0x0101) from its Door Lock cluster's attribute reports
+    before zigpy takes them in: zigpy would keep it in its attribute cache, write it to its
+    database and hand it to its listeners. On the device zigpy resolves, before it hears a frame
+    of it (see the driver's resolver); idempotent."""
+    for ep in getattr(zdev, "non_zdo_endpoints", ()):
+        cluster = ep.in_clusters.get(DoorLock.cluster_id)
+        if cluster is not None and "handle_message" not in vars(cluster):
+            cluster.handle_message = functools.partial(_without_pin, cluster.handle_message)
+
+
+def _without_pin(handle: Callable[[Any, Any], None], hdr: Any, args: Any) -> None:
+    reports = getattr(args, "attribute_reports", None)
+    if (
+        hdr.frame_control.is_general
+        and hdr.command_id == foundation.GeneralCommand.Report_Attributes
+        and reports
+    ):
+        args.attribute_reports = [r for r in reports if r.attrid != NIMLY_PIN]
+    handle(hdr, args)
 
 
 class ZigbeeLock:
@@ -485,10 +514,25 @@ class ZigbeeLock:
     # ------------------------------------------------------------------ zigpy callbacks
 
     def on_attribute(
-        self, cluster_id: int, name: str | None, value: Any, *, reported: bool
+        self,
+        cluster_id: int,
+        name: str | None,
+        value: Any,
+        *,
+        reported: bool,
+        attribute_id: int | None = None,
     ) -> None:
         """A standard attribute by its name: a manufacturer's attribute may share its id.
         `reported`: the lock sent it on its own, not as an answer to a read."""
+        if (
+            cluster_id == DoorLock.cluster_id
+            and attribute_id == NIMLY_SOURCE
+            and name in (None, _NIMLY_SOURCE_NAME)  # unknown to zigpy without the quirk
+            and reported
+            and isinstance(value, int)
+        ):
+            self._nimly_source(int(value))
+            return
         if value is None or name not in _ATTRIBUTES.get(cluster_id, ()):
             return
         if not isinstance(value, int):
@@ -624,8 +668,33 @@ class ZigbeeLock:
             locked = False
         else:
             return
-        self._bolt_word()
         method, slot = self._method(code, source, user, locked)
+        self._bolt_told(locked, method, slot)
+
+    def _nimly_source(self, value: int) -> None:
+        """A Nimly lock's word on its last bolt move (attribute 0x0100), in place of the
+        operation event it does not send: merged with its lock_state report as one event."""
+        source, action, user = value >> 24 & 0xFF, value >> 16 & 0xFF, value & 0xFFFF
+        if action not in (1, 2):
+            return
+        locked = action == 1
+        slot = user if self.codes().has_slot(user) else None  # 0: none, or the master code
+        ours = self._expect == locked
+        if source == _NIMLY_KEYPAD:
+            method = Method.PIN_CODE if slot is not None else Method.KEYPAD
+        elif source == _NIMLY_ZIGBEE:
+            method, slot = (Method.REMOTE if ours else Method.RF), None
+        elif source == _NIMLY_UNATTRIBUTED:  # a Zigbee command, the auto-relock, the inside keypad
+            method, slot = (Method.REMOTE if ours else Method.UNKNOWN), None
+        elif source == _NIMLY_AUTO:
+            method, slot = (Method.AUTO if locked else Method.UNKNOWN), None
+        else:  # fingerprint, RFID tag: the slot it names, if any
+            method = Method.UNKNOWN
+        self._bolt_told(locked, method, slot)
+
+    def _bolt_told(self, locked: bool, method: Method, slot: int | None) -> None:
+        """The lock told how its bolt moved: one event with its lock_state report."""
+        self._bolt_word()
         untold = asyncio.get_running_loop().time() - self._bolt_untold <= self._opts.event_merge_s
         pending = self._pending is not None or untold
         changed = locked != self.locked or self.jammed
@@ -1142,7 +1211,11 @@ class _Relay:
             # a quirk's value (updated event) may be either: taken for an answer
             reported = event.event_type == zcl.AttributeReportedEvent.event_type
             self._lock.on_attribute(
-                self._cluster_id, event.attribute_name, event.value, reported=reported
+                self._cluster_id,
+                event.attribute_name,
+                event.value,
+                reported=reported,
+                attribute_id=int(event.attribute_id),
             )
         except Exception as exc:  # noqa: BLE001 - one odd attribute must not cost the others
             self._failed("attribute", int(event.attribute_id), exc)

@@ -25,7 +25,10 @@ RADIO_TYPES: Final[Mapping[str, str]] = {
 
 # Loggers of the stack whose debug records carry frames (PINs) or network settings (the key).
 _STACK_LOGGERS: Final = ("zigpy", "bellows", "zigpy_znp", "zigpy_deconz", "zigpy_xbee")
-_STACK_LOGGERS_ALSO: Final = ("zigpy_zigate", "zhaquirks", "zha")
+# aiosqlite: zigpy's database thread, whose debug records carry each statement's values
+_STACK_LOGGERS_ALSO: Final = ("zigpy_zigate", "zhaquirks", "zha", "aiosqlite")
+_DOOR_LOCK: Final = 0x0101
+_NIMLY_PIN: Final = 0x0101  # Onesti's (Nimly's) "last PIN code" attribute of the Door Lock
 
 
 def load_radio(radio_type: str) -> Any:
@@ -81,6 +84,34 @@ def check_database(path: Path) -> None:
         db.close()
     if problems != ["ok"]:
         raise sqlite3.DatabaseError(f"damaged ({problems[0] if problems else 'no answer'})")
+
+
+def scrub_pins(path: Path) -> int:
+    """Delete the PINs zigpy stored before the driver stripped them (`lock.guard_pins`): a
+    Nimly lock's attribute 0x0101 of the Door Lock cluster, in zigpy's attribute cache tables.
+    Their bytes are overwritten, not only unlinked. The number of rows deleted."""
+    db = sqlite3.connect(path)
+    try:
+        db.execute("PRAGMA secure_delete = ON")
+        tables = [
+            str(row[0])
+            for row in db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'"
+                " AND name LIKE 'attributes_cache%'"
+            )
+        ]
+        where = f"cluster_id = {_DOOR_LOCK} AND attr_id = {_NIMLY_PIN}"
+        deleted = 0
+        for table in tables:
+            columns = {str(row[1]) for row in db.execute(f'PRAGMA table_info("{table}")')}
+            if {"cluster_id", "attr_id"} <= columns:
+                deleted += db.execute(f'DELETE FROM "{table}" WHERE {where}').rowcount  # noqa: S608
+        db.commit()
+        if deleted:
+            db.execute("VACUUM")  # no copy left in a free page, nor in the write-ahead log
+    finally:
+        db.close()
+    return deleted
 
 
 class _DropDebug(logging.Filter):

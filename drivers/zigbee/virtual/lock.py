@@ -58,6 +58,9 @@ class LockProfile:
     min_pin: int = 4
     max_pin: int = 8
     pin_users: int = 30
+    # Onesti's (Nimly's) firmware: no operation events; the source of each bolt move and the PIN
+    # typed are manufacturer attributes 0x0100 / 0x0101 of the Door Lock cluster, reported
+    nimly: bool = False
 
 
 PROFILES: Final = (
@@ -85,6 +88,22 @@ PROFILES: Final = (
         pin_users=30,
     ),
 )
+# Not in the rotation of new locks: a lock becomes one with `VirtualLock.as_nimly`.
+NIMLY: Final = LockProfile(
+    manufacturer="Onesti Products AS",  # zha-quirks' NimlyPRO: Door Lock and battery on ep 11
+    model="NimlyPRO",
+    manufacturer_code=0x1234,
+    in_clusters=(0x0000, 0x0001, 0x0003, 0x0101),
+    out_clusters=(),
+    battery_units_per_percent=1,
+    masked_readback=False,
+    notify_before_report=False,
+    nimly=True,
+)
+NIMLY_MANUFACTURER: Final = 0x1234
+# the source byte of a Nimly lock's attribute 0x0100, by the operation event source it stands for
+NIMLY_ZIGBEE, NIMLY_KEYPAD, NIMLY_FINGERPRINT, NIMLY_RFID = 0x00, 0x02, 0x03, 0x04
+NIMLY_UNATTRIBUTED, NIMLY_AUTO = 0x05, 0x0A
 
 
 @dataclass(slots=True)
@@ -162,6 +181,10 @@ class VirtualLock:
     @property
     def ieee(self) -> Any:
         return t.EUI64.convert(self.mem.ieee)
+
+    def as_nimly(self) -> None:
+        """Make this a Nimly lock (its clusters on endpoint 11); before it joins."""
+        self.profile, self.endpoint = NIMLY, 11
 
     @property
     def nwk(self) -> Any:
@@ -584,6 +607,15 @@ class VirtualLock:
             "local_time": 0,
             "data": "",
         }
+        if self.profile.nimly:
+            self.report(DoorLock.cluster_id, [0x0000], delay=self.actuation_s)
+            nimly = {OpSource.RF: NIMLY_ZIGBEE, OpSource.Keypad: NIMLY_KEYPAD}.get(source)
+            if code == OpEvent.AutoLock:
+                nimly = NIMLY_AUTO
+            if nimly is not None:  # a turn by hand: no word of its source (none is known)
+                locking = target == LockState.Locked
+                self.nimly_report(nimly, locking, user_id, delay=self.actuation_s + 0.01)
+            return
         first, second = self.actuation_s, self.actuation_s + 0.01
         if not self.profile.notify_before_report:
             first, second = second, first
@@ -670,6 +702,57 @@ class VirtualLock:
         records = [foundation.Attribute(attrid=attr_id, value=typed)]
         schema = foundation.GENERAL_COMMANDS[foundation.GeneralCommand.Report_Attributes].schema
         self._zcl(cluster, hdr, schema, 1, attribute_reports=records)
+
+    def nimly_report(
+        self,
+        source: int,
+        locking: bool,
+        user_id: int,
+        pin: bytes | None = None,
+        delay: float = 0.0,
+    ) -> None:
+        """A Nimly lock's report of its last bolt move: attribute 0x0100 (source, action and
+        user, as zha-quirks' and zigbee-herdsman-converters' decoders read it) and, after a
+        code at the keypad, 0x0101 (the PIN typed, in clear), in one manufacturer-specific
+        Report_Attributes."""
+        if DoorLock.cluster_id not in self.mem.bound:
+            return
+        hdr = foundation.ZCLHeader.general(
+            tsn=self._next_tsn(),
+            command_id=foundation.GeneralCommand.Report_Attributes,
+            manufacturer=NIMLY_MANUFACTURER,
+            direction=S2C,
+        )
+        value = source << 24 | (1 if locking else 2) << 16 | user_id
+        records = [
+            foundation.Attribute(
+                attrid=0x0100, value=foundation.TypeValue(type=0x1B, value=t.bitmap32(value))
+            )
+        ]
+        if pin is not None:
+            typed = foundation.TypeValue(type=0x41, value=t.LVBytes(pin))
+            records.append(foundation.Attribute(attrid=0x0101, value=typed))
+        schema = foundation.GENERAL_COMMANDS[foundation.GeneralCommand.Report_Attributes].schema
+        self._zcl(DoorLock.cluster_id, hdr, schema, 1, delay, attribute_reports=records)
+
+    def nimly_move(
+        self,
+        source: int,
+        locking: bool,
+        user_id: int,
+        pin: bytes | None = None,
+        *,
+        source_first: bool = False,
+    ) -> None:
+        """A Nimly lock's bolt moves: its lock_state report, and its report of 0x0100 (and
+        0x0101 with `pin`) a moment after, or before with `source_first`."""
+        self.mem.lock_state = int(LockState.Locked if locking else LockState.Unlocked)
+        self._changed()
+        first, second = self.actuation_s, self.actuation_s + 0.01
+        if source_first:
+            first, second = second, first
+        self.report(DoorLock.cluster_id, [0x0000], delay=first)
+        self.nimly_report(source, locking, user_id, pin, delay=second)
 
     def odd_operation(self, source: int, code: int, user_id: int) -> None:
         """An operation event notification with any source, event code and user id."""
