@@ -537,3 +537,24 @@ async def test_zigpy_s_database_thread_logs_no_values_even_at_debug(
     assert keys
     assert sum(form in caplog.text for form in forms) == 0  # the key, not printed if it fails
     assert [r.getMessage()[:80] for r in caplog.records if r.name == "aiosqlite"] == []
+
+
+async def test_two_bolt_reports_within_the_merge_window_are_two_events(tmp_path: Path) -> None:
+    """A lock that sends only its lock_state report (no operation event) unlocked and was
+    locked again within event_merge_s: the second report cancelled the first one's wait for
+    its operation event, and the unlock was never reported."""
+    sink = HistorySink()
+    async with running(tmp_path, sink) as driver:
+        dev, vlock = by_native(sink, GENERIC), virtual(driver, GENERIC)
+        assert sink.devices[dev].properties.locked is True
+        mark = len(sink.events)
+        vlock.odd_report(DOOR_LOCK, 0x0000, ENUM8, 2)  # unlocked
+        await sink.wait_for(lambda: sink.devices[dev].properties.locked is False)
+        vlock.odd_report(DOOR_LOCK, 0x0000, ENUM8, 1)  # locked again, within the window
+        await sink.wait_for(lambda: sink.devices[dev].properties.locked is True)
+        await asyncio.sleep(0.6)  # past the merge window
+        events = [(e.event_name, e.details) for e in sink.events[mark:] if e.device_id == dev]
+        assert events == [
+            ("door unlocked", {"method": "unknown"}),
+            ("door locked", {"method": "unknown"}),
+        ]
