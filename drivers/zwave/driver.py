@@ -33,6 +33,7 @@ from drivers.zwave.events import (
     BoltTracker,
     Notice,
     bolt_from_mode,
+    parse_alarm_v1,
     parse_notification,
     parse_state_value,
 )
@@ -460,6 +461,7 @@ class ZWaveDriver(Driver):
             node = self._node_or_none(lock)
             if node is None or node.status == NodeStatus.DEAD:
                 continue
+            mark = lock.tracker.read_mark()
             try:
                 with anyio.fail_after(self._config.connect_timeout_s):
                     report = await commands.call(
@@ -477,11 +479,9 @@ class ZWaveDriver(Driver):
             locked = bolt_from_mode(report.get("currentMode"))
             if locked is None:
                 continue
+            lock.tracker.on_read(locked, mark, first=first)
             if first:
-                lock.tracker.seed(locked)
                 self._publish(lock)
-            else:
-                lock.tracker.on_value(locked)
 
     def _leave_network(self, home_id: int | None) -> None:
         """zwave-server now runs another controller: its node ids name other doors, so the
@@ -715,9 +715,27 @@ class ZWaveDriver(Driver):
         elif cc == CommandClass.NOTIFICATION:
             if value.endpoint in (0, None):  # as _notification_states reads them
                 lock.states[(prop, value.property_key)] = value.value
+            if prop == "alarmLevel":  # zwave-js stores alarmType first
+                self._on_alarm_v1(lock, value.value)
             notice = parse_state_value(prop, value.property_key, value.value)
             if notice is not None:
                 self._apply(lock, notice)
+
+    def _on_alarm_v1(self, lock: _Lock, level: Any) -> None:
+        """An Alarm CC v1 report of a Notification CC version 1 lock, unless zwave-js's device
+        file maps it to a notification (which reports it). A later version's alarm fields come
+        with the notification that says the same."""
+        node = self._node_or_none(lock)
+        if node is None or _cc_version(node, CommandClass.NOTIFICATION) != 1:
+            return
+        alarm_type = _value(node, CommandClass.NOTIFICATION, "alarmType")
+        if _alarm_mapped(node, alarm_type, level):
+            return
+        notice = parse_alarm_v1(alarm_type, level)
+        if notice is not None:
+            notice = self._in_slots(lock, notice)
+        if notice is not None:
+            self._apply(lock, notice)
 
     def _battery(self, lock: _Lock, low: bool) -> None:
         if low and not lock.battery_low:
@@ -1260,6 +1278,30 @@ def _has_cc(node: Node, cc_id: CommandClass) -> bool:
     return any(
         cc.id == cc_id for endpoint in node.endpoints.values() for cc in endpoint.command_classes
     )
+
+
+def _cc_version(node: Node, cc_id: CommandClass) -> int | None:
+    endpoint = node.endpoints.get(0)
+    for cc in endpoint.command_classes if endpoint is not None else ():
+        if cc.id == cc_id:
+            return cc.version
+    return None
+
+
+def _alarm_mapped(node: Node, alarm_type: Any, level: Any) -> bool:
+    """Whether zwave-js turns this Alarm CC v1 report into a notification (compat alarmMapping
+    of the node's device file), as it does for most Kwikset and Yale locks."""
+    compat: Any = node.device_config.compat
+    mappings = compat.get("alarmMapping") if isinstance(compat, Mapping) else None
+    for mapping in mappings if isinstance(mappings, list) else ():
+        source = mapping.get("from") if isinstance(mapping, Mapping) else None
+        if (
+            isinstance(source, Mapping)
+            and source.get("alarmType") == alarm_type
+            and source.get("alarmLevel") in (None, level)
+        ):
+            return True
+    return False
 
 
 def _locked(node: Node) -> bool | None:

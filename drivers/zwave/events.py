@@ -30,17 +30,55 @@ BOLT_EVENTS: Mapping[int, tuple[bool, Method]] = {
     5: (True, Method.KEYPAD),
     6: (False, Method.PIN_CODE),
     9: (True, Method.AUTO),
+    # Notification v8 "lock / unlock operation with User Code": the user as "user ID"
+    33: (True, Method.PIN_CODE),
+    34: (False, Method.PIN_CODE),
 }
 AC_JAMMED = 11
+# "not fully locked" (manual, RF, auto): the bolt stuck part way, as Kwikset's alarm types 23
+# and 26 say through zwave-js's alarm mapping
+AC_NOT_FULLY_LOCKED = (7, 8, 10)
 AC_ALL_CODES_DELETED = 12
 AC_CODE_DELETED = 13
 AC_CODE_ADDED = 14
 AC_CODE_DUPLICATE = 15  # "new user code not added due to duplicate code"
+# too many wrong codes at the keypad: "keypad temporary disabled" (a state; Schlage alarm type
+# 96) and "user access code exceeds code limit" (Yale alarm type 161)
+AC_KEYPAD_DISABLED = 16
+AC_CODE_LIMIT = 19
 AC_DOOR_OPEN = 22
 AC_DOOR_CLOSED = 23
 HS_TAMPER_COVER = 3
 HS_INVALID_CODE = 4
-PM_BATTERY_LOW = (10, 11)
+# replace battery soon / now, charge battery soon / now: zwave-js maps the low and critical
+# battery alarms (types 167, 168) of Yale and Kwikset locks to the latter two
+PM_BATTERY_LOW = (10, 11, 14, 15)
+
+# Alarm CC v1 (a lock of Notification CC version 1 says only alarmType and alarmLevel) in
+# Notification terms, as Keymaster reads Kwikset and Yale locks; for the types in
+# ALARM_V1_USER, alarmLevel is the user slot
+ALARM_V1: Mapping[int, tuple[int, int]] = {
+    9: (ACCESS_CONTROL, AC_JAMMED),
+    17: (ACCESS_CONTROL, AC_JAMMED),  # keypad lock jammed
+    18: (ACCESS_CONTROL, 5),
+    19: (ACCESS_CONTROL, 6),
+    21: (ACCESS_CONTROL, 1),
+    22: (ACCESS_CONTROL, 2),
+    23: (ACCESS_CONTROL, 8),
+    24: (ACCESS_CONTROL, 3),
+    25: (ACCESS_CONTROL, 4),
+    26: (ACCESS_CONTROL, 10),
+    27: (ACCESS_CONTROL, 9),
+    32: (ACCESS_CONTROL, AC_ALL_CODES_DELETED),
+    33: (ACCESS_CONTROL, AC_CODE_DELETED),
+    112: (ACCESS_CONTROL, AC_CODE_ADDED),
+    113: (ACCESS_CONTROL, AC_CODE_DUPLICATE),
+    161: (ACCESS_CONTROL, AC_CODE_LIMIT),
+    167: (POWER_MANAGEMENT, 10),
+    168: (POWER_MANAGEMENT, 11),
+    169: (POWER_MANAGEMENT, 11),  # too low to operate the lock
+}
+ALARM_V1_USER = frozenset({18, 19, 33, 112, 113})
 
 LOW_BATTERY = 0.2
 
@@ -76,18 +114,22 @@ class Notice:
 def parse_notification(type_: int, event: int, parameters: Any) -> Notice | None:
     """What a Notification CC report means for a door, or None when it means nothing here.
     `parameters` is what zwave-js made of the event's parameters: a mapping, a number, bytes."""
-    user = parameters.get("userId") if isinstance(parameters, Mapping) else None
+    user = None
+    if isinstance(parameters, Mapping):
+        user = parameters.get("userId", parameters.get("user ID"))
     slot = user if isinstance(user, int) and not isinstance(user, bool) and user > 0 else None
     if type_ == ACCESS_CONTROL:
         if event in BOLT_EVENTS:
             locked, method = BOLT_EVENTS[event]
-            if event == 6 and slot is None:
+            if method is Method.PIN_CODE and slot is None:
                 method = Method.KEYPAD
             elif event == 5 and slot is not None:
                 method = Method.PIN_CODE  # locked with a code, as the Zigbee driver says it
             return Notice("bolt", locked=locked, method=method, slot_id=slot)
-        if event == AC_JAMMED:
+        if event == AC_JAMMED or event in AC_NOT_FULLY_LOCKED:
             return Notice("jammed")
+        if event in (AC_KEYPAD_DISABLED, AC_CODE_LIMIT):
+            return Notice("invalid_code")
         if event in (AC_DOOR_OPEN, AC_DOOR_CLOSED):
             return Notice("door", door_open=event == AC_DOOR_OPEN)
         if event in (AC_CODE_ADDED, AC_CODE_DELETED) and slot is not None:
@@ -106,12 +148,23 @@ def parse_notification(type_: int, event: int, parameters: Any) -> Notice | None
     return None
 
 
+def parse_alarm_v1(alarm_type: Any, alarm_level: Any) -> Notice | None:
+    """What an Alarm CC v1 report (alarmType, alarmLevel) means for a door, or None."""
+    if not isinstance(alarm_type, int) or alarm_type not in ALARM_V1:
+        return None
+    type_, event = ALARM_V1[alarm_type]
+    params = {"userId": alarm_level} if alarm_type in ALARM_V1_USER else None
+    return parse_notification(type_, event, params)
+
+
 def parse_state_value(variable: Any, key: Any, value: Any) -> Notice | None:
     """zwave-js turns notifications of state variables (jam, cover, door, battery) into values."""
     if not isinstance(value, int) or value == 0:
         return None
     if (variable, key) == ("Access Control", "Lock state") and value == AC_JAMMED:
         return Notice("jammed")
+    if (variable, key) == ("Access Control", "Keypad state") and value == AC_KEYPAD_DISABLED:
+        return Notice("invalid_code")
     if variable == "Access Control" and key in ("Door state", "Door state (simple)"):
         state = value >> 8 if value > 0xFF else value  # "Door state" may carry its parameter
         if state in (AC_DOOR_OPEN, AC_DOOR_CLOSED):
@@ -142,6 +195,7 @@ class BoltTracker:
         # the lock reported its bolt in no known state: shown as None; `locked` keeps the last
         # known state, so its return to that state is no new event
         self.undefined = False
+        self._changes = 0  # bolt changes heard (see `on_read`)
 
     @property
     def commanding(self) -> bool:
@@ -152,10 +206,27 @@ class BoltTracker:
         """State as found at start or after a reconnect, without an event."""
         self.locked = locked
 
+    def read_mark(self) -> int:
+        """Taken before reading the bolt from the lock, for `on_read`."""
+        return self._changes
+
+    def on_read(self, locked: bool, mark: int, *, first: bool) -> None:
+        """The bolt as read from the lock (at start: without an event). A change heard while the
+        read was under way is as new as the read, which may even be that change's own report,
+        taken in before it: the read is then not applied (it would be a false second event, or
+        the bolt shown in the state it left)."""
+        if self._changes != mark:
+            return
+        if first:
+            self.seed(locked)
+        else:
+            self.on_value(locked)
+
     def on_unknown(self) -> None:
         """The lock reports its bolt in no known state (Door Lock mode 0xFE, or no mode)."""
         if not self.undefined:
             self.undefined = True
+            self._changes += 1
             self._on_change()
 
     def on_value(self, locked: bool) -> None:
@@ -166,6 +237,7 @@ class BoltTracker:
                 self._on_change()
             return
         self.undefined = False
+        self._changes += 1
         self._cancel()
         self.locked = locked
         self._on_change()
@@ -236,6 +308,7 @@ class BoltTracker:
         self._pending = None
         self._pending_locked = None
         changed = self.locked != locked or self.undefined
+        self._changes += 1
         self.locked, self.undefined = locked, False
         self._last = (locked, time.monotonic())
         details: dict[str, Any] = {"method": str(method)}

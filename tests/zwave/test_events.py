@@ -56,6 +56,32 @@ async def test_a_keypad_lock_that_names_a_code_is_pin_code_with_its_slot(
     assert ev.details == {"method": "pin_code", "slot_id": 3}
 
 
+async def test_a_lock_or_unlock_with_a_user_code_names_the_slot_once(
+    zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack
+) -> None:
+    """Access Control 0x22 / 0x21 (Notification v8 "unlock / lock operation with User Code",
+    the user as zwave-js's "user ID"), each followed by the lock's Door Lock report: one event
+    each, `pin_code` with the slot. zwave-js infers no bolt state from these events; before,
+    the unlock went up as `unknown` with no slot, or was lost when no report followed."""
+    _, sink = zwave
+    dev = sink.ids[native_id(2)]
+    mark = len(sink.events)
+    zwave_stack.control(2, "notify_raw", type=ACCESS_CONTROL, event=0x22, params=[5])
+    zwave_stack.control(2, "mode_raw", mode=0x00)
+    ev = await sink.wait_event(dev, EventName.DOOR_UNLOCKED, after=mark)
+    assert ev.details == {"method": "pin_code", "slot_id": 5}
+    zwave_stack.control(2, "notify_raw", type=ACCESS_CONTROL, event=0x21, params=[4])
+    ev = await sink.wait_event(dev, EventName.DOOR_LOCKED, after=mark)
+    assert ev.details == {"method": "pin_code", "slot_id": 4}
+    zwave_stack.control(2, "mode_raw", mode=0xFF)
+    await _quiet()
+    assert [(str(e.event_name), e.details) for e in sink.events[mark:] if e.device_id == dev] == [
+        ("door unlocked", {"method": "pin_code", "slot_id": 5}),
+        ("door locked", {"method": "pin_code", "slot_id": 4}),
+    ]
+    assert sink.devices[dev].properties.locked is True
+
+
 async def test_keypad_lock_jam_wrong_code_tamper_battery(
     zwave: tuple[ZWaveDriver, RecordingSink],
 ) -> None:
@@ -211,6 +237,39 @@ def test_a_bolt_change_seen_during_a_command_that_fails_is_one_event() -> None:
         ("door unlocked", {"method": "rf"}),
         ("door locked", {"method": "unknown"}),
         ("door unlocked", {"method": "manual"}),
+    ]
+
+
+async def test_a_bolt_read_overtaken_by_the_lock_s_reports_is_not_applied() -> None:
+    """The driver reads each bolt at start and after a reconnect; the lock unlocks and locks at
+    the keypad while the read is under way, and zwave-js answered the read with the unlock's
+    report. Applied after them, the read showed the door unlocked without an event, and the
+    next report of the locked bolt was a second `door locked`. (Seen with the mock lock: a
+    keypad unlock and lock right after the driver started.)"""
+    from drivers.zwave.events import BoltTracker
+    from gatewayd.model import Method
+
+    fired: list[tuple[str, dict[str, object]]] = []
+    tracker = BoltTracker(
+        lambda name, details: fired.append((str(name), details)), 0.1, lambda: None
+    )
+    tracker.seed(True)
+    mark = tracker.read_mark()  # the read goes out
+    tracker.on_notification(False, Method.PIN_CODE, 5)
+    tracker.on_value(False)  # the report that answers the read
+    tracker.on_notification(True, Method.PIN_CODE, 4)
+    tracker.on_read(False, mark, first=True)  # the read's answer, taken in late
+    assert tracker.locked is True
+    tracker.on_value(True)
+    await _quiet(0.3)
+    tracker.on_read(True, tracker.read_mark(), first=False)  # a read after them counts
+    mark = tracker.read_mark()
+    tracker.on_read(False, mark, first=False)
+    await _quiet(0.3)
+    assert fired == [
+        ("door unlocked", {"method": "pin_code", "slot_id": 5}),
+        ("door locked", {"method": "pin_code", "slot_id": 4}),
+        ("door unlocked", {"method": "unknown"}),
     ]
 
 

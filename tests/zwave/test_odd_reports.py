@@ -29,7 +29,7 @@ from tests.zwave.stack import ZWaveStack, native_id
 
 pytestmark = pytest.mark.stack
 
-ACCESS_CONTROL, HOME_SECURITY = 6, 7
+ACCESS_CONTROL, HOME_SECURITY, POWER_MANAGEMENT = 6, 7, 8
 
 
 async def _quiet(seconds: float = 1.5) -> None:
@@ -154,6 +154,62 @@ async def test_a_code_read_back_as_bytes_is_not_confirmed_and_the_pin_is_not_log
     await driver.execute(dev, SetCode(slot_id=6, code=PinCode(pin)))  # the next read-back counts
 
 
+async def test_charge_battery_soon_or_now_is_low_battery(
+    zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack
+) -> None:
+    """Power Management 0x0E / 0x0F ("charge battery soon / now"): what zwave-js's device files
+    make of the low and critical battery alarms (types 167, 168) of Yale and Kwikset locks. One
+    `low battery`. Before, nothing: a lock running flat was never reported."""
+    _, sink = zwave
+    for node, event in ((2, 0x0E), (3, 0x0F)):
+        dev = sink.ids[native_id(node)]
+        mark = len(sink.events)
+        zwave_stack.control(node, "notify_raw", type=POWER_MANAGEMENT, event=event)
+        await sink.wait_event(dev, "low battery", after=mark)  # type: ignore[arg-type]
+        # "battery is fully charged": the state value as it was, for the tests after this one
+        zwave_stack.control(node, "notify_raw", type=POWER_MANAGEMENT, event=0x0D)
+        await _quiet(0.5)
+        assert [name for name, _ in _events(sink, dev, mark)] == ["low battery"]
+
+
+async def test_a_lock_that_did_not_fully_lock_is_jammed(
+    zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack
+) -> None:
+    """Access Control 0x07 / 0x08 / 0x0A (manual, RF, auto lock "not fully locked"; Kwikset's
+    alarm types 23 and 26 through zwave-js's mapping): the bolt stuck part way, one `door jammed`
+    each. Before, nothing: a door that never locked went unreported."""
+    _, sink = zwave
+    dev = sink.ids[native_id(2)]
+    for event in (0x07, 0x08, 0x0A):
+        mark = len(sink.events)
+        zwave_stack.control(2, "notify_raw", type=ACCESS_CONTROL, event=event)
+        await sink.wait_event(dev, "door jammed", after=mark)  # type: ignore[arg-type]
+        assert sink.devices[dev].properties.jammed is True
+        zwave_stack.control(2, "manual_lock")  # a bolt operation ends the jam
+        await sink.wait_for(lambda: sink.devices[dev].properties.jammed is False)
+
+
+async def test_too_many_wrong_codes_is_a_keypad_invalid_code(
+    zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack
+) -> None:
+    """Access Control 0x13 ("user access code exceeds code limit"; Yale's alarm type 161 through
+    zwave-js's mapping, Keymaster's "bad code entered") and 0x10 ("keypad temporary disabled", a
+    state value; Schlage's alarm type 96): a `keypad invalid code` each. Before, nothing: someone
+    trying codes at the door until the keypad locked them out went unreported."""
+    _, sink = zwave
+    dev = sink.ids[native_id(2)]
+    for event in (0x13, 0x10):
+        mark = len(sink.events)
+        zwave_stack.control(2, "notify_raw", type=ACCESS_CONTROL, event=event)
+        ev = await sink.wait_event(dev, "keypad invalid code", after=mark)  # type: ignore[arg-type]
+        assert ev.details == {"method": "keypad"}
+    # the keypad enabled again (the state idle): nothing more
+    mark = len(sink.events)
+    zwave_stack.control(2, "notify_raw", type=ACCESS_CONTROL, event=0x00, params=[0x10])
+    await _quiet(0.5)
+    assert _events(sink, dev, mark) == []
+
+
 @pytest.mark.parametrize(
     ("parameters", "expected"),
     [
@@ -208,3 +264,68 @@ async def test_a_lock_whose_user_code_cc_reports_no_users_fails_a_code_typed(
             await driver.stop()
     finally:
         await anyio.to_thread.run_sync(stack.stop)
+
+
+async def test_an_alarm_v1_lock_reports_its_door_events(
+    tmp_path: Path, tasks: Tasks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock of Notification CC version 1 that zwave-js has no alarm mapping for says only
+    alarmType / alarmLevel (Kwikset, Yale; alarmLevel the user slot): zwave-js stores them as two
+    values and sends no notification. Each known type is its event, as Keymaster reads them; an
+    unknown type says nothing. Before, all of them were lost. A lock whose device file maps its
+    alarms (Yale YRD226 ZW2) gets the notification as well as the values: one event each."""
+    monkeypatch.setenv("ZWAVE_MOCK_NOTIFICATION_V1", "1")
+    stack = ZWaveStack(tmp_path / "stack", locks=2)
+    try:
+        await anyio.to_thread.run_sync(stack.start)
+        sink = RecordingSink()
+        driver = ZWaveDriver(make_config(stack), DriverContext(tmp_path, tasks.spawn))
+        await driver.start(sink)
+        try:
+            await sink.wait_for(lambda: len(sink.devices) == 2, timeout=30)
+            dev = sink.ids[native_id(2)]
+            mark = len(sink.events)
+            alarms = [(19, 3), (21, 1), (9, 0), (16, 1), (161, 1), (112, 4), (33, 4), (167, 15)]
+            for alarm_type, level in alarms:
+                stack.control(2, "alarm_raw", type=alarm_type, level=level)
+            await sink.wait_for(lambda: len(_events(sink, dev, mark)) >= 7)
+            await _quiet(0.5)
+            assert _events(sink, dev, mark) == [
+                ("door unlocked", {"method": "pin_code", "slot_id": 3}),
+                ("door locked", {"method": "manual"}),
+                ("door jammed", {}),
+                ("keypad invalid code", {"method": "keypad"}),
+                ("code set on device", {"slot_id": 4, "method": "keypad"}),
+                ("code removed from device", {"slot_id": 4, "method": "keypad"}),
+                ("low battery", {"battery_level": 0.9}),
+            ]
+            mapped = sink.ids[native_id(3)]
+            mark = len(sink.events)
+            for alarm_type, level in ((19, 3), (9, 0), (167, 15)):
+                stack.control(3, "alarm_raw", type=alarm_type, level=level)
+            await sink.wait_for(lambda: len(_events(sink, mapped, mark)) >= 3)
+            await _quiet()
+            assert _events(sink, mapped, mark) == [
+                ("door unlocked", {"method": "pin_code", "slot_id": 3}),
+                ("door jammed", {}),
+                ("low battery", {"battery_level": 0.9}),
+            ]
+        finally:
+            await driver.stop()
+    finally:
+        await anyio.to_thread.run_sync(stack.stop)
+
+
+async def test_the_alarm_fields_of_a_later_version_lock_are_no_second_event(
+    zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack
+) -> None:
+    """A lock of Notification CC version 2 or later that fills in alarmType / alarmLevel too
+    (Yale does, in the report that carries the notification): the notification reports it, the
+    alarm values alone are no event."""
+    _, sink = zwave
+    dev = sink.ids[native_id(2)]
+    mark = len(sink.events)
+    for alarm_type, level in ((9, 0), (19, 3)):
+        zwave_stack.control(2, "alarm_raw", type=alarm_type, level=level)
+    await _quiet()
+    assert _events(sink, dev, mark) == []

@@ -9,7 +9,9 @@
 // CC reports this many supported users instead of its model's), ZWAVE_MOCK_SUPERVISION ("1": every
 // lock supports Supervision CC, so zwave-js supervises its Door Lock Operation Set and User Code
 // Set and returns the lock's Supervision status; the mock node's default SupervisionCCHooks answer
-// a behaviour's "ok" with Success and its "fail" with Fail).
+// a behaviour's "ok" with Success and its "fail" with Fail), ZWAVE_MOCK_NOTIFICATION_V1 ("1": every
+// lock has Notification CC version 1, an older lock that reports Alarm CC v1 only: alarm_raw; and
+// lock 3 is a Yale YRD226 ZW2, whose zwave-js device file maps its alarms to notifications).
 //
 // Control channel: POST /node/<id>/<what> with a JSON body; 200 {"ok": true} or 4xx {"error"}.
 //   keypad_unlock {slot_id}, keypad_lock, manual_lock, manual_unlock, auto_lock, wrong_code, jam,
@@ -29,7 +31,8 @@
 //   (a Battery report with any level byte, e.g. 255: "battery low"), user_code_raw {slot_id,
 //   status, code: [bytes]} (an unsolicited User Code report with any bytes as the code), and
 //   readback_raw {status, code: [bytes]} (the User Code Get that follows the next User Code
-//   Set, its read-back, is answered with these).
+//   Set, its read-back, is answered with these), alarm_raw {type, level} (an Alarm CC v1 report:
+//   alarmType and alarmLevel only).
 // POST /controller/reset: reset every lock in the network, and if the lock that waited for
 //   inclusion has joined, put a new one (same model, next free node id) in inclusion mode.
 //   Returns {nodes: [ids], pending: id|null}.
@@ -77,7 +80,11 @@ exports.default = function mockConfig({ require: req }) {
 		RemoveFailedNodeRequestStatusReport, RemoveFailedNodeResponse,
 	} = req("@zwave-js/serial/serialapi");
 
-	const count = Math.max(1, Math.min(LOCKS.length, Number(process.env.ZWAVE_MOCK_LOCKS || "2")));
+	const alarmV1 = process.env.ZWAVE_MOCK_NOTIFICATION_V1 === "1";
+	const models = alarmV1
+		? LOCKS.map((l) => (l.id === 3 ? { ...l, manufacturerId: 0x0129, productType: 0x8002, productId: 0x0600 } : l))
+		: LOCKS;
+	const count = Math.max(1, Math.min(models.length, Number(process.env.ZWAVE_MOCK_LOCKS || "2")));
 	const controlPort = Number(process.env.ZWAVE_MOCK_CONTROL_PORT || "0");
 	const supervised = process.env.ZWAVE_MOCK_SUPERVISION === "1";
 	const securityKeys = process.env.ZWAVE_MOCK_SECURITY_KEYS
@@ -108,7 +115,7 @@ exports.default = function mockConfig({ require: req }) {
 		return self.state.get("gw");
 	};
 	// node id -> lock model; a lock included later gets the model of the one that waited
-	const specs = new Map(LOCKS.map((l) => [l.id, l]));
+	const specs = new Map(models.map((l) => [l.id, l]));
 	const lockOf = (self) => specs.get(self.id);
 	const send = (controller, self, ccObj) =>
 		self.sendToController(createMockZWaveRequestFrame(ccObj, { ackRequested: true }));
@@ -324,7 +331,7 @@ exports.default = function mockConfig({ require: req }) {
 					ccId: CommandClasses["User Code"], isSupported: true, version: 1,
 					numUsers: process.env.ZWAVE_MOCK_NUM_USERS ? Number(process.env.ZWAVE_MOCK_NUM_USERS) : lock.numUsers,
 				},
-				{
+				alarmV1 ? { ccId: CommandClasses.Notification, isSupported: true, version: 1 } : {
 					ccId: CommandClasses.Notification, isSupported: true, version: 8,
 					supportsV1Alarm: false,
 					notificationTypesAndEvents: {
@@ -344,9 +351,9 @@ exports.default = function mockConfig({ require: req }) {
 		},
 		behaviors: [faults, battery, notification, doorLock, userCode],
 	});
-	const nodes = LOCKS.slice(0, count).map((lock) => nodeOptions(lock));
+	const nodes = models.slice(0, count).map((lock) => nodeOptions(lock));
 	// The next lock waits in inclusion mode: it joins when the controller starts inclusion.
-	const pendingModel = count < LOCKS.length ? LOCKS[count] : undefined;
+	const pendingModel = count < models.length ? models[count] : undefined;
 
 	function onInit(controller, mockNodes) {
 		const byId = new Map(mockNodes.map((n) => [n.id, n]));
@@ -508,6 +515,11 @@ exports.default = function mockConfig({ require: req }) {
 			async reset(self) { await resetLock(self); },
 			async notify_raw(self, p) {
 				await notify(controller, self, Number(p.type), Number(p.event), p.params ?? undefined);
+			},
+			async alarm_raw(self, p) {
+				await send(controller, self, new cc.NotificationCCReport({
+					nodeId: controller.ownNodeId, alarmType: Number(p.type), alarmLevel: Number(p.level ?? 0),
+				}));
 			},
 			async mode_raw(self, p) {
 				const report = operationReport(controller, self);
