@@ -822,6 +822,8 @@ class ZWaveDriver(Driver):
             # every slot emptied at the lock: none holds a code we saw confirmed any more
             lock.confirmed.forget_all()
             log.warning("zwave.all_codes_deleted", device_id=did)
+            # as the Zigbee driver says it: the cloud's list of codes on the lock is out of date
+            self._emit(did, EventName.CODE_REMOVED, {"all_codes": True, "method": "keypad"})
         elif notice.kind == "code_duplicate":
             # One command in flight per lock; locks differ in which slot they name, if any.
             refusal = lock.code_refusal

@@ -416,6 +416,24 @@ async def test_a_code_set_again_after_the_lock_may_have_changed_it_is_reported(
     assert sink.code_events(dev, mark, "method") == [("code set on device", "remote")]
 
 
+async def test_all_codes_deleted_at_the_lock_is_a_code_removed_event(
+    zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack
+) -> None:
+    """Access Control 0x0C (a lock's programming button emptied every slot) was only logged:
+    the cloud went on listing codes the lock no longer held. It is one `code removed from
+    device` naming all codes, as on Zigbee."""
+    _driver, sink = zwave
+    dev = sink.ids[native_id(4)]
+    mark = len(sink.events)
+    zwave_stack.control(4, "notify_raw", type=ACCESS_CONTROL, event=AC_ALL_CODES_DELETED)
+    await sink.wait_event(dev, EventName.CODE_REMOVED, timeout=10, after=mark)
+    await anyio.sleep(0.3)  # no second one
+    removed = [e for e in sink.events[mark:] if e.device_id == dev]
+    assert [(e.event_name, e.details) for e in removed] == [
+        (EventName.CODE_REMOVED, {"all_codes": True, "method": "keypad"})
+    ]
+
+
 @pytest.mark.parametrize("then", ["set_dropped", "clear"])
 async def test_a_late_notice_of_a_failed_set_is_heard_before_the_next_change_of_the_slot(
     zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack, then: str
