@@ -68,7 +68,18 @@ def _demo(
     *args: str, cwd: Path, stop: signal.Signals = signal.SIGINT
 ) -> Iterator[subprocess.Popen[str]]:
     """`gatewayd demo` on free ports; Ctrl-C (or `stop`) at the end, after which it must exit 0."""
-    proc = subprocess.Popen(
+    proc = _start_demo(*args, cwd=cwd)
+    try:
+        yield proc
+        proc.send_signal(stop)
+        assert proc.wait(15) == 0
+    finally:
+        _kill_group(proc)
+
+
+def _start_demo(*args: str, cwd: Path) -> subprocess.Popen[str]:
+    """`gatewayd demo` on free ports, in a process group of its own (see `_kill_group`)."""
+    return subprocess.Popen(
         [
             *(sys.executable, "-m", "gatewayd.cli", "demo"),
             *("--status-port", "0", "--cloud-port", "0", *args),
@@ -79,12 +90,6 @@ def _demo(
         cwd=cwd,
         start_new_session=True,
     )
-    try:
-        yield proc
-        proc.send_signal(stop)
-        assert proc.wait(15) == 0
-    finally:
-        _kill_group(proc)
 
 
 def _until_ready(proc: subprocess.Popen[str]) -> list[str]:
@@ -293,17 +298,7 @@ def test_a_demo_killed_outright_does_not_leave_its_cloud_serving(tmp_path: Path)
     """A demo killed with SIGKILL (kill -9, the OOM killer) left its devcloud, a process of its
     own, serving for good: the next `make demo` found port 8080 taken. devcloud now stops when
     the pipe the demo holds open as its stdin closes."""
-    proc = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "gatewayd.cli", "demo", "--dir", str(tmp_path / "demo")),
-            *("--status-port", "0", "--cloud-port", "0"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=ROOT,
-        start_new_session=True,
-    )
+    proc = _start_demo("--dir", str(tmp_path / "demo"), cwd=ROOT)
     try:
         found = re.search(r"http://127\.0\.0\.1:(\d+)/v1/", "\n".join(_until_ready(proc)))
         assert found is not None

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from drivers.zwave import ZWaveDriver
@@ -105,6 +106,22 @@ async def driver_with(
         yield driver, sink
     finally:
         await driver.stop()
+
+
+@asynccontextmanager
+async def own_stack(
+    tmp_path: Path, tasks: Tasks, *, locks: int, **config: object
+) -> AsyncIterator[tuple[ZWaveStack, ZWaveDriver, RecordingSink]]:
+    """A stack of its own (for a mock set up by environment variables, or one a test changes
+    for good), started, with a driver on it as `driver_with` makes one; both stopped at the
+    end."""
+    stack = ZWaveStack(tmp_path / "stack", locks=locks)
+    try:
+        await anyio.to_thread.run_sync(stack.start)
+        async with driver_with(stack, tmp_path, tasks, **config) as (driver, sink):
+            yield stack, driver, sink
+    finally:
+        await anyio.to_thread.run_sync(stack.stop)
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:

@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 from drivers.zwave import ZWaveDriver
 from drivers.zwave.events import Notice, parse_notification, parse_state_value
-from gatewayd.driver import DriverContext, Simulation
+from gatewayd.driver import Simulation
 from gatewayd.model import (
     ActionName,
     CodeNotConfirmed,
@@ -24,7 +24,7 @@ from gatewayd.model import (
     Unlock,
 )
 from tests.contract.sink import RecordingSink
-from tests.zwave.conftest import Tasks, make_config
+from tests.zwave.conftest import Tasks, own_stack
 from tests.zwave.stack import ZWaveStack, native_id
 
 pytestmark = pytest.mark.stack
@@ -37,7 +37,7 @@ async def _quiet(seconds: float = 1.5) -> None:
 
 
 def _events(sink: RecordingSink, dev: str, mark: int) -> list[tuple[str, dict[str, Any]]]:
-    return [(str(e.event_name), e.details) for e in sink.events[mark:] if e.device_id == dev]
+    return [(str(e.event_name), dict(e.details)) for e in sink.events[mark:] if e.device_id == dev]
 
 
 async def test_a_door_notification_with_a_parameter_is_one_event(
@@ -245,25 +245,14 @@ async def test_a_lock_whose_user_code_cc_reports_no_users_fails_a_code_typed(
     keeps the code actions with the default slots. A set_code then fails with a typed error
     that quotes no PIN, and the bolt still works."""
     monkeypatch.setenv("ZWAVE_MOCK_NUM_USERS", "0")
-    stack = ZWaveStack(tmp_path / "stack", locks=1)
-    try:
-        await anyio.to_thread.run_sync(stack.start)
-        sink = RecordingSink()
-        driver = ZWaveDriver(make_config(stack), DriverContext(tmp_path, tasks.spawn))
-        await driver.start(sink)
-        try:
-            await sink.wait_for(lambda: len(sink.devices) == 1, timeout=30)
-            device = sink.devices[sink.ids[native_id(2)]]
-            assert ActionName.SET_CODE in device.actions
-            with pytest.raises(GatewayError) as failed:
-                await driver.execute(device.id, SetCode(slot_id=1, code=PinCode("480613")))
-            assert "480613" not in str(failed.value)
-            assert "480613" not in str(failed.value.to_dict())
-            await driver.execute(device.id, Unlock())  # the bolt still works
-        finally:
-            await driver.stop()
-    finally:
-        await anyio.to_thread.run_sync(stack.stop)
+    async with own_stack(tmp_path, tasks, locks=1) as (_, driver, sink):
+        device = sink.devices[sink.ids[native_id(2)]]
+        assert ActionName.SET_CODE in device.actions
+        with pytest.raises(GatewayError) as failed:
+            await driver.execute(device.id, SetCode(slot_id=1, code=PinCode("480613")))
+        assert "480613" not in str(failed.value)
+        assert "480613" not in str(failed.value.to_dict())
+        await driver.execute(device.id, Unlock())  # the bolt still works
 
 
 async def test_an_alarm_v1_lock_reports_its_door_events(
@@ -275,45 +264,34 @@ async def test_an_alarm_v1_lock_reports_its_door_events(
     unknown type says nothing. Before, all of them were lost. A lock whose device file maps its
     alarms (Yale YRD226 ZW2) gets the notification as well as the values: one event each."""
     monkeypatch.setenv("ZWAVE_MOCK_NOTIFICATION_V1", "1")
-    stack = ZWaveStack(tmp_path / "stack", locks=2)
-    try:
-        await anyio.to_thread.run_sync(stack.start)
-        sink = RecordingSink()
-        driver = ZWaveDriver(make_config(stack), DriverContext(tmp_path, tasks.spawn))
-        await driver.start(sink)
-        try:
-            await sink.wait_for(lambda: len(sink.devices) == 2, timeout=30)
-            dev = sink.ids[native_id(2)]
-            mark = len(sink.events)
-            alarms = [(19, 3), (21, 1), (9, 0), (16, 1), (161, 1), (112, 4), (33, 4), (167, 15)]
-            for alarm_type, level in alarms:
-                stack.control(2, "alarm_raw", type=alarm_type, level=level)
-            await sink.wait_for(lambda: len(_events(sink, dev, mark)) >= 7)
-            await _quiet(0.5)
-            assert _events(sink, dev, mark) == [
-                ("door unlocked", {"method": "pin_code", "slot_id": 3}),
-                ("door locked", {"method": "manual"}),
-                ("door jammed", {}),
-                ("keypad invalid code", {"method": "keypad"}),
-                ("code set on device", {"slot_id": 4, "method": "keypad"}),
-                ("code removed from device", {"slot_id": 4, "method": "keypad"}),
-                ("low battery", {"battery_level": 0.9}),
-            ]
-            mapped = sink.ids[native_id(3)]
-            mark = len(sink.events)
-            for alarm_type, level in ((19, 3), (9, 0), (167, 15)):
-                stack.control(3, "alarm_raw", type=alarm_type, level=level)
-            await sink.wait_for(lambda: len(_events(sink, mapped, mark)) >= 3)
-            await _quiet()
-            assert _events(sink, mapped, mark) == [
-                ("door unlocked", {"method": "pin_code", "slot_id": 3}),
-                ("door jammed", {}),
-                ("low battery", {"battery_level": 0.9}),
-            ]
-        finally:
-            await driver.stop()
-    finally:
-        await anyio.to_thread.run_sync(stack.stop)
+    async with own_stack(tmp_path, tasks, locks=2) as (stack, _, sink):
+        dev = sink.ids[native_id(2)]
+        mark = len(sink.events)
+        alarms = [(19, 3), (21, 1), (9, 0), (16, 1), (161, 1), (112, 4), (33, 4), (167, 15)]
+        for alarm_type, level in alarms:
+            stack.control(2, "alarm_raw", type=alarm_type, level=level)
+        await sink.wait_for(lambda: len(_events(sink, dev, mark)) >= 7)
+        await _quiet(0.5)
+        assert _events(sink, dev, mark) == [
+            ("door unlocked", {"method": "pin_code", "slot_id": 3}),
+            ("door locked", {"method": "manual"}),
+            ("door jammed", {}),
+            ("keypad invalid code", {"method": "keypad"}),
+            ("code set on device", {"slot_id": 4, "method": "keypad"}),
+            ("code removed from device", {"slot_id": 4, "method": "keypad"}),
+            ("low battery", {"battery_level": 0.9}),
+        ]
+        mapped = sink.ids[native_id(3)]
+        mark = len(sink.events)
+        for alarm_type, level in ((19, 3), (9, 0), (167, 15)):
+            stack.control(3, "alarm_raw", type=alarm_type, level=level)
+        await sink.wait_for(lambda: len(_events(sink, mapped, mark)) >= 3)
+        await _quiet()
+        assert _events(sink, mapped, mark) == [
+            ("door unlocked", {"method": "pin_code", "slot_id": 3}),
+            ("door jammed", {}),
+            ("low battery", {"battery_level": 0.9}),
+        ]
 
 
 async def test_the_alarm_fields_of_a_later_version_lock_are_no_second_event(
