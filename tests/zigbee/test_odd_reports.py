@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -178,15 +179,20 @@ async def test_operation_events_with_odd_sources_codes_and_users(tmp_path: Path)
 async def test_a_keypad_lock_that_names_a_code_is_pin_code_with_its_slot(tmp_path: Path) -> None:
     """An operation event Lock from the keypad naming user 3: `pin_code` with slot 3, as the
     Z-Wave driver reports Access Control 0x05 naming a user (tests/zwave/test_events.py)."""
+    assert await _locked_by(tmp_path, KEYPAD, LOCK, 3) == {"method": "pin_code", "slot_id": 3}
+
+
+async def _locked_by(tmp_path: Path, source: int, code: int, user: int) -> dict[str, Any]:
+    """The details of the `door locked` an unlocked lock's operation event gives."""
     sink = HistorySink()
     async with running(tmp_path, sink) as driver:
         dev, vlock = by_native(sink, GENERIC), virtual(driver, GENERIC)
         vlock.manual(lock=False)
         await sink.wait_for(lambda: sink.devices[dev].properties.locked is False)
         mark = len(sink.events)
-        vlock.odd_operation(KEYPAD, LOCK, 3)
+        vlock.odd_operation(source, code, user)
         ev = await sink.wait_event(dev, EventName.DOOR_LOCKED, after=mark)
-        assert ev.details == {"method": "pin_code", "slot_id": 3}
+        return dict(ev.details)
 
 
 async def test_programming_events_with_odd_codes_and_users(tmp_path: Path) -> None:
@@ -372,15 +378,7 @@ async def test_a_one_touch_lock_is_the_keypad_whatever_source_it_names(
     """Operation event OneTouchLock is the keypad's lock button (`keypad`), as the Z-Wave
     driver reports Access Control "keypad lock". Before, its method came from the source the
     lock named: `manual`, `rf` or `unknown`."""
-    sink = HistorySink()
-    async with running(tmp_path, sink) as driver:
-        dev, vlock = by_native(sink, GENERIC), virtual(driver, GENERIC)
-        vlock.manual(lock=False)
-        await sink.wait_for(lambda: sink.devices[dev].properties.locked is False)
-        mark = len(sink.events)
-        vlock.odd_operation(source, ONE_TOUCH_LOCK, 0)
-        ev = await sink.wait_event(dev, EventName.DOOR_LOCKED, after=mark)
-        assert ev.details == {"method": "keypad"}
+    assert await _locked_by(tmp_path, source, ONE_TOUCH_LOCK, 0) == {"method": "keypad"}
 
 
 NIMLY_PIN = b"86420975"  # typed at a Nimly lock's keypad: the lock reports it in clear
