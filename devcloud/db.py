@@ -103,6 +103,7 @@ class GatewayRow:
     name: str
     high_water: int
     has_credential: bool
+    rotation_pending: bool  # rotated, and not yet connected with the new credential
 
 
 @dataclass(frozen=True, slots=True)
@@ -536,6 +537,7 @@ def _gateway_row(row: sqlite3.Row) -> GatewayRow:
         name=row["name"],
         high_water=int(row["high_water"]),
         has_credential=row["credential_hash"] is not None,
+        rotation_pending=row["previous_credential_hash"] is not None,
     )
 
 

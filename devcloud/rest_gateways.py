@@ -92,19 +92,24 @@ async def rotate_credential(request: web.Request) -> web.Response:
     st = request.app[STATE]
     gw = _gateway(st, request)
     _no_body(await read_json(request))
-    conn = st.hub.claimed.get(gw.id)
+    pending = ApiError(
+        409,
+        "credential_rotation_pending",
+        "The gateway has not yet connected with the credential of the last rotation;"
+        " try again once it has",
+    )
+    if gw.rotation_pending:
+        raise pending  # at once: it is the gateway, not its session, that has to catch up
+    # Right after a claim the gateway redials, reading nothing more on the session that sent
+    # `claimed`: the rotation goes to the session that follows, as an action would.
+    conn = await st.hub.live(gw.id, st.settings.handoff_timeout_s)
     if conn is None or conn.ws.closed:
         raise ApiError(
             400, "gateway_offline", "The gateway must be online to rotate its credential"
         )
     credential = secrets.token_urlsafe(32)
     if not st.db.start_rotation(gw.id, secret_hash(credential)):
-        raise ApiError(
-            409,
-            "credential_rotation_pending",
-            "The gateway has not yet connected with the credential of the last rotation;"
-            " try again once it has",
-        )
+        raise pending
     if not await conn.send(protocol.Claimed(gateway_id=gw.id, credential=credential)):
         raise ApiError(
             400, "gateway_offline", "The gateway went offline; it gets a new credential on return"

@@ -17,6 +17,7 @@ class FaultProxy:
     delay_s: float = 0.0
     refuse: bool = False  # close new connections at once
     connections: int = 0
+    dropped_down: int = 0  # bytes blackholed on their way from the target to the client
     _server: asyncio.Server | None = None
     _writers: set[asyncio.StreamWriter] = field(default_factory=set)
 
@@ -50,20 +51,26 @@ class FaultProxy:
         self.connections += 1
         self._writers |= {writer, up_writer}
         await asyncio.gather(
-            self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
+            self._pipe(reader, up_writer),
+            self._pipe(up_reader, writer, down=True),
+            return_exceptions=True,
         )
         for w in (writer, up_writer):
             self._writers.discard(w)
             with contextlib.suppress(Exception):
                 w.transport.abort()
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, down: bool = False
+    ) -> None:
         while True:
             data = await reader.read(65536)
             if not data:
                 writer.transport.abort()
                 return
             if self.blackhole:
+                if down:
+                    self.dropped_down += len(data)
                 continue
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)

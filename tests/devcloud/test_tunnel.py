@@ -608,6 +608,24 @@ async def test_an_action_posted_during_a_rotation_goes_to_the_session_that_follo
     assert request.id == created["id"]
 
 
+async def test_a_rotation_posted_while_the_gateway_redials_after_its_claim_waits_for_it(
+    cloud: Cloud,
+) -> None:
+    """The gateway stores `claimed` and redials: a rotation posted in that window, right after
+    the claim, was answered 400 `gateway_offline`. It waits for the session that follows."""
+    gw, claimed = await cloud.register("calm-haiku-42", "my first gateway")  # and hung up
+    rotating = asyncio.create_task(cloud.post(f"/v1/gateways/{gw['id']}/actions/rotate_credential"))
+    await asyncio.sleep(0.2)  # the rotation is posted before the redial
+    tunnel = await cloud.tunnel(claimed.credential)
+    assert isinstance(await tunnel.hello(), p.Welcome)
+    status, body = await rotating
+    assert status == 200, body
+    rotated = await tunnel.recv()
+    assert isinstance(rotated, p.Claimed)
+    assert rotated.credential != claimed.credential
+    assert isinstance(await (await cloud.tunnel(rotated.credential)).hello(), p.Welcome)
+
+
 async def test_a_gateway_that_missed_its_rotation_gets_a_fresh_credential(cloud: Cloud) -> None:
     tunnel, gateway_id, old = await cloud.claimed_gateway()
     status, _ = await cloud.post(f"/v1/gateways/{gateway_id}/actions/rotate_credential")

@@ -80,12 +80,14 @@ async def claim(cloud: Cloud, daemon: Daemon) -> tuple[str, str]:
         {"registration_token": token, "name": "front office"},
     )
     assert status == 200, gateway
+    # the session of the credential: the unclaimed one is still up while the gateway redials,
+    # and a rotation or a link fault timed on it would hit the redial
     await wait_until(
         lambda: (
             daemon.store is not None
             and daemon.store.identity().claimed
             and daemon.tunnel is not None
-            and daemon.tunnel.up
+            and daemon.tunnel.state == "connected"
         ),
         15,
     )

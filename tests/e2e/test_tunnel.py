@@ -325,6 +325,9 @@ async def test_rotated_credential_replaces_the_old_one(
     url = tunnel_url(cloud.server.port)
     async with proxied_daemon(tmp_path, cloud) as (daemon, store, tunnel, proxy):
         _, gateway_id = await claim(cloud, daemon)
+        # claim() returns once the credential is stored, maybe before the redial with it: a
+        # rotation needs the claimed session up (and the blackhole must not catch the redial)
+        await wait_until(lambda: tunnel.state == "connected", 15)
         old = store.identity().credential
         assert old is not None
         sessions = tunnel.sessions
@@ -332,7 +335,8 @@ async def test_rotated_credential_replaces_the_old_one(
         status, _ = await cloud.post(f"/v1/gateways/{gateway_id}/actions/rotate_credential")
         assert status == 200
         if lose_frame:
-            await anyio.sleep(0.2)
+            # the cloud wrote `claimed` before answering; wait until it reached the proxy
+            await wait_until(lambda: proxy.dropped_down > 0, 15)
             assert store.identity().credential == old
             proxy.cut()
             proxy.blackhole = False
