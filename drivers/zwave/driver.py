@@ -118,6 +118,7 @@ class _Lock:
     online: bool = True
     jammed: bool = False
     door_open: bool | None = None
+    door_changes: int = 0  # door changes heard (see `_resync`)
     battery_level: float | None = None
     battery_low: bool = False
     masked: bool = False
@@ -461,7 +462,7 @@ class ZWaveDriver(Driver):
             node = self._node_or_none(lock)
             if node is None or node.status == NodeStatus.DEAD:
                 continue
-            mark = lock.tracker.read_mark()
+            mark, door_mark = lock.tracker.read_mark(), lock.door_changes
             try:
                 with anyio.fail_after(self._config.connect_timeout_s):
                     report = await commands.call(
@@ -475,7 +476,10 @@ class ZWaveDriver(Driver):
                 continue
             if not report:
                 continue
-            self._door(lock, report.get("doorStatus"), silent=first)
+            # as for the bolt: a door change heard while the read was under way is as new as
+            # the read, which would show the door in the state it left
+            if lock.door_changes == door_mark:
+                self._door(lock, report.get("doorStatus"), silent=first)
             locked = bolt_from_mode(report.get("currentMode"))
             if locked is None:
                 continue
@@ -750,6 +754,7 @@ class ZWaveDriver(Driver):
         if status not in ("open", "closed") or lock.door_open == (status == "open"):
             return
         lock.door_open = status == "open"
+        lock.door_changes += 1
         if not silent:
             name = EventName.DOOR_OPENED if lock.door_open else EventName.DOOR_CLOSED
             self._emit(lock.device_id, name, {})
@@ -1197,11 +1202,14 @@ class ZWaveDriver(Driver):
         if lock is None:
             raise DeviceNotFound(f"no Z-Wave lock {device_id}")
         body = dict(params)
-        async with self._http.post(
-            f"{url.rstrip('/')}/node/{lock.node_id}/{_SIM_ACTIONS[what]}", json=body
-        ) as resp:
-            if resp.status != 200:
-                raise InvalidInput(f"mock refused {what}: {await resp.text()}")
+        try:
+            async with self._http.post(
+                f"{url.rstrip('/')}/node/{lock.node_id}/{_SIM_ACTIONS[what]}", json=body
+            ) as resp:
+                if resp.status != 200:
+                    raise InvalidInput(f"mock refused {what}: {await resp.text()}")
+        except aiohttp.ClientError as exc:  # its text names the URL, never the body (a code)
+            raise DeviceError(f"mock control channel unreachable for {what}: {exc}") from None
         if what in (Simulation.OFFLINE, Simulation.ONLINE):
             # The controller notices a lock went away (or came back) on its next transmission.
             # through commands.call: a link lost meanwhile is a DeviceError, not the client's

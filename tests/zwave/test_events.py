@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -271,6 +272,51 @@ async def test_a_bolt_read_overtaken_by_the_lock_s_reports_is_not_applied() -> N
         ("door locked", {"method": "pin_code", "slot_id": 4}),
         ("door unlocked", {"method": "unknown"}),
     ]
+
+
+async def test_a_door_read_overtaken_by_the_lock_s_report_is_not_applied(
+    zwave: tuple[ZWaveDriver, RecordingSink], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reconnect read of a lock answers "door closed"; the door opens before the driver
+    takes that answer in. Applied after the open, the read showed the door closed again with
+    a false `door closed` event."""
+    from zwave_js_server.model.node import Node
+
+    driver, sink = zwave
+    dev = sink.ids[native_id(4)]
+    real_invoke = Node.async_invoke_cc_api
+
+    async def read_then_door_opens(node: Node, *args: Any, **kwargs: Any) -> Any:
+        answer = await real_invoke(node, *args, **kwargs)
+        if node.node_id == 4:  # the answer says closed; the lock reports the door open
+            await driver.simulate(dev, Simulation.DOOR_OPEN, {})
+            await sink.wait_event(dev, "door opened")  # type: ignore[arg-type]
+        return answer
+
+    monkeypatch.setattr(Node, "async_invoke_cc_api", read_then_door_opens)
+    await driver._resync(first=False)
+    await _quiet(0.3)
+    assert sink.devices[dev].properties.door_open is True
+    assert sink.names(dev) == ["door opened"]
+
+
+async def test_a_mock_control_channel_out_of_reach_is_a_typed_error(
+    zwave_stack: ZWaveStack, tmp_path: Path, tasks: Tasks
+) -> None:
+    """simulate() on a mock whose control channel does not answer: a DeviceError (the status
+    API's typed 400), not aiohttp's ClientConnectorError (a 500)."""
+    import socket
+
+    with socket.socket() as closed:  # bound, never listening: connections to it are refused
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        async with driver_with(zwave_stack, tmp_path, tasks, mock_control_url=url) as (
+            driver,
+            sink,
+        ):
+            dev = sink.ids[native_id(4)]
+            with pytest.raises(DeviceError, match="mock control channel"):
+                await driver.simulate(dev, Simulation.DOOR_OPEN, {})
 
 
 async def test_a_frozen_zwave_server_takes_the_driver_down_and_fails_commands_typed(
