@@ -216,6 +216,7 @@ class ZigbeeLock:
         return self._ep.in_clusters[DoorLock.cluster_id]
 
     def listen(self) -> None:
+        _guard_answers(self.door_lock)
         for cid in (DoorLock.cluster_id, PowerConfiguration.cluster_id, Alarms.cluster_id):
             cluster = self._cluster(cid)
             if cluster is not None:
@@ -825,14 +826,25 @@ class ZigbeeLock:
 
     # ------------------------------------------------------------------ commands
 
-    async def _call(self, make: Callable[[], Awaitable[Any]], *, last_try: bool = True) -> Any:
+    async def _call(
+        self,
+        make: Callable[[], Awaitable[Any]],
+        *,
+        last_try: bool = True,
+        idempotent: bool = True,
+    ) -> Any:
         """One zigpy request (`make` makes it), bounded, cut short if the lock leaves or the
         radio goes; errors become typed. A failed delivery that is not the `last_try` is
         _Undelivered, and does not mark the lock out of reach.
 
         zigpy fails the requests waiting in its queue for a lock (it sends one at a time) when
         the lock joins or announces itself: a rejoin, batteries changed, its router restarted.
-        Those were never sent: sent again (REJOIN_SENDS in all), and the lock stays online."""
+        Those were never sent: sent again (REJOIN_SENDS in all), and the lock stays online.
+
+        zigpy takes a frame for a request's answer by its TSN alone: a notification of the
+        lock's own that carries the TSN of our request (1 in 256) is handled as the lock's
+        word it is, and the request, its answer lost, sent again if `idempotent`, else
+        _AnswerLost."""
         for attempt in range(REJOIN_SENDS):
             try:
                 return await self._call_once(make(), last_try=last_try)
@@ -842,6 +854,11 @@ class ZigbeeLock:
                         "the lock kept rejoining the network: the request was not delivered"
                     ) from None
                 await asyncio.sleep(BOLT_RESEND_S)
+            except _Overtaken:
+                if not idempotent:
+                    raise _AnswerLost("the lock's answer was lost") from None
+                if attempt == REJOIN_SENDS - 1:
+                    raise DeviceError("the lock's answers kept being lost") from None
         raise AssertionError("unreachable: the last send returns or raises")
 
     async def _call_once(self, aw: Awaitable[Any], *, last_try: bool) -> Any:
@@ -887,6 +904,11 @@ class ZigbeeLock:
             raise DeviceError("the lock's answer could not be parsed") from None
         except exceptions.ZigbeeException as exc:
             raise DeviceError(f"zigbee error: {type(exc).__name__}") from None
+        except _Overtaken as exc:
+            self.seen()
+            log.info("zigbee.answer_overtaken", device_id=self.device_id, command_id=exc.command)
+            self.on_command(DoorLock.cluster_id, exc.command, exc.notification)
+            raise
         self.seen()
         return result
 
@@ -916,6 +938,8 @@ class ZigbeeLock:
                 if self._pending is not None:
                     self._bolt_event(locked, Method.UNKNOWN, None)
                 self._bolt_event(locked, Method.REMOTE, None)
+        except _RadioLost as exc:  # sent, or on its way: the lock may have moved
+            raise DeviceError(f"{exc}: whether the lock moved is unknown") from None
         finally:
             self._expect = None
         return ActionResult({"locked": locked})
@@ -930,7 +954,9 @@ class ZigbeeLock:
             command = dl.lock_door if locked else dl.unlock_door
             try:
                 return await self._call(
-                    functools.partial(command, retries=0), last_try=attempt == BOLT_SENDS - 1
+                    functools.partial(command, retries=0),
+                    last_try=attempt == BOLT_SENDS - 1,
+                    idempotent=False,
                 )
             except _Undelivered:
                 await asyncio.sleep(BOLT_RESEND_S)
@@ -952,6 +978,8 @@ class ZigbeeLock:
         while self._words == words or self.locked != locked or self.jammed or self._bolt_unknown:
             if self._jams != jams:
                 raise DeviceError("the bolt jammed")
+            if self._closed:  # its report, if it comes, reaches the lock adopted after reconnect
+                raise _RadioLost("the zigbee radio went down before the lock reported its bolt")
             remaining = deadline - loop.time()
             if remaining <= 0:
                 if not answered:
@@ -1176,6 +1204,39 @@ class _AnswerLost(ActionTimeout):
 
 class _RadioLost(DeviceError):
     """The radio connection went down while a request was out: it may have been carried out."""
+
+
+class _Overtaken(Exception):
+    """zigpy took a notification of the lock's own, with our request's TSN, for its answer."""
+
+    def __init__(self, command: int, notification: Any) -> None:
+        super().__init__(command)
+        self.command, self.notification = command, notification
+
+
+_NOTIFICATIONS: Final = (
+    DoorLock.ClientCommandDefs.operation_event_notification,
+    DoorLock.ClientCommandDefs.programming_event_notification,
+)
+
+
+def _guard_answers(cluster: Any) -> None:
+    """zigpy matches a frame to a pending request of the cluster by its TSN alone: a
+    notification the lock sends with the TSN of one of our requests becomes that request's
+    answer (a command's, or a read's, which zigpy then takes for failed attributes), and never
+    reaches the cluster's handlers. Raised as _Overtaken instead; idempotent."""
+    if "request" in vars(cluster):
+        return
+    request = cluster.request
+
+    async def checked(*args: Any, **kwargs: Any) -> Any:
+        result = await request(*args, **kwargs)
+        for command in _NOTIFICATIONS:
+            if isinstance(result, cluster.client_commands.get(command.id, command).schema):
+                raise _Overtaken(int(command.id), result)
+        return result
+
+    cluster.request = checked
 
 
 class _Undelivered(Exception):

@@ -423,3 +423,85 @@ async def test_a_damaged_page_in_the_zigbee_database_is_found_before_zigpy_opens
                 await asyncio.sleep(0.05)
         assert "damaged" in (driver.health().last_error or "")
     assert _non_daemon_threads() == ["MainThread"]
+
+
+@pytest.mark.parametrize("ieee", [YALE, GENERIC])
+@pytest.mark.parametrize("locking", [False, True])
+async def test_an_operation_event_with_the_tsn_of_our_bolt_command_is_no_answer(
+    tmp_path: Path, ieee: str, locking: bool
+) -> None:
+    """zigpy matches an answer by TSN, not command: the lock's operation event for the move
+    it makes, sent before its answer with the request's TSN, became the unlock's "answer"
+    (refused, status None) and never reached the cluster's handlers."""
+    sink = RecordingSink()
+    async with running(tmp_path, sink) as driver:
+        device_id = by_native(sink, ieee)
+        lock = driver.virtual.lock(ieee)  # type: ignore[union-attr]
+        if locking:
+            await driver.execute(device_id, Unlock())
+            await asyncio.sleep(0.5)  # its operation event and report are in
+        commands, mark = lock.bolt_commands, len(sink.events)
+        server = DoorLock.ServerCommandDefs
+        command = server.lock_door if locking else server.unlock_door
+        lock.tsn_clash = (command.id, locking, None, 0)
+        await driver.execute(device_id, Lock() if locking else Unlock())
+        assert lock.tsn_clash is None  # the clash did happen
+        await asyncio.sleep(0.5)  # past the merge window: a late duplicate would be here
+        name = EventName.DOOR_LOCKED if locking else EventName.DOOR_UNLOCKED
+        assert [(e.event_name, e.details) for e in sink.events[mark:]] == [
+            (name, {"method": "remote"})
+        ]
+        assert lock.bolt_commands == commands + 1
+        assert sink.devices[device_id].properties.locked is locking
+
+
+async def test_an_operation_event_with_the_tsn_of_a_code_read_back_is_no_answer(
+    tmp_path: Path,
+) -> None:
+    """A keypad unlock whose operation event carries the TSN of set_code's read-back: the
+    event keeps its method and slot, and the read is sent again."""
+    from drivers.zigbee.virtual.lock import OpSource
+
+    sink = RecordingSink()
+    async with running(tmp_path, sink) as driver:
+        device_id = by_native(sink, GENERIC)  # reads codes back in clear
+        lock = driver.virtual.lock(GENERIC)  # type: ignore[union-attr]
+        mark = len(sink.events)
+        clash = (DoorLock.ServerCommandDefs.get_pin_code.id, False, OpSource.Keypad, 3)
+
+        def on_set() -> None:  # the read-back follows the set: its request clashes
+            lock.tsn_clash = clash
+
+        lock.on_pin_set = on_set
+        await driver.execute(device_id, SetCode(slot_id=5, code=PinCode("4826")))
+        assert lock.tsn_clash is None  # the clash did happen
+        assert lock.mem.pins[5] == "4826"
+        await asyncio.sleep(0.5)
+        assert [(e.event_name, e.details) for e in sink.events[mark:]] == [
+            (EventName.DOOR_UNLOCKED, {"method": "pin_code", "slot_id": 3}),
+            (EventName.CODE_SET, {"slot_id": 5, "method": "remote"}),
+        ]
+        assert lock.bolt_commands == 0
+
+
+async def test_an_operation_event_with_the_tsn_of_a_bolt_read_is_no_answer(
+    tmp_path: Path,
+) -> None:
+    """A keypad unlock whose operation event carries the TSN of our read of the bolt: zigpy
+    took it for the read's answer (every attribute failed) and the event lost its method and
+    slot. It goes up as it is, and the read is sent again."""
+    from drivers.zigbee.virtual.lock import OpSource
+
+    sink = RecordingSink()
+    async with running(tmp_path, sink) as driver:
+        device_id = by_native(sink, GENERIC)
+        lock = driver.virtual.lock(GENERIC)  # type: ignore[union-attr]
+        mark = len(sink.events)
+        lock.read_clash = (False, OpSource.Keypad, 3)
+        await driver._locks[device_id].resync()
+        assert lock.read_clash is None  # the clash did happen
+        await asyncio.sleep(0.5)
+        assert [(e.event_name, e.details) for e in sink.events[mark:]] == [
+            (EventName.DOOR_UNLOCKED, {"method": "pin_code", "slot_id": 3}),
+        ]
+        assert sink.devices[device_id].properties.locked is False

@@ -274,3 +274,31 @@ async def test_a_code_set_cut_by_a_radio_loss_fails_at_once_with_its_outcome_unk
         assert "unknown" in str(failed.value)
         assert "4682" not in str(failed.value)
         assert sink.code_events(dev, mark, "method") == []
+
+
+async def test_a_bolt_command_cut_by_a_radio_loss_fails_at_once_with_its_outcome_unknown(
+    tmp_path: Path,
+) -> None:
+    """The radio is lost while an unlock the lock has acknowledged waits for its bolt report.
+    The action fails at once, `device_error`, saying whether the lock moved is unknown.
+    Before, it waited out report_wait_s (30 s here), then its read failed: "the zigbee radio
+    is down"."""
+    sink = RecordingSink()
+    cfg = config(command_timeout_s=60.0, report_wait_s=30.0)
+    async with running(tmp_path, sink, cfg) as driver:
+        dev = by_native(sink, GENERIC)
+        assert driver.virtual is not None
+        vlock = driver.virtual.lock(GENERIC)
+        vlock.actuation_s = 30.0  # answers at once; its bolt report would come 30 s later
+        unlocking = asyncio.ensure_future(driver.execute(dev, Unlock()))
+        async with asyncio.timeout(5):
+            while vlock.bolt_commands == 0:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # the answer is in: the unlock waits for the bolt
+        assert not unlocking.done()
+        driver.virtual.unplug()
+        with anyio.fail_after(10), pytest.raises(DeviceError) as failed:
+            await unlocking
+        assert failed.value.type == "device_error"
+        assert "radio" in str(failed.value)
+        assert "unknown" in str(failed.value)

@@ -177,6 +177,14 @@ class VirtualLock:
         # that follows the next set or clear: its read-back
         self.odd_readback: tuple[int, bytes] | None = None
         self._wrote_pin = False
+        # (Door Lock command id, locking, source, user id): the next request of that command is
+        # answered just after a bolt move's operation event notification that carries the
+        # request's own TSN (zigpy matches answers by TSN, not command). For lock_door and
+        # unlock_door the move is the command's own, and the rest of the tuple unused.
+        self.tsn_clash: tuple[int, bool, Any, int] | None = None
+        self.on_pin_set: Callable[[], None] | None = None  # called as a set_pin_code is taken
+        # (locking, source, user id): the same for the next read of the Door Lock cluster
+        self.read_clash: tuple[bool, Any, int] | None = None
 
     @property
     def ieee(self) -> Any:
@@ -267,12 +275,14 @@ class VirtualLock:
         )
         self._zcl(cluster, hdr, foundation.GENERAL_COMMANDS[cmd].schema, dst_ep, **kw)
 
-    def _unsolicited(self, cluster: int, cmd_def: Any, delay: float = 0.0, **kw: Any) -> None:
+    def _unsolicited(
+        self, cluster: int, cmd_def: Any, delay: float = 0.0, tsn: int | None = None, **kw: Any
+    ) -> None:
         """A notification the lock sends on its own, to the coordinator if the cluster is bound."""
         if cluster not in self.mem.bound:
             return
         hdr = foundation.ZCLHeader.cluster(
-            tsn=self._next_tsn(), command_id=cmd_def.id, direction=S2C
+            tsn=self._next_tsn() if tsn is None else tsn, command_id=cmd_def.id, direction=S2C
         )
         self._zcl(cluster, hdr, cmd_def.schema, 1, delay, **kw)
 
@@ -441,6 +451,12 @@ class VirtualLock:
             self._default_rsp(cluster, hdr, src_ep, foundation.Status.MALFORMED_COMMAND)
             return
         if cmd == gc.Read_Attributes:
+            if cluster == DoorLock.cluster_id and self.read_clash is not None:
+                (locking, source, user), self.read_clash = self.read_clash, None
+                target = LockState.Locked if locking else LockState.Unlocked
+                self._move(
+                    target, source, OpEvent.Lock if locking else OpEvent.Unlock, user, hdr.tsn
+                )
             table = self._attributes(cluster)
             records = []
             for attr_id in args.attribute_ids:
@@ -492,19 +508,34 @@ class VirtualLock:
             fault = None
         if fault == "no_reply":
             return
+        clash, clash_tsn = self.tsn_clash, None
+        if clash is not None and clash[0] == cmd_def.id:
+            self.tsn_clash, clash_tsn = None, hdr.tsn
         self._garbage = fault == "garbage"
         refuse = fault == "refuse"
         status = foundation.Status.FAILURE if refuse else foundation.Status.SUCCESS
-        if cmd_def.id in (server.lock_door.id, server.unlock_door.id):
+        bolt = cmd_def.id in (server.lock_door.id, server.unlock_door.id)
+        if clash is not None and clash_tsn is not None and not bolt:
+            _, locking, source, user = clash  # a move of its own, told before the answer
+            target = LockState.Locked if locking else LockState.Unlocked
+            self._move(target, source, OpEvent.Lock if locking else OpEvent.Unlock, user, clash_tsn)
+        if bolt:
             locking = cmd_def.id == server.lock_door.id
             rsp = client.lock_door_response if locking else client.unlock_door_response
+            target = LockState.Locked if locking else LockState.Unlocked
+            code = OpEvent.Lock if locking else OpEvent.Unlock
+            if clash_tsn is not None and not refuse:  # moved first, answered after
+                self._move(target, OpSource.RF, code, 0, tsn=clash_tsn)
+                self._reply(cid, hdr, rsp, src_ep, status=status)
+                return
             self._reply(cid, hdr, rsp, src_ep, status=status)
             if not refuse:
-                target = LockState.Locked if locking else LockState.Unlocked
-                code = OpEvent.Lock if locking else OpEvent.Unlock
                 self._move(target, OpSource.RF, code, 0)
+
         elif cmd_def.id == server.set_pin_code.id:
             self._wrote_pin = True
+            if self.on_pin_set is not None:
+                self.on_pin_set()
             pin = str(args.pin_code)
             p = self.profile
             if not refuse and not (
@@ -595,8 +626,11 @@ class VirtualLock:
             data="",
         )
 
-    def _move(self, target: Any, source: Any, code: Any, user_id: int) -> None:
-        """The bolt moves (after the actuator's delay); the lock tells whoever is bound."""
+    def _move(
+        self, target: Any, source: Any, code: Any, user_id: int, tsn: int | None = None
+    ) -> None:
+        """The bolt moves (after the actuator's delay); the lock tells whoever is bound. With
+        `tsn`, its operation event goes at once and carries that TSN."""
         self.mem.lock_state = int(target)
         self._changed()
         notify = {
@@ -619,10 +653,13 @@ class VirtualLock:
         first, second = self.actuation_s, self.actuation_s + 0.01
         if not self.profile.notify_before_report:
             first, second = second, first
+        if tsn is not None:
+            first = 0.0
         self._unsolicited(
             DoorLock.cluster_id,
             DoorLock.ClientCommandDefs.operation_event_notification,
             delay=first,
+            tsn=tsn,
             **notify,
         )
         self.report(DoorLock.cluster_id, [0x0000], delay=second)
