@@ -627,12 +627,12 @@ class ZigbeeLock:
         if quiet:
             self._bolt_untold = asyncio.get_running_loop().time()
             return
-        if self._expect is not None and self._expect == locked:
-            self._bolt_event(locked, Method.REMOTE, None)
-            return
         if self._pending is not None:
             # the move before this one is over, and no operation event came for it: told now
             self._bolt_event(not locked, Method.UNKNOWN, None)
+        if self._expect is not None and self._expect == locked:
+            self._bolt_event(locked, Method.REMOTE, None)
+            return
         # Wait briefly for the operation event that usually accompanies a report.
         self._pending = asyncio.get_running_loop().call_later(
             self._opts.event_merge_s, self._bolt_event, locked, Method.UNKNOWN, None
