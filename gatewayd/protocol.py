@@ -65,6 +65,9 @@ GatewayId = Annotated[
     str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 ]
 Name = Annotated[str, msgspec.Meta(max_length=64)]
+# welcome.cancelled: the cloud sends its newest (devcloud: 500); each id is passed to the
+# dispatcher, so a welcome naming more is refused like any other frame out of bounds
+MAX_CANCELLED: Final = 1000
 
 
 class ProtocolError(Exception):
@@ -128,7 +131,7 @@ class Welcome(_Msg, frozen=True, tag="welcome"):
     gateway_id: GatewayId | None
     acked_seq: Seq
     heartbeat_s: float
-    cancelled: list[str] = []
+    cancelled: Annotated[list[Ident], msgspec.Meta(max_length=MAX_CANCELLED)] = []
     server_time: str | None = None
 
 

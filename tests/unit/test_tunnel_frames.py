@@ -3,10 +3,12 @@ dropped in silence."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
 from structlog.testing import capture_logs
 
 from gatewayd.config import CloudConfig
@@ -147,4 +149,52 @@ async def test_a_malformed_action_cancel_is_skipped_with_a_warning_naming_it(
     assert [e["log_level"] for e in skipped] == ["warning"] * 3
     assert [e["frame_type"] for e in skipped] == ["action_cancel"] * 3
     assert all("action_request_id" in e["reason"] for e in skipped)
+    assert "x" * 129 not in str(logs)
+
+
+@pytest.mark.parametrize(
+    "cancelled",
+    [["a-1", "x" * 200], [f"a-{n}" for n in range(1001)]],
+    ids=["over-long id", "too many ids"],
+)
+async def test_a_welcome_with_out_of_bounds_cancels_ends_the_session_unwelcomed(
+    tmp_path: Path, cancelled: list[str]
+) -> None:
+    """`welcome.cancelled` took ids of any length, and any number of them (an `action_cancel`
+    id is bounded): each was handed to the dispatcher. Such a welcome is refused like any
+    frame out of bounds: logged, nothing cancelled or acked, the session not opened."""
+    welcome = {
+        "type": "welcome",
+        "protocol": 1,
+        "gateway_id": "g-1",
+        "acked_seq": 0,
+        "heartbeat_s": 60.0,
+        "cancelled": cancelled,
+    }
+    cloud = ScriptedCloud({OLD}, lambda _n: None)
+    cloud.before_welcome = json.dumps(welcome)  # read as the session's welcome
+    cancels: list[str] = []
+    states: set[str] = set()
+
+    def redialled(_s: Seen, tunnel: Tunnel) -> bool:
+        states.add(tunnel.state)
+        if cancels or tunnel.state == "connected":
+            return True  # taken as a welcome: fails below
+        return tunnel.sessions >= 2 and any(e["event"] == "tunnel.disconnected" for e in logs)
+
+    with capture_logs() as logs:
+        _, tunnel, store = await serve(
+            tmp_path,
+            cloud,
+            redialled,
+            on_cancel=lambda action_id, _why: cancels.append(action_id),
+        )
+    store.close()
+    assert cancels == []
+    assert "connected" not in states
+    assert tunnel.connected_since is None
+    (disconnected, *_) = [e for e in logs if e["event"] == "tunnel.disconnected"]
+    assert disconnected["error"].startswith("protocol: ")
+    assert "cancelled" in disconnected["error"]
+    assert not any(e["event"] == "tunnel.connected" for e in logs)
     assert "x" * 129 not in str(logs)
