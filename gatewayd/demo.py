@@ -11,6 +11,8 @@ import os
 import re
 import secrets
 import shlex
+import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -226,12 +228,52 @@ def demo_api_key(work: Path) -> str:
     return key
 
 
+DEMO_PREFIX = "gatewayd-demo-"
+PID_FILE = "demo.pid"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: alive
+        return True
+    return True
+
+
+def remove_stale_demo_dirs(parent: Path) -> None:
+    """Remove the temporary dirs of demos killed outright (kill -9, the OOM killer, a power
+    cut): each holds a gateway credential and the demo's API key. Only a dir of this user whose
+    pid file names a process that is gone: one without a pid file (a demo starting) is left."""
+    for path in parent.glob(f"{DEMO_PREFIX}*"):
+        try:
+            st = path.lstat()
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+                continue
+            pid = int((path / PID_FILE).read_text(encoding="ascii"))
+            if pid <= 0 or _alive(pid):  # 0 and below name process groups
+                continue
+        except (OSError, ValueError, OverflowError, UnicodeDecodeError):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _write_pid_file(work: Path) -> None:
+    """Written whole, then renamed in place: another demo never reads a partial pid."""
+    part = work / f"{PID_FILE}.part"
+    part.write_text(f"{os.getpid()}\n", encoding="ascii")
+    part.replace(work / PID_FILE)
+
+
 def run_demo(args: argparse.Namespace) -> int:
     """Run the demo until Ctrl-C; a DemoError says in one line why it cannot."""
     if args.locks < 1:
         # claim() waits for the locks to reach the cloud, and the guide's commands act on one
         raise DemoError("--locks must be at least 1 (the commands it prints act on a lock)", 2)
-    with tempfile.TemporaryDirectory(prefix="gatewayd-demo-") as tmp:
+    remove_stale_demo_dirs(Path(tempfile.gettempdir()))
+    with tempfile.TemporaryDirectory(prefix=DEMO_PREFIX) as tmp:
+        _write_pid_file(Path(tmp))
         # absolute: the config refuses a relative state_dir
         work = Path(args.dir or tmp).resolve()
         # its own: the cloud's database, the logs and the gateway's state (credential included)

@@ -65,10 +65,13 @@ def _kill_group(proc: subprocess.Popen[str]) -> None:
 
 @contextmanager
 def _demo(
-    *args: str, cwd: Path, stop: signal.Signals = signal.SIGINT
+    *args: str,
+    cwd: Path,
+    stop: signal.Signals = signal.SIGINT,
+    env: dict[str, str] | None = None,
 ) -> Iterator[subprocess.Popen[str]]:
     """`gatewayd demo` on free ports; Ctrl-C (or `stop`) at the end, after which it must exit 0."""
-    proc = _start_demo(*args, cwd=cwd)
+    proc = _start_demo(*args, cwd=cwd, env=env)
     try:
         yield proc
         proc.send_signal(stop)
@@ -77,7 +80,7 @@ def _demo(
         _kill_group(proc)
 
 
-def _start_demo(*args: str, cwd: Path) -> subprocess.Popen[str]:
+def _start_demo(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """`gatewayd demo` on free ports, in a process group of its own (see `_kill_group`)."""
     return subprocess.Popen(
         [
@@ -88,6 +91,7 @@ def _start_demo(*args: str, cwd: Path) -> subprocess.Popen[str]:
         stderr=subprocess.STDOUT,
         text=True,
         cwd=cwd,
+        env=env,
         start_new_session=True,
     )
 
@@ -317,6 +321,37 @@ def test_a_demo_killed_outright_does_not_leave_its_cloud_serving(tmp_path: Path)
             socket.create_connection(("127.0.0.1", cloud), timeout=5).close()
     finally:
         _kill_group(proc)
+
+
+def test_the_temporary_dir_of_a_demo_killed_outright_goes_at_the_next_demo(
+    tmp_path: Path,
+) -> None:
+    """A demo killed with SIGKILL left its temporary dir, a gateway credential and the demo's
+    API key in it, for good. The next demo removes it: a dir whose demo is gone, and only that
+    (not a live demo's, not one whose demo is still writing its pid)."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    first = _start_demo(cwd=ROOT, env=env)
+    try:
+        _until_ready(first)
+        (stale,) = tmp.glob("gatewayd-demo-*")
+        assert (stale / "api-key").exists()
+    finally:
+        _kill_group(first)  # SIGKILL, the demo and its devcloud
+    live = tmp / "gatewayd-demo-live"  # a demo running: this test's process
+    live.mkdir(mode=0o700)
+    (live / "demo.pid").write_text(f"{os.getpid()}\n")
+    starting = tmp / "gatewayd-demo-starting"  # no pid yet
+    starting.mkdir(mode=0o700)
+    assert stale.exists()
+    with _demo(cwd=ROOT, env=env) as second:
+        _until_ready(second)
+        assert not stale.exists()
+        assert live.exists()
+        assert starting.exists()
+        (own,) = set(tmp.glob("gatewayd-demo-*")) - {live, starting}
+        assert (own / "api-key").exists()
 
 
 def _gateway_id(lines: list[str]) -> str:
