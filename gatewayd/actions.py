@@ -3,7 +3,8 @@ deadlines, keeps the status state machine, and reports every transition through 
 
 Guarantees: an action id is executed at most once (also across restarts: one found unfinished
 at start-up is failed with `gateway_restarted`, never re-run); an action never starts after its
-deadline and is cancelled when the deadline passes; per-device FIFO, devices run concurrently.
+deadline and is cancelled when the deadline passes; per-device FIFO (but for a code change
+its driver holds back, see `_next_job`), devices run concurrently.
 
 Hand-off: an action from the cloud starts only once the cloud has acknowledged its
 `gateway_received` report. The cloud answers a report that comes after its own hand-off
@@ -61,6 +62,7 @@ RECENT_KEEP: Final = 50
 SEEN_KEEP: Final = 1024  # recent ids in memory (bounded RSS); the store answers for the rest
 REMOTE_GRACE_S: Final = 5.0  # a remote lock/unlock report this soon after our action answers it
 YIELD_EVERY: Final = 8  # jobs a worker runs back to back before it lets other tasks run
+HOLD_POLL_S: Final = 0.2  # how often a worker whose every job is held asks again (hold_s)
 # A queue's worker that has had nothing to do for this long ends, and takes its entries with
 # it: a box pairs and unpairs locks for months, and a worker (and its dict entries) kept for
 # every device ever acted on would grow it for good. The next action starts a new worker.
@@ -102,6 +104,10 @@ class Executor(Protocol):
 
     def unreported(self, device_id: str) -> GatewayError | None:
         """The error for a device it knows but cannot reach now (see Registry.unreported)."""
+        ...
+
+    def hold_s(self, device_id: str, action: Action) -> float:
+        """See Driver.hold_s."""
         ...
 
     async def execute(self, device_id: str, action: Action) -> ActionResult: ...
@@ -478,7 +484,14 @@ class Dispatcher:
                         if not pending and self._retire(queue):
                             return
                         continue
-                    job = pending.popleft()
+                    startable = self._next_job(pending)
+                    if startable is None:  # each would wait in its driver: a new job may go first
+                        event = anyio.Event()
+                        self._wakeups[queue] = event
+                        with anyio.move_on_after(HOLD_POLL_S):
+                            await event.wait()
+                        continue
+                    job = startable
                     # bind/reset rather than the bound_contextvars context manager: same log
                     # context for the driver's lines, without a generator per action
                     tokens = structlog.contextvars.bind_contextvars(
@@ -508,6 +521,26 @@ class Dispatcher:
                 ran += 1
                 if ran % YIELD_EVERY == 0:
                     await anyio.lowlevel.checkpoint()
+
+    def _next_job(self, pending: deque[_Job]) -> _Job | None:
+        """Taken from `pending`: its first job the driver can start at once. A code change that
+        would first wait out the lock's late word for the slot (Executor.hold_s, up to 10 s)
+        lets the device's later actions go before it: an unlock does not wait behind it."""
+        if not self._held(pending[0]):
+            return pending.popleft()
+        for n, job in enumerate(pending):
+            if not self._held(job):
+                del pending[n]
+                return job
+        return None
+
+    def _held(self, job: _Job) -> bool:
+        if job.action is None or self._remaining(job) <= 0:  # past due: failed at once
+            return False
+        try:
+            return self._executor.hold_s(job.request.entity_id, job.action) > 0
+        except Exception:  # noqa: BLE001 - a driver bug must not end the worker: the job runs
+            return False
 
     def _retire(self, queue: str) -> bool:
         """The worker of `queue` found it idle: True when it may end, its entries gone (a

@@ -90,6 +90,11 @@ class LateSets:
         late[1].set()
         return late[0] >= time.monotonic()
 
+    def remaining_s(self, slot: int) -> float:
+        """How long a set of `slot` would wait out a failed set's late word now (0: not at all)."""
+        late = self._slots.get(slot)
+        return 0.0 if late is None else max(late[0] - time.monotonic(), 0.0)
+
     async def wait_out(self, slot: int) -> None:
         """Return once a failed set of `slot` can no longer be confirmed late."""
         late = self._slots.get(slot)

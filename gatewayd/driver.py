@@ -166,6 +166,12 @@ class Driver(ABC):
     @abstractmethod
     def health(self) -> DriverHealth: ...
 
+    def hold_s(self, device_id: str, action: Action) -> float:
+        """How long `execute(device_id, action)` would first wait inside the driver, sending
+        nothing (a code change waiting out a failed set's late word); the dispatcher lets the
+        device's other actions go first meanwhile. 0: it would start at once."""
+        return 0.0
+
     def inventory(self) -> Inventory | None:
         """The network whose devices `devices()` now all holds: the radio is up and each device
         on it has been reported. Asked once `start` has returned, then every few seconds for as

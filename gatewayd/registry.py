@@ -278,6 +278,10 @@ class Registry:
     def driver_of(self, device_id: str) -> str | None:
         return self._owner.get(device_id)
 
+    def hold_s(self, device_id: str, action: Action) -> float:
+        owner = self._owner.get(device_id)
+        return 0.0 if owner is None else self.drivers[owner].hold_s(device_id, action)
+
     async def execute(self, device_id: str, action: Action) -> ActionResult:
         owner = self._owner.get(device_id)
         if owner is None:

@@ -447,6 +447,12 @@ class ZigbeeDriver(Driver):
                 return await lock.clear_code(slot)
         raise ActionNotSupported(f"zigbee cannot {action.name}")
 
+    def hold_s(self, device_id: str, action: Action) -> float:
+        lock = self._locks.get(device_id)
+        if lock is None or not isinstance(action, SetCode | ClearCode):
+            return 0.0
+        return lock.late_hold_s(action.slot_id)
+
     @staticmethod
     def _check_code(lock: ZigbeeLock, slot: int, length: int | None, digits: bool) -> None:
         c = lock.codes()

@@ -994,6 +994,10 @@ class ZigbeeLock:
                     lambda: self.door_lock.read_attributes(["lock_state"], allow_cache=False)
                 )
 
+    def late_hold_s(self, slot: int) -> float:
+        """How long a code change of `slot` would first wait out a failed set's late event."""
+        return self._late_sets.remaining_s(slot)
+
     async def set_code(self, slot: int, pin: PinCode) -> ActionResult:
         dl = self.door_lock
         await self._late_sets.wait_out(slot)  # or a failed set's late event would confirm this

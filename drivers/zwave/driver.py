@@ -875,6 +875,12 @@ class ZWaveDriver(Driver):
                 return await self._clear_code(lock, node, slot)
         raise ActionNotSupported(f"zwave cannot {action.name}")
 
+    def hold_s(self, device_id: str, action: Action) -> float:
+        lock = self._lock_by_device(device_id)
+        if lock is None or not isinstance(action, SetCode | ClearCode):
+            return 0.0
+        return lock.late_sets.remaining_s(action.slot_id)
+
     async def _bolt(self, lock: _Lock, node: Node, locked: bool) -> ActionResult:
         lock.tracker.begin_command()
         confirmed = False

@@ -34,6 +34,9 @@ class Registry:
     def device(self, device_id: str) -> Device | None:
         return next((d for d in self.driver.devices() if d.id == device_id), None)
 
+    def hold_s(self, device_id: str, action: Action) -> float:
+        return self.driver.hold_s(device_id, action)
+
     async def execute(self, device_id: str, action: Action) -> ActionResult:
         return await self.driver.execute(device_id, action)
 

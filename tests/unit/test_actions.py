@@ -95,6 +95,9 @@ class Devices:
     def unreported(self, device_id: str) -> GatewayError | None:
         return None
 
+    def hold_s(self, device_id: str, action: Action) -> float:
+        return 0.0
+
     async def execute(self, device_id: str, action: Action) -> ActionResult:
         self.started.append((device_id, str(action.name)))
         self.running[device_id] = self.running.get(device_id, 0) + 1

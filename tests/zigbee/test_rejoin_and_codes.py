@@ -310,6 +310,11 @@ async def test_a_late_event_of_a_failed_set_does_not_confirm_the_next_one(
         with pytest.raises(CodeNotConfirmed):
             await driver.execute(dev, SetCode(slot_id=3, code=PinCode("1357")))
         assert vlock.mem.pins[3] == "1357"  # stored; its event is still to come
+        # the dispatcher lets the lock's other actions go before a code change of the slot
+        assert driver.hold_s(dev, SetCode(slot_id=3, code=PinCode("2468"))) > 0
+        assert driver.hold_s(dev, ClearCode(slot_id=3)) > 0
+        assert driver.hold_s(dev, ClearCode(slot_id=4)) == 0
+        assert driver.hold_s(dev, Unlock()) == 0
         vlock.programming_delay_s = 0.0
         vlock.set_fault("drop_code")
 

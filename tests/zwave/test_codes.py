@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +24,10 @@ from drivers.zwave.events import (
     AC_CODE_DUPLICATE,
     ACCESS_CONTROL,
 )
-from gatewayd.driver import Simulation
+from gatewayd.actions import Dispatcher, StatusUpdate
+from gatewayd.driver import DriverContext, Simulation
 from gatewayd.model import (
+    ActionRequest,
     ClearCode,
     CodeNotConfirmed,
     DeviceNotFound,
@@ -32,9 +36,13 @@ from gatewayd.model import (
     InvalidInput,
     PinCode,
     SetCode,
+    utcnow,
 )
+from gatewayd.registry import Registry
+from gatewayd.store import Store
+from gatewayd.upstream import Upstream
 from tests.contract.sink import RecordingSink
-from tests.zwave.conftest import Tasks, driver_with, until
+from tests.zwave.conftest import Tasks, driver_with, make_config, until
 from tests.zwave.stack import ZWaveStack, native_id
 
 pytestmark = pytest.mark.stack
@@ -497,3 +505,59 @@ async def test_a_lock_removed_while_a_set_waits_for_its_word_ends_the_set_at_onc
             assert "removed" in err.value.message
     finally:
         stack.stop()
+
+
+async def test_an_unlock_does_not_wait_behind_a_set_that_waits_out_a_late_notice(
+    zwave_stack: ZWaveStack, tmp_path: Path, tasks: Tasks
+) -> None:
+    """After a set the lock did not confirm in time, the next set of the slot waits out its
+    late notice (up to OWN_ECHO_S, 10 s), in the dispatcher's one-at-a-time queue of the lock:
+    an unlock pressed meanwhile waited behind it. Now the held set lets it go first, and is
+    still confirmed by its own notice, not the first set's."""
+    zwave_stack.reset()
+    store = Store.open(tmp_path / "gatewayd.db")
+    registry = Registry(store, Upstream(store))
+    driver = ZWaveDriver(
+        make_config(zwave_stack, code_confirm_s=1.0), DriverContext(tmp_path, tasks.spawn)
+    )
+    updates: list[StatusUpdate] = []
+    dispatcher = Dispatcher(store, registry, updates.append)
+
+    def submit(action: str, inputs: dict[str, Any]) -> str:
+        now = utcnow()
+        request = ActionRequest(
+            id=str(uuid.uuid4()),
+            entity_type="Device",
+            entity_id=dev,
+            action=action,
+            inputs=inputs,
+            created_at=now,
+            deadline=now + timedelta(seconds=30),
+        )
+        assert dispatcher.submit(request)
+        return request.id
+
+    def done() -> dict[str, StatusUpdate]:
+        return {u.action_request_id: u for u in updates if u.status.terminal}
+
+    await driver.start(registry.attach(driver))
+    try:
+        await until(lambda: len(driver.devices()) == zwave_stack.locks, 30)
+        dev = store.device_id(driver.name, native_id(4))  # Kwikset 916 mock: reports codes as ****
+        async with anyio.create_task_group() as tg:
+            dispatcher.bind(tg)
+            zwave_stack.control(4, "code_notify", delay_s=2.5)  # after code_confirm_s
+            failed = submit("set_code", {"slot_id": 2, "code": "13579"})
+            await until(lambda: failed in done(), 15)
+            assert done()[failed].error["type"] == "code_not_confirmed"  # type: ignore[index]
+            zwave_stack.control(4, "code_notify", delay_s=0.02)
+            again = submit("set_code", {"slot_id": 2, "code": "24680"})
+            unlock = submit("unlock", {})
+            await until(lambda: {again, unlock} <= done().keys(), 30)
+            tg.cancel_scope.cancel()
+    finally:
+        await driver.stop()
+        store.close()
+    order = [u.action_request_id for u in updates if u.status.terminal]
+    assert order == [failed, unlock, again]
+    assert {str(done()[a].status) for a in (again, unlock)} == {"completed"}
