@@ -6,7 +6,7 @@ import asyncio
 import random
 import sqlite3
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
@@ -139,6 +139,7 @@ class ZigbeeDriver(Driver):
 
     async def _connect(self) -> None:
         from drivers.zigbee import quirks, radios
+        from drivers.zigbee.lock import guard_pins
         from drivers.zigbee.virtual.radio import CONF_VIRTUAL
 
         app_cls = radios.load_radio(self._cfg.radio_type)
@@ -155,8 +156,9 @@ class ZigbeeDriver(Driver):
             # opens zigpy's database in a thread of its own: cut half-way by the daemon's
             # cancel, nothing would be left to close it (local disk work, no radio)
             app = await app_cls.new(
-                config, auto_form=False, start_radio=False, device_resolver=_guarded(resolver)
+                config, auto_form=False, start_radio=False, device_resolver=resolver
             )
+        guard_pins(app)
         try:
             await app.startup(auto_form=True)
         except BaseException:
@@ -609,20 +611,6 @@ class ZigbeeDriver(Driver):
         if lock is None:
             raise DeviceNotFound(f"no zigbee device {device_id}")
         act(self.virtual, lock.ieee, what, params)
-
-
-def _guarded(resolver: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
-    """zigpy's device resolver: the quirk's device (if any), its PIN reports stripped
-    (`guard_pins`). zigpy resolves every device it loads from its database, and every device
-    it interviews, before that device's frames reach its clusters."""
-    from drivers.zigbee.lock import guard_pins
-
-    def resolve(zdev: Any) -> Any:
-        resolved = zdev if resolver is None else resolver(zdev)
-        guard_pins(resolved)
-        return resolved
-
-    return resolve
 
 
 async def _shutdown(app: Any) -> None:

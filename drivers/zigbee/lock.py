@@ -19,6 +19,7 @@ from drivers.zigbee.zigpy_api import (
     PowerConfiguration,
     exceptions,
     foundation,
+    t,
     zcl,
 )
 from gatewayd.confirmed_codes import ConfirmedCodes, LateSets, code_digest, same_code
@@ -82,6 +83,8 @@ _ATTRIBUTES: Final = {
     DoorLock.cluster_id: ("lock_state", "door_state"),
     PowerConfiguration.cluster_id: ("battery_percentage_remaining",),
 }
+# the code limits (`codes`); until a read has answered for them, DEFAULT_CODES is a guess
+_CODE_LIMITS: Final = ("num_of_pin_users_supported", "max_pin_len", "min_pin_len")
 # user statuses of a slot that holds a usable code (0xFF: the lock does not report it)
 _CODE_HELD: Final = {int(DoorLock.UserStatus.Enabled), int(DoorLock.UserStatus.Not_Supported)}
 # Onesti's (Nimly's) manufacturer attributes of the Door Lock cluster (zha-quirks' NimlyDoorLock,
@@ -116,26 +119,60 @@ def has_door_lock(zdev: Any) -> bool:
     return any(DoorLock.cluster_id in ep.in_clusters for ep in zdev.non_zdo_endpoints)
 
 
-def guard_pins(zdev: Any) -> None:
+def guard_pins(app: Any) -> None:
     """Strip the PIN a Nimly lock reports (0x0101) from its Door Lock cluster's attribute reports
     before zigpy takes them in: zigpy would keep it in its attribute cache, write it to its
-    database and hand it to its listeners. On the device zigpy resolves, before it hears a frame
-    of it (see the driver's resolver); idempotent."""
-    for ep in getattr(zdev, "non_zdo_endpoints", ()):
-        cluster = ep.in_clusters.get(DoorLock.cluster_id)
-        if cluster is not None and "handle_message" not in vars(cluster):
-            cluster.handle_message = functools.partial(_without_pin, cluster.handle_message)
+    database and hand it to its listeners. On zigpy's app, in the path of every frame it
+    receives: a lock still being interviewed (a raw device no resolver has seen yet, holding no
+    quirk) reports too. Also marks the attribute reports being handled (`_Reporting`). Before
+    the radio starts; idempotent."""
+    if "packet_received" in vars(app):
+        return
+    received = app.packet_received
+
+    def _without_pin(packet: Any) -> None:
+        packet, reporting = _stripped(packet)
+        before, _Reporting.now = _Reporting.now, reporting
+        try:
+            received(packet)
+        finally:
+            _Reporting.now = before
+
+    app.packet_received = _without_pin
 
 
-def _without_pin(handle: Callable[[Any, Any], None], hdr: Any, args: Any) -> None:
-    reports = getattr(args, "attribute_reports", None)
-    if (
-        hdr.frame_control.is_general
-        and hdr.command_id == foundation.GeneralCommand.Report_Attributes
-        and reports
-    ):
-        args.attribute_reports = [r for r in reports if r.attrid != NIMLY_PIN]
-    handle(hdr, args)
+class _Reporting:
+    """`now`: zigpy is handling an attribute report, which it does in one go. The attribute
+    events it emits meanwhile are the lock's own word, also those of a value a quirk rewrote,
+    which zigpy tells of as an update, the same event as for a read's rewritten answer. (A
+    context variable would pass on to the tasks and callbacks started meanwhile.)"""
+
+    now = False
+
+
+def _stripped(packet: Any) -> tuple[Any, bool]:
+    """`packet`, less its Nimly PIN if it is a Door Lock attribute report that carries one; and
+    whether it is an attribute report."""
+    if packet.src_ep == 0 or packet.dst_ep == 0:
+        return packet, False  # ZDO
+    report = foundation.GENERAL_COMMANDS[foundation.GeneralCommand.Report_Attributes].schema
+    try:
+        hdr, payload = foundation.ZCLHeader.deserialize(packet.data.serialize())
+        if not (
+            hdr.frame_control.is_general
+            and hdr.command_id == foundation.GeneralCommand.Report_Attributes
+        ):
+            return packet, False
+        if packet.cluster_id != DoorLock.cluster_id:
+            return packet, True
+        args, _ = report.deserialize(payload)
+    except Exception:  # noqa: BLE001 - zigpy cannot parse it either: it drops it, unlogged
+        return packet, False
+    kept = [r for r in args.attribute_reports if r.attrid != NIMLY_PIN]
+    if len(kept) == len(args.attribute_reports):
+        return packet, True
+    data = hdr.serialize() + report(attribute_reports=kept).serialize()
+    return packet.replace(data=t.SerializableBytes(data)), True
 
 
 class ZigbeeLock:
@@ -193,6 +230,9 @@ class ZigbeeLock:
         # `refresh` runs: its read's answers are the state the lock is in, not events
         self._reading = False
         self._reported: dict[tuple[int, str], int] = {}  # what the lock reported meanwhile
+        self._limits_read = False  # a read of _CODE_LIMITS was answered (supported or not)
+        self._limiting: asyncio.Task[None] | None = None  # that read, when the lock is heard
+        self._limits_after = 0.0  # loop time: not tried again before, after one went unanswered
         # when the bolt state was last taken in with no event (loop time): an operation event
         # that follows within event_merge_s tells of that very change, and goes out
         self._bolt_untold = -1.0
@@ -256,6 +296,8 @@ class ZigbeeLock:
             self._configuring.cancel()
         if self._resyncing is not None:
             self._resyncing.cancel()
+        if self._limiting is not None:
+            self._limiting.cancel()
         self._wake()  # a code change waiting for the lock's word fails now (`_await_programmed`)
         if not self._left.done():
             self._left.set_result(None)
@@ -295,9 +337,9 @@ class ZigbeeLock:
         read: it goes up as an event."""
         self._reading, self._reported = True, {}
         try:
-            attrs = ["lock_state", "door_state", "num_of_pin_users_supported"]
-            attrs += ["max_pin_len", "min_pin_len"]
-            await self._read(self.door_lock, attrs, from_cache)
+            attrs = ["lock_state", "door_state", *_CODE_LIMITS]
+            if await self._read(self.door_lock, attrs, from_cache):
+                self._limits_read = True
             power = self._cluster(PowerConfiguration.cluster_id)
             if power is not None:
                 await self._read(power, ["battery_percentage_remaining"], from_cache)
@@ -329,10 +371,12 @@ class ZigbeeLock:
         except Exception as exc:  # noqa: BLE001 - a sleeping lock answers later, via its reports
             log.info("zigbee.resync_skipped", device_id=self.device_id, error=type(exc).__name__)
 
-    async def _read(self, cluster: Any, attrs: list[str], from_cache: bool) -> None:
+    async def _read(self, cluster: Any, attrs: list[str], from_cache: bool) -> bool:
+        """Whether the lock was asked (and answered), not the cache."""
         if from_cache and all(cluster.get(a) is not None for a in attrs[:1]):
-            return
+            return False
         await self._call(lambda: cluster.read_attributes(attrs, allow_cache=False))
+        return True
 
     def _load_from_cache(self) -> None:
         dl = self.door_lock
@@ -364,6 +408,8 @@ class ZigbeeLock:
         self._hearings += 1
         if self._unbound:
             asyncio.get_running_loop().call_soon(self._back)
+        elif self._limits_unknown() and self._device is not None and not self._reading:
+            asyncio.get_running_loop().call_soon(self._read_limits_soon)
 
     def _back(self) -> None:
         configuring = self._configuring is not None and not self._configuring.done()
@@ -399,6 +445,34 @@ class ZigbeeLock:
             return False
         self._unbound = False
         return True
+
+    def _limits_unknown(self) -> bool:
+        return not self._limits_read and self.door_lock.get(_CODE_LIMITS[0]) is None
+
+    def _read_limits_soon(self) -> None:
+        """Heard, its code limits unknown: the read after pairing went unanswered, or a restart
+        found the bolt cached without them. Read now, in the background."""
+        loop = asyncio.get_running_loop()
+        if self._closed or (self._limiting is not None and not self._limiting.done()):
+            return
+        if loop.time() < self._limits_after or not self._limits_unknown():
+            return
+        self._limits_after = loop.time() + self._opts.command_timeout_s
+        self._limiting = loop.create_task(self._read_limits())
+
+    async def _read_limits(self) -> None:
+        """Until read, the code limits are a guess (slots 1..11) that refuses slots the lock
+        has and offers ones it lacks. A lock that does not support them keeps the guess."""
+        dl = self.door_lock
+        try:
+            await self._call(lambda: dl.read_attributes(list(_CODE_LIMITS), allow_cache=False))
+        except Exception as exc:  # noqa: BLE001 - tried again when the lock is next heard
+            log.info(
+                "zigbee.code_limits_unread", device_id=self.device_id, error=type(exc).__name__
+            )
+            return
+        self._limits_read = True
+        self._publish()
 
     # ------------------------------------------------------------------ the Device
 
@@ -1274,8 +1348,10 @@ class _Relay:
         quirk's value, a read's answer. zigpy does not catch a listener's exception: it would
         cut short the rest of the lock's frame."""
         try:
-            # a quirk's value (updated event) may be either: taken for an answer
-            reported = event.event_type == zcl.AttributeReportedEvent.event_type
+            # a value a quirk rewrote comes as an update, from a report or a read's answer
+            reported = event.event_type == zcl.AttributeReportedEvent.event_type or (
+                event.event_type == zcl.AttributeUpdatedEvent.event_type and _Reporting.now
+            )
             self._lock.on_attribute(
                 self._cluster_id,
                 event.attribute_name,

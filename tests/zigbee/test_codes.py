@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
+from drivers.zigbee.virtual.radio import VirtualNetwork
+from drivers.zigbee.zigpy_api import DoorLock, foundation
 from gatewayd.driver import Simulation
 from gatewayd.model import EventName, GatewayError, PinCode, SetCode
 from tests.contract.sink import RecordingSink
@@ -18,6 +21,7 @@ pytestmark = pytest.mark.stack
 
 YALE, GENERIC = "00:0d:6f:00:0a:90:00:01", "00:0d:6f:00:0a:90:00:02"
 PIN = "80461357"
+READ = 0x00  # ZCL Read_Attributes
 
 
 def by_native(sink: RecordingSink, ieee: str) -> str:
@@ -87,3 +91,33 @@ async def test_the_same_code_again_in_its_own_slot_is_no_duplicate(tmp_path: Pat
         await driver.execute(dev, SetCode(slot_id=5, code=PinCode(PIN)))
         result = await driver.execute(dev, SetCode(slot_id=5, code=PinCode(PIN)))
         assert result.details == {"slot_id": 5}
+
+
+async def test_a_lock_whose_user_count_went_unread_is_read_again_when_heard(
+    tmp_path: Path,
+) -> None:
+    """The lock did not answer the read after pairing (asleep, a lost frame): its slots are not
+    known. It is read again as soon as it is heard, and the cloud is told its real range (this
+    lock: 30 users, slots 1..29). Before, the guess 1..11 stayed for good: slots 12..29 were
+    refused as invalid input, by the gateway and by the driver."""
+    net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
+    vlock = net.lock(GENERIC)
+    receive, deaf = vlock.receive, [True]
+
+    def hears(packet: Any) -> None:
+        if deaf and packet.cluster_id == DoorLock.cluster_id:
+            hdr, _ = foundation.ZCLHeader.deserialize(packet.data.serialize())
+            if hdr.frame_control.is_general and hdr.command_id == READ:
+                return  # the read after pairing is lost
+        receive(packet)
+
+    vlock.receive = hears  # type: ignore[method-assign]
+    sink = RecordingSink()
+    async with running(tmp_path, sink, virtual=net) as driver:
+        dev = by_native(sink, GENERIC)
+        assert sink.devices[dev].codes.max_slot == 11  # not read: the guess
+        deaf.clear()
+        vlock.battery(0.5)  # a report: the lock is heard
+        await sink.wait_for(lambda: sink.devices[dev].codes.max_slot == 29)
+        await driver.execute(dev, SetCode(slot_id=20, code=PinCode(PIN)))
+        assert vlock.mem.pins == {20: PIN}

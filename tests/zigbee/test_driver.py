@@ -298,6 +298,7 @@ async def test_pairing_and_unpairing(tmp_path: Path) -> None:
 
 
 JOINING_YALE, JOINING_GENERIC = "00:0d:6f:00:0a:90:00:03", "00:0d:6f:00:0a:90:00:04"
+POWER = 0x0001
 
 
 class OrderSink(RecordingSink):
@@ -377,6 +378,49 @@ async def test_what_a_lock_does_while_it_is_read_after_pairing_goes_up(
         props = sink.devices[device_id].properties
         assert props.locked is (what in ("door_after_answer", "state_report"))
         assert props.door_open is (what == "door_after_answer")
+
+
+@pytest.mark.parametrize("ieee", [JOINING_YALE, JOINING_GENERIC], ids=["quirk", "zcl"])
+@pytest.mark.parametrize("after", [False, True], ids=["before-answer", "after-answer"])
+async def test_a_report_a_quirk_rewrites_during_the_read_after_pairing_is_a_report(
+    tmp_path: Path, ieee: str, after: bool
+) -> None:
+    """The battery drops to 10 % as the lock answers the read after its join (90 %). Yale's
+    quirk rewrites its battery values (whole percent, doubled), so zigpy tells of its report as
+    a rewritten value, as it tells of the read's answer. The report is still the lock's newer
+    word: 10 % is shown, with its low-battery event. Before, it was taken for the read's answer:
+    muted, then (sent after the answer) undone by the older answer, showing 90 %."""
+    sink = OrderSink()
+    async with running(tmp_path, sink, config(virtual_joining_locks=2)) as driver:
+        assert driver.virtual is not None
+        vlock = driver.virtual.lock(ieee)
+        receive, acted = vlock.receive, []
+
+        def on_frame(packet: Any) -> None:
+            hdr = foundation.ZCLHeader.deserialize(packet.data.serialize())[0]
+            gc = foundation.GeneralCommand
+            if acted or packet.dst_ep == 0 or packet.cluster_id != POWER:
+                receive(packet)
+            elif hdr.frame_control.is_general and hdr.command_id == gc.Read_Attributes:
+                acted.append(True)
+                if not after:
+                    vlock.battery(0.1)
+                receive(packet)
+                if after:
+                    vlock.mem.battery = 0.1  # the answer is out, with 90 %
+                    vlock.battery(0.1)
+            else:
+                receive(packet)
+
+        vlock.mem.battery = 0.9
+        vlock.receive = on_frame  # type: ignore[method-assign]
+        await driver.pair(30)
+        await sink.wait_for(lambda: any(d.native_id == ieee for d in sink.devices.values()))
+        device_id = by_native(sink, ieee)
+        assert acted
+        await asyncio.sleep(0.5)
+        assert sink.devices[device_id].properties.battery_level == pytest.approx(0.1)
+        assert sink.names(device_id) == [EventName.LOW_BATTERY]
 
 
 def _non_daemon_threads() -> list[str]:

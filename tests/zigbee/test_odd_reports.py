@@ -31,6 +31,7 @@ from tests.zigbee.conftest import config, running
 pytestmark = pytest.mark.stack
 
 YALE, GENERIC = "00:0d:6f:00:0a:90:00:01", "00:0d:6f:00:0a:90:00:02"
+JOINING = "00:0d:6f:00:0a:90:00:03"
 POWER, DOOR_LOCK = 0x0001, 0x0101
 UINT8, ENUM8, STRING = 0x20, 0x30, 0x42
 KEYPAD, RF, MANUAL = 0, 1, 2
@@ -432,6 +433,42 @@ async def test_the_pin_a_nimly_lock_reports_is_never_cached_stored_or_logged(
             await door_mark(sink, vlock, dev, True)
             vlock.nimly_report(NIMLY_KEYPAD, True, 3, NIMLY_PIN)  # the report on its own
             await door_mark(sink, vlock, dev, False)
+            assert NIMLY_PIN.decode() not in zigpy_cache(driver, dev)
+    assert NIMLY_PIN not in stored(tmp_path)
+    texts = [caplog.text, *(repr(e) for e in structured), repr(sink.events)]
+    assert [t for t in texts if NIMLY_PIN.decode() in t] == []
+
+
+@pytest.mark.parametrize("quirks", [True, False], ids=["quirk", "no-quirk"])
+async def test_the_pin_a_nimly_lock_reports_while_interviewed_is_never_cached_stored_or_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, quirks: bool
+) -> None:
+    """A PIN typed at a Nimly lock's keypad while zigpy interviews it (newly joined, before
+    the driver's resolver has its device) reaches neither zigpy's cache, nor its database, nor
+    a log line. Before, zigpy's raw device took the report in and wrote it to zigbee.db, until
+    the next start scrubbed it."""
+    caplog.set_level(logging.DEBUG)
+    net = VirtualNetwork(tmp_path / "zigbee.virtual.json", locks=2, joining=1)
+    vlock = net.lock(JOINING)
+    vlock.as_nimly()
+    vlock.mem.bound.add(DOOR_LOCK)  # it reports before it is configured
+    receive, typed = vlock.receive, []
+
+    def interviewed(packet: Any) -> None:
+        if packet.cluster_id == 0x0000 and not typed:  # zigpy reads its model: mid-interview
+            typed.append(True)
+            vlock.nimly_report(NIMLY_KEYPAD, False, 3, NIMLY_PIN)
+        receive(packet)
+
+    vlock.receive = interviewed  # type: ignore[method-assign]
+    sink = HistorySink()
+    with capture_logs() as structured:
+        async with running(tmp_path, sink, config(quirks=quirks), virtual=net) as driver:
+            await driver.pair(30)
+            await sink.wait_for(lambda: len(sink.devices) == 3, timeout=20)
+            dev = by_native(sink, JOINING)
+            assert typed
+            await door_mark(sink, vlock, dev, True)
             assert NIMLY_PIN.decode() not in zigpy_cache(driver, dev)
     assert NIMLY_PIN not in stored(tmp_path)
     texts = [caplog.text, *(repr(e) for e in structured), repr(sink.events)]
