@@ -104,6 +104,8 @@ REFUSAL_WAIT_S: Final = 1.0  # how long a code the lock did not store may wait f
 STOP_TIMEOUT_S: Final = 1.0
 STOP_WINDOW_S: Final = 1.0  # for an open pairing window's stop, on the way out
 CLOSE_TIMEOUT_S: Final = 0.5  # a websocket close that zwave-server does not answer is cut then
+# the Alarm CC v1 fields of a lock's Notification CC values, as (variable, key) in `_Lock.states`
+_ALARM_V1_KEYS: Final = (("alarmType", None), ("alarmLevel", None))
 
 
 @dataclass(slots=True)
@@ -642,6 +644,20 @@ class ZWaveDriver(Driver):
             elif (variable, key) == ("Access Control", "Lock state") and lock.jammed:
                 lock.jammed = False
                 self._publish(lock)
+        if any(states.get(key) != lock.states.get(key) for key in _ALARM_V1_KEYS):
+            self._alarm_while_away(lock, states.get(_ALARM_V1_KEYS[1]))
+
+    def _alarm_while_away(self, lock: _Lock, level: Any) -> None:
+        """The last Alarm CC v1 report zwave-server took while the link was down, of a lock that
+        says its jam and battery only so: a jam or a low battery reported, as a later version's
+        state values are, and a bolt operation ends a jam. Its bolt moves are the bolt read's:
+        the last alarm may be older than the bolt's state."""
+        notice = self._alarm_v1_notice(lock, level)
+        if notice is not None and notice.kind in ("jammed", "battery_low"):
+            self._apply(lock, notice)
+        elif notice is not None and notice.kind == "bolt" and lock.jammed:
+            lock.jammed = False
+            self._publish(lock)
 
     def _note_security(self, node: Node) -> None:
         """A lock zwave-js knows joined without security (paired elsewhere, or before S2
@@ -726,20 +742,22 @@ class ZWaveDriver(Driver):
                 self._apply(lock, notice)
 
     def _on_alarm_v1(self, lock: _Lock, level: Any) -> None:
+        notice = self._alarm_v1_notice(lock, level)
+        if notice is not None:
+            self._apply(lock, notice)
+
+    def _alarm_v1_notice(self, lock: _Lock, level: Any) -> Notice | None:
         """An Alarm CC v1 report of a Notification CC version 1 lock, unless zwave-js's device
         file maps it to a notification (which reports it). A later version's alarm fields come
         with the notification that says the same."""
         node = self._node_or_none(lock)
         if node is None or _cc_version(node, CommandClass.NOTIFICATION) != 1:
-            return
+            return None
         alarm_type = _value(node, CommandClass.NOTIFICATION, "alarmType")
         if _alarm_mapped(node, alarm_type, level):
-            return
+            return None
         notice = parse_alarm_v1(alarm_type, level)
-        if notice is not None:
-            notice = self._in_slots(lock, notice)
-        if notice is not None:
-            self._apply(lock, notice)
+        return None if notice is None else self._in_slots(lock, notice)
 
     def _battery(self, lock: _Lock, low: bool) -> None:
         if low and not lock.battery_low:
@@ -784,6 +802,8 @@ class ZWaveDriver(Driver):
         if notice.kind == "code":
             log.info("zwave.code_slot_ignored", device_id=lock.device_id, slot_id=notice.slot_id)
             return None
+        if notice.kind == "invalid_code":
+            return dataclass_replace(notice, slot_id=None)
         return notice
 
     def _apply(self, lock: _Lock, notice: Notice) -> None:
@@ -800,7 +820,10 @@ class ZWaveDriver(Driver):
         elif notice.kind == "door" and notice.door_open is not None:
             self._door(lock, "open" if notice.door_open else "closed")
         elif notice.kind == "invalid_code":
-            self._emit(did, EventName.KEYPAD_INVALID_CODE, {"method": "keypad"})
+            details: dict[str, Any] = {"method": "keypad"}
+            if notice.slot_id is not None:  # a code it holds, refused outside its schedule
+                details["slot_id"] = notice.slot_id
+            self._emit(did, EventName.KEYPAD_INVALID_CODE, details)
         elif notice.kind == "tampered":
             self._emit(did, EventName.TAMPERED, {})
         elif notice.kind == "battery_low":

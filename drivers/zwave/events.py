@@ -4,7 +4,9 @@ A Z-Wave lock usually says one thing twice: an Access Control notification (who 
 the bolt) and a Door Lock report (the new bolt state); zwave-js also derives the bolt state from
 the notification. `BoltTracker` merges them: a bolt change seen first as a value waits
 `merge_s` for the notification that names the method, and a notification that repeats an
-event just emitted is dropped.
+event just emitted is dropped. A notification later than `merge_s` (a busy mesh, a lock that
+sends it seconds after its report) that matches the move reported without a method, with no
+bolt change since, is that move: no second event, up to `LATE_NOTICE_S` after it.
 """
 
 from __future__ import annotations
@@ -33,7 +35,12 @@ BOLT_EVENTS: Mapping[int, tuple[bool, Method]] = {
     # Notification v8 "lock / unlock operation with User Code": the user as "user ID"
     33: (True, Method.PIN_CODE),
     34: (False, Method.PIN_CODE),
+    # Notification v9 "credential lock/open, unlock/close operation" (User Credential CC: a PIN,
+    # a card, a fingerprint at the lock); its user is no User Code slot, so none is named
+    35: (True, Method.KEYPAD),
+    36: (False, Method.KEYPAD),
 }
+AC_CREDENTIAL = frozenset({35, 36})
 AC_JAMMED = 11
 # "not fully locked" (manual, RF, auto): the bolt stuck part way, as Kwikset's alarm types 23
 # and 26 say through zwave-js's alarm mapping
@@ -46,6 +53,9 @@ AC_CODE_DUPLICATE = 15  # "new user code not added due to duplicate code"
 # 96) and "user access code exceeds code limit" (Yale alarm type 161)
 AC_KEYPAD_DISABLED = 16
 AC_CODE_LIMIT = 19
+# "valid credential access denied: schedule inactive": a code the lock holds, refused at a time
+# its schedule does not allow (Yale / Kwikset alarm type 162, as Keymaster reads it)
+AC_OUTSIDE_SCHEDULE = 48
 AC_DOOR_OPEN = 22
 AC_DOOR_CLOSED = 23
 HS_TAMPER_COVER = 3
@@ -59,6 +69,7 @@ PM_BATTERY_LOW = (10, 11, 14, 15)
 # ALARM_V1_USER, alarmLevel is the user slot
 ALARM_V1: Mapping[int, tuple[int, int]] = {
     9: (ACCESS_CONTROL, AC_JAMMED),
+    16: (ACCESS_CONTROL, 6),  # keypad unlock, as 19 (Keymaster)
     17: (ACCESS_CONTROL, AC_JAMMED),  # keypad lock jammed
     18: (ACCESS_CONTROL, 5),
     19: (ACCESS_CONTROL, 6),
@@ -74,13 +85,15 @@ ALARM_V1: Mapping[int, tuple[int, int]] = {
     112: (ACCESS_CONTROL, AC_CODE_ADDED),
     113: (ACCESS_CONTROL, AC_CODE_DUPLICATE),
     161: (ACCESS_CONTROL, AC_CODE_LIMIT),
+    162: (ACCESS_CONTROL, AC_OUTSIDE_SCHEDULE),
     167: (POWER_MANAGEMENT, 10),
     168: (POWER_MANAGEMENT, 11),
     169: (POWER_MANAGEMENT, 11),  # too low to operate the lock
 }
-ALARM_V1_USER = frozenset({18, 19, 33, 112, 113})
+ALARM_V1_USER = frozenset({16, 18, 19, 33, 112, 113, 162})
 
 LOW_BATTERY = 0.2
+LATE_NOTICE_S = 5.0  # how late a notification may name the method of a move already reported
 
 # Door Lock CC modes: unsecured (with or without timeout, for inside / outside handles) and
 # secured; 0xFE is "unknown" (bolt neither thrown nor retracted)
@@ -121,6 +134,8 @@ def parse_notification(type_: int, event: int, parameters: Any) -> Notice | None
     if type_ == ACCESS_CONTROL:
         if event in BOLT_EVENTS:
             locked, method = BOLT_EVENTS[event]
+            if event in AC_CREDENTIAL:
+                slot = None
             if method is Method.PIN_CODE and slot is None:
                 method = Method.KEYPAD
             elif event == 5 and slot is not None:
@@ -130,6 +145,8 @@ def parse_notification(type_: int, event: int, parameters: Any) -> Notice | None
             return Notice("jammed")
         if event in (AC_KEYPAD_DISABLED, AC_CODE_LIMIT):
             return Notice("invalid_code")
+        if event == AC_OUTSIDE_SCHEDULE:
+            return Notice("invalid_code", slot_id=slot)
         if event in (AC_DOOR_OPEN, AC_DOOR_CLOSED):
             return Notice("door", door_open=event == AC_DOOR_OPEN)
         if event in (AC_CODE_ADDED, AC_CODE_DELETED) and slot is not None:
@@ -192,6 +209,8 @@ class BoltTracker:
         self._pending: asyncio.TimerHandle | None = None
         self._pending_locked: bool | None = None
         self._last: tuple[bool, float] | None = None
+        # the last event, if it went up without a method: (state, time, `_changes` after it)
+        self._unnamed: tuple[bool, float, int] | None = None
         # the lock reported its bolt in no known state: shown as None; `locked` keeps the last
         # known state, so its return to that state is no new event
         self.undefined = False
@@ -264,7 +283,7 @@ class BoltTracker:
             self._cancel()
             self._fire(locked, method, slot_id)
             return
-        if self.locked == locked and self._recent(locked):
+        if self.locked == locked and (self._recent(locked) or self._names_unnamed(locked)):
             return
         self._cancel()
         self._fire(locked, method, slot_id)
@@ -298,6 +317,17 @@ class BoltTracker:
             and time.monotonic() - self._last[1] < max(self._merge_s, 0.5) * 3
         )
 
+    def _names_unnamed(self, locked: bool) -> bool:
+        """Whether a notification comes late for the move last reported without a method, with
+        no bolt change since: that move, not a second one."""
+        unnamed = self._unnamed
+        return (
+            unnamed is not None
+            and unnamed[0] == locked
+            and unnamed[2] == self._changes
+            and time.monotonic() - unnamed[1] < LATE_NOTICE_S
+        )
+
     def _cancel(self) -> None:
         if self._pending is not None:
             self._pending.cancel()
@@ -311,6 +341,7 @@ class BoltTracker:
         self._changes += 1
         self.locked, self.undefined = locked, False
         self._last = (locked, time.monotonic())
+        self._unnamed = (locked, self._last[1], self._changes) if method is Method.UNKNOWN else None
         details: dict[str, Any] = {"method": str(method)}
         if slot_id is not None:
             details["slot_id"] = slot_id

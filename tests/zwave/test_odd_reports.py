@@ -99,7 +99,7 @@ async def test_user_ids_and_events_the_lock_does_not_have(
         (ACCESS_CONTROL, 0x06, [0xFF]),  # keypad unlock, user 255
         (ACCESS_CONTROL, 0x0E, [0xFF]),  # code added, slot 255
         (ACCESS_CONTROL, 0x05, [0x01, 0x02]),  # keypad lock, bytes that are no CC
-        (ACCESS_CONTROL, 0x30, [0x03]),  # not an Access Control event we know
+        (ACCESS_CONTROL, 0x3C, [0x03]),  # not an Access Control event we know
         (ACCESS_CONTROL, 0xFE, None),  # "unknown event"
         (HOME_SECURITY, 0x2A, None),
         (ACCESS_CONTROL, 0x06, None),  # keypad unlock without a user
@@ -267,7 +267,7 @@ async def test_an_alarm_v1_lock_reports_its_door_events(
     async with own_stack(tmp_path, tasks, locks=2) as (stack, _, sink):
         dev = sink.ids[native_id(2)]
         mark = len(sink.events)
-        alarms = [(19, 3), (21, 1), (9, 0), (16, 1), (161, 1), (112, 4), (33, 4), (167, 15)]
+        alarms = [(19, 3), (21, 1), (9, 0), (130, 1), (161, 1), (112, 4), (33, 4), (167, 15)]
         for alarm_type, level in alarms:
             stack.control(2, "alarm_raw", type=alarm_type, level=level)
         await sink.wait_for(lambda: len(_events(sink, dev, mark)) >= 7)
@@ -307,3 +307,52 @@ async def test_the_alarm_fields_of_a_later_version_lock_are_no_second_event(
         zwave_stack.control(2, "alarm_raw", type=alarm_type, level=level)
     await _quiet()
     assert _events(sink, dev, mark) == []
+
+
+async def test_a_credential_lock_or_unlock_is_one_event(
+    zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack
+) -> None:
+    """Access Control 0x24 / 0x23 (Notification v9 "credential unlock/close, lock/open
+    operation": a PIN, card or fingerprint checked by the lock's User Credential CC), each
+    followed by the lock's Door Lock report: one event each, `keypad` (its user is no User Code
+    slot, so none is named). zwave-js infers no bolt state from them. Before, both were dropped
+    and the report alone went up a second later as method `unknown`."""
+    _, sink = zwave
+    dev = sink.ids[native_id(2)]
+    mark = len(sink.events)
+    usage = [0x00, 0x03, 0x01, 0x00, 0x03]  # credential usage: user 3, a PIN code, in slot 3
+    zwave_stack.control(2, "notify_raw", type=ACCESS_CONTROL, event=0x24, params=usage)
+    zwave_stack.control(2, "mode_raw", mode=0x00)
+    await sink.wait_event(dev, "door unlocked", after=mark)  # type: ignore[arg-type]
+    zwave_stack.control(2, "notify_raw", type=ACCESS_CONTROL, event=0x23)
+    zwave_stack.control(2, "mode_raw", mode=0xFF)
+    await sink.wait_event(dev, "door locked", after=mark)  # type: ignore[arg-type]
+    await _quiet()
+    assert _events(sink, dev, mark) == [
+        ("door unlocked", {"method": "keypad"}),
+        ("door locked", {"method": "keypad"}),
+    ]
+
+
+async def test_an_alarm_v1_keypad_unlock_16_and_a_code_outside_its_schedule_162(
+    tmp_path: Path, tasks: Tasks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Alarm CC v1 type 16 ("keypad unlock", as 19; alarmLevel the user slot) and 162 ("lock
+    code attempt outside of schedule"), as Keymaster reads Kwikset and Yale locks: a `pin_code`
+    unlock with its slot, and a `keypad invalid code` with the slot of the refused code (none
+    for a slot the lock does not have), as the Zigbee driver reports a code refused outside its
+    schedule. Before, both said nothing: a keypad unlock and a refused entry attempt were lost."""
+    monkeypatch.setenv("ZWAVE_MOCK_NOTIFICATION_V1", "1")
+    async with own_stack(tmp_path, tasks, locks=1) as (stack, _, sink):
+        dev = sink.ids[native_id(2)]
+        mark = len(sink.events)
+        for alarm_type, level in ((16, 5), (162, 2), (162, 250), (21, 1)):
+            stack.control(2, "alarm_raw", type=alarm_type, level=level)
+        await sink.wait_for(lambda: len(_events(sink, dev, mark)) >= 4)
+        await _quiet(0.5)
+        assert _events(sink, dev, mark) == [
+            ("door unlocked", {"method": "pin_code", "slot_id": 5}),
+            ("keypad invalid code", {"method": "keypad", "slot_id": 2}),
+            ("keypad invalid code", {"method": "keypad"}),
+            ("door locked", {"method": "manual"}),
+        ]

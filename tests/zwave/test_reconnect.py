@@ -500,3 +500,38 @@ async def test_a_jam_cleared_while_the_link_was_down_is_no_longer_shown(
         assert sink.devices[dev].properties.jammed is False
         names = [e.event_name for e in sink.events[mark:] if e.device_id == dev]
         assert names == [EventName.DOOR_UNLOCKED]
+
+
+async def test_an_alarm_v1_jam_while_the_link_was_down_is_reported_after_the_reconnect(
+    tmp_path: Path, tasks: Tasks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock of Notification CC version 1 (no zwave-js alarm mapping) says its jam only as
+    Alarm CC v1 type 9, which zwave-server keeps as the alarmType / alarmLevel values while the
+    gateway's link is down: after the reconnect the lock shows jammed and one "door jammed"
+    goes out, as for a later version's lock (its "Lock state" value). A hand on the thumb turn
+    while the link is down again (alarm type 22) ends the jam, reported as the unlock the bolt
+    read finds. Before, the jam was taken over in silence: no event, the lock shown not jammed.
+    (A bolt move while away is the bolt read's `unknown` event for both kinds of lock.)"""
+    monkeypatch.setenv("ZWAVE_MOCK_NOTIFICATION_V1", "1")
+    async with behind_proxy(tmp_path, tasks) as (stack, proxy, driver, sink):
+        dev = sink.ids[native_id(2)]
+        mark = len(sink.events)
+        await _while_cut(proxy, driver, lambda: stack.control(2, "alarm_raw", type=9, level=0))
+        await sink.wait_for(lambda: sink.devices[dev].properties.jammed is True, timeout=10)
+        await anyio.sleep(1.5)  # a repeat would be in by now
+        assert [e.event_name for e in sink.events[mark:] if e.device_id == dev] == [
+            EventName.DOOR_JAMMED
+        ]
+
+        def turn_by_hand() -> None:
+            stack.control(2, "manual_unlock")
+            stack.control(2, "alarm_raw", type=22, level=1)
+
+        mark = len(sink.events)
+        await _while_cut(proxy, driver, turn_by_hand)
+        await sink.wait_for(lambda: sink.devices[dev].properties.locked is False, timeout=10)
+        await anyio.sleep(1.5)
+        assert sink.devices[dev].properties.jammed is False
+        assert [e.event_name for e in sink.events[mark:] if e.device_id == dev] == [
+            EventName.DOOR_UNLOCKED
+        ]
