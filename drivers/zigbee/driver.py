@@ -324,9 +324,10 @@ class ZigbeeDriver(Driver):
         self._locks[device_id] = lock
         self._by_ieee[ieee] = device_id
         try:
-            if joined:
-                await lock.configure()
-            await lock.refresh(from_cache=not joined)
+            # one that fails is configured again when it is next heard; unbound, it sends
+            # no reports meanwhile, and is read only then
+            if not joined or await lock.configure_joined():
+                await lock.refresh(from_cache=not joined)
         except Exception as exc:  # noqa: BLE001 - a half-configured lock is still a lock
             log.warning("zigbee.device_setup_failed", ieee=ieee, error=_describe(exc))
         log.info(

@@ -331,6 +331,10 @@ class ZigbeeLock:
                 lambda: power.configure_reporting("battery_percentage_remaining", 3600, 43200, 2)
             )
 
+    async def configure_joined(self) -> bool:
+        """`configure` after its interview; False if it failed: tried again when heard."""
+        return await self._configure(log.warning, "zigbee.device_setup_failed")
+
     async def refresh(self, *, from_cache: bool) -> None:
         """Load bolt, door, battery and code limits: from zigpy's cache after a restart. What
         the lock reports on its own meanwhile (a keypad unlock, the door) is no answer of the

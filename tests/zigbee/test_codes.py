@@ -121,3 +121,42 @@ async def test_a_lock_whose_user_count_went_unread_is_read_again_when_heard(
         await sink.wait_for(lambda: sink.devices[dev].codes.max_slot == 29)
         await driver.execute(dev, SetCode(slot_id=20, code=PinCode(PIN)))
         assert vlock.mem.pins == {20: PIN}
+
+
+async def test_a_lock_restarted_with_its_bolt_cached_but_not_its_user_count_is_read_when_heard(
+    tmp_path: Path,
+) -> None:
+    """The first run's reads of the lock's Door Lock cluster went unanswered, but its bolt
+    report came (zigpy cached lock_state, not the code limits). After a restart, the read from
+    the cache finds the bolt and asks nothing: the limits are read when the lock is next heard
+    (here by the read of its bolt after the restart), and the cloud is told the real range
+    (this lock: slots 1..29), not the guess 1..11."""
+    net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
+    vlock = net.lock(GENERIC)
+    receive = vlock.receive
+
+    def deaf(packet: Any) -> None:
+        if packet.cluster_id == DoorLock.cluster_id:
+            hdr, _ = foundation.ZCLHeader.deserialize(packet.data.serialize())
+            if hdr.frame_control.is_general and hdr.command_id == READ:
+                return  # every read of the Door Lock cluster is lost, this run
+        receive(packet)
+
+    vlock.receive = deaf  # type: ignore[method-assign]
+    sink = RecordingSink()
+    async with running(tmp_path, sink, virtual=net) as driver:
+        dev = by_native(sink, GENERIC)
+        vlock.manual(False)  # reported: zigpy caches the bolt
+        await sink.wait_for(lambda: sink.devices[dev].properties.locked is False)
+        door_lock = driver._locks[dev].door_lock
+        assert door_lock.get("num_of_pin_users_supported") is None
+        assert sink.devices[dev].codes.max_slot == 11
+    net.save()
+    sink = RecordingSink()
+    async with running(tmp_path, sink) as driver:  # the same state dir; the lock answers
+        dev = by_native(sink, GENERIC)
+        await sink.wait_for(lambda: sink.devices[dev].codes.max_slot == 29)
+        assert sink.devices[dev].properties.locked is False
+        await driver.execute(dev, SetCode(slot_id=20, code=PinCode(PIN)))
+        assert driver.virtual is not None
+        assert driver.virtual.lock(GENERIC).mem.pins == {20: PIN}

@@ -13,6 +13,8 @@ import pytest
 
 from drivers.zigbee import ZigbeeDriver
 from drivers.zigbee.virtual.lock import VirtualLock
+from drivers.zigbee.virtual.radio import VirtualNetwork
+from drivers.zigbee.zigpy_api import DoorLock, foundation, zdo_t
 from gatewayd.driver import Simulation
 from gatewayd.model import (
     ActionTimeout,
@@ -32,6 +34,7 @@ pytestmark = pytest.mark.stack
 
 NOT_SUPPORTED = 0xFF  # user status: the lock does not report it
 BOUND = {0x0001, 0x0009, 0x0101}  # power configuration, alarms, door lock
+CONFIGURE_REPORTING = 0x06  # ZCL general command
 
 
 async def eventually(predicate: Any, timeout: float = 5.0) -> None:
@@ -291,6 +294,44 @@ async def test_a_configuration_that_fails_is_tried_again_when_the_lock_is_next_h
         driver.virtual.announce(vlock)
         await eventually(lambda: vlock.mem.bound >= BOUND)
         assert len(calls) == 2
+
+
+@pytest.mark.parametrize("lost", ["bind", "reporting"])
+async def test_a_lock_whose_setup_after_joining_fails_is_configured_when_next_heard(
+    tmp_path: Path, lost: str
+) -> None:
+    """A lock joins, and its binds (or its Door Lock reporting request) go unanswered: asleep,
+    a lost frame. It is configured again once it answers, with no restart: its keypad unlock
+    reaches the cloud. Before, the failure was only logged (device_setup_failed) and nothing
+    tried again: the lock stayed unbound, every door event lost until the next restart."""
+    net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
+    vlock = net.lock(GENERIC)
+    receive, deaf, answered = vlock.receive, [True], []  # Door Lock reporting requests taken
+
+    def hears(packet: Any) -> None:
+        if packet.dst_ep == 0:
+            if deaf and lost == "bind" and packet.cluster_id == zdo_t.ZDOCmd.Bind_req:
+                return
+        elif packet.cluster_id == DoorLock.cluster_id:
+            hdr, _ = foundation.ZCLHeader.deserialize(packet.data.serialize())
+            if hdr.frame_control.is_general and hdr.command_id == CONFIGURE_REPORTING:
+                if deaf and lost == "reporting":
+                    return
+                answered.append(not deaf)
+        receive(packet)
+
+    vlock.receive = hears  # type: ignore[method-assign]
+    sink = HistorySink()
+    async with running(tmp_path, sink, virtual=net) as driver:
+        dev = by_native(sink, GENERIC)
+        assert True not in answered
+        deaf.clear()  # heard by the availability pings it answers all along
+        await eventually(lambda: vlock.mem.bound >= BOUND and True in answered, timeout=10)
+        await asyncio.sleep(0.5)  # the configuration's last request and the read after it
+        mark = len(sink.events)
+        await driver.simulate(dev, Simulation.KEYPAD_UNLOCK, {"slot_id": 4})
+        event = await sink.wait_event(dev, EventName.DOOR_UNLOCKED, after=mark)
+        assert event.details == {"method": "pin_code", "slot_id": 4}
 
 
 async def test_a_late_event_of_a_failed_set_does_not_confirm_the_next_one(
