@@ -595,6 +595,8 @@ class Store:
         self._pending_actions: dict[str, tuple[ActionRow, list[Any], str]] = {}
         self._pending_devices: dict[str, str] = {}  # device_id -> descriptor JSON, latest
         self._forgotten: set[str] = set()  # device ids whose DELETE waits for the next commit
+        # ids handed out whose INSERT waits for the next commit, by (driver, native_id)
+        self._new_devices: dict[tuple[str, str], str] = {}
         self._flush_scheduled = False
         self._committed_event = anyio.Event()
         self.last_error: str | None = None
@@ -738,6 +740,7 @@ class Store:
         self._pending_since = None
         self._pending_devices = {}
         self._forgotten.clear()
+        self._new_devices.clear()
         if frames:
             self._committed_seq = frames[-1][0]
             self._remember_frames(frames)
@@ -926,28 +929,35 @@ class Store:
     # ------------------------------------------------------------------ devices
 
     def device_id(self, driver: str, native_id: str) -> str:
-        """The stable UUID for (driver, native_id), created and committed on first sight."""
+        """The stable UUID for (driver, native_id), created and committed on first sight. A
+        store refusing commits (a full disk) still hands it out, and the same one again, and
+        commits it with the batch it keeps retrying: a lock that joins then is adopted, not
+        lost to an exception raised into its driver."""
+        key = (driver, native_id)
+        pending = self._new_devices.get(key)
+        if pending is not None and pending not in self._forgotten:
+            return pending
         row = self._reading(
             lambda: self._db.execute(
                 "SELECT device_id FROM devices WHERE driver = ? AND native_id = ?",
-                (driver, native_id),
+                key,
             ).fetchone()
         )
         if row and row[0] not in self._forgotten:
-            self._handed_out[str(row[0])] = (driver, native_id)
+            self._handed_out[str(row[0])] = key
             return str(row[0])
+        # Forgotten in this batch and seen again before its commit: a new device, as after the
+        # commit. The forget's DELETE is queued before this INSERT, so it takes the old row only.
         device_id = str(uuid.uuid4())
-        with _immediate(self._db):
-            if row:
-                # Forgotten in this batch and seen again before its commit: a new device, as
-                # after the commit. The old row goes now, or the queued DELETE would take the
-                # row this id is about to get.
-                self._db.execute("DELETE FROM devices WHERE device_id = ?", (row[0],))
-            self._db.execute(
-                "INSERT INTO devices (device_id, driver, native_id) VALUES (?, ?, ?)",
-                (device_id, driver, native_id),
-            )
-        self._handed_out[device_id] = (driver, native_id)
+        self._new_devices[key] = device_id
+        self._handed_out[device_id] = key
+        # DO NOTHING: a rebuild (`_rebuild`) may have written the row already, from _handed_out
+        self._queue(
+            "INSERT INTO devices (device_id, driver, native_id) VALUES (?, ?, ?)"
+            " ON CONFLICT DO NOTHING",
+            (device_id, driver, native_id),
+        )
+        self.flush()  # now, as `devices()` lists it; refused, it stays queued with the batch
         return device_id
 
     def save_device(self, device_id: str, descriptor: dict[str, Any] | bytes) -> None:
@@ -969,6 +979,8 @@ class Store:
         """Whether the store holds this device id (and is not about to forget it)."""
         if device_id in self._forgotten:
             return False
+        if device_id in self._new_devices.values():
+            return True
         row = self._reading(
             lambda: self._db.execute(
                 "SELECT 1 FROM devices WHERE device_id = ?", (device_id,)

@@ -7,11 +7,13 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
+import anyio
 import pytest
 
 from gatewayd.daemon import DB_NAME
 from gatewayd.driver import Simulation
-from tests.e2e.conftest import CloudFactory, Rest, claim, tunnel_url
+from gatewayd.model import Device
+from tests.e2e.conftest import CloudFactory, Rest, claim, transitions, tunnel_url, wait_action
 from tests.e2e.test_cloud_loop import cloud_event_ids
 from tests.support import free_port, running_daemon, wait_until
 from tests.unit.test_store_salvage import overwrite, root_page
@@ -68,3 +70,61 @@ async def test_a_gateway_with_a_damaged_store_comes_back_claimed_and_loses_no_ev
         assert (await rest.act(door, "lock"))["status"] == "completed"
     events = cloud_event_ids(cloud)
     assert len(events) == len(set(events))  # nothing twice
+
+
+def _locked(device: Device | None) -> bool | None:
+    assert device is not None
+    return device.properties.locked
+
+
+async def test_a_full_disk_holds_the_events_runs_no_action_and_is_not_taken_for_damage(
+    tmp_path: Path, cloud_factory: CloudFactory
+) -> None:
+    """The store refuses commits for a full disk (SQLITE_FULL). The events of the locks wait in
+    memory, none lost; an action is not run, since its receipt cannot be recorded (the cloud
+    gives it up as gateway_failure, and it is never run later); /status says why; nothing is
+    set aside as damaged; and once there is room the gateway carries on by itself."""
+    cloud = await cloud_factory()
+    rest = Rest(cloud)
+    state = tmp_path / "gw"
+    async with running_daemon(state, cloud_url=tunnel_url(cloud.server.port)) as daemon:
+        await claim(cloud, daemon)
+        await wait_until(lambda: len(cloud.state.db.devices()) == 2, 15)
+        store, registry = daemon.store, daemon.registry
+        assert store is not None
+        assert registry is not None
+        door = registry.devices()[0].id
+        sim = registry.drivers["sim"]
+        produced: list[str] = []
+        daemon.event_listeners.append(lambda ev: produced.append(ev.id))
+        pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+        store._db.execute(f"PRAGMA max_page_count = {pages}")  # no page more: the disk is full
+        for n in range(60):  # one tick's burst, more than the free pages hold; ends unlocked
+            what = Simulation.MANUAL_LOCK if n % 2 == 0 else Simulation.MANUAL_UNLOCK
+            await sim.simulate(door, what, {})
+        await anyio.sleep(0.1)
+        assert "database or disk is full" in (store.last_error or "")
+        for n in range(4):  # and more while it refuses
+            what = Simulation.MANUAL_LOCK if n % 2 == 0 else Simulation.MANUAL_UNLOCK
+            await sim.simulate(door, what, {})
+            await anyio.sleep(0.05)
+
+        status, ar = await rest.post(f"/v1/devices/{door}/actions/lock", {})
+        assert status == 200, ar
+        assert (await wait_action(cloud, ar["id"], 20))["status"] == "gateway_failure"
+        assert _locked(registry.device(door)) is False  # the lock was not moved
+        shown = daemon.snapshot()
+        assert "database or disk is full" in shown["store"]["last_error"]
+        assert "store error" in shown["gateway"]["status_line"]
+        assert shown["store"]["recovered"] is None
+
+        store._db.execute("PRAGMA max_page_count = 1073741823")  # room again
+        await wait_until(lambda: store.last_error is None and store.outbox_backlog() == 0, 15)
+        events = cloud_event_ids(cloud)
+        assert set(produced) <= set(events)
+        assert len(events) == len(set(events))
+        assert _locked(registry.device(door)) is False  # nor later
+        assert transitions(cloud, ar["id"])[-1] == "gateway_failure"
+        assert (await rest.act(door, "lock"))["status"] == "completed"
+        assert store.recovery is None
+    assert not list(state.glob(f"{DB_NAME}.corrupt-*"))

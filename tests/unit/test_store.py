@@ -435,6 +435,50 @@ async def test_refused_commit_keeps_the_batch_and_recovers(tmp_path: Path) -> No
     assert store.action("a1") is not None
 
 
+def _disk_full(store: Store) -> None:
+    """SQLite may add no page to the store's file: every commit that needs one fails with
+    SQLITE_FULL, "database or disk is full", as on a full SD card."""
+    pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+    store._db.execute(f"PRAGMA max_page_count = {pages}")
+
+
+def _room_again(store: Store) -> None:
+    store._db.execute("PRAGMA max_page_count = 1073741823")
+
+
+async def test_a_lock_first_seen_while_the_disk_is_full_gets_its_id_and_keeps_it(
+    tmp_path: Path,
+) -> None:
+    """A lock that joins (or is first listed by its radio) while the disk is full: its driver
+    gets an id, the same one each time, and the id is stored by itself once there is room.
+    An exception raised into the driver instead left the lock unadopted until a restart."""
+    path = tmp_path / "s.db"
+    store = Store.open(path)
+    try:
+        _disk_full(store)
+        ids = {n: store.device_id("zigbee", f"00:0d:6f:00:00:00:{n:02x}") for n in range(150)}
+        assert store.last_error is not None
+        assert "full" in store.last_error
+        assert all(
+            store.device_id("zigbee", f"00:0d:6f:00:00:00:{n:02x}") == i for n, i in ids.items()
+        )
+        assert all(store.knows_device(i) for i in ids.values())
+        assert len(set(ids.values())) == len(ids)
+        committed = store.commits
+        _room_again(store)
+        with anyio.fail_after(10):
+            await store.wait_commit(committed + 1)  # the store's own retry, no flush asked
+        assert store.last_error is None
+    finally:
+        store.close()
+    reopened = Store.open(path)
+    try:
+        held = {row.native_id: row.device_id for row in reopened.devices()}
+        assert held == {f"00:0d:6f:00:00:00:{n:02x}": i for n, i in ids.items()}
+    finally:
+        reopened.close()
+
+
 async def test_wait_outbox_wakes_on_commit(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "s.db")
     woke: list[int] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -12,8 +13,9 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from drivers.zigbee import ZigbeeDriver
 from drivers.zigbee.zigpy_api import DoorLock, foundation
-from gatewayd.driver import DriverState, Simulation
+from gatewayd.driver import DriverContext, DriverState, Simulation
 from gatewayd.model import (
     ActionTimeout,
     ClearCode,
@@ -448,6 +450,26 @@ async def test_a_damaged_zigbee_database_is_named_on_the_drivers_health(tmp_path
     # zigpy left its connection's (non-daemon) thread running on every failed attempt: the
     # process could not exit
     assert _non_daemon_threads() == ["MainThread"]
+
+
+def test_a_full_disk_is_not_taken_for_a_damaged_zigbee_database(tmp_path: Path) -> None:
+    """zigpy's database refused a write for a full disk (SQLITE_FULL, a DatabaseError too):
+    the driver's health told the operator to restore it from a backup, without which the locks
+    must be paired again. It is only full: it says so, and the radio comes back by itself once
+    there is room (`_supervise` retries any failure)."""
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE t (x BLOB)")
+    db.execute("PRAGMA max_page_count = 2")  # SQLite may add no page more: as on a full disk
+    with pytest.raises(sqlite3.OperationalError) as full:
+        db.execute("INSERT INTO t VALUES (zeroblob(5000))")
+    db.close()
+    driver = ZigbeeDriver(BASE, DriverContext(state_dir=tmp_path, spawn=lambda n, f: None))
+    driver._down(full.value)  # what start and the reconnect loop do with a failure
+    error = driver.health().last_error or ""
+    assert "database or disk is full" in error
+    assert str(tmp_path / BASE.database_path) in error
+    assert "backup" not in error
+    assert "paired again" not in error
 
 
 async def test_a_damaged_page_in_the_zigbee_database_is_found_before_zigpy_opens_it(
