@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sqlite3
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -193,9 +192,11 @@ class ZigbeeDriver(Driver):
         await _shutdown(app)
 
     def _down(self, exc: BaseException) -> None:
+        from drivers.zigbee import radios
+
         self._state = DriverState.DOWN
         self._error = _describe(exc)
-        if isinstance(exc, sqlite3.DatabaseError):
+        if radios.is_damage(exc):
             # zigpy's own database, not the radio: no retry fixes a damaged file. SQLite's
             # messages name no data. Moved aside, the network comes back from the radio but
             # zigpy no longer knows its locks, which then have to be paired again.
@@ -203,6 +204,10 @@ class ZigbeeDriver(Driver):
                 f"{self._error}: {exc}: the Zigbee database {self.database} cannot be used;"
                 " restore it from a backup (without it, the locks must be paired again)"
             )
+        elif getattr(exc, "sqlite_errorname", None):
+            # SQLite's own refusal (full, read-only, locked), not damage: retried, and it says
+            # which, e.g. a full disk. Its messages name no data.
+            self._error = f"{self._error}: {exc}: the Zigbee database {self.database}"
         log.warning("zigbee.radio_down", radio=self._cfg.radio_type, error=self._error)
 
     async def _sleep(self, seconds: float) -> bool:

@@ -71,6 +71,27 @@ def private_file(path: Path) -> None:
             os.chmod(side, 0o600)
 
 
+_DAMAGE_CODES: Final = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+
+
+class DatabaseDamaged(sqlite3.DatabaseError):
+    """`PRAGMA quick_check` found zigpy's database damaged."""
+
+
+def is_damage(exc: BaseException) -> bool:
+    """Whether `exc` says zigpy's database file is damaged, as opposed to full, read-only or
+    busy (sqlite3.OperationalError is a DatabaseError too): only a backup mends damage, a retry
+    mends those once the disk has room again."""
+    if isinstance(exc, DatabaseDamaged):
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)
+    return (
+        isinstance(exc, sqlite3.DatabaseError)
+        and isinstance(code, int)
+        and (code & 0xFF in _DAMAGE_CODES)
+    )
+
+
 def check_database(path: Path) -> None:
     """Raise sqlite3.DatabaseError if zigpy's database is damaged (`PRAGMA quick_check`). zigpy
     would find out itself, but then leaves the connection's thread running: its clean-up runs a
@@ -83,7 +104,7 @@ def check_database(path: Path) -> None:
     finally:
         db.close()
     if problems != ["ok"]:
-        raise sqlite3.DatabaseError(f"damaged ({problems[0] if problems else 'no answer'})")
+        raise DatabaseDamaged(f"damaged ({problems[0] if problems else 'no answer'})")
 
 
 def scrub_pins(path: Path) -> int:
