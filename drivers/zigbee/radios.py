@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
+from gatewayd import salvage
 from gatewayd.config import ZigbeeConfig
 
 # zigpy registers no entry points for these libraries, so the map is explicit; imported lazily.
@@ -71,9 +72,6 @@ def private_file(path: Path) -> None:
             os.chmod(side, 0o600)
 
 
-_DAMAGE_CODES: Final = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
-
-
 class DatabaseDamaged(sqlite3.DatabaseError):
     """`PRAGMA quick_check` found zigpy's database damaged."""
 
@@ -81,15 +79,8 @@ class DatabaseDamaged(sqlite3.DatabaseError):
 def is_damage(exc: BaseException) -> bool:
     """Whether `exc` says zigpy's database file is damaged, as opposed to full, read-only or
     busy (sqlite3.OperationalError is a DatabaseError too): only a backup mends damage, a retry
-    mends those once the disk has room again."""
-    if isinstance(exc, DatabaseDamaged):
-        return True
-    code = getattr(exc, "sqlite_errorcode", None)
-    return (
-        isinstance(exc, sqlite3.DatabaseError)
-        and isinstance(code, int)
-        and (code & 0xFF in _DAMAGE_CODES)
-    )
+    mends those once the disk has room again. SQLite says so as it does of the store's."""
+    return isinstance(exc, DatabaseDamaged) or salvage.is_corruption(exc)
 
 
 def check_database(path: Path) -> None:

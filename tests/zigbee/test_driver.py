@@ -346,9 +346,7 @@ async def test_what_a_lock_does_while_it_is_read_after_pairing_goes_up(
         def on_frame(packet: Any) -> None:
             """At the Door Lock read after the join, `what` happens, before or after the lock
             answers; the rest of the read is answered late, as a sleepy lock does."""
-            hdr = foundation.ZCLHeader.deserialize(packet.data.serialize())[0]
-            gc = foundation.GeneralCommand
-            if packet.dst_ep == 0 or hdr.command_id != gc.Read_Attributes:
+            if not _is_read(packet):
                 receive(packet)
             elif acted:
                 asyncio.get_running_loop().call_later(0.3, receive, packet)
@@ -382,6 +380,16 @@ async def test_what_a_lock_does_while_it_is_read_after_pairing_goes_up(
         assert props.door_open is (what == "door_after_answer")
 
 
+def _is_read(packet: Any) -> bool:
+    """Whether `packet` is a ZCL Read Attributes request."""
+    if packet.dst_ep == 0:
+        return False  # ZDO
+    hdr = foundation.ZCLHeader.deserialize(packet.data.serialize())[0]
+    return bool(hdr.frame_control.is_general) and (
+        hdr.command_id == foundation.GeneralCommand.Read_Attributes
+    )
+
+
 @pytest.mark.parametrize("ieee", [JOINING_YALE, JOINING_GENERIC], ids=["quirk", "zcl"])
 @pytest.mark.parametrize("after", [False, True], ids=["before-answer", "after-answer"])
 async def test_a_report_a_quirk_rewrites_during_the_read_after_pairing_is_a_report(
@@ -399,11 +407,9 @@ async def test_a_report_a_quirk_rewrites_during_the_read_after_pairing_is_a_repo
         receive, acted = vlock.receive, []
 
         def on_frame(packet: Any) -> None:
-            hdr = foundation.ZCLHeader.deserialize(packet.data.serialize())[0]
-            gc = foundation.GeneralCommand
-            if acted or packet.dst_ep == 0 or packet.cluster_id != POWER:
+            if acted or packet.cluster_id != POWER:
                 receive(packet)
-            elif hdr.frame_control.is_general and hdr.command_id == gc.Read_Attributes:
+            elif _is_read(packet):
                 acted.append(True)
                 if not after:
                     vlock.battery(0.1)
