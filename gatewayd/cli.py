@@ -157,6 +157,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     trust_anchors_on_demand()  # before aiohttp is imported
     from gatewayd import logging as gwlog
     from gatewayd.daemon import DB_NAME, Daemon
+    from gatewayd.disk import free_space_note
     from gatewayd.status import find_listen_error
     from gatewayd.store import StoreTooNew
 
@@ -173,7 +174,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(_too_new(db, exc.found, exc.known), file=sys.stderr)
             return EXIT_CONFIG
         if daemon.store is None and isinstance(exc, OSError | sqlite3.Error):
-            print(f"gatewayd: cannot open the store {db}: {exc}", file=sys.stderr)
+            # a full disk shows as "disk I/O error" (no room for the -shm file): say the room
+            note = free_space_note(db.parent) if isinstance(exc, sqlite3.OperationalError) else ""
+            print(f"gatewayd: cannot open the store {db}: {exc}{note}", file=sys.stderr)
             return 1
         if (listen := find_listen_error(exc)) is not None:
             print(f"gatewayd: {args.config}: {listen}", file=sys.stderr)
@@ -245,6 +248,8 @@ def _fetch_status(cfg: Config) -> dict[str, Any]:
 
 def render_status(s: dict[str, Any]) -> str:
     """The /status document as a few readable lines for a terminal."""
+    from gatewayd.disk import describe_bytes
+
     g, t, st = s["gateway"], s["tunnel"], s["store"]
     lines = [f"gatewayd {g['version']} · {g['name']} · up {g['uptime_s']:.0f} s", g["status_line"]]
     if not g["claimed"]:
@@ -256,6 +261,9 @@ def render_status(s: dict[str, Any]) -> str:
         + (f" (oldest {age:.0f} s)" if (age := st.get("outbox_oldest_age_s") or 0) > 0 else "")
         + (f" · STORE ERROR: {st['last_error']}" if st.get("last_error") else "")
     )
+    if (free := st.get("disk_free_bytes")) is not None:
+        low = "DISK LOW: " if st.get("disk_low") else ""
+        lines.append(f"store: {low}{describe_bytes(free)} free on its file system")
     if (rebuilt := st.get("recovered")) is not None:
         lost = ", ".join(rebuilt["lost"]) or "nothing"
         lines.append(

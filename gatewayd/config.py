@@ -74,6 +74,7 @@ class ActionsConfig(_Section, frozen=True):
 class StoreConfig(_Section, frozen=True):
     synchronous: Literal["normal", "full"] = "normal"
     action_log_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] = 30
+    disk_low_mb: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 50  # 0: no warning
 
 
 class SimConfig(_Section, frozen=True):

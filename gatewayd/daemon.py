@@ -22,6 +22,7 @@ import structlog
 from gatewayd import __version__
 from gatewayd.actions import Dispatcher, StatusUpdate
 from gatewayd.config import Config
+from gatewayd.disk import CHECK_EVERY_S, MB, DiskWatch, describe_bytes
 from gatewayd.driver import Driver, DriverContext, DriverHealth, DriverState, load_driver
 from gatewayd.logging import redact_value
 from gatewayd.metrics import GatewayMetrics
@@ -145,6 +146,7 @@ class Daemon:
         self._handle_signals = handle_signals
         self._ignore_sighup = ignore_sighup  # the service; the demo stops with its terminal
         self.state_dir = Path(config.gateway.state_dir)
+        self.disk = DiskWatch(self.state_dir, config.store.disk_low_mb * MB)
         self.started_at = time.monotonic()
         self.ready = False
         self.store: Store | None = None
@@ -247,6 +249,7 @@ class Daemon:
                     self._started.set()
                     tg.start_soon(self._watchdog, name="daemon.watchdog")
                     tg.start_soon(self._prune_action_log, store, name="store.prune")
+                    tg.start_soon(self._watch_disk, name="store.disk")
             finally:
                 self.ready = False
                 with anyio.CancelScope(shield=True):
@@ -422,6 +425,12 @@ class Daemon:
                 log.info("store.actions_pruned", count=pruned, deadline_before=cutoff)
             await anyio.sleep(PRUNE_EVERY_S)
 
+    async def _watch_disk(self) -> None:
+        """Warn of a filling disk even when nobody reads /status or /metrics."""
+        while True:
+            self.disk.check()
+            await anyio.sleep(CHECK_EVERY_S)
+
     # ------------------------------------------------------------------ flows
 
     def _on_status(self, update: StatusUpdate) -> int:
@@ -492,6 +501,8 @@ class Daemon:
             parts.append("radio down: " + ", ".join(down))
         if self.store.last_error:
             parts.append("store error")
+        if self.disk.low and self.disk.free is not None:
+            parts.append(f"disk low ({describe_bytes(self.disk.free)} free)")
         if self.store.recovery is not None:
             parts.append("store rebuilt after damage")
         return ", ".join(parts)
@@ -503,6 +514,7 @@ class Daemon:
         assert registry is not None
         assert dispatcher is not None
         ident = store.identity()
+        disk_free = self.disk.check()  # before the status line, which shows it when low
         devices = []
         for device in registry.devices():
             body = device_dict(device)
@@ -530,6 +542,9 @@ class Daemon:
                 "acked_seq": store.acked_seq,
                 # the store was found damaged this run and rebuilt (gatewayd.salvage)
                 "recovered": None if store.recovery is None else store.recovery.to_dict(),
+                # the file system holding the state dir; None when it cannot be read
+                "disk_free_bytes": disk_free,
+                "disk_low": self.disk.low,
             },
             "drivers": {
                 name: {

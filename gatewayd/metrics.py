@@ -76,6 +76,12 @@ class _StateCollector:
             "0 while the store refuses writes",
             value=int(not d.store.last_error),
         )
+        if (free := d.disk.check()) is not None:
+            yield GaugeMetricFamily(
+                "gatewayd_state_dir_free_bytes",
+                "Bytes free on the file system holding the state dir (the store stops at 0)",
+                value=free,
+            )
         yield GaugeMetricFamily(
             "gatewayd_store_rebuilt",
             "1 when this run found the store damaged and rebuilt it from what could be read",

@@ -52,7 +52,9 @@ class Box:
         raise AssertionError(f"action {action_id} did not finish")
 
 
-def start_box(tmp_path: Path, *, missing_stick: bool, name: str = "test gateway") -> Box:
+def start_box(
+    tmp_path: Path, *, missing_stick: bool, name: str = "test gateway", extra: str = ""
+) -> Box:
     port = free_port()
     cfg = tmp_path / "gatewayd.toml"
     zigbee = f'[drivers.zigbee]\nenabled = true\nradio_type = "znp"\ndevice = "{MISSING_STICK}"\n'
@@ -62,7 +64,7 @@ def start_box(tmp_path: Path, *, missing_stick: bool, name: str = "test gateway"
         status_port=port,
         latency_ms=150,
         cloud_url=cloud,
-        extra=zigbee if missing_stick else "",
+        extra=(zigbee if missing_stick else "") + extra,
     )
     cfg.write_text(text.replace('name = "test gateway"', f"name = {json.dumps(name)}"))
     proc = DaemonProcess(cfg, tmp_path / "daemon.log").start()
@@ -209,3 +211,27 @@ def test_claim_command_keeps_a_quoted_gateway_name_in_its_argument(
         page.context.close()
     finally:
         box.proc.kill()
+
+
+def test_page_warns_of_a_disk_filling_up(browser: Browser, tmp_path: Path) -> None:
+    """The room left under the state dir, and a warning below `store.disk_low_mb` (here more
+    than any test disk has), before the store refuses commits."""
+    box = start_box(tmp_path, missing_stick=False, extra="[store]\ndisk_low_mb = 1000000\n")
+    try:
+        page = open_page(browser, box)
+        disk = page.locator("#disk-free")
+        expect(disk).to_contain_text(re.compile(r"^\d[\d.]* (bytes|KB|MB|GB|TB) — low"))
+        expect(disk).to_have_class("err")
+        expect(page.locator("#status-line")).to_contain_text("disk low (")
+        expect(page.locator("#health-dot")).not_to_have_class(re.compile(r"\bok\b"))
+        page.context.close()
+    finally:
+        box.proc.kill()
+
+
+def test_page_shows_the_room_left_without_a_warning(browser: Browser, phone_box: Box) -> None:
+    page = open_page(browser, phone_box)
+    disk = page.locator("#disk-free")
+    expect(disk).to_contain_text(re.compile(r"^\d[\d.]* (bytes|KB|MB|GB|TB)$"))
+    expect(disk).not_to_have_class("err")
+    page.context.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -502,3 +503,69 @@ def test_every_option_says_what_it_does_in_its_help() -> None:
             if action.option_strings and not action.help
         ]
     assert not bare, f"options without help: {bare}"
+
+
+_RUN_ON_A_FULL_DISK = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))  # no byte more to any file: a full disk
+from gatewayd.cli import main
+sys.exit(main(["run", "-c", sys.argv[1]]))
+"""
+
+
+def test_a_store_a_full_disk_keeps_from_opening_says_how_much_room_there_is(
+    tmp_path: Path,
+) -> None:
+    """`run` said only "cannot open the store …: disk I/O error" (SQLite's word for no room for
+    the -shm file), which does not point at the disk."""
+    state = tmp_path / "state"
+    result = subprocess.run(
+        [sys.executable, "-c", _RUN_ON_A_FULL_DISK, str(_config(tmp_path, state))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
+    )
+    assert result.returncode == 1
+    line = _one_line(result.stderr)
+    assert line.startswith(f"gatewayd: cannot open the store {state / 'gatewayd.db'}: "), line
+    # the free space of tmp: a real full disk says 0 bytes (see test_free_space_is_said_in_…)
+    assert re.search(
+        rf"\(the file system holding {re.escape(str(state))} has [\d.]+ \w+ free\)$", line
+    ), line
+
+
+def test_free_space_is_said_in_bytes_a_person_reads() -> None:
+    from gatewayd.disk import describe_bytes, free_space_note
+
+    assert free_space_note(Path("/var/lib/gatewayd"), read=lambda _: 0) == (
+        " (the file system holding /var/lib/gatewayd has 0 bytes free)"
+    )
+
+    def unreadable(path: Path) -> int:
+        raise PermissionError(13, "Permission denied")
+
+    assert free_space_note(Path("/var/lib/gatewayd"), read=unreadable) == ""
+    assert [describe_bytes(n) for n in (999, 1000, 48_213_000, 3_100_000_000)] == [
+        "999 bytes",
+        "1 KB",
+        "48.2 MB",
+        "3.1 GB",
+    ]
+
+
+async def test_status_says_how_much_room_the_store_has_and_when_it_is_low(tmp_path: Path) -> None:
+    from gatewayd.cli import render_status
+    from tests.support import running_daemon
+
+    async with running_daemon(tmp_path / "gw") as daemon:
+        snapshot = daemon.snapshot()
+    snapshot["store"]["disk_free_bytes"] = 2_345_000_000
+    assert "store: 2.3 GB free on its file system" in render_status(snapshot)
+    snapshot["store"]["disk_free_bytes"] = 12_000_000
+    snapshot["store"]["disk_low"] = True
+    assert "store: DISK LOW: 12.0 MB free on its file system" in render_status(snapshot)
+    snapshot["store"]["disk_free_bytes"] = None  # cannot be read: no line
+    assert "free on its file system" not in render_status(snapshot)

@@ -34,6 +34,7 @@ def test_example_config_passes_and_documents_every_section() -> None:
         (MINIMAL + "[actions]\ndefault_timeout_s = -1\n", "$.actions.default_timeout_s"),
         (MINIMAL + "[log]\nlevel = 'loud'\n", "$.log.level"),
         (MINIMAL + "[store]\naction_log_days = 0\n", "$.store.action_log_days"),
+        (MINIMAL + "[store]\ndisk_low_mb = -1\n", "$.store.disk_low_mb"),
         (MINIMAL + "[drivers.zigbee]\nchannel = 27\n", "$.drivers.zigbee.channel"),
         (MINIMAL + "[status]\nlisten = '0.0.0.0:8181'\n", "status.listen"),
         (MINIMAL + "[status]\nlisten = 'nohost'\n", "status.listen"),

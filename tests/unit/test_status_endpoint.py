@@ -4,18 +4,22 @@ field, instead of failing inside the handler with a 500."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import socket
 from pathlib import Path
 
 import aiohttp
 import anyio
 import anyio.lowlevel
+from structlog.testing import capture_logs
 
 from drivers.sim import SimDriver
+from gatewayd.cli import render_status
 from gatewayd.config import parse_config
 from gatewayd.daemon import Daemon
 from gatewayd.driver import DriverHealth, DriverState
-from tests.support import config_text, running_daemon
+from tests.support import config_text, running_daemon, wait_until
 
 
 async def test_a_local_action_with_an_absurd_timeout_is_invalid_input(tmp_path: Path) -> None:
@@ -144,3 +148,73 @@ async def test_a_local_action_whose_body_arrives_in_two_segments_is_taken(tmp_pa
                         break
         status_line = answer.split(b"\r\n", 1)[0]
         assert status_line == b"HTTP/1.1 202 Accepted", answer
+
+
+def _fs_size(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_blocks * st.f_frsize
+
+
+async def test_status_and_metrics_show_the_free_space_under_the_state_dir(tmp_path: Path) -> None:
+    """A filling SD card was seen only once SQLite refused commits (`store.last_error`)."""
+    async with running_daemon(tmp_path / "gw") as daemon:
+        base = f"http://127.0.0.1:{daemon.status_port}"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/status") as resp:
+                store = (await resp.json())["store"]
+            async with http.get(f"{base}/metrics") as resp:
+                metrics = await resp.text()
+    size = _fs_size(tmp_path)
+    assert 0 < store["disk_free_bytes"] <= size
+    assert store["disk_low"] is False  # tmp has more than 50 MB free, or no test would run
+    found = re.search(r"^gatewayd_state_dir_free_bytes (\S+)$", metrics, re.M)
+    assert found is not None, metrics
+    assert 0 < float(found[1]) <= size
+
+
+def test_low_disk_is_warned_of_once_and_its_recovery_once() -> None:
+    """One `store.disk_low` when the free space falls below the threshold, one `store.disk_ok`
+    when it is a fifth above it again; nothing while it hovers around the threshold."""
+    from gatewayd.disk import DiskWatch
+
+    readings = iter([100, 49, 30, 52, 45, 59, 60, 70, 10])
+    watch = DiskWatch(Path("/var/lib/gatewayd"), 50, read=lambda _: next(readings))
+    with capture_logs() as logs:
+        seen = [(watch.check(), watch.low) for _ in range(9)]
+    assert [low for _, low in seen] == [False, True, True, True, True, True, False, False, True]
+    assert [free for free, _ in seen] == [100, 49, 30, 52, 45, 59, 60, 70, 10]
+    events = [(e["event"], e["free_bytes"]) for e in logs if e["event"].startswith("store.disk")]
+    assert events == [("store.disk_low", 49), ("store.disk_ok", 60), ("store.disk_low", 10)]
+    assert [e["log_level"] for e in logs if e["event"].startswith("store.disk")] == [
+        "warning",
+        "info",
+        "warning",
+    ]
+
+
+async def test_a_low_disk_shows_on_the_status_line_and_status(tmp_path: Path) -> None:
+    from gatewayd.disk import MB, DiskWatch
+
+    free = [10 * MB]
+    async with running_daemon(tmp_path / "gw") as daemon:
+        daemon.disk = DiskWatch(daemon.state_dir, 50 * MB, read=lambda _: free[0])
+        snapshot = daemon.snapshot()
+        assert snapshot["store"]["disk_free_bytes"] == 10 * MB
+        assert snapshot["store"]["disk_low"] is True
+        assert "disk low (10.0 MB free)" in snapshot["gateway"]["status_line"]
+        assert "disk low" in render_status(snapshot)
+        free[0] = 80 * MB
+        snapshot = daemon.snapshot()
+        assert snapshot["store"]["disk_low"] is False
+        assert "disk" not in snapshot["gateway"]["status_line"]
+
+
+async def test_the_daemon_checks_the_disk_without_being_asked(tmp_path: Path) -> None:
+    """The warning is logged when nobody reads /status or /metrics."""
+    with capture_logs() as logs:
+        async with running_daemon(tmp_path / "gw", extra="[store]\ndisk_low_mb = 1000000\n"):
+            await wait_until(lambda: any(e["event"] == "store.disk_low" for e in logs))
+    low = [e for e in logs if e["event"] == "store.disk_low"]
+    assert len(low) == 1
+    assert low[0]["threshold_bytes"] == 10**12
+    assert low[0]["path"] == str(tmp_path / "gw")
