@@ -525,17 +525,28 @@ class Dispatcher:
     def _next_job(self, pending: deque[_Job]) -> _Job | None:
         """Taken from `pending`: its first job the driver can start at once. A code change that
         would first wait out the lock's late word for the slot (Executor.hold_s, up to 10 s)
-        lets the device's later actions go before it: an unlock does not wait behind it."""
-        if not self._held(pending[0]):
-            return pending.popleft()
+        lets the device's later actions go before it: an unlock does not wait behind it. Never
+        a later change of its slot (each job's hold is asked once: a hold that ends between two
+        questions must not let the second change of a slot go first), nor anything past a held
+        job that changes no slot."""
+        passed: set[int] = set()  # the slots of the held code changes passed
         for n, job in enumerate(pending):
-            if not self._held(job):
+            slot = job.action.slot_id if isinstance(job.action, SetCode | ClearCode) else None
+            if self._fails_unrun(job) or (slot not in passed and not self._held(job)):
                 del pending[n]
                 return job
+            if slot is None:
+                return None
+            passed.add(slot)
         return None
 
+    def _fails_unrun(self, job: _Job) -> bool:
+        """Whether the job ends without reaching the driver: past due, or cancelled by the cloud
+        (`_run`); it may go at once, before anything."""
+        return self._remaining(job) <= 0 or job.cancelled is not None
+
     def _held(self, job: _Job) -> bool:
-        if job.action is None or self._remaining(job) <= 0:  # past due: failed at once
+        if job.action is None:
             return False
         try:
             return self._executor.hold_s(job.request.entity_id, job.action) > 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from gatewayd.model import (
     ActionRequest,
     ActionResult,
     ActionStatus,
+    ClearCode,
     CodeConstraints,
     Device,
     DeviceError,
@@ -88,6 +89,7 @@ class Devices:
         self.raise_next: BaseException | None = None
         self.running: dict[str, int] = {}
         self.max_concurrent_per_device = 0
+        self.hold: Callable[[Action], float] = lambda action: 0.0
 
     def device(self, device_id: str) -> Device | None:
         return self.devices.get(device_id)
@@ -96,7 +98,7 @@ class Devices:
         return None
 
     def hold_s(self, device_id: str, action: Action) -> float:
-        return 0.0
+        return self.hold(action)
 
     async def execute(self, device_id: str, action: Action) -> ActionResult:
         self.started.append((device_id, str(action.name)))
@@ -354,6 +356,49 @@ async def test_per_device_fifo_one_in_flight_devices_concurrent(tmp_path: Path) 
         ("d1", "lock"),
     ]
     assert h.exec.max_concurrent_per_device == 1
+
+
+async def test_a_hold_that_ends_between_two_questions_lets_no_change_of_its_slot_go_first(
+    tmp_path: Path,
+) -> None:
+    """A set of slot 3 the driver holds, then a clear of slot 3: the driver reads its clock at
+    each question, and the hold ended between the question for the set and the one for the
+    clear. The clear went first, and the set then left the slot holding the code the user had
+    cleared after it."""
+    h = Harness(tmp_path, LOCK)
+    asked = 0
+
+    def hold(action: Action) -> float:
+        nonlocal asked
+        asked += 1  # the clock moves on one step per question; the hold ends at step 2
+        return max(2 - (asked - 1), 0) if isinstance(action, SetCode | ClearCode) else 0.0
+
+    h.exec.hold = hold
+    async with anyio.create_task_group() as tg:
+        h.dispatcher.bind(tg)
+        h.dispatcher.submit(request("set_code", {"code": "1234", "slot_id": 3}, id="set"))
+        h.dispatcher.submit(request("clear_code", {"slot_id": 3}, id="clear"))
+        await h.settle("clear")
+        await h.settle("set")
+        tg.cancel_scope.cancel()
+    assert h.exec.ran == [("d1", "set_code"), ("d1", "clear_code")]
+
+
+async def test_nothing_passes_a_held_action_that_changes_no_slot(tmp_path: Path) -> None:
+    """A driver may hold any action (Driver.hold_s): a held lock lets no unlock go first."""
+    h = Harness(tmp_path, LOCK)
+    release = anyio.Event()
+    h.exec.hold = lambda action: 0.0 if release.is_set() or action.name != "lock" else 5.0
+    async with anyio.create_task_group() as tg:
+        h.dispatcher.bind(tg)
+        h.dispatcher.submit(request("lock", id="lock"))
+        h.dispatcher.submit(request("unlock", id="unlock"))
+        await anyio.sleep(0.5)  # the worker asks again every HOLD_POLL_S
+        assert h.exec.ran == []
+        release.set()
+        await h.settle("unlock")
+        tg.cancel_scope.cancel()
+    assert h.exec.ran == [("d1", "lock"), ("d1", "unlock")]
 
 
 async def test_never_executed_after_its_deadline(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from structlog.testing import capture_logs
 
 from gatewayd.actions import Dispatcher, StatusUpdate
 from gatewayd.config import CloudConfig
+from gatewayd.model import SetCode
 from gatewayd.store import Store
 from gatewayd.tunnel import Tunnel
 from tests.unit.test_actions import LOCK, Devices, request
@@ -95,6 +96,25 @@ async def test_a_cancel_before_the_ack_means_the_action_never_runs(tmp_path: Pat
     row = h.store.action("late")
     assert row is not None
     assert row.status == "failed"
+
+
+async def test_a_cancel_of_a_held_code_change_is_reported_at_once(tmp_path: Path) -> None:
+    """A code change its driver holds back (Driver.hold_s, up to 10 s) sat in the queue with its
+    cancel noted until the hold ended: the cloud heard nothing of it meanwhile."""
+    h = CloudHarness(tmp_path)
+    h.exec.hold = lambda action: 10.0 if isinstance(action, SetCode) else 0.0
+    async with anyio.create_task_group() as tg:
+        h.dispatcher.bind(tg)
+        set_code = request("set_code", {"code": "1234", "slot_id": 3}, id="held", timeout=30)
+        h.dispatcher.submit(set_code, handoff=True)
+        await anyio.sleep(0.3)  # the worker found it held
+        assert h.dispatcher.cancel("held", "received after the hand-off timeout")
+        with anyio.fail_after(2):  # well before the hold's end
+            await h.settle("held")
+        tg.cancel_scope.cancel()
+    assert h.statuses("held") == ["gateway_received", "failed"]
+    assert h.last_error_type("held") == "cancelled"
+    assert h.exec.started == []
 
 
 async def test_a_cancel_after_the_action_started_changes_nothing(tmp_path: Path) -> None:
