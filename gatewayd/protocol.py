@@ -65,9 +65,6 @@ GatewayId = Annotated[
     str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 ]
 Name = Annotated[str, msgspec.Meta(max_length=64)]
-# welcome.cancelled: the cloud sends its newest (devcloud: 500); each id is passed to the
-# dispatcher, so a welcome naming more is refused like any other frame out of bounds
-MAX_CANCELLED: Final = 1000
 
 
 class ProtocolError(Exception):
@@ -131,7 +128,9 @@ class Welcome(_Msg, frozen=True, tag="welcome"):
     gateway_id: GatewayId | None
     acked_seq: Seq
     heartbeat_s: float
-    cancelled: Annotated[list[Ident], msgspec.Meta(max_length=MAX_CANCELLED)] = []
+    # ids bounded like an action_cancel's; their number by the frame's size (a cap on it
+    # would refuse every session while the cloud's list stays longer: no cancel would get in)
+    cancelled: list[Ident] = []
     server_time: str | None = None
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import pytest
 from structlog.testing import capture_logs
 
 from gatewayd.config import CloudConfig
@@ -152,17 +151,13 @@ async def test_a_malformed_action_cancel_is_skipped_with_a_warning_naming_it(
     assert "x" * 129 not in str(logs)
 
 
-@pytest.mark.parametrize(
-    "cancelled",
-    [["a-1", "x" * 200], [f"a-{n}" for n in range(1001)]],
-    ids=["over-long id", "too many ids"],
-)
-async def test_a_welcome_with_out_of_bounds_cancels_ends_the_session_unwelcomed(
-    tmp_path: Path, cancelled: list[str]
+async def test_a_welcome_with_an_over_long_cancelled_id_ends_the_session_unwelcomed(
+    tmp_path: Path,
 ) -> None:
-    """`welcome.cancelled` took ids of any length, and any number of them (an `action_cancel`
-    id is bounded): each was handed to the dispatcher. Such a welcome is refused like any
-    frame out of bounds: logged, nothing cancelled or acked, the session not opened."""
+    """`welcome.cancelled` took ids of any length (an `action_cancel` id is bounded): each was
+    handed to the dispatcher. Such a welcome is refused like any frame out of bounds: logged,
+    nothing cancelled or acked, the session not opened."""
+    cancelled = ["a-1", "x" * 200]
     welcome = {
         "type": "welcome",
         "protocol": 1,
