@@ -79,8 +79,11 @@ class DatabaseDamaged(sqlite3.DatabaseError):
 def is_damage(exc: BaseException) -> bool:
     """Whether `exc` says zigpy's database file is damaged, as opposed to full, read-only or
     busy (sqlite3.OperationalError is a DatabaseError too): only a backup mends damage, a retry
-    mends those once the disk has room again. SQLite says so as it does of the store's."""
-    return isinstance(exc, DatabaseDamaged) or salvage.is_corruption(exc)
+    mends those once the disk has room again. SQLite says so as it does of the store's; zigpy
+    of a schema version its tables disagree with."""
+    from zigpy.exceptions import CorruptDatabase
+
+    return isinstance(exc, DatabaseDamaged | CorruptDatabase) or salvage.is_corruption(exc)
 
 
 def check_database(path: Path) -> None:

@@ -458,6 +458,27 @@ async def test_a_damaged_zigbee_database_is_named_on_the_drivers_health(tmp_path
     assert _non_daemon_threads() == ["MainThread"]
 
 
+async def test_a_zigbee_database_zigpy_calls_inconsistent_is_named_as_damaged(
+    tmp_path: Path,
+) -> None:
+    """zigpy refuses a database whose schema version disagrees with its tables' (a torn
+    migration, a file from elsewhere) with its own CorruptDatabase: the driver's health did not
+    say what to do with it, as it does for one SQLite calls damaged."""
+    async with running(tmp_path, RecordingSink()):
+        pass  # a database of zigpy's current schema
+    db = sqlite3.connect(tmp_path / BASE.database_path)
+    db.execute("PRAGMA user_version = 3")  # its tables carry a later version
+    db.commit()
+    db.close()
+    async with running(tmp_path, RecordingSink(), wait_locks=0) as driver:
+        async with asyncio.timeout(10):
+            while driver.health().state is not DriverState.DOWN:
+                await asyncio.sleep(0.05)
+        error = driver.health().last_error or ""
+    assert "CorruptDatabase" in error
+    assert "restore it from a backup" in error
+
+
 def test_a_full_disk_is_not_taken_for_a_damaged_zigbee_database(tmp_path: Path) -> None:
     """zigpy's database refused a write for a full disk (SQLITE_FULL, a DatabaseError too):
     the driver's health told the operator to restore it from a backup, without which the locks
