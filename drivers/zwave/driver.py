@@ -1333,13 +1333,17 @@ def _alarm_mapped(node: Node, alarm_type: Any, level: Any) -> bool:
     compat: Any = node.device_config.compat
     mappings = compat.get("alarmMapping") if isinstance(compat, Mapping) else None
     for mapping in mappings if isinstance(mappings, list) else ():
-        source = mapping.get("from") if isinstance(mapping, Mapping) else None
+        if not isinstance(mapping, Mapping):
+            continue
+        source, target = mapping.get("from"), mapping.get("to")
         if (
             isinstance(source, Mapping)
             and source.get("alarmType") == alarm_type
             and source.get("alarmLevel") in (None, level)
         ):
-            return True
+            # an event its notification registry lacks (Yale's alarm type 132 goes to Access
+            # Control 0xFE) zwave-js stores as "unknown" and sends no notification for
+            return not (isinstance(target, Mapping) and target.get("notificationEvent") == 0xFE)
     return False
 
 

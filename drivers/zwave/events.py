@@ -56,6 +56,10 @@ AC_CODE_LIMIT = 19
 # "valid credential access denied: schedule inactive": a code the lock holds, refused at a time
 # its schedule does not allow (Yale / Kwikset alarm type 162, as Keymaster reads it)
 AC_OUTSIDE_SCHEDULE = 48
+# "valid credential access denied: User Active State set to Occupied Disabled" / "not enough
+# credentials entered", "invalid credential used": a credential refused at the lock (User
+# Credential CC); their parameters are Credential Usage Data, whose user is no User Code slot
+AC_CREDENTIAL_DENIED = frozenset({47, 49, 50})
 AC_DOOR_OPEN = 22
 AC_DOOR_CLOSED = 23
 HS_TAMPER_COVER = 3
@@ -84,13 +88,14 @@ ALARM_V1: Mapping[int, tuple[int, int]] = {
     33: (ACCESS_CONTROL, AC_CODE_DELETED),
     112: (ACCESS_CONTROL, AC_CODE_ADDED),
     113: (ACCESS_CONTROL, AC_CODE_DUPLICATE),
+    132: (ACCESS_CONTROL, AC_OUTSIDE_SCHEDULE),  # Yale: "valid user but outside of schedule"
     161: (ACCESS_CONTROL, AC_CODE_LIMIT),
     162: (ACCESS_CONTROL, AC_OUTSIDE_SCHEDULE),
     167: (POWER_MANAGEMENT, 10),
     168: (POWER_MANAGEMENT, 11),
     169: (POWER_MANAGEMENT, 11),  # too low to operate the lock
 }
-ALARM_V1_USER = frozenset({16, 18, 19, 33, 112, 113, 162})
+ALARM_V1_USER = frozenset({16, 18, 19, 33, 112, 113, 132, 162})
 
 LOW_BATTERY = 0.2
 LATE_NOTICE_S = 5.0  # how late a notification may name the method of a move already reported
@@ -143,7 +148,7 @@ def parse_notification(type_: int, event: int, parameters: Any) -> Notice | None
             return Notice("bolt", locked=locked, method=method, slot_id=slot)
         if event == AC_JAMMED or event in AC_NOT_FULLY_LOCKED:
             return Notice("jammed")
-        if event in (AC_KEYPAD_DISABLED, AC_CODE_LIMIT):
+        if event in (AC_KEYPAD_DISABLED, AC_CODE_LIMIT) or event in AC_CREDENTIAL_DENIED:
             return Notice("invalid_code")
         if event == AC_OUTSIDE_SCHEDULE:
             return Notice("invalid_code", slot_id=slot)

@@ -356,3 +356,44 @@ async def test_an_alarm_v1_keypad_unlock_16_and_a_code_outside_its_schedule_162(
             ("keypad invalid code", {"method": "keypad"}),
             ("door locked", {"method": "manual"}),
         ]
+
+
+async def test_a_credential_refused_at_the_lock_47_49_50_is_a_keypad_invalid_code(
+    zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack
+) -> None:
+    """Access Control 0x2F / 0x31 / 0x32 (Notification v9 "valid credential access denied:
+    user occupied disabled", "... not enough credentials entered", "invalid credential used"):
+    a PIN, card or fingerprint refused at the lock, one `keypad invalid code` each, with no
+    slot (its user is no User Code slot). "RF (un)lock with invalid user code" (0x14 / 0x15,
+    not at the keypad) and "non-access credential entered" (0x33) stay unreported. Before, a
+    refused credential said nothing."""
+    _, sink = zwave
+    dev = sink.ids[native_id(2)]
+    mark = len(sink.events)
+    usage = [0x00, 0x03, 0x01, 0x00, 0x03]  # credential usage: user 3, a PIN code, in slot 3
+    for event, params in ((0x2F, usage), (0x14, None), (0x31, usage), (0x15, None), (0x33, None)):
+        zwave_stack.control(2, "notify_raw", type=ACCESS_CONTROL, event=event, params=params)
+    zwave_stack.control(2, "notify_raw", type=ACCESS_CONTROL, event=0x32)
+    await sink.wait_for(lambda: len(_events(sink, dev, mark)) >= 3)
+    await _quiet(0.5)
+    assert _events(sink, dev, mark) == [("keypad invalid code", {"method": "keypad"})] * 3
+
+
+async def test_a_yale_alarm_v1_code_outside_its_schedule_132(
+    tmp_path: Path, tasks: Tasks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Yale's Alarm CC v1 type 132 ("valid user but outside of schedule", alarmLevel the user
+    slot), as 162: a `keypad invalid code` with the slot, whether zwave-js has no mapping for
+    the lock (lock 2) or its device file maps 132 to Access Control 0xFE, an event zwave-js
+    sends no notification for (lock 4, a YRD410-F ZW3). Before, both said nothing."""
+    monkeypatch.setenv("ZWAVE_MOCK_NOTIFICATION_V1", "1")
+    async with own_stack(tmp_path, tasks, locks=3) as (stack, _, sink):
+        for node in (2, 4):
+            dev = sink.ids[native_id(node)]
+            mark = len(sink.events)
+            stack.control(node, "alarm_raw", type=132, level=3)
+            await sink.wait_for(lambda: len(_events(sink, dev, mark)) >= 1)  # noqa: B023
+            await _quiet(0.5)
+            assert _events(sink, dev, mark) == [
+                ("keypad invalid code", {"method": "keypad", "slot_id": 3}),
+            ]

@@ -11,7 +11,8 @@
 // Set and returns the lock's Supervision status; the mock node's default SupervisionCCHooks answer
 // a behaviour's "ok" with Success and its "fail" with Fail), ZWAVE_MOCK_NOTIFICATION_V1 ("1": every
 // lock has Notification CC version 1, an older lock that reports Alarm CC v1 only: alarm_raw; and
-// lock 3 is a Yale YRD226 ZW2, whose zwave-js device file maps its alarms to notifications).
+// lock 3 is a Yale YRD226 ZW2, whose zwave-js device file maps its alarms to notifications, and
+// lock 4 a Yale YRD410-F ZW3, whose file maps only alarm type 132, to Access Control 254).
 //
 // Control channel: POST /node/<id>/<what> with a JSON body; 200 {"ok": true} or 4xx {"error"}.
 //   keypad_unlock {slot_id}, keypad_lock, manual_lock, manual_unlock, auto_lock, wrong_code, jam,
@@ -26,8 +27,9 @@
 //   "deleted"; default 0.02 s, reset with the lock),
 //   reset (faults none, codes cleared, bolt locked, door closed, battery 90 %, online; the lock's
 //   reports reach zwave-js before the answer, so its cache agrees with the lock).
-//   Odd reports, as real locks send them: notify_raw {type, event, params?: [bytes]},
-//   mode_raw {mode} (a Door Lock operation report with any currentMode), battery_raw {level}
+//   Odd reports, as real locks send them (an Access Control bolt event or a Door Lock report
+//   moves the mock's bolt too): notify_raw {type, event, params?: [bytes]},
+//   mode_raw {mode} (the bolt in any currentMode, reported), battery_raw {level}
 //   (a Battery report with any level byte, e.g. 255: "battery low"), user_code_raw {slot_id,
 //   status, code: [bytes]} (an unsolicited User Code report with any bytes as the code), and
 //   readback_raw {status, code: [bytes]} (the User Code Get that follows the next User Code
@@ -68,6 +70,9 @@ const AC = {
 	AUTO_LOCK: 9, JAMMED: 11, CODE_DELETED: 13, CODE_ADDED: 14, CODE_DUPLICATE: 15, DOOR_OPEN: 22,
 	DOOR_CLOSED: 23,
 };
+// Access Control events that say the bolt moved: event -> locked
+const AC_BOLT = new Map([[1, true], [3, true], [5, true], [9, true], [33, true], [35, true],
+	[2, false], [4, false], [6, false], [34, false], [36, false]]);
 const DUPLICATE_MODES = ["notify", "silent", "accept"];
 
 exports.default = function mockConfig({ require: req }) {
@@ -82,7 +87,11 @@ exports.default = function mockConfig({ require: req }) {
 
 	const alarmV1 = process.env.ZWAVE_MOCK_NOTIFICATION_V1 === "1";
 	const models = alarmV1
-		? LOCKS.map((l) => (l.id === 3 ? { ...l, manufacturerId: 0x0129, productType: 0x8002, productId: 0x0600 } : l))
+		? LOCKS.map((l) => {
+			if (l.id === 3) return { ...l, manufacturerId: 0x0129, productType: 0x8002, productId: 0x0600 };
+			if (l.id === 4) return { ...l, manufacturerId: 0x0129, productType: 0x8107, productId: 0x49d1, masked: false };
+			return l;
+		})
 		: LOCKS;
 	const count = Math.max(1, Math.min(models.length, Number(process.env.ZWAVE_MOCK_LOCKS || "2")));
 	const controlPort = Number(process.env.ZWAVE_MOCK_CONTROL_PORT || "0");
@@ -514,6 +523,9 @@ exports.default = function mockConfig({ require: req }) {
 			},
 			async reset(self) { await resetLock(self); },
 			async notify_raw(self, p) {
+				// a bolt event moved the bolt, so a later read answers the same (as for mode_raw)
+				const locked = Number(p.type) === 6 ? AC_BOLT.get(Number(p.event)) : undefined;
+				if (locked !== undefined) st(self).mode = locked ? cc.DoorLockMode.Secured : cc.DoorLockMode.Unsecured;
 				await notify(controller, self, Number(p.type), Number(p.event), p.params ?? undefined);
 			},
 			async alarm_raw(self, p) {
@@ -521,11 +533,11 @@ exports.default = function mockConfig({ require: req }) {
 					nodeId: controller.ownNodeId, alarmType: Number(p.type), alarmLevel: Number(p.level ?? 0),
 				}));
 			},
+			// the bolt is in the mode it reports, so a later read answers the same: a start-up
+			// read a test overtakes would otherwise take the report back
 			async mode_raw(self, p) {
-				const report = operationReport(controller, self);
-				report.currentMode = Number(p.mode);
-				report.targetMode = Number(p.mode);
-				await send(controller, self, report);
+				st(self).mode = Number(p.mode);
+				await send(controller, self, operationReport(controller, self));
 			},
 			async battery_raw(self, p) {
 				await send(controller, self, new cc.BatteryCCReport({ nodeId: controller.ownNodeId, level: Number(p.level) }));
