@@ -226,6 +226,9 @@ class ZWaveDriver(Driver):
         self._state = DriverState.STARTING
         self._last_error: str | None = None
         self._reconnects = 0
+        # `_resync`s run to their end: a report sent before the start-up one is done may be
+        # overtaken by its read, so tests that send raw reports wait for it
+        self.resyncs = 0
         self._settled = anyio.Event()
         self._scopes: list[anyio.CancelScope] = []
         self._run_done = anyio.Event()
@@ -488,6 +491,7 @@ class ZWaveDriver(Driver):
             lock.tracker.on_read(locked, mark, first=first)
             if first:
                 self._publish(lock)
+        self.resyncs += 1
 
     def _leave_network(self, home_id: int | None) -> None:
         """zwave-server now runs another controller: its node ids name other doors, so the

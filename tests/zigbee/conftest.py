@@ -81,9 +81,13 @@ def config(**changes: object) -> ZigbeeConfig:
     return msgspec.structs.replace(BASE, **changes)
 
 
-async def settled_events(sink: RecordingSink, mark: int) -> list[tuple[EventName, Any]]:
-    """The events since `mark` as (name, method), once past the merge window (0.5 s): a late
-    duplicate would be among them."""
+async def settled_events(
+    sink: RecordingSink, mark: int, count: int = 0
+) -> list[tuple[EventName, Any]]:
+    """The events since `mark` as (name, method), once `count` of them are in (a slow machine
+    may take them in late) and past the merge window (0.5 s): a late duplicate would be among
+    them."""
+    await sink.wait_for(lambda: len(sink.events) - mark >= count, timeout=20)
     await asyncio.sleep(0.5)
     return [(e.event_name, e.details.get("method")) for e in sink.events[mark:]]
 

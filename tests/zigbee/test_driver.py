@@ -77,6 +77,7 @@ async def test_report_and_notification_make_one_event(tmp_path: Path, ieee: str)
         event = await sink.wait_event(device_id, EventName.DOOR_UNLOCKED, after=mark)
         assert event.details == {"method": "pin_code", "slot_id": 3}
         await driver.execute(device_id, Lock())
+        await sink.wait_event(device_id, EventName.DOOR_LOCKED, timeout=20, after=mark)
         await asyncio.sleep(0.5)  # past the merge window: late duplicates would be here
         names = [str(e.event_name) for e in sink.events[mark:] if e.device_id == device_id]
         assert names == ["door unlocked", "door locked"]
@@ -371,6 +372,7 @@ async def test_what_a_lock_does_while_it_is_read_after_pairing_goes_up(
         await sink.wait_for(lambda: any(d.native_id == ieee for d in sink.devices.values()))
         device_id = by_native(sink, ieee)
         assert acted == [what]
+        await sink.wait_for(lambda: len(sink.names(device_id)) >= len(expected), timeout=20)
         await asyncio.sleep(0.5)  # past the merge window: a late or spurious event would be here
         got = [(str(e.event_name), e.details) for e in sink.events if e.device_id == device_id]
         assert got == expected
@@ -426,6 +428,7 @@ async def test_a_report_a_quirk_rewrites_during_the_read_after_pairing_is_a_repo
         await sink.wait_for(lambda: any(d.native_id == ieee for d in sink.devices.values()))
         device_id = by_native(sink, ieee)
         assert acted
+        await sink.wait_event(device_id, EventName.LOW_BATTERY, timeout=20)
         await asyncio.sleep(0.5)
         assert sink.devices[device_id].properties.battery_level == pytest.approx(0.1)
         assert sink.names(device_id) == [EventName.LOW_BATTERY]
@@ -532,15 +535,17 @@ async def test_an_operation_event_with_the_tsn_of_our_bolt_command_is_no_answer(
         lock = driver.virtual.lock(ieee)  # type: ignore[union-attr]
         if locking:
             await driver.execute(device_id, Unlock())
-            await asyncio.sleep(0.5)  # its operation event and report are in
+            await sink.wait_event(device_id, EventName.DOOR_UNLOCKED, timeout=20)
+            await asyncio.sleep(0.5)  # past the merge window: its operation event and report
         commands, mark = lock.bolt_commands, len(sink.events)
         server = DoorLock.ServerCommandDefs
         command = server.lock_door if locking else server.unlock_door
         lock.tsn_clash = (command.id, locking, None, 0)
         await driver.execute(device_id, Lock() if locking else Unlock())
         assert lock.tsn_clash is None  # the clash did happen
-        await asyncio.sleep(0.5)  # past the merge window: a late duplicate would be here
         name = EventName.DOOR_LOCKED if locking else EventName.DOOR_UNLOCKED
+        await sink.wait_event(device_id, name, timeout=20, after=mark)
+        await asyncio.sleep(0.5)  # past the merge window: a late duplicate would be here
         assert [(e.event_name, e.details) for e in sink.events[mark:]] == [
             (name, {"method": "remote"})
         ]
@@ -569,6 +574,7 @@ async def test_an_operation_event_with_the_tsn_of_a_code_read_back_is_no_answer(
         await driver.execute(device_id, SetCode(slot_id=5, code=PinCode("4826")))
         assert lock.tsn_clash is None  # the clash did happen
         assert lock.mem.pins[5] == "4826"
+        await sink.wait_for(lambda: len(sink.events) - mark >= 2, timeout=20)
         await asyncio.sleep(0.5)
         assert [(e.event_name, e.details) for e in sink.events[mark:]] == [
             (EventName.DOOR_UNLOCKED, {"method": "pin_code", "slot_id": 3}),
@@ -593,6 +599,7 @@ async def test_an_operation_event_with_the_tsn_of_a_bolt_read_is_no_answer(
         lock.read_clash = (False, OpSource.Keypad, 3)
         await driver._locks[device_id].resync()
         assert lock.read_clash is None  # the clash did happen
+        await sink.wait_event(device_id, EventName.DOOR_UNLOCKED, timeout=20, after=mark)
         await asyncio.sleep(0.5)
         assert [(e.event_name, e.details) for e in sink.events[mark:]] == [
             (EventName.DOOR_UNLOCKED, {"method": "pin_code", "slot_id": 3}),

@@ -34,7 +34,7 @@ async def test_an_unlock_that_clears_a_jam_is_completed(tmp_path: Path) -> None:
         assert driver.virtual.lock(GENERIC).mem.lock_state == 2  # type: ignore[union-attr]
         assert sink.devices[dev].properties.locked is False
         assert sink.devices[dev].properties.jammed is False
-        events = await settled_events(sink, mark)
+        events = await settled_events(sink, mark, 1)
         assert events == [(EventName.DOOR_UNLOCKED, "remote")]
 
 
@@ -55,7 +55,7 @@ async def test_a_lock_that_clears_a_jam_waits_for_the_bolt_and_reports_once(
         await driver.execute(dev, Lock())
         assert sink.devices[dev].properties.jammed is False
         assert sink.devices[dev].properties.locked is True
-        events = await settled_events(sink, mark)
+        events = await settled_events(sink, mark, 1)
         assert events == [(EventName.DOOR_LOCKED, "remote")]
 
 

@@ -145,8 +145,9 @@ async def test_a_door_state_beyond_open_and_closed(
         assert sink.devices[dev].properties.door_open is door_open
         vlock.door(open_=False)
         await sink.wait_for(lambda: sink.devices[dev].properties.door_open is False)
-        await asyncio.sleep(0.3)
         closed = ["door closed"] if door_open else []
+        await sink.wait_for(lambda: len(sink.names(dev)[mark:]) >= len(events + closed), 20)
+        await asyncio.sleep(0.3)
         assert sink.names(dev)[mark:] == events + closed
 
 
@@ -164,6 +165,7 @@ async def test_operation_events_with_odd_sources_codes_and_users(tmp_path: Path)
         vlock.odd_operation(KEYPAD, UNLOCK, 0xFFFF)
         vlock.odd_operation(0xFF, LOCK, 0x10)
         await battery_mark(sink, vlock, dev, 0.5)
+        await sink.wait_for(lambda: sum(e.device_id == dev for e in sink.events[mark:]) >= 4, 20)
         await asyncio.sleep(0.3)
         got = [(str(e.event_name), e.details) for e in sink.events[mark:] if e.device_id == dev]
         assert got == [
@@ -541,6 +543,7 @@ async def test_a_nimly_lock_s_bolt_moves_carry_their_method(
             vlock.nimly_move(source, locking, user, source_first=source_first)
             await sink.wait_for(lambda n=count: len(sink.names(dev)[mark:]) >= n)
         await driver.execute(dev, Lock())  # ours: Zigbee source
+        await sink.wait_for(lambda: len(sink.names(dev)[mark:]) >= len(moves) + 1, timeout=20)
         await asyncio.sleep(0.5)  # past the merge window: a second event would be here
         got = [(str(e.event_name), e.details) for e in sink.events[mark:] if e.device_id == dev]
         assert got == [
@@ -595,6 +598,7 @@ async def test_two_bolt_reports_within_the_merge_window_are_two_events(
         else:
             await driver.execute(dev, Lock())
             last = "remote"
+        await sink.wait_for(lambda: sum(e.device_id == dev for e in sink.events[mark:]) >= 2, 20)
         await asyncio.sleep(0.6)  # past the merge window
         events = [(e.event_name, e.details) for e in sink.events[mark:] if e.device_id == dev]
         assert events == [

@@ -38,7 +38,7 @@ async def test_an_unlock_whose_report_is_lost_is_confirmed_by_reading_the_bolt(
         await driver.execute(dev, Unlock())
         assert vlock.mem.lock_state == 2
         assert sink.devices[dev].properties.locked is False
-        events = await settled_events(sink, mark)
+        events = await settled_events(sink, mark, 1)
         assert events == [(EventName.DOOR_UNLOCKED, "remote")]
 
 

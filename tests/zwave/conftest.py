@@ -131,3 +131,9 @@ async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
     with anyio.fail_after(timeout):
         while not predicate():
             await anyio.sleep(0.05)
+
+
+async def started_read(driver: ZWaveDriver) -> None:
+    """Wait until the driver's start-up read of every bolt is done: a raw report (`mode_raw`,
+    `notify_raw`) sent before it ends may be overtaken by its answer, and taken in silently."""
+    await until(lambda: driver.resyncs >= 1, timeout=30)

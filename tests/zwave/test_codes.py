@@ -414,8 +414,9 @@ async def test_a_code_set_again_after_the_lock_may_have_changed_it_is_reported(
         await driver.simulate(dev, Simulation.ONLINE, {})
         await sink.wait_event(dev, EventName.DEVICE_CONNECTED, timeout=15)
     else:
+        mark = len(sink.events)
         zwave_stack.control(4, "notify_raw", type=ACCESS_CONTROL, event=AC_ALL_CODES_DELETED)
-        await anyio.sleep(0.5)  # the notification is in
+        await sink.wait_event(dev, EventName.CODE_REMOVED, timeout=30, after=mark)
     mark = len(sink.events)
 
     await driver.execute(dev, SetCode(slot_id=2, code=PinCode("8642")))

@@ -15,7 +15,7 @@ from drivers.zwave.events import ACCESS_CONTROL
 from gatewayd.driver import Simulation
 from gatewayd.model import DeviceError, DeviceOffline, EventName, Lock, Unlock
 from tests.contract.sink import RecordingSink
-from tests.zwave.conftest import Tasks, driver_with, until
+from tests.zwave.conftest import Tasks, driver_with, started_read, until
 from tests.zwave.stack import ZWaveStack, native_id
 
 pytestmark = pytest.mark.stack
@@ -64,8 +64,9 @@ async def test_a_lock_or_unlock_with_a_user_code_names_the_slot_once(
     the user as zwave-js's "user ID"), each followed by the lock's Door Lock report: one event
     each, `pin_code` with the slot. zwave-js infers no bolt state from these events; before,
     the unlock went up as `unknown` with no slot, or was lost when no report followed."""
-    _, sink = zwave
+    driver, sink = zwave
     dev = sink.ids[native_id(2)]
+    await started_read(driver)
     mark = len(sink.events)
     zwave_stack.control(2, "notify_raw", type=ACCESS_CONTROL, event=0x22, params=[5])
     zwave_stack.control(2, "mode_raw", mode=0x00)
@@ -91,11 +92,11 @@ async def test_a_notification_seconds_after_its_bolt_report_is_no_second_event(
     and the notification is the same move, no second event. Before, a notification more than
     3 s after that event was a second `door unlocked` for one turn of the bolt. The lock's
     next move, notification first, is its own event."""
-    _, sink = zwave
+    driver, sink = zwave
     dev = sink.ids[native_id(2)]
     # the driver's start-up bolt read answered first: that read sets the bolt without an event,
     # and a bare report it overtakes (no notification names the move) would go up as no event
-    await _quiet(1.0)
+    await started_read(driver)
     mark = len(sink.events)
     zwave_stack.control(2, "mode_raw", mode=0x00)
     await sink.wait_event(dev, EventName.DOOR_UNLOCKED, after=mark)
@@ -122,7 +123,7 @@ async def test_a_bolt_read_after_a_raw_report_answers_the_reported_bolt(
     start-up were flaky."""
     driver, sink = zwave
     dev = sink.ids[native_id(2)]
-    await _quiet(1.0)  # the start-up read answered (see below)
+    await started_read(driver)  # the start-up read answered (see below)
     mark = len(sink.events)
     unlocked = ("door unlocked", {"method": "unknown"})
     zwave_stack.control(2, "mode_raw", mode=0x00)

@@ -247,6 +247,9 @@ async def test_events_that_come_right_after_the_state_dump_are_not_lost(
         await anyio.sleep(0.5)  # zwave-server has sent both on (held)
         proxy.release.set()
         await until(lambda: driver.health().state is DriverState.READY, timeout=20)
+        await sink.wait_for(
+            lambda: sum(e.device_id == dev for e in sink.events[mark:]) >= 2, timeout=30
+        )
         await anyio.sleep(2)  # the merge of a bolt value with its notification is over
         got = [(e.event_name, e.details) for e in sink.events[mark:] if e.device_id == dev]
         assert got == [

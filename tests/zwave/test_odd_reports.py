@@ -24,7 +24,7 @@ from gatewayd.model import (
     Unlock,
 )
 from tests.contract.sink import RecordingSink
-from tests.zwave.conftest import Tasks, own_stack
+from tests.zwave.conftest import Tasks, own_stack, started_read
 from tests.zwave.stack import ZWaveStack, native_id
 
 pytestmark = pytest.mark.stack
@@ -71,6 +71,7 @@ async def test_a_door_lock_mode_that_is_unknown_or_not_in_the_enum(
     driver, sink = zwave
     dev = sink.ids[native_id(3)]
     assert sink.devices[dev].properties.locked is True
+    await started_read(driver)
     mark = len(sink.events)
     for mode in (0xFE, 0x42):
         zwave_stack.control(3, "mode_raw", mode=mode)
@@ -317,8 +318,9 @@ async def test_a_credential_lock_or_unlock_is_one_event(
     followed by the lock's Door Lock report: one event each, `keypad` (its user is no User Code
     slot, so none is named). zwave-js infers no bolt state from them. Before, both were dropped
     and the report alone went up a second later as method `unknown`."""
-    _, sink = zwave
+    driver, sink = zwave
     dev = sink.ids[native_id(2)]
+    await started_read(driver)
     mark = len(sink.events)
     usage = [0x00, 0x03, 0x01, 0x00, 0x03]  # credential usage: user 3, a PIN code, in slot 3
     zwave_stack.control(2, "notify_raw", type=ACCESS_CONTROL, event=0x24, params=usage)
@@ -367,8 +369,9 @@ async def test_a_credential_refused_at_the_lock_47_49_50_is_a_keypad_invalid_cod
     slot (its user is no User Code slot). "RF (un)lock with invalid user code" (0x14 / 0x15,
     not at the keypad) and "non-access credential entered" (0x33) stay unreported. Before, a
     refused credential said nothing."""
-    _, sink = zwave
+    driver, sink = zwave
     dev = sink.ids[native_id(2)]
+    await started_read(driver)
     mark = len(sink.events)
     usage = [0x00, 0x03, 0x01, 0x00, 0x03]  # credential usage: user 3, a PIN code, in slot 3
     for event, params in ((0x2F, usage), (0x14, None), (0x31, usage), (0x15, None), (0x33, None)):

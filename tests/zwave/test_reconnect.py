@@ -129,6 +129,7 @@ async def test_server_restart_resyncs_without_repeating_events(
         await anyio.to_thread.run_sync(stack.start_server)
         await until(lambda: driver.health().state is DriverState.READY, timeout=30)
         await sink.wait_for(lambda: sink.devices[b].properties.locked is False, timeout=10)
+        await sink.wait_event(b, EventName.DOOR_UNLOCKED, timeout=30)
         await anyio.sleep(1.5)
         assert sink.names(a) == ["door unlocked"]  # nothing repeated for lock a
         assert sink.names(b) == ["door unlocked"]  # the change made while away: once
@@ -222,6 +223,7 @@ async def test_a_low_battery_while_the_link_was_down_is_reported_after_the_recon
         await sink.wait_for(
             lambda: sink.devices[dev].properties.battery_level == pytest.approx(0.15), timeout=10
         )
+        await sink.wait_event(dev, EventName.LOW_BATTERY, timeout=30, after=mark)
         await anyio.sleep(1.5)  # a repeat would be in by now
         names = [e.event_name for e in sink.events[mark:] if e.device_id == dev]
         assert names == [EventName.LOW_BATTERY]
@@ -239,6 +241,7 @@ async def test_a_door_opened_while_the_link_was_down_is_reported_after_the_recon
         mark = len(sink.events)
         await _while_cut(proxy, driver, lambda: stack.control(2, "door_open"))
         await sink.wait_for(lambda: sink.devices[dev].properties.door_open is True, timeout=10)
+        await sink.wait_event(dev, EventName.DOOR_OPENED, timeout=30, after=mark)
         await anyio.sleep(1.5)  # a repeat would be in by now
         names = [e.event_name for e in sink.events[mark:] if e.device_id == dev]
         assert names == [EventName.DOOR_OPENED]
@@ -288,6 +291,8 @@ async def test_a_bolt_that_moved_before_the_link_dropped_mid_unlock_is_reported(
             assert zwave_stack.control(2, "state")["locked"] is False  # the door did unlock
             proxy.refuse = False
             await until(lambda: driver.health().state is DriverState.READY, timeout=20)
+            with anyio.move_on_after(30):  # a lost event is counted below
+                await sink.wait_event(dev, EventName.DOOR_UNLOCKED, timeout=30, after=mark)
             await anyio.sleep(1.5)  # a repeat would be in by now
             names = [e.event_name for e in sink.events[mark:] if e.device_id == dev]
             if names != [EventName.DOOR_UNLOCKED]:
@@ -477,6 +482,8 @@ async def test_a_jam_or_tamper_while_the_link_was_down_is_reported_after_the_rec
 
         await _while_cut(proxy, driver, jam_and_tamper)
         await sink.wait_for(lambda: sink.devices[dev].properties.jammed is True, timeout=10)
+        await sink.wait_event(dev, EventName.DOOR_JAMMED, timeout=30, after=mark)
+        await sink.wait_event(dev, EventName.TAMPERED, timeout=30, after=mark)
         await anyio.sleep(1.5)  # a repeat would be in by now
         names = [e.event_name for e in sink.events[mark:] if e.device_id == dev]
         assert sorted(names) == sorted([EventName.DOOR_JAMMED, EventName.TAMPERED])
@@ -493,10 +500,12 @@ async def test_a_jam_cleared_while_the_link_was_down_is_no_longer_shown(
         dev = sink.ids[native_id(3)]
         stack.control(3, "jam")
         await sink.wait_for(lambda: sink.devices[dev].properties.jammed is True, timeout=10)
-        mark = len(sink.events)
+        mark, reads = len(sink.events), driver.resyncs
         await _while_cut(proxy, driver, lambda: stack.control(3, "manual_unlock"))
         await sink.wait_for(lambda: sink.devices[dev].properties.locked is False, timeout=10)
-        await anyio.sleep(1.5)  # the reconnect's reads are in
+        await until(lambda: driver.resyncs > reads, timeout=30)  # the reconnect's reads are in
+        await sink.wait_event(dev, EventName.DOOR_UNLOCKED, timeout=30, after=mark)
+        await anyio.sleep(1.5)  # a repeat would be in by now
         assert sink.devices[dev].properties.jammed is False
         names = [e.event_name for e in sink.events[mark:] if e.device_id == dev]
         assert names == [EventName.DOOR_UNLOCKED]
@@ -518,6 +527,7 @@ async def test_an_alarm_v1_jam_while_the_link_was_down_is_reported_after_the_rec
         mark = len(sink.events)
         await _while_cut(proxy, driver, lambda: stack.control(2, "alarm_raw", type=9, level=0))
         await sink.wait_for(lambda: sink.devices[dev].properties.jammed is True, timeout=10)
+        await sink.wait_event(dev, EventName.DOOR_JAMMED, timeout=30, after=mark)
         await anyio.sleep(1.5)  # a repeat would be in by now
         assert [e.event_name for e in sink.events[mark:] if e.device_id == dev] == [
             EventName.DOOR_JAMMED
@@ -527,10 +537,12 @@ async def test_an_alarm_v1_jam_while_the_link_was_down_is_reported_after_the_rec
             stack.control(2, "manual_unlock")
             stack.control(2, "alarm_raw", type=22, level=1)
 
-        mark = len(sink.events)
+        mark, reads = len(sink.events), driver.resyncs
         await _while_cut(proxy, driver, turn_by_hand)
         await sink.wait_for(lambda: sink.devices[dev].properties.locked is False, timeout=10)
-        await anyio.sleep(1.5)
+        await until(lambda: driver.resyncs > reads, timeout=30)  # the reconnect's reads are in
+        await sink.wait_event(dev, EventName.DOOR_UNLOCKED, timeout=30, after=mark)
+        await anyio.sleep(1.5)  # a repeat would be in by now
         assert sink.devices[dev].properties.jammed is False
         assert [e.event_name for e in sink.events[mark:] if e.device_id == dev] == [
             EventName.DOOR_UNLOCKED
