@@ -17,6 +17,8 @@ from typing import Final
 
 import anyio
 
+from gatewayd.model import Action, ClearCode, SetCode
+
 _KEY: Final = secrets.token_bytes(32)
 
 
@@ -90,9 +92,12 @@ class LateSets:
         late[1].set()
         return late[0] >= time.monotonic()
 
-    def remaining_s(self, slot: int) -> float:
-        """How long a set of `slot` would wait out a failed set's late word now (0: not at all)."""
-        late = self._slots.get(slot)
+    def hold_s(self, action: Action) -> float:
+        """How long `action` would wait out a failed set's late word now (0: not at all): a
+        code change of its slot does (`wait_out`), nothing else (Driver.hold_s)."""
+        if not isinstance(action, SetCode | ClearCode):
+            return 0.0
+        late = self._slots.get(action.slot_id)
         return 0.0 if late is None else max(late[0] - time.monotonic(), 0.0)
 
     async def wait_out(self, slot: int) -> None:

@@ -457,9 +457,7 @@ class ZigbeeDriver(Driver):
 
     def hold_s(self, device_id: str, action: Action) -> float:
         lock = self._locks.get(device_id)
-        if lock is None or not isinstance(action, SetCode | ClearCode):
-            return 0.0
-        return lock.late_hold_s(action.slot_id)
+        return 0.0 if lock is None else lock.late_hold_s(action)
 
     @staticmethod
     def _check_code(lock: ZigbeeLock, slot: int, length: int | None, digits: bool) -> None:

@@ -25,6 +25,7 @@ from drivers.zigbee.zigpy_api import (
 from gatewayd.confirmed_codes import ConfirmedCodes, LateSets, code_digest, same_code
 from gatewayd.driver import DriverSink
 from gatewayd.model import (
+    Action,
     ActionResult,
     ActionTimeout,
     CodeConstraints,
@@ -141,6 +142,11 @@ def guard_pins(app: Any) -> None:
     app.packet_received = _without_pin
 
 
+_REPORT_ATTRIBUTES: Final = foundation.GENERAL_COMMANDS[
+    foundation.GeneralCommand.Report_Attributes
+].schema
+
+
 class _Reporting:
     """`now`: zigpy is handling an attribute report, which it does in one go. The attribute
     events it emits meanwhile are the lock's own word, also those of a value a quirk rewrote,
@@ -155,7 +161,7 @@ def _stripped(packet: Any) -> tuple[Any, bool]:
     whether it is an attribute report."""
     if packet.src_ep == 0 or packet.dst_ep == 0:
         return packet, False  # ZDO
-    report = foundation.GENERAL_COMMANDS[foundation.GeneralCommand.Report_Attributes].schema
+    report = _REPORT_ATTRIBUTES
     try:
         hdr, payload = foundation.ZCLHeader.deserialize(packet.data.serialize())
         if not (
@@ -1072,9 +1078,9 @@ class ZigbeeLock:
                     lambda: self.door_lock.read_attributes(["lock_state"], allow_cache=False)
                 )
 
-    def late_hold_s(self, slot: int) -> float:
-        """How long a code change of `slot` would first wait out a failed set's late event."""
-        return self._late_sets.remaining_s(slot)
+    def late_hold_s(self, action: Action) -> float:
+        """How long `action` would first wait out a failed set's late event (LateSets.hold_s)."""
+        return self._late_sets.hold_s(action)
 
     async def set_code(self, slot: int, pin: PinCode) -> ActionResult:
         dl = self.door_lock

@@ -904,9 +904,7 @@ class ZWaveDriver(Driver):
 
     def hold_s(self, device_id: str, action: Action) -> float:
         lock = self._lock_by_device(device_id)
-        if lock is None or not isinstance(action, SetCode | ClearCode):
-            return 0.0
-        return lock.late_sets.remaining_s(action.slot_id)
+        return 0.0 if lock is None else lock.late_sets.hold_s(action)
 
     async def _bolt(self, lock: _Lock, node: Node, locked: bool) -> ActionResult:
         lock.tracker.begin_command()
