@@ -164,7 +164,7 @@ async def test_a_masked_code_confirmed_after_report_wait_is_completed(tmp_path: 
 def _silent_motor(vlock: VirtualLock, then: Any = None) -> None:
     """The lock takes lock/unlock commands but sends nothing itself (`then` after 0.3 s)."""
 
-    def move(target: Any, source: Any, code: Any, user: int) -> None:
+    def move(target: Any, source: Any, code: Any, user: int, tsn: int | None = None) -> None:
         if then is not None:
             asyncio.get_running_loop().call_later(0.3, then)
 

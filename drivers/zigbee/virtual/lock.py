@@ -453,10 +453,7 @@ class VirtualLock:
         if cmd == gc.Read_Attributes:
             if cluster == DoorLock.cluster_id and self.read_clash is not None:
                 (locking, source, user), self.read_clash = self.read_clash, None
-                target = LockState.Locked if locking else LockState.Unlocked
-                self._move(
-                    target, source, OpEvent.Lock if locking else OpEvent.Unlock, user, hdr.tsn
-                )
+                self._turn(locking, source, user, hdr.tsn)
             table = self._attributes(cluster)
             records = []
             for attr_id in args.attribute_ids:
@@ -499,7 +496,8 @@ class VirtualLock:
         except (ValueError, KeyError):
             self._default_rsp(cid, hdr, src_ep, foundation.Status.MALFORMED_COMMAND)
             return
-        if cmd_def.id in (server.lock_door.id, server.unlock_door.id):
+        bolt = cmd_def.id in (server.lock_door.id, server.unlock_door.id)
+        if bolt:
             self.bolt_commands += 1  # taken, whatever it then does with it
         fault = self.fault_once
         if cmd_def.id != server.get_pin_code.id or fault in ("no_reply", "garbage"):
@@ -514,24 +512,19 @@ class VirtualLock:
         self._garbage = fault == "garbage"
         refuse = fault == "refuse"
         status = foundation.Status.FAILURE if refuse else foundation.Status.SUCCESS
-        bolt = cmd_def.id in (server.lock_door.id, server.unlock_door.id)
         if clash is not None and clash_tsn is not None and not bolt:
             _, locking, source, user = clash  # a move of its own, told before the answer
-            target = LockState.Locked if locking else LockState.Unlocked
-            self._move(target, source, OpEvent.Lock if locking else OpEvent.Unlock, user, clash_tsn)
+            self._turn(locking, source, user, clash_tsn)
         if bolt:
             locking = cmd_def.id == server.lock_door.id
             rsp = client.lock_door_response if locking else client.unlock_door_response
-            target = LockState.Locked if locking else LockState.Unlocked
-            code = OpEvent.Lock if locking else OpEvent.Unlock
             if clash_tsn is not None and not refuse:  # moved first, answered after
-                self._move(target, OpSource.RF, code, 0, tsn=clash_tsn)
+                self._turn(locking, OpSource.RF, 0, clash_tsn)
                 self._reply(cid, hdr, rsp, src_ep, status=status)
                 return
             self._reply(cid, hdr, rsp, src_ep, status=status)
             if not refuse:
-                self._move(target, OpSource.RF, code, 0)
-
+                self._turn(locking, OpSource.RF, 0)
         elif cmd_def.id == server.set_pin_code.id:
             self._wrote_pin = True
             if self.on_pin_set is not None:
@@ -664,11 +657,16 @@ class VirtualLock:
         )
         self.report(DoorLock.cluster_id, [0x0000], delay=second)
 
+    def _turn(self, locking: bool, source: Any, user_id: int, tsn: int | None = None) -> None:
+        """A lock or unlock operation (`_move`) from `source`."""
+        target = LockState.Locked if locking else LockState.Unlocked
+        self._move(target, source, OpEvent.Lock if locking else OpEvent.Unlock, user_id, tsn)
+
     def keypad_unlock(self, slot_id: int) -> None:
-        self._move(LockState.Unlocked, OpSource.Keypad, OpEvent.Unlock, slot_id)
+        self._turn(False, OpSource.Keypad, slot_id)
 
     def keypad_lock(self) -> None:
-        self._move(LockState.Locked, OpSource.Keypad, OpEvent.Lock, 0)
+        self._turn(True, OpSource.Keypad, 0)
 
     def manual(self, lock: bool) -> None:
         target = LockState.Locked if lock else LockState.Unlocked
