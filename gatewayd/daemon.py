@@ -22,7 +22,7 @@ import structlog
 from gatewayd import __version__
 from gatewayd.actions import Dispatcher, StatusUpdate
 from gatewayd.config import Config
-from gatewayd.disk import CHECK_EVERY_S, MB, DiskWatch, describe_bytes
+from gatewayd.disk import CHECK_EVERY_S, MB, RESERVE_NAME, DiskWatch, Reserve, describe_bytes
 from gatewayd.driver import Driver, DriverContext, DriverHealth, DriverState, load_driver
 from gatewayd.logging import redact_value
 from gatewayd.metrics import GatewayMetrics
@@ -146,7 +146,8 @@ class Daemon:
         self._handle_signals = handle_signals
         self._ignore_sighup = ignore_sighup  # the service; the demo stops with its terminal
         self.state_dir = Path(config.gateway.state_dir)
-        self.disk = DiskWatch(self.state_dir, config.store.disk_low_mb * MB)
+        self.reserve = Reserve(self.state_dir / RESERVE_NAME)
+        self.disk = DiskWatch(self.state_dir, config.store.disk_low_mb * MB, reserve=self.reserve)
         self.started_at = time.monotonic()
         self.ready = False
         self.store: Store | None = None
@@ -173,7 +174,10 @@ class Daemon:
     async def run(self) -> None:
         _pin_malloc_thresholds()
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        store = self.store = Store.open(self.state_dir / DB_NAME, self.config.store.synchronous)
+        store = self.store = Store.open(
+            self.state_dir / DB_NAME, self.config.store.synchronous, reserve=self.reserve
+        )
+        self.disk.check()  # makes the reserve an older state dir lacks, if there is room
         upstream = Upstream(store)
         registry = self.registry = Registry(store, upstream)
         dispatcher = self.dispatcher = Dispatcher(
@@ -503,6 +507,8 @@ class Daemon:
             parts.append("store error")
         if self.disk.low and self.disk.free is not None:
             parts.append(f"disk low ({describe_bytes(self.disk.free)} free)")
+        if not self.reserve.in_place:
+            parts.append("no space reserve")
         if self.store.recovery is not None:
             parts.append("store rebuilt after damage")
         return ", ".join(parts)
@@ -545,6 +551,8 @@ class Daemon:
                 # the file system holding the state dir; None when it cannot be read
                 "disk_free_bytes": disk_free,
                 "disk_low": self.disk.low,
+                # the space a full disk gives the store's commits (gatewayd.disk.Reserve)
+                "disk_reserve": self.reserve.in_place,
             },
             "drivers": {
                 name: {

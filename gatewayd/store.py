@@ -4,7 +4,8 @@ Writes produced in one event-loop tick, and in the tick after it, share one tran
 (`flush`): a task woken by this tick's writes (a dispatcher worker with an instant driver) adds
 its own to the same commit instead of paying for a second one. A frame is visible to
 the tunnel only once committed, so nothing is sent that a crash could take back. A failed
-commit (disk full, read-only) keeps the batch in memory, surfaces on `last_error`, and retries.
+commit (disk full, read-only) keeps the batch in memory, surfaces on `last_error`, and retries;
+a disk full gives up the space reserve first (`gatewayd.disk.Reserve`) and retries at once.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import anyio
 import msgspec
 
 from gatewayd import salvage
+from gatewayd.disk import Reserve
 from gatewayd.logging import get_logger
 from gatewayd.model import iso, utcnow
 
@@ -617,17 +619,18 @@ class Store:
         self._last_identity: tuple[str, str, str | None, str | None] | None = None
         self._handed_out: dict[str, tuple[str, str]] = {}
         self.recovery: salvage.Recovery | None = None  # set when the store was rebuilt
+        self.reserve: Reserve | None = None  # deleted to commit on a full disk
         self._id_filter = bytearray(ID_FILTER_BITS // 8)
         for (action_id,) in db.execute("SELECT id FROM actions"):
             self._note_id(action_id)
 
     @classmethod
-    def open(cls, path: Path, synchronous: str = "normal") -> Store:
+    def open(cls, path: Path, synchronous: str = "normal", reserve: Reserve | None = None) -> Store:
         """Open (or create) the store at `path`. One SQLite finds damaged is kept aside and
         replaced by a new one holding what could be read of it (`gatewayd.salvage`); `recovery`
-        then says what happened."""
+        then says what happened. A commit the disk is too full for releases `reserve`."""
         try:
-            return cls._open(path, synchronous)
+            return cls._open(path, synchronous, reserve)
         except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
             if not salvage.is_corruption(exc):
                 raise
@@ -635,17 +638,18 @@ class Store:
         log.critical("store.damaged", path=str(path), error=reason)
         found = salvage.read(path)
         moved = _replace_damaged(path, found, 0)  # raises with the damaged file left in place
-        store = cls._open(path, synchronous)
+        store = cls._open(path, synchronous, reserve)
         store.recovery = salvage.recovery(found, reason, moved)
         store._report_recovery()
         return store
 
     @classmethod
-    def _open(cls, path: Path, synchronous: str) -> Store:
+    def _open(cls, path: Path, synchronous: str, reserve: Reserve | None) -> Store:
         db = _connect(path, synchronous)
         try:
             store = cls(db, path)
             store._synchronous = synchronous
+            store.reserve = reserve
             store._ensure_identity()
         except BaseException:
             db.close()
@@ -715,9 +719,14 @@ class Store:
                 self._commit(frames, stmts, actions, devices)
             except sqlite3.Error as exc:
                 self._rollback()
+                # The disk full: the reserve's blocks take this batch (and what follows it)
+                # now, not after someone frees space, which a stop or restart may not wait for.
+                released = _disk_full(exc) and self.reserve is not None and self.reserve.release()
                 # A file that went bad under the running daemon is rebuilt from what can be
                 # read of it (and the frames still in memory), and the batch goes into that.
-                if not (salvage.is_corruption(exc) and self._rebuild(salvage.reason(exc))):
+                if not released and not (
+                    salvage.is_corruption(exc) and self._rebuild(salvage.reason(exc))
+                ):
                     raise
                 self._commit(frames, stmts, actions, devices)
         except sqlite3.Error as exc:
@@ -1277,6 +1286,11 @@ class Store:
         except (sqlite3.Error, ValueError, TypeError):
             pass  # a store that cannot be read shows in last_error; what waits still ages
         return 0.0 if made is None else max(0.0, (self.outbox_now() - made).total_seconds())
+
+
+def _disk_full(exc: sqlite3.Error) -> bool:
+    """SQLITE_FULL (ENOSPC on a write): not read-only, locked or damaged."""
+    return getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL
 
 
 def _id_bits(action_id: str) -> tuple[int, int, int]:

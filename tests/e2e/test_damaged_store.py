@@ -4,7 +4,10 @@ ids, the events it had not delivered delivered once, and the damage on /status."
 
 from __future__ import annotations
 
+import json
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import anyio
@@ -128,3 +131,76 @@ async def test_a_full_disk_holds_the_events_runs_no_action_and_is_not_taken_for_
         assert (await rest.act(door, "lock"))["status"] == "completed"
         assert store.recovery is None
     assert not list(state.glob(f"{DB_NAME}.corrupt-*"))
+
+
+_DAEMON_ON_A_SMALL_DISK = """
+import json, sys
+from pathlib import Path
+import anyio
+from gatewayd.daemon import DB_NAME
+from gatewayd.driver import Simulation
+from gatewayd.store import Store
+from tests.support import free_port, running_daemon
+
+state = Path(sys.argv[1]) / "gw"
+
+def fill(path):
+    with open(path, "wb", buffering=0) as f:
+        for size in (1 << 16, 4096, 1):
+            try:
+                while f.write(bytes(size)):
+                    pass
+            except OSError:
+                pass
+
+async def main():
+    produced = []
+    url = f"ws://127.0.0.1:{free_port()}/v1/gateway/tunnel"  # no cloud: the events wait
+    async with running_daemon(state, cloud_url=url, extra="[store]\\ndisk_low_mb = 1\\n") as d:
+        made = d.snapshot()["store"]["disk_reserve"]
+        d.event_listeners.append(lambda ev: produced.append(ev.id))
+        door = d.registry.devices()[0].id
+        fill(Path(sys.argv[1]) / "filler")
+        for n in range(20):
+            what = Simulation.MANUAL_LOCK if n % 2 == 0 else Simulation.MANUAL_UNLOCK
+            await d.registry.drivers["sim"].simulate(door, what, {})
+        await anyio.sleep(0.1)
+        shown = d.snapshot()
+    store = Store.open(state / DB_NAME)  # the next start
+    frames = [frame.decode() for _, frame in store.outbox_after(0, 10_000)]
+    kept = [event_id for event_id in produced if any(event_id in f for f in frames)]
+    print(json.dumps({
+        "made": made, "produced": len(produced), "kept": len(kept),
+        "reserve": shown["store"]["disk_reserve"], "line": shown["gateway"]["status_line"],
+    }))
+
+anyio.run(main)
+"""
+
+
+def test_door_events_while_the_disk_is_full_are_on_disk_after_the_daemon_stops(
+    tmp_path: Path,
+) -> None:
+    """A daemon on a real full disk (a 12 MiB tmpfs filled up): the door events it heard were
+    held in memory and lost at the stop; the store now commits them in its space reserve, and
+    /status says the reserve is used."""
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    run = 'mount -t tmpfs -o size=12m tmpfs "$1" && "$2" -c "$3" "$1"'
+    argv = [str(mount), sys.executable, _DAEMON_ON_A_SMALL_DISK]
+    proc = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", run, "sh", *argv],
+        cwd=Path(__file__).parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    found = json.loads(proc.stdout.splitlines()[-1])
+    assert found["made"] is True  # a new state dir with room gets its reserve
+    assert found["produced"] == 20
+    assert found["kept"] == 20, proc.stdout
+    assert found["reserve"] is False
+    assert "no space reserve" in found["line"]
+    assert "store.reserve_released" in proc.stdout

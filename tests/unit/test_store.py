@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import stat
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -15,6 +19,7 @@ from structlog.testing import CapturingLogger
 
 from gatewayd import salvage
 from gatewayd import store as store_module
+from gatewayd.disk import Reserve
 from gatewayd.protocol import ProtocolError
 from gatewayd.store import MIGRATIONS, SCHEMA_VERSION, ActionRow, Rebased, Store, migrate
 
@@ -826,3 +831,149 @@ def test_rebase_keeps_each_frame_under_its_own_seq_across_a_gap(tmp_path: Path) 
     assert store.outbox_after(0) == moved
     assert store.committed_seq == 45
     store.close()
+
+
+# Run in a user and mount namespace over a tmpfs of a few MiB: a real full disk (ENOSPC), gone
+# with the namespace. Each script gets the tmpfs as argv[1], in order; the last prints JSON.
+_SMALL_DISK_HELPERS = '''
+import asyncio, json, os, sys
+from pathlib import Path
+from gatewayd.disk import DiskWatch, Reserve
+from gatewayd.store import Store
+d = Path(sys.argv[1])
+
+def fill(path):
+    """Write zeros until the file system has no block left."""
+    with open(path, "wb", buffering=0) as f:
+        for size in (1 << 16, 4096, 1):
+            try:
+                while f.write(bytes(size)):
+                    pass
+            except OSError:
+                pass
+
+def frame(seq):
+    return b'{"seq": %d, "pad": "%s"}' % (seq, b"x" * 1000)
+
+def burst(store, n):
+    """n door events in one tick of the daemon's loop: one batch, its commit still to come."""
+    async def put():
+        for _ in range(n):
+            store.outbox_put(frame)
+    asyncio.new_event_loop().run_until_complete(put())
+'''
+
+
+def _on_a_small_disk(tmp_path: Path, *scripts: str) -> Any:
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    runs = " && ".join(f'"$2" -c "${n + 3}" "$1"' for n in range(len(scripts)))
+    proc = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", f'mount -t tmpfs -o size=4m tmpfs "$1" && {runs}', "sh"]
+        + [str(mount), sys.executable]
+        + [_SMALL_DISK_HELPERS + script for script in scripts],
+        cwd=Path(__file__).parents[2],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(proc.stdout.splitlines()[-1]), proc.stdout
+
+
+def test_events_held_while_the_disk_is_full_are_on_disk_after_the_stop(tmp_path: Path) -> None:
+    """The disk full while the daemon stops (a restart, an upgrade): the batch the store held in
+    memory was lost at `close` (`store.closed_unsaved`). The store gives up its space reserve
+    for that commit now, and the events are on disk for the next start."""
+    stop = """
+reserve = Reserve(d / "store.reserve", 1 << 20)
+assert reserve.make()
+store = Store.open(d / "s.db", reserve=reserve)
+store.outbox_put(frame)
+assert store.flush()
+fill(d / "filler")
+burst(store, 300)
+store.close()  # the stop
+print(json.dumps({"reserve": reserve.in_place}))
+"""
+    start = """
+store = Store.open(d / "s.db")
+print(json.dumps({"backlog": store.outbox_backlog(), "reserve": (d / "store.reserve").exists()}))
+"""
+    found, out = _on_a_small_disk(tmp_path, stop, start)
+    assert found == {"backlog": 301, "reserve": False}, out
+    assert "store.reserve_released" in out
+    assert "store.closed_unsaved" not in out
+
+
+def test_a_full_disk_takes_the_reserve_at_once_and_it_comes_back_with_room(
+    tmp_path: Path,
+) -> None:
+    """A commit refused for a full disk is retried at once in the reserve's room, not a second
+    later or never; the reserve is made again only once there is room for it above the
+    `disk_low` threshold, with its blocks allocated and private."""
+    script = """
+reserve = Reserve(d / "store.reserve", 1 << 20)
+watch = DiskWatch(d, 512 << 10, reserve=reserve)
+watch.check()  # an empty state dir: the reserve is made
+made = reserve.in_place
+store = Store.open(d / "s.db", reserve=reserve)
+fill(d / "filler")
+burst(store, 300)
+committed = store.flush()
+error = store.last_error
+released = not reserve.in_place
+watch.check()  # no room: not made again
+still_released = not reserve.in_place
+(d / "filler").unlink()
+watch.check()
+st = os.stat(d / "store.reserve")
+print(json.dumps({
+    "made": made, "committed": committed, "error": error, "released": released,
+    "still_released": still_released, "back": reserve.in_place, "mode": st.st_mode & 0o777,
+    "allocated": st.st_blocks * 512, "backlog": store.outbox_backlog(),
+}))
+store.close()
+"""
+    found, out = _on_a_small_disk(tmp_path, script)
+    assert found == {
+        "made": True,
+        "committed": True,
+        "error": None,
+        "released": True,
+        "still_released": True,
+        "back": True,
+        "mode": 0o600,
+        "allocated": 1 << 20,
+        "backlog": 300,
+    }
+    released = [line for line in out.splitlines() if "store.reserve_released" in line]
+    assert len(released) == 1
+    assert "free_bytes" in released[0]
+
+
+def test_a_locked_or_read_only_store_keeps_the_reserve(tmp_path: Path) -> None:
+    """Only a full disk is helped by the reserve's room: a locked or read-only store keeps it
+    for when the disk fills."""
+    reserve = Reserve(tmp_path / "store.reserve", 64 << 10)
+    assert reserve.make()
+    path = tmp_path / "s.db"
+    store = Store.open(path, reserve=reserve)
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        store.outbox_put(_seq_frame)
+        assert not store.flush()
+        assert "locked" in (store.last_error or "")
+        assert reserve.in_place
+        holder.execute("ROLLBACK")
+        store._db.execute("PRAGMA query_only = 1")  # SQLITE_READONLY, as a read-only mount
+        assert not store.flush()
+        assert "readonly" in (store.last_error or "")
+        assert reserve.in_place
+        store._db.execute("PRAGMA query_only = 0")
+        assert store.flush()
+    finally:
+        holder.close()
+        store.close()
