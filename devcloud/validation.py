@@ -17,6 +17,7 @@ from gatewayd import protocol
 _DIGITS: Final = re.compile(r"[0-9]+")
 DEFAULT_CODE_LENGTHS: Final = (4, 5, 6, 7, 8)
 DEFAULT_SLOTS: Final = (1, 11)
+UNKNOWN_MAX_SLOT: Final = 65_535  # the largest Zigbee user id
 
 
 class Problems:
@@ -123,6 +124,9 @@ def code_rules(device: dict[str, Any]) -> tuple[tuple[int, ...], tuple[int, int]
         lo, hi = raw_slots.get("min"), raw_slots.get("max")
         if _is_int(lo) and _is_int(hi) and isinstance(lo, int) and isinstance(hi, int):
             slots = (lo, hi) if 0 <= lo <= hi <= 10_000 else slots
+        elif isinstance(lo, int) and _is_int(lo) and "max" in raw_slots and hi is None:
+            # the lock has not told its slot count yet: tried, and it refuses a slot it lacks
+            slots = (lo, UNKNOWN_MAX_SLOT) if 0 <= lo <= UNKNOWN_MAX_SLOT else slots
     return lengths, slots
 
 

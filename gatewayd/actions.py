@@ -193,7 +193,7 @@ def _device_action(name: ActionName, inputs: Mapping[str, Any], device: Device) 
         if key not in allowed:
             errors[str(key)] = "unknown input"
     codes = device.codes
-    slot_range = f"{codes.min_slot} through {codes.max_slot}"
+    slot_range = codes.slot_range()
     slot: int | None = None
     if name in (ActionName.SET_CODE, ActionName.CLEAR_CODE):
         raw = inputs.get("slot_id")

@@ -193,15 +193,25 @@ class ActionRequest(msgspec.Struct, frozen=True):
 
 
 class CodeConstraints(msgspec.Struct, frozen=True):
-    """What codes this lock accepts: digit-string lengths and the slot range."""
+    """What codes this lock accepts: digit-string lengths and the slot range.
+
+    `slots_known` False: the lock has not told its slot count yet (not read yet). The cloud is
+    shown no upper end, and a slot up to `max_slot` (then what the protocol allows) is tried:
+    the lock itself refuses one it lacks."""
 
     min_length: int = 4
     max_length: int = 8
     min_slot: int = 1
     max_slot: int = 11
+    slots_known: bool = True
 
     def has_slot(self, slot: int) -> bool:
         return self.min_slot <= slot <= self.max_slot
+
+    def slot_range(self) -> str:
+        if not self.slots_known:
+            return f"{self.min_slot} or more (this lock's slot count is not read yet)"
+        return f"{self.min_slot} through {self.max_slot}"
 
 
 class DeviceProperties(msgspec.Struct, frozen=True):

@@ -41,8 +41,7 @@ def action_descriptors(device: Device) -> dict[str, Any]:
 
 def _build_descriptors(device: Device) -> dict[str, Any]:
     codes = device.codes
-    slots = f"{codes.min_slot} through {codes.max_slot}"
-    slot_input = {"title": "Slot ID", "description": slots, "type": "integer"}
+    slot_input = {"title": "Slot ID", "description": codes.slot_range(), "type": "integer"}
     catalogue: dict[ActionName, dict[str, Any]] = {
         ActionName.LOCK: {"title": "Lock", "description": "Locks the Door Lock", "inputs": None},
         ActionName.UNLOCK: {
@@ -131,10 +130,15 @@ def _properties(device: Device) -> dict[str, Any]:
         ),
         "jammed": p.jammed,
         "supported_code_lengths": list(range(device.codes.min_length, device.codes.max_length + 1)),
-        "code_slots": {"min": device.codes.min_slot, "max": device.codes.max_slot},
+        "code_slots": {"min": device.codes.min_slot, "max": _max_slot(device.codes)},
         "firmware": p.firmware,
         "last_seen": iso(p.last_seen) if p.last_seen else None,
     }
+
+
+def _max_slot(codes: CodeConstraints) -> int | None:
+    """None while the lock has not told its slot count: a guess would refuse slots it has."""
+    return codes.max_slot if codes.slots_known else None
 
 
 def _encode(msg: protocol.Message) -> bytes:

@@ -329,10 +329,12 @@ class ZigbeeDriver(Driver):
         self._locks[device_id] = lock
         self._by_ieee[ieee] = device_id
         try:
-            # one that fails is configured again when it is next heard; unbound, it sends
-            # no reports meanwhile, and is read only then
-            if not joined or await lock.configure_joined():
-                await lock.refresh(from_cache=not joined)
+            # one whose configuration fails is configured again when it is next heard; it is
+            # read all the same: a lock that lost a bind may answer, and unread it was shown
+            # with no bolt or battery until then, and no firmware until a restart
+            if joined:
+                await lock.configure_joined()
+            await lock.refresh(from_cache=not joined)
         except Exception as exc:  # noqa: BLE001 - a half-configured lock is still a lock
             log.warning("zigbee.device_setup_failed", ieee=ieee, error=_describe(exc))
         log.info(
@@ -464,7 +466,7 @@ class ZigbeeDriver(Driver):
         c = lock.codes()
         errors: dict[str, str] = {}
         if not c.has_slot(slot):
-            errors["slot_id"] = f"must be within {c.min_slot}..{c.max_slot}"
+            errors["slot_id"] = f"must be {c.slot_range()}"
         if not digits:
             errors["code"] = "must contain digits 0-9 only"
         elif length is not None and not c.min_length <= length <= c.max_length:

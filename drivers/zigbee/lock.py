@@ -48,6 +48,8 @@ log = structlog.get_logger(__name__)
 LOW_BATTERY: Final = 0.2
 BATTERY_RECOVERED: Final = 0.25
 DEFAULT_CODES: Final = CodeConstraints(min_length=4, max_length=8, min_slot=1, max_slot=11)
+# until its user count is read: any user id but 0xFFFF (all users) is tried, the lock refuses
+UNREAD_CODES: Final = replace(DEFAULT_CODES, max_slot=0xFFFE, slots_known=False)
 
 _OP = DoorLock.OperationEvent
 _SRC = DoorLock.OperationEventSource
@@ -84,7 +86,8 @@ _ATTRIBUTES: Final = {
     DoorLock.cluster_id: ("lock_state", "door_state"),
     PowerConfiguration.cluster_id: ("battery_percentage_remaining",),
 }
-# the code limits (`codes`); until a read has answered for them, DEFAULT_CODES is a guess
+# the code limits (`codes`): until a read has answered for them, the slots are UNREAD_CODES;
+# a lock that answers without them keeps the guess DEFAULT_CODES
 _CODE_LIMITS: Final = ("num_of_pin_users_supported", "max_pin_len", "min_pin_len")
 # user statuses of a slot that holds a usable code (0xFF: the lock does not report it)
 _CODE_HELD: Final = {int(DoorLock.UserStatus.Enabled), int(DoorLock.UserStatus.Not_Supported)}
@@ -471,8 +474,8 @@ class ZigbeeLock:
         self._limiting = loop.create_task(self._read_limits())
 
     async def _read_limits(self) -> None:
-        """Until read, the code limits are a guess (slots 1..11) that refuses slots the lock
-        has and offers ones it lacks. A lock that does not support them keeps the guess."""
+        """Until read, the cloud is shown no slot count, and a code in any slot is tried. A lock
+        that does not support them keeps the guess (slots 1..11)."""
         dl = self.door_lock
         try:
             await self._call(lambda: dl.read_attributes(list(_CODE_LIMITS), allow_cache=False))
@@ -492,10 +495,17 @@ class ZigbeeLock:
             dl.get("min_pin_len"),
             dl.get("max_pin_len"),
             dl.get("num_of_pin_users_supported"),
+            self._limits_unknown(),
         )
         if raw != self._codes[0]:
             self._codes = (raw, _codes(*raw))
         return self._codes[1]
+
+    def _names_slot(self, user: int) -> bool:
+        """Whether a user id in the lock's word is one of its code slots: while its count is
+        unread, 0xFF / 0xFFFF are all users, as on a lock with fewer."""
+        c = self.codes()
+        return c.has_slot(user) and (c.slots_known or user not in _ALL_USERS)
 
     def device(self) -> Device:
         basic = self._cluster(Basic.cluster_id)
@@ -745,7 +755,7 @@ class ZigbeeLock:
             self._event(EventName.KEYPAD_INVALID_CODE, method=str(Method.KEYPAD))
             return
         if code in _OFF_SCHEDULE:
-            named = {"slot_id": user} if self.codes().has_slot(user) else {}
+            named = {"slot_id": user} if self._names_slot(user) else {}
             self._event(EventName.KEYPAD_INVALID_CODE, method=str(Method.KEYPAD), **named)
             return
         if code in _LOCKS:
@@ -764,7 +774,7 @@ class ZigbeeLock:
         if action not in (1, 2):
             return
         locked = action == 1
-        slot = user if self.codes().has_slot(user) else None  # 0: none, or the master code
+        slot = user if self._names_slot(user) else None  # 0: none, or the master code
         ours = self._expect == locked
         if source == _NIMLY_KEYPAD:
             method = Method.PIN_CODE if slot is not None else Method.KEYPAD
@@ -820,7 +830,7 @@ class ZigbeeLock:
             return Method.MANUAL, None
         if source == int(_SRC.Keypad):
             # a user id outside the lock's slots (0, 0xFFFF: none) names no code
-            slot = user if self.codes().has_slot(user) else None
+            slot = user if self._names_slot(user) else None
             if slot is not None and (not locked or code == int(_OP.Lock)):
                 return Method.PIN_CODE, slot
             return Method.KEYPAD, None
@@ -881,7 +891,7 @@ class ZigbeeLock:
             return
         source = int(args.program_event_source)
         method = str(_PROGRAMMING_METHODS.get(source, Method.UNKNOWN))
-        if not self.codes().has_slot(user):
+        if not self._names_slot(user):
             if code == int(_PROG.PINCodeDeleted) and user in _ALL_USERS:
                 # every slot emptied at the lock: none holds a code we saw confirmed any more
                 self._confirmed_codes.forget_all()
@@ -1234,9 +1244,9 @@ def _start(aw: Awaitable[Any]) -> asyncio.Future[Any]:
     return asyncio.ensure_future(aw)
 
 
-def _codes(lo: Any, hi: Any, users: Any) -> CodeConstraints:
+def _codes(lo: Any, hi: Any, users: Any, unread: bool) -> CodeConstraints:
     """Code lengths and slots from the lock's min_pin_len, max_pin_len and user count."""
-    c = DEFAULT_CODES
+    c = UNREAD_CODES if unread else DEFAULT_CODES
     if lo is not None and hi is not None and 1 <= int(lo) <= int(hi) <= 16:
         c = replace(c, min_length=int(lo), max_length=int(hi))
     if users is not None and int(users) >= 2:

@@ -231,6 +231,20 @@ async def test_set_code_defaults_to_slot_1_where_the_lock_has_it(cloud: Cloud) -
     assert body["data"] == {"set_code": {"code": "****", "slot_id": 1}}
 
 
+async def test_a_lock_whose_slot_count_is_unread_takes_a_slot_beyond_the_guess(
+    cloud: Cloud,
+) -> None:
+    """A gateway that has not read the lock's slot count reports `code_slots.max` null: a slot
+    past the old guess of 11 goes to the gateway (the lock refuses one it lacks). Before, the
+    cloud fell back to 1..11 and refused it with 422."""
+    await cloud.claimed_gateway(device=device_body(code_slots={"min": 1, "max": None}))
+    status, body = await cloud.post(
+        f"/v1/devices/{DEVICE_ID}/actions/set_code", {"data": {"code": "0000", "slot_id": 20}}
+    )
+    assert status == 200, body
+    assert body["data"] == {"set_code": {"code": "****", "slot_id": 20}}
+
+
 async def test_device_action_responses_have_the_seed_shape(cloud: Cloud) -> None:
     _, gateway_id, _ = await cloud.claimed_gateway()
     status, body = await cloud.post(f"/v1/devices/{DEVICE_ID}/actions/lock")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +13,12 @@ from structlog.testing import capture_logs
 
 from drivers.zigbee.virtual.radio import VirtualNetwork
 from drivers.zigbee.zigpy_api import DoorLock, foundation
+from gatewayd.actions import validate
 from gatewayd.driver import Simulation
-from gatewayd.model import EventName, GatewayError, PinCode, SetCode
+from gatewayd.model import ActionRequest, EventName, GatewayError, PinCode, SetCode, utcnow
+from gatewayd.upstream import device_dict
 from tests.contract.sink import RecordingSink
-from tests.zigbee.conftest import running
+from tests.zigbee.conftest import AnnouncingSink, running
 
 pytestmark = pytest.mark.stack
 
@@ -115,12 +118,58 @@ async def test_a_lock_whose_user_count_went_unread_is_read_again_when_heard(
     sink = RecordingSink()
     async with running(tmp_path, sink, virtual=net) as driver:
         dev = by_native(sink, GENERIC)
-        assert sink.devices[dev].codes.max_slot == 11  # not read: the guess
+        assert not sink.devices[dev].codes.slots_known  # not read
         deaf.clear()
         vlock.battery(0.5)  # a report: the lock is heard
         await sink.wait_for(lambda: sink.devices[dev].codes.max_slot == 29)
         await driver.execute(dev, SetCode(slot_id=20, code=PinCode(PIN)))
         assert vlock.mem.pins == {20: PIN}
+
+
+async def test_while_the_user_count_is_unread_no_range_is_shown_and_any_slot_is_taken(
+    tmp_path: Path,
+) -> None:
+    """The read after pairing goes unanswered (this lock: 30 users, slots 1..29). Until the
+    lock tells its user count, the cloud is shown no upper end of its slots, and the gateway
+    takes a code for slot 20 (the lock refuses a slot it lacks). Before, the cloud was shown
+    the guess "1 through 11", and slot 20 was refused as invalid input until the read."""
+    net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
+    vlock = net.lock(GENERIC)
+    receive, lost = vlock.receive, []
+
+    def hears(packet: Any) -> None:
+        if not lost and packet.cluster_id == DoorLock.cluster_id:
+            hdr, _ = foundation.ZCLHeader.deserialize(packet.data.serialize())
+            if hdr.frame_control.is_general and hdr.command_id == READ:
+                lost.append(packet)
+                return  # the read after pairing is lost; the lock answers the next one
+        receive(packet)
+
+    vlock.receive = hears  # type: ignore[method-assign]
+    sink = AnnouncingSink()
+    async with running(tmp_path, sink, virtual=net) as driver:
+        dev = by_native(sink, GENERIC)
+        device = next(d for d in sink.added if d.id == dev)  # as announced: not read
+        shown = device_dict(device)
+        assert shown["properties"]["code_slots"] == {"min": 1, "max": None}
+        slot_text = shown["actions"]["set_code"]["inputs"]["slot_id"]["description"]
+        assert "through" not in slot_text
+        now = utcnow()
+        request = ActionRequest(
+            id="r1",
+            entity_type="Device",
+            entity_id=dev,
+            action="set_code",
+            inputs={"code": PIN, "slot_id": 20},
+            created_at=now,
+            deadline=now + timedelta(seconds=5),
+        )
+        action = validate(request, device)
+        assert action == SetCode(slot_id=20, code=PinCode(PIN))
+        await driver.execute(dev, action)  # the lock, heard, is read meanwhile: 1..29
+        assert vlock.mem.pins == {20: PIN}
+        await sink.wait_for(lambda: sink.devices[dev].codes.max_slot == 29)
+        assert device_dict(sink.devices[dev])["properties"]["code_slots"] == {"min": 1, "max": 29}
 
 
 async def test_a_lock_restarted_with_its_bolt_cached_but_not_its_user_count_is_read_when_heard(
@@ -150,7 +199,7 @@ async def test_a_lock_restarted_with_its_bolt_cached_but_not_its_user_count_is_r
         await sink.wait_for(lambda: sink.devices[dev].properties.locked is False)
         door_lock = driver._locks[dev].door_lock
         assert door_lock.get("num_of_pin_users_supported") is None
-        assert sink.devices[dev].codes.max_slot == 11
+        assert not sink.devices[dev].codes.slots_known
     net.save()
     sink = RecordingSink()
     async with running(tmp_path, sink) as driver:  # the same state dir; the lock answers

@@ -27,7 +27,7 @@ from gatewayd.model import (
     SetCode,
     Unlock,
 )
-from tests.zigbee.conftest import config, running, settled_events
+from tests.zigbee.conftest import AnnouncingSink, config, running, settled_events
 from tests.zigbee.test_odd_reports import GENERIC, YALE, HistorySink, by_native, virtual
 
 pytestmark = pytest.mark.stack
@@ -332,6 +332,34 @@ async def test_a_lock_whose_setup_after_joining_fails_is_configured_when_next_he
         await driver.simulate(dev, Simulation.KEYPAD_UNLOCK, {"slot_id": 4})
         event = await sink.wait_event(dev, EventName.DOOR_UNLOCKED, after=mark)
         assert event.details == {"method": "pin_code", "slot_id": 4}
+
+
+async def test_a_lock_whose_binds_fail_after_joining_is_read_all_the_same(
+    tmp_path: Path,
+) -> None:
+    """A lock joins and its binds go unanswered (a lost frame), but it answers the reads: it is
+    announced with its bolt, battery, firmware and slot count, not as unknown until it is next
+    heard and configured (the firmware and slots stayed unknown even then, until a restart)."""
+    net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
+    vlock = net.lock(GENERIC)
+    receive = vlock.receive
+
+    def hears(packet: Any) -> None:
+        if packet.dst_ep == 0 and packet.cluster_id == zdo_t.ZDOCmd.Bind_req:
+            return  # every bind is lost
+        receive(packet)
+
+    vlock.receive = hears  # type: ignore[method-assign]
+    sink = AnnouncingSink()
+    async with running(tmp_path, sink, virtual=net):
+        dev = by_native(sink, GENERIC)
+        announced = next(d for d in sink.added if d.id == dev)
+        assert vlock.mem.bound == set()
+        assert announced.properties.locked is not None
+        assert announced.properties.battery_level is not None
+        assert announced.properties.firmware is not None
+        assert announced.codes.slots_known
+        assert announced.codes.max_slot == 29
 
 
 async def test_a_late_event_of_a_failed_set_does_not_confirm_the_next_one(
