@@ -653,13 +653,19 @@ class ZWaveDriver(Driver):
 
     def _alarm_while_away(self, lock: _Lock, level: Any) -> None:
         """The last Alarm CC v1 report zwave-server took while the link was down, of a lock that
-        says its jam and battery only so: a jam or a low battery reported, as a later version's
-        state values are, and a bolt operation ends a jam. Its bolt moves are the bolt read's:
-        the last alarm may be older than the bolt's state."""
-        notice = self._alarm_v1_notice(lock, level)
-        if notice is not None and notice.kind in ("jammed", "battery_low"):
+        says its events only so: reported as when the link is up (a jam, a low battery, a code
+        added or deleted at the keypad, a wrong code), even one zwave-js maps to a notification
+        (that went to no one). A bolt operation names the method (and slot) of the bolt change
+        zwave-server's values show, if it moved the bolt that way; otherwise it is older than
+        the bolt's state (or the change is left to the bolt read) and names nothing, but still
+        ends a jam. zwave-server keeps only the last alarm: of several while away, the others
+        are lost, and one equal to the last alarm heard before the drop is taken for it."""
+        notice = self._alarm_v1_notice(lock, level, mapped=True)
+        if notice is None:
+            return
+        if notice.kind != "bolt" or lock.tracker.unnamed_move == notice.locked:
             self._apply(lock, notice)
-        elif notice is not None and notice.kind == "bolt" and lock.jammed:
+        elif lock.jammed:
             lock.jammed = False
             self._publish(lock)
 
@@ -750,15 +756,16 @@ class ZWaveDriver(Driver):
         if notice is not None:
             self._apply(lock, notice)
 
-    def _alarm_v1_notice(self, lock: _Lock, level: Any) -> Notice | None:
+    def _alarm_v1_notice(self, lock: _Lock, level: Any, *, mapped: bool = False) -> Notice | None:
         """An Alarm CC v1 report of a Notification CC version 1 lock, unless zwave-js's device
-        file maps it to a notification (which reports it). A later version's alarm fields come
-        with the notification that says the same."""
+        file maps it to a notification (which reports it), or `mapped` (one zwave-server took
+        while the link was down: that notification went to no one). A later version's alarm
+        fields come with the notification that says the same."""
         node = self._node_or_none(lock)
         if node is None or _cc_version(node, CommandClass.NOTIFICATION) != 1:
             return None
         alarm_type = _value(node, CommandClass.NOTIFICATION, "alarmType")
-        if _alarm_mapped(node, alarm_type, level):
+        if not mapped and _alarm_mapped(node, alarm_type, level):
             return None
         notice = parse_alarm_v1(alarm_type, level)
         return None if notice is None else self._in_slots(lock, notice)

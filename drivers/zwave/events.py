@@ -226,6 +226,12 @@ class BoltTracker:
         """Our own command is in flight: it reports its own bolt change."""
         return self._command is not None
 
+    @property
+    def unnamed_move(self) -> bool | None:
+        """The bolt state of a change still waiting for the notification that names its method
+        (None: none waits)."""
+        return self._pending_locked
+
     def seed(self, locked: bool | None) -> None:
         """State as found at start or after a reconnect, without an event."""
         self.locked = locked

@@ -520,7 +520,7 @@ async def test_an_alarm_v1_jam_while_the_link_was_down_is_reported_after_the_rec
     goes out, as for a later version's lock (its "Lock state" value). A hand on the thumb turn
     while the link is down again (alarm type 22) ends the jam, reported as the unlock the bolt
     read finds. Before, the jam was taken over in silence: no event, the lock shown not jammed.
-    (A bolt move while away is the bolt read's `unknown` event for both kinds of lock.)"""
+    (Its method: see the alarm v1 keypad unlock test below.)"""
     monkeypatch.setenv("ZWAVE_MOCK_NOTIFICATION_V1", "1")
     async with behind_proxy(tmp_path, tasks) as (stack, proxy, driver, sink):
         dev = sink.ids[native_id(2)]
@@ -546,4 +546,74 @@ async def test_an_alarm_v1_jam_while_the_link_was_down_is_reported_after_the_rec
         assert sink.devices[dev].properties.jammed is False
         assert [e.event_name for e in sink.events[mark:] if e.device_id == dev] == [
             EventName.DOOR_UNLOCKED
+        ]
+
+
+def _door_events(sink: RecordingSink, dev: str, mark: int) -> list[tuple[str, dict[str, object]]]:
+    return [(str(e.event_name), dict(e.details)) for e in sink.events[mark:] if e.device_id == dev]
+
+
+@pytest.mark.parametrize("node", [2, 3], ids=["unmapped", "mapped"])
+async def test_an_alarm_v1_keypad_unlock_while_the_link_was_down_keeps_its_method_and_slot(
+    node: int, tmp_path: Path, tasks: Tasks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Notification CC version 1 lock is unlocked with the code of slot 3 while the gateway's
+    link is down: zwave-server keeps its Door Lock report and its Alarm CC v1 type 19 (level 3).
+    After the reconnect one "door unlocked" goes out with method `pin_code` and slot 3, as when
+    the link is up. An alarm older than the bolt it finds (the bolt locked again afterwards,
+    by something that sent no alarm) names no move: no unlock is made up. The same for a lock
+    whose zwave-js device file maps its alarms (Yale YRD226 ZW2): the notification zwave-js made
+    of the alarm went to no one. Before, the unlock went up as method `unknown`, without its
+    slot."""
+    monkeypatch.setenv("ZWAVE_MOCK_NOTIFICATION_V1", "1")
+    async with behind_proxy(tmp_path, tasks) as (stack, proxy, driver, sink):
+        dev = sink.ids[native_id(node)]
+        await until(lambda: driver.resyncs >= 1, timeout=30)
+
+        def keypad_unlock() -> None:
+            stack.control(node, "mode_raw", mode=0x00)
+            stack.control(node, "alarm_raw", type=19, level=3)
+
+        mark = len(sink.events)
+        await _while_cut(proxy, driver, keypad_unlock)
+        await sink.wait_event(dev, EventName.DOOR_UNLOCKED, timeout=30, after=mark)
+        await anyio.sleep(1.5)  # a repeat would be in by now
+        assert _door_events(sink, dev, mark) == [
+            ("door unlocked", {"method": "pin_code", "slot_id": 3})
+        ]
+
+        def keypad_unlock_then_lock_without_alarm() -> None:
+            stack.control(node, "alarm_raw", type=19, level=4)
+            stack.control(node, "mode_raw", mode=0xFF)  # e.g. locked by another controller
+
+        mark = len(sink.events)
+        await _while_cut(proxy, driver, keypad_unlock_then_lock_without_alarm)
+        await sink.wait_event(dev, EventName.DOOR_LOCKED, timeout=30, after=mark)
+        await anyio.sleep(1.5)  # a false unlock would be in by now
+        assert _door_events(sink, dev, mark) == [("door locked", {"method": "unknown"})]
+
+
+@pytest.mark.parametrize("node", [2, 3], ids=["unmapped", "mapped"])
+async def test_an_alarm_v1_code_change_at_the_keypad_while_the_link_was_down_is_reported(
+    node: int, tmp_path: Path, tasks: Tasks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A code added at the keypad of a Notification CC version 1 lock while the gateway's link
+    is down (Alarm CC v1 type 112, alarmLevel the slot, kept by zwave-server) goes up after the
+    reconnect as "code set on device", as when the link is up; once: a later reconnect does not
+    repeat it, nor one the driver reported while the link was up; the same for a lock whose
+    alarms zwave-js maps to notifications. Before, it was lost."""
+    monkeypatch.setenv("ZWAVE_MOCK_NOTIFICATION_V1", "1")
+    async with behind_proxy(tmp_path, tasks) as (stack, proxy, driver, sink):
+        dev = sink.ids[native_id(node)]
+        mark = len(sink.events)
+        stack.control(node, "alarm_raw", type=33, level=4)  # heard: reported now, not again
+        await sink.wait_event(dev, EventName.CODE_REMOVED, timeout=30, after=mark)
+        await _while_cut(proxy, driver, lambda: None)
+        await _while_cut(proxy, driver, lambda: stack.control(node, "alarm_raw", type=112, level=4))
+        await sink.wait_event(dev, EventName.CODE_SET, timeout=30, after=mark)
+        await _while_cut(proxy, driver, lambda: None)
+        await anyio.sleep(1.5)  # a repeat would be in by now
+        assert _door_events(sink, dev, mark) == [
+            ("code removed from device", {"slot_id": 4, "method": "keypad"}),
+            ("code set on device", {"slot_id": 4, "method": "keypad"}),
         ]
