@@ -337,6 +337,11 @@ class ZigbeeDriver(Driver):
             await lock.refresh(from_cache=not joined)
         except Exception as exc:  # noqa: BLE001 - a half-configured lock is still a lock
             log.warning("zigbee.device_setup_failed", ieee=ieee, error=_describe(exc))
+        if lock.closed:
+            # removed meanwhile (announced now, it would come back as a ghost), or the radio
+            # was lost: then the lock adopted again after the reconnect announces it
+            log.info("zigbee.device_setup_cut", device_id=device_id, ieee=ieee)
+            return
         log.info(
             "zigbee.device_ready",
             device_id=device_id,
@@ -358,6 +363,8 @@ class ZigbeeDriver(Driver):
             command_timeout_s=c.command_timeout_s,
             report_wait_s=c.report_wait_s,
             event_merge_s=c.event_merge_s,
+            # a failed configuration is tried again at least as often as the lock is pinged
+            configure_retry_max_s=c.availability_s or 3600.0,
         )
 
     async def _availability(self) -> None:

@@ -107,6 +107,10 @@ BOLT_RESEND_S: Final = 0.1  # zigpy's own pause between tries
 REJOIN_SENDS: Final = 5
 HELD_EVENTS: Final = 64  # events a lock not yet announced holds for its device_added
 OWN_ECHO_S: Final = 10.0  # how late a lock's programming event for our own change may come
+# A failed configuration is tried again after this, then twice as long each time up to
+# LockOptions.configure_retry_max_s: unbound, a lock sends no reports, so it may not be heard
+# (and configured when heard) before the next availability ping, its door events lost meanwhile.
+CONFIGURE_RETRY_S: Final = 30.0
 _PIN_GENERAL_FAILURE: Final = 1
 _PIN_MEMORY_FULL: Final = 2
 _PIN_DUPLICATE: Final = 3
@@ -117,6 +121,7 @@ class LockOptions:
     command_timeout_s: float = 20.0
     report_wait_s: float = 2.0
     event_merge_s: float = 0.3
+    configure_retry_max_s: float = 3600.0
 
 
 def has_door_lock(zdev: Any) -> bool:
@@ -236,6 +241,8 @@ class ZigbeeLock:
         # after a failed configuration, not again before this (loop time): the lock's own
         # answers to it would otherwise start the next one at once, over and over
         self._configure_after = 0.0
+        self._retry: asyncio.TimerHandle | None = None  # the next try after a failed one
+        self._retries = 0  # failed configurations in a row: the retry's backoff
         # `refresh` runs: its read's answers are the state the lock is in, not events
         self._reading = False
         self._reported: dict[tuple[int, str], int] = {}  # what the lock reported meanwhile
@@ -301,6 +308,7 @@ class ZigbeeLock:
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         self._unsubscribe.clear()
+        self._cancel_retry()
         if self._configuring is not None:
             self._configuring.cancel()
         if self._resyncing is not None:
@@ -310,6 +318,10 @@ class ZigbeeLock:
         self._wake()  # a code change waiting for the lock's word fails now (`_await_programmed`)
         if not self._left.done():
             self._left.set_result(None)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def carry_over(self, old: ZigbeeLock) -> None:
         """Re-adopted after a radio reconnect: keep what zigpy's cache does not hold (whether the
@@ -455,9 +467,37 @@ class ZigbeeLock:
             self._unbound = True
             loop = asyncio.get_running_loop()
             self._configure_after = loop.time() + self._opts.command_timeout_s
+            self._retry_later()
             return False
         self._unbound = False
+        self._cancel_retry()
         return True
+
+    def _retry_later(self) -> None:
+        """After a failed configuration: tried again on a timer too (one pending at most),
+        with backoff; not for a lock that left (configured when it is back) or closed."""
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if self._closed or self._has_left:
+            return
+        cap = max(CONFIGURE_RETRY_S, self._opts.configure_retry_max_s)
+        delay = min(CONFIGURE_RETRY_S * 2**self._retries, cap)
+        if delay < cap:
+            self._retries += 1
+        self._retry = asyncio.get_running_loop().call_later(delay, self._retry_now)
+
+    def _retry_now(self) -> None:
+        self._retry = None
+        # not while it is interviewed again: the interview's end configures it
+        if self._unbound and not (self._closed or self._has_left or self.zdev.initializing):
+            self.reconfigure()
+
+    def _cancel_retry(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        self._retries = 0
 
     def _limits_unknown(self) -> bool:
         return not self._limits_read and self.door_lock.get(_CODE_LIMITS[0]) is None
@@ -596,6 +636,7 @@ class ZigbeeLock:
         self._confirmed_codes.forget_all()
         if reason == "left":
             self._has_left = self._unbound = True
+            self._cancel_retry()  # configured when it is back
             if not self._left.done():
                 self._left.set_result(None)
         if self.online:

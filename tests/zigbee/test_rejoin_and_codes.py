@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 
 from drivers.zigbee import ZigbeeDriver
+from drivers.zigbee import lock as zigbee_lock
 from drivers.zigbee.virtual.lock import VirtualLock
 from drivers.zigbee.virtual.radio import VirtualNetwork
 from drivers.zigbee.zigpy_api import DoorLock, foundation, zdo_t
-from gatewayd.driver import Simulation
+from gatewayd.driver import Simulation, ZigbeeConfig
 from gatewayd.model import (
     ActionTimeout,
     ClearCode,
@@ -360,6 +361,86 @@ async def test_a_lock_whose_binds_fail_after_joining_is_read_all_the_same(
         assert announced.properties.firmware is not None
         assert announced.codes.slots_known
         assert announced.codes.max_slot == 29
+
+
+def retries(lock: Any) -> list[asyncio.TimerHandle]:
+    """The configuration retries the event loop holds for `lock`, not cancelled."""
+    scheduled = asyncio.get_running_loop()._scheduled  # type: ignore[attr-defined]
+    return [h for h in scheduled if not h.cancelled() and h._callback == lock._retry_now]
+
+
+async def test_a_lock_whose_setup_failed_is_configured_again_before_it_is_next_heard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock joins and its binds go unanswered, then it answers again but says nothing on
+    its own (unbound, it sends no reports) and, under the default availability_s (3600 s),
+    is not pinged for half an hour: it is configured again on a timer (first after
+    CONFIGURE_RETRY_S, 0.5 s here, 30 s by default), and its keypad unlock reaches the cloud.
+    Before, it was tried again only when heard: its door events lost for up to ~1.5 h."""
+    monkeypatch.setattr(zigbee_lock, "CONFIGURE_RETRY_S", 0.5, raising=False)
+    net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
+    vlock = net.lock(GENERIC)
+    receive, deaf = vlock.receive, [True]
+
+    def hears(packet: Any) -> None:
+        if deaf and packet.dst_ep == 0 and packet.cluster_id == zdo_t.ZDOCmd.Bind_req:
+            return
+        receive(packet)
+
+    vlock.receive = hears  # type: ignore[method-assign]
+    sink = HistorySink()
+    default = ZigbeeConfig()
+    async with running(
+        tmp_path, sink, config(availability_s=default.availability_s), virtual=net
+    ) as driver:
+        dev = by_native(sink, GENERIC)
+        assert not vlock.mem.bound
+        deaf.clear()
+        await eventually(lambda: vlock.mem.bound >= BOUND, timeout=10)
+        await asyncio.sleep(0.5)  # the configuration's last request and the read after it
+        mark = len(sink.events)
+        await driver.simulate(dev, Simulation.KEYPAD_UNLOCK, {"slot_id": 4})
+        event = await sink.wait_event(dev, EventName.DOOR_UNLOCKED, after=mark)
+        assert event.details == {"method": "pin_code", "slot_id": 4}
+
+
+@pytest.mark.parametrize("end", ["leaves", "driver-stops"])
+async def test_a_failed_setup_is_retried_one_timer_at_a_time_and_not_after_the_lock_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, end: str
+) -> None:
+    """A lock that never answers its binds, and is heard often (each hearing may start a try
+    too, each failed try asks for the next): at most one retry is ever pending for it, and
+    none once it has left (it is configured when it is back) or the driver has stopped."""
+    monkeypatch.setattr(zigbee_lock, "CONFIGURE_RETRY_S", 0.5, raising=False)
+    net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
+    vlock = net.lock(GENERIC)
+    receive, binds = vlock.receive, []
+
+    def deaf(packet: Any) -> None:
+        if packet.dst_ep == 0 and packet.cluster_id == zdo_t.ZDOCmd.Bind_req:
+            binds.append(packet)
+            return
+        receive(packet)
+
+    vlock.receive = deaf  # type: ignore[method-assign]
+    sink = HistorySink()
+    fast = config(availability_s=0, command_timeout_s=0.2)
+    async with running(tmp_path, sink, fast, virtual=net) as driver:
+        dev = by_native(sink, GENERIC)
+        lock = driver._locks[dev]
+        assert driver.virtual is not None
+        for _ in range(25):
+            driver.virtual.announce(vlock)
+            await asyncio.sleep(0.1)
+            assert len(retries(lock)) <= 1
+        assert len(binds) >= 4  # tried again and again, each try a failure
+        await eventually(lambda: bool(retries(lock)))  # not while a try is on its way
+        if end == "leaves":
+            vlock.leave()
+            await sink.wait_event(dev, EventName.DEVICE_DISCONNECTED)
+        else:
+            await driver.stop()
+        assert retries(lock) == []
 
 
 async def test_a_late_event_of_a_failed_set_does_not_confirm_the_next_one(

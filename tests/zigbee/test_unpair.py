@@ -24,10 +24,19 @@ from structlog.testing import capture_logs
 from drivers.zigbee.driver import ZigbeeDriver
 from drivers.zigbee.removed import RemovedLocks
 from drivers.zigbee.virtual.lock import VirtualLock
+from drivers.zigbee.virtual.radio import VirtualNetwork
+from drivers.zigbee.zigpy_api import zdo_t
 from gatewayd.driver import Simulation
 from gatewayd.model import EventName, PinCode, SetCode
 from tests.zigbee.conftest import AnnouncingSink, running
-from tests.zigbee.test_odd_reports import GENERIC, YALE, by_native, virtual
+from tests.zigbee.test_odd_reports import (
+    DOOR_LOCK,
+    GENERIC,
+    JOINING,
+    YALE,
+    by_native,
+    virtual,
+)
 from tests.zigbee.test_rejoin_and_codes import eventually
 
 pytestmark = pytest.mark.stack
@@ -230,3 +239,36 @@ def test_the_list_is_written_atomically_and_privately(tmp_path: Path) -> None:
     for bad in ("[]", '{"ieee": ["not an address"]}', "\xff"):
         path.write_text(bad)
         assert len(RemovedLocks(path)) == 0
+
+
+async def test_a_lock_removed_while_it_is_being_set_up_is_not_announced(tmp_path: Path) -> None:
+    """A new lock joins and is slow to answer its setup (its binds go unanswered); it leaves
+    in the leave window meanwhile and is removed: the cloud never hears of it, and the driver
+    holds nothing of it. Before, its adoption went on to device_added after device_removed: a
+    ghost device shown until the next restart."""
+    net = VirtualNetwork(tmp_path / "zigbee.virtual.json", joining=1)
+    newcomer = net.lock(JOINING)
+    receive, held = newcomer._receive_zdo, []
+
+    def slow_setup(cluster_id: int, data: bytes) -> None:
+        # Bind_req: TSN, source IEEE, source endpoint, cluster id (zigpy binds Poll Control
+        # in its interview; the Door Lock's is the driver's)
+        if cluster_id == zdo_t.ZDOCmd.Bind_req and data[10:12] == DOOR_LOCK.to_bytes(2, "little"):
+            held.append(cluster_id)  # never answered: the bind waits command_timeout_s (2 s)
+            return
+        receive(cluster_id, data)
+
+    newcomer._receive_zdo = slow_setup  # type: ignore[method-assign]
+    sink = AnnouncingSink()
+    async with running(tmp_path, sink, virtual=net) as driver:
+        await driver.pair(30)
+        await eventually(lambda: bool(held))  # its adoption awaits the bind's answer
+        dev = sink.device_id(JOINING)
+        await driver.unpair(30, None)  # a lock that leaves now is removed
+        newcomer.leave()
+        await sink.wait_for(lambda: dev in sink.removed)
+        await asyncio.sleep(SETTLE_S)
+        assert adopted(sink, JOINING) == []
+        assert dev not in sink.devices
+        assert dev not in driver._locks
+        assert JOINING not in driver._by_ieee
