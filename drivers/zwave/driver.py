@@ -831,7 +831,8 @@ class ZWaveDriver(Driver):
         elif notice.kind == "door" and notice.door_open is not None:
             self._door(lock, "open" if notice.door_open else "closed")
         elif notice.kind == "invalid_code":
-            details: dict[str, Any] = {"method": "keypad"}
+            method = Method.KEYPAD if notice.method is Method.UNKNOWN else notice.method
+            details: dict[str, Any] = {"method": str(method)}
             if notice.slot_id is not None:  # a code it holds, refused outside its schedule
                 details["slot_id"] = notice.slot_id
             self._emit(did, EventName.KEYPAD_INVALID_CODE, details)

@@ -53,13 +53,18 @@ AC_CODE_DUPLICATE = 15  # "new user code not added due to duplicate code"
 # 96) and "user access code exceeds code limit" (Yale alarm type 161)
 AC_KEYPAD_DISABLED = 16
 AC_CODE_LIMIT = 19
+# "unlock / locked by RF with invalid user code": a remote (a Z-Wave command, a fob) that gave a
+# wrong code; the bolt did not move
+AC_RF_INVALID_CODE = frozenset({20, 21})
 # "valid credential access denied: schedule inactive": a code the lock holds, refused at a time
 # its schedule does not allow (Yale / Kwikset alarm type 162, as Keymaster reads it)
 AC_OUTSIDE_SCHEDULE = 48
-# "valid credential access denied: User Active State set to Occupied Disabled" / "not enough
-# credentials entered", "invalid credential used": a credential refused at the lock (User
-# Credential CC); their parameters are Credential Usage Data, whose user is no User Code slot
-AC_CREDENTIAL_DENIED = frozenset({47, 49, 50})
+# "valid credential access denied: User Active State set to Occupied Disabled" / "schedule
+# inactive" / "not enough credentials entered", "invalid credential used": a credential refused
+# at the lock (User Credential CC). Their parameters are Credential Usage Data, whose user is no
+# User Code slot; zwave-js may even read a User Code Report out of its bytes (a user id whose
+# high byte is 0x63), so they name no slot. Only the Alarm CC v1 mapping to 48 names one.
+AC_CREDENTIAL_DENIED = frozenset({47, AC_OUTSIDE_SCHEDULE, 49, 50})
 AC_DOOR_OPEN = 22
 AC_DOOR_CLOSED = 23
 HS_TAMPER_COVER = 3
@@ -132,10 +137,7 @@ class Notice:
 def parse_notification(type_: int, event: int, parameters: Any) -> Notice | None:
     """What a Notification CC report means for a door, or None when it means nothing here.
     `parameters` is what zwave-js made of the event's parameters: a mapping, a number, bytes."""
-    user = None
-    if isinstance(parameters, Mapping):
-        user = parameters.get("userId", parameters.get("user ID"))
-    slot = user if isinstance(user, int) and not isinstance(user, bool) and user > 0 else None
+    slot = _user_slot(parameters)
     if type_ == ACCESS_CONTROL:
         if event in BOLT_EVENTS:
             locked, method = BOLT_EVENTS[event]
@@ -150,8 +152,8 @@ def parse_notification(type_: int, event: int, parameters: Any) -> Notice | None
             return Notice("jammed")
         if event in (AC_KEYPAD_DISABLED, AC_CODE_LIMIT) or event in AC_CREDENTIAL_DENIED:
             return Notice("invalid_code")
-        if event == AC_OUTSIDE_SCHEDULE:
-            return Notice("invalid_code", slot_id=slot)
+        if event in AC_RF_INVALID_CODE:
+            return Notice("invalid_code", method=Method.RF)
         if event in (AC_DOOR_OPEN, AC_DOOR_CLOSED):
             return Notice("door", door_open=event == AC_DOOR_OPEN)
         if event in (AC_CODE_ADDED, AC_CODE_DELETED) and slot is not None:
@@ -176,7 +178,17 @@ def parse_alarm_v1(alarm_type: Any, alarm_level: Any) -> Notice | None:
         return None
     type_, event = ALARM_V1[alarm_type]
     params = {"userId": alarm_level} if alarm_type in ALARM_V1_USER else None
+    if (type_, event) == (ACCESS_CONTROL, AC_OUTSIDE_SCHEDULE):
+        return Notice("invalid_code", slot_id=_user_slot(params))  # alarmLevel: a User Code slot
     return parse_notification(type_, event, params)
+
+
+def _user_slot(parameters: Any) -> int | None:
+    """The User Code slot zwave-js read out of a notification's parameters, if a positive int."""
+    user = None
+    if isinstance(parameters, Mapping):
+        user = parameters.get("userId", parameters.get("user ID"))
+    return user if isinstance(user, int) and not isinstance(user, bool) and user > 0 else None
 
 
 def parse_state_value(variable: Any, key: Any, value: Any) -> Notice | None:
@@ -241,13 +253,15 @@ class BoltTracker:
         return self._changes
 
     def on_read(self, locked: bool, mark: int, *, first: bool) -> None:
-        """The bolt as read from the lock (at start: without an event). A change heard while the
-        read was under way is as new as the read, which may even be that change's own report,
-        taken in before it: the read is then not applied (it would be a false second event, or
-        the bolt shown in the state it left)."""
+        """The bolt as read from the lock. A change heard while the read was under way is as new
+        as the read, which may even be that change's own report, taken in before it: the read is
+        then not applied (it would be a false second event, or the bolt shown in the state it
+        left). The answer may also be a turn's report that zwave-js took for it, whose value
+        update comes after: a state other than the known one is that move, at start too (taken
+        in silently, the turn had no event). Only a bolt never known is taken in without one."""
         if self._changes != mark:
             return
-        if first:
+        if first and self.locked is None:
             self.seed(locked)
         else:
             self.on_value(locked)
@@ -266,6 +280,11 @@ class BoltTracker:
                 self.undefined = False
                 self._on_change()
             return
+        if self._pending is not None and self._pending_locked is not None:
+            # the move still waiting for its notification (turned back within `merge_s`) was
+            # real all the same: its event goes now, or only the move back would be reported
+            self._pending.cancel()
+            self._fire(self._pending_locked, Method.UNKNOWN)
         self.undefined = False
         self._changes += 1
         self._cancel()

@@ -335,6 +335,32 @@ async def test_a_bolt_read_overtaken_by_the_lock_s_reports_is_not_applied() -> N
     ]
 
 
+async def test_a_start_up_read_answered_by_a_turn_before_its_report_is_one_event() -> None:
+    """The bolt is turned by hand while the start-up read waits for the lock; zwave-js takes the
+    turn's report for the read's answer, and the answer reaches the driver before the report's
+    value update (seen on the mock lock, 1 run in 3). Taken in silently as a start-up read, the
+    turn had no event: the value update after it changed nothing."""
+    from drivers.zwave.events import BoltTracker
+
+    fired: list[tuple[str, dict[str, object]]] = []
+    tracker = BoltTracker(
+        lambda name, details: fired.append((str(name), details)), 0.1, lambda: None
+    )
+    tracker.seed(True)
+    tracker.on_read(False, tracker.read_mark(), first=True)  # the turn's report, as the answer
+    tracker.on_value(False)  # its value update
+    await _quiet(0.3)
+    assert fired == [("door unlocked", {"method": "unknown"})]
+    assert tracker.locked is False
+    never_known = BoltTracker(
+        lambda name, details: fired.append((str(name), details)), 0.1, lambda: None
+    )
+    never_known.on_read(True, never_known.read_mark(), first=True)
+    await _quiet(0.3)
+    assert never_known.locked is True
+    assert len(fired) == 1  # a bolt never known is taken in without an event
+
+
 async def test_a_door_read_overtaken_by_the_lock_s_report_is_not_applied(
     zwave: tuple[ZWaveDriver, RecordingSink], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -397,3 +423,39 @@ async def test_a_frozen_zwave_server_takes_the_driver_down_and_fails_commands_ty
             os.kill(zwave_stack.server.pid, signal.SIGCONT)
         await until(lambda: driver.health().state.value == "ready", timeout=30)
         await driver.execute(dev, Unlock())
+
+
+@pytest.mark.parametrize("first", [True, False])
+async def test_hand_turns_while_the_bolt_read_waits_for_the_lock_are_one_event_each(
+    zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack, first: bool
+) -> None:
+    """The driver reads the bolt (at start, after a reconnect) and the lock answers late; the
+    bolt is turned by hand, then turned and turned back, while the read waits, and the read's
+    answer matches the last report. Each turn is one event and the bolt shown is the last one.
+    Before, a report without a notification that was followed within the merge window by the
+    move back (read or no read) lost its event: only `door locked` went up, for a door that
+    had been unlocked; and a start-up read whose answer came before the turn's value update
+    took the turn in silently (the tracker test above pins that order down)."""
+    import asyncio
+
+    driver, sink = zwave
+    dev = sink.ids[native_id(2)]
+    await started_read(driver)
+    for turns in ([0x00], [0x00, 0xFF]):
+        mark = len(sink.events)
+        zwave_stack.control(2, "fault", kind="delay", delay_s=1.0)
+        read = asyncio.ensure_future(driver._resync(first=first))
+        await anyio.sleep(0.3)  # the read is at the lock, which answers in 1 s
+        for mode in turns:
+            zwave_stack.control(2, "mode_raw", mode=mode)
+        await read
+        zwave_stack.control(2, "fault", kind="none")
+        await _quiet()
+        names = [str(e.event_name) for e in sink.events[mark:] if e.device_id == dev]
+        locked = turns[-1] == 0xFF
+        assert names == ["door unlocked", "door locked"][: len(turns)]
+        assert sink.devices[dev].properties.locked is locked
+        if not locked:
+            zwave_stack.control(2, "mode_raw", mode=0xFF)
+            await sink.wait_event(dev, EventName.DOOR_LOCKED, after=mark)
+            await _quiet(0.5)

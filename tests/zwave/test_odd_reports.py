@@ -366,15 +366,14 @@ async def test_a_credential_refused_at_the_lock_47_49_50_is_a_keypad_invalid_cod
     """Access Control 0x2F / 0x31 / 0x32 (Notification v9 "valid credential access denied:
     user occupied disabled", "... not enough credentials entered", "invalid credential used"):
     a PIN, card or fingerprint refused at the lock, one `keypad invalid code` each, with no
-    slot (its user is no User Code slot). "RF (un)lock with invalid user code" (0x14 / 0x15,
-    not at the keypad) and "non-access credential entered" (0x33) stay unreported. Before, a
-    refused credential said nothing."""
+    slot (its user is no User Code slot). "Non-access credential entered" (0x33) stays
+    unreported. Before, a refused credential said nothing."""
     driver, sink = zwave
     dev = sink.ids[native_id(2)]
     await started_read(driver)
     mark = len(sink.events)
     usage = [0x00, 0x03, 0x01, 0x00, 0x03]  # credential usage: user 3, a PIN code, in slot 3
-    for event, params in ((0x2F, usage), (0x14, None), (0x31, usage), (0x15, None), (0x33, None)):
+    for event, params in ((0x2F, usage), (0x31, usage), (0x33, None)):
         zwave_stack.control(2, "notify_raw", type=ACCESS_CONTROL, event=event, params=params)
     zwave_stack.control(2, "notify_raw", type=ACCESS_CONTROL, event=0x32)
     await sink.wait_for(lambda: len(_events(sink, dev, mark)) >= 3)
@@ -400,3 +399,40 @@ async def test_a_yale_alarm_v1_code_outside_its_schedule_132(
             assert _events(sink, dev, mark) == [
                 ("keypad invalid code", {"method": "keypad", "slot_id": 3}),
             ]
+
+
+async def test_an_rf_lock_or_unlock_with_an_invalid_code_20_21_is_an_rf_invalid_code(
+    zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack
+) -> None:
+    """Access Control 0x14 / 0x15 ("unlock / locked by RF with invalid user code": a remote
+    that gave a wrong code): one `keypad invalid code` each with method `rf`, not `keypad`, and
+    the bolt stays. Before, both said nothing: a remote trying codes went unreported."""
+    driver, sink = zwave
+    dev = sink.ids[native_id(2)]
+    await started_read(driver)
+    mark = len(sink.events)
+    for event in (0x14, 0x15):
+        zwave_stack.control(2, "notify_raw", type=ACCESS_CONTROL, event=event)
+    await sink.wait_for(lambda: len(_events(sink, dev, mark)) >= 2)
+    await _quiet()
+    assert _events(sink, dev, mark) == [("keypad invalid code", {"method": "rf"})] * 2
+    assert sink.devices[dev].properties.locked is True
+
+
+async def test_a_credential_refused_outside_its_schedule_48_names_no_user_code_slot(
+    zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack
+) -> None:
+    """Access Control 0x30 ("valid credential access denied: schedule inactive", Notification
+    v9) carries Credential Usage Data: a User Credential user, credential type and slot, no User
+    Code slot. zwave-js reads a User Code Report out of bytes that begin 0x63 0x03 (user 25347)
+    and hands over its "user id", the credential type: before, that went up as `slot_id` 1, a
+    code slot that was never used. Now one `keypad invalid code` each, naming no slot."""
+    driver, sink = zwave
+    dev = sink.ids[native_id(2)]
+    await started_read(driver)
+    mark = len(sink.events)
+    for usage in ([0x63, 0x03, 0x01, 0x00, 0x03], [0x00, 0x03, 0x01, 0x00, 0x03]):
+        zwave_stack.control(2, "notify_raw", type=ACCESS_CONTROL, event=0x30, params=usage)
+    await sink.wait_for(lambda: len(_events(sink, dev, mark)) >= 2)
+    await _quiet(0.5)
+    assert _events(sink, dev, mark) == [("keypad invalid code", {"method": "keypad"})] * 2
