@@ -63,6 +63,37 @@ def unit_command(root: Path, config: Path) -> list[str]:
     return argv
 
 
+def fill_disk(path: Path) -> None:
+    """Write zeros to `path` until its file system has no block left: a test's full disk."""
+    with open(path, "wb", buffering=0) as f:
+        for size in (1 << 16, 4096, 1):
+            try:
+                while f.write(bytes(size)):
+                    pass
+            except OSError:
+                pass
+
+
+def on_a_small_disk(tmp_path: Path, size: str, *scripts: str, timeout: float = 60) -> Any:
+    """Run each Python script in turn inside a user and mount namespace over a tmpfs of `size`
+    (`4m`): a real full disk (ENOSPC), gone with the namespace. Each gets the tmpfs as argv[1],
+    and the repository as its cwd; the last prints JSON. Returns (that JSON, the output)."""
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    runs = " && ".join(f'"$2" -c "${n + 3}" "$1"' for n in range(len(scripts)))
+    shell = f'mount -t tmpfs -o size={size} tmpfs "$1" && {runs}'
+    proc = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", shell, "sh", str(mount), sys.executable, *scripts],
+        cwd=Path(__file__).parents[1],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(proc.stdout.splitlines()[-1]), proc.stdout
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

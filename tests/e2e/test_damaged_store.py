@@ -4,10 +4,7 @@ ids, the events it had not delivered delivered once, and the damage on /status."
 
 from __future__ import annotations
 
-import json
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import anyio
@@ -18,7 +15,7 @@ from gatewayd.driver import Simulation
 from gatewayd.model import Device
 from tests.e2e.conftest import CloudFactory, Rest, claim, transitions, tunnel_url, wait_action
 from tests.e2e.test_cloud_loop import cloud_event_ids
-from tests.support import free_port, running_daemon, wait_until
+from tests.support import free_port, on_a_small_disk, running_daemon, wait_until
 from tests.unit.test_store_salvage import overwrite, root_page
 
 pytestmark = pytest.mark.stack
@@ -140,18 +137,9 @@ import anyio
 from gatewayd.daemon import DB_NAME
 from gatewayd.driver import Simulation
 from gatewayd.store import Store
-from tests.support import free_port, running_daemon
+from tests.support import fill_disk as fill, free_port, running_daemon
 
 state = Path(sys.argv[1]) / "gw"
-
-def fill(path):
-    with open(path, "wb", buffering=0) as f:
-        for size in (1 << 16, 4096, 1):
-            try:
-                while f.write(bytes(size)):
-                    pass
-            except OSError:
-                pass
 
 async def main():
     produced = []
@@ -184,23 +172,10 @@ def test_door_events_while_the_disk_is_full_are_on_disk_after_the_daemon_stops(
     """A daemon on a real full disk (a 12 MiB tmpfs filled up): the door events it heard were
     held in memory and lost at the stop; the store now commits them in its space reserve, and
     /status says the reserve is used."""
-    mount = tmp_path / "mnt"
-    mount.mkdir()
-    run = 'mount -t tmpfs -o size=12m tmpfs "$1" && "$2" -c "$3" "$1"'
-    argv = [str(mount), sys.executable, _DAEMON_ON_A_SMALL_DISK]
-    proc = subprocess.run(
-        ["unshare", "-rm", "sh", "-c", run, "sh", *argv],
-        cwd=Path(__file__).parents[2],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    found = json.loads(proc.stdout.splitlines()[-1])
+    found, out = on_a_small_disk(tmp_path, "12m", _DAEMON_ON_A_SMALL_DISK, timeout=120)
     assert found["made"] is True  # a new state dir with room gets its reserve
     assert found["produced"] == 20
-    assert found["kept"] == 20, proc.stdout
+    assert found["kept"] == 20, out
     assert found["reserve"] is False
     assert "no space reserve" in found["line"]
-    assert "store.reserve_released" in proc.stdout
+    assert "store.reserve_released" in out

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import re
 import sqlite3
 import stat
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,6 +19,7 @@ from gatewayd import store as store_module
 from gatewayd.disk import Reserve
 from gatewayd.protocol import ProtocolError
 from gatewayd.store import MIGRATIONS, SCHEMA_VERSION, ActionRow, Rebased, Store, migrate
+from tests.support import on_a_small_disk
 
 
 def _tables(db: sqlite3.Connection) -> set[str]:
@@ -833,24 +831,14 @@ def test_rebase_keeps_each_frame_under_its_own_seq_across_a_gap(tmp_path: Path) 
     store.close()
 
 
-# Run in a user and mount namespace over a tmpfs of a few MiB: a real full disk (ENOSPC), gone
-# with the namespace. Each script gets the tmpfs as argv[1], in order; the last prints JSON.
+# Scripts run on a small real disk (`on_a_small_disk`), each after these lines.
 _SMALL_DISK_HELPERS = '''
 import asyncio, json, os, sys
 from pathlib import Path
 from gatewayd.disk import DiskWatch, Reserve
 from gatewayd.store import Store
+from tests.support import fill_disk as fill
 d = Path(sys.argv[1])
-
-def fill(path):
-    """Write zeros until the file system has no block left."""
-    with open(path, "wb", buffering=0) as f:
-        for size in (1 << 16, 4096, 1):
-            try:
-                while f.write(bytes(size)):
-                    pass
-            except OSError:
-                pass
 
 def frame(seq):
     return b'{"seq": %d, "pad": "%s"}' % (seq, b"x" * 1000)
@@ -865,21 +853,7 @@ def burst(store, n):
 
 
 def _on_a_small_disk(tmp_path: Path, *scripts: str) -> Any:
-    mount = tmp_path / "mnt"
-    mount.mkdir()
-    runs = " && ".join(f'"$2" -c "${n + 3}" "$1"' for n in range(len(scripts)))
-    proc = subprocess.run(
-        ["unshare", "-rm", "sh", "-c", f'mount -t tmpfs -o size=4m tmpfs "$1" && {runs}', "sh"]
-        + [str(mount), sys.executable]
-        + [_SMALL_DISK_HELPERS + script for script in scripts],
-        cwd=Path(__file__).parents[2],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return json.loads(proc.stdout.splitlines()[-1]), proc.stdout
+    return on_a_small_disk(tmp_path, "4m", *(_SMALL_DISK_HELPERS + script for script in scripts))
 
 
 def test_events_held_while_the_disk_is_full_are_on_disk_after_the_stop(tmp_path: Path) -> None:
