@@ -284,7 +284,7 @@ class ZigbeeDriver(Driver):
         if device_id is None:
             return
         lock = self._locks.pop(device_id)
-        lock.close()
+        lock.close(removed=True)
         log.info("zigbee.device_removed", device_id=device_id, ieee=lock.ieee)
         if self._sink is not None:
             self._sink.device_removed(device_id)
@@ -336,11 +336,13 @@ class ZigbeeDriver(Driver):
                 await lock.configure_joined()
             await lock.refresh(from_cache=not joined)
         except Exception as exc:  # noqa: BLE001 - a half-configured lock is still a lock
-            log.warning("zigbee.device_setup_failed", ieee=ieee, error=_describe(exc))
+            if not lock.closed:  # else its request failed for that: told below
+                log.warning("zigbee.device_setup_failed", ieee=ieee, error=_describe(exc))
         if lock.closed:
             # removed meanwhile (announced now, it would come back as a ghost), or the radio
             # was lost: then the lock adopted again after the reconnect announces it
-            log.info("zigbee.device_setup_cut", device_id=device_id, ieee=ieee)
+            reason = "removed" if lock.removed else "radio_lost"
+            log.info("zigbee.device_setup_cut", device_id=device_id, ieee=ieee, reason=reason)
             return
         log.info(
             "zigbee.device_ready",
@@ -470,14 +472,9 @@ class ZigbeeDriver(Driver):
 
     @staticmethod
     def _check_code(lock: ZigbeeLock, slot: int, length: int | None, digits: bool) -> None:
-        c = lock.codes()
-        errors: dict[str, str] = {}
-        if not c.has_slot(slot):
-            errors["slot_id"] = f"must be {c.slot_range()}"
-        if not digits:
-            errors["code"] = "must contain digits 0-9 only"
-        elif length is not None and not c.min_length <= length <= c.max_length:
-            errors["code"] = f"must have {c.min_length} to {c.max_length} digits"
+        from drivers.zigbee.lock import code_errors
+
+        errors = code_errors(lock.codes(), slot, length, digits=digits)
         if errors:
             raise InvalidInput("invalid input for this lock", errors)
 

@@ -38,6 +38,8 @@ from gatewayd.model import (
     DoorEvent,
     DuplicateCode,
     EventName,
+    GatewayError,
+    InvalidInput,
     Method,
     PinCode,
     utcnow,
@@ -249,6 +251,7 @@ class ZigbeeLock:
         self._limits_read = False  # a read of _CODE_LIMITS was answered (supported or not)
         self._limiting: asyncio.Task[None] | None = None  # that read, when the lock is heard
         self._limits_after = 0.0  # loop time: not tried again before, after one went unanswered
+        self._firmware_read = False  # a read of sw_build_id was answered (supported or not)
         # when the bolt state was last taken in with no event (loop time): an operation event
         # that follows within event_merge_s tells of that very change, and goes out
         self._bolt_untold = -1.0
@@ -260,6 +263,7 @@ class ZigbeeLock:
         )
         self._unsubscribe: list[Callable[[], None]] = []
         self._closed = False  # its radio connection is gone: a failed delivery is not its own
+        self._removed = False  # closed as removed from the gateway, not for the radio's loss
         self._hearings = 0  # frames and joins zigpy heard from the lock
 
     # ------------------------------------------------------------------ clusters
@@ -289,7 +293,9 @@ class ZigbeeLock:
         self.zdev.add_listener(device_relay)
         self._unsubscribe.append(functools.partial(self.zdev.remove_listener, device_relay))
 
-    def close(self) -> None:
+    def close(self, *, removed: bool = False) -> None:
+        """End its requests and listeners: the radio is lost, or the lock `removed`."""
+        self._removed = self._removed or removed
         if self._closed:  # at the radio's loss, then again as the reconnect replaces it
             return
         self._closed = True
@@ -322,6 +328,16 @@ class ZigbeeLock:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def removed(self) -> bool:
+        return self._removed
+
+    def _cut(self, when: str) -> DeviceError:
+        """The error of a request cut by `close`: what closed the lock, not always the radio."""
+        if self._removed:
+            return _LockRemoved(f"the lock was removed from the gateway {when}")
+        return _RadioLost(f"the zigbee radio went down {when}")
 
     def carry_over(self, old: ZigbeeLock) -> None:
         """Re-adopted after a radio reconnect: keep what zigpy's cache does not hold (whether the
@@ -369,8 +385,8 @@ class ZigbeeLock:
             if power is not None:
                 await self._read(power, ["battery_percentage_remaining"], from_cache)
             basic = self._cluster(Basic.cluster_id)
-            if basic is not None:
-                await self._read(basic, ["sw_build_id"], from_cache)
+            if basic is not None and await self._read(basic, ["sw_build_id"], from_cache):
+                self._firmware_read = True
             self._load_from_cache()
         finally:
             self._reading = False
@@ -385,7 +401,8 @@ class ZigbeeLock:
 
     async def resync(self) -> None:
         """Read the bolt, door and battery, in case they changed while we (or the lock) were
-        away: a door opened while the radio was unplugged is reported by no one else."""
+        away: a door opened while the radio was unplugged is reported by no one else. Also the
+        firmware if still unknown: the read after joining (`refresh`) may have gone unanswered."""
         try:
             attrs = ["lock_state", "door_state"]
             await self._call(lambda: self.door_lock.read_attributes(attrs, allow_cache=False))
@@ -393,6 +410,11 @@ class ZigbeeLock:
             if power is not None:
                 attrs = ["battery_percentage_remaining"]
                 await self._call(lambda: power.read_attributes(attrs, allow_cache=False))
+            basic = self._cluster(Basic.cluster_id)
+            if basic is not None and basic.get("sw_build_id") is None and not self._firmware_read:
+                await self._call(lambda: basic.read_attributes(["sw_build_id"], allow_cache=False))
+                self._firmware_read = True  # answered: a lock without one is not asked again
+                self._publish()
         except Exception as exc:  # noqa: BLE001 - a sleeping lock answers later, via its reports
             log.info("zigbee.resync_skipped", device_id=self.device_id, error=type(exc).__name__)
 
@@ -463,6 +485,8 @@ class ZigbeeLock:
         try:
             await self.configure()
         except Exception as exc:  # noqa: BLE001 - tried again when the lock is next heard
+            if self._closed:  # cut by its removal or the radio's loss, each logged as such
+                return False
             emit(event, device_id=self.device_id, error=type(exc).__name__)
             self._unbound = True
             loop = asyncio.get_running_loop()
@@ -1000,6 +1024,8 @@ class ZigbeeLock:
         if self._closed or (not self.online and self._left.done()):
             if asyncio.iscoroutine(aw):
                 aw.close()  # never sent
+            if self._removed:
+                raise _LockRemoved("the lock was removed from the gateway")
             if self._closed:
                 raise DeviceError("the zigbee radio is down")
             raise DeviceOffline("the lock has left the network")
@@ -1018,7 +1044,7 @@ class ZigbeeLock:
                 task.cancel()
         if task not in done:
             if self._closed:
-                raise _RadioLost("the zigbee radio went down during the command")
+                raise self._cut("during the command")
             raise DeviceOffline("the lock left the network during the command")
         try:
             result = task.result()
@@ -1026,7 +1052,7 @@ class ZigbeeLock:
             raise _AnswerLost("the lock did not answer") from None
         except exceptions.DeliveryError:
             if self._closed:  # the radio's failure, not the lock's: it stays online
-                raise _RadioLost("the zigbee radio went down during the command") from None
+                raise self._cut("during the command") from None
             if self._hearings != hearings:
                 # heard meanwhile (zigpy's rejoin failure comes just after the lock's word):
                 # on the network, and the request was not delivered
@@ -1114,7 +1140,7 @@ class ZigbeeLock:
             if self._jams != jams:
                 raise DeviceError("the bolt jammed")
             if self._closed:  # its report, if it comes, reaches the lock adopted after reconnect
-                raise _RadioLost("the zigbee radio went down before the lock reported its bolt")
+                raise self._cut("before the lock reported its bolt")
             remaining = deadline - loop.time()
             if remaining <= 0:
                 if not answered:
@@ -1158,7 +1184,7 @@ class ZigbeeLock:
             )
             status = self._status(rsp)
             if status != foundation.Status.SUCCESS:
-                raise _code_refused(slot, status)
+                raise await self._refused(slot, len(pin.reveal()), status)
             readback = await self._call(lambda: dl.get_pin_code(slot))
             stored = _readback(readback)
             if stored is not None and stored[0] not in _CODE_HELD:
@@ -1228,6 +1254,22 @@ class ZigbeeLock:
         self._event(EventName.CODE_REMOVED, slot_id=slot, method=str(Method.REMOTE))
         return ActionResult({"slot_id": slot})
 
+    async def _refused(self, slot: int, length: int, status: Any) -> GatewayError:
+        """The error for a refused code. One checked against a guess (the lock's limits unread:
+        the read after joining went unanswered) is checked again once they are read: a slot or
+        length outside them is invalid input naming the lock's range, not a bare refusal."""
+        number = int(status) if isinstance(status, int) else None
+        if number not in (_PIN_MEMORY_FULL, _PIN_DUPLICATE):
+            if self._limiting is not None and not self._limiting.done():
+                await asyncio.wait({self._limiting})  # begun as the lock was heard
+            if self._limits_unknown():
+                await self._read_limits()
+            # read by now, or since the check (made against the guess if so)
+            errors = code_errors(self.codes(), slot, length, digits=True)
+            if errors and not self._limits_unknown():
+                return InvalidInput("invalid input for this lock", errors)
+        return _code_refused(slot, status)
+
     def _expect_echo(self, slot: int, *codes: int) -> None:
         """Locks send the programming event for a change we made when they like, often after
         answering the read-back; one that comes within OWN_ECHO_S is not a second change."""
@@ -1261,9 +1303,8 @@ class ZigbeeLock:
         deadline = loop.time() + self._opts.command_timeout_s
         while self._programmed.get(slot or 0) not in codes:
             if self._closed:  # its event, if it comes, reaches the lock adopted after a reconnect
-                raise _RadioLost(
-                    "the zigbee radio went down before the lock confirmed the change: whether"
-                    " it was made is unknown"
+                raise self._cut(
+                    "before the lock confirmed the change: whether it was made is unknown"
                 )
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -1293,6 +1334,21 @@ def _codes(lo: Any, hi: Any, users: Any, unread: bool) -> CodeConstraints:
     if users is not None and int(users) >= 2:
         c = replace(c, min_slot=1, max_slot=int(users) - 1)
     return c
+
+
+def code_errors(
+    c: CodeConstraints, slot: int, length: int | None, *, digits: bool
+) -> dict[str, str]:
+    """What is wrong with a code (`length` digits, or None: a clear) for slot `slot` under `c`,
+    by input name; empty if nothing."""
+    errors: dict[str, str] = {}
+    if not c.has_slot(slot):
+        errors["slot_id"] = f"must be {c.slot_range()}"
+    if not digits:
+        errors["code"] = "must contain digits 0-9 only"
+    elif length is not None and not c.min_length <= length <= c.max_length:
+        errors["code"] = f"must have {c.min_length} to {c.max_length} digits"
+    return errors
 
 
 def _readback(rsp: Any) -> tuple[int, str] | None:
@@ -1343,6 +1399,10 @@ class _AnswerLost(ActionTimeout):
 
 class _RadioLost(DeviceError):
     """The radio connection went down while a request was out: it may have been carried out."""
+
+
+class _LockRemoved(DeviceError):
+    """The lock was removed from the gateway while a request was out (`close(removed=True)`)."""
 
 
 class _Overtaken(Exception):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -209,3 +210,42 @@ async def test_a_lock_restarted_with_its_bolt_cached_but_not_its_user_count_is_r
         await driver.execute(dev, SetCode(slot_id=20, code=PinCode(PIN)))
         assert driver.virtual is not None
         assert driver.virtual.lock(GENERIC).mem.pins == {20: PIN}
+
+
+@pytest.mark.parametrize("code", ["5938", "593861720"], ids=["short", "long"])
+async def test_a_code_refused_for_its_length_before_the_limits_were_read_is_invalid_input(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, code: str
+) -> None:
+    """The read after pairing goes unanswered, so a code is checked against the guess (4 to 8
+    digits) and sent; this lock takes 6 to 8 and refuses a 4-digit one. The refusal is
+    invalid_input naming the lock's own lengths, read then, and no PIN. Before, a device_error
+    "the lock refused the code (INVALID_VALUE)": nothing said the length was wrong. A 9-digit
+    code is refused by the guess before it is sent, as the cloud's own 4..8 default does."""
+    net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
+    vlock = net.lock(GENERIC)
+    vlock.profile = replace(vlock.profile, min_pin=6)
+    receive, lost = vlock.receive, []
+
+    def hears(packet: Any) -> None:
+        if not lost and packet.cluster_id == DoorLock.cluster_id:
+            hdr, _ = foundation.ZCLHeader.deserialize(packet.data.serialize())
+            if hdr.frame_control.is_general and hdr.command_id == READ:
+                lost.append(packet)
+                return  # the read after pairing is lost; the lock answers the next one
+        receive(packet)
+
+    vlock.receive = hears  # type: ignore[method-assign]
+    sink = AnnouncingSink()
+    caplog.set_level(logging.DEBUG)
+    async with running(tmp_path, sink, virtual=net) as driver:
+        dev = by_native(sink, GENERIC)
+        assert not next(d for d in sink.added if d.id == dev).codes.slots_known  # not read
+        with capture_logs() as structured, pytest.raises(GatewayError) as err:
+            await driver.execute(dev, SetCode(slot_id=3, code=PinCode(code)))
+        assert err.value.to_dict()["type"] == "invalid_input"
+        expected = "must have 6 to 8 digits" if code == "5938" else "must have 4 to 8 digits"
+        assert err.value.to_dict()["validation_errors"] == {"code": expected}
+        assert vlock.mem.pins == {}
+    texts = [str(err.value), repr(err.value), repr(err.value.to_dict()), caplog.text]
+    texts += [repr(e) for e in structured] + [repr(sink.events)]
+    assert [t for t in texts if code in t] == []

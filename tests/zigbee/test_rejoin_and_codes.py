@@ -35,6 +35,7 @@ pytestmark = pytest.mark.stack
 
 NOT_SUPPORTED = 0xFF  # user status: the lock does not report it
 BOUND = {0x0001, 0x0009, 0x0101}  # power configuration, alarms, door lock
+BASIC, SW_BUILD_ID = 0x0000, 0x4000
 CONFIGURE_REPORTING = 0x06  # ZCL general command
 
 
@@ -402,6 +403,44 @@ async def test_a_lock_whose_setup_failed_is_configured_again_before_it_is_next_h
         await driver.simulate(dev, Simulation.KEYPAD_UNLOCK, {"slot_id": 4})
         event = await sink.wait_event(dev, EventName.DOOR_UNLOCKED, after=mark)
         assert event.details == {"method": "pin_code", "slot_id": 4}
+
+
+async def test_a_lock_configured_later_has_its_unread_firmware_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock answers neither its binds nor its Basic cluster at first (lost frames): it is
+    announced without firmware. Once it answers, the retry configures it, and the firmware
+    its first read missed is read and shown. Before, only the bolt, door and battery were read
+    again: the firmware stayed unknown until a restart."""
+    monkeypatch.setattr(zigbee_lock, "CONFIGURE_RETRY_S", 0.5, raising=False)
+    net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
+    vlock = net.lock(GENERIC)
+    receive, deaf = vlock.receive, [True]
+
+    def hears(packet: Any) -> None:
+        if packet.dst_ep == 0:
+            lost = packet.cluster_id == zdo_t.ZDOCmd.Bind_req
+        else:  # a read of sw_build_id (0x4000); the interview's of the Basic cluster are taken
+            hdr, payload = foundation.ZCLHeader.deserialize(packet.data.serialize())
+            ids = {int.from_bytes(payload[i : i + 2], "little") for i in range(0, len(payload), 2)}
+            read = hdr.frame_control.is_general and hdr.command_id == 0x00
+            lost = packet.cluster_id == BASIC and read and SW_BUILD_ID in ids
+        if deaf and lost:
+            return
+        receive(packet)
+
+    vlock.receive = hears  # type: ignore[method-assign]
+    sink = HistorySink()
+    default = ZigbeeConfig()
+    async with running(
+        tmp_path, sink, config(availability_s=default.availability_s), virtual=net
+    ) as driver:
+        dev = by_native(sink, GENERIC)
+        assert sink.devices[dev].properties.firmware is None
+        deaf.clear()
+        await eventually(lambda: vlock.mem.bound >= BOUND, timeout=10)
+        await sink.wait_for(lambda: sink.devices[dev].properties.firmware is not None)
+        assert driver._locks[dev].device().properties.firmware is not None
 
 
 @pytest.mark.parametrize("end", ["leaves", "driver-stops"])

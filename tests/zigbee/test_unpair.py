@@ -265,10 +265,17 @@ async def test_a_lock_removed_while_it_is_being_set_up_is_not_announced(tmp_path
         await eventually(lambda: bool(held))  # its adoption awaits the bind's answer
         dev = sink.device_id(JOINING)
         await driver.unpair(30, None)  # a lock that leaves now is removed
-        newcomer.leave()
-        await sink.wait_for(lambda: dev in sink.removed)
-        await asyncio.sleep(SETTLE_S)
+        with capture_logs() as logs:
+            newcomer.leave()
+            await sink.wait_for(lambda: dev in sink.removed)
+            await asyncio.sleep(SETTLE_S)
         assert adopted(sink, JOINING) == []
         assert dev not in sink.devices
         assert dev not in driver._locks
         assert JOINING not in driver._by_ieee
+    # its setup's request failed for the removal, not for the radio, which stayed up
+    setup = [e for e in logs if str(e["event"]).startswith("zigbee.device_setup")]
+    assert [(e["event"], e.get("reason")) for e in setup] == [
+        ("zigbee.device_setup_cut", "removed")
+    ]
+    assert not [e for e in logs if "RadioLost" in str(e.get("error"))]
