@@ -17,7 +17,7 @@ from gatewayd import protocol
 _DIGITS: Final = re.compile(r"[0-9]+")
 DEFAULT_CODE_LENGTHS: Final = (4, 5, 6, 7, 8)
 DEFAULT_SLOTS: Final = (1, 11)
-UNKNOWN_MAX_SLOT: Final = 65_535  # the largest Zigbee user id
+UNKNOWN_MAX_SLOT: Final = 65_534  # the largest Zigbee user id (0xFFFF: all users, no slot)
 
 
 class Problems:

@@ -72,10 +72,14 @@ class Reserve:
     def in_place(self) -> bool:
         return self.path.exists()
 
+    @property
+    def _tmp(self) -> Path:
+        return self.path.with_name(self.path.name + ".tmp")
+
     def make(self) -> bool:
         """Allocate the reserve (under a temporary name, so a half-made one is never taken for
         it). False if the disk has no room for it."""
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp = self._tmp
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
@@ -94,10 +98,16 @@ class Reserve:
         return True
 
     def release(self) -> bool:
-        """Delete the reserve: its blocks are free for the store's commit. False if none was."""
-        try:
-            self.path.unlink()
-        except OSError:
+        """Delete the reserve: its blocks are free for the store's commit. False if none was.
+        One half made (a power cut before its rename) is given up too: its blocks are taken."""
+        freed = False
+        for path in (self.path, self._tmp):
+            try:
+                path.unlink()
+            except OSError:
+                continue
+            freed = True
+        if not freed:
             return False
         log.critical(
             "store.reserve_released",

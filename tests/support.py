@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
 from aiohttp import web
 
 from gatewayd.config import parse_config
@@ -63,6 +64,25 @@ def unit_command(root: Path, config: Path) -> list[str]:
     return argv
 
 
+def need_a_tmpfs_namespace(where: Path) -> None:
+    """Skip a test that mounts a small tmpfs (a real full disk) in a user and mount namespace
+    (`unshare -rm`) where there is none: a container, a kernel without unprivileged ones."""
+    where.mkdir(exist_ok=True)
+    mount = 'mount -t tmpfs -o size=64k tmpfs "$1"'
+    try:
+        probe = subprocess.run(
+            ["unshare", "-rm", "sh", "-c", mount, "sh", str(where)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except OSError as exc:  # no unshare at all
+        pytest.skip(f"no user and mount namespace for a tmpfs: {exc}")
+    if probe.returncode != 0:
+        pytest.skip(f"no user and mount namespace for a tmpfs: {probe.stderr.strip()}")
+
+
 def fill_disk(path: Path) -> None:
     """Write zeros to `path` until its file system has no block left: a test's full disk."""
     with open(path, "wb", buffering=0) as f:
@@ -79,7 +99,7 @@ def on_a_small_disk(tmp_path: Path, size: str, *scripts: str, timeout: float = 6
     (`4m`): a real full disk (ENOSPC), gone with the namespace. Each gets the tmpfs as argv[1],
     and the repository as its cwd; the last prints JSON. Returns (that JSON, the output)."""
     mount = tmp_path / "mnt"
-    mount.mkdir()
+    need_a_tmpfs_namespace(mount)
     runs = " && ".join(f'"$2" -c "${n + 3}" "$1"' for n in range(len(scripts)))
     shell = f'mount -t tmpfs -o size={size} tmpfs "$1" && {runs}'
     proc = subprocess.run(

@@ -639,19 +639,21 @@ class ZWaveDriver(Driver):
         each reported as it would have been, as zwave-js sends no "value updated" for them on
         a reconnect. A jam the lock cleared meanwhile (a bolt operation idles "Lock state")
         is no longer shown."""
+        reported: set[str] = set()
         for (variable, key), value in states.items():
             if value == lock.states.get((variable, key)):
                 continue
             notice = parse_state_value(variable, key, value)
             if notice is not None:
+                reported.add(notice.kind)
                 self._apply(lock, notice)
             elif (variable, key) == ("Access Control", "Lock state") and lock.jammed:
                 lock.jammed = False
                 self._publish(lock)
         if any(states.get(key) != lock.states.get(key) for key in _ALARM_V1_KEYS):
-            self._alarm_while_away(lock, states.get(_ALARM_V1_KEYS[1]))
+            self._alarm_while_away(lock, states.get(_ALARM_V1_KEYS[1]), reported)
 
-    def _alarm_while_away(self, lock: _Lock, level: Any) -> None:
+    def _alarm_while_away(self, lock: _Lock, level: Any, reported: set[str]) -> None:
         """The last Alarm CC v1 report zwave-server took while the link was down, of a lock that
         says its events only so: reported as when the link is up (a jam, a low battery, a code
         added or deleted at the keypad, a wrong code), even one zwave-js maps to a notification
@@ -659,9 +661,11 @@ class ZWaveDriver(Driver):
         zwave-server's values show, if it moved the bolt that way; otherwise it is older than
         the bolt's state (or the change is left to the bolt read) and names nothing, but still
         ends a jam. zwave-server keeps only the last alarm: of several while away, the others
-        are lost, and one equal to the last alarm heard before the drop is taken for it."""
+        are lost, and one equal to the last alarm heard before the drop is taken for it. A
+        mapped alarm of a state (a jam) zwave-js also kept as its value, reported just before
+        (`reported`, the kinds reported so): the same alarm, not a second one."""
         notice = self._alarm_v1_notice(lock, level, mapped=True)
-        if notice is None:
+        if notice is None or notice.kind in reported:
             return
         if notice.kind != "bolt" or lock.tracker.unnamed_move == notice.locked:
             self._apply(lock, notice)

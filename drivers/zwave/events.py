@@ -315,6 +315,8 @@ class BoltTracker:
             return
         if self.locked == locked and (self._recent(locked) or self._names_unnamed(locked)):
             return
+        if self._names_turned_back(locked):
+            return
         self._cancel()
         self._fire(locked, method, slot_id)
 
@@ -355,6 +357,20 @@ class BoltTracker:
             unnamed is not None
             and unnamed[0] == locked
             and unnamed[2] == self._changes
+            and time.monotonic() - unnamed[1] < LATE_NOTICE_S
+        )
+
+    def _names_turned_back(self, locked: bool) -> bool:
+        """Whether a notification comes late for the move reported without a method when the
+        bolt went back (`on_value`), that move back still waiting for its own: the first move,
+        not a third one (the move back would be undone and lost)."""
+        unnamed = self._unnamed
+        return (
+            unnamed is not None
+            and unnamed[0] == locked
+            and self._pending_locked is not None
+            and self._pending_locked != locked
+            and unnamed[2] == self._changes - 1
             and time.monotonic() - unnamed[1] < LATE_NOTICE_S
         )
 

@@ -243,6 +243,14 @@ async def test_a_lock_whose_slot_count_is_unread_takes_a_slot_beyond_the_guess(
     )
     assert status == 200, body
     assert body["data"] == {"set_code": {"code": "****", "slot_id": 20}}
+    # 0xFFFF is a Zigbee lock's "all users", which the gateway refuses: no slot the cloud takes
+    status, body = await cloud.post(
+        f"/v1/devices/{DEVICE_ID}/actions/set_code", {"data": {"code": "0000", "slot_id": 65535}}
+    )
+    assert status == 400, body
+    assert body["error"]["validation_errors"]["slot_id"]["_errors"] == [
+        "Must be between 1 and 65534"
+    ]
 
 
 async def test_device_action_responses_have_the_seed_shape(cloud: Cloud) -> None:

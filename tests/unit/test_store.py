@@ -927,6 +927,26 @@ store.close()
     assert "free_bytes" in released[0]
 
 
+def test_a_reserve_half_made_before_a_crash_is_given_up_on_a_full_disk(tmp_path: Path) -> None:
+    """The power is cut while the reserve is made: its blocks are allocated under the
+    temporary name, never renamed. The disk fills before there is room to make it again: the
+    store gives up those blocks for its commit. Before, they stayed taken for nothing and the
+    commit was refused."""
+    script = """
+reserve = Reserve(d / "store.reserve", 1 << 20)
+assert reserve.make()
+os.replace(d / "store.reserve", d / "store.reserve.tmp")  # as the crash left it
+store = Store.open(d / "s.db", reserve=reserve)
+fill(d / "filler")
+burst(store, 300)
+committed = store.flush()
+store.close()
+print(json.dumps({"committed": committed, "left": sorted(p.name for p in d.glob("store.*"))}))
+"""
+    found, out = _on_a_small_disk(tmp_path, script)
+    assert found == {"committed": True, "left": []}, out
+
+
 def test_a_locked_or_read_only_store_keeps_the_reserve(tmp_path: Path) -> None:
     """Only a full disk is helped by the reserve's room: a locked or read-only store keeps it
     for when the disk fills."""

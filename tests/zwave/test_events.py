@@ -361,6 +361,33 @@ async def test_a_start_up_read_answered_by_a_turn_before_its_report_is_one_event
     assert len(fired) == 1  # a bolt never known is taken in without an event
 
 
+async def test_late_notifications_of_a_turn_and_its_move_back_are_two_events() -> None:
+    """The bolt is turned and turned back within the merge window, both value updates coming
+    before the notifications that name them. The first turn goes up when the bolt goes back,
+    with no method; its notification, late, is that turn, not a third move. Before, it was
+    reported again and undid the move back's pending event: two unlocks, the bolt shown
+    unlocked until the move back's own notification."""
+    from drivers.zwave.events import BoltTracker
+    from gatewayd.model import Method
+
+    fired: list[tuple[str, dict[str, object]]] = []
+    tracker = BoltTracker(
+        lambda name, details: fired.append((str(name), details)), 0.2, lambda: None
+    )
+    tracker.seed(True)
+    tracker.on_value(False)
+    tracker.on_value(True)
+    tracker.on_notification(False, Method.MANUAL, None)
+    assert tracker.locked is True
+    tracker.on_notification(True, Method.MANUAL, None)
+    await _quiet(0.5)
+    assert fired == [
+        ("door unlocked", {"method": "unknown"}),
+        ("door locked", {"method": "manual"}),
+    ]
+    assert tracker.locked is True
+
+
 async def test_a_door_read_overtaken_by_the_lock_s_report_is_not_applied(
     zwave: tuple[ZWaveDriver, RecordingSink], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -617,3 +617,21 @@ async def test_an_alarm_v1_code_change_at_the_keypad_while_the_link_was_down_is_
             ("code removed from device", {"slot_id": 4, "method": "keypad"}),
             ("code set on device", {"slot_id": 4, "method": "keypad"}),
         ]
+
+
+async def test_a_mapped_alarm_v1_jam_while_the_link_was_down_is_one_event(
+    tmp_path: Path, tasks: Tasks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Notification CC version 1 lock whose alarms zwave-js maps (Yale YRD226 ZW2) jams while
+    the gateway's link is down: zwave-js keeps the mapped notification's "Lock state" value as
+    well as the alarmType / alarmLevel. After the reconnect one "door jammed" goes out. Before,
+    the state value and the alarm's replay each reported it: two."""
+    monkeypatch.setenv("ZWAVE_MOCK_NOTIFICATION_V1", "1")
+    async with behind_proxy(tmp_path, tasks) as (stack, proxy, driver, sink):
+        dev = sink.ids[native_id(3)]
+        mark = len(sink.events)
+        await _while_cut(proxy, driver, lambda: stack.control(3, "alarm_raw", type=9, level=0))
+        await sink.wait_event(dev, EventName.DOOR_JAMMED, timeout=30, after=mark)
+        await anyio.sleep(1.5)  # a repeat would be in by now
+        assert sink.devices[dev].properties.jammed is True
+        assert _door_events(sink, dev, mark) == [("door jammed", {})]
