@@ -230,8 +230,11 @@ def _fetch_status(cfg: Config) -> dict[str, Any]:
     host, port = cfg.status_address()
     if ":" in host:
         host = f"[{host}]"
+    # never through a proxy named in the environment (http_proxy): the daemon is on this box,
+    # and the proxy answered for it, "not answering", or was handed its registration token
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with urllib.request.urlopen(f"http://{host}:{port}/status", timeout=5) as resp:
+        with direct.open(f"http://{host}:{port}/status", timeout=5) as resp:
             body = resp.read()
     except OSError:
         raise  # not answering (RemoteDisconnected is one too): said as such by cmd_status

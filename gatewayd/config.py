@@ -220,6 +220,16 @@ def _ws_url(key: str, url: str) -> SplitResult:
         or (any(c.isspace() for c in url))
     ):
         raise ConfigError(f"{key}: expected ws:// or wss:// URL, got {url!r}")
+    if not _is_address(parts.hostname):
+        try:
+            # what the resolver does at each dial: a UnicodeError there (an empty label, one
+            # over 63 characters) ended the daemon, at every restart
+            parts.hostname.encode("idna")
+        except UnicodeError:
+            raise ConfigError(
+                f"{key}: {parts.hostname!r} is not a host name (empty label, or one over 63"
+                " characters)"
+            ) from None
     return parts
 
 
@@ -233,14 +243,31 @@ def _check_ca_file(path: str) -> None:
         raise ConfigError(f"cloud.ca_file: cannot read {path}: {exc.strerror or exc}") from None
 
 
+# gatewayd's files in the state dir: daemon.DB_NAME with its -wal, -shm and .corrupt-* copies,
+# disk.RESERVE_NAME (not imported: the CLI loads the config before anything heavier)
+_GATEWAYD_FILES = ("gatewayd.db", "store.reserve")
+
+
 def _check_database_path(value: str) -> None:
     """zigpy's file, inside the state directory: the only place the service may write (an empty
     path named the directory itself, and the radio stayed down on IsADirectoryError)."""
     path = Path(value)
-    if not value.strip() or value.endswith("/") or path.is_absolute() or ".." in path.parts:
+    if (
+        not value.strip()
+        or value.endswith(("/", "/."))
+        or not path.parts  # ".": the directory itself
+        or path.is_absolute()
+        or ".." in path.parts
+    ):
         raise ConfigError(
             f"drivers.zigbee.database_path: expected a file name inside gateway.state_dir, "
             f"got {value!r}"
+        )
+    if len(path.parts) == 1 and path.name.startswith(_GATEWAYD_FILES):
+        # zigpy opened the gateway's own store (or its WAL, its reserve) as its database: the
+        # radio stayed down on a bare RuntimeError while check-config said ok
+        raise ConfigError(
+            f"drivers.zigbee.database_path: {value!r} is gatewayd's own file; use zigbee.db"
         )
 
 

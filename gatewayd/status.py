@@ -146,6 +146,8 @@ async def local_action(request: web.Request) -> web.Response:
         body = msgspec.json.decode(await _body(request), type=_LocalAction)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         return _error(400, "invalid_input", " ".join(str(exc).split()))
+    except RecursionError:  # 16 KiB of nested `inputs`: a 500 and a traceback
+        return _error(400, "invalid_input", "JSON nested too deeply")
     now = utcnow()
     timeout = body.timeout_s or daemon.config.actions.default_timeout_s
     req = ActionRequest(
@@ -170,6 +172,8 @@ async def simulate(request: web.Request) -> web.Response:
         what = Simulation(body.what)
     except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
         return _error(400, "invalid_input", " ".join(str(exc).split()))
+    except RecursionError:
+        return _error(400, "invalid_input", "JSON nested too deeply")
     assert daemon.registry is not None
     owner = daemon.registry.driver_of(body.device_id)
     if owner is None:

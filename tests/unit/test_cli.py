@@ -26,7 +26,10 @@ from tests.support import ROOT, config_text, free_port
 
 
 def _gatewayd(
-    *args: str, prefix: tuple[str, ...] = (), timeout: float = 30
+    *args: str,
+    prefix: tuple[str, ...] = (),
+    timeout: float = 30,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*prefix, sys.executable, "-m", "gatewayd.cli", *args],
@@ -35,6 +38,7 @@ def _gatewayd(
         timeout=timeout,
         check=False,
         cwd=ROOT,
+        env=env,
     )
 
 
@@ -260,6 +264,32 @@ class _NotGatewayd(BaseHTTPRequestHandler):
 
     def log_message(self, *_: object) -> None:
         pass
+
+
+def test_status_asks_the_daemon_directly_whatever_proxy_the_environment_names(
+    tmp_path: Path,
+) -> None:
+    """With http_proxy set (a box behind a company proxy), `gatewayd status` sent its request,
+    for a document holding the registration token, to the proxy, and said the running daemon
+    was not answering."""
+    proxy = socket.create_server(("127.0.0.1", 0))
+    proxy.settimeout(0)
+    url = f"http://127.0.0.1:{proxy.getsockname()[1]}"
+    env = {**os.environ, "http_proxy": url, "HTTP_PROXY": url}
+    env.pop("no_proxy", None)
+    env.pop("NO_PROXY", None)
+    cfg = _config(tmp_path, tmp_path / "state", free_port())
+    try:
+        with _running(cfg) as run:
+            result = _gatewayd("status", "-c", str(cfg), env=env)
+            with pytest.raises(BlockingIOError):
+                proxy.accept()  # nobody came to the proxy
+    finally:
+        proxy.close()
+    assert result.returncode == 0, result.stderr
+    token = re.search(r"registration token: (\S+)", run.status.stdout)
+    assert token is not None
+    assert f"registration token: {token[1]}" in result.stdout
 
 
 def test_status_when_another_program_answers_on_the_port(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -90,6 +91,19 @@ def test_bad_config_names_the_key(text: str, key: str) -> None:
     assert "\n" not in message
 
 
+@pytest.mark.parametrize("suffix", ["", "-wal", "-shm", ".corrupt-20261206T052545Z", "."])
+def test_a_zigbee_database_path_naming_a_gatewayd_file_is_refused(suffix: str) -> None:
+    """zigpy took the gateway's own store (or the state dir itself, for ".") as its database,
+    and the radio stayed down on a bare RuntimeError while check-config said ok."""
+    from gatewayd.daemon import DB_NAME
+    from gatewayd.disk import RESERVE_NAME
+
+    for name in (DB_NAME + suffix, RESERVE_NAME) if suffix != "." else (".", "zigbee/."):
+        with pytest.raises(ConfigError, match=r"drivers\.zigbee\.database_path"):
+            parse_config(MINIMAL + f"[drivers.zigbee]\ndatabase_path = '{name}'\n")
+    parse_config(MINIMAL + "[drivers.zigbee]\ndatabase_path = 'zigbee-gatewayd.db'\n")
+
+
 def test_remote_status_bind_needs_opt_in() -> None:
     cfg = parse_config(MINIMAL + "[status]\nlisten = '0.0.0.0:8181'\nallow_remote = true\n")
     assert cfg.status_address() == ("0.0.0.0", 8181)
@@ -165,6 +179,20 @@ def test_check_config_and_the_tunnel_judge_plain_ws_hosts_alike(host: str, loopb
     except ValueError:
         tunnel_ok = False
     assert config_ok == tunnel_ok == loopback  # alike, and right: one shared rule could be wrong
+
+
+@pytest.mark.parametrize("key", ["cloud.url", "drivers.zwave.url"])
+@pytest.mark.parametrize("host", ["cloud..example.com", "a" * 64 + ".example.com", ".example.com"])
+def test_a_host_name_the_resolver_cannot_encode_is_refused(key: str, host: str) -> None:
+    """An empty label or one over 63 characters passed check-config, then each dial raised
+    UnicodeError out of the resolver, which no reconnect catches: the daemon ended, at every
+    restart."""
+    section, _, field = key.rpartition(".")
+    enable = "enabled = true\n" if section == "drivers.zwave" else ""
+    with pytest.raises(ConfigError, match=re.escape(key) + ".*not a host name"):
+        parse_config(MINIMAL + f"[{section}]\n{enable}{field} = 'wss://{host}/v1'\n")
+    # a name with letters outside ASCII is one the resolver encodes: still taken
+    parse_config(MINIMAL + f"[{section}]\n{enable}{field} = 'wss://b\u00fcro.example.com/v1'\n")
 
 
 def test_a_url_with_a_password_is_refused_without_quoting_it() -> None:

@@ -38,6 +38,34 @@ async def test_a_local_action_with_an_absurd_timeout_is_invalid_input(tmp_path: 
         assert "timeout_s" in reply["error"]["message"]
 
 
+async def test_deeply_nested_json_on_a_development_route_is_invalid_input(tmp_path: Path) -> None:
+    """`inputs` or `params` nested 5,000 deep (16 KiB is allowed) raised RecursionError in the
+    handler: a 500 and a traceback in the journal instead of a 400 saying why."""
+    nested = '{"a":' * 5000 + "1" + "}" * 5000
+    async with running_daemon(tmp_path / "gw") as daemon:
+        assert daemon.registry is not None
+        device = daemon.registry.devices()[0].id
+        async with aiohttp.ClientSession() as http:
+            for route, body in (
+                (
+                    "/actions",
+                    f'{{"device_id": "{device}", "action": "unlock", "inputs": {nested}}}',
+                ),
+                ("/simulate", f'{{"device_id": "{device}", "what": "jam", "params": {nested}}}'),
+            ):
+                async with http.post(
+                    f"http://127.0.0.1:{daemon.status_port}{route}",
+                    data=body,
+                    headers={"Content-Type": "application/json"},
+                ) as resp:
+                    assert resp.status == 400, route
+                    reply = await resp.json()
+                assert reply["error"] == {
+                    "type": "invalid_input",
+                    "message": "JSON nested too deeply",
+                }, route
+
+
 # What a radio or HTTP library may quote in an error: a URL with its password, a header, a code.
 _LEAKY = (
     "Cannot connect to host ws://admin:s3cretpw@10.0.0.2:3000/ (Authorization: Bearer tok3nXYZ)"
