@@ -256,7 +256,8 @@ def render_status(s: dict[str, Any]) -> str:
     g, t, st = s["gateway"], s["tunnel"], s["store"]
     lines = [f"gatewayd {g['version']} · {g['name']} · up {g['uptime_s']:.0f} s", g["status_line"]]
     if not g["claimed"]:
-        lines.append(f"registration token: {g['registration_token']}")
+        token = g["registration_token"] or "shown to this machine only: run gatewayd token"
+        lines.append(f"registration token: {token}")
     lines.append(
         f"tunnel: {t.get('state')}"
         + (f" (last error: {t['last_error']})" if t.get("last_error") else "")

@@ -7,7 +7,7 @@ Web pages in a browser on the same machine can reach it too. A request is answer
 its Host is an IP address, `localhost` or a name in `status.allowed_hosts` (a page whose DNS
 name was rebound to 127.0.0.1 would otherwise read /status, registration token included), and
 a POST only without an Origin or with the endpoint's own (another site's page cannot send
-actions).
+actions). The registration token is shown only to a client on this machine.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
+from gatewayd.config import is_loopback_ws_host
 from gatewayd.driver import Simulation
 from gatewayd.model import ActionRequest, GatewayError, utcnow
 
@@ -119,7 +120,13 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def status_json(request: web.Request) -> web.Response:
-    return _json(request.app[DAEMON_KEY].snapshot(), buffer_bytes=STATUS_BUFFER_BYTES)
+    snapshot = request.app[DAEMON_KEY].snapshot()
+    gateway = snapshot["gateway"]
+    if gateway["registration_token"] is not None and not _from_this_machine(request):
+        # Whoever holds it claims the box, and then its locks: with `allow_remote` (set to
+        # scrape /metrics), anyone on the LAN could read it. Shown on the box itself only.
+        gateway["registration_token"] = None
+    return _json(snapshot, buffer_bytes=STATUS_BUFFER_BYTES)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -184,6 +191,15 @@ async def simulate(request: web.Request) -> web.Response:
         return _error(400, exc.type, exc.message)
     _commit(daemon)
     return _json({"ok": True})
+
+
+def _from_this_machine(request: web.Request) -> bool:
+    """A client on this machine: from a loopback address, or from the very address it reached
+    us on (`gatewayd status` with `status.listen` on the LAN address)."""
+    peer = request.remote or ""
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    own = sockname[0] if isinstance(sockname, tuple) and sockname else None
+    return is_loopback_ws_host(peer) or peer == own
 
 
 def _host_allowed(host: str, names: frozenset[str]) -> bool:

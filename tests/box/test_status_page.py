@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Page, Route, expect
 
 from tests.box.conftest import artifact
 from tests.support import DaemonProcess, config_text, free_port, http_json
@@ -234,4 +234,24 @@ def test_page_shows_the_room_left_without_a_warning(browser: Browser, phone_box:
     disk = page.locator("#disk-free")
     expect(disk).to_contain_text(re.compile(r"^\d[\d.]* (bytes|KB|MB|GB|TB)$"))
     expect(disk).not_to_have_class("err")
+    page.context.close()
+
+
+def test_page_seen_from_another_machine_says_where_to_read_the_token(
+    browser: Browser, phone_box: Box
+) -> None:
+    """/status leaves the registration token out for a client on another machine (whoever holds
+    it claims the box): the page says where to read it, and the claim command keeps a place
+    for it instead of an empty token."""
+    page = browser.new_context().new_page()
+
+    def as_from_the_lan(route: Route) -> None:
+        shown = route.fetch().json()
+        shown["gateway"]["registration_token"] = None  # as a LAN client gets it
+        route.fulfill(json=shown)
+
+    page.route("**/status", as_from_the_lan)
+    page.goto(phone_box.base + "/")
+    expect(page.locator("#token")).to_have_text("shown on the box only: run gatewayd token there")
+    expect(page.locator("#claim-cmd")).to_contain_text('"registration_token": "TOKEN"')
     page.context.close()

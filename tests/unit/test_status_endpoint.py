@@ -12,9 +12,11 @@ from pathlib import Path
 import aiohttp
 import anyio
 import anyio.lowlevel
+from aiohttp.test_utils import make_mocked_request
 from structlog.testing import capture_logs
 
 from drivers.sim import SimDriver
+from gatewayd import status
 from gatewayd.cli import render_status
 from gatewayd.config import parse_config
 from gatewayd.daemon import Daemon
@@ -246,3 +248,43 @@ async def test_the_daemon_checks_the_disk_without_being_asked(tmp_path: Path) ->
     assert len(low) == 1
     assert low[0]["threshold_bytes"] == 10**12
     assert low[0]["path"] == str(tmp_path / "gw")
+
+
+class _Socket:
+    """The transport of a request that came from `peer` to this endpoint's address `own`."""
+
+    def __init__(self, peer: str, own: str) -> None:
+        self._extra = {"peername": (peer, 40_000), "sockname": (own, 8088)}
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return self._extra.get(name, default)
+
+
+async def test_the_registration_token_is_shown_to_this_machine_only(tmp_path: Path) -> None:
+    """With `allow_remote` (set to scrape /metrics from elsewhere) anyone on the LAN read the
+    unclaimed box's registration token on /status, and could claim it, and its locks, first.
+    A client on this machine (loopback, or the address it reached the endpoint on) sees it."""
+    async with running_daemon(tmp_path / "gw") as daemon:
+        token = daemon.snapshot()["gateway"]["registration_token"]
+        assert token
+        app = status.make_app(daemon)
+        shown = {}
+        for peer, own in (
+            ("192.168.1.20", "192.168.1.5"),  # another machine on the LAN
+            ("127.0.0.1", "127.0.0.1"),
+            ("::ffff:127.0.0.1", "::ffff:127.0.0.1"),
+            ("192.168.1.5", "192.168.1.5"),  # `gatewayd status` on the box, listen on the LAN
+        ):
+            request = make_mocked_request("GET", "/status", app=app, transport=_Socket(peer, own))
+            response = await status.status_json(request)
+            assert isinstance(response.body, bytes | bytearray)
+            shown[peer] = json.loads(bytes(response.body))["gateway"]["registration_token"]
+        assert shown == {
+            "192.168.1.20": None,
+            "127.0.0.1": token,
+            "::ffff:127.0.0.1": token,
+            "192.168.1.5": token,
+        }
+        hidden = daemon.snapshot()
+        hidden["gateway"]["registration_token"] = None
+        assert "shown to this machine only: run gatewayd token" in render_status(hidden)
