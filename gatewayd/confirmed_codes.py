@@ -72,17 +72,33 @@ class LateSets:
     Taken as the answer to the next write of the slot, that late word would confirm a code the
     lock dropped: it holds the earlier one. So the next set of the slot waits it out
     (`wait_out`, at most `window_s` after the failure), and the late word, heard outside any
-    command (`came`), is the failed set carried out after all."""
+    command (`came`), is the failed set carried out after all. A set cut off by the loss of the
+    link to the radio's server may be told only after the reconnect: its window runs again
+    from there (`reconnected`)."""
 
-    __slots__ = ("_slots", "_window_s")
+    __slots__ = ("_cut_off", "_slots", "_window_s")
 
     def __init__(self, window_s: float) -> None:
         self._window_s = window_s
         self._slots: dict[int, tuple[float, anyio.Event]] = {}
+        self._cut_off: set[int] = set()  # slots whose window runs again at the reconnect
 
-    def failed(self, slot: int) -> None:
+    def failed(self, slot: int, *, link_lost: bool = False) -> None:
         """A set of `slot` failed with no word from the lock: it may still come."""
         self._slots[slot] = (time.monotonic() + self._window_s, anyio.Event())
+        if link_lost:
+            self._cut_off.add(slot)
+        else:
+            self._cut_off.discard(slot)
+
+    def reconnected(self) -> None:
+        """The link is back: the word of a set it cut off comes now, if at all."""
+        until = time.monotonic() + self._window_s
+        for slot in self._cut_off:
+            late = self._slots.get(slot)
+            if late is not None:
+                self._slots[slot] = (until, late[1])
+        self._cut_off.clear()
 
     def came(self, slot: int) -> bool:
         """The lock says `slot` took a code: True (used up) if that is a failed set's word."""

@@ -231,6 +231,8 @@ class ZWaveDriver(Driver):
         self.resyncs = 0
         self._settled = anyio.Event()
         self._scopes: list[anyio.CancelScope] = []
+        # the connection's task group, while connected: bolt reads that end with the link
+        self._linked: anyio.abc.TaskGroup | None = None
         self._run_done = anyio.Event()
         self._rechecks: asyncio.Queue[_Recheck] = asyncio.Queue()
         # the newest re-check of each (device, slot): a later set/clear supersedes an earlier one
@@ -402,6 +404,7 @@ class ZWaveDriver(Driver):
         first = self._client_generation == 0
         try:
             async with anyio.create_task_group() as tg:
+                self._linked = tg
 
                 def attach() -> None:
                     self._client_generation += 1
@@ -434,6 +437,7 @@ class ZWaveDriver(Driver):
                 await self._resync(first=first)
                 await anyio.sleep_forever()
         finally:
+            self._linked = None
             self._detach()
             self._client = None
             await _disconnect(client)
@@ -448,6 +452,8 @@ class ZWaveDriver(Driver):
         else:
             self._drop_removed_nodes(controller.nodes)
         self._home_id = controller.home_id
+        for lock in self._locks.values():  # before _on_ready replays what came while away
+            lock.late_sets.reconnected()
         self._server_version = client.version.server_version if client.version else None
         self._state = DriverState.READY
         self._last_error = None
@@ -482,9 +488,11 @@ class ZWaveDriver(Driver):
             if not report:
                 continue
             # as for the bolt: a door change heard while the read was under way is as new as
-            # the read, which would show the door in the state it left
+            # the read, which would show the door in the state it left; and a state other than
+            # the known one is a move (the answer may be its report, its event not in yet), at
+            # start too: only a door never known is taken in silently
             if lock.door_changes == door_mark:
-                self._door(lock, report.get("doorStatus"), silent=first)
+                self._door(lock, report.get("doorStatus"), silent=first and lock.door_open is None)
             locked = bolt_from_mode(report.get("currentMode"))
             if locked is None:
                 continue
@@ -701,7 +709,31 @@ class ZWaveDriver(Driver):
             if lock is not None:
                 self._publish(lock)
 
-        return BoltTracker(emit, self._config.event_merge_s, changed)
+        def verify() -> None:
+            lock = self._lock_by_device(device_id)
+            if lock is not None and self._linked is not None:
+                self._linked.start_soon(self._read_bolt, lock)
+
+        return BoltTracker(emit, self._config.event_merge_s, changed, verify)
+
+    async def _read_bolt(self, lock: _Lock) -> None:
+        """Read one lock's bolt for its tracker (a notification it cannot place alone)."""
+        node = self._node_or_none(lock)
+        if node is None:
+            return
+        mark = lock.tracker.read_mark()
+        try:
+            with anyio.fail_after(self._config.command_timeout_s):
+                report = await commands.call(
+                    "read bolt state",
+                    node.async_invoke_cc_api(CommandClass.DOOR_LOCK, "get", wait_for_result=True),
+                )
+        except (TimeoutError, GatewayError) as exc:
+            log.warning("zwave.bolt_read_failed", node_id=lock.node_id, error=str(exc))
+            return
+        locked = bolt_from_mode(report.get("currentMode")) if report else None
+        if locked is not None:
+            lock.tracker.on_read(locked, mark, first=False)
 
     def _publish(self, lock: _Lock, node: Node | None = None, *, added: bool = False) -> None:
         node = node or self._node_or_none(lock)
@@ -1046,6 +1078,8 @@ class ZWaveDriver(Driver):
         if waiter.cancelled() and lock.removed:
             raise DeviceNotFound(f"slot {slot}: the lock was removed before it confirmed the code")
         if waiter.cancelled():  # the link to zwave-server went down; its teardown dropped it
+            # the lock's word may be among what zwave-server took meanwhile (_alarm_while_away)
+            lock.late_sets.failed(slot, link_lost=True)
             raise DeviceError(
                 f"slot {slot}: connection to zwave-server lost before the lock confirmed the code"
             )
@@ -1392,9 +1426,17 @@ def _device(lock: _Lock, node: Node) -> Device:
         and v.property_name == "userCode"
         and isinstance(v.property_key, int)
     ]
-    codes = CodeConstraints(min_slot=1, max_slot=max(slots)) if slots else CodeConstraints()
+    # no slots (zwave-js has not read the count of users: interview not done, or timed out):
+    # the cloud is shown no slot maximum and any user id of the CC's version is tried, the lock
+    # refuses one it lacks (a 1..11 guess refused slots 12 and up of a lock that has them)
+    wide = 0xFF if _cc_version(node, CommandClass.USER_CODE) == 1 else 0xFFFF
+    codes = (
+        CodeConstraints(min_slot=1, max_slot=max(slots))
+        if slots
+        else CodeConstraints(max_slot=wide, slots_known=False)
+    )
     # no code actions for a lock without User Code CC or with 0 users; one whose count of users
-    # is not known (its interview timed out) keeps them, with the default slots
+    # is not known (its interview timed out) keeps them
     no_codes = not _has_cc(node, CommandClass.USER_CODE) or (
         not slots and _value(node, CommandClass.USER_CODE, "supportedUsers") == 0
     )

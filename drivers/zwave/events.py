@@ -6,7 +6,9 @@ the notification. `BoltTracker` merges them: a bolt change seen first as a value
 `merge_s` for the notification that names the method, and a notification that repeats an
 event just emitted is dropped. A notification later than `merge_s` (a busy mesh, a lock that
 sends it seconds after its report) that matches the move reported without a method, with no
-bolt change since, is that move: no second event, up to `LATE_NOTICE_S` after it.
+bolt change since, is that move: no second event, up to `LATE_NOTICE_S` after it. One that
+names such a move turned back since may be its late word, from which zwave-js made a bolt
+state the lock is not in, or a new move: the lock is read to tell (`verify`).
 """
 
 from __future__ import annotations
@@ -216,10 +218,17 @@ Emit = Callable[[EventName, dict[str, Any]], None]
 class BoltTracker:
     """The last bolt state of one lock and the merge of its reports into single events."""
 
-    def __init__(self, emit: Emit, merge_s: float, on_change: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        emit: Emit,
+        merge_s: float,
+        on_change: Callable[[], None],
+        verify: Callable[[], None] = lambda: None,
+    ) -> None:
         self._emit = emit
         self._merge_s = merge_s
         self._on_change = on_change
+        self._verify = verify  # read the bolt from the lock, answered through `on_read`
         self.locked: bool | None = None
         self._command: tuple[bool | None, float] | None = None  # (bolt state, time) at its start
         self._echo: bool | None = None  # the state an RF notification gave during our command
@@ -228,6 +237,11 @@ class BoltTracker:
         self._last: tuple[bool, float] | None = None
         # the last event, if it went up without a method: (state, time, `_changes` after it)
         self._unnamed: tuple[bool, float, int] | None = None
+        # the last move to each state that went up without a method and was turned back since:
+        # state -> its time
+        self._undone: dict[bool, float] = {}
+        # a late-looking notification the bolt read tells apart: (state, method, slot, time)
+        self._suspect: tuple[bool, Method, int | None, float] | None = None
         # the lock reported its bolt in no known state: shown as None; `locked` keeps the last
         # known state, so its return to that state is no new event
         self.undefined = False
@@ -285,12 +299,19 @@ class BoltTracker:
             # real all the same: its event goes now, or only the move back would be reported
             self._pending.cancel()
             self._fire(self._pending_locked, Method.UNKNOWN)
+        unnamed = self._unnamed
+        if unnamed is not None and unnamed[0] == self.locked and self._names_unnamed(unnamed[0]):
+            self._undone[unnamed[0]] = unnamed[1]
         self.undefined = False
         self._changes += 1
         self._cancel()
         self.locked = locked
         self._on_change()
         if self.commanding:
+            return
+        suspect, self._suspect = self._suspect, None
+        if suspect is not None and suspect[0] == locked and _within(suspect[3], LATE_NOTICE_S):
+            self._fire(locked, suspect[1], suspect[2])  # the read found the move it named
             return
         self._pending_locked = locked
         self._pending = asyncio.get_running_loop().call_later(
@@ -309,13 +330,24 @@ class BoltTracker:
             and self._last[0] == locked
         ):
             return  # repeats what the last event reported, however late (a slow echo)
+        if self._names_turned_back(locked):
+            return
+        if self._late_for_undone(locked):
+            # zwave-js took the word's bolt state as the lock's (the bolt change just before, if
+            # any): the bolt is shown as it was until the read says whether it moved
+            self._cancel()
+            self._changes += 1
+            changed, self.locked = self.locked != (not locked), not locked
+            self._suspect = (locked, method, slot_id, time.monotonic())
+            if changed:
+                self._on_change()
+            self._verify()
+            return
         if self._pending is not None and self._pending_locked == locked:
             self._cancel()
             self._fire(locked, method, slot_id)
             return
         if self.locked == locked and (self._recent(locked) or self._names_unnamed(locked)):
-            return
-        if self._names_turned_back(locked):
             return
         self._cancel()
         self._fire(locked, method, slot_id)
@@ -374,6 +406,12 @@ class BoltTracker:
             and time.monotonic() - unnamed[1] < LATE_NOTICE_S
         )
 
+    def _late_for_undone(self, locked: bool) -> bool:
+        """Whether a notification names a move reported without a method and turned back since,
+        not long ago (used up if so)."""
+        since = self._undone.pop(locked, None)
+        return since is not None and _within(since, LATE_NOTICE_S)
+
     def _cancel(self) -> None:
         if self._pending is not None:
             self._pending.cancel()
@@ -397,3 +435,7 @@ class BoltTracker:
 
     def close(self) -> None:
         self._cancel()
+
+
+def _within(since: float, seconds: float) -> bool:
+    return time.monotonic() - since < seconds

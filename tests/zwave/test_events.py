@@ -13,7 +13,7 @@ import pytest
 from drivers.zwave import ZWaveDriver
 from drivers.zwave.events import ACCESS_CONTROL
 from gatewayd.driver import Simulation
-from gatewayd.model import DeviceError, DeviceOffline, EventName, Lock, Unlock
+from gatewayd.model import DeviceError, DeviceOffline, EventName, Lock, Method, Unlock
 from tests.contract.sink import RecordingSink
 from tests.zwave.conftest import Tasks, driver_with, started_read, until
 from tests.zwave.stack import ZWaveStack, native_id
@@ -414,6 +414,52 @@ async def test_a_door_read_overtaken_by_the_lock_s_report_is_not_applied(
     assert sink.names(dev) == ["door opened"]
 
 
+async def test_a_door_moved_during_the_start_up_read_is_one_event_if_its_answer_comes_first(
+    zwave: tuple[ZWaveDriver, RecordingSink], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The door of a lock whose door state is known (closed) opens while the start-up read
+    waits for the lock, and the read's answer ("open") reaches the driver before the door's
+    own reports. One `door opened`, as for the bolt. Before, a start-up read took any door
+    state in silently: the reports after it changed nothing, and the open went unreported."""
+    from collections.abc import Callable
+
+    from zwave_js_server.model.node import Node
+
+    driver, sink = zwave
+    dev = sink.ids[native_id(4)]
+    await started_read(driver)
+    assert sink.devices[dev].properties.door_open is False
+    held: list[Callable[[], None]] = []
+    on_value, on_notification = driver._on_value, driver._on_notification
+
+    def hold_value(node_id: int, value: Any) -> None:
+        held.append(lambda: on_value(node_id, value))
+
+    def hold_notification(node_id: int, event: dict[str, Any]) -> None:
+        held.append(lambda: on_notification(node_id, event))
+
+    real_invoke = Node.async_invoke_cc_api
+
+    async def door_opens_during_the_read(node: Node, *args: Any, **kwargs: Any) -> Any:
+        if node.node_id == 4:
+            monkeypatch.setattr(driver, "_on_value", hold_value)
+            monkeypatch.setattr(driver, "_on_notification", hold_notification)
+            await driver.simulate(dev, Simulation.DOOR_OPEN, {})
+            await until(lambda: bool(held))  # the door's report is in, held back
+        return await real_invoke(node, *args, **kwargs)
+
+    monkeypatch.setattr(Node, "async_invoke_cc_api", door_opens_during_the_read)
+    mark = len(sink.events)
+    await driver._resync(first=True)
+    monkeypatch.setattr(driver, "_on_value", on_value)
+    monkeypatch.setattr(driver, "_on_notification", on_notification)
+    for report in held:  # the door's reports, after the read's answer
+        report()
+    await _quiet(0.5)
+    assert sink.devices[dev].properties.door_open is True
+    assert [str(e.event_name) for e in sink.events[mark:] if e.device_id == dev] == ["door opened"]
+
+
 async def test_a_mock_control_channel_out_of_reach_is_a_typed_error(
     zwave_stack: ZWaveStack, tmp_path: Path, tasks: Tasks
 ) -> None:
@@ -486,3 +532,56 @@ async def test_hand_turns_while_the_bolt_read_waits_for_the_lock_are_one_event_e
             zwave_stack.control(2, "mode_raw", mode=0xFF)
             await sink.wait_event(dev, EventName.DOOR_LOCKED, after=mark)
             await _quiet(0.5)
+
+
+async def test_a_late_keypad_notification_after_a_turn_and_back_is_no_second_unlock(
+    zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack
+) -> None:
+    """The bolt is unlocked (a bare report, its notification awaited) and locked back within
+    the merge window: one event each, method unknown. Then the keypad's "unlock with slot 3"
+    notification of the first move arrives late; zwave-js makes the bolt unlocked of it. The
+    lock is read: still locked, the word is dropped. Before, a second `door unlocked` (slot 3)
+    went up and the locked door was shown unlocked."""
+    driver, sink = zwave
+    dev = sink.ids[native_id(2)]
+    await started_read(driver)
+    mark = len(sink.events)
+    zwave_stack.control(2, "mode_raw", mode=0x00)
+    zwave_stack.control(2, "mode_raw", mode=0xFF)
+    zwave_stack.control(2, "notify_raw", type=ACCESS_CONTROL, event=0x06, params=[3], late=True)
+    await _quiet()
+    assert [(str(e.event_name), e.details) for e in sink.events[mark:] if e.device_id == dev] == [
+        ("door unlocked", {"method": "unknown"}),
+        ("door locked", {"method": "unknown"}),
+    ]
+    assert sink.devices[dev].properties.locked is True
+
+
+async def test_a_new_move_named_like_a_late_word_is_reported_once_the_read_finds_it() -> None:
+    """The notification that could be the late word of a move turned back is a new move when
+    the bolt read finds the bolt moved: one event, with the notification's method and slot."""
+    from drivers.zwave.events import BoltTracker
+
+    fired: list[tuple[str, dict[str, object]]] = []
+    reads: list[int] = []
+    tracker = BoltTracker(
+        lambda name, details: fired.append((str(name), details)),
+        0.1,
+        lambda: None,
+        lambda: reads.append(tracker.read_mark()),
+    )
+    tracker.seed(True)
+    tracker.on_value(False)  # a bare unlock
+    tracker.on_value(True)  # and back
+    tracker.on_value(False)  # zwave-js's bolt state of the keypad's notification
+    tracker.on_notification(False, Method.PIN_CODE, 3)
+    assert tracker.locked is True  # shown as it was, until the read
+    assert len(reads) == 1
+    tracker.on_read(False, reads[0], first=False)  # the lock was unlocked again, at the keypad
+    await _quiet(0.3)
+    assert fired == [
+        ("door unlocked", {"method": "unknown"}),
+        ("door locked", {"method": "unknown"}),
+        ("door unlocked", {"method": "pin_code", "slot_id": 3}),
+    ]
+    assert tracker.locked is False

@@ -18,6 +18,7 @@ from gatewayd.model import (
     ActionName,
     CodeNotConfirmed,
     GatewayError,
+    InvalidInput,
     Method,
     PinCode,
     SetCode,
@@ -254,6 +255,26 @@ async def test_a_lock_whose_user_code_cc_reports_no_users_fails_a_code_typed(
         assert "480613" not in str(failed.value)
         assert "480613" not in str(failed.value.to_dict())
         await driver.execute(device.id, Unlock())  # the bolt still works
+
+
+async def test_a_lock_whose_user_count_is_not_read_shows_no_slot_maximum_and_tries_any_slot(
+    tmp_path: Path, tasks: Tasks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """zwave-js has no user code slots of a lock (its count of users not read: the interview
+    not done or timed out; here a lock of 0 users, which zwave-js cannot tell from one). Its
+    slots are not known: the cloud is shown no slot maximum, and a code in slot 12 goes to the
+    lock, which refuses a slot it lacks. Before, a 1..11 guess was shown as the lock's slots,
+    and slot 12 and up refused as invalid input on a lock that may have them."""
+    from gatewayd.upstream import device_dict
+
+    monkeypatch.setenv("ZWAVE_MOCK_NUM_USERS", "0")
+    async with own_stack(tmp_path, tasks, locks=1) as (_, driver, sink):
+        device = sink.devices[sink.ids[native_id(2)]]
+        assert device_dict(device)["properties"]["code_slots"] == {"min": 1, "max": None}
+        with pytest.raises(GatewayError) as failed:
+            await driver.execute(device.id, SetCode(slot_id=12, code=PinCode("480613")))
+        assert not isinstance(failed.value, InvalidInput)  # tried at the lock, refused there
+        assert "480613" not in str(failed.value.to_dict())
 
 
 async def test_an_alarm_v1_lock_reports_its_door_events(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,6 +26,8 @@ from gatewayd.model import (
     EventName,
     GatewayError,
     Lock,
+    PinCode,
+    SetCode,
     Unlock,
 )
 from gatewayd.registry import Registry
@@ -635,3 +638,41 @@ async def test_a_mapped_alarm_v1_jam_while_the_link_was_down_is_one_event(
         await anyio.sleep(1.5)  # a repeat would be in by now
         assert sink.devices[dev].properties.jammed is True
         assert _door_events(sink, dev, mark) == [("door jammed", {})]
+
+
+async def test_a_masked_set_cut_off_by_the_link_drop_is_ours_when_its_alarm_v1_comes_late(
+    tmp_path: Path, tasks: Tasks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A set_code on a lock that masks its read-back waits for the lock's "code added"; the
+    link to zwave-server drops first, the set fails ("connection lost before the lock
+    confirmed"), and the lock's Alarm CC v1 type 112 for the slot is what zwave-server took
+    meanwhile. Replayed after a reconnect later than the late-set window, it is our own set
+    carried out: "code set on device" with method `remote`, as for a set that timed out.
+    Before, it went up as a change at the keypad (method `keypad`)."""
+    from drivers.zwave import driver as zwave_driver
+
+    monkeypatch.setenv("ZWAVE_MOCK_NOTIFICATION_V1", "1")
+    monkeypatch.setattr(zwave_driver, "OWN_ECHO_S", 1.0)  # a late word's window, shorter
+    async with behind_proxy(tmp_path, tasks) as (stack, proxy, driver, sink):
+        dev = sink.ids[native_id(2)]
+        lock = driver._locks[2]
+        await driver.execute(dev, SetCode(slot_id=3, code=PinCode("1234")))  # read back after
+        stack.control(2, "readback_raw", status=1, code=list(b"****"))  # the next read-back
+        mark = len(sink.events)
+        setting = asyncio.ensure_future(
+            driver.execute(dev, SetCode(slot_id=4, code=PinCode("4711")))
+        )
+        await until(lambda: lock.masked, timeout=10)  # the set waits for the lock's word
+
+        def code_added_then_a_late_reconnect() -> None:
+            stack.control(2, "alarm_raw", type=112, level=4)
+            time.sleep(1.5)
+
+        await _while_cut(proxy, driver, code_added_then_a_late_reconnect)
+        with pytest.raises(DeviceError, match="connection to zwave-server lost"):
+            await setting
+        await sink.wait_event(dev, EventName.CODE_SET, timeout=30, after=mark)
+        await anyio.sleep(1.5)  # a repeat would be in by now
+        assert _door_events(sink, dev, mark) == [
+            ("code set on device", {"slot_id": 4, "method": "remote"})
+        ]

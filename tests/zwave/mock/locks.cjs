@@ -28,7 +28,7 @@
 //   reset (faults none, codes cleared, bolt locked, door closed, battery 90 %, online; the lock's
 //   reports reach zwave-js before the answer, so its cache agrees with the lock).
 //   Odd reports, as real locks send them (an Access Control bolt event or a Door Lock report
-//   moves the mock's bolt too): notify_raw {type, event, params?: [bytes]},
+//   moves the mock's bolt too, unless late): notify_raw {type, event, params?: [bytes], late?},
 //   mode_raw {mode} (the bolt in any currentMode, reported), battery_raw {level}
 //   (a Battery report with any level byte, e.g. 255: "battery low"), user_code_raw {slot_id,
 //   status, code: [bytes]} (an unsolicited User Code report with any bytes as the code), and
@@ -523,8 +523,9 @@ exports.default = function mockConfig({ require: req }) {
 			},
 			async reset(self) { await resetLock(self); },
 			async notify_raw(self, p) {
-				// a bolt event moved the bolt, so a later read answers the same (as for mode_raw)
-				const locked = Number(p.type) === 6 ? AC_BOLT.get(Number(p.event)) : undefined;
+				// a bolt event moved the bolt, so a later read answers the same (as for mode_raw);
+				// not a late one (late: true), the word of a move the bolt has since left
+				const locked = Number(p.type) === 6 && !p.late ? AC_BOLT.get(Number(p.event)) : undefined;
 				if (locked !== undefined) st(self).mode = locked ? cc.DoorLockMode.Secured : cc.DoorLockMode.Unsecured;
 				await notify(controller, self, Number(p.type), Number(p.event), p.params ?? undefined);
 			},
