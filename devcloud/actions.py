@@ -103,12 +103,17 @@ class ActionService:
             deadline=deadline,
         )
         # armed before the send: a send can wait (a socket draining, a session's welcome)
-        timer = asyncio.get_running_loop().call_later(
-            self._settings.handoff_timeout_s, self._handoff_expired, id_
-        )
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(self._settings.handoff_timeout_s, self._handoff_expired, id_)
         self._handoff[id_] = timer
+        until = loop.time() + self._settings.handoff_timeout_s
         conn = await self._hub.live(gateway_id, self._settings.handoff_timeout_s)
-        if conn is None or not await conn.send(msg):
+        sent = conn is not None and await conn.send(msg)
+        while not sent and conn is not None and conn.retiring and loop.time() < until:
+            # `claimed` (a rotation) left on that session first: it goes to the one that follows
+            conn = await self._hub.live(gateway_id, until - loop.time())
+            sent = conn is not None and await conn.send(msg)
+        if not sent:
             timer.cancel()
             self._handoff.pop(id_, None)
             still = self._db.action(id_)
@@ -154,7 +159,10 @@ class ActionService:
         """Fail what a gateway received and went offline without finishing, `report_grace_s`
         after its deadline: it stayed `processing` for good when the gateway never came back.
         The gateway's own report, if it comes back later, is refused then (the request is
-        final), and the error says the outcome is unknown. Returns how many."""
+        final), and the error says the outcome is unknown. A gateway connected again since it
+        last reported the request counts as gone: one back from a restart whose store had lost
+        the request (a power cut, a restored backup) never reports it, and one that held it
+        through a flap has sent its outcome from its outbox by now. Returns how many."""
         cutoff = iso(utcnow() - timedelta(seconds=self._settings.report_grace_s))
         error = {
             "type": "gateway_lost",
@@ -162,9 +170,10 @@ class ActionService:
             " the lock may have moved",
         }
         ended = 0
-        for id_, gateway_id in self._db.overdue_actions(cutoff):
-            if gateway_id in self._hub.claimed:
-                continue  # connected: its dispatcher fails the request at the deadline
+        for id_, gateway_id, reported_at in self._db.overdue_actions(cutoff):
+            conn = self._hub.claimed.get(gateway_id)
+            if conn is not None and reported_at >= conn.since:
+                continue  # reported in this session: its dispatcher fails it at the deadline
             with self._db.transaction():
                 self._db.set_action_status(id_, "failed", error, iso(utcnow()), "cloud")
             log.warning("action.failed_overdue", action_request_id=id_, gateway_id=gateway_id)

@@ -400,15 +400,15 @@ class Database:
         out["error"] = None if out["error"] is None else _object(out["error"])
         return out
 
-    def overdue_actions(self, before: str) -> list[tuple[str, str]]:
-        """(id, gateway_id) of requests received and not finished whose deadline is before
-        `before` (ISO-8601 UTC, as stored)."""
+    def overdue_actions(self, before: str) -> list[tuple[str, str, str]]:
+        """(id, gateway_id, updated_at: when the gateway last reported it) of requests received
+        and not finished whose deadline is before `before` (ISO-8601 UTC, as stored)."""
         rows = self._conn.execute(
-            "SELECT id, gateway_id FROM action_requests"
+            "SELECT id, gateway_id, updated_at FROM action_requests"
             " WHERE status IN ('gateway_received', 'processing') AND deadline < ?",
             (before,),
         )
-        return [(r[0], r[1]) for r in rows]
+        return [(r[0], r[1], r[2]) for r in rows]
 
     def in_flight_actions(self, gateway_id: str) -> list[str]:
         """Ids of this gateway's requests it received and has not finished."""

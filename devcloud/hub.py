@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import structlog
 from aiohttp import web
 
+from devcloud.timeutil import iso, utcnow
 from gatewayd import protocol
 
 log = structlog.get_logger("devcloud.tunnel")
@@ -32,6 +33,7 @@ class Connection:
     # sent `claimed`: the gateway stores the credential and redials, reading nothing more here
     retiring: bool = False
     token_expires: float | None = None  # unclaimed: when its registration token expires
+    since: str = ""  # claimed: when it began to speak for its gateway (ISO, the cloud's clock)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _welcomed: asyncio.Event = field(default_factory=asyncio.Event)  # or the session is over
     _welcome_sent: bool = False
@@ -48,6 +50,8 @@ class Connection:
         try:
             frame = protocol.encode(msg).decode()
             async with self._lock:
+                if self.retiring and isinstance(msg, protocol.ActionRequestMsg):
+                    return False  # after `claimed` the gateway redials, reading nothing here
                 await self.ws.send_str(frame)
                 if isinstance(msg, protocol.Welcome):
                     self._welcome_sent = True
@@ -114,6 +118,7 @@ class Hub:
         if conn.gateway_id is not None:
             old = self.claimed.get(conn.gateway_id)
             self.claimed[conn.gateway_id] = conn
+            conn.since = iso(utcnow())
             self._redialling.pop(conn.gateway_id, None)
         else:
             assert conn.token_hash is not None

@@ -73,3 +73,42 @@ async def test_a_request_whose_deadline_has_not_passed_is_left_to_the_gateway(
     action_id = await _processing(cloud, tunnel)
     await tunnel.ws.close()
     assert (await _status_after(cloud, action_id, 0.5))["status"] == "processing"
+
+
+async def test_a_request_a_gateway_came_back_without_is_failed_though_it_is_connected(
+    make_cloud: CloudFactory,
+) -> None:
+    """A gateway reported an unlock `processing`, then restarted with a store that had lost it
+    (a power cut took its last commits, or a backup was restored): it came back at once and
+    stayed connected, so the cloud left the request to it, and it was `processing` for good.
+    Reported in a session that has ended, it is failed as for a gateway that stayed away."""
+    cloud = await make_cloud(**FAST)
+    tunnel, gateway_id, credential = await cloud.claimed_gateway()
+    action_id = await _processing(cloud, tunnel)
+    await tunnel.ws.close()
+    back = await cloud.tunnel(credential)
+    assert isinstance(await back.hello(), p.Welcome)  # back before the deadline, and stays
+    shown = await _status_after(cloud, action_id, 1.2)
+    assert shown["status"] == "failed"
+    assert shown["error"]["type"] == "gateway_lost"  # type: ignore[index]
+    assert cloud.state.hub.online(gateway_id)
+
+
+async def test_a_request_the_gateway_still_reports_after_a_reconnect_is_left_to_it(
+    make_cloud: CloudFactory,
+) -> None:
+    """A link that flapped: the gateway, back, reports the request in its new session; the
+    cloud waits for the outcome, as for a gateway that never left."""
+    cloud = await make_cloud(**FAST)
+    tunnel, _, credential = await cloud.claimed_gateway()
+    status, created = await cloud.post(f"/v1/devices/{DEVICE_ID}/actions/unlock", {})
+    assert status == 200, created
+    sent = await tunnel.recv()
+    assert isinstance(sent, p.ActionRequestMsg)
+    await _report(tunnel, sent.id, "gateway_received")
+    await tunnel.ws.close()
+    back = await cloud.tunnel(credential)
+    back.seq = tunnel.seq
+    assert isinstance(await back.hello(), p.Welcome)
+    await _report(back, sent.id, "processing")
+    assert (await _status_after(cloud, sent.id, 1.2))["status"] == "processing"

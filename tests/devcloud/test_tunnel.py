@@ -1167,3 +1167,31 @@ async def test_actions_a_revoked_gateway_held_end_failed_not_processing_for_good
         assert "may have moved" in s["error"]["message"]
     history = [s for s, _, _ in cloud.state.db.transitions(ids[1])]
     assert history == ["pending", "gateway_received", "processing", "failed"]
+
+
+async def test_an_action_sent_just_after_a_rotation_s_claimed_goes_to_the_session_that_follows(
+    cloud: Cloud,
+) -> None:
+    """The unlock took the session before the rotation's `claimed` had left on it, and went
+    out right after that frame: the gateway, redialling, never read it (`gateway_timeout`)."""
+    tunnel, gateway_id, _ = await cloud.claimed_gateway()
+    conn = cloud.state.hub.claimed[gateway_id]
+    async with conn._lock:  # the socket busy: each frame waits its turn, `claimed` first
+        rotating = asyncio.create_task(
+            cloud.post(f"/v1/gateways/{gateway_id}/actions/rotate_credential")
+        )
+        await asyncio.sleep(0.2)
+        posting = asyncio.create_task(cloud.post(f"/v1/devices/{DEVICE_ID}/actions/unlock"))
+        await asyncio.sleep(0.2)
+    status, _ = await rotating
+    assert status == 200
+    claimed = await tunnel.recv()
+    assert isinstance(claimed, p.Claimed)
+    await tunnel.ws.close()
+    fresh = await cloud.tunnel(claimed.credential)
+    assert isinstance(await fresh.hello(), p.Welcome)
+    status, created = await posting
+    assert (status, created["status"]) == (200, "pending")
+    request = await fresh.recv()
+    assert isinstance(request, p.ActionRequestMsg)
+    assert request.id == created["id"]

@@ -16,7 +16,7 @@ from gatewayd.daemon import DB_NAME
 from gatewayd.driver import Simulation
 from gatewayd.model import iso, utcnow
 from gatewayd.store import ActionRow, Store
-from tests.e2e.conftest import CloudFactory, claim, tunnel_url
+from tests.e2e.conftest import CloudFactory, claim, tunnel_url, wait_action
 from tests.e2e.test_cloud_loop import cloud_event_ids
 from tests.e2e.test_tunnel import hostile_gateway
 from tests.support import running_daemon, wait_until
@@ -151,3 +151,47 @@ async def test_frames_the_cloud_holds_are_not_sent_again_when_the_store_is_behin
         assert store.acked_seq == seqs[-1]
         assert tunnel.sessions == 1
         assert daemon.ready
+
+
+async def test_an_unlock_the_restored_store_never_held_ends_failed_not_processing(
+    tmp_path: Path, cloud_factory: CloudFactory
+) -> None:
+    """The box went down mid-unlock, and came back at once with a store from before it (a
+    backup restored; a power cut can take the same commits): the gateway no longer knows the
+    request, so nothing will report it, and as it was connected again the cloud waited for it.
+    The unlock stayed `processing` for good; it now ends `failed` `gateway_lost`."""
+    cloud = await cloud_factory(action_timeout_s=10.0, report_grace_s=1.0, overdue_check_s=0.1)
+    state = tmp_path / "gw"
+    url = tunnel_url(cloud.server.port)
+    saved = tmp_path / "saved.db"
+    async with running_daemon(state, cloud_url=url, latency_ms=5000) as daemon:
+        store = daemon.store
+        assert store is not None
+        await claim(cloud, daemon)
+        await wait_until(lambda: len(cloud.state.db.devices()) == 2, 15)
+        await wait_until(lambda: store.outbox_backlog() == 0, 15)
+        assert store.flush()
+        snapshot(state / DB_NAME, saved)
+        door = daemon.registry.drivers["sim"].devices()[0].id  # type: ignore[union-attr]
+        status, unlock = await cloud.post(f"/v1/devices/{door}/actions/unlock", {})
+        assert status == 200, unlock
+
+        def shown() -> str:
+            row = cloud.state.db.action(unlock["id"])
+            assert row is not None
+            return str(row["status"])
+
+        await wait_until(lambda: shown() == "processing", 10)
+    for suffix in ("", "-wal", "-shm"):
+        (state / (DB_NAME + suffix)).unlink(missing_ok=True)
+    shutil.copy(saved, state / DB_NAME)
+
+    async with running_daemon(state, cloud_url=url) as daemon:
+        tunnel = daemon.tunnel
+        assert tunnel is not None
+        await wait_until(lambda: tunnel.state == "connected", 15)
+        assert shown() == "processing"  # back before the deadline
+        ended = await wait_action(cloud, unlock["id"], timeout=15)
+        assert (ended["status"], ended["error"]["type"]) == ("failed", "gateway_lost")
+        assert tunnel.sessions == 1  # connected throughout
+        assert tunnel.state == "connected"
