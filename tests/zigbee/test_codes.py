@@ -127,6 +127,22 @@ async def test_a_lock_whose_user_count_went_unread_is_read_again_when_heard(
         assert vlock.mem.pins == {20: PIN}
 
 
+def lose_the_first_door_lock_read(vlock: Any) -> None:
+    """The lock never hears the first read of its Door Lock cluster (the read after pairing);
+    it answers the next one."""
+    receive, lost = vlock.receive, []
+
+    def hears(packet: Any) -> None:
+        if not lost and packet.cluster_id == DoorLock.cluster_id:
+            hdr, _ = foundation.ZCLHeader.deserialize(packet.data.serialize())
+            if hdr.frame_control.is_general and hdr.command_id == READ:
+                lost.append(packet)
+                return
+        receive(packet)
+
+    vlock.receive = hears
+
+
 async def test_while_the_user_count_is_unread_no_range_is_shown_and_any_slot_is_taken(
     tmp_path: Path,
 ) -> None:
@@ -136,17 +152,7 @@ async def test_while_the_user_count_is_unread_no_range_is_shown_and_any_slot_is_
     the guess "1 through 11", and slot 20 was refused as invalid input until the read."""
     net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
     vlock = net.lock(GENERIC)
-    receive, lost = vlock.receive, []
-
-    def hears(packet: Any) -> None:
-        if not lost and packet.cluster_id == DoorLock.cluster_id:
-            hdr, _ = foundation.ZCLHeader.deserialize(packet.data.serialize())
-            if hdr.frame_control.is_general and hdr.command_id == READ:
-                lost.append(packet)
-                return  # the read after pairing is lost; the lock answers the next one
-        receive(packet)
-
-    vlock.receive = hears  # type: ignore[method-assign]
+    lose_the_first_door_lock_read(vlock)
     sink = AnnouncingSink()
     async with running(tmp_path, sink, virtual=net) as driver:
         dev = by_native(sink, GENERIC)
@@ -224,17 +230,7 @@ async def test_a_code_refused_for_its_length_before_the_limits_were_read_is_inva
     net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
     vlock = net.lock(GENERIC)
     vlock.profile = replace(vlock.profile, min_pin=6)
-    receive, lost = vlock.receive, []
-
-    def hears(packet: Any) -> None:
-        if not lost and packet.cluster_id == DoorLock.cluster_id:
-            hdr, _ = foundation.ZCLHeader.deserialize(packet.data.serialize())
-            if hdr.frame_control.is_general and hdr.command_id == READ:
-                lost.append(packet)
-                return  # the read after pairing is lost; the lock answers the next one
-        receive(packet)
-
-    vlock.receive = hears  # type: ignore[method-assign]
+    lose_the_first_door_lock_read(vlock)
     sink = AnnouncingSink()
     caplog.set_level(logging.DEBUG)
     async with running(tmp_path, sink, virtual=net) as driver:
