@@ -119,6 +119,15 @@ class Executor(Protocol):
         ...
 
 
+class _Seen(msgspec.Struct):
+    """A recent id: how it ended (None while it has not), for a cloud cancel that comes late."""
+
+    logged: bool = False  # its late cancel was logged
+    status: str | None = None
+    error_type: str | None = None
+    started: bool = False  # it reached the device (or may have, before a restart)
+
+
 class _Job(msgspec.Struct):
     request: ActionRequest
     action: Action | None  # None for gateway actions
@@ -300,9 +309,9 @@ class Dispatcher:
         self._waiting: dict[str, _Job] = {}
         self._quiet: dict[str, anyio.Event] = {}  # set when the device's running action ends
         self._last_done: dict[str, tuple[str, float, Action | None]] = {}
-        # recent ids, each with whether its cancel_too_late was logged: the cloud repeats an id
-        # in `welcome.cancelled` on every reconnect until its deadline, and one line says it
-        self._seen: OrderedDict[str, bool] = OrderedDict()
+        # recent ids, each with whether its late cancel was logged: the cloud repeats an id in
+        # `welcome.cancelled` on every reconnect until its deadline, and one line says it
+        self._seen: OrderedDict[str, _Seen] = OrderedDict()
         self._handoffs: dict[str, _Job] = {}  # cloud actions not started yet, by id
         self._active = 0  # jobs accepted into a queue and not yet finished
         self.recent: deque[_Job] = deque(maxlen=RECENT_KEEP)
@@ -326,6 +335,7 @@ class Dispatcher:
             job = _Job(request, None, "", ActionStatus(row.status), list(row.transitions))
             self._remember(row.id)
             self._finish(job, GatewayRestarted("the gateway restarted before this action ended"))
+            self._seen[row.id].started = row.status == ActionStatus.PROCESSING
             log.warning("actions.failed_after_restart", action_request_id=row.id, was=row.status)
         return len(rows)
 
@@ -409,9 +419,20 @@ class Dispatcher:
         (or is unknown): then it runs to its end, and its reports tell the cloud the truth."""
         job = self._handoffs.get(action_id)
         if job is None:
-            if self._seen.get(action_id) is False:
-                self._seen[action_id] = True
-                log.warning("actions.cancel_too_late", action_request_id=action_id)
+            seen = self._seen.get(action_id)
+            if seen is not None and not seen.logged:
+                seen.logged = True
+                if seen.status is None:  # running, or queued past its hand-off
+                    log.warning("actions.cancel_too_late", action_request_id=action_id)
+                else:  # say how it ended: one that failed unstarted moved no door
+                    emit = log.warning if seen.started else log.info
+                    emit(
+                        "actions.cancel_after_end",
+                        action_request_id=action_id,
+                        status=seen.status,
+                        error_type=seen.error_type,
+                        started=seen.started,
+                    )
             return False
         job.cancelled = reason or "cancelled by the cloud"
         log.warning("actions.cancelled_by_cloud", action_request_id=action_id)
@@ -453,7 +474,7 @@ class Dispatcher:
         return action_id in self._seen or self._store.has_action(action_id)
 
     def _remember(self, action_id: str) -> None:
-        self._seen[action_id] = False
+        self._seen[action_id] = _Seen()
         if len(self._seen) > SEEN_KEEP:
             self._seen.popitem(last=False)
 
@@ -736,6 +757,11 @@ class Dispatcher:
             self._transition(job, ActionStatus.COMPLETED)
         else:
             self._transition(job, ActionStatus.FAILED, error.to_dict())
+        seen = self._seen.get(job.request.id)
+        if seen is not None:
+            seen.status = str(job.status)
+            seen.error_type = None if error is None else error.type
+            seen.started = job.started is not None
 
     # ------------------------------------------------------------------ introspection
 

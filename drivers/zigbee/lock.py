@@ -513,9 +513,13 @@ class ZigbeeLock:
 
     def _retry_now(self) -> None:
         self._retry = None
-        # not while it is interviewed again: the interview's end configures it
-        if self._unbound and not (self._closed or self._has_left or self.zdev.initializing):
-            self.reconfigure()
+        if not self._unbound or self._closed or self._has_left:
+            return
+        if self.zdev.initializing:
+            # the interview's end configures it; if the interview fails, the next retry does
+            self._retry_later()
+            return
+        self.reconfigure()
 
     def _cancel_retry(self) -> None:
         if self._retry is not None:

@@ -778,6 +778,17 @@ class ZWaveDriver(Driver):
             self._publish(lock)
         elif cc == CommandClass.BATTERY and prop == "isLow" and value.value is True:
             self._battery(lock, True)
+        elif cc == CommandClass.USER_CODE and prop in ("userCode", "supportedUsers"):
+            # zwave-js read the lock's users late (an interview that timed out, done later):
+            # the cloud gets the slot range now, not at the lock's next update
+            codes = lock.device.codes if lock.device is not None else None
+            key = value.property_key
+            if codes is not None and (
+                prop == "supportedUsers"
+                or not codes.slots_known
+                or (isinstance(key, int) and key > codes.max_slot)
+            ):
+                self._publish(lock)
         elif cc == CommandClass.NOTIFICATION:
             if value.endpoint in (0, None):  # as _notification_states reads them
                 lock.states[(prop, value.property_key)] = value.value

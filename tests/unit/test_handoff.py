@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 from gatewayd.actions import Dispatcher, StatusUpdate
 from gatewayd.config import CloudConfig
 from gatewayd.model import SetCode
-from gatewayd.store import Store
+from gatewayd.store import ActionRow, Store
 from gatewayd.tunnel import Tunnel
 from tests.unit.test_actions import LOCK, Devices, request
 from tests.unit.test_tunnel_claims import GATEWAY_ID, OLD, ScriptedCloud, running
@@ -222,7 +222,7 @@ async def test_a_gateway_that_loses_its_claim_starts_none_of_the_actions_it_hold
 
 async def test_a_cancel_too_late_is_logged_once_per_id(tmp_path: Path) -> None:
     """The cloud names a failed id in `welcome.cancelled` on every reconnect until its
-    deadline: `actions.cancel_too_late` was logged again on each one."""
+    deadline: its late cancel (then `actions.cancel_too_late`) was logged again on each one."""
     h = CloudHarness(tmp_path)
     async with anyio.create_task_group() as tg:
         h.dispatcher.bind(tg)
@@ -234,5 +234,48 @@ async def test_a_cancel_too_late_is_logged_once_per_id(tmp_path: Path) -> None:
             for action_id in ("a1", "a1", "a2", "a1", "a2"):
                 assert not h.dispatcher.cancel(action_id, "failed while the tunnel was down")
         tg.cancel_scope.cancel()
-    too_late = [e["action_request_id"] for e in logs if e["event"] == "actions.cancel_too_late"]
-    assert too_late == ["a1", "a2"]
+    late = [e["action_request_id"] for e in logs if e["event"] == "actions.cancel_after_end"]
+    assert late == ["a1", "a2"]
+    assert all(e["status"] == "completed" and e["started"] for e in logs)
+
+
+async def test_a_late_cancel_of_an_action_that_never_started_does_not_say_it_ran(
+    tmp_path: Path,
+) -> None:
+    """The cloud cancels actions that failed without reaching the lock (invalid input, a
+    deadline passed before it ran, a restart before it started): the log said
+    `actions.cancel_too_late`, as if each had run (a door moved). It says each ended, how, and
+    that it never started; one that ran, or may have before a restart, is told apart."""
+    h = CloudHarness(tmp_path)
+    t = "2026-01-01T00:00:00.000Z"
+    for row_id, status in (("restarted", "gateway_received"), ("cut", "processing")):
+        transitions = [("gateway_received", t)] + (
+            [("processing", t)] if status == "processing" else []
+        )
+        h.store.record_action(ActionRow(row_id, "d1", "unlock", status, None, transitions, t), t)
+    h.store.flush()
+    assert h.dispatcher.recover() == 2
+    async with anyio.create_task_group() as tg:
+        h.dispatcher.bind(tg)
+        h.dispatcher.submit(request("set_code", {"slot_id": 3}, id="invalid"), handoff=True)
+        h.dispatcher.submit(request("unlock", id="ran"), handoff=True)
+        await h.ack_receipt("ran")
+        # its receipt never acked: it times out waiting for its hand-off
+        h.dispatcher.submit(request("unlock", id="expired", timeout=0.3), handoff=True)
+        for action_id in ("invalid", "ran", "expired"):
+            await h.settle(action_id)
+        tg.cancel_scope.cancel()
+    assert h.exec.started != []
+    with capture_logs() as logs:
+        for action_id in ("restarted", "cut", "invalid", "expired", "ran"):
+            assert not h.dispatcher.cancel(action_id, "failed")
+    assert [e["event"] for e in logs] == ["actions.cancel_after_end"] * 5
+    assert [e["log_level"] for e in logs] == ["info", "warning", "info", "info", "warning"]
+    ended = {e["action_request_id"]: (e["status"], e["error_type"], e["started"]) for e in logs}
+    assert ended == {
+        "restarted": ("failed", "gateway_restarted", False),
+        "cut": ("failed", "gateway_restarted", True),
+        "invalid": ("failed", "invalid_input", False),
+        "expired": ("failed", "timeout", False),
+        "ran": ("completed", None, True),
+    }

@@ -482,6 +482,61 @@ async def test_a_failed_setup_is_retried_one_timer_at_a_time_and_not_after_the_l
         assert retries(lock) == []
 
 
+async def test_a_retry_due_during_an_interview_that_fails_is_tried_again_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock's setup failed (binds unanswered), then it joins at a new address and zigpy
+    interviews it again; the retry falls due during the interview, which then fails (its node
+    descriptor refused): the lock is configured all the same, by a later retry. Before, the
+    retry due during the interview did nothing and set none: the lock stayed unbound, its
+    door events lost, until it was next heard."""
+    monkeypatch.setattr(zigbee_lock, "CONFIGURE_RETRY_S", 0.5, raising=False)
+    net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
+    vlock = net.lock(GENERIC)
+    receive, deaf, interview, asked = vlock.receive, [True], [False], []
+
+    def hears(packet: Any) -> None:
+        if deaf and packet.dst_ep == 0 and packet.cluster_id == zdo_t.ZDOCmd.Bind_req:
+            return
+        if interview[0] and packet.dst_ep == 0 and packet.cluster_id == zdo_t.ZDOCmd.Node_Desc_req:
+            asked.append(packet)  # answered by the test, when the retry has fallen due
+            return
+        receive(packet)
+
+    vlock.receive = hears  # type: ignore[method-assign]
+    sink = HistorySink()
+    default = ZigbeeConfig()
+    slow = config(availability_s=default.availability_s, command_timeout_s=0.5)
+    async with running(tmp_path, sink, slow, virtual=net) as driver:
+        dev = by_native(sink, GENERIC)
+        lock = driver._locks[dev]
+        await eventually(lambda: bool(retries(lock)))
+        due = retries(lock)[0]
+        deaf.clear()
+        interview[0] = True
+        lock.zdev.node_desc = None  # so the interview asks for it
+        vlock.mem.nwk = 0x2345
+        assert driver.virtual is not None
+        assert driver.virtual.app is not None
+        driver.virtual.app.handle_join(nwk=vlock.nwk, ieee=vlock.ieee, parent_nwk=0x0000)
+        await eventually(lambda: bool(asked))
+        assert lock.zdev.initializing
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(max(0.0, due.when() - loop.time()) + 0.2)
+        assert lock.zdev.initializing  # the retry fell due during the interview
+        assert not vlock.mem.bound
+        tsn = asked[0].data.serialize()[0]
+        vlock._zdo_reply(
+            zdo_t.ZDOCmd.Node_Desc_rsp,
+            tsn,
+            zdo_t.Status.NOT_SUPPORTED,
+            vlock.nwk,
+            vlock._node_desc(),
+        )
+        await eventually(lambda: not lock.zdev.initializing)
+        await eventually(lambda: vlock.mem.bound >= BOUND, timeout=10)
+
+
 async def test_a_late_event_of_a_failed_set_does_not_confirm_the_next_one(
     tmp_path: Path,
 ) -> None:

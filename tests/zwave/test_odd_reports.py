@@ -277,6 +277,25 @@ async def test_a_lock_whose_user_count_is_not_read_shows_no_slot_maximum_and_tri
         assert "480613" not in str(failed.value.to_dict())
 
 
+async def test_a_lock_whose_users_zwave_js_learns_later_shows_its_slots_at_once(
+    tmp_path: Path, tasks: Tasks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """zwave-js had no user code slots of a lock (the cloud shown no slot maximum), then learns
+    of one (here an unsolicited User Code report of slot 12; as well a late interview's reads):
+    the cloud is shown the slots at once. Before, it kept `max: null` until the lock's next
+    change (a battery level, a door event) happened to republish it."""
+    from gatewayd.upstream import device_dict
+
+    monkeypatch.setenv("ZWAVE_MOCK_NUM_USERS", "0")
+    async with own_stack(tmp_path, tasks, locks=1) as (stack, _, sink):
+        dev = sink.ids[native_id(2)]
+        assert device_dict(sink.devices[dev])["properties"]["code_slots"]["max"] is None
+        stack.control(2, "user_code_raw", slot_id=12, status=1, code=list(b"2468"))
+        await sink.wait_for(lambda: sink.devices[dev].codes.slots_known, timeout=10)
+        shown = device_dict(sink.devices[dev])["properties"]["code_slots"]
+        assert shown == {"min": 1, "max": 12}
+
+
 async def test_an_alarm_v1_lock_reports_its_door_events(
     tmp_path: Path, tasks: Tasks, monkeypatch: pytest.MonkeyPatch
 ) -> None:
