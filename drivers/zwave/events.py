@@ -279,6 +279,8 @@ class BoltTracker:
             self.seed(locked)
         else:
             self.on_value(locked)
+        # a word the read was to tell apart is told: kept, it would name a later bare move
+        self._suspect = None
 
     def on_unknown(self) -> None:
         """The lock reports its bolt in no known state (Door Lock mode 0xFE, or no mode)."""
@@ -330,14 +332,23 @@ class BoltTracker:
             and self._last[0] == locked
         ):
             return  # repeats what the last event reported, however late (a slow echo)
-        if self._names_turned_back(locked):
+        late = self._late_for_undone(locked)
+        if late and self._pending_locked == (not locked):
+            # the word of the move that the move still waiting turned back: that move, not a
+            # third one (the move back would be undone and lost); used up all the same
             return
-        if self._late_for_undone(locked):
+        if late:
             # zwave-js took the word's bolt state as the lock's (the bolt change just before, if
             # any): the bolt is shown as it was until the read says whether it moved
             self._cancel()
             self._changes += 1
             changed, self.locked = self.locked != (not locked), not locked
+            # nor did that bolt state turn back the move before it: a move reported without a
+            # method stands, and its own late word is that move (not a second one to read)
+            self._undone.pop(not locked, None)
+            unnamed = self._unnamed
+            if unnamed is not None and unnamed[0] == self.locked:
+                self._unnamed = (unnamed[0], unnamed[1], self._changes)
             self._suspect = (locked, method, slot_id, time.monotonic())
             if changed:
                 self._on_change()
@@ -392,20 +403,6 @@ class BoltTracker:
             and time.monotonic() - unnamed[1] < LATE_NOTICE_S
         )
 
-    def _names_turned_back(self, locked: bool) -> bool:
-        """Whether a notification comes late for the move reported without a method when the
-        bolt went back (`on_value`), that move back still waiting for its own: the first move,
-        not a third one (the move back would be undone and lost)."""
-        unnamed = self._unnamed
-        return (
-            unnamed is not None
-            and unnamed[0] == locked
-            and self._pending_locked is not None
-            and self._pending_locked != locked
-            and unnamed[2] == self._changes - 1
-            and time.monotonic() - unnamed[1] < LATE_NOTICE_S
-        )
-
     def _late_for_undone(self, locked: bool) -> bool:
         """Whether a notification names a move reported without a method and turned back since,
         not long ago (used up if so)."""
@@ -426,6 +423,7 @@ class BoltTracker:
         self.locked, self.undefined = locked, False
         self._last = (locked, time.monotonic())
         self._unnamed = (locked, self._last[1], self._changes) if method is Method.UNKNOWN else None
+        self._undone.pop(locked, None)  # a word naming this state is now this move's first
         details: dict[str, Any] = {"method": str(method)}
         if slot_id is not None:
             details["slot_id"] = slot_id

@@ -585,3 +585,149 @@ async def test_a_new_move_named_like_a_late_word_is_reported_once_the_read_finds
         ("door unlocked", {"method": "pin_code", "slot_id": 3}),
     ]
     assert tracker.locked is False
+
+
+async def test_a_late_word_the_read_finds_untrue_does_not_name_the_next_bare_move() -> None:
+    """A late keypad word after a turn and back is read: the bolt did not move, the word is
+    dropped. A hand turn seconds later, reported bare (its notification still on the way), is
+    `unknown` until its word names it `manual`. Before, the dropped word was kept and named
+    that turn: `pin_code` slot 3, for a code no one entered."""
+    from drivers.zwave.events import BoltTracker
+
+    fired: list[tuple[str, dict[str, object]]] = []
+    reads: list[int] = []
+    tracker = BoltTracker(
+        lambda name, details: fired.append((str(name), details)),
+        0.1,
+        lambda: None,
+        lambda: reads.append(tracker.read_mark()),
+    )
+    tracker.seed(True)
+    tracker.on_value(False)  # a bare unlock
+    tracker.on_value(True)  # and back
+    tracker.on_value(False)  # zwave-js's bolt state of the late keypad word
+    tracker.on_notification(False, Method.PIN_CODE, 3)
+    tracker.on_read(True, reads[0], first=False)  # still locked: the word was late
+    await _quiet(0.3)
+    tracker.on_value(False)  # a hand on the thumb turn
+    tracker.on_notification(False, Method.MANUAL, None)
+    await _quiet(0.3)
+    assert fired == [
+        ("door unlocked", {"method": "unknown"}),
+        ("door locked", {"method": "unknown"}),
+        ("door unlocked", {"method": "manual"}),
+    ]
+    assert tracker.locked is False
+
+
+async def test_a_late_word_dropped_while_the_move_back_waits_is_used_up() -> None:
+    """A turn and back, both bare; the first turn's word (no bolt state of zwave-js: a "user
+    code" unlock) comes while the move back waits, and is dropped as that turn's. A keypad
+    unlock seconds later, its word first, is a new move: reported at once, no bolt read. Before,
+    the dropped word's turn still counted as unnamed: the new unlock waited for a read, and was
+    lost with the bolt shown locked when the lock did not answer it."""
+    from drivers.zwave.events import BoltTracker
+
+    fired: list[tuple[str, dict[str, object]]] = []
+    reads: list[int] = []
+    tracker = BoltTracker(
+        lambda name, details: fired.append((str(name), details)),
+        0.1,
+        lambda: None,
+        lambda: reads.append(tracker.read_mark()),
+    )
+    tracker.seed(True)
+    tracker.on_value(False)
+    tracker.on_value(True)
+    tracker.on_notification(False, Method.PIN_CODE, 5)  # the first turn's word, late
+    tracker.on_notification(True, Method.MANUAL, None)  # the move back's
+    await _quiet(0.3)
+    tracker.on_notification(False, Method.PIN_CODE, 4)  # a new unlock at the keypad
+    await _quiet(0.3)  # the lock answers no read
+    assert reads == []
+    assert fired == [
+        ("door unlocked", {"method": "unknown"}),
+        ("door locked", {"method": "manual"}),
+        ("door unlocked", {"method": "pin_code", "slot_id": 4}),
+    ]
+    assert tracker.locked is False
+
+
+@pytest.mark.parametrize("read_first", [True, False])
+async def test_late_words_of_a_turn_and_back_are_no_third_event(read_first: bool) -> None:
+    """A hand turn and back, both reported bare; then both words come late, each with the bolt
+    state zwave-js makes of it just before. The first word's is read and found untrue; the
+    second names the move back already reported, whether the read answers before it or after.
+    Before, that bolt state of the first word counted as turning the move back: the second
+    word then looked late for it too, the bolt was shown unlocked until a second read, which
+    reported the move back again, a second `door locked` (manual)."""
+    from drivers.zwave.events import BoltTracker
+
+    fired: list[tuple[str, dict[str, object]]] = []
+    reads: list[int] = []
+    tracker = BoltTracker(
+        lambda name, details: fired.append((str(name), details)),
+        0.1,
+        lambda: None,
+        lambda: reads.append(tracker.read_mark()),
+    )
+    tracker.seed(True)
+    tracker.on_value(False)
+    tracker.on_value(True)
+    tracker.on_value(False)  # the first word, late, and zwave-js's bolt state of it
+    tracker.on_notification(False, Method.MANUAL, None)
+    if read_first:
+        tracker.on_read(True, reads[0], first=False)
+    await _quiet(0.3)
+    tracker.on_value(True)  # the second word, late
+    tracker.on_notification(True, Method.MANUAL, None)
+    assert tracker.locked is True
+    for mark in list(reads):
+        tracker.on_read(True, mark, first=False)
+    await _quiet(0.3)
+    assert fired == [
+        ("door unlocked", {"method": "unknown"}),
+        ("door locked", {"method": "unknown"}),
+    ]
+    assert tracker.locked is True
+
+
+@pytest.mark.parametrize("ours", [False, True])
+async def test_a_word_after_a_newer_move_to_its_state_is_no_second_event(ours: bool) -> None:
+    """A hand turn and back, both reported bare; then the bolt is unlocked again (by hand,
+    reported bare, or by our command) and a word naming an unlock comes: that newest unlock's
+    (or the first one's, late), no new move, as the bolt did not change since. Before, it was
+    taken for the late word of the first unlock: the unlocked door was shown locked until a
+    bolt read, which then reported a second `door unlocked`."""
+    from drivers.zwave.events import BoltTracker
+
+    fired: list[tuple[str, dict[str, object]]] = []
+    reads: list[int] = []
+    tracker = BoltTracker(
+        lambda name, details: fired.append((str(name), details)),
+        0.1,
+        lambda: None,
+        lambda: reads.append(tracker.read_mark()),
+    )
+    tracker.seed(True)
+    tracker.on_value(False)
+    tracker.on_value(True)
+    await _quiet(0.2)
+    if ours:
+        tracker.begin_command()
+        tracker.on_value(False)
+        tracker.commanded(False)
+        tracker.end_command(confirmed=True)
+    else:
+        tracker.on_value(False)
+    await _quiet(0.2)
+    tracker.on_notification(False, Method.PIN_CODE if ours else Method.MANUAL, 3 if ours else None)
+    assert tracker.locked is False
+    for mark in list(reads):
+        tracker.on_read(False, mark, first=False)
+    await _quiet(0.2)
+    assert fired == [
+        ("door unlocked", {"method": "unknown"}),
+        ("door locked", {"method": "unknown"}),
+        ("door unlocked", {"method": "remote" if ours else "unknown"}),
+    ]
