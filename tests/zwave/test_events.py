@@ -557,9 +557,9 @@ async def test_a_late_keypad_notification_after_a_turn_and_back_is_no_second_unl
     assert sink.devices[dev].properties.locked is True
 
 
-async def test_a_new_move_named_like_a_late_word_is_reported_once_the_read_finds_it() -> None:
-    """The notification that could be the late word of a move turned back is a new move when
-    the bolt read finds the bolt moved: one event, with the notification's method and slot."""
+def _reading_tracker() -> tuple[Any, list[tuple[str, dict[str, object]]], list[int]]:
+    """A tracker (merge window 0.1 s), the events it fires, and the read marks of the bolt reads
+    it asks for (answered by the test through `on_read`)."""
     from drivers.zwave.events import BoltTracker
 
     fired: list[tuple[str, dict[str, object]]] = []
@@ -570,6 +570,13 @@ async def test_a_new_move_named_like_a_late_word_is_reported_once_the_read_finds
         lambda: None,
         lambda: reads.append(tracker.read_mark()),
     )
+    return tracker, fired, reads
+
+
+async def test_a_new_move_named_like_a_late_word_is_reported_once_the_read_finds_it() -> None:
+    """The notification that could be the late word of a move turned back is a new move when
+    the bolt read finds the bolt moved: one event, with the notification's method and slot."""
+    tracker, fired, reads = _reading_tracker()
     tracker.seed(True)
     tracker.on_value(False)  # a bare unlock
     tracker.on_value(True)  # and back
@@ -592,16 +599,7 @@ async def test_a_late_word_the_read_finds_untrue_does_not_name_the_next_bare_mov
     dropped. A hand turn seconds later, reported bare (its notification still on the way), is
     `unknown` until its word names it `manual`. Before, the dropped word was kept and named
     that turn: `pin_code` slot 3, for a code no one entered."""
-    from drivers.zwave.events import BoltTracker
-
-    fired: list[tuple[str, dict[str, object]]] = []
-    reads: list[int] = []
-    tracker = BoltTracker(
-        lambda name, details: fired.append((str(name), details)),
-        0.1,
-        lambda: None,
-        lambda: reads.append(tracker.read_mark()),
-    )
+    tracker, fired, reads = _reading_tracker()
     tracker.seed(True)
     tracker.on_value(False)  # a bare unlock
     tracker.on_value(True)  # and back
@@ -626,16 +624,7 @@ async def test_a_late_word_dropped_while_the_move_back_waits_is_used_up() -> Non
     unlock seconds later, its word first, is a new move: reported at once, no bolt read. Before,
     the dropped word's turn still counted as unnamed: the new unlock waited for a read, and was
     lost with the bolt shown locked when the lock did not answer it."""
-    from drivers.zwave.events import BoltTracker
-
-    fired: list[tuple[str, dict[str, object]]] = []
-    reads: list[int] = []
-    tracker = BoltTracker(
-        lambda name, details: fired.append((str(name), details)),
-        0.1,
-        lambda: None,
-        lambda: reads.append(tracker.read_mark()),
-    )
+    tracker, fired, reads = _reading_tracker()
     tracker.seed(True)
     tracker.on_value(False)
     tracker.on_value(True)
@@ -661,16 +650,7 @@ async def test_late_words_of_a_turn_and_back_are_no_third_event(read_first: bool
     Before, that bolt state of the first word counted as turning the move back: the second
     word then looked late for it too, the bolt was shown unlocked until a second read, which
     reported the move back again, a second `door locked` (manual)."""
-    from drivers.zwave.events import BoltTracker
-
-    fired: list[tuple[str, dict[str, object]]] = []
-    reads: list[int] = []
-    tracker = BoltTracker(
-        lambda name, details: fired.append((str(name), details)),
-        0.1,
-        lambda: None,
-        lambda: reads.append(tracker.read_mark()),
-    )
+    tracker, fired, reads = _reading_tracker()
     tracker.seed(True)
     tracker.on_value(False)
     tracker.on_value(True)
@@ -699,16 +679,7 @@ async def test_a_word_after_a_newer_move_to_its_state_is_no_second_event(ours: b
     (or the first one's, late), no new move, as the bolt did not change since. Before, it was
     taken for the late word of the first unlock: the unlocked door was shown locked until a
     bolt read, which then reported a second `door unlocked`."""
-    from drivers.zwave.events import BoltTracker
-
-    fired: list[tuple[str, dict[str, object]]] = []
-    reads: list[int] = []
-    tracker = BoltTracker(
-        lambda name, details: fired.append((str(name), details)),
-        0.1,
-        lambda: None,
-        lambda: reads.append(tracker.read_mark()),
-    )
+    tracker, fired, reads = _reading_tracker()
     tracker.seed(True)
     tracker.on_value(False)
     tracker.on_value(True)
