@@ -42,21 +42,20 @@ def describe_bytes(n: int) -> str:
     return f"{n // 1000} KB"
 
 
-def free_space_note(path: Path, read: Callable[[Path], int] = free_bytes) -> str:
-    """ " (the file system holding PATH has N free)", or "" when it cannot be read."""
+def free_space(path: Path, read: Callable[[Path], int] = free_bytes) -> int | None:
+    """`free_bytes` (or `read`), or None when it cannot be read."""
     try:
-        free = read(path)
-    except OSError:
-        return ""
-    return f" (the file system holding {path} has {describe_bytes(free)} free)"
-
-
-def free_space(path: Path) -> int | None:
-    """`free_bytes`, or None when it cannot be read."""
-    try:
-        return free_bytes(path)
+        return read(path)
     except OSError:
         return None
+
+
+def free_space_note(path: Path, read: Callable[[Path], int] = free_bytes) -> str:
+    """ " (the file system holding PATH has N free)", or "" when it cannot be read."""
+    free = free_space(path, read)
+    if free is None:
+        return ""
+    return f" (the file system holding {path} has {describe_bytes(free)} free)"
 
 
 class Reserve:

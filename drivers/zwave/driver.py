@@ -475,13 +475,7 @@ class ZWaveDriver(Driver):
                 continue
             mark, door_mark = lock.tracker.read_mark(), lock.door_changes
             try:
-                with anyio.fail_after(self._config.connect_timeout_s):
-                    report = await commands.call(
-                        "read bolt state",
-                        node.async_invoke_cc_api(
-                            CommandClass.DOOR_LOCK, "get", wait_for_result=True
-                        ),
-                    )
+                report = await _read_door_lock(node, self._config.connect_timeout_s)
             except (TimeoutError, GatewayError) as exc:
                 log.warning("zwave.resync_failed", node_id=lock.node_id, error=str(exc))
                 continue
@@ -723,11 +717,7 @@ class ZWaveDriver(Driver):
             return
         mark = lock.tracker.read_mark()
         try:
-            with anyio.fail_after(self._config.command_timeout_s):
-                report = await commands.call(
-                    "read bolt state",
-                    node.async_invoke_cc_api(CommandClass.DOOR_LOCK, "get", wait_for_result=True),
-                )
+            report = await _read_door_lock(node, self._config.command_timeout_s)
         except (TimeoutError, GatewayError) as exc:
             log.warning("zwave.bolt_read_failed", node_id=lock.node_id, error=str(exc))
             return
@@ -1424,6 +1414,16 @@ def _notification_states(node: Node) -> dict[tuple[Any, Any], Any]:
         for v in node.values.values()
         if v.command_class == CommandClass.NOTIFICATION and v.endpoint in (0, None)
     }
+
+
+async def _read_door_lock(node: Node, timeout_s: float) -> Any:
+    """The lock's Door Lock report (bolt and door) read from it, or None; TimeoutError or
+    GatewayError if it does not answer."""
+    with anyio.fail_after(timeout_s):
+        return await commands.call(
+            "read bolt state",
+            node.async_invoke_cc_api(CommandClass.DOOR_LOCK, "get", wait_for_result=True),
+        )
 
 
 def _device(lock: _Lock, node: Node) -> Device:

@@ -338,21 +338,7 @@ class BoltTracker:
             # third one (the move back would be undone and lost); used up all the same
             return
         if late:
-            # zwave-js took the word's bolt state as the lock's (the bolt change just before, if
-            # any): the bolt is shown as it was until the read says whether it moved
-            self._cancel()
-            self._changes += 1
-            changed, self.locked = self.locked != (not locked), not locked
-            # nor did that bolt state turn back the move before it: a move reported without a
-            # method stands, and its own late word is that move (not a second one to read)
-            self._undone.pop(not locked, None)
-            unnamed = self._unnamed
-            if unnamed is not None and unnamed[0] == self.locked:
-                self._unnamed = (unnamed[0], unnamed[1], self._changes)
-            self._suspect = (locked, method, slot_id, time.monotonic())
-            if changed:
-                self._on_change()
-            self._verify()
+            self._read_to_tell(locked, method, slot_id)
             return
         if self._pending is not None and self._pending_locked == locked:
             self._cancel()
@@ -362,6 +348,24 @@ class BoltTracker:
             return
         self._cancel()
         self._fire(locked, method, slot_id)
+
+    def _read_to_tell(self, locked: bool, method: Method, slot_id: int | None) -> None:
+        """A word that may be late for a move turned back since: zwave-js took its bolt state
+        as the lock's (the bolt change just before, if any). The bolt is shown as it was until
+        the read (`verify`, answered through `on_read`) says whether it moved."""
+        self._cancel()
+        self._changes += 1
+        changed, self.locked = self.locked != (not locked), not locked
+        # nor did that bolt state turn back the move before it: a move reported without a
+        # method stands, and its own late word is that move (not a second one to read)
+        self._undone.pop(not locked, None)
+        unnamed = self._unnamed
+        if unnamed is not None and unnamed[0] == self.locked:
+            self._unnamed = (unnamed[0], unnamed[1], self._changes)
+        self._suspect = (locked, method, slot_id, time.monotonic())
+        if changed:
+            self._on_change()
+        self._verify()
 
     def begin_command(self) -> None:
         """Our own command goes out: its bolt change is reported by `end_command`/`commanded`."""
