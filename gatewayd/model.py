@@ -213,6 +213,29 @@ class CodeConstraints(msgspec.Struct, frozen=True):
             return f"{self.min_slot} or more (this lock's slot count is not read yet)"
         return f"{self.min_slot} through {self.max_slot}"
 
+    def errors(
+        self, slot: int, length: int | None = None, *, digits: bool = True
+    ) -> dict[str, str]:
+        """What is wrong with a code of `length` digits (None: a clear; `digits` False: not all
+        digits) for `slot` on this lock, by input name; empty if nothing. Names no code."""
+        errors: dict[str, str] = {}
+        if not self.has_slot(slot):
+            errors["slot_id"] = f"must be {self.slot_range()}"
+        if not digits:
+            errors["code"] = "must contain digits 0-9 only"
+        elif length is not None and not self.min_length <= length <= self.max_length:
+            errors["code"] = f"must have {self.min_length} to {self.max_length} digits"
+        return errors
+
+    def check(self, slot: int, code: PinCode | None = None) -> None:
+        """A driver's own check of a set (`code`) or clear of `slot` before it reaches the lock:
+        InvalidInput naming what `errors` finds."""
+        pin = None if code is None else code.reveal()
+        length = None if pin is None else len(pin)
+        errors = self.errors(slot, length, digits=pin is None or (pin.isascii() and pin.isdigit()))
+        if errors:
+            raise InvalidInput("invalid input for this lock", errors)
+
 
 class DeviceProperties(msgspec.Struct, frozen=True):
     locked: bool | None = None

@@ -152,9 +152,7 @@ class SimDriver(Driver):
             case Lock() | Unlock():
                 result = self._remote_bolt(lock, locked=isinstance(action, Lock))
             case SetCode(slot_id=slot_id, code=code):
-                self._check_slot(slot_id)
-                if not self._codes.min_length <= len(code) <= self._codes.max_length:
-                    raise InvalidInput("code length is outside what this lock accepts")
+                self._codes.check(slot_id, code)
                 if lock.holds_elsewhere(slot_id, code):
                     raise DuplicateCode.in_slot(slot_id)
                 # like the radio drivers: a slot that already holds the code is not written,
@@ -166,7 +164,7 @@ class SimDriver(Driver):
                     self._emit(lock, EventName.CODE_SET, {"slot_id": slot_id, "method": "remote"})
                 result = ActionResult(details={"slot_id": slot_id})
             case ClearCode(slot_id=slot_id):
-                self._check_slot(slot_id)
+                self._codes.check(slot_id)
                 if lock.read_slot(slot_id) is not None:
                     lock.clear_slot(slot_id)
                     if lock.read_slot(slot_id) is not None:
@@ -369,13 +367,6 @@ class SimDriver(Driver):
         if self._state is not DriverState.READY or self._timers is None:
             raise DeviceError("the sim driver is stopped")
         return self._timers
-
-    def _check_slot(self, slot_id: int) -> None:
-        if not self._codes.has_slot(slot_id):
-            raise InvalidInput(
-                f"slot {slot_id} is outside {self._codes.min_slot}..{self._codes.max_slot}",
-                {"slot_id": "out of range"},
-            )
 
     # ------------------------------------------------------------------ inventory
     def _inventory_path(self) -> Path:

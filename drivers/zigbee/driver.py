@@ -32,7 +32,6 @@ from gatewayd.model import (
     ClearCode,
     DeviceError,
     DeviceNotFound,
-    InvalidInput,
     Lock,
     SetCode,
     Unlock,
@@ -458,25 +457,16 @@ class ZigbeeDriver(Driver):
             case Unlock():
                 return await lock.set_locked(False)
             case SetCode(slot_id=slot, code=code):
-                digits = code.reveal()
-                self._check_code(lock, slot, len(digits), digits.isascii() and digits.isdigit())
+                lock.codes().check(slot, code)
                 return await lock.set_code(slot, code)
             case ClearCode(slot_id=slot):
-                self._check_code(lock, slot, None, True)
+                lock.codes().check(slot)
                 return await lock.clear_code(slot)
         raise ActionNotSupported(f"zigbee cannot {action.name}")
 
     def hold_s(self, device_id: str, action: Action) -> float:
         lock = self._locks.get(device_id)
         return 0.0 if lock is None else lock.late_hold_s(action)
-
-    @staticmethod
-    def _check_code(lock: ZigbeeLock, slot: int, length: int | None, digits: bool) -> None:
-        from drivers.zigbee.lock import code_errors
-
-        errors = code_errors(lock.codes(), slot, length, digits=digits)
-        if errors:
-            raise InvalidInput("invalid input for this lock", errors)
 
     async def pair(self, duration_s: int, options: PairOptions = NO_PAIR_OPTIONS) -> None:
         del options  # nothing here takes a DSK PIN

@@ -1269,7 +1269,7 @@ class ZigbeeLock:
             if self._limits_unknown():
                 await self._read_limits()
             # read by now, or since the check (made against the guess if so)
-            errors = code_errors(self.codes(), slot, length, digits=True)
+            errors = self.codes().errors(slot, length)
             if errors and not self._limits_unknown():
                 return InvalidInput("invalid input for this lock", errors)
         return _code_refused(slot, status)
@@ -1338,21 +1338,6 @@ def _codes(lo: Any, hi: Any, users: Any, unread: bool) -> CodeConstraints:
     if users is not None and int(users) >= 2:
         c = replace(c, min_slot=1, max_slot=int(users) - 1)
     return c
-
-
-def code_errors(
-    c: CodeConstraints, slot: int, length: int | None, *, digits: bool
-) -> dict[str, str]:
-    """What is wrong with a code (`length` digits, or None: a clear) for slot `slot` under `c`,
-    by input name; empty if nothing."""
-    errors: dict[str, str] = {}
-    if not c.has_slot(slot):
-        errors["slot_id"] = f"must be {c.slot_range()}"
-    if not digits:
-        errors["code"] = "must contain digits 0-9 only"
-    elif length is not None and not c.min_length <= length <= c.max_length:
-        errors["code"] = f"must have {c.min_length} to {c.max_length} digits"
-    return errors
 
 
 def _readback(rsp: Any) -> tuple[int, str] | None:

@@ -841,7 +841,7 @@ class ZWaveDriver(Driver):
     def _in_slots(self, lock: _Lock, notice: Notice) -> Notice | None:
         """A notification naming a user the lock has no slot for: a bolt change names no code,
         a code change is not reported."""
-        codes = lock.device.codes if lock.device else CodeConstraints()
+        codes = _codes(lock)
         if notice.slot_id is None or codes.has_slot(notice.slot_id):
             return notice
         if notice.kind == "bolt":
@@ -935,14 +935,13 @@ class ZWaveDriver(Driver):
             case Lock() | Unlock():
                 return await self._bolt(lock, node, isinstance(action, Lock))
             case SetCode(slot_id=slot, code=code):
+                _codes(lock).check(slot, code)
                 digits = code.reveal()
-                self._check_slot(lock, slot)
-                self._check_code(lock, len(digits), digits.isascii() and digits.isdigit())
                 # a re-check of the slot, due or under way, no longer counts (see _recheck)
                 self._latest_recheck.pop((lock.device_id, slot), None)
                 return await self._set_code(lock, node, slot, digits)
             case ClearCode(slot_id=slot):
-                self._check_slot(lock, slot)
+                _codes(lock).check(slot)
                 self._latest_recheck.pop((lock.device_id, slot), None)
                 return await self._clear_code(lock, node, slot)
         raise ActionNotSupported(f"zwave cannot {action.name}")
@@ -963,22 +962,6 @@ class ZWaveDriver(Driver):
         lock.tracker.commanded(locked)
         self._publish(lock)
         return ActionResult({"locked": locked})
-
-    def _check_slot(self, lock: _Lock, slot: int) -> None:
-        codes = lock.device.codes if lock.device else CodeConstraints()
-        if not codes.has_slot(slot):
-            raise InvalidInput(
-                f"slot_id must be within {codes.min_slot}..{codes.max_slot} on this lock",
-                {"slot_id": f"out of range {codes.min_slot}..{codes.max_slot}"},
-            )
-
-    def _check_code(self, lock: _Lock, length: int, digits: bool) -> None:
-        codes = lock.device.codes if lock.device else CodeConstraints()
-        if not digits or not codes.min_length <= length <= codes.max_length:
-            raise InvalidInput(
-                f"code must be {codes.min_length}-{codes.max_length} digits on this lock",
-                {"code": f"must be {codes.min_length}-{codes.max_length} digits"},
-            )
 
     async def _set_code(self, lock: _Lock, node: Node, slot: int, digits: str) -> ActionResult:
         await lock.late_sets.wait_out(slot)  # or a failed set's late word would confirm this one
@@ -1414,6 +1397,11 @@ def _notification_states(node: Node) -> dict[tuple[Any, Any], Any]:
         for v in node.values.values()
         if v.command_class == CommandClass.NOTIFICATION and v.endpoint in (0, None)
     }
+
+
+def _codes(lock: _Lock) -> CodeConstraints:
+    """The code limits the lock was last published with (the defaults before that)."""
+    return lock.device.codes if lock.device else CodeConstraints()
 
 
 async def _read_door_lock(node: Node, timeout_s: float) -> Any:
