@@ -7,7 +7,8 @@ Web pages in a browser on the same machine can reach it too. A request is answer
 its Host is an IP address, `localhost` or a name in `status.allowed_hosts` (a page whose DNS
 name was rebound to 127.0.0.1 would otherwise read /status, registration token included), and
 a POST only without an Origin or with the endpoint's own (another site's page cannot send
-actions). The registration token is shown only to a client on this machine.
+actions). The registration token is shown only to a client on this machine, and never through a
+reverse proxy (a request with forwarding headers).
 """
 
 from __future__ import annotations
@@ -193,9 +194,25 @@ async def simulate(request: web.Request) -> web.Response:
     return _json({"ok": True})
 
 
+# Set by a reverse proxy (nginx, caddy, ...) on what it passes on: a client the proxy serves
+# is taken to be elsewhere, whatever address the proxy itself connects from.
+_FORWARDING_HEADERS = (
+    "Forwarded",
+    "X-Forwarded-For",
+    "X-Forwarded-Host",
+    "X-Forwarded-Proto",
+    "X-Real-IP",
+    "Via",
+)
+
+
 def _from_this_machine(request: web.Request) -> bool:
     """A client on this machine: from a loopback address, or from the very address it reached
-    us on (`gatewayd status` with `status.listen` on the LAN address)."""
+    us on (`gatewayd status` with `status.listen` on the LAN address), and not through a
+    reverse proxy. A proxy on the box connects from loopback for every LAN client it serves;
+    its forwarding headers can only deny (anyone may send them), never grant."""
+    if any(name in request.headers for name in _FORWARDING_HEADERS):
+        return False
     peer = request.remote or ""
     sockname = request.transport.get_extra_info("sockname") if request.transport else None
     own = sockname[0] if isinstance(sockname, tuple) and sockname else None

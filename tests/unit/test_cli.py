@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -599,3 +601,24 @@ async def test_status_says_how_much_room_the_store_has_and_when_it_is_low(tmp_pa
     assert "store: DISK LOW: 12.0 MB free on its file system" in render_status(snapshot)
     snapshot["store"]["disk_free_bytes"] = None  # cannot be read: no line
     assert "free on its file system" not in render_status(snapshot)
+
+
+def test_status_and_token_still_show_the_token_on_the_box(tmp_path: Path) -> None:
+    """Behind a reverse proxy the token is hidden (its forwarding headers); `gatewayd status`
+    and `gatewayd token` on the box, which send none, still show it."""
+    port = free_port()
+    cfg = _config(tmp_path, tmp_path / "state", port)
+    with _running(cfg) as run:
+        shown = re.search(r"registration token: (\S+)", run.status.stdout)
+        assert shown is not None
+        forwarded = urllib.request.Request(
+            f"http://127.0.0.1:{port}/status", headers={"X-Forwarded-For": "192.168.1.20"}
+        )
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with direct.open(forwarded, timeout=10) as resp:
+            assert json.loads(resp.read())["gateway"]["registration_token"] is None
+        again = _gatewayd("status", "-c", str(cfg))
+        token = _gatewayd("token", "-c", str(cfg))
+    assert f"registration token: {shown[1]}" in again.stdout
+    assert token.returncode == 0, token.stderr
+    assert shown[1] in token.stdout

@@ -288,3 +288,33 @@ async def test_the_registration_token_is_shown_to_this_machine_only(tmp_path: Pa
         hidden = daemon.snapshot()
         hidden["gateway"]["registration_token"] = None
         assert "shown to this machine only: run gatewayd token" in render_status(hidden)
+
+
+async def test_the_registration_token_is_hidden_from_a_client_behind_a_reverse_proxy(
+    tmp_path: Path,
+) -> None:
+    """A reverse proxy on the box (nginx, caddy) connects from loopback: every LAN client it
+    passed /status on read the unclaimed box's registration token. A request carrying
+    forwarding headers counts as another machine's; without them, this machine still sees it."""
+    async with running_daemon(tmp_path / "gw") as daemon:
+        token = daemon.snapshot()["gateway"]["registration_token"]
+        assert token
+        url = f"http://127.0.0.1:{daemon.status_port}/status"
+        shown = {}
+        async with aiohttp.ClientSession() as http:
+            for header, value in (
+                ("", ""),
+                ("Forwarded", "for=192.168.1.20;proto=http"),
+                ("X-Forwarded-For", "192.168.1.20"),
+                ("X-Forwarded-For", "127.0.0.1"),  # whatever it names: it never grants
+                ("X-Real-IP", "192.168.1.20"),
+                ("X-Forwarded-Host", "box.lan"),
+                ("Via", "1.1 caddy"),
+            ):
+                headers = {header: value} if header else {}
+                async with http.get(url, headers=headers) as resp:
+                    assert resp.status == 200
+                    reply = await resp.json()
+                shown[f"{header}: {value}"] = reply["gateway"]["registration_token"]
+        assert shown.pop(": ") == token
+        assert set(shown.values()) == {None}, shown
