@@ -15,9 +15,9 @@ from typing import Any, Final
 import structlog
 
 from devcloud.db import Database
-from devcloud.hub import Hub
+from devcloud.hub import Connection, Hub
 from devcloud.settings import Settings
-from devcloud.timeutil import iso, parse_iso, utcnow
+from devcloud.timeutil import iso, parse_iso
 from devcloud.validation import mask, mask_error_pins, mask_pin_digits
 from gatewayd import protocol
 
@@ -73,7 +73,7 @@ class ActionService:
         inputs: dict[str, Any],
     ) -> dict[str, Any]:
         """Store a `pending` request and send it to the gateway; return its REST view."""
-        now = utcnow()
+        now, mono = self._hub.clock(), self._hub.monotonic()
         id_ = str(uuid.uuid4())
         created_at = iso(now)
         deadline = iso(now + timedelta(seconds=self._settings.action_timeout_s))
@@ -93,26 +93,33 @@ class ActionService:
         log.info(
             "action.created", action_request_id=row["id"], action=action, gateway_id=gateway_id
         )
-        msg = protocol.ActionRequestMsg(
-            id=id_,
-            entity_type=entity_type,
-            entity_id=entity_id,
-            action=action,
-            inputs=inputs,
-            created_at=created_at,
-            deadline=deadline,
-        )
+
+        def frame(conn: Connection) -> protocol.ActionRequestMsg:
+            """Stamped on the session's clock, which the gateway reads deadlines on: on the
+            wall clock, stepped back since the welcome (NTP), every request was past its
+            deadline at the gateway, which failed it `timeout` until it reconnected."""
+            created = conn.session_time(mono)
+            return protocol.ActionRequestMsg(
+                id=id_,
+                entity_type=entity_type,
+                entity_id=entity_id,
+                action=action,
+                inputs=inputs,
+                created_at=iso(created),
+                deadline=iso(created + timedelta(seconds=self._settings.action_timeout_s)),
+            )
+
         # armed before the send: a send can wait (a socket draining, a session's welcome)
         loop = asyncio.get_running_loop()
         timer = loop.call_later(self._settings.handoff_timeout_s, self._handoff_expired, id_)
         self._handoff[id_] = timer
         until = loop.time() + self._settings.handoff_timeout_s
         conn = await self._hub.live(gateway_id, self._settings.handoff_timeout_s)
-        sent = conn is not None and await conn.send(msg)
+        sent = conn is not None and await conn.send(frame(conn))
         while not sent and conn is not None and conn.retiring and loop.time() < until:
             # `claimed` (a rotation) left on that session first: it goes to the one that follows
             conn = await self._hub.live(gateway_id, until - loop.time())
-            sent = conn is not None and await conn.send(msg)
+            sent = conn is not None and await conn.send(frame(conn))
         if not sent:
             timer.cancel()
             self._handoff.pop(id_, None)
@@ -127,7 +134,7 @@ class ActionService:
         """After a restart: re-arm the hand-off timeout of every request still `pending` (its
         timer died with the old process). Returns how many."""
         loop = asyncio.get_running_loop()
-        now = utcnow()
+        now = self._hub.clock()
         pending = self._db.pending_actions()
         for id_, created_at in pending:
             created = parse_iso(created_at) or now
@@ -163,19 +170,22 @@ class ActionService:
         last reported the request counts as gone: one back from a restart whose store had lost
         the request (a power cut, a restored backup) never reports it, and one that held it
         through a flap has sent its outcome from its outbox by now. Returns how many."""
-        cutoff = iso(utcnow() - timedelta(seconds=self._settings.report_grace_s))
+        cutoff = iso(self._hub.clock() - timedelta(seconds=self._settings.report_grace_s))
         error = {
             "type": "gateway_lost",
             "message": "The gateway went offline before it reported the outcome;"
             " the lock may have moved",
         }
         ended = 0
-        for id_, gateway_id, reported_at in self._db.overdue_actions(cutoff):
+        for id_, gateway_id, _ in self._db.overdue_actions(cutoff):
             conn = self._hub.claimed.get(gateway_id)
-            if conn is not None and reported_at >= conn.since:
-                continue  # reported in this session: its dispatcher fails it at the deadline
+            if conn is not None and id_ in conn.in_flight:
+                # reported in this session: its dispatcher fails it at the deadline. Not told
+                # by `reported_at >= conn.since`: both on the wall clock, a step back since
+                # the session began made every report in it look older than the session
+                continue
             with self._db.transaction():
-                self._db.set_action_status(id_, "failed", error, iso(utcnow()), "cloud")
+                self._db.set_action_status(id_, "failed", error, iso(self._hub.clock()), "cloud")
             log.warning("action.failed_overdue", action_request_id=id_, gateway_id=gateway_id)
             ended += 1
         return ended
@@ -190,12 +200,12 @@ class ActionService:
         }
         ids = self._db.in_flight_actions(gateway_id)
         for id_ in ids:
-            self._db.set_action_status(id_, "failed", error, iso(utcnow()), "cloud")
+            self._db.set_action_status(id_, "failed", error, iso(self._hub.clock()), "cloud")
         return len(ids)
 
     def _fail(self, id_: str, type_: str, message: str) -> None:
         error = {"type": type_, "message": message}
-        self._db.set_action_status(id_, "gateway_failure", error, iso(utcnow()), "cloud")
+        self._db.set_action_status(id_, "gateway_failure", error, iso(self._hub.clock()), "cloud")
         log.warning("action.gateway_failure", action_request_id=id_, reason=type_)
 
     def apply_status(
@@ -236,7 +246,13 @@ class ActionService:
         if handle is not None:
             handle.cancel()
         error = _clean_error(msg.error) if new == "failed" else None
-        self._db.set_action_status(row["id"], new, error, iso(utcnow()), "gateway")
+        self._db.set_action_status(row["id"], new, error, iso(self._hub.clock()), "gateway")
+        conn = self._hub.claimed.get(gateway_id)
+        if conn is not None:
+            if _RANK[new] < _RANK["completed"]:
+                conn.in_flight.add(row["id"])
+            else:
+                conn.in_flight.discard(row["id"])
         log.info("action.status", action_request_id=row["id"], status=new)
         return None
 

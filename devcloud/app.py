@@ -16,12 +16,14 @@ from devcloud.openapi import openapi_handler
 from devcloud.ratelimit import RateLimiter
 from devcloud.settings import Settings
 from devcloud.state import STATE, State
+from devcloud.timeutil import WallClock, utcnow
 from devcloud.tunnel_server import tunnel_handler
 from devcloud.webhooks import Webhooks
 
 
-def create_app(settings: Settings) -> web.Application:
-    """A ready-to-run application; the database is opened at start-up and closed at clean-up."""
+def create_app(settings: Settings, clock: WallClock = utcnow) -> web.Application:
+    """A ready-to-run application; the database is opened at start-up and closed at clean-up.
+    `clock`: the wall clock its timestamps are read from."""
     app = web.Application(
         middlewares=[make_middleware(settings.api_key)], client_max_size=MAX_BODY_BYTES
     )
@@ -33,7 +35,7 @@ def create_app(settings: Settings) -> web.Application:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         db = Database(settings.db_path)
-        hub = Hub()
+        hub = Hub(clock)
         actions = ActionService(db, hub, settings)
         webhooks = Webhooks(settings, db)
         app[STATE] = State(

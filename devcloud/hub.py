@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 import structlog
 from aiohttp import web
 
-from devcloud.timeutil import iso, utcnow
+from devcloud.timeutil import WallClock, utcnow
 from gatewayd import protocol
 
 log = structlog.get_logger("devcloud.tunnel")
@@ -33,7 +36,10 @@ class Connection:
     # sent `claimed`: the gateway stores the credential and redials, reading nothing more here
     retiring: bool = False
     token_expires: float | None = None  # unclaimed: when its registration token expires
-    since: str = ""  # claimed: when it began to speak for its gateway (ISO, the cloud's clock)
+    # the cloud's wall clock and the monotonic one when the session began: its session clock
+    started: tuple[datetime, float] | None = None
+    # claimed: requests it reported received or processing and has not finished
+    in_flight: set[str] = field(default_factory=set)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _welcomed: asyncio.Event = field(default_factory=asyncio.Event)  # or the session is over
     _welcome_sent: bool = False
@@ -63,6 +69,16 @@ class Connection:
             return False
         return True
 
+    def session_time(self, mono: float) -> datetime:
+        """The session clock at monotonic time `mono`: the wall clock at its start carried on
+        the monotonic clock. The welcome's `server_time` is read on it, and so are the stamps
+        of the requests sent after: the gateway reads their deadlines on the welcome's time
+        carried on its own monotonic clock, so a step of the cloud's wall clock since (NTP)
+        must not move them, or every request is past its deadline (stepped back) or late."""
+        assert self.started is not None
+        wall, mono_then = self.started
+        return wall + timedelta(seconds=mono - mono_then)
+
     def ended(self) -> None:
         """The session is over: senders waiting for its welcome go on (and find it closed)."""
         self._welcomed.set()
@@ -77,7 +93,11 @@ class Connection:
 class Hub:
     """The live connections. A newer connection for the same gateway or token replaces the older."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, clock: WallClock = utcnow, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.clock = clock  # timestamps
+        self.monotonic = monotonic  # session clocks
         self.claimed: dict[str, Connection] = {}
         self.unclaimed: dict[str, Connection] = {}
         # gateways whose retiring session closed: when (monotonic), until the next one attaches
@@ -115,10 +135,12 @@ class Hub:
     def attach(self, conn: Connection) -> Connection | None:
         """Register a connection; return the one it replaces, if any."""
         self._changed()
+        now = self.clock()
+        if conn.started is None:  # a promoted session keeps its clock
+            conn.started = (now, self.monotonic())
         if conn.gateway_id is not None:
             old = self.claimed.get(conn.gateway_id)
             self.claimed[conn.gateway_id] = conn
-            conn.since = iso(utcnow())
             self._redialling.pop(conn.gateway_id, None)
         else:
             assert conn.token_hash is not None

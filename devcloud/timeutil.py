@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
+
+# The cloud's wall clock: what its timestamps are read from (a seam for tests that step it).
+WallClock = Callable[[], datetime]
 
 
 def utcnow() -> datetime:

@@ -21,7 +21,7 @@ from devcloud import state
 from devcloud.db import secret_hash
 from devcloud.errors import error_response, request_id
 from devcloud.hub import Connection
-from devcloud.timeutil import iso, utcnow
+from devcloud.timeutil import iso
 from gatewayd import protocol
 
 log = structlog.get_logger("devcloud.tunnel")
@@ -101,7 +101,9 @@ async def _session(app: state.State, conn: Connection) -> None:
         await replaced.refuse("replaced", "a newer connection took over")
     acked = 0 if conn.gateway_id is None else app.db.high_water(conn.gateway_id)
     cancelled = (
-        [] if conn.gateway_id is None else app.db.cancelled_actions(conn.gateway_id, iso(utcnow()))
+        []
+        if conn.gateway_id is None
+        else app.db.cancelled_actions(conn.gateway_id, iso(app.hub.clock()))
     )
     welcome = protocol.Welcome(
         protocol=protocol.PROTOCOL_VERSION,
@@ -109,7 +111,7 @@ async def _session(app: state.State, conn: Connection) -> None:
         acked_seq=acked,
         heartbeat_s=app.settings.heartbeat_s,
         cancelled=cancelled,
-        server_time=iso(utcnow()),
+        server_time=iso(conn.session_time(app.hub.monotonic())),
     )
     if not await conn.send(welcome):
         return

@@ -7,7 +7,7 @@ import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestServer
 from devcloud.app import create_app
 from devcloud.settings import Settings
 from devcloud.state import STATE, State
+from devcloud.timeutil import WallClock, utcnow
 from gatewayd import protocol as p
 
 API_KEY = "test-api-key"
@@ -186,12 +187,24 @@ class Cloud:
 CloudFactory = Callable[..., Awaitable[Cloud]]
 
 
+class SteppedClock:
+    """A devcloud wall clock (`start(clock=...)`): this machine's, moved by `step` (as NTP
+    steps a clock)."""
+
+    def __init__(self) -> None:
+        self.step = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return utcnow() + self.step
+
+
 @asynccontextmanager
 async def clouds(tmp_path: Path, **defaults: Any) -> AsyncIterator[CloudFactory]:
     """Start devclouds on demand (`await start(**overrides)`); all are closed on exit."""
     started: list[Cloud] = []
 
-    async def start(**overrides: Any) -> Cloud:
+    async def start(clock: WallClock = utcnow, **overrides: Any) -> Cloud:
+        """`clock`: devcloud's wall clock (a test steps it); `overrides`: of its settings."""
         settings = Settings(
             api_key=API_KEY,
             db_path=str(tmp_path / f"devcloud{len(started)}.db"),
@@ -200,7 +213,7 @@ async def clouds(tmp_path: Path, **defaults: Any) -> AsyncIterator[CloudFactory]
             webhook_secret="whsec_test",
         )
         settings = replace(settings, **{**defaults, **overrides})
-        server = TestServer(create_app(settings), host="127.0.0.1")
+        server = TestServer(create_app(settings, clock), host="127.0.0.1")
         await server.start_server()
         cloud = Cloud(server=server, http=aiohttp.ClientSession())
         started.append(cloud)

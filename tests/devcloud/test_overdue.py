@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 from gatewayd import protocol as p
-from tests.cloudkit import TunnelClient
+from tests.cloudkit import SteppedClock, TunnelClient
 from tests.devcloud.conftest import DEVICE_ID, Cloud, CloudFactory
 
 FAST = {"action_timeout_s": 0.5, "report_grace_s": 0.3, "overdue_check_s": 0.05}
@@ -112,3 +113,19 @@ async def test_a_request_the_gateway_still_reports_after_a_reconnect_is_left_to_
     assert isinstance(await back.hello(), p.Welcome)
     await _report(back, sent.id, "processing")
     assert (await _status_after(cloud, sent.id, 1.2))["status"] == "processing"
+
+
+async def test_a_request_reported_after_the_clouds_clock_stepped_back_is_left_to_the_gateway(
+    make_cloud: CloudFactory,
+) -> None:
+    """The cloud's clock stepped back (NTP) after the gateway connected: every report in the
+    session was stamped before the session began, so a connected gateway's `processing`
+    request was failed `gateway_lost` as one reported in a session that had ended."""
+    clock = SteppedClock()
+    cloud = await make_cloud(clock=clock, **FAST)
+    tunnel, _, _ = await cloud.claimed_gateway()
+    clock.step = timedelta(hours=-1)
+    action_id = await _processing(cloud, tunnel)
+    assert (await _status_after(cloud, action_id, 1.2))["status"] == "processing"
+    await tunnel.ws.close()  # gone, it is failed as before
+    assert (await _status_after(cloud, action_id, 1.2))["status"] == "failed"

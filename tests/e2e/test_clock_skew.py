@@ -18,7 +18,8 @@ from gatewayd import protocol
 from gatewayd.daemon import Daemon
 from gatewayd.model import iso, utcnow
 from gatewayd.store import Store
-from tests.e2e.conftest import tunnel_url
+from tests.cloudkit import CloudFactory, SteppedClock
+from tests.e2e.conftest import claim, tunnel_url, wait_action
 from tests.support import TunnelServer, running_daemon, wait_until
 
 pytestmark = pytest.mark.stack
@@ -185,3 +186,29 @@ async def test_the_skew_is_logged_and_on_status(
     assert len(lines) == 1, lines
     assert "skew_s" in lines[0]
     assert "-600" in lines[0] or "-599" in lines[0]
+
+
+async def test_the_clouds_clock_stepping_back_after_the_welcome_fails_no_action(
+    tmp_path: Path, cloud_factory: CloudFactory
+) -> None:
+    """devcloud's wall clock stepped back an hour (NTP) after the gateway connected: the
+    gateway reads deadlines on the welcome's time carried on, so every request devcloud sent,
+    stamped on the stepped clock, was an hour past its deadline and failed `timeout` until the
+    gateway reconnected."""
+    clock = SteppedClock()
+    cloud = await cloud_factory(clock=clock)
+    async with running_daemon(tmp_path / "gw", cloud_url=tunnel_url(cloud.server.port)) as daemon:
+        await claim(cloud, daemon)
+        await wait_until(lambda: len(cloud.state.db.devices()) == 2)
+        device = cloud.state.db.devices()[0]["id"]
+        assert daemon.tunnel is not None
+        sessions = daemon.tunnel.sessions
+        clock.step = timedelta(hours=-1)
+        status, created = await cloud.post(f"/v1/devices/{device}/actions/unlock", {})
+        assert status == 200, created
+        done = await wait_action(cloud, created["id"])
+        assert daemon.tunnel.sessions == sessions  # it did not need to redial
+    assert done["status"] == "completed", done.get("error")
+    # the API's timestamps are still the cloud's wall clock, stepped
+    shown = datetime.fromisoformat(done["created_at"].replace("Z", "+00:00"))
+    assert abs((shown - clock()).total_seconds()) < 60
