@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -266,6 +267,57 @@ def _write_pid_file(work: Path) -> None:
     part.replace(work / PID_FILE)
 
 
+def hold_demo_dir(work: Path) -> tuple[int, str | None]:
+    """Make this demo the only one in `work`, for as long as the returned descriptor stays
+    open; and say so when a demo before this one in it ended without stopping.
+
+    Two demos in one --dir ran two daemons on one gateway store and two clouds on one
+    database, and the second one's config (its ports) replaced the first's under the commands
+    the first printed. The pid file in it is locked while a demo runs: the lock goes with its
+    process however it ends (kill -9, a crash), so a pid left in a file nobody holds is a demo
+    that did not stop; its gateway, cloud database and API key are carried on with."""
+    path = work / PID_FILE
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held = os.read(fd, 32).decode("ascii", "replace").strip()
+            os.close(fd)
+            who = f" (pid {held})" if held.isdigit() else ""
+            stop = f"kill {held}" if held.isdigit() else "Ctrl-C in its terminal"
+            raise DemoError(
+                f"another demo{who} is running in {work}: stop it ({stop}) first, "
+                "or give this one another --dir"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:  # removed by a demo that ended meanwhile
+            same = False
+        if same:
+            break
+        os.close(fd)
+    left = os.read(fd, 32).decode("ascii", "replace").strip()
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    if not left.isdigit() or int(left) == os.getpid():
+        return fd, None
+    return fd, (
+        f"The demo that ran in {work} before (pid {left}) did not stop (killed, or crashed):"
+        " carrying on with its gateway, cloud database and API key."
+    )
+
+
+def release_demo_dir(work: Path, fd: int) -> None:
+    """A demo that stops leaves no pid file: one found by the next demo is one that did not."""
+    with contextlib.suppress(OSError):
+        (work / PID_FILE).unlink()
+    os.close(fd)
+
+
 def run_demo(args: argparse.Namespace) -> int:
     """Run the demo until Ctrl-C; a DemoError says in one line why it cannot."""
     if args.locks < 1:
@@ -278,24 +330,38 @@ def run_demo(args: argparse.Namespace) -> int:
         work = Path(args.dir or tmp).resolve()
         # its own: the cloud's database, the logs and the gateway's state (credential included)
         work.mkdir(mode=0o700, parents=True, exist_ok=True)
-        api_key = demo_api_key(work)
-        cloud, cloud_port = start_cloud(work, api_key, args.cloud_port)
+        held = None
+        if args.dir:  # a temporary dir is this demo's own, its pid file written above
+            held, note = hold_demo_dir(work)
+            if note is not None:
+                print(note, flush=True)
         try:
-            try:
-                cfg = parse_config(
-                    demo_config(work / "gateway", args.locks, args.status_port, cloud_port)
-                )
-            except ConfigError as exc:  # e.g. more locks than the simulator takes
-                raise DemoError(str(exc), 2) from None
-            with (work / "gatewayd.log").open("a", encoding="utf-8") as log_stream:
-                gwlog.configure("info", "json", log_stream)
-                _run_daemon(Daemon(cfg, handle_signals=True), args, work, api_key, cloud_port)
+            return _run_in(work, args)
         finally:
-            cloud.terminate()
-            try:
-                cloud.wait(5)
-            except subprocess.TimeoutExpired:
-                cloud.kill()
+            if held is not None:
+                release_demo_dir(work, held)
+
+
+def _run_in(work: Path, args: argparse.Namespace) -> int:
+    """The demo in its directory, which it holds: the cloud, then the daemon, until Ctrl-C."""
+    api_key = demo_api_key(work)
+    cloud, cloud_port = start_cloud(work, api_key, args.cloud_port)
+    try:
+        try:
+            cfg = parse_config(
+                demo_config(work / "gateway", args.locks, args.status_port, cloud_port)
+            )
+        except ConfigError as exc:  # e.g. more locks than the simulator takes
+            raise DemoError(str(exc), 2) from None
+        with (work / "gatewayd.log").open("a", encoding="utf-8") as log_stream:
+            gwlog.configure("info", "json", log_stream)
+            _run_daemon(Daemon(cfg, handle_signals=True), args, work, api_key, cloud_port)
+    finally:
+        cloud.terminate()
+        try:
+            cloud.wait(5)
+        except subprocess.TimeoutExpired:
+            cloud.kill()
     return 0
 
 

@@ -389,6 +389,67 @@ def test_a_second_demo_in_the_same_dir_carries_on_with_its_gateway(tmp_path: Pat
         assert len(locations) == 1, locations  # no second "Demo house"
 
 
+def _lines_to_ready_or_end(proc: subprocess.Popen[str]) -> list[str]:
+    """A demo's output lines up to its ready line or its end, whichever comes first."""
+    assert proc.stdout is not None
+    lines: list[str] = []
+    for line in proc.stdout:
+        lines.append(line.rstrip("\n"))
+        if READY_LINE in line:
+            break
+    return lines
+
+
+def test_a_second_demo_in_a_dir_a_demo_runs_in_is_refused(tmp_path: Path) -> None:
+    """A second `gatewayd demo --dir D` while one ran in D started: a second daemon on the
+    first one's gateway store, a second cloud on its database, and its ports written over the
+    config the first one's `gatewayd status -c` command reads. It is refused now, naming the
+    demo that runs there and how to stop it."""
+    demo_dir = tmp_path / "demo"
+    with _demo("--dir", str(demo_dir), cwd=ROOT) as first:
+        _until_ready(first)
+        config = (demo_dir / "gatewayd.toml").read_text()
+        second = _start_demo("--dir", str(demo_dir), cwd=ROOT)
+        try:
+            lines = _lines_to_ready_or_end(second)
+            assert not any(READY_LINE in line for line in lines), lines
+            assert second.wait(15) == 1
+        finally:
+            _kill_group(second)
+        assert lines == [
+            f"gatewayd demo: another demo (pid {first.pid}) is running in {demo_dir}: stop it"
+            f" (kill {first.pid}) first, or give this one another --dir"
+        ]
+        assert (demo_dir / "gatewayd.toml").read_text() == config
+        assert first.poll() is None
+    assert not (demo_dir / "demo.pid").exists()  # stopped: no pid left for the next demo
+
+
+def test_a_demo_dir_left_by_a_demo_killed_outright_is_carried_on_with_a_note(
+    tmp_path: Path,
+) -> None:
+    """A demo killed outright (kill -9, a crash) leaves its --dir with its pid file, its
+    gateway and cloud database: the next demo there says so, and carries on with them."""
+    demo_dir = tmp_path / "demo"
+    killed = _start_demo("--dir", str(demo_dir), cwd=ROOT)
+    try:
+        first = _gateway_id(_until_ready(killed))
+        killed.kill()  # the demo alone: its devcloud stops as its stdin closes
+        killed.wait(15)
+    finally:
+        _kill_group(killed)
+    assert (demo_dir / "demo.pid").read_text().strip() == str(killed.pid)
+    with _demo("--dir", str(demo_dir), cwd=ROOT) as proc:
+        lines = _until_ready(proc)
+        assert lines[0] == (
+            f"The demo that ran in {demo_dir} before (pid {killed.pid}) did not stop (killed,"
+            " or crashed): carrying on with its gateway, cloud database and API key."
+        ), lines
+        assert _gateway_id(lines) == first
+        assert (demo_dir / "demo.pid").read_text().strip() == str(proc.pid)
+    assert not (demo_dir / "demo.pid").exists()
+
+
 def _api_key(lines: list[str]) -> str:
     found = re.search(r"API key (\S+)", "\n".join(lines))
     assert found is not None, lines
