@@ -68,7 +68,10 @@ def _load(path: str) -> Config:
     try:
         return load_config(path)
     except ConfigError as exc:
-        print(f"gatewayd: {path}: {exc}", file=sys.stderr)
+        # run without -c on a machine where gatewayd is not installed (the demo's commands
+        # name theirs): the line says where the config is chosen
+        hint = "" if os.path.lexists(path) else " (-c FILE names the config to use)"
+        print(f"gatewayd: {path}: {exc}{hint}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
 
 
@@ -317,8 +320,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         data = _fetch_status(cfg)
     except (urllib.error.URLError, OSError) as exc:
+        # "<urlopen error [Errno 111] Connection refused>" said neither why nor what to do: a
+        # daemon stopped (or a demo ended, whose config names the ports it had) is the usual why
+        why = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        said = why.strerror if isinstance(why, OSError) and why.strerror else str(why)
         print(
-            f"gatewayd: the daemon is not answering on {cfg.status.listen}: {exc}", file=sys.stderr
+            f"gatewayd: the daemon is not answering on {cfg.status.listen} ({said}): is it"
+            " running? (`systemctl status gatewayd`; a demo's config works while that demo runs)",
+            file=sys.stderr,
         )
         return 1
     except NotGatewaydStatus as exc:

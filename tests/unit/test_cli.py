@@ -294,6 +294,20 @@ def test_status_asks_the_daemon_directly_whatever_proxy_the_environment_names(
     assert f"registration token: {token[1]}" in result.stdout
 
 
+def test_status_with_no_daemon_running_says_what_to_check(tmp_path: Path) -> None:
+    """`gatewayd status -c demo/gatewayd.toml` after the demo ended said "the daemon is not
+    answering on 127.0.0.1:N: <urlopen error [Errno 111] Connection refused>", neither why in
+    words nor what to look at."""
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        cfg = _config(tmp_path, tmp_path / "state", closed.getsockname()[1])
+        result = _gatewayd("status", "-c", str(cfg))
+    assert result.returncode == 1
+    line = _one_line(result.stderr)
+    assert "urlopen error" not in line, line
+    assert "(Connection refused): is it running? (`systemctl status gatewayd`;" in line, line
+
+
 def test_status_when_another_program_answers_on_the_port(tmp_path: Path) -> None:
     """`gatewayd status` ended with a JSONDecodeError traceback."""
     server = HTTPServer(("127.0.0.1", 0), _NotGatewayd)

@@ -267,6 +267,8 @@ def test_check_config_cli_exit_codes(tmp_path: Path) -> None:
     missing = _check_config(tmp_path / "nope.toml")
     assert missing.returncode == 2
     assert "cannot read" in missing.stderr
+    # `gatewayd status` typed without -c where nothing is installed: the line says what to do
+    assert missing.stderr.rstrip().endswith("(-c FILE names the config to use)"), missing.stderr
 
 
 def test_check_config_on_a_file_that_is_not_utf8(tmp_path: Path) -> None:
