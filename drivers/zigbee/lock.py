@@ -860,6 +860,10 @@ class ZigbeeLock:
     def _bolt_told(self, locked: bool, method: Method, slot: int | None) -> None:
         """The lock told how its bolt moved: one event with its lock_state report."""
         self._bolt_word()
+        if self._pending is not None and self.locked is not None and self.locked != locked:
+            # a report waiting for its operation event, and this one tells of the next move (a
+            # Yale lock tells before it reports): the move before is over, told now
+            self._bolt_event(self.locked, Method.UNKNOWN, None)
         untold = asyncio.get_running_loop().time() - self._bolt_untold <= self._opts.event_merge_s
         pending = self._pending is not None or untold
         changed = locked != self.locked or self.jammed
