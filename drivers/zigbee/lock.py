@@ -1211,6 +1211,11 @@ class ZigbeeLock:
                 self._confirmed_codes.confirmed(slot, digest)
             elif not same_code(stored[1], pin.reveal()):
                 raise CodeNotConfirmed("the lock reads back a different code")
+        except (ActionTimeout, asyncio.CancelledError):
+            # sent, then no word in time (a late answer, the action's deadline): the lock may
+            # have stored the code, and its programming event may still come
+            self._late_sets.failed(slot)
+            raise
         except _RadioLost:
             # the lock may have stored it: its programming event, if it comes after the
             # reconnect, goes up as the set carried out

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from drivers.zigbee import ZigbeeDriver
@@ -588,6 +589,53 @@ async def test_a_clear_after_a_set_that_failed_waits_for_its_late_event(tmp_path
             (EventName.CODE_SET, "remote"),
             (EventName.CODE_REMOVED, "remote"),
         ]
+
+
+async def late_answer(driver: ZigbeeDriver, dev: str, vlock: VirtualLock) -> None:
+    """The lock answers the set 2.5 s late, its programming event after the answer: the set
+    fails `timeout` at command_timeout_s (2 s here)."""
+    vlock.on_pin_set = lambda: setattr(vlock, "delay_s", 2.5)  # its read before, on time
+    with pytest.raises(ActionTimeout):
+        await driver.execute(dev, SetCode(slot_id=3, code=PinCode("1357")))
+    vlock.on_pin_set, vlock.delay_s = None, 0.0
+
+
+async def cut_by_the_deadline(driver: ZigbeeDriver, dev: str, vlock: VirtualLock) -> None:
+    """The action's deadline (the dispatcher's cancel scope) ends the set while it waits for
+    the programming event, which the lock sends 2.5 s late."""
+    vlock.programming_delay_s = 2.5
+    with anyio.CancelScope() as scope:
+        # due 0.5 s after the lock took the set, however slow the read before it
+        vlock.on_pin_set = lambda: setattr(scope, "deadline", anyio.current_time() + 0.5)
+        await driver.execute(dev, SetCode(slot_id=3, code=PinCode("1357")))
+    assert scope.cancelled_caught
+    vlock.on_pin_set, vlock.programming_delay_s = None, 0.0
+
+
+@pytest.mark.parametrize("first_set", [late_answer, cut_by_the_deadline])
+async def test_a_set_that_ends_before_the_lock_s_word_does_not_confirm_the_next_one(
+    tmp_path: Path, first_set: Any
+) -> None:
+    """A masking lock confirms a code only with its programming event. A set that ended before
+    it (the lock's answer late, the action's deadline) may have been carried out: a next set of
+    the slot that the lock drops must not be confirmed by that event, the lock holds the first
+    code. Before, only a set that had waited command_timeout_s for the event was waited out;
+    these completed the next set, reporting a code the lock does not hold."""
+    sink = HistorySink()
+    async with running(tmp_path, sink) as driver:
+        dev, vlock = by_native(sink, YALE), virtual(driver, YALE)
+        assert vlock.profile.masked_readback
+        mark = len(sink.events)
+        await first_set(driver, dev, vlock)
+        assert vlock.mem.pins[3] == "1357"  # stored; its event is still to come
+        assert driver.hold_s(dev, SetCode(slot_id=3, code=PinCode("2468"))) > 0
+        vlock.set_fault("drop_code")
+
+        with pytest.raises(CodeNotConfirmed):
+            await driver.execute(dev, SetCode(slot_id=3, code=PinCode("2468")))
+        assert vlock.mem.pins[3] == "1357"
+        # the next set waited the late event out; it went up as the first set carried out
+        assert await settled_events(sink, mark, 1) == [(EventName.CODE_SET, "remote")]
 
 
 # ------------------------------------------------------------------ requests cut by a rejoin
