@@ -17,6 +17,9 @@ from gatewayd import protocol
 _DIGITS: Final = re.compile(r"[0-9]+")
 DEFAULT_CODE_LENGTHS: Final = (4, 5, 6, 7, 8)
 DEFAULT_SLOTS: Final = (1, 11)
+# a lock that has not told its code lengths (`supported_code_lengths: null`): any the gateway
+# tries, and the lock refuses one it does not take
+UNKNOWN_CODE_LENGTHS: Final = tuple(range(1, 17))
 UNKNOWN_MAX_SLOT: Final = 65_534  # the largest Zigbee user id (0xFFFF: all users, no slot)
 
 
@@ -118,6 +121,8 @@ def code_rules(device: dict[str, Any]) -> tuple[tuple[int, ...], tuple[int, int]
     raw = props.get("supported_code_lengths")
     if isinstance(raw, list) and raw and all(_is_int(n) and 0 < n <= 32 for n in raw):
         lengths = tuple(sorted(set(raw)))
+    elif raw is None and "supported_code_lengths" in props:
+        lengths = UNKNOWN_CODE_LENGTHS
     slots = DEFAULT_SLOTS
     raw_slots = props.get("code_slots")
     if isinstance(raw_slots, dict):

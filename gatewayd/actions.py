@@ -219,7 +219,7 @@ def _device_action(name: ActionName, inputs: Mapping[str, Any], device: Device) 
     pin: PinCode | None = None
     if name is ActionName.SET_CODE:
         raw_code = inputs.get("code")
-        lengths = f"{codes.min_length} to {codes.max_length} digits"
+        lengths = codes.length_range()
         if raw_code is None:
             errors["code"] = f"required: {lengths}"
         elif not isinstance(raw_code, str):

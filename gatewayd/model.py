@@ -197,13 +197,16 @@ class CodeConstraints(msgspec.Struct, frozen=True):
 
     `slots_known` False: the lock has not told its slot count yet (not read yet). The cloud is
     shown no upper end, and a slot up to `max_slot` (then what the protocol allows) is tried:
-    the lock itself refuses one it lacks."""
+    the lock itself refuses one it lacks. `lengths_known` False, likewise for its code lengths:
+    the cloud is shown none, and any length from `min_length` to `max_length` (then what the
+    protocol allows) is tried; a guess would refuse codes the lock takes."""
 
     min_length: int = 4
     max_length: int = 8
     min_slot: int = 1
     max_slot: int = 11
     slots_known: bool = True
+    lengths_known: bool = True
 
     def has_slot(self, slot: int) -> bool:
         return self.min_slot <= slot <= self.max_slot
@@ -212,6 +215,12 @@ class CodeConstraints(msgspec.Struct, frozen=True):
         if not self.slots_known:
             return f"{self.min_slot} or more (this lock's slot count is not read yet)"
         return f"{self.min_slot} through {self.max_slot}"
+
+    def length_range(self) -> str:
+        lengths = f"{self.min_length} to {self.max_length} digits"
+        if not self.lengths_known:
+            return f"{lengths} (this lock's code lengths are not read yet)"
+        return lengths
 
     def errors(
         self, slot: int, length: int | None = None, *, digits: bool = True
@@ -224,7 +233,7 @@ class CodeConstraints(msgspec.Struct, frozen=True):
         if not digits:
             errors["code"] = "must contain digits 0-9 only"
         elif length is not None and not self.min_length <= length <= self.max_length:
-            errors["code"] = f"must have {self.min_length} to {self.max_length} digits"
+            errors["code"] = f"must have {self.length_range()}"
         return errors
 
     def check(self, slot: int, code: PinCode | None = None) -> None:

@@ -58,6 +58,7 @@ def _build_descriptors(device: Device) -> dict[str, Any]:
                     "description": (
                         "Pin Code, all numbers, can start with 0, must be between "
                         f"{codes.min_length} and {codes.max_length} digits in length"
+                        + ("" if codes.lengths_known else " (this lock's are not read yet)")
                     ),
                     "type": "string",
                 },
@@ -129,11 +130,19 @@ def _properties(device: Device) -> dict[str, Any]:
             else {"level": p.battery_level, "status": p.battery_status()}
         ),
         "jammed": p.jammed,
-        "supported_code_lengths": list(range(device.codes.min_length, device.codes.max_length + 1)),
+        "supported_code_lengths": _code_lengths(device.codes),
         "code_slots": {"min": device.codes.min_slot, "max": _max_slot(device.codes)},
         "firmware": p.firmware,
         "last_seen": iso(p.last_seen) if p.last_seen else None,
     }
+
+
+def _code_lengths(codes: CodeConstraints) -> list[int] | None:
+    """None while the lock has not told its code lengths: a guess would refuse codes it takes
+    (an absent list is the cloud's 4..8 default)."""
+    if not codes.lengths_known:
+        return None
+    return list(range(codes.min_length, codes.max_length + 1))
 
 
 def _max_slot(codes: CodeConstraints) -> int | None:

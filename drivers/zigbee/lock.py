@@ -50,8 +50,11 @@ log = structlog.get_logger(__name__)
 LOW_BATTERY: Final = 0.2
 BATTERY_RECOVERED: Final = 0.25
 DEFAULT_CODES: Final = CodeConstraints(min_length=4, max_length=8, min_slot=1, max_slot=11)
-# until its user count is read: any user id but 0xFFFF (all users) is tried, the lock refuses
-UNREAD_CODES: Final = replace(DEFAULT_CODES, max_slot=0xFFFE, slots_known=False)
+# until its limits are read: any user id but 0xFFFF (all users) and any code length the
+# driver would take from a read (1..16) is tried, the lock refuses what it does not take
+UNREAD_CODES: Final = CodeConstraints(
+    min_length=1, max_length=16, max_slot=0xFFFE, slots_known=False, lengths_known=False
+)
 
 _OP = DoorLock.OperationEvent
 _SRC = DoorLock.OperationEventSource
@@ -113,6 +116,15 @@ OWN_ECHO_S: Final = 10.0  # how late a lock's programming event for our own chan
 # LockOptions.configure_retry_max_s: unbound, a lock sends no reports, so it may not be heard
 # (and configured when heard) before the next availability ping, its door events lost meanwhile.
 CONFIGURE_RETRY_S: Final = 30.0
+# Reads of a heard lock's code limits that go unanswered before they are given up (logged
+# `zigbee.limits_unread`; the lock stays usable with its limits unknown): some firmwares answer
+# everything but those attributes, and each read costs airtime of a battery lock. The next read
+# waits LIMITS_RETRY_S after the first unanswered one, twice as long after each one after it.
+LIMITS_READS: Final = 5
+LIMITS_RETRY_S: Final = 30.0
+# the user id 0xFF in a programming event: all users on a lock with 8-bit user ids, slot 255 on
+# one with more than 255 users
+_USER_FF: Final = 0xFF
 _PIN_GENERAL_FAILURE: Final = 1
 _PIN_MEMORY_FULL: Final = 2
 _PIN_DUPLICATE: Final = 3
@@ -251,6 +263,10 @@ class ZigbeeLock:
         self._limits_read = False  # a read of _CODE_LIMITS was answered (supported or not)
         self._limiting: asyncio.Task[None] | None = None  # that read, when the lock is heard
         self._limits_after = 0.0  # loop time: not tried again before, after one went unanswered
+        self._limits_unanswered = 0  # reads of them that went unanswered: LIMITS_READS at most
+        # programming events held, in order, until the user count tells what user 0xFF is
+        self._held_programming: list[Any] | None = None
+        self._settling: asyncio.Task[None] | None = None  # the wait for that count
         self._firmware_read = False  # a read of sw_build_id was answered (supported or not)
         # when the bolt state was last taken in with no event (loop time): an operation event
         # that follows within event_merge_s tells of that very change, and goes out
@@ -321,6 +337,8 @@ class ZigbeeLock:
             self._resyncing.cancel()
         if self._limiting is not None:
             self._limiting.cancel()
+        if self._settling is not None:
+            self._settling.cancel()
         self._wake()  # a code change waiting for the lock's word fails now (`_await_programmed`)
         if not self._left.done():
             self._left.set_result(None)
@@ -538,19 +556,37 @@ class ZigbeeLock:
             return
         if loop.time() < self._limits_after or not self._limits_unknown():
             return
+        if self._limits_unanswered >= LIMITS_READS:
+            return  # given up
         self._limits_after = loop.time() + self._opts.command_timeout_s
         self._limiting = loop.create_task(self._read_limits())
 
     async def _read_limits(self) -> None:
-        """Until read, the cloud is shown no slot count, and a code in any slot is tried. A lock
-        that does not support them keeps the guess (slots 1..11)."""
+        """Until read, the cloud is shown no slot count or code lengths, and a code of any
+        length in any slot is tried. A lock that does not support them keeps the guess (slots
+        1..11, 4 to 8 digits). After LIMITS_READS unanswered reads, they are not asked again."""
+        if self._limits_unanswered >= LIMITS_READS:
+            return
         dl = self.door_lock
         try:
             await self._call(lambda: dl.read_attributes(list(_CODE_LIMITS), allow_cache=False))
         except Exception as exc:  # noqa: BLE001 - tried again when the lock is next heard
-            log.info(
-                "zigbee.code_limits_unread", device_id=self.device_id, error=type(exc).__name__
-            )
+            if self._closed:
+                return
+            self._limits_unanswered += 1
+            error = type(exc).__name__
+            if self._limits_unanswered >= LIMITS_READS:
+                log.warning(
+                    "zigbee.limits_unread",
+                    device_id=self.device_id,
+                    reads=self._limits_unanswered,
+                    error=error,
+                )
+                return
+            log.info("zigbee.code_limits_unread", device_id=self.device_id, error=error)
+            backoff = LIMITS_RETRY_S * 2 ** (self._limits_unanswered - 1)
+            loop = asyncio.get_running_loop()
+            self._limits_after = max(self._limits_after, loop.time() + backoff)
             return
         self._limits_read = True
         self._publish()
@@ -571,7 +607,9 @@ class ZigbeeLock:
 
     def _names_slot(self, user: int) -> bool:
         """Whether a user id in the lock's word is one of its code slots: while its count is
-        unread, 0xFF / 0xFFFF are all users, as on a lock with fewer."""
+        unread, 0xFF / 0xFFFF are all users, as on a lock with fewer. (A programming event for
+        0xFF waits for the count, `_programming`; an operation event does not wait: its door
+        event goes up without the slot, as a keypad one.)"""
         c = self.codes()
         return c.has_slot(user) and (c.slots_known or user not in _ALL_USERS)
 
@@ -962,6 +1000,33 @@ class ZigbeeLock:
             self._changed.set()
             self._changed = asyncio.Event()
             return
+        if self._held_programming is not None:
+            self._held_programming.append(args)  # after the one that waits: in order
+            return
+        if user == _USER_FF and not self.codes().slots_known and not self._closed:
+            # all codes cleared, or slot 255 of a lock with more users: told once its user
+            # count is read (all the lock's programming events meanwhile after it, in order)
+            self._held_programming = [args]
+            self._settling = asyncio.get_running_loop().create_task(self._settle_programming())
+            return
+        self._programmed_at_lock(args)
+
+    async def _settle_programming(self) -> None:
+        """The held programming events, once the user count is read; if it cannot be, 0xFF is
+        all users (what the ZCL has it mean on the locks that have one)."""
+        self._read_limits_soon()  # unless one is under way (hearing the event starts one)
+        if self._limiting is not None and not self._limiting.done():
+            await asyncio.wait({self._limiting})
+        elif self._limits_unknown():
+            await self._read_limits()  # due later, after one went unanswered: asked for this
+        held, self._held_programming = self._held_programming or [], None
+        if self._limits_unknown():
+            log.info("zigbee.user_ff_taken_as_all", device_id=self.device_id)
+        for args in held:
+            self._programmed_at_lock(args)
+
+    def _programmed_at_lock(self, args: Any) -> None:
+        code, user = int(args.program_event_code), int(args.user_id)
         source = int(args.program_event_source)
         method = str(_PROGRAMMING_METHODS.get(source, Method.UNKNOWN))
         if not self._names_slot(user):
@@ -1343,7 +1408,7 @@ def _codes(lo: Any, hi: Any, users: Any, unread: bool) -> CodeConstraints:
     """Code lengths and slots from the lock's min_pin_len, max_pin_len and user count."""
     c = UNREAD_CODES if unread else DEFAULT_CODES
     if lo is not None and hi is not None and 1 <= int(lo) <= int(hi) <= 16:
-        c = replace(c, min_length=int(lo), max_length=int(hi))
+        c = replace(c, min_length=int(lo), max_length=int(hi), lengths_known=True)
     if users is not None and int(users) >= 2:
         c = replace(c, min_slot=1, max_slot=int(users) - 1)
     return c

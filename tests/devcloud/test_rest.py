@@ -253,6 +253,20 @@ async def test_a_lock_whose_slot_count_is_unread_takes_a_slot_beyond_the_guess(
     ]
 
 
+async def test_a_lock_whose_code_lengths_are_unread_takes_a_code_beyond_the_guess(
+    cloud: Cloud,
+) -> None:
+    """A gateway that has not read the lock's code lengths reports `supported_code_lengths`
+    null: a 10-digit code goes to the gateway (the lock refuses a length it does not take).
+    Before, the cloud fell back to 4..8 and refused it."""
+    await cloud.claimed_gateway(device=device_body(supported_code_lengths=None))
+    status, body = await cloud.post(
+        f"/v1/devices/{DEVICE_ID}/actions/set_code", {"data": {"code": "0123456789", "slot_id": 5}}
+    )
+    assert status == 200, body
+    assert body["data"] == {"set_code": {"code": "****", "slot_id": 5}}
+
+
 async def test_device_action_responses_have_the_seed_shape(cloud: Cloud) -> None:
     _, gateway_id, _ = await cloud.claimed_gateway()
     status, body = await cloud.post(f"/v1/devices/{DEVICE_ID}/actions/lock")

@@ -9,17 +9,27 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from structlog.testing import capture_logs
 
+from drivers.zigbee import lock as zigbee_lock
 from drivers.zigbee.virtual.radio import VirtualNetwork
 from drivers.zigbee.zigpy_api import DoorLock, foundation
 from gatewayd.actions import validate
 from gatewayd.driver import Simulation
-from gatewayd.model import ActionRequest, EventName, GatewayError, PinCode, SetCode, utcnow
+from gatewayd.model import (
+    ActionRequest,
+    EventName,
+    GatewayError,
+    Lock,
+    PinCode,
+    SetCode,
+    utcnow,
+)
 from gatewayd.upstream import device_dict
 from tests.contract.sink import RecordingSink
-from tests.zigbee.conftest import AnnouncingSink, running
+from tests.zigbee.conftest import AnnouncingSink, config, running
 
 pytestmark = pytest.mark.stack
 
@@ -130,17 +140,30 @@ async def test_a_lock_whose_user_count_went_unread_is_read_again_when_heard(
 def lose_the_first_door_lock_read(vlock: Any) -> None:
     """The lock never hears the first read of its Door Lock cluster (the read after pairing);
     it answers the next one."""
+    lose_door_lock_reads(vlock, lambda lost, ids: not lost)
+
+
+CODE_LIMITS = {0x0012, 0x0017, 0x0018}  # num_of_pin_users_supported, max_pin_len, min_pin_len
+
+
+def lose_door_lock_reads(vlock: Any, lose: Any) -> list[Any]:
+    """The lock never hears a read of its Door Lock cluster for which `lose(lost, attribute
+    ids)` holds (`lost`: the reads lost so far); it answers the others. The lost reads."""
     receive, lost = vlock.receive, []
 
     def hears(packet: Any) -> None:
-        if not lost and packet.cluster_id == DoorLock.cluster_id:
-            hdr, _ = foundation.ZCLHeader.deserialize(packet.data.serialize())
+        if packet.cluster_id == DoorLock.cluster_id:
+            hdr, payload = foundation.ZCLHeader.deserialize(packet.data.serialize())
             if hdr.frame_control.is_general and hdr.command_id == READ:
-                lost.append(packet)
-                return
+                schema = foundation.GENERAL_COMMANDS[foundation.GeneralCommand.Read_Attributes]
+                args, _ = schema.schema.deserialize(payload)
+                if lose(lost, {int(a) for a in args.attribute_ids}):
+                    lost.append(packet)
+                    return
         receive(packet)
 
     vlock.receive = hears
+    return lost
 
 
 async def test_while_the_user_count_is_unread_no_range_is_shown_and_any_slot_is_taken(
@@ -226,7 +249,7 @@ async def test_a_code_refused_for_its_length_before_the_limits_were_read_is_inva
     digits) and sent; this lock takes 6 to 8 and refuses a 4-digit one. The refusal is
     invalid_input naming the lock's own lengths, read then, and no PIN. Before, a device_error
     "the lock refused the code (INVALID_VALUE)": nothing said the length was wrong. A 9-digit
-    code is refused by the guess before it is sent, as the cloud's own 4..8 default does."""
+    code is tried too (the lengths are not known), and refused the same way."""
     net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
     vlock = net.lock(GENERIC)
     vlock.profile = replace(vlock.profile, min_pin=6)
@@ -239,9 +262,106 @@ async def test_a_code_refused_for_its_length_before_the_limits_were_read_is_inva
         with capture_logs() as structured, pytest.raises(GatewayError) as err:
             await driver.execute(dev, SetCode(slot_id=3, code=PinCode(code)))
         assert err.value.to_dict()["type"] == "invalid_input"
-        expected = "must have 6 to 8 digits" if code == "5938" else "must have 4 to 8 digits"
-        assert err.value.to_dict()["validation_errors"] == {"code": expected}
+        assert err.value.to_dict()["validation_errors"] == {"code": "must have 6 to 8 digits"}
         assert vlock.mem.pins == {}
     texts = [str(err.value), repr(err.value), repr(err.value.to_dict()), caplog.text]
     texts += [repr(e) for e in structured] + [repr(sink.events)]
     assert [t for t in texts if code in t] == []
+
+
+@pytest.mark.parametrize(("lengths", "code"), [((3, 8), "593"), ((4, 10), "5938617204")])
+async def test_while_the_code_lengths_are_unread_none_are_shown_and_any_length_is_tried(
+    tmp_path: Path, lengths: tuple[int, int], code: str
+) -> None:
+    """The read after pairing goes unanswered; this lock takes codes of 3 (or up to 10) digits.
+    Until it tells its lengths, the cloud is shown none (`supported_code_lengths` null) and the
+    code is taken and set. Before, the guess 4..8 was shown and the code refused invalid_input
+    by the gateway and the driver, never tried."""
+    net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
+    vlock = net.lock(GENERIC)
+    vlock.profile = replace(vlock.profile, min_pin=lengths[0], max_pin=lengths[1])
+    lose_the_first_door_lock_read(vlock)
+    sink = AnnouncingSink()
+    async with running(tmp_path, sink, virtual=net) as driver:
+        dev = by_native(sink, GENERIC)
+        device = next(d for d in sink.added if d.id == dev)  # as announced: not read
+        assert device_dict(device)["properties"]["supported_code_lengths"] is None
+        now = utcnow()
+        request = ActionRequest(
+            id="r1",
+            entity_type="Device",
+            entity_id=dev,
+            action="set_code",
+            inputs={"code": code, "slot_id": 3},
+            created_at=now,
+            deadline=now + timedelta(seconds=5),
+        )
+        await driver.execute(dev, validate(request, device))
+        assert vlock.mem.pins == {3: code}
+        await sink.wait_for(lambda: sink.devices[dev].codes.lengths_known)
+        shown = device_dict(sink.devices[dev])["properties"]["supported_code_lengths"]
+        assert shown == list(range(lengths[0], lengths[1] + 1))
+
+
+@pytest.mark.parametrize(("users", "removed"), [(300, {"slot_id": 255}), (30, {"all_codes": True})])
+async def test_a_code_cleared_for_user_255_while_the_user_count_is_unread_waits_for_the_count(
+    tmp_path: Path, users: int, removed: dict[str, Any]
+) -> None:
+    """User id 0xFF in a programming event is all users on a lock with 8-bit user ids, but
+    slot 255 on one with more than 255 users. The read after pairing went unanswered: the
+    event waits for the count, which hearing the lock reads. Before, it was "all codes removed"
+    on the lock with 300 users too, while its other codes were still there."""
+    net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
+    vlock = net.lock(GENERIC)
+    vlock.profile = replace(vlock.profile, pin_users=users)
+    lose_the_first_door_lock_read(vlock)
+    sink = RecordingSink()
+    async with running(tmp_path, sink, virtual=net) as driver:
+        dev = by_native(sink, GENERIC)
+        assert not sink.devices[dev].codes.slots_known  # not read
+        mark = len(sink.events)
+        keypad, prog = int(DoorLock.OperationEventSource.Keypad), DoorLock.ProgrammingEvent
+        vlock.odd_programming(keypad, int(prog.PINCodeDeleted), 0xFF)
+        vlock.odd_programming(keypad, int(prog.PINCodeAdded), 4)  # then a code in slot 4
+        await sink.wait_for(lambda: len(sink.events) - mark >= 2)
+        await asyncio.sleep(0.3)  # a late third one would be among them
+        mine = [e for e in sink.events[mark:] if e.device_id == dev]
+        assert [(e.event_name, e.details) for e in mine] == [
+            (EventName.CODE_REMOVED, {**removed, "method": "keypad"}),
+            (EventName.CODE_SET, {"slot_id": 4, "method": "keypad"}),
+        ]
+        assert driver._locks[dev].codes().max_slot == users - 1
+
+
+async def test_a_lock_that_never_answers_its_code_limits_is_read_a_bounded_number_of_times(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """This lock answers every read but one that asks for its code limits. They are read again
+    when it is heard, with backoff, LIMITS_READS times at most; then given up, logged
+    zigbee.limits_unread, and the lock stays usable with its limits unknown. Before, they were
+    read again each time it was heard after command_timeout_s, for good."""
+    monkeypatch.setattr(zigbee_lock, "LIMITS_RETRY_S", 0.05, raising=False)
+    net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
+    vlock = net.lock(GENERIC)
+    lost = lose_door_lock_reads(vlock, lambda _lost, ids: bool(ids & CODE_LIMITS))
+    sink = RecordingSink()
+    with capture_logs() as logs:
+        async with running(tmp_path, sink, config(command_timeout_s=0.5), virtual=net) as driver:
+            dev = by_native(sink, GENERIC)
+            given_up = lambda: any(e["event"] == "zigbee.limits_unread" for e in logs)  # noqa: E731
+            most = 1 + 5  # the read after pairing, then LIMITS_READS
+            with anyio.fail_after(30):
+                while not given_up():  # heard again and again: a battery report
+                    vlock.battery(0.5 + 0.01 * (len(lost) % 2))
+                    await asyncio.sleep(0.1)
+                    assert len(lost) <= most
+            reads = len(lost)
+            for n in range(5):  # heard, well after the last backoff: not asked again
+                vlock.battery(0.3 + 0.01 * n)
+                await asyncio.sleep(0.5)
+            assert len(lost) == reads
+            codes = sink.devices[dev].codes
+            assert not codes.slots_known
+            assert not codes.lengths_known
+            await driver.execute(dev, Lock())
+            assert sink.devices[dev].properties.locked is True
