@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,9 @@ import msgspec
 import pytest
 
 from drivers.zigbee import ZigbeeDriver
+from drivers.zigbee.virtual.lock import VirtualLock
 from drivers.zigbee.virtual.radio import VirtualNetwork
+from drivers.zigbee.zigpy_api import foundation, zdo_t
 from gatewayd.driver import DriverContext, DriverState, Simulation, ZigbeeConfig
 from gatewayd.model import Device, EventName
 from tests.contract.sink import RecordingSink
@@ -96,3 +98,82 @@ async def jam(driver: ZigbeeDriver, sink: RecordingSink, device_id: str) -> None
     """The lock's bolt jams, and the driver has heard it."""
     await driver.simulate(device_id, Simulation.JAM, {})
     await sink.wait_for(lambda: sink.devices[device_id].properties.jammed is True)
+
+
+Frame = Any  # a zigpy ZigbeePacket from the coordinator to a virtual lock
+Matches = Callable[[Frame], bool]
+
+
+class Dropped:
+    """The frames to one virtual lock that a `drop` matches: `lost` (never heard: the lock
+    asleep, out of range, the frame lost on the air) while it is on and, with `times`, for
+    the first `times` of them; `heard` (passed to the lock) after that."""
+
+    def __init__(self, vlock: VirtualLock, matches: tuple[Matches, ...], times: int | None):
+        self.lost: list[Frame] = []
+        self.heard: list[Frame] = []
+        self.on = True
+        self._matches, self._times, self._receive = matches, times, vlock.receive
+        vlock.receive = self._hears  # type: ignore[method-assign]
+
+    def stop(self) -> None:
+        """The lock hears every frame from now on (it woke, it is back in range)."""
+        self.on = False
+
+    def _hears(self, packet: Frame) -> None:
+        if any(match(packet) for match in self._matches):
+            if self.on and (self._times is None or len(self.lost) < self._times):
+                self.lost.append(packet)
+                return
+            self.heard.append(packet)
+        self._receive(packet)
+
+
+def drop(vlock: VirtualLock, *matches: Matches, times: int | None = None) -> Dropped:
+    """From now on `vlock` never hears a frame any of `matches` picks, until `stop()` or (with
+    `times`) after the first `times` of them; `times=0` loses none and only keeps them. Drops
+    on one lock stack: a frame any of them loses is lost."""
+    return Dropped(vlock, matches, times)
+
+
+def zdo(cmd: zdo_t.ZDOCmd) -> Matches:
+    """A ZDO request `cmd`."""
+    return lambda packet: packet.dst_ep == 0 and packet.cluster_id == cmd
+
+
+def binds(cluster: int | None = None) -> Matches:
+    """A ZDO Bind_req (of `cluster` only, if given)."""
+    bind = zdo(zdo_t.ZDOCmd.Bind_req)
+
+    def matches(packet: Frame) -> bool:
+        # Bind_req: TSN, source IEEE, source endpoint, then the cluster id
+        data = packet.data.serialize()
+        return bind(packet) and (cluster is None or data[10:12] == cluster.to_bytes(2, "little"))
+
+    return matches
+
+
+def zcl(cluster: int, command: foundation.GeneralCommand) -> Matches:
+    """A ZCL general (profile-wide) `command` to `cluster`."""
+
+    def matches(packet: Frame) -> bool:
+        if packet.dst_ep == 0 or packet.cluster_id != cluster:
+            return False
+        hdr = foundation.ZCLHeader.deserialize(packet.data.serialize())[0]
+        return bool(hdr.frame_control.is_general) and hdr.command_id == command
+
+    return matches
+
+
+def reads(cluster: int, attr: int | None = None) -> Matches:
+    """A Read_Attributes of `cluster` (that asks for `attr`, if given)."""
+    read = zcl(cluster, foundation.GeneralCommand.Read_Attributes)
+
+    def matches(packet: Frame) -> bool:
+        if not read(packet):
+            return False
+        payload = foundation.ZCLHeader.deserialize(packet.data.serialize())[1]
+        asked = {int.from_bytes(payload[i : i + 2], "little") for i in range(0, len(payload), 2)}
+        return attr is None or attr in asked
+
+    return matches

@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 
 from drivers.zigbee import lock as zigbee_lock
 from drivers.zigbee.virtual.radio import VirtualNetwork
-from drivers.zigbee.zigpy_api import DoorLock, foundation
+from drivers.zigbee.zigpy_api import DoorLock
 from gatewayd.actions import validate
 from gatewayd.driver import Simulation
 from gatewayd.model import (
@@ -29,13 +29,12 @@ from gatewayd.model import (
 )
 from gatewayd.upstream import device_dict
 from tests.contract.sink import RecordingSink
-from tests.zigbee.conftest import AnnouncingSink, config, running
+from tests.zigbee.conftest import AnnouncingSink, config, drop, reads, running
 
 pytestmark = pytest.mark.stack
 
 YALE, GENERIC = "00:0d:6f:00:0a:90:00:01", "00:0d:6f:00:0a:90:00:02"
 PIN = "80461357"
-READ = 0x00  # ZCL Read_Attributes
 
 
 def by_native(sink: RecordingSink, ieee: str) -> str:
@@ -116,54 +115,19 @@ async def test_a_lock_whose_user_count_went_unread_is_read_again_when_heard(
     refused as invalid input, by the gateway and by the driver."""
     net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
     vlock = net.lock(GENERIC)
-    receive, deaf = vlock.receive, [True]
-
-    def hears(packet: Any) -> None:
-        if deaf and packet.cluster_id == DoorLock.cluster_id:
-            hdr, _ = foundation.ZCLHeader.deserialize(packet.data.serialize())
-            if hdr.frame_control.is_general and hdr.command_id == READ:
-                return  # the read after pairing is lost
-        receive(packet)
-
-    vlock.receive = hears  # type: ignore[method-assign]
+    the_read_after_pairing = drop(vlock, reads(DoorLock.cluster_id))
     sink = RecordingSink()
     async with running(tmp_path, sink, virtual=net) as driver:
         dev = by_native(sink, GENERIC)
         assert not sink.devices[dev].codes.slots_known  # not read
-        deaf.clear()
+        the_read_after_pairing.stop()
         vlock.battery(0.5)  # a report: the lock is heard
         await sink.wait_for(lambda: sink.devices[dev].codes.max_slot == 29)
         await driver.execute(dev, SetCode(slot_id=20, code=PinCode(PIN)))
         assert vlock.mem.pins == {20: PIN}
 
 
-def lose_the_first_door_lock_read(vlock: Any) -> None:
-    """The lock never hears the first read of its Door Lock cluster (the read after pairing);
-    it answers the next one."""
-    lose_door_lock_reads(vlock, lambda lost, ids: not lost)
-
-
-CODE_LIMITS = {0x0012, 0x0017, 0x0018}  # num_of_pin_users_supported, max_pin_len, min_pin_len
-
-
-def lose_door_lock_reads(vlock: Any, lose: Any) -> list[Any]:
-    """The lock never hears a read of its Door Lock cluster for which `lose(lost, attribute
-    ids)` holds (`lost`: the reads lost so far); it answers the others. The lost reads."""
-    receive, lost = vlock.receive, []
-
-    def hears(packet: Any) -> None:
-        if packet.cluster_id == DoorLock.cluster_id:
-            hdr, payload = foundation.ZCLHeader.deserialize(packet.data.serialize())
-            if hdr.frame_control.is_general and hdr.command_id == READ:
-                schema = foundation.GENERAL_COMMANDS[foundation.GeneralCommand.Read_Attributes]
-                args, _ = schema.schema.deserialize(payload)
-                if lose(lost, {int(a) for a in args.attribute_ids}):
-                    lost.append(packet)
-                    return
-        receive(packet)
-
-    vlock.receive = hears
-    return lost
+CODE_LIMITS = (0x0012, 0x0017, 0x0018)  # num_of_pin_users_supported, max_pin_len, min_pin_len
 
 
 async def test_while_the_user_count_is_unread_no_range_is_shown_and_any_slot_is_taken(
@@ -175,7 +139,7 @@ async def test_while_the_user_count_is_unread_no_range_is_shown_and_any_slot_is_
     the guess "1 through 11", and slot 20 was refused as invalid input until the read."""
     net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
     vlock = net.lock(GENERIC)
-    lose_the_first_door_lock_read(vlock)
+    drop(vlock, reads(DoorLock.cluster_id), times=1)  # the read after pairing; not the next
     sink = AnnouncingSink()
     async with running(tmp_path, sink, virtual=net) as driver:
         dev = by_native(sink, GENERIC)
@@ -212,16 +176,7 @@ async def test_a_lock_restarted_with_its_bolt_cached_but_not_its_user_count_is_r
     (this lock: slots 1..29), not the guess 1..11."""
     net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
     vlock = net.lock(GENERIC)
-    receive = vlock.receive
-
-    def deaf(packet: Any) -> None:
-        if packet.cluster_id == DoorLock.cluster_id:
-            hdr, _ = foundation.ZCLHeader.deserialize(packet.data.serialize())
-            if hdr.frame_control.is_general and hdr.command_id == READ:
-                return  # every read of the Door Lock cluster is lost, this run
-        receive(packet)
-
-    vlock.receive = deaf  # type: ignore[method-assign]
+    drop(vlock, reads(DoorLock.cluster_id))  # every read of the Door Lock cluster, this run
     sink = RecordingSink()
     async with running(tmp_path, sink, virtual=net) as driver:
         dev = by_native(sink, GENERIC)
@@ -253,7 +208,7 @@ async def test_a_code_refused_for_its_length_before_the_limits_were_read_is_inva
     net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
     vlock = net.lock(GENERIC)
     vlock.profile = replace(vlock.profile, min_pin=6)
-    lose_the_first_door_lock_read(vlock)
+    drop(vlock, reads(DoorLock.cluster_id), times=1)  # the read after pairing; not the next
     sink = AnnouncingSink()
     caplog.set_level(logging.DEBUG)
     async with running(tmp_path, sink, virtual=net) as driver:
@@ -280,7 +235,7 @@ async def test_while_the_code_lengths_are_unread_none_are_shown_and_any_length_i
     net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
     vlock = net.lock(GENERIC)
     vlock.profile = replace(vlock.profile, min_pin=lengths[0], max_pin=lengths[1])
-    lose_the_first_door_lock_read(vlock)
+    drop(vlock, reads(DoorLock.cluster_id), times=1)  # the read after pairing; not the next
     sink = AnnouncingSink()
     async with running(tmp_path, sink, virtual=net) as driver:
         dev = by_native(sink, GENERIC)
@@ -314,7 +269,7 @@ async def test_a_code_cleared_for_user_255_while_the_user_count_is_unread_waits_
     net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
     vlock = net.lock(GENERIC)
     vlock.profile = replace(vlock.profile, pin_users=users)
-    lose_the_first_door_lock_read(vlock)
+    drop(vlock, reads(DoorLock.cluster_id), times=1)  # the read after pairing; not the next
     sink = RecordingSink()
     async with running(tmp_path, sink, virtual=net) as driver:
         dev = by_native(sink, GENERIC)
@@ -343,7 +298,7 @@ async def test_a_lock_that_never_answers_its_code_limits_is_read_a_bounded_numbe
     monkeypatch.setattr(zigbee_lock, "LIMITS_RETRY_S", 0.05, raising=False)
     net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
     vlock = net.lock(GENERIC)
-    lost = lose_door_lock_reads(vlock, lambda _lost, ids: bool(ids & CODE_LIMITS))
+    lost = drop(vlock, *(reads(DoorLock.cluster_id, attr) for attr in CODE_LIMITS)).lost
     sink = RecordingSink()
     with capture_logs() as logs:
         async with running(tmp_path, sink, config(command_timeout_s=0.5), virtual=net) as driver:
@@ -355,11 +310,11 @@ async def test_a_lock_that_never_answers_its_code_limits_is_read_a_bounded_numbe
                     vlock.battery(0.5 + 0.01 * (len(lost) % 2))
                     await asyncio.sleep(0.1)
                     assert len(lost) <= most
-            reads = len(lost)
+            asked = len(lost)
             for n in range(5):  # heard, well after the last backoff: not asked again
                 vlock.battery(0.3 + 0.01 * n)
                 await asyncio.sleep(0.5)
-            assert len(lost) == reads
+            assert len(lost) == asked
             codes = sink.devices[dev].codes
             assert not codes.slots_known
             assert not codes.lengths_known

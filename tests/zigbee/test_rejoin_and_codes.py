@@ -29,7 +29,17 @@ from gatewayd.model import (
     SetCode,
     Unlock,
 )
-from tests.zigbee.conftest import AnnouncingSink, config, running, settled_events
+from tests.zigbee.conftest import (
+    AnnouncingSink,
+    binds,
+    config,
+    drop,
+    reads,
+    running,
+    settled_events,
+    zcl,
+    zdo,
+)
 from tests.zigbee.test_odd_reports import GENERIC, YALE, HistorySink, by_native, virtual
 
 pytestmark = pytest.mark.stack
@@ -37,7 +47,6 @@ pytestmark = pytest.mark.stack
 NOT_SUPPORTED = 0xFF  # user status: the lock does not report it
 BOUND = {0x0001, 0x0009, 0x0101}  # power configuration, alarms, door lock
 BASIC, SW_BUILD_ID = 0x0000, 0x4000
-CONFIGURE_REPORTING = 0x06  # ZCL general command
 
 
 async def eventually(predicate: Any, timeout: float = 5.0) -> None:
@@ -309,27 +318,17 @@ async def test_a_lock_whose_setup_after_joining_fails_is_configured_when_next_he
     tried again: the lock stayed unbound, every door event lost until the next restart."""
     net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
     vlock = net.lock(GENERIC)
-    receive, deaf, answered = vlock.receive, [True], []  # Door Lock reporting requests taken
-
-    def hears(packet: Any) -> None:
-        if packet.dst_ep == 0:
-            if deaf and lost == "bind" and packet.cluster_id == zdo_t.ZDOCmd.Bind_req:
-                return
-        elif packet.cluster_id == DoorLock.cluster_id:
-            hdr, _ = foundation.ZCLHeader.deserialize(packet.data.serialize())
-            if hdr.frame_control.is_general and hdr.command_id == CONFIGURE_REPORTING:
-                if deaf and lost == "reporting":
-                    return
-                answered.append(not deaf)
-        receive(packet)
-
-    vlock.receive = hears  # type: ignore[method-assign]
+    reporting = zcl(DoorLock.cluster_id, foundation.GeneralCommand.Configure_Reporting)
+    setup = drop(vlock, binds() if lost == "bind" else reporting)
+    requests = setup if lost == "reporting" else drop(vlock, reporting, times=0)
     sink = HistorySink()
     async with running(tmp_path, sink, virtual=net) as driver:
         dev = by_native(sink, GENERIC)
-        assert True not in answered
-        deaf.clear()  # heard by the availability pings it answers all along
-        await eventually(lambda: vlock.mem.bound >= BOUND and True in answered, timeout=10)
+        taken = len(requests.heard)  # Door Lock reporting requests
+        setup.stop()  # heard by the availability pings it answers all along
+        await eventually(
+            lambda: vlock.mem.bound >= BOUND and len(requests.heard) > taken, timeout=10
+        )
         await asyncio.sleep(0.5)  # the configuration's last request and the read after it
         mark = len(sink.events)
         await driver.simulate(dev, Simulation.KEYPAD_UNLOCK, {"slot_id": 4})
@@ -345,14 +344,7 @@ async def test_a_lock_whose_binds_fail_after_joining_is_read_all_the_same(
     heard and configured (the firmware and slots stayed unknown even then, until a restart)."""
     net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
     vlock = net.lock(GENERIC)
-    receive = vlock.receive
-
-    def hears(packet: Any) -> None:
-        if packet.dst_ep == 0 and packet.cluster_id == zdo_t.ZDOCmd.Bind_req:
-            return  # every bind is lost
-        receive(packet)
-
-    vlock.receive = hears  # type: ignore[method-assign]
+    drop(vlock, binds())  # every bind is lost
     sink = AnnouncingSink()
     async with running(tmp_path, sink, virtual=net):
         dev = by_native(sink, GENERIC)
@@ -382,14 +374,7 @@ async def test_a_lock_whose_setup_failed_is_configured_again_before_it_is_next_h
     monkeypatch.setattr(zigbee_lock, "CONFIGURE_RETRY_S", 0.5, raising=False)
     net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
     vlock = net.lock(GENERIC)
-    receive, deaf = vlock.receive, [True]
-
-    def hears(packet: Any) -> None:
-        if deaf and packet.dst_ep == 0 and packet.cluster_id == zdo_t.ZDOCmd.Bind_req:
-            return
-        receive(packet)
-
-    vlock.receive = hears  # type: ignore[method-assign]
+    lost = drop(vlock, binds())
     sink = HistorySink()
     default = ZigbeeConfig()
     async with running(
@@ -397,7 +382,7 @@ async def test_a_lock_whose_setup_failed_is_configured_again_before_it_is_next_h
     ) as driver:
         dev = by_native(sink, GENERIC)
         assert not vlock.mem.bound
-        deaf.clear()
+        lost.stop()
         await eventually(lambda: vlock.mem.bound >= BOUND, timeout=10)
         await asyncio.sleep(0.5)  # the configuration's last request and the read after it
         mark = len(sink.events)
@@ -416,21 +401,8 @@ async def test_a_lock_configured_later_has_its_unread_firmware_read(
     monkeypatch.setattr(zigbee_lock, "CONFIGURE_RETRY_S", 0.5, raising=False)
     net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
     vlock = net.lock(GENERIC)
-    receive, deaf = vlock.receive, [True]
-
-    def hears(packet: Any) -> None:
-        if packet.dst_ep == 0:
-            lost = packet.cluster_id == zdo_t.ZDOCmd.Bind_req
-        else:  # a read of sw_build_id (0x4000); the interview's of the Basic cluster are taken
-            hdr, payload = foundation.ZCLHeader.deserialize(packet.data.serialize())
-            ids = {int.from_bytes(payload[i : i + 2], "little") for i in range(0, len(payload), 2)}
-            read = hdr.frame_control.is_general and hdr.command_id == 0x00
-            lost = packet.cluster_id == BASIC and read and SW_BUILD_ID in ids
-        if deaf and lost:
-            return
-        receive(packet)
-
-    vlock.receive = hears  # type: ignore[method-assign]
+    # its binds, and a read of sw_build_id (the interview's reads of the Basic cluster are taken)
+    lost = drop(vlock, binds(), reads(BASIC, SW_BUILD_ID))
     sink = HistorySink()
     default = ZigbeeConfig()
     async with running(
@@ -438,7 +410,7 @@ async def test_a_lock_configured_later_has_its_unread_firmware_read(
     ) as driver:
         dev = by_native(sink, GENERIC)
         assert sink.devices[dev].properties.firmware is None
-        deaf.clear()
+        lost.stop()
         await eventually(lambda: vlock.mem.bound >= BOUND, timeout=10)
         await sink.wait_for(lambda: sink.devices[dev].properties.firmware is not None)
         assert driver._locks[dev].device().properties.firmware is not None
@@ -454,15 +426,7 @@ async def test_a_failed_setup_is_retried_one_timer_at_a_time_and_not_after_the_l
     monkeypatch.setattr(zigbee_lock, "CONFIGURE_RETRY_S", 0.5, raising=False)
     net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
     vlock = net.lock(GENERIC)
-    receive, binds = vlock.receive, []
-
-    def deaf(packet: Any) -> None:
-        if packet.dst_ep == 0 and packet.cluster_id == zdo_t.ZDOCmd.Bind_req:
-            binds.append(packet)
-            return
-        receive(packet)
-
-    vlock.receive = deaf  # type: ignore[method-assign]
+    bind_requests = drop(vlock, binds())
     sink = HistorySink()
     fast = config(availability_s=0, command_timeout_s=0.2)
     async with running(tmp_path, sink, fast, virtual=net) as driver:
@@ -473,7 +437,7 @@ async def test_a_failed_setup_is_retried_one_timer_at_a_time_and_not_after_the_l
             driver.virtual.announce(vlock)
             await asyncio.sleep(0.1)
             assert len(retries(lock)) <= 1
-        assert len(binds) >= 4  # tried again and again, each try a failure
+        assert len(bind_requests.lost) >= 4  # tried again and again, each try a failure
         await eventually(lambda: bool(retries(lock)))  # not while a try is on its way
         if end == "leaves":
             vlock.leave()
@@ -494,17 +458,7 @@ async def test_a_retry_due_during_an_interview_that_fails_is_tried_again_after_i
     monkeypatch.setattr(zigbee_lock, "CONFIGURE_RETRY_S", 0.5, raising=False)
     net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
     vlock = net.lock(GENERIC)
-    receive, deaf, interview, asked = vlock.receive, [True], [False], []
-
-    def hears(packet: Any) -> None:
-        if deaf and packet.dst_ep == 0 and packet.cluster_id == zdo_t.ZDOCmd.Bind_req:
-            return
-        if interview[0] and packet.dst_ep == 0 and packet.cluster_id == zdo_t.ZDOCmd.Node_Desc_req:
-            asked.append(packet)  # answered by the test, when the retry has fallen due
-            return
-        receive(packet)
-
-    vlock.receive = hears  # type: ignore[method-assign]
+    lost = drop(vlock, binds())
     sink = HistorySink()
     default = ZigbeeConfig()
     slow = config(availability_s=default.availability_s, command_timeout_s=0.5)
@@ -513,8 +467,9 @@ async def test_a_retry_due_during_an_interview_that_fails_is_tried_again_after_i
         lock = driver._locks[dev]
         await eventually(lambda: bool(retries(lock)))
         due = retries(lock)[0]
-        deaf.clear()
-        interview[0] = True
+        lost.stop()
+        # answered by the test, when the retry has fallen due
+        asked = drop(vlock, zdo(zdo_t.ZDOCmd.Node_Desc_req)).lost
         lock.zdev.node_desc = None  # so the interview asks for it
         vlock.mem.nwk = 0x2345
         assert driver.virtual is not None

@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import stat
-import time
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from drivers.zigbee.virtual.radio import VirtualNetwork
 from drivers.zigbee.zigpy_api import zdo_t
 from gatewayd.driver import Simulation
 from gatewayd.model import EventName, PinCode, SetCode
-from tests.zigbee.conftest import AnnouncingSink, running
+from tests.zigbee.conftest import AnnouncingSink, binds, drop, running, zdo
 from tests.zigbee.test_odd_reports import (
     DOOR_LOCK,
     GENERIC,
@@ -41,7 +40,6 @@ from tests.zigbee.test_rejoin_and_codes import eventually
 
 pytestmark = pytest.mark.stack
 
-MGMT_LEAVE_REQ = 0x0034
 PIN = "86429753"
 SETTLE_S = 1.5  # an interview and an adoption take well under this on the virtual radio
 
@@ -52,21 +50,11 @@ def listed(tmp_path: Path) -> list[str]:
     return list(json.loads(path.read_text())["ieee"]) if path.exists() else []
 
 
-def leave_requests(vlock: VirtualLock, *, obey: bool = True) -> list[float]:
-    """The ZDO leave requests that reach the lock (when); with obey=False it ignores them, as a
+def leave_requests(vlock: VirtualLock, *, obey: bool = True) -> list[Any]:
+    """The ZDO leave requests that reach the lock; with obey=False it ignores them, as a
     lock that does not answer one, or a sleeping lock whose parent dropped it, would."""
-    seen: list[float] = []
-    receive = vlock._receive_zdo
-
-    def spy(cluster_id: int, data: bytes) -> None:
-        if cluster_id == MGMT_LEAVE_REQ:
-            seen.append(time.monotonic())
-            if not obey:
-                return
-        receive(cluster_id, data)
-
-    vlock._receive_zdo = spy  # type: ignore[method-assign]
-    return seen
+    requests = drop(vlock, zdo(zdo_t.ZDOCmd.Mgmt_Leave_req), times=0 if obey else None)
+    return requests.heard if obey else requests.lost
 
 
 Logs = list[MutableMapping[str, Any]]
@@ -248,17 +236,9 @@ async def test_a_lock_removed_while_it_is_being_set_up_is_not_announced(tmp_path
     ghost device shown until the next restart."""
     net = VirtualNetwork(tmp_path / "zigbee.virtual.json", joining=1)
     newcomer = net.lock(JOINING)
-    receive, held = newcomer._receive_zdo, []
-
-    def slow_setup(cluster_id: int, data: bytes) -> None:
-        # Bind_req: TSN, source IEEE, source endpoint, cluster id (zigpy binds Poll Control
-        # in its interview; the Door Lock's is the driver's)
-        if cluster_id == zdo_t.ZDOCmd.Bind_req and data[10:12] == DOOR_LOCK.to_bytes(2, "little"):
-            held.append(cluster_id)  # never answered: the bind waits command_timeout_s (2 s)
-            return
-        receive(cluster_id, data)
-
-    newcomer._receive_zdo = slow_setup  # type: ignore[method-assign]
+    # zigpy binds Poll Control in its interview; the Door Lock's is the driver's, never
+    # answered: it waits command_timeout_s (2 s)
+    held = drop(newcomer, binds(DOOR_LOCK)).lost
     sink = AnnouncingSink()
     async with running(tmp_path, sink, virtual=net) as driver:
         await driver.pair(30)
