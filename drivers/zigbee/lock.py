@@ -339,6 +339,7 @@ class ZigbeeLock:
             self._limiting.cancel()
         if self._settling is not None:
             self._settling.cancel()
+        self._release_programming()  # its count not read now: they go up, not with the task
         self._wake()  # a code change waiting for the lock's word fails now (`_await_programmed`)
         if not self._left.done():
             self._left.set_result(None)
@@ -556,10 +557,18 @@ class ZigbeeLock:
             return
         if loop.time() < self._limits_after or not self._limits_unknown():
             return
-        if self._limits_unanswered >= LIMITS_READS:
-            return  # given up
         self._limits_after = loop.time() + self._opts.command_timeout_s
         self._limiting = loop.create_task(self._read_limits())
+
+    async def _limits_now(self) -> None:
+        """The code limits, for a caller that needs them now (whatever the backoff): the read
+        under way (begun as the lock was heard) is awaited, else one is made, as `_limiting`
+        so that another caller waits for the same one."""
+        idle = self._limiting is None or self._limiting.done()
+        if idle and self._limits_unknown() and not self._closed:
+            self._limiting = asyncio.get_running_loop().create_task(self._read_limits())
+        if self._limiting is not None and not self._limiting.done():
+            await asyncio.wait({self._limiting})
 
     async def _read_limits(self) -> None:
         """Until read, the cloud is shown no slot count or code lengths, and a code of any
@@ -1014,12 +1023,14 @@ class ZigbeeLock:
     async def _settle_programming(self) -> None:
         """The held programming events, once the user count is read; if it cannot be, 0xFF is
         all users (what the ZCL has it mean on the locks that have one)."""
-        self._read_limits_soon()  # unless one is under way (hearing the event starts one)
-        if self._limiting is not None and not self._limiting.done():
-            await asyncio.wait({self._limiting})
-        elif self._limits_unknown():
-            await self._read_limits()  # due later, after one went unanswered: asked for this
-        held, self._held_programming = self._held_programming or [], None
+        await self._limits_now()
+        self._release_programming()
+
+    def _release_programming(self) -> None:
+        """The held programming events go up, in order: at the user count, or at `close`."""
+        held, self._held_programming = self._held_programming, None
+        if held is None:
+            return
         if self._limits_unknown():
             log.info("zigbee.user_ff_taken_as_all", device_id=self.device_id)
         for args in held:
@@ -1338,10 +1349,7 @@ class ZigbeeLock:
         length outside them is invalid input naming the lock's range, not a bare refusal."""
         number = int(status) if isinstance(status, int) else None
         if number not in (_PIN_MEMORY_FULL, _PIN_DUPLICATE):
-            if self._limiting is not None and not self._limiting.done():
-                await asyncio.wait({self._limiting})  # begun as the lock was heard
-            if self._limits_unknown():
-                await self._read_limits()
+            await self._limits_now()
             # read by now, or since the check (made against the guess if so)
             errors = self.codes().errors(slot, length)
             if errors and not self._limits_unknown():

@@ -74,6 +74,14 @@ async def running(
             tg.cancel_scope.cancel()
 
 
+async def eventually(predicate: Any, timeout: float = 5.0) -> None:
+    """For what the sink does not hear about (the virtual lock's bindings, a lock's own
+    state): polled."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.05)
+
+
 @pytest.fixture
 def sink() -> RecordingSink:
     return RecordingSink()

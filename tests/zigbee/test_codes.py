@@ -29,7 +29,7 @@ from gatewayd.model import (
 )
 from gatewayd.upstream import device_dict
 from tests.contract.sink import RecordingSink
-from tests.zigbee.conftest import AnnouncingSink, config, drop, reads, running
+from tests.zigbee.conftest import AnnouncingSink, config, drop, eventually, reads, running
 
 pytestmark = pytest.mark.stack
 
@@ -286,6 +286,32 @@ async def test_a_code_cleared_for_user_255_while_the_user_count_is_unread_waits_
             (EventName.CODE_SET, {"slot_id": 4, "method": "keypad"}),
         ]
         assert driver._locks[dev].codes().max_slot == users - 1
+
+
+async def test_a_code_clear_held_for_user_255_goes_up_when_the_driver_stops(
+    tmp_path: Path,
+) -> None:
+    """The event for user 0xFF waits for the user count; the driver stops (or the lock goes)
+    while that read is still unanswered. The event goes up then, 0xFF taken as all users, as
+    when the count cannot be read, like a bolt report still waiting for its operation event.
+    Before, the wait was cancelled with the events it held: the lock's codes were cleared at
+    its keypad and the cloud never heard of it."""
+    net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
+    vlock = net.lock(GENERIC)
+    drop(vlock, *(reads(DoorLock.cluster_id, attr) for attr in CODE_LIMITS))  # never answered
+    sink = RecordingSink()
+    async with running(tmp_path, sink, virtual=net) as driver:
+        dev = by_native(sink, GENERIC)
+        lock = driver._locks[dev]  # the read as it is heard goes unanswered for command_timeout_s
+        keypad, prog = int(DoorLock.OperationEventSource.Keypad), DoorLock.ProgrammingEvent
+        vlock.odd_programming(keypad, int(prog.PINCodeDeleted), 0xFF)
+        await eventually(lambda: lock._held_programming is not None)
+        mark = len(sink.events)
+        await driver.stop()
+        mine = [e for e in sink.events[mark:] if e.device_id == dev]
+        assert [(e.event_name, e.details) for e in mine] == [
+            (EventName.CODE_REMOVED, {"all_codes": True, "method": "keypad"}),
+        ]
 
 
 async def test_a_lock_that_never_answers_its_code_limits_is_read_a_bounded_number_of_times(

@@ -34,6 +34,7 @@ from tests.zigbee.conftest import (
     binds,
     config,
     drop,
+    eventually,
     reads,
     running,
     settled_events,
@@ -47,13 +48,6 @@ pytestmark = pytest.mark.stack
 NOT_SUPPORTED = 0xFF  # user status: the lock does not report it
 BOUND = {0x0001, 0x0009, 0x0101}  # power configuration, alarms, door lock
 BASIC, SW_BUILD_ID = 0x0000, 0x4000
-
-
-async def eventually(predicate: Any, timeout: float = 5.0) -> None:
-    """For what the sink does not hear about (the virtual lock's bindings): polled."""
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.05)
 
 
 # ------------------------------------------------------------------ clear_code, status 0xFF

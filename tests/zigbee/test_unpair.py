@@ -27,7 +27,7 @@ from drivers.zigbee.virtual.radio import VirtualNetwork
 from drivers.zigbee.zigpy_api import zdo_t
 from gatewayd.driver import Simulation
 from gatewayd.model import EventName, PinCode, SetCode
-from tests.zigbee.conftest import AnnouncingSink, binds, drop, running, zdo
+from tests.zigbee.conftest import AnnouncingSink, binds, drop, eventually, running, zdo
 from tests.zigbee.test_odd_reports import (
     DOOR_LOCK,
     GENERIC,
@@ -36,7 +36,6 @@ from tests.zigbee.test_odd_reports import (
     by_native,
     virtual,
 )
-from tests.zigbee.test_rejoin_and_codes import eventually
 
 pytestmark = pytest.mark.stack
 
