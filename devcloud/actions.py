@@ -74,9 +74,10 @@ class ActionService:
     ) -> dict[str, Any]:
         """Store a `pending` request and send it to the gateway; return its REST view."""
         now, mono = self._hub.clock(), self._hub.monotonic()
+        timeout = timedelta(seconds=self._settings.action_timeout_s)
         id_ = str(uuid.uuid4())
         created_at = iso(now)
-        deadline = iso(now + timedelta(seconds=self._settings.action_timeout_s))
+        deadline = iso(now + timeout)
         row: dict[str, Any] = {
             "id": id_,
             "entity_type": entity_type,
@@ -106,7 +107,7 @@ class ActionService:
                 action=action,
                 inputs=inputs,
                 created_at=iso(created),
-                deadline=iso(created + timedelta(seconds=self._settings.action_timeout_s)),
+                deadline=iso(created + timeout),
             )
 
         # armed before the send: a send can wait (a socket draining, a session's welcome)
@@ -249,7 +250,7 @@ class ActionService:
         self._db.set_action_status(row["id"], new, error, iso(self._hub.clock()), "gateway")
         conn = self._hub.claimed.get(gateway_id)
         if conn is not None:
-            if _RANK[new] < _RANK["completed"]:
+            if new in ("gateway_received", "processing"):
                 conn.in_flight.add(row["id"])
             else:
                 conn.in_flight.discard(row["id"])

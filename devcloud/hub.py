@@ -135,9 +135,8 @@ class Hub:
     def attach(self, conn: Connection) -> Connection | None:
         """Register a connection; return the one it replaces, if any."""
         self._changed()
-        now = self.clock()
         if conn.started is None:  # a promoted session keeps its clock
-            conn.started = (now, self.monotonic())
+            conn.started = (self.clock(), self.monotonic())
         if conn.gateway_id is not None:
             old = self.claimed.get(conn.gateway_id)
             self.claimed[conn.gateway_id] = conn
