@@ -29,6 +29,7 @@ from zwave_js_server.model.value import Value
 
 from drivers.zwave import commands
 from drivers.zwave.events import (
+    LATE_NOTICE_S,
     LOW_BATTERY,
     BoltTracker,
     Notice,
@@ -97,6 +98,7 @@ _SIM_ACTIONS: Mapping[Simulation, str] = {
 }
 
 
+BOLT_READ_RETRY_S: Final = 0.5  # between the bolt reads of a late-looking word (see _read_bolt)
 OWN_ECHO_S: Final = 10.0  # how late a lock's code notification for our own change may come
 REFUSAL_WAIT_S: Final = 1.0  # how long a code the lock did not store may wait for its reason
 # stop() returns within STOP_TIMEOUT_S, below the daemon's DRIVER_STOP_TIMEOUT_S: its waits are
@@ -711,19 +713,29 @@ class ZWaveDriver(Driver):
         return BoltTracker(emit, self._config.event_merge_s, changed, verify)
 
     async def _read_bolt(self, lock: _Lock) -> None:
-        """Read one lock's bolt for its tracker (a notification it cannot place alone)."""
-        node = self._node_or_none(lock)
-        if node is None:
-            return
+        """Read one lock's bolt for its tracker: a notification it cannot place alone, late for
+        a move turned back or a new move (a keypad unlock). A lock that does not answer is asked
+        again within the late window; if none answers, the tracker reports the word all the
+        same (a possible duplicate rather than a lost unlock)."""
         mark = lock.tracker.read_mark()
-        try:
-            report = await _read_door_lock(node, self._config.command_timeout_s)
-        except (TimeoutError, GatewayError) as exc:
-            log.warning("zwave.bolt_read_failed", node_id=lock.node_id, error=str(exc))
-            return
-        locked = bolt_from_mode(report.get("currentMode")) if report else None
-        if locked is not None:
-            lock.tracker.on_read(locked, mark, first=False)
+        with anyio.move_on_after(LATE_NOTICE_S):
+            while (node := self._node_or_none(lock)) is not None:
+                try:
+                    report = await _read_door_lock(node, self._config.command_timeout_s)
+                except (TimeoutError, GatewayError) as exc:
+                    log.warning("zwave.bolt_read_failed", node_id=lock.node_id, error=str(exc))
+                else:
+                    locked = bolt_from_mode(report.get("currentMode")) if report else None
+                    if locked is not None:
+                        lock.tracker.on_read(locked, mark, first=False)
+                        return
+                if lock.tracker.read_mark() != mark:
+                    return  # the lock's own report came meanwhile and placed the word
+                await anyio.sleep(BOLT_READ_RETRY_S)
+            return  # the node left the network
+        method = lock.tracker.on_unverified(mark)
+        if method is not None:
+            log.warning("zwave.late_word_unverified", node_id=lock.node_id, method=str(method))
 
     def _publish(self, lock: _Lock, node: Node | None = None, *, added: bool = False) -> None:
         node = node or self._node_or_none(lock)

@@ -5,10 +5,11 @@ the bolt) and a Door Lock report (the new bolt state); zwave-js also derives the
 the notification. `BoltTracker` merges them: a bolt change seen first as a value waits
 `merge_s` for the notification that names the method, and a notification that repeats an
 event just emitted is dropped. A notification later than `merge_s` (a busy mesh, a lock that
-sends it seconds after its report) that matches the move reported without a method, with no
-bolt change since, is that move: no second event, up to `LATE_NOTICE_S` after it. One that
-names such a move turned back since may be its late word, from which zwave-js made a bolt
-state the lock is not in, or a new move: the lock is read to tell (`verify`).
+sends it seconds after its report) that matches the move reported without the lock's word (a
+bare report, or our own command's `remote`), with no bolt change since, is that move: no second
+event, up to `LATE_NOTICE_S` after it. One that names such a move turned back since may be its
+late word, from which zwave-js made a bolt state the lock is not in, or a new move: the lock is
+read to tell (`verify`), and if no read answers, the word is reported all the same.
 """
 
 from __future__ import annotations
@@ -235,10 +236,12 @@ class BoltTracker:
         self._pending: asyncio.TimerHandle | None = None
         self._pending_locked: bool | None = None
         self._last: tuple[bool, float] | None = None
-        # the last event, if it went up without a method: (state, time, `_changes` after it)
+        # the last event, if it went up without the lock's own word for it (without a method,
+        # or our own command's `remote`, which the lock may name seconds later, even as a
+        # keypad move): (state, time, `_changes` after it)
         self._unnamed: tuple[bool, float, int] | None = None
-        # the last move to each state that went up without a method and was turned back since:
-        # state -> its time
+        # the last move to each state that went up without the lock's word (as `_unnamed`) and
+        # was turned back since: state -> its time
         self._undone: dict[bool, float] = {}
         # a late-looking notification the bolt read tells apart: (state, method, slot, time)
         self._suspect: tuple[bool, Method, int | None, float] | None = None
@@ -281,6 +284,20 @@ class BoltTracker:
             self.on_value(locked)
         # a word the read was to tell apart is told: kept, it would name a later bare move
         self._suspect = None
+
+    def on_unverified(self, mark: int) -> Method | None:
+        """No bolt read answered within the late window (`mark` taken before the first): the
+        word the reads were to tell apart is reported all the same, as the move it names, and
+        the bolt is shown as it says until the lock's next report. It may be a late word, a
+        duplicate; but it may be a real keypad unlock, and a lost one is an audit gap. Returns
+        the word's method, or None when nothing is left to tell (a change heard since placed
+        it, or told it untrue)."""
+        suspect, self._suspect = self._suspect, None
+        if suspect is None or self._changes != mark:
+            return None
+        self._cancel()
+        self._fire(suspect[0], suspect[1], suspect[2])
+        return suspect[1]
 
     def on_unknown(self) -> None:
         """The lock reports its bolt in no known state (Door Lock mode 0xFE, or no mode)."""
@@ -397,8 +414,8 @@ class BoltTracker:
         )
 
     def _names_unnamed(self, locked: bool) -> bool:
-        """Whether a notification comes late for the move last reported without a method, with
-        no bolt change since: that move, not a second one."""
+        """Whether a notification comes late for the move last reported without the lock's word
+        (see `_unnamed`), with no bolt change since: that move, not a second one."""
         unnamed = self._unnamed
         return (
             unnamed is not None
@@ -408,8 +425,8 @@ class BoltTracker:
         )
 
     def _late_for_undone(self, locked: bool) -> bool:
-        """Whether a notification names a move reported without a method and turned back since,
-        not long ago (used up if so)."""
+        """Whether a notification names a move reported without the lock's word and turned back
+        since, not long ago (used up if so)."""
         since = self._undone.pop(locked, None)
         return since is not None and _within(since, LATE_NOTICE_S)
 
@@ -426,7 +443,8 @@ class BoltTracker:
         self._changes += 1
         self.locked, self.undefined = locked, False
         self._last = (locked, time.monotonic())
-        self._unnamed = (locked, self._last[1], self._changes) if method is Method.UNKNOWN else None
+        wordless = method in (Method.UNKNOWN, Method.REMOTE)
+        self._unnamed = (locked, self._last[1], self._changes) if wordless else None
         self._undone.pop(locked, None)  # a word naming this state is now this move's first
         details: dict[str, Any] = {"method": str(method)}
         if slot_id is not None:
