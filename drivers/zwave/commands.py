@@ -35,6 +35,11 @@ USER_NOT_AVAILABLE = 0xFE
 _TIMEOUT_CODES = frozenset({200, 201, 215})  # Controller_Timeout, _NodeTimeout, _MessageExpired
 
 
+class LinkLost(DeviceError):
+    """The websocket to zwave-server dropped with the command sent, or about to be: the lock
+    may still carry it out, and its word of it come only after the reconnect."""
+
+
 class _NoSecrets(logging.Filter):
     """zwave_js_server logs whole websocket messages at DEBUG; they carry user codes."""
 
@@ -87,7 +92,7 @@ async def call[T](what: str, aw: Awaitable[T], *, secret: bool = False) -> T:
         task.cancel()
         raise
     if task.cancelled():
-        raise DeviceError(f"{what}: connection to zwave-server lost")
+        raise LinkLost(f"{what}: connection to zwave-server lost")
     try:
         return task.result()
     except FailedZWaveCommand as exc:
@@ -99,7 +104,7 @@ async def call[T](what: str, aw: Awaitable[T], *, secret: bool = False) -> T:
         raise DeviceError(f"{what}: zwave-server is not connected") from None
     except (aiohttp.ClientError, ConnectionError):
         # sent as the socket reset, before the client saw it close: aiohttp refuses the write
-        raise DeviceError(f"{what}: connection to zwave-server lost") from None
+        raise LinkLost(f"{what}: connection to zwave-server lost") from None
     except BaseZwaveJSServerError as exc:
         detail = "" if secret else f": {type(exc).__name__}"
         raise DeviceError(f"{what} failed{detail}") from None

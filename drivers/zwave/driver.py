@@ -126,6 +126,8 @@ class _Lock:
     battery_level: float | None = None
     battery_low: bool = False
     masked: bool = False
+    # the lock's count of users as zwave-js holds it (None: not read yet, or zwave-js has not)
+    users: int | None = None
     last_seen: Any = None
     removed: bool = False  # its node left the network ("node removed"): its waits end
     code_waiters: dict[int, asyncio.Future[bool]] = field(default_factory=dict)
@@ -548,8 +550,14 @@ class ZWaveDriver(Driver):
         if client is None or client.driver is None:
             return
         nodes = client.driver.controller.nodes.values()
-        if all(n.ready or n.is_controller_node for n in nodes):
+        if all(n.is_controller_node or (n.ready and self._published(n)) for n in nodes):
             self._settled.set()
+
+    def _published(self, node: Node) -> bool:
+        """Whether a ready node is no lock, or a lock already published: that is done once its
+        count of users is read (_learn_users)."""
+        lock = self._locks.get(node.node_id)
+        return not _is_lock(node) or (lock is not None and lock.device is not None)
 
     # ------------------------------------------------------------------ nodes
 
@@ -561,6 +569,8 @@ class ZWaveDriver(Driver):
             node.on("value updated", lambda e: self._on_value(nid, e["value"])),
             # a value seen for the first time (e.g. the first door-open notification) is "added"
             node.on("value added", lambda e: self._on_value(nid, e["value"])),
+            # a late interview's slots (the count of users read at last) come as metadata
+            node.on("metadata updated", lambda e: self._on_user_code(nid, e["value"])),
             node.on("notification", lambda e: self._on_notification(nid, e)),
             node.on("dead", lambda _e: self._on_status(nid, online=False)),
             node.on("alive", lambda _e: self._on_status(nid, online=True)),
@@ -634,7 +644,14 @@ class ZWaveDriver(Driver):
         if not new and online != lock.online:
             self._on_status(node.node_id, online=online)
         lock.online = online
-        self._publish(lock, node, added=new)
+        if _has_cc(node, CommandClass.USER_CODE) and self._linked is not None:
+            # a new lock is published once its count of users is read: before, it would show
+            # no slot maximum, then its slots
+            if lock.device is not None:
+                self._publish(lock, node)
+            self._linked.start_soon(self._learn_users, lock, node)
+        else:
+            self._publish(lock, node, added=lock.device is None)
         log.info("zwave.node_ready", node_id=node.node_id, native_id=native_id, new=new)
         self._check_settled()
 
@@ -737,9 +754,22 @@ class ZWaveDriver(Driver):
         if method is not None:
             log.warning("zwave.late_word_unverified", node_id=lock.node_id, method=str(method))
 
+    async def _learn_users(self, lock: _Lock, node: Node) -> None:
+        """Read the lock's count of users from zwave-js, then publish it (added, if it is new).
+        A read that fails keeps the count known before."""
+        try:
+            lock.users = await _read_users(node, self._config.connect_timeout_s)
+        except (TimeoutError, GatewayError) as exc:
+            log.warning("zwave.users_read_failed", node_id=lock.node_id, error=str(exc))
+        if self._locks.get(lock.node_id) is lock:
+            self._publish(lock, node, added=lock.device is None)
+            self._check_settled()
+
     def _publish(self, lock: _Lock, node: Node | None = None, *, added: bool = False) -> None:
         node = node or self._node_or_none(lock)
         if node is None or self._sink is None:
+            return
+        if lock.device is None and not added:  # not added yet (its count of users is read first)
             return
         device = _device(lock, node)
         if added:
@@ -780,17 +810,8 @@ class ZWaveDriver(Driver):
             self._publish(lock)
         elif cc == CommandClass.BATTERY and prop == "isLow" and value.value is True:
             self._battery(lock, True)
-        elif cc == CommandClass.USER_CODE and prop in ("userCode", "supportedUsers"):
-            # zwave-js read the lock's users late (an interview that timed out, done later):
-            # the cloud gets the slot range now, not at the lock's next update
-            codes = lock.device.codes if lock.device is not None else None
-            key = value.property_key
-            if codes is not None and (
-                prop == "supportedUsers"
-                or not codes.slots_known
-                or (isinstance(key, int) and key > codes.max_slot)
-            ):
-                self._publish(lock)
+        elif cc == CommandClass.USER_CODE:
+            self._on_user_code(node_id, value)
         elif cc == CommandClass.NOTIFICATION:
             if value.endpoint in (0, None):  # as _notification_states reads them
                 lock.states[(prop, value.property_key)] = value.value
@@ -799,6 +820,24 @@ class ZWaveDriver(Driver):
             notice = parse_state_value(prop, value.property_key, value.value)
             if notice is not None:
                 self._apply(lock, notice)
+
+    def _on_user_code(self, node_id: int, value: Value) -> None:
+        """A slot zwave-js holds a value or metadata for, while the count of users is not known:
+        zwave-js may have read it late (an interview that timed out, done later), and the cloud
+        gets the slot range now, not at the lock's next update. A slot alone tells no count."""
+        lock = self._locks.get(node_id)
+        if (
+            lock is None
+            or lock.users is not None
+            or lock.device is None
+            or self._linked is None
+            or value.command_class != CommandClass.USER_CODE
+            or value.property_name != "userCode"
+        ):
+            return
+        node = self._node_or_none(lock)
+        if node is not None:
+            self._linked.start_soon(self._learn_users, lock, node)
 
     def _on_alarm_v1(self, lock: _Lock, level: Any) -> None:
         notice = self._alarm_v1_notice(lock, level)
@@ -996,12 +1035,20 @@ class ZWaveDriver(Driver):
         lock.code_refusal = refusal
         stored = False
         try:
-            if not await commands.write_code(node, slot, digits):
+            try:
+                written = await commands.write_code(node, slot, digits)
+                if written:
+                    status, read = await commands.read_slot(node, slot)
+            except commands.LinkLost:
+                # the Set may have reached the lock: its "code added" may come after the
+                # reconnect, the word of this failed set, not a change at the keypad
+                lock.late_sets.failed(slot, link_lost=True)
+                raise
+            if not written:
                 # the lock said so under Supervision: no read-back or notification to wait for,
                 # only its reason, if it gives one (a PIN another slot holds)
                 await self._await_refusal(refusal, slot)
                 raise CodeNotConfirmed(f"slot {slot}: the lock refused the code (supervision fail)")
-            status, read = await commands.read_slot(node, slot)
             if commands.is_masked(read):
                 lock.masked = True
                 try:
@@ -1426,31 +1473,40 @@ async def _read_door_lock(node: Node, timeout_s: float) -> Any:
         )
 
 
+async def _read_users(node: Node, timeout_s: float) -> int | None:
+    """The lock's count of users as zwave-js holds it, or None if it has not read it. It is the
+    User Code CC's `supportedUsers`, an internal value: in no node.values and told by no event,
+    so it is asked for. The slots zwave-js holds values of are no count: a single report (or a
+    partial read) makes one."""
+    with anyio.fail_after(timeout_s):
+        result = await commands.call(
+            "read count of users",
+            node.async_send_command(
+                "get_value",
+                valueId={"commandClass": CommandClass.USER_CODE, "property": "supportedUsers"},
+                wait_for_result=True,
+            ),
+        )
+    users = result.get("value") if isinstance(result, dict) else None
+    return users if isinstance(users, int) and not isinstance(users, bool) and users >= 0 else None
+
+
 def _device(lock: _Lock, node: Node) -> Device:
     dc = node.device_config
     manufacturer = (dc.manufacturer if dc else None) or f"0x{node.manufacturer_id or 0:04x}"
     model = (dc.label if dc else None) or node.label or "Z-Wave lock"
-    slots = [
-        int(v.property_key)
-        for v in node.values.values()
-        if v.command_class == CommandClass.USER_CODE
-        and v.property_name == "userCode"
-        and isinstance(v.property_key, int)
-    ]
-    # no slots (zwave-js has not read the count of users: interview not done, or timed out):
+    # count of users not known (zwave-js has not read it: interview not done, or timed out):
     # the cloud is shown no slot maximum and any user id of the CC's version is tried, the lock
     # refuses one it lacks (a 1..11 guess refused slots 12 and up of a lock that has them)
     wide = 0xFF if _cc_version(node, CommandClass.USER_CODE) == 1 else 0xFFFF
     codes = (
-        CodeConstraints(min_slot=1, max_slot=max(slots))
-        if slots
+        CodeConstraints(min_slot=1, max_slot=lock.users)
+        if lock.users
         else CodeConstraints(max_slot=wide, slots_known=False)
     )
     # no code actions for a lock without User Code CC or with 0 users; one whose count of users
     # is not known (its interview timed out) keeps them
-    no_codes = not _has_cc(node, CommandClass.USER_CODE) or (
-        not slots and _value(node, CommandClass.USER_CODE, "supportedUsers") == 0
-    )
+    no_codes = not _has_cc(node, CommandClass.USER_CODE) or lock.users == 0
     actions = (
         DEVICE_ACTIONS - {ActionName.SET_CODE, ActionName.CLEAR_CODE}
         if no_codes

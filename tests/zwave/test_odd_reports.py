@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 import pytest
 from structlog.testing import capture_logs
+from zwave_js_server.const import CommandClass
 
 from drivers.zwave import ZWaveDriver
 from drivers.zwave.events import Notice, parse_notification, parse_state_value
@@ -18,14 +19,13 @@ from gatewayd.model import (
     ActionName,
     CodeNotConfirmed,
     GatewayError,
-    InvalidInput,
     Method,
     PinCode,
     SetCode,
     Unlock,
 )
 from tests.contract.sink import RecordingSink
-from tests.zwave.conftest import Tasks, own_stack, started_read
+from tests.zwave.conftest import Tasks, own_stack, started_read, until
 from tests.zwave.stack import ZWaveStack, native_id
 
 pytestmark = pytest.mark.stack
@@ -239,17 +239,17 @@ def test_state_values_of_any_shape_mean_nothing(value: Any) -> None:
     assert parse_state_value("Access Control", "Door state", value) is None
 
 
-async def test_a_lock_whose_user_code_cc_reports_no_users_fails_a_code_typed(
+async def test_a_lock_whose_user_code_cc_reports_no_users_has_no_code_actions(
     tmp_path: Path, tasks: Tasks, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """User Code CC with 0 supported users: zwave-js keeps the count internal, so the driver
-    cannot tell it from a lock whose count is not known yet (an interview that timed out) and
-    keeps the code actions with the default slots. A set_code then fails with a typed error
-    that quotes no PIN, and the bolt still works."""
+    """User Code CC with 0 supported users: zwave-js keeps the count internal, and the driver
+    asks for it, so the lock is published without code actions. A set_code that came anyway
+    fails with a typed error that quotes no PIN, and the bolt still works."""
     monkeypatch.setenv("ZWAVE_MOCK_NUM_USERS", "0")
     async with own_stack(tmp_path, tasks, locks=1) as (_, driver, sink):
         device = sink.devices[sink.ids[native_id(2)]]
-        assert ActionName.SET_CODE in device.actions
+        assert ActionName.SET_CODE not in device.actions
+        assert ActionName.CLEAR_CODE not in device.actions
         with pytest.raises(GatewayError) as failed:
             await driver.execute(device.id, SetCode(slot_id=1, code=PinCode("480613")))
         assert "480613" not in str(failed.value)
@@ -260,40 +260,56 @@ async def test_a_lock_whose_user_code_cc_reports_no_users_fails_a_code_typed(
 async def test_a_lock_whose_user_count_is_not_read_shows_no_slot_maximum_and_tries_any_slot(
     tmp_path: Path, tasks: Tasks, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """zwave-js has no user code slots of a lock (its count of users not read: the interview
-    not done or timed out; here a lock of 0 users, which zwave-js cannot tell from one). Its
-    slots are not known: the cloud is shown no slot maximum, and a code in slot 12 goes to the
-    lock, which refuses a slot it lacks. Before, a 1..11 guess was shown as the lock's slots,
-    and slot 12 and up refused as invalid input on a lock that may have them."""
+    """zwave-js has not read a lock's count of users (it never answered Users Number Get: the
+    interview skipped it). Its slots are not known: the cloud is shown no slot maximum and
+    keeps the code actions, and a code in slot 12 goes to the lock, which has 20 slots and
+    stores it. Before, a 1..11 guess was shown as the lock's slots, and slot 12 and up refused
+    as invalid input on a lock that may have them."""
     from gatewayd.upstream import device_dict
 
-    monkeypatch.setenv("ZWAVE_MOCK_NUM_USERS", "0")
-    async with own_stack(tmp_path, tasks, locks=1) as (_, driver, sink):
+    monkeypatch.setenv("ZWAVE_MOCK_NUM_USERS", "unread")
+    async with own_stack(tmp_path, tasks, locks=1) as (stack, driver, sink):
         device = sink.devices[sink.ids[native_id(2)]]
         assert device_dict(device)["properties"]["code_slots"] == {"min": 1, "max": None}
-        with pytest.raises(GatewayError) as failed:
-            await driver.execute(device.id, SetCode(slot_id=12, code=PinCode("480613")))
-        assert not isinstance(failed.value, InvalidInput)  # tried at the lock, refused there
-        assert "480613" not in str(failed.value.to_dict())
+        assert ActionName.SET_CODE in device.actions
+        await driver.execute(device.id, SetCode(slot_id=12, code=PinCode("480613")))
+        assert 12 in stack.control(2, "state")["slots"]
 
 
-async def test_a_lock_whose_users_zwave_js_learns_later_shows_its_slots_at_once(
+async def test_one_slot_zwave_js_heard_of_is_not_taken_for_the_locks_slot_count(
     tmp_path: Path, tasks: Tasks, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """zwave-js had no user code slots of a lock (the cloud shown no slot maximum), then learns
-    of one (here an unsolicited User Code report of slot 12; as well a late interview's reads):
-    the cloud is shown the slots at once. Before, it kept `max: null` until the lock's next
-    change (a battery level, a door event) happened to republish it."""
+    """zwave-js has not read a lock's count of users, then hears of one slot (an unsolicited
+    User Code report of slot 12; a partial read makes such values too). One slot tells no
+    count: the lock still shows no slot maximum, and a code in slot 15 of its 20 goes to the
+    lock. Before, slot 12 was published as the lock's last slot (`max_slot` 12, known), and the
+    set of slot 15 was refused as invalid input."""
     from gatewayd.upstream import device_dict
 
-    monkeypatch.setenv("ZWAVE_MOCK_NUM_USERS", "0")
-    async with own_stack(tmp_path, tasks, locks=1) as (stack, _, sink):
+    monkeypatch.setenv("ZWAVE_MOCK_NUM_USERS", "unread")
+    async with own_stack(tmp_path, tasks, locks=1) as (stack, driver, sink):
         dev = sink.ids[native_id(2)]
-        assert device_dict(sink.devices[dev])["properties"]["code_slots"]["max"] is None
         stack.control(2, "user_code_raw", slot_id=12, status=1, code=list(b"2468"))
-        await sink.wait_for(lambda: sink.devices[dev].codes.slots_known, timeout=10)
-        shown = device_dict(sink.devices[dev])["properties"]["code_slots"]
-        assert shown == {"min": 1, "max": 12}
+        await until(lambda: _holds_slot(driver, 2, 12))  # the report reached the driver
+        await driver.execute(dev, SetCode(slot_id=15, code=PinCode("480613")))
+        assert 15 in stack.control(2, "state")["slots"]
+        # asked again on the report, zwave-js still has no count: none is shown
+        assert device_dict(sink.devices[dev])["properties"]["code_slots"]["max"] is None
+        assert not sink.devices[dev].codes.slots_known
+
+
+def _holds_slot(driver: ZWaveDriver, node_id: int, slot: int) -> bool:
+    """Whether the driver's copy of zwave-js's values holds a user code of `slot`."""
+    assert driver._client is not None
+    assert driver._client.driver is not None
+    node = driver._client.driver.controller.nodes[node_id]
+    return any(
+        v.command_class == CommandClass.USER_CODE
+        and v.property_name == "userCode"
+        and v.property_key == slot
+        and v.value is not None
+        for v in node.values.values()
+    )
 
 
 async def test_an_alarm_v1_lock_reports_its_door_events(

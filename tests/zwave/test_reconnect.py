@@ -676,3 +676,31 @@ async def test_a_masked_set_cut_off_by_the_link_drop_is_ours_when_its_alarm_v1_c
         assert _door_events(sink, dev, mark) == [
             ("code set on device", {"slot_id": 4, "method": "remote"})
         ]
+
+
+async def test_a_set_cut_off_by_the_link_drop_before_its_read_back_is_ours_when_its_word_comes(
+    tmp_path: Path, tasks: Tasks
+) -> None:
+    """The link to zwave-server drops while a User Code Set (or its read-back) is on the mesh,
+    not yet answered: the set fails ("connection to zwave-server lost"), and the lock's "user
+    code added" for the slot, heard after the reconnect, is that set carried out: "code set on
+    device" with method `remote`. Before, only a set already waiting for the lock's word was
+    marked so, and this one went up as a change at the keypad."""
+    async with behind_proxy(tmp_path, tasks) as (stack, proxy, driver, sink):
+        dev = sink.ids[native_id(2)]
+        stack.control(2, "fault", kind="no_reply")  # the Set goes unanswered
+        mark = len(sink.events)
+        setting = asyncio.ensure_future(
+            driver.execute(dev, SetCode(slot_id=4, code=PinCode("4711")))
+        )
+        await until(lambda: bool(stack.control(2, "state")["swallowing"]), timeout=10)
+        await _while_cut(proxy, driver, lambda: None)
+        with pytest.raises(DeviceError, match="connection to zwave-server lost"):
+            await setting
+        stack.control(2, "fault", kind="none")
+        stack.control(2, "notify_raw", type=6, event=14, params=[4])  # "user code added"
+        await sink.wait_event(dev, EventName.CODE_SET, timeout=30, after=mark)
+        await anyio.sleep(1.5)  # a repeat would be in by now
+        assert _door_events(sink, dev, mark) == [
+            ("code set on device", {"slot_id": 4, "method": "remote"})
+        ]

@@ -6,7 +6,8 @@
 // (JSON {S0_Legacy, S2_Unauthenticated, S2_Authenticated, S2_AccessControl: hex}: the mock
 // controller's network keys, zwave-server's own; a joining S2 node needs them), ZWAVE_MOCK_HOME_ID
 // (the controller's home id, default 0x7e57d00d), ZWAVE_MOCK_NUM_USERS (every lock's User Code
-// CC reports this many supported users instead of its model's), ZWAVE_MOCK_SUPERVISION ("1": every
+// CC reports this many supported users instead of its model's; "unread": it has its model's but
+// never answers Users Number Get, so zwave-js's interview never learns the count), ZWAVE_MOCK_SUPERVISION ("1": every
 // lock supports Supervision CC, so zwave-js supervises its Door Lock Operation Set and User Code
 // Set and returns the lock's Supervision status; the mock node's default SupervisionCCHooks answer
 // a behaviour's "ok" with Success and its "fail" with Fail), ZWAVE_MOCK_NOTIFICATION_V1 ("1": every
@@ -96,6 +97,7 @@ exports.default = function mockConfig({ require: req }) {
 	const count = Math.max(1, Math.min(models.length, Number(process.env.ZWAVE_MOCK_LOCKS || "2")));
 	const controlPort = Number(process.env.ZWAVE_MOCK_CONTROL_PORT || "0");
 	const supervised = process.env.ZWAVE_MOCK_SUPERVISION === "1";
+	const usersUnread = process.env.ZWAVE_MOCK_NUM_USERS === "unread";
 	const securityKeys = process.env.ZWAVE_MOCK_SECURITY_KEYS
 		? Object.fromEntries(
 			Object.entries(JSON.parse(process.env.ZWAVE_MOCK_SECURITY_KEYS)).map(([k, v]) => [k, Buffer.from(v, "hex")]),
@@ -251,6 +253,7 @@ exports.default = function mockConfig({ require: req }) {
 		handleCC(controller, self, received) {
 			const s = st(self);
 			const lock = lockOf(self);
+			if (usersUnread && received instanceof cc.UserCodeCCUsersNumberGet) return { action: "stop" };
 			if (received instanceof cc.UserCodeCCGet) {
 				const slot = received.userId;
 				if (slot < 1 || slot > lock.numUsers) {
@@ -338,7 +341,9 @@ exports.default = function mockConfig({ require: req }) {
 				{ ccId: CommandClasses["Door Lock"], isSupported: true, version: 4 },
 				{
 					ccId: CommandClasses["User Code"], isSupported: true, version: 1,
-					numUsers: process.env.ZWAVE_MOCK_NUM_USERS ? Number(process.env.ZWAVE_MOCK_NUM_USERS) : lock.numUsers,
+					numUsers: process.env.ZWAVE_MOCK_NUM_USERS && !usersUnread
+						? Number(process.env.ZWAVE_MOCK_NUM_USERS)
+						: lock.numUsers,
 				},
 				alarmV1 ? { ccId: CommandClasses.Notification, isSupported: true, version: 1 } : {
 					ccId: CommandClasses.Notification, isSupported: true, version: 8,
@@ -518,7 +523,7 @@ exports.default = function mockConfig({ require: req }) {
 				const s = st(self);
 				return {
 					locked: s.mode === cc.DoorLockMode.Secured, battery: s.battery, fault: s.fault,
-					offline: s.offline, slots: [...s.codes.keys()],
+					offline: s.offline, slots: [...s.codes.keys()], swallowing: s.swallowing,
 				};
 			},
 			async reset(self) { await resetLock(self); },
