@@ -171,6 +171,30 @@ async def test_while_the_user_count_is_unread_no_range_is_shown_and_any_slot_is_
         assert device_dict(sink.devices[dev])["properties"]["code_slots"] == {"min": 1, "max": 29}
 
 
+async def test_a_lock_that_never_answers_a_read_naming_its_code_limits_is_read_all_the_same(
+    tmp_path: Path,
+) -> None:
+    """This lock's firmware never answers a read that asks for its user count. Its bolt, door,
+    battery and firmware are read after pairing all the same, and it is announced with them,
+    its code limits unknown. Before, they were asked for in the limits' read: the whole read
+    went unanswered (zigbee.device_setup_failed), and the lock was shown with no bolt, battery
+    or firmware until a later resync."""
+    net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
+    vlock = net.lock(GENERIC)
+    lost = drop(vlock, reads(DoorLock.cluster_id, 0x0012)).lost  # never answered
+    sink = AnnouncingSink()
+    with capture_logs() as logs:
+        async with running(tmp_path, sink, virtual=net):
+            dev = by_native(sink, GENERIC)
+            announced = next(d for d in sink.added if d.id == dev)
+    assert lost  # asked for, unanswered
+    props = announced.properties
+    assert (props.locked, props.door_open, props.firmware) == (True, False, "1.0.3")
+    assert props.battery_level is not None
+    assert not announced.codes.slots_known
+    assert [e for e in logs if e["event"] == "zigbee.device_setup_failed"] == []
+
+
 async def test_a_lock_restarted_with_its_bolt_cached_but_not_its_user_count_is_read_when_heard(
     tmp_path: Path,
 ) -> None:
