@@ -241,13 +241,10 @@ class ZigbeeLock:
         # read-back cannot show it); forgotten when anything else may have changed the slot:
         # its programming event, the lock leaving or going silent, a rejoin
         self._confirmed_codes = ConfirmedCodes()
-        # slots whose last set failed for want of the lock's programming event, which may come
-        # late: the next set of the slot waits it out, or the event would confirm that one
+        # slots whose last set (or clear) failed for want of the lock's programming event, which
+        # may come late: the next change of the slot waits it out, or the event would confirm
+        # that one; a failed clear's late "deleted" is that clear carried out, not someone else's
         self._late_sets = LateSets(OWN_ECHO_S)
-        # slots whose last clear failed with no word from the lock (its answer or programming
-        # event late): the lock's late "deleted" for the slot is that clear carried out, not a
-        # change someone else made
-        self._late_clears = LateSets(OWN_ECHO_S)
         self._left: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._has_left = False  # `_left` is resolved by `close` too: this says the lock left
         # The lock left or joined again (a reset, a re-pairing): that wipes its bindings and
@@ -370,7 +367,6 @@ class ZigbeeLock:
         closed."""
         self.locked, self.jammed, self._low_battery = old.locked, old.jammed, old._low_battery
         self._own_programming, self._late_sets = old._own_programming, old._late_sets
-        self._late_clears = old._late_clears
         # announced already, its events go up as they come; else (its adoption was cut off
         # before `announce`) the events it held wait for this one's
         self._device, self._held = old._device, old._held
@@ -1078,7 +1074,7 @@ class ZigbeeLock:
         if (
             source != int(_SRC.Keypad)
             and code == int(_PROG.PINCodeDeleted)
-            and self._late_clears.came(user)
+            and self._late_sets.came(user, present=False)
         ):
             # a clear reported failed (no word from the lock in time) was carried out after all
             self._confirmed_codes.forget(user)
@@ -1356,7 +1352,7 @@ class ZigbeeLock:
                 try:
                     await self._await_programmed({int(_PROG.PINCodeDeleted)})
                 except CodeNotConfirmed:
-                    self._late_clears.failed(slot)
+                    self._late_sets.failed(slot, present=False)
                     raise
             elif not_reported:
                 # 0xFF: the lock does not report a user status, so the code itself tells;
@@ -1368,7 +1364,7 @@ class ZigbeeLock:
         except (ActionTimeout, asyncio.CancelledError, _RadioLost):
             # sent, then no word in time (a late answer, the action's deadline, the radio's
             # loss): the lock may have cleared the slot, and its programming event may still come
-            self._late_clears.failed(slot)
+            self._late_sets.failed(slot, present=False)
             raise
         finally:
             self._code_slot = None

@@ -20,6 +20,7 @@ from gatewayd.config import ZWaveConfig
 from gatewayd.daemon import DB_NAME
 from gatewayd.driver import DriverContext, DriverState
 from gatewayd.model import (
+    ClearCode,
     Device,
     DeviceError,
     DeviceNotFound,
@@ -703,4 +704,39 @@ async def test_a_set_cut_off_by_the_link_drop_before_its_read_back_is_ours_when_
         await anyio.sleep(1.5)  # a repeat would be in by now
         assert _door_events(sink, dev, mark) == [
             ("code set on device", {"slot_id": 4, "method": "remote"})
+        ]
+
+
+async def test_a_clear_cut_off_by_the_link_drop_is_ours_when_its_alarm_v1_comes_late(
+    tmp_path: Path, tasks: Tasks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The link to zwave-server drops while a clear of the slot (its User Code Set) is on the
+    mesh, not yet answered: the clear fails ("connection to zwave-server lost"), and the lock's
+    Alarm CC v1 type 33 for the slot ("code deleted"), taken by zwave-server meanwhile and
+    replayed after a reconnect later than the echo window, is that clear carried out: "code
+    removed from device" with method `remote`. Before, the clear's window was not restarted at
+    the reconnect, and it went up as a change at the keypad (method `keypad`)."""
+    from drivers.zwave import driver as zwave_driver
+
+    monkeypatch.setenv("ZWAVE_MOCK_NOTIFICATION_V1", "1")
+    monkeypatch.setattr(zwave_driver, "OWN_ECHO_S", 1.0)  # a late word's window, shorter
+    async with behind_proxy(tmp_path, tasks) as (stack, proxy, driver, sink):
+        dev = sink.ids[native_id(2)]
+        await driver.execute(dev, SetCode(slot_id=4, code=PinCode("4711")))
+        mark = len(sink.events)
+        stack.control(2, "fault", kind="no_reply")  # the clear goes unanswered
+        clearing = asyncio.ensure_future(driver.execute(dev, ClearCode(slot_id=4)))
+        await until(lambda: bool(stack.control(2, "state")["swallowing"]), timeout=10)
+
+        def code_deleted_then_a_late_reconnect() -> None:
+            stack.control(2, "alarm_raw", type=33, level=4)
+            time.sleep(1.5)
+
+        await _while_cut(proxy, driver, code_deleted_then_a_late_reconnect)
+        with pytest.raises(DeviceError, match="connection to zwave-server lost"):
+            await clearing
+        await sink.wait_event(dev, EventName.CODE_REMOVED, timeout=30, after=mark)
+        await anyio.sleep(1.5)  # a repeat would be in by now
+        assert _door_events(sink, dev, mark) == [
+            ("code removed from device", {"slot_id": 4, "method": "remote"})
         ]
