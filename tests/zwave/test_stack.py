@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+import time
+from pathlib import Path
+
 import aiohttp
 import pytest
 from zwave_js_server.client import Client
@@ -89,3 +93,50 @@ async def _settle(sink: RecordingSink, seconds: float = 1.5) -> None:
 
     with anyio.move_on_after(seconds):
         await sink.wait_for(lambda: False, timeout=seconds + 1)
+
+
+def _serial_request(function: int) -> bytes:
+    """A Serial API request frame with no payload: SOF, length, type (request), function,
+    checksum."""
+    body = bytes([3, 0x00, function])
+    checksum = 0xFF
+    for b in body:
+        checksum ^= b
+    return bytes([0x01, *body, checksum])
+
+
+def _read_frame(sock: socket.socket) -> bytes:
+    """The next data frame the controller sends (ACK/NAK/CAN bytes before it skipped)."""
+    while (first := sock.recv(1)) != b"\x01":
+        assert first in (b"\x06", b"\x15", b"\x18"), first
+    length = sock.recv(1)
+    rest = b""
+    while len(rest) < length[0]:
+        rest += sock.recv(length[0] - len(rest))
+    return first + length + rest
+
+
+def test_the_mock_controller_goes_on_when_the_host_does_not_ack_its_answer(
+    tmp_path: Path,
+) -> None:
+    """A host that stops answering (zwave-server hung, or frozen by a test) right after a
+    request leaves the controller's answer without an ACK. The mock controller threw on that
+    and its process died, and zwave-server exited when it came back: the shared stack was gone
+    for every later test. Now it goes on, as a controller does, and answers the next request.
+    Played here by a raw host on the mock's serial port that never sends an ACK."""
+    get_version = 0x15  # FUNC_ID_ZW_GET_VERSION
+    stack = ZWaveStack(tmp_path, locks=1)
+    try:
+        stack.start_mock()
+        assert stack.mock is not None
+        with socket.create_connection(("127.0.0.1", stack.serial_port), timeout=5) as sock:
+            sock.sendall(_serial_request(get_version))
+            assert _read_frame(sock)[2:4] == bytes([0x01, get_version])  # response, no ACK
+            time.sleep(1.5)  # past the controller's 1 s wait for the ACK
+            assert stack.mock.proc.poll() is None, stack.mock.tail()
+            sock.sendall(_serial_request(get_version))
+            assert _read_frame(sock)[2:4] == bytes([0x01, get_version])
+            sock.sendall(b"\x06")
+        assert "going on without it" in stack.mock.tail()
+    finally:
+        stack.stop()
