@@ -66,45 +66,49 @@ class ConfirmedCodes:
 
 
 class LateSets:
-    """One lock's slots whose last set failed for want of the lock's word (a masking lock's
-    programming notification), which may still come, late.
+    """One lock's slots whose last set (or clear) failed for want of the lock's word (a masking
+    lock's programming notification, a read-back that timed out), which may still come, late.
 
     Taken as the answer to the next write of the slot, that late word would confirm a code the
     lock dropped: it holds the earlier one. So the next set of the slot waits it out
     (`wait_out`, at most `window_s` after the failure), and the late word, heard outside any
-    command (`came`), is the failed set carried out after all. A set cut off by the loss of the
-    link to the radio's server may be told only after the reconnect: its window runs again
-    from there (`reconnected`)."""
+    command (`came`), is the failed set carried out after all; a failed clear's "code deleted"
+    likewise (`present=False`). A change cut off by the loss of the link to the radio's server
+    may be told only after the reconnect: its window runs again from there (`reconnected`)."""
 
     __slots__ = ("_cut_off", "_slots", "_window_s")
 
     def __init__(self, window_s: float) -> None:
         self._window_s = window_s
-        self._slots: dict[int, tuple[float, anyio.Event]] = {}
+        # slot -> (until when, the word came, whether that word is "code added")
+        self._slots: dict[int, tuple[float, anyio.Event, bool]] = {}
         self._cut_off: set[int] = set()  # slots whose window runs again at the reconnect
 
-    def failed(self, slot: int, *, link_lost: bool = False) -> None:
-        """A set of `slot` failed with no word from the lock: it may still come."""
-        self._slots[slot] = (time.monotonic() + self._window_s, anyio.Event())
+    def failed(self, slot: int, *, link_lost: bool = False, present: bool = True) -> None:
+        """A set (`present`) or clear of `slot` failed with no word from the lock: it may
+        still come."""
+        self._slots[slot] = (time.monotonic() + self._window_s, anyio.Event(), present)
         if link_lost:
             self._cut_off.add(slot)
         else:
             self._cut_off.discard(slot)
 
     def reconnected(self) -> None:
-        """The link is back: the word of a set it cut off comes now, if at all."""
+        """The link is back: the word of a change it cut off comes now, if at all."""
         until = time.monotonic() + self._window_s
         for slot in self._cut_off:
             late = self._slots.get(slot)
             if late is not None:
-                self._slots[slot] = (until, late[1])
+                self._slots[slot] = (until, *late[1:])
         self._cut_off.clear()
 
-    def came(self, slot: int) -> bool:
-        """The lock says `slot` took a code: True (used up) if that is a failed set's word."""
-        late = self._slots.pop(slot, None)
-        if late is None:
+    def came(self, slot: int, present: bool = True) -> bool:
+        """The lock says `slot` took a code (`present`) or lost it: True (used up) if that is
+        the word of a failed set, or clear."""
+        late = self._slots.get(slot)
+        if late is None or late[2] != present:
             return False
+        del self._slots[slot]
         late[1].set()
         return late[0] >= time.monotonic()
 
@@ -117,7 +121,7 @@ class LateSets:
         return 0.0 if late is None else max(late[0] - time.monotonic(), 0.0)
 
     async def wait_out(self, slot: int) -> None:
-        """Return once a failed set of `slot` can no longer be confirmed late."""
+        """Return once a failed set or clear of `slot` can no longer be confirmed late."""
         late = self._slots.get(slot)
         if late is None:
             return

@@ -241,8 +241,9 @@ class ZigbeeLock:
         # read-back cannot show it); forgotten when anything else may have changed the slot:
         # its programming event, the lock leaving or going silent, a rejoin
         self._confirmed_codes = ConfirmedCodes()
-        # slots whose last set failed for want of the lock's programming event, which may come
-        # late: the next set of the slot waits it out, or the event would confirm that one
+        # slots whose last set (or clear) failed for want of the lock's programming event, which
+        # may come late: the next change of the slot waits it out, or the event would confirm
+        # that one; a failed clear's late "deleted" is that clear carried out, not someone else's
         self._late_sets = LateSets(OWN_ECHO_S)
         self._left: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._has_left = False  # `_left` is resolved by `close` too: this says the lock left
@@ -361,8 +362,9 @@ class ZigbeeLock:
     def carry_over(self, old: ZigbeeLock) -> None:
         """Re-adopted after a radio reconnect: keep what zigpy's cache does not hold (whether the
         lock is online or has left, a jam, the low-battery latch, the programming events of our
-        own code changes still to come), so that nothing is silently undone or reported twice.
-        Called before `old` is closed."""
+        own code changes still to come, the unanswered reads of its code limits), so that
+        nothing is silently undone, reported twice or asked again. Called before `old` is
+        closed."""
         self.locked, self.jammed, self._low_battery = old.locked, old.jammed, old._low_battery
         self._own_programming, self._late_sets = old._own_programming, old._late_sets
         # announced already, its events go up as they come; else (its adoption was cut off
@@ -370,6 +372,10 @@ class ZigbeeLock:
         self._device, self._held = old._device, old._held
         self._bolt_unknown, self._door_unknown = old._bolt_unknown, old._door_unknown
         self.online, self._unbound = old.online, old._unbound
+        # a lock that never answers a read of its code limits is not asked LIMITS_READS more
+        # times after each reconnect, nor sooner than its backoff
+        self._limits_read, self._limits_unanswered = old._limits_read, old._limits_unanswered
+        self._limits_after = old._limits_after
         if old._has_left:
             self._has_left = True
             self._left.set_result(None)
@@ -394,12 +400,14 @@ class ZigbeeLock:
     async def refresh(self, *, from_cache: bool) -> None:
         """Load bolt, door, battery and code limits: from zigpy's cache after a restart. What
         the lock reports on its own meanwhile (a keypad unlock, the door) is no answer of the
-        read: it goes up as an event."""
+        read: it goes up as an event.
+
+        The code limits are asked for in a request of their own, last: some firmwares never
+        answer a read that names them, and in one read with the bolt and door they cost the
+        bolt, battery and firmware too. Unanswered, they count as one of LIMITS_READS."""
         self._reading, self._reported = True, {}
         try:
-            attrs = ["lock_state", "door_state", *_CODE_LIMITS]
-            if await self._read(self.door_lock, attrs, from_cache):
-                self._limits_read = True
+            asked = await self._read(self.door_lock, ["lock_state", "door_state"], from_cache)
             power = self._cluster(PowerConfiguration.cluster_id)
             if power is not None:
                 await self._read(power, ["battery_percentage_remaining"], from_cache)
@@ -409,6 +417,8 @@ class ZigbeeLock:
             self._load_from_cache()
         finally:
             self._reading = False
+        if asked:
+            await self._limits_now()
 
     async def restarted(self) -> None:
         """After a restart: `resync`, then bind and configure reporting again. Nothing tells
@@ -1061,6 +1071,16 @@ class ZigbeeLock:
             log.warning("zigbee.code_set_late", device_id=self.device_id, slot_id=user)
             self._event(EventName.CODE_SET, slot_id=user, method=str(Method.REMOTE))
             return
+        if (
+            source != int(_SRC.Keypad)
+            and code == int(_PROG.PINCodeDeleted)
+            and self._late_sets.came(user, present=False)
+        ):
+            # a clear reported failed (no word from the lock in time) was carried out after all
+            self._confirmed_codes.forget(user)
+            log.warning("zigbee.code_clear_late", device_id=self.device_id, slot_id=user)
+            self._event(EventName.CODE_REMOVED, slot_id=user, method=str(Method.REMOTE))
+            return
         self._confirmed_codes.forget(user)
         if code in (int(_PROG.PINCodeAdded), int(_PROG.PINCodeChanges)):
             self._event(EventName.CODE_SET, slot_id=user, method=method)
@@ -1329,7 +1349,11 @@ class ZigbeeLock:
             if stored is None or (not_reported and stored[1] and not _is_code(stored[1])):
                 # no answer, or no user status and a masked code: only the lock's
                 # programming event tells whether the slot was cleared
-                await self._await_programmed({int(_PROG.PINCodeDeleted)})
+                try:
+                    await self._await_programmed({int(_PROG.PINCodeDeleted)})
+                except CodeNotConfirmed:
+                    self._late_sets.failed(slot, present=False)
+                    raise
             elif not_reported:
                 # 0xFF: the lock does not report a user status, so the code itself tells;
                 # digits mean it is still there, an empty code that the slot is free
@@ -1337,6 +1361,11 @@ class ZigbeeLock:
                     raise CodeNotConfirmed("the slot still holds a code")
             elif stored[0] != int(DoorLock.UserStatus.Available):
                 raise CodeNotConfirmed("the slot still holds a code")
+        except (ActionTimeout, asyncio.CancelledError, _RadioLost):
+            # sent, then no word in time (a late answer, the action's deadline, the radio's
+            # loss): the lock may have cleared the slot, and its programming event may still come
+            self._late_sets.failed(slot, present=False)
+            raise
         finally:
             self._code_slot = None
         self._expect_echo(slot, int(_PROG.PINCodeDeleted))

@@ -36,8 +36,9 @@ _TIMEOUT_CODES = frozenset({200, 201, 215})  # Controller_Timeout, _NodeTimeout,
 
 
 class LinkLost(DeviceError):
-    """The websocket to zwave-server dropped with the command sent, or about to be: the lock
-    may still carry it out, and its word of it come only after the reconnect."""
+    """The websocket to zwave-server dropped with the command sent, or about to be, or was down
+    when it was to go: the lock may still carry out it or the command before it (a Set whose
+    read-back found the link gone), and its word come only after the reconnect."""
 
 
 class _NoSecrets(logging.Filter):
@@ -101,7 +102,7 @@ async def call[T](what: str, aw: Awaitable[T], *, secret: bool = False) -> T:
             raise ActionTimeout(f"{what}: the lock did not answer{detail}") from None
         raise DeviceError(f"{what} failed (zwave error {exc.zwave_error_code}){detail}") from None
     except NotConnected:
-        raise DeviceError(f"{what}: zwave-server is not connected") from None
+        raise LinkLost(f"{what}: zwave-server is not connected") from None
     except (aiohttp.ClientError, ConnectionError):
         # sent as the socket reset, before the client saw it close: aiohttp refuses the write
         raise LinkLost(f"{what}: connection to zwave-server lost") from None

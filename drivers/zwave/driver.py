@@ -139,7 +139,8 @@ class _Lock:
     # (slot, code present, until when, on time.monotonic) of our own sets and clears whose
     # "user code added/deleted" notification may still come: it is the lock confirming them
     own_codes: list[tuple[int, bool, float]] = field(default_factory=list)
-    # slots whose last set failed for want of the lock's "user code added", which may come late
+    # slots whose last set (or clear) failed for want of the lock's "user code added" (or
+    # "deleted"), which may come late
     late_sets: LateSets = field(default_factory=lambda: LateSets(OWN_ECHO_S))
     # the code we last wrote and saw confirmed in each slot, on a lock that masks codes (its
     # read-back cannot show it); forgotten when anything else may have changed the slot
@@ -154,6 +155,10 @@ class _Lock:
         # prune them) must not keep one entry per code change it ever made
         self.own_codes = [own for own in self.own_codes if own[2] >= now]
         self.own_codes.append((slot, present, now + OWN_ECHO_S))
+
+    def drop_echo(self, slot: int, present: bool) -> None:
+        """Our change of `slot` failed: the lock's word of it is no echo to swallow any more."""
+        self.is_own_echo(slot, present)
 
     def late_refusal(self) -> bool:
         """Whether a "duplicate code" notice is the late one of a failed set (used up if so)."""
@@ -935,11 +940,14 @@ class ZWaveDriver(Driver):
                 # the late echo of an earlier set or clear of ours (a clear's "user code
                 # deleted" after its read-back): never the answer to the write waiting now
                 return
-            if present and lock.late_sets.came(notice.slot_id):
-                # a set reported failed (the lock's word did not come in time) was carried out
+            if lock.late_sets.came(notice.slot_id, present):
+                # a set or clear reported failed (the lock's word did not come in time) was
+                # carried out
                 lock.confirmed.forget(notice.slot_id)
-                log.warning("zwave.code_set_late", device_id=did, slot_id=notice.slot_id)
-                self._emit(did, EventName.CODE_SET, {"slot_id": notice.slot_id, "method": "remote"})
+                late = "zwave.code_set_late" if present else "zwave.code_clear_late"
+                log.warning(late, device_id=did, slot_id=notice.slot_id)
+                name = EventName.CODE_SET if present else EventName.CODE_REMOVED
+                self._emit(did, name, {"slot_id": notice.slot_id, "method": "remote"})
             elif waiter is not None and not waiter.done():
                 waiter.set_result(present)
             else:
@@ -1039,10 +1047,11 @@ class ZWaveDriver(Driver):
                 written = await commands.write_code(node, slot, digits)
                 if written:
                     status, read = await commands.read_slot(node, slot)
-            except commands.LinkLost:
-                # the Set may have reached the lock: its "code added" may come after the
-                # reconnect, the word of this failed set, not a change at the keypad
-                lock.late_sets.failed(slot, link_lost=True)
+            except (commands.LinkLost, ActionTimeout) as exc:
+                # the Set may have reached the lock, or be carried out late: its "code added"
+                # may come after the failure (or the reconnect), the word of this failed set,
+                # not a change at the keypad
+                lock.late_sets.failed(slot, link_lost=isinstance(exc, commands.LinkLost))
                 raise
             if not written:
                 # the lock said so under Supervision: no read-back or notification to wait for,
@@ -1095,8 +1104,15 @@ class ZWaveDriver(Driver):
             log.info("zwave.code_already_clear", device_id=lock.device_id, slot_id=slot)
             return ActionResult({"slot_id": slot})
         lock.expect_echo(slot, False)  # a masked lock says "user code deleted" as it clears
-        await commands.clear_slot(node, slot)
-        status, _ = await commands.read_slot(node, slot)
+        try:
+            await commands.clear_slot(node, slot)
+            status, _ = await commands.read_slot(node, slot)
+        except (commands.LinkLost, ActionTimeout) as exc:
+            # as for a set: its "code deleted" may come late, the word of this failed clear (to
+            # report, not to take as the echo of one that worked), not a change at the keypad
+            lock.drop_echo(slot, False)
+            lock.late_sets.failed(slot, link_lost=isinstance(exc, commands.LinkLost), present=False)
+            raise
         if status not in (commands.USER_AVAILABLE,):
             raise CodeNotConfirmed(f"slot {slot}: the lock still holds a code")
         log.info("zwave.code_cleared", device_id=lock.device_id, slot_id=slot)

@@ -41,6 +41,20 @@ def by_native(sink: RecordingSink, ieee: str) -> str:
     return next(d.id for d in sink.devices.values() if d.native_id == ieee)
 
 
+def set_code_request(device_id: str, code: str, slot: int) -> ActionRequest:
+    """A set_code request as the cloud sends it (for `validate`), due in 5 s."""
+    now = utcnow()
+    return ActionRequest(
+        id="r1",
+        entity_type="Device",
+        entity_id=device_id,
+        action="set_code",
+        inputs={"code": code, "slot_id": slot},
+        created_at=now,
+        deadline=now + timedelta(seconds=5),
+    )
+
+
 @pytest.mark.parametrize("ieee", [GENERIC, YALE], ids=["readable", "masked"])
 async def test_a_code_another_slot_holds_fails_with_duplicate_code(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, ieee: str
@@ -148,22 +162,37 @@ async def test_while_the_user_count_is_unread_no_range_is_shown_and_any_slot_is_
         assert shown["properties"]["code_slots"] == {"min": 1, "max": None}
         slot_text = shown["actions"]["set_code"]["inputs"]["slot_id"]["description"]
         assert "through" not in slot_text
-        now = utcnow()
-        request = ActionRequest(
-            id="r1",
-            entity_type="Device",
-            entity_id=dev,
-            action="set_code",
-            inputs={"code": PIN, "slot_id": 20},
-            created_at=now,
-            deadline=now + timedelta(seconds=5),
-        )
+        request = set_code_request(dev, PIN, 20)
         action = validate(request, device)
         assert action == SetCode(slot_id=20, code=PinCode(PIN))
         await driver.execute(dev, action)  # the lock, heard, is read meanwhile: 1..29
         assert vlock.mem.pins == {20: PIN}
         await sink.wait_for(lambda: sink.devices[dev].codes.max_slot == 29)
         assert device_dict(sink.devices[dev])["properties"]["code_slots"] == {"min": 1, "max": 29}
+
+
+async def test_a_lock_that_never_answers_a_read_naming_its_code_limits_is_read_all_the_same(
+    tmp_path: Path,
+) -> None:
+    """This lock's firmware never answers a read that asks for its user count. Its bolt, door,
+    battery and firmware are read after pairing all the same, and it is announced with them,
+    its code limits unknown. Before, they were asked for in the limits' read: the whole read
+    went unanswered (zigbee.device_setup_failed), and the lock was shown with no bolt, battery
+    or firmware until a later resync."""
+    net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
+    vlock = net.lock(GENERIC)
+    lost = drop(vlock, reads(DoorLock.cluster_id, 0x0012)).lost  # never answered
+    sink = AnnouncingSink()
+    with capture_logs() as logs:
+        async with running(tmp_path, sink, virtual=net):
+            dev = by_native(sink, GENERIC)
+            announced = next(d for d in sink.added if d.id == dev)
+    assert lost  # asked for, unanswered
+    props = announced.properties
+    assert (props.locked, props.door_open, props.firmware) == (True, False, "1.0.3")
+    assert props.battery_level is not None
+    assert not announced.codes.slots_known
+    assert [e for e in logs if e["event"] == "zigbee.device_setup_failed"] == []
 
 
 async def test_a_lock_restarted_with_its_bolt_cached_but_not_its_user_count_is_read_when_heard(
@@ -241,16 +270,7 @@ async def test_while_the_code_lengths_are_unread_none_are_shown_and_any_length_i
         dev = by_native(sink, GENERIC)
         device = next(d for d in sink.added if d.id == dev)  # as announced: not read
         assert device_dict(device)["properties"]["supported_code_lengths"] is None
-        now = utcnow()
-        request = ActionRequest(
-            id="r1",
-            entity_type="Device",
-            entity_id=dev,
-            action="set_code",
-            inputs={"code": code, "slot_id": 3},
-            created_at=now,
-            deadline=now + timedelta(seconds=5),
-        )
+        request = set_code_request(dev, code, 3)
         await driver.execute(dev, validate(request, device))
         assert vlock.mem.pins == {3: code}
         await sink.wait_for(lambda: sink.devices[dev].codes.lengths_known)

@@ -578,58 +578,33 @@ async def test_zigpy_s_database_thread_logs_no_values_even_at_debug(
 
 
 @pytest.mark.parametrize("then", ["by_hand", "by_our_command"])
+@pytest.mark.parametrize("ieee", [GENERIC, YALE], ids=["report_only", "tells_first"])
 async def test_two_bolt_reports_within_the_merge_window_are_two_events(
-    tmp_path: Path, then: str
+    tmp_path: Path, ieee: str, then: str
 ) -> None:
-    """A lock that sends only its lock_state report (no operation event) unlocked and was
-    locked again within event_merge_s, by hand or by our command: the second report cancelled
-    the first one's wait for its operation event, and the unlock was never reported."""
+    """A lock_state report with no operation event (unlocked: a turn the lock names no method
+    for, or whose notification was lost), then within event_merge_s a move back, by hand or by
+    our command. On a lock that sends only reports, the second report cancelled the first one's
+    wait for its operation event; on one that tells of a move by its operation event before its
+    report (a Yale lock's order), that event did. Either way the unlock was never reported."""
     sink = HistorySink()
     async with running(tmp_path, sink) as driver:
-        dev, vlock = by_native(sink, GENERIC), virtual(driver, GENERIC)
+        dev, vlock = by_native(sink, ieee), virtual(driver, ieee)
+        assert vlock.profile.notify_before_report is (ieee == YALE)
         assert sink.devices[dev].properties.locked is True
         mark = len(sink.events)
         vlock.odd_report(DOOR_LOCK, 0x0000, ENUM8, 2)  # unlocked
         await sink.wait_for(lambda: sink.devices[dev].properties.locked is False)
-        if then == "by_hand":
+        if then == "by_hand" and ieee == YALE:
+            vlock.manual(True)  # locked again, within the window: its operation event first
+            last = "manual"
+        elif then == "by_hand":
             vlock.odd_report(DOOR_LOCK, 0x0000, ENUM8, 1)  # locked again, within the window
-            await sink.wait_for(lambda: sink.devices[dev].properties.locked is True)
             last = "unknown"
         else:
             await driver.execute(dev, Lock())
             last = "remote"
-        await sink.wait_for(lambda: sum(e.device_id == dev for e in sink.events[mark:]) >= 2, 20)
-        await asyncio.sleep(0.6)  # past the merge window
-        events = [(e.event_name, e.details) for e in sink.events[mark:] if e.device_id == dev]
-        assert events == [
-            ("door unlocked", {"method": "unknown"}),
-            ("door locked", {"method": last}),
-        ]
-
-
-@pytest.mark.parametrize("then", ["by_hand", "by_our_command"])
-async def test_an_operation_event_within_the_merge_window_does_not_swallow_the_move_before(
-    tmp_path: Path, then: str
-) -> None:
-    """A lock_state report with no operation event (unlocked: a turn the lock names no method
-    for, or whose notification was lost), then within event_merge_s a move the lock tells of
-    first by its operation event (a Yale lock's order), by hand or by our command: that event
-    cancelled the report's wait for its method, and the unlock was never reported."""
-    sink = HistorySink()
-    async with running(tmp_path, sink) as driver:
-        dev, vlock = by_native(sink, YALE), virtual(driver, YALE)
-        assert vlock.profile.notify_before_report
-        assert sink.devices[dev].properties.locked is True
-        mark = len(sink.events)
-        vlock.odd_report(DOOR_LOCK, 0x0000, ENUM8, 2)  # unlocked
-        await sink.wait_for(lambda: sink.devices[dev].properties.locked is False)
-        if then == "by_hand":
-            vlock.manual(True)  # locked again, within the window: its operation event first
-            await sink.wait_for(lambda: sink.devices[dev].properties.locked is True)
-            last = "manual"
-        else:
-            await driver.execute(dev, Lock())
-            last = "remote"
+        await sink.wait_for(lambda: sink.devices[dev].properties.locked is True)
         await sink.wait_for(lambda: sum(e.device_id == dev for e in sink.events[mark:]) >= 2, 20)
         await asyncio.sleep(0.6)  # past the merge window
         events = [(e.event_name, e.details) for e in sink.events[mark:] if e.device_id == dev]

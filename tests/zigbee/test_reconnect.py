@@ -10,13 +10,16 @@ from typing import Any
 
 import anyio
 import pytest
+from structlog.testing import capture_logs
 
 from drivers.zigbee import ZigbeeDriver
+from drivers.zigbee import lock as zigbee_lock
 from drivers.zigbee.virtual.radio import VirtualNetwork
+from drivers.zigbee.zigpy_api import DoorLock
 from gatewayd.driver import DriverState, Simulation
 from gatewayd.model import CodeNotConfirmed, DeviceError, EventName, PinCode, SetCode, Unlock
 from tests.contract.sink import RecordingSink
-from tests.zigbee.conftest import AnnouncingSink, config, jam, running
+from tests.zigbee.conftest import AnnouncingSink, config, drop, jam, reads, running
 
 pytestmark = pytest.mark.stack
 
@@ -302,3 +305,33 @@ async def test_a_bolt_command_cut_by_a_radio_loss_fails_at_once_with_its_outcome
         assert failed.value.type == "device_error"
         assert "radio" in str(failed.value)
         assert "unknown" in str(failed.value)
+
+
+async def test_a_lock_whose_code_limits_were_given_up_is_not_asked_again_after_a_reconnect(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """This lock never answers a read that asks for its code limits: after LIMITS_READS
+    unanswered reads they are given up (zigbee.limits_unread). A radio reconnect does not
+    start the count again: heard after it, well past any backoff, the lock is not asked.
+    Before, the lock adopted after the reconnect had no count of them, and it was asked up
+    to LIMITS_READS more times after each reconnect."""
+    monkeypatch.setattr(zigbee_lock, "LIMITS_RETRY_S", 0.05, raising=False)
+    net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
+    vlock = net.lock(GENERIC)
+    lost = drop(vlock, reads(DoorLock.cluster_id, 0x0012)).lost  # never answered
+    sink = RecordingSink()
+    with capture_logs() as logs:
+        async with running(tmp_path, sink, config(command_timeout_s=0.5), virtual=net) as driver:
+            dev = by_native(sink, GENERIC)
+            with anyio.fail_after(30):
+                while not any(e["event"] == "zigbee.limits_unread" for e in logs):
+                    vlock.battery(0.5 + 0.01 * (len(lost) % 2))  # heard: a battery report
+                    await asyncio.sleep(0.1)
+            assert len(lost) == zigbee_lock.LIMITS_READS
+            await reconnect(driver, DriverState.READY)
+            for n in range(5):  # heard, well after the last backoff
+                vlock.battery(0.3 + 0.01 * n)
+                await asyncio.sleep(0.3)
+            await driver.execute(dev, Unlock())  # the lock adopted after the reconnect answers
+            assert len(lost) == zigbee_lock.LIMITS_READS
+            assert not sink.devices[dev].codes.slots_known

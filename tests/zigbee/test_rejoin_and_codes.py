@@ -587,6 +587,44 @@ async def test_a_set_that_ends_before_the_lock_s_word_does_not_confirm_the_next_
         assert await settled_events(sink, mark, 1) == [(EventName.CODE_SET, "remote")]
 
 
+def clear_answered_late(vlock: VirtualLock, late_s: float) -> None:
+    """From now on the lock answers a clear_pin_code, and sends its programming event for it,
+    `late_s` late; every other frame on time."""
+    receive, clear = vlock.receive, DoorLock.ServerCommandDefs.clear_pin_code.id
+
+    def hears(packet: Any) -> None:
+        hdr = foundation.ZCLHeader.deserialize(packet.data.serialize())[0]
+        clears = packet.cluster_id == DoorLock.cluster_id and packet.dst_ep != 0
+        if clears and not hdr.frame_control.is_general and hdr.command_id == clear:
+            vlock.delay_s = late_s
+        try:
+            receive(packet)
+        finally:
+            vlock.delay_s = 0.0
+
+    vlock.receive = hears  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("ieee", [GENERIC, YALE], ids=["readable", "masking"])
+async def test_a_clear_answered_late_goes_up_as_ours_when_the_lock_tells_it(
+    tmp_path: Path, ieee: str
+) -> None:
+    """The lock answers a clear 2.5 s late, after command_timeout_s (2 s here): the action
+    fails `timeout`, and the lock's programming event for the clear comes after. That event is
+    the clear we sent, carried out: `code removed from device`, method `remote`, as a late
+    set's. Before, it went up as a change someone else made over the air, method `rf`."""
+    sink = HistorySink()
+    async with running(tmp_path, sink) as driver:
+        dev, vlock = by_native(sink, ieee), virtual(driver, ieee)
+        await driver.execute(dev, SetCode(slot_id=3, code=PinCode("1357")))
+        mark = len(sink.events)
+        clear_answered_late(vlock, 2.5)
+        with pytest.raises(ActionTimeout):
+            await driver.execute(dev, ClearCode(slot_id=3))
+        assert await settled_events(sink, mark, 1) == [(EventName.CODE_REMOVED, "remote")]
+        assert 3 not in vlock.mem.pins
+
+
 # ------------------------------------------------------------------ requests cut by a rejoin
 
 

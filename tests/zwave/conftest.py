@@ -30,8 +30,18 @@ def running_stack(workdir: Path, **kw: Any) -> Iterator[ZWaveStack]:
 
 
 @pytest.fixture(scope="session")
-def zwave_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZWaveStack]:
+def _session_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZWaveStack]:
     yield from running_stack(tmp_path_factory.mktemp("zwave"), locks=3)
+
+
+@pytest.fixture
+def zwave_stack(_session_stack: ZWaveStack) -> ZWaveStack:
+    """The session's stack, its processes started again if one is gone: a test that froze or
+    stopped one of them and failed before it was back must not fail every test after it."""
+    if not _session_stack.alive():
+        _session_stack.stop()
+        _session_stack.start()
+    return _session_stack
 
 
 class Tasks:

@@ -573,24 +573,38 @@ def _reading_tracker() -> tuple[Any, list[tuple[str, dict[str, object]]], list[i
     return tracker, fired, reads
 
 
-async def test_a_new_move_named_like_a_late_word_is_reported_once_the_read_finds_it() -> None:
-    """The notification that could be the late word of a move turned back is a new move when
-    the bolt read finds the bolt moved: one event, with the notification's method and slot."""
+# what `_a_keypad_word_after_a_turn_and_back` goes up as when the word is a new unlock
+TURN_AND_BACK_THEN_THE_KEYPAD = [
+    ("door unlocked", {"method": "unknown"}),
+    ("door locked", {"method": "unknown"}),
+    ("door unlocked", {"method": "pin_code", "slot_id": 3}),
+]
+
+
+def _a_keypad_word_after_a_turn_and_back() -> tuple[
+    Any, list[tuple[str, dict[str, object]]], list[int]
+]:
+    """A `_reading_tracker` locked, turned and back by bare moves, then zwave-js's bolt state and
+    the word of a keypad unlock at slot 3: the first turn's word, late, or a new unlock at the
+    keypad. The bolt is shown as it was until a read tells (one asked)."""
     tracker, fired, reads = _reading_tracker()
     tracker.seed(True)
     tracker.on_value(False)  # a bare unlock
     tracker.on_value(True)  # and back
-    tracker.on_value(False)  # zwave-js's bolt state of the keypad's notification
+    tracker.on_value(False)  # zwave-js's bolt state of the keypad word
     tracker.on_notification(False, Method.PIN_CODE, 3)
-    assert tracker.locked is True  # shown as it was, until the read
+    assert tracker.locked is True
     assert len(reads) == 1
+    return tracker, fired, reads
+
+
+async def test_a_new_move_named_like_a_late_word_is_reported_once_the_read_finds_it() -> None:
+    """The notification that could be the late word of a move turned back is a new move when
+    the bolt read finds the bolt moved: one event, with the notification's method and slot."""
+    tracker, fired, reads = _a_keypad_word_after_a_turn_and_back()
     tracker.on_read(False, reads[0], first=False)  # the lock was unlocked again, at the keypad
     await _quiet(0.3)
-    assert fired == [
-        ("door unlocked", {"method": "unknown"}),
-        ("door locked", {"method": "unknown"}),
-        ("door unlocked", {"method": "pin_code", "slot_id": 3}),
-    ]
+    assert fired == TURN_AND_BACK_THEN_THE_KEYPAD
     assert tracker.locked is False
 
 
@@ -599,12 +613,7 @@ async def test_a_late_word_the_read_finds_untrue_does_not_name_the_next_bare_mov
     dropped. A hand turn seconds later, reported bare (its notification still on the way), is
     `unknown` until its word names it `manual`. Before, the dropped word was kept and named
     that turn: `pin_code` slot 3, for a code no one entered."""
-    tracker, fired, reads = _reading_tracker()
-    tracker.seed(True)
-    tracker.on_value(False)  # a bare unlock
-    tracker.on_value(True)  # and back
-    tracker.on_value(False)  # zwave-js's bolt state of the late keypad word
-    tracker.on_notification(False, Method.PIN_CODE, 3)
+    tracker, fired, reads = _a_keypad_word_after_a_turn_and_back()
     tracker.on_read(True, reads[0], first=False)  # still locked: the word was late
     await _quiet(0.3)
     tracker.on_value(False)  # a hand on the thumb turn
@@ -710,20 +719,10 @@ async def test_a_late_looking_word_no_read_answers_is_reported_all_the_same() ->
     answering: the word goes up all the same, as the move it names, and the bolt is shown as it
     says until the lock's next report. A duplicate is an audit note; a lost keypad unlock is an
     audit gap. Before, the failed read left the word untold: no event, the door shown locked."""
-    tracker, fired, reads = _reading_tracker()
-    tracker.seed(True)
-    tracker.on_value(False)  # a bare unlock
-    tracker.on_value(True)  # and back
-    tracker.on_value(False)  # zwave-js's bolt state of the keypad's word
-    tracker.on_notification(False, Method.PIN_CODE, 3)
-    assert tracker.locked is True  # shown as it was, until the read
+    tracker, fired, reads = _a_keypad_word_after_a_turn_and_back()
     assert tracker.on_unverified(reads[0]) is Method.PIN_CODE  # no read answered
     await _quiet(0.3)
-    assert fired == [
-        ("door unlocked", {"method": "unknown"}),
-        ("door locked", {"method": "unknown"}),
-        ("door unlocked", {"method": "pin_code", "slot_id": 3}),
-    ]
+    assert fired == TURN_AND_BACK_THEN_THE_KEYPAD
     assert tracker.locked is False
     tracker.on_value(True)  # the lock's next report: locked by hand
     tracker.on_notification(True, Method.MANUAL, None)
@@ -735,20 +734,11 @@ async def test_a_late_looking_word_no_read_answers_is_reported_all_the_same() ->
 async def test_a_late_looking_word_placed_by_a_report_during_the_reads_is_not_repeated() -> None:
     """The reads fail, but the lock's own report of the move came while they were tried: the
     report placed the word (one event), and the reads' end adds nothing."""
-    tracker, fired, reads = _reading_tracker()
-    tracker.seed(True)
-    tracker.on_value(False)
-    tracker.on_value(True)
-    tracker.on_value(False)
-    tracker.on_notification(False, Method.PIN_CODE, 3)
+    tracker, fired, reads = _a_keypad_word_after_a_turn_and_back()
     tracker.on_value(False)  # the lock's report of a keypad unlock, while the reads fail
     assert tracker.on_unverified(reads[0]) is None
     await _quiet(0.3)
-    assert fired == [
-        ("door unlocked", {"method": "unknown"}),
-        ("door locked", {"method": "unknown"}),
-        ("door unlocked", {"method": "pin_code", "slot_id": 3}),
-    ]
+    assert fired == TURN_AND_BACK_THEN_THE_KEYPAD
     assert tracker.locked is False
 
 

@@ -15,11 +15,13 @@ import pytest
 from aiohttp import WSMsgType, web
 
 from drivers.zwave import ZWaveDriver
+from drivers.zwave.commands import LinkLost
 from drivers.zwave.driver import STOP_TIMEOUT_S
 from gatewayd.config import ZWaveConfig
 from gatewayd.daemon import DB_NAME
 from gatewayd.driver import DriverContext, DriverState
 from gatewayd.model import (
+    ClearCode,
     Device,
     DeviceError,
     DeviceNotFound,
@@ -556,6 +558,16 @@ def _door_events(sink: RecordingSink, dev: str, mark: int) -> list[tuple[str, di
     return [(str(e.event_name), dict(e.details)) for e in sink.events[mark:] if e.device_id == dev]
 
 
+async def _events_once_settled(
+    sink: RecordingSink, dev: str, mark: int, awaited: EventName
+) -> list[tuple[str, dict[str, object]]]:
+    """The device's events since `mark`, once `awaited` is among them and a repeat of it
+    would be in too."""
+    await sink.wait_event(dev, awaited, timeout=30, after=mark)
+    await anyio.sleep(1.5)
+    return _door_events(sink, dev, mark)
+
+
 @pytest.mark.parametrize("node", [2, 3], ids=["unmapped", "mapped"])
 async def test_an_alarm_v1_keypad_unlock_while_the_link_was_down_keeps_its_method_and_slot(
     node: int, tmp_path: Path, tasks: Tasks, monkeypatch: pytest.MonkeyPatch
@@ -579,9 +591,7 @@ async def test_an_alarm_v1_keypad_unlock_while_the_link_was_down_keeps_its_metho
 
         mark = len(sink.events)
         await _while_cut(proxy, driver, keypad_unlock)
-        await sink.wait_event(dev, EventName.DOOR_UNLOCKED, timeout=30, after=mark)
-        await anyio.sleep(1.5)  # a repeat would be in by now
-        assert _door_events(sink, dev, mark) == [
+        assert await _events_once_settled(sink, dev, mark, EventName.DOOR_UNLOCKED) == [
             ("door unlocked", {"method": "pin_code", "slot_id": 3})
         ]
 
@@ -671,9 +681,7 @@ async def test_a_masked_set_cut_off_by_the_link_drop_is_ours_when_its_alarm_v1_c
         await _while_cut(proxy, driver, code_added_then_a_late_reconnect)
         with pytest.raises(DeviceError, match="connection to zwave-server lost"):
             await setting
-        await sink.wait_event(dev, EventName.CODE_SET, timeout=30, after=mark)
-        await anyio.sleep(1.5)  # a repeat would be in by now
-        assert _door_events(sink, dev, mark) == [
+        assert await _events_once_settled(sink, dev, mark, EventName.CODE_SET) == [
             ("code set on device", {"slot_id": 4, "method": "remote"})
         ]
 
@@ -682,10 +690,10 @@ async def test_a_set_cut_off_by_the_link_drop_before_its_read_back_is_ours_when_
     tmp_path: Path, tasks: Tasks
 ) -> None:
     """The link to zwave-server drops while a User Code Set (or its read-back) is on the mesh,
-    not yet answered: the set fails ("connection to zwave-server lost"), and the lock's "user
-    code added" for the slot, heard after the reconnect, is that set carried out: "code set on
-    device" with method `remote`. Before, only a set already waiting for the lock's word was
-    marked so, and this one went up as a change at the keypad."""
+    not yet answered: the set fails (`LinkLost`: the connection lost, or down for its read-back),
+    and the lock's "user code added" for the slot, heard after the reconnect, is that set
+    carried out: "code set on device" with method `remote`. Before, only a set already waiting
+    for the lock's word was marked so, and this one went up as a change at the keypad."""
     async with behind_proxy(tmp_path, tasks) as (stack, proxy, driver, sink):
         dev = sink.ids[native_id(2)]
         stack.control(2, "fault", kind="no_reply")  # the Set goes unanswered
@@ -695,12 +703,43 @@ async def test_a_set_cut_off_by_the_link_drop_before_its_read_back_is_ours_when_
         )
         await until(lambda: bool(stack.control(2, "state")["swallowing"]), timeout=10)
         await _while_cut(proxy, driver, lambda: None)
-        with pytest.raises(DeviceError, match="connection to zwave-server lost"):
+        with pytest.raises(LinkLost):  # the link dropped, or was down for its read-back
             await setting
         stack.control(2, "fault", kind="none")
         stack.control(2, "notify_raw", type=6, event=14, params=[4])  # "user code added"
-        await sink.wait_event(dev, EventName.CODE_SET, timeout=30, after=mark)
-        await anyio.sleep(1.5)  # a repeat would be in by now
-        assert _door_events(sink, dev, mark) == [
+        assert await _events_once_settled(sink, dev, mark, EventName.CODE_SET) == [
             ("code set on device", {"slot_id": 4, "method": "remote"})
+        ]
+
+
+async def test_a_clear_cut_off_by_the_link_drop_is_ours_when_its_alarm_v1_comes_late(
+    tmp_path: Path, tasks: Tasks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The link to zwave-server drops while a clear of the slot (its User Code Set) is on the
+    mesh, not yet answered: the clear fails (`LinkLost`, as a set), and the lock's
+    Alarm CC v1 type 33 for the slot ("code deleted"), taken by zwave-server meanwhile and
+    replayed after a reconnect later than the echo window, is that clear carried out: "code
+    removed from device" with method `remote`. Before, the clear's window was not restarted at
+    the reconnect, and it went up as a change at the keypad (method `keypad`)."""
+    from drivers.zwave import driver as zwave_driver
+
+    monkeypatch.setenv("ZWAVE_MOCK_NOTIFICATION_V1", "1")
+    monkeypatch.setattr(zwave_driver, "OWN_ECHO_S", 1.0)  # a late word's window, shorter
+    async with behind_proxy(tmp_path, tasks) as (stack, proxy, driver, sink):
+        dev = sink.ids[native_id(2)]
+        await driver.execute(dev, SetCode(slot_id=4, code=PinCode("4711")))
+        mark = len(sink.events)
+        stack.control(2, "fault", kind="no_reply")  # the clear goes unanswered
+        clearing = asyncio.ensure_future(driver.execute(dev, ClearCode(slot_id=4)))
+        await until(lambda: bool(stack.control(2, "state")["swallowing"]), timeout=10)
+
+        def code_deleted_then_a_late_reconnect() -> None:
+            stack.control(2, "alarm_raw", type=33, level=4)
+            time.sleep(1.5)
+
+        await _while_cut(proxy, driver, code_deleted_then_a_late_reconnect)
+        with pytest.raises(LinkLost):  # the link dropped, or was down for its read-back
+            await clearing
+        assert await _events_once_settled(sink, dev, mark, EventName.CODE_REMOVED) == [
+            ("code removed from device", {"slot_id": 4, "method": "remote"})
         ]

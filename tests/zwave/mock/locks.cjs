@@ -19,6 +19,7 @@
 //   keypad_unlock {slot_id}, keypad_lock, manual_lock, manual_unlock, auto_lock, wrong_code, jam,
 //   battery {level: 0..1}, offline, online, tamper, door_open, door_close,
 //   fault {kind: none|no_reply|delay|drop_code|refuse|fail, delay_s?}, state (GET-like: returns state),
+//   ("no_reply" with delay_s: the swallowed command is carried out delay_s later, unanswered),
 //   ("fail": the next lock/unlock or code set is not carried out and is answered "fail", which a
 //   supervised lock sends as Supervision Report Fail and an unsupervised one cannot say at all),
 //   duplicates {mode: notify|silent|accept} (a code another slot holds: refused with Access
@@ -166,7 +167,8 @@ exports.default = function mockConfig({ require: req }) {
 		received instanceof cc.DoorLockCCOperationSet || received instanceof cc.UserCodeCCSet;
 
 	// Radio faults first: an offline lock answers nothing, a slow one answers late. "no_reply"
-	// swallows the next command and everything after it, until the command after that.
+	// swallows the next command and everything after it, until the command after that; with
+	// delay_s, until that command is carried out after all, delay_s later.
 	const faults = {
 		async handleCC(controller, self, received) {
 			const s = st(self);
@@ -179,6 +181,17 @@ exports.default = function mockConfig({ require: req }) {
 						return undefined;
 					}
 					s.swallowing = true;
+					if (s.delayMs > 0) {
+						// a lock that acts late: the command is carried out after delay_s, unanswered,
+						// and the lock answers again from then on
+						setTimeout(() => {
+							s.fault = "none";
+							s.swallowing = false;
+							Promise.resolve(userCode.handleCC(controller, self, received))
+								.then(() => doorLock.handleCC(controller, self, received))
+								.catch(() => {});
+						}, s.delayMs);
+					}
 				}
 				if (s.swallowing) return { action: "stop" };
 			}
