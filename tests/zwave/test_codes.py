@@ -7,7 +7,6 @@ once; the later re-check (code_recheck_s) only reports a code the lock dropped s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from datetime import timedelta
@@ -44,7 +43,7 @@ from gatewayd.registry import Registry
 from gatewayd.store import Store
 from gatewayd.upstream import Upstream
 from tests.contract.sink import RecordingSink
-from tests.zwave.conftest import Tasks, driver_with, make_config, running_stack, until
+from tests.zwave.conftest import Tasks, driver_with, make_config, until
 from tests.zwave.stack import ZWaveStack, native_id
 
 pytestmark = pytest.mark.stack
@@ -568,31 +567,27 @@ async def test_an_unlock_does_not_wait_behind_a_set_that_waits_out_a_late_notice
 
 @pytest.mark.parametrize("change", ["set", "clear"])
 async def test_a_code_change_the_lock_carries_out_too_late_is_ours_when_its_word_comes(
-    tmp_path: Path, tasks: Tasks, change: str
+    zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack, change: str
 ) -> None:
     """A masking lock carries out a User Code Set (of a code, or a clear) only after zwave-js
     gave up on its read-back (node timeout): the change fails (action_timeout), and the lock's
     "user code added" / "deleted" that follows is that change carried out: reported once,
     method `remote`. Before, a late "added" went up as a change at the keypad, and a late
     "deleted" was taken for the echo of a clear that worked: nothing went up, and the cloud,
-    told the clear failed, kept a code the lock no longer held. A stack of its own: the mock
-    carrying a command out late, off its own request handling, leaves the shared one unfit for
-    later tests (the next that froze zwave-server found the mock gone)."""
-    (tmp_path / "stack").mkdir()
-    with contextlib.contextmanager(running_stack)(tmp_path / "stack", locks=3) as zwave_stack:
-        async with driver_with(zwave_stack, tmp_path, tasks) as (driver, sink):
-            dev = sink.ids[native_id(4)]  # Kwikset 916 mock: reports codes as ****
-            action: SetCode | ClearCode = SetCode(slot_id=2, code=PinCode("13579"))
-            if change == "clear":
-                await driver.execute(dev, action)
-                await anyio.sleep(2.5)  # past the set's re-check (code_recheck_s)
-                action = ClearCode(slot_id=2)
-            mark = len(sink.events)
-            # the Set and its read-back go unanswered; the lock carries the Set out 3 s later
-            zwave_stack.control(4, "fault", kind="no_reply", delay_s=3.0)
-            with pytest.raises(ActionTimeout):
-                await driver.execute(dev, action)
-            name = EventName.CODE_SET if change == "set" else EventName.CODE_REMOVED
-            await sink.wait_event(dev, name, timeout=15, after=mark)
-            await anyio.sleep(1.0)  # a repeat would be in by now
-            assert sink.code_events(dev, mark, "method") == [(str(name), "remote")]
+    told the clear failed, kept a code the lock no longer held."""
+    driver, sink = zwave
+    dev = sink.ids[native_id(4)]  # Kwikset 916 mock: reports codes as ****
+    action: SetCode | ClearCode = SetCode(slot_id=2, code=PinCode("13579"))
+    if change == "clear":
+        await driver.execute(dev, action)
+        await anyio.sleep(2.5)  # past the set's re-check (code_recheck_s)
+        action = ClearCode(slot_id=2)
+    mark = len(sink.events)
+    # the Set and its read-back go unanswered; the lock carries the Set out 3 s later
+    zwave_stack.control(4, "fault", kind="no_reply", delay_s=3.0)
+    with pytest.raises(ActionTimeout):
+        await driver.execute(dev, action)
+    name = EventName.CODE_SET if change == "set" else EventName.CODE_REMOVED
+    await sink.wait_event(dev, name, timeout=15, after=mark)
+    await anyio.sleep(1.0)  # a repeat would be in by now
+    assert sink.code_events(dev, mark, "method") == [(str(name), "remote")]
