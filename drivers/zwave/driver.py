@@ -136,9 +136,9 @@ class _Lock:
     # until when (time.monotonic) the "duplicate code" notice of each set that failed before
     # the lock said why may still come: the reason for that set, not the answer to the next
     late_refusals: list[float] = field(default_factory=list)
-    # (slot, code present, until when, on time.monotonic) of our own sets and clears whose
-    # "user code added/deleted" notification may still come: it is the lock confirming them
-    own_codes: list[tuple[int, bool, float]] = field(default_factory=list)
+    # our own sets and clears whose "user code added/deleted" notification may still come: it
+    # is the lock confirming them
+    own_codes: list[_Echo] = field(default_factory=list)
     # slots whose last set (or clear) failed for want of the lock's "user code added" (or
     # "deleted"), which may come late
     late_sets: LateSets = field(default_factory=lambda: LateSets(OWN_ECHO_S))
@@ -149,16 +149,19 @@ class _Lock:
     # one that zwave-server took while the link was down differs from it after the reconnect
     states: dict[tuple[Any, Any], Any] = field(default_factory=dict)
 
-    def expect_echo(self, slot: int, present: bool) -> None:
+    def expect_echo(self, slot: int, present: bool) -> _Echo:
         now = time.monotonic()
         # expired ones go here too: a lock that sends no code notifications (nothing else would
         # prune them) must not keep one entry per code change it ever made
-        self.own_codes = [own for own in self.own_codes if own[2] >= now]
-        self.own_codes.append((slot, present, now + OWN_ECHO_S))
+        self.own_codes = [own for own in self.own_codes if own.until >= now]
+        echo = _Echo(slot, present, now + OWN_ECHO_S)
+        self.own_codes.append(echo)
+        return echo
 
-    def drop_echo(self, slot: int, present: bool) -> None:
-        """Our change of `slot` failed: the lock's word of it is no echo to swallow any more."""
-        self.is_own_echo(slot, present)
+    def drop_echo(self, echo: _Echo) -> None:
+        """Our change failed: the lock's word of it is no echo to swallow any more."""
+        if echo in self.own_codes:
+            self.own_codes.remove(echo)
 
     def late_refusal(self) -> bool:
         """Whether a "duplicate code" notice is the late one of a failed set (used up if so)."""
@@ -172,12 +175,23 @@ class _Lock:
     def is_own_echo(self, slot: int, present: bool) -> bool:
         """Whether a code notification is the echo of our own change (used up if so)."""
         now = time.monotonic()
-        self.own_codes = [own for own in self.own_codes if own[2] >= now]
+        self.own_codes = [own for own in self.own_codes if own.until >= now]
         for own in self.own_codes:
-            if own[0] == slot and own[1] == present:
+            if own.slot == slot and own.present == present:
                 self.own_codes.remove(own)
+                own.heard = True
                 return True
         return False
+
+
+@dataclass(eq=False, slots=True)
+class _Echo:
+    """Our own change of a slot, whose notification the lock may still send."""
+
+    slot: int
+    present: bool  # "user code added" (True) or "deleted"
+    until: float  # on time.monotonic
+    heard: bool = False  # the lock said it (the entry is gone from `own_codes` then)
 
 
 @dataclass(frozen=True, slots=True)
@@ -943,11 +957,7 @@ class ZWaveDriver(Driver):
             if lock.late_sets.came(notice.slot_id, present):
                 # a set or clear reported failed (the lock's word did not come in time) was
                 # carried out
-                lock.confirmed.forget(notice.slot_id)
-                late = "zwave.code_set_late" if present else "zwave.code_clear_late"
-                log.warning(late, device_id=did, slot_id=notice.slot_id)
-                name = EventName.CODE_SET if present else EventName.CODE_REMOVED
-                self._emit(did, name, {"slot_id": notice.slot_id, "method": "remote"})
+                self._carried_out(lock, notice.slot_id, present=present)
             elif waiter is not None and not waiter.done():
                 waiter.set_result(present)
             else:
@@ -1047,11 +1057,16 @@ class ZWaveDriver(Driver):
                 written = await commands.write_code(node, slot, digits)
                 if written:
                     status, read = await commands.read_slot(node, slot)
-            except (commands.LinkLost, ActionTimeout) as exc:
-                # the Set may have reached the lock, or be carried out late: its "code added"
-                # may come after the failure (or the reconnect), the word of this failed set,
-                # not a change at the keypad
-                lock.late_sets.failed(slot, link_lost=isinstance(exc, commands.LinkLost))
+            except (commands.LinkLost, ActionTimeout, asyncio.CancelledError) as exc:
+                if waiter.done() and not waiter.cancelled() and waiter.result():
+                    # the lock said "code added" while its read-back went unanswered: the set
+                    # fails all the same, but the code is on the lock
+                    self._carried_out(lock, slot, present=True)
+                else:
+                    # the Set may have reached the lock, or be carried out late (after the
+                    # failure, the action's deadline, the reconnect): its "code added" is then
+                    # the word of this failed set, not a change at the keypad
+                    lock.late_sets.failed(slot, link_lost=isinstance(exc, commands.LinkLost))
                 raise
             if not written:
                 # the lock said so under Supervision: no read-back or notification to wait for,
@@ -1062,7 +1077,7 @@ class ZWaveDriver(Driver):
                 lock.masked = True
                 try:
                     confirmed = await self._await_programming(lock, waiter, refusal, slot)
-                except CodeNotConfirmed:
+                except (CodeNotConfirmed, asyncio.CancelledError):  # no word yet, or the deadline
                     lock.late_sets.failed(slot)
                     raise
                 if not confirmed or status != commands.USER_ENABLED:
@@ -1103,14 +1118,17 @@ class ZWaveDriver(Driver):
         if status == commands.USER_AVAILABLE:  # nothing to clear, and no change to report
             log.info("zwave.code_already_clear", device_id=lock.device_id, slot_id=slot)
             return ActionResult({"slot_id": slot})
-        lock.expect_echo(slot, False)  # a masked lock says "user code deleted" as it clears
+        echo = lock.expect_echo(slot, False)  # a masked lock says "user code deleted" as it clears
         try:
             await commands.clear_slot(node, slot)
             status, _ = await commands.read_slot(node, slot)
-        except (commands.LinkLost, ActionTimeout) as exc:
+        except (commands.LinkLost, ActionTimeout, asyncio.CancelledError) as exc:
+            if echo.heard:  # the lock said "code deleted" while its read-back went unanswered
+                self._carried_out(lock, slot, present=False)
+                raise
             # as for a set: its "code deleted" may come late, the word of this failed clear (to
             # report, not to take as the echo of one that worked), not a change at the keypad
-            lock.drop_echo(slot, False)
+            lock.drop_echo(echo)
             lock.late_sets.failed(slot, link_lost=isinstance(exc, commands.LinkLost), present=False)
             raise
         if status not in (commands.USER_AVAILABLE,):
@@ -1118,6 +1136,14 @@ class ZWaveDriver(Driver):
         log.info("zwave.code_cleared", device_id=lock.device_id, slot_id=slot)
         self._emit(lock.device_id, EventName.CODE_REMOVED, {"slot_id": slot, "method": "remote"})
         return ActionResult({"slot_id": slot})
+
+    def _carried_out(self, lock: _Lock, slot: int, *, present: bool) -> None:
+        """A set (or clear) of ours that failed was carried out, as the lock's word says."""
+        lock.confirmed.forget(slot)
+        late = "zwave.code_set_late" if present else "zwave.code_clear_late"
+        log.warning(late, device_id=lock.device_id, slot_id=slot)
+        name = EventName.CODE_SET if present else EventName.CODE_REMOVED
+        self._emit(lock.device_id, name, {"slot_id": slot, "method": "remote"})
 
     async def _await_programming(
         self, lock: _Lock, waiter: asyncio.Future[bool], refusal: asyncio.Future[None], slot: int

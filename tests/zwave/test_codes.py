@@ -566,15 +566,46 @@ async def test_an_unlock_does_not_wait_behind_a_set_that_waits_out_a_late_notice
 
 
 @pytest.mark.parametrize("change", ["set", "clear"])
-async def test_a_code_change_the_lock_carries_out_too_late_is_ours_when_its_word_comes(
+async def test_a_code_change_the_lock_confirms_while_its_read_back_is_lost_is_reported(
     zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack, change: str
+) -> None:
+    """A masking lock carries out a User Code Set (of a code, or a clear) and says "user code
+    added" / "deleted", and the read-back that follows is lost: the action fails
+    (action_timeout), but the code is on the lock (or gone from it), and one event says so,
+    method `remote`. Before, the word was taken while the read-back waited (by the set's
+    waiter, or as the clear's echo) and nothing went up: the cloud's list of the lock's codes
+    stayed wrong."""
+    driver, sink = zwave
+    dev = sink.ids[native_id(4)]  # Kwikset 916 mock: reports codes as ****
+    action: SetCode | ClearCode = SetCode(slot_id=2, code=PinCode("13579"))
+    if change == "clear":
+        await driver.execute(dev, action)
+        await anyio.sleep(2.5)  # past the set's re-check (code_recheck_s)
+        action = ClearCode(slot_id=2)
+    mark = len(sink.events)
+    zwave_stack.control(4, "fault", kind="no_readback")
+    with pytest.raises(ActionTimeout):
+        await driver.execute(dev, action)
+    zwave_stack.control(4, "fault", kind="none")
+    assert (2 in zwave_stack.control(4, "state")["slots"]) is (change == "set")
+    await anyio.sleep(1.0)  # a late or repeated event would be in by now
+    name = EventName.CODE_SET if change == "set" else EventName.CODE_REMOVED
+    assert sink.code_events(dev, mark, "method") == [(str(name), "remote")]
+
+
+@pytest.mark.parametrize("end", ["timeout", "deadline"])
+@pytest.mark.parametrize("change", ["set", "clear"])
+async def test_a_code_change_the_lock_carries_out_too_late_is_ours_when_its_word_comes(
+    zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack, change: str, end: str
 ) -> None:
     """A masking lock carries out a User Code Set (of a code, or a clear) only after zwave-js
     gave up on its read-back (node timeout): the change fails (action_timeout), and the lock's
     "user code added" / "deleted" that follows is that change carried out: reported once,
     method `remote`. Before, a late "added" went up as a change at the keypad, and a late
     "deleted" was taken for the echo of a clear that worked: nothing went up, and the cloud,
-    told the clear failed, kept a code the lock no longer held."""
+    told the clear failed, kept a code the lock no longer held. The same when the action's
+    deadline, not the node timeout, ends the change (the dispatcher cancels the driver's
+    call): before, that late word went up as `keypad`."""
     driver, sink = zwave
     dev = sink.ids[native_id(4)]  # Kwikset 916 mock: reports codes as ****
     action: SetCode | ClearCode = SetCode(slot_id=2, code=PinCode("13579"))
@@ -585,8 +616,13 @@ async def test_a_code_change_the_lock_carries_out_too_late_is_ours_when_its_word
     mark = len(sink.events)
     # the Set and its read-back go unanswered; the lock carries the Set out 3 s later
     zwave_stack.control(4, "fault", kind="no_reply", delay_s=3.0)
-    with pytest.raises(ActionTimeout):
-        await driver.execute(dev, action)
+    if end == "timeout":
+        with pytest.raises(ActionTimeout):
+            await driver.execute(dev, action)
+    else:
+        with anyio.move_on_after(1.0) as deadline:  # as the dispatcher's scope does
+            await driver.execute(dev, action)
+        assert deadline.cancelled_caught
     name = EventName.CODE_SET if change == "set" else EventName.CODE_REMOVED
     await sink.wait_event(dev, name, timeout=15, after=mark)
     await anyio.sleep(1.0)  # a repeat would be in by now

@@ -18,8 +18,10 @@
 // Control channel: POST /node/<id>/<what> with a JSON body; 200 {"ok": true} or 4xx {"error"}.
 //   keypad_unlock {slot_id}, keypad_lock, manual_lock, manual_unlock, auto_lock, wrong_code, jam,
 //   battery {level: 0..1}, offline, online, tamper, door_open, door_close,
-//   fault {kind: none|no_reply|delay|drop_code|refuse|fail, delay_s?}, state (GET-like: returns state),
-//   ("no_reply" with delay_s: the swallowed command is carried out delay_s later, unanswered),
+//   fault {kind: none|no_reply|delay|drop_code|refuse|fail|no_readback, delay_s?}, state (GET-like:
+//   returns state), ("no_reply" with delay_s: the swallowed command is carried out delay_s later,
+//   unanswered), ("no_readback": the next User Code Set is carried out, and every User Code Get
+//   after it goes unanswered until the fault is changed: a read-back lost on the air),
 //   ("fail": the next lock/unlock or code set is not carried out and is answered "fail", which a
 //   supervised lock sends as Supervision Report Fail and an unsupervised one cannot say at all),
 //   duplicates {mode: notify|silent|accept} (a code another slot holds: refused with Access
@@ -277,6 +279,7 @@ exports.default = function mockConfig({ require: req }) {
 						}),
 					};
 				}
+				if (s.fault === "no_readback" && s.swallowing) return { action: "stop" };
 				const afterWrite = s.wrote;
 				s.wrote = false;
 				if (s.readback && afterWrite) {
@@ -302,6 +305,7 @@ exports.default = function mockConfig({ require: req }) {
 			}
 			if (received instanceof cc.UserCodeCCSet) {
 				s.wrote = true;
+				if (s.fault === "no_readback") s.swallowing = true;
 				const slot = received.userId;
 				if (slot < 1 || slot > lock.numUsers) return { action: "fail" };
 				const clearing = received.userIdStatus === cc.UserIDStatus.Available;
@@ -516,7 +520,7 @@ exports.default = function mockConfig({ require: req }) {
 			async online(self) { st(self).offline = false; self.autoAckControllerFrames = true; },
 			async fault(self, p) {
 				const kind = String(p.kind ?? "none");
-				if (!["none", "no_reply", "delay", "drop_code", "refuse", "fail"].includes(kind)) {
+				if (!["none", "no_reply", "delay", "drop_code", "refuse", "fail", "no_readback"].includes(kind)) {
 					throw Object.assign(new Error("unknown fault kind"), { status: 400 });
 				}
 				const s = st(self);
