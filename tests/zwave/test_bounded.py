@@ -51,4 +51,4 @@ def test_expected_code_echoes_expire_also_when_no_echo_ever_comes(
         now[0] += 1.0
     # only the changes of the last OWN_ECHO_S seconds can still be echoed
     assert len(lock.own_codes) <= OWN_ECHO_S + 1
-    assert lock.own_codes[-1][0] == 499 % 20 + 1
+    assert lock.own_codes[-1].slot == 499 % 20 + 1
