@@ -11,8 +11,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from aiohttp import web
 from gatewayd.config import parse_config
 from gatewayd.daemon import Daemon
 from gatewayd.driver import Driver
+from gatewayd.model import ActionRequest, utcnow
 from gatewayd.sdnotify import Notifier
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -293,3 +296,17 @@ def wait_status(base: str, action_id: str, timeout: float = 10) -> dict[str, Any
                 return dict(a)
         time.sleep(0.05)
     raise AssertionError(f"action {action_id} did not finish")
+
+
+def set_code_request(device_id: str, code: str, slot_id: int) -> ActionRequest:
+    """A set_code request as the cloud sends it, with a new id, due in 5 s."""
+    now = utcnow()
+    return ActionRequest(
+        id=str(uuid.uuid4()),
+        entity_type="Device",
+        entity_id=device_id,
+        action="set_code",
+        inputs={"code": code, "slot_id": slot_id},
+        created_at=now,
+        deadline=now + timedelta(seconds=5),
+    )

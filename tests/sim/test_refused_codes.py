@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from collections.abc import Mapping
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +15,11 @@ from structlog.testing import capture_logs
 from drivers.sim import SimDriver
 from gatewayd.actions import Dispatcher, StatusUpdate
 from gatewayd.driver import DriverContext, SimConfig, Spawn
-from gatewayd.model import Action, ActionRequest, ActionResult, Device, utcnow
+from gatewayd.model import Action, ActionResult, Device
 from gatewayd.store import Store
 from gatewayd.upstream import Upstream
 from tests.contract.sink import RecordingSink
+from tests.support import set_code_request
 
 PIN = "80461357"
 
@@ -47,19 +46,6 @@ class Registry:
         await self.driver.unpair(duration_s, device_id)
 
 
-def set_code(device_id: str, slot_id: int) -> ActionRequest:
-    now = utcnow()
-    return ActionRequest(
-        id=str(uuid.uuid4()),
-        entity_type="Device",
-        entity_id=device_id,
-        action="set_code",
-        inputs={"code": PIN, "slot_id": slot_id},
-        created_at=now,
-        deadline=now + timedelta(seconds=5),
-    )
-
-
 async def test_a_duplicate_pin_fails_with_duplicate_code_and_the_pin_is_nowhere(
     sink: RecordingSink, spawn: Spawn, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -80,7 +66,7 @@ async def test_a_duplicate_pin_fails_with_duplicate_code_and_the_pin_is_nowhere(
         return upstream.action_status(update)
 
     dispatcher = Dispatcher(store, Registry(driver), on_status)
-    first, second = set_code(device.id, 2), set_code(device.id, 3)
+    first, second = set_code_request(device.id, PIN, 2), set_code_request(device.id, PIN, 3)
     with capture_logs() as structured:
         async with anyio.create_task_group() as tg:
             dispatcher.bind(tg)

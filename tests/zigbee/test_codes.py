@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import replace
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +18,15 @@ from drivers.zigbee.zigpy_api import DoorLock
 from gatewayd.actions import validate
 from gatewayd.driver import Simulation
 from gatewayd.model import (
-    ActionRequest,
     EventName,
     GatewayError,
     Lock,
     PinCode,
     SetCode,
-    utcnow,
 )
 from gatewayd.upstream import device_dict
 from tests.contract.sink import RecordingSink
+from tests.support import set_code_request
 from tests.zigbee.conftest import AnnouncingSink, config, drop, eventually, reads, running
 
 pytestmark = pytest.mark.stack
@@ -39,20 +37,6 @@ PIN = "80461357"
 
 def by_native(sink: RecordingSink, ieee: str) -> str:
     return next(d.id for d in sink.devices.values() if d.native_id == ieee)
-
-
-def set_code_request(device_id: str, code: str, slot: int) -> ActionRequest:
-    """A set_code request as the cloud sends it (for `validate`), due in 5 s."""
-    now = utcnow()
-    return ActionRequest(
-        id="r1",
-        entity_type="Device",
-        entity_id=device_id,
-        action="set_code",
-        inputs={"code": code, "slot_id": slot},
-        created_at=now,
-        deadline=now + timedelta(seconds=5),
-    )
 
 
 @pytest.mark.parametrize("ieee", [GENERIC, YALE], ids=["readable", "masked"])

@@ -565,6 +565,21 @@ async def test_an_unlock_does_not_wait_behind_a_set_that_waits_out_a_late_notice
     assert {str(done()[a].status) for a in (again, unlock)} == {"completed"}
 
 
+async def _masked_code_change(
+    driver: ZWaveDriver, sink: RecordingSink, change: str
+) -> tuple[str, SetCode | ClearCode, int]:
+    """On the masking lock (node 4, Kwikset 916 mock: reports codes as ****): the device, the
+    `change` to make in slot 2 ("set", or "clear" of a code set first and re-checked), and the
+    count of events before it."""
+    dev = sink.ids[native_id(4)]
+    action: SetCode | ClearCode = SetCode(slot_id=2, code=PinCode("13579"))
+    if change == "clear":
+        await driver.execute(dev, action)
+        await anyio.sleep(2.5)  # past the set's re-check (code_recheck_s)
+        action = ClearCode(slot_id=2)
+    return dev, action, len(sink.events)
+
+
 @pytest.mark.parametrize("change", ["set", "clear"])
 async def test_a_code_change_the_lock_confirms_while_its_read_back_is_lost_is_reported(
     zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack, change: str
@@ -576,13 +591,7 @@ async def test_a_code_change_the_lock_confirms_while_its_read_back_is_lost_is_re
     waiter, or as the clear's echo) and nothing went up: the cloud's list of the lock's codes
     stayed wrong."""
     driver, sink = zwave
-    dev = sink.ids[native_id(4)]  # Kwikset 916 mock: reports codes as ****
-    action: SetCode | ClearCode = SetCode(slot_id=2, code=PinCode("13579"))
-    if change == "clear":
-        await driver.execute(dev, action)
-        await anyio.sleep(2.5)  # past the set's re-check (code_recheck_s)
-        action = ClearCode(slot_id=2)
-    mark = len(sink.events)
+    dev, action, mark = await _masked_code_change(driver, sink, change)
     zwave_stack.control(4, "fault", kind="no_readback")
     with pytest.raises(ActionTimeout):
         await driver.execute(dev, action)
@@ -607,13 +616,7 @@ async def test_a_code_change_the_lock_carries_out_too_late_is_ours_when_its_word
     deadline, not the node timeout, ends the change (the dispatcher cancels the driver's
     call): before, that late word went up as `keypad`."""
     driver, sink = zwave
-    dev = sink.ids[native_id(4)]  # Kwikset 916 mock: reports codes as ****
-    action: SetCode | ClearCode = SetCode(slot_id=2, code=PinCode("13579"))
-    if change == "clear":
-        await driver.execute(dev, action)
-        await anyio.sleep(2.5)  # past the set's re-check (code_recheck_s)
-        action = ClearCode(slot_id=2)
-    mark = len(sink.events)
+    dev, action, mark = await _masked_code_change(driver, sink, change)
     # the Set and its read-back go unanswered; the lock carries the Set out 3 s later
     zwave_stack.control(4, "fault", kind="no_reply", delay_s=3.0)
     if end == "timeout":
