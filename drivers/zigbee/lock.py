@@ -406,19 +406,34 @@ class ZigbeeLock:
         answer a read that names them, and in one read with the bolt and door they cost the
         bolt, battery and firmware too. Unanswered, they count as one of LIMITS_READS."""
         self._reading, self._reported = True, {}
+        missed: list[Exception] = []
+
+        async def read(cluster: Any, attrs: list[str]) -> bool:
+            # one read lost on the air costs that read only: the rest is asked all the same
+            try:
+                return await self._read(cluster, attrs, from_cache)
+            except Exception as exc:
+                if self._closed:
+                    raise
+                missed.append(exc)
+                return False  # not answered: the code limits then wait until it is heard
+
         try:
-            asked = await self._read(self.door_lock, ["lock_state", "door_state"], from_cache)
+            asked = await read(self.door_lock, ["lock_state", "door_state"])
             power = self._cluster(PowerConfiguration.cluster_id)
             if power is not None:
-                await self._read(power, ["battery_percentage_remaining"], from_cache)
+                await read(power, ["battery_percentage_remaining"])
             basic = self._cluster(Basic.cluster_id)
-            if basic is not None and await self._read(basic, ["sw_build_id"], from_cache):
+            if basic is not None and await read(basic, ["sw_build_id"]):
                 self._firmware_read = True
             self._load_from_cache()
         finally:
             self._reading = False
         if asked:
             await self._limits_now()
+        if missed:  # told by the caller (zigbee.device_setup_failed); the lock's reports and
+            # the next resync (back online, a reconnect, a restart) bring what was lost
+            raise missed[0]
 
     async def restarted(self) -> None:
         """After a restart: `resync`, then bind and configure reporting again. Nothing tells

@@ -179,6 +179,30 @@ async def test_a_lock_that_never_answers_a_read_naming_its_code_limits_is_read_a
     assert [e for e in logs if e["event"] == "zigbee.device_setup_failed"] == []
 
 
+async def test_a_lock_whose_bolt_read_after_pairing_is_lost_is_read_all_the_same(
+    tmp_path: Path,
+) -> None:
+    """The read of the bolt and door after pairing is lost on the air. The battery and firmware
+    are read all the same, and the lock is announced with them (the setup failure is logged;
+    the code limits are read when the lock is next heard, as after any unanswered read of its
+    Door Lock cluster). Before, the lost read ended the setup there: the lock was shown with no
+    battery or firmware until a later resync."""
+    net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
+    vlock = net.lock(GENERIC)
+    lost = drop(vlock, reads(DoorLock.cluster_id, 0x0000), times=1).lost  # lock_state
+    sink = AnnouncingSink()
+    with capture_logs() as logs:
+        async with running(tmp_path, sink, virtual=net):
+            dev = by_native(sink, GENERIC)
+            announced = next(d for d in sink.added if d.id == dev)
+    assert lost  # asked for, unanswered
+    props = announced.properties
+    assert props.battery_level is not None
+    assert props.firmware == "1.0.3"
+    failed = [e for e in logs if e["event"] == "zigbee.device_setup_failed"]
+    assert len(failed) == 1
+
+
 async def test_a_lock_restarted_with_its_bolt_cached_but_not_its_user_count_is_read_when_heard(
     tmp_path: Path,
 ) -> None:
