@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import MutableMapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from drivers.zigbee.zigpy_api import DoorLock
 from gatewayd.actions import validate
 from gatewayd.driver import Simulation
 from gatewayd.model import (
+    Device,
     EventName,
     GatewayError,
     Lock,
@@ -155,6 +157,23 @@ async def test_while_the_user_count_is_unread_no_range_is_shown_and_any_slot_is_
         assert device_dict(sink.devices[dev])["properties"]["code_slots"] == {"min": 1, "max": 29}
 
 
+async def _paired_with_a_read_lost(
+    tmp_path: Path, attr: int, times: int | None = None
+) -> tuple[Device, list[MutableMapping[str, Any]]]:
+    """A lock paired while its reads of Door Lock attribute `attr` are lost (the first `times`
+    of them): the Device announced, and the log lines."""
+    net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
+    vlock = net.lock(GENERIC)
+    lost = drop(vlock, reads(DoorLock.cluster_id, attr), times=times).lost
+    sink = AnnouncingSink()
+    with capture_logs() as logs:
+        async with running(tmp_path, sink, virtual=net):
+            dev = by_native(sink, GENERIC)
+            announced = next(d for d in sink.added if d.id == dev)
+    assert lost  # asked for, unanswered
+    return announced, logs
+
+
 async def test_a_lock_that_never_answers_a_read_naming_its_code_limits_is_read_all_the_same(
     tmp_path: Path,
 ) -> None:
@@ -163,15 +182,7 @@ async def test_a_lock_that_never_answers_a_read_naming_its_code_limits_is_read_a
     its code limits unknown. Before, they were asked for in the limits' read: the whole read
     went unanswered (zigbee.device_setup_failed), and the lock was shown with no bolt, battery
     or firmware until a later resync."""
-    net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
-    vlock = net.lock(GENERIC)
-    lost = drop(vlock, reads(DoorLock.cluster_id, 0x0012)).lost  # never answered
-    sink = AnnouncingSink()
-    with capture_logs() as logs:
-        async with running(tmp_path, sink, virtual=net):
-            dev = by_native(sink, GENERIC)
-            announced = next(d for d in sink.added if d.id == dev)
-    assert lost  # asked for, unanswered
+    announced, logs = await _paired_with_a_read_lost(tmp_path, 0x0012)  # never answered
     props = announced.properties
     assert (props.locked, props.door_open, props.firmware) == (True, False, "1.0.3")
     assert props.battery_level is not None
@@ -187,15 +198,7 @@ async def test_a_lock_whose_bolt_read_after_pairing_is_lost_is_read_all_the_same
     the code limits are read when the lock is next heard, as after any unanswered read of its
     Door Lock cluster). Before, the lost read ended the setup there: the lock was shown with no
     battery or firmware until a later resync."""
-    net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
-    vlock = net.lock(GENERIC)
-    lost = drop(vlock, reads(DoorLock.cluster_id, 0x0000), times=1).lost  # lock_state
-    sink = AnnouncingSink()
-    with capture_logs() as logs:
-        async with running(tmp_path, sink, virtual=net):
-            dev = by_native(sink, GENERIC)
-            announced = next(d for d in sink.added if d.id == dev)
-    assert lost  # asked for, unanswered
+    announced, logs = await _paired_with_a_read_lost(tmp_path, 0x0000, times=1)  # lock_state
     props = announced.properties
     assert props.battery_level is not None
     assert props.firmware == "1.0.3"
