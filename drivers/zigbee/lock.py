@@ -269,6 +269,11 @@ class ZigbeeLock:
         self._held_programming: list[Any] | None = None
         self._settling: asyncio.Task[None] | None = None  # the wait for that count
         self._firmware_read = False  # a read of sw_build_id was answered (supported or not)
+        # the read of its bolt and door after pairing was lost: read again when it is heard,
+        # not sooner than `_bolt_after` (loop time), which backs off after each one lost
+        self._bolt_unread = False
+        self._bolt_after = 0.0
+        self._bolt_reads = 0
         # when the bolt state was last taken in with no event (loop time): an operation event
         # that follows within event_merge_s tells of that very change, and goes out
         self._bolt_untold = -1.0
@@ -371,6 +376,8 @@ class ZigbeeLock:
         # before `announce`) the events it held wait for this one's
         self._device, self._held = old._device, old._held
         self._bolt_unknown, self._door_unknown = old._bolt_unknown, old._door_unknown
+        self._bolt_unread, self._bolt_after = old._bolt_unread, old._bolt_after
+        self._bolt_reads = old._bolt_reads
         self.online, self._unbound = old.online, old._unbound
         # a lock that never answers a read of its code limits is not asked LIMITS_READS more
         # times after each reconnect, nor sooner than its backoff
@@ -420,6 +427,7 @@ class ZigbeeLock:
 
         try:
             asked = await read(self.door_lock, ["lock_state", "door_state"])
+            self._bolt_unread = bool(missed)  # read again when the lock is heard
             power = self._cluster(PowerConfiguration.cluster_id)
             if power is not None:
                 await read(power, ["battery_percentage_remaining"])
@@ -450,6 +458,7 @@ class ZigbeeLock:
         try:
             attrs = ["lock_state", "door_state"]
             await self._call(lambda: self.door_lock.read_attributes(attrs, allow_cache=False))
+            self._bolt_unread = False
             power = self._cluster(PowerConfiguration.cluster_id)
             if power is not None:
                 attrs = ["battery_percentage_remaining"]
@@ -497,10 +506,45 @@ class ZigbeeLock:
         Looked at a turn later: a join at a new address starts an interview in the same turn,
         and the configuration waits for its end (`reconfigure`, from device_initialized)."""
         self._hearings += 1
+        loop = asyncio.get_running_loop()
         if self._unbound:
-            asyncio.get_running_loop().call_soon(self._back)
-        elif self._limits_unknown() and self._device is not None and not self._reading:
-            asyncio.get_running_loop().call_soon(self._read_limits_soon)
+            loop.call_soon(self._back)
+            return
+        if self._device is None or self._reading:
+            return
+        if self._bolt_unread:
+            loop.call_soon(self._read_bolt_soon)
+        if self._limits_unknown():
+            loop.call_soon(self._read_limits_soon)
+
+    def _read_bolt_soon(self) -> None:
+        """Heard, its bolt and door never read (the read after pairing was lost, and it has
+        reported neither since): read them now, in the background. Not again before
+        command_timeout_s, twice as long after each read lost, configure_retry_max_s at most."""
+        loop = asyncio.get_running_loop()
+        if self._closed or self._reading or not self._bolt_unread or loop.time() < self._bolt_after:
+            return
+        if self._resyncing is not None and not self._resyncing.done():
+            return
+        delay = self._opts.command_timeout_s * 2**self._bolt_reads
+        self._bolt_after = loop.time() + min(delay, self._opts.configure_retry_max_s)
+        self._bolt_reads = min(self._bolt_reads + 1, 16)
+        self._resyncing = loop.create_task(self._read_bolt())
+
+    async def _read_bolt(self) -> None:
+        """The read `refresh` lost, as `refresh` makes it: its answer is the state the lock is
+        in, not an event (what the lock reports on its own meanwhile is one)."""
+        self._reading, self._reported = True, {}
+        attrs = ["lock_state", "door_state"]
+        try:
+            await self._call(lambda: self.door_lock.read_attributes(attrs, allow_cache=False))
+        except Exception as exc:  # noqa: BLE001 - read again when the lock is next heard
+            if not self._closed:
+                log.info("zigbee.bolt_unread", device_id=self.device_id, error=type(exc).__name__)
+            return
+        finally:
+            self._reading = False
+        self._bolt_unread = False
 
     def _back(self) -> None:
         configuring = self._configuring is not None and not self._configuring.done()
@@ -741,6 +785,11 @@ class ZigbeeLock:
                 self._left.set_result(None)
         if self.online:
             self.online = False
+            # programming events held for its user count were heard while it was here: they
+            # go up before it is gone, 0xFF taken as all users (the count is not read now)
+            if self._settling is not None:
+                self._settling.cancel()
+            self._release_programming()
             log.info(
                 "zigbee.device_offline", device_id=self.device_id, ieee=self.ieee, reason=reason
             )
@@ -787,6 +836,7 @@ class ZigbeeLock:
                     self._ep.in_clusters[cluster_id].update_attribute(name, self._reported[key])
                 return
         if name == "lock_state":
+            self._bolt_unread = False  # heard: reported, or a read answered
             self._lock_state_report(int(value), quiet=quiet)
             self._bolt_word()
         elif name == "door_state":

@@ -206,6 +206,28 @@ async def test_a_lock_whose_bolt_read_after_pairing_is_lost_is_read_all_the_same
     assert len(failed) == 1
 
 
+async def test_a_lock_whose_bolt_read_after_pairing_is_lost_has_it_read_when_next_heard(
+    tmp_path: Path,
+) -> None:
+    """The read of the bolt and door after pairing is lost on the air, and the lock reports
+    neither on its own. When it is next heard (a battery report), they are read again, so the
+    cloud sees the bolt. Before, the bolt stayed unknown until the lock moved, or a resync
+    (back online, a reconnect, a restart)."""
+    net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
+    vlock = net.lock(GENERIC)
+    drop(vlock, reads(DoorLock.cluster_id, 0x0000), times=1)  # lock_state, after pairing
+    sink = RecordingSink()
+    async with running(tmp_path, sink, virtual=net):
+        dev = by_native(sink, GENERIC)
+        assert sink.devices[dev].properties.locked is None  # as announced: not read
+        mark = len(sink.events)
+        vlock.battery(0.5)  # heard
+        await sink.wait_for(lambda: sink.devices[dev].properties.locked is True)
+        assert sink.devices[dev].properties.door_open is False
+        await asyncio.sleep(0.3)  # an event the read would make would be among them
+        assert [e.event_name for e in sink.events[mark:] if e.device_id == dev] == []
+
+
 async def test_a_lock_restarted_with_its_bolt_cached_but_not_its_user_count_is_read_when_heard(
     tmp_path: Path,
 ) -> None:
@@ -319,14 +341,17 @@ async def test_a_code_cleared_for_user_255_while_the_user_count_is_unread_waits_
         assert driver._locks[dev].codes().max_slot == users - 1
 
 
-async def test_a_code_clear_held_for_user_255_goes_up_when_the_driver_stops(
-    tmp_path: Path,
+@pytest.mark.parametrize("end", ["driver stops", "lock leaves"])
+async def test_a_code_clear_held_for_user_255_goes_up_when_the_driver_stops_or_the_lock_goes(
+    tmp_path: Path, end: str
 ) -> None:
-    """The event for user 0xFF waits for the user count; the driver stops (or the lock goes)
+    """The event for user 0xFF waits for the user count; the driver stops, or the lock leaves,
     while that read is still unanswered. The event goes up then, 0xFF taken as all users, as
-    when the count cannot be read, like a bolt report still waiting for its operation event.
-    Before, the wait was cancelled with the events it held: the lock's codes were cleared at
-    its keypad and the cloud never heard of it."""
+    when the count cannot be read, like a bolt report still waiting for its operation event;
+    before the lock's `device disconnected`, as it was heard before it left. Before, the wait
+    was cancelled with the events it held at a stop: the lock's codes were cleared at its
+    keypad and the cloud never heard of it; and at a leave it went up after the disconnect,
+    once the read had timed out."""
     net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
     vlock = net.lock(GENERIC)
     drop(vlock, *(reads(DoorLock.cluster_id, attr) for attr in CODE_LIMITS))  # never answered
@@ -338,11 +363,15 @@ async def test_a_code_clear_held_for_user_255_goes_up_when_the_driver_stops(
         vlock.odd_programming(keypad, int(prog.PINCodeDeleted), 0xFF)
         await eventually(lambda: lock._held_programming is not None)
         mark = len(sink.events)
-        await driver.stop()
+        expected = [(EventName.CODE_REMOVED, {"all_codes": True, "method": "keypad"})]
+        if end == "driver stops":
+            await driver.stop()
+        else:
+            vlock.leave()
+            await sink.wait_event(dev, EventName.DEVICE_DISCONNECTED, after=mark)
+            expected.append((EventName.DEVICE_DISCONNECTED, {"reason": "left"}))
         mine = [e for e in sink.events[mark:] if e.device_id == dev]
-        assert [(e.event_name, e.details) for e in mine] == [
-            (EventName.CODE_REMOVED, {"all_codes": True, "method": "keypad"}),
-        ]
+        assert [(e.event_name, e.details) for e in mine] == expected
 
 
 async def test_a_lock_that_never_answers_its_code_limits_is_read_a_bounded_number_of_times(
