@@ -324,15 +324,10 @@ class ZigbeeLock:
         if self._cache_write is not None:  # still due: written now, before zigpy shuts down
             self._cache_write.cancel()
             self._cache_bolt()
-        if self._pending is not None:
-            # A bolt report is waiting for the operation event that names its method; that
-            # event is lost with the link, and the lock adopted after a reconnect starts from
-            # the already-updated state in silence: report the change now, method unknown.
-            if self.locked is not None:
-                self._bolt_event(self.locked, Method.UNKNOWN, None)
-            else:
-                self._pending.cancel()
-                self._pending = None
+        # A bolt report waiting for the operation event that names its method: that event is
+        # lost with the link, and the lock adopted after a reconnect starts from the
+        # already-updated state in silence
+        self._tell_pending()
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         self._unsubscribe.clear()
@@ -349,6 +344,17 @@ class ZigbeeLock:
         self._wake()  # a code change waiting for the lock's word fails now (`_await_programmed`)
         if not self._left.done():
             self._left.set_result(None)
+
+    def _tell_pending(self) -> None:
+        """A bolt report still waiting for its operation event goes up now, method unknown:
+        that event will not come (the link is lost, the lock left or is out of reach)."""
+        if self._pending is None:
+            return
+        if self.locked is not None:
+            self._bolt_event(self.locked, Method.UNKNOWN, None)
+        else:
+            self._pending.cancel()
+            self._pending = None
 
     @property
     def closed(self) -> bool:
@@ -790,6 +796,9 @@ class ZigbeeLock:
             if self._settling is not None:
                 self._settling.cancel()
             self._release_programming()
+            # and so was a bolt report still waiting for its operation event (or the event
+            # would go up after the disconnect, once event_merge_s has run out)
+            self._tell_pending()
             log.info(
                 "zigbee.device_offline", device_id=self.device_id, ieee=self.ieee, reason=reason
             )

@@ -249,6 +249,31 @@ async def test_a_lock_that_rejoins_is_bound_and_configured_again(
         assert len(sink.devices) == 2  # the same device, not a new one
 
 
+async def test_a_bolt_report_heard_before_the_lock_leaves_goes_up_before_its_disconnect(
+    tmp_path: Path,
+) -> None:
+    """The lock reports its bolt, and its operation event (the method) does not come; the lock
+    then leaves (a reset) within the merge window. The report goes up as it is (method
+    unknown), before the lock's `device disconnected`, as it was heard before it. Before, it
+    went up after the disconnect, once the merge window had run out: the cloud heard of a bolt
+    moving at a lock it had been told was gone."""
+    sink = HistorySink()
+    async with running(tmp_path, sink, config(event_merge_s=1.0)) as driver:
+        dev, vlock = by_native(sink, GENERIC), virtual(driver, GENERIC)
+        lock = driver._locks[dev]
+        mark = len(sink.events)
+        vlock.mem.lock_state = int(DoorLock.LockState.Unlocked)  # turned, its event lost
+        vlock.report(DoorLock.cluster_id, [0x0000])
+        await eventually(lambda: lock._pending is not None)
+        vlock.leave()
+        await sink.wait_event(dev, EventName.DEVICE_DISCONNECTED, after=mark)
+        events = await settled_events(sink, mark, 2)
+        assert events == [
+            (EventName.DOOR_UNLOCKED, "unknown"),
+            (EventName.DEVICE_DISCONNECTED, None),
+        ]
+
+
 async def test_a_lock_that_lost_its_bindings_is_bound_again_after_a_restart(
     tmp_path: Path,
 ) -> None:
