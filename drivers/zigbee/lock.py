@@ -832,7 +832,9 @@ class ZigbeeLock:
         if not isinstance(value, int):
             log.info("zigbee.attribute_ignored", device_id=self.device_id, attribute=name)
             return
-        quiet = self._reading and not reported
+        # a read's answer is the state the lock is in: during `refresh`, or the first word on
+        # a bolt or door never known (a resync after the read at pairing was lost), not a move
+        quiet = not reported and (self._reading or self._never_known(name))
         if self._reading:
             key = (cluster_id, name)
             if reported:
@@ -873,6 +875,14 @@ class ZigbeeLock:
             self._event(EventName.TAMPERED, alarm_code=code)
 
     # ------------------------------------------------------------------ bolt state
+
+    def _never_known(self, name: str) -> bool:
+        """Nothing known yet of the bolt (`lock_state`) or the door (`door_state`)."""
+        if name == "lock_state":
+            return self.locked is None and not self.jammed and not self._bolt_unknown
+        if name == "door_state":
+            return self.door_open is None and not self._door_unknown
+        return False
 
     def _apply_lock_state(self, state: int) -> bool | None:
         """Update bolt/jam from a lock_state value; returns the new locked value if definite."""

@@ -228,6 +228,32 @@ async def test_a_lock_whose_bolt_read_after_pairing_is_lost_has_it_read_when_nex
         assert [e.event_name for e in sink.events[mark:] if e.device_id == dev] == []
 
 
+async def test_a_lock_whose_bolt_was_never_read_is_not_reported_moving_when_it_is_back(
+    tmp_path: Path,
+) -> None:
+    """The read of the bolt and door after pairing is lost, and the lock goes out of reach
+    before it is heard again. When it is back, the read of its bolt and door is its state, not
+    a move: no `door locked` or `door closed` for a bolt and a door that never moved. Before,
+    the resync made of their first answer one event each, method unknown."""
+    net = VirtualNetwork(tmp_path / "zigbee.virtual.json")
+    vlock = net.lock(GENERIC)
+    drop(vlock, reads(DoorLock.cluster_id, 0x0000), times=1)  # lock_state, after pairing
+    sink = RecordingSink()
+    async with running(tmp_path, sink, virtual=net) as driver:
+        dev = by_native(sink, GENERIC)
+        assert sink.devices[dev].properties.locked is None  # as announced: not read
+        mark = len(sink.events)
+        await driver.simulate(dev, Simulation.OFFLINE, {})
+        await sink.wait_event(dev, EventName.DEVICE_DISCONNECTED, after=mark, timeout=10)
+        vlock.online = True  # back in reach, silently: the availability ping finds it
+        await sink.wait_event(dev, EventName.DEVICE_CONNECTED, after=mark, timeout=10)
+        await sink.wait_for(lambda: sink.devices[dev].properties.locked is True)
+        assert sink.devices[dev].properties.door_open is False
+        await asyncio.sleep(0.3)  # an event the read would make would be among them
+        names = [e.event_name for e in sink.events[mark:] if e.device_id == dev]
+        assert names == [EventName.DEVICE_DISCONNECTED, EventName.DEVICE_CONNECTED]
+
+
 async def test_a_lock_restarted_with_its_bolt_cached_but_not_its_user_count_is_read_when_heard(
     tmp_path: Path,
 ) -> None:
