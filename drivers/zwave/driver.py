@@ -163,6 +163,14 @@ class _Lock:
         if echo in self.own_codes:
             self.own_codes.remove(echo)
 
+    def refusal_may_come(self) -> None:
+        """A set failed before the lock said why: its "duplicate code" notice may still come."""
+        now = time.monotonic()
+        # expired ones go here too: a lock that never says why (nothing else would prune them)
+        # must not keep one entry per set it failed
+        self.late_refusals = [until for until in self.late_refusals if until >= now]
+        self.late_refusals.append(now + OWN_ECHO_S)
+
     def late_refusal(self) -> bool:
         """Whether a "duplicate code" notice is the late one of a failed set (used up if so)."""
         now = time.monotonic()
@@ -182,6 +190,11 @@ class _Lock:
                 own.heard = True
                 return True
         return False
+
+
+def _said_added(waiter: asyncio.Future[bool]) -> bool:
+    """Whether the lock said "user code added" for the slot a set waits on."""
+    return waiter.done() and not waiter.cancelled() and waiter.result()
 
 
 @dataclass(eq=False, slots=True)
@@ -1058,7 +1071,7 @@ class ZWaveDriver(Driver):
                 if written:
                     status, read = await commands.read_slot(node, slot)
             except (commands.LinkLost, ActionTimeout, asyncio.CancelledError) as exc:
-                if waiter.done() and not waiter.cancelled() and waiter.result():
+                if _said_added(waiter):
                     # the lock said "code added" while its read-back went unanswered: the set
                     # fails all the same, but the code is on the lock
                     self._carried_out(lock, slot, present=True)
@@ -1086,6 +1099,13 @@ class ZWaveDriver(Driver):
                 await self._await_refusal(refusal, slot)
                 if status == commands.USER_ENABLED:
                     raise CodeNotConfirmed(f"slot {slot}: the lock reads back a different code")
+                if _said_added(waiter):
+                    # it said "code added" all the same: it answered the read-back before it
+                    # stored the code. The set fails, but the code is on the lock
+                    self._carried_out(lock, slot, present=True)
+                    raise CodeNotConfirmed(
+                        f"slot {slot}: the lock said it stored the code, read back none"
+                    )
                 raise CodeNotConfirmed(
                     f"slot {slot}: the lock did not store the code and gave no reason"
                 )
@@ -1094,7 +1114,7 @@ class ZWaveDriver(Driver):
             lock.code_waiters.pop(slot, None)
             lock.code_refusal = None
             if not stored and not refusal.done():  # the lock may still say why, late
-                lock.late_refusals.append(time.monotonic() + OWN_ECHO_S)
+                lock.refusal_may_come()
         if not waiter.done():  # its notification, if the lock sends one, is still to come
             lock.expect_echo(slot, True)
         if commands.is_masked(read):
@@ -1123,19 +1143,27 @@ class ZWaveDriver(Driver):
             await commands.clear_slot(node, slot)
             status, _ = await commands.read_slot(node, slot)
         except (commands.LinkLost, ActionTimeout, asyncio.CancelledError) as exc:
-            if echo.heard:  # the lock said "code deleted" while its read-back went unanswered
-                self._carried_out(lock, slot, present=False)
-                raise
-            # as for a set: its "code deleted" may come late, the word of this failed clear (to
-            # report, not to take as the echo of one that worked), not a change at the keypad
-            lock.drop_echo(echo)
-            lock.late_sets.failed(slot, link_lost=isinstance(exc, commands.LinkLost), present=False)
+            self._clear_failed(lock, echo, slot, link_lost=isinstance(exc, commands.LinkLost))
             raise
         if status not in (commands.USER_AVAILABLE,):
+            # a lock may answer the read-back from what it held before it cleared the slot
+            self._clear_failed(lock, echo, slot)
             raise CodeNotConfirmed(f"slot {slot}: the lock still holds a code")
         log.info("zwave.code_cleared", device_id=lock.device_id, slot_id=slot)
         self._emit(lock.device_id, EventName.CODE_REMOVED, {"slot_id": slot, "method": "remote"})
         return ActionResult({"slot_id": slot})
+
+    def _clear_failed(
+        self, lock: _Lock, echo: _Echo, slot: int, *, link_lost: bool = False
+    ) -> None:
+        """A clear of ours failed (its read-back unanswered, cut off, or showing the code)."""
+        if echo.heard:  # the lock said "code deleted" meanwhile: the code is gone all the same
+            self._carried_out(lock, slot, present=False)
+            return
+        # as for a set: its "code deleted" may come late, the word of this failed clear (to
+        # report, not to take as the echo of one that worked), not a change at the keypad
+        lock.drop_echo(echo)
+        lock.late_sets.failed(slot, link_lost=link_lost, present=False)
 
     def _carried_out(self, lock: _Lock, slot: int, *, present: bool) -> None:
         """A set (or clear) of ours that failed was carried out, as the lock's word says."""

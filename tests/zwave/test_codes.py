@@ -18,6 +18,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from drivers.zwave import ZWaveDriver
+from drivers.zwave import driver as zwave_driver
 from drivers.zwave.events import (
     AC_ALL_CODES_DELETED,
     AC_CODE_ADDED,
@@ -630,3 +631,67 @@ async def test_a_code_change_the_lock_carries_out_too_late_is_ours_when_its_word
     await sink.wait_event(dev, name, timeout=15, after=mark)
     await anyio.sleep(1.0)  # a repeat would be in by now
     assert sink.code_events(dev, mark, "method") == [(str(name), "remote")]
+
+
+async def test_a_set_whose_read_back_shows_no_code_reports_the_lock_saying_added(
+    zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack
+) -> None:
+    """A masking lock stores the code and says "user code added", but answers the read-back
+    that follows as if the slot were still empty (it commits the code after answering): the
+    set fails (code_not_confirmed), and the lock's word, heard while the set waited for a
+    reason, goes up once, method `remote`. Before, the set's waiter took it and nothing went
+    up: the cloud, told the set failed, did not list a code the lock held."""
+    driver, sink = zwave
+    dev, clear, _ = await _masked_code_change(driver, sink, "clear")
+    await driver.execute(dev, clear)  # the slot emptied, for a new guest's code
+    await anyio.sleep(0.5)  # the lock's word of the clear is in
+    mark = len(sink.events)
+    zwave_stack.control(4, "code_notify", delay_s=0.5)  # after the read-back, within 1 s
+    zwave_stack.control(4, "readback_raw", status=0, code=[])
+    with pytest.raises(CodeNotConfirmed):
+        await driver.execute(dev, SetCode(slot_id=2, code=PinCode("24680")))
+    assert 2 in zwave_stack.control(4, "state")["slots"]
+    await anyio.sleep(1.0)  # a late or repeated event would be in by now
+    assert sink.code_events(dev, mark, "method") == [("code set on device", "remote")]
+
+
+@pytest.mark.parametrize("word", ["during", "after"])
+async def test_a_clear_whose_read_back_still_shows_the_code_reports_the_lock_saying_deleted(
+    zwave: tuple[ZWaveDriver, RecordingSink], zwave_stack: ZWaveStack, word: str
+) -> None:
+    """A masking lock clears the slot and says "user code deleted", but answers the read-back
+    that follows as if the code were still there (it commits the clear after answering): the
+    clear fails (code_not_confirmed), and the lock's word, heard during the read-back or after
+    the failure, goes up once, method `remote`. Before, it was taken as the echo of the clear
+    (which stayed open after the failure) and nothing went up: the cloud, told the clear
+    failed, kept listing a code the lock no longer held."""
+    driver, sink = zwave
+    dev, action, mark = await _masked_code_change(driver, sink, "clear")
+    if word == "after":
+        zwave_stack.control(4, "code_notify", delay_s=0.8)
+    zwave_stack.control(4, "readback_raw", status=1, code=list(b"****"))
+    with pytest.raises(CodeNotConfirmed):
+        await driver.execute(dev, action)
+    assert 2 not in zwave_stack.control(4, "state")["slots"]
+    await anyio.sleep(1.5)  # the lock's word is in, and a repeat would be
+    assert sink.code_events(dev, mark, "method") == [("code removed from device", "remote")]
+
+
+async def test_sets_a_lock_refused_without_a_word_leave_no_entry_each_behind(
+    zwave: tuple[ZWaveDriver, RecordingSink],
+    zwave_stack: ZWaveStack,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A set that fails before the lock says why leaves room, OWN_ECHO_S long, for its late
+    "duplicate code" notice. A lock that never sends one (here it ignores the code) must not
+    keep one entry per failed set for as long as the daemon runs: only a duplicate notice
+    pruned them."""
+    monkeypatch.setattr(zwave_driver, "OWN_ECHO_S", 0.3)  # a late notice's window, shorter
+    driver, sink = zwave
+    dev = sink.ids[native_id(3)]
+    for _ in range(3):
+        await driver.simulate(dev, Simulation.FAULT, {"kind": "refuse"})
+        with pytest.raises(CodeNotConfirmed):
+            await driver.execute(dev, SetCode(slot_id=3, code=PinCode("55667788")))
+        await anyio.sleep(0.4)  # past its window
+    assert len(driver._locks[3].late_refusals) <= 1
