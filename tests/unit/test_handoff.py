@@ -214,7 +214,10 @@ async def test_a_gateway_that_loses_its_claim_starts_none_of_the_actions_it_hold
             await h.ack_receipt("held")  # what the next claim's session does
             await h.settle("held")
             tg.cancel_scope.cancel()
-    assert cloud.refused == [OLD]
+    # refused once; a reconnect before the test ends (the backoff's full jitter may make it
+    # quick) dials unclaimed, with no credential, which this cloud refuses too
+    assert cloud.refused[0] == OLD
+    assert set(cloud.refused[1:]) <= {""}
     assert h.statuses("held") == ["gateway_received", "failed"]
     assert h.last_error_type("held") == "cancelled"
     assert h.exec.started == []
