@@ -541,9 +541,8 @@ class ZigbeeLock:
         """The read `refresh` lost, as `refresh` makes it: its answer is the state the lock is
         in, not an event (what the lock reports on its own meanwhile is one)."""
         self._reading, self._reported = True, {}
-        attrs = ["lock_state", "door_state"]
         try:
-            await self._call(lambda: self.door_lock.read_attributes(attrs, allow_cache=False))
+            await self._read(self.door_lock, ["lock_state", "door_state"], from_cache=False)
         except Exception as exc:  # noqa: BLE001 - read again when the lock is next heard
             if not self._closed:
                 log.info("zigbee.bolt_unread", device_id=self.device_id, error=type(exc).__name__)
